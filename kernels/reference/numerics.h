@@ -1,0 +1,77 @@
+// Bit-exact scalar formats used by the SageAttention2 recipes: FP8 E4M3 (OCP e4m3fn), FP16, BF16,
+// packed INT4 in PTX mma order, and the truncating FP8-MMA accumulator ("FP22").
+#pragma once
+
+#include <bit>
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "kernels/reference/dtype.h"
+
+namespace sage {
+
+inline constexpr float kFp8E4M3Max = 448.0f;           // largest finite e4m3fn value (S.1111.110).
+inline constexpr uint8_t kFp8E4M3NaN = 0x7F;            // canonical NaN code (sign bit kept on encode).
+inline constexpr int kFp22MantissaBits = 13;            // mantissa bits an FP8 MMA accumulator keeps.
+
+// Rounds |q| < 2^22 to an integer, half to even, as `cvt.rni` does. Adding 1.5·2^23 puts every such
+// value where the float spacing is exactly 1 (valid because the project never uses -ffast-math).
+inline float RoundHalfEven(float q) {
+  constexpr float kMagic = 12582912.0f;  // 1.5 · 2^23
+  return (q + kMagic) - kMagic;
+}
+
+// float -> e4m3fn with round-to-nearest-even and satfinite saturation (|x| > 448 and ±inf -> ±448),
+// as `cvt.rn.satfinite.e4m3x2.f32` does. NaN -> 0x7F | sign.
+uint8_t EncodeFp8E4M3(float x);
+// Any of the 256 codes; 0x7F and 0xFF decode to NaN.
+float DecodeFp8E4M3(uint8_t code);
+// DecodeFp8E4M3(EncodeFp8E4M3(x)) as a float (any NaN stays NaN), branch-free so loops vectorize.
+inline float RoundToFp8E4M3(float x) {
+  const uint32_t bits = std::bit_cast<uint32_t>(x);
+  const uint32_t sign = bits & 0x80000000u;
+  const uint32_t a = bits & 0x7FFFFFFFu;
+  // Normal range: round the mantissa to 3 bits, half to even (a carry bumps the exponent).
+  const uint32_t normal = (a + 0x7FFFFu + ((a >> 20) & 1u)) & 0xFFF00000u;
+  // Subnormal range: multiples of 2^-9.
+  const float sub = RoundHalfEven(std::bit_cast<float>(a) * 512.0f) * (1.0f / 512.0f);
+  uint32_t mag = a >= 0x3C800000u ? normal : std::bit_cast<uint32_t>(sub);  // 2^-6: smallest normal
+  mag = a > 0x43E00000u ? 0x43E00000u : mag;                               // satfinite at 448
+  return a > 0x7F800000u ? x : std::bit_cast<float>(mag | sign);
+}
+
+// IEEE binary16 with RNE, overflow to ±inf, subnormals, NaN kept quiet.
+uint16_t EncodeFp16(float x);
+float DecodeFp16(uint16_t bits);
+float RoundToFp16(float x);
+
+// bfloat16 with RNE, NaN kept quiet (never rounded into inf).
+uint16_t EncodeBf16(float x);
+float DecodeBf16(uint16_t bits);
+float RoundToBf16(float x);
+
+// Rounds to the 16-bit type `t` (kF16 or kBF16); kF32 returns x unchanged.
+float RoundTo16Bit(float x, DType t);
+
+// Keeps sign, exponent and the top `mantissa_bits` mantissa bits; the rest are dropped (toward zero).
+// Models the FP8 tensor-core accumulator with mantissa_bits = kFp22MantissaBits. NaN/inf pass through.
+inline float TruncateMantissa(float x, int mantissa_bits) {
+  const uint32_t bits = std::bit_cast<uint32_t>(x);
+  if ((bits & 0x7F800000u) == 0x7F800000u || mantissa_bits >= 23) return x;
+  return std::bit_cast<float>(bits & ~((1u << (23 - mantissa_bits)) - 1u));
+}
+
+// Signed INT4 in [-8, 7], two per byte: element 2i in the low nibble of byte i, 2i+1 in the high
+// nibble, so a little-endian 32-bit register holds elements 0..7 from bit 0 upward (PTX s4 order).
+absl::StatusOr<std::vector<uint8_t>> PackInt4(std::span<const int8_t> values);
+// Inverse of PackInt4; `count` elements (the last byte's high nibble is ignored when count is odd).
+std::vector<int8_t> UnpackInt4(std::span<const uint8_t> packed, size_t count);
+// Eight INT4 values into one mma operand register.
+uint32_t PackInt4Register(std::span<const int8_t, 8> values);
+
+// Converts a tensor of any supported dtype to float (exact for fp16/bf16).
+std::vector<float> ToFloatVector(const TensorView& t);
+
+}  // namespace sage
