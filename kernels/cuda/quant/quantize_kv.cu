@@ -1,0 +1,203 @@
+// K/V statistics (k̄, v̄, per-channel V range) and V -> FP8 E4M3 with the P·V operand layout.
+#include <cuda_runtime.h>
+
+#include <cfloat>
+
+#include "kernels/cuda/common/ptx_sm90.cuh"
+#include "kernels/cuda/common/status.cuh"
+#include "kernels/cuda/quant/quant_common.cuh"
+#include "kernels/cuda/quant/quantize.h"
+
+namespace sage::cuda {
+namespace {
+
+constexpr int kThreads = 128;
+
+// Partial sums / extrema of one chunk of kStatsChunkRows keys of one (sequence, kv head).
+// grid (stat_chunks, Hkv, batch). Deterministic: fixed per-thread order, fixed combine order.
+template <bool kBf16, int D>
+__global__ void __launch_bounds__(kThreads) KvStatsKernel(QuantParams p) {
+  constexpr int kCols = D / 8;               // 8-channel (16-byte) column groups
+  constexpr int kLanes = kThreads / kCols;   // rows processed side by side
+  const int b = blockIdx.z, h = blockIdx.y, chunk = blockIdx.x;
+  const int start = p.cu_k[b], len = p.cu_k[b + 1] - start;
+  const int r0 = chunk * kStatsChunkRows;
+  if (r0 >= len) return;
+  const int r1 = min(len, r0 + kStatsChunkRows);
+  const int cg = threadIdx.x % kCols, lane = threadIdx.x / kCols;
+  float ks[8], vs[8], vmax[8], vmin[8];
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+    ks[i] = vs[i] = 0.f;
+    vmax[i] = -FLT_MAX;
+    vmin[i] = FLT_MAX;
+  }
+  const int64_t row_stride = int64_t{p.num_kv_heads} * D;
+#pragma unroll 4
+  for (int r = r0 + lane; r < r1; r += kLanes) {
+    const int64_t e = (start + r) * row_stride + int64_t{h} * D + 8 * cg;
+    const uint4 kr = LoadRaw8(p.k, e), vr = LoadRaw8(p.v, e);
+    const uint32_t kw[4] = {kr.x, kr.y, kr.z, kr.w}, vw[4] = {vr.x, vr.y, vr.z, vr.w};
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      const float kf = RawToFloat<kBf16>(kw[i / 2], i % 2), vf = RawToFloat<kBf16>(vw[i / 2], i % 2);
+      ks[i] += kf;
+      vs[i] += vf;
+      vmax[i] = fmaxf(vmax[i], vf);
+      vmin[i] = fminf(vmin[i], vf);
+    }
+  }
+  __shared__ float red[4][kLanes][D];
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+    red[0][lane][8 * cg + i] = ks[i];
+    red[1][lane][8 * cg + i] = vs[i];
+    red[2][lane][8 * cg + i] = vmax[i];
+    red[3][lane][8 * cg + i] = vmin[i];
+  }
+  __syncthreads();
+  for (int c = threadIdx.x; c < D; c += kThreads) {
+    float s = red[0][0][c], v = red[1][0][c], mx = red[2][0][c], mn = red[3][0][c];
+    for (int l = 1; l < kLanes; ++l) {
+      s += red[0][l][c]; v += red[1][l][c];
+      mx = fmaxf(mx, red[2][l][c]); mn = fminf(mn, red[3][l][c]);
+    }
+    const int64_t per_stat = int64_t{p.batch} * p.num_kv_heads * p.ws.stat_chunks * D;
+    const int64_t o = ((int64_t{b} * p.num_kv_heads + h) * p.ws.stat_chunks + chunk) * D + c;
+    p.ws.stats[o] = s;
+    p.ws.stats[per_stat + o] = v;
+    p.ws.stats[2 * per_stat + o] = mx;
+    p.ws.stats[3 * per_stat + o] = mn;
+  }
+}
+
+// k̄, v̄ and δV per (sequence, kv head, channel). grid (batch, Hkv), D threads.
+__global__ void KvStatsFinalizeKernel(QuantParams p) {
+  const int b = blockIdx.x, h = blockIdx.y, c = threadIdx.x, D = p.head_dim;
+  const int len = p.cu_k[b + 1] - p.cu_k[b];
+  const int chunks = (len + kStatsChunkRows - 1) / kStatsChunkRows;
+  const int64_t per_stat = int64_t{p.batch} * p.num_kv_heads * p.ws.stat_chunks * D;
+  const int64_t base = (int64_t{b} * p.num_kv_heads + h) * p.ws.stat_chunks * D + c;
+  float ks = 0.f, vs = 0.f, mx = -FLT_MAX, mn = FLT_MAX;
+  for (int i = 0; i < chunks; ++i) {
+    ks += p.ws.stats[base + int64_t{i} * D];
+    vs += p.ws.stats[per_stat + base + int64_t{i} * D];
+    mx = fmaxf(mx, p.ws.stats[2 * per_stat + base + int64_t{i} * D]);
+    mn = fminf(mn, p.ws.stats[3 * per_stat + base + int64_t{i} * D]);
+  }
+  const float n = static_cast<float>(len);
+  const float k_mean = (len > 0 && p.smooth_k) ? __fdiv_rn(ks, n) : 0.f;
+  const float v_mean = (len > 0 && p.smooth_v) ? __fdiv_rn(vs, n) : 0.f;
+  // max over v of |v − v̄| = max(|max − v̄|, |min − v̄|): fp32 subtraction is monotonic.
+  const float amax = len > 0 ? fmaxf(fabsf(__fsub_rn(mx, v_mean)), fabsf(__fsub_rn(mn, v_mean))) : 0.f;
+  const int64_t o = (int64_t{b} * p.num_kv_heads + h) * D + c;
+  p.ws.k_mean[o] = k_mean;
+  if (p.ws.v_scale) p.ws.v_scale[o] = __fdiv_rn(SafeAmax(amax), kFp8Max);
+  if (p.ws.v_mean) p.ws.v_mean[o] = v_mean;
+}
+
+// V̂ = e4m3((v − v̄) · (448 / amax)) for one 128-token block of one (sequence, kv head), written as
+// the D × 128 tile image with permuted token order. grid (max blocks, Hkv, batch).
+template <bool kBf16, int D>
+__global__ void __launch_bounds__(kThreads) QuantizeVKernel(QuantParams p) {
+  const int b = blockIdx.z, h = blockIdx.y, blk = blockIdx.x;
+  const int start = p.cu_k[b], len = p.cu_k[b + 1] - start;
+  if (blk * kKBlockRows >= len) return;
+  __shared__ uint32_t tile[kKBlockRows][D / 2 + 1];  // raw 16-bit pairs; odd word stride
+  __shared__ float inv[D], mean[D];
+  const int64_t sb = (int64_t{b} * p.num_kv_heads + h) * D;
+  // δV = amax/448 was stored; the quantizer needs 448/amax with amax itself, recomputed from the
+  // stats exactly as the finalize kernel did (no round trip through δV).
+  for (int c = threadIdx.x; c < D; c += kThreads) {
+    const int len_chunks = (len + kStatsChunkRows - 1) / kStatsChunkRows;
+    const int64_t per_stat = int64_t{p.batch} * p.num_kv_heads * p.ws.stat_chunks * D;
+    const int64_t base = (int64_t{b} * p.num_kv_heads + h) * p.ws.stat_chunks * D + c;
+    float mx = -FLT_MAX, mn = FLT_MAX;
+    for (int i = 0; i < len_chunks; ++i) {
+      mx = fmaxf(mx, p.ws.stats[2 * per_stat + base + int64_t{i} * D]);
+      mn = fminf(mn, p.ws.stats[3 * per_stat + base + int64_t{i} * D]);
+    }
+    const float vm = p.ws.v_mean ? p.ws.v_mean[sb + c] : 0.f;
+    const float amax = fmaxf(fabsf(__fsub_rn(mx, vm)), fabsf(__fsub_rn(mn, vm)));
+    inv[c] = __fdiv_rn(kFp8Max, SafeAmax(amax));
+    mean[c] = vm;
+  }
+  const int64_t row_stride = int64_t{p.num_kv_heads} * D;
+#pragma unroll
+  for (int idx = threadIdx.x; idx < kKBlockRows * D / 8; idx += kThreads) {  // 16-byte loads
+    const int r = idx / (D / 8), c8 = idx % (D / 8);
+    const int tok = blk * kKBlockRows + r;
+    const uint4 v = tok < len ? LoadRaw8(p.v, (start + tok) * row_stride + int64_t{h} * D + 8 * c8)
+                              : make_uint4(0u, 0u, 0u, 0u);
+    tile[r][4 * c8] = v.x;
+    tile[r][4 * c8 + 1] = v.y;
+    tile[r][4 * c8 + 2] = v.z;
+    tile[r][4 * c8 + 3] = v.w;
+  }
+  __syncthreads();
+  const int valid = min(kKBlockRows, len - blk * kKBlockRows);
+  uint8_t* img = p.ws.v_f8 + (int64_t{h} * p.ws.k_cap + PaddedKStart(p.cu_k, b) + int64_t{blk} * kKBlockRows) * D;
+  // item -> (channel c, 16-token slab s); consecutive items write consecutive 16-byte chunks.
+  for (int item = threadIdx.x; item < D * (kKBlockRows / 16); item += kThreads) {
+    const int c = (item / 64) * 8 + item % 8;
+    const int s = (item / 8) % 8;
+    uint32_t words[4];
+#pragma unroll
+    for (int w = 0; w < 4; ++w) {
+      float x[4];
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const int pos = 4 * w + j;
+        // inverse of VTokenPosition: positions 4t..4t+3 hold keys 2t, 2t+1, 8+2t, 9+2t
+        const int key = (pos / 4) * 2 + (pos % 4 >= 2 ? 8 : 0) + pos % 2;
+        const int r = s * 16 + key;
+        x[j] = r < valid ? __fmul_rn(__fsub_rn(RawToFloat<kBf16>(tile[r][c / 2], c % 2), mean[c]), inv[c]) : 0.f;
+      }
+      words[w] = ptx::PackE4M3x4(x[0], x[1], x[2], x[3]);
+    }
+    *reinterpret_cast<uint4*>(img + TileImageOffset(c, s * 16, kKBlockRows)) =
+        make_uint4(words[0], words[1], words[2], words[3]);
+  }
+}
+
+template <bool kBf16, int D>
+sage_status_t LaunchKvStatsT(const QuantParams& p, cudaStream_t stream) {
+  if (p.batch == 0 || p.ws.stat_chunks == 0) {
+    // No keys at all: means/scales still need defined values for the kernels.
+  } else {
+    KvStatsKernel<kBf16, D><<<dim3(static_cast<unsigned>(p.ws.stat_chunks), p.num_kv_heads, p.batch), kThreads, 0,
+                              stream>>>(p);
+    SAGE_CHECK_LAUNCH("KvStatsKernel");
+  }
+  if (p.batch > 0) {
+    KvStatsFinalizeKernel<<<dim3(p.batch, p.num_kv_heads), D, 0, stream>>>(p);
+    SAGE_CHECK_LAUNCH("KvStatsFinalizeKernel");
+  }
+  return SAGE_OK;
+}
+
+template <bool kBf16, int D>
+sage_status_t LaunchQuantizeVT(const QuantParams& p, cudaStream_t stream) {
+  const int blocks = (p.max_seqlen_k + kKBlockRows - 1) / kKBlockRows;
+  if (blocks == 0 || p.batch == 0) return SAGE_OK;
+  QuantizeVKernel<kBf16, D><<<dim3(blocks, p.num_kv_heads, p.batch), kThreads, 0, stream>>>(p);
+  SAGE_CHECK_LAUNCH("QuantizeVKernel");
+  return SAGE_OK;
+}
+
+}  // namespace
+
+sage_status_t LaunchKvStats(const QuantParams& p, cudaStream_t stream) {
+  if (p.head_dim == 64) return p.bf16 ? LaunchKvStatsT<true, 64>(p, stream) : LaunchKvStatsT<false, 64>(p, stream);
+  if (p.head_dim == 128) return p.bf16 ? LaunchKvStatsT<true, 128>(p, stream) : LaunchKvStatsT<false, 128>(p, stream);
+  return Fail(SAGE_ERR_UNSUPPORTED, "kv stats: head_dim %d unsupported (64, 128)", p.head_dim);
+}
+
+sage_status_t LaunchQuantizeV(const QuantParams& p, cudaStream_t stream) {
+  if (p.head_dim == 64) return p.bf16 ? LaunchQuantizeVT<true, 64>(p, stream) : LaunchQuantizeVT<false, 64>(p, stream);
+  if (p.head_dim == 128)
+    return p.bf16 ? LaunchQuantizeVT<true, 128>(p, stream) : LaunchQuantizeVT<false, 128>(p, stream);
+  return Fail(SAGE_ERR_UNSUPPORTED, "quantize v: head_dim %d unsupported (64, 128)", p.head_dim);
+}
+
+}  // namespace sage::cuda

@@ -1,0 +1,94 @@
+/* sageattn: C API of the sageserve CUDA attention kernels (libsageattn.so).
+ * Plain C so the server, the tests and Python (ctypes) use it alike. Pointers are device pointers
+ * unless a field says otherwise; every call takes an explicit stream and never touches the default
+ * stream. Errors come back as status codes with a thread-local message; nothing exits or throws. */
+#ifndef SAGEATTN_H_
+#define SAGEATTN_H_
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct CUstream_st* sage_stream_t; /* == cudaStream_t */
+
+typedef enum {
+  SAGE_OK = 0,
+  SAGE_ERR_INVALID_ARGUMENT = 1, /* bad shape, pointer, alignment, workspace too small */
+  SAGE_ERR_UNSUPPORTED = 2,      /* valid request this build/GPU cannot run (head dim, arch) */
+  SAGE_ERR_OUT_OF_MEMORY = 3,
+  SAGE_ERR_CUDA = 4,             /* a CUDA runtime/driver error; see sage_last_error() */
+  SAGE_ERR_INTERNAL = 5
+} sage_status_t;
+
+typedef enum { SAGE_DTYPE_F16 = 1, SAGE_DTYPE_BF16 = 2 } sage_dtype_t;
+
+/* Same values and meanings as sage::Recipe (kernels/reference/recipe.h). */
+typedef enum {
+  SAGE_RECIPE_INT4_QK_FP8_PV = 0,
+  SAGE_RECIPE_INT8_QK_FP8_PV = 1,
+  SAGE_RECIPE_INT8_QK_FP16_PV = 2,
+  SAGE_RECIPE_UNQUANTIZED = 3
+} sage_recipe_t;
+
+typedef enum { SAGE_GRAN_PER_BLOCK = 0, SAGE_GRAN_PER_WARP = 1, SAGE_GRAN_PER_THREAD = 2 } sage_granularity_t;
+typedef enum { SAGE_SMOOTH_NONE = 0, SAGE_SMOOTH_K = 1, SAGE_SMOOTH_QK = 2 } sage_qk_smoothing_t;
+typedef enum { SAGE_VSMOOTH_NONE = 0, SAGE_VSMOOTH_MEAN = 1 } sage_v_smoothing_t;
+typedef enum { SAGE_ACCUM_TWO_LEVEL = 0, SAGE_ACCUM_FP22_ONLY = 1 } sage_accumulation_t;
+typedef enum { SAGE_MASK_NONE = 0, SAGE_MASK_CAUSAL = 1 } sage_mask_t; /* causal: bottom-right aligned */
+
+typedef struct {
+  sage_recipe_t recipe;
+  sage_granularity_t granularity;
+  sage_qk_smoothing_t qk_smoothing;
+  sage_v_smoothing_t v_smoothing;
+  sage_accumulation_t accumulation;
+} sage_recipe_config_t;
+
+typedef struct {
+  sage_recipe_config_t config;
+  sage_dtype_t dtype;           /* of q, k, v and o */
+  const void* q;                /* [total_q, num_q_heads, head_dim] */
+  const void* k;                /* [total_k, num_kv_heads, head_dim] */
+  const void* v;                /* [total_k, num_kv_heads, head_dim] */
+  void* o;                      /* [total_q, num_q_heads, head_dim] */
+  float* lse;                   /* [total_q, num_q_heads] natural log, or NULL */
+  const int32_t* cu_seqlens_q;  /* device, batch + 1 */
+  const int32_t* cu_seqlens_k;  /* device, batch + 1 */
+  int32_t batch;
+  int32_t max_seqlen_q;         /* host-side maxima over the batch (grid sizing) */
+  int32_t max_seqlen_k;
+  int64_t total_q;
+  int64_t total_k;
+  int32_t num_q_heads;
+  int32_t num_kv_heads;
+  int32_t head_dim;
+  sage_mask_t mask;
+  float softmax_scale;          /* > 0 */
+  void* workspace;              /* device scratch of at least sage_attn_workspace_size() bytes */
+  size_t workspace_bytes;
+} sage_attn_params_t;
+
+/* Bytes of device workspace the call needs for these params (quantized Q/K/V, scales, means). */
+sage_status_t sage_attn_workspace_size(const sage_attn_params_t* params, size_t* bytes);
+
+/* Quantize (per the recipe) and attend, all on `stream`. Asynchronous; launch errors are reported. */
+sage_status_t sage_attn_forward(const sage_attn_params_t* params, sage_stream_t stream);
+
+/* The two halves of sage_attn_forward (same params, same validation), for timing the attention
+ * kernel alone and for callers that reuse a quantized workspace: sage_attn_quantize fills
+ * params->workspace from q/k/v; sage_attn_attend reads a workspace that sage_attn_quantize filled
+ * with the same params and writes o/lse. For UNQUANTIZED, quantize does nothing. */
+sage_status_t sage_attn_quantize(const sage_attn_params_t* params, sage_stream_t stream);
+sage_status_t sage_attn_attend(const sage_attn_params_t* params, sage_stream_t stream);
+
+/* Detail of the last error on this thread ("q: head_dim 80 unsupported (64, 128)", CUDA error text). */
+const char* sage_last_error(void);
+const char* sage_status_name(sage_status_t status);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* SAGEATTN_H_ */
