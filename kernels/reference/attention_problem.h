@@ -35,9 +35,21 @@ struct AttnInput {
   float scale() const;
 };
 
+// Where the time of one GPU launch went, measured with CUDA events on the launch's stream (the
+// CUDA backend fills it; the CPU engine leaves it empty). For a merged batch the numbers are the
+// batch's, shared by every request in it.
+struct DeviceTimings {
+  double h2d_us = 0;     // host-to-device copy of q/k/v and cu_seqlens
+  double kernel_us = 0;  // quantization + attention
+  double d2h_us = 0;     // device-to-host copy of o (and lse)
+  int device = -1;       // CUDA ordinal the batch ran on
+  int stream_slot = -1;  // which of the device's stream slots ran it
+};
+
 struct AttnOutput {
   std::vector<float> o;    // [total_q, Hq, D]
   std::vector<float> lse;  // [total_q, Hq] when requested, else empty.
+  std::optional<DeviceTimings> device_timings;  // set by the CUDA backend
 };
 
 // Checks shapes, dtypes, head dims, GQA divisibility, cu_seqlens and data pointers. Every error is

@@ -27,6 +27,24 @@ struct BackendInfo {
   Recipe default_recipe = Recipe::kInt8QkFp8Pv;  // what runs when a request names none
 };
 
+// Live counters of one device of a backend (the CUDA backend reports one per GPU executor), for the
+// metrics layer. Counters are cumulative since start; gauges are the value at the call.
+struct DeviceStats {
+  int device = -1;                 // CUDA ordinal
+  std::string name;                // "NVIDIA H100 80GB HBM3"
+  bool healthy = true;             // false after a sticky CUDA error; the dispatcher skips it
+  int64_t batches = 0;             // launches completed (ok or failed)
+  int64_t failed_batches = 0;
+  int64_t tokens = 0;              // Σ total_q over completed launches
+  int64_t in_flight = 0;           // gauge: launches holding or waiting for a stream slot
+  int64_t queued_work = 0;         // gauge: Σ q_len·k_len of those launches
+  int streams = 0;                 // stream slots
+  int64_t pool_bytes = 0;          // device bytes preallocated for the buffer pool
+  int64_t pinned_bytes = 0;        // pinned host staging bytes
+  int64_t memory_used_bytes = 0;   // gauge: device memory in use (cudaMemGetInfo, all processes)
+  int64_t memory_total_bytes = 0;
+};
+
 // An engine the server can hand requests to. Attend() is blocking and thread-safe; it is called
 // from the server's worker threads, never from a gRPC reactor callback.
 class AttentionBackend {
@@ -34,6 +52,8 @@ class AttentionBackend {
   virtual ~AttentionBackend() = default;
   virtual const BackendInfo& info() const = 0;
   virtual absl::StatusOr<AttnOutput> Attend(const AttnInput& in, const RecipeConfig& config) = 0;
+  // Per-device counters; empty for engines without devices (the CPU engine). Thread-safe.
+  virtual std::vector<DeviceStats> DeviceStatsSnapshot() const { return {}; }
 };
 
 }  // namespace sage::server

@@ -16,8 +16,17 @@ using server::AttentionBackend;
 using server::CreateCudaBackend;
 using server::CudaBackendOptions;
 
+// Small pools: these tests never send large batches, and every test starts its own backend.
+CudaBackendOptions SmallPools() {
+  CudaBackendOptions o;
+  o.streams_per_device = 2;
+  o.pool.max_batch_elements = int64_t{4096} * 8 * 128;
+  o.pool.max_batch_sequences = 64;
+  return o;
+}
+
 std::unique_ptr<AttentionBackend> MakeBackend() {
-  auto b = CreateCudaBackend(CudaBackendOptions{});
+  auto b = CreateCudaBackend(SmallPools());
   EXPECT_TRUE(b.ok()) << b.status();
   return b.ok() ? *std::move(b) : nullptr;
 }
@@ -42,7 +51,7 @@ TEST(CudaBackend, VisibleDevicesAndInfo) {
   ASSERT_NE(backend, nullptr);
   const server::BackendInfo& info = backend->info();
   EXPECT_EQ(info.kind, server::BackendKind::kCuda);
-  ASSERT_EQ(info.devices.size(), 1u);
+  ASSERT_EQ(info.devices.size(), static_cast<size_t>(server::VisibleCudaDevices()));
   EXPECT_FALSE(info.devices[0].name.empty());
   EXPECT_GT(info.devices[0].memory_bytes, 0);
   EXPECT_EQ(info.head_dims, (std::vector<int>{64, 128}));
@@ -55,8 +64,13 @@ TEST(CudaBackend, VisibleDevicesAndInfo) {
 
 TEST(CudaBackend, BadDeviceOrdinal) {
   SAGE_SKIP_WITHOUT_GPU();
-  CudaBackendOptions o;
-  o.device = 1000;
+  CudaBackendOptions o = SmallPools();
+  o.devices = {1000};
+  EXPECT_EQ(CreateCudaBackend(o).status().code(), absl::StatusCode::kInvalidArgument);
+  o.devices = {0, 0};
+  EXPECT_EQ(CreateCudaBackend(o).status().code(), absl::StatusCode::kInvalidArgument);
+  o.devices = {0};
+  o.streams_per_device = 0;
   EXPECT_EQ(CreateCudaBackend(o).status().code(), absl::StatusCode::kInvalidArgument);
 }
 

@@ -1,0 +1,46 @@
+// sageserve::Client: a blocking client for sageserve.v1.AttentionService, plus streaming sessions
+// that keep many requests in flight on one stream.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "grpcpp/channel.h"
+#include "sageserve/client/options.h"
+#include "sageserve/client/stream_session.h"
+#include "sageserve/v1/attention_service.grpc.pb.h"
+
+namespace sageserve {
+
+enum class HealthStatus { kUnknown, kServing, kNotServing, kServiceUnknown };
+
+class Client {
+ public:
+  static absl::StatusOr<std::unique_ptr<Client>> Create(const ClientOptions& options);
+
+  // Blocking calls under options.deadline. Server errors come back with their gRPC code.
+  absl::StatusOr<v1::AttendResponse> Attend(const v1::AttendRequest& request) const;
+  absl::StatusOr<v1::GetServerInfoResponse> GetServerInfo() const;
+  absl::StatusOr<v1::SelfTestResponse> SelfTest(const v1::SelfTestRequest& request = {}) const;
+  // grpc.health.v1.Health/Check for `service` ("" = the whole server).
+  absl::StatusOr<HealthStatus> CheckHealth(const std::string& service = "") const;
+
+  // A new bidirectional AttendStream on this client's channel.
+  std::unique_ptr<StreamSession> OpenStream(const StreamOptions& options = {}) const;
+
+  const std::shared_ptr<grpc::Channel>& channel() const { return channel_; }
+  const ClientOptions& options() const { return options_; }
+
+ private:
+  Client(const ClientOptions& options, std::shared_ptr<grpc::Channel> channel);
+
+  ClientOptions options_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<v1::AttentionService::Stub> stub_;
+};
+
+// gRPC status -> absl::Status (same code and message).
+absl::Status FromGrpcStatus(const grpc::Status& status);
+
+}  // namespace sageserve

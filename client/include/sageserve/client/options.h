@@ -1,0 +1,35 @@
+// How a sageserve::Client connects.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <string>
+
+namespace sageserve {
+
+enum class TransportSecurity {
+  kInsecure,  // Plaintext: loopback and trusted networks.
+  kTls,       // TLS with the roots below (or the system roots when empty).
+};
+
+struct TlsOptions {
+  std::string root_certs_pem;   // Empty: system default roots.
+  std::string client_key_pem;   // Both set: mutual TLS.
+  std::string client_cert_pem;
+};
+
+struct ClientOptions {
+  std::string target = "127.0.0.1:50051";  // Any gRPC target: "host:port", "dns:///svc:port", ...
+  TransportSecurity security = TransportSecurity::kInsecure;
+  TlsOptions tls;
+  // Per unary call; zero means no deadline. Streams take theirs from StreamOptions.
+  std::chrono::milliseconds deadline{30000};
+  // Receive limit; gRPC's default of 4 MiB is far too small for attention tensors.
+  int64_t max_message_bytes = int64_t{512} << 20;
+};
+
+struct StreamOptions {
+  std::chrono::milliseconds deadline{0};  // Whole-stream deadline; zero means none.
+};
+
+}  // namespace sageserve

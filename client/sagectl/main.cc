@@ -1,0 +1,164 @@
+// sagectl: operate a sageserve server: health, info, selftest, attend, bench.
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "client/sagectl/commands.h"
+#include "google/protobuf/util/json_util.h"
+
+namespace sagectl {
+
+std::vector<std::string> ConnectionFlags() { return {"target", "tls", "ca_file", "deadline_ms"}; }
+
+int Fail(const absl::Status& status) {
+  std::fprintf(stderr, "sagectl: %s\n", status.ToString().c_str());
+  return 1;
+}
+
+absl::StatusOr<std::unique_ptr<sageserve::Client>> Connect(const Args& args) {
+  sageserve::ClientOptions options;
+  options.target = args.Str("target", options.target);
+  absl::StatusOr<int64_t> deadline = args.Int("deadline_ms", options.deadline.count());
+  if (!deadline.ok()) return deadline.status();
+  options.deadline = std::chrono::milliseconds(*deadline);
+  if (args.Flag("tls")) {
+    options.security = sageserve::TransportSecurity::kTls;
+    const std::string ca = args.Str("ca_file", "");
+    if (!ca.empty()) {
+      std::ifstream in(ca);
+      if (!in) return absl::NotFoundError(absl::StrCat("cannot read --ca_file ", ca));
+      std::stringstream ss;
+      ss << in.rdbuf();
+      options.tls.root_certs_pem = ss.str();
+    }
+  }
+  return sageserve::Client::Create(options);
+}
+
+namespace {
+
+void Usage() {
+  std::fprintf(stderr,
+      "usage: sagectl <command> [--target=host:port] [--deadline_ms=N] [--tls --ca_file=PEM] [options]\n"
+      "  health [--service=NAME]     grpc.health.v1 Check; exit 0 only when SERVING\n"
+      "  info                        GetServerInfo as JSON\n"
+      "  selftest [--recipe=NAME]    run the server's built-in problem; exit 0 when it passes\n"
+      "  attend  [problem options]   one request; accuracy vs the local fp64 oracle, timings\n"
+      "  bench   [problem options] [--concurrency=N] [--requests=N] [--mode=unary|stream]\n"
+      "  registry register|list|get|delete|get-plan|set-plan|calibrate [options]\n"
+      "                              the precision registry (docs/REGISTRY.md); e.g.\n"
+      "    registry register --model=M --layers=N --heads_q=H --heads_kv=H --head_dim=D [--timesteps=T] [--accuracy_target=X]\n"
+      "    registry calibrate --model=M [--dry_run] [--layers=0,1] [--timesteps=..] [--outlier_gain=1,4] [--samples=N]\n"
+      "    registry set-plan --model=M --entries=0-11:int8_qk_fp8_pv,12-15@0-9:unquantized [--expected_version=V]\n"
+      "problem options: --batch --q_len --k_len --heads_q --heads_kv --head_dim --dtype=fp16|bf16\n"
+      "  --output_dtype --recipe --causal --lse --seed --q_file --k_file --v_file (raw LE bytes)\n"
+      "  --model --layer --timestep (precision registry: run the model's plan unless --recipe is given)\n");
+}
+
+template <typename Message>
+void PrintJson(const Message& m) {
+  std::string json;
+  google::protobuf::util::JsonPrintOptions opts;
+  opts.add_whitespace = true;
+  opts.always_print_primitive_fields = true;
+  (void)google::protobuf::util::MessageToJsonString(m, &json, opts);
+  std::printf("%s", json.c_str());
+}
+
+bool CheckFlags(const Args& args, std::vector<std::string> known) {
+  for (const std::string& f : ConnectionFlags()) known.push_back(f);
+  std::vector<std::string> unknown = args.Unknown(known);
+  if (unknown.empty()) return true;
+  std::fprintf(stderr, "sagectl: unknown option(s): --%s\n", absl::StrJoin(unknown, ", --").c_str());
+  return false;
+}
+
+int RunHealth(const Args& args) {
+  if (!CheckFlags(args, {"service"})) return 2;
+  auto client = Connect(args);
+  if (!client.ok()) return Fail(client.status());
+  absl::StatusOr<sageserve::HealthStatus> h = (*client)->CheckHealth(args.Str("service", ""));
+  if (!h.ok()) return Fail(h.status());
+  const char* names[] = {"UNKNOWN", "SERVING", "NOT_SERVING", "SERVICE_UNKNOWN"};
+  std::printf("%s\n", names[static_cast<int>(*h)]);
+  return *h == sageserve::HealthStatus::kServing ? 0 : 1;
+}
+
+int RunInfo(const Args& args) {
+  if (!CheckFlags(args, {})) return 2;
+  auto client = Connect(args);
+  if (!client.ok()) return Fail(client.status());
+  auto info = (*client)->GetServerInfo();
+  if (!info.ok()) return Fail(info.status());
+  PrintJson(*info);
+  return 0;
+}
+
+int RunSelfTest(const Args& args) {
+  if (!CheckFlags(args, {"recipe"})) return 2;
+  auto client = Connect(args);
+  if (!client.ok()) return Fail(client.status());
+  sageserve::v1::SelfTestRequest request;
+  if (args.Has("recipe")) {
+    sageserve::v1::Recipe r;
+    if (!sageserve::v1::Recipe_Parse(absl::StrCat("RECIPE_", args.Str("recipe", "")), &r)) {
+      std::string upper = args.Str("recipe", "");
+      for (char& c : upper) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+      if (!sageserve::v1::Recipe_Parse(absl::StrCat("RECIPE_", upper), &r)) {
+        return Fail(absl::InvalidArgumentError("unknown --recipe"));
+      }
+    }
+    request.add_recipes(r);
+  }
+  auto result = (*client)->SelfTest(request);
+  if (!result.ok()) return Fail(result.status());
+  std::printf("selftest on %s: %s (%lld us)\n  problem: %s\n", result->backend().c_str(),
+              result->passed() ? "PASSED" : "FAILED", static_cast<long long>(result->total_us()),
+              result->problem().c_str());
+  for (const auto& r : result->results()) {
+    std::printf("  %-24s cos %.6f  relL1 %.5f  rmse %.6f  maxabs %.5f  %6lld us  %s%s\n",
+                sageserve::v1::Recipe_Name(r.recipe()).c_str(), r.cosine_similarity(), r.relative_l1(),
+                r.rmse(), r.max_abs_error(), static_cast<long long>(r.compute_us()),
+                r.passed() ? "ok" : "FAIL", r.error().empty() ? "" : (" " + r.error()).c_str());
+  }
+  return result->passed() ? 0 : 1;
+}
+
+}  // namespace
+}  // namespace sagectl
+
+int main(int argc, char** argv) {
+  if (argc < 2) {
+    sagectl::Usage();
+    return 2;
+  }
+  const std::string command = argv[1];
+  if (command == "-h" || command == "--help" || command == "help") {
+    sagectl::Usage();
+    return 0;
+  }
+  if (command == "registry") {
+    // Two words: `sagectl registry <verb> --flags...`.
+    if (argc < 3) {
+      sagectl::Usage();
+      return 2;
+    }
+    absl::StatusOr<sagectl::Args> args = sagectl::Args::Parse(std::vector<std::string>(argv + 3, argv + argc));
+    if (!args.ok()) return sagectl::Fail(args.status());
+    return sagectl::RunRegistry(argv[2], *args);
+  }
+  absl::StatusOr<sagectl::Args> args = sagectl::Args::Parse(std::vector<std::string>(argv + 2, argv + argc));
+  if (!args.ok()) return sagectl::Fail(args.status());
+  if (command == "health") return sagectl::RunHealth(*args);
+  if (command == "info") return sagectl::RunInfo(*args);
+  if (command == "selftest") return sagectl::RunSelfTest(*args);
+  if (command == "attend") return sagectl::RunAttend(*args);
+  if (command == "bench") return sagectl::RunBench(*args);
+  std::fprintf(stderr, "sagectl: unknown command '%s'\n", command.c_str());
+  sagectl::Usage();
+  return 2;
+}

@@ -1,0 +1,108 @@
+#include "sageserve/client/client.h"
+
+#include <climits>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "grpc/health/v1/health.grpc.pb.h"
+#include "grpcpp/create_channel.h"
+#include "grpcpp/security/credentials.h"
+#include "grpcpp/support/channel_arguments.h"
+
+namespace sageserve {
+
+absl::Status FromGrpcStatus(const grpc::Status& status) {
+  if (status.ok()) return absl::OkStatus();
+  return absl::Status(static_cast<absl::StatusCode>(status.error_code()), status.error_message());
+}
+
+absl::StatusOr<std::unique_ptr<Client>> Client::Create(const ClientOptions& options) {
+  if (options.target.empty()) return absl::InvalidArgumentError("ClientOptions.target is empty");
+  if (options.max_message_bytes <= 0 || options.max_message_bytes > INT_MAX) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("ClientOptions.max_message_bytes must be in (0, ", INT_MAX, "]"));
+  }
+  std::shared_ptr<grpc::ChannelCredentials> creds;
+  switch (options.security) {
+    case TransportSecurity::kInsecure:
+      creds = grpc::InsecureChannelCredentials();
+      break;
+    case TransportSecurity::kTls: {
+      grpc::SslCredentialsOptions ssl;
+      ssl.pem_root_certs = options.tls.root_certs_pem;
+      ssl.pem_private_key = options.tls.client_key_pem;
+      ssl.pem_cert_chain = options.tls.client_cert_pem;
+      creds = grpc::SslCredentials(ssl);
+      break;
+    }
+  }
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(static_cast<int>(options.max_message_bytes));
+  args.SetMaxSendMessageSize(static_cast<int>(options.max_message_bytes));
+  std::shared_ptr<grpc::Channel> channel = grpc::CreateCustomChannel(options.target, creds, args);
+  if (channel == nullptr) return absl::InternalError("could not create a gRPC channel");
+  return std::unique_ptr<Client>(new Client(options, std::move(channel)));
+}
+
+Client::Client(const ClientOptions& options, std::shared_ptr<grpc::Channel> channel)
+    : options_(options), channel_(std::move(channel)), stub_(v1::AttentionService::NewStub(channel_)) {}
+
+namespace {
+
+void ApplyDeadline(const ClientOptions& options, grpc::ClientContext* context) {
+  if (options.deadline.count() > 0) {
+    context->set_deadline(std::chrono::system_clock::now() + options.deadline);
+  }
+}
+
+}  // namespace
+
+absl::StatusOr<v1::AttendResponse> Client::Attend(const v1::AttendRequest& request) const {
+  grpc::ClientContext context;
+  ApplyDeadline(options_, &context);
+  v1::AttendResponse response;
+  grpc::Status status = stub_->Attend(&context, request, &response);
+  if (!status.ok()) return FromGrpcStatus(status);
+  return response;
+}
+
+absl::StatusOr<v1::GetServerInfoResponse> Client::GetServerInfo() const {
+  grpc::ClientContext context;
+  ApplyDeadline(options_, &context);
+  v1::GetServerInfoResponse response;
+  grpc::Status status = stub_->GetServerInfo(&context, v1::GetServerInfoRequest(), &response);
+  if (!status.ok()) return FromGrpcStatus(status);
+  return response;
+}
+
+absl::StatusOr<v1::SelfTestResponse> Client::SelfTest(const v1::SelfTestRequest& request) const {
+  grpc::ClientContext context;
+  ApplyDeadline(options_, &context);
+  v1::SelfTestResponse response;
+  grpc::Status status = stub_->SelfTest(&context, request, &response);
+  if (!status.ok()) return FromGrpcStatus(status);
+  return response;
+}
+
+absl::StatusOr<HealthStatus> Client::CheckHealth(const std::string& service) const {
+  auto health = grpc::health::v1::Health::NewStub(channel_);
+  grpc::ClientContext context;
+  ApplyDeadline(options_, &context);
+  grpc::health::v1::HealthCheckRequest request;
+  request.set_service(service);
+  grpc::health::v1::HealthCheckResponse response;
+  grpc::Status status = health->Check(&context, request, &response);
+  if (!status.ok()) return FromGrpcStatus(status);
+  switch (response.status()) {
+    case grpc::health::v1::HealthCheckResponse::SERVING: return HealthStatus::kServing;
+    case grpc::health::v1::HealthCheckResponse::NOT_SERVING: return HealthStatus::kNotServing;
+    case grpc::health::v1::HealthCheckResponse::SERVICE_UNKNOWN: return HealthStatus::kServiceUnknown;
+    default: return HealthStatus::kUnknown;
+  }
+}
+
+std::unique_ptr<StreamSession> Client::OpenStream(const StreamOptions& options) const {
+  return std::make_unique<StreamSession>(stub_.get(), options);
+}
+
+}  // namespace sageserve

@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# Issue 5 on a GPU machine, from a bundle (scripts/device-bundle.sh sageserve sagectl sageattn
+# sage_cuda_runtime_bench cuda_runtime_gpu_test cuda_backend_gpu_test): the runtime GPU tests, the
+# in-process baseline (bare kernel and CudaBackend::Attend), then `sagectl bench` against
+# `sageserve --backend=cuda` on loopback with dynamic batching on and off. Logs go to $OUT or /tmp.
+#
+#   scripts/device-runtime-bench.sh [--bundle DIR] [--port N] [--skip-tests]
+set -uo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+BUNDLE="$ROOT/.bundle"
+PORT=50079
+SKIP_TESTS=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --bundle) BUNDLE="$(realpath "$2")"; shift 2 ;;
+    --port) PORT="$2"; shift 2 ;;
+    --skip-tests) SKIP_TESTS=1; shift ;;
+    *) echo "device-runtime-bench: unknown argument $1" >&2; exit 2 ;;
+  esac
+done
+LOG="${OUT:-/tmp}"
+export LD_LIBRARY_PATH="$BUNDLE/lib:${LD_LIBRARY_PATH:-}"
+B="$BUNDLE/bin"
+TARGET="127.0.0.1:$PORT"
+SMALL="--batch=1 --q_len=128 --k_len=128 --heads_q=8 --heads_kv=8 --head_dim=128"
+L4K="--batch=1 --q_len=4096 --k_len=4096 --heads_q=8 --heads_kv=8 --head_dim=128 --causal"
+L16K="--batch=1 --q_len=16384 --k_len=16384 --heads_q=8 --heads_kv=8 --head_dim=128 --causal"
+
+date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+if [ "$SKIP_TESTS" = 0 ]; then
+  for t in cuda_runtime_gpu_test cuda_backend_gpu_test; do
+    echo "=== $t"
+    timeout 180 "$B/$t" --gtest_brief=1 >"$LOG/$t.log" 2>&1
+    echo "=== $t: exit $?"; tail -n 4 "$LOG/$t.log"
+  done
+fi
+
+echo "=== in-process (kernel and backend)"
+timeout 60 "$B/sage_cuda_runtime_bench" $SMALL --concurrency=1,4,16,64 --requests=4000 2>&1 | tee "$LOG/inproc_small.log"
+timeout 60 "$B/sage_cuda_runtime_bench" $L4K --concurrency=1,4 --requests=200 2>&1 | tee "$LOG/inproc_4k.log"
+timeout 60 "$B/sage_cuda_runtime_bench" $L16K --concurrency=1,2 --requests=40 2>&1 | tee "$LOG/inproc_16k.log"
+
+serve() {  # name, extra flags...
+  local name="$1"; shift
+  "$B/sageserve" --backend=cuda --listen="$TARGET" --log_level=warn --worker_threads=4 "$@" \
+    >"$LOG/sageserve_$name.log" 2>&1 &
+  SERVER_PID=$!
+  for _ in $(seq 1 120); do
+    if "$B/sagectl" health --target="$TARGET" >/dev/null 2>&1; then return 0; fi
+    kill -0 "$SERVER_PID" 2>/dev/null || break
+    sleep 0.25
+  done
+  echo "server $name did not start"; cat "$LOG/sageserve_$name.log"; return 1
+}
+stop() { kill -TERM "$SERVER_PID"; wait "$SERVER_PID"; echo "(sageserve exit $?)"; }
+bench() {  # label, flags...
+  local label="$1"; shift
+  echo "--- $label"
+  timeout 90 "$B/sagectl" bench --target="$TARGET" "$@" 2>&1 | tee -a "$LOG/bench.log"
+}
+
+scrape() {  # name: the server's Prometheus text, for batch sizes and stage histograms
+  python3 -c "import urllib.request,sys; sys.stdout.write(urllib.request.urlopen('http://127.0.0.1:$((PORT + 1))/metrics').read().decode())" \
+    >"$LOG/metrics_$1.txt" 2>&1 || true
+  grep -E '^sageserve_(batch_size_requests|batch_size_tokens|batch_compute_duration_seconds|h2d_duration_seconds|kernel_duration_seconds|d2h_duration_seconds|queue_duration_seconds|request_duration_seconds)_(sum|count)' "$LOG/metrics_$1.txt" | head -n 20
+}
+
+for mode in batching nobatching batching_w1 nobatching_w1; do
+  extra=(--metrics_listen=127.0.0.1:$((PORT + 1)))
+  case "$mode" in
+    nobatching) extra+=(--max_batch_tokens=0) ;;
+    batching_w1) extra+=(--worker_threads=1) ;;
+    nobatching_w1) extra+=(--worker_threads=1 --max_batch_tokens=0) ;;
+  esac
+  echo "=== sageserve --backend=cuda, $mode ${extra[*]}"
+  serve "$mode" "${extra[@]}" || continue
+  bench "$mode small c1" $SMALL --concurrency=1 --requests=1000 --warmup=50
+  bench "$mode small c16" $SMALL --concurrency=16 --requests=4000 --warmup=50
+  bench "$mode small c64" $SMALL --concurrency=64 --requests=8000 --warmup=50
+  case "$mode" in
+    batching|nobatching)
+      bench "$mode small c16 stream" $SMALL --concurrency=16 --requests=4000 --warmup=50 --mode=stream
+      bench "$mode 4k c4" $L4K --concurrency=4 --requests=100 --warmup=4
+      bench "$mode 16k c2" $L16K --concurrency=2 --requests=20 --warmup=2 ;;
+  esac
+  scrape "$mode"
+  stop
+done
+echo "=== done"; date -u

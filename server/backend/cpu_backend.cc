@@ -1,0 +1,59 @@
+#include "server/backend/cpu_backend.h"
+
+#include <string>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "kernels/reference/cpu_engine.h"
+
+namespace sage::server {
+namespace {
+
+std::string HostArchitecture() {
+#if defined(__x86_64__)
+  return "x86_64";
+#elif defined(__aarch64__)
+  return "aarch64";
+#else
+  return "unknown";
+#endif
+}
+
+class CpuBackend final : public AttentionBackend {
+ public:
+  CpuBackend(std::unique_ptr<CpuEngine> engine, int threads) : engine_(std::move(engine)) {
+    info_.kind = BackendKind::kCpu;
+    info_.devices.push_back(
+        DeviceDescription{absl::StrCat("cpu (", threads, " threads)"), HostArchitecture(), 0});
+    info_.head_dims.assign(std::begin(kSupportedHeadDims), std::end(kSupportedHeadDims));
+    info_.recipes.assign(std::begin(kAllRecipes), std::end(kAllRecipes));
+    info_.default_recipe = Recipe::kInt8QkFp8Pv;
+  }
+
+  const BackendInfo& info() const override { return info_; }
+
+  absl::StatusOr<AttnOutput> Attend(const AttnInput& in, const RecipeConfig& config) override {
+    return engine_->Run(in, config);  // CpuEngine::Run is const and thread-safe.
+  }
+
+ private:
+  std::unique_ptr<CpuEngine> engine_;
+  BackendInfo info_;
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<AttentionBackend>> CreateCpuBackend(const CpuBackendOptions& options) {
+  if (options.num_threads < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("cpu backend: num_threads must be >= 0, got ", options.num_threads));
+  }
+  CpuEngineOptions engine_options;
+  engine_options.num_threads = options.num_threads;
+  absl::StatusOr<std::unique_ptr<CpuEngine>> engine = CpuEngine::Create(engine_options);
+  if (!engine.ok()) return engine.status();
+  const int threads = (*engine)->num_threads();
+  return std::unique_ptr<AttentionBackend>(new CpuBackend(*std::move(engine), threads));
+}
+
+}  // namespace sage::server

@@ -1,0 +1,402 @@
+#include "server/backend/cuda/device_executor.h"
+
+#include <cuda_runtime.h>
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
+
+#include <algorithm>
+#include <bit>
+#include <cstring>
+#include <string>
+#include <utility>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "kernels/reference/numerics.h"
+#include "kernels/reference/recipe.h"
+#include "server/backend/cuda/cuda_status.h"
+#include "server/backend/cuda/kernel_config.h"
+
+namespace sage::server {
+namespace {
+
+constexpr size_t kAlign = 256;  // every staged tensor starts at a multiple (kernels need 16/128)
+constexpr double kMiB = 1024.0 * 1024.0;
+
+size_t AlignUp(size_t x) { return (x + kAlign - 1) / kAlign * kAlign; }
+
+// Byte offsets of one launch's tensors inside a slot's input and output staging. The host (pinned)
+// and device buffers use the same layout, so each direction is one contiguous copy.
+struct StagingLayout {
+  size_t q = 0, k = 0, v = 0, cu_q = 0, cu_k = 0, in_end = 0;
+  size_t o = 0, lse = 0, out_end = 0;
+};
+
+StagingLayout LayoutFor(int64_t q_elements, int64_t kv_elements, int sequences, int64_t lse_elements) {
+  StagingLayout l;
+  const size_t q_bytes = static_cast<size_t>(q_elements) * 2, kv_bytes = static_cast<size_t>(kv_elements) * 2;
+  const size_t cu_bytes = static_cast<size_t>(sequences + 1) * sizeof(int32_t);
+  l.q = 0;
+  l.k = AlignUp(l.q + q_bytes);
+  l.v = AlignUp(l.k + kv_bytes);
+  l.cu_q = AlignUp(l.v + kv_bytes);
+  l.cu_k = AlignUp(l.cu_q + cu_bytes);
+  l.in_end = l.cu_k + cu_bytes;
+  l.o = 0;
+  l.lse = AlignUp(q_bytes);
+  l.out_end = l.lse + static_cast<size_t>(lse_elements) * sizeof(float);
+  return l;
+}
+
+// Copies (or converts to `target`) a tensor's elements into 16-bit staging.
+void Stage16(const TensorView& t, DType target, uint16_t* dst) {
+  const size_t n = static_cast<size_t>(t.numel());
+  if (n == 0) return;
+  if (t.dtype == target) {
+    std::memcpy(dst, t.data, n * 2);
+    return;
+  }
+  const std::vector<float> f = ToFloatVector(t);
+  for (size_t i = 0; i < n; ++i) dst[i] = target == DType::kBF16 ? EncodeBf16(f[i]) : EncodeFp16(f[i]);
+}
+
+// 16-bit results to float. fp16 uses the F16C instruction where the CPU has it (exact, 8 per
+// instruction; the scalar reference decoder costs a call per element), bf16 is a shift.
+#if defined(__x86_64__) || defined(__i386__)
+__attribute__((target("avx,f16c"))) void DecodeFp16F16c(const uint16_t* src, float* dst, size_t n) {
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i));
+    _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(h));
+  }
+  for (; i < n; ++i) dst[i] = DecodeFp16(src[i]);
+}
+#endif
+
+void Decode16(const uint16_t* src, float* dst, size_t n, DType dtype) {
+  if (dtype == DType::kBF16) {
+    for (size_t i = 0; i < n; ++i) dst[i] = std::bit_cast<float>(static_cast<uint32_t>(src[i]) << 16);
+    return;
+  }
+#if defined(__x86_64__) || defined(__i386__)
+  static const bool has_f16c = __builtin_cpu_supports("f16c") && __builtin_cpu_supports("avx");
+  if (has_f16c) {
+    DecodeFp16F16c(src, dst, n);
+    return;
+  }
+#endif
+  for (size_t i = 0; i < n; ++i) dst[i] = DecodeFp16(src[i]);
+}
+
+// Errors after which the CUDA context is unusable: the device is taken out of rotation.
+bool IsSticky(cudaError_t err) {
+  switch (err) {
+    case cudaErrorIllegalAddress:
+    case cudaErrorLaunchFailure:
+    case cudaErrorHardwareStackError:
+    case cudaErrorIllegalInstruction:
+    case cudaErrorMisalignedAddress:
+    case cudaErrorInvalidAddressSpace:
+    case cudaErrorInvalidPc:
+    case cudaErrorECCUncorrectable:
+    case cudaErrorDevicesUnavailable:
+    case cudaErrorUnknown:
+      return true;
+    default:
+      return false;
+  }
+}
+
+// Workspace that the default configuration of every recipe (QK smoothing excluded: its ΔS grows
+// with q_len·k_len) needs for `elements` per tensor with up to 32 heads.
+absl::StatusOr<size_t> AutoWorkspaceBytes(const CudaPoolOptions& pool) {
+  size_t best = 0;
+  for (Recipe r : kAllRecipes) {
+    absl::StatusOr<sage_recipe_config_t> cfg = ToKernelConfig(ConfigFor(r));
+    if (!cfg.ok()) return cfg.status();
+    if (cfg->qk_smoothing == SAGE_SMOOTH_QK) cfg->qk_smoothing = SAGE_SMOOTH_K;
+    for (int d : kSupportedHeadDims) {
+      const int64_t tokens = std::max<int64_t>(1, pool.max_batch_elements / (int64_t{32} * d));
+      for (int batch : {1, std::min(pool.max_batch_sequences, 256)}) {
+        const int b = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(batch, tokens)));
+        sage_attn_params_t p{};
+        p.config = *cfg;
+        p.dtype = SAGE_DTYPE_F16;
+        p.batch = b;
+        p.total_q = p.total_k = tokens;
+        p.max_seqlen_q = p.max_seqlen_k = static_cast<int32_t>((tokens + b - 1) / b);
+        p.num_q_heads = p.num_kv_heads = 32;
+        p.head_dim = d;
+        p.softmax_scale = 1.0f;
+        size_t bytes = 0;
+        SAGE_CUDA_RETURN_IF_ERROR(FromSage(sage_attn_workspace_size(&p, &bytes), "workspace size at pool capacity"));
+        best = std::max(best, bytes);
+      }
+    }
+  }
+  return best + (1 << 20);
+}
+
+}  // namespace
+
+// One stream with its staging and events. Owned by the executor, used by one Run() at a time.
+struct DeviceExecutor::Slot {
+  int index = 0;
+  int device = 0;
+  cudaStream_t stream = nullptr;
+  cudaEvent_t ev[4] = {nullptr, nullptr, nullptr, nullptr};  // start, after H2D, after kernels, after D2H
+  unsigned char* host_in = nullptr;   // pinned
+  unsigned char* host_out = nullptr;  // pinned
+  unsigned char* dev_in = nullptr;
+  unsigned char* dev_out = nullptr;
+  void* dev_ws = nullptr;
+
+  ~Slot() {
+    if (cudaSetDevice(device) != cudaSuccess) return;
+    if (stream) (void)cudaStreamSynchronize(stream);
+    for (cudaEvent_t e : ev) {
+      if (e) (void)cudaEventDestroy(e);
+    }
+    if (stream) (void)cudaStreamDestroy(stream);
+    if (host_in) (void)cudaFreeHost(host_in);
+    if (host_out) (void)cudaFreeHost(host_out);
+    if (dev_in) (void)cudaFree(dev_in);
+    if (dev_out) (void)cudaFree(dev_out);
+    if (dev_ws) (void)cudaFree(dev_ws);
+  }
+};
+
+DeviceExecutor::DeviceExecutor(int device, int sm, DeviceDescription description, const CudaPoolOptions& pool)
+    : device_(device), sm_(sm), description_(std::move(description)), pool_(pool) {}
+
+DeviceExecutor::~DeviceExecutor() {
+  slots_.clear();  // each slot syncs its stream before freeing
+}
+
+absl::StatusOr<std::unique_ptr<DeviceExecutor>> DeviceExecutor::Create(const ExecutorOptions& options) {
+  if (options.streams < 1 || options.streams > 64) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("cuda backend: streams_per_device ", options.streams, " out of range [1, 64]"));
+  }
+  if (options.pool.max_batch_elements < 64 * 64 || options.pool.max_batch_sequences < 1 ||
+      options.pool.workspace_bytes < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "cuda backend: pool options out of range (max_batch_elements ", options.pool.max_batch_elements,
+        " >= 4096, max_batch_sequences ", options.pool.max_batch_sequences, " >= 1, workspace_bytes >= 0)"));
+  }
+  SAGE_CUDA_RETURN_IF_ERROR(FromCuda(cudaSetDevice(options.device), "cudaSetDevice"));
+  cudaDeviceProp prop{};
+  SAGE_CUDA_RETURN_IF_ERROR(FromCuda(cudaGetDeviceProperties(&prop, options.device), "cudaGetDeviceProperties"));
+  const int sm = prop.major * 10 + prop.minor;
+  if (sm < 80) {
+    return absl::FailedPreconditionError(absl::StrCat("cuda backend: device ", options.device, " (", prop.name,
+                                                      ") is sm_", sm, "; the kernels need sm_80 or newer"));
+  }
+  DeviceDescription desc{prop.name, absl::StrCat("sm_", sm), static_cast<int64_t>(prop.totalGlobalMem)};
+  std::unique_ptr<DeviceExecutor> ex(new DeviceExecutor(options.device, sm, std::move(desc), options.pool));
+  SAGE_CUDA_RETURN_IF_ERROR(ex->AllocateSlots(options.streams));
+  return ex;
+}
+
+absl::Status DeviceExecutor::AllocateSlots(int streams) {
+  const StagingLayout cap = LayoutFor(pool_.max_batch_elements, pool_.max_batch_elements, pool_.max_batch_sequences,
+                                      pool_.max_batch_elements / 64);
+  in_capacity_ = cap.in_end;
+  out_capacity_ = cap.out_end;
+  if (pool_.workspace_bytes > 0) {
+    ws_capacity_ = static_cast<size_t>(pool_.workspace_bytes);
+  } else {
+    absl::StatusOr<size_t> ws = AutoWorkspaceBytes(pool_);
+    if (!ws.ok()) return ws.status();
+    ws_capacity_ = *ws;
+  }
+  const auto oom = [&](const absl::Status& s, const char* what) {
+    if (s.code() != absl::StatusCode::kResourceExhausted) return s;
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "cuda backend: device ", device_, ": cannot preallocate ", what, " for ", streams, " stream slots of ",
+        (in_capacity_ + out_capacity_) / kMiB, " MiB staging + ", ws_capacity_ / kMiB,
+        " MiB workspace (CudaPoolOptions.max_batch_elements ", pool_.max_batch_elements,
+        "); lower max_batch_elements or streams_per_device: ", s.message()));
+  };
+  // Refuse up front (rather than half-way) when the device pools cannot fit in free memory.
+  size_t free_b = 0, total_b = 0;
+  SAGE_CUDA_RETURN_IF_ERROR(FromCuda(cudaMemGetInfo(&free_b, &total_b), "cudaMemGetInfo"));
+  const double need = static_cast<double>(in_capacity_ + out_capacity_ + ws_capacity_) * streams;
+  if (need > static_cast<double>(free_b)) {
+    return oom(absl::ResourceExhaustedError(absl::StrCat(need / kMiB, " MiB needed, ", free_b / kMiB, " MiB free")),
+               "device buffers");
+  }
+  for (int i = 0; i < streams; ++i) {
+    auto slot = std::make_unique<Slot>();
+    slot->index = i;
+    slot->device = device_;
+    SAGE_CUDA_RETURN_IF_ERROR(FromCuda(cudaStreamCreateWithFlags(&slot->stream, cudaStreamNonBlocking), "cudaStreamCreate"));
+    for (cudaEvent_t& e : slot->ev) SAGE_CUDA_RETURN_IF_ERROR(FromCuda(cudaEventCreate(&e), "cudaEventCreate"));
+    SAGE_CUDA_RETURN_IF_ERROR(oom(FromCuda(cudaHostAlloc(reinterpret_cast<void**>(&slot->host_in), in_capacity_,
+                                                         cudaHostAllocPortable), "cudaHostAlloc(input staging)"), "pinned input staging"));
+    SAGE_CUDA_RETURN_IF_ERROR(oom(FromCuda(cudaHostAlloc(reinterpret_cast<void**>(&slot->host_out), out_capacity_,
+                                                         cudaHostAllocPortable), "cudaHostAlloc(output staging)"), "pinned output staging"));
+    SAGE_CUDA_RETURN_IF_ERROR(oom(FromCuda(cudaMalloc(reinterpret_cast<void**>(&slot->dev_in), in_capacity_),
+                                           "cudaMalloc(inputs)"), "device input buffers"));
+    SAGE_CUDA_RETURN_IF_ERROR(oom(FromCuda(cudaMalloc(reinterpret_cast<void**>(&slot->dev_out), out_capacity_),
+                                           "cudaMalloc(outputs)"), "device output buffers"));
+    if (ws_capacity_ > 0) {
+      SAGE_CUDA_RETURN_IF_ERROR(oom(FromCuda(cudaMalloc(&slot->dev_ws, ws_capacity_), "cudaMalloc(workspace)"),
+                                    "device workspace"));
+    }
+    pool_bytes_ += static_cast<int64_t>(in_capacity_ + out_capacity_ + ws_capacity_);
+    pinned_bytes_ += static_cast<int64_t>(in_capacity_ + out_capacity_);
+    slots_.push_back(std::move(slot));
+  }
+  absl::MutexLock lock(&mu_);
+  for (auto& s : slots_) free_.push_back(s.get());
+  return absl::OkStatus();
+}
+
+absl::Status DeviceExecutor::CheckFits(const LaunchShape& shape) const {
+  const int64_t cap = pool_.max_batch_elements;
+  if (shape.q_elements > cap || shape.kv_elements > cap) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "cuda backend: batch too large for the preallocated buffers: q has ", shape.q_elements, " and k/v ",
+        shape.kv_elements, " elements (tokens x heads x head_dim), a launch holds at most ", cap,
+        " (raise CudaPoolOptions.max_batch_elements, or send smaller requests)"));
+  }
+  if (shape.sequences > pool_.max_batch_sequences) {
+    return absl::ResourceExhaustedError(absl::StrCat("cuda backend: batch has ", shape.sequences,
+                                                     " sequences, a launch holds at most ", pool_.max_batch_sequences,
+                                                     " (raise CudaPoolOptions.max_batch_sequences)"));
+  }
+  if (shape.workspace_bytes > ws_capacity_) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "cuda backend: batch needs ", shape.workspace_bytes, " bytes of kernel workspace, a slot has ", ws_capacity_,
+        " (raise CudaPoolOptions.workspace_bytes; QK smoothing of long sequences needs the most)"));
+  }
+  return absl::OkStatus();
+}
+
+// First come, first served with one wake-up per slot: a caller that finds no free slot (or others
+// already waiting) queues itself, and a released slot is handed straight to the oldest waiter. (A
+// shared condition variable lets late callers overtake waiting ones and wakes every waiter on each
+// release; both show up as p99 spikes with many callers.)
+DeviceExecutor::Slot* DeviceExecutor::AcquireSlot() {
+  absl::MutexLock lock(&mu_);
+  if (!free_.empty() && waiters_.empty()) {
+    Slot* s = free_.back();
+    free_.pop_back();
+    return s;
+  }
+  SlotWaiter me;
+  waiters_.push_back(&me);
+  while (me.slot == nullptr) me.ready.Wait(&mu_);
+  return me.slot;
+}
+
+void DeviceExecutor::ReleaseSlot(Slot* slot) {
+  absl::MutexLock lock(&mu_);
+  if (waiters_.empty()) {
+    free_.push_back(slot);
+    return;
+  }
+  SlotWaiter* next = waiters_.front();
+  waiters_.pop_front();
+  next->slot = slot;
+  next->ready.Signal();
+}
+
+absl::StatusOr<AttnOutput> DeviceExecutor::Run(const AttnInput& in, sage_attn_params_t params, DType dtype) {
+  Slot* slot = AcquireSlot();
+  absl::StatusOr<AttnOutput> out = RunOnSlot(*slot, in, params, dtype);
+  if (!out.ok()) {
+    // Whatever was enqueued must finish before the slot's buffers are reused.
+    const cudaError_t drained = cudaStreamSynchronize(slot->stream);
+    if (IsSticky(drained) || IsSticky(cudaGetLastError())) {
+      healthy_.store(false, std::memory_order_relaxed);
+    }
+    failed_batches_.fetch_add(1, std::memory_order_relaxed);
+  } else {
+    tokens_.fetch_add(params.total_q, std::memory_order_relaxed);
+  }
+  batches_.fetch_add(1, std::memory_order_relaxed);
+  ReleaseSlot(slot);
+  return out;
+}
+
+absl::StatusOr<AttnOutput> DeviceExecutor::RunOnSlot(Slot& slot, const AttnInput& in, sage_attn_params_t& params,
+                                                     DType dtype) {
+  SAGE_CUDA_RETURN_IF_ERROR(FromCuda(cudaSetDevice(device_), "cudaSetDevice"));
+  const bool want_lse = in.lse == LseMode::kNatural;
+  const int64_t lse_elements = want_lse ? params.total_q * params.num_q_heads : 0;
+  const StagingLayout l = LayoutFor(in.q.numel(), in.k.numel(), params.batch, lse_elements);
+  if (l.in_end > in_capacity_ || l.out_end > out_capacity_) {
+    return absl::ResourceExhaustedError("cuda backend: launch exceeds the slot's staging (CheckFits not called)");
+  }
+  // Stage into pinned memory (conversion to 16 bits happens here when needed).
+  Stage16(in.q, dtype, reinterpret_cast<uint16_t*>(slot.host_in + l.q));
+  Stage16(in.k, dtype, reinterpret_cast<uint16_t*>(slot.host_in + l.k));
+  Stage16(in.v, dtype, reinterpret_cast<uint16_t*>(slot.host_in + l.v));
+  const size_t cu_bytes = static_cast<size_t>(params.batch + 1) * sizeof(int32_t);
+  std::memcpy(slot.host_in + l.cu_q, in.cu_seqlens_q.data(), cu_bytes);
+  std::memcpy(slot.host_in + l.cu_k, in.cu_seqlens_k.data(), cu_bytes);
+
+  params.q = slot.dev_in + l.q;
+  params.k = slot.dev_in + l.k;
+  params.v = slot.dev_in + l.v;
+  params.cu_seqlens_q = reinterpret_cast<const int32_t*>(slot.dev_in + l.cu_q);
+  params.cu_seqlens_k = reinterpret_cast<const int32_t*>(slot.dev_in + l.cu_k);
+  params.o = slot.dev_out + l.o;
+  params.lse = want_lse ? reinterpret_cast<float*>(slot.dev_out + l.lse) : nullptr;
+  params.workspace = slot.dev_ws;
+  params.workspace_bytes = ws_capacity_;
+
+  cudaStream_t st = slot.stream;
+  SAGE_CUDA_RETURN_IF_ERROR(FromCuda(cudaEventRecord(slot.ev[0], st), "cudaEventRecord"));
+  SAGE_CUDA_RETURN_IF_ERROR(
+      FromCuda(cudaMemcpyAsync(slot.dev_in, slot.host_in, l.in_end, cudaMemcpyHostToDevice, st), "upload inputs"));
+  SAGE_CUDA_RETURN_IF_ERROR(FromCuda(cudaEventRecord(slot.ev[1], st), "cudaEventRecord"));
+  SAGE_CUDA_RETURN_IF_ERROR(FromSage(sage_attn_forward(&params, reinterpret_cast<sage_stream_t>(st)), "forward"));
+  SAGE_CUDA_RETURN_IF_ERROR(FromCuda(cudaEventRecord(slot.ev[2], st), "cudaEventRecord"));
+  SAGE_CUDA_RETURN_IF_ERROR(
+      FromCuda(cudaMemcpyAsync(slot.host_out, slot.dev_out, l.out_end, cudaMemcpyDeviceToHost, st), "download outputs"));
+  SAGE_CUDA_RETURN_IF_ERROR(FromCuda(cudaEventRecord(slot.ev[3], st), "cudaEventRecord"));
+  SAGE_CUDA_RETURN_IF_ERROR(FromCuda(cudaStreamSynchronize(st), "attention"));
+
+  AttnOutput out;
+  const size_t n = static_cast<size_t>(in.q.numel());
+  out.o.resize(n);
+  Decode16(reinterpret_cast<const uint16_t*>(slot.host_out + l.o), out.o.data(), n, dtype);
+  if (want_lse) {
+    out.lse.resize(static_cast<size_t>(lse_elements));
+    std::memcpy(out.lse.data(), slot.host_out + l.lse, out.lse.size() * sizeof(float));
+  }
+  float ms[3] = {0, 0, 0};
+  for (int i = 0; i < 3; ++i) {
+    SAGE_CUDA_RETURN_IF_ERROR(FromCuda(cudaEventElapsedTime(&ms[i], slot.ev[i], slot.ev[i + 1]), "cudaEventElapsedTime"));
+  }
+  out.device_timings = DeviceTimings{ms[0] * 1e3, ms[1] * 1e3, ms[2] * 1e3, device_, slot.index};
+  return out;
+}
+
+DeviceStats DeviceExecutor::Stats() const {
+  DeviceStats s;
+  s.device = device_;
+  s.name = description_.name;
+  s.healthy = healthy();
+  s.batches = batches_.load(std::memory_order_relaxed);
+  s.failed_batches = failed_batches_.load(std::memory_order_relaxed);
+  s.tokens = tokens_.load(std::memory_order_relaxed);
+  s.streams = static_cast<int>(slots_.size());
+  s.pool_bytes = pool_bytes_;
+  s.pinned_bytes = pinned_bytes_;
+  s.memory_total_bytes = description_.memory_bytes;
+  size_t free_b = 0, total_b = 0;
+  if (cudaSetDevice(device_) == cudaSuccess && cudaMemGetInfo(&free_b, &total_b) == cudaSuccess) {
+    s.memory_used_bytes = static_cast<int64_t>(total_b - free_b);
+    s.memory_total_bytes = static_cast<int64_t>(total_b);
+  } else {
+    (void)cudaGetLastError();
+  }
+  return s;
+}
+
+}  // namespace sage::server

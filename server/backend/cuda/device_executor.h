@@ -1,0 +1,97 @@
+// One GPU's executor: a fixed pool of stream slots, each with pinned host staging, device buffers
+// and timing events allocated once at Create(). Run() takes a free slot (blocking on a condition
+// variable while all are busy: callers are worker threads, never gRPC reactors), stages the inputs
+// into pinned memory, then on the slot's stream: one H2D copy, quantize + attend, one D2H copy, and
+// synchronizes that stream only. Concurrent Run() calls on different slots overlap their copies and
+// kernels. Thread-safe.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "kernels/include/sageattn.h"
+#include "kernels/reference/attention_problem.h"
+#include "server/backend/backend.h"
+#include "server/backend/cuda/cuda_backend.h"
+
+namespace sage::server {
+
+struct ExecutorOptions {
+  int device = 0;   // CUDA ordinal
+  int streams = 4;  // stream slots
+  CudaPoolOptions pool;
+};
+
+// What one launch needs from a slot; computed on the host before a slot is taken.
+struct LaunchShape {
+  int64_t q_elements = 0;
+  int64_t kv_elements = 0;
+  int sequences = 0;
+  int64_t lse_elements = 0;  // 0 without LSE
+  size_t workspace_bytes = 0;
+};
+
+class DeviceExecutor {
+ public:
+  static absl::StatusOr<std::unique_ptr<DeviceExecutor>> Create(const ExecutorOptions& options);
+  ~DeviceExecutor();
+  DeviceExecutor(const DeviceExecutor&) = delete;
+  DeviceExecutor& operator=(const DeviceExecutor&) = delete;
+
+  // RESOURCE_EXHAUSTED (naming the sizes and the CudaPoolOptions field to raise) when `shape` does
+  // not fit a slot's buffers. CPU only.
+  absl::Status CheckFits(const LaunchShape& shape) const;
+
+  // Runs one validated launch. `params` has everything but the device pointers (q/k/v/o/lse,
+  // cu_seqlens) and workspace, which Run fills from the slot (lse when in.lse asks for it); `dtype` is the 16-bit type the kernels read (inputs of another
+  // type are converted while staging). Fills out.device_timings.
+  absl::StatusOr<AttnOutput> Run(const AttnInput& in, sage_attn_params_t params, DType dtype);
+
+  // The device is unusable after a sticky CUDA error (illegal address, launch failure...).
+  bool healthy() const { return healthy_.load(std::memory_order_relaxed); }
+  int device() const { return device_; }
+  int sm() const { return sm_; }
+  const DeviceDescription& description() const { return description_; }
+  // Counters; in_flight/queued_work are the dispatcher's and left 0 here.
+  DeviceStats Stats() const;
+
+ private:
+  struct Slot;
+  DeviceExecutor(int device, int sm, DeviceDescription description, const CudaPoolOptions& pool);
+  absl::Status AllocateSlots(int streams);
+  Slot* AcquireSlot();
+  void ReleaseSlot(Slot* slot);
+  absl::StatusOr<AttnOutput> RunOnSlot(Slot& slot, const AttnInput& in, sage_attn_params_t& params, DType dtype);
+
+  const int device_;
+  const int sm_;
+  const DeviceDescription description_;
+  const CudaPoolOptions pool_;
+  size_t in_capacity_ = 0;   // bytes of each slot's input staging (host and device alike)
+  size_t out_capacity_ = 0;  // bytes of each slot's output staging
+  size_t ws_capacity_ = 0;
+  std::vector<std::unique_ptr<Slot>> slots_;
+
+  struct SlotWaiter {
+    absl::CondVar ready;
+    Slot* slot = nullptr;  // set (under mu_) by the releasing thread
+  };
+  absl::Mutex mu_;
+  std::vector<Slot*> free_ ABSL_GUARDED_BY(mu_);
+  std::deque<SlotWaiter*> waiters_ ABSL_GUARDED_BY(mu_);  // oldest first
+
+  std::atomic<bool> healthy_{true};
+  std::atomic<int64_t> batches_{0};
+  std::atomic<int64_t> failed_batches_{0};
+  std::atomic<int64_t> tokens_{0};
+  int64_t pool_bytes_ = 0;
+  int64_t pinned_bytes_ = 0;
+};
+
+}  // namespace sage::server

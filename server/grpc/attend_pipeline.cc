@@ -1,0 +1,139 @@
+#include "server/grpc/attend_pipeline.h"
+
+#include <chrono>
+#include <memory>
+#include <utility>
+
+#include "absl/strings/string_view.h"
+#include "kernels/reference/recipe.h"
+#include "spdlog/spdlog.h"
+
+namespace sage::server {
+namespace {
+
+int64_t Micros(Clock::duration d) {
+  return std::chrono::duration_cast<std::chrono::microseconds>(d).count();
+}
+
+absl::string_view MethodName(AttendMethod method) {
+  return method == AttendMethod::kStream ? "AttendStream" : "Attend";
+}
+
+absl::string_view Label(std::string_view s) { return absl::string_view(s.data(), s.size()); }
+
+// The recipe label of a request that failed before decoding settled it.
+absl::string_view RequestedRecipe(const sageserve::v1::AttendRequest& request, const BackendInfo& backend) {
+  if (request.recipe() == sageserve::v1::RECIPE_UNSPECIFIED) return Label(RecipeName(backend.default_recipe));
+  absl::StatusOr<Recipe> recipe = FromWireRecipe(request.recipe());
+  return recipe.ok() ? Label(RecipeName(*recipe)) : "invalid";
+}
+
+void Record(ServerMetrics* metrics, AttendMethod method, absl::string_view recipe,
+            const absl::Status& status, Clock::time_point accepted,
+            const sageserve::v1::AttendRequest& request, const sageserve::v1::AttendResponse* response) {
+  if (metrics == nullptr) return;
+  RequestRecord r;
+  r.method = MethodName(method);
+  r.recipe = recipe;
+  r.code = status.code();
+  r.latency = Clock::now() - accepted;
+  r.bytes_in = static_cast<int64_t>(request.ByteSizeLong());
+  r.bytes_out = response != nullptr ? static_cast<int64_t>(response->ByteSizeLong()) : 0;
+  metrics->RecordRequest(r);
+}
+
+}  // namespace
+
+absl::Status AttendPipeline::ApplyPrecisionPlan(const sageserve::v1::AttendRequest& request,
+                                                DecodedRequest& problem) const {
+  if (!request.has_layer_key() || request.layer_key().model().empty()) return absl::OkStatus();
+  if (request.recipe() != sageserve::v1::RECIPE_UNSPECIFIED) return absl::OkStatus();
+  if (registry_ == nullptr) {
+    return absl::FailedPreconditionError("layer_key.model: this server has no precision registry");
+  }
+  const sageserve::v1::LayerKey& key = request.layer_key();
+  if (!key.has_layer()) {
+    return absl::InvalidArgumentError("layer_key.layer: required when layer_key.model is set");
+  }
+  std::optional<int> timestep;
+  if (key.has_timestep()) timestep = key.timestep();
+  absl::StatusOr<registry::Resolution> r = registry_->Resolve(key.model(), key.layer(), timestep);
+  if (!r.ok()) return r.status();
+  problem.recipe = r->recipe;
+  problem.config = r->config;
+  if (r->substituted_for.has_value()) {
+    spdlog::debug("request '{}': plan of {} names {}, not run here; running {}", request.request_id(),
+                  key.model(), RecipeName(*r->substituted_for), RecipeName(r->recipe));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status AttendPipeline::Start(AttendCall call) {
+  const Clock::time_point accepted = Clock::now();
+  const std::string& id = call.request->request_id();
+  absl::StatusOr<std::unique_ptr<DecodedRequest>> decoded =
+      DecodeAttendRequest(*call.request, *backend_, limits_);
+  if (!decoded.ok()) {
+    spdlog::warn("request '{}' rejected: {}", id, decoded.status().ToString());
+    Record(metrics_, call.method, RequestedRecipe(*call.request, *backend_), decoded.status(), accepted,
+           *call.request, nullptr);
+    return decoded.status();
+  }
+  if (absl::Status planned = ApplyPrecisionPlan(*call.request, **decoded); !planned.ok()) {
+    spdlog::warn("request '{}' rejected: {}", id, planned.ToString());
+    Record(metrics_, call.method, RequestedRecipe(*call.request, *backend_), planned, accepted, *call.request,
+           nullptr);
+    return planned;
+  }
+  std::shared_ptr<DecodedRequest> problem = *std::move(decoded);
+
+  WorkItem item;
+  item.input = problem->input;
+  item.config = problem->config;
+  item.deadline = call.deadline;
+  item.is_cancelled = call.is_cancelled;
+  const sageserve::v1::AttendRequest* request = call.request;
+  sageserve::v1::AttendResponse* response = call.response;
+  const AttendMethod method = call.method;
+  ServerMetrics* const metrics = metrics_;
+  item.done = [problem, request, response, accepted, method, metrics, done = std::move(call.done)](
+                  absl::StatusOr<AttnOutput> out, const WorkTimings& timings) mutable {
+    const std::string& rid = request->request_id();
+    const absl::string_view recipe = Label(RecipeName(problem->recipe));
+    if (!out.ok()) {
+      spdlog::warn("request '{}' failed: {}", rid, out.status().ToString());
+      Record(metrics, method, recipe, out.status(), accepted, *request, nullptr);
+      done(out.status());
+      return;
+    }
+    response->set_request_id(rid);
+    response->set_recipe(ToWireRecipe(problem->recipe));
+    EncodeAttendOutput(*out, *problem, response);
+    sageserve::v1::Timings* t = response->mutable_timings();
+    t->set_queued_us(Micros(timings.queued));
+    t->set_compute_us(Micros(timings.compute));
+    t->set_total_us(Micros(Clock::now() - accepted));
+    spdlog::debug("request '{}' ok: q [{}, {}, {}] k [{}, {}] batch {} recipe {} queued {}us compute {}us total {}us",
+                  rid, problem->input.q.tokens, problem->input.q.heads, problem->input.q.head_dim,
+                  problem->input.k.tokens, problem->input.k.heads, problem->input.batch(),
+                  RecipeName(problem->recipe), t->queued_us(), t->compute_us(), t->total_us());
+    // Recorded before answering, so a scrape that follows the response already counts it.
+    Record(metrics, method, recipe, absl::OkStatus(), accepted, *request, response);
+    done(absl::OkStatus());
+  };
+  // Once queued, the request (and `id`) may be gone at any moment: copy the id first if the
+  // trace line will need it.
+  const bool trace = spdlog::default_logger_raw()->should_log(spdlog::level::trace);
+  const std::string trace_id = trace ? id : std::string();
+  absl::Status submitted = scheduler_->Submit(std::move(item));
+  if (!submitted.ok()) {
+    // Refused: `done` will not run and the request is still the caller's.
+    spdlog::warn("request '{}' not queued: {}", id, submitted.ToString());
+    Record(metrics_, method, Label(RecipeName(problem->recipe)), submitted, accepted, *request, nullptr);
+  } else if (trace) {
+    spdlog::trace("request '{}' queued", trace_id);
+  }
+  return submitted;
+}
+
+}  // namespace sage::server

@@ -1,0 +1,60 @@
+// The path of one Attend request, shared by the unary and the streaming RPC: decode and validate
+// on the calling (reactor) thread, which is cheap and never blocks, then queue the work; the worker
+// runs the backend, encodes the response and reports back.
+#pragma once
+
+#include <functional>
+#include <optional>
+
+#include "absl/functional/any_invocable.h"
+#include "absl/status/status.h"
+#include "sageserve/v1/attention_service.pb.h"
+#include "server/backend/backend.h"
+#include "server/grpc/request_codec.h"
+#include "server/metrics/server_metrics.h"
+#include "server/registry/registry.h"
+#include "server/scheduler/scheduler.h"
+
+namespace sage::server {
+
+// Which RPC a call came in on (the `method` label of the request metrics).
+enum class AttendMethod { kUnary, kStream };
+
+struct AttendCall {
+  AttendMethod method = AttendMethod::kUnary;
+  const sageserve::v1::AttendRequest* request = nullptr;  // Alive until `done` runs.
+  sageserve::v1::AttendResponse* response = nullptr;      // Filled before `done` runs.
+  std::optional<Clock::time_point> deadline;
+  std::function<bool()> is_cancelled;
+  // Called once on a worker thread with the outcome; `response` holds the result when OK.
+  absl::AnyInvocable<void(const absl::Status&)> done;
+};
+
+class AttendPipeline {
+ public:
+  // `metrics` may be null (no request metrics); otherwise it must outlive the pipeline. So must
+  // `registry` (the precision registry); null: requests naming a model are refused.
+  AttendPipeline(Scheduler* scheduler, const BackendInfo* backend, RequestLimits limits,
+                 ServerMetrics* metrics = nullptr, const registry::Registry* registry = nullptr)
+      : scheduler_(scheduler), backend_(backend), limits_(limits), metrics_(metrics), registry_(registry) {}
+
+  // OK: the call was queued and `done` will run. Error: `done` is not called, the caller reports
+  // the status (logged here at warn).
+  absl::Status Start(AttendCall call);
+
+  const RequestLimits& limits() const { return limits_; }
+
+ private:
+  // A request naming layer_key.model and no explicit recipe runs the precision plan's recipe for
+  // that (layer, timestep): NOT_FOUND for an unknown model, INVALID_ARGUMENT for an address
+  // outside it. An explicit recipe overrides the plan.
+  absl::Status ApplyPrecisionPlan(const sageserve::v1::AttendRequest& request, DecodedRequest& problem) const;
+
+  Scheduler* const scheduler_;
+  const BackendInfo* const backend_;
+  const RequestLimits limits_;
+  ServerMetrics* const metrics_;
+  const registry::Registry* const registry_;
+};
+
+}  // namespace sage::server

@@ -1,0 +1,124 @@
+#include "server/grpc/attend_stream_reactor.h"
+
+#include <utility>
+
+#include "server/grpc/deadline.h"
+
+namespace sage::server {
+
+AttendStreamReactor::AttendStreamReactor(grpc::CallbackServerContext* context,
+                                         AttendPipeline* pipeline)
+    : context_(context), pipeline_(pipeline) {
+  StartRead(&incoming_);
+}
+
+void AttendStreamReactor::OnReadDone(bool ok) {
+  if (!ok) {  // Client half-closed, or the call is gone.
+    bool finish;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      reads_done_ = true;
+      finish = ShouldFinishLocked();
+    }
+    FinishIf(finish);
+    return;
+  }
+  auto slot = std::make_shared<Slot>();
+  slot->request.Swap(&incoming_);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (finished_ || cancelled_) return;  // The call is ending; take no new work.
+    ++outstanding_;
+  }
+  StartRead(&incoming_);
+
+  AttendCall call;
+  call.method = AttendMethod::kStream;
+  call.request = &slot->request;
+  call.response = &slot->response;
+  call.deadline = SteadyDeadline(*context_);
+  // `this` outlives the work: Finish waits for outstanding_ to reach 0.
+  call.is_cancelled = [this] { return cancelled_.load(std::memory_order_relaxed); };
+  call.done = [this, slot](const absl::Status& status) { Complete(slot, status); };
+  absl::Status started = pipeline_->Start(std::move(call));
+  if (!started.ok()) Complete(slot, started);
+}
+
+void AttendStreamReactor::Complete(std::shared_ptr<Slot> slot, const absl::Status& status) {
+  if (!status.ok()) {
+    // A failed request is answered on the stream; the stream itself goes on.
+    slot->response.Clear();
+    slot->response.set_request_id(slot->request.request_id());
+    slot->response.mutable_status()->set_code(static_cast<int>(status.code()));
+    slot->response.mutable_status()->set_message(std::string(status.message()));
+  }
+  slot->request.Clear();  // Free the inputs now rather than after the write.
+  bool finish;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    --outstanding_;
+    if (!cancelled_ && !write_failed_) {
+      write_queue_.push_back(std::move(slot));
+      StartNextWriteLocked();
+    }
+    finish = ShouldFinishLocked();
+  }
+  FinishIf(finish);
+}
+
+void AttendStreamReactor::StartNextWriteLocked() {
+  if (writing_ || write_queue_.empty() || finished_) return;
+  writing_ = true;
+  StartWrite(&write_queue_.front()->response);
+}
+
+void AttendStreamReactor::OnWriteDone(bool ok) {
+  bool finish;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    writing_ = false;
+    write_queue_.pop_front();
+    if (!ok) {
+      write_failed_ = true;  // Client is gone; nothing more can be delivered.
+      write_queue_.clear();
+    } else {
+      StartNextWriteLocked();
+    }
+    finish = ShouldFinishLocked();
+  }
+  FinishIf(finish);
+}
+
+void AttendStreamReactor::OnCancel() {
+  cancelled_.store(true);
+  bool finish;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!writing_) write_queue_.clear();
+    finish = ShouldFinishLocked();
+  }
+  FinishIf(finish);
+}
+
+bool AttendStreamReactor::ShouldFinishLocked() {
+  if (finished_ || writing_ || outstanding_ > 0) return false;
+  const bool aborted = cancelled_ || write_failed_;
+  if (!aborted && !(reads_done_ && write_queue_.empty())) return false;
+  // On cancellation a read may still be pending; gRPC fails it when the call ends.
+  finished_ = true;
+  return true;
+}
+
+void AttendStreamReactor::FinishIf(bool finish) {
+  if (!finish) return;
+  // Nothing touches members after Finish: OnDone may run (and delete this) right away.
+  if (cancelled_) {
+    Finish(grpc::Status(grpc::StatusCode::CANCELLED, "stream cancelled"));
+  } else {
+    Finish(grpc::Status::OK);
+  }
+}
+
+void AttendStreamReactor::OnDone() { delete this; }
+
+}  // namespace sage::server

@@ -1,0 +1,54 @@
+// AttendStream: many requests in flight on one bidirectional stream. Each request read is queued
+// at once (the next read starts immediately); responses are written in completion order, one write
+// in flight at a time. A bad request yields an AttendResponse with a non-OK status, not a failed
+// stream. The stream ends once the client half-closed and every request has been answered.
+#pragma once
+
+#include <atomic>
+#include <deque>
+#include <memory>
+#include <mutex>
+
+#include "absl/status/status.h"
+#include "sageserve/v1/attention_service.grpc.pb.h"
+#include "server/grpc/attend_pipeline.h"
+
+namespace sage::server {
+
+class AttendStreamReactor final
+    : public grpc::ServerBidiReactor<sageserve::v1::AttendRequest, sageserve::v1::AttendResponse> {
+ public:
+  AttendStreamReactor(grpc::CallbackServerContext* context, AttendPipeline* pipeline);
+
+  void OnReadDone(bool ok) override;
+  void OnWriteDone(bool ok) override;
+  void OnCancel() override;
+  void OnDone() override;
+
+ private:
+  struct Slot {
+    sageserve::v1::AttendRequest request;
+    sageserve::v1::AttendResponse response;
+  };
+
+  void Complete(std::shared_ptr<Slot> slot, const absl::Status& status);
+  // Both return true when the caller must call Finish() after dropping the lock.
+  void StartNextWriteLocked();
+  bool ShouldFinishLocked();
+  void FinishIf(bool finish);
+
+  grpc::CallbackServerContext* const context_;
+  AttendPipeline* const pipeline_;
+  sageserve::v1::AttendRequest incoming_;
+  std::atomic<bool> cancelled_{false};
+
+  std::mutex mu_;
+  std::deque<std::shared_ptr<Slot>> write_queue_;  // Front is being written when writing_.
+  int outstanding_ = 0;     // Queued or running requests.
+  bool reads_done_ = false;
+  bool writing_ = false;
+  bool write_failed_ = false;
+  bool finished_ = false;
+};
+
+}  // namespace sage::server

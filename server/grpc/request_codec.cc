@@ -1,0 +1,246 @@
+#include "server/grpc/request_codec.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "kernels/reference/numerics.h"
+
+namespace sage::server {
+namespace v1 = ::sageserve::v1;
+
+sageserve::v1::Recipe ToWireRecipe(Recipe recipe) {
+  switch (recipe) {
+    case Recipe::kInt4QkFp8Pv: return v1::RECIPE_INT4_QK_FP8_PV;
+    case Recipe::kInt8QkFp8Pv: return v1::RECIPE_INT8_QK_FP8_PV;
+    case Recipe::kInt8QkFp16Pv: return v1::RECIPE_INT8_QK_FP16_PV;
+    case Recipe::kUnquantized: return v1::RECIPE_UNQUANTIZED;
+  }
+  return v1::RECIPE_UNSPECIFIED;
+}
+
+absl::StatusOr<Recipe> FromWireRecipe(sageserve::v1::Recipe recipe) {
+  switch (recipe) {
+    case v1::RECIPE_INT4_QK_FP8_PV: return Recipe::kInt4QkFp8Pv;
+    case v1::RECIPE_INT8_QK_FP8_PV: return Recipe::kInt8QkFp8Pv;
+    case v1::RECIPE_INT8_QK_FP16_PV: return Recipe::kInt8QkFp16Pv;
+    case v1::RECIPE_UNQUANTIZED: return Recipe::kUnquantized;
+    default: break;
+  }
+  return absl::InvalidArgumentError(absl::StrCat("recipe: unknown value ", static_cast<int>(recipe)));
+}
+
+sageserve::v1::DType ToWireDType(DType dtype) {
+  switch (dtype) {
+    case DType::kF32: return v1::DTYPE_FP32;
+    case DType::kF16: return v1::DTYPE_FP16;
+    case DType::kBF16: return v1::DTYPE_BF16;
+  }
+  return v1::DTYPE_UNSPECIFIED;
+}
+
+absl::StatusOr<DType> FromWireDType(sageserve::v1::DType dtype) {
+  switch (dtype) {
+    case v1::DTYPE_FP32: return DType::kF32;
+    case v1::DTYPE_FP16: return DType::kF16;
+    case v1::DTYPE_BF16: return DType::kBF16;
+    default: break;
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown dtype ", static_cast<int>(dtype), " (expected FP32, FP16 or BF16)"));
+}
+
+namespace {
+
+absl::Status Invalid(const std::string& field, absl::string_view what) {
+  return absl::InvalidArgumentError(absl::StrCat(field, ": ", what));
+}
+
+// Checks one wire tensor and returns a view of its bytes (no copy).
+absl::StatusOr<TensorView> DecodeTensor(const std::string& field, const v1::Tensor& t,
+                                        const BackendInfo& backend, const RequestLimits& limits) {
+  if (t.dtype() == v1::DTYPE_UNSPECIFIED) return Invalid(absl::StrCat(field, ".dtype"), "not set");
+  absl::StatusOr<DType> dtype = FromWireDType(t.dtype());
+  if (!dtype.ok()) return Invalid(absl::StrCat(field, ".dtype"), dtype.status().message());
+  if (t.shape_size() != 3) {
+    return Invalid(absl::StrCat(field, ".shape"),
+                   absl::StrCat("expected 3 dims [tokens, heads, head_dim], got ", t.shape_size()));
+  }
+  const int64_t tokens = t.shape(0), heads = t.shape(1), head_dim = t.shape(2);
+  if (tokens < 0) return Invalid(absl::StrCat(field, ".shape[0]"), absl::StrCat("negative token count ", tokens));
+  if (heads <= 0) return Invalid(absl::StrCat(field, ".shape[1]"), absl::StrCat("heads must be > 0, got ", heads));
+  if (std::find(backend.head_dims.begin(), backend.head_dims.end(), head_dim) == backend.head_dims.end()) {
+    std::string dims;
+    for (int d : backend.head_dims) absl::StrAppend(&dims, dims.empty() ? "" : ", ", d);
+    return Invalid(absl::StrCat(field, ".shape[2]"),
+                   absl::StrCat("head_dim ", head_dim, " is not supported (supported: ", dims, ")"));
+  }
+  if (tokens > limits.max_tokens) {
+    return absl::ResourceExhaustedError(absl::StrCat(field, ".shape[0]: ", tokens,
+                                                     " tokens exceed the server limit of ",
+                                                     limits.max_tokens));
+  }
+  if (heads > limits.max_heads) {
+    return absl::ResourceExhaustedError(absl::StrCat(field, ".shape[1]: ", heads,
+                                                     " heads exceed the server limit of ", limits.max_heads));
+  }
+  TensorView view;
+  view.dtype = *dtype;
+  view.tokens = tokens;
+  view.heads = static_cast<int32_t>(heads);
+  view.head_dim = static_cast<int32_t>(head_dim);
+  if (t.data().size() != view.bytes()) {
+    return Invalid(absl::StrCat(field, ".data"),
+                   absl::StrCat(t.data().size(), " bytes, expected ", view.bytes(), " for shape [",
+                                tokens, ", ", heads, ", ", head_dim, "] ", std::string(DTypeName(*dtype))));
+  }
+  view.data = t.data().data();
+  return view;
+}
+
+absl::Status DecodeCuSeqlens(const std::string& field, const google::protobuf::RepeatedField<int32_t>& wire,
+                             int64_t total, std::vector<int32_t>* default_store,
+                             std::span<const int32_t>* out) {
+  if (wire.empty()) {
+    *default_store = {0, static_cast<int32_t>(total)};
+    *out = std::span<const int32_t>(*default_store);
+    return absl::OkStatus();
+  }
+  if (wire.size() < 2) return Invalid(field, "needs batch + 1 >= 2 entries");
+  *out = std::span<const int32_t>(wire.data(), static_cast<size_t>(wire.size()));
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<DecodedRequest>> DecodeAttendRequest(
+    const v1::AttendRequest& request, const BackendInfo& backend, const RequestLimits& limits) {
+  auto decoded = std::make_unique<DecodedRequest>();
+  AttnInput& in = decoded->input;
+
+  if (!request.has_q()) return Invalid("q", "missing");
+  if (!request.has_k()) return Invalid("k", "missing");
+  if (!request.has_v()) return Invalid("v", "missing");
+  absl::StatusOr<TensorView> q = DecodeTensor("q", request.q(), backend, limits);
+  if (!q.ok()) return q.status();
+  absl::StatusOr<TensorView> k = DecodeTensor("k", request.k(), backend, limits);
+  if (!k.ok()) return k.status();
+  absl::StatusOr<TensorView> v = DecodeTensor("v", request.v(), backend, limits);
+  if (!v.ok()) return v.status();
+  in.q = *q;
+  in.k = *k;
+  in.v = *v;
+
+  if (in.k.dtype != in.q.dtype) return Invalid("k.dtype", "must equal q.dtype");
+  if (in.v.dtype != in.q.dtype) return Invalid("v.dtype", "must equal q.dtype");
+  if (in.q.dtype == DType::kF32) {
+    // The recipes quantize from 16-bit inputs; FP32 is an output type only.
+    return Invalid("q.dtype", "FP32 inputs are not supported (send FP16 or BF16)");
+  }
+  if (in.k.head_dim != in.q.head_dim) return Invalid("k.shape[2]", "head_dim must equal q's");
+  if (in.v.head_dim != in.q.head_dim) return Invalid("v.shape[2]", "head_dim must equal q's");
+  if (in.v.heads != in.k.heads) return Invalid("v.shape[1]", "heads must equal k's");
+  if (in.v.tokens != in.k.tokens) return Invalid("v.shape[0]", "tokens must equal k's");
+  if (in.q.heads % in.k.heads != 0) {
+    return Invalid("k.shape[1]", absl::StrCat("q heads (", in.q.heads, ") must be a multiple of k heads (",
+                                              in.k.heads, ")"));
+  }
+
+  if (request.cu_seqlens_q().empty() != request.cu_seqlens_k().empty()) {
+    return Invalid(request.cu_seqlens_q().empty() ? "cu_seqlens_q" : "cu_seqlens_k",
+                   "set both cu_seqlens_q and cu_seqlens_k, or neither (one sequence)");
+  }
+  absl::Status s = DecodeCuSeqlens("cu_seqlens_q", request.cu_seqlens_q(), in.q.tokens,
+                                   &decoded->default_cu_q, &in.cu_seqlens_q);
+  if (!s.ok()) return s;
+  s = DecodeCuSeqlens("cu_seqlens_k", request.cu_seqlens_k(), in.k.tokens, &decoded->default_cu_k,
+                      &in.cu_seqlens_k);
+  if (!s.ok()) return s;
+  if (in.cu_seqlens_q.size() != in.cu_seqlens_k.size()) {
+    return Invalid("cu_seqlens_k", absl::StrCat(in.cu_seqlens_k.size(), " entries, but cu_seqlens_q has ",
+                                                in.cu_seqlens_q.size()));
+  }
+
+  switch (request.mask()) {
+    case v1::MASK_MODE_UNSPECIFIED:
+    case v1::MASK_MODE_NONE: in.mask = MaskMode::kNone; break;
+    case v1::MASK_MODE_CAUSAL: in.mask = MaskMode::kCausal; break;
+    default: return Invalid("mask", absl::StrCat("unknown value ", static_cast<int>(request.mask())));
+  }
+  if (request.has_softmax_scale()) {
+    const float scale = request.softmax_scale();
+    if (!std::isfinite(scale) || scale <= 0.0f) {
+      return Invalid("softmax_scale", absl::StrCat("must be finite and > 0, got ", scale));
+    }
+    in.softmax_scale = scale;
+  }
+  in.lse = request.return_lse() ? LseMode::kNatural : LseMode::kNone;
+
+  if (request.output_dtype() == v1::DTYPE_UNSPECIFIED) {
+    decoded->output_dtype = in.q.dtype;
+  } else {
+    absl::StatusOr<DType> out = FromWireDType(request.output_dtype());
+    if (!out.ok()) return Invalid("output_dtype", out.status().message());
+    decoded->output_dtype = *out;
+  }
+
+  if (request.recipe() == v1::RECIPE_UNSPECIFIED) {
+    decoded->recipe = backend.default_recipe;
+  } else {
+    absl::StatusOr<Recipe> recipe = FromWireRecipe(request.recipe());
+    if (!recipe.ok()) return recipe.status();
+    if (std::find(backend.recipes.begin(), backend.recipes.end(), *recipe) == backend.recipes.end()) {
+      return Invalid("recipe", absl::StrCat(std::string(RecipeName(*recipe)), " is not available on this backend"));
+    }
+    decoded->recipe = *recipe;
+  }
+  decoded->config = ConfigFor(decoded->recipe);
+
+  // The engine's own checks (cu_seqlens monotonic and in range, GQA, pointers), field-named.
+  s = ValidateInput(in);
+  if (!s.ok()) return s;
+  return decoded;
+}
+
+void EncodeAttendOutput(const AttnOutput& output, const DecodedRequest& request,
+                        v1::AttendResponse* response) {
+  const AttnInput& in = request.input;
+  v1::Tensor* o = response->mutable_o();
+  o->set_dtype(ToWireDType(request.output_dtype));
+  o->add_shape(in.q.tokens);
+  o->add_shape(in.q.heads);
+  o->add_shape(in.q.head_dim);
+  std::string* bytes = o->mutable_data();
+  const size_t n = output.o.size();
+  bytes->resize(n * DTypeSize(request.output_dtype));
+  char* dst = bytes->data();
+  switch (request.output_dtype) {
+    case DType::kF32:
+      std::memcpy(dst, output.o.data(), n * sizeof(float));
+      break;
+    case DType::kF16:
+      for (size_t i = 0; i < n; ++i) {
+        const uint16_t h = EncodeFp16(output.o[i]);
+        std::memcpy(dst + 2 * i, &h, 2);
+      }
+      break;
+    case DType::kBF16:
+      for (size_t i = 0; i < n; ++i) {
+        const uint16_t h = EncodeBf16(output.o[i]);
+        std::memcpy(dst + 2 * i, &h, 2);
+      }
+      break;
+  }
+  if (in.lse == LseMode::kNatural) {
+    v1::Tensor* lse = response->mutable_lse();
+    lse->set_dtype(v1::DTYPE_FP32);
+    lse->add_shape(in.q.tokens);
+    lse->add_shape(in.q.heads);
+    lse->mutable_data()->assign(reinterpret_cast<const char*>(output.lse.data()),
+                                output.lse.size() * sizeof(float));
+  }
+}
+
+}  // namespace sage::server

@@ -1,0 +1,49 @@
+// AttendRequest (wire) <-> AttnInput/AttnOutput (engine). Decoding never copies tensor bytes: the
+// views point into the request message, which must outlive the decoded request.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "kernels/reference/attention_problem.h"
+#include "kernels/reference/recipe.h"
+#include "sageserve/v1/attention_service.pb.h"
+#include "server/backend/backend.h"
+
+namespace sage::server {
+
+// Limits enforced on top of gRPC's message size (RESOURCE_EXHAUSTED when exceeded).
+struct RequestLimits {
+  int64_t max_tokens = int64_t{1} << 20;  // Per tensor (total_q, total_k).
+  int32_t max_heads = 1024;
+};
+
+struct DecodedRequest {
+  AttnInput input;
+  Recipe recipe = Recipe::kInt8QkFp8Pv;
+  RecipeConfig config;
+  DType output_dtype = DType::kF16;
+  // Backing store for cu_seqlens when the request left them empty (a single sequence).
+  std::vector<int32_t> default_cu_q;
+  std::vector<int32_t> default_cu_k;
+};
+
+// INVALID_ARGUMENT naming the field for malformed input, RESOURCE_EXHAUSTED for too large.
+// Returned by pointer so the spans into default_cu_* stay valid.
+absl::StatusOr<std::unique_ptr<DecodedRequest>> DecodeAttendRequest(
+    const sageserve::v1::AttendRequest& request, const BackendInfo& backend,
+    const RequestLimits& limits);
+
+// Fills o (converted to the requested dtype) and lse of `response`.
+void EncodeAttendOutput(const AttnOutput& output, const DecodedRequest& request,
+                        sageserve::v1::AttendResponse* response);
+
+// Enum mirrors between the wire and the engine.
+sageserve::v1::Recipe ToWireRecipe(Recipe recipe);
+absl::StatusOr<Recipe> FromWireRecipe(sageserve::v1::Recipe recipe);
+sageserve::v1::DType ToWireDType(DType dtype);
+absl::StatusOr<DType> FromWireDType(sageserve::v1::DType dtype);
+
+}  // namespace sage::server

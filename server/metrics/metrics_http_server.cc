@@ -1,0 +1,231 @@
+#include "server/metrics/metrics_http_server.h"
+
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <sys/types.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <utility>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
+#include "server/metrics/prometheus_text.h"
+
+namespace sage::metrics {
+namespace {
+
+constexpr size_t kMaxRequestHeaderBytes = 8192;  // A scrape request is a few hundred bytes.
+constexpr int kListenBacklog = 16;
+
+struct HostPort {
+  std::string host;  // Empty: every interface.
+  std::string port;
+};
+
+absl::StatusOr<HostPort> SplitHostPort(absl::string_view address) {
+  const size_t colon = address.rfind(':');
+  if (colon == absl::string_view::npos) {
+    return absl::InvalidArgumentError(absl::StrCat("metrics address '", address, "' is not host:port"));
+  }
+  HostPort hp;
+  absl::string_view host = address.substr(0, colon);
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
+  hp.host = std::string(host);
+  hp.port = std::string(address.substr(colon + 1));
+  int port = 0;
+  if (!absl::SimpleAtoi(hp.port, &port) || port < 0 || port > 65535) {
+    return absl::InvalidArgumentError(absl::StrCat("metrics address '", address, "': bad port"));
+  }
+  return hp;
+}
+
+absl::Status Errno(absl::string_view what) {
+  return absl::UnavailableError(absl::StrCat(what, ": ", std::strerror(errno)));
+}
+
+void CloseFd(int& fd) {
+  if (fd >= 0) ::close(fd);
+  fd = -1;
+}
+
+void SendAll(int fd, absl::string_view data) {
+  while (!data.empty()) {
+    const ssize_t n = ::send(fd, data.data(), data.size(), MSG_NOSIGNAL);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return;  // Peer gone or send timeout: nothing more to do for this connection.
+    data.remove_prefix(static_cast<size_t>(n));
+  }
+}
+
+std::string Response(absl::string_view status, absl::string_view content_type, absl::string_view body,
+                     absl::string_view extra_headers, bool include_body) {
+  std::string out = absl::StrCat("HTTP/1.1 ", status, "\r\nContent-Type: ", content_type,
+                                 "\r\nContent-Length: ", body.size(), "\r\n", extra_headers,
+                                 "Connection: close\r\n\r\n");
+  if (include_body) out.append(body.data(), body.size());
+  return out;
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Start(
+    MetricsHttpServerOptions options) {
+  if (!options.render) return absl::InvalidArgumentError("metrics server: render callback is empty");
+  absl::StatusOr<HostPort> hp = SplitHostPort(options.listen_address);
+  if (!hp.ok()) return hp.status();
+
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+  addrinfo* found = nullptr;
+  const int gai = ::getaddrinfo(hp->host.empty() ? nullptr : hp->host.c_str(), hp->port.c_str(), &hints, &found);
+  if (gai != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("metrics address '", options.listen_address, "': ", ::gai_strerror(gai)));
+  }
+  int fd = -1;
+  absl::Status last = absl::UnavailableError("no address to bind");
+  for (addrinfo* ai = found; ai != nullptr && fd < 0; ai = ai->ai_next) {
+    fd = ::socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
+    if (fd < 0) {
+      last = Errno("socket");
+      continue;
+    }
+    const int one = 1;
+    ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (::bind(fd, ai->ai_addr, ai->ai_addrlen) != 0) {
+      last = Errno(absl::StrCat("bind ", options.listen_address));
+      CloseFd(fd);
+      continue;
+    }
+    if (::listen(fd, kListenBacklog) != 0) {
+      last = Errno("listen");
+      CloseFd(fd);
+    }
+  }
+  ::freeaddrinfo(found);
+  if (fd < 0) return last;
+
+  sockaddr_storage bound{};
+  socklen_t len = sizeof(bound);
+  if (::getsockname(fd, reinterpret_cast<sockaddr*>(&bound), &len) != 0) {
+    absl::Status s = Errno("getsockname");
+    CloseFd(fd);
+    return s;
+  }
+  const int port = bound.ss_family == AF_INET6
+                       ? ntohs(reinterpret_cast<const sockaddr_in6*>(&bound)->sin6_port)
+                       : ntohs(reinterpret_cast<const sockaddr_in*>(&bound)->sin_port);
+  int wake[2];
+  if (::pipe2(wake, O_CLOEXEC | O_NONBLOCK) != 0) {
+    absl::Status s = Errno("pipe2");
+    CloseFd(fd);
+    return s;
+  }
+  return std::unique_ptr<MetricsHttpServer>(
+      new MetricsHttpServer(std::move(options), fd, port, wake[0], wake[1]));
+}
+
+MetricsHttpServer::MetricsHttpServer(MetricsHttpServerOptions options, int listen_fd, int port,
+                                     int wake_read, int wake_write)
+    : options_(std::move(options)),
+      listen_fd_(listen_fd),
+      port_(port),
+      wake_read_(wake_read),
+      wake_write_(wake_write) {
+  thread_ = std::thread([this] { Serve(); });
+}
+
+MetricsHttpServer::~MetricsHttpServer() { Shutdown(); }
+
+void MetricsHttpServer::Shutdown() {
+  if (stopping_.exchange(true)) {
+    if (thread_.joinable()) thread_.join();  // A concurrent caller waits for the first one.
+    return;
+  }
+  const char byte = 1;
+  while (::write(wake_write_, &byte, 1) < 0 && errno == EINTR) {
+  }
+  if (thread_.joinable()) thread_.join();
+  CloseFd(listen_fd_);
+  CloseFd(wake_read_);
+  CloseFd(wake_write_);
+}
+
+void MetricsHttpServer::Serve() {
+  for (;;) {
+    pollfd fds[2] = {{listen_fd_, POLLIN, 0}, {wake_read_, POLLIN, 0}};
+    const int n = ::poll(fds, 2, -1);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 || (fds[1].revents & POLLIN) != 0 || stopping_.load()) return;
+    if ((fds[0].revents & POLLIN) == 0) continue;
+    int conn = ::accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
+    if (conn < 0) continue;  // EINTR, ECONNABORTED, EMFILE...: try again on the next poll.
+    HandleConnection(conn);
+    CloseFd(conn);
+  }
+}
+
+void MetricsHttpServer::HandleConnection(int fd) {
+  // Writes may block on a client that stops reading; bound them like reads.
+  timeval send_timeout{};
+  send_timeout.tv_sec = static_cast<time_t>(options_.read_timeout.count() / 1000);
+  send_timeout.tv_usec = static_cast<suseconds_t>((options_.read_timeout.count() % 1000) * 1000);
+  ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &send_timeout, sizeof(send_timeout));
+
+  const auto deadline = std::chrono::steady_clock::now() + options_.read_timeout;
+  std::string request;
+  while (request.find("\r\n\r\n") == std::string::npos) {
+    if (request.size() > kMaxRequestHeaderBytes) {
+      SendAll(fd, Response("431 Request Header Fields Too Large", "text/plain", "", "", false));
+      served_.fetch_add(1, std::memory_order_relaxed);
+      return;
+    }
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+        deadline - std::chrono::steady_clock::now());
+    if (left.count() <= 0) return;
+    pollfd fds[2] = {{fd, POLLIN, 0}, {wake_read_, POLLIN, 0}};
+    const int n = ::poll(fds, 2, static_cast<int>(left.count()));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0 || (fds[1].revents & POLLIN) != 0) return;  // Timeout, error or shutting down.
+    char buf[2048];
+    const ssize_t got = ::recv(fd, buf, sizeof(buf), 0);
+    if (got < 0 && errno == EINTR) continue;
+    if (got <= 0) return;  // Peer closed before finishing its request.
+    request.append(buf, static_cast<size_t>(got));
+  }
+
+  // Request line: METHOD SP request-target SP HTTP-version.
+  const absl::string_view line = absl::string_view(request).substr(0, request.find("\r\n"));
+  const size_t sp1 = line.find(' ');
+  const size_t sp2 = sp1 == absl::string_view::npos ? sp1 : line.find(' ', sp1 + 1);
+  served_.fetch_add(1, std::memory_order_relaxed);
+  if (sp2 == absl::string_view::npos || line.substr(sp2 + 1).substr(0, 5) != "HTTP/") {
+    SendAll(fd, Response("400 Bad Request", "text/plain", "bad request\n", "", true));
+    return;
+  }
+  const absl::string_view method = line.substr(0, sp1);
+  absl::string_view target = line.substr(sp1 + 1, sp2 - sp1 - 1);
+  target = target.substr(0, target.find('?'));  // Scrapers may add parameters; none are used.
+  if (target != "/metrics") {
+    SendAll(fd, Response("404 Not Found", "text/plain", "not found; try /metrics\n", "",
+                         method != "HEAD"));
+    return;
+  }
+  if (method != "GET" && method != "HEAD") {
+    SendAll(fd, Response("405 Method Not Allowed", "text/plain", "use GET\n", "Allow: GET, HEAD\r\n", true));
+    return;
+  }
+  const std::string body = options_.render();
+  SendAll(fd, Response("200 OK", kPrometheusContentType, body, "", method == "GET"));
+}
+
+}  // namespace sage::metrics

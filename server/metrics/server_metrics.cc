@@ -1,0 +1,157 @@
+#include "server/metrics/server_metrics.h"
+
+#include <string>
+
+#include "server/metrics/prometheus_text.h"
+
+namespace sage::server {
+namespace {
+
+double Seconds(MetricsClock::duration d) { return std::chrono::duration<double>(d).count(); }
+
+// Requests per batch: 1 .. 1024.
+std::vector<double> BatchRequestBuckets() { return metrics::ExponentialBuckets(1, 2, 11); }
+// Tokens per batch: 16 .. 1M.
+std::vector<double> BatchTokenBuckets() { return metrics::ExponentialBuckets(16, 4, 9); }
+
+template <typename T>
+absl::Status Assign(absl::StatusOr<T*> made, T** slot) {
+  if (!made.ok()) return made.status();
+  *slot = *made;
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<ServerMetrics>> ServerMetrics::Create() {
+  std::unique_ptr<ServerMetrics> m(new ServerMetrics());
+  if (absl::Status s = m->Register(); !s.ok()) return s;
+  return m;
+}
+
+absl::Status ServerMetrics::Register() {
+  using metrics::DurationBucketsSeconds;
+  metrics::Registry& r = registry_;
+  const std::vector<std::string> kRequestLabels = {"method", "recipe", "code"};
+  const std::vector<std::string> kDevice = {"device"};
+  absl::Status s;
+  // Request path (gRPC layer).
+  s.Update(Assign(r.AddCounter("sageserve_requests_total",
+                               "Attend requests answered, by RPC method, recipe and gRPC status code.",
+                               kRequestLabels),
+                  &requests_));
+  s.Update(Assign(r.AddCounter("sageserve_request_errors_total",
+                               "Attend requests answered with a status other than OK.", kRequestLabels),
+                  &errors_));
+  s.Update(Assign(r.AddHistogram("sageserve_request_duration_seconds",
+                                 "End-to-end server time of an Attend request, accepted to answered.",
+                                 {"method"}, DurationBucketsSeconds()),
+                  &request_duration_));
+  s.Update(Assign(r.AddCounter("sageserve_request_bytes_total",
+                               "Tensor bytes received in Attend requests (Q, K, V).", {}),
+                  &bytes_in_));
+  s.Update(Assign(r.AddCounter("sageserve_response_bytes_total",
+                               "Tensor bytes sent in Attend responses (O, LSE).", {}),
+                  &bytes_out_));
+  // Scheduler.
+  s.Update(Assign(r.AddHistogram("sageserve_queue_duration_seconds",
+                                 "Time a request waited in the scheduler queue before its launch.", {},
+                                 DurationBucketsSeconds()),
+                  &queue_duration_));
+  s.Update(Assign(r.AddCounter("sageserve_queue_dropped_total",
+                               "Requests answered from the queue without a launch (deadline, "
+                               "cancellation, shutdown), by gRPC status code.",
+                               {"code"}),
+                  &dropped_));
+  s.Update(Assign(r.AddGauge("sageserve_queue_depth_requests",
+                             "Requests accepted and waiting for a launch.", {}),
+                  &queue_depth_));
+  s.Update(Assign(r.AddCounter("sageserve_batches_total", "Backend launches, by device.", kDevice),
+                  &batches_));
+  s.Update(Assign(r.AddCounter("sageserve_batch_splits_total",
+                               "Merged launches that failed and were retried one request at a time.",
+                               kDevice),
+                  &batch_splits_));
+  s.Update(Assign(r.AddHistogram("sageserve_batch_size_requests", "Requests merged into one launch.",
+                                 kDevice, BatchRequestBuckets()),
+                  &batch_requests_));
+  s.Update(Assign(r.AddHistogram("sageserve_batch_size_tokens",
+                                 "Tokens per launch (max of Q and K tokens, summed over requests).",
+                                 kDevice, BatchTokenBuckets()),
+                  &batch_tokens_));
+  s.Update(Assign(r.AddHistogram("sageserve_batch_compute_duration_seconds",
+                                 "Wall time of one backend launch, transfers included.", kDevice,
+                                 DurationBucketsSeconds()),
+                  &compute_duration_));
+  // Executor stages.
+  s.Update(Assign(r.AddHistogram("sageserve_h2d_duration_seconds",
+                                 "Host-to-device copy time of one launch.", kDevice,
+                                 DurationBucketsSeconds()),
+                  &h2d_duration_));
+  s.Update(Assign(r.AddHistogram("sageserve_kernel_duration_seconds",
+                                 "Quantization and attention time of one launch.", kDevice,
+                                 DurationBucketsSeconds()),
+                  &kernel_duration_));
+  s.Update(Assign(r.AddHistogram("sageserve_d2h_duration_seconds",
+                                 "Device-to-host copy time of one launch.", kDevice,
+                                 DurationBucketsSeconds()),
+                  &d2h_duration_));
+  s.Update(Assign(r.AddGauge("sageserve_gpu_memory_used_bytes",
+                             "GPU memory in use, by device (GPU backends only).", kDevice),
+                  &memory_used_));
+  s.Update(Assign(r.AddGauge("sageserve_gpu_memory_total_bytes",
+                             "GPU memory of the device, by device (GPU backends only).", kDevice),
+                  &memory_total_));
+  if (!s.ok()) return s;
+  // Unlabelled series exist from the start, so a scrape shows 0 rather than nothing.
+  bytes_in_->Get();
+  bytes_out_->Get();
+  queue_duration_->Get();
+  queue_depth_->Get();
+  return absl::OkStatus();
+}
+
+std::string ServerMetrics::RenderText() const { return metrics::RenderPrometheusText(registry_); }
+
+void ServerMetrics::RecordRequest(const RequestRecord& r) {
+  const std::string code = absl::StatusCodeToString(r.code);
+  requests_->WithLabels({r.method, r.recipe, code}).Increment();
+  if (r.code != absl::StatusCode::kOk) errors_->WithLabels({r.method, r.recipe, code}).Increment();
+  request_duration_->WithLabels({r.method}).Observe(Seconds(r.latency));
+  bytes_in_->Get().Increment(static_cast<double>(r.bytes_in));
+  bytes_out_->Get().Increment(static_cast<double>(r.bytes_out));
+}
+
+void ServerMetrics::RecordQueued(MetricsClock::duration queued) {
+  queue_duration_->Get().Observe(Seconds(queued));
+}
+
+void ServerMetrics::RecordDropped(absl::StatusCode code) {
+  dropped_->WithLabels({absl::StatusCodeToString(code)}).Increment();
+}
+
+void ServerMetrics::RecordBatch(const BatchRecord& b) {
+  batches_->WithLabels({b.device}).Increment();
+  batch_requests_->WithLabels({b.device}).Observe(static_cast<double>(b.requests));
+  batch_tokens_->WithLabels({b.device}).Observe(static_cast<double>(b.tokens));
+  compute_duration_->WithLabels({b.device}).Observe(Seconds(b.compute));
+}
+
+void ServerMetrics::RecordBatchSplit(absl::string_view device) {
+  batch_splits_->WithLabels({device}).Increment();
+}
+
+void ServerMetrics::RecordStages(const StageRecord& s) {
+  if (s.h2d) h2d_duration_->WithLabels({s.device}).Observe(Seconds(*s.h2d));
+  if (s.kernel) kernel_duration_->WithLabels({s.device}).Observe(Seconds(*s.kernel));
+  if (s.d2h) d2h_duration_->WithLabels({s.device}).Observe(Seconds(*s.d2h));
+}
+
+void ServerMetrics::SetQueueDepth(int depth) { queue_depth_->Get().Set(depth); }
+
+void ServerMetrics::SetGpuMemory(absl::string_view device, int64_t used_bytes, int64_t total_bytes) {
+  memory_used_->WithLabels({device}).Set(static_cast<double>(used_bytes));
+  memory_total_->WithLabels({device}).Set(static_cast<double>(total_bytes));
+}
+
+}  // namespace sage::server

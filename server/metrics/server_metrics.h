@@ -1,0 +1,90 @@
+// The metrics sageserve exports, in one place: names, help, labels and buckets (see
+// docs/RUNTIME.md for the table). The gRPC layer records requests; the scheduler records queueing
+// and batches; an executor records its stage times and device memory.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "server/metrics/metrics_registry.h"
+
+namespace sage::server {
+
+using MetricsClock = std::chrono::steady_clock;
+
+// One finished Attend call, as the gRPC layer saw it.
+struct RequestRecord {
+  absl::string_view method = "Attend";  // "Attend", "AttendStream".
+  absl::string_view recipe = "unknown";  // RecipeName() of what ran (or was asked for).
+  absl::StatusCode code = absl::StatusCode::kOk;
+  MetricsClock::duration latency{};     // Accepted -> answered, on the server.
+  int64_t bytes_in = 0;                 // Request tensor bytes.
+  int64_t bytes_out = 0;                // Response tensor bytes.
+};
+
+// One backend launch, as the scheduler saw it.
+struct BatchRecord {
+  absl::string_view device = "cpu";
+  int requests = 0;
+  int64_t tokens = 0;
+  int64_t work = 0;
+  MetricsClock::duration compute{};  // The backend call, transfers included.
+};
+
+// Per-stage device times of one batch (CUDA events), or just the kernel for the CPU engine.
+struct StageRecord {
+  absl::string_view device = "cpu";
+  std::optional<MetricsClock::duration> h2d;
+  std::optional<MetricsClock::duration> kernel;
+  std::optional<MetricsClock::duration> d2h;
+};
+
+class ServerMetrics {
+ public:
+  static absl::StatusOr<std::unique_ptr<ServerMetrics>> Create();
+
+  metrics::Registry& registry() { return registry_; }
+  const metrics::Registry& registry() const { return registry_; }
+  std::string RenderText() const;
+
+  void RecordRequest(const RequestRecord& r);
+  void RecordQueued(MetricsClock::duration queued);
+  void RecordDropped(absl::StatusCode code);  // Expired, cancelled or drained while queued.
+  void RecordBatch(const BatchRecord& b);
+  void RecordBatchSplit(absl::string_view device);  // A merged batch failed; members retried alone.
+  void RecordStages(const StageRecord& s);
+  void SetQueueDepth(int depth);
+  void SetGpuMemory(absl::string_view device, int64_t used_bytes, int64_t total_bytes);
+
+ private:
+  ServerMetrics() = default;
+  absl::Status Register();
+
+  metrics::Registry registry_;
+  metrics::CounterFamily* requests_ = nullptr;
+  metrics::CounterFamily* errors_ = nullptr;
+  metrics::HistogramFamily* request_duration_ = nullptr;
+  metrics::CounterFamily* bytes_in_ = nullptr;
+  metrics::CounterFamily* bytes_out_ = nullptr;
+  metrics::HistogramFamily* queue_duration_ = nullptr;
+  metrics::CounterFamily* dropped_ = nullptr;
+  metrics::GaugeFamily* queue_depth_ = nullptr;
+  metrics::CounterFamily* batches_ = nullptr;
+  metrics::CounterFamily* batch_splits_ = nullptr;
+  metrics::HistogramFamily* batch_requests_ = nullptr;
+  metrics::HistogramFamily* batch_tokens_ = nullptr;
+  metrics::HistogramFamily* compute_duration_ = nullptr;
+  metrics::HistogramFamily* h2d_duration_ = nullptr;
+  metrics::HistogramFamily* kernel_duration_ = nullptr;
+  metrics::HistogramFamily* d2h_duration_ = nullptr;
+  metrics::GaugeFamily* memory_used_ = nullptr;
+  metrics::GaugeFamily* memory_total_ = nullptr;
+};
+
+}  // namespace sage::server

@@ -1,0 +1,69 @@
+// The assembled server: backend, scheduler, services, gRPC server. Used by main.cc and by tests
+// (in-process on a loopback port).
+#pragma once
+
+#include <memory>
+
+#include "absl/status/statusor.h"
+#include "grpcpp/server.h"
+#include "server/backend/backend.h"
+#include "server/grpc/attend_pipeline.h"
+#include "server/grpc/attention_service.h"
+#include "server/grpc/health_service.h"
+#include "server/grpc/registry_service.h"
+#include "server/metrics/metrics_http_server.h"
+#include "server/metrics/server_metrics.h"
+#include "server/scheduler/scheduler.h"
+#include "server/selftest.h"
+#include "server/server_options.h"
+
+namespace sage::server {
+
+class SageServer {
+ public:
+  // Builds the backend from options.backend and starts serving.
+  static absl::StatusOr<std::unique_ptr<SageServer>> Start(const ServerOptions& options);
+  // Same, with a backend built by the caller (tests).
+  static absl::StatusOr<std::unique_ptr<SageServer>> Start(const ServerOptions& options,
+                                                           std::unique_ptr<AttentionBackend> backend);
+  ~SageServer();  // Shutdown() if not done yet.
+
+  int port() const { return port_; }
+  // Port of the /metrics endpoint; 0 when options.metrics_listen_address is empty.
+  int metrics_port() const { return metrics_http_ ? metrics_http_->port() : 0; }
+  // The server's metrics (recorded whether or not an endpoint serves them).
+  const ServerMetrics& metrics() const { return *metrics_; }
+  const BackendInfo& backend_info() const { return backend_->info(); }
+  // The precision registry (models, plans) this server resolves layer_keys with.
+  const registry::Registry& precision_registry() const { return *registry_; }
+
+  // Graceful drain: health NOT_SERVING, new requests refused (UNAVAILABLE), accepted work runs
+  // to completion; calls still open after the grace period are cancelled. Idempotent.
+  void Shutdown();
+  // Blocks until Shutdown() has completed (from another thread).
+  void Wait();
+
+ private:
+  SageServer() = default;
+
+  ServerOptions options_;
+  // Before everything that records into it, so it is destroyed after them.
+  std::unique_ptr<ServerMetrics> metrics_;
+  std::unique_ptr<AttentionBackend> backend_;
+  // Before the pipeline and the registry service, which use them (destroyed after them).
+  std::unique_ptr<registry::RegistryStore> registry_store_;  // Null without a state directory.
+  std::unique_ptr<registry::Registry> registry_;
+  std::unique_ptr<Scheduler> scheduler_;
+  std::unique_ptr<AttendPipeline> pipeline_;
+  std::unique_ptr<SelfTestRunner> selftest_;
+  std::unique_ptr<AttentionService> attention_service_;
+  std::unique_ptr<HealthService> health_service_;
+  std::unique_ptr<RegistryService> registry_service_;
+  std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<metrics::MetricsHttpServer> metrics_http_;
+  int port_ = 0;
+  std::mutex shutdown_mu_;
+  bool shut_down_ = false;
+};
+
+}  // namespace sage::server

@@ -1,0 +1,144 @@
+#include "server/scheduler/batch_assembler.h"
+
+#include <algorithm>
+#include <bit>
+#include <cstring>
+#include <limits>
+
+#include "absl/strings/str_cat.h"
+
+namespace sage::server {
+namespace {
+
+// A RecipeConfig field added without extending BatchKey would let problems with different
+// recipes merge silently; this fires when the struct changes size so the key gets updated.
+static_assert(sizeof(RecipeConfig) == 6 * sizeof(int),
+              "RecipeConfig changed: add the new field to BatchKey and MakeBatchKey");
+
+void AppendBytes(std::vector<std::byte>& dst, const TensorView& t) {
+  const size_t at = dst.size();
+  dst.resize(at + t.bytes());
+  std::memcpy(dst.data() + at, t.data, t.bytes());
+}
+
+TensorView ViewOf(const std::vector<std::byte>& buf, const TensorView& like, int64_t tokens) {
+  TensorView v = like;
+  v.data = buf.data();
+  v.tokens = tokens;
+  return v;
+}
+
+}  // namespace
+
+BatchKey MakeBatchKey(const AttnInput& in, const RecipeConfig& config) {
+  BatchKey key;
+  key.q_dtype = in.q.dtype;
+  key.k_dtype = in.k.dtype;
+  key.v_dtype = in.v.dtype;
+  key.head_dim = in.q.head_dim;
+  key.q_heads = in.q.heads;
+  key.kv_heads = in.k.heads;
+  key.mask = in.mask;
+  key.lse = in.lse;
+  key.scale_bits = std::bit_cast<uint32_t>(in.scale());
+  key.qk = config.qk;
+  key.granularity = config.granularity;
+  key.qk_smoothing = config.qk_smoothing;
+  key.pv = config.pv;
+  key.v_smoothing = config.v_smoothing;
+  key.accumulation = config.accumulation;
+  return key;
+}
+
+ProblemSize MeasureProblem(const AttnInput& in) {
+  ProblemSize size;
+  size.tokens = std::max(in.q.tokens, in.k.tokens);
+  size.q_elements = in.q.numel();
+  size.kv_elements = in.k.numel();
+  size.sequences = in.batch();
+  for (int s = 0; s < in.batch(); ++s) {
+    const int64_t q_len = in.cu_seqlens_q[s + 1] - in.cu_seqlens_q[s];
+    const int64_t k_len = in.cu_seqlens_k[s + 1] - in.cu_seqlens_k[s];
+    size.work += q_len * k_len;
+  }
+  return size;
+}
+
+absl::StatusOr<AssembledBatch> AssembleBatch(std::span<const AttnInput* const> members) {
+  if (members.empty()) return absl::InvalidArgumentError("AssembleBatch: no members");
+  const AttnInput& first = *members[0];
+  int64_t total_q = 0;
+  int64_t total_k = 0;
+  size_t total_seqs = 0;
+  for (size_t i = 0; i < members.size(); ++i) {
+    const AttnInput& m = *members[i];
+    // The key compares the recipe too; only the tensor-side fields can be checked here.
+    if (m.q.dtype != first.q.dtype || m.k.dtype != first.k.dtype || m.v.dtype != first.v.dtype ||
+        m.q.head_dim != first.q.head_dim || m.q.heads != first.q.heads || m.k.heads != first.k.heads ||
+        m.mask != first.mask || m.lse != first.lse ||
+        std::bit_cast<uint32_t>(m.scale()) != std::bit_cast<uint32_t>(first.scale())) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("AssembleBatch: member ", i, " is not compatible with member 0"));
+    }
+    total_q += m.q.tokens;
+    total_k += m.k.tokens;
+    total_seqs += static_cast<size_t>(m.batch());
+  }
+  if (total_q > std::numeric_limits<int32_t>::max() || total_k > std::numeric_limits<int32_t>::max()) {
+    return absl::ResourceExhaustedError("AssembleBatch: merged token count exceeds int32 cu_seqlens");
+  }
+
+  AssembledBatch batch;
+  batch.q_.reserve(static_cast<size_t>(total_q) * first.q.heads * first.q.head_dim * DTypeSize(first.q.dtype));
+  batch.k_.reserve(static_cast<size_t>(total_k) * first.k.heads * first.k.head_dim * DTypeSize(first.k.dtype));
+  batch.v_.reserve(static_cast<size_t>(total_k) * first.v.heads * first.v.head_dim * DTypeSize(first.v.dtype));
+  batch.cu_q_.reserve(total_seqs + 1);
+  batch.cu_k_.reserve(total_seqs + 1);
+  batch.members_.reserve(members.size());
+  batch.cu_q_.push_back(0);
+  batch.cu_k_.push_back(0);
+
+  int64_t q_offset = 0;
+  int64_t k_offset = 0;
+  for (const AttnInput* m : members) {
+    AppendBytes(batch.q_, m->q);
+    AppendBytes(batch.k_, m->k);
+    AppendBytes(batch.v_, m->v);
+    for (int s = 1; s <= m->batch(); ++s) {
+      batch.cu_q_.push_back(static_cast<int32_t>(q_offset + m->cu_seqlens_q[s]));
+      batch.cu_k_.push_back(static_cast<int32_t>(k_offset + m->cu_seqlens_k[s]));
+    }
+    batch.members_.push_back(MemberSlice{q_offset, m->q.tokens});
+    q_offset += m->q.tokens;
+    k_offset += m->k.tokens;
+  }
+
+  AttnInput& in = batch.input_;
+  in.q = ViewOf(batch.q_, first.q, total_q);
+  in.k = ViewOf(batch.k_, first.k, total_k);
+  in.v = ViewOf(batch.v_, first.v, total_k);
+  in.cu_seqlens_q = batch.cu_q_;
+  in.cu_seqlens_k = batch.cu_k_;
+  in.mask = first.mask;
+  in.softmax_scale = first.softmax_scale;
+  in.lse = first.lse;
+  return batch;
+}
+
+AttnOutput SliceOutput(const AttnOutput& merged, const AssembledBatch& batch, size_t index) {
+  const AttnInput& in = batch.input();
+  const MemberSlice& slice = batch.members()[index];
+  const size_t o_row = static_cast<size_t>(in.q.heads) * in.q.head_dim;
+  const size_t lse_row = static_cast<size_t>(in.q.heads);
+  const size_t first_row = static_cast<size_t>(slice.q_token_offset);
+  const size_t rows = static_cast<size_t>(slice.q_tokens);
+  AttnOutput out;
+  out.o.assign(merged.o.begin() + first_row * o_row, merged.o.begin() + (first_row + rows) * o_row);
+  if (!merged.lse.empty()) {
+    out.lse.assign(merged.lse.begin() + first_row * lse_row,
+                   merged.lse.begin() + (first_row + rows) * lse_row);
+  }
+  return out;
+}
+
+}  // namespace sage::server

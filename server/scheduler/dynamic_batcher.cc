@@ -1,0 +1,329 @@
+#include "server/scheduler/dynamic_batcher.h"
+
+#include <algorithm>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+
+namespace sage::server {
+namespace {
+
+// Cancellation is polled, not pushed: while items wait, the dispatcher looks at least this often.
+constexpr auto kCancelPollInterval = std::chrono::milliseconds(20);
+// An idle dispatcher still wakes this often; it also keeps wait_until away from time_point::max().
+constexpr auto kIdleWake = std::chrono::seconds(1);
+
+bool OutputFits(const AttnOutput& out, const AttnInput& in) {
+  const size_t rows = static_cast<size_t>(in.q.tokens);
+  const size_t heads = static_cast<size_t>(in.q.heads);
+  if (out.o.size() != rows * heads * static_cast<size_t>(in.q.head_dim)) return false;
+  return in.lse == LseMode::kNone || out.lse.size() == rows * heads;
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<DynamicBatcher>> DynamicBatcher::Create(const BatcherOptions& options,
+                                                                      AttentionBackend* backend,
+                                                                      ServerMetrics* metrics) {
+  if (backend == nullptr) return absl::InvalidArgumentError("batcher: backend is null");
+  if (options.worker_threads < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("batcher: worker_threads must be >= 1, got ", options.worker_threads));
+  }
+  if (options.queue_capacity < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("batcher: queue_capacity must be >= 1, got ", options.queue_capacity));
+  }
+  if (options.max_batch_tokens < 1 || options.max_batch_work < 1 || options.max_batch_elements < 1 ||
+      options.max_batch_sequences < 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "batcher: max_batch_tokens, max_batch_work, max_batch_elements and max_batch_sequences must "
+        "be >= 1 (use MergePolicy::kNever to disable merging), got ", options.max_batch_tokens, ", ",
+        options.max_batch_work, ", ", options.max_batch_elements, ", ", options.max_batch_sequences));
+  }
+  if (options.max_queue_delay_us < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("batcher: max_queue_delay_us must be >= 0, got ", options.max_queue_delay_us));
+  }
+  return std::unique_ptr<DynamicBatcher>(new DynamicBatcher(options, backend, metrics));
+}
+
+DynamicBatcher::DynamicBatcher(const BatcherOptions& options, AttentionBackend* backend,
+                               ServerMetrics* metrics)
+    : options_(options), backend_(backend), metrics_(metrics) {
+  idle_workers_ = options_.worker_threads;
+  workers_.reserve(options_.worker_threads);
+  for (int i = 0; i < options_.worker_threads; ++i) workers_.emplace_back([this] { WorkerLoop(); });
+  dispatcher_ = std::thread([this] { DispatchLoop(); });
+}
+
+DynamicBatcher::~DynamicBatcher() { Shutdown(DrainMode::kDropQueued); }
+
+absl::Status DynamicBatcher::Submit(WorkItem item) {
+  if (!item.done) return absl::InvalidArgumentError("batcher: work item has no completion callback");
+  // Validated here, one item at a time, so a malformed request can never join a batch.
+  if (absl::Status valid = ValidateInput(item.input); !valid.ok()) return valid;
+  Pending p;
+  p.key = MakeBatchKey(item.input, item.config);
+  p.size = MeasureProblem(item.input);
+  p.item = std::move(item);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!accepting_) return absl::UnavailableError("server is shutting down");
+    if (static_cast<int>(queue_.size()) >= options_.queue_capacity) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat("request queue is full (", options_.queue_capacity, " waiting)"));
+    }
+    p.enqueued = Clock::now();
+    queue_.push_back(std::move(p));
+    UpdateDepthLocked();
+  }
+  dispatcher_cv_.notify_one();
+  return absl::OkStatus();
+}
+
+void DynamicBatcher::StopAccepting() {
+  std::lock_guard<std::mutex> lock(mu_);
+  accepting_ = false;
+}
+
+void DynamicBatcher::Shutdown(DrainMode mode) {
+  std::lock_guard<std::mutex> serial(shutdown_mu_);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    accepting_ = false;
+    // A later, stricter call (the destructor after a graceful drain) may only tighten the mode.
+    if (!stopping_ || mode == DrainMode::kDropQueued) drain_mode_ = mode;
+    stopping_ = true;
+  }
+  dispatcher_cv_.notify_all();
+  if (dispatcher_.joinable()) dispatcher_.join();
+  for (std::thread& t : workers_) {
+    if (t.joinable()) t.join();
+  }
+}
+
+int DynamicBatcher::queue_depth() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return static_cast<int>(queue_.size());
+}
+
+bool DynamicBatcher::WithinCaps(const ProblemSize& s) const {
+  return s.tokens <= options_.max_batch_tokens && s.work <= options_.max_batch_work &&
+         s.q_elements <= options_.max_batch_elements && s.kv_elements <= options_.max_batch_elements &&
+         s.sequences <= options_.max_batch_sequences;
+}
+
+bool DynamicBatcher::AtCaps(const ProblemSize& s) const {
+  return s.tokens >= options_.max_batch_tokens || s.work >= options_.max_batch_work ||
+         s.q_elements >= options_.max_batch_elements || s.kv_elements >= options_.max_batch_elements ||
+         s.sequences >= options_.max_batch_sequences;
+}
+
+void DynamicBatcher::UpdateDepthLocked() {
+  if (metrics_ != nullptr) metrics_->SetQueueDepth(static_cast<int>(queue_.size()));
+}
+
+void DynamicBatcher::CollectDroppedLocked(Clock::time_point now, Dropped& dropped) {
+  const bool drop_all = stopping_ && drain_mode_ == DrainMode::kDropQueued;
+  for (auto it = queue_.begin(); it != queue_.end();) {
+    absl::Status why;
+    if (drop_all) {
+      why = absl::UnavailableError("server is shutting down");
+    } else if (it->item.is_cancelled && it->item.is_cancelled()) {
+      why = absl::CancelledError("request cancelled while queued");
+    } else if (it->item.deadline.has_value() && now >= *it->item.deadline) {
+      why = absl::DeadlineExceededError("deadline passed while the request was queued");
+    }
+    if (why.ok()) {
+      ++it;
+      continue;
+    }
+    auto next = std::next(it);
+    dropped.items.splice(dropped.items.end(), queue_, it);
+    dropped.statuses.push_back(std::move(why));
+    it = next;
+  }
+  if (!dropped.items.empty()) UpdateDepthLocked();
+}
+
+Clock::time_point DynamicBatcher::DispatchReadyLocked(Clock::time_point now) {
+  Clock::time_point wake = now + kIdleWake;
+  if (!queue_.empty()) wake = now + kCancelPollInterval;
+  for (const Pending& p : queue_) {
+    if (p.item.deadline.has_value()) wake = std::min(wake, *p.item.deadline);
+  }
+  const auto delay = std::chrono::microseconds(options_.max_queue_delay_us);
+  const bool flush = stopping_;  // Draining: nothing waits for company any more.
+  std::vector<BatchKey> waiting;  // Groups found not ready during this pass.
+
+  for (auto head = queue_.begin(); head != queue_.end() && idle_workers_ > 0;) {
+    if (std::find(waiting.begin(), waiting.end(), head->key) != waiting.end()) {
+      ++head;
+      continue;
+    }
+    // Members of head's group in arrival order, up to the caps.
+    std::vector<PendingList::iterator> members = {head};
+    ProblemSize total = head->size;
+    bool full = options_.merge == MergePolicy::kNever || AtCaps(total);
+    for (auto it = std::next(head); it != queue_.end() && !full; ++it) {
+      if (!(it->key == head->key)) continue;
+      ProblemSize grown = total;
+      grown += it->size;
+      if (!WithinCaps(grown)) {
+        full = true;  // In order: a later, smaller item does not jump the queue.
+        break;
+      }
+      members.push_back(it);
+      total = grown;
+      full = AtCaps(total);
+    }
+    const Clock::time_point due = head->enqueued + delay;
+    if (!full && !flush && now < due) {
+      waiting.push_back(head->key);
+      wake = std::min(wake, due);
+      ++head;
+      continue;
+    }
+    // Launch it. `head` is among the members; restart the scan from the new front.
+    PendingList batch;
+    for (PendingList::iterator m : members) batch.splice(batch.end(), queue_, m);
+    ready_.push_back(std::move(batch));
+    --idle_workers_;
+    worker_cv_.notify_one();
+    head = queue_.begin();
+  }
+  UpdateDepthLocked();
+  return wake;
+}
+
+void DynamicBatcher::DispatchLoop() {
+  std::unique_lock<std::mutex> lock(mu_);
+  for (;;) {
+    const Clock::time_point now = Clock::now();
+    Dropped dropped;
+    CollectDroppedLocked(now, dropped);
+    if (!dropped.items.empty()) {
+      // Answer outside the lock; then look again, since the world moved meanwhile.
+      lock.unlock();
+      size_t i = 0;
+      for (Pending& p : dropped.items) {
+        WorkTimings timings;
+        timings.queued = now - p.enqueued;
+        if (metrics_ != nullptr) metrics_->RecordDropped(dropped.statuses[i].code());
+        p.item.done(std::move(dropped.statuses[i]), timings);
+        ++i;
+      }
+      lock.lock();
+      continue;
+    }
+    const Clock::time_point wake = DispatchReadyLocked(now);
+    if (stopping_ && queue_.empty()) break;
+    dispatcher_cv_.wait_until(lock, wake);
+  }
+  dispatcher_exited_ = true;
+  worker_cv_.notify_all();
+}
+
+void DynamicBatcher::WorkerLoop() {
+  for (;;) {
+    PendingList batch;
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      worker_cv_.wait(lock, [this] { return !ready_.empty() || dispatcher_exited_; });
+      if (ready_.empty()) return;  // The dispatcher is gone and nothing is left to run.
+      batch = std::move(ready_.front());
+      ready_.pop_front();
+    }
+    RunBatch(batch);
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      ++idle_workers_;
+    }
+    dispatcher_cv_.notify_one();
+  }
+}
+
+void DynamicBatcher::RecordLaunch(int requests, const ProblemSize& size, Clock::duration compute,
+                                  const absl::StatusOr<AttnOutput>& out) {
+  if (metrics_ == nullptr) return;
+  const DeviceTimings* device = out.ok() && out->device_timings ? &*out->device_timings : nullptr;
+  const std::string label =
+      device != nullptr ? absl::StrCat("cuda:", device->device) : options_.device_label;
+  BatchRecord record;
+  record.device = label;
+  record.requests = requests;
+  record.tokens = size.tokens;
+  record.work = size.work;
+  record.compute = compute;
+  metrics_->RecordBatch(record);
+  StageRecord stages;
+  stages.device = label;
+  if (device != nullptr) {
+    const auto us = [](double v) {
+      return std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double, std::micro>(v));
+    };
+    stages.h2d = us(device->h2d_us);
+    stages.kernel = us(device->kernel_us);
+    stages.d2h = us(device->d2h_us);
+  } else if (options_.launch_timing == LaunchTiming::kLaunchIsKernel) {
+    stages.kernel = compute;
+  } else {
+    return;
+  }
+  metrics_->RecordStages(stages);
+}
+
+void DynamicBatcher::Answer(Pending& p, absl::StatusOr<AttnOutput> out, Clock::time_point launched) {
+  WorkTimings timings;
+  timings.queued = launched - p.enqueued;
+  timings.compute = Clock::now() - launched;
+  p.item.done(std::move(out), timings);
+}
+
+void DynamicBatcher::RunAlone(Pending& p, Clock::time_point launched) {
+  const Clock::time_point start = Clock::now();
+  absl::StatusOr<AttnOutput> out = backend_->Attend(p.item.input, p.item.config);
+  RecordLaunch(1, p.size, Clock::now() - start, out);
+  Answer(p, std::move(out), launched);
+}
+
+void DynamicBatcher::RunBatch(PendingList& batch) {
+  const Clock::time_point launched = Clock::now();
+  if (metrics_ != nullptr) {
+    for (const Pending& p : batch) metrics_->RecordQueued(launched - p.enqueued);
+  }
+  if (batch.size() == 1) {
+    RunAlone(batch.front(), launched);  // No copy: the backend reads the request's own bytes.
+    return;
+  }
+  std::vector<const AttnInput*> inputs;
+  inputs.reserve(batch.size());
+  ProblemSize total;
+  for (const Pending& p : batch) {
+    inputs.push_back(&p.item.input);
+    total += p.size;
+  }
+  absl::StatusOr<AssembledBatch> assembled = AssembleBatch(inputs);
+  if (assembled.ok()) {
+    const Clock::time_point start = Clock::now();
+    absl::StatusOr<AttnOutput> out = backend_->Attend(assembled->input(), batch.front().item.config);
+    RecordLaunch(static_cast<int>(batch.size()), total, Clock::now() - start, out);
+    if (out.ok() && OutputFits(*out, assembled->input())) {
+      size_t i = 0;
+      for (Pending& p : batch) Answer(p, SliceOutput(*out, *assembled, i++), launched);
+      return;
+    }
+  }
+  // The merged launch failed: find out whose fault it was by running each member alone.
+  if (metrics_ != nullptr) metrics_->RecordBatchSplit(options_.device_label);
+  for (Pending& p : batch) {
+    if (p.item.is_cancelled && p.item.is_cancelled()) {
+      Answer(p, absl::CancelledError("request cancelled before it ran"), launched);
+      continue;
+    }
+    RunAlone(p, launched);
+  }
+}
+
+}  // namespace sage::server

@@ -1,0 +1,58 @@
+// The queue between the gRPC layer and an AttentionBackend. Reactors Submit() and return at once;
+// worker threads run the backend and call the item's completion. A dynamic batcher implements the
+// same interface later (it may merge several items into one backend call).
+#pragma once
+
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <optional>
+
+#include "absl/functional/any_invocable.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "kernels/reference/attention_problem.h"
+#include "kernels/reference/recipe.h"
+
+namespace sage::server {
+
+using Clock = std::chrono::steady_clock;
+
+// Where a request's time went, measured by the scheduler.
+struct WorkTimings {
+  Clock::duration queued{};   // Submit -> picked by a worker.
+  Clock::duration compute{};  // Backend::Attend.
+};
+
+// One attention problem. The input views point into memory the submitter keeps alive until
+// `done` has been called (the gRPC request message).
+struct WorkItem {
+  AttnInput input;
+  RecipeConfig config;
+  std::optional<Clock::time_point> deadline;
+  // Polled before the work starts; cancelled work is dropped (done gets CANCELLED).
+  std::function<bool()> is_cancelled;
+  // Called exactly once, on a worker thread, for every accepted item (a rejected Submit returns
+  // the error instead and never calls it).
+  absl::AnyInvocable<void(absl::StatusOr<AttnOutput>, const WorkTimings&)> done;
+};
+
+enum class DrainMode {
+  kFinishQueued,  // Run everything already accepted, then stop.
+  kDropQueued,    // Fail queued items with UNAVAILABLE; only running ones finish.
+};
+
+class Scheduler {
+ public:
+  virtual ~Scheduler() = default;
+  // Takes ownership of the item. RESOURCE_EXHAUSTED when the queue is full, UNAVAILABLE after
+  // StopAccepting(); in both cases `item.done` is not called.
+  virtual absl::Status Submit(WorkItem item) = 0;
+  // New Submits fail with UNAVAILABLE from now on; accepted work continues.
+  virtual void StopAccepting() = 0;
+  // Stops accepting, handles queued items per `mode`, waits for the workers to finish.
+  virtual void Shutdown(DrainMode mode) = 0;
+  virtual int queue_depth() const = 0;
+};
+
+}  // namespace sage::server

@@ -1,0 +1,53 @@
+// Everything the server can be configured with, with the defaults used when a flag is absent.
+// main.cc maps flags onto this struct; nothing else reads flags.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <string>
+
+#include "server/backend/backend_factory.h"
+#include "server/grpc/request_codec.h"
+#include "server/registry/registry_store.h"
+#include "server/scheduler/dynamic_batcher.h"
+#include "server/scheduler/fifo_scheduler.h"
+
+namespace sage::server {
+
+// 512 MiB: a 16k-token fp16 batch with 32 heads of 128 is 3 × 128 MiB of Q/K/V; gRPC's 4 MiB
+// default would refuse it.
+inline constexpr int64_t kDefaultMaxMessageBytes = int64_t{512} << 20;
+
+enum class SchedulerKind {
+  kDynamicBatcher,  // Merges compatible requests into one launch (docs/RUNTIME.md).
+  kFifo,            // One request per launch, no merging machinery at all.
+};
+
+// The precision registry (docs/REGISTRY.md).
+struct RegistryServerOptions {
+  // Directory of registry.json. Empty: models and plans live in memory only and are lost on
+  // restart (the default, so tests and throwaway servers never share or lock a directory).
+  std::string state_dir;
+  // kRefuse: a corrupt or unreadable-version registry file stops the server at start.
+  registry::CorruptFilePolicy on_corrupt = registry::CorruptFilePolicy::kRefuse;
+};
+
+struct ServerOptions {
+  // "host:port"; port 0 picks a free port (see SageServer::port()).
+  std::string listen_address = "127.0.0.1:50051";
+  int64_t max_message_bytes = kDefaultMaxMessageBytes;  // Receive and send.
+  BackendOptions backend;
+  // worker_threads and queue_capacity apply to whichever scheduler runs.
+  FifoSchedulerOptions scheduler;
+  SchedulerKind scheduler_kind = SchedulerKind::kDynamicBatcher;
+  // Batching knobs; its worker_threads and queue_capacity are taken from `scheduler`.
+  BatcherOptions batcher;
+  // Prometheus endpoint "host:port" (GET /metrics); empty: no endpoint (metrics still kept).
+  std::string metrics_listen_address;
+  RequestLimits limits;
+  RegistryServerOptions registry;
+  // How long a drain may take before remaining calls are cancelled.
+  std::chrono::milliseconds grace_period{30000};
+};
+
+}  // namespace sage::server

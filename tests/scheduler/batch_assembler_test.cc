@@ -1,0 +1,286 @@
+// BatchAssembler: keys, sizes, concatenation and slicing; and, with the real CpuEngine, that a
+// request's output is bit-identical whether it runs alone or merged with others (directly and
+// through the DynamicBatcher).
+#include "server/scheduler/batch_assembler.h"
+
+#include <cstring>
+#include <memory>
+#include <condition_variable>
+#include <mutex>
+
+#include "gtest/gtest.h"
+#include "kernels/reference/cpu_engine.h"
+#include "kernels/reference/synthetic_data.h"
+#include "server/scheduler/dynamic_batcher.h"
+#include "tests/scheduler/batcher_test_util.h"
+
+namespace sage::server {
+namespace {
+
+using testing::MakeTagged;
+using testing::ProblemShape;
+
+void ExpectBitIdentical(const std::vector<float>& a, const std::vector<float>& b) {
+  ASSERT_EQ(a.size(), b.size());
+  EXPECT_EQ(std::memcmp(a.data(), b.data(), a.size() * sizeof(float)), 0);
+}
+
+TEST(BatchKey, EqualForCompatibleProblems) {
+  auto a = MakeTagged(1);
+  ProblemShape other_lengths;
+  other_lengths.q_lens = {3, 9};
+  other_lengths.k_lens = {30, 1};
+  auto b = MakeTagged(2, other_lengths);
+  EXPECT_EQ(MakeBatchKey(a->input, a->config), MakeBatchKey(b->input, b->config));
+}
+
+TEST(BatchKey, DiffersOnEverythingThatIsNotPerSequence) {
+  const ProblemShape base;
+  auto key = [](const ProblemShape& s) {
+    auto p = MakeTagged(1, s);
+    return MakeBatchKey(p->input, p->config);
+  };
+  const BatchKey k0 = key(base);
+  std::vector<ProblemShape> variants(9, base);
+  variants[0].dtype = DType::kF16;
+  variants[1].head_dim = 128;
+  variants[2].q_heads = 4;
+  variants[3].kv_heads = 1;
+  variants[4].mask = MaskMode::kCausal;
+  variants[5].lse = LseMode::kNatural;
+  variants[6].scale = 0.25f;
+  variants[7].config.granularity = QuantGranularity::kPerBlock;
+  variants[8].config.accumulation = PvAccumulation::kFp22Only;
+  for (size_t i = 0; i < variants.size(); ++i) EXPECT_FALSE(key(variants[i]) == k0) << "variant " << i;
+  ProblemShape explicit_default = base;
+  explicit_default.scale = 0.125f;  // 1/sqrt(64): the same effective scale.
+  EXPECT_EQ(key(explicit_default), k0);
+}
+
+TEST(MeasureProblem, TokensAndWork) {
+  ProblemShape s;
+  s.q_lens = {1, 10};
+  s.k_lens = {100, 20};
+  auto p = MakeTagged(1, s);
+  const ProblemSize size = MeasureProblem(p->input);
+  EXPECT_EQ(size.tokens, 120);  // max(11 q tokens, 120 k tokens)
+  EXPECT_EQ(size.work, 1 * 100 + 10 * 20);
+  EXPECT_EQ(size.q_elements, 11 * 2 * 64);
+  EXPECT_EQ(size.kv_elements, 120 * 2 * 64);
+  EXPECT_EQ(size.sequences, 2);
+}
+
+TEST(AssembleBatch, ConcatenatesTokensAndChainsCuSeqlens) {
+  ProblemShape a;
+  a.q_lens = {2, 3};
+  a.k_lens = {4, 5};
+  ProblemShape b;
+  b.q_lens = {7};
+  b.k_lens = {1};
+  auto pa = MakeTagged(10, a);
+  auto pb = MakeTagged(20, b);
+  const AttnInput* members[] = {&pa->input, &pb->input};
+  absl::StatusOr<AssembledBatch> batch = AssembleBatch(members);
+  ASSERT_TRUE(batch.ok()) << batch.status();
+  const AttnInput& in = batch->input();
+  EXPECT_TRUE(ValidateInput(in).ok());
+  EXPECT_EQ(in.q.tokens, 12);
+  EXPECT_EQ(in.k.tokens, 10);
+  EXPECT_EQ(std::vector<int32_t>(in.cu_seqlens_q.begin(), in.cu_seqlens_q.end()),
+            (std::vector<int32_t>{0, 2, 5, 12}));
+  EXPECT_EQ(std::vector<int32_t>(in.cu_seqlens_k.begin(), in.cu_seqlens_k.end()),
+            (std::vector<int32_t>{0, 4, 9, 10}));
+  EXPECT_EQ(testing::TagAt(in.q, 4), 10);
+  EXPECT_EQ(testing::TagAt(in.q, 5), 20);
+  EXPECT_EQ(testing::TagAt(in.k, 8), 10);
+  EXPECT_EQ(testing::TagAt(in.v, 9), 20);
+  ASSERT_EQ(batch->members().size(), 2u);
+  EXPECT_EQ(batch->members()[1].q_token_offset, 5);
+  EXPECT_EQ(batch->members()[1].q_tokens, 7);
+
+  // Moving the batch keeps its views valid.
+  AssembledBatch moved = *std::move(batch);
+  EXPECT_EQ(testing::TagAt(moved.input().q, 11), 20);
+}
+
+TEST(AssembleBatch, RefusesIncompatibleMembersAndEmptyInput) {
+  ProblemShape other;
+  other.head_dim = 128;
+  auto a = MakeTagged(1);
+  auto b = MakeTagged(2, other);
+  const AttnInput* members[] = {&a->input, &b->input};
+  EXPECT_EQ(AssembleBatch(members).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(AssembleBatch({}).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(SliceOutput, CutsEachMembersRowsOfOAndLse) {
+  ProblemShape s;
+  s.q_lens = {2};
+  s.k_lens = {2};
+  s.lse = LseMode::kNatural;
+  auto a = MakeTagged(1, s);
+  s.q_lens = {3};
+  auto b = MakeTagged(2, s);
+  const AttnInput* members[] = {&a->input, &b->input};
+  absl::StatusOr<AssembledBatch> batch = AssembleBatch(members);
+  ASSERT_TRUE(batch.ok());
+  const size_t row = 2 * 64;
+  AttnOutput merged;
+  for (int t = 0; t < 5; ++t) {
+    merged.o.insert(merged.o.end(), row, static_cast<float>(t));
+    merged.lse.insert(merged.lse.end(), 2, static_cast<float>(-t));
+  }
+  const AttnOutput second = SliceOutput(merged, *batch, 1);
+  ASSERT_EQ(second.o.size(), 3 * row);
+  EXPECT_EQ(second.o.front(), 2.0f);
+  EXPECT_EQ(second.o.back(), 4.0f);
+  ASSERT_EQ(second.lse.size(), 6u);
+  EXPECT_EQ(second.lse.front(), -2.0f);
+  EXPECT_EQ(SliceOutput(merged, *batch, 0).o.size(), 2 * row);
+}
+
+// Problems of one BatchKey with varied lengths, including ones that cross tile boundaries.
+std::vector<ProblemSpec> MixedSpecs(MaskMode mask, DType dtype) {
+  std::vector<ProblemSpec> specs;
+  const std::vector<std::vector<int>> q_lens = {{70, 128}, {1}, {257}, {64, 3}};
+  const std::vector<std::vector<int>> k_lens = {{70, 200}, {300}, {257}, {129, 3}};
+  for (size_t i = 0; i < q_lens.size(); ++i) {
+    ProblemSpec s;
+    s.q_lens = q_lens[i];
+    s.k_lens = k_lens[i];
+    s.q_heads = 4;
+    s.kv_heads = 2;
+    s.head_dim = 64;
+    s.mask = mask;
+    s.lse = LseMode::kNatural;
+    s.dtype = dtype;
+    s.distribution = Distribution::kLlmLike;
+    s.seed = 100 + i;
+    specs.push_back(s);
+  }
+  return specs;
+}
+
+std::vector<RecipeConfig> AllConfigs() {
+  std::vector<RecipeConfig> configs;
+  for (Recipe r : kAllRecipes) configs.push_back(ConfigFor(r));
+  RecipeConfig variant = ConfigFor(Recipe::kInt8QkFp8Pv);
+  variant.granularity = QuantGranularity::kPerBlock;
+  variant.v_smoothing = VSmoothing::kMean;
+  configs.push_back(variant);
+  return configs;
+}
+
+TEST(BatchInvariance, MergedOutputsEqualSoloOutputsBitForBit) {
+  auto engine = CpuEngine::Create({.num_threads = 2});
+  ASSERT_TRUE(engine.ok());
+  for (MaskMode mask : {MaskMode::kNone, MaskMode::kCausal}) {
+    for (DType dtype : {DType::kF16, DType::kBF16}) {
+      std::vector<SyntheticProblem> problems;
+      std::vector<const AttnInput*> inputs;
+      for (const ProblemSpec& s : MixedSpecs(mask, dtype)) problems.emplace_back(s);
+      for (const SyntheticProblem& p : problems) inputs.push_back(&p.input());
+      absl::StatusOr<AssembledBatch> batch = AssembleBatch(inputs);
+      ASSERT_TRUE(batch.ok()) << batch.status();
+      for (const RecipeConfig& config : AllConfigs()) {
+        SCOPED_TRACE(DescribeConfig(config));
+        absl::StatusOr<AttnOutput> merged = (*engine)->Run(batch->input(), config);
+        ASSERT_TRUE(merged.ok()) << merged.status();
+        for (size_t i = 0; i < problems.size(); ++i) {
+          absl::StatusOr<AttnOutput> alone = (*engine)->Run(problems[i].input(), config);
+          ASSERT_TRUE(alone.ok()) << alone.status();
+          const AttnOutput part = SliceOutput(*merged, *batch, i);
+          ExpectBitIdentical(part.o, alone->o);
+          ExpectBitIdentical(part.lse, alone->lse);
+        }
+      }
+    }
+  }
+}
+
+// The CPU engine behind AttentionBackend, held shut on demand so that requests queue up and merge.
+class GatedCpuBackend final : public AttentionBackend {
+ public:
+  explicit GatedCpuBackend(std::unique_ptr<CpuEngine> engine) : engine_(std::move(engine)) {}
+  const BackendInfo& info() const override { return info_; }
+  absl::StatusOr<AttnOutput> Attend(const AttnInput& in, const RecipeConfig& config) override {
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      batches_.push_back(in.batch());
+      cv_.notify_all();
+      cv_.wait(lock, [this] { return open_; });
+    }
+    return engine_->Run(in, config);
+  }
+  void Close() {
+    std::lock_guard<std::mutex> lock(mu_);
+    open_ = false;
+  }
+  void Open() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      open_ = true;
+    }
+    cv_.notify_all();
+  }
+  bool WaitForLaunches(size_t n) {
+    std::unique_lock<std::mutex> lock(mu_);
+    return cv_.wait_for(lock, testing::kWaitLimit, [&] { return batches_.size() >= n; });
+  }
+  std::vector<int> sequences_per_launch() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return batches_;
+  }
+
+ private:
+  std::unique_ptr<CpuEngine> engine_;
+  BackendInfo info_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool open_ = true;
+  std::vector<int> batches_;
+};
+
+TEST(BatchInvariance, ThroughTheBatcherOnTheCpuEngine) {
+  auto engine = CpuEngine::Create({.num_threads = 2});
+  ASSERT_TRUE(engine.ok());
+  auto reference = CpuEngine::Create({.num_threads = 1});
+  ASSERT_TRUE(reference.ok());
+  GatedCpuBackend backend(*std::move(engine));
+  BatcherOptions options;
+  options.worker_threads = 1;
+  options.max_queue_delay_us = 1000;
+  auto batcher = DynamicBatcher::Create(options, &backend);
+  ASSERT_TRUE(batcher.ok());
+
+  const RecipeConfig config = ConfigFor(Recipe::kInt8QkFp8Pv);
+  std::vector<SyntheticProblem> problems;
+  for (const ProblemSpec& s : MixedSpecs(MaskMode::kCausal, DType::kF16)) problems.emplace_back(s);
+  testing::Collector collector;
+  auto item = [&](size_t i) {
+    testing::TaggedProblem view;  // Only input/config/tag are read by MakeItem.
+    view.tag = static_cast<int>(i);
+    view.input = problems[i].input();
+    view.config = config;
+    return collector.MakeItem(view);
+  };
+  backend.Close();
+  ASSERT_TRUE((*batcher)->Submit(item(0)).ok());  // Runs alone and holds the worker.
+  ASSERT_TRUE(backend.WaitForLaunches(1));
+  for (size_t i = 1; i < problems.size(); ++i) ASSERT_TRUE((*batcher)->Submit(item(i)).ok());
+  backend.Open();
+  for (size_t i = 0; i < problems.size(); ++i) {
+    ASSERT_TRUE(collector.WaitFor(static_cast<int>(i)));
+    testing::Result r = collector.Get(static_cast<int>(i));
+    ASSERT_TRUE(r.out.ok()) << r.out.status();
+    absl::StatusOr<AttnOutput> alone = (*reference)->Run(problems[i].input(), config);
+    ASSERT_TRUE(alone.ok());
+    ExpectBitIdentical(r.out->o, alone->o);
+    ExpectBitIdentical(r.out->lse, alone->lse);
+  }
+  // Problem 0 alone (2 sequences), then problems 1..3 merged (1 + 1 + 2 sequences).
+  EXPECT_EQ(backend.sequences_per_launch(), (std::vector<int>{2, 4}));
+}
+
+}  // namespace
+}  // namespace sage::server

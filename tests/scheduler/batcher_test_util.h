@@ -1,0 +1,246 @@
+// Test doubles for the scheduler tests: tagged work items, a fake backend that records the launches
+// it gets (and can be held shut or made to fail on chosen items), and a result collector.
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <set>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "server/backend/backend.h"
+#include "server/scheduler/scheduler.h"
+
+namespace sage::server::testing {
+
+inline constexpr auto kWaitLimit = std::chrono::seconds(20);  // Generous: CI may be loaded.
+
+// A work item's storage. Every element of Q, K and V holds the item's tag (as a float for fp32,
+// as the raw integer for 16-bit types), so a backend can tell whose sequence it is looking at.
+struct TaggedProblem {
+  int tag = 0;
+  std::vector<uint8_t> q, k, v;
+  std::vector<int32_t> cu_q, cu_k;
+  AttnInput input;
+  RecipeConfig config;
+};
+
+struct ProblemShape {
+  std::vector<int> q_lens = {128};
+  std::vector<int> k_lens = {128};
+  int q_heads = 2;
+  int kv_heads = 2;
+  int head_dim = 64;
+  DType dtype = DType::kF32;
+  MaskMode mask = MaskMode::kNone;
+  LseMode lse = LseMode::kNone;
+  std::optional<float> scale;
+  RecipeConfig config;
+};
+
+inline void FillTag(std::vector<uint8_t>& buf, DType dtype, int64_t numel, int tag) {
+  buf.resize(static_cast<size_t>(numel) * DTypeSize(dtype));
+  for (int64_t i = 0; i < numel; ++i) {
+    if (dtype == DType::kF32) {
+      const float f = static_cast<float>(tag);
+      std::memcpy(buf.data() + i * 4, &f, 4);
+    } else {
+      const uint16_t u = static_cast<uint16_t>(tag);
+      std::memcpy(buf.data() + i * 2, &u, 2);
+    }
+  }
+}
+
+inline std::unique_ptr<TaggedProblem> MakeTagged(int tag, const ProblemShape& s = {}) {
+  auto p = std::make_unique<TaggedProblem>();
+  p->tag = tag;
+  p->cu_q = {0};
+  p->cu_k = {0};
+  for (size_t i = 0; i < s.q_lens.size(); ++i) {
+    p->cu_q.push_back(p->cu_q.back() + s.q_lens[i]);
+    p->cu_k.push_back(p->cu_k.back() + s.k_lens[i]);
+  }
+  const int64_t tq = p->cu_q.back();
+  const int64_t tk = p->cu_k.back();
+  FillTag(p->q, s.dtype, tq * s.q_heads * s.head_dim, tag);
+  FillTag(p->k, s.dtype, tk * s.kv_heads * s.head_dim, tag);
+  FillTag(p->v, s.dtype, tk * s.kv_heads * s.head_dim, tag);
+  p->input.q = TensorView{s.dtype, p->q.data(), tq, s.q_heads, s.head_dim};
+  p->input.k = TensorView{s.dtype, p->k.data(), tk, s.kv_heads, s.head_dim};
+  p->input.v = TensorView{s.dtype, p->v.data(), tk, s.kv_heads, s.head_dim};
+  p->input.cu_seqlens_q = p->cu_q;
+  p->input.cu_seqlens_k = p->cu_k;
+  p->input.mask = s.mask;
+  p->input.lse = s.lse;
+  p->input.softmax_scale = s.scale;
+  p->config = s.config;
+  return p;
+}
+
+// The tag of whatever sits at element 0 of `row` of a tensor.
+inline int TagAt(const TensorView& t, int64_t row) {
+  const size_t offset = static_cast<size_t>(row) * t.heads * t.head_dim * DTypeSize(t.dtype);
+  const uint8_t* p = static_cast<const uint8_t*>(t.data) + offset;
+  if (t.dtype == DType::kF32) {
+    float f;
+    std::memcpy(&f, p, 4);
+    return static_cast<int>(f);
+  }
+  uint16_t u;
+  std::memcpy(&u, p, 2);
+  return u;
+}
+
+// Records each launch as the list of item tags in it (one per item, in order).
+class FakeBackend final : public AttentionBackend {
+ public:
+  FakeBackend() { info_.kind = BackendKind::kCpu; }
+  const BackendInfo& info() const override { return info_; }
+
+  absl::StatusOr<AttnOutput> Attend(const AttnInput& in, const RecipeConfig&) override {
+    std::vector<int> seq_tags;
+    std::vector<int> items;
+    for (int s = 0; s < in.batch(); ++s) {
+      const int tag = TagAt(in.q, in.cu_seqlens_q[s]);
+      seq_tags.push_back(tag);
+      if (items.empty() || items.back() != tag) items.push_back(tag);
+    }
+    bool poisoned = false;
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      launches_.push_back(items);
+      cv_.notify_all();
+      cv_.wait(lock, [this] { return open_; });
+      for (int tag : items) poisoned |= poison_.count(tag) > 0;
+    }
+    if (poisoned) return absl::InternalError("fake backend: poisoned item in the launch");
+    AttnOutput out;
+    const size_t row = static_cast<size_t>(in.q.heads) * in.q.head_dim;
+    out.o.resize(static_cast<size_t>(in.q.tokens) * row);
+    if (in.lse == LseMode::kNatural) out.lse.resize(static_cast<size_t>(in.q.tokens) * in.q.heads);
+    for (int s = 0; s < in.batch(); ++s) {
+      for (int32_t t = in.cu_seqlens_q[s]; t < in.cu_seqlens_q[s + 1]; ++t) {
+        std::fill_n(out.o.begin() + t * row, row, static_cast<float>(seq_tags[s]));
+        if (!out.lse.empty()) {
+          std::fill_n(out.lse.begin() + t * in.q.heads, in.q.heads, static_cast<float>(seq_tags[s]));
+        }
+      }
+    }
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      out.device_timings = timings_;
+    }
+    return out;
+  }
+
+  // Outputs carry these DeviceTimings from now on, as the CUDA backend's do.
+  void ReportTimings(const DeviceTimings& t) {
+    std::lock_guard<std::mutex> lock(mu_);
+    timings_ = t;
+  }
+  void Close() {
+    std::lock_guard<std::mutex> lock(mu_);
+    open_ = false;
+  }
+  void Open() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      open_ = true;
+    }
+    cv_.notify_all();
+  }
+  void Poison(int tag) {
+    std::lock_guard<std::mutex> lock(mu_);
+    poison_.insert(tag);
+  }
+  // Waits until at least `n` launches have started.
+  bool WaitForLaunches(size_t n) {
+    std::unique_lock<std::mutex> lock(mu_);
+    return cv_.wait_for(lock, kWaitLimit, [&] { return launches_.size() >= n; });
+  }
+  std::vector<std::vector<int>> launches() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return launches_;
+  }
+  bool EverLaunched(int tag) const {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const auto& l : launches_) {
+      for (int t : l) {
+        if (t == tag) return true;
+      }
+    }
+    return false;
+  }
+
+ private:
+  BackendInfo info_;
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  bool open_ = true;
+  std::set<int> poison_;
+  std::optional<DeviceTimings> timings_;
+  std::vector<std::vector<int>> launches_;
+};
+
+struct Result {
+  absl::StatusOr<AttnOutput> out;
+  WorkTimings timings;
+};
+
+// Collects the completions of tagged items.
+class Collector {
+ public:
+  WorkItem MakeItem(const TaggedProblem& p, std::optional<Clock::time_point> deadline = std::nullopt,
+                    std::function<bool()> is_cancelled = {}) {
+    WorkItem item;
+    item.input = p.input;
+    item.config = p.config;
+    item.deadline = deadline;
+    item.is_cancelled = std::move(is_cancelled);
+    const int tag = p.tag;
+    item.done = [this, tag](absl::StatusOr<AttnOutput> out, const WorkTimings& t) {
+      std::lock_guard<std::mutex> lock(mu_);
+      ++calls_[tag];
+      results_.insert_or_assign(tag, Result{std::move(out), t});
+      cv_.notify_all();
+    };
+    return item;
+  }
+  bool WaitFor(int tag) {
+    std::unique_lock<std::mutex> lock(mu_);
+    return cv_.wait_for(lock, kWaitLimit, [&] { return results_.count(tag) > 0; });
+  }
+  bool WaitForAll(const std::vector<int>& tags) {
+    for (int t : tags) {
+      if (!WaitFor(t)) return false;
+    }
+    return true;
+  }
+  Result Get(int tag) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = results_.find(tag);
+    return it == results_.end() ? Result{absl::NotFoundError("no result"), {}} : it->second;
+  }
+  bool Has(int tag) {
+    std::lock_guard<std::mutex> lock(mu_);
+    return results_.count(tag) > 0;
+  }
+  int Calls(int tag) {
+    std::lock_guard<std::mutex> lock(mu_);
+    return calls_[tag];
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::map<int, Result> results_;
+  std::map<int, int> calls_;
+};
+
+}  // namespace sage::server::testing
