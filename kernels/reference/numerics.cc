@@ -147,21 +147,7 @@ std::vector<float> ToFloatVector(const TensorView& t) {
   const auto n = static_cast<size_t>(t.numel() > 0 ? t.numel() : 0);
   std::vector<float> out(n);
   if (t.data == nullptr || n == 0) return out;
-  switch (t.dtype) {
-    case DType::kF32:
-      std::memcpy(out.data(), t.data, n * sizeof(float));
-      break;
-    case DType::kF16: {
-      const auto* src = static_cast<const uint16_t*>(t.data);
-      for (size_t i = 0; i < n; ++i) out[i] = DecodeFp16(src[i]);
-      break;
-    }
-    case DType::kBF16: {
-      const auto* src = static_cast<const uint16_t*>(t.data);
-      for (size_t i = 0; i < n; ++i) out[i] = DecodeBf16(src[i]);
-      break;
-    }
-  }
+  DecodeToFloatBulk(t.data, t.dtype, out.data(), n);
   return out;
 }
 

@@ -71,7 +71,27 @@ std::vector<int8_t> UnpackInt4(std::span<const uint8_t> packed, size_t count);
 // Eight INT4 values into one mma operand register.
 uint32_t PackInt4Register(std::span<const int8_t, 8> values);
 
-// Converts a tensor of any supported dtype to float (exact for fp16/bf16).
+// Converts a tensor of any supported dtype to float (exact for fp16/bf16). Uses the bulk routines.
 std::vector<float> ToFloatVector(const TensorView& t);
+
+// Bulk conversions (numerics_bulk.cc), bit-identical to the scalar Encode*/Decode* above for every
+// input (all 65536 16-bit codes, every float: NaN payloads, ±inf, subnormals, RNE ties). fp16 uses
+// F16C (8 per instruction) when the CPU has it (checked once with __builtin_cpu_supports), else the
+// scalar routines; bf16 is integer RNE written to auto-vectorize (AVX2 when the CPU has it). `src`
+// and `dst` must not overlap.
+enum class HostSimd { kScalar, kAvx2F16c };
+HostSimd ActiveHostSimd();               // what the bulk routines below use on this CPU
+enum class BulkPath { kAuto, kScalar };  // kScalar: force the portable loop (tests, benchmarks)
+
+void EncodeFp16Bulk(const float* src, uint16_t* dst, size_t n, BulkPath path = BulkPath::kAuto);
+void DecodeFp16Bulk(const uint16_t* src, float* dst, size_t n, BulkPath path = BulkPath::kAuto);
+void EncodeBf16Bulk(const float* src, uint16_t* dst, size_t n, BulkPath path = BulkPath::kAuto);
+void DecodeBf16Bulk(const uint16_t* src, float* dst, size_t n, BulkPath path = BulkPath::kAuto);
+// float -> `to` (kF16, kBF16: rounded as above; kF32: copied); dst holds n elements of `to`.
+void EncodeFromFloatBulk(const float* src, void* dst, size_t n, DType to);
+// `from` (any dtype) -> float.
+void DecodeToFloatBulk(const void* src, DType from, float* dst, size_t n);
+// Any dtype -> any dtype, exactly as decode-to-float then encode (copies when the types match).
+void ConvertBulk(const void* src, DType from, void* dst, DType to, size_t n);
 
 }  // namespace sage
