@@ -13,8 +13,7 @@ namespace sagectl {
 int RunAttend(const Args& args) {
   std::vector<std::string> known = ProblemFlags();
   known.push_back("id");
-  for (const std::string& f : ConnectionFlags()) known.push_back(f);
-  if (!args.Unknown(known).empty()) return Fail(absl::InvalidArgumentError("unknown option --" + args.Unknown(known)[0]));
+  if (!CheckFlags(args, known)) return 2;
   absl::StatusOr<ProblemSpec> spec = SpecFromArgs(args);
   if (!spec.ok()) return Fail(spec.status());
   absl::StatusOr<HostProblem> problem = MakeProblem(*spec);

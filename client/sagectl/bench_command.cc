@@ -35,8 +35,7 @@ double Percentile(std::vector<double> v, double p) {
 int RunBench(const Args& args) {
   std::vector<std::string> known = ProblemFlags();
   for (const char* k : {"concurrency", "requests", "mode", "warmup"}) known.push_back(k);
-  for (const std::string& f : ConnectionFlags()) known.push_back(f);
-  if (!args.Unknown(known).empty()) return Fail(absl::InvalidArgumentError("unknown option --" + args.Unknown(known)[0]));
+  if (!CheckFlags(args, known)) return 2;
   absl::StatusOr<ProblemSpec> spec = SpecFromArgs(args);
   if (!spec.ok()) return Fail(spec.status());
   absl::StatusOr<int64_t> concurrency = args.Int("concurrency", 4);

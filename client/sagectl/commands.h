@@ -2,6 +2,7 @@
 #pragma once
 
 #include "client/sagectl/args.h"
+#include "google/protobuf/message.h"
 #include "sageserve/client/client.h"
 
 namespace sagectl {
@@ -17,5 +18,12 @@ int RunRegistry(const std::string& verb, const Args& args);
 
 // Prints "sagectl: <status>" to stderr and returns 1.
 int Fail(const absl::Status& status);
+
+// True when every option given is in `known` or a connection flag; otherwise names the unknown
+// ones on stderr.
+bool CheckFlags(const Args& args, std::vector<std::string> known);
+
+// Prints a message as indented JSON with every field, the form grpcurl and buf curl print.
+void PrintJson(const google::protobuf::Message& message);
 
 }  // namespace sagectl

@@ -19,6 +19,23 @@ int Fail(const absl::Status& status) {
   return 1;
 }
 
+bool CheckFlags(const Args& args, std::vector<std::string> known) {
+  for (const std::string& f : ConnectionFlags()) known.push_back(f);
+  std::vector<std::string> unknown = args.Unknown(known);
+  if (unknown.empty()) return true;
+  std::fprintf(stderr, "sagectl: unknown option(s): --%s\n", absl::StrJoin(unknown, ", --").c_str());
+  return false;
+}
+
+void PrintJson(const google::protobuf::Message& message) {
+  std::string json;
+  google::protobuf::util::JsonPrintOptions opts;
+  opts.add_whitespace = true;
+  opts.always_print_primitive_fields = true;
+  (void)google::protobuf::util::MessageToJsonString(message, &json, opts);
+  std::printf("%s", json.c_str());
+}
+
 absl::StatusOr<std::unique_ptr<sageserve::Client>> Connect(const Args& args) {
   sageserve::ClientOptions options;
   options.target = args.Str("target", options.target);
@@ -57,24 +74,6 @@ void Usage() {
       "problem options: --batch --q_len --k_len --heads_q --heads_kv --head_dim --dtype=fp16|bf16\n"
       "  --output_dtype --recipe --causal --lse --seed --q_file --k_file --v_file (raw LE bytes)\n"
       "  --model --layer --timestep (precision registry: run the model's plan unless --recipe is given)\n");
-}
-
-template <typename Message>
-void PrintJson(const Message& m) {
-  std::string json;
-  google::protobuf::util::JsonPrintOptions opts;
-  opts.add_whitespace = true;
-  opts.always_print_primitive_fields = true;
-  (void)google::protobuf::util::MessageToJsonString(m, &json, opts);
-  std::printf("%s", json.c_str());
-}
-
-bool CheckFlags(const Args& args, std::vector<std::string> known) {
-  for (const std::string& f : ConnectionFlags()) known.push_back(f);
-  std::vector<std::string> unknown = args.Unknown(known);
-  if (unknown.empty()) return true;
-  std::fprintf(stderr, "sagectl: unknown option(s): --%s\n", absl::StrJoin(unknown, ", --").c_str());
-  return false;
 }
 
 int RunHealth(const Args& args) {

@@ -17,7 +17,6 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "client/sagectl/commands.h"
 #include "google/protobuf/util/json_util.h"
@@ -32,24 +31,6 @@ namespace {
 namespace v1 = ::sageserve::v1;
 
 using Stub = v1::RegistryService::Stub;
-
-template <typename Message>
-void PrintJson(const Message& m) {
-  std::string json;
-  google::protobuf::util::JsonPrintOptions opts;
-  opts.add_whitespace = true;
-  opts.always_print_primitive_fields = true;
-  (void)google::protobuf::util::MessageToJsonString(m, &json, opts);
-  std::printf("%s", json.c_str());
-}
-
-bool CheckFlags(const Args& args, std::vector<std::string> known) {
-  for (const std::string& f : ConnectionFlags()) known.push_back(f);
-  std::vector<std::string> unknown = args.Unknown(known);
-  if (unknown.empty()) return true;
-  std::fprintf(stderr, "sagectl registry: unknown option(s): --%s\n", absl::StrJoin(unknown, ", --").c_str());
-  return false;
-}
 
 // Deadline from --deadline_ms like every other command; calibration gets 10 minutes by default
 // because it runs every recipe on every sample.
