@@ -4,17 +4,28 @@
 # in-process baseline (bare kernel and CudaBackend::Attend), then `sagectl bench` against
 # `sageserve --backend=cuda` on loopback with dynamic batching on and off. Logs go to $OUT or /tmp.
 #
-#   scripts/device-runtime-bench.sh [--bundle DIR] [--port N] [--skip-tests]
+#   scripts/device-runtime-bench.sh [--bundle DIR] [--port N] [--skip-tests] [--tests-last] [--with-w1]
+#                                   [--compare BIN]
+# --compare BIN: also run the small-request benches (batching on and off) against $BUNDLE/bin/BIN, e.g.
+# a server built before a change, with --worker_threads=4 (the old builds' worker default was 2).
+# sagectl bench prints the client's latency and, from the responses' timings, the server's own view
+# (total, queued, kernel, total - kernel). Worker threads are the server default (GPUs x streams).
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BUNDLE="$ROOT/.bundle"
 PORT=50079
 SKIP_TESTS=0
+WITH_W1=0
+TESTS_LAST=0
+COMPARE=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --bundle) BUNDLE="$(realpath "$2")"; shift 2 ;;
     --port) PORT="$2"; shift 2 ;;
     --skip-tests) SKIP_TESTS=1; shift ;;
+    --with-w1) WITH_W1=1; shift ;;
+    --tests-last) TESTS_LAST=1; shift ;;
+    --compare) COMPARE="$2"; shift 2 ;;
     *) echo "device-runtime-bench: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -23,26 +34,30 @@ export LD_LIBRARY_PATH="$BUNDLE/lib:${LD_LIBRARY_PATH:-}"
 B="$BUNDLE/bin"
 TARGET="127.0.0.1:$PORT"
 SMALL="--batch=1 --q_len=128 --k_len=128 --heads_q=8 --heads_kv=8 --head_dim=128"
+SMALL64="--batch=1 --q_len=128 --k_len=128 --heads_q=8 --heads_kv=8 --head_dim=64"
 L4K="--batch=1 --q_len=4096 --k_len=4096 --heads_q=8 --heads_kv=8 --head_dim=128 --causal"
 L16K="--batch=1 --q_len=16384 --k_len=16384 --heads_q=8 --heads_kv=8 --head_dim=128 --causal"
 
 date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-if [ "$SKIP_TESTS" = 0 ]; then
+run_tests() {
   for t in cuda_runtime_gpu_test cuda_backend_gpu_test; do
     echo "=== $t"
     timeout 180 "$B/$t" --gtest_brief=1 >"$LOG/$t.log" 2>&1
-    echo "=== $t: exit $?"; tail -n 4 "$LOG/$t.log"
+    echo "=== $t: exit $?"; grep -E "FAILED|PASSED|SKIPPED" "$LOG/$t.log" | head -n 12
   done
-fi
+}
+[ "$SKIP_TESTS" = 0 ] && [ "$TESTS_LAST" = 0 ] && run_tests
 
 echo "=== in-process (kernel and backend)"
-timeout 60 "$B/sage_cuda_runtime_bench" $SMALL --concurrency=1,4,16,64 --requests=4000 2>&1 | tee "$LOG/inproc_small.log"
-timeout 60 "$B/sage_cuda_runtime_bench" $L4K --concurrency=1,4 --requests=200 2>&1 | tee "$LOG/inproc_4k.log"
-timeout 60 "$B/sage_cuda_runtime_bench" $L16K --concurrency=1,2 --requests=40 2>&1 | tee "$LOG/inproc_16k.log"
+timeout 60 "$B/sage_cuda_runtime_bench" $SMALL --concurrency=1,4,16,64 --requests=4000 --outputs=float,native 2>&1 | tee "$LOG/inproc_small.log"
+timeout 60 "$B/sage_cuda_runtime_bench" $SMALL64 --concurrency=1,16 --requests=4000 --outputs=native 2>&1 | tee "$LOG/inproc_small64.log"
+timeout 60 "$B/sage_cuda_runtime_bench" $L4K --concurrency=1,4 --requests=200 --outputs=float,native 2>&1 | tee "$LOG/inproc_4k.log"
+timeout 60 "$B/sage_cuda_runtime_bench" $L16K --concurrency=1,2 --requests=40 --outputs=float,native 2>&1 | tee "$LOG/inproc_16k.log"
 
+SERVER_BIN=sageserve
 serve() {  # name, extra flags...
   local name="$1"; shift
-  "$B/sageserve" --backend=cuda --listen="$TARGET" --log_level=warn --worker_threads=4 "$@" \
+  "$B/$SERVER_BIN" --backend=cuda --listen="$TARGET" --log_level=warn "$@" \
     >"$LOG/sageserve_$name.log" 2>&1 &
   SERVER_PID=$!
   for _ in $(seq 1 120); do
@@ -65,7 +80,9 @@ scrape() {  # name: the server's Prometheus text, for batch sizes and stage hist
   grep -E '^sageserve_(batch_size_requests|batch_size_tokens|batch_compute_duration_seconds|h2d_duration_seconds|kernel_duration_seconds|d2h_duration_seconds|queue_duration_seconds|request_duration_seconds)_(sum|count)' "$LOG/metrics_$1.txt" | head -n 20
 }
 
-for mode in batching nobatching batching_w1 nobatching_w1; do
+MODES="batching nobatching"
+[ "$WITH_W1" = 1 ] && MODES="$MODES batching_w1 nobatching_w1"
+for mode in $MODES; do
   extra=(--metrics_listen=127.0.0.1:$((PORT + 1)))
   case "$mode" in
     nobatching) extra+=(--max_batch_tokens=0) ;;
@@ -76,9 +93,11 @@ for mode in batching nobatching batching_w1 nobatching_w1; do
   serve "$mode" "${extra[@]}" || continue
   bench "$mode small c1" $SMALL --concurrency=1 --requests=1000 --warmup=50
   bench "$mode small c16" $SMALL --concurrency=16 --requests=4000 --warmup=50
-  bench "$mode small c64" $SMALL --concurrency=64 --requests=8000 --warmup=50
+  bench "$mode small c64" $SMALL --concurrency=64 --requests=6000 --warmup=50
   case "$mode" in
     batching|nobatching)
+      bench "$mode small-d64 c16" $SMALL64 --concurrency=16 --requests=4000 --warmup=50
+      bench "$mode small-d64 c64" $SMALL64 --concurrency=64 --requests=8000 --warmup=50
       bench "$mode small c16 stream" $SMALL --concurrency=16 --requests=4000 --warmup=50 --mode=stream
       bench "$mode 4k c4" $L4K --concurrency=4 --requests=100 --warmup=4
       bench "$mode 16k c2" $L16K --concurrency=2 --requests=20 --warmup=2 ;;
@@ -86,4 +105,19 @@ for mode in batching nobatching batching_w1 nobatching_w1; do
   scrape "$mode"
   stop
 done
+if [ -n "$COMPARE" ]; then
+  SERVER_BIN="$COMPARE"
+  for mode in batching nobatching; do
+    extra=(--worker_threads=4)
+    [ "$mode" = nobatching ] && extra+=(--max_batch_tokens=0)
+    echo "=== $COMPARE --backend=cuda, $mode ${extra[*]}"
+    serve "${COMPARE}_$mode" "${extra[@]}" || continue
+    bench "$COMPARE $mode small c16" $SMALL --concurrency=16 --requests=4000 --warmup=50
+    bench "$COMPARE $mode small c64" $SMALL --concurrency=64 --requests=6000 --warmup=50
+    bench "$COMPARE $mode small-d64 c16" $SMALL64 --concurrency=16 --requests=4000 --warmup=50
+    stop
+  done
+  SERVER_BIN=sageserve
+fi
+[ "$SKIP_TESTS" = 0 ] && [ "$TESTS_LAST" = 1 ] && run_tests
 echo "=== done"; date -u

@@ -11,6 +11,7 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
 #include "absl/time/time.h"
@@ -31,8 +32,20 @@ ABSL_FLAG(std::string, config, "",
 ABSL_FLAG(std::string, listen, kDefaults.listen_address, "Listen address host:port (port 0 = any free port)");
 ABSL_FLAG(std::string, backend, "auto", "Engine: auto (CUDA if built with it and a GPU is visible, else CPU), cpu, cuda");
 ABSL_FLAG(int, cpu_threads, 0, "CPU engine threads per request (0 = all cores)");
-ABSL_FLAG(int, cuda_device, 0, "CUDA device ordinal");
-ABSL_FLAG(int, worker_threads, kDefaults.scheduler.worker_threads, "Scheduler worker threads (requests computed concurrently)");
+ABSL_FLAG(int, cuda_device, -1, "One CUDA device ordinal; -1 = the --cuda_devices list (empty: every visible GPU)");
+ABSL_FLAG(std::vector<std::string>, cuda_devices, {},
+          "CUDA device ordinals, comma-separated (e.g. 0,2); empty = every visible GPU. --cuda_device wins when >= 0");
+ABSL_FLAG(int, cuda_streams, kDefaults.backend.cuda_streams, "CUDA stream slots per GPU (each with its own buffers)");
+ABSL_FLAG(int64_t, cuda_max_batch_elements, kDefaults.backend.cuda_max_batch_elements,
+          "Elements (tokens x heads x head_dim) of q, and of k and v, one CUDA launch holds; sizes the "
+          "preallocated pinned and device buffers of every stream slot");
+ABSL_FLAG(int, cuda_max_batch_sequences, kDefaults.backend.cuda_max_batch_sequences,
+          "Varlen sequences one CUDA launch holds");
+ABSL_FLAG(int64_t, cuda_workspace_bytes, kDefaults.backend.cuda_workspace_bytes,
+          "Kernel workspace per CUDA stream slot in bytes; 0 = sized from --cuda_max_batch_elements");
+ABSL_FLAG(int, worker_threads, 0,
+          "Scheduler worker threads (launches run concurrently); 0 = auto: GPUs x --cuda_streams with the CUDA "
+          "backend, 2 with the CPU engine");
 ABSL_FLAG(int, queue_capacity, kDefaults.scheduler.queue_capacity, "Requests waiting beyond which new ones get RESOURCE_EXHAUSTED");
 ABSL_FLAG(int64_t, max_message_bytes, kDefaults.max_message_bytes, "Largest gRPC message accepted or sent");
 ABSL_FLAG(int64_t, max_tokens, kDefaults.limits.max_tokens, "Largest total_q or total_k per request");
@@ -124,6 +137,22 @@ int main(int argc, char** argv) {
   options.backend.choice = *choice;
   options.backend.cpu_threads = absl::GetFlag(FLAGS_cpu_threads);
   options.backend.cuda_device = absl::GetFlag(FLAGS_cuda_device);
+  for (const std::string& d : absl::GetFlag(FLAGS_cuda_devices)) {
+    int ordinal = -1;
+    if (!absl::SimpleAtoi(d, &ordinal) || ordinal < 0) {
+      spdlog::error("--cuda_devices: '{}' is not a device ordinal", d);
+      return 2;
+    }
+    options.backend.cuda_devices.push_back(ordinal);
+  }
+  options.backend.cuda_streams = absl::GetFlag(FLAGS_cuda_streams);
+  options.backend.cuda_max_batch_elements = absl::GetFlag(FLAGS_cuda_max_batch_elements);
+  options.backend.cuda_max_batch_sequences = absl::GetFlag(FLAGS_cuda_max_batch_sequences);
+  options.backend.cuda_workspace_bytes = absl::GetFlag(FLAGS_cuda_workspace_bytes);
+  if (absl::GetFlag(FLAGS_worker_threads) < 0) {
+    spdlog::error("--worker_threads must be >= 0 (0 = auto), got {}", absl::GetFlag(FLAGS_worker_threads));
+    return 2;
+  }
   options.scheduler.worker_threads = absl::GetFlag(FLAGS_worker_threads);
   options.scheduler.queue_capacity = absl::GetFlag(FLAGS_queue_capacity);
   options.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);

@@ -99,8 +99,16 @@ absl::StatusOr<std::unique_ptr<SageServer>> SageServer::Start(const ServerOption
 }
 
 absl::StatusOr<std::unique_ptr<SageServer>> SageServer::Start(
-    const ServerOptions& options, std::unique_ptr<AttentionBackend> backend) {
+    const ServerOptions& requested, std::unique_ptr<AttentionBackend> backend) {
   if (backend == nullptr) return absl::InvalidArgumentError("server: backend is null");
+  ServerOptions options = requested;
+  if (options.scheduler.worker_threads == 0) {
+    // Auto: one worker per GPU stream slot, so every slot can hold a launch (the CUDA backend's
+    // copies and kernels overlap across slots); engines without devices keep the library default.
+    int slots = 0;
+    for (const DeviceStats& d : backend->DeviceStatsSnapshot()) slots += d.streams;
+    options.scheduler.worker_threads = slots > 0 ? slots : FifoSchedulerOptions{}.worker_threads;
+  }
   if (options.max_message_bytes <= 0 || options.max_message_bytes > INT_MAX) {
     return absl::InvalidArgumentError(absl::StrCat(
         "max_message_bytes must be in (0, ", INT_MAX, "], got ", options.max_message_bytes));
@@ -193,6 +201,13 @@ void SageServer::Shutdown() {
   std::lock_guard<std::mutex> lock(shutdown_mu_);
   if (shut_down_) return;
   shut_down_ = true;
+  if (server_ == nullptr) {
+    // Start failed part-way (e.g. it could not listen): nothing was accepted; stop what exists.
+    if (scheduler_) scheduler_->Shutdown(DrainMode::kDropQueued);
+    if (registry_service_) registry_service_->Shutdown();
+    if (metrics_http_) metrics_http_->Shutdown();
+    return;
+  }
   spdlog::info("draining: health NOT_SERVING, grace period {} ms", options_.grace_period.count());
   // Refuse first, then announce: whoever sees NOT_SERVING can rely on new work being refused.
   // Requests arriving on streams that are still open now get UNAVAILABLE; queued work runs.
@@ -210,6 +225,8 @@ void SageServer::Shutdown() {
   spdlog::info("drained");
 }
 
-void SageServer::Wait() { server_->Wait(); }
+void SageServer::Wait() {
+  if (server_ != nullptr) server_->Wait();
+}
 
 }  // namespace sage::server

@@ -37,7 +37,8 @@ struct ServerOptions {
   std::string listen_address = "127.0.0.1:50051";
   int64_t max_message_bytes = kDefaultMaxMessageBytes;  // Receive and send.
   BackendOptions backend;
-  // worker_threads and queue_capacity apply to whichever scheduler runs.
+  // worker_threads and queue_capacity apply to whichever scheduler runs. worker_threads 0 = auto:
+  // Σ stream slots over the backend's devices (GPUs × streams), or 2 for the CPU engine.
   FifoSchedulerOptions scheduler;
   SchedulerKind scheduler_kind = SchedulerKind::kDynamicBatcher;
   // Batching knobs; its worker_threads and queue_capacity are taken from `scheduler`.

@@ -21,6 +21,7 @@ using Clock = std::chrono::steady_clock;
 struct Sample {
   double latency_us = 0;
   size_t bytes = 0;  // request + response on the wire (protobuf size)
+  sageserve::v1::Timings server;  // the response's own timings
 };
 
 double Percentile(std::vector<double> v, double p) {
@@ -80,7 +81,7 @@ int RunBench(const Args& args) {
             if (failures++ == 0) first_error = r.status();
             continue;
           }
-          samples.push_back({us, request.ByteSizeLong() + r->ByteSizeLong()});
+          samples.push_back({us, request.ByteSizeLong() + r->ByteSizeLong(), r->timings()});
         }
       });
     }
@@ -107,7 +108,7 @@ int RunBench(const Args& args) {
         if (!r.ok()) {
           if (failures++ == 0) first_error = r.status();
         } else {
-          samples.push_back({us, request_bytes + r->ByteSizeLong()});
+          samples.push_back({us, request_bytes + r->ByteSizeLong(), r->timings()});
         }
         cv.notify_one();
       });
@@ -118,11 +119,17 @@ int RunBench(const Args& args) {
   }
   const double wall_s = std::chrono::duration<double>(Clock::now() - start).count();
 
-  std::vector<double> lat;
+  std::vector<double> lat, srv_total, srv_queued, srv_compute, srv_kernel, srv_device, srv_over_kernel;
   size_t bytes = 0;
   for (const Sample& s : samples) {
     lat.push_back(s.latency_us);
     bytes += s.bytes;
+    srv_total.push_back(static_cast<double>(s.server.total_us()));
+    srv_queued.push_back(static_cast<double>(s.server.queued_us()));
+    srv_compute.push_back(static_cast<double>(s.server.compute_us()));
+    srv_kernel.push_back(static_cast<double>(s.server.kernel_us()));
+    srv_device.push_back(static_cast<double>(s.server.device_us()));
+    srv_over_kernel.push_back(static_cast<double>(s.server.total_us() - s.server.kernel_us()));
   }
   const double n = static_cast<double>(samples.size());
   const double tokens = n * static_cast<double>(problem->total_q());
@@ -136,6 +143,12 @@ int RunBench(const Args& args) {
               tokens / wall_s, static_cast<double>(bytes) / wall_s / 1e9);
   std::printf("latency us: p50 %.0f, p90 %.0f, p99 %.0f, max %.0f\n", Percentile(lat, 50), Percentile(lat, 90),
               Percentile(lat, 99), lat.empty() ? 0.0 : *std::max_element(lat.begin(), lat.end()));
+  // The server's view (response timings: accepted after parsing -> response encoded; no transport).
+  std::printf("server us: total p50 %.0f p99 %.0f; queued p50 %.0f; compute p50 %.0f; kernel p50 %.0f; "
+              "device (h2d+kernel+d2h) p50 %.0f; total - kernel p50 %.0f p99 %.0f\n",
+              Percentile(srv_total, 50), Percentile(srv_total, 99), Percentile(srv_queued, 50),
+              Percentile(srv_compute, 50), Percentile(srv_kernel, 50), Percentile(srv_device, 50),
+              Percentile(srv_over_kernel, 50), Percentile(srv_over_kernel, 99));
   if (failures > 0) {
     std::fprintf(stderr, "first failure: %s\n", first_error.ToString().c_str());
     return 1;

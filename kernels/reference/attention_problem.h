@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <optional>
 #include <span>
+#include <string>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -18,6 +19,14 @@ enum class MaskMode { kNone, kCausal };
 
 enum class LseMode { kNone, kNatural };  // kNatural: fp32 log-sum-exp in natural log, [total_q, Hq].
 
+// How the caller accepts O back (AttnInput::output_form).
+//   kFloat:         AttnOutput::o, fp32 (every engine; the default).
+//   kNativeAllowed: an engine whose kernel writes 16-bit O may return those codes as they are, in
+//                   AttnOutput::o_native (o_native_dtype says fp16 or bf16), and leave `o` empty. The
+//                   gRPC path asks for this: the response codec copies or converts the codes once,
+//                   with the same bits as decoding to float and encoding again.
+enum class OutputForm : uint8_t { kFloat, kNativeAllowed };
+
 // Head dims the engines implement; anything else is rejected with INVALID_ARGUMENT.
 inline constexpr int kSupportedHeadDims[] = {64, 128};
 
@@ -30,6 +39,7 @@ struct AttnInput {
   MaskMode mask = MaskMode::kNone;
   std::optional<float> softmax_scale;  // default 1/sqrt(D).
   LseMode lse = LseMode::kNone;
+  OutputForm output_form = OutputForm::kFloat;
 
   int batch() const { return cu_seqlens_q.empty() ? 0 : static_cast<int>(cu_seqlens_q.size()) - 1; }
   float scale() const;
@@ -47,9 +57,18 @@ struct DeviceTimings {
 };
 
 struct AttnOutput {
-  std::vector<float> o;    // [total_q, Hq, D]
+  std::vector<float> o;    // [total_q, Hq, D] (empty when O came back in o_native)
   std::vector<float> lse;  // [total_q, Hq] when requested, else empty.
   std::optional<DeviceTimings> device_timings;  // set by the CUDA backend
+  // O as the kernel wrote it: [total_q, Hq, D] 16-bit codes of o_native_dtype, as raw bytes (2 per
+  // element, host byte order), only when the input had OutputForm::kNativeAllowed and the engine
+  // produces 16-bit O (the CUDA backend). A std::string so the gRPC codec can move it into the
+  // response's bytes field without a copy. o_native_dtype kF32 = unused.
+  std::string o_native;
+  DType o_native_dtype = DType::kF32;
+
+  bool has_native_o() const { return o_native_dtype != DType::kF32; }
+  size_t o_elements() const { return has_native_o() ? o_native.size() / 2 : o.size(); }
 };
 
 // Checks shapes, dtypes, head dims, GQA divisibility, cu_seqlens and data pointers. Every error is

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -19,12 +20,17 @@ struct DeviceDescription {
   int64_t memory_bytes = 0;    // device memory (0 for the CPU backend)
 };
 
+// Whether a backend can read a merged launch's tensors straight from its members' memory
+// (AttendGathered), so the batcher need not concatenate them into one buffer first.
+enum class InputGather { kContiguousOnly, kSegments };
+
 struct BackendInfo {
   BackendKind kind = BackendKind::kCpu;
   std::vector<DeviceDescription> devices;
   std::vector<int> head_dims;         // supported head dims
   std::vector<Recipe> recipes;        // recipes this backend runs
   Recipe default_recipe = Recipe::kInt8QkFp8Pv;  // what runs when a request names none
+  InputGather input_gather = InputGather::kContiguousOnly;  // kSegments: AttendGathered is implemented
 };
 
 // Live counters of one device of a backend (the CUDA backend reports one per GPU executor), for the
@@ -52,8 +58,26 @@ class AttentionBackend {
   virtual ~AttentionBackend() = default;
   virtual const BackendInfo& info() const = 0;
   virtual absl::StatusOr<AttnOutput> Attend(const AttnInput& in, const RecipeConfig& config) = 0;
+  // One launch over several problems without concatenating them first. `merged` describes the launch
+  // (shapes over all members, chained cu_seqlens, mask, scale, LSE and output form, as AssembleBatch
+  // builds it with AssembleMode::kMetadataOnly): its q/k/v data pointers are null. `members` are the
+  // (validated) problems whose q/k/v rows, in this order, make up the merged tensors. The result is
+  // the merged one, as Attend(merged with the bytes concatenated) would return it. Only called when
+  // info().input_gather is kSegments; the default answers UNIMPLEMENTED.
+  virtual absl::StatusOr<AttnOutput> AttendGathered(const AttnInput& merged,
+                                                    std::span<const AttnInput* const> members,
+                                                    const RecipeConfig& config);
   // Per-device counters; empty for engines without devices (the CPU engine). Thread-safe.
   virtual std::vector<DeviceStats> DeviceStatsSnapshot() const { return {}; }
 };
+
+inline absl::StatusOr<AttnOutput> AttentionBackend::AttendGathered(const AttnInput& merged,
+                                                                  std::span<const AttnInput* const> members,
+                                                                  const RecipeConfig& config) {
+  (void)merged;
+  (void)members;
+  (void)config;
+  return absl::UnimplementedError("this backend does not gather inputs (BackendInfo::input_gather)");
+}
 
 }  // namespace sage::server

@@ -89,6 +89,8 @@ absl::Status AttendPipeline::Start(AttendCall call) {
 
   WorkItem item;
   item.input = problem->input;
+  // The codec takes O in the kernel's 16-bit type as well: no decode here and re-encode there.
+  item.input.output_form = OutputForm::kNativeAllowed;
   item.config = problem->config;
   item.deadline = call.deadline;
   item.is_cancelled = call.is_cancelled;
@@ -108,10 +110,15 @@ absl::Status AttendPipeline::Start(AttendCall call) {
     }
     response->set_request_id(rid);
     response->set_recipe(ToWireRecipe(problem->recipe));
-    EncodeAttendOutput(*out, *problem, response);
+    EncodeAttendOutput(*std::move(out), *problem, response);
     sageserve::v1::Timings* t = response->mutable_timings();
     t->set_queued_us(Micros(timings.queued));
     t->set_compute_us(Micros(timings.compute));
+    if (out->device_timings) {
+      const DeviceTimings& d = *out->device_timings;
+      t->set_kernel_us(static_cast<int64_t>(d.kernel_us));
+      t->set_device_us(static_cast<int64_t>(d.h2d_us + d.kernel_us + d.d2h_us));
+    }
     t->set_total_us(Micros(Clock::now() - accepted));
     spdlog::debug("request '{}' ok: q [{}, {}, {}] k [{}, {}] batch {} recipe {} queued {}us compute {}us total {}us",
                   rid, problem->input.q.tokens, problem->input.q.heads, problem->input.q.head_dim,

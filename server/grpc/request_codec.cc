@@ -204,34 +204,26 @@ absl::StatusOr<std::unique_ptr<DecodedRequest>> DecodeAttendRequest(
   return decoded;
 }
 
-void EncodeAttendOutput(const AttnOutput& output, const DecodedRequest& request,
-                        v1::AttendResponse* response) {
+void EncodeAttendOutput(AttnOutput output, const DecodedRequest& request, v1::AttendResponse* response) {
   const AttnInput& in = request.input;
   v1::Tensor* o = response->mutable_o();
   o->set_dtype(ToWireDType(request.output_dtype));
   o->add_shape(in.q.tokens);
   o->add_shape(in.q.heads);
   o->add_shape(in.q.head_dim);
-  std::string* bytes = o->mutable_data();
-  const size_t n = output.o.size();
-  bytes->resize(n * DTypeSize(request.output_dtype));
-  char* dst = bytes->data();
-  switch (request.output_dtype) {
-    case DType::kF32:
-      std::memcpy(dst, output.o.data(), n * sizeof(float));
-      break;
-    case DType::kF16:
-      for (size_t i = 0; i < n; ++i) {
-        const uint16_t h = EncodeFp16(output.o[i]);
-        std::memcpy(dst + 2 * i, &h, 2);
-      }
-      break;
-    case DType::kBF16:
-      for (size_t i = 0; i < n; ++i) {
-        const uint16_t h = EncodeBf16(output.o[i]);
-        std::memcpy(dst + 2 * i, &h, 2);
-      }
-      break;
+  const size_t n = output.o_elements();
+  if (output.has_native_o() && output.o_native_dtype == request.output_dtype) {
+    o->set_data(std::move(output.o_native));  // the kernel's bytes become the response's: no copy
+  } else if (output.has_native_o()) {
+    std::string* bytes = o->mutable_data();
+    bytes->resize(n * DTypeSize(request.output_dtype));
+    // The kernel's 16-bit codes in another type: converted once (same bits as decoding to float and
+    // encoding again).
+    ConvertBulk(output.o_native.data(), output.o_native_dtype, bytes->data(), request.output_dtype, n);
+  } else {
+    std::string* bytes = o->mutable_data();
+    bytes->resize(n * DTypeSize(request.output_dtype));
+    EncodeFromFloatBulk(output.o.data(), bytes->data(), n, request.output_dtype);
   }
   if (in.lse == LseMode::kNatural) {
     v1::Tensor* lse = response->mutable_lse();

@@ -36,8 +36,10 @@ absl::StatusOr<std::unique_ptr<DecodedRequest>> DecodeAttendRequest(
     const sageserve::v1::AttendRequest& request, const BackendInfo& backend,
     const RequestLimits& limits);
 
-// Fills o (converted to the requested dtype) and lse of `response`.
-void EncodeAttendOutput(const AttnOutput& output, const DecodedRequest& request,
+// Fills o (converted to the requested dtype, from AttnOutput::o or, when the engine returned it,
+// AttnOutput::o_native) and lse of `response`.
+// Takes the output by value: 16-bit O already in the requested dtype is moved into the response.
+void EncodeAttendOutput(AttnOutput output, const DecodedRequest& request,
                         sageserve::v1::AttendResponse* response);
 
 // Enum mirrors between the wire and the engine.

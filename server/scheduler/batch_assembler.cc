@@ -64,7 +64,7 @@ ProblemSize MeasureProblem(const AttnInput& in) {
   return size;
 }
 
-absl::StatusOr<AssembledBatch> AssembleBatch(std::span<const AttnInput* const> members) {
+absl::StatusOr<AssembledBatch> AssembleBatch(std::span<const AttnInput* const> members, AssembleMode mode) {
   if (members.empty()) return absl::InvalidArgumentError("AssembleBatch: no members");
   const AttnInput& first = *members[0];
   int64_t total_q = 0;
@@ -89,9 +89,12 @@ absl::StatusOr<AssembledBatch> AssembleBatch(std::span<const AttnInput* const> m
   }
 
   AssembledBatch batch;
-  batch.q_.reserve(static_cast<size_t>(total_q) * first.q.heads * first.q.head_dim * DTypeSize(first.q.dtype));
-  batch.k_.reserve(static_cast<size_t>(total_k) * first.k.heads * first.k.head_dim * DTypeSize(first.k.dtype));
-  batch.v_.reserve(static_cast<size_t>(total_k) * first.v.heads * first.v.head_dim * DTypeSize(first.v.dtype));
+  const bool copy = mode == AssembleMode::kCopyTensors;
+  if (copy) {
+    batch.q_.reserve(static_cast<size_t>(total_q) * first.q.heads * first.q.head_dim * DTypeSize(first.q.dtype));
+    batch.k_.reserve(static_cast<size_t>(total_k) * first.k.heads * first.k.head_dim * DTypeSize(first.k.dtype));
+    batch.v_.reserve(static_cast<size_t>(total_k) * first.v.heads * first.v.head_dim * DTypeSize(first.v.dtype));
+  }
   batch.cu_q_.reserve(total_seqs + 1);
   batch.cu_k_.reserve(total_seqs + 1);
   batch.members_.reserve(members.size());
@@ -101,9 +104,11 @@ absl::StatusOr<AssembledBatch> AssembleBatch(std::span<const AttnInput* const> m
   int64_t q_offset = 0;
   int64_t k_offset = 0;
   for (const AttnInput* m : members) {
-    AppendBytes(batch.q_, m->q);
-    AppendBytes(batch.k_, m->k);
-    AppendBytes(batch.v_, m->v);
+    if (copy) {
+      AppendBytes(batch.q_, m->q);
+      AppendBytes(batch.k_, m->k);
+      AppendBytes(batch.v_, m->v);
+    }
     for (int s = 1; s <= m->batch(); ++s) {
       batch.cu_q_.push_back(static_cast<int32_t>(q_offset + m->cu_seqlens_q[s]));
       batch.cu_k_.push_back(static_cast<int32_t>(k_offset + m->cu_seqlens_k[s]));
@@ -117,11 +122,16 @@ absl::StatusOr<AssembledBatch> AssembleBatch(std::span<const AttnInput* const> m
   in.q = ViewOf(batch.q_, first.q, total_q);
   in.k = ViewOf(batch.k_, first.k, total_k);
   in.v = ViewOf(batch.v_, first.v, total_k);
+  if (!copy) in.q.data = in.k.data = in.v.data = nullptr;
   in.cu_seqlens_q = batch.cu_q_;
   in.cu_seqlens_k = batch.cu_k_;
   in.mask = first.mask;
   in.softmax_scale = first.softmax_scale;
   in.lse = first.lse;
+  in.output_form = OutputForm::kNativeAllowed;
+  for (const AttnInput* m : members) {
+    if (m->output_form == OutputForm::kFloat) in.output_form = OutputForm::kFloat;
+  }
   return batch;
 }
 
@@ -133,7 +143,13 @@ AttnOutput SliceOutput(const AttnOutput& merged, const AssembledBatch& batch, si
   const size_t first_row = static_cast<size_t>(slice.q_token_offset);
   const size_t rows = static_cast<size_t>(slice.q_tokens);
   AttnOutput out;
-  out.o.assign(merged.o.begin() + first_row * o_row, merged.o.begin() + (first_row + rows) * o_row);
+  if (merged.has_native_o()) {
+    out.o_native_dtype = merged.o_native_dtype;
+    out.o_native.assign(merged.o_native, first_row * o_row * 2, rows * o_row * 2);
+  } else {
+    out.o.assign(merged.o.begin() + first_row * o_row, merged.o.begin() + (first_row + rows) * o_row);
+  }
+  out.device_timings = merged.device_timings;  // the launch's, shared by every member
   if (!merged.lse.empty()) {
     out.lse.assign(merged.lse.begin() + first_row * lse_row,
                    merged.lse.begin() + (first_row + rows) * lse_row);

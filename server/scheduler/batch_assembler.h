@@ -68,6 +68,11 @@ struct MemberSlice {
   int64_t q_tokens = 0;
 };
 
+// kCopyTensors: the batch owns one buffer per tensor with the members' rows concatenated.
+// kMetadataOnly: only cu_seqlens and member slices are built; input().q/k/v have the merged shapes
+// but null data (for AttentionBackend::AttendGathered, which reads the members' own memory).
+enum class AssembleMode { kCopyTensors, kMetadataOnly };
+
 // Owns the concatenated tensors and cu_seqlens of a merged launch. Move-only; the views in
 // `input()` stay valid across moves (vector buffers move with their storage).
 class AssembledBatch {
@@ -82,7 +87,8 @@ class AssembledBatch {
   std::span<const MemberSlice> members() const { return members_; }
 
  private:
-  friend absl::StatusOr<AssembledBatch> AssembleBatch(std::span<const AttnInput* const> members);
+  friend absl::StatusOr<AssembledBatch> AssembleBatch(std::span<const AttnInput* const> members,
+                                                      AssembleMode mode);
 
   std::vector<std::byte> q_, k_, v_;
   std::vector<int32_t> cu_q_, cu_k_;
@@ -93,7 +99,8 @@ class AssembledBatch {
 // Concatenates the members' tokens (no padding) and chains their cu_seqlens. Every member must be
 // valid and share one BatchKey; otherwise INVALID_ARGUMENT (a bug in the caller) or, when the
 // merged token count would not fit int32 cu_seqlens, RESOURCE_EXHAUSTED.
-absl::StatusOr<AssembledBatch> AssembleBatch(std::span<const AttnInput* const> members);
+absl::StatusOr<AssembledBatch> AssembleBatch(std::span<const AttnInput* const> members,
+                                             AssembleMode mode = AssembleMode::kCopyTensors);
 
 // Cuts member `index`'s rows of O (and LSE when present) out of the merged output.
 AttnOutput SliceOutput(const AttnOutput& merged, const AssembledBatch& batch, size_t index);

@@ -16,7 +16,7 @@ constexpr auto kIdleWake = std::chrono::seconds(1);
 bool OutputFits(const AttnOutput& out, const AttnInput& in) {
   const size_t rows = static_cast<size_t>(in.q.tokens);
   const size_t heads = static_cast<size_t>(in.q.heads);
-  if (out.o.size() != rows * heads * static_cast<size_t>(in.q.head_dim)) return false;
+  if (out.o_elements() != rows * heads * static_cast<size_t>(in.q.head_dim)) return false;
   return in.lse == LseMode::kNone || out.lse.size() == rows * heads;
 }
 
@@ -304,10 +304,15 @@ void DynamicBatcher::RunBatch(PendingList& batch) {
     inputs.push_back(&p.item.input);
     total += p.size;
   }
-  absl::StatusOr<AssembledBatch> assembled = AssembleBatch(inputs);
+  // A backend that gathers the members itself gets only the merged metadata: no copy here.
+  const bool gather = backend_->info().input_gather == InputGather::kSegments;
+  absl::StatusOr<AssembledBatch> assembled =
+      AssembleBatch(inputs, gather ? AssembleMode::kMetadataOnly : AssembleMode::kCopyTensors);
   if (assembled.ok()) {
     const Clock::time_point start = Clock::now();
-    absl::StatusOr<AttnOutput> out = backend_->Attend(assembled->input(), batch.front().item.config);
+    const RecipeConfig& config = batch.front().item.config;
+    absl::StatusOr<AttnOutput> out = gather ? backend_->AttendGathered(assembled->input(), inputs, config)
+                                            : backend_->Attend(assembled->input(), config);
     RecordLaunch(static_cast<int>(batch.size()), total, Clock::now() - start, out);
     if (out.ok() && OutputFits(*out, assembled->input())) {
       size_t i = 0;

@@ -5,10 +5,13 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <string>
 #include <thread>
 #include <vector>
 
+#include "kernels/reference/numerics.h"
 #include "server/backend/cuda/cuda_backend.h"
+#include "server/scheduler/batch_assembler.h"
 #include "tests/cuda/gpu_test_util.h"
 
 namespace sage::gputest {
@@ -202,6 +205,124 @@ TEST(CudaRuntime, EmptyBatchNeedsNoLaunch) {
   if (out.ok()) {
     EXPECT_TRUE(out->o.empty());
   }
+}
+
+// The server's output path: O left in the kernel's 16-bit type is exactly the float result encoded
+// back (so the codec's copy sends the same bytes as before), for fp16 and bf16 inputs.
+TEST(CudaRuntime, NativeOutputIsTheFloatOutputEncoded) {
+  SAGE_SKIP_WITHOUT_GPU();
+  auto backend = Make(2);
+  ASSERT_NE(backend, nullptr);
+  for (DType dt : {DType::kF16, DType::kBF16}) {
+    ProblemSpec spec;
+    spec.q_lens = {200, 33};
+    spec.hq = 8;
+    spec.hkv = 4;
+    spec.d = 128;
+    spec.dtype = dt;
+    spec.lse = LseMode::kNatural;
+    spec.seed = 77;
+    const HostProblem p = MakeProblem(spec);
+    AttnInput in = p.Input();
+    auto as_float = backend->Attend(in, ConfigFor(backend->info().default_recipe));
+    ASSERT_TRUE(as_float.ok()) << as_float.status();
+    in.output_form = OutputForm::kNativeAllowed;
+    auto native = backend->Attend(in, ConfigFor(backend->info().default_recipe));
+    ASSERT_TRUE(native.ok()) << native.status();
+    ASSERT_TRUE(native->has_native_o());
+    EXPECT_EQ(native->o_native_dtype, dt);
+    EXPECT_TRUE(native->o.empty());
+    std::vector<uint16_t> want(as_float->o.size());
+    if (dt == DType::kF16) {
+      EncodeFp16Bulk(as_float->o.data(), want.data(), want.size(), BulkPath::kScalar);
+    } else {
+      EncodeBf16Bulk(as_float->o.data(), want.data(), want.size(), BulkPath::kScalar);
+    }
+    EXPECT_EQ(native->o_native, std::string(reinterpret_cast<const char*>(want.data()), want.size() * 2));
+    EXPECT_EQ(native->lse, as_float->lse);
+  }
+}
+
+// A merged launch gathered straight from the members' memory equals the same launch over the
+// concatenated copy, bit for bit (float and native O), and its slices equal each member run alone.
+TEST(CudaRuntime, GatheredLaunchEqualsConcatenatedLaunch) {
+  SAGE_SKIP_WITHOUT_GPU();
+  auto backend = Make(2);
+  ASSERT_NE(backend, nullptr);
+  ASSERT_EQ(backend->info().input_gather, server::InputGather::kSegments);
+  std::vector<HostProblem> problems;
+  for (int i = 0; i < 4; ++i) problems.push_back(Problem(500 + i, {128, 17 + 40 * i}));
+  std::vector<AttnInput> inputs;
+  for (const HostProblem& p : problems) inputs.push_back(p.Input());
+  std::vector<const AttnInput*> members;
+  for (const AttnInput& in : inputs) members.push_back(&in);
+  const RecipeConfig cfg = ConfigFor(backend->info().default_recipe);
+
+  auto copied = server::AssembleBatch(members, server::AssembleMode::kCopyTensors);
+  ASSERT_TRUE(copied.ok()) << copied.status();
+  auto want = backend->Attend(copied->input(), cfg);
+  ASSERT_TRUE(want.ok()) << want.status();
+
+  auto meta = server::AssembleBatch(members, server::AssembleMode::kMetadataOnly);
+  ASSERT_TRUE(meta.ok()) << meta.status();
+  EXPECT_EQ(meta->input().q.data, nullptr);
+  auto got = backend->AttendGathered(meta->input(), members, cfg);
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(got->o, want->o);
+  EXPECT_EQ(got->lse, want->lse);
+
+  for (AttnInput& in : inputs) in.output_form = OutputForm::kNativeAllowed;
+  auto meta_native = server::AssembleBatch(members, server::AssembleMode::kMetadataOnly);
+  ASSERT_TRUE(meta_native.ok());
+  EXPECT_EQ(meta_native->input().output_form, OutputForm::kNativeAllowed);
+  auto native = backend->AttendGathered(meta_native->input(), members, cfg);
+  ASSERT_TRUE(native.ok()) << native.status();
+  std::vector<uint16_t> want16(want->o.size());
+  EncodeFp16Bulk(want->o.data(), want16.data(), want16.size(), BulkPath::kScalar);
+  EXPECT_EQ(native->o_native, std::string(reinterpret_cast<const char*>(want16.data()), want16.size() * 2));
+
+  // Members that do not add up to the merged shape are refused, never launched.
+  auto short_members = std::vector<const AttnInput*>(members.begin(), members.end() - 1);
+  EXPECT_EQ(backend->AttendGathered(meta->input(), short_members, cfg).status().code(),
+            absl::StatusCode::kInvalidArgument);
+
+  // Batch invariance on the GPU: each member's slice of the merged launch equals the member alone.
+  for (size_t i = 0; i < members.size(); ++i) {
+    AttnInput alone = *members[i];
+    alone.output_form = OutputForm::kFloat;
+    auto one = backend->Attend(alone, cfg);
+    ASSERT_TRUE(one.ok()) << one.status();
+    const AttnOutput slice = server::SliceOutput(*want, *copied, i);
+    EXPECT_EQ(slice.o, one->o) << "member " << i;
+  }
+}
+
+// A launch over 8 MiB of inputs is staged on several threads; the result equals the 1-slot,
+// back-to-back reference computed on a copy whose bytes arrive as fp32 (converted while staging).
+TEST(CudaRuntime, LargeLaunchStagedOnSeveralThreads) {
+  SAGE_SKIP_WITHOUT_GPU();
+  auto backend = Make(1);
+  ASSERT_NE(backend, nullptr);
+  const HostProblem p = Problem(900, {8192}, 8, 8);  // 16 MiB per tensor at fp16
+  const RecipeConfig cfg = ConfigFor(backend->info().default_recipe);
+  auto a = backend->Attend(p.Input(), cfg);
+  ASSERT_TRUE(a.ok()) << a.status();
+  auto b = backend->Attend(p.Input(), cfg);
+  ASSERT_TRUE(b.ok()) << b.status();
+  EXPECT_EQ(a->o, b->o);
+  // Same problem with fp32 inputs: converted to fp16 on the staging threads, same bits out.
+  std::vector<float> q32(p.q.size()), k32(p.k.size()), v32(p.v.size());
+  DecodeFp16Bulk(p.q.data(), q32.data(), q32.size());
+  DecodeFp16Bulk(p.k.data(), k32.data(), k32.size());
+  DecodeFp16Bulk(p.v.data(), v32.data(), v32.size());
+  AttnInput in32 = p.Input();
+  in32.q.dtype = in32.k.dtype = in32.v.dtype = DType::kF32;
+  in32.q.data = q32.data();
+  in32.k.data = k32.data();
+  in32.v.data = v32.data();
+  auto c = backend->Attend(in32, cfg);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->o, a->o);
 }
 
 }  // namespace

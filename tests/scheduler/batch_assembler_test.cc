@@ -3,6 +3,7 @@
 // through the DynamicBatcher).
 #include "server/scheduler/batch_assembler.h"
 
+#include <algorithm>
 #include <cstring>
 #include <memory>
 #include <condition_variable>
@@ -137,6 +138,64 @@ TEST(SliceOutput, CutsEachMembersRowsOfOAndLse) {
   ASSERT_EQ(second.lse.size(), 6u);
   EXPECT_EQ(second.lse.front(), -2.0f);
   EXPECT_EQ(SliceOutput(merged, *batch, 0).o.size(), 2 * row);
+}
+
+// The merged launch's 16-bit O (AttnOutput::o_native) is cut the same way, staying 16-bit, and the
+// launch's device timings go to every member.
+TEST(SliceOutput, CutsNativeOAndKeepsDeviceTimings) {
+  ProblemShape s;
+  s.q_lens = {2};
+  s.k_lens = {2};
+  auto a = MakeTagged(1, s);
+  s.q_lens = {3};
+  auto b = MakeTagged(2, s);
+  const AttnInput* members[] = {&a->input, &b->input};
+  absl::StatusOr<AssembledBatch> batch = AssembleBatch(members);
+  ASSERT_TRUE(batch.ok());
+  const size_t row = 2 * 64;
+  AttnOutput merged;
+  merged.o_native_dtype = DType::kBF16;
+  std::vector<uint16_t> codes;
+  for (int t = 0; t < 5; ++t) codes.insert(codes.end(), row, static_cast<uint16_t>(t));
+  merged.o_native.assign(reinterpret_cast<const char*>(codes.data()), codes.size() * 2);
+  merged.device_timings = DeviceTimings{1.0, 2.0, 3.0, 0, 1};
+  const AttnOutput second = SliceOutput(merged, *batch, 1);
+  EXPECT_TRUE(second.o.empty());
+  EXPECT_EQ(second.o_native_dtype, DType::kBF16);
+  ASSERT_EQ(second.o_elements(), 3 * row);
+  std::vector<uint16_t> got(second.o_elements());
+  std::memcpy(got.data(), second.o_native.data(), got.size() * 2);
+  EXPECT_EQ(got.front(), 2);
+  EXPECT_EQ(got.back(), 4);
+  ASSERT_TRUE(second.device_timings.has_value());
+  EXPECT_EQ(second.device_timings->kernel_us, 2.0);
+}
+
+// Metadata-only assembly: the same cu_seqlens, slices and shapes, no bytes; the output form is
+// kNativeAllowed only when every member allows it.
+TEST(AssembleBatch, MetadataOnlyHasShapesButNoBytes) {
+  ProblemShape a;
+  a.q_lens = {2, 3};
+  a.k_lens = {4, 5};
+  auto pa = MakeTagged(10, a);
+  auto pb = MakeTagged(20, a);
+  pa->input.output_form = OutputForm::kNativeAllowed;
+  const AttnInput* members[] = {&pa->input, &pb->input};
+  absl::StatusOr<AssembledBatch> meta = AssembleBatch(members, AssembleMode::kMetadataOnly);
+  absl::StatusOr<AssembledBatch> copy = AssembleBatch(members);
+  ASSERT_TRUE(meta.ok() && copy.ok());
+  EXPECT_EQ(meta->input().q.data, nullptr);
+  EXPECT_EQ(meta->input().v.data, nullptr);
+  EXPECT_EQ(meta->input().q.tokens, copy->input().q.tokens);
+  EXPECT_EQ(meta->input().k.tokens, copy->input().k.tokens);
+  EXPECT_TRUE(std::equal(meta->input().cu_seqlens_q.begin(), meta->input().cu_seqlens_q.end(),
+                         copy->input().cu_seqlens_q.begin(), copy->input().cu_seqlens_q.end()));
+  EXPECT_EQ(meta->members()[1].q_token_offset, copy->members()[1].q_token_offset);
+  EXPECT_EQ(meta->input().output_form, OutputForm::kFloat);
+  pb->input.output_form = OutputForm::kNativeAllowed;
+  absl::StatusOr<AssembledBatch> both = AssembleBatch(members, AssembleMode::kMetadataOnly);
+  ASSERT_TRUE(both.ok());
+  EXPECT_EQ(both->input().output_form, OutputForm::kNativeAllowed);
 }
 
 // Problems of one BatchKey with varied lengths, including ones that cross tile boundaries.

@@ -15,6 +15,7 @@
 
 #include "absl/status/statusor.h"
 #include "server/backend/backend.h"
+#include "server/scheduler/batch_assembler.h"
 #include "server/scheduler/scheduler.h"
 
 namespace sage::server::testing {
@@ -139,6 +140,30 @@ class FakeBackend final : public AttentionBackend {
     return out;
   }
 
+  // Like the CUDA backend: merged launches come as metadata plus members (AttendGathered). The fake
+  // checks the metadata has no bytes, concatenates the members itself and runs Attend on that.
+  void EnableGather() { info_.input_gather = InputGather::kSegments; }
+  absl::StatusOr<AttnOutput> AttendGathered(const AttnInput& merged, std::span<const AttnInput* const> members,
+                                            const RecipeConfig& config) override {
+    if (merged.q.data != nullptr || merged.k.data != nullptr || merged.v.data != nullptr) {
+      return absl::InternalError("fake backend: gathered launch came with bytes");
+    }
+    absl::StatusOr<AssembledBatch> copy = AssembleBatch(members);
+    if (!copy.ok()) return copy.status();
+    if (copy->input().q.tokens != merged.q.tokens || copy->input().batch() != merged.batch()) {
+      return absl::InternalError("fake backend: members do not match the merged metadata");
+    }
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      ++gathered_;
+    }
+    return Attend(copy->input(), config);
+  }
+  int gathered() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return gathered_;
+  }
+
   // Outputs carry these DeviceTimings from now on, as the CUDA backend's do.
   void ReportTimings(const DeviceTimings& t) {
     std::lock_guard<std::mutex> lock(mu_);
@@ -186,6 +211,7 @@ class FakeBackend final : public AttentionBackend {
   std::set<int> poison_;
   std::optional<DeviceTimings> timings_;
   std::vector<std::vector<int>> launches_;
+  int gathered_ = 0;
 };
 
 struct Result {

@@ -79,6 +79,23 @@ TEST_F(BatcherTest, MergesCompatibleItemsQueuedBehindABusyWorker) {
   for (int tag : {2, 3, 4}) EXPECT_EQ(collector_.Calls(tag), 1);
 }
 
+// A backend that gathers (the CUDA one) gets merged launches without the batcher's copy; every
+// member still gets its own rows, and single items still go through Attend.
+TEST_F(BatcherTest, GatheringBackendGetsMergedLaunchesWithoutACopy) {
+  backend_.EnableGather();
+  Start(OneWorker());
+  Block();
+  ProblemShape a;
+  a.q_lens = {3, 40};
+  a.k_lens = {50, 7};
+  for (int tag : {2, 3, 4}) ASSERT_TRUE(Submit(tag, tag == 3 ? a : ProblemShape{}).ok());
+  backend_.Open();
+  ASSERT_TRUE(collector_.WaitForAll({1, 2, 3, 4}));
+  EXPECT_EQ(backend_.launches(), (Launches{{1}, {2, 3, 4}}));
+  EXPECT_EQ(backend_.gathered(), 1);
+  for (int tag : {1, 2, 3, 4}) ExpectOkWithTag(tag);
+}
+
 TEST_F(BatcherTest, MultiSequenceItemsKeepTheirRowsWhenMerged) {
   Start(OneWorker());
   Block();

@@ -166,5 +166,33 @@ TEST(LifecycleGrace, OpenCallsAreCancelledWhenTheGracePeriodEnds) {
   EXPECT_FALSE(stream->Close().ok());
 }
 
+// A server that fails to listen after it has been built part-way (scheduler running, services
+// made) returns the error; destroying the half-built server must not touch the missing gRPC server.
+TEST(LifecycleStart, ListenFailureReturnsAnErrorAndCleansUp) {
+  for (const char* address : {"256.256.256.256:1", "not a host:port"}) {
+    server::ServerOptions options = TestServerOptions();
+    options.listen_address = address;
+    absl::StatusOr<std::unique_ptr<server::SageServer>> s =
+        server::SageServer::Start(options, std::make_unique<GateBackend>());
+    ASSERT_FALSE(s.ok()) << address;
+    EXPECT_EQ(s.status().code(), absl::StatusCode::kUnavailable) << s.status();
+  }
+  // The same with the metrics endpoint up: it is stopped too.
+  server::ServerOptions options = TestServerOptions();
+  options.listen_address = "256.256.256.256:1";
+  options.metrics_listen_address = "127.0.0.1:0";
+  EXPECT_FALSE(server::SageServer::Start(options, std::make_unique<GateBackend>()).ok());
+}
+
+// worker_threads 0 = auto: with no devices (CPU engine, test backends) the library default.
+TEST(LifecycleStart, AutoWorkerThreadsWithoutDevices) {
+  server::ServerOptions options = TestServerOptions();
+  options.scheduler.worker_threads = 0;
+  RunningServer s;
+  StartServer(options, std::make_unique<GateBackend>(), &s);
+  ASSERT_NE(s.server, nullptr);
+  s.server->Shutdown();
+}
+
 }  // namespace
 }  // namespace sage::testing

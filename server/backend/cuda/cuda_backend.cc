@@ -8,6 +8,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <span>
 #include <string>
 #include <utility>
 #include <vector>
@@ -31,6 +32,37 @@ class CudaBackend final : public AttentionBackend {
 
   absl::StatusOr<AttnOutput> Attend(const AttnInput& in, const RecipeConfig& config) override {
     SAGE_CUDA_RETURN_IF_ERROR(ValidateInput(in));
+    const AttnInput* parts[] = {&in};
+    return Launch(in, parts, config);
+  }
+
+  // The batcher's merged launches: each member's rows are gathered straight into the slot's pinned
+  // staging, with no intermediate concatenated copy.
+  absl::StatusOr<AttnOutput> AttendGathered(const AttnInput& merged, std::span<const AttnInput* const> members,
+                                            const RecipeConfig& config) override {
+    if (members.empty()) return absl::InvalidArgumentError("cuda backend: gathered launch without members");
+    int64_t q_tokens = 0, k_tokens = 0;
+    for (const AttnInput* m : members) {
+      SAGE_CUDA_RETURN_IF_ERROR(ValidateInput(*m));
+      if (m->q.dtype != merged.q.dtype || m->k.dtype != merged.k.dtype || m->v.dtype != merged.v.dtype ||
+          m->q.heads != merged.q.heads || m->k.heads != merged.k.heads || m->q.head_dim != merged.q.head_dim) {
+        return absl::InvalidArgumentError("cuda backend: gathered member does not match the merged shape");
+      }
+      q_tokens += m->q.tokens;
+      k_tokens += m->k.tokens;
+    }
+    if (q_tokens != merged.q.tokens || k_tokens != merged.k.tokens || merged.v.tokens != merged.k.tokens ||
+        merged.cu_seqlens_q.size() != merged.cu_seqlens_k.size() || merged.cu_seqlens_q.size() < 2 ||
+        merged.cu_seqlens_q.back() != q_tokens || merged.cu_seqlens_k.back() != k_tokens) {
+      return absl::InvalidArgumentError("cuda backend: gathered members do not add up to the merged launch");
+    }
+    return Launch(merged, members, config);
+  }
+
+ private:
+  // `in` is validated (or, gathered, its members are and its metadata checked); `parts` hold the bytes.
+  absl::StatusOr<AttnOutput> Launch(const AttnInput& in, std::span<const AttnInput* const> parts,
+                                    const RecipeConfig& config) {
     absl::StatusOr<sage_recipe_config_t> kcfg = ToKernelConfig(config);
     if (!kcfg.ok()) return kcfg.status();
     if (kcfg->recipe == SAGE_RECIPE_INT8_QK_FP8_PV && min_sm_ < 90) {
@@ -76,12 +108,13 @@ class CudaBackend final : public AttentionBackend {
     absl::StatusOr<int> pick = selector_.Acquire(work);
     if (!pick.ok()) return pick.status();
     DeviceExecutor& ex = *executors_[static_cast<size_t>(*pick)];
-    absl::StatusOr<AttnOutput> out = ex.Run(in, p, dt);
+    absl::StatusOr<AttnOutput> out = ex.Run(in, parts, p, dt);
     selector_.Release(*pick, work);
     if (!ex.healthy()) selector_.SetHealth(*pick, DeviceHealth::kFailed);
     return out;
   }
 
+ public:
   std::vector<DeviceStats> DeviceStatsSnapshot() const override {
     const std::vector<DeviceLoad> loads = selector_.Snapshot();
     std::vector<DeviceStats> stats;
@@ -162,6 +195,7 @@ absl::StatusOr<std::unique_ptr<AttentionBackend>> CreateCudaBackend(const CudaBa
     min_sm = std::min(min_sm, ex->sm());
   }
   info.head_dims.assign(std::begin(kSupportedHeadDims), std::end(kSupportedHeadDims));
+  info.input_gather = InputGather::kSegments;
   if (min_sm >= 90) {
     // INT4 runs (its s4 mma is emulated on sm_90, ~20x slower than INT8) but is never the default here.
     info.recipes = {Recipe::kInt8QkFp8Pv, Recipe::kInt8QkFp16Pv, Recipe::kUnquantized, Recipe::kInt4QkFp8Pv};

@@ -1,9 +1,6 @@
 #include "server/backend/cuda/device_executor.h"
 
 #include <cuda_runtime.h>
-#if defined(__x86_64__) || defined(__i386__)
-#include <immintrin.h>
-#endif
 
 #include <algorithm>
 #include <bit>
@@ -16,6 +13,7 @@
 #include "kernels/reference/numerics.h"
 #include "kernels/reference/recipe.h"
 #include "server/backend/cuda/cuda_status.h"
+#include "server/backend/cuda/host_staging.h"
 #include "server/backend/cuda/kernel_config.h"
 
 namespace sage::server {
@@ -47,46 +45,6 @@ StagingLayout LayoutFor(int64_t q_elements, int64_t kv_elements, int sequences, 
   l.lse = AlignUp(q_bytes);
   l.out_end = l.lse + static_cast<size_t>(lse_elements) * sizeof(float);
   return l;
-}
-
-// Copies (or converts to `target`) a tensor's elements into 16-bit staging.
-void Stage16(const TensorView& t, DType target, uint16_t* dst) {
-  const size_t n = static_cast<size_t>(t.numel());
-  if (n == 0) return;
-  if (t.dtype == target) {
-    std::memcpy(dst, t.data, n * 2);
-    return;
-  }
-  const std::vector<float> f = ToFloatVector(t);
-  for (size_t i = 0; i < n; ++i) dst[i] = target == DType::kBF16 ? EncodeBf16(f[i]) : EncodeFp16(f[i]);
-}
-
-// 16-bit results to float. fp16 uses the F16C instruction where the CPU has it (exact, 8 per
-// instruction; the scalar reference decoder costs a call per element), bf16 is a shift.
-#if defined(__x86_64__) || defined(__i386__)
-__attribute__((target("avx,f16c"))) void DecodeFp16F16c(const uint16_t* src, float* dst, size_t n) {
-  size_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i));
-    _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(h));
-  }
-  for (; i < n; ++i) dst[i] = DecodeFp16(src[i]);
-}
-#endif
-
-void Decode16(const uint16_t* src, float* dst, size_t n, DType dtype) {
-  if (dtype == DType::kBF16) {
-    for (size_t i = 0; i < n; ++i) dst[i] = std::bit_cast<float>(static_cast<uint32_t>(src[i]) << 16);
-    return;
-  }
-#if defined(__x86_64__) || defined(__i386__)
-  static const bool has_f16c = __builtin_cpu_supports("f16c") && __builtin_cpu_supports("avx");
-  if (has_f16c) {
-    DecodeFp16F16c(src, dst, n);
-    return;
-  }
-#endif
-  for (size_t i = 0; i < n; ++i) dst[i] = DecodeFp16(src[i]);
 }
 
 // Errors after which the CUDA context is unusable: the device is taken out of rotation.
@@ -304,9 +262,10 @@ void DeviceExecutor::ReleaseSlot(Slot* slot) {
   next->ready.Signal();
 }
 
-absl::StatusOr<AttnOutput> DeviceExecutor::Run(const AttnInput& in, sage_attn_params_t params, DType dtype) {
+absl::StatusOr<AttnOutput> DeviceExecutor::Run(const AttnInput& in, std::span<const AttnInput* const> parts,
+                                                sage_attn_params_t params, DType dtype) {
   Slot* slot = AcquireSlot();
-  absl::StatusOr<AttnOutput> out = RunOnSlot(*slot, in, params, dtype);
+  absl::StatusOr<AttnOutput> out = RunOnSlot(*slot, in, parts, params, dtype);
   if (!out.ok()) {
     // Whatever was enqueued must finish before the slot's buffers are reused.
     const cudaError_t drained = cudaStreamSynchronize(slot->stream);
@@ -322,8 +281,9 @@ absl::StatusOr<AttnOutput> DeviceExecutor::Run(const AttnInput& in, sage_attn_pa
   return out;
 }
 
-absl::StatusOr<AttnOutput> DeviceExecutor::RunOnSlot(Slot& slot, const AttnInput& in, sage_attn_params_t& params,
-                                                     DType dtype) {
+absl::StatusOr<AttnOutput> DeviceExecutor::RunOnSlot(Slot& slot, const AttnInput& in,
+                                                     std::span<const AttnInput* const> parts,
+                                                     sage_attn_params_t& params, DType dtype) {
   SAGE_CUDA_RETURN_IF_ERROR(FromCuda(cudaSetDevice(device_), "cudaSetDevice"));
   const bool want_lse = in.lse == LseMode::kNatural;
   const int64_t lse_elements = want_lse ? params.total_q * params.num_q_heads : 0;
@@ -331,10 +291,26 @@ absl::StatusOr<AttnOutput> DeviceExecutor::RunOnSlot(Slot& slot, const AttnInput
   if (l.in_end > in_capacity_ || l.out_end > out_capacity_) {
     return absl::ResourceExhaustedError("cuda backend: launch exceeds the slot's staging (CheckFits not called)");
   }
-  // Stage into pinned memory (conversion to 16 bits happens here when needed).
-  Stage16(in.q, dtype, reinterpret_cast<uint16_t*>(slot.host_in + l.q));
-  Stage16(in.k, dtype, reinterpret_cast<uint16_t*>(slot.host_in + l.k));
-  Stage16(in.v, dtype, reinterpret_cast<uint16_t*>(slot.host_in + l.v));
+  // Gather every part's rows straight into pinned memory (conversion to 16 bits happens here when
+  // needed; large launches use several threads).
+  std::vector<StageSegment> segments;
+  segments.reserve(parts.size() * 3);
+  size_t at_q = l.q, at_k = l.k, at_v = l.v;
+  for (const AttnInput* part : parts) {
+    const auto add = [&](const TensorView& t, size_t* at) {
+      const size_t n = static_cast<size_t>(t.numel());
+      segments.push_back(StageSegment{t.data, t.dtype, slot.host_in + *at, dtype, n});
+      *at += n * 2;
+    };
+    add(part->q, &at_q);
+    add(part->k, &at_k);
+    add(part->v, &at_v);
+  }
+  if (at_q != l.q + static_cast<size_t>(in.q.numel()) * 2 || at_k != l.k + static_cast<size_t>(in.k.numel()) * 2 ||
+      at_v != l.v + static_cast<size_t>(in.v.numel()) * 2) {
+    return absl::InvalidArgumentError("cuda backend: the parts' tensors do not add up to the merged shapes");
+  }
+  RunStaging(segments);
   const size_t cu_bytes = static_cast<size_t>(params.batch + 1) * sizeof(int32_t);
   std::memcpy(slot.host_in + l.cu_q, in.cu_seqlens_q.data(), cu_bytes);
   std::memcpy(slot.host_in + l.cu_k, in.cu_seqlens_k.data(), cu_bytes);
@@ -363,8 +339,17 @@ absl::StatusOr<AttnOutput> DeviceExecutor::RunOnSlot(Slot& slot, const AttnInput
 
   AttnOutput out;
   const size_t n = static_cast<size_t>(in.q.numel());
-  out.o.resize(n);
-  Decode16(reinterpret_cast<const uint16_t*>(slot.host_out + l.o), out.o.data(), n, dtype);
+  StageSegment o_seg{slot.host_out + l.o, dtype, nullptr, dtype, n};
+  if (in.output_form == OutputForm::kNativeAllowed) {
+    out.o_native.resize(n * 2);  // the kernel's codes as they are (no decode; the codec moves them)
+    out.o_native_dtype = dtype;
+    o_seg.dst = out.o_native.data();
+  } else {
+    out.o.resize(n);
+    o_seg.dst = out.o.data();
+    o_seg.dst_dtype = DType::kF32;
+  }
+  RunStaging(std::span<const StageSegment>(&o_seg, 1));
   if (want_lse) {
     out.lse.resize(static_cast<size_t>(lse_elements));
     std::memcpy(out.lse.data(), slot.host_out + l.lse, out.lse.size() * sizeof(float));

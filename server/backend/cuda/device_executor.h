@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <deque>
 #include <memory>
+#include <span>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -48,10 +49,15 @@ class DeviceExecutor {
   // not fit a slot's buffers. CPU only.
   absl::Status CheckFits(const LaunchShape& shape) const;
 
-  // Runs one validated launch. `params` has everything but the device pointers (q/k/v/o/lse,
-  // cu_seqlens) and workspace, which Run fills from the slot (lse when in.lse asks for it); `dtype` is the 16-bit type the kernels read (inputs of another
-  // type are converted while staging). Fills out.device_timings.
-  absl::StatusOr<AttnOutput> Run(const AttnInput& in, sage_attn_params_t params, DType dtype);
+  // Runs one validated launch. `in` describes it (shapes, cu_seqlens, LSE, output form); its q/k/v
+  // bytes are those of `parts`, concatenated in order, gathered straight into pinned staging ({&in}
+  // for a single problem; the members of a merged batch, whose `in` then has null data). `params` has
+  // everything but the device pointers (q/k/v/o/lse, cu_seqlens) and workspace, which Run fills from
+  // the slot (lse when in.lse asks for it); `dtype` is the 16-bit type the kernels read (inputs of
+  // another type are converted while staging). O comes back as float, or as the kernel's 16-bit codes
+  // in out.o_native when in.output_form allows. Fills out.device_timings.
+  absl::StatusOr<AttnOutput> Run(const AttnInput& in, std::span<const AttnInput* const> parts,
+                                 sage_attn_params_t params, DType dtype);
 
   // The device is unusable after a sticky CUDA error (illegal address, launch failure...).
   bool healthy() const { return healthy_.load(std::memory_order_relaxed); }
@@ -67,7 +73,8 @@ class DeviceExecutor {
   absl::Status AllocateSlots(int streams);
   Slot* AcquireSlot();
   void ReleaseSlot(Slot* slot);
-  absl::StatusOr<AttnOutput> RunOnSlot(Slot& slot, const AttnInput& in, sage_attn_params_t& params, DType dtype);
+  absl::StatusOr<AttnOutput> RunOnSlot(Slot& slot, const AttnInput& in, std::span<const AttnInput* const> parts,
+                                       sage_attn_params_t& params, DType dtype);
 
   const int device_;
   const int sm_;

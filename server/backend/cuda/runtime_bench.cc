@@ -5,7 +5,9 @@
 //
 //   sage_cuda_runtime_bench --batch=1 --q_len=128 --k_len=128 --heads_q=8 --heads_kv=8 --head_dim=128
 //                           [--causal] [--concurrency=1,16] [--requests=2000] [--streams=4]
-//                           [--max_batch_elements=N]
+//                           [--max_batch_elements=N] [--outputs=float,native]
+// --outputs: the backend rows once per AttnInput::output_form (float: O decoded to fp32, as before;
+// native: O left in the kernel's 16-bit type, as the server asks for it).
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -35,6 +37,7 @@ struct Flags {
   bool causal = false;
   std::vector<int> concurrency = {1, 16};
   long long max_batch_elements = 0;
+  std::vector<std::string> outputs = {"float"};
 };
 
 bool Parse(int argc, char** argv, Flags& f) {
@@ -52,6 +55,15 @@ bool Parse(int argc, char** argv, Flags& f) {
     else if (key == "--streams") f.streams = std::atoi(val.c_str());
     else if (key == "--max_batch_elements") f.max_batch_elements = std::atoll(val.c_str());
     else if (key == "--causal") f.causal = true;
+    else if (key == "--outputs") {
+      f.outputs.clear();
+      for (size_t p = 0; p < val.size();) {
+        size_t c = val.find(',', p);
+        if (c == std::string::npos) c = val.size();
+        f.outputs.push_back(val.substr(p, c - p));
+        p = c + 1;
+      }
+    }
     else if (key == "--concurrency") {
       f.concurrency.clear();
       for (size_t p = 0; p < val.size();) {
@@ -183,6 +195,8 @@ int main(int argc, char** argv) {
   std::printf("backend: %zu device(s), %d streams each, created in %.2f s\n", (*backend)->info().devices.size(),
               f.streams, std::chrono::duration<double>(std::chrono::steady_clock::now() - t_create).count());
   for (int i = 0; i < 10; ++i) (void)(*backend)->Attend(in, cfg);
+  for (const std::string& output : f.outputs) {
+  in.output_form = output == "native" ? sage::OutputForm::kNativeAllowed : sage::OutputForm::kFloat;
   for (int conc : f.concurrency) {
     std::vector<double> lat, h2d, ker, d2h;
     std::mutex mu;
@@ -207,10 +221,11 @@ int main(int argc, char** argv) {
     }
     for (auto& t : threads) t.join();
     const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    std::printf("backend concurrency %d: %zu ok / %ld failed, %.1f req/s, latency us p50 %.0f p99 %.0f; "
+    std::printf("backend (O %s) concurrency %d: %zu ok / %ld failed, %.1f req/s, latency us p50 %.0f p99 %.0f; "
                 "stage p50 us: h2d %.1f kernel %.1f d2h %.1f\n",
-                conc, lat.size(), failed.load(), static_cast<double>(lat.size()) / wall, Pct(lat, 50), Pct(lat, 99),
-                Pct(h2d, 50), Pct(ker, 50), Pct(d2h, 50));
+                output.c_str(), conc, lat.size(), failed.load(), static_cast<double>(lat.size()) / wall, Pct(lat, 50),
+                Pct(lat, 99), Pct(h2d, 50), Pct(ker, 50), Pct(d2h, 50));
+  }
   }
   return 0;
 }
