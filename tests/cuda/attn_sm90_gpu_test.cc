@@ -19,23 +19,6 @@ namespace {
     if (DeviceSm() != 90) GTEST_SKIP() << "int8_qk_fp8_pv runs on sm_90 only (wgmma)";   \
   } while (0)
 
-struct Shape {
-  const char* name;
-  std::vector<int> q_lens;
-  std::vector<int> k_lens;  // empty: self-attention
-  int hq, hkv;
-};
-
-// Ragged lengths (not multiples of 64/128), a length-1 sequence, GQA/MQA, cross-attention with
-// q_len < k_len and q_len > k_len (causal rows that see no key), several K blocks per tile.
-const Shape kShapes[] = {
-    {"ragged", {130, 1, 257, 64}, {}, 4, 4},
-    {"gqa", {77, 300}, {}, 8, 2},
-    {"mqa_cross", {50, 3, 1}, {300, 129, 1}, 4, 1},
-    {"q_longer", {100, 5}, {40, 5}, 2, 2},
-    {"long", {700}, {}, 2, 1},
-};
-
 using Param = std::tuple<int /*d*/, MaskMode, DType, int /*shape*/>;
 
 class AttnSm90Test : public ::testing::TestWithParam<Param> {};
@@ -43,7 +26,7 @@ class AttnSm90Test : public ::testing::TestWithParam<Param> {};
 TEST_P(AttnSm90Test, MatchesEmulationWithinTolerance) {
   SAGE_SKIP_WITHOUT_SM90();
   const auto [d, mask, dtype, shape_index] = GetParam();
-  const Shape& shape = kShapes[shape_index];
+  const BatchShape& shape = kBatchShapes[shape_index];
   ProblemSpec spec;
   spec.q_lens = shape.q_lens;
   spec.k_lens = shape.k_lens;
@@ -65,7 +48,7 @@ std::string ParamName(const ::testing::TestParamInfo<Param>& info) {
   name.append(mask == MaskMode::kCausal ? "_causal_" : "_full_");
   name.append(DTypeName(dtype));
   name.append("_");
-  name.append(kShapes[shape_index].name);
+  name.append(kBatchShapes[shape_index].name);
   return name;
 }
 
@@ -73,7 +56,7 @@ INSTANTIATE_TEST_SUITE_P(All, AttnSm90Test,
                          ::testing::Combine(::testing::Values(64, 128),
                                             ::testing::Values(MaskMode::kNone, MaskMode::kCausal),
                                             ::testing::Values(DType::kF16, DType::kBF16),
-                                            ::testing::Range(0, static_cast<int>(std::size(kShapes)))),
+                                            ::testing::Range(0, static_cast<int>(std::size(kBatchShapes)))),
                          ParamName);
 
 // Non-default configurations of the same recipe: coarser scale groups, no smoothing, V smoothing,

@@ -492,4 +492,21 @@ inline void CheckRecipeAgainstEmulation(const ProblemSpec& spec, const sage_reci
               ec.cosine, eg.lse_max_abs, ec.lse_max_abs);
 }
 
+// Batch shapes the kernel tests run: ragged lengths (not multiples of 64/128), a length-1
+// sequence, GQA/MQA, cross-attention with q_len < k_len and q_len > k_len (causal rows that see no
+// key), and a long sequence with several K blocks per Q tile.
+struct BatchShape {
+  const char* name;
+  std::vector<int> q_lens;
+  std::vector<int> k_lens;  // empty: self-attention
+  int hq, hkv;
+};
+inline const BatchShape kBatchShapes[] = {
+    {"ragged", {130, 1, 257, 64}, {}, 4, 4},
+    {"gqa", {77, 300}, {}, 8, 2},
+    {"mqa_cross", {50, 3, 1}, {300, 129, 1}, 4, 1},
+    {"q_longer", {100, 5}, {40, 5}, 2, 2},
+    {"long", {700}, {}, 2, 1},
+};
+
 }  // namespace sage::gputest
