@@ -79,7 +79,6 @@ TEST_F(AttendE2E, StreamKeeps64InFlightAndMatchesById) {
   constexpr int kRequests = 64;
   std::unique_ptr<sageserve::StreamSession> stream = server_->client->OpenStream();
   std::map<std::string, v1::AttendRequest> sent;
-  std::vector<std::future<absl::StatusOr<v1::AttendResponse>>> futures;
   for (int i = 0; i < kRequests; ++i) {
     ProblemShape shape;
     shape.seed = 100 + i;
@@ -88,8 +87,11 @@ TEST_F(AttendE2E, StreamKeeps64InFlightAndMatchesById) {
     shape.head_dim = (i % 2) ? 64 : 128;
     const std::string id = absl::StrCat("s", i);
     sent[id] = MakeRequest(shape, id);
-    futures.push_back(stream->Send(sent[id]));
   }
+  // Requests are built first so the sends go out back to back: Send must not wait for earlier
+  // results, so right after the last one most of the 64 are still outstanding.
+  std::vector<std::future<absl::StatusOr<v1::AttendResponse>>> futures;
+  for (const auto& [id, request] : sent) futures.push_back(stream->Send(request));
   EXPECT_GT(stream->in_flight(), 0);
   std::set<std::string> seen;
   for (auto& f : futures) {
