@@ -123,17 +123,9 @@ __global__ void __launch_bounds__(kThreads) QuantizeVKernel(QuantParams p) {
     mean[c] = vm;
   }
   const int64_t row_stride = int64_t{p.num_kv_heads} * D;
-#pragma unroll
-  for (int idx = threadIdx.x; idx < kKBlockRows * D / 8; idx += kThreads) {  // 16-byte loads
-    const int r = idx / (D / 8), c8 = idx % (D / 8);
-    const int tok = blk * kKBlockRows + r;
-    const uint4 v = tok < len ? LoadRaw8(p.v, (start + tok) * row_stride + int64_t{h} * D + 8 * c8)
-                              : make_uint4(0u, 0u, 0u, 0u);
-    tile[r][4 * c8] = v.x;
-    tile[r][4 * c8 + 1] = v.y;
-    tile[r][4 * c8 + 2] = v.z;
-    tile[r][4 * c8 + 3] = v.w;
-  }
+  LoadRowsToSmem<kKBlockRows, D, kThreads, 8, false>(tile, nullptr, p.v, nullptr,
+                                                      (start + int64_t{blk} * kKBlockRows) * row_stride + int64_t{h} * D,
+                                                      row_stride, min(kKBlockRows, len - blk * kKBlockRows));
   __syncthreads();
   const int valid = min(kKBlockRows, len - blk * kKBlockRows);
   uint8_t* img = p.ws.v_f8 + (int64_t{h} * p.ws.k_cap + PaddedKStart(p.cu_k, b) + int64_t{blk} * kKBlockRows) * D;

@@ -51,17 +51,9 @@ __global__ void __launch_bounds__(kThreads) QuantizeQKKernel(QuantParams p) {
   for (int c = threadIdx.x; c < D; c += kThreads) kmean[c] = p.ws.k_mean[(int64_t{b} * p.num_kv_heads + hk) * D + c];
   if (threadIdx.x < 32) amax_cls[threadIdx.x] = 0;
   const int64_t row_stride = int64_t{heads} * D;
-#pragma unroll
-  for (int idx = threadIdx.x; idx < R * D / 8; idx += kThreads) {  // 16-byte loads
-    const int r = idx / (D / 8), c8 = idx % (D / 8);
-    const int tok = tile * R + r;
-    const uint4 v = tok < len ? LoadRaw8(kIsK ? p.k : p.q, (start + tok) * row_stride + int64_t{h} * D + 8 * c8)
-                              : make_uint4(0u, 0u, 0u, 0u);
-    raw[r][4 * c8] = v.x;
-    raw[r][4 * c8 + 1] = v.y;
-    raw[r][4 * c8 + 2] = v.z;
-    raw[r][4 * c8 + 3] = v.w;
-  }
+  LoadRowsToSmem<R, D, kThreads, (R * D / 8 / kThreads < 8 ? R * D / 8 / kThreads : 8), false>(
+      raw, nullptr, kIsK ? p.k : p.q, nullptr, (start + int64_t{tile} * R) * row_stride + int64_t{h} * D, row_stride,
+      min(R, len - tile * R));
   __syncthreads();
   const int valid = min(R, len - tile * R);
   const int64_t padded_row0 = (kIsK ? PaddedKStart(p.cu_k, b) : PaddedQStart(p.cu_q, b)) + int64_t{tile} * R;
