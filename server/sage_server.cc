@@ -1,6 +1,9 @@
 #include "server/sage_server.h"
 
+#include <algorithm>
+#include <chrono>
 #include <climits>
+#include <thread>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -214,9 +217,17 @@ void SageServer::Shutdown() {
   scheduler_->StopAccepting();
   health_service_->SetAll(grpc::health::v1::HealthCheckResponse::NOT_SERVING);
   health_service_->Shutdown();
-  // Stops listening; waits for open calls until the deadline, then cancels them. Workers keep
-  // running meanwhile, so accepted requests complete.
-  server_->Shutdown(std::chrono::system_clock::now() + options_.grace_period);
+  // While accepted work runs, the gRPC server keeps taking calls so that new ones are answered
+  // UNAVAILABLE by the scheduler (a retryable code) rather than cancelled by gRPC core.
+  const auto deadline = std::chrono::steady_clock::now() + options_.grace_period;
+  while (scheduler_->outstanding() > 0 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  // Stops listening; waits for open calls (streams) until the deadline, then cancels them.
+  // Workers keep running meanwhile, so accepted requests complete.
+  server_->Shutdown(std::chrono::system_clock::now() +
+                    std::chrono::duration_cast<std::chrono::system_clock::duration>(
+                        std::max(deadline - std::chrono::steady_clock::now(), std::chrono::steady_clock::duration::zero())));
   scheduler_->Shutdown(DrainMode::kFinishQueued);
   server_->Wait();
   // After the gRPC server: its open registry calls were finished by these workers.

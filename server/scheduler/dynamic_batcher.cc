@@ -74,6 +74,7 @@ absl::Status DynamicBatcher::Submit(WorkItem item) {
       return absl::ResourceExhaustedError(
           absl::StrCat("request queue is full (", options_.queue_capacity, " waiting)"));
     }
+    Track(p.item);
     p.enqueued = Clock::now();
     queue_.push_back(std::move(p));
     UpdateDepthLocked();

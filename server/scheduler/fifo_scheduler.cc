@@ -36,6 +36,7 @@ absl::Status FifoScheduler::Submit(WorkItem item) {
       return absl::ResourceExhaustedError(
           absl::StrCat("request queue is full (", options_.queue_capacity, " waiting)"));
     }
+    Track(item);
     queue_.push_back(Queued{std::move(item), Clock::now()});
   }
   cv_.notify_one();

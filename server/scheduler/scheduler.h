@@ -3,6 +3,7 @@
 // same interface later (it may merge several items into one backend call).
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <functional>
 #include <memory>
@@ -53,6 +54,26 @@ class Scheduler {
   // Stops accepting, handles queued items per `mode`, waits for the workers to finish.
   virtual void Shutdown(DrainMode mode) = 0;
   virtual int queue_depth() const = 0;
+
+  // Accepted items whose `done` has not run yet (queued or running). A drain waits for this to
+  // reach zero before the gRPC server stops taking calls, so calls arriving meanwhile get the
+  // scheduler's UNAVAILABLE instead of gRPC core's CANCELLED.
+  int outstanding() const { return outstanding_.load(std::memory_order_acquire); }
+
+ protected:
+  // Implementations call this on each item they accept, before it can run: `done` is wrapped so
+  // the outstanding count drops once it has run.
+  void Track(WorkItem& item) {
+    outstanding_.fetch_add(1, std::memory_order_acq_rel);
+    item.done = [this, done = std::move(item.done)](absl::StatusOr<AttnOutput> result,
+                                                     const WorkTimings& timings) mutable {
+      done(std::move(result), timings);
+      outstanding_.fetch_sub(1, std::memory_order_acq_rel);
+    };
+  }
+
+ private:
+  std::atomic<int> outstanding_{0};
 };
 
 }  // namespace sage::server
