@@ -18,18 +18,8 @@ class AttnMmaTest : public ::testing::TestWithParam<Param> {};
 TEST_P(AttnMmaTest, MatchesEmulationWithinTolerance) {
   SAGE_SKIP_WITHOUT_GPU();
   const auto [recipe, d, mask, dtype, shape_index] = GetParam();
-  const BatchShape& shape = kBatchShapes[shape_index];
-  ProblemSpec spec;
-  spec.q_lens = shape.q_lens;
-  spec.k_lens = shape.k_lens;
-  spec.hq = shape.hq;
-  spec.hkv = shape.hkv;
-  spec.d = d;
-  spec.mask = mask;
-  spec.dtype = dtype;
-  spec.dist = InputDist::kOutliers;
-  spec.lse = LseMode::kNatural;
-  spec.seed = 1000 + static_cast<uint64_t>(recipe) * 97 + d + shape_index * 13 + (mask == MaskMode::kCausal);
+  const ProblemSpec spec = SpecFor(kBatchShapes[shape_index], d, mask, dtype,
+                                    1000 + static_cast<uint64_t>(recipe) * 97 + d + shape_index * 13 + (mask == MaskMode::kCausal));
   CheckRecipeAgainstEmulation(spec, DefaultCConfig(recipe));
 }
 

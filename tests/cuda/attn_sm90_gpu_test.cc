@@ -26,18 +26,8 @@ class AttnSm90Test : public ::testing::TestWithParam<Param> {};
 TEST_P(AttnSm90Test, MatchesEmulationWithinTolerance) {
   SAGE_SKIP_WITHOUT_SM90();
   const auto [d, mask, dtype, shape_index] = GetParam();
-  const BatchShape& shape = kBatchShapes[shape_index];
-  ProblemSpec spec;
-  spec.q_lens = shape.q_lens;
-  spec.k_lens = shape.k_lens;
-  spec.hq = shape.hq;
-  spec.hkv = shape.hkv;
-  spec.d = d;
-  spec.mask = mask;
-  spec.dtype = dtype;
-  spec.dist = InputDist::kOutliers;
-  spec.lse = LseMode::kNatural;
-  spec.seed = 5000 + d + shape_index * 13 + (mask == MaskMode::kCausal) + 7 * (dtype == DType::kBF16);
+  const ProblemSpec spec = SpecFor(kBatchShapes[shape_index], d, mask, dtype,
+                                    5000 + d + shape_index * 13 + (mask == MaskMode::kCausal) + 7 * (dtype == DType::kBF16));
   CheckRecipeAgainstEmulation(spec, DefaultCConfig(SAGE_RECIPE_INT8_QK_FP8_PV));
 }
 

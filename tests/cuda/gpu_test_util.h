@@ -509,4 +509,20 @@ inline const BatchShape kBatchShapes[] = {
     {"long", {700}, {}, 2, 1},
 };
 
+// The outlier-heavy problem with LSE that the kernel tests run on one of the shapes above.
+inline ProblemSpec SpecFor(const BatchShape& shape, int d, MaskMode mask, DType dtype, uint64_t seed) {
+  ProblemSpec spec;
+  spec.q_lens = shape.q_lens;
+  spec.k_lens = shape.k_lens;
+  spec.hq = shape.hq;
+  spec.hkv = shape.hkv;
+  spec.d = d;
+  spec.mask = mask;
+  spec.dtype = dtype;
+  spec.dist = InputDist::kOutliers;
+  spec.lse = LseMode::kNatural;
+  spec.seed = seed;
+  return spec;
+}
+
 }  // namespace sage::gputest
