@@ -43,6 +43,9 @@ ABSL_FLAG(int, cuda_max_batch_sequences, kDefaults.backend.cuda_max_batch_sequen
           "Varlen sequences one CUDA launch holds");
 ABSL_FLAG(int64_t, cuda_workspace_bytes, kDefaults.backend.cuda_workspace_bytes,
           "Kernel workspace per CUDA stream slot in bytes; 0 = sized from --cuda_max_batch_elements");
+ABSL_FLAG(int64_t, cuda_request_pinned_mib, kDefaults.backend.cuda_request_pinned_bytes >> 20,
+          "Pinned host memory (MiB) that request tensors are received into and results sent from, so the GPU "
+          "copies need no staging; requests that do not fit use ordinary memory. 0 = off");
 ABSL_FLAG(int, worker_threads, 0,
           "Scheduler worker threads (launches run concurrently); 0 = auto: GPUs x --cuda_streams with the CUDA "
           "backend, 2 with the CPU engine");
@@ -149,6 +152,7 @@ int main(int argc, char** argv) {
   options.backend.cuda_max_batch_elements = absl::GetFlag(FLAGS_cuda_max_batch_elements);
   options.backend.cuda_max_batch_sequences = absl::GetFlag(FLAGS_cuda_max_batch_sequences);
   options.backend.cuda_workspace_bytes = absl::GetFlag(FLAGS_cuda_workspace_bytes);
+  options.backend.cuda_request_pinned_bytes = absl::GetFlag(FLAGS_cuda_request_pinned_mib) << 20;
   if (absl::GetFlag(FLAGS_worker_threads) < 0) {
     spdlog::error("--worker_threads must be >= 0 (0 = auto), got {}", absl::GetFlag(FLAGS_worker_threads));
     return 2;

@@ -123,6 +123,11 @@ absl::StatusOr<std::unique_ptr<SageServer>> SageServer::Start(
   s->backend_ = std::move(backend);
   s->registry_store_ = std::move(opened->store);
   s->registry_ = std::move(opened->registry);
+  s->payload_pool_ = s->backend_->host_buffers();
+  if (s->payload_pool_ == nullptr) {
+    s->heap_payload_pool_ = MakeHeapBufferPool();
+    s->payload_pool_ = s->heap_payload_pool_.get();
+  }
   absl::StatusOr<std::unique_ptr<ServerMetrics>> metrics = ServerMetrics::Create();
   if (!metrics.ok()) return metrics.status();
   s->metrics_ = *std::move(metrics);
@@ -135,7 +140,11 @@ absl::StatusOr<std::unique_ptr<SageServer>> SageServer::Start(
     http.listen_address = options.metrics_listen_address;
     ServerMetrics* m = s->metrics_.get();
     const AttentionBackend* backend = s->backend_.get();  // Outlives the endpoint (stopped first).
-    http.render = [m, backend] {
+    const HostBufferPool* pool = s->payload_pool_;         // So does the payload pool.
+    http.render = [m, backend, pool] {
+      const HostBufferPoolStats ps = pool->Stats();
+      m->SetPayloadPool(ps.memory == HostMemory::kPinned ? "pinned" : "pageable", ps.capacity_bytes, ps.in_use_bytes,
+                        ps.overflowed);
       // Device gauges are read when scraped rather than polled.
       for (const DeviceStats& d : backend->DeviceStatsSnapshot()) {
         m->SetGpuMemory(absl::StrCat("cuda:", d.device), d.memory_used_bytes, d.memory_total_bytes);
@@ -158,8 +167,8 @@ absl::StatusOr<std::unique_ptr<SageServer>> SageServer::Start(
   limits.max_message_bytes = options.max_message_bytes;
   limits.queue_capacity = options.scheduler.queue_capacity;
   limits.worker_threads = options.scheduler.worker_threads;
-  s->attention_service_ = std::make_unique<AttentionService>(
-      s->pipeline_.get(), s->selftest_.get(), &s->backend_->info(), limits);
+  s->attention_service_ = std::make_unique<AttentionService>(s->pipeline_.get(), s->selftest_.get(),
+                                                             &s->backend_->info(), s->payload_pool_, limits);
   s->health_service_ = std::make_unique<HealthService>();
   RegistryServiceOptions registry_options;
   registry_options.limits = options.limits;

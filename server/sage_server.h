@@ -50,6 +50,9 @@ class SageServer {
   // Before everything that records into it, so it is destroyed after them.
   std::unique_ptr<ServerMetrics> metrics_;
   std::unique_ptr<AttentionBackend> backend_;
+  // Where request tensors are received: the backend's pool (pinned, CUDA) or this heap pool.
+  std::unique_ptr<HostBufferPool> heap_payload_pool_;
+  HostBufferPool* payload_pool_ = nullptr;
   // Before the pipeline and the registry service, which use them (destroyed after them).
   std::unique_ptr<registry::RegistryStore> registry_store_;  // Null without a state directory.
   std::unique_ptr<registry::Registry> registry_;

@@ -35,23 +35,33 @@ double Percentile(std::vector<double> v, double p) {
 
 int RunBench(const Args& args) {
   std::vector<std::string> known = ProblemFlags();
-  for (const char* k : {"concurrency", "requests", "mode", "warmup"}) known.push_back(k);
+  for (const char* k : {"concurrency", "requests", "mode", "warmup", "connections"}) known.push_back(k);
   if (!CheckFlags(args, known)) return 2;
   absl::StatusOr<ProblemSpec> spec = SpecFromArgs(args);
   if (!spec.ok()) return Fail(spec.status());
   absl::StatusOr<int64_t> concurrency = args.Int("concurrency", 4);
   absl::StatusOr<int64_t> requests = args.Int("requests", 100);
   absl::StatusOr<int64_t> warmup = args.Int("warmup", 4);
+  // Clients share one HTTP/2 connection unless told otherwise; N connections spread the transport
+  // work over N of gRPC's threads on both ends.
+  absl::StatusOr<int64_t> connections = args.Int("connections", 1);
   if (!concurrency.ok() || !requests.ok() || !warmup.ok() || *concurrency < 1 || *requests < 1) {
     return Fail(absl::InvalidArgumentError("--concurrency and --requests must be positive integers"));
+  }
+  if (!connections.ok() || *connections < 1 || *connections > 256) {
+    return Fail(absl::InvalidArgumentError("--connections must be an integer in [1, 256]"));
   }
   const std::string mode = args.Str("mode", "unary");
   if (mode != "unary" && mode != "stream") return Fail(absl::InvalidArgumentError("--mode: unary or stream"));
   absl::StatusOr<HostProblem> problem = MakeProblem(*spec);
   if (!problem.ok()) return Fail(problem.status());
-  auto client_or = Connect(args);
-  if (!client_or.ok()) return Fail(client_or.status());
-  sageserve::Client& client = **client_or;
+  std::vector<std::unique_ptr<sageserve::Client>> clients;
+  for (int64_t i = 0; i < *connections; ++i) {
+    auto client_or = Connect(args, /*private_connection=*/*connections > 1);
+    if (!client_or.ok()) return Fail(client_or.status());
+    clients.push_back(*std::move(client_or));
+  }
+  sageserve::Client& client = *clients.front();
 
   const sageserve::v1::AttendRequest base = problem->ToRequest("bench");
   for (int64_t i = 0; i < *warmup; ++i) {
@@ -69,7 +79,8 @@ int RunBench(const Args& args) {
   if (mode == "unary") {
     std::vector<std::thread> threads;
     for (int64_t c = 0; c < *concurrency; ++c) {
-      threads.emplace_back([&] {
+      sageserve::Client& mine = *clients[static_cast<size_t>(c % *connections)];
+      threads.emplace_back([&, &client = mine] {
         sageserve::v1::AttendRequest request = base;  // One copy per thread, reused.
         for (int64_t i = next++; i < *requests; i = next++) {
           request.set_request_id(absl::StrCat("bench-", i));
@@ -119,7 +130,7 @@ int RunBench(const Args& args) {
   }
   const double wall_s = std::chrono::duration<double>(Clock::now() - start).count();
 
-  std::vector<double> lat, srv_total, srv_queued, srv_compute, srv_kernel, srv_device, srv_over_kernel;
+  std::vector<double> lat, srv_total, srv_queued, srv_compute, srv_kernel, srv_device, srv_over_kernel, srv_over_device;
   size_t bytes = 0;
   for (const Sample& s : samples) {
     lat.push_back(s.latency_us);
@@ -130,11 +141,13 @@ int RunBench(const Args& args) {
     srv_kernel.push_back(static_cast<double>(s.server.kernel_us()));
     srv_device.push_back(static_cast<double>(s.server.device_us()));
     srv_over_kernel.push_back(static_cast<double>(s.server.total_us() - s.server.kernel_us()));
+    srv_over_device.push_back(static_cast<double>(s.server.total_us() - s.server.device_us()));
   }
   const double n = static_cast<double>(samples.size());
   const double tokens = n * static_cast<double>(problem->total_q());
-  std::printf("bench: mode %s, concurrency %lld, %zu ok / %lld failed in %.3f s\n", mode.c_str(),
-              static_cast<long long>(*concurrency), samples.size(), static_cast<long long>(failures.load()), wall_s);
+  std::printf("bench: mode %s, concurrency %lld, connections %lld, %zu ok / %lld failed in %.3f s\n", mode.c_str(),
+              static_cast<long long>(*concurrency), static_cast<long long>(mode == "unary" ? *connections : 1),
+              samples.size(), static_cast<long long>(failures.load()), wall_s);
   std::printf("shape: batch %d, q %lld, k %lld tokens/seq, heads %d/%d, D %d, %s; %.2f MB per request+response\n",
               spec->batch, static_cast<long long>(spec->q_len), static_cast<long long>(spec->k_len),
               spec->heads_q, spec->heads_kv, spec->head_dim,
@@ -145,10 +158,11 @@ int RunBench(const Args& args) {
               Percentile(lat, 99), lat.empty() ? 0.0 : *std::max_element(lat.begin(), lat.end()));
   // The server's view (response timings: accepted after parsing -> response encoded; no transport).
   std::printf("server us: total p50 %.0f p99 %.0f; queued p50 %.0f; compute p50 %.0f; kernel p50 %.0f; "
-              "device (h2d+kernel+d2h) p50 %.0f; total - kernel p50 %.0f p99 %.0f\n",
+              "device (h2d+kernel+d2h) p50 %.0f; total - kernel p50 %.0f p99 %.0f; total - device p50 %.0f p99 %.0f\n",
               Percentile(srv_total, 50), Percentile(srv_total, 99), Percentile(srv_queued, 50),
               Percentile(srv_compute, 50), Percentile(srv_kernel, 50), Percentile(srv_device, 50),
-              Percentile(srv_over_kernel, 50), Percentile(srv_over_kernel, 99));
+              Percentile(srv_over_kernel, 50), Percentile(srv_over_kernel, 99), Percentile(srv_over_device, 50),
+              Percentile(srv_over_device, 99));
   if (failures > 0) {
     std::fprintf(stderr, "first failure: %s\n", first_error.ToString().c_str());
     return 1;

@@ -9,7 +9,8 @@ namespace sagectl {
 
 // Connection flags shared by every command.
 std::vector<std::string> ConnectionFlags();
-absl::StatusOr<std::unique_ptr<sageserve::Client>> Connect(const Args& args);
+// `private_connection`: a TCP connection of the client's own (ClientOptions::private_connection).
+absl::StatusOr<std::unique_ptr<sageserve::Client>> Connect(const Args& args, bool private_connection = false);
 
 int RunAttend(const Args& args);
 int RunBench(const Args& args);

@@ -1,6 +1,7 @@
 // One attention problem over a packed varlen batch, and its validation.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <optional>
 #include <span>
@@ -25,7 +26,18 @@ enum class LseMode { kNone, kNatural };  // kNatural: fp32 log-sum-exp in natura
 //                   AttnOutput::o_native (o_native_dtype says fp16 or bf16), and leave `o` empty. The
 //                   gRPC path asks for this: the response codec copies or converts the codes once,
 //                   with the same bits as decoding to float and encoding again.
-enum class OutputForm : uint8_t { kFloat, kNativeAllowed };
+//   kNativeInto:    as kNativeAllowed, and an engine that writes 16-bit O may put the codes (of q's
+//                   dtype) straight into AttnInput::o_into, and LSE into lse_into, instead of
+//                   returning them; it says so with AttnOutput::placement. The gRPC path asks for this
+//                   when the response goes out of the request's own (pinned) block.
+enum class OutputForm : uint8_t { kFloat, kNativeAllowed, kNativeInto };
+
+// Where a problem's host bytes (q/k/v, o_into, lse_into) live. kPinned: page-locked and registered
+// with the CUDA driver, so a GPU engine copies straight from and to them, with no staging copy.
+enum class HostMemory : uint8_t { kPageable, kPinned };
+
+// Where an engine put O and LSE (AttnOutput::placement).
+enum class OutputPlacement : uint8_t { kInOutput, kCallerBuffers };
 
 // Head dims the engines implement; anything else is rejected with INVALID_ARGUMENT.
 inline constexpr int kSupportedHeadDims[] = {64, 128};
@@ -40,6 +52,9 @@ struct AttnInput {
   std::optional<float> softmax_scale;  // default 1/sqrt(D).
   LseMode lse = LseMode::kNone;
   OutputForm output_form = OutputForm::kFloat;
+  HostMemory memory = HostMemory::kPageable;
+  std::span<std::byte> o_into;  // kNativeInto: room for total_q * Hq * D 16-bit codes
+  std::span<float> lse_into;    // kNativeInto with LseMode::kNatural: room for total_q * Hq
 
   int batch() const { return cu_seqlens_q.empty() ? 0 : static_cast<int>(cu_seqlens_q.size()) - 1; }
   float scale() const;
@@ -66,6 +81,9 @@ struct AttnOutput {
   // response's bytes field without a copy. o_native_dtype kF32 = unused.
   std::string o_native;
   DType o_native_dtype = DType::kF32;
+  // kCallerBuffers: O (and LSE) were written into the input's o_into / lse_into; o, o_native and lse
+  // are empty. Only for OutputForm::kNativeInto.
+  OutputPlacement placement = OutputPlacement::kInOutput;
 
   bool has_native_o() const { return o_native_dtype != DType::kF32; }
   size_t o_elements() const { return has_native_o() ? o_native.size() / 2 : o.size(); }

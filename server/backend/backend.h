@@ -12,6 +12,8 @@
 
 namespace sage::server {
 
+class HostBufferPool;
+
 enum class BackendKind { kCpu, kCuda };
 
 struct DeviceDescription {
@@ -69,6 +71,10 @@ class AttentionBackend {
                                                     const RecipeConfig& config);
   // Per-device counters; empty for engines without devices (the CPU engine). Thread-safe.
   virtual std::vector<DeviceStats> DeviceStatsSnapshot() const { return {}; }
+  // Host memory the engine copies from and to fastest (the CUDA backend's pinned pool), where the
+  // gRPC layer puts request payloads and results; null: ordinary heap blocks. Thread-safe; owned
+  // by the backend.
+  virtual HostBufferPool* host_buffers() { return nullptr; }
 };
 
 inline absl::StatusOr<AttnOutput> AttentionBackend::AttendGathered(const AttnInput& merged,

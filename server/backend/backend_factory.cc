@@ -53,6 +53,7 @@ absl::StatusOr<std::unique_ptr<AttentionBackend>> CreateCuda(const BackendOption
   cuda.pool.max_batch_elements = options.cuda_max_batch_elements;
   cuda.pool.max_batch_sequences = options.cuda_max_batch_sequences;
   cuda.pool.workspace_bytes = options.cuda_workspace_bytes;
+  cuda.request_pinned_bytes = options.cuda_request_pinned_bytes;
   return CreateCudaBackend(cuda);
 #else
   (void)options;

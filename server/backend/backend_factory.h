@@ -27,6 +27,7 @@ struct BackendOptions {
   int64_t cuda_max_batch_elements = int64_t{65536} * 32 * 128;  // tokens × heads × head_dim per launch
   int cuda_max_batch_sequences = 4096;
   int64_t cuda_workspace_bytes = 0;  // 0 = auto
+  int64_t cuda_request_pinned_bytes = int64_t{512} << 20;  // pinned memory requests are received into
 };
 
 absl::StatusOr<BackendChoice> ParseBackendChoice(std::string_view name);

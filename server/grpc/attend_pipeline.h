@@ -10,6 +10,7 @@
 #include "absl/status/status.h"
 #include "sageserve/v1/attention_service.pb.h"
 #include "server/backend/backend.h"
+#include "server/grpc/attend_wire.h"
 #include "server/grpc/request_codec.h"
 #include "server/metrics/server_metrics.h"
 #include "server/registry/registry.h"
@@ -20,15 +21,35 @@ namespace sage::server {
 // Which RPC a call came in on (the `method` label of the request metrics).
 enum class AttendMethod { kUnary, kStream };
 
+// Where a wire-path call's result went (AttendCall::result), filled before `done` runs. With
+// kCallerBuffers the response holds O's (and LSE's) dtype and shape only, and the bytes are these
+// spans of the request's block, to be sent with EncodeAttendResponse.
+struct WireResult {
+  OutputPlacement placement = OutputPlacement::kInOutput;
+  std::span<const std::byte> o;
+  std::span<const std::byte> lse;
+};
+
 struct AttendCall {
   AttendMethod method = AttendMethod::kUnary;
   const sageserve::v1::AttendRequest* request = nullptr;  // Alive until `done` runs.
   sageserve::v1::AttendResponse* response = nullptr;      // Filled before `done` runs.
+  // The zero-copy wire path (attend_wire.h): the tensors' bytes are in `payloads` (alive until
+  // `done` runs), not in `request`, and O may be written back into the same block (see `result`).
+  // Null for a request parsed by protobuf.
+  const RequestPayloads* payloads = nullptr;
+  WireResult* result = nullptr;  // required with `payloads`
+  size_t wire_bytes = 0;         // the request's serialized size (0: computed from `request`)
   std::optional<Clock::time_point> deadline;
   std::function<bool()> is_cancelled;
   // Called once on a worker thread with the outcome; `response` holds the result when OK.
   absl::AnyInvocable<void(const absl::Status&)> done;
 };
+
+// The response of a completed wire-path call: O/LSE as slices of `storage` when the engine wrote them
+// there (no copy), else the whole message serialized by protobuf.
+grpc::ByteBuffer SerializeAttendResponse(const sageserve::v1::AttendResponse& response, const WireResult& result,
+                                         const HostBlockRef& storage);
 
 class AttendPipeline {
  public:

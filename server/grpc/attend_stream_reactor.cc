@@ -6,9 +6,9 @@
 
 namespace sage::server {
 
-AttendStreamReactor::AttendStreamReactor(grpc::CallbackServerContext* context,
-                                         AttendPipeline* pipeline)
-    : context_(context), pipeline_(pipeline) {
+AttendStreamReactor::AttendStreamReactor(grpc::CallbackServerContext* context, AttendPipeline* pipeline,
+                                         HostBufferPool* payload_pool)
+    : context_(context), pipeline_(pipeline), payload_pool_(payload_pool) {
   StartRead(&incoming_);
 }
 
@@ -24,18 +24,28 @@ void AttendStreamReactor::OnReadDone(bool ok) {
     return;
   }
   auto slot = std::make_shared<Slot>();
-  slot->request.Swap(&incoming_);
+  absl::StatusOr<WireAttendRequest> parsed = ParseAttendRequest(incoming_, *payload_pool_);
+  incoming_.Clear();
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (finished_ || cancelled_) return;  // The call is ending; take no new work.
     ++outstanding_;
   }
   StartRead(&incoming_);
+  if (!parsed.ok()) {
+    // Answered on the stream like any failed request (there is no request_id to echo).
+    Complete(slot, parsed.status());
+    return;
+  }
+  slot->wire = *std::move(parsed);
 
   AttendCall call;
   call.method = AttendMethod::kStream;
-  call.request = &slot->request;
+  call.request = &slot->wire.header;
   call.response = &slot->response;
+  call.payloads = &slot->wire.payloads;
+  call.result = &slot->result;
+  call.wire_bytes = slot->wire.wire_bytes;
   call.deadline = SteadyDeadline(*context_);
   // `this` outlives the work: Finish waits for outstanding_ to reach 0.
   call.is_cancelled = [this] { return cancelled_.load(std::memory_order_relaxed); };
@@ -48,11 +58,16 @@ void AttendStreamReactor::Complete(std::shared_ptr<Slot> slot, const absl::Statu
   if (!status.ok()) {
     // A failed request is answered on the stream; the stream itself goes on.
     slot->response.Clear();
-    slot->response.set_request_id(slot->request.request_id());
+    slot->response.set_request_id(slot->wire.header.request_id());
     slot->response.mutable_status()->set_code(static_cast<int>(status.code()));
     slot->response.mutable_status()->set_message(std::string(status.message()));
+    slot->result = WireResult{};
   }
-  slot->request.Clear();  // Free the inputs now rather than after the write.
+  slot->out = SerializeAttendResponse(slot->response, slot->result, slot->wire.payloads.storage);
+  // Free what the write does not need now: the parsed fields, and the block unless O leaves from it.
+  slot->wire.header.Clear();
+  slot->response.Clear();
+  slot->wire.payloads = RequestPayloads{};
   bool finish;
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -69,7 +84,7 @@ void AttendStreamReactor::Complete(std::shared_ptr<Slot> slot, const absl::Statu
 void AttendStreamReactor::StartNextWriteLocked() {
   if (writing_ || write_queue_.empty() || finished_) return;
   writing_ = true;
-  StartWrite(&write_queue_.front()->response);
+  StartWrite(&write_queue_.front()->out);
 }
 
 void AttendStreamReactor::OnWriteDone(bool ok) {

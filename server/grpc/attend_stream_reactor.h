@@ -2,6 +2,8 @@
 // at once (the next read starts immediately); responses are written in completion order, one write
 // in flight at a time. A bad request yields an AttendResponse with a non-OK status, not a failed
 // stream. The stream ends once the client half-closed and every request has been answered.
+// Messages are read and written as raw bytes through attend_wire.h (one copy of the tensors in,
+// none out).
 #pragma once
 
 #include <atomic>
@@ -15,10 +17,9 @@
 
 namespace sage::server {
 
-class AttendStreamReactor final
-    : public grpc::ServerBidiReactor<sageserve::v1::AttendRequest, sageserve::v1::AttendResponse> {
+class AttendStreamReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
  public:
-  AttendStreamReactor(grpc::CallbackServerContext* context, AttendPipeline* pipeline);
+  AttendStreamReactor(grpc::CallbackServerContext* context, AttendPipeline* pipeline, HostBufferPool* payload_pool);
 
   void OnReadDone(bool ok) override;
   void OnWriteDone(bool ok) override;
@@ -27,8 +28,10 @@ class AttendStreamReactor final
 
  private:
   struct Slot {
-    sageserve::v1::AttendRequest request;
+    WireAttendRequest wire;
     sageserve::v1::AttendResponse response;
+    WireResult result;
+    grpc::ByteBuffer out;  // what is written
   };
 
   void Complete(std::shared_ptr<Slot> slot, const absl::Status& status);
@@ -39,7 +42,8 @@ class AttendStreamReactor final
 
   grpc::CallbackServerContext* const context_;
   AttendPipeline* const pipeline_;
-  sageserve::v1::AttendRequest incoming_;
+  HostBufferPool* const payload_pool_;
+  grpc::ByteBuffer incoming_;
   std::atomic<bool> cancelled_{false};
 
   std::mutex mu_;

@@ -8,34 +8,60 @@
 #include "server/grpc/request_codec.h"
 #include "server/grpc/status_mapping.h"
 #include "server/version.h"
+#include "spdlog/spdlog.h"
 
 namespace sage::server {
 namespace v1 = ::sageserve::v1;
 
 AttentionService::AttentionService(AttendPipeline* pipeline, sage::server::SelfTestRunner* selftest,
-                                   const BackendInfo* backend, ServiceLimits limits)
-    : pipeline_(pipeline), selftest_(selftest), backend_(backend), limits_(limits) {}
+                                   const BackendInfo* backend, HostBufferPool* payload_pool, ServiceLimits limits)
+    : pipeline_(pipeline), selftest_(selftest), backend_(backend), payload_pool_(payload_pool), limits_(limits) {}
+
+namespace {
+
+// One unary call's state, alive until the pipeline's completion has run.
+struct UnaryWireCall {
+  WireAttendRequest wire;
+  v1::AttendResponse response;
+  WireResult result;
+};
+
+}  // namespace
 
 grpc::ServerUnaryReactor* AttentionService::Attend(grpc::CallbackServerContext* context,
-                                                   const v1::AttendRequest* request,
-                                                   v1::AttendResponse* response) {
+                                                   const grpc::ByteBuffer* request, grpc::ByteBuffer* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  absl::StatusOr<WireAttendRequest> parsed = ParseAttendRequest(*request, *payload_pool_);
+  if (!parsed.ok()) {
+    spdlog::warn("Attend request rejected: {}", parsed.status().ToString());
+    reactor->Finish(ToGrpcStatus(parsed.status()));
+    return reactor;
+  }
+  // Held here as well as by the completion, which the pipeline may drop before Start returns.
+  auto state = std::make_shared<UnaryWireCall>();
+  state->wire = *std::move(parsed);
   AttendCall call;
   call.method = AttendMethod::kUnary;
-  call.request = request;
-  call.response = response;
+  call.request = &state->wire.header;
+  call.response = &state->response;
+  call.payloads = &state->wire.payloads;
+  call.result = &state->result;
+  call.wire_bytes = state->wire.wire_bytes;
   call.deadline = SteadyDeadline(*context);
   // The context stays valid until Finish, which only the completion below calls.
   call.is_cancelled = [context] { return context->IsCancelled(); };
-  call.done = [reactor](const absl::Status& status) { reactor->Finish(ToGrpcStatus(status)); };
+  call.done = [reactor, response, state](const absl::Status& status) {
+    if (status.ok()) *response = SerializeAttendResponse(state->response, state->result, state->wire.payloads.storage);
+    reactor->Finish(ToGrpcStatus(status));
+  };
   absl::Status started = pipeline_->Start(std::move(call));
   if (!started.ok()) reactor->Finish(ToGrpcStatus(started));
   return reactor;
 }
 
-grpc::ServerBidiReactor<v1::AttendRequest, v1::AttendResponse>* AttentionService::AttendStream(
+grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* AttentionService::AttendStream(
     grpc::CallbackServerContext* context) {
-  return new AttendStreamReactor(context, pipeline_);
+  return new AttendStreamReactor(context, pipeline_, payload_pool_);
 }
 
 grpc::ServerUnaryReactor* AttentionService::GetServerInfo(grpc::CallbackServerContext* context,

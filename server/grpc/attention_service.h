@@ -1,11 +1,14 @@
 // sageserve.v1.AttentionService on the callback API. Handlers only decode, validate and queue;
-// computation happens on the scheduler's workers.
+// computation happens on the scheduler's workers. Attend and AttendStream take their messages as
+// raw bytes (attend_wire.h): tensor payloads are copied once, into a block of the backend's host
+// pool (pinned with the CUDA backend), and results leave from that block without a copy.
 #pragma once
 
 #include <string>
 
 #include "sageserve/v1/attention_service.grpc.pb.h"
 #include "server/backend/backend.h"
+#include "server/backend/host_buffer_pool.h"
 #include "server/grpc/attend_pipeline.h"
 #include "server/selftest.h"
 
@@ -18,15 +21,21 @@ struct ServiceLimits {
   int32_t worker_threads = 0;
 };
 
-class AttentionService final : public sageserve::v1::AttentionService::CallbackService {
- public:
-  AttentionService(AttendPipeline* pipeline, SelfTestRunner* selftest, const BackendInfo* backend,
-                   ServiceLimits limits);
+namespace detail {
+using Svc = sageserve::v1::AttentionService;
+}  // namespace detail
+using AttentionServiceBase = detail::Svc::WithRawCallbackMethod_Attend<detail::Svc::WithRawCallbackMethod_AttendStream<
+    detail::Svc::WithCallbackMethod_GetServerInfo<detail::Svc::WithCallbackMethod_SelfTest<detail::Svc::Service>>>>;
 
-  grpc::ServerUnaryReactor* Attend(grpc::CallbackServerContext* context,
-                                   const sageserve::v1::AttendRequest* request,
-                                   sageserve::v1::AttendResponse* response) override;
-  grpc::ServerBidiReactor<sageserve::v1::AttendRequest, sageserve::v1::AttendResponse>* AttendStream(
+class AttentionService final : public AttentionServiceBase {
+ public:
+  // `payload_pool` (where request tensors are received) must outlive the service.
+  AttentionService(AttendPipeline* pipeline, SelfTestRunner* selftest, const BackendInfo* backend,
+                   HostBufferPool* payload_pool, ServiceLimits limits);
+
+  grpc::ServerUnaryReactor* Attend(grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+                                   grpc::ByteBuffer* response) override;
+  grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* AttendStream(
       grpc::CallbackServerContext* context) override;
   grpc::ServerUnaryReactor* GetServerInfo(grpc::CallbackServerContext* context,
                                           const sageserve::v1::GetServerInfoRequest* request,
@@ -39,6 +48,7 @@ class AttentionService final : public sageserve::v1::AttentionService::CallbackS
   AttendPipeline* const pipeline_;
   SelfTestRunner* const selftest_;
   const BackendInfo* const backend_;
+  HostBufferPool* const payload_pool_;
   const ServiceLimits limits_;
 };
 

@@ -60,7 +60,8 @@ absl::Status Invalid(const std::string& field, absl::string_view what) {
 
 // Checks one wire tensor and returns a view of its bytes (no copy).
 absl::StatusOr<TensorView> DecodeTensor(const std::string& field, const v1::Tensor& t,
-                                        const BackendInfo& backend, const RequestLimits& limits) {
+                                        const BackendInfo& backend, const RequestLimits& limits,
+                                        const std::span<const std::byte>* external) {
   if (t.dtype() == v1::DTYPE_UNSPECIFIED) return Invalid(absl::StrCat(field, ".dtype"), "not set");
   absl::StatusOr<DType> dtype = FromWireDType(t.dtype());
   if (!dtype.ok()) return Invalid(absl::StrCat(field, ".dtype"), dtype.status().message());
@@ -91,12 +92,13 @@ absl::StatusOr<TensorView> DecodeTensor(const std::string& field, const v1::Tens
   view.tokens = tokens;
   view.heads = static_cast<int32_t>(heads);
   view.head_dim = static_cast<int32_t>(head_dim);
-  if (t.data().size() != view.bytes()) {
+  const size_t sent = external != nullptr ? external->size() : t.data().size();
+  if (sent != view.bytes()) {
     return Invalid(absl::StrCat(field, ".data"),
-                   absl::StrCat(t.data().size(), " bytes, expected ", view.bytes(), " for shape [",
+                   absl::StrCat(sent, " bytes, expected ", view.bytes(), " for shape [",
                                 tokens, ", ", heads, ", ", head_dim, "] ", std::string(DTypeName(*dtype))));
   }
-  view.data = t.data().data();
+  view.data = external != nullptr ? static_cast<const void*>(external->data()) : t.data().data();
   return view;
 }
 
@@ -116,19 +118,21 @@ absl::Status DecodeCuSeqlens(const std::string& field, const google::protobuf::R
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<DecodedRequest>> DecodeAttendRequest(
-    const v1::AttendRequest& request, const BackendInfo& backend, const RequestLimits& limits) {
+    const v1::AttendRequest& request, const BackendInfo& backend, const RequestLimits& limits,
+    const ExternalTensors* external) {
   auto decoded = std::make_unique<DecodedRequest>();
   AttnInput& in = decoded->input;
 
   if (!request.has_q()) return Invalid("q", "missing");
   if (!request.has_k()) return Invalid("k", "missing");
   if (!request.has_v()) return Invalid("v", "missing");
-  absl::StatusOr<TensorView> q = DecodeTensor("q", request.q(), backend, limits);
+  absl::StatusOr<TensorView> q = DecodeTensor("q", request.q(), backend, limits, external ? &external->q : nullptr);
   if (!q.ok()) return q.status();
-  absl::StatusOr<TensorView> k = DecodeTensor("k", request.k(), backend, limits);
+  absl::StatusOr<TensorView> k = DecodeTensor("k", request.k(), backend, limits, external ? &external->k : nullptr);
   if (!k.ok()) return k.status();
-  absl::StatusOr<TensorView> v = DecodeTensor("v", request.v(), backend, limits);
+  absl::StatusOr<TensorView> v = DecodeTensor("v", request.v(), backend, limits, external ? &external->v : nullptr);
   if (!v.ok()) return v.status();
+  if (external != nullptr) in.memory = external->memory;
   in.q = *q;
   in.k = *k;
   in.v = *v;
@@ -211,6 +215,15 @@ void EncodeAttendOutput(AttnOutput output, const DecodedRequest& request, v1::At
   o->add_shape(in.q.tokens);
   o->add_shape(in.q.heads);
   o->add_shape(in.q.head_dim);
+  if (output.placement == OutputPlacement::kCallerBuffers) {
+    if (in.lse == LseMode::kNatural) {
+      v1::Tensor* lse = response->mutable_lse();
+      lse->set_dtype(v1::DTYPE_FP32);
+      lse->add_shape(in.q.tokens);
+      lse->add_shape(in.q.heads);
+    }
+    return;
+  }
   const size_t n = output.o_elements();
   if (output.has_native_o() && output.o_native_dtype == request.output_dtype) {
     o->set_data(std::move(output.o_native));  // the kernel's bytes become the response's: no copy

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -20,6 +21,13 @@ struct RequestLimits {
   int32_t max_heads = 1024;
 };
 
+// The q/k/v bytes of a request whose tensors arrived beside the message rather than in it (the
+// zero-copy wire path, attend_wire.h); the message's q/k/v then carry dtype and shape only.
+struct ExternalTensors {
+  std::span<const std::byte> q, k, v;
+  HostMemory memory = HostMemory::kPageable;
+};
+
 struct DecodedRequest {
   AttnInput input;
   Recipe recipe = Recipe::kInt8QkFp8Pv;
@@ -34,10 +42,12 @@ struct DecodedRequest {
 // Returned by pointer so the spans into default_cu_* stay valid.
 absl::StatusOr<std::unique_ptr<DecodedRequest>> DecodeAttendRequest(
     const sageserve::v1::AttendRequest& request, const BackendInfo& backend,
-    const RequestLimits& limits);
+    const RequestLimits& limits, const ExternalTensors* external = nullptr);
 
 // Fills o (converted to the requested dtype, from AttnOutput::o or, when the engine returned it,
-// AttnOutput::o_native) and lse of `response`.
+// AttnOutput::o_native) and lse of `response`. When the engine wrote into the caller's buffers
+// (OutputPlacement::kCallerBuffers) only their dtype and shape are set: the bytes go out beside the
+// message (EncodeAttendResponse in attend_wire.h).
 // Takes the output by value: 16-bit O already in the requested dtype is moved into the response.
 void EncodeAttendOutput(AttnOutput output, const DecodedRequest& request,
                         sageserve::v1::AttendResponse* response);

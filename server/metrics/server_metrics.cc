@@ -1,5 +1,6 @@
 #include "server/metrics/server_metrics.h"
 
+#include <algorithm>
 #include <string>
 
 #include "server/metrics/prometheus_text.h"
@@ -102,6 +103,18 @@ absl::Status ServerMetrics::Register() {
   s.Update(Assign(r.AddGauge("sageserve_gpu_memory_total_bytes",
                              "GPU memory of the device, by device (GPU backends only).", kDevice),
                   &memory_total_));
+  s.Update(Assign(r.AddGauge("sageserve_payload_pool_capacity_bytes",
+                             "Host memory request tensors are received into, by kind (pinned: the GPU copies "
+                             "straight from it).", {"memory"}),
+                  &payload_capacity_));
+  s.Update(Assign(r.AddGauge("sageserve_payload_pool_in_use_bytes",
+                             "Bytes of the payload pool held by requests in flight, by kind.", {"memory"}),
+                  &payload_in_use_));
+  s.Update(Assign(r.AddCounter("sageserve_payload_pool_overflow_total",
+                               "Requests that did not fit the payload pool and were received into ordinary "
+                               "memory (staged before the GPU copy), by kind.",
+                               {"memory"}),
+                  &payload_overflow_));
   if (!s.ok()) return s;
   // Unlabelled series exist from the start, so a scrape shows 0 rather than nothing.
   bytes_in_->Get();
@@ -152,6 +165,16 @@ void ServerMetrics::SetQueueDepth(int depth) { queue_depth_->Get().Set(depth); }
 void ServerMetrics::SetGpuMemory(absl::string_view device, int64_t used_bytes, int64_t total_bytes) {
   memory_used_->WithLabels({device}).Set(static_cast<double>(used_bytes));
   memory_total_->WithLabels({device}).Set(static_cast<double>(total_bytes));
+}
+
+void ServerMetrics::SetPayloadPool(absl::string_view memory, int64_t capacity_bytes, int64_t in_use_bytes,
+                                   int64_t overflowed) {
+  payload_capacity_->WithLabels({memory}).Set(static_cast<double>(capacity_bytes));
+  payload_in_use_->WithLabels({memory}).Set(static_cast<double>(in_use_bytes));
+  std::lock_guard<std::mutex> lock(payload_mu_);
+  metrics::Counter& c = payload_overflow_->WithLabels({memory});
+  if (overflowed > payload_overflow_seen_) c.Increment(static_cast<double>(overflowed - payload_overflow_seen_));
+  payload_overflow_seen_ = std::max(payload_overflow_seen_, overflowed);
 }
 
 }  // namespace sage::server

@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 
@@ -61,6 +62,8 @@ class ServerMetrics {
   void RecordStages(const StageRecord& s);
   void SetQueueDepth(int depth);
   void SetGpuMemory(absl::string_view device, int64_t used_bytes, int64_t total_bytes);
+  // The request payload pool (`memory`: "pinned" or "pageable"); `overflowed` is cumulative.
+  void SetPayloadPool(absl::string_view memory, int64_t capacity_bytes, int64_t in_use_bytes, int64_t overflowed);
 
  private:
   ServerMetrics() = default;
@@ -85,6 +88,11 @@ class ServerMetrics {
   metrics::HistogramFamily* d2h_duration_ = nullptr;
   metrics::GaugeFamily* memory_used_ = nullptr;
   metrics::GaugeFamily* memory_total_ = nullptr;
+  metrics::GaugeFamily* payload_capacity_ = nullptr;
+  metrics::GaugeFamily* payload_in_use_ = nullptr;
+  metrics::CounterFamily* payload_overflow_ = nullptr;
+  std::mutex payload_mu_;
+  int64_t payload_overflow_seen_ = 0;  // guarded by payload_mu_: the last cumulative value turned into increments
 };
 
 }  // namespace sage::server

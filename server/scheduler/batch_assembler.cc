@@ -128,10 +128,21 @@ absl::StatusOr<AssembledBatch> AssembleBatch(std::span<const AttnInput* const> m
   in.mask = first.mask;
   in.softmax_scale = first.softmax_scale;
   in.lse = first.lse;
-  in.output_form = OutputForm::kNativeAllowed;
+  // The merged launch takes the most general form every member accepts: float if any wants float,
+  // the members' own buffers only if all of them have one (the engine writes each member's rows
+  // into its o_into), else 16-bit codes returned.
+  in.output_form = OutputForm::kNativeInto;
+  in.memory = HostMemory::kPinned;
   for (const AttnInput* m : members) {
-    if (m->output_form == OutputForm::kFloat) in.output_form = OutputForm::kFloat;
+    if (m->output_form == OutputForm::kFloat) {
+      in.output_form = OutputForm::kFloat;
+    } else if (m->output_form == OutputForm::kNativeAllowed && in.output_form == OutputForm::kNativeInto) {
+      in.output_form = OutputForm::kNativeAllowed;
+    }
+    if (m->memory != HostMemory::kPinned || copy) in.memory = HostMemory::kPageable;
   }
+  // A concatenated copy has no per-member destinations to write into.
+  if (copy && in.output_form == OutputForm::kNativeInto) in.output_form = OutputForm::kNativeAllowed;
   return batch;
 }
 
@@ -143,6 +154,12 @@ AttnOutput SliceOutput(const AttnOutput& merged, const AssembledBatch& batch, si
   const size_t first_row = static_cast<size_t>(slice.q_token_offset);
   const size_t rows = static_cast<size_t>(slice.q_tokens);
   AttnOutput out;
+  if (merged.placement == OutputPlacement::kCallerBuffers) {
+    // The engine already wrote this member's rows into its own o_into / lse_into.
+    out.placement = OutputPlacement::kCallerBuffers;
+    out.device_timings = merged.device_timings;
+    return out;
+  }
   if (merged.has_native_o()) {
     out.o_native_dtype = merged.o_native_dtype;
     out.o_native.assign(merged.o_native, first_row * o_row * 2, rows * o_row * 2);

@@ -34,6 +34,9 @@ TEST(ServerMetrics, DeclaresTheIssueMetricsWithConventionalNames) {
       {"sageserve_d2h_duration_seconds", "histogram"},
       {"sageserve_gpu_memory_used_bytes", "gauge"},
       {"sageserve_gpu_memory_total_bytes", "gauge"},
+      {"sageserve_payload_pool_capacity_bytes", "gauge"},
+      {"sageserve_payload_pool_in_use_bytes", "gauge"},
+      {"sageserve_payload_pool_overflow_total", "counter"},
   };
   EXPECT_EQ(parsed->type, expected);
   for (const auto& [name, type] : expected) EXPECT_FALSE(parsed->help.at(name).empty()) << name;
@@ -41,6 +44,20 @@ TEST(ServerMetrics, DeclaresTheIssueMetricsWithConventionalNames) {
   EXPECT_EQ(*parsed->Value("sageserve_request_bytes_total"), 0);
   EXPECT_EQ(*parsed->Value("sageserve_queue_depth_requests"), 0);
   EXPECT_EQ(*parsed->Value("sageserve_queue_duration_seconds_count"), 0);
+}
+
+// The pool reports cumulative overflows; the counter follows them without counting any twice.
+TEST(ServerMetrics, PayloadPoolGaugesAndOverflowCounter) {
+  auto m = ServerMetrics::Create();
+  ASSERT_TRUE(m.ok());
+  (*m)->SetPayloadPool("pinned", 512 << 20, 3 << 20, 2);
+  (*m)->SetPayloadPool("pinned", 512 << 20, 1 << 20, 2);
+  (*m)->SetPayloadPool("pinned", 512 << 20, 0, 5);
+  absl::StatusOr<ParsedExposition> parsed = ParseExposition((*m)->RenderText());
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  EXPECT_EQ(*parsed->Value("sageserve_payload_pool_capacity_bytes", {{"memory", "pinned"}}), 512 << 20);
+  EXPECT_EQ(*parsed->Value("sageserve_payload_pool_in_use_bytes", {{"memory", "pinned"}}), 0);
+  EXPECT_EQ(*parsed->Value("sageserve_payload_pool_overflow_total", {{"memory", "pinned"}}), 5);
 }
 
 TEST(ServerMetrics, RecordsRequestsByMethodRecipeAndCode) {

@@ -196,6 +196,48 @@ TEST(AssembleBatch, MetadataOnlyHasShapesButNoBytes) {
   absl::StatusOr<AssembledBatch> both = AssembleBatch(members, AssembleMode::kMetadataOnly);
   ASSERT_TRUE(both.ok());
   EXPECT_EQ(both->input().output_form, OutputForm::kNativeAllowed);
+  EXPECT_EQ(both->input().memory, HostMemory::kPageable);
+
+  // Writing into the members' own buffers only when every member has one; pinned only when all are.
+  pa->input.output_form = OutputForm::kNativeInto;
+  pa->input.memory = HostMemory::kPinned;
+  absl::StatusOr<AssembledBatch> one_into = AssembleBatch(members, AssembleMode::kMetadataOnly);
+  ASSERT_TRUE(one_into.ok());
+  EXPECT_EQ(one_into->input().output_form, OutputForm::kNativeAllowed);
+  EXPECT_EQ(one_into->input().memory, HostMemory::kPageable);
+  pb->input.output_form = OutputForm::kNativeInto;
+  pb->input.memory = HostMemory::kPinned;
+  absl::StatusOr<AssembledBatch> all_into = AssembleBatch(members, AssembleMode::kMetadataOnly);
+  ASSERT_TRUE(all_into.ok());
+  EXPECT_EQ(all_into->input().output_form, OutputForm::kNativeInto);
+  EXPECT_EQ(all_into->input().memory, HostMemory::kPinned);
+  // A concatenated copy lives in ordinary memory and has no member buffers to write into.
+  absl::StatusOr<AssembledBatch> copied = AssembleBatch(members);
+  ASSERT_TRUE(copied.ok());
+  EXPECT_EQ(copied->input().output_form, OutputForm::kNativeAllowed);
+  EXPECT_EQ(copied->input().memory, HostMemory::kPageable);
+}
+
+// An output the engine wrote into the members' buffers slices into per-member markers, no bytes.
+TEST(SliceOutput, CallerBuffersCarryNoBytes) {
+  ProblemShape a;
+  a.q_lens = {2};
+  a.k_lens = {3};
+  auto pa = MakeTagged(1, a);
+  auto pb = MakeTagged(2, a);
+  const AttnInput* members[] = {&pa->input, &pb->input};
+  absl::StatusOr<AssembledBatch> batch = AssembleBatch(members, AssembleMode::kMetadataOnly);
+  ASSERT_TRUE(batch.ok());
+  AttnOutput merged;
+  merged.placement = OutputPlacement::kCallerBuffers;
+  merged.device_timings = DeviceTimings{1.0, 2.0, 3.0, 0, 1};
+  const AttnOutput second = SliceOutput(merged, *batch, 1);
+  EXPECT_EQ(second.placement, OutputPlacement::kCallerBuffers);
+  EXPECT_TRUE(second.o.empty());
+  EXPECT_TRUE(second.o_native.empty());
+  EXPECT_TRUE(second.lse.empty());
+  ASSERT_TRUE(second.device_timings.has_value());
+  EXPECT_EQ(second.device_timings->d2h_us, 3.0);
 }
 
 // Problems of one BatchKey with varied lengths, including ones that cross tile boundaries.

@@ -2,6 +2,10 @@
 #include <functional>
 #include <string>
 
+#include "grpcpp/create_channel.h"
+#include "grpcpp/impl/client_unary_call.h"
+#include "grpcpp/security/credentials.h"
+#include "grpcpp/support/byte_buffer.h"
 #include "gtest/gtest.h"
 #include "tests/server/test_support.h"
 
@@ -120,6 +124,35 @@ TEST_F(BadInput, SameCasesOnOneStreamFailOnlyThemselves) {
     EXPECT_EQ(r.status().code(), c.code) << c.name << ": " << r.status();
   }
   EXPECT_TRUE(stream->Close().ok());
+}
+
+// Bytes that are not an AttendRequest at all (the server reads Attend as raw bytes and parses them
+// itself): INVALID_ARGUMENT saying where the protobuf breaks, and the server keeps serving.
+TEST_F(BadInput, MalformedProtobufIsInvalidArgument) {
+  const std::string valid = Valid().SerializeAsString();
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"truncated_in_payload", valid.substr(0, valid.size() / 2)},
+      {"truncated_varint", std::string("\x0a\x80", 2)},
+      {"length_past_end", std::string("\x12\xff\xff\x03\x08\x02", 6)},
+      {"wire_type_7", std::string("\x0f\x00", 2)},
+      {"field_zero", std::string("\x00\x01", 2)},
+  };
+  auto channel = grpc::CreateChannel(server_->target, grpc::InsecureChannelCredentials());
+  const grpc::internal::RpcMethod method("/sageserve.v1.AttentionService/Attend",
+                                         grpc::internal::RpcMethod::NORMAL_RPC);
+  for (const auto& [name, bytes] : cases) {
+    SCOPED_TRACE(name);
+    grpc::Slice slice(bytes);
+    grpc::ByteBuffer request(&slice, 1);
+    grpc::ByteBuffer response;
+    grpc::ClientContext context;
+    const grpc::Status status = grpc::internal::BlockingUnaryCall<grpc::ByteBuffer, grpc::ByteBuffer>(
+        channel.get(), method, &context, request, &response);
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << status.error_message();
+    EXPECT_NE(status.error_message().find("malformed protobuf"), std::string::npos) << status.error_message();
+    absl::StatusOr<v1::AttendResponse> ok = server_->client->Attend(Valid());
+    ASSERT_TRUE(ok.ok()) << ok.status();
+  }
 }
 
 TEST(MessageLimit, OversizedMessageIsResourceExhausted) {

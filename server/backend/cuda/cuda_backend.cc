@@ -16,6 +16,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "server/backend/cuda/cuda_status.h"
+#include "server/backend/host_buffer_pool.h"
 #include "server/backend/cuda/device_executor.h"
 #include "server/backend/cuda/device_selector.h"
 #include "server/backend/cuda/kernel_config.h"
@@ -25,10 +26,15 @@ namespace {
 
 class CudaBackend final : public AttentionBackend {
  public:
-  CudaBackend(std::vector<std::unique_ptr<DeviceExecutor>> executors, BackendInfo info)
-      : executors_(std::move(executors)), selector_(static_cast<int>(executors_.size())), info_(std::move(info)) {}
+  CudaBackend(std::vector<std::unique_ptr<DeviceExecutor>> executors, BackendInfo info,
+              std::unique_ptr<HostBufferPool> request_pool)
+      : executors_(std::move(executors)),
+        selector_(static_cast<int>(executors_.size())),
+        info_(std::move(info)),
+        request_pool_(std::move(request_pool)) {}
 
   const BackendInfo& info() const override { return info_; }
+  HostBufferPool* host_buffers() override { return request_pool_.get(); }
 
   absl::StatusOr<AttnOutput> Attend(const AttnInput& in, const RecipeConfig& config) override {
     SAGE_CUDA_RETURN_IF_ERROR(ValidateInput(in));
@@ -134,8 +140,28 @@ class CudaBackend final : public AttentionBackend {
   std::vector<std::unique_ptr<DeviceExecutor>> executors_;
   DeviceSelector selector_;
   const BackendInfo info_;
+  std::unique_ptr<HostBufferPool> request_pool_;  // null when request_pinned_bytes is 0
   int min_sm_ = 0;
 };
+
+// The pinned region request payloads land in. Portable: registered with every device's context.
+absl::StatusOr<std::unique_ptr<HostBufferPool>> MakePinnedRequestPool(int64_t bytes, int device) {
+  if (bytes < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("cuda backend: request_pinned_bytes ", bytes, " < 0"));
+  }
+  if (bytes == 0) return std::unique_ptr<HostBufferPool>();
+  SAGE_CUDA_RETURN_IF_ERROR(FromCuda(cudaSetDevice(device), "cudaSetDevice"));
+  void* base = nullptr;
+  const absl::Status alloc =
+      FromCuda(cudaHostAlloc(&base, static_cast<size_t>(bytes), cudaHostAllocPortable), "cudaHostAlloc(request pool)");
+  if (!alloc.ok()) {
+    return absl::ResourceExhaustedError(absl::StrCat("cuda backend: cannot pin ", bytes >> 20,
+                                                     " MiB for request payloads (lower --cuda_request_pinned_mib): ",
+                                                     alloc.message()));
+  }
+  return MakeRegionBufferPool(static_cast<std::byte*>(base), static_cast<size_t>(bytes), HostMemory::kPinned,
+                              [base] { (void)cudaFreeHost(base); });
+}
 
 }  // namespace
 
@@ -204,7 +230,10 @@ absl::StatusOr<std::unique_ptr<AttentionBackend>> CreateCudaBackend(const CudaBa
     info.recipes = {Recipe::kInt8QkFp16Pv, Recipe::kInt4QkFp8Pv, Recipe::kUnquantized};
     info.default_recipe = Recipe::kInt8QkFp16Pv;
   }
-  auto backend = std::make_unique<CudaBackend>(std::move(executors), std::move(info));
+  absl::StatusOr<std::unique_ptr<HostBufferPool>> pool =
+      MakePinnedRequestPool(options.request_pinned_bytes, executors.front()->device());
+  if (!pool.ok()) return pool.status();
+  auto backend = std::make_unique<CudaBackend>(std::move(executors), std::move(info), *std::move(pool));
   backend->set_min_sm(min_sm);
   return std::unique_ptr<AttentionBackend>(std::move(backend));
 }

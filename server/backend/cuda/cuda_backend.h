@@ -33,6 +33,9 @@ struct CudaBackendOptions {
   std::vector<int> devices;     // CUDA ordinals (after CUDA_VISIBLE_DEVICES); empty = every visible one
   int streams_per_device = 4;   // stream slots per GPU executor
   CudaPoolOptions pool;
+  // Pinned host memory that request payloads are received into and results sent from, shared by
+  // every GPU (portable). A request that does not fit takes ordinary memory and is staged instead.
+  int64_t request_pinned_bytes = int64_t{512} << 20;
 };
 
 // Number of CUDA devices visible to this process; 0 when there is no GPU or no driver (never an error

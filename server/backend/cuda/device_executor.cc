@@ -96,6 +96,57 @@ absl::StatusOr<size_t> AutoWorkspaceBytes(const CudaPoolOptions& pool) {
   return best + (1 << 20);
 }
 
+// One host<->device copy of a launch.
+struct Copy {
+  void* dst = nullptr;
+  const void* src = nullptr;
+  size_t bytes = 0;
+};
+
+// Appends a copy, extending the previous one when both of its ends continue it (one DMA, not two).
+void AddCopy(std::vector<Copy>& copies, void* dst, const void* src, size_t bytes) {
+  if (bytes == 0) return;
+  if (!copies.empty()) {
+    Copy& last = copies.back();
+    if (static_cast<unsigned char*>(last.dst) + last.bytes == dst &&
+        static_cast<const unsigned char*>(last.src) + last.bytes == src) {
+      last.bytes += bytes;
+      return;
+    }
+  }
+  copies.push_back(Copy{dst, src, bytes});
+}
+
+// Enqueues the copies on `stream`: one cudaMemcpyAsync for a single copy, one batched call for many
+// (a merged launch of N pinned requests has 3N + 1 pieces; N separate calls would cost more CPU
+// than the copies themselves).
+cudaError_t IssueCopies(std::span<const Copy> copies, cudaStream_t stream) {
+  if (copies.empty()) return cudaSuccess;
+  if (copies.size() == 1) {
+    return cudaMemcpyAsync(copies[0].dst, copies[0].src, copies[0].bytes, cudaMemcpyDefault, stream);
+  }
+  std::vector<void*> dsts(copies.size());
+  std::vector<const void*> srcs(copies.size());
+  std::vector<size_t> sizes(copies.size());
+  for (size_t i = 0; i < copies.size(); ++i) {
+    dsts[i] = copies[i].dst;
+    srcs[i] = copies[i].src;
+    sizes[i] = copies[i].bytes;
+  }
+  cudaMemcpyAttributes attr{};
+  attr.srcAccessOrder = cudaMemcpySrcAccessOrderStream;
+  size_t attr_index = 0;
+  const cudaError_t err =
+      cudaMemcpyBatchAsync(dsts.data(), srcs.data(), sizes.data(), copies.size(), &attr, &attr_index, 1, stream);
+  if (err != cudaErrorNotSupported) return err;
+  (void)cudaGetLastError();  // a driver without batched copies: one call each
+  for (const Copy& c : copies) {
+    const cudaError_t e = cudaMemcpyAsync(c.dst, c.src, c.bytes, cudaMemcpyDefault, stream);
+    if (e != cudaSuccess) return e;
+  }
+  return cudaSuccess;
+}
+
 }  // namespace
 
 // One stream with its staging and events. Owned by the executor, used by one Run() at a time.
@@ -109,6 +160,7 @@ struct DeviceExecutor::Slot {
   unsigned char* dev_in = nullptr;
   unsigned char* dev_out = nullptr;
   void* dev_ws = nullptr;
+  std::vector<Copy> h2d, d2h;  // reused across launches
 
   ~Slot() {
     if (cudaSetDevice(device) != cudaSuccess) return;
@@ -291,15 +343,26 @@ absl::StatusOr<AttnOutput> DeviceExecutor::RunOnSlot(Slot& slot, const AttnInput
   if (l.in_end > in_capacity_ || l.out_end > out_capacity_) {
     return absl::ResourceExhaustedError("cuda backend: launch exceeds the slot's staging (CheckFits not called)");
   }
-  // Gather every part's rows straight into pinned memory (conversion to 16 bits happens here when
-  // needed; large launches use several threads).
+  // Inputs: a part whose bytes are already pinned and in the kernel's type is copied to the device
+  // straight from its own memory; any other part is first gathered (and converted) into the slot's
+  // pinned staging at the same offsets the device buffer uses.
   std::vector<StageSegment> segments;
   segments.reserve(parts.size() * 3);
+  std::vector<Copy>& h2d = slot.h2d;
+  h2d.clear();
+  bool any_direct = false;
   size_t at_q = l.q, at_k = l.k, at_v = l.v;
   for (const AttnInput* part : parts) {
+    const bool direct = part->memory == HostMemory::kPinned;
     const auto add = [&](const TensorView& t, size_t* at) {
       const size_t n = static_cast<size_t>(t.numel());
-      segments.push_back(StageSegment{t.data, t.dtype, slot.host_in + *at, dtype, n});
+      if (direct && t.dtype == dtype) {
+        AddCopy(h2d, slot.dev_in + *at, t.data, n * 2);
+        any_direct = true;
+      } else {
+        segments.push_back(StageSegment{t.data, t.dtype, slot.host_in + *at, dtype, n});
+        AddCopy(h2d, slot.dev_in + *at, slot.host_in + *at, n * 2);
+      }
       *at += n * 2;
     };
     add(part->q, &at_q);
@@ -314,6 +377,57 @@ absl::StatusOr<AttnOutput> DeviceExecutor::RunOnSlot(Slot& slot, const AttnInput
   const size_t cu_bytes = static_cast<size_t>(params.batch + 1) * sizeof(int32_t);
   std::memcpy(slot.host_in + l.cu_q, in.cu_seqlens_q.data(), cu_bytes);
   std::memcpy(slot.host_in + l.cu_k, in.cu_seqlens_k.data(), cu_bytes);
+  if (any_direct) {
+    AddCopy(h2d, slot.dev_in + l.cu_q, slot.host_in + l.cu_q, l.in_end - l.cu_q);
+  } else {
+    // Everything is in the staging: one copy, alignment gaps included.
+    h2d.assign(1, Copy{slot.dev_in, slot.host_in, l.in_end});
+  }
+
+  // Output: into the callers' own buffers when they asked for it (kNativeInto, O in q's type):
+  // pinned ones straight from the device, pageable ones through the slot's staging.
+  bool into = in.output_form == OutputForm::kNativeInto;
+  for (const AttnInput* part : parts) {
+    if (part->q.dtype != dtype) into = false;
+  }
+  const size_t o_row_bytes = static_cast<size_t>(in.q.heads) * in.q.head_dim * 2;
+  const size_t lse_row_bytes = static_cast<size_t>(in.q.heads) * sizeof(float);
+  if (into) {
+    for (size_t i = 0; i < parts.size(); ++i) {
+      const AttnInput& part = *parts[i];
+      const size_t rows = static_cast<size_t>(part.q.tokens);
+      if (part.o_into.size() < rows * o_row_bytes || (want_lse && part.lse_into.size() * sizeof(float) < rows * lse_row_bytes)) {
+        return absl::InvalidArgumentError(absl::StrCat("cuda backend: part ", i, ": o_into/lse_into too small for ",
+                                                       rows, " rows"));
+      }
+    }
+  }
+  std::vector<Copy>& d2h = slot.d2h;
+  d2h.clear();
+  std::vector<StageSegment> out_segments;
+  if (into) {
+    size_t row = 0;
+    for (const AttnInput* part : parts) {
+      const size_t rows = static_cast<size_t>(part->q.tokens);
+      const bool direct = part->memory == HostMemory::kPinned;
+      const size_t o_at = l.o + row * o_row_bytes, lse_at = l.lse + row * lse_row_bytes;
+      if (direct) {
+        AddCopy(d2h, part->o_into.data(), slot.dev_out + o_at, rows * o_row_bytes);
+        if (want_lse) AddCopy(d2h, part->lse_into.data(), slot.dev_out + lse_at, rows * lse_row_bytes);
+      } else {
+        AddCopy(d2h, slot.host_out + o_at, slot.dev_out + o_at, rows * o_row_bytes);
+        out_segments.push_back(StageSegment{slot.host_out + o_at, dtype, part->o_into.data(), dtype, rows * o_row_bytes / 2});
+        if (want_lse) {
+          AddCopy(d2h, slot.host_out + lse_at, slot.dev_out + lse_at, rows * lse_row_bytes);
+          out_segments.push_back(
+              StageSegment{slot.host_out + lse_at, DType::kF32, part->lse_into.data(), DType::kF32, rows * in.q.heads});
+        }
+      }
+      row += rows;
+    }
+  } else {
+    d2h.assign(1, Copy{slot.host_out, slot.dev_out, l.out_end});
+  }
 
   params.q = slot.dev_in + l.q;
   params.k = slot.dev_in + l.k;
@@ -327,32 +441,35 @@ absl::StatusOr<AttnOutput> DeviceExecutor::RunOnSlot(Slot& slot, const AttnInput
 
   cudaStream_t st = slot.stream;
   SAGE_CUDA_RETURN_IF_ERROR(FromCuda(cudaEventRecord(slot.ev[0], st), "cudaEventRecord"));
-  SAGE_CUDA_RETURN_IF_ERROR(
-      FromCuda(cudaMemcpyAsync(slot.dev_in, slot.host_in, l.in_end, cudaMemcpyHostToDevice, st), "upload inputs"));
+  SAGE_CUDA_RETURN_IF_ERROR(FromCuda(IssueCopies(h2d, st), "upload inputs"));
   SAGE_CUDA_RETURN_IF_ERROR(FromCuda(cudaEventRecord(slot.ev[1], st), "cudaEventRecord"));
   SAGE_CUDA_RETURN_IF_ERROR(FromSage(sage_attn_forward(&params, reinterpret_cast<sage_stream_t>(st)), "forward"));
   SAGE_CUDA_RETURN_IF_ERROR(FromCuda(cudaEventRecord(slot.ev[2], st), "cudaEventRecord"));
-  SAGE_CUDA_RETURN_IF_ERROR(
-      FromCuda(cudaMemcpyAsync(slot.host_out, slot.dev_out, l.out_end, cudaMemcpyDeviceToHost, st), "download outputs"));
+  SAGE_CUDA_RETURN_IF_ERROR(FromCuda(IssueCopies(d2h, st), "download outputs"));
   SAGE_CUDA_RETURN_IF_ERROR(FromCuda(cudaEventRecord(slot.ev[3], st), "cudaEventRecord"));
   SAGE_CUDA_RETURN_IF_ERROR(FromCuda(cudaStreamSynchronize(st), "attention"));
 
   AttnOutput out;
-  const size_t n = static_cast<size_t>(in.q.numel());
-  StageSegment o_seg{slot.host_out + l.o, dtype, nullptr, dtype, n};
-  if (in.output_form == OutputForm::kNativeAllowed) {
-    out.o_native.resize(n * 2);  // the kernel's codes as they are (no decode; the codec moves them)
-    out.o_native_dtype = dtype;
-    o_seg.dst = out.o_native.data();
+  if (into) {
+    RunStaging(out_segments);
+    out.placement = OutputPlacement::kCallerBuffers;
   } else {
-    out.o.resize(n);
-    o_seg.dst = out.o.data();
-    o_seg.dst_dtype = DType::kF32;
-  }
-  RunStaging(std::span<const StageSegment>(&o_seg, 1));
-  if (want_lse) {
-    out.lse.resize(static_cast<size_t>(lse_elements));
-    std::memcpy(out.lse.data(), slot.host_out + l.lse, out.lse.size() * sizeof(float));
+    const size_t n = static_cast<size_t>(in.q.numel());
+    StageSegment o_seg{slot.host_out + l.o, dtype, nullptr, dtype, n};
+    if (in.output_form != OutputForm::kFloat) {
+      out.o_native.resize(n * 2);  // the kernel's codes as they are (no decode; the codec moves them)
+      out.o_native_dtype = dtype;
+      o_seg.dst = out.o_native.data();
+    } else {
+      out.o.resize(n);
+      o_seg.dst = out.o.data();
+      o_seg.dst_dtype = DType::kF32;
+    }
+    RunStaging(std::span<const StageSegment>(&o_seg, 1));
+    if (want_lse) {
+      out.lse.resize(static_cast<size_t>(lse_elements));
+      std::memcpy(out.lse.data(), slot.host_out + l.lse, out.lse.size() * sizeof(float));
+    }
   }
   float ms[3] = {0, 0, 0};
   for (int i = 0; i < 3; ++i) {

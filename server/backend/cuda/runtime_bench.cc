@@ -5,9 +5,10 @@
 //
 //   sage_cuda_runtime_bench --batch=1 --q_len=128 --k_len=128 --heads_q=8 --heads_kv=8 --head_dim=128
 //                           [--causal] [--concurrency=1,16] [--requests=2000] [--streams=4]
-//                           [--max_batch_elements=N] [--outputs=float,native]
+//                           [--max_batch_elements=N] [--outputs=float,native,pinned]
 // --outputs: the backend rows once per AttnInput::output_form (float: O decoded to fp32, as before;
-// native: O left in the kernel's 16-bit type, as the server asks for it).
+// native: O left in the kernel's 16-bit type; pinned: q/k/v in a block of the backend's pinned
+// payload pool and O written back into it, as the server's wire path does).
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -28,6 +29,7 @@
 #include "kernels/reference/recipe.h"
 #include "server/backend/cuda/cuda_backend.h"
 #include "server/backend/cuda/kernel_config.h"
+#include "server/backend/host_buffer_pool.h"
 
 namespace {
 
@@ -196,7 +198,9 @@ int main(int argc, char** argv) {
               f.streams, std::chrono::duration<double>(std::chrono::steady_clock::now() - t_create).count());
   for (int i = 0; i < 10; ++i) (void)(*backend)->Attend(in, cfg);
   for (const std::string& output : f.outputs) {
-  in.output_form = output == "native" ? sage::OutputForm::kNativeAllowed : sage::OutputForm::kFloat;
+  // "pinned": what the server's wire path does with the CUDA backend's payload pool: each thread's
+  // q/k/v sit in a pinned block, copied to the device from there, and O lands back in the block.
+  in.output_form = output == "float" ? sage::OutputForm::kFloat : sage::OutputForm::kNativeAllowed;
   for (int conc : f.concurrency) {
     std::vector<double> lat, h2d, ker, d2h;
     std::mutex mu;
@@ -206,9 +210,29 @@ int main(int argc, char** argv) {
     std::vector<std::thread> threads;
     for (int c = 0; c < conc; ++c) {
       threads.emplace_back([&] {
+        AttnInput mine = in;
+        server::HostBlockRef block;
+        if (output == "pinned") {
+          server::HostBufferPool* pool = (*backend)->host_buffers();
+          const size_t qb = in.q.bytes(), kb = in.k.bytes(), vb = in.v.bytes();
+          absl::StatusOr<server::HostBlockRef> b = pool != nullptr ? pool->Acquire(qb + kb + vb + qb)
+                                                                   : absl::UnavailableError("no payload pool");
+          if (!b.ok()) { std::fprintf(stderr, "pinned block: %s\n", b.status().ToString().c_str()); failed++; return; }
+          block = *b;
+          std::byte* base = block->data();
+          std::memcpy(base, in.q.data, qb);
+          std::memcpy(base + qb, in.k.data, kb);
+          std::memcpy(base + qb + kb, in.v.data, vb);
+          mine.q.data = base;
+          mine.k.data = base + qb;
+          mine.v.data = base + qb + kb;
+          mine.memory = block->memory();
+          mine.output_form = sage::OutputForm::kNativeInto;
+          mine.o_into = std::span<std::byte>(base + qb + kb + vb, qb);
+        }
         for (long i = next++; i < f.requests; i = next++) {
           const auto a = std::chrono::steady_clock::now();
-          auto r = (*backend)->Attend(in, cfg);
+          auto r = (*backend)->Attend(mine, cfg);
           const double us = std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - a).count();
           std::lock_guard<std::mutex> lock(mu);
           if (!r.ok() || !r->device_timings) { failed++; continue; }

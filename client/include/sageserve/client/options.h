@@ -26,6 +26,9 @@ struct ClientOptions {
   std::chrono::milliseconds deadline{30000};
   // Receive limit; gRPC's default of 4 MiB is far too small for attention tensors.
   int64_t max_message_bytes = int64_t{512} << 20;
+  // A TCP connection of this client's own. By default gRPC lets every client of the same target and
+  // settings share one connection, whose reads and writes then run on one thread at a time.
+  bool private_connection = false;
 };
 
 struct StreamOptions {

@@ -1,0 +1,583 @@
+#include "server/grpc/attend_wire.h"
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <climits>
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
+#include "grpcpp/support/slice.h"
+
+namespace sage::server {
+
+// Not in the header: the tests read these to see that the scanner, not protobuf's full parse,
+// handled a request (the two give the same result, so nothing else can tell).
+namespace attend_wire_internal {
+std::atomic<int64_t> full_parse_results{0};  // requests answered from protobuf's full parse
+std::atomic<int64_t> scanner_overruled{0};   // of those: the scanner said malformed, protobuf did not
+}  // namespace attend_wire_internal
+
+namespace {
+
+using sageserve::v1::AttendRequest;
+using sageserve::v1::AttendResponse;
+using sageserve::v1::Tensor;
+
+constexpr absl::string_view kMalformed = "AttendRequest: malformed protobuf";
+
+// protobuf 3.21's own parse limits (parse_context.h), so the scanner accepts what it accepts: a tag
+// is at most 5 bytes (kept to 32 bits), any varint at most 10, a length at most 5 bytes and
+// INT_MAX - kSlopBytes, and messages plus groups nest at most 100 deep.
+constexpr size_t kMaxTagBytes = 5;
+constexpr size_t kMaxLengthBytes = 5;
+constexpr size_t kMaxVarintBytes = 10;
+constexpr uint64_t kMaxLength = INT_MAX - 16;
+constexpr int kRecursionLimit = 100;
+
+enum WireType : uint32_t {
+  kVarint = 0,
+  kFixed64 = 1,
+  kLengthDelimited = 2,
+  kStartGroup = 3,
+  kEndGroup = 4,
+  kFixed32 = 5,
+};
+
+// AttendRequest's tensor fields (q, k, v) and Tensor's bytes field.
+constexpr uint32_t kFirstTensorField = 2;
+constexpr uint32_t kLastTensorField = 4;
+constexpr uint32_t kTensorDataField = 3;
+// AttendResponse's tensor fields.
+constexpr uint32_t kResponseOField = 2;
+constexpr uint32_t kResponseLseField = 3;
+
+constexpr std::array<absl::string_view, 3> kTensorScopes = {"q (field 2)", "k (field 3)", "v (field 4)"};
+
+size_t VarintSize(uint64_t value) {
+  size_t n = 1;
+  for (; value >= 0x80; value >>= 7) ++n;
+  return n;
+}
+
+void AppendVarint(std::string* out, uint64_t value) {
+  for (; value >= 0x80; value >>= 7) out->push_back(static_cast<char>((value & 0x7F) | 0x80));
+  out->push_back(static_cast<char>(value));
+}
+
+constexpr uint32_t MakeTag(uint32_t number, WireType type) { return (number << 3) | type; }
+
+// Sequential reads over gRPC's slices at an absolute offset. Callers bound every read by the bytes
+// left (lengths on the wire are untrusted), so no read runs past the last slice.
+class SliceReader {
+ public:
+  SliceReader(const std::vector<grpc::Slice>& slices, size_t total) : slices_(slices), total_(total) {
+    SkipEmptySlices();
+  }
+
+  size_t offset() const { return offset_; }
+  size_t remaining() const { return total_ - offset_; }
+
+  uint8_t NextByte() {
+    const uint8_t byte = slices_[index_].begin()[pos_];
+    Consume(1, [](const uint8_t*, size_t) {});
+    return byte;
+  }
+  void Skip(size_t n) {
+    Consume(n, [](const uint8_t*, size_t) {});
+  }
+  void CopyTo(std::byte* dst, size_t n) {
+    Consume(n, [&dst](const uint8_t* src, size_t len) {
+      std::memcpy(dst, src, len);
+      dst += len;
+    });
+  }
+  void AppendTo(std::string* out, size_t n) {
+    Consume(n, [out](const uint8_t* src, size_t len) { out->append(reinterpret_cast<const char*>(src), len); });
+  }
+
+ private:
+  // Hands `n` bytes (n <= remaining()) to `sink` one slice piece at a time.
+  template <typename Sink>
+  void Consume(size_t n, Sink&& sink) {
+    while (n > 0) {
+      const grpc::Slice& slice = slices_[index_];
+      const size_t take = std::min(n, slice.size() - pos_);
+      sink(slice.begin() + pos_, take);
+      pos_ += take;
+      offset_ += take;
+      n -= take;
+      if (pos_ == slice.size()) {
+        ++index_;
+        pos_ = 0;
+        SkipEmptySlices();
+      }
+    }
+  }
+  // Keeps the invariant: while bytes remain, slices_[index_] has one at pos_.
+  void SkipEmptySlices() {
+    while (index_ < slices_.size() && slices_[index_].size() == 0) ++index_;
+  }
+
+  const std::vector<grpc::Slice>& slices_;
+  size_t total_;
+  size_t index_ = 0;
+  size_t pos_ = 0;
+  size_t offset_ = 0;
+};
+
+// Where one tensor's data lies in the message (absolute offset, length).
+struct Extent {
+  size_t offset = 0;
+  size_t size = 0;
+};
+
+// One top-level field: where it was sent and where its (stripped) bytes are in the header buffer.
+struct TopField {
+  size_t offset;
+  uint32_t number;
+  size_t begin;
+  size_t end;
+};
+
+// Walks the AttendRequest wire format over the slices: q/k/v.data are located but not copied, every
+// other byte goes, as sent, into `stripped` (each tensor re-framed without its data). Framing errors
+// are reported with their offset; field contents (UTF-8, nested messages, packed values) are left
+// to protobuf's parse of `stripped`, which sees them unchanged.
+class RequestScanner {
+ public:
+  RequestScanner(const std::vector<grpc::Slice>& slices, size_t total) : reader_(slices, total), total_(total) {}
+
+  // false: malformed framing (error()).
+  bool Scan() {
+    const Scope top{total_, "AttendRequest"};
+    while (reader_.offset() < total_) {
+      const size_t field_offset = reader_.offset();
+      const size_t begin = stripped_.size();
+      Tag tag;
+      if (!ReadTag(top, &tag)) return false;
+      if (tag.type() == kLengthDelimited && tag.number() >= kFirstTensorField && tag.number() <= kLastTensorField) {
+        if (!ScanTensor(tag, top)) return false;
+      } else {
+        stripped_.append(tag.raw);
+        if (!CopyValue(tag, top, 0, &stripped_)) return false;
+      }
+      fields_.push_back({field_offset, tag.number(), begin, stripped_.size()});
+    }
+    return true;
+  }
+
+  // A tensor field sent twice, or a data field twice in one tensor: protobuf's merge decides.
+  bool needs_full_parse() const { return needs_full_parse_; }
+  const std::string& stripped() const { return stripped_; }
+  const std::array<Extent, 3>& payloads() const { return payloads_; }
+  const std::vector<TopField>& fields() const { return fields_; }
+  const std::string& error() const { return error_; }
+
+ private:
+  struct Scope {
+    size_t end;  // absolute
+    absl::string_view name;
+  };
+  struct Tag {
+    uint32_t value = 0;
+    size_t offset = 0;
+    std::string raw;  // as sent (a non-minimal varint stays so)
+    uint32_t number() const { return value >> 3; }
+    uint32_t type() const { return value & 7; }
+  };
+
+  bool Fail(size_t offset, absl::string_view what) {
+    error_ = absl::StrCat(kMalformed, " at byte ", offset, ": ", what);
+    return false;
+  }
+
+  // One varint of at most `max_bytes` inside `scope`, low 64 bits kept (protobuf's arithmetic);
+  // its bytes are appended to `raw` when given. `what` and `number` only name it in errors.
+  bool ReadVarint(const Scope& scope, size_t max_bytes, absl::string_view what, uint32_t number, uint64_t* value,
+                  std::string* raw) {
+    const size_t start = reader_.offset();
+    uint64_t result = 0;
+    for (size_t i = 0;; ++i) {
+      if (i == max_bytes || reader_.offset() >= scope.end) {
+        const std::string field = number == 0 ? std::string() : absl::StrCat(" of field ", number);
+        return Fail(start, i == max_bytes
+                               ? absl::StrCat(what, field, " longer than ", max_bytes, " bytes in ", scope.name)
+                               : absl::StrCat(what, field, " cut off by the end of ", scope.name));
+      }
+      const uint8_t byte = reader_.NextByte();
+      if (raw != nullptr) raw->push_back(static_cast<char>(byte));
+      result |= uint64_t{byte & 0x7Fu} << (7 * i);
+      if (byte < 0x80) break;
+    }
+    *value = result;
+    return true;
+  }
+
+  bool ReadTag(const Scope& scope, Tag* tag) {
+    tag->offset = reader_.offset();
+    uint64_t value = 0;
+    if (!ReadVarint(scope, kMaxTagBytes, "tag", 0, &value, &tag->raw)) return false;
+    tag->value = static_cast<uint32_t>(value);  // protobuf drops a 5-byte tag's bits above 32
+    if (tag->number() == 0) {
+      return Fail(tag->offset, absl::StrCat("field number 0 (tag ", tag->value, ") in ", scope.name));
+    }
+    if (tag->type() > kFixed32) {
+      return Fail(tag->offset,
+                  absl::StrCat("invalid wire type ", tag->type(), " (field ", tag->number(), ") in ", scope.name));
+    }
+    return true;
+  }
+
+  // A length prefix, checked against protobuf's limit and the bytes left in `scope`.
+  bool ReadLength(const Scope& scope, uint32_t number, uint64_t* length, std::string* raw) {
+    const size_t start = reader_.offset();
+    if (!ReadVarint(scope, kMaxLengthBytes, "length", number, length, raw)) return false;
+    if (*length > kMaxLength) {
+      return Fail(start, absl::StrCat("length ", *length, " of field ", number, " in ", scope.name,
+                                      " is over protobuf's 2 GiB limit"));
+    }
+    const size_t left = scope.end - reader_.offset();
+    if (*length > left) {
+      return Fail(start, absl::StrCat("length ", *length, " of field ", number, " runs past the end of ", scope.name,
+                                      " (", left, " bytes left)"));
+    }
+    return true;
+  }
+
+  // Copies the value after `tag` (already read) to `out` as sent. `depth`: messages and groups
+  // around it, for protobuf's recursion limit.
+  bool CopyValue(const Tag& tag, const Scope& scope, int depth, std::string* out) {
+    switch (tag.type()) {
+      case kVarint: {
+        uint64_t value = 0;
+        return ReadVarint(scope, kMaxVarintBytes, "varint", tag.number(), &value, out);
+      }
+      case kFixed64:
+      case kFixed32: {
+        const size_t size = tag.type() == kFixed64 ? 8 : 4;
+        if (scope.end - reader_.offset() < size) {
+          return Fail(reader_.offset(), absl::StrCat(size, "-byte value of field ", tag.number(),
+                                                     " cut off by the end of ", scope.name));
+        }
+        reader_.AppendTo(out, size);
+        return true;
+      }
+      case kLengthDelimited: {
+        uint64_t length = 0;
+        if (!ReadLength(scope, tag.number(), &length, out)) return false;
+        reader_.AppendTo(out, static_cast<size_t>(length));
+        return true;
+      }
+      case kStartGroup:
+        return CopyGroup(tag, scope, depth + 1, out);
+      default:  // kEndGroup: ReadTag let through only wire types 0-5
+        return Fail(tag.offset, absl::StrCat("end-group tag (field ", tag.number(), ") without a start-group in ",
+                                             scope.name));
+    }
+  }
+
+  // An unknown group: fields up to the end-group tag of the same number, copied as sent.
+  bool CopyGroup(const Tag& start, const Scope& outer, int depth, std::string* out) {
+    if (depth > kRecursionLimit) {
+      return Fail(start.offset, absl::StrCat("groups nested deeper than protobuf's recursion limit (",
+                                             kRecursionLimit, ") in ", outer.name));
+    }
+    const std::string name = absl::StrCat("group (field ", start.number(), ") in ", outer.name);
+    const Scope group{outer.end, name};
+    for (;;) {
+      if (reader_.offset() >= group.end) {
+        return Fail(start.offset, absl::StrCat(name, " has no end-group tag"));
+      }
+      Tag tag;
+      if (!ReadTag(group, &tag)) return false;
+      out->append(tag.raw);
+      if (tag.type() == kEndGroup) {
+        if (tag.number() != start.number()) {
+          return Fail(tag.offset, absl::StrCat("end-group tag of field ", tag.number(), " closes ", name));
+        }
+        return true;
+      }
+      if (!CopyValue(tag, group, depth, out)) return false;
+    }
+  }
+
+  // q, k or v: its fields other than data, re-framed with the new length; data only located.
+  bool ScanTensor(const Tag& tag, const Scope& top) {
+    const size_t index = tag.number() - kFirstTensorField;
+    if (seen_[index]) needs_full_parse_ = true;
+    seen_[index] = true;
+    uint64_t length = 0;
+    if (!ReadLength(top, tag.number(), &length, nullptr)) return false;
+    const Scope scope{reader_.offset() + static_cast<size_t>(length), kTensorScopes[index]};
+    tensor_.clear();
+    bool has_data = false;
+    while (reader_.offset() < scope.end) {
+      Tag inner;
+      if (!ReadTag(scope, &inner)) return false;
+      if (inner.number() == kTensorDataField && inner.type() == kLengthDelimited) {
+        uint64_t size = 0;
+        if (!ReadLength(scope, kTensorDataField, &size, nullptr)) return false;
+        if (has_data) needs_full_parse_ = true;
+        has_data = true;
+        payloads_[index] = {reader_.offset(), static_cast<size_t>(size)};
+        reader_.Skip(static_cast<size_t>(size));
+      } else {
+        tensor_.append(inner.raw);
+        if (!CopyValue(inner, scope, 1, &tensor_)) return false;
+      }
+    }
+    stripped_.append(tag.raw);
+    AppendVarint(&stripped_, tensor_.size());
+    stripped_.append(tensor_);
+    return true;
+  }
+
+  SliceReader reader_;
+  size_t total_;
+  std::string stripped_;
+  std::string tensor_;  // the tensor being re-framed
+  std::array<Extent, 3> payloads_{};
+  std::array<bool, 3> seen_{};
+  bool needs_full_parse_ = false;
+  std::vector<TopField> fields_;
+  std::string error_;
+};
+
+// The scanner found no framing error but protobuf refused the message: name the first top-level
+// field protobuf refuses on its own (a string that is not UTF-8, a bad nested message).
+std::string DiagnoseContents(const RequestScanner& scanner) {
+  const std::string& stripped = scanner.stripped();
+  for (const TopField& field : scanner.fields()) {
+    AttendRequest probe;
+    if (!probe.ParseFromArray(stripped.data() + field.begin, static_cast<int>(field.end - field.begin))) {
+      return absl::StrCat(kMalformed, " at byte ", field.offset, ": field ", field.number,
+                          " does not parse (a string that is not UTF-8, or a malformed nested message or packed "
+                          "field)");
+    }
+  }
+  return absl::StrCat(kMalformed, ": protobuf rejects the message");
+}
+
+size_t AlignUp(size_t value) { return (value + kPayloadAlignment - 1) / kPayloadAlignment * kPayloadAlignment; }
+
+// Offsets of k, v, o, lse in the block and its total size; sizes are bounded by the message (at
+// most 2 GiB), the checks keep that true for any size_t.
+struct BlockLayout {
+  size_t k = 0, v = 0, o = 0, lse = 0, lse_size = 0, total = 0;
+};
+
+absl::StatusOr<BlockLayout> LayOut(size_t q, size_t k, size_t v, bool return_lse) {
+  constexpr size_t kMax = SIZE_MAX / 8;
+  if (q > kMax || k > kMax || v > kMax) {
+    return absl::ResourceExhaustedError("AttendRequest: tensors too large for one host block");
+  }
+  BlockLayout layout;
+  layout.k = AlignUp(q);
+  layout.v = AlignUp(layout.k + k);
+  layout.o = AlignUp(layout.v + v);
+  layout.lse = AlignUp(layout.o + q);
+  layout.lse_size = return_lse ? q / 32 : 0;
+  layout.total = std::max<size_t>(layout.lse + layout.lse_size, 1);
+  return layout;
+}
+
+// One block for the request: q/k/v copied in by `fill(index, destination)`, o and lse reserved.
+template <typename Fill>
+absl::StatusOr<RequestPayloads> FillBlock(const std::array<size_t, 3>& sizes, bool return_lse, HostBufferPool& pool,
+                                          Fill&& fill) {
+  absl::StatusOr<BlockLayout> layout = LayOut(sizes[0], sizes[1], sizes[2], return_lse);
+  if (!layout.ok()) return layout.status();
+  absl::StatusOr<HostBlockRef> block = pool.Acquire(layout->total);
+  if (!block.ok()) return block.status();
+  if (*block == nullptr || (*block)->size() < layout->total) {
+    return absl::InternalError("AttendRequest: host buffer pool returned a block smaller than requested");
+  }
+  std::byte* base = (*block)->data();
+  const std::array<size_t, 3> offsets = {0, layout->k, layout->v};
+  for (size_t i = 0; i < 3; ++i) fill(i, base + offsets[i]);
+  RequestPayloads payloads;
+  payloads.storage = std::move(*block);
+  payloads.q = {base, sizes[0]};
+  payloads.k = {base + layout->k, sizes[1]};
+  payloads.v = {base + layout->v, sizes[2]};
+  payloads.o = {base + layout->o, sizes[0]};
+  payloads.lse = {base + layout->lse, layout->lse_size};
+  return payloads;
+}
+
+// protobuf's full parse of the message, for what the scanner leaves to protobuf. Parsing the flat
+// bytes (not a stream) keeps ParseFromString's rules, e.g. a 0 tag is an error.
+bool ParseFull(const std::vector<grpc::Slice>& slices, size_t total, AttendRequest* message) {
+  if (slices.size() == 1) return message->ParseFromArray(slices[0].begin(), static_cast<int>(total));
+  std::string flat;
+  flat.reserve(total);
+  for (const grpc::Slice& slice : slices) flat.append(reinterpret_cast<const char*>(slice.begin()), slice.size());
+  return message->ParseFromString(flat);
+}
+
+absl::StatusOr<WireAttendRequest> FromFullParse(AttendRequest message, HostBufferPool& pool, size_t wire_bytes) {
+  const std::array<const Tensor*, 3> tensors = {&message.q(), &message.k(), &message.v()};
+  const std::array<size_t, 3> sizes = {tensors[0]->data().size(), tensors[1]->data().size(),
+                                       tensors[2]->data().size()};
+  absl::StatusOr<RequestPayloads> payloads =
+      FillBlock(sizes, message.return_lse(), pool, [&](size_t i, std::byte* dst) {
+        if (sizes[i] > 0) std::memcpy(dst, tensors[i]->data().data(), sizes[i]);
+      });
+  if (!payloads.ok()) return payloads.status();
+  // has_x() guards keep an absent tensor absent.
+  if (message.has_q()) message.mutable_q()->clear_data();
+  if (message.has_k()) message.mutable_k()->clear_data();
+  if (message.has_v()) message.mutable_v()->clear_data();
+  WireAttendRequest out;
+  out.header = std::move(message);
+  out.payloads = std::move(*payloads);
+  out.wire_bytes = wire_bytes;
+  return out;
+}
+
+// --- response ---
+
+// Bytes of `tensor` serialized without its data field.
+size_t TensorMetaSize(const Tensor& tensor) {
+  size_t size = tensor.ByteSizeLong();
+  if (const size_t n = tensor.data().size(); n > 0) size -= 1 + VarintSize(n) + n;
+  return size;
+}
+
+size_t DataFieldSize(size_t n) { return n == 0 ? 0 : 1 + VarintSize(n) + n; }
+
+size_t TensorFieldSize(const Tensor& tensor, size_t data_bytes) {
+  const size_t inner = TensorMetaSize(tensor) + DataFieldSize(data_bytes);
+  return 1 + VarintSize(inner) + inner;
+}
+
+// The tensor's field is sent when the header has it or there is data for it (never dropped).
+bool SendsTensor(bool present, size_t data_bytes) { return present || data_bytes > 0; }
+
+void ReleaseBlockRef(void* user_data) { delete static_cast<HostBlockRef*>(user_data); }
+
+// A slice over `data` that holds its own reference to the block until gRPC drops the slice.
+grpc::Slice BorrowSlice(std::span<const std::byte> data, const HostBlockRef& keep_alive) {
+  // gRPC's slice constructor takes void*; sent slices are only read.
+  return grpc::Slice(const_cast<std::byte*>(data.data()), data.size(), &ReleaseBlockRef, new HostBlockRef(keep_alive));
+}
+
+// Appends `tensor` (minus data) as field `number` to `pending`; the data goes out as its own slice.
+void AppendTensorField(uint32_t number, const Tensor& tensor, std::span<const std::byte> data,
+                       const HostBlockRef& keep_alive, std::string* pending, std::vector<grpc::Slice>* slices) {
+  AppendVarint(pending, MakeTag(number, kLengthDelimited));
+  AppendVarint(pending, TensorMetaSize(tensor) + DataFieldSize(data.size()));
+  if (tensor.data().empty()) {
+    tensor.AppendToString(pending);
+  } else {  // not expected (the header carries no data), but then `data` must still win
+    Tensor meta = tensor;
+    meta.clear_data();
+    meta.AppendToString(pending);
+  }
+  if (data.empty()) return;  // proto3: empty bytes are not sent
+  AppendVarint(pending, MakeTag(kTensorDataField, kLengthDelimited));
+  AppendVarint(pending, data.size());
+  slices->emplace_back(*pending);
+  pending->clear();
+  slices->push_back(BorrowSlice(data, keep_alive));
+}
+
+}  // namespace
+
+absl::StatusOr<WireAttendRequest> ParseAttendRequest(const grpc::ByteBuffer& buffer, HostBufferPool& pool) {
+  std::vector<grpc::Slice> slices;
+  if (buffer.Valid()) {  // a default-constructed buffer is an empty message
+    if (const grpc::Status status = buffer.Dump(&slices); !status.ok()) {
+      return absl::InternalError(absl::StrCat("AttendRequest: cannot read the message: ", status.error_message()));
+    }
+  }
+  size_t total = 0;
+  for (const grpc::Slice& slice : slices) total += slice.size();
+  if (total > kMaxLength) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(kMalformed, ": ", total, " bytes is over protobuf's 2 GiB message limit"));
+  }
+
+  RequestScanner scanner(slices, total);
+  const bool framed = scanner.Scan();
+  if (framed && !scanner.needs_full_parse()) {
+    WireAttendRequest out;
+    if (out.header.ParseFromString(scanner.stripped())) {
+      const std::array<Extent, 3>& extents = scanner.payloads();
+      // Copy in wire order with one pass over the slices.
+      std::array<size_t, 3> order = {0, 1, 2};
+      std::sort(order.begin(), order.end(),
+                [&](size_t a, size_t b) { return extents[a].offset < extents[b].offset; });
+      std::array<std::byte*, 3> destinations{};
+      absl::StatusOr<RequestPayloads> payloads =
+          FillBlock({extents[0].size, extents[1].size, extents[2].size}, out.header.return_lse(), pool,
+                    [&](size_t i, std::byte* dst) { destinations[i] = dst; });
+      if (!payloads.ok()) return payloads.status();
+      SliceReader reader(slices, total);
+      for (const size_t i : order) {
+        if (extents[i].size == 0) continue;
+        reader.Skip(extents[i].offset - reader.offset());
+        reader.CopyTo(destinations[i], extents[i].size);
+      }
+      out.payloads = std::move(*payloads);
+      out.wire_bytes = buffer.Length();
+      return out;
+    }
+  }
+
+  // A tensor or its data sent twice (protobuf's merge rules apply), or input the scanner or the
+  // header parse refused: protobuf's parse of the whole message decides, so the outcome is always
+  // exactly protobuf's. The scanner's error is kept for the message (it says where).
+  AttendRequest full;
+  if (!ParseFull(slices, total, &full)) {
+    return absl::InvalidArgumentError(framed ? DiagnoseContents(scanner) : scanner.error());
+  }
+  attend_wire_internal::full_parse_results.fetch_add(1, std::memory_order_relaxed);
+  if (!framed) attend_wire_internal::scanner_overruled.fetch_add(1, std::memory_order_relaxed);
+  return FromFullParse(std::move(full), pool, buffer.Length());
+}
+
+size_t AttendResponseWireSize(const AttendResponse& header, size_t o_bytes, size_t lse_bytes) {
+  size_t size = header.ByteSizeLong();
+  // Take out the header's own o/lse fields, then add them back as EncodeAttendResponse sends them.
+  if (header.has_o()) {
+    const size_t inner = header.o().ByteSizeLong();
+    size -= 1 + VarintSize(inner) + inner;
+  }
+  if (header.has_lse()) {
+    const size_t inner = header.lse().ByteSizeLong();
+    size -= 1 + VarintSize(inner) + inner;
+  }
+  if (SendsTensor(header.has_o(), o_bytes)) size += TensorFieldSize(header.o(), o_bytes);
+  if (SendsTensor(header.has_lse(), lse_bytes)) size += TensorFieldSize(header.lse(), lse_bytes);
+  return size;
+}
+
+grpc::ByteBuffer EncodeAttendResponse(const AttendResponse& header, std::span<const std::byte> o_data,
+                                      std::span<const std::byte> lse_data, HostBlockRef keep_alive) {
+  // The small fields as protobuf serializes them; o and lse follow (field order does not matter
+  // to a parser), each with its data as a slice into the block.
+  AttendResponse rest = header;
+  rest.clear_o();
+  rest.clear_lse();
+  std::string pending;
+  rest.SerializeToString(&pending);
+  std::vector<grpc::Slice> slices;
+  if (SendsTensor(header.has_o(), o_data.size())) {
+    AppendTensorField(kResponseOField, header.o(), o_data, keep_alive, &pending, &slices);
+  }
+  if (SendsTensor(header.has_lse(), lse_data.size())) {
+    AppendTensorField(kResponseLseField, header.lse(), lse_data, keep_alive, &pending, &slices);
+  }
+  if (!pending.empty()) slices.emplace_back(pending);
+  return grpc::ByteBuffer(slices.data(), slices.size());
+}
+
+}  // namespace sage::server

@@ -1,0 +1,186 @@
+// The zero-copy request path of the CUDA backend: inputs in the backend's pinned pool are copied to
+// the device straight from their own memory, and O/LSE land straight in the caller's buffers
+// (OutputForm::kNativeInto). Every combination (pinned or pageable inputs, pinned or pageable
+// destinations, alone or merged with others) gives the same bits as the staged path.
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "server/backend/cuda/cuda_backend.h"
+#include "server/backend/host_buffer_pool.h"
+#include "server/scheduler/batch_assembler.h"
+#include "tests/cuda/gpu_test_util.h"
+
+namespace sage::gputest {
+namespace {
+
+using server::AttentionBackend;
+using server::HostBlockRef;
+
+std::unique_ptr<AttentionBackend> Make() {
+  server::CudaBackendOptions o;
+  o.streams_per_device = 2;
+  o.pool.max_batch_elements = int64_t{8192} * 8 * 128;
+  o.pool.max_batch_sequences = 64;
+  o.request_pinned_bytes = int64_t{64} << 20;
+  auto b = server::CreateCudaBackend(o);
+  EXPECT_TRUE(b.ok()) << b.status();
+  return b.ok() ? *std::move(b) : nullptr;
+}
+
+HostProblem Problem(uint64_t seed, std::vector<int> lens) {
+  ProblemSpec spec;
+  spec.q_lens = std::move(lens);
+  spec.hq = 8;
+  spec.hkv = 4;
+  spec.d = 128;
+  spec.mask = MaskMode::kCausal;
+  spec.lse = LseMode::kNatural;
+  spec.seed = seed;
+  return MakeProblem(spec);
+}
+
+// One problem's bytes in a host block (pinned from the backend's pool, or the heap), with room for
+// O and LSE after them, the way the wire path lays out a request.
+struct PlacedProblem {
+  HostBlockRef block;
+  std::vector<std::byte> heap;  // the storage when not pooled
+  AttnInput in;
+
+  std::string o() const { return std::string(reinterpret_cast<const char*>(in.o_into.data()), in.o_into.size()); }
+  std::vector<float> lse() const { return std::vector<float>(in.lse_into.begin(), in.lse_into.end()); }
+};
+
+PlacedProblem Place(const HostProblem& p, server::HostBufferPool* pool) {
+  PlacedProblem placed;
+  placed.in = p.Input();
+  const size_t qb = placed.in.q.bytes(), kb = placed.in.k.bytes(), vb = placed.in.v.bytes();
+  const size_t lse_b = static_cast<size_t>(placed.in.q.tokens) * placed.in.q.heads * sizeof(float);
+  const auto up = [](size_t x) { return (x + 255) / 256 * 256; };
+  const size_t at_k = up(qb), at_v = up(at_k + kb), at_o = up(at_v + vb), at_lse = up(at_o + qb);
+  const size_t total = at_lse + lse_b;
+  std::byte* base = nullptr;
+  if (pool != nullptr) {
+    auto block = pool->Acquire(total);
+    EXPECT_TRUE(block.ok()) << block.status();
+    placed.block = *block;
+    base = placed.block->data();
+    placed.in.memory = placed.block->memory();
+  } else {
+    placed.heap.resize(total);
+    base = placed.heap.data();
+    placed.in.memory = HostMemory::kPageable;
+  }
+  std::memcpy(base, p.q.data(), qb);
+  std::memcpy(base + at_k, p.k.data(), kb);
+  std::memcpy(base + at_v, p.v.data(), vb);
+  std::memset(base + at_o, 0xff, at_lse - at_o + lse_b);  // poison: every byte must be written
+  placed.in.q.data = base;
+  placed.in.k.data = base + at_k;
+  placed.in.v.data = base + at_v;
+  placed.in.output_form = OutputForm::kNativeInto;
+  placed.in.o_into = std::span<std::byte>(base + at_o, qb);
+  placed.in.lse_into = std::span<float>(reinterpret_cast<float*>(base + at_lse), lse_b / sizeof(float));
+  return placed;
+}
+
+TEST(CudaPayload, PoolBlocksArePinned) {
+  SAGE_SKIP_WITHOUT_GPU();
+  auto backend = Make();
+  ASSERT_NE(backend, nullptr);
+  server::HostBufferPool* pool = backend->host_buffers();
+  ASSERT_NE(pool, nullptr);
+  auto block = pool->Acquire(1 << 20);
+  ASSERT_TRUE(block.ok()) << block.status();
+  EXPECT_EQ((*block)->memory(), HostMemory::kPinned);
+  cudaPointerAttributes attr{};
+  ASSERT_EQ(cudaPointerGetAttributes(&attr, (*block)->data()), cudaSuccess);
+  EXPECT_EQ(attr.type, cudaMemoryTypeHost);  // page-locked and known to the driver
+  EXPECT_EQ(pool->Stats().capacity_bytes, int64_t{64} << 20);
+  // Larger than the region: served from the heap, pageable, counted.
+  auto big = pool->Acquire(size_t{65} << 20);
+  ASSERT_TRUE(big.ok()) << big.status();
+  EXPECT_EQ((*big)->memory(), HostMemory::kPageable);
+  EXPECT_EQ(pool->Stats().overflowed, 1);
+}
+
+// Alone: each placement of inputs and outputs gives the staged path's bits.
+TEST(CudaPayload, DirectCopiesEqualStagedCopies) {
+  SAGE_SKIP_WITHOUT_GPU();
+  auto backend = Make();
+  ASSERT_NE(backend, nullptr);
+  const RecipeConfig cfg = ConfigFor(backend->info().default_recipe);
+  for (uint64_t seed : {11u, 12u}) {
+    const HostProblem p = Problem(seed, {200, 37, 512});
+    AttnInput staged = p.Input();
+    staged.output_form = OutputForm::kNativeAllowed;
+    auto want = backend->Attend(staged, cfg);
+    ASSERT_TRUE(want.ok()) << want.status();
+    ASSERT_TRUE(want->has_native_o());
+    for (bool pinned : {true, false}) {
+      PlacedProblem placed = Place(p, pinned ? backend->host_buffers() : nullptr);
+      ASSERT_EQ(placed.in.memory, pinned ? HostMemory::kPinned : HostMemory::kPageable);
+      auto got = backend->Attend(placed.in, cfg);
+      ASSERT_TRUE(got.ok()) << got.status();
+      EXPECT_EQ(got->placement, OutputPlacement::kCallerBuffers);
+      EXPECT_TRUE(got->o_native.empty());
+      EXPECT_EQ(placed.o(), want->o_native) << "pinned " << pinned;
+      EXPECT_EQ(placed.lse(), want->lse) << "pinned " << pinned;
+      ASSERT_TRUE(got->device_timings.has_value());
+    }
+  }
+}
+
+// Merged: members with pinned and pageable memory in one launch, each member's rows written into
+// its own buffers, equal to that member run alone.
+TEST(CudaPayload, MergedMembersWriteTheirOwnBuffers) {
+  SAGE_SKIP_WITHOUT_GPU();
+  auto backend = Make();
+  ASSERT_NE(backend, nullptr);
+  const RecipeConfig cfg = ConfigFor(backend->info().default_recipe);
+  std::vector<HostProblem> problems;
+  for (int i = 0; i < 5; ++i) problems.push_back(Problem(300 + i, {128 + 61 * i, 7 + 3 * i}));
+  std::vector<PlacedProblem> placed;
+  for (size_t i = 0; i < problems.size(); ++i) {
+    placed.push_back(Place(problems[i], i % 2 == 0 ? backend->host_buffers() : nullptr));
+  }
+  std::vector<const AttnInput*> members;
+  for (const PlacedProblem& pp : placed) members.push_back(&pp.in);
+  auto meta = server::AssembleBatch(members, server::AssembleMode::kMetadataOnly);
+  ASSERT_TRUE(meta.ok()) << meta.status();
+  EXPECT_EQ(meta->input().output_form, OutputForm::kNativeInto);
+  auto merged = backend->AttendGathered(meta->input(), members, cfg);
+  ASSERT_TRUE(merged.ok()) << merged.status();
+  EXPECT_EQ(merged->placement, OutputPlacement::kCallerBuffers);
+  for (size_t i = 0; i < problems.size(); ++i) {
+    AttnInput alone = problems[i].Input();
+    alone.output_form = OutputForm::kNativeAllowed;
+    auto want = backend->Attend(alone, cfg);
+    ASSERT_TRUE(want.ok()) << want.status();
+    EXPECT_EQ(placed[i].o(), want->o_native) << "member " << i;
+    EXPECT_EQ(placed[i].lse(), want->lse) << "member " << i;
+    const AttnOutput slice = server::SliceOutput(*merged, *meta, i);
+    EXPECT_EQ(slice.placement, OutputPlacement::kCallerBuffers);
+  }
+}
+
+// A destination too small for the rows is refused before anything is launched.
+TEST(CudaPayload, ShortDestinationIsRefused) {
+  SAGE_SKIP_WITHOUT_GPU();
+  auto backend = Make();
+  ASSERT_NE(backend, nullptr);
+  const HostProblem p = Problem(77, {64});
+  PlacedProblem placed = Place(p, backend->host_buffers());
+  placed.in.o_into = placed.in.o_into.first(placed.in.o_into.size() - 2);
+  auto got = backend->Attend(placed.in, ConfigFor(backend->info().default_recipe));
+  EXPECT_EQ(got.status().code(), absl::StatusCode::kInvalidArgument) << got.status();
+  // The backend keeps serving.
+  PlacedProblem ok = Place(p, backend->host_buffers());
+  EXPECT_TRUE(backend->Attend(ok.in, ConfigFor(backend->info().default_recipe)).ok());
+}
+
+}  // namespace
+}  // namespace sage::gputest
