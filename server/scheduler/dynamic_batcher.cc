@@ -67,6 +67,7 @@ absl::Status DynamicBatcher::Submit(WorkItem item) {
   p.key = MakeBatchKey(item.input, item.config);
   p.size = MeasureProblem(item.input);
   p.item = std::move(item);
+  bool direct = false;
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (!accepting_) return absl::UnavailableError("server is shutting down");
@@ -76,10 +77,28 @@ absl::Status DynamicBatcher::Submit(WorkItem item) {
     }
     Track(p.item);
     p.enqueued = Clock::now();
-    queue_.push_back(std::move(p));
-    UpdateDepthLocked();
+    // Nothing queued, a worker idle and no wait for company: the dispatcher would launch this
+    // request alone right away, so hand it to the worker directly (one thread wake-up instead of
+    // two, ~15-30 us on a busy host). Deadlines and cancellation are the dispatcher's to judge.
+    direct = options_.max_queue_delay_us == 0 && queue_.empty() && ready_.empty() &&
+                        idle_workers_ > 0 && !stopping_ &&
+                        !(p.item.deadline.has_value() && p.enqueued >= *p.item.deadline) &&
+                        !(p.item.is_cancelled && p.item.is_cancelled());
+    if (direct) {
+      PendingList batch;
+      batch.push_back(std::move(p));
+      ready_.push_back(std::move(batch));
+      --idle_workers_;
+    } else {
+      queue_.push_back(std::move(p));
+      UpdateDepthLocked();
+    }
   }
-  dispatcher_cv_.notify_one();
+  if (direct) {
+    worker_cv_.notify_one();
+  } else {
+    dispatcher_cv_.notify_one();
+  }
   return absl::OkStatus();
 }
 

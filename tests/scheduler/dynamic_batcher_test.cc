@@ -275,6 +275,18 @@ TEST_F(BatcherTest, AlreadyExpiredDeadlineIsNeverLaunched) {
   EXPECT_FALSE(backend_.EverLaunched(2));
 }
 
+// An idle worker takes a lone request straight from Submit; one already cancelled still never runs.
+TEST_F(BatcherTest, CancelledBeforeSubmitIsNeverLaunchedEvenWithAnIdleWorker) {
+  Start(OneWorker());
+  ASSERT_TRUE(Submit(2, {}, std::nullopt, [] { return true; }).ok());
+  ASSERT_TRUE(Submit(3).ok());
+  ASSERT_TRUE(collector_.WaitForAll({2, 3}));
+  EXPECT_EQ(collector_.Get(2).out.status().code(), absl::StatusCode::kCancelled);
+  EXPECT_TRUE(collector_.Get(3).out.ok());
+  EXPECT_FALSE(backend_.EverLaunched(2));
+  EXPECT_EQ(backend_.launches(), (Launches{{3}}));
+}
+
 TEST_F(BatcherTest, CancelledWhileQueuedIsDropped) {
   Start(OneWorker());
   Block();

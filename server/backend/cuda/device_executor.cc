@@ -117,13 +117,17 @@ void AddCopy(std::vector<Copy>& copies, void* dst, const void* src, size_t bytes
   copies.push_back(Copy{dst, src, bytes});
 }
 
-// Enqueues the copies on `stream`: one cudaMemcpyAsync for a single copy, one batched call for many
-// (a merged launch of N pinned requests has 3N + 1 pieces; N separate calls would cost more CPU
-// than the copies themselves).
+// Enqueues the copies on `stream`: a cudaMemcpyAsync each for a few, one batched call for many (a
+// merged launch of N pinned requests has 3N + 1 pieces; that many separate calls would cost more
+// CPU than the copies themselves).
+constexpr size_t kBatchedCopyMin = 5;
 cudaError_t IssueCopies(std::span<const Copy> copies, cudaStream_t stream) {
-  if (copies.empty()) return cudaSuccess;
-  if (copies.size() == 1) {
-    return cudaMemcpyAsync(copies[0].dst, copies[0].src, copies[0].bytes, cudaMemcpyDefault, stream);
+  if (copies.size() < kBatchedCopyMin) {
+    for (const Copy& c : copies) {
+      const cudaError_t e = cudaMemcpyAsync(c.dst, c.src, c.bytes, cudaMemcpyDefault, stream);
+      if (e != cudaSuccess) return e;
+    }
+    return cudaSuccess;
   }
   std::vector<void*> dsts(copies.size());
   std::vector<const void*> srcs(copies.size());
