@@ -51,8 +51,10 @@ run_tests() {
 [ "$SKIP_TESTS" = 0 ] && [ "$TESTS_LAST" = 0 ] && run_tests
 
 echo "=== in-process (kernel and backend)"
-timeout 60 "$B/sage_cuda_runtime_bench" $SMALL --concurrency=1,4,16,64 --requests=4000 --outputs=float,native,pinned 2>&1 | tee "$LOG/inproc_small.log"
-timeout 60 "$B/sage_cuda_runtime_bench" $SMALL64 --concurrency=1,16 --requests=4000 --outputs=native 2>&1 | tee "$LOG/inproc_small64.log"
+timeout 90 "$B/sage_cuda_runtime_bench" $SMALL --concurrency=1,4,16,64 --requests=4000 --outputs=float,native,pinned,pinned_fresh \
+  --batcher_workers=1,4 2>&1 | tee "$LOG/inproc_small.log"
+timeout 60 "$B/sage_cuda_runtime_bench" $SMALL64 --concurrency=1,16,64 --requests=4000 --outputs=native,pinned \
+  --batcher_workers=1 2>&1 | tee "$LOG/inproc_small64.log"
 timeout 60 "$B/sage_cuda_runtime_bench" $L4K --concurrency=1,4 --requests=200 --outputs=native,pinned 2>&1 | tee "$LOG/inproc_4k.log"
 timeout 60 "$B/sage_cuda_runtime_bench" $L16K --concurrency=1,2 --requests=40 --outputs=native,pinned 2>&1 | tee "$LOG/inproc_16k.log"
 

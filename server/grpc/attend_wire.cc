@@ -14,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "grpcpp/support/slice.h"
+#include "server/backend/dma_copy.h"
 
 namespace sage::server {
 
@@ -94,7 +95,7 @@ class SliceReader {
   }
   void CopyTo(std::byte* dst, size_t n) {
     Consume(n, [&dst](const uint8_t* src, size_t len) {
-      std::memcpy(dst, src, len);
+      CopyForDma(dst, src, len);  // the block is DMA'd to the GPU next
       dst += len;
     });
   }
@@ -428,7 +429,7 @@ absl::StatusOr<WireAttendRequest> FromFullParse(AttendRequest message, HostBuffe
                                        tensors[2]->data().size()};
   absl::StatusOr<RequestPayloads> payloads =
       FillBlock(sizes, message.return_lse(), pool, [&](size_t i, std::byte* dst) {
-        if (sizes[i] > 0) std::memcpy(dst, tensors[i]->data().data(), sizes[i]);
+        if (sizes[i] > 0) CopyForDma(dst, tensors[i]->data().data(), sizes[i]);
       });
   if (!payloads.ok()) return payloads.status();
   // has_x() guards keep an absent tensor absent.

@@ -14,6 +14,8 @@ constexpr auto kCancelPollInterval = std::chrono::milliseconds(20);
 constexpr auto kIdleWake = std::chrono::seconds(1);
 
 bool OutputFits(const AttnOutput& out, const AttnInput& in) {
+  // Written into the members' own buffers (OutputForm::kNativeInto): nothing to slice.
+  if (out.placement == OutputPlacement::kCallerBuffers) return in.output_form == OutputForm::kNativeInto;
   const size_t rows = static_cast<size_t>(in.q.tokens);
   const size_t heads = static_cast<size_t>(in.q.heads);
   if (out.o_elements() != rows * heads * static_cast<size_t>(in.q.head_dim)) return false;

@@ -157,7 +157,18 @@ class FakeBackend final : public AttentionBackend {
       std::lock_guard<std::mutex> lock(mu_);
       ++gathered_;
     }
-    return Attend(copy->input(), config);
+    absl::StatusOr<AttnOutput> out = Attend(copy->input(), config);
+    if (!out.ok() || merged.output_form != OutputForm::kNativeInto) return out;
+    // As the CUDA backend does with kNativeInto: every member's rows go into its own o_into (here
+    // each 16-bit code is the member's tag) and nothing comes back in the output.
+    for (const AttnInput* m : members) {
+      const uint16_t tag = static_cast<uint16_t>(TagAt(m->q, 0));
+      for (size_t i = 0; i + 1 < m->o_into.size(); i += 2) std::memcpy(m->o_into.data() + i, &tag, 2);
+    }
+    AttnOutput placed;
+    placed.placement = OutputPlacement::kCallerBuffers;
+    placed.device_timings = out->device_timings;
+    return placed;
   }
   int gathered() const {
     std::lock_guard<std::mutex> lock(mu_);

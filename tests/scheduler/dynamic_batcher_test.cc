@@ -96,6 +96,38 @@ TEST_F(BatcherTest, GatheringBackendGetsMergedLaunchesWithoutACopy) {
   for (int tag : {1, 2, 3, 4}) ExpectOkWithTag(tag);
 }
 
+// Members that take O into their own buffers (the server's wire path): one merged launch writes
+// every member's rows and the batcher answers each without slicing or re-running anyone.
+TEST_F(BatcherTest, MergedLaunchIntoMembersBuffersIsNotSplit) {
+  backend_.EnableGather();
+  Start(OneWorker());
+  Block();
+  ProblemShape shape;
+  shape.dtype = DType::kF16;
+  std::map<int, std::vector<std::byte>> o;
+  for (int tag : {2, 3, 4}) {
+    TaggedProblem& p = const_cast<TaggedProblem&>(Add(tag, shape));
+    o[tag].assign(static_cast<size_t>(p.input.q.numel()) * 2, std::byte{0});
+    p.input.output_form = OutputForm::kNativeInto;
+    p.input.o_into = o[tag];
+    ASSERT_TRUE(batcher_->Submit(collector_.MakeItem(p, std::nullopt, {})).ok());
+  }
+  backend_.Open();
+  ASSERT_TRUE(collector_.WaitForAll({1, 2, 3, 4}));
+  EXPECT_EQ(backend_.launches(), (Launches{{1}, {2, 3, 4}}));
+  for (int tag : {2, 3, 4}) {
+    testing::Result r = collector_.Get(tag);
+    ASSERT_TRUE(r.out.ok()) << r.out.status();
+    EXPECT_EQ(r.out->placement, OutputPlacement::kCallerBuffers);
+    EXPECT_TRUE(r.out->o.empty());
+    for (size_t i = 0; i < o[tag].size(); i += 2) {
+      uint16_t code = 0;
+      std::memcpy(&code, o[tag].data() + i, 2);
+      ASSERT_EQ(code, tag) << "item " << tag << " byte " << i;
+    }
+  }
+}
+
 TEST_F(BatcherTest, MultiSequenceItemsKeepTheirRowsWhenMerged) {
   Start(OneWorker());
   Block();

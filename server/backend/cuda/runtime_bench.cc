@@ -8,12 +8,15 @@
 //                           [--max_batch_elements=N] [--outputs=float,native,pinned]
 // --outputs: the backend rows once per AttnInput::output_form (float: O decoded to fp32, as before;
 // native: O left in the kernel's 16-bit type; pinned: q/k/v in a block of the backend's pinned
-// payload pool and O written back into it, as the server's wire path does).
+// payload pool and O written back into it, as the server's wire path does; pinned_fresh: a new block
+// per request, filled just before it, as the server leases one per call). --batcher_workers=W,...:
+// also the dynamic batcher in front of the backend, merging vs one request per launch.
 #include <cuda_runtime.h>
 
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -29,7 +32,9 @@
 #include "kernels/reference/recipe.h"
 #include "server/backend/cuda/cuda_backend.h"
 #include "server/backend/cuda/kernel_config.h"
+#include "server/backend/dma_copy.h"
 #include "server/backend/host_buffer_pool.h"
+#include "server/scheduler/dynamic_batcher.h"
 
 namespace {
 
@@ -40,6 +45,7 @@ struct Flags {
   std::vector<int> concurrency = {1, 16};
   long long max_batch_elements = 0;
   std::vector<std::string> outputs = {"float"};
+  std::vector<int> batcher_workers;  // empty: no batcher rows
 };
 
 bool Parse(int argc, char** argv, Flags& f) {
@@ -57,6 +63,14 @@ bool Parse(int argc, char** argv, Flags& f) {
     else if (key == "--streams") f.streams = std::atoi(val.c_str());
     else if (key == "--max_batch_elements") f.max_batch_elements = std::atoll(val.c_str());
     else if (key == "--causal") f.causal = true;
+    else if (key == "--batcher_workers") {
+      for (size_t p = 0; p < val.size();) {
+        size_t c = val.find(',', p);
+        if (c == std::string::npos) c = val.size();
+        f.batcher_workers.push_back(std::atoi(val.substr(p, c - p).c_str()));
+        p = c + 1;
+      }
+    }
     else if (key == "--outputs") {
       f.outputs.clear();
       for (size_t p = 0; p < val.size();) {
@@ -96,6 +110,106 @@ double Pct(std::vector<double> v, double p) {
       return 1;                                                                     \
     }                                                                               \
   } while (0)
+
+namespace server = sage::server;
+using sage::AttnInput;
+using sage::AttnOutput;
+using sage::RecipeConfig;
+
+// One client thread's request in a pinned block of the backend's payload pool (as the server's wire
+// path receives it): q/k/v copied in once, O written back into the block.
+struct PinnedRequest {
+  server::HostBlockRef block;
+  AttnInput in;
+};
+
+absl::StatusOr<PinnedRequest> PlacePinned(server::AttentionBackend& backend, const AttnInput& like) {
+  server::HostBufferPool* pool = backend.host_buffers();
+  if (pool == nullptr) return absl::UnavailableError("backend has no payload pool");
+  const size_t qb = like.q.bytes(), kb = like.k.bytes(), vb = like.v.bytes();
+  absl::StatusOr<server::HostBlockRef> b = pool->Acquire(qb + kb + vb + qb);
+  if (!b.ok()) return b.status();
+  PinnedRequest r;
+  r.block = *b;
+  r.in = like;
+  std::byte* base = r.block->data();
+  server::CopyForDma(base, like.q.data, qb);  // as the server's wire path copies payloads
+  server::CopyForDma(base + qb, like.k.data, kb);
+  server::CopyForDma(base + qb + kb, like.v.data, vb);
+  r.in.q.data = base;
+  r.in.k.data = base + qb;
+  r.in.v.data = base + qb + kb;
+  r.in.memory = r.block->memory();
+  r.in.output_form = sage::OutputForm::kNativeInto;
+  r.in.o_into = std::span<std::byte>(base + qb + kb + vb, qb);
+  return r;
+}
+
+// The dynamic batcher in front of the backend, no gRPC: `clients` closed-loop threads submit pinned
+// requests; merging on vs off (one request per launch) with `workers` launch threads. This is where
+// batching pays when the launch, not transport, is the bottleneck.
+void RunBatcherRows(server::AttentionBackend& backend, const AttnInput& in, const RecipeConfig& cfg, const Flags& f) {
+  for (int workers : f.batcher_workers) {
+    for (server::MergePolicy merge : {server::MergePolicy::kNever, server::MergePolicy::kMergeCompatible}) {
+      for (int clients : f.concurrency) {
+        server::BatcherOptions bo;
+        bo.worker_threads = workers;
+        bo.merge = merge;
+        bo.device_label = "cuda";
+        bo.launch_timing = server::LaunchTiming::kBackendReportsStages;
+        auto batcher = server::DynamicBatcher::Create(bo, &backend);
+        if (!batcher.ok()) { std::fprintf(stderr, "batcher: %s\n", batcher.status().ToString().c_str()); return; }
+        std::atomic<long> next{0}, failed{0};
+        long launches_before = 0;
+        for (const auto& s : backend.DeviceStatsSnapshot()) launches_before += s.batches;
+        std::mutex mu;
+        std::vector<double> lat;
+        const auto t0 = std::chrono::steady_clock::now();
+        std::vector<std::thread> threads;
+        for (int c = 0; c < clients; ++c) {
+          threads.emplace_back([&] {
+            absl::StatusOr<PinnedRequest> mine = PlacePinned(backend, in);
+            if (!mine.ok()) { failed++; return; }
+            std::mutex done_mu;
+            std::condition_variable done_cv;
+            for (long i = next++; i < f.requests; i = next++) {
+              bool done = false;
+              bool ok = false;
+              server::WorkItem item;
+              item.input = mine->in;
+              item.config = cfg;
+              item.done = [&](absl::StatusOr<AttnOutput> out, const server::WorkTimings&) {
+                std::lock_guard<std::mutex> lock(done_mu);
+                ok = out.ok();
+                done = true;
+                done_cv.notify_one();
+              };
+              const auto a = std::chrono::steady_clock::now();
+              if (!(*batcher)->Submit(std::move(item)).ok()) { failed++; continue; }
+              std::unique_lock<std::mutex> lock(done_mu);
+              done_cv.wait(lock, [&] { return done; });
+              const double us = std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - a).count();
+              if (!ok) { failed++; continue; }
+              std::lock_guard<std::mutex> g(mu);
+              lat.push_back(us);
+            }
+          });
+        }
+        for (auto& t : threads) t.join();
+        const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        (*batcher)->Shutdown(server::DrainMode::kFinishQueued);
+        long launches = -launches_before;
+        for (const auto& s : backend.DeviceStatsSnapshot()) launches += s.batches;
+        std::printf("batcher (%s, %d workers) clients %d: %zu ok / %ld failed, %.1f req/s, %.1f requests/launch, "
+                    "latency us p50 %.0f p99 %.0f\n",
+                    merge == server::MergePolicy::kNever ? "one request per launch" : "merging", workers, clients,
+                    lat.size(), failed.load(), static_cast<double>(lat.size()) / wall,
+                    launches > 0 ? static_cast<double>(lat.size()) / static_cast<double>(launches) : 0.0, Pct(lat, 50),
+                    Pct(lat, 99));
+      }
+    }
+  }
+}
 
 }  // namespace
 
@@ -213,24 +327,22 @@ int main(int argc, char** argv) {
         AttnInput mine = in;
         server::HostBlockRef block;
         if (output == "pinned") {
-          server::HostBufferPool* pool = (*backend)->host_buffers();
-          const size_t qb = in.q.bytes(), kb = in.k.bytes(), vb = in.v.bytes();
-          absl::StatusOr<server::HostBlockRef> b = pool != nullptr ? pool->Acquire(qb + kb + vb + qb)
-                                                                   : absl::UnavailableError("no payload pool");
-          if (!b.ok()) { std::fprintf(stderr, "pinned block: %s\n", b.status().ToString().c_str()); failed++; return; }
-          block = *b;
-          std::byte* base = block->data();
-          std::memcpy(base, in.q.data, qb);
-          std::memcpy(base + qb, in.k.data, kb);
-          std::memcpy(base + qb + kb, in.v.data, vb);
-          mine.q.data = base;
-          mine.k.data = base + qb;
-          mine.v.data = base + qb + kb;
-          mine.memory = block->memory();
-          mine.output_form = sage::OutputForm::kNativeInto;
-          mine.o_into = std::span<std::byte>(base + qb + kb + vb, qb);
+          absl::StatusOr<PinnedRequest> placed = PlacePinned(**backend, in);
+          if (!placed.ok()) { std::fprintf(stderr, "pinned block: %s\n", placed.status().ToString().c_str()); failed++; return; }
+          block = placed->block;
+          mine = placed->in;
         }
+        // "pinned_fresh": like the server, every request lands in a newly leased block, written just
+        // before the launch (the copy is outside the timed call), with the last 8 blocks still held.
+        std::vector<server::HostBlockRef> recent;
         for (long i = next++; i < f.requests; i = next++) {
+          if (output == "pinned_fresh") {
+            absl::StatusOr<PinnedRequest> placed = PlacePinned(**backend, in);
+            if (!placed.ok()) { failed++; continue; }
+            if (recent.size() == 8) recent.erase(recent.begin());
+            recent.push_back(placed->block);
+            mine = placed->in;
+          }
           const auto a = std::chrono::steady_clock::now();
           auto r = (*backend)->Attend(mine, cfg);
           const double us = std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - a).count();
@@ -251,5 +363,6 @@ int main(int argc, char** argv) {
                 Pct(lat, 99), Pct(h2d, 50), Pct(ker, 50), Pct(d2h, 50));
   }
   }
+  RunBatcherRows(**backend, in, cfg, f);
   return 0;
 }
