@@ -99,6 +99,8 @@ class DynamicBatcher final : public Scheduler {
   void DispatchLoop();
   // Under mu_: moves expired, cancelled (and, when dropping, all) items into `dropped`.
   void CollectDroppedLocked(Clock::time_point now, Dropped& dropped);
+  // Answers what CollectDroppedLocked took out of the queue (call without the lock).
+  void AnswerDropped(Dropped& dropped, Clock::time_point now);
   // Under mu_: forms and hands over ready batches while workers are idle. Returns when the
   // dispatcher should look again if nothing else happens.
   Clock::time_point DispatchReadyLocked(Clock::time_point now);
