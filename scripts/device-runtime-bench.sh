@@ -11,7 +11,8 @@
 # sagectl bench prints the client's latency and, from the responses' timings, the server's own view
 # (total, queued, kernel, total - kernel, total - device). Worker threads are the server default
 # (GPUs x streams). Mode "unpinned" turns the pinned payload pool off (--cuda_request_pinned_mib=0),
-# so the same binary shows what receiving straight into pinned memory is worth.
+# so the same binary shows what receiving straight into pinned memory is worth; mode "spin" lets idle
+# workers poll for 2 ms before sleeping (--worker_spin_us=2000).
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BUNDLE="$ROOT/.bundle"
@@ -74,7 +75,7 @@ serve() {  # name, extra flags...
 stop() { kill -TERM "$SERVER_PID"; wait "$SERVER_PID"; echo "(sageserve exit $?)"; }
 bench() {  # label, flags...
   local label="$1"; shift
-  echo "--- $label"
+  echo "--- $label" | tee -a "$LOG/bench.log"
   timeout 90 "$B/sagectl" bench --target="$TARGET" "$@" 2>&1 | tee -a "$LOG/bench.log"
 }
 
@@ -84,13 +85,14 @@ scrape() {  # name: the server's Prometheus text, for batch sizes and stage hist
   grep -E '^sageserve_(batch_size_requests|batch_size_tokens|batch_compute_duration_seconds|h2d_duration_seconds|kernel_duration_seconds|d2h_duration_seconds|queue_duration_seconds|request_duration_seconds)_(sum|count)' "$LOG/metrics_$1.txt" | head -n 20
 }
 
-MODES="batching nobatching unpinned"
+MODES="batching nobatching unpinned spin"
 [ "$WITH_W1" = 1 ] && MODES="$MODES batching_w1 nobatching_w1"
 for mode in $MODES; do
   extra=(--metrics_listen=127.0.0.1:$((PORT + 1)))
   case "$mode" in
     nobatching) extra+=(--max_batch_tokens=0) ;;
     unpinned) extra+=(--cuda_request_pinned_mib=0) ;;
+    spin) extra+=(--worker_spin_us=2000) ;;
     batching_w1) extra+=(--worker_threads=1) ;;
     nobatching_w1) extra+=(--worker_threads=1 --max_batch_tokens=0) ;;
   esac
@@ -108,6 +110,8 @@ for mode in $MODES; do
       bench "$mode small c16 stream" $SMALL --concurrency=16 --requests=4000 --warmup=50 --mode=stream
       bench "$mode 4k c4" $L4K --concurrency=4 --requests=100 --warmup=4
       bench "$mode 16k c2" $L16K --concurrency=2 --requests=20 --warmup=2 ;;
+    spin)
+      bench "$mode small c16 stream" $SMALL --concurrency=16 --requests=4000 --warmup=50 --mode=stream ;;
   esac
   scrape "$mode"
   stop

@@ -61,6 +61,9 @@ ABSL_FLAG(int64_t, max_batch_work, kDefaults.batcher.max_batch_work,
           "Dynamic batching: most attention work (sum of q_len*k_len over sequences) per launch");
 ABSL_FLAG(int64_t, max_queue_delay_us, kDefaults.batcher.max_queue_delay_us,
           "Dynamic batching: longest a partial batch waits for more requests (microseconds)");
+ABSL_FLAG(int64_t, worker_spin_us, kDefaults.batcher.worker_spin_us,
+          "How long an idle worker polls for the next launch before it sleeps (lower queueing latency "
+          "for a busy core; 0 = sleep at once, at most 100000)");
 ABSL_FLAG(std::string, metrics_listen, kDefaults.metrics_listen_address,
           "Prometheus endpoint host:port serving GET /metrics (e.g. 0.0.0.0:9090); empty = off");
 ABSL_FLAG(std::string, state_dir, kDefaults.registry.state_dir,
@@ -173,6 +176,7 @@ int main(int argc, char** argv) {
   }
   options.batcher.max_batch_work = absl::GetFlag(FLAGS_max_batch_work);
   options.batcher.max_queue_delay_us = absl::GetFlag(FLAGS_max_queue_delay_us);
+  options.batcher.worker_spin_us = absl::GetFlag(FLAGS_worker_spin_us);
   options.metrics_listen_address = absl::GetFlag(FLAGS_metrics_listen);
   options.registry.state_dir = absl::GetFlag(FLAGS_state_dir);
   options.registry.on_corrupt = absl::GetFlag(FLAGS_registry_move_corrupt_aside)

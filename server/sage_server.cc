@@ -232,6 +232,10 @@ void SageServer::Shutdown() {
   while (scheduler_->outstanding() > 0 && std::chrono::steady_clock::now() < deadline) {
     std::this_thread::sleep_for(std::chrono::milliseconds(2));
   }
+  // Let the clients read what was just answered before gRPC closes their connections.
+  std::this_thread::sleep_for(std::min<std::chrono::steady_clock::duration>(
+      options_.drain_linger,
+      std::max(deadline - std::chrono::steady_clock::now(), std::chrono::steady_clock::duration::zero())));
   // Stops listening; waits for open calls (streams) until the deadline, then cancels them.
   // Workers keep running meanwhile, so accepted requests complete.
   server_->Shutdown(std::chrono::system_clock::now() +

@@ -49,6 +49,11 @@ struct ServerOptions {
   RegistryServerOptions registry;
   // How long a drain may take before remaining calls are cancelled.
   std::chrono::milliseconds grace_period{30000};
+  // After the last accepted request is answered, the server keeps its connections this long (within
+  // the grace period) before stopping gRPC: gRPC closes a connection as soon as its calls are done,
+  // and closing under bytes the client has not read yet can reset the connection and cut a large
+  // response short.
+  std::chrono::milliseconds drain_linger{500};
 };
 
 }  // namespace sage::server

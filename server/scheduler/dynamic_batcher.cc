@@ -43,6 +43,10 @@ absl::StatusOr<std::unique_ptr<DynamicBatcher>> DynamicBatcher::Create(const Bat
         "be >= 1 (use MergePolicy::kNever to disable merging), got ", options.max_batch_tokens, ", ",
         options.max_batch_work, ", ", options.max_batch_elements, ", ", options.max_batch_sequences));
   }
+  if (options.worker_spin_us < 0 || options.worker_spin_us > 100000) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("batcher: worker_spin_us must be in [0, 100000], got ", options.worker_spin_us));
+  }
   if (options.max_queue_delay_us < 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("batcher: max_queue_delay_us must be >= 0, got ", options.max_queue_delay_us));
@@ -90,6 +94,7 @@ absl::Status DynamicBatcher::Submit(WorkItem item) {
       PendingList batch;
       batch.push_back(std::move(p));
       ready_.push_back(std::move(batch));
+      ready_count_.store(static_cast<int>(ready_.size()), std::memory_order_release);
       --idle_workers_;
     } else {
       queue_.push_back(std::move(p));
@@ -211,6 +216,7 @@ Clock::time_point DynamicBatcher::DispatchReadyLocked(Clock::time_point now) {
     PendingList batch;
     for (PendingList::iterator m : members) batch.splice(batch.end(), queue_, m);
     ready_.push_back(std::move(batch));
+    ready_count_.store(static_cast<int>(ready_.size()), std::memory_order_release);
     --idle_workers_;
     worker_cv_.notify_one();
     head = queue_.begin();
@@ -254,12 +260,21 @@ void DynamicBatcher::AnswerDropped(Dropped& dropped, Clock::time_point now) {
 void DynamicBatcher::WorkerLoop() {
   for (;;) {
     PendingList batch;
+    if (options_.worker_spin_us > 0 && ready_count_.load(std::memory_order_acquire) == 0) {
+      const Clock::time_point until = Clock::now() + std::chrono::microseconds(options_.worker_spin_us);
+      while (ready_count_.load(std::memory_order_acquire) == 0 && Clock::now() < until) {
+#if defined(__x86_64__)
+        __builtin_ia32_pause();
+#endif
+      }
+    }
     {
       std::unique_lock<std::mutex> lock(mu_);
       worker_cv_.wait(lock, [this] { return !ready_.empty() || dispatcher_exited_; });
       if (ready_.empty()) return;  // The dispatcher is gone and nothing is left to run.
       batch = std::move(ready_.front());
       ready_.pop_front();
+      ready_count_.store(static_cast<int>(ready_.size()), std::memory_order_release);
     }
     RunBatch(batch);
     // Form the next launch from what queued up meanwhile right here, as the dispatcher would,

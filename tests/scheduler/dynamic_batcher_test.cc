@@ -453,13 +453,24 @@ TEST_F(BatcherTest, RejectsBadOptions) {
   o = BatcherOptions{};
   o.max_queue_delay_us = -1;
   EXPECT_FALSE(DynamicBatcher::Create(o, &backend_).ok());
+  o = BatcherOptions{};
+  o.worker_spin_us = -1;
+  EXPECT_FALSE(DynamicBatcher::Create(o, &backend_).ok());
+  o.worker_spin_us = 100001;
+  EXPECT_FALSE(DynamicBatcher::Create(o, &backend_).ok());
   EXPECT_FALSE(DynamicBatcher::Create(BatcherOptions{}, nullptr).ok());
 }
 
-TEST_F(BatcherTest, ManySubmittersAllGetTheirOwnRows) {
+// Eight threads submitting at once: every item answered once, with its own rows. Run with a
+// queue delay (batches form in the dispatcher) and without one, with polling workers (lone requests
+// go straight to a worker, and workers form the next launch themselves).
+class ManySubmitters : public BatcherTest, public ::testing::WithParamInterface<bool> {};
+
+TEST_P(ManySubmitters, AllGetTheirOwnRows) {
   BatcherOptions o;
   o.worker_threads = 2;
-  o.max_queue_delay_us = 200;
+  o.max_queue_delay_us = GetParam() ? 0 : 200;
+  o.worker_spin_us = GetParam() ? 200 : 0;
   o.max_batch_tokens = 2048;
   o.queue_capacity = 4096;
   Start(o);
@@ -493,6 +504,7 @@ TEST_F(BatcherTest, ManySubmittersAllGetTheirOwnRows) {
     EXPECT_EQ(collector_.Calls(tag), 1);
   }
 }
+INSTANTIATE_TEST_SUITE_P(DelayOrPolling, ManySubmitters, ::testing::Bool());
 
 TEST_F(BatcherTest, RecordsQueueAndBatchMetrics) {
   auto metrics = ServerMetrics::Create();

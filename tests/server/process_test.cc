@@ -5,6 +5,7 @@
 #include <future>
 #include <thread>
 
+#include "absl/strings/escaping.h"
 #include "gtest/gtest.h"
 #include "sageserve/client/client.h"
 #include "tests/server/child_server.h"
@@ -44,8 +45,8 @@ TEST(Process, SigtermDrainsInFlightRequestAndExitsZero) {
   ASSERT_TRUE(child.WaitForOutput("request 'in-flight-at-sigterm' queued", 30)) << child.output();
   child.Signal(SIGTERM);
   absl::StatusOr<v1::AttendResponse> r = result.get();
-  EXPECT_TRUE(r.ok()) << r.status();
   const auto answered = std::chrono::steady_clock::now();
+  EXPECT_TRUE(r.ok()) << r.status() << "\n" << (child.Wait(30), child.output());
   EXPECT_EQ(child.Wait(30), 0);
   // Exit follows the drain promptly (gRPC 1.51's global teardown could otherwise add ~10 s).
   EXPECT_LT(std::chrono::steady_clock::now() - answered, 5s);
@@ -115,6 +116,22 @@ TEST_F(BufCurl, CallsHealthCheckAndServerInfo) {
   out = Curl(Url("sageserve.v1.AttentionService/GetServerInfo"), &code);
   ASSERT_EQ(code, 0) << out;
   EXPECT_NE(out.find("\"backend\": \"cpu\""), std::string::npos) << out;
+}
+
+// Attend is served from raw bytes (the zero-copy wire path); a JSON call through reflection still
+// works: one token, one head, D 64, fp16 ones for q/k/v -> O is v (all ones: 0x3c00).
+TEST_F(BufCurl, CallsAttendWithJsonBody) {
+  std::string ones;
+  for (int i = 0; i < 64; ++i) ones += std::string("\x00\x3c", 2);
+  const std::string data = absl::Base64Escape(ones);
+  const std::string tensor = "{\"dtype\": \"DTYPE_FP16\", \"shape\": [1, 1, 64], \"data\": \"" + data + "\"}";
+  const std::string body = "{\"requestId\": \"curl\", \"q\": " + tensor + ", \"k\": " + tensor + ", \"v\": " + tensor +
+                           ", \"recipe\": \"RECIPE_UNQUANTIZED\"}";
+  int code = 0;
+  const std::string out = Curl("-d '" + body + "' " + Url("sageserve.v1.AttentionService/Attend"), &code);
+  ASSERT_EQ(code, 0) << out;
+  EXPECT_NE(out.find("\"requestId\": \"curl\""), std::string::npos) << out;
+  EXPECT_NE(out.find("\"data\": \"" + data + "\""), std::string::npos) << out;
 }
 
 }  // namespace
