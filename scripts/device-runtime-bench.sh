@@ -38,6 +38,7 @@ B="$BUNDLE/bin"
 TARGET="127.0.0.1:$PORT"
 SMALL="--batch=1 --q_len=128 --k_len=128 --heads_q=8 --heads_kv=8 --head_dim=128"
 SMALL64="--batch=1 --q_len=128 --k_len=128 --heads_q=8 --heads_kv=8 --head_dim=64"
+TINY="--batch=1 --q_len=16 --k_len=16 --heads_q=8 --heads_kv=8 --head_dim=64"  # 64 KB per call: launch-bound
 L4K="--batch=1 --q_len=4096 --k_len=4096 --heads_q=8 --heads_kv=8 --head_dim=128 --causal"
 L16K="--batch=1 --q_len=16384 --k_len=16384 --heads_q=8 --heads_kv=8 --head_dim=128 --causal"
 
@@ -102,6 +103,7 @@ for mode in $MODES; do
   bench "$mode small c16" $SMALL --concurrency=16 --requests=4000 --warmup=50
   bench "$mode small c16 conn4" $SMALL --concurrency=16 --requests=6000 --warmup=50 --connections=4
   bench "$mode small c64" $SMALL --concurrency=64 --requests=6000 --warmup=50
+  bench "$mode tiny c64 conn8" $TINY --concurrency=64 --requests=20000 --warmup=100 --connections=8
   case "$mode" in
     batching|nobatching)
       bench "$mode small c64 conn8" $SMALL --concurrency=64 --requests=8000 --warmup=50 --connections=8

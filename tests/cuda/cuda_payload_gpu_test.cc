@@ -135,14 +135,20 @@ TEST(CudaPayload, DirectCopiesEqualStagedCopies) {
 }
 
 // Merged: members with pinned and pageable memory in one launch, each member's rows written into
-// its own buffers, equal to that member run alone.
-TEST(CudaPayload, MergedMembersWriteTheirOwnBuffers) {
+// its own buffers, equal to that member run alone. Large members take their own DMAs; tiny ones
+// (under 64 KiB a tensor) are gathered through the slot's staging even when pinned.
+class CudaPayloadMerged : public ::testing::TestWithParam<bool> {};
+
+TEST_P(CudaPayloadMerged, MembersWriteTheirOwnBuffers) {
   SAGE_SKIP_WITHOUT_GPU();
   auto backend = Make();
   ASSERT_NE(backend, nullptr);
   const RecipeConfig cfg = ConfigFor(backend->info().default_recipe);
+  const bool tiny = GetParam();
   std::vector<HostProblem> problems;
-  for (int i = 0; i < 5; ++i) problems.push_back(Problem(300 + i, {128 + 61 * i, 7 + 3 * i}));
+  for (int i = 0; i < (tiny ? 24 : 5); ++i) {
+    problems.push_back(tiny ? Problem(400 + i, {5 + i}) : Problem(300 + i, {128 + 61 * i, 7 + 3 * i}));
+  }
   std::vector<PlacedProblem> placed;
   for (size_t i = 0; i < problems.size(); ++i) {
     placed.push_back(Place(problems[i], i % 2 == 0 ? backend->host_buffers() : nullptr));
@@ -166,6 +172,7 @@ TEST(CudaPayload, MergedMembersWriteTheirOwnBuffers) {
     EXPECT_EQ(slice.placement, OutputPlacement::kCallerBuffers);
   }
 }
+INSTANTIATE_TEST_SUITE_P(LargeAndTiny, CudaPayloadMerged, ::testing::Bool());
 
 // A destination too small for the rows is refused before anything is launched.
 TEST(CudaPayload, ShortDestinationIsRefused) {

@@ -20,6 +20,11 @@ namespace sage::server {
 namespace {
 
 constexpr size_t kAlign = 256;  // every staged tensor starts at a multiple (kernels need 16/128)
+// A pinned tensor (or O slice) at least this large is copied by its own DMA; smaller ones are
+// gathered through the slot's staging by the CPU. Each DMA costs the copy engine a few µs, so a
+// merged launch of 55 tiny requests spent ~0.8 ms in 166 separate copies; a host memcpy of 16 KB
+// between pinned buffers takes ~1-2 µs and the gathered bytes go in one DMA.
+constexpr size_t kDirectCopyMinBytes = size_t{64} << 10;
 constexpr double kMiB = 1024.0 * 1024.0;
 
 size_t AlignUp(size_t x) { return (x + kAlign - 1) / kAlign * kAlign; }
@@ -357,10 +362,10 @@ absl::StatusOr<AttnOutput> DeviceExecutor::RunOnSlot(Slot& slot, const AttnInput
   bool any_direct = false;
   size_t at_q = l.q, at_k = l.k, at_v = l.v;
   for (const AttnInput* part : parts) {
-    const bool direct = part->memory == HostMemory::kPinned;
+    const bool pinned = part->memory == HostMemory::kPinned;
     const auto add = [&](const TensorView& t, size_t* at) {
       const size_t n = static_cast<size_t>(t.numel());
-      if (direct && t.dtype == dtype) {
+      if (pinned && t.dtype == dtype && n * 2 >= kDirectCopyMinBytes) {
         AddCopy(h2d, slot.dev_in + *at, t.data, n * 2);
         any_direct = true;
       } else {
@@ -413,7 +418,7 @@ absl::StatusOr<AttnOutput> DeviceExecutor::RunOnSlot(Slot& slot, const AttnInput
     size_t row = 0;
     for (const AttnInput* part : parts) {
       const size_t rows = static_cast<size_t>(part->q.tokens);
-      const bool direct = part->memory == HostMemory::kPinned;
+      const bool direct = part->memory == HostMemory::kPinned && rows * o_row_bytes >= kDirectCopyMinBytes;
       const size_t o_at = l.o + row * o_row_bytes, lse_at = l.lse + row * lse_row_bytes;
       if (direct) {
         AddCopy(d2h, part->o_into.data(), slot.dev_out + o_at, rows * o_row_bytes);
