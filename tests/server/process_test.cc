@@ -71,6 +71,23 @@ TEST(Process, BackendCudaWithoutCudaFailsClearly) {
 #endif
 }
 
+// `sagectl bench` as an operator runs it: each client thread on its own connection when asked, and
+// every request answered.
+TEST(Sagectl, BenchOverSeveralConnections) {
+  ChildServer child(SAGESERVE_BINARY, {});
+  ASSERT_GT(child.port(), 0);
+  std::string out;
+  const std::string bench = std::string(SAGECTL_BINARY) + " bench --target=" + child.target() +
+                            " --q_len=16 --k_len=16 --heads_q=2 --heads_kv=2 --head_dim=64 --warmup=1";
+  int code = RunCommand(bench + " --concurrency=4 --connections=2 --requests=24", &out);
+  ASSERT_EQ(code, 0) << out;
+  EXPECT_NE(out.find("concurrency 4, connections 2, 24 ok / 0 failed"), std::string::npos) << out;
+  EXPECT_NE(out.find("total - device p50"), std::string::npos) << out;
+  code = RunCommand(bench + " --connections=0", &out);
+  EXPECT_NE(code, 0);
+  EXPECT_NE(out.find("--connections must be an integer in [1, 256]"), std::string::npos) << out;
+}
+
 class BufCurl : public ::testing::Test {
  protected:
   void SetUp() override {
