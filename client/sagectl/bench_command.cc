@@ -55,13 +55,9 @@ int RunBench(const Args& args) {
   if (mode != "unary" && mode != "stream") return Fail(absl::InvalidArgumentError("--mode: unary or stream"));
   absl::StatusOr<HostProblem> problem = MakeProblem(*spec);
   if (!problem.ok()) return Fail(problem.status());
-  std::vector<std::unique_ptr<sageserve::Client>> clients;
-  for (int64_t i = 0; i < *connections; ++i) {
-    auto client_or = Connect(args, /*private_connection=*/*connections > 1);
-    if (!client_or.ok()) return Fail(client_or.status());
-    clients.push_back(*std::move(client_or));
-  }
-  sageserve::Client& client = *clients.front();
+  auto client_or = Connect(args, static_cast<int>(*connections));
+  if (!client_or.ok()) return Fail(client_or.status());
+  sageserve::Client& client = **client_or;
 
   const sageserve::v1::AttendRequest base = problem->ToRequest("bench");
   for (int64_t i = 0; i < *warmup; ++i) {
@@ -79,8 +75,7 @@ int RunBench(const Args& args) {
   if (mode == "unary") {
     std::vector<std::thread> threads;
     for (int64_t c = 0; c < *concurrency; ++c) {
-      sageserve::Client& mine = *clients[static_cast<size_t>(c % *connections)];
-      threads.emplace_back([&, &client = mine] {
+      threads.emplace_back([&] {
         sageserve::v1::AttendRequest request = base;  // One copy per thread, reused.
         for (int64_t i = next++; i < *requests; i = next++) {
           request.set_request_id(absl::StrCat("bench-", i));

@@ -9,8 +9,8 @@ namespace sagectl {
 
 // Connection flags shared by every command.
 std::vector<std::string> ConnectionFlags();
-// `private_connection`: a TCP connection of the client's own (ClientOptions::private_connection).
-absl::StatusOr<std::unique_ptr<sageserve::Client>> Connect(const Args& args, bool private_connection = false);
+// `connections`: ClientOptions::connections.
+absl::StatusOr<std::unique_ptr<sageserve::Client>> Connect(const Args& args, int connections = 1);
 
 int RunAttend(const Args& args);
 int RunBench(const Args& args);

@@ -36,9 +36,9 @@ void PrintJson(const google::protobuf::Message& message) {
   std::printf("%s", json.c_str());
 }
 
-absl::StatusOr<std::unique_ptr<sageserve::Client>> Connect(const Args& args, bool private_connection) {
+absl::StatusOr<std::unique_ptr<sageserve::Client>> Connect(const Args& args, int connections) {
   sageserve::ClientOptions options;
-  options.private_connection = private_connection;
+  options.connections = connections;
   options.target = args.Str("target", options.target);
   absl::StatusOr<int64_t> deadline = args.Int("deadline_ms", options.deadline.count());
   if (!deadline.ok()) return deadline.status();

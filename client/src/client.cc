@@ -36,17 +36,32 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Create(const ClientOptions& opti
       break;
     }
   }
+  if (options.connections < 1 || options.connections > 256) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("ClientOptions.connections must be in [1, 256], got ", options.connections));
+  }
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(static_cast<int>(options.max_message_bytes));
   args.SetMaxSendMessageSize(static_cast<int>(options.max_message_bytes));
-  if (options.private_connection) args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
-  std::shared_ptr<grpc::Channel> channel = grpc::CreateCustomChannel(options.target, creds, args);
-  if (channel == nullptr) return absl::InternalError("could not create a gRPC channel");
-  return std::unique_ptr<Client>(new Client(options, std::move(channel)));
+  // Several connections: each channel gets subchannels of its own, or gRPC would share one.
+  if (options.connections > 1) args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+  std::vector<std::shared_ptr<grpc::Channel>> channels;
+  for (int i = 0; i < options.connections; ++i) {
+    std::shared_ptr<grpc::Channel> channel = grpc::CreateCustomChannel(options.target, creds, args);
+    if (channel == nullptr) return absl::InternalError("could not create a gRPC channel");
+    channels.push_back(std::move(channel));
+  }
+  return std::unique_ptr<Client>(new Client(options, std::move(channels)));
 }
 
-Client::Client(const ClientOptions& options, std::shared_ptr<grpc::Channel> channel)
-    : options_(options), channel_(std::move(channel)), stub_(v1::AttentionService::NewStub(channel_)) {}
+Client::Client(const ClientOptions& options, std::vector<std::shared_ptr<grpc::Channel>> channels)
+    : options_(options), channels_(std::move(channels)) {
+  for (const auto& c : channels_) stubs_.push_back(v1::AttentionService::NewStub(c));
+}
+
+v1::AttentionService::Stub& Client::NextStub() const {
+  return *stubs_[next_.fetch_add(1, std::memory_order_relaxed) % stubs_.size()];
+}
 
 namespace {
 
@@ -62,7 +77,7 @@ absl::StatusOr<v1::AttendResponse> Client::Attend(const v1::AttendRequest& reque
   grpc::ClientContext context;
   ApplyDeadline(options_, &context);
   v1::AttendResponse response;
-  grpc::Status status = stub_->Attend(&context, request, &response);
+  grpc::Status status = NextStub().Attend(&context, request, &response);
   if (!status.ok()) return FromGrpcStatus(status);
   return response;
 }
@@ -71,7 +86,7 @@ absl::StatusOr<v1::GetServerInfoResponse> Client::GetServerInfo() const {
   grpc::ClientContext context;
   ApplyDeadline(options_, &context);
   v1::GetServerInfoResponse response;
-  grpc::Status status = stub_->GetServerInfo(&context, v1::GetServerInfoRequest(), &response);
+  grpc::Status status = NextStub().GetServerInfo(&context, v1::GetServerInfoRequest(), &response);
   if (!status.ok()) return FromGrpcStatus(status);
   return response;
 }
@@ -80,13 +95,13 @@ absl::StatusOr<v1::SelfTestResponse> Client::SelfTest(const v1::SelfTestRequest&
   grpc::ClientContext context;
   ApplyDeadline(options_, &context);
   v1::SelfTestResponse response;
-  grpc::Status status = stub_->SelfTest(&context, request, &response);
+  grpc::Status status = NextStub().SelfTest(&context, request, &response);
   if (!status.ok()) return FromGrpcStatus(status);
   return response;
 }
 
 absl::StatusOr<HealthStatus> Client::CheckHealth(const std::string& service) const {
-  auto health = grpc::health::v1::Health::NewStub(channel_);
+  auto health = grpc::health::v1::Health::NewStub(channel());
   grpc::ClientContext context;
   ApplyDeadline(options_, &context);
   grpc::health::v1::HealthCheckRequest request;
@@ -103,7 +118,7 @@ absl::StatusOr<HealthStatus> Client::CheckHealth(const std::string& service) con
 }
 
 std::unique_ptr<StreamSession> Client::OpenStream(const StreamOptions& options) const {
-  return std::make_unique<StreamSession>(stub_.get(), options);
+  return std::make_unique<StreamSession>(&NextStub(), options);
 }
 
 }  // namespace sageserve

@@ -2,8 +2,10 @@
 // that keep many requests in flight on one stream.
 #pragma once
 
+#include <atomic>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "grpcpp/channel.h"
@@ -26,18 +28,22 @@ class Client {
   // grpc.health.v1.Health/Check for `service` ("" = the whole server).
   absl::StatusOr<HealthStatus> CheckHealth(const std::string& service = "") const;
 
-  // A new bidirectional AttendStream on this client's channel.
+  // A new bidirectional AttendStream (on the next of the client's connections).
   std::unique_ptr<StreamSession> OpenStream(const StreamOptions& options = {}) const;
 
-  const std::shared_ptr<grpc::Channel>& channel() const { return channel_; }
+  // The first connection's channel (for other services' stubs).
+  const std::shared_ptr<grpc::Channel>& channel() const { return channels_.front(); }
   const ClientOptions& options() const { return options_; }
 
  private:
-  Client(const ClientOptions& options, std::shared_ptr<grpc::Channel> channel);
+  Client(const ClientOptions& options, std::vector<std::shared_ptr<grpc::Channel>> channels);
+  // Round robin over the connections.
+  v1::AttentionService::Stub& NextStub() const;
 
   ClientOptions options_;
-  std::shared_ptr<grpc::Channel> channel_;
-  std::unique_ptr<v1::AttentionService::Stub> stub_;
+  std::vector<std::shared_ptr<grpc::Channel>> channels_;
+  std::vector<std::unique_ptr<v1::AttentionService::Stub>> stubs_;
+  mutable std::atomic<size_t> next_{0};
 };
 
 // gRPC status -> absl::Status (same code and message).

@@ -26,9 +26,11 @@ struct ClientOptions {
   std::chrono::milliseconds deadline{30000};
   // Receive limit; gRPC's default of 4 MiB is far too small for attention tensors.
   int64_t max_message_bytes = int64_t{512} << 20;
-  // A TCP connection of this client's own. By default gRPC lets every client of the same target and
-  // settings share one connection, whose reads and writes then run on one thread at a time.
-  bool private_connection = false;
+  // TCP connections this client opens and spreads its calls over, round robin (1..256). With 1,
+  // gRPC may share the connection with other clients of the same target and settings. One HTTP/2
+  // connection moves ~2.5 GB/s on loopback (its reads and writes run on one thread at a time), so
+  // clients sending large tensors from many threads go faster on several (docs/BENCHMARKS.md).
+  int connections = 1;
 };
 
 struct StreamOptions {
