@@ -9,7 +9,7 @@ PKGS=(
   libabsl-dev libspdlog-dev libfmt-dev
   libgtest-dev libgmock-dev googletest libbenchmark-dev
   nlohmann-json3-dev
-  curl ca-certificates python3
+  curl ca-certificates python3 openssl
 )
 
 missing=()

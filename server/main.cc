@@ -64,6 +64,10 @@ ABSL_FLAG(int64_t, max_queue_delay_us, kDefaults.batcher.max_queue_delay_us,
 ABSL_FLAG(int64_t, worker_spin_us, kDefaults.batcher.worker_spin_us,
           "How long an idle worker polls for the next launch before it sleeps (lower queueing latency "
           "for a busy core; 0 = sleep at once, at most 100000)");
+ABSL_FLAG(std::string, tls_cert, "", "PEM certificate chain of the gRPC listener; with --tls_key turns TLS on");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert");
+ABSL_FLAG(std::string, tls_client_ca, "",
+          "PEM CA certificates for client certificates: set = mutual TLS (clients without one are refused)");
 ABSL_FLAG(std::string, metrics_listen, kDefaults.metrics_listen_address,
           "Prometheus endpoint host:port serving GET /metrics (e.g. 0.0.0.0:9090); empty = off");
 ABSL_FLAG(std::string, state_dir, kDefaults.registry.state_dir,
@@ -178,6 +182,9 @@ int main(int argc, char** argv) {
   options.batcher.max_queue_delay_us = absl::GetFlag(FLAGS_max_queue_delay_us);
   options.batcher.worker_spin_us = absl::GetFlag(FLAGS_worker_spin_us);
   options.metrics_listen_address = absl::GetFlag(FLAGS_metrics_listen);
+  options.tls.cert_chain_file = absl::GetFlag(FLAGS_tls_cert);
+  options.tls.private_key_file = absl::GetFlag(FLAGS_tls_key);
+  options.tls.client_ca_file = absl::GetFlag(FLAGS_tls_client_ca);
   options.registry.state_dir = absl::GetFlag(FLAGS_state_dir);
   options.registry.on_corrupt = absl::GetFlag(FLAGS_registry_move_corrupt_aside)
                                     ? sage::registry::CorruptFilePolicy::kMoveAside

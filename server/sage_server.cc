@@ -11,6 +11,7 @@
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server_builder.h"
 #include "server/backend/backend_factory.h"
+#include "server/grpc/listener_credentials.h"
 #include "server/scheduler/dynamic_batcher.h"
 #include "server/scheduler/fifo_scheduler.h"
 #include "spdlog/spdlog.h"
@@ -96,6 +97,10 @@ absl::StatusOr<OpenedRegistry> OpenRegistry(const RegistryServerOptions& options
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<SageServer>> SageServer::Start(const ServerOptions& options) {
+  // Bad TLS settings fail before a GPU backend spends seconds allocating its pools.
+  if (absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> c = ListenerCredentials(options.tls); !c.ok()) {
+    return c.status();
+  }
   absl::StatusOr<std::unique_ptr<AttentionBackend>> backend = CreateBackend(options.backend);
   if (!backend.ok()) return backend.status();
   return Start(options, *std::move(backend));
@@ -104,6 +109,8 @@ absl::StatusOr<std::unique_ptr<SageServer>> SageServer::Start(const ServerOption
 absl::StatusOr<std::unique_ptr<SageServer>> SageServer::Start(
     const ServerOptions& requested, std::unique_ptr<AttentionBackend> backend) {
   if (backend == nullptr) return absl::InvalidArgumentError("server: backend is null");
+  absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials = ListenerCredentials(requested.tls);
+  if (!credentials.ok()) return credentials.status();
   ServerOptions options = requested;
   if (options.scheduler.worker_threads == 0) {
     // Auto: one worker per GPU stream slot, so every slot can hold a launch (the CUDA backend's
@@ -177,7 +184,7 @@ absl::StatusOr<std::unique_ptr<SageServer>> SageServer::Start(
 
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(options.listen_address, grpc::InsecureServerCredentials(), &s->port_);
+  builder.AddListeningPort(options.listen_address, *credentials, &s->port_);
   builder.SetMaxReceiveMessageSize(static_cast<int>(options.max_message_bytes));
   builder.SetMaxSendMessageSize(static_cast<int>(options.max_message_bytes));
   builder.RegisterService(s->attention_service_.get());
@@ -194,7 +201,10 @@ absl::StatusOr<std::unique_ptr<SageServer>> SageServer::Start(
   s->health_service_->Set("sageserve.v1.RegistryService", grpc::health::v1::HealthCheckResponse::SERVING);
   s->health_service_->SetAll(grpc::health::v1::HealthCheckResponse::SERVING);
   const BackendInfo& info = s->backend_->info();
-  spdlog::info("sageserve listening on port {} (backend {}, {}, {} workers, queue {})", s->port_,
+  spdlog::info("sageserve listening on port {} ({}, backend {}, {}, {} workers, queue {})", s->port_,
+               options.tls.cert_chain_file.empty() ? "plaintext"
+               : options.tls.client_ca_file.empty() ? "TLS"
+                                                    : "mutual TLS",
                BackendKindName(info.kind), info.devices.empty() ? "" : info.devices.front().name,
                options.scheduler.worker_threads, options.scheduler.queue_capacity);
   if (options.scheduler_kind == SchedulerKind::kDynamicBatcher) {

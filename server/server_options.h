@@ -32,9 +32,18 @@ struct RegistryServerOptions {
   registry::CorruptFilePolicy on_corrupt = registry::CorruptFilePolicy::kRefuse;
 };
 
+// Transport security of the gRPC listener (PEM files). No certificate: plaintext, for loopback and
+// trusted networks. The metrics endpoint is plain HTTP on its own address either way.
+struct ServerTlsOptions {
+  std::string cert_chain_file;   // server certificate chain; with private_key_file turns TLS on
+  std::string private_key_file;
+  std::string client_ca_file;    // set: mutual TLS, clients must present a certificate these CAs signed
+};
+
 struct ServerOptions {
   // "host:port"; port 0 picks a free port (see SageServer::port()).
   std::string listen_address = "127.0.0.1:50051";
+  ServerTlsOptions tls;
   int64_t max_message_bytes = kDefaultMaxMessageBytes;  // Receive and send.
   BackendOptions backend;
   // worker_threads and queue_capacity apply to whichever scheduler runs. worker_threads 0 = auto:

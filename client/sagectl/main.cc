@@ -12,7 +12,19 @@
 
 namespace sagectl {
 
-std::vector<std::string> ConnectionFlags() { return {"target", "tls", "ca_file", "deadline_ms"}; }
+std::vector<std::string> ConnectionFlags() {
+  return {"target", "tls", "ca_file", "cert_file", "key_file", "deadline_ms"};
+}
+
+// The whole file at the path given by --`flag`, or NOT_FOUND naming it.
+absl::StatusOr<std::string> ReadFlagFile(const Args& args, const std::string& flag) {
+  const std::string path = args.Str(flag, "");
+  std::ifstream in(path);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot read --", flag, " ", path));
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
 
 int Fail(const absl::Status& status) {
   std::fprintf(stderr, "sagectl: %s\n", status.ToString().c_str());
@@ -45,14 +57,22 @@ absl::StatusOr<std::unique_ptr<sageserve::Client>> Connect(const Args& args, int
   options.deadline = std::chrono::milliseconds(*deadline);
   if (args.Flag("tls")) {
     options.security = sageserve::TransportSecurity::kTls;
-    const std::string ca = args.Str("ca_file", "");
-    if (!ca.empty()) {
-      std::ifstream in(ca);
-      if (!in) return absl::NotFoundError(absl::StrCat("cannot read --ca_file ", ca));
-      std::stringstream ss;
-      ss << in.rdbuf();
-      options.tls.root_certs_pem = ss.str();
+    if (!args.Str("ca_file", "").empty()) {
+      absl::StatusOr<std::string> ca = ReadFlagFile(args, "ca_file");
+      if (!ca.ok()) return ca.status();
+      options.tls.root_certs_pem = *ca;
     }
+    // Mutual TLS: the client's own certificate and key.
+    if (!args.Str("cert_file", "").empty() || !args.Str("key_file", "").empty()) {
+      absl::StatusOr<std::string> cert = ReadFlagFile(args, "cert_file");
+      if (!cert.ok()) return cert.status();
+      absl::StatusOr<std::string> key = ReadFlagFile(args, "key_file");
+      if (!key.ok()) return key.status();
+      options.tls.client_cert_pem = *cert;
+      options.tls.client_key_pem = *key;
+    }
+  } else if (!args.Str("ca_file", "").empty() || !args.Str("cert_file", "").empty()) {
+    return absl::InvalidArgumentError("--ca_file and --cert_file need --tls");
   }
   return sageserve::Client::Create(options);
 }
@@ -61,7 +81,7 @@ namespace {
 
 void Usage() {
   std::fprintf(stderr,
-      "usage: sagectl <command> [--target=host:port] [--deadline_ms=N] [--tls --ca_file=PEM] [options]\n"
+      "usage: sagectl <command> [--target=host:port] [--deadline_ms=N] [--tls --ca_file=PEM [--cert_file=PEM --key_file=PEM]] [options]\n"
       "  health [--service=NAME]     grpc.health.v1 Check; exit 0 only when SERVING\n"
       "  info                        GetServerInfo as JSON\n"
       "  selftest [--recipe=NAME]    run the server's built-in problem; exit 0 when it passes\n"
