@@ -13,6 +13,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
+#include "google/protobuf/io/coded_stream.h"
 #include "grpcpp/support/slice.h"
 #include "server/backend/dma_copy.h"
 
@@ -61,10 +62,10 @@ constexpr uint32_t kResponseLseField = 3;
 
 constexpr std::array<absl::string_view, 3> kTensorScopes = {"q (field 2)", "k (field 3)", "v (field 4)"};
 
-size_t VarintSize(uint64_t value) {
-  size_t n = 1;
-  for (; value >= 0x80; value >>= 7) ++n;
-  return n;
+// Bytes of a length-delimited field with a one-byte tag (every field number here is below 16)
+// around `payload` bytes.
+size_t LengthDelimitedFieldSize(size_t payload) {
+  return 1 + google::protobuf::io::CodedOutputStream::VarintSize64(payload) + payload;
 }
 
 void AppendVarint(std::string* out, uint64_t value) {
@@ -448,15 +449,14 @@ absl::StatusOr<WireAttendRequest> FromFullParse(AttendRequest message, HostBuffe
 // Bytes of `tensor` serialized without its data field.
 size_t TensorMetaSize(const Tensor& tensor) {
   size_t size = tensor.ByteSizeLong();
-  if (const size_t n = tensor.data().size(); n > 0) size -= 1 + VarintSize(n) + n;
+  if (const size_t n = tensor.data().size(); n > 0) size -= LengthDelimitedFieldSize(n);
   return size;
 }
 
-size_t DataFieldSize(size_t n) { return n == 0 ? 0 : 1 + VarintSize(n) + n; }
+size_t DataFieldSize(size_t n) { return n == 0 ? 0 : LengthDelimitedFieldSize(n); }
 
 size_t TensorFieldSize(const Tensor& tensor, size_t data_bytes) {
-  const size_t inner = TensorMetaSize(tensor) + DataFieldSize(data_bytes);
-  return 1 + VarintSize(inner) + inner;
+  return LengthDelimitedFieldSize(TensorMetaSize(tensor) + DataFieldSize(data_bytes));
 }
 
 // The tensor's field is sent when the header has it or there is data for it (never dropped).
@@ -548,14 +548,8 @@ absl::StatusOr<WireAttendRequest> ParseAttendRequest(const grpc::ByteBuffer& buf
 size_t AttendResponseWireSize(const AttendResponse& header, size_t o_bytes, size_t lse_bytes) {
   size_t size = header.ByteSizeLong();
   // Take out the header's own o/lse fields, then add them back as EncodeAttendResponse sends them.
-  if (header.has_o()) {
-    const size_t inner = header.o().ByteSizeLong();
-    size -= 1 + VarintSize(inner) + inner;
-  }
-  if (header.has_lse()) {
-    const size_t inner = header.lse().ByteSizeLong();
-    size -= 1 + VarintSize(inner) + inner;
-  }
+  if (header.has_o()) size -= LengthDelimitedFieldSize(header.o().ByteSizeLong());
+  if (header.has_lse()) size -= LengthDelimitedFieldSize(header.lse().ByteSizeLong());
   if (SendsTensor(header.has_o(), o_bytes)) size += TensorFieldSize(header.o(), o_bytes);
   if (SendsTensor(header.has_lse(), lse_bytes)) size += TensorFieldSize(header.lse(), lse_bytes);
   return size;
