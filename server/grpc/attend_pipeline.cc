@@ -66,6 +66,17 @@ grpc::ByteBuffer SerializeAttendResponse(const sageserve::v1::AttendResponse& re
   return out;
 }
 
+AttendCall WireCallState::MakeCall(AttendMethod method) {
+  AttendCall call;
+  call.method = method;
+  call.request = &wire.header;
+  call.response = &response;
+  call.payloads = &wire.payloads;
+  call.result = &result;
+  call.wire_bytes = wire.wire_bytes;
+  return call;
+}
+
 absl::Status AttendPipeline::ApplyPrecisionPlan(const sageserve::v1::AttendRequest& request,
                                                 DecodedRequest& problem) const {
   if (!request.has_layer_key() || request.layer_key().model().empty()) return absl::OkStatus();

@@ -51,6 +51,22 @@ struct AttendCall {
 grpc::ByteBuffer SerializeAttendResponse(const sageserve::v1::AttendResponse& response, const WireResult& result,
                                          const HostBlockRef& storage);
 
+// One wire-path call's state, shared by the unary and the streaming RPC: the parsed request, the
+// response being built and where its tensor bytes went. Alive until the call's `done` has run.
+struct WireCallState {
+  WireAttendRequest wire;
+  sageserve::v1::AttendResponse response;
+  WireResult result;
+
+  // A call over this state (request, response, payloads, result, wire size); the caller adds the
+  // deadline, cancellation and completion.
+  AttendCall MakeCall(AttendMethod method);
+  // The response of the completed call (SerializeAttendResponse over this state).
+  grpc::ByteBuffer SerializeResponse() const {
+    return SerializeAttendResponse(response, result, wire.payloads.storage);
+  }
+};
+
 class AttendPipeline {
  public:
   // `metrics` may be null (no request metrics); otherwise it must outlive the pipeline. So must

@@ -39,13 +39,7 @@ void AttendStreamReactor::OnReadDone(bool ok) {
   }
   slot->wire = *std::move(parsed);
 
-  AttendCall call;
-  call.method = AttendMethod::kStream;
-  call.request = &slot->wire.header;
-  call.response = &slot->response;
-  call.payloads = &slot->wire.payloads;
-  call.result = &slot->result;
-  call.wire_bytes = slot->wire.wire_bytes;
+  AttendCall call = slot->MakeCall(AttendMethod::kStream);
   call.deadline = SteadyDeadline(*context_);
   // `this` outlives the work: Finish waits for outstanding_ to reach 0.
   call.is_cancelled = [this] { return cancelled_.load(std::memory_order_relaxed); };
@@ -63,7 +57,7 @@ void AttendStreamReactor::Complete(std::shared_ptr<Slot> slot, const absl::Statu
     slot->response.mutable_status()->set_message(std::string(status.message()));
     slot->result = WireResult{};
   }
-  slot->out = SerializeAttendResponse(slot->response, slot->result, slot->wire.payloads.storage);
+  slot->out = slot->SerializeResponse();
   // Free what the write does not need now: the parsed fields, and the block unless O leaves from it.
   slot->wire.header.Clear();
   slot->response.Clear();

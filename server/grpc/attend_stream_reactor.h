@@ -27,10 +27,7 @@ class AttendStreamReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffe
   void OnDone() override;
 
  private:
-  struct Slot {
-    WireAttendRequest wire;
-    sageserve::v1::AttendResponse response;
-    WireResult result;
+  struct Slot : WireCallState {
     grpc::ByteBuffer out;  // what is written
   };
 

@@ -17,16 +17,6 @@ AttentionService::AttentionService(AttendPipeline* pipeline, sage::server::SelfT
                                    const BackendInfo* backend, HostBufferPool* payload_pool, ServiceLimits limits)
     : pipeline_(pipeline), selftest_(selftest), backend_(backend), payload_pool_(payload_pool), limits_(limits) {}
 
-namespace {
-
-// One unary call's state, alive until the pipeline's completion has run.
-struct UnaryWireCall {
-  WireAttendRequest wire;
-  v1::AttendResponse response;
-  WireResult result;
-};
-
-}  // namespace
 
 grpc::ServerUnaryReactor* AttentionService::Attend(grpc::CallbackServerContext* context,
                                                    const grpc::ByteBuffer* request, grpc::ByteBuffer* response) {
@@ -38,20 +28,14 @@ grpc::ServerUnaryReactor* AttentionService::Attend(grpc::CallbackServerContext* 
     return reactor;
   }
   // Held here as well as by the completion, which the pipeline may drop before Start returns.
-  auto state = std::make_shared<UnaryWireCall>();
+  auto state = std::make_shared<WireCallState>();
   state->wire = *std::move(parsed);
-  AttendCall call;
-  call.method = AttendMethod::kUnary;
-  call.request = &state->wire.header;
-  call.response = &state->response;
-  call.payloads = &state->wire.payloads;
-  call.result = &state->result;
-  call.wire_bytes = state->wire.wire_bytes;
+  AttendCall call = state->MakeCall(AttendMethod::kUnary);
   call.deadline = SteadyDeadline(*context);
   // The context stays valid until Finish, which only the completion below calls.
   call.is_cancelled = [context] { return context->IsCancelled(); };
   call.done = [reactor, response, state](const absl::Status& status) {
-    if (status.ok()) *response = SerializeAttendResponse(state->response, state->result, state->wire.payloads.storage);
+    if (status.ok()) *response = state->SerializeResponse();
     reactor->Finish(ToGrpcStatus(status));
   };
   absl::Status started = pipeline_->Start(std::move(call));
