@@ -13,6 +13,16 @@ constexpr auto kCancelPollInterval = std::chrono::milliseconds(20);
 // An idle dispatcher still wakes this often; it also keeps wait_until away from time_point::max().
 constexpr auto kIdleWake = std::chrono::seconds(1);
 
+// Why `item` must be answered without a launch at `now` (cancelled, or its deadline passed); OK
+// when it may run.
+absl::Status WhyNotLaunch(const WorkItem& item, Clock::time_point now) {
+  if (item.is_cancelled && item.is_cancelled()) return absl::CancelledError("request cancelled while queued");
+  if (item.deadline.has_value() && now >= *item.deadline) {
+    return absl::DeadlineExceededError("deadline passed while the request was queued");
+  }
+  return absl::OkStatus();
+}
+
 bool OutputFits(const AttnOutput& out, const AttnInput& in) {
   // Written into the members' own buffers (OutputForm::kNativeInto): nothing to slice.
   if (out.placement == OutputPlacement::kCallerBuffers) return in.output_form == OutputForm::kNativeInto;
@@ -85,11 +95,10 @@ absl::Status DynamicBatcher::Submit(WorkItem item) {
     p.enqueued = Clock::now();
     // Nothing queued, a worker idle and no wait for company: the dispatcher would launch this
     // request alone right away, so hand it to the worker directly (one thread wake-up instead of
-    // two, ~15-30 us on a busy host). Deadlines and cancellation are the dispatcher's to judge.
-    direct = options_.max_queue_delay_us == 0 && queue_.empty() && ready_.empty() &&
-                        idle_workers_ > 0 && !stopping_ &&
-                        !(p.item.deadline.has_value() && p.enqueued >= *p.item.deadline) &&
-                        !(p.item.is_cancelled && p.item.is_cancelled());
+    // two, ~15-30 us on a busy host). A request already expired or cancelled takes the queue, where
+    // the dispatcher answers it.
+    direct = options_.max_queue_delay_us == 0 && queue_.empty() && ready_.empty() && idle_workers_ > 0 &&
+             !stopping_ && WhyNotLaunch(p.item, p.enqueued).ok();
     if (direct) {
       PendingList batch;
       batch.push_back(std::move(p));
@@ -154,14 +163,7 @@ void DynamicBatcher::UpdateDepthLocked() {
 void DynamicBatcher::CollectDroppedLocked(Clock::time_point now, Dropped& dropped) {
   const bool drop_all = stopping_ && drain_mode_ == DrainMode::kDropQueued;
   for (auto it = queue_.begin(); it != queue_.end();) {
-    absl::Status why;
-    if (drop_all) {
-      why = absl::UnavailableError("server is shutting down");
-    } else if (it->item.is_cancelled && it->item.is_cancelled()) {
-      why = absl::CancelledError("request cancelled while queued");
-    } else if (it->item.deadline.has_value() && now >= *it->item.deadline) {
-      why = absl::DeadlineExceededError("deadline passed while the request was queued");
-    }
+    absl::Status why = drop_all ? absl::UnavailableError("server is shutting down") : WhyNotLaunch(it->item, now);
     if (why.ok()) {
       ++it;
       continue;
