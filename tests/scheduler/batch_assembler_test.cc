@@ -305,41 +305,18 @@ class GatedCpuBackend final : public AttentionBackend {
   explicit GatedCpuBackend(std::unique_ptr<CpuEngine> engine) : engine_(std::move(engine)) {}
   const BackendInfo& info() const override { return info_; }
   absl::StatusOr<AttnOutput> Attend(const AttnInput& in, const RecipeConfig& config) override {
-    {
-      std::unique_lock<std::mutex> lock(mu_);
-      batches_.push_back(in.batch());
-      cv_.notify_all();
-      cv_.wait(lock, [this] { return open_; });
-    }
+    gate_.Pass(in.batch());
     return engine_->Run(in, config);
   }
-  void Close() {
-    std::lock_guard<std::mutex> lock(mu_);
-    open_ = false;
-  }
-  void Open() {
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      open_ = true;
-    }
-    cv_.notify_all();
-  }
-  bool WaitForLaunches(size_t n) {
-    std::unique_lock<std::mutex> lock(mu_);
-    return cv_.wait_for(lock, testing::kWaitLimit, [&] { return batches_.size() >= n; });
-  }
-  std::vector<int> sequences_per_launch() {
-    std::lock_guard<std::mutex> lock(mu_);
-    return batches_;
-  }
+  void Close() { gate_.Close(); }
+  void Open() { gate_.Open(); }
+  bool WaitForLaunches(size_t n) { return gate_.WaitForLaunches(n); }
+  std::vector<int> sequences_per_launch() { return gate_.launches(); }
 
  private:
   std::unique_ptr<CpuEngine> engine_;
   BackendInfo info_;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool open_ = true;
-  std::vector<int> batches_;
+  testing::LaunchGate<int> gate_;  // each launch recorded as its sequence count
 };
 
 TEST(BatchInvariance, ThroughTheBatcherOnTheCpuEngine) {

@@ -11,6 +11,7 @@
 #include <mutex>
 #include <optional>
 #include <set>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -98,6 +99,46 @@ inline int TagAt(const TensorView& t, int64_t row) {
   return u;
 }
 
+// Records every launch a test backend gets and holds launches shut on demand, so that work
+// submitted meanwhile queues up behind the held one.
+template <typename Launch>
+class LaunchGate {
+ public:
+  // Records `launch`, then waits while the gate is shut.
+  void Pass(Launch launch) {
+    std::unique_lock<std::mutex> lock(mu_);
+    launches_.push_back(std::move(launch));
+    cv_.notify_all();
+    cv_.wait(lock, [this] { return open_; });
+  }
+  void Close() {
+    std::lock_guard<std::mutex> lock(mu_);
+    open_ = false;
+  }
+  void Open() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      open_ = true;
+    }
+    cv_.notify_all();
+  }
+  // Waits until at least `n` launches have started.
+  bool WaitForLaunches(size_t n) {
+    std::unique_lock<std::mutex> lock(mu_);
+    return cv_.wait_for(lock, kWaitLimit, [&] { return launches_.size() >= n; });
+  }
+  std::vector<Launch> launches() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return launches_;
+  }
+
+ private:
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  bool open_ = true;
+  std::vector<Launch> launches_;
+};
+
 // Records each launch as the list of item tags in it (one per item, in order).
 class FakeBackend final : public AttentionBackend {
  public:
@@ -112,12 +153,10 @@ class FakeBackend final : public AttentionBackend {
       seq_tags.push_back(tag);
       if (items.empty() || items.back() != tag) items.push_back(tag);
     }
+    gate_.Pass(items);
     bool poisoned = false;
     {
-      std::unique_lock<std::mutex> lock(mu_);
-      launches_.push_back(items);
-      cv_.notify_all();
-      cv_.wait(lock, [this] { return open_; });
+      std::lock_guard<std::mutex> lock(mu_);
       for (int tag : items) poisoned |= poison_.count(tag) > 0;
     }
     if (poisoned) return absl::InternalError("fake backend: poisoned item in the launch");
@@ -180,33 +219,16 @@ class FakeBackend final : public AttentionBackend {
     std::lock_guard<std::mutex> lock(mu_);
     timings_ = t;
   }
-  void Close() {
-    std::lock_guard<std::mutex> lock(mu_);
-    open_ = false;
-  }
-  void Open() {
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      open_ = true;
-    }
-    cv_.notify_all();
-  }
+  void Close() { gate_.Close(); }
+  void Open() { gate_.Open(); }
   void Poison(int tag) {
     std::lock_guard<std::mutex> lock(mu_);
     poison_.insert(tag);
   }
-  // Waits until at least `n` launches have started.
-  bool WaitForLaunches(size_t n) {
-    std::unique_lock<std::mutex> lock(mu_);
-    return cv_.wait_for(lock, kWaitLimit, [&] { return launches_.size() >= n; });
-  }
-  std::vector<std::vector<int>> launches() const {
-    std::lock_guard<std::mutex> lock(mu_);
-    return launches_;
-  }
+  bool WaitForLaunches(size_t n) { return gate_.WaitForLaunches(n); }
+  std::vector<std::vector<int>> launches() const { return gate_.launches(); }
   bool EverLaunched(int tag) const {
-    std::lock_guard<std::mutex> lock(mu_);
-    for (const auto& l : launches_) {
+    for (const auto& l : gate_.launches()) {
       for (int t : l) {
         if (t == tag) return true;
       }
@@ -216,12 +238,10 @@ class FakeBackend final : public AttentionBackend {
 
  private:
   BackendInfo info_;
-  mutable std::mutex mu_;
-  std::condition_variable cv_;
-  bool open_ = true;
+  LaunchGate<std::vector<int>> gate_;
+  mutable std::mutex mu_;  // poison_, timings_, gathered_
   std::set<int> poison_;
   std::optional<DeviceTimings> timings_;
-  std::vector<std::vector<int>> launches_;
   int gathered_ = 0;
 };
 
