@@ -76,6 +76,12 @@ ABSL_FLAG(std::string, state_dir, kDefaults.registry.state_dir,
 ABSL_FLAG(bool, registry_move_corrupt_aside, false,
           "If registry.json is corrupt, rename it to registry.json.corrupt-<time> and start empty "
           "(default: refuse to start, naming the file and the problem)");
+ABSL_FLAG(bool, allow_shared_memory, false,
+          "Let clients on this host register shared memory (POSIX shm by name, CUDA IPC handles) and pass "
+          "tensors by reference (SharedMemoryService). A client may then make the server map any shm object "
+          "this user can open: turn on only where clients are trusted");
+ABSL_FLAG(int32_t, max_shared_memory_regions, kDefaults.shared_memory.max_regions,
+          "Most shared-memory regions registered at once");
 ABSL_FLAG(std::string, log_level, "info", "trace, debug (a line per request), info, warn (failures with request id), error, off");
 ABSL_FLAG(bool, version, false, "Print the version and exit");
 
@@ -189,6 +195,9 @@ int main(int argc, char** argv) {
   options.registry.on_corrupt = absl::GetFlag(FLAGS_registry_move_corrupt_aside)
                                     ? sage::registry::CorruptFilePolicy::kMoveAside
                                     : sage::registry::CorruptFilePolicy::kRefuse;
+  options.shared_memory.policy = absl::GetFlag(FLAGS_allow_shared_memory) ? sage::server::SharedMemoryPolicy::kAllow
+                                                                         : sage::server::SharedMemoryPolicy::kRefuse;
+  options.shared_memory.max_regions = absl::GetFlag(FLAGS_max_shared_memory_regions);
   options.grace_period = std::chrono::milliseconds(absl::ToInt64Milliseconds(absl::GetFlag(FLAGS_grace_period)));
 
   // Hold one reference to the gRPC library for the life of the process, so that destroying the

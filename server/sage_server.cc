@@ -135,6 +135,11 @@ absl::StatusOr<std::unique_ptr<SageServer>> SageServer::Start(
     s->heap_payload_pool_ = MakeHeapBufferPool();
     s->payload_pool_ = s->heap_payload_pool_.get();
   }
+  if (options.shared_memory.max_regions < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("shared_memory.max_regions must be >= 1, got ", options.shared_memory.max_regions));
+  }
+  s->shared_memory_ = std::make_unique<SharedMemoryRegistry>(options.shared_memory, s->backend_.get());
   absl::StatusOr<std::unique_ptr<ServerMetrics>> metrics = ServerMetrics::Create();
   if (!metrics.ok()) return metrics.status();
   s->metrics_ = *std::move(metrics);
@@ -150,7 +155,7 @@ absl::StatusOr<std::unique_ptr<SageServer>> SageServer::Start(
     const HostBufferPool* pool = s->payload_pool_;         // So does the payload pool.
     http.render = [m, backend, pool] {
       const HostBufferPoolStats ps = pool->Stats();
-      m->SetPayloadPool(ps.memory == HostMemory::kPinned ? "pinned" : "pageable", ps.capacity_bytes, ps.in_use_bytes,
+      m->SetPayloadPool(ps.memory == MemoryKind::kPinned ? "pinned" : "pageable", ps.capacity_bytes, ps.in_use_bytes,
                         ps.overflowed);
       // Device gauges are read when scraped rather than polled.
       for (const DeviceStats& d : backend->DeviceStatsSnapshot()) {
@@ -168,7 +173,8 @@ absl::StatusOr<std::unique_ptr<SageServer>> SageServer::Start(
     s->metrics_http_ = *std::move(endpoint);
   }
   s->pipeline_ = std::make_unique<AttendPipeline>(s->scheduler_.get(), &s->backend_->info(),
-                                                  options.limits, s->metrics_.get(), s->registry_.get());
+                                                  options.limits, s->metrics_.get(), s->registry_.get(),
+                                                  s->shared_memory_.get());
   s->selftest_ = std::make_unique<SelfTestRunner>(s->scheduler_.get(), s->backend_.get());
   ServiceLimits limits;
   limits.max_message_bytes = options.max_message_bytes;
@@ -181,6 +187,7 @@ absl::StatusOr<std::unique_ptr<SageServer>> SageServer::Start(
   registry_options.limits = options.limits;
   s->registry_service_ =
       std::make_unique<RegistryService>(s->registry_.get(), s->backend_.get(), registry_options);
+  s->shared_memory_service_ = std::make_unique<SharedMemoryService>(s->shared_memory_.get());
 
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
@@ -190,6 +197,7 @@ absl::StatusOr<std::unique_ptr<SageServer>> SageServer::Start(
   builder.RegisterService(s->attention_service_.get());
   builder.RegisterService(s->health_service_.get());
   builder.RegisterService(s->registry_service_.get());
+  builder.RegisterService(s->shared_memory_service_.get());
   s->server_ = builder.BuildAndStart();
   if (s->server_ == nullptr || s->port_ == 0) {
     s->scheduler_->Shutdown(DrainMode::kDropQueued);
@@ -199,6 +207,7 @@ absl::StatusOr<std::unique_ptr<SageServer>> SageServer::Start(
   s->health_service_->Set("sageserve.v1.AttentionService",
                           grpc::health::v1::HealthCheckResponse::SERVING);
   s->health_service_->Set("sageserve.v1.RegistryService", grpc::health::v1::HealthCheckResponse::SERVING);
+  s->health_service_->Set("sageserve.v1.SharedMemoryService", grpc::health::v1::HealthCheckResponse::SERVING);
   s->health_service_->SetAll(grpc::health::v1::HealthCheckResponse::SERVING);
   const BackendInfo& info = s->backend_->info();
   spdlog::info("sageserve listening on port {} ({}, backend {}, {}, {} workers, queue {})", s->port_,
@@ -227,6 +236,7 @@ void SageServer::Shutdown() {
     // Start failed part-way (e.g. it could not listen): nothing was accepted; stop what exists.
     if (scheduler_) scheduler_->Shutdown(DrainMode::kDropQueued);
     if (registry_service_) registry_service_->Shutdown();
+    if (shared_memory_service_) shared_memory_service_->Shutdown();
     if (metrics_http_) metrics_http_->Shutdown();
     return;
   }
@@ -255,6 +265,7 @@ void SageServer::Shutdown() {
   server_->Wait();
   // After the gRPC server: its open registry calls were finished by these workers.
   if (registry_service_) registry_service_->Shutdown();
+  if (shared_memory_service_) shared_memory_service_->Shutdown();
   if (metrics_http_) metrics_http_->Shutdown();
   spdlog::info("drained");
 }

@@ -8,6 +8,8 @@
 #include "grpcpp/server.h"
 #include "server/backend/backend.h"
 #include "server/grpc/attend_pipeline.h"
+#include "server/grpc/shared_memory_service.h"
+#include "server/shared_memory/shared_memory_registry.h"
 #include "server/grpc/attention_service.h"
 #include "server/grpc/health_service.h"
 #include "server/grpc/registry_service.h"
@@ -53,6 +55,9 @@ class SageServer {
   // Where request tensors are received: the backend's pool (pinned, CUDA) or this heap pool.
   std::unique_ptr<HostBufferPool> heap_payload_pool_;
   HostBufferPool* payload_pool_ = nullptr;
+  // After the backend (it pins and opens memory through it), before everything that resolves
+  // requests against it. Requests still queued hold their regions themselves.
+  std::unique_ptr<SharedMemoryRegistry> shared_memory_;
   // Before the pipeline and the registry service, which use them (destroyed after them).
   std::unique_ptr<registry::RegistryStore> registry_store_;  // Null without a state directory.
   std::unique_ptr<registry::Registry> registry_;
@@ -62,6 +67,7 @@ class SageServer {
   std::unique_ptr<AttentionService> attention_service_;
   std::unique_ptr<HealthService> health_service_;
   std::unique_ptr<RegistryService> registry_service_;
+  std::unique_ptr<SharedMemoryService> shared_memory_service_;
   std::unique_ptr<grpc::Server> server_;
   std::unique_ptr<metrics::MetricsHttpServer> metrics_http_;
   int port_ = 0;

@@ -11,6 +11,7 @@
 #include "server/registry/registry_store.h"
 #include "server/scheduler/dynamic_batcher.h"
 #include "server/scheduler/fifo_scheduler.h"
+#include "server/shared_memory/shared_memory_registry.h"
 
 namespace sage::server {
 
@@ -56,6 +57,8 @@ struct ServerOptions {
   std::string metrics_listen_address;
   RequestLimits limits;
   RegistryServerOptions registry;
+  // Client shared-memory regions (SharedMemoryService); refused unless policy is kAllow.
+  SharedMemoryOptions shared_memory;
   // How long a drain may take before remaining calls are cancelled.
   std::chrono::milliseconds grace_period{30000};
   // After the last accepted request is answered, the server keeps its connections this long (within

@@ -1,9 +1,12 @@
-// `sagectl attend`: one request, then the answer checked against the local fp64 oracle.
+// `sagectl attend`: one request, then the answer checked against the local fp64 oracle. With
+// --shared_memory=system|cuda the tensors go through a registered region (shared_memory_transport.h).
 #include <chrono>
 #include <cstdio>
 
+#include "absl/strings/str_cat.h"
 #include "client/sagectl/commands.h"
 #include "client/sagectl/problem.h"
+#include "client/sagectl/shared_memory_transport.h"
 #include "kernels/reference/metrics.h"
 #include "kernels/reference/oracle.h"
 #include "sageserve/client/tensor.h"
@@ -13,7 +16,10 @@ namespace sagectl {
 int RunAttend(const Args& args) {
   std::vector<std::string> known = ProblemFlags();
   known.push_back("id");
+  for (const std::string& k : SharedMemoryFlags()) known.push_back(k);
   if (!CheckFlags(args, known)) return 2;
+  absl::StatusOr<SharedMemoryOptions> shm_options = SharedMemoryOptionsFromArgs(args);
+  if (!shm_options.ok()) return Fail(shm_options.status());
   absl::StatusOr<ProblemSpec> spec = SpecFromArgs(args);
   if (!spec.ok()) return Fail(spec.status());
   absl::StatusOr<HostProblem> problem = MakeProblem(*spec);
@@ -21,12 +27,27 @@ int RunAttend(const Args& args) {
   auto client = Connect(args);
   if (!client.ok()) return Fail(client.status());
 
-  const sageserve::v1::AttendRequest request = problem->ToRequest(args.Str("id", "sagectl-attend"));
+  std::unique_ptr<SharedMemoryTransport> shm;
+  if (shm_options->mode != SharedMemoryMode::kNone) {
+    absl::StatusOr<std::unique_ptr<SharedMemoryTransport>> t =
+        SharedMemoryTransport::Create(**client, *shm_options, *problem, /*slots=*/1);
+    if (!t.ok()) return Fail(t.status());
+    shm = *std::move(t);
+  }
+  const std::string id = args.Str("id", "sagectl-attend");
+  sageserve::v1::AttendRequest request = shm ? shm->Request(0) : problem->ToRequest(id);
+  request.set_request_id(id);
   const auto start = std::chrono::steady_clock::now();
   absl::StatusOr<sageserve::v1::AttendResponse> response = (*client)->Attend(request);
   const double rtt_us =
       std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - start).count();
   if (!response.ok()) return Fail(response.status());
+  const size_t response_bytes = response->ByteSizeLong();
+  if (shm) {
+    // From here on the answer looks as if it had come back in the message.
+    response = shm->Resolve(0, *response);
+    if (!response.ok()) return Fail(response.status());
+  }
 
   const auto& t = response->timings();
   std::printf("request %s: recipe %s, O %s [%lld, %lld, %lld]\n", response->request_id().c_str(),
@@ -37,7 +58,8 @@ int RunAttend(const Args& args) {
   std::printf("timing: round trip %.0f us; server queued %lld us, compute %lld us, total %lld us\n", rtt_us,
               static_cast<long long>(t.queued_us()), static_cast<long long>(t.compute_us()),
               static_cast<long long>(t.total_us()));
-  std::printf("bytes: request %zu, response %zu\n", request.ByteSizeLong(), response->ByteSizeLong());
+  std::printf("bytes: request %zu, response %zu (%s)\n", request.ByteSizeLong(), response_bytes,
+              shm ? absl::StrCat("tensors in shared memory: ", shm->Describe()).c_str() : "tensors in the messages");
 
   absl::StatusOr<std::vector<float>> o = sageserve::TensorToFloat(response->o());
   if (!o.ok()) return Fail(o.status());
@@ -50,6 +72,9 @@ int RunAttend(const Args& args) {
   const sage::ErrorMetrics m = sage::CompareToReference(*o, exact->o);
   std::printf("accuracy vs local fp64 oracle (%.0f ms): cosine %.6f, relative L1 %.6f, RMSE %.6g, max abs %.6g\n",
               oracle_ms, m.cosine, m.relative_l1, m.rmse, m.max_abs);
+  if (shm) {
+    if (absl::Status st = shm->Unregister(); !st.ok()) return Fail(st);
+  }
   return 0;
 }
 

@@ -1,5 +1,7 @@
 // `sagectl bench`: load a server with N concurrent requests of one shape and report throughput
 // and latency percentiles, measured at the client (so transport and (de)serialization count).
+// With --shared_memory=system|cuda the tensors travel through a registered region instead of the
+// messages (shared_memory_transport.h), and answers are checked against the bytes path.
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -12,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "client/sagectl/commands.h"
 #include "client/sagectl/problem.h"
+#include "client/sagectl/shared_memory_transport.h"
 
 namespace sagectl {
 namespace {
@@ -36,7 +39,10 @@ double Percentile(std::vector<double> v, double p) {
 int RunBench(const Args& args) {
   std::vector<std::string> known = ProblemFlags();
   for (const char* k : {"concurrency", "requests", "mode", "warmup", "connections"}) known.push_back(k);
+  for (const std::string& k : SharedMemoryFlags()) known.push_back(k);
   if (!CheckFlags(args, known)) return 2;
+  absl::StatusOr<SharedMemoryOptions> shm_options = SharedMemoryOptionsFromArgs(args);
+  if (!shm_options.ok()) return Fail(shm_options.status());
   absl::StatusOr<ProblemSpec> spec = SpecFromArgs(args);
   if (!spec.ok()) return Fail(spec.status());
   absl::StatusOr<int64_t> concurrency = args.Int("concurrency", 4);
@@ -60,10 +66,41 @@ int RunBench(const Args& args) {
   sageserve::Client& client = **client_or;
 
   const sageserve::v1::AttendRequest base = problem->ToRequest("bench");
-  for (int64_t i = 0; i < *warmup; ++i) {
-    auto r = client.Attend(base);
-    if (!r.ok()) return Fail(r.status());
+  // Shared memory: one slot (inputs + outputs) per request that can be in flight. The bytes path's
+  // answer to the same problem is what every checked answer must equal, bit for bit.
+  std::unique_ptr<SharedMemoryTransport> shm;
+  sageserve::v1::AttendResponse expected;
+  std::vector<char> checked(static_cast<size_t>(*concurrency), 0);  // per slot; written by its owner only
+  std::atomic<int64_t> verified{0};
+  if (shm_options->mode != SharedMemoryMode::kNone) {
+    absl::StatusOr<std::unique_ptr<SharedMemoryTransport>> t =
+        SharedMemoryTransport::Create(client, *shm_options, *problem, static_cast<int>(*concurrency));
+    if (!t.ok()) return Fail(t.status());
+    shm = *std::move(t);
+    absl::StatusOr<sageserve::v1::AttendResponse> reference = client.Attend(base);
+    if (!reference.ok()) return Fail(reference.status());
+    expected = *std::move(reference);
   }
+  for (int64_t i = 0; i < *warmup; ++i) {
+    auto r = client.Attend(shm ? shm->Request(0) : base);
+    if (!r.ok()) return Fail(r.status());
+    if (shm) {
+      if (absl::Status st = shm->Verify(0, *r, expected); !st.ok()) return Fail(st);
+      ++verified;
+    }
+  }
+  // The first timed answer of each slot is checked; stale outputs from the warmup must not pass.
+  if (shm) {
+    if (absl::Status st = shm->PoisonOutputs(); !st.ok()) return Fail(st);
+  }
+  // Checks a slot's first answer, off the clock; an error counts the request as failed.
+  auto check_first = [&](int slot, const sageserve::v1::AttendResponse& r) -> absl::Status {
+    if (!shm || checked[slot]) return absl::OkStatus();
+    checked[slot] = 1;
+    absl::Status st = shm->Verify(slot, r, expected);
+    if (st.ok()) ++verified;
+    return st;
+  };
 
   std::vector<Sample> samples;
   std::mutex mu;
@@ -75,13 +112,17 @@ int RunBench(const Args& args) {
   if (mode == "unary") {
     std::vector<std::thread> threads;
     for (int64_t c = 0; c < *concurrency; ++c) {
-      threads.emplace_back([&] {
-        sageserve::v1::AttendRequest request = base;  // One copy per thread, reused.
+      threads.emplace_back([&, slot = static_cast<int>(c)] {
+        // One copy per thread, reused; with shared memory the thread owns its slot's ranges.
+        sageserve::v1::AttendRequest request = shm ? shm->Request(slot) : base;
         for (int64_t i = next++; i < *requests; i = next++) {
           request.set_request_id(absl::StrCat("bench-", i));
           const Clock::time_point t0 = Clock::now();
           absl::StatusOr<sageserve::v1::AttendResponse> r = client.Attend(request);
           const double us = std::chrono::duration<double, std::micro>(Clock::now() - t0).count();
+          if (r.ok()) {
+            if (absl::Status st = check_first(slot, *r); !st.ok()) r = st;
+          }
           std::lock_guard<std::mutex> lock(mu);
           if (!r.ok()) {
             if (failures++ == 0) first_error = r.status();
@@ -97,33 +138,46 @@ int RunBench(const Args& args) {
     std::unique_ptr<sageserve::StreamSession> session = client.OpenStream();
     std::condition_variable cv;
     int64_t in_flight = 0;
-    const size_t request_bytes = base.ByteSizeLong();
+    const size_t request_bytes = shm ? shm->Request(0).ByteSizeLong() : base.ByteSizeLong();
+    // Slots not in flight (shared memory: a request owns its slot's outputs until answered).
+    std::vector<int> free_slots;
+    for (int s = static_cast<int>(*concurrency) - 1; s >= 0; --s) free_slots.push_back(s);
     for (int64_t i = 0; i < *requests; ++i) {
+      int slot = 0;
       {
         std::unique_lock<std::mutex> lock(mu);
         cv.wait(lock, [&] { return in_flight < *concurrency; });
         ++in_flight;
+        slot = free_slots.back();
+        free_slots.pop_back();
       }
-      sageserve::v1::AttendRequest request = base;
+      sageserve::v1::AttendRequest request = shm ? shm->Request(slot) : base;
       request.set_request_id(absl::StrCat("bench-", i));
       const Clock::time_point t0 = Clock::now();
-      absl::Status sent = session->Send(std::move(request), [&, t0](absl::StatusOr<sageserve::v1::AttendResponse> r) {
+      auto on_result = [&, t0, slot](absl::StatusOr<sageserve::v1::AttendResponse> r) {
         const double us = std::chrono::duration<double, std::micro>(Clock::now() - t0).count();
+        // Before the slot is handed back; only the first answer per slot pays for the check.
+        if (r.ok()) {
+          if (absl::Status st = check_first(slot, *r); !st.ok()) r = st;
+        }
         std::lock_guard<std::mutex> lock(mu);
         --in_flight;
+        free_slots.push_back(slot);
         if (!r.ok()) {
           if (failures++ == 0) first_error = r.status();
         } else {
           samples.push_back({us, request_bytes + r->ByteSizeLong(), r->timings()});
         }
         cv.notify_one();
-      });
+      };
+      absl::Status sent = session->Send(std::move(request), std::move(on_result));
       if (!sent.ok()) return Fail(sent);
     }
     absl::Status closed = session->Close();
     if (!closed.ok()) return Fail(closed);
   }
   const double wall_s = std::chrono::duration<double>(Clock::now() - start).count();
+  absl::Status unregistered = shm ? shm->Unregister() : absl::OkStatus();
 
   std::vector<double> lat, srv_total, srv_queued, srv_compute, srv_kernel, srv_device, srv_over_kernel, srv_over_device;
   size_t bytes = 0;
@@ -143,6 +197,13 @@ int RunBench(const Args& args) {
   std::printf("bench: mode %s, concurrency %lld, connections %lld, %zu ok / %lld failed in %.3f s\n", mode.c_str(),
               static_cast<long long>(*concurrency), static_cast<long long>(mode == "unary" ? *connections : 1),
               samples.size(), static_cast<long long>(failures.load()), wall_s);
+  if (shm) {
+    std::printf("transport: %s; request/response bytes below are metadata only; "
+                "%lld answers bit-exact vs the bytes path\n",
+                shm->Describe().c_str(), static_cast<long long>(verified.load()));
+  } else {
+    std::printf("transport: tensor bytes in the gRPC messages\n");
+  }
   std::printf("shape: batch %d, q %lld, k %lld tokens/seq, heads %d/%d, D %d, %s; %.2f MB per request+response\n",
               spec->batch, static_cast<long long>(spec->q_len), static_cast<long long>(spec->k_len),
               spec->heads_q, spec->heads_kv, spec->head_dim,
@@ -162,6 +223,7 @@ int RunBench(const Args& args) {
     std::fprintf(stderr, "first failure: %s\n", first_error.ToString().c_str());
     return 1;
   }
+  if (!unregistered.ok()) return Fail(unregistered);
   return 0;
 }
 

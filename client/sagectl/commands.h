@@ -16,6 +16,8 @@ int RunAttend(const Args& args);
 int RunBench(const Args& args);
 // `sagectl registry <verb> ...` (registry_command.cc).
 int RunRegistry(const std::string& verb, const Args& args);
+// `sagectl shm <verb> ...` (shm_command.cc).
+int RunShm(const std::string& verb, const Args& args);
 
 // Prints "sagectl: <status>" to stderr and returns 1.
 int Fail(const absl::Status& status);

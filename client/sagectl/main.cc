@@ -1,4 +1,4 @@
-// sagectl: operate a sageserve server: health, info, selftest, attend, bench.
+// sagectl: operate a sageserve server: health, info, selftest, attend, bench, registry, shm.
 #include <cstdio>
 #include <fstream>
 #include <sstream>
@@ -87,6 +87,12 @@ void Usage() {
       "  selftest [--recipe=NAME]    run the server's built-in problem; exit 0 when it passes\n"
       "  attend  [problem options]   one request; accuracy vs the local fp64 oracle, timings\n"
       "  bench   [problem options] [--concurrency=N] [--requests=N] [--mode=unary|stream]\n"
+      "  attend, bench: [--shared_memory=none|system|cuda] [--cuda_device=N]\n"
+      "                              system/cuda: tensors in a registered region, not the messages\n"
+      "                              (same host; server runs --allow_shared_memory); bench checks\n"
+      "                              answers bit-exact against the bytes path\n"
+      "  shm status [--name=N] [--json] | shm unregister [--name=N]\n"
+      "                              the server's shared-memory regions (no --name: all of them)\n"
       "  registry register|list|get|delete|get-plan|set-plan|calibrate [options]\n"
       "                              the precision registry (docs/REGISTRY.md); e.g.\n"
       "    registry register --model=M --layers=N --heads_q=H --heads_kv=H --head_dim=D [--timesteps=T] [--accuracy_target=X]\n"
@@ -161,15 +167,15 @@ int main(int argc, char** argv) {
     sagectl::Usage();
     return 0;
   }
-  if (command == "registry") {
-    // Two words: `sagectl registry <verb> --flags...`.
+  if (command == "registry" || command == "shm") {
+    // Two words: `sagectl registry|shm <verb> --flags...`.
     if (argc < 3) {
       sagectl::Usage();
       return 2;
     }
     absl::StatusOr<sagectl::Args> args = sagectl::Args::Parse(std::vector<std::string>(argv + 3, argv + argc));
     if (!args.ok()) return sagectl::Fail(args.status());
-    return sagectl::RunRegistry(argv[2], *args);
+    return command == "shm" ? sagectl::RunShm(argv[2], *args) : sagectl::RunRegistry(argv[2], *args);
   }
   absl::StatusOr<sagectl::Args> args = sagectl::Args::Parse(std::vector<std::string>(argv + 2, argv + argc));
   if (!args.ok()) return sagectl::Fail(args.status());

@@ -57,6 +57,7 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Create(const ClientOptions& opti
 Client::Client(const ClientOptions& options, std::vector<std::shared_ptr<grpc::Channel>> channels)
     : options_(options), channels_(std::move(channels)) {
   for (const auto& c : channels_) stubs_.push_back(v1::AttentionService::NewStub(c));
+  shared_memory_ = v1::SharedMemoryService::NewStub(channels_.front());
 }
 
 v1::AttentionService::Stub& Client::NextStub() const {
@@ -115,6 +116,54 @@ absl::StatusOr<HealthStatus> Client::CheckHealth(const std::string& service) con
     case grpc::health::v1::HealthCheckResponse::SERVICE_UNKNOWN: return HealthStatus::kServiceUnknown;
     default: return HealthStatus::kUnknown;
   }
+}
+
+absl::Status Client::RegisterSystemSharedMemory(const std::string& name, const std::string& key, uint64_t offset,
+                                                uint64_t byte_size) const {
+  grpc::ClientContext context;
+  ApplyDeadline(options_, &context);
+  v1::RegisterSystemSharedMemoryRequest request;
+  request.set_name(name);
+  request.set_key(key);
+  request.set_offset(offset);
+  request.set_byte_size(byte_size);
+  v1::RegisterSharedMemoryResponse response;
+  return FromGrpcStatus(shared_memory_->RegisterSystemSharedMemory(&context, request, &response));
+}
+
+absl::Status Client::RegisterCudaSharedMemory(const std::string& name, std::string_view raw_handle, int device_id,
+                                              uint64_t byte_size) const {
+  grpc::ClientContext context;
+  ApplyDeadline(options_, &context);
+  v1::RegisterCudaSharedMemoryRequest request;
+  request.set_name(name);
+  request.set_raw_handle(raw_handle.data(), raw_handle.size());
+  request.set_device_id(device_id);
+  request.set_byte_size(byte_size);
+  v1::RegisterSharedMemoryResponse response;
+  return FromGrpcStatus(shared_memory_->RegisterCudaSharedMemory(&context, request, &response));
+}
+
+absl::StatusOr<std::vector<std::string>> Client::UnregisterSharedMemory(const std::string& name) const {
+  grpc::ClientContext context;
+  ApplyDeadline(options_, &context);
+  v1::UnregisterSharedMemoryRequest request;
+  request.set_name(name);
+  v1::UnregisterSharedMemoryResponse response;
+  grpc::Status status = shared_memory_->UnregisterSharedMemory(&context, request, &response);
+  if (!status.ok()) return FromGrpcStatus(status);
+  return std::vector<std::string>(response.names().begin(), response.names().end());
+}
+
+absl::StatusOr<v1::GetSharedMemoryStatusResponse> Client::GetSharedMemoryStatus(const std::string& name) const {
+  grpc::ClientContext context;
+  ApplyDeadline(options_, &context);
+  v1::GetSharedMemoryStatusRequest request;
+  request.set_name(name);
+  v1::GetSharedMemoryStatusResponse response;
+  grpc::Status status = shared_memory_->GetSharedMemoryStatus(&context, request, &response);
+  if (!status.ok()) return FromGrpcStatus(status);
+  return response;
 }
 
 std::unique_ptr<StreamSession> Client::OpenStream(const StreamOptions& options) const {

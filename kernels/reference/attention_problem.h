@@ -32,9 +32,14 @@ enum class LseMode { kNone, kNatural };  // kNatural: fp32 log-sum-exp in natura
 //                   when the response goes out of the request's own (pinned) block.
 enum class OutputForm : uint8_t { kFloat, kNativeAllowed, kNativeInto };
 
-// Where a problem's host bytes (q/k/v, o_into, lse_into) live. kPinned: page-locked and registered
-// with the CUDA driver, so a GPU engine copies straight from and to them, with no staging copy.
-enum class HostMemory : uint8_t { kPageable, kPinned };
+// Where a problem's bytes (q/k/v: AttnInput::memory; o_into/lse_into: out_memory) live.
+//   kPageable: ordinary host memory.
+//   kPinned:   host memory page-locked and registered with the CUDA driver, so a GPU engine copies
+//              straight from and to it, with no staging copy.
+//   kDevice:   memory of the GPU the engine runs on (a client's CUDA shared memory), read and written
+//              by device copies only. Engines without a GPU never receive it (the server refuses
+//              CUDA shared memory there).
+enum class MemoryKind : uint8_t { kPageable, kPinned, kDevice };
 
 // Where an engine put O and LSE (AttnOutput::placement).
 enum class OutputPlacement : uint8_t { kInOutput, kCallerBuffers };
@@ -52,7 +57,9 @@ struct AttnInput {
   std::optional<float> softmax_scale;  // default 1/sqrt(D).
   LseMode lse = LseMode::kNone;
   OutputForm output_form = OutputForm::kFloat;
-  HostMemory memory = HostMemory::kPageable;
+  MemoryKind memory = MemoryKind::kPageable;      // q, k, v
+  MemoryKind out_memory = MemoryKind::kPageable;  // o_into, lse_into
+  int memory_device = -1;  // with kDevice in either: the CUDA ordinal that holds that memory
   std::span<std::byte> o_into;  // kNativeInto: room for total_q * Hq * D 16-bit codes
   std::span<float> lse_into;    // kNativeInto with LseMode::kNatural: room for total_q * Hq
 

@@ -1,7 +1,9 @@
 // The interface between the request path (gRPC layer, scheduler) and an attention engine.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <span>
 #include <string>
 #include <vector>
@@ -53,6 +55,23 @@ struct DeviceStats {
   int64_t memory_total_bytes = 0;
 };
 
+// A client's memory (shared memory the server mapped) made usable by an engine: host memory page-locked
+// for direct DMA, or a CUDA IPC allocation opened in this process. Destroying it undoes that
+// (cudaHostUnregister, cudaIpcCloseMemHandle); its owner keeps it alive while any launch may touch the
+// memory.
+class EngineMemory {
+ public:
+  virtual ~EngineMemory() = default;
+};
+
+// A client's CUDA allocation opened by the engine (AttentionBackend::OpenCudaIpcMemory).
+struct DeviceMapping {
+  std::unique_ptr<EngineMemory> handle;
+  std::byte* data = nullptr;  // the allocation's start, in this process's address space
+  size_t allocation_bytes = 0;
+  int device = -1;
+};
+
 // An engine the server can hand requests to. Attend() is blocking and thread-safe; it is called
 // from the server's worker threads, never from a gRPC reactor callback.
 class AttentionBackend {
@@ -75,6 +94,25 @@ class AttentionBackend {
   // gRPC layer puts request payloads and results; null: ordinary heap blocks. Thread-safe; owned
   // by the backend.
   virtual HostBufferPool* host_buffers() { return nullptr; }
+
+  // Prepares `bytes` of host memory at `data` (a client's shared memory, mapped by the server) for
+  // the fastest copies: the CUDA backend pins it (cudaHostRegister) so launches DMA straight from
+  // and to it. Null: nothing to do (the CPU engine reads any memory). The memory must stay mapped
+  // until the result is destroyed.
+  virtual absl::StatusOr<std::unique_ptr<EngineMemory>> PinHostMemory(std::byte* data, size_t bytes) {
+    (void)data;
+    (void)bytes;
+    return std::unique_ptr<EngineMemory>();
+  }
+  // Opens a client's device allocation from its cudaIpcMemHandle_t bytes, on CUDA ordinal `device`,
+  // checking that it holds at least `bytes`. UNIMPLEMENTED on engines without a GPU.
+  virtual absl::StatusOr<DeviceMapping> OpenCudaIpcMemory(std::span<const std::byte> handle, int device,
+                                                          size_t bytes) {
+    (void)handle;
+    (void)device;
+    (void)bytes;
+    return absl::UnimplementedError("CUDA shared memory needs the cuda backend; this server runs the cpu engine");
+  }
 };
 
 inline absl::StatusOr<AttnOutput> AttentionBackend::AttendGathered(const AttnInput& merged,

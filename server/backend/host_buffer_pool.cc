@@ -16,7 +16,7 @@ constexpr size_t kBlockAlignment = 256;
 
 // Wraps a leased range in a HostBlock. make_shared moves `release` into the block only once its
 // allocation succeeded, so on bad_alloc the range is still ours to give back here.
-absl::StatusOr<HostBlockRef> MakeBlock(std::byte* data, size_t size, HostMemory memory,
+absl::StatusOr<HostBlockRef> MakeBlock(std::byte* data, size_t size, MemoryKind memory,
                                        absl::AnyInvocable<void()> release) {
   try {
     return std::make_shared<HostBlock>(data, size, memory, std::move(release));
@@ -38,7 +38,7 @@ absl::StatusOr<HostBlockRef> HeapBlock(size_t bytes) {
     return absl::ResourceExhaustedError(
         absl::StrCat("host buffer pool: cannot allocate ", bytes, " bytes from the heap"));
   }
-  return MakeBlock(static_cast<std::byte*>(p), bytes, HostMemory::kPageable,
+  return MakeBlock(static_cast<std::byte*>(p), bytes, MemoryKind::kPageable,
                    [p] { ::operator delete(p, kAlign); });
 }
 
@@ -55,7 +55,7 @@ class HeapBufferPool final : public HostBufferPool {
 
   HostBufferPoolStats Stats() const override {
     absl::MutexLock lock(&mu_);
-    return {.memory = HostMemory::kPageable, .acquired = acquired_};
+    return {.memory = MemoryKind::kPageable, .acquired = acquired_};
   }
 
  private:
@@ -65,7 +65,7 @@ class HeapBufferPool final : public HostBufferPool {
 
 // Shared by the pool and every block leased from it, so the region outlives whichever goes last.
 struct RegionState {
-  RegionState(std::byte* aligned_base, size_t usable, HostMemory memory_kind,
+  RegionState(std::byte* aligned_base, size_t usable, MemoryKind memory_kind,
               absl::AnyInvocable<void()> free_fn)
       : base(aligned_base),
         memory(memory_kind),
@@ -78,7 +78,7 @@ struct RegionState {
   RegionState& operator=(const RegionState&) = delete;
 
   std::byte* const base;
-  const HostMemory memory;
+  const MemoryKind memory;
   absl::AnyInvocable<void()> free_region;
   mutable absl::Mutex mu;
   ArenaAllocator arena ABSL_GUARDED_BY(mu);
@@ -185,7 +185,7 @@ size_t ArenaAllocator::largest_free() const {
 
 std::unique_ptr<HostBufferPool> MakeHeapBufferPool() { return std::make_unique<HeapBufferPool>(); }
 
-std::unique_ptr<HostBufferPool> MakeRegionBufferPool(std::byte* base, size_t bytes, HostMemory memory,
+std::unique_ptr<HostBufferPool> MakeRegionBufferPool(std::byte* base, size_t bytes, MemoryKind memory,
                                                      absl::AnyInvocable<void()> free_region) {
   // Only the 256-aligned part of the region is usable.
   const size_t skip = (kBlockAlignment - reinterpret_cast<uintptr_t>(base) % kBlockAlignment) %

@@ -49,7 +49,7 @@ class ArenaAllocator {
 // pool that made it was destroyed first (responses still in gRPC's hands hold blocks).
 class HostBlock {
  public:
-  HostBlock(std::byte* data, size_t size, HostMemory memory, absl::AnyInvocable<void()> release)
+  HostBlock(std::byte* data, size_t size, MemoryKind memory, absl::AnyInvocable<void()> release)
       : data_(data), size_(size), memory_(memory), release_(std::move(release)) {}
   ~HostBlock() {
     if (release_) release_();
@@ -59,18 +59,18 @@ class HostBlock {
 
   std::byte* data() const { return data_; }
   size_t size() const { return size_; }
-  HostMemory memory() const { return memory_; }
+  MemoryKind memory() const { return memory_; }
 
  private:
   std::byte* data_;
   size_t size_;
-  HostMemory memory_;
+  MemoryKind memory_;
   absl::AnyInvocable<void()> release_;
 };
 using HostBlockRef = std::shared_ptr<HostBlock>;
 
 struct HostBufferPoolStats {
-  HostMemory memory = HostMemory::kPageable;  // what the pool's own region is
+  MemoryKind memory = MemoryKind::kPageable;  // what the pool's own region is
   int64_t capacity_bytes = 0;                 // the region (0 for the heap pool)
   int64_t in_use_bytes = 0;                   // gauge: leased from the region now
   int64_t acquired = 0;                       // counter: blocks handed out
@@ -92,7 +92,7 @@ std::unique_ptr<HostBufferPool> MakeHeapBufferPool();
 // Blocks carved out of one caller-provided region (the CUDA backend's pinned memory, allocated once at
 // start); requests the region cannot hold come from the heap and count as overflowed. `free_region`
 // runs once, when the pool and every block from it are gone.
-std::unique_ptr<HostBufferPool> MakeRegionBufferPool(std::byte* base, size_t bytes, HostMemory memory,
+std::unique_ptr<HostBufferPool> MakeRegionBufferPool(std::byte* base, size_t bytes, MemoryKind memory,
                                                      absl::AnyInvocable<void()> free_region);
 
 }  // namespace sage::server

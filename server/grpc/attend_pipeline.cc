@@ -113,7 +113,7 @@ absl::Status AttendPipeline::Start(AttendCall call) {
                                call.payloads->storage->memory()};
   }
   absl::StatusOr<std::unique_ptr<DecodedRequest>> decoded =
-      DecodeAttendRequest(*call.request, *backend_, limits_, external ? &*external : nullptr);
+      DecodeAttendRequest(*call.request, *backend_, limits_, external ? &*external : nullptr, shared_memory_);
   if (!decoded.ok()) {
     spdlog::warn("request '{}' rejected: {}", id, decoded.status().ToString());
     Record(metrics_, call.method, RequestedRecipe(*call.request, *backend_), decoded.status(), accepted,
@@ -133,7 +133,18 @@ absl::Status AttendPipeline::Start(AttendCall call) {
   // The codec takes O in the kernel's 16-bit type as well: no decode here and re-encode there.
   item.input.output_form = OutputForm::kNativeAllowed;
   const RequestPayloads* payloads = call.payloads;
-  if (payloads != nullptr && problem->output_dtype == problem->input.q.dtype) {
+  const bool to_shared = !problem->o_output.empty();
+  if (to_shared) {
+    // O (and LSE) go to the client's shared memory: written there by the engine when it can (O in
+    // q's dtype), else by the codec.
+    item.input.out_memory = problem->output_memory;
+    if (problem->output_dtype == problem->input.q.dtype) {
+      item.input.output_form = OutputForm::kNativeInto;
+      item.input.o_into = problem->o_output;
+      item.input.lse_into = std::span<float>(reinterpret_cast<float*>(problem->lse_output.data()),
+                                             problem->lse_output.size() / sizeof(float));
+    }
+  } else if (payloads != nullptr && problem->output_dtype == problem->input.q.dtype) {
     // O goes straight into the request's block and leaves from there (no result copy on the host).
     const size_t o_bytes = problem->input.q.bytes();
     const size_t lse_bytes = problem->input.lse == LseMode::kNatural
@@ -141,6 +152,7 @@ absl::Status AttendPipeline::Start(AttendCall call) {
                                  : 0;
     if (payloads->o.size() >= o_bytes && payloads->lse.size() >= lse_bytes) {
       item.input.output_form = OutputForm::kNativeInto;
+      item.input.out_memory = payloads->storage->memory();
       item.input.o_into = payloads->o.first(o_bytes);
       item.input.lse_into =
           std::span<float>(reinterpret_cast<float*>(payloads->lse.data()), lse_bytes / sizeof(float));
@@ -170,14 +182,21 @@ absl::Status AttendPipeline::Start(AttendCall call) {
     }
     response->set_request_id(rid);
     response->set_recipe(ToWireRecipe(problem->recipe));
-    if (result != nullptr) {
+    if (result != nullptr && !problem->o_output.empty()) {
+      result->placement = OutputPlacement::kInOutput;  // the bytes are in shared memory, not the response
+    } else if (result != nullptr) {
       result->placement = out->placement;
       if (out->placement == OutputPlacement::kCallerBuffers) {
         result->o = o_into;
         result->lse = std::as_bytes(lse_into);
       }
     }
-    EncodeAttendOutput(*std::move(out), *problem, response);
+    if (absl::Status encoded = EncodeAttendOutput(*std::move(out), *problem, response); !encoded.ok()) {
+      spdlog::error("request '{}': {}", rid, encoded.ToString());
+      Record(metrics, method, recipe, encoded, accepted, *request, wire_bytes, nullptr);
+      done(encoded);
+      return;
+    }
     sageserve::v1::Timings* t = response->mutable_timings();
     t->set_queued_us(Micros(timings.queued));
     t->set_compute_us(Micros(timings.compute));

@@ -71,9 +71,16 @@ class AttendPipeline {
  public:
   // `metrics` may be null (no request metrics); otherwise it must outlive the pipeline. So must
   // `registry` (the precision registry); null: requests naming a model are refused.
+  // `shared_memory` (may be null: requests naming shared memory are refused) must outlive it too.
   AttendPipeline(Scheduler* scheduler, const BackendInfo* backend, RequestLimits limits,
-                 ServerMetrics* metrics = nullptr, const registry::Registry* registry = nullptr)
-      : scheduler_(scheduler), backend_(backend), limits_(limits), metrics_(metrics), registry_(registry) {}
+                 ServerMetrics* metrics = nullptr, const registry::Registry* registry = nullptr,
+                 const SharedMemoryRegistry* shared_memory = nullptr)
+      : scheduler_(scheduler),
+        backend_(backend),
+        limits_(limits),
+        metrics_(metrics),
+        registry_(registry),
+        shared_memory_(shared_memory) {}
 
   // OK: the call was queued and `done` will run. Error: `done` is not called, the caller reports
   // the status (logged here at warn).
@@ -92,6 +99,7 @@ class AttendPipeline {
   const RequestLimits limits_;
   ServerMetrics* const metrics_;
   const registry::Registry* const registry_;
+  const SharedMemoryRegistry* const shared_memory_;
 };
 
 }  // namespace sage::server

@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "server/grpc/registry_codec.h"
 #include "server/grpc/status_mapping.h"
+#include "server/grpc/unary_reactors.h"
 #include "server/registry/calibrate_model.h"
 #include "server/registry/cost_table.h"
 #include "spdlog/spdlog.h"
@@ -18,28 +19,6 @@ namespace v1 = ::sageserve::v1;
 namespace reg = ::sage::registry;
 
 namespace {
-
-grpc::ServerUnaryReactor* FinishNow(grpc::CallbackServerContext* context, const absl::Status& status) {
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  reactor->Finish(ToGrpcStatus(status));
-  return reactor;
-}
-
-// Runs `work` on `worker` and finishes the call with its status; the request and response stay
-// valid until Finish, which only this path calls.
-grpc::ServerUnaryReactor* RunOn(reg::SerialWorker& worker, grpc::CallbackServerContext* context,
-                                absl::AnyInvocable<absl::Status()> work) {
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  absl::Status queued = worker.Submit([reactor, context, work = std::move(work)]() mutable {
-    if (context->IsCancelled()) {
-      reactor->Finish(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled before it ran"));
-      return;
-    }
-    reactor->Finish(ToGrpcStatus(work()));
-  });
-  if (!queued.ok()) reactor->Finish(ToGrpcStatus(queued));
-  return reactor;
-}
 
 int64_t SampleBytes(const v1::CalibrationSample& s) {
   return static_cast<int64_t>(s.q().data().size() + s.k().data().size() + s.v().data().size());

@@ -1,7 +1,9 @@
 #include "server/grpc/request_codec.h"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
+#include <optional>
 #include <cstring>
 #include <string>
 
@@ -58,10 +60,32 @@ absl::Status Invalid(const std::string& field, absl::string_view what) {
   return absl::InvalidArgumentError(absl::StrCat(field, ": ", what));
 }
 
-// Checks one wire tensor and returns a view of its bytes (no copy).
+absl::Status NoSharedMemory(const std::string& field) {
+  return absl::FailedPreconditionError(
+      absl::StrCat(field, ": this server does not accept shared memory (start it with --allow_shared_memory)"));
+}
+
+// Resolves a shared-memory reference of `expected` bytes, keeping its region in `decoded`.
+absl::StatusOr<SharedRange> ResolveRef(const std::string& field, const v1::SharedMemoryRef& ref, size_t expected,
+                                       size_t alignment, const SharedMemoryRegistry* shm, DecodedRequest& decoded) {
+  if (shm == nullptr) return NoSharedMemory(field);
+  absl::StatusOr<SharedRange> range = shm->Resolve(field, ref.region(), ref.offset(), ref.byte_size(), expected);
+  if (!range.ok()) return range.status();
+  if (reinterpret_cast<uintptr_t>(range->bytes.data()) % alignment != 0) {
+    return Invalid(absl::StrCat(field, ".offset"), absl::StrCat(ref.offset(), " is not a multiple of the element size (",
+                                                               alignment, ")"));
+  }
+  decoded.regions.push_back(range->region);
+  return range;
+}
+
+// Checks one wire tensor and returns a view of its bytes (no copy): in the message, beside it
+// (`external`), or in a shared-memory region (then `memory` says what kind).
 absl::StatusOr<TensorView> DecodeTensor(const std::string& field, const v1::Tensor& t,
                                         const BackendInfo& backend, const RequestLimits& limits,
-                                        const std::span<const std::byte>* external) {
+                                        const std::span<const std::byte>* external,
+                                        const SharedMemoryRegistry* shm, DecodedRequest& decoded,
+                                        std::optional<SharedRange>* shared) {
   if (t.dtype() == v1::DTYPE_UNSPECIFIED) return Invalid(absl::StrCat(field, ".dtype"), "not set");
   absl::StatusOr<DType> dtype = FromWireDType(t.dtype());
   if (!dtype.ok()) return Invalid(absl::StrCat(field, ".dtype"), dtype.status().message());
@@ -93,6 +117,15 @@ absl::StatusOr<TensorView> DecodeTensor(const std::string& field, const v1::Tens
   view.heads = static_cast<int32_t>(heads);
   view.head_dim = static_cast<int32_t>(head_dim);
   const size_t sent = external != nullptr ? external->size() : t.data().size();
+  if (t.has_shared_memory()) {
+    if (sent != 0) return Invalid(field, "set data or shared_memory, not both");
+    absl::StatusOr<SharedRange> range = ResolveRef(absl::StrCat(field, ".shared_memory"), t.shared_memory(),
+                                                   view.bytes(), DTypeSize(*dtype), shm, decoded);
+    if (!range.ok()) return range.status();
+    view.data = range->bytes.data();
+    *shared = *std::move(range);
+    return view;
+  }
   if (sent != view.bytes()) {
     return Invalid(absl::StrCat(field, ".data"),
                    absl::StrCat(sent, " bytes, expected ", view.bytes(), " for shape [",
@@ -115,24 +148,115 @@ absl::Status DecodeCuSeqlens(const std::string& field, const google::protobuf::R
   return absl::OkStatus();
 }
 
+// Where q, k and v live together: one device's memory, or host memory (pinned only if all are).
+absl::Status SettleInputMemory(const std::array<std::optional<SharedRange>, 3>& shared, MemoryKind wire_memory,
+                               AttnInput& in) {
+  constexpr std::array<const char*, 3> kNames = {"q", "k", "v"};
+  int on_device = 0;
+  bool all_pinned = true;
+  for (size_t i = 0; i < 3; ++i) {
+    const MemoryKind m = shared[i] ? shared[i]->memory() : wire_memory;
+    if (m == MemoryKind::kDevice) {
+      ++on_device;
+      const int device = shared[i]->region->device();
+      if (in.memory_device >= 0 && device != in.memory_device) {
+        return Invalid(absl::StrCat(kNames[i], ".shared_memory"),
+                       absl::StrCat("on CUDA device ", device, ", but another input is on device ", in.memory_device,
+                                    " (one request runs on one GPU)"));
+      }
+      in.memory_device = device;
+    }
+    if (m != MemoryKind::kPinned) all_pinned = false;
+  }
+  if (on_device != 0 && on_device != 3) {
+    return Invalid("q", "q, k and v must all be in CUDA shared memory, or none of them");
+  }
+  in.memory = on_device == 3 ? MemoryKind::kDevice : all_pinned ? MemoryKind::kPinned : MemoryKind::kPageable;
+  return absl::OkStatus();
+}
+
+bool Overlap(std::span<const std::byte> a, std::span<const std::byte> b) {
+  if (a.empty() || b.empty()) return false;
+  const auto a0 = reinterpret_cast<uintptr_t>(a.data()), b0 = reinterpret_cast<uintptr_t>(b.data());
+  return a0 < b0 + b.size() && b0 < a0 + a.size();
+}
+
+// AttendRequest.o_output / lse_output: resolved, sized for the output, apart from every input.
+absl::Status DecodeOutputs(const v1::AttendRequest& request, const SharedMemoryRegistry* shm, DecodedRequest& d) {
+  AttnInput& in = d.input;
+  if (!request.has_o_output()) {
+    if (request.has_lse_output()) return Invalid("lse_output", "set only together with o_output");
+    return absl::OkStatus();
+  }
+  if (request.has_lse_output() && !request.return_lse()) return Invalid("lse_output", "set only with return_lse");
+  if (request.return_lse() && !request.has_lse_output()) {
+    return Invalid("lse_output", "required with o_output and return_lse (LSE goes beside O)");
+  }
+  const size_t o_bytes = static_cast<size_t>(in.q.numel()) * DTypeSize(d.output_dtype);
+  absl::StatusOr<SharedRange> o = ResolveRef("o_output", request.o_output(), o_bytes, DTypeSize(d.output_dtype), shm, d);
+  if (!o.ok()) return o.status();
+  d.o_output = o->bytes;
+  d.output_memory = o->memory();
+  d.o_output_ref = request.o_output();
+  if (request.has_lse_output()) {
+    const size_t lse_bytes = static_cast<size_t>(in.q.tokens) * in.q.heads * sizeof(float);
+    absl::StatusOr<SharedRange> lse = ResolveRef("lse_output", request.lse_output(), lse_bytes, sizeof(float), shm, d);
+    if (!lse.ok()) return lse.status();
+    if ((lse->memory() == MemoryKind::kDevice) != (o->memory() == MemoryKind::kDevice) ||
+        (o->memory() == MemoryKind::kDevice && lse->region->device() != o->region->device())) {
+      return Invalid("lse_output", "must be in the same kind of memory (and CUDA device) as o_output");
+    }
+    if (Overlap(lse->bytes, o->bytes)) return Invalid("lse_output", "overlaps o_output");
+    if (o->memory() == MemoryKind::kPinned && lse->memory() != MemoryKind::kPinned) {
+      d.output_memory = MemoryKind::kPageable;  // direct copies only when both are pinned
+    }
+    d.lse_output = lse->bytes;
+    d.lse_output_ref = request.lse_output();
+  }
+  if (d.output_memory == MemoryKind::kDevice) {
+    const int device = o->region->device();
+    if (in.memory_device >= 0 && in.memory_device != device) {
+      return Invalid("o_output", absl::StrCat("on CUDA device ", device, ", but the inputs are on device ",
+                                              in.memory_device, " (one request runs on one GPU)"));
+    }
+    in.memory_device = device;
+    if (d.output_dtype != in.q.dtype) {
+      return Invalid("output_dtype", "must equal q's dtype when O goes to CUDA shared memory (no conversion on the GPU)");
+    }
+  }
+  const std::array<std::pair<const char*, const TensorView*>, 3> inputs = {{{"q", &in.q}, {"k", &in.k}, {"v", &in.v}}};
+  for (const auto& [name, t] : inputs) {
+    const std::span<const std::byte> bytes(static_cast<const std::byte*>(t->data), t->bytes());
+    if (Overlap(d.o_output, bytes)) return Invalid("o_output", absl::StrCat("overlaps ", name, "'s bytes"));
+    if (Overlap(d.lse_output, bytes)) return Invalid("lse_output", absl::StrCat("overlaps ", name, "'s bytes"));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<DecodedRequest>> DecodeAttendRequest(
     const v1::AttendRequest& request, const BackendInfo& backend, const RequestLimits& limits,
-    const ExternalTensors* external) {
+    const ExternalTensors* external, const SharedMemoryRegistry* shared_memory) {
   auto decoded = std::make_unique<DecodedRequest>();
   AttnInput& in = decoded->input;
 
   if (!request.has_q()) return Invalid("q", "missing");
   if (!request.has_k()) return Invalid("k", "missing");
   if (!request.has_v()) return Invalid("v", "missing");
-  absl::StatusOr<TensorView> q = DecodeTensor("q", request.q(), backend, limits, external ? &external->q : nullptr);
+  std::array<std::optional<SharedRange>, 3> shared;
+  absl::StatusOr<TensorView> q = DecodeTensor("q", request.q(), backend, limits, external ? &external->q : nullptr,
+                                              shared_memory, *decoded, &shared[0]);
   if (!q.ok()) return q.status();
-  absl::StatusOr<TensorView> k = DecodeTensor("k", request.k(), backend, limits, external ? &external->k : nullptr);
+  absl::StatusOr<TensorView> k = DecodeTensor("k", request.k(), backend, limits, external ? &external->k : nullptr,
+                                              shared_memory, *decoded, &shared[1]);
   if (!k.ok()) return k.status();
-  absl::StatusOr<TensorView> v = DecodeTensor("v", request.v(), backend, limits, external ? &external->v : nullptr);
+  absl::StatusOr<TensorView> v = DecodeTensor("v", request.v(), backend, limits, external ? &external->v : nullptr,
+                                              shared_memory, *decoded, &shared[2]);
   if (!v.ok()) return v.status();
-  if (external != nullptr) in.memory = external->memory;
+  absl::Status settled =
+      SettleInputMemory(shared, external != nullptr ? external->memory : MemoryKind::kPageable, in);
+  if (!settled.ok()) return settled;
   in.q = *q;
   in.k = *k;
   in.v = *v;
@@ -202,50 +326,74 @@ absl::StatusOr<std::unique_ptr<DecodedRequest>> DecodeAttendRequest(
   }
   decoded->config = ConfigFor(decoded->recipe);
 
+  s = DecodeOutputs(request, shared_memory, *decoded);
+  if (!s.ok()) return s;
+
   // The engine's own checks (cu_seqlens monotonic and in range, GQA, pointers), field-named.
   s = ValidateInput(in);
   if (!s.ok()) return s;
+  for (size_t i = 0; i < decoded->regions.size(); ++i) {
+    const SharedMemoryRegion* r = decoded->regions[i].get();
+    bool first = true;
+    for (size_t j = 0; j < i; ++j) first = first && decoded->regions[j].get() != r;
+    if (first) r->CountRequest();
+  }
   return decoded;
 }
 
-void EncodeAttendOutput(AttnOutput output, const DecodedRequest& request, v1::AttendResponse* response) {
+absl::Status EncodeAttendOutput(AttnOutput output, const DecodedRequest& request, v1::AttendResponse* response) {
   const AttnInput& in = request.input;
+  const bool to_shared = !request.o_output.empty();
+  const bool want_lse = in.lse == LseMode::kNatural;
   v1::Tensor* o = response->mutable_o();
   o->set_dtype(ToWireDType(request.output_dtype));
   o->add_shape(in.q.tokens);
   o->add_shape(in.q.heads);
   o->add_shape(in.q.head_dim);
-  if (output.placement == OutputPlacement::kCallerBuffers) {
-    if (in.lse == LseMode::kNatural) {
-      v1::Tensor* lse = response->mutable_lse();
-      lse->set_dtype(v1::DTYPE_FP32);
-      lse->add_shape(in.q.tokens);
-      lse->add_shape(in.q.heads);
-    }
-    return;
-  }
-  const size_t n = output.o_elements();
-  if (output.has_native_o() && output.o_native_dtype == request.output_dtype) {
-    o->set_data(std::move(output.o_native));  // the kernel's bytes become the response's: no copy
-  } else if (output.has_native_o()) {
-    std::string* bytes = o->mutable_data();
-    bytes->resize(n * DTypeSize(request.output_dtype));
-    // The kernel's 16-bit codes in another type: converted once (same bits as decoding to float and
-    // encoding again).
-    ConvertBulk(output.o_native.data(), output.o_native_dtype, bytes->data(), request.output_dtype, n);
-  } else {
-    std::string* bytes = o->mutable_data();
-    bytes->resize(n * DTypeSize(request.output_dtype));
-    EncodeFromFloatBulk(output.o.data(), bytes->data(), n, request.output_dtype);
-  }
-  if (in.lse == LseMode::kNatural) {
-    v1::Tensor* lse = response->mutable_lse();
+  v1::Tensor* lse = nullptr;
+  if (want_lse) {
+    lse = response->mutable_lse();
     lse->set_dtype(v1::DTYPE_FP32);
     lse->add_shape(in.q.tokens);
     lse->add_shape(in.q.heads);
-    lse->mutable_data()->assign(reinterpret_cast<const char*>(output.lse.data()),
-                                output.lse.size() * sizeof(float));
   }
+  if (to_shared) {
+    *o->mutable_shared_memory() = request.o_output_ref;
+    if (lse != nullptr) *lse->mutable_shared_memory() = request.lse_output_ref;
+  }
+  if (output.placement == OutputPlacement::kCallerBuffers) return absl::OkStatus();
+  if (to_shared && request.output_memory == MemoryKind::kDevice) {
+    return absl::InternalError("the engine did not write O into the request's CUDA shared memory");
+  }
+  // O goes into the response's bytes, or (o_output) straight into the client's host shared memory.
+  const size_t n = output.o_elements();
+  std::byte* dst = nullptr;
+  if (to_shared) {
+    dst = request.o_output.data();
+  } else if (!(output.has_native_o() && output.o_native_dtype == request.output_dtype)) {
+    std::string* bytes = o->mutable_data();
+    bytes->resize(n * DTypeSize(request.output_dtype));
+    dst = reinterpret_cast<std::byte*>(bytes->data());
+  }
+  if (dst == nullptr) {
+    o->set_data(std::move(output.o_native));  // the kernel's bytes become the response's: no copy
+  } else if (output.has_native_o() && output.o_native_dtype == request.output_dtype) {
+    std::memcpy(dst, output.o_native.data(), output.o_native.size());
+  } else if (output.has_native_o()) {
+    // The kernel's 16-bit codes in another type: converted once (same bits as decoding to float and
+    // encoding again).
+    ConvertBulk(output.o_native.data(), output.o_native_dtype, dst, request.output_dtype, n);
+  } else {
+    EncodeFromFloatBulk(output.o.data(), dst, n, request.output_dtype);
+  }
+  if (lse != nullptr) {
+    if (to_shared) {
+      std::memcpy(request.lse_output.data(), output.lse.data(), output.lse.size() * sizeof(float));
+    } else {
+      lse->mutable_data()->assign(reinterpret_cast<const char*>(output.lse.data()), output.lse.size() * sizeof(float));
+    }
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace sage::server

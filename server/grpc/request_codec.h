@@ -12,6 +12,7 @@
 #include "kernels/reference/recipe.h"
 #include "sageserve/v1/attention_service.pb.h"
 #include "server/backend/backend.h"
+#include "server/shared_memory/shared_memory_registry.h"
 
 namespace sage::server {
 
@@ -25,7 +26,7 @@ struct RequestLimits {
 // zero-copy wire path, attend_wire.h); the message's q/k/v then carry dtype and shape only.
 struct ExternalTensors {
   std::span<const std::byte> q, k, v;
-  HostMemory memory = HostMemory::kPageable;
+  MemoryKind memory = MemoryKind::kPageable;
 };
 
 struct DecodedRequest {
@@ -36,21 +37,34 @@ struct DecodedRequest {
   // Backing store for cu_seqlens when the request left them empty (a single sequence).
   std::vector<int32_t> default_cu_q;
   std::vector<int32_t> default_cu_k;
+  // The shared-memory regions the request names, held (mapped) until it is answered.
+  std::vector<std::shared_ptr<const SharedMemoryRegion>> regions;
+  // AttendRequest.o_output / lse_output: where O (in output_dtype) and LSE go; empty: in the response.
+  std::span<std::byte> o_output;
+  std::span<std::byte> lse_output;
+  MemoryKind output_memory = MemoryKind::kPageable;  // of o_output and lse_output
+  sageserve::v1::SharedMemoryRef o_output_ref, lse_output_ref;  // echoed in the response
 };
 
 // INVALID_ARGUMENT naming the field for malformed input, RESOURCE_EXHAUSTED for too large.
-// Returned by pointer so the spans into default_cu_* stay valid.
+// Tensors and outputs in shared memory are resolved through `shared_memory` (null: refused with
+// FAILED_PRECONDITION; unknown regions are NOT_FOUND). Returned by pointer so the spans into
+// default_cu_* stay valid.
 absl::StatusOr<std::unique_ptr<DecodedRequest>> DecodeAttendRequest(
     const sageserve::v1::AttendRequest& request, const BackendInfo& backend,
-    const RequestLimits& limits, const ExternalTensors* external = nullptr);
+    const RequestLimits& limits, const ExternalTensors* external = nullptr,
+    const SharedMemoryRegistry* shared_memory = nullptr);
 
 // Fills o (converted to the requested dtype, from AttnOutput::o or, when the engine returned it,
 // AttnOutput::o_native) and lse of `response`. When the engine wrote into the caller's buffers
 // (OutputPlacement::kCallerBuffers) only their dtype and shape are set: the bytes go out beside the
-// message (EncodeAttendResponse in attend_wire.h).
-// Takes the output by value: 16-bit O already in the requested dtype is moved into the response.
-void EncodeAttendOutput(AttnOutput output, const DecodedRequest& request,
-                        sageserve::v1::AttendResponse* response);
+// message (EncodeAttendResponse in attend_wire.h), or are already in the client's shared memory.
+// A request with o_output gets its O and LSE written there (unless the engine did), and the response
+// carries dtype, shape and the request's reference. INTERNAL only if an engine left device-memory
+// outputs unwritten (a bug). Takes the output by value: 16-bit O already in the requested dtype is
+// moved into the response.
+absl::Status EncodeAttendOutput(AttnOutput output, const DecodedRequest& request,
+                                sageserve::v1::AttendResponse* response);
 
 // Enum mirrors between the wire and the engine.
 sageserve::v1::Recipe ToWireRecipe(Recipe recipe);

@@ -47,6 +47,8 @@ BatchKey MakeBatchKey(const AttnInput& in, const RecipeConfig& config) {
   key.pv = config.pv;
   key.v_smoothing = config.v_smoothing;
   key.accumulation = config.accumulation;
+  key.output_memory = in.out_memory == MemoryKind::kDevice ? MemoryKind::kDevice : MemoryKind::kPageable;
+  key.memory_device = in.memory_device;
   return key;
 }
 
@@ -91,6 +93,15 @@ absl::StatusOr<AssembledBatch> AssembleBatch(std::span<const AttnInput* const> m
   AssembledBatch batch;
   const bool copy = mode == AssembleMode::kCopyTensors;
   if (copy) {
+    for (size_t i = 0; i < members.size(); ++i) {
+      if (members[i]->memory == MemoryKind::kDevice) {
+        // The host cannot read device memory; only a gathering GPU engine takes such members.
+        return absl::InvalidArgumentError(
+            absl::StrCat("AssembleBatch: member ", i, " has its tensors in device memory; they cannot be copied"));
+      }
+    }
+  }
+  if (copy) {
     batch.q_.reserve(static_cast<size_t>(total_q) * first.q.heads * first.q.head_dim * DTypeSize(first.q.dtype));
     batch.k_.reserve(static_cast<size_t>(total_k) * first.k.heads * first.k.head_dim * DTypeSize(first.k.dtype));
     batch.v_.reserve(static_cast<size_t>(total_k) * first.v.heads * first.v.head_dim * DTypeSize(first.v.dtype));
@@ -128,18 +139,20 @@ absl::StatusOr<AssembledBatch> AssembleBatch(std::span<const AttnInput* const> m
   in.mask = first.mask;
   in.softmax_scale = first.softmax_scale;
   in.lse = first.lse;
+  in.memory_device = first.memory_device;
   // The merged launch takes the most general form every member accepts: float if any wants float,
   // the members' own buffers only if all of them have one (the engine writes each member's rows
   // into its o_into), else 16-bit codes returned.
   in.output_form = OutputForm::kNativeInto;
-  in.memory = HostMemory::kPinned;
+  in.memory = MemoryKind::kPinned;
   for (const AttnInput* m : members) {
     if (m->output_form == OutputForm::kFloat) {
       in.output_form = OutputForm::kFloat;
     } else if (m->output_form == OutputForm::kNativeAllowed && in.output_form == OutputForm::kNativeInto) {
       in.output_form = OutputForm::kNativeAllowed;
     }
-    if (m->memory != HostMemory::kPinned || copy) in.memory = HostMemory::kPageable;
+    // kPinned only when every member is (the executor decides per member anyway).
+    if (m->memory != MemoryKind::kPinned || copy) in.memory = MemoryKind::kPageable;
   }
   // A concatenated copy has no per-member destinations to write into.
   if (copy && in.output_form == OutputForm::kNativeInto) in.output_form = OutputForm::kNativeAllowed;

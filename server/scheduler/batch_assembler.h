@@ -35,6 +35,10 @@ struct BatchKey {
   PvType pv = PvType::kFp8E4M3;
   VSmoothing v_smoothing = VSmoothing::kNone;
   PvAccumulation accumulation = PvAccumulation::kTwoLevel;
+  // kDevice when O goes to device memory (CUDA shared memory), which only a launch writing every
+  // member's rows into its own buffers can serve; any host kind is kPageable here.
+  MemoryKind output_memory = MemoryKind::kPageable;
+  int32_t memory_device = -1;  // AttnInput::memory_device: a launch runs on one GPU
 
   bool operator==(const BatchKey&) const = default;
 };

@@ -69,10 +69,12 @@ PlacedProblem Place(const HostProblem& p, server::HostBufferPool* pool) {
     placed.block = *block;
     base = placed.block->data();
     placed.in.memory = placed.block->memory();
+    placed.in.out_memory = placed.block->memory();
   } else {
     placed.heap.resize(total);
     base = placed.heap.data();
-    placed.in.memory = HostMemory::kPageable;
+    placed.in.memory = MemoryKind::kPageable;
+    placed.in.out_memory = MemoryKind::kPageable;
   }
   std::memcpy(base, p.q.data(), qb);
   std::memcpy(base + at_k, p.k.data(), kb);
@@ -95,7 +97,7 @@ TEST(CudaPayload, PoolBlocksArePinned) {
   ASSERT_NE(pool, nullptr);
   auto block = pool->Acquire(1 << 20);
   ASSERT_TRUE(block.ok()) << block.status();
-  EXPECT_EQ((*block)->memory(), HostMemory::kPinned);
+  EXPECT_EQ((*block)->memory(), MemoryKind::kPinned);
   cudaPointerAttributes attr{};
   ASSERT_EQ(cudaPointerGetAttributes(&attr, (*block)->data()), cudaSuccess);
   EXPECT_EQ(attr.type, cudaMemoryTypeHost);  // page-locked and known to the driver
@@ -103,7 +105,7 @@ TEST(CudaPayload, PoolBlocksArePinned) {
   // Larger than the region: served from the heap, pageable, counted.
   auto big = pool->Acquire(size_t{65} << 20);
   ASSERT_TRUE(big.ok()) << big.status();
-  EXPECT_EQ((*big)->memory(), HostMemory::kPageable);
+  EXPECT_EQ((*big)->memory(), MemoryKind::kPageable);
   EXPECT_EQ(pool->Stats().overflowed, 1);
 }
 
@@ -122,7 +124,7 @@ TEST(CudaPayload, DirectCopiesEqualStagedCopies) {
     ASSERT_TRUE(want->has_native_o());
     for (bool pinned : {true, false}) {
       PlacedProblem placed = Place(p, pinned ? backend->host_buffers() : nullptr);
-      ASSERT_EQ(placed.in.memory, pinned ? HostMemory::kPinned : HostMemory::kPageable);
+      ASSERT_EQ(placed.in.memory, pinned ? MemoryKind::kPinned : MemoryKind::kPageable);
       auto got = backend->Attend(placed.in, cfg);
       ASSERT_TRUE(got.ok()) << got.status();
       EXPECT_EQ(got->placement, OutputPlacement::kCallerBuffers);
@@ -173,6 +175,115 @@ TEST_P(CudaPayloadMerged, MembersWriteTheirOwnBuffers) {
   }
 }
 INSTANTIATE_TEST_SUITE_P(LargeAndTiny, CudaPayloadMerged, ::testing::Bool());
+
+// One problem's tensors in device memory, as a client's CUDA shared memory is: q/k/v, then O and LSE.
+struct DeviceProblem {
+  void* base = nullptr;
+  AttnInput in;
+  DeviceProblem() = default;
+  DeviceProblem(const DeviceProblem&) = delete;
+  DeviceProblem& operator=(const DeviceProblem&) = delete;
+  DeviceProblem(DeviceProblem&& o) noexcept : base(o.base), in(o.in) { o.base = nullptr; }
+  ~DeviceProblem() {
+    if (base != nullptr) (void)cudaFree(base);
+  }
+  std::string o() const {
+    std::string out(in.o_into.size(), '\0');
+    EXPECT_EQ(cudaMemcpy(out.data(), in.o_into.data(), out.size(), cudaMemcpyDeviceToHost), cudaSuccess);
+    return out;
+  }
+  std::vector<float> lse() const {
+    std::vector<float> out(in.lse_into.size());
+    EXPECT_EQ(cudaMemcpy(out.data(), in.lse_into.data(), out.size() * sizeof(float), cudaMemcpyDeviceToHost),
+              cudaSuccess);
+    return out;
+  }
+};
+
+DeviceProblem OnDevice(const HostProblem& p) {
+  DeviceProblem d;
+  d.in = p.Input();
+  const size_t qb = d.in.q.bytes(), kb = d.in.k.bytes(), vb = d.in.v.bytes();
+  const size_t lse_b = static_cast<size_t>(d.in.q.tokens) * d.in.q.heads * sizeof(float);
+  const auto up = [](size_t x) { return (x + 255) / 256 * 256; };
+  const size_t at_k = up(qb), at_v = up(at_k + kb), at_o = up(at_v + vb), at_lse = up(at_o + qb);
+  EXPECT_EQ(cudaMalloc(&d.base, at_lse + lse_b), cudaSuccess);
+  auto* base = static_cast<std::byte*>(d.base);
+  EXPECT_EQ(cudaMemcpy(base, d.in.q.data, qb, cudaMemcpyHostToDevice), cudaSuccess);
+  EXPECT_EQ(cudaMemcpy(base + at_k, d.in.k.data, kb, cudaMemcpyHostToDevice), cudaSuccess);
+  EXPECT_EQ(cudaMemcpy(base + at_v, d.in.v.data, vb, cudaMemcpyHostToDevice), cudaSuccess);
+  EXPECT_EQ(cudaMemset(base + at_o, 0xff, at_lse - at_o + lse_b), cudaSuccess);  // poison
+  d.in.q.data = base;
+  d.in.k.data = base + at_k;
+  d.in.v.data = base + at_v;
+  d.in.memory = MemoryKind::kDevice;
+  d.in.out_memory = MemoryKind::kDevice;
+  d.in.memory_device = 0;
+  d.in.output_form = OutputForm::kNativeInto;
+  d.in.o_into = std::span<std::byte>(base + at_o, qb);
+  d.in.lse_into = std::span<float>(reinterpret_cast<float*>(base + at_lse), lse_b / sizeof(float));
+  return d;
+}
+
+// Tensors in device memory (CUDA shared memory): copied on the device, alone and merged, with the
+// staged path's bits. Tiny members too: device memory never goes through host staging.
+TEST(CudaPayload, DeviceMemoryEqualsStagedPath) {
+  SAGE_SKIP_WITHOUT_GPU();
+  auto backend = Make();
+  ASSERT_NE(backend, nullptr);
+  const RecipeConfig cfg = ConfigFor(backend->info().default_recipe);
+  std::vector<HostProblem> problems;
+  for (int i = 0; i < 6; ++i) problems.push_back(Problem(600 + i, i % 2 == 0 ? std::vector<int>{300 + 17 * i, 9} : std::vector<int>{3 + i}));
+  std::vector<AttnOutput> want;
+  for (const HostProblem& p : problems) {
+    AttnInput staged = p.Input();
+    staged.output_form = OutputForm::kNativeAllowed;
+    auto w = backend->Attend(staged, cfg);
+    ASSERT_TRUE(w.ok()) << w.status();
+    want.push_back(*std::move(w));
+  }
+  // Alone.
+  for (size_t i = 0; i < problems.size(); ++i) {
+    DeviceProblem d = OnDevice(problems[i]);
+    auto got = backend->Attend(d.in, cfg);
+    ASSERT_TRUE(got.ok()) << got.status();
+    EXPECT_EQ(got->placement, OutputPlacement::kCallerBuffers);
+    EXPECT_EQ(d.o(), want[i].o_native) << "problem " << i;
+    EXPECT_EQ(d.lse(), want[i].lse) << "problem " << i;
+  }
+  // Device inputs, O into pinned host memory.
+  {
+    DeviceProblem d = OnDevice(problems[0]);
+    PlacedProblem host = Place(problems[0], backend->host_buffers());
+    d.in.out_memory = host.in.out_memory;
+    d.in.o_into = host.in.o_into;
+    d.in.lse_into = host.in.lse_into;
+    auto got = backend->Attend(d.in, cfg);
+    ASSERT_TRUE(got.ok()) << got.status();
+    EXPECT_EQ(host.o(), want[0].o_native);
+    EXPECT_EQ(host.lse(), want[0].lse);
+  }
+  // Merged.
+  std::vector<DeviceProblem> on_device;
+  std::vector<const AttnInput*> members;
+  for (const HostProblem& p : problems) on_device.push_back(OnDevice(p));
+  for (const DeviceProblem& d : on_device) members.push_back(&d.in);
+  auto meta = server::AssembleBatch(members, server::AssembleMode::kMetadataOnly);
+  ASSERT_TRUE(meta.ok()) << meta.status();
+  auto merged = backend->AttendGathered(meta->input(), members, cfg);
+  ASSERT_TRUE(merged.ok()) << merged.status();
+  EXPECT_EQ(merged->placement, OutputPlacement::kCallerBuffers);
+  for (size_t i = 0; i < problems.size(); ++i) {
+    EXPECT_EQ(on_device[i].o(), want[i].o_native) << "member " << i;
+    EXPECT_EQ(on_device[i].lse(), want[i].lse) << "member " << i;
+  }
+  // The host cannot concatenate device tensors: refused, not read.
+  EXPECT_EQ(server::AssembleBatch(members).status().code(), absl::StatusCode::kInvalidArgument);
+  // A device the backend does not run is refused.
+  DeviceProblem elsewhere = OnDevice(problems[1]);
+  elsewhere.in.memory_device = 7;
+  EXPECT_EQ(backend->Attend(elsewhere.in, cfg).status().code(), absl::StatusCode::kInvalidArgument);
+}
 
 // A destination too small for the rows is refused before anything is launched.
 TEST(CudaPayload, ShortDestinationIsRefused) {

@@ -196,26 +196,26 @@ TEST(AssembleBatch, MetadataOnlyHasShapesButNoBytes) {
   absl::StatusOr<AssembledBatch> both = AssembleBatch(members, AssembleMode::kMetadataOnly);
   ASSERT_TRUE(both.ok());
   EXPECT_EQ(both->input().output_form, OutputForm::kNativeAllowed);
-  EXPECT_EQ(both->input().memory, HostMemory::kPageable);
+  EXPECT_EQ(both->input().memory, MemoryKind::kPageable);
 
   // Writing into the members' own buffers only when every member has one; pinned only when all are.
   pa->input.output_form = OutputForm::kNativeInto;
-  pa->input.memory = HostMemory::kPinned;
+  pa->input.memory = MemoryKind::kPinned;
   absl::StatusOr<AssembledBatch> one_into = AssembleBatch(members, AssembleMode::kMetadataOnly);
   ASSERT_TRUE(one_into.ok());
   EXPECT_EQ(one_into->input().output_form, OutputForm::kNativeAllowed);
-  EXPECT_EQ(one_into->input().memory, HostMemory::kPageable);
+  EXPECT_EQ(one_into->input().memory, MemoryKind::kPageable);
   pb->input.output_form = OutputForm::kNativeInto;
-  pb->input.memory = HostMemory::kPinned;
+  pb->input.memory = MemoryKind::kPinned;
   absl::StatusOr<AssembledBatch> all_into = AssembleBatch(members, AssembleMode::kMetadataOnly);
   ASSERT_TRUE(all_into.ok());
   EXPECT_EQ(all_into->input().output_form, OutputForm::kNativeInto);
-  EXPECT_EQ(all_into->input().memory, HostMemory::kPinned);
+  EXPECT_EQ(all_into->input().memory, MemoryKind::kPinned);
   // A concatenated copy lives in ordinary memory and has no member buffers to write into.
   absl::StatusOr<AssembledBatch> copied = AssembleBatch(members);
   ASSERT_TRUE(copied.ok());
   EXPECT_EQ(copied->input().output_form, OutputForm::kNativeAllowed);
-  EXPECT_EQ(copied->input().memory, HostMemory::kPageable);
+  EXPECT_EQ(copied->input().memory, MemoryKind::kPageable);
 }
 
 // An output the engine wrote into the members' buffers slices into per-member markers, no bytes.

@@ -55,7 +55,7 @@ class TestPool final : public HostBufferPool {
     auto* data = static_cast<std::byte*>(::operator new(size, std::align_val_t{kPayloadAlignment}));
     std::memset(data, 0xA5, size);
     live_->fetch_add(1);
-    return std::make_shared<HostBlock>(data, size, HostMemory::kPageable, [data, live = live_] {
+    return std::make_shared<HostBlock>(data, size, MemoryKind::kPageable, [data, live = live_] {
       ::operator delete(data, std::align_val_t{kPayloadAlignment});
       live->fetch_sub(1);
     });

@@ -97,6 +97,25 @@ TEST(DeviceSelector, FailedDeviceSkippedAndCanReturn) {
   EXPECT_EQ(*s.Acquire(1), 1);
 }
 
+// A batch whose tensors sit in one GPU's memory goes there even when another device is idle, and
+// its work counts against that device for the picks that follow.
+TEST(DeviceSelector, AcquireOnChargesThatDevice) {
+  DeviceSelector s(3);
+  ASSERT_EQ(*s.AcquireOn(2, 100), 2);
+  EXPECT_EQ(s.Snapshot()[2].work, 100);
+  EXPECT_EQ(s.Snapshot()[2].in_flight, 1);
+  auto next = s.Acquire(1);
+  ASSERT_TRUE(next.ok());
+  EXPECT_NE(*next, 2);
+  s.Release(*next, 1);
+  s.Release(2, 100);
+  EXPECT_EQ(s.Snapshot()[2].work, 0);
+  s.SetHealth(1, DeviceHealth::kFailed);
+  EXPECT_EQ(s.AcquireOn(1, 5).status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(s.AcquireOn(3, 5).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(s.AcquireOn(-1, 5).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
 TEST(DeviceSelector, OutOfRangeReleaseIsIgnored) {
   DeviceSelector s(2);
   s.Release(-1, 5);

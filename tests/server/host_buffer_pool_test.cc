@@ -284,7 +284,7 @@ TEST(HeapBufferPool, BlocksAreAlignedSizedAndWritable) {
     ASSERT_NE(b->data(), nullptr);
     EXPECT_EQ(Addr(b->data()) % 256, 0u) << bytes;
     EXPECT_GE(b->size(), bytes);
-    EXPECT_EQ(b->memory(), HostMemory::kPageable);
+    EXPECT_EQ(b->memory(), MemoryKind::kPageable);
     std::memset(b->data(), static_cast<int>(blocks.size() + 1), b->size());
     blocks.push_back(b);
   }
@@ -299,7 +299,7 @@ TEST(HeapBufferPool, BlocksAreAlignedSizedAndWritable) {
 TEST(HeapBufferPool, StatsCountAcquiredOnly) {
   auto pool = MakeHeapBufferPool();
   HostBufferPoolStats s = pool->Stats();
-  EXPECT_EQ(s.memory, HostMemory::kPageable);
+  EXPECT_EQ(s.memory, MemoryKind::kPageable);
   EXPECT_EQ(s.acquired, 0);
   {
     std::vector<HostBlockRef> blocks;
@@ -313,7 +313,7 @@ TEST(HeapBufferPool, StatsCountAcquiredOnly) {
   (void)pool->Acquire(1);
   s = pool->Stats();
   EXPECT_EQ(s.acquired, 6);  // a counter: dropping blocks does not lower it
-  EXPECT_EQ(s.memory, HostMemory::kPageable);
+  EXPECT_EQ(s.memory, MemoryKind::kPageable);
   EXPECT_EQ(s.in_use_bytes, 0);
 }
 
@@ -347,7 +347,7 @@ struct Region {
   bool Contains(const HostBlockRef& b) const {
     return Addr(b->data()) >= Addr(base) && Addr(b->data()) + b->size() <= Addr(base) + size;
   }
-  std::unique_ptr<HostBufferPool> MakePool(HostMemory memory = HostMemory::kPinned) {
+  std::unique_ptr<HostBufferPool> MakePool(MemoryKind memory = MemoryKind::kPinned) {
     return MakeRegionBufferPool(base, size, memory, [this] { ++freed; });
   }
 
@@ -361,7 +361,7 @@ TEST(RegionBufferPool, BlocksLieInsideTheRegionWithThePoolsMemory) {
   Region region(64 * 1024);
   auto pool = region.MakePool();
   HostBufferPoolStats s = pool->Stats();
-  EXPECT_EQ(s.memory, HostMemory::kPinned);
+  EXPECT_EQ(s.memory, MemoryKind::kPinned);
   EXPECT_EQ(s.capacity_bytes, 64 * 1024);
   EXPECT_EQ(s.in_use_bytes, 0);
 
@@ -372,7 +372,7 @@ TEST(RegionBufferPool, BlocksLieInsideTheRegionWithThePoolsMemory) {
     ASSERT_TRUE(block.ok()) << block.status();
     const HostBlockRef& b = *block;
     EXPECT_TRUE(region.Contains(b)) << bytes;
-    EXPECT_EQ(b->memory(), HostMemory::kPinned);
+    EXPECT_EQ(b->memory(), MemoryKind::kPinned);
     EXPECT_EQ(Addr(b->data()) % 256, 0u);
     EXPECT_GE(b->size(), bytes);
     expected_in_use += static_cast<int64_t>(std::max<size_t>((bytes + 255) / 256, 1) * 256);
@@ -389,9 +389,9 @@ TEST(RegionBufferPool, BlocksLieInsideTheRegionWithThePoolsMemory) {
   EXPECT_EQ(s.acquired, 6);
   EXPECT_EQ(s.overflowed, 0);
 
-  auto pageable = MakeRegionBufferPool(region.base, region.size, HostMemory::kPageable, nullptr);
-  EXPECT_EQ(pageable->Stats().memory, HostMemory::kPageable);
-  EXPECT_EQ((*pageable->Acquire(10))->memory(), HostMemory::kPageable);
+  auto pageable = MakeRegionBufferPool(region.base, region.size, MemoryKind::kPageable, nullptr);
+  EXPECT_EQ(pageable->Stats().memory, MemoryKind::kPageable);
+  EXPECT_EQ((*pageable->Acquire(10))->memory(), MemoryKind::kPageable);
 }
 
 TEST(RegionBufferPool, UnalignedBaseUsesItsAlignedPart) {
@@ -401,10 +401,10 @@ TEST(RegionBufferPool, UnalignedBaseUsesItsAlignedPart) {
   auto block = pool->Acquire(7936);
   ASSERT_TRUE(block.ok());
   EXPECT_EQ((*block)->data(), region.storage + 256);
-  EXPECT_EQ((*block)->memory(), HostMemory::kPinned);
+  EXPECT_EQ((*block)->memory(), MemoryKind::kPinned);
   EXPECT_TRUE(region.Contains(*block));
   EXPECT_EQ(pool->Stats().overflowed, 0);
-  EXPECT_EQ((*pool->Acquire(1))->memory(), HostMemory::kPageable);  // the region is full
+  EXPECT_EQ((*pool->Acquire(1))->memory(), MemoryKind::kPageable);  // the region is full
   EXPECT_EQ(pool->Stats().overflowed, 1);
 }
 
@@ -414,7 +414,7 @@ TEST(RegionBufferPool, WhatDoesNotFitComesFromTheHeap) {
 
   auto big = pool->Acquire(8 * 1024);  // larger than the whole region
   ASSERT_TRUE(big.ok());
-  EXPECT_EQ((*big)->memory(), HostMemory::kPageable);
+  EXPECT_EQ((*big)->memory(), MemoryKind::kPageable);
   EXPECT_FALSE(region.Contains(*big));
   EXPECT_EQ(Addr((*big)->data()) % 256, 0u);
   EXPECT_GE((*big)->size(), 8u * 1024);
@@ -428,12 +428,12 @@ TEST(RegionBufferPool, WhatDoesNotFitComesFromTheHeap) {
   for (int i = 0; i < 16; ++i) {
     small.push_back(*pool->Acquire(200));
     EXPECT_TRUE(region.Contains(small.back()));
-    EXPECT_EQ(small.back()->memory(), HostMemory::kPinned);
+    EXPECT_EQ(small.back()->memory(), MemoryKind::kPinned);
   }
   EXPECT_EQ(pool->Stats().in_use_bytes, 4 * 1024);
   auto spill = pool->Acquire(1);  // the region is full now
   ASSERT_TRUE(spill.ok());
-  EXPECT_EQ((*spill)->memory(), HostMemory::kPageable);
+  EXPECT_EQ((*spill)->memory(), MemoryKind::kPageable);
   EXPECT_FALSE(region.Contains(*spill));
   s = pool->Stats();
   EXPECT_EQ(s.acquired, 18);
@@ -472,7 +472,7 @@ TEST(RegionBufferPool, InUseReturnsToZeroAndTheRegionIsWholeAgain) {
   auto whole = pool->Acquire(64 * 1024);
   ASSERT_TRUE(whole.ok());
   EXPECT_EQ((*whole)->data(), region.base);
-  EXPECT_EQ((*whole)->memory(), HostMemory::kPinned);
+  EXPECT_EQ((*whole)->memory(), MemoryKind::kPinned);
   EXPECT_EQ(pool->Stats().in_use_bytes, 64 * 1024);
   EXPECT_EQ(region.freed, 0);
 }
@@ -483,8 +483,8 @@ TEST(RegionBufferPool, RegionIsFreedOnceAfterThePoolAndTheLastBlock) {
   HostBlockRef first = *pool->Acquire(1000);
   HostBlockRef second = *pool->Acquire(1000);
   HostBlockRef overflow = *pool->Acquire(1 << 20);
-  ASSERT_EQ(first->memory(), HostMemory::kPinned);
-  ASSERT_EQ(overflow->memory(), HostMemory::kPageable);
+  ASSERT_EQ(first->memory(), MemoryKind::kPinned);
+  ASSERT_EQ(overflow->memory(), MemoryKind::kPageable);
 
   pool.reset();
   EXPECT_EQ(region.freed, 0);  // blocks still point into the region
@@ -552,7 +552,7 @@ TEST(RegionBufferPool, ConcurrentBlocksNeverOverlap) {
         const HostBlockRef& b = *block;
         const bool in_region = region.Contains(b);
         if (Addr(b->data()) % 256 != 0 ||
-            (b->memory() == HostMemory::kPinned) != in_region) {
+            (b->memory() == MemoryKind::kPinned) != in_region) {
           ++failures[t];
         }
         // Tags are unique among every live block of every thread: 32 slots per thread, at most

@@ -88,6 +88,36 @@ TEST(Sagectl, BenchOverSeveralConnections) {
   EXPECT_NE(out.find("--connections must be an integer in [1, 256]"), std::string::npos) << out;
 }
 
+// The shared-memory path as an operator runs it: the real binaries, a POSIX shm region, unary and
+// streamed requests whose answers sagectl checks bit for bit against the bytes path, the region gone
+// afterwards, and the server refusing it without --allow_shared_memory.
+TEST(Sagectl, BenchOverSystemSharedMemory) {
+  ChildServer child(SAGESERVE_BINARY, {"--allow_shared_memory"});
+  ASSERT_GT(child.port(), 0);
+  std::string out;
+  const std::string target = " --target=" + child.target();
+  const std::string bench = std::string(SAGECTL_BINARY) + " bench" + target +
+                            " --q_len=24 --k_len=40 --heads_q=4 --heads_kv=2 --head_dim=64 --warmup=2 --shared_memory=system";
+  for (const std::string mode : {"unary", "stream"}) {
+    int code = RunCommand(bench + " --concurrency=3 --requests=30 --lse --mode=" + mode, &out);
+    ASSERT_EQ(code, 0) << out;
+    EXPECT_NE(out.find("30 ok / 0 failed"), std::string::npos) << out;
+    EXPECT_NE(out.find("transport: system shared memory"), std::string::npos) << out;
+    EXPECT_NE(out.find("bit-exact vs the bytes path"), std::string::npos) << out;
+  }
+  int code = RunCommand(std::string(SAGECTL_BINARY) + " shm status" + target, &out);
+  ASSERT_EQ(code, 0) << out;
+  EXPECT_NE(out.find("no shared-memory regions registered"), std::string::npos) << out;
+
+  ChildServer refusing(SAGESERVE_BINARY, {});
+  ASSERT_GT(refusing.port(), 0);
+  code = RunCommand(std::string(SAGECTL_BINARY) + " bench --target=" + refusing.target() +
+                        " --q_len=16 --k_len=16 --heads_q=2 --heads_kv=2 --head_dim=64 --shared_memory=system",
+                    &out);
+  EXPECT_NE(code, 0) << out;
+  EXPECT_NE(out.find("--allow_shared_memory"), std::string::npos) << out;
+}
+
 class BufCurl : public ::testing::Test {
  protected:
   void SetUp() override {

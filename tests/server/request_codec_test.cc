@@ -38,8 +38,8 @@ TEST(RequestCodec, NativeOutputEncodesLikeFloatOutput) {
     for (DType out : {DType::kF16, DType::kBF16, DType::kF32}) {
       req.output_dtype = out;
       sageserve::v1::AttendResponse a, b;
-      EncodeAttendOutput(native, req, &a);  // a copy: `native` is reused
-      EncodeAttendOutput(as_float, req, &b);
+      ASSERT_TRUE(EncodeAttendOutput(native, req, &a).ok());  // a copy: `native` is reused
+      ASSERT_TRUE(EncodeAttendOutput(as_float, req, &b).ok());
       EXPECT_EQ(a.o().data(), b.o().data()) << DTypeName(kernel) << " -> " << DTypeName(out);
       EXPECT_EQ(a.o().data().size(), n * DTypeSize(out));
       EXPECT_EQ(a.lse().data(), b.lse().data());
@@ -49,7 +49,7 @@ TEST(RequestCodec, NativeOutputEncodesLikeFloatOutput) {
         AttnOutput moved = native;
         const char* buffer = moved.o_native.data();
         sageserve::v1::AttendResponse c;
-        EncodeAttendOutput(std::move(moved), req, &c);
+        ASSERT_TRUE(EncodeAttendOutput(std::move(moved), req, &c).ok());
         EXPECT_EQ(c.o().data().data(), buffer);
         EXPECT_EQ(c.o().data(), a.o().data());
       }

@@ -32,7 +32,7 @@ class IntoBuffersBackend final : public server::AttentionBackend {
     inner_ = *std::move(cpu);
     info_ = inner_->info();
     info_.input_gather = server::InputGather::kSegments;
-    pool_ = server::MakeRegionBufferPool(region_.data(), region_.size(), HostMemory::kPinned, [] {});
+    pool_ = server::MakeRegionBufferPool(region_.data(), region_.size(), MemoryKind::kPinned, [] {});
   }
   const server::BackendInfo& info() const override { return info_; }
   server::HostBufferPool* host_buffers() override { return pool_.get(); }

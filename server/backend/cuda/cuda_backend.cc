@@ -15,6 +15,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "server/backend/cuda/client_memory.h"
 #include "server/backend/cuda/cuda_status.h"
 #include "server/backend/host_buffer_pool.h"
 #include "server/backend/cuda/device_executor.h"
@@ -35,6 +36,23 @@ class CudaBackend final : public AttentionBackend {
 
   const BackendInfo& info() const override { return info_; }
   HostBufferPool* host_buffers() override { return request_pool_.get(); }
+
+  absl::StatusOr<std::unique_ptr<EngineMemory>> PinHostMemory(std::byte* data, size_t bytes) override {
+    return PinHostRange(data, bytes);
+  }
+
+  absl::StatusOr<DeviceMapping> OpenCudaIpcMemory(std::span<const std::byte> handle, int device,
+                                                  size_t bytes) override {
+    const bool served = std::any_of(executors_.begin(), executors_.end(),
+                                    [&](const auto& ex) { return ex->device() == device; });
+    if (!served) {
+      std::string devices;
+      for (const auto& ex : executors_) absl::StrAppend(&devices, devices.empty() ? "" : ", ", ex->device());
+      return absl::InvalidArgumentError(
+          absl::StrCat("device_id: ", device, " is not one of this server's GPUs (", devices, ")"));
+    }
+    return OpenIpcAllocation(handle, device, bytes);
+  }
 
   absl::StatusOr<AttnOutput> Attend(const AttnInput& in, const RecipeConfig& config) override {
     SAGE_CUDA_RETURN_IF_ERROR(ValidateInput(in));
@@ -111,7 +129,19 @@ class CudaBackend final : public AttentionBackend {
     // Every executor has the same pool sizes: one check before dispatch.
     SAGE_CUDA_RETURN_IF_ERROR(executors_.front()->CheckFits(shape));
 
-    absl::StatusOr<int> pick = selector_.Acquire(work);
+    absl::StatusOr<int> pick = absl::InvalidArgumentError("");
+    if (in.memory_device >= 0) {
+      // Tensors in a client's device memory: the launch runs on that GPU, whatever its load.
+      const auto at = std::find_if(executors_.begin(), executors_.end(),
+                                   [&](const auto& ex) { return ex->device() == in.memory_device; });
+      if (at == executors_.end()) {
+        return absl::InvalidArgumentError(absl::StrCat("cuda backend: the tensors are in the memory of device ",
+                                                       in.memory_device, ", which this server does not run"));
+      }
+      pick = selector_.AcquireOn(static_cast<int>(at - executors_.begin()), work);
+    } else {
+      pick = selector_.Acquire(work);
+    }
     if (!pick.ok()) return pick.status();
     DeviceExecutor& ex = *executors_[static_cast<size_t>(*pick)];
     absl::StatusOr<AttnOutput> out = ex.Run(in, parts, p, dt);
@@ -159,7 +189,7 @@ absl::StatusOr<std::unique_ptr<HostBufferPool>> MakePinnedRequestPool(int64_t by
                                                      " MiB for request payloads (lower --cuda_request_pinned_mib): ",
                                                      alloc.message()));
   }
-  return MakeRegionBufferPool(static_cast<std::byte*>(base), static_cast<size_t>(bytes), HostMemory::kPinned,
+  return MakeRegionBufferPool(static_cast<std::byte*>(base), static_cast<size_t>(bytes), MemoryKind::kPinned,
                               [base] { (void)cudaFreeHost(base); });
 }
 

@@ -352,20 +352,31 @@ absl::StatusOr<AttnOutput> DeviceExecutor::RunOnSlot(Slot& slot, const AttnInput
   if (l.in_end > in_capacity_ || l.out_end > out_capacity_) {
     return absl::ResourceExhaustedError("cuda backend: launch exceeds the slot's staging (CheckFits not called)");
   }
-  // Inputs: a part whose bytes are already pinned and in the kernel's type is copied to the device
-  // straight from its own memory; any other part is first gathered (and converted) into the slot's
-  // pinned staging at the same offsets the device buffer uses.
+  // Inputs: a part whose bytes are in device memory, or already pinned and in the kernel's type, is
+  // copied to the device straight from its own memory; any other part is first gathered (and
+  // converted) into the slot's pinned staging at the same offsets the device buffer uses.
   std::vector<StageSegment> segments;
   segments.reserve(parts.size() * 3);
   std::vector<Copy>& h2d = slot.h2d;
   h2d.clear();
   bool any_direct = false;
   size_t at_q = l.q, at_k = l.k, at_v = l.v;
+  for (size_t i = 0; i < parts.size(); ++i) {
+    const AttnInput& part = *parts[i];
+    if ((part.memory == MemoryKind::kDevice && part.q.dtype != dtype) ||
+        (part.out_memory == MemoryKind::kDevice && in.output_form != OutputForm::kNativeInto)) {
+      // Device memory is only copied, never converted on the way (the request decoder refuses such
+      // requests; a merged launch keeps device outputs apart, BatchKey::output_memory).
+      return absl::InvalidArgumentError(absl::StrCat("cuda backend: part ", i,
+                                                     ": device-memory tensors need the kernel's own dtype and layout"));
+    }
+  }
   for (const AttnInput* part : parts) {
-    const bool pinned = part->memory == HostMemory::kPinned;
+    const bool pinned = part->memory == MemoryKind::kPinned;
+    const bool device = part->memory == MemoryKind::kDevice;
     const auto add = [&](const TensorView& t, size_t* at) {
       const size_t n = static_cast<size_t>(t.numel());
-      if (pinned && t.dtype == dtype && n * 2 >= kDirectCopyMinBytes) {
+      if (device || (pinned && t.dtype == dtype && n * 2 >= kDirectCopyMinBytes)) {
         AddCopy(h2d, slot.dev_in + *at, t.data, n * 2);
         any_direct = true;
       } else {
@@ -418,7 +429,9 @@ absl::StatusOr<AttnOutput> DeviceExecutor::RunOnSlot(Slot& slot, const AttnInput
     size_t row = 0;
     for (const AttnInput* part : parts) {
       const size_t rows = static_cast<size_t>(part->q.tokens);
-      const bool direct = part->memory == HostMemory::kPinned && rows * o_row_bytes >= kDirectCopyMinBytes;
+      // Device memory (CUDA shared memory) is only reachable by a device copy, whatever its size.
+      const bool direct = part->out_memory == MemoryKind::kDevice ||
+                          (part->out_memory == MemoryKind::kPinned && rows * o_row_bytes >= kDirectCopyMinBytes);
       const size_t o_at = l.o + row * o_row_bytes, lse_at = l.lse + row * lse_row_bytes;
       if (direct) {
         AddCopy(d2h, part->o_into.data(), slot.dev_out + o_at, rows * o_row_bytes);

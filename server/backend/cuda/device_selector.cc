@@ -42,6 +42,22 @@ absl::StatusOr<int> DeviceSelector::Acquire(int64_t work) {
   return pick;
 }
 
+absl::StatusOr<int> DeviceSelector::AcquireOn(int device, int64_t work) {
+  if (device < 0 || static_cast<size_t>(device) >= size_) {
+    return absl::InvalidArgumentError(absl::StrCat("cuda backend: executor index ", device, " out of range (", size_,
+                                                   " configured)"));
+  }
+  absl::MutexLock lock(&mu_);
+  DeviceLoad& l = loads_[static_cast<size_t>(device)];
+  if (l.health != DeviceHealth::kHealthy) {
+    return absl::UnavailableError(
+        absl::StrCat("cuda backend: the batch's tensors are on GPU executor ", device, ", which has failed"));
+  }
+  l.work += work;
+  l.in_flight += 1;
+  return device;
+}
+
 void DeviceSelector::Release(int device, int64_t work) {
   if (device < 0 || static_cast<size_t>(device) >= size_) return;
   absl::MutexLock lock(&mu_);

@@ -42,6 +42,9 @@ class DeviceSelector {
   // The chosen device index (0..size-1), its load already raised by `work`. UNAVAILABLE when every
   // device is marked failed.
   absl::StatusOr<int> Acquire(int64_t work);
+  // The same for a batch that must run on `device` (its tensors are in that GPU's memory).
+  // UNAVAILABLE when that device is marked failed.
+  absl::StatusOr<int> AcquireOn(int device, int64_t work);
   void Release(int device, int64_t work);
 
   void SetHealth(int device, DeviceHealth health);

@@ -140,6 +140,7 @@ absl::StatusOr<PinnedRequest> PlacePinned(server::AttentionBackend& backend, con
   r.in.k.data = base + qb;
   r.in.v.data = base + qb + kb;
   r.in.memory = r.block->memory();
+  r.in.out_memory = r.block->memory();
   r.in.output_form = sage::OutputForm::kNativeInto;
   r.in.o_into = std::span<std::byte>(base + qb + kb + vb, qb);
   return r;

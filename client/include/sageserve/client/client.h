@@ -1,10 +1,12 @@
 // sageserve::Client: a blocking client for sageserve.v1.AttentionService, plus streaming sessions
-// that keep many requests in flight on one stream.
+// that keep many requests in flight on one stream, plus SharedMemoryService's control calls.
 #pragma once
 
 #include <atomic>
+#include <cstdint>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -12,6 +14,7 @@
 #include "sageserve/client/options.h"
 #include "sageserve/client/stream_session.h"
 #include "sageserve/v1/attention_service.grpc.pb.h"
+#include "sageserve/v1/shared_memory.grpc.pb.h"
 
 namespace sageserve {
 
@@ -28,6 +31,18 @@ class Client {
   // grpc.health.v1.Health/Check for `service` ("" = the whole server).
   absl::StatusOr<HealthStatus> CheckHealth(const std::string& service = "") const;
 
+  // SharedMemoryService (same host only; see shared_memory.h for creating system memory). Blocking,
+  // under options.deadline, on the first connection: these are rare control calls.
+  // `name` is what requests then call the region; `key` is the shm_open name of an existing object.
+  absl::Status RegisterSystemSharedMemory(const std::string& name, const std::string& key, uint64_t offset,
+                                          uint64_t byte_size) const;
+  // `raw_handle`: the bytes of a cudaIpcMemHandle_t; `device_id` as the server numbers its devices.
+  absl::Status RegisterCudaSharedMemory(const std::string& name, std::string_view raw_handle, int device_id,
+                                        uint64_t byte_size) const;
+  // "" = every region. Returns the names unregistered.
+  absl::StatusOr<std::vector<std::string>> UnregisterSharedMemory(const std::string& name = "") const;
+  absl::StatusOr<v1::GetSharedMemoryStatusResponse> GetSharedMemoryStatus(const std::string& name = "") const;
+
   // A new bidirectional AttendStream (on the next of the client's connections).
   std::unique_ptr<StreamSession> OpenStream(const StreamOptions& options = {}) const;
 
@@ -43,6 +58,7 @@ class Client {
   ClientOptions options_;
   std::vector<std::shared_ptr<grpc::Channel>> channels_;
   std::vector<std::unique_ptr<v1::AttentionService::Stub>> stubs_;
+  std::unique_ptr<v1::SharedMemoryService::Stub> shared_memory_;
   mutable std::atomic<size_t> next_{0};
 };
 

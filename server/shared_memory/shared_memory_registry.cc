@@ -1,0 +1,194 @@
+#include "server/shared_memory/shared_memory_registry.h"
+
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "server/shared_memory/system_mapping.h"
+#include "spdlog/spdlog.h"
+
+namespace sage::server {
+namespace {
+
+constexpr size_t kMaxNameBytes = 256;
+
+absl::Status CheckName(const std::string& name) {
+  if (name.empty()) return absl::InvalidArgumentError("name: must not be empty");
+  if (name.size() > kMaxNameBytes) {
+    return absl::InvalidArgumentError(absl::StrCat("name: ", name.size(), " bytes, at most ", kMaxNameBytes));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+SharedMemoryRegion::~SharedMemoryRegion() {
+  engine_.reset();  // unpin / close the IPC mapping while the memory is still mapped
+  mapping_.reset();
+}
+
+SharedMemoryRegistry::SharedMemoryRegistry(const SharedMemoryOptions& options, AttentionBackend* backend)
+    : options_(options), backend_(backend) {}
+
+SharedMemoryRegistry::~SharedMemoryRegistry() = default;
+
+absl::Status SharedMemoryRegistry::CheckAllowed() const {
+  if (allowed()) return absl::OkStatus();
+  return absl::FailedPreconditionError(
+      "shared memory is turned off on this server (start it with --allow_shared_memory)");
+}
+
+absl::Status SharedMemoryRegistry::CheckNewName(const std::string& name) const {
+  if (regions_.count(name) != 0) {
+    return absl::AlreadyExistsError(absl::StrCat("region '", name, "' is already registered"));
+  }
+  if (static_cast<int>(regions_.size()) >= options_.max_regions) {
+    return absl::ResourceExhaustedError(absl::StrCat("already ", regions_.size(),
+                                                     " regions registered, the server's limit; unregister some first"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status SharedMemoryRegistry::Insert(std::shared_ptr<SharedMemoryRegion> region) {
+  absl::MutexLock lock(&mu_);
+  // Checked again: another registration of the name may have won while this one was mapping.
+  if (absl::Status s = CheckNewName(region->info_.name); !s.ok()) return s;
+  const SharedMemoryRegionInfo& i = region->info_;
+  spdlog::info("shared memory: registered '{}' ({}, {} bytes{})", i.name,
+               i.kind == SharedMemoryKind::kSystem ? absl::StrCat("system ", i.key, " @", i.offset)
+                                                   : absl::StrCat("cuda device ", i.device),
+               i.byte_size, i.memory == MemoryKind::kPinned ? ", pinned" : "");
+  regions_.emplace(i.name, std::move(region));
+  return absl::OkStatus();
+}
+
+absl::Status SharedMemoryRegistry::RegisterSystem(const std::string& name, const std::string& key, uint64_t offset,
+                                                  uint64_t byte_size) {
+  if (absl::Status s = CheckAllowed(); !s.ok()) return s;
+  if (absl::Status s = CheckName(name); !s.ok()) return s;
+  {
+    absl::MutexLock lock(&mu_);
+    if (absl::Status s = CheckNewName(name); !s.ok()) return s;
+  }
+  absl::StatusOr<std::unique_ptr<SystemMapping>> mapping = SystemMapping::Map(key, offset, byte_size);
+  if (!mapping.ok()) return mapping.status();
+  auto region = std::shared_ptr<SharedMemoryRegion>(new SharedMemoryRegion());
+  region->info_.name = name;
+  region->info_.kind = SharedMemoryKind::kSystem;
+  region->info_.key = key;
+  region->info_.offset = offset;
+  region->info_.byte_size = byte_size;
+  region->data_ = (*mapping)->data();
+  region->mapping_ = *std::move(mapping);
+  if (backend_ != nullptr) {
+    absl::StatusOr<std::unique_ptr<EngineMemory>> pinned = backend_->PinHostMemory(region->data_, byte_size);
+    if (!pinned.ok()) return pinned.status();
+    region->engine_ = *std::move(pinned);
+  }
+  region->info_.memory = region->engine_ != nullptr ? MemoryKind::kPinned : MemoryKind::kPageable;
+  return Insert(std::move(region));
+}
+
+absl::Status SharedMemoryRegistry::RegisterCuda(const std::string& name, std::span<const std::byte> raw_handle,
+                                                int device, uint64_t byte_size) {
+  if (absl::Status s = CheckAllowed(); !s.ok()) return s;
+  if (absl::Status s = CheckName(name); !s.ok()) return s;
+  if (byte_size == 0) return absl::InvalidArgumentError("byte_size: must be > 0");
+  if (device < 0) return absl::InvalidArgumentError(absl::StrCat("device_id: ", device, " is not a CUDA ordinal"));
+  {
+    absl::MutexLock lock(&mu_);
+    if (absl::Status s = CheckNewName(name); !s.ok()) return s;
+  }
+  if (backend_ == nullptr) return absl::UnimplementedError("CUDA shared memory needs the cuda backend");
+  absl::StatusOr<DeviceMapping> opened = backend_->OpenCudaIpcMemory(raw_handle, device, byte_size);
+  if (!opened.ok()) return opened.status();
+  auto region = std::shared_ptr<SharedMemoryRegion>(new SharedMemoryRegion());
+  region->info_.name = name;
+  region->info_.kind = SharedMemoryKind::kCuda;
+  region->info_.device = device;
+  region->info_.byte_size = byte_size;
+  region->info_.memory = MemoryKind::kDevice;
+  region->data_ = opened->data;
+  region->engine_ = std::move(opened->handle);
+  return Insert(std::move(region));
+}
+
+absl::StatusOr<std::vector<std::string>> SharedMemoryRegistry::Unregister(const std::string& name) {
+  // Regions are destroyed outside the lock (unmapping and unpinning can take a while).
+  std::vector<std::shared_ptr<SharedMemoryRegion>> removed;
+  std::vector<std::string> names;
+  {
+    absl::MutexLock lock(&mu_);
+    if (name.empty()) {
+      for (auto& [n, r] : regions_) {
+        names.push_back(n);
+        removed.push_back(std::move(r));
+      }
+      regions_.clear();
+    } else {
+      auto it = regions_.find(name);
+      if (it == regions_.end()) return absl::NotFoundError(absl::StrCat("region '", name, "' is not registered"));
+      names.push_back(name);
+      removed.push_back(std::move(it->second));
+      regions_.erase(it);
+    }
+  }
+  for (const std::string& n : names) spdlog::info("shared memory: unregistered '{}'", n);
+  return names;
+}
+
+absl::StatusOr<std::vector<SharedMemoryRegionInfo>> SharedMemoryRegistry::Status(const std::string& name) const {
+  absl::MutexLock lock(&mu_);
+  std::vector<SharedMemoryRegionInfo> out;
+  const auto add = [&](const SharedMemoryRegion& r) {
+    out.push_back(r.info_);
+    out.back().requests = r.requests_.load(std::memory_order_relaxed);
+  };
+  if (name.empty()) {
+    for (const auto& [n, r] : regions_) add(*r);
+    return out;
+  }
+  auto it = regions_.find(name);
+  if (it == regions_.end()) return absl::NotFoundError(absl::StrCat("region '", name, "' is not registered"));
+  add(*it->second);
+  return out;
+}
+
+int SharedMemoryRegistry::size() const {
+  absl::MutexLock lock(&mu_);
+  return static_cast<int>(regions_.size());
+}
+
+absl::StatusOr<SharedRange> SharedMemoryRegistry::Resolve(const std::string& field, const std::string& region,
+                                                          uint64_t offset, uint64_t byte_size,
+                                                          size_t expected_bytes) const {
+  if (absl::Status s = CheckAllowed(); !s.ok()) return s;
+  std::shared_ptr<const SharedMemoryRegion> r;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = regions_.find(region);
+    if (it == regions_.end()) {
+      return absl::NotFoundError(absl::StrCat(field, ".region: '", region, "' is not registered"));
+    }
+    r = it->second;
+  }
+  const uint64_t size = r->info_.byte_size;
+  if (byte_size != expected_bytes) {
+    return absl::InvalidArgumentError(absl::StrCat(field, ".byte_size: ", byte_size, " bytes, expected ",
+                                                   expected_bytes, " for the tensor's shape and dtype"));
+  }
+  if (offset > size || byte_size > size - offset) {
+    return absl::InvalidArgumentError(absl::StrCat(field, ": offset ", offset, " + byte_size ", byte_size,
+                                                   " runs past the end of region '", region, "' (", size, " bytes)"));
+  }
+  if (r->mapping_ != nullptr) {
+    if (absl::Status s = r->mapping_->CheckStillCovered(); !s.ok()) {
+      return absl::Status(s.code(), absl::StrCat(field, ": region '", region, "': ", s.message()));
+    }
+  }
+  SharedRange out;
+  out.bytes = std::span<std::byte>(r->data_ + offset, static_cast<size_t>(byte_size));
+  out.region = std::move(r);
+  return out;
+}
+
+}  // namespace sage::server

@@ -1,0 +1,118 @@
+// The client shared-memory regions a server has registered (sageserve.v1.SharedMemoryService), and
+// the lookup that turns a request's (region, offset, byte_size) into bytes an engine can use.
+//
+// System regions are mapped once at registration and, with the CUDA backend, page-locked so
+// launches DMA straight from and into them. CUDA regions are opened once from their IPC handle.
+// A request holds a reference to each region it names: unregistering a region stops new requests
+// from naming it, and the mapping goes away when the last request using it is answered.
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "kernels/reference/attention_problem.h"
+#include "server/backend/backend.h"
+
+namespace sage::server {
+
+class SystemMapping;
+
+enum class SharedMemoryKind { kSystem, kCuda };
+
+// Whether clients may register memory: they can make the server map any shared-memory object its
+// user may open, so it is off unless the operator turns it on.
+enum class SharedMemoryPolicy { kRefuse, kAllow };
+
+struct SharedMemoryOptions {
+  SharedMemoryPolicy policy = SharedMemoryPolicy::kRefuse;
+  int max_regions = 256;
+};
+
+struct SharedMemoryRegionInfo {
+  std::string name;
+  SharedMemoryKind kind = SharedMemoryKind::kSystem;
+  std::string key;      // system
+  uint64_t offset = 0;  // system
+  int device = -1;      // CUDA
+  uint64_t byte_size = 0;
+  MemoryKind memory = MemoryKind::kPageable;  // kPinned once the engine page-locked it; kDevice for CUDA
+  int64_t requests = 0;
+};
+
+// One registered region. Immutable but for its request counter; destroyed when unregistered and
+// no request holds it.
+class SharedMemoryRegion {
+ public:
+  ~SharedMemoryRegion();
+  const SharedMemoryRegionInfo& info() const { return info_; }
+  std::byte* data() const { return data_; }
+  MemoryKind memory() const { return info_.memory; }
+  int device() const { return info_.device; }
+  // Counts one accepted request that names the region (however many of its tensors do).
+  void CountRequest() const { requests_.fetch_add(1, std::memory_order_relaxed); }
+
+ private:
+  friend class SharedMemoryRegistry;
+  SharedMemoryRegion() = default;
+
+  SharedMemoryRegionInfo info_;
+  std::byte* data_ = nullptr;
+  std::unique_ptr<SystemMapping> mapping_;  // system
+  std::unique_ptr<EngineMemory> engine_;    // the engine's pin or IPC mapping; released before unmapping
+  mutable std::atomic<int64_t> requests_{0};
+};
+
+// A byte range of a region, resolved for one request; `region` keeps it mapped.
+struct SharedRange {
+  std::shared_ptr<const SharedMemoryRegion> region;
+  std::span<std::byte> bytes;
+  MemoryKind memory() const { return region->memory(); }
+};
+
+class SharedMemoryRegistry {
+ public:
+  // `backend` pins host regions and opens CUDA ones; it must outlive the registry.
+  SharedMemoryRegistry(const SharedMemoryOptions& options, AttentionBackend* backend);
+  ~SharedMemoryRegistry();
+
+  bool allowed() const { return options_.policy == SharedMemoryPolicy::kAllow; }
+  // FAILED_PRECONDITION naming the flag that turns shared memory on, unless allowed().
+  absl::Status CheckAllowed() const;
+
+  // FAILED_PRECONDITION when not allowed; ALREADY_EXISTS for a name in use; RESOURCE_EXHAUSTED at
+  // max_regions; otherwise SystemMapping::Map's and the backend's errors.
+  absl::Status RegisterSystem(const std::string& name, const std::string& key, uint64_t offset, uint64_t byte_size);
+  absl::Status RegisterCuda(const std::string& name, std::span<const std::byte> raw_handle, int device,
+                            uint64_t byte_size);
+  // The names unregistered (every region for an empty name). NOT_FOUND for an unknown name.
+  absl::StatusOr<std::vector<std::string>> Unregister(const std::string& name);
+  // One region (NOT_FOUND if unknown) or, for an empty name, all of them in name order.
+  absl::StatusOr<std::vector<SharedMemoryRegionInfo>> Status(const std::string& name) const;
+  int size() const;
+
+  // The `byte_size` bytes at `offset` of region `region`, for the request field `field` (named in
+  // errors, e.g. "q.shared_memory"). FAILED_PRECONDITION when not allowed, NOT_FOUND for an unknown
+  // region, INVALID_ARGUMENT for a range outside it or a size other than `expected_bytes`.
+  absl::StatusOr<SharedRange> Resolve(const std::string& field, const std::string& region, uint64_t offset,
+                                      uint64_t byte_size, size_t expected_bytes) const;
+
+ private:
+  absl::Status CheckNewName(const std::string& name) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status Insert(std::shared_ptr<SharedMemoryRegion> region);
+
+  const SharedMemoryOptions options_;
+  AttentionBackend* const backend_;
+  mutable absl::Mutex mu_;
+  std::map<std::string, std::shared_ptr<SharedMemoryRegion>> regions_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace sage::server
