@@ -200,15 +200,17 @@ struct DeviceProblem {
   }
 };
 
-DeviceProblem OnDevice(const HostProblem& p) {
+// `skew` shifts every tensor by that many bytes: 8 leaves q/k/v short of the 16-byte alignment the
+// kernels read in place, so the executor must copy them instead.
+DeviceProblem OnDevice(const HostProblem& p, size_t skew = 0) {
   DeviceProblem d;
   d.in = p.Input();
   const size_t qb = d.in.q.bytes(), kb = d.in.k.bytes(), vb = d.in.v.bytes();
   const size_t lse_b = static_cast<size_t>(d.in.q.tokens) * d.in.q.heads * sizeof(float);
   const auto up = [](size_t x) { return (x + 255) / 256 * 256; };
   const size_t at_k = up(qb), at_v = up(at_k + kb), at_o = up(at_v + vb), at_lse = up(at_o + qb);
-  EXPECT_EQ(cudaMalloc(&d.base, at_lse + lse_b), cudaSuccess);
-  auto* base = static_cast<std::byte*>(d.base);
+  EXPECT_EQ(cudaMalloc(&d.base, at_lse + lse_b + skew), cudaSuccess);
+  auto* base = static_cast<std::byte*>(d.base) + skew;
   EXPECT_EQ(cudaMemcpy(base, d.in.q.data, qb, cudaMemcpyHostToDevice), cudaSuccess);
   EXPECT_EQ(cudaMemcpy(base + at_k, d.in.k.data, kb, cudaMemcpyHostToDevice), cudaSuccess);
   EXPECT_EQ(cudaMemcpy(base + at_v, d.in.v.data, vb, cudaMemcpyHostToDevice), cudaSuccess);
@@ -242,14 +244,16 @@ TEST(CudaPayload, DeviceMemoryEqualsStagedPath) {
     ASSERT_TRUE(w.ok()) << w.status();
     want.push_back(*std::move(w));
   }
-  // Alone.
-  for (size_t i = 0; i < problems.size(); ++i) {
-    DeviceProblem d = OnDevice(problems[i]);
-    auto got = backend->Attend(d.in, cfg);
-    ASSERT_TRUE(got.ok()) << got.status();
-    EXPECT_EQ(got->placement, OutputPlacement::kCallerBuffers);
-    EXPECT_EQ(d.o(), want[i].o_native) << "problem " << i;
-    EXPECT_EQ(d.lse(), want[i].lse) << "problem " << i;
+  // Alone: read and written in place (aligned), or copied on the device (skewed).
+  for (size_t skew : {size_t{0}, size_t{8}}) {
+    for (size_t i = 0; i < problems.size(); ++i) {
+      DeviceProblem d = OnDevice(problems[i], skew);
+      auto got = backend->Attend(d.in, cfg);
+      ASSERT_TRUE(got.ok()) << got.status();
+      EXPECT_EQ(got->placement, OutputPlacement::kCallerBuffers);
+      EXPECT_EQ(d.o(), want[i].o_native) << "problem " << i << " skew " << skew;
+      EXPECT_EQ(d.lse(), want[i].lse) << "problem " << i << " skew " << skew;
+    }
   }
   // Device inputs, O into pinned host memory.
   {

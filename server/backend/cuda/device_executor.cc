@@ -29,6 +29,9 @@ constexpr double kMiB = 1024.0 * 1024.0;
 
 size_t AlignUp(size_t x) { return (x + kAlign - 1) / kAlign * kAlign; }
 
+// The kernels read q/k/v 16 bytes at a time (and never write them); O and LSE need element pairs.
+bool Aligned(const void* p, size_t to) { return reinterpret_cast<uintptr_t>(p) % to == 0; }
+
 // Byte offsets of one launch's tensors inside a slot's input and output staging. The host (pinned)
 // and device buffers use the same layout, so each direction is one contiguous copy.
 struct StagingLayout {
@@ -371,7 +374,14 @@ absl::StatusOr<AttnOutput> DeviceExecutor::RunOnSlot(Slot& slot, const AttnInput
                                                      ": device-memory tensors need the kernel's own dtype and layout"));
     }
   }
+  // A lone problem whose tensors already sit in this GPU's memory (CUDA shared memory) is read, and
+  // its O/LSE written, where they are: no device copies at all, only cu_seqlens go up.
+  const AttnInput& lone = *parts.front();
+  const bool read_in_place = parts.size() == 1 && lone.memory == MemoryKind::kDevice &&
+                             lone.memory_device == device_ && Aligned(lone.q.data, 16) && Aligned(lone.k.data, 16) &&
+                             Aligned(lone.v.data, 16);
   for (const AttnInput* part : parts) {
+    if (read_in_place) break;
     const bool pinned = part->memory == MemoryKind::kPinned;
     const bool device = part->memory == MemoryKind::kDevice;
     const auto add = [&](const TensorView& t, size_t* at) {
@@ -388,6 +398,12 @@ absl::StatusOr<AttnOutput> DeviceExecutor::RunOnSlot(Slot& slot, const AttnInput
     add(part->q, &at_q);
     add(part->k, &at_k);
     add(part->v, &at_v);
+  }
+  if (read_in_place) {
+    any_direct = true;  // nothing staged: only cu_seqlens go up
+    at_q += static_cast<size_t>(in.q.numel()) * 2;
+    at_k += static_cast<size_t>(in.k.numel()) * 2;
+    at_v += static_cast<size_t>(in.v.numel()) * 2;
   }
   if (at_q != l.q + static_cast<size_t>(in.q.numel()) * 2 || at_k != l.k + static_cast<size_t>(in.k.numel()) * 2 ||
       at_v != l.v + static_cast<size_t>(in.v.numel()) * 2) {
@@ -425,7 +441,12 @@ absl::StatusOr<AttnOutput> DeviceExecutor::RunOnSlot(Slot& slot, const AttnInput
   std::vector<Copy>& d2h = slot.d2h;
   d2h.clear();
   std::vector<StageSegment> out_segments;
-  if (into) {
+  const bool write_in_place = into && parts.size() == 1 && lone.out_memory == MemoryKind::kDevice &&
+                              lone.memory_device == device_ && Aligned(lone.o_into.data(), 4) &&
+                              Aligned(lone.lse_into.data(), 4);
+  if (write_in_place) {
+    // The kernels write the client's device buffers directly (below); nothing comes back.
+  } else if (into) {
     size_t row = 0;
     for (const AttnInput* part : parts) {
       const size_t rows = static_cast<size_t>(part->q.tokens);
@@ -451,13 +472,15 @@ absl::StatusOr<AttnOutput> DeviceExecutor::RunOnSlot(Slot& slot, const AttnInput
     d2h.assign(1, Copy{slot.host_out, slot.dev_out, l.out_end});
   }
 
-  params.q = slot.dev_in + l.q;
-  params.k = slot.dev_in + l.k;
-  params.v = slot.dev_in + l.v;
+  params.q = read_in_place ? lone.q.data : slot.dev_in + l.q;
+  params.k = read_in_place ? lone.k.data : slot.dev_in + l.k;
+  params.v = read_in_place ? lone.v.data : slot.dev_in + l.v;
   params.cu_seqlens_q = reinterpret_cast<const int32_t*>(slot.dev_in + l.cu_q);
   params.cu_seqlens_k = reinterpret_cast<const int32_t*>(slot.dev_in + l.cu_k);
-  params.o = slot.dev_out + l.o;
-  params.lse = want_lse ? reinterpret_cast<float*>(slot.dev_out + l.lse) : nullptr;
+  params.o = write_in_place ? static_cast<void*>(lone.o_into.data()) : slot.dev_out + l.o;
+  params.lse = !want_lse         ? nullptr
+               : write_in_place ? lone.lse_into.data()
+                                : reinterpret_cast<float*>(slot.dev_out + l.lse);
   params.workspace = slot.dev_ws;
   params.workspace_bytes = ws_capacity_;
 

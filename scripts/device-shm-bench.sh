@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# The shared-memory data plane on a GPU machine, from a bundle (scripts/device-bundle.sh sageserve sagectl
+# sageattn cuda_payload_gpu_test cuda_backend_gpu_test cuda_runtime_gpu_test): the runtime GPU tests, then
+# `sagectl bench` against `sageserve --backend=cuda --allow_shared_memory` on loopback with the tensors in
+# the gRPC messages (bytes), in POSIX shared memory (system, page-locked by the server) and in CUDA memory
+# (cuda, IPC), dynamic batching on and off. sagectl checks answers bit for bit against the bytes path.
+# Logs go to $OUT or /tmp.
+#
+#   scripts/device-shm-bench.sh [--bundle DIR] [--port N] [--skip-tests]
+set -uo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+BUNDLE="$ROOT/.bundle"
+PORT=50089
+SKIP_TESTS=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --bundle) BUNDLE="$(realpath "$2")"; shift 2 ;;
+    --port) PORT="$2"; shift 2 ;;
+    --skip-tests) SKIP_TESTS=1; shift ;;
+    *) echo "device-shm-bench: unknown argument $1" >&2; exit 2 ;;
+  esac
+done
+LOG="${OUT:-/tmp}"
+export LD_LIBRARY_PATH="$BUNDLE/lib:${LD_LIBRARY_PATH:-}"
+B="$BUNDLE/bin"
+TARGET="127.0.0.1:$PORT"
+SMALL="--batch=1 --q_len=128 --k_len=128 --heads_q=8 --heads_kv=8 --head_dim=128"
+TINY="--batch=1 --q_len=16 --k_len=16 --heads_q=8 --heads_kv=8 --head_dim=64"
+L4K="--batch=1 --q_len=4096 --k_len=4096 --heads_q=8 --heads_kv=8 --head_dim=128 --causal"
+
+date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+if [ "$SKIP_TESTS" = 0 ]; then
+  for t in cuda_payload_gpu_test cuda_runtime_gpu_test cuda_backend_gpu_test; do
+    timeout 180 "$B/$t" --gtest_brief=1 >"$LOG/$t.log" 2>&1
+    echo "=== $t: exit $?"; grep -E "FAILED|PASSED|SKIPPED" "$LOG/$t.log" | head -n 12
+  done
+fi
+
+serve() {  # name, extra flags...
+  local name="$1"; shift
+  "$B/sageserve" --backend=cuda --listen="$TARGET" --log_level=warn --allow_shared_memory "$@" \
+    >"$LOG/sageserve_$name.log" 2>&1 &
+  SERVER_PID=$!
+  for _ in $(seq 1 120); do
+    if "$B/sagectl" health --target="$TARGET" >/dev/null 2>&1; then return 0; fi
+    kill -0 "$SERVER_PID" 2>/dev/null || break
+    sleep 0.25
+  done
+  echo "server $name did not start"; cat "$LOG/sageserve_$name.log"; return 1
+}
+stop() { kill -TERM "$SERVER_PID"; wait "$SERVER_PID"; echo "(sageserve exit $?)"; }
+bench() {  # label, flags...
+  local label="$1"; shift
+  echo "--- $label" | tee -a "$LOG/bench.log"
+  timeout 60 "$B/sagectl" bench --target="$TARGET" "$@" 2>&1 | grep -v "^shape:" | tee -a "$LOG/bench.log"
+}
+
+for mode in batching nobatching spin; do
+  extra=()
+  case "$mode" in
+    nobatching) extra+=(--max_batch_tokens=0) ;;
+    spin) extra+=(--worker_spin_us=2000) ;;
+  esac
+  echo "=== sageserve --backend=cuda --allow_shared_memory, $mode ${extra[*]}"
+  serve "$mode" "${extra[@]}" || continue
+  for shm in none system cuda; do
+    [ "$mode" = spin ] && [ "$shm" != cuda ] && continue
+    bench "$mode $shm small c1" $SMALL --concurrency=1 --requests=1000 --warmup=50 --shared_memory=$shm
+    bench "$mode $shm small c16" $SMALL --concurrency=16 --requests=4000 --warmup=50 --shared_memory=$shm
+    bench "$mode $shm small c16 stream" $SMALL --concurrency=16 --requests=4000 --warmup=50 --mode=stream --shared_memory=$shm
+    [ "$mode" = spin ] && continue
+    bench "$mode $shm small c64 conn8" $SMALL --concurrency=64 --requests=12000 --warmup=50 --connections=8 --shared_memory=$shm
+    bench "$mode $shm tiny c64 conn8" $TINY --concurrency=64 --requests=30000 --warmup=100 --connections=8 --shared_memory=$shm
+    bench "$mode $shm tiny c128 conn16" $TINY --concurrency=128 --requests=40000 --warmup=100 --connections=16 --shared_memory=$shm
+  done
+  if [ "$mode" = batching ]; then
+    for shm in none cuda; do
+      bench "$mode $shm 4k c4" $L4K --concurrency=4 --requests=100 --warmup=4 --shared_memory=$shm
+    done
+  fi
+  "$B/sagectl" shm status --target="$TARGET"
+  stop
+done
+echo "=== done"; date -u
