@@ -61,24 +61,8 @@ timeout 60 "$B/sage_cuda_runtime_bench" $L4K --concurrency=1,4 --requests=200 --
 timeout 60 "$B/sage_cuda_runtime_bench" $L16K --concurrency=1,2 --requests=40 --outputs=native,pinned 2>&1 | tee "$LOG/inproc_16k.log"
 
 SERVER_BIN=sageserve
-serve() {  # name, extra flags...
-  local name="$1"; shift
-  "$B/$SERVER_BIN" --backend=cuda --listen="$TARGET" --log_level=warn "$@" \
-    >"$LOG/sageserve_$name.log" 2>&1 &
-  SERVER_PID=$!
-  for _ in $(seq 1 120); do
-    if "$B/sagectl" health --target="$TARGET" >/dev/null 2>&1; then return 0; fi
-    kill -0 "$SERVER_PID" 2>/dev/null || break
-    sleep 0.25
-  done
-  echo "server $name did not start"; cat "$LOG/sageserve_$name.log"; return 1
-}
-stop() { kill -TERM "$SERVER_PID"; wait "$SERVER_PID"; echo "(sageserve exit $?)"; }
-bench() {  # label, flags...
-  local label="$1"; shift
-  echo "--- $label" | tee -a "$LOG/bench.log"
-  timeout 90 "$B/sagectl" bench --target="$TARGET" "$@" 2>&1 | tee -a "$LOG/bench.log"
-}
+SERVER_FLAGS=()
+source "$ROOT/scripts/device-serve-lib.sh"
 
 scrape() {  # name: the server's Prometheus text, for batch sizes and stage histograms
   python3 -c "import urllib.request,sys; sys.stdout.write(urllib.request.urlopen('http://127.0.0.1:$((PORT + 1))/metrics').read().decode())" \

@@ -36,24 +36,8 @@ if [ "$SKIP_TESTS" = 0 ]; then
   done
 fi
 
-serve() {  # name, extra flags...
-  local name="$1"; shift
-  "$B/sageserve" --backend=cuda --listen="$TARGET" --log_level=warn --allow_shared_memory "$@" \
-    >"$LOG/sageserve_$name.log" 2>&1 &
-  SERVER_PID=$!
-  for _ in $(seq 1 120); do
-    if "$B/sagectl" health --target="$TARGET" >/dev/null 2>&1; then return 0; fi
-    kill -0 "$SERVER_PID" 2>/dev/null || break
-    sleep 0.25
-  done
-  echo "server $name did not start"; cat "$LOG/sageserve_$name.log"; return 1
-}
-stop() { kill -TERM "$SERVER_PID"; wait "$SERVER_PID"; echo "(sageserve exit $?)"; }
-bench() {  # label, flags...
-  local label="$1"; shift
-  echo "--- $label" | tee -a "$LOG/bench.log"
-  timeout 60 "$B/sagectl" bench --target="$TARGET" "$@" 2>&1 | grep -v "^shape:" | tee -a "$LOG/bench.log"
-}
+SERVER_FLAGS=(--allow_shared_memory)
+source "$ROOT/scripts/device-serve-lib.sh"
 
 for mode in batching nobatching spin; do
   extra=()
