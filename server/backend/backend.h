@@ -68,8 +68,6 @@ class EngineMemory {
 struct DeviceMapping {
   std::unique_ptr<EngineMemory> handle;
   std::byte* data = nullptr;  // the allocation's start, in this process's address space
-  size_t allocation_bytes = 0;
-  int device = -1;
 };
 
 // An engine the server can hand requests to. Attend() is blocking and thread-safe; it is called

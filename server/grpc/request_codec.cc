@@ -60,22 +60,22 @@ absl::Status Invalid(const std::string& field, absl::string_view what) {
   return absl::InvalidArgumentError(absl::StrCat(field, ": ", what));
 }
 
-absl::Status NoSharedMemory(const std::string& field) {
-  return absl::FailedPreconditionError(
-      absl::StrCat(field, ": this server does not accept shared memory (start it with --allow_shared_memory)"));
-}
-
-// Resolves a shared-memory reference of `expected` bytes, keeping its region in `decoded`.
+// Resolves a shared-memory reference of `expected` bytes, keeping its region (once) in `decoded`.
 absl::StatusOr<SharedRange> ResolveRef(const std::string& field, const v1::SharedMemoryRef& ref, size_t expected,
                                        size_t alignment, const SharedMemoryRegistry* shm, DecodedRequest& decoded) {
-  if (shm == nullptr) return NoSharedMemory(field);
+  if (shm == nullptr) {
+    // Calls decoded without a registry (calibration samples) take their bytes inline only.
+    return absl::FailedPreconditionError(absl::StrCat(field, ": this call takes tensor bytes inline, not shared memory"));
+  }
   absl::StatusOr<SharedRange> range = shm->Resolve(field, ref.region(), ref.offset(), ref.byte_size(), expected);
   if (!range.ok()) return range.status();
   if (reinterpret_cast<uintptr_t>(range->bytes.data()) % alignment != 0) {
     return Invalid(absl::StrCat(field, ".offset"), absl::StrCat(ref.offset(), " is not a multiple of the element size (",
                                                                alignment, ")"));
   }
-  decoded.regions.push_back(range->region);
+  if (std::find(decoded.regions.begin(), decoded.regions.end(), range->region) == decoded.regions.end()) {
+    decoded.regions.push_back(range->region);
+  }
   return range;
 }
 
@@ -332,12 +332,7 @@ absl::StatusOr<std::unique_ptr<DecodedRequest>> DecodeAttendRequest(
   // The engine's own checks (cu_seqlens monotonic and in range, GQA, pointers), field-named.
   s = ValidateInput(in);
   if (!s.ok()) return s;
-  for (size_t i = 0; i < decoded->regions.size(); ++i) {
-    const SharedMemoryRegion* r = decoded->regions[i].get();
-    bool first = true;
-    for (size_t j = 0; j < i; ++j) first = first && decoded->regions[j].get() != r;
-    if (first) r->CountRequest();
-  }
+  for (const auto& region : decoded->regions) region->CountRequest();
   return decoded;
 }
 

@@ -37,7 +37,7 @@ struct DecodedRequest {
   // Backing store for cu_seqlens when the request left them empty (a single sequence).
   std::vector<int32_t> default_cu_q;
   std::vector<int32_t> default_cu_k;
-  // The shared-memory regions the request names, held (mapped) until it is answered.
+  // The shared-memory regions the request names, each once, held (mapped) until it is answered.
   std::vector<std::shared_ptr<const SharedMemoryRegion>> regions;
   // AttendRequest.o_output / lse_output: where O (in output_dtype) and LSE go; empty: in the response.
   std::span<std::byte> o_output;

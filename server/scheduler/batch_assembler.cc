@@ -100,8 +100,6 @@ absl::StatusOr<AssembledBatch> AssembleBatch(std::span<const AttnInput* const> m
             absl::StrCat("AssembleBatch: member ", i, " has its tensors in device memory; they cannot be copied"));
       }
     }
-  }
-  if (copy) {
     batch.q_.reserve(static_cast<size_t>(total_q) * first.q.heads * first.q.head_dim * DTypeSize(first.q.dtype));
     batch.k_.reserve(static_cast<size_t>(total_k) * first.k.heads * first.k.head_dim * DTypeSize(first.k.dtype));
     batch.v_.reserve(static_cast<size_t>(total_k) * first.v.heads * first.v.head_dim * DTypeSize(first.v.dtype));

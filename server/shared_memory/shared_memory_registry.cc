@@ -48,6 +48,13 @@ absl::Status SharedMemoryRegistry::CheckNewName(const std::string& name) const {
   return absl::OkStatus();
 }
 
+absl::Status SharedMemoryRegistry::CheckRegistrable(const std::string& name) const {
+  if (absl::Status s = CheckAllowed(); !s.ok()) return s;
+  if (absl::Status s = CheckName(name); !s.ok()) return s;
+  absl::MutexLock lock(&mu_);
+  return CheckNewName(name);
+}
+
 absl::Status SharedMemoryRegistry::Insert(std::shared_ptr<SharedMemoryRegion> region) {
   absl::MutexLock lock(&mu_);
   // Checked again: another registration of the name may have won while this one was mapping.
@@ -63,12 +70,7 @@ absl::Status SharedMemoryRegistry::Insert(std::shared_ptr<SharedMemoryRegion> re
 
 absl::Status SharedMemoryRegistry::RegisterSystem(const std::string& name, const std::string& key, uint64_t offset,
                                                   uint64_t byte_size) {
-  if (absl::Status s = CheckAllowed(); !s.ok()) return s;
-  if (absl::Status s = CheckName(name); !s.ok()) return s;
-  {
-    absl::MutexLock lock(&mu_);
-    if (absl::Status s = CheckNewName(name); !s.ok()) return s;
-  }
+  if (absl::Status s = CheckRegistrable(name); !s.ok()) return s;
   absl::StatusOr<std::unique_ptr<SystemMapping>> mapping = SystemMapping::Map(key, offset, byte_size);
   if (!mapping.ok()) return mapping.status();
   auto region = std::shared_ptr<SharedMemoryRegion>(new SharedMemoryRegion());
@@ -90,14 +92,9 @@ absl::Status SharedMemoryRegistry::RegisterSystem(const std::string& name, const
 
 absl::Status SharedMemoryRegistry::RegisterCuda(const std::string& name, std::span<const std::byte> raw_handle,
                                                 int device, uint64_t byte_size) {
-  if (absl::Status s = CheckAllowed(); !s.ok()) return s;
-  if (absl::Status s = CheckName(name); !s.ok()) return s;
   if (byte_size == 0) return absl::InvalidArgumentError("byte_size: must be > 0");
   if (device < 0) return absl::InvalidArgumentError(absl::StrCat("device_id: ", device, " is not a CUDA ordinal"));
-  {
-    absl::MutexLock lock(&mu_);
-    if (absl::Status s = CheckNewName(name); !s.ok()) return s;
-  }
+  if (absl::Status s = CheckRegistrable(name); !s.ok()) return s;
   if (backend_ == nullptr) return absl::UnimplementedError("CUDA shared memory needs the cuda backend");
   absl::StatusOr<DeviceMapping> opened = backend_->OpenCudaIpcMemory(raw_handle, device, byte_size);
   if (!opened.ok()) return opened.status();

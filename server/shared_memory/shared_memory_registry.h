@@ -107,6 +107,9 @@ class SharedMemoryRegistry {
 
  private:
   absl::Status CheckNewName(const std::string& name) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Allowed, a valid name, not taken, room for one more: checked before the (slow) mapping work;
+  // Insert checks the name and count again under the lock.
+  absl::Status CheckRegistrable(const std::string& name) const;
   absl::Status Insert(std::shared_ptr<SharedMemoryRegion> region);
 
   const SharedMemoryOptions options_;

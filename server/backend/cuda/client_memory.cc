@@ -96,8 +96,6 @@ absl::StatusOr<DeviceMapping> OpenIpcAllocation(std::span<const std::byte> handl
   DeviceMapping m;
   m.handle = std::move(owner);
   m.data = static_cast<std::byte*>(ptr);
-  m.allocation_bytes = *size;
-  m.device = device;
   return m;
 }
 

@@ -43,9 +43,7 @@ class CudaBackend final : public AttentionBackend {
 
   absl::StatusOr<DeviceMapping> OpenCudaIpcMemory(std::span<const std::byte> handle, int device,
                                                   size_t bytes) override {
-    const bool served = std::any_of(executors_.begin(), executors_.end(),
-                                    [&](const auto& ex) { return ex->device() == device; });
-    if (!served) {
+    if (ExecutorIndexOf(device) < 0) {
       std::string devices;
       for (const auto& ex : executors_) absl::StrAppend(&devices, devices.empty() ? "" : ", ", ex->device());
       return absl::InvalidArgumentError(
@@ -129,25 +127,33 @@ class CudaBackend final : public AttentionBackend {
     // Every executor has the same pool sizes: one check before dispatch.
     SAGE_CUDA_RETURN_IF_ERROR(executors_.front()->CheckFits(shape));
 
-    absl::StatusOr<int> pick = absl::InvalidArgumentError("");
-    if (in.memory_device >= 0) {
-      // Tensors in a client's device memory: the launch runs on that GPU, whatever its load.
-      const auto at = std::find_if(executors_.begin(), executors_.end(),
-                                   [&](const auto& ex) { return ex->device() == in.memory_device; });
-      if (at == executors_.end()) {
-        return absl::InvalidArgumentError(absl::StrCat("cuda backend: the tensors are in the memory of device ",
-                                                       in.memory_device, ", which this server does not run"));
-      }
-      pick = selector_.AcquireOn(static_cast<int>(at - executors_.begin()), work);
-    } else {
-      pick = selector_.Acquire(work);
-    }
+    absl::StatusOr<int> pick = PickExecutor(in.memory_device, work);
     if (!pick.ok()) return pick.status();
     DeviceExecutor& ex = *executors_[static_cast<size_t>(*pick)];
     absl::StatusOr<AttnOutput> out = ex.Run(in, parts, p, dt);
     selector_.Release(*pick, work);
     if (!ex.healthy()) selector_.SetHealth(*pick, DeviceHealth::kFailed);
     return out;
+  }
+
+  // The index in executors_ of the one running CUDA ordinal `device`; -1 when none does.
+  int ExecutorIndexOf(int device) const {
+    for (size_t i = 0; i < executors_.size(); ++i) {
+      if (executors_[i]->device() == device) return static_cast<int>(i);
+    }
+    return -1;
+  }
+
+  // The least-loaded executor, or, for tensors in a client's device memory (`memory_device` >= 0),
+  // the one on that GPU whatever its load; its load is charged with `work`.
+  absl::StatusOr<int> PickExecutor(int memory_device, int64_t work) {
+    if (memory_device < 0) return selector_.Acquire(work);
+    const int index = ExecutorIndexOf(memory_device);
+    if (index < 0) {
+      return absl::InvalidArgumentError(absl::StrCat("cuda backend: the tensors are in the memory of device ",
+                                                     memory_device, ", which this server does not run"));
+    }
+    return selector_.AcquireOn(index, work);
   }
 
  public:

@@ -363,7 +363,6 @@ absl::StatusOr<AttnOutput> DeviceExecutor::RunOnSlot(Slot& slot, const AttnInput
   std::vector<Copy>& h2d = slot.h2d;
   h2d.clear();
   bool any_direct = false;
-  size_t at_q = l.q, at_k = l.k, at_v = l.v;
   for (size_t i = 0; i < parts.size(); ++i) {
     const AttnInput& part = *parts[i];
     if ((part.memory == MemoryKind::kDevice && part.q.dtype != dtype) ||
@@ -380,34 +379,32 @@ absl::StatusOr<AttnOutput> DeviceExecutor::RunOnSlot(Slot& slot, const AttnInput
   const bool read_in_place = parts.size() == 1 && lone.memory == MemoryKind::kDevice &&
                              lone.memory_device == device_ && Aligned(lone.q.data, 16) && Aligned(lone.k.data, 16) &&
                              Aligned(lone.v.data, 16);
-  for (const AttnInput* part : parts) {
-    if (read_in_place) break;
-    const bool pinned = part->memory == MemoryKind::kPinned;
-    const bool device = part->memory == MemoryKind::kDevice;
-    const auto add = [&](const TensorView& t, size_t* at) {
-      const size_t n = static_cast<size_t>(t.numel());
-      if (device || (pinned && t.dtype == dtype && n * 2 >= kDirectCopyMinBytes)) {
-        AddCopy(h2d, slot.dev_in + *at, t.data, n * 2);
-        any_direct = true;
-      } else {
-        segments.push_back(StageSegment{t.data, t.dtype, slot.host_in + *at, dtype, n});
-        AddCopy(h2d, slot.dev_in + *at, slot.host_in + *at, n * 2);
-      }
-      *at += n * 2;
-    };
-    add(part->q, &at_q);
-    add(part->k, &at_k);
-    add(part->v, &at_v);
-  }
   if (read_in_place) {
     any_direct = true;  // nothing staged: only cu_seqlens go up
-    at_q += static_cast<size_t>(in.q.numel()) * 2;
-    at_k += static_cast<size_t>(in.k.numel()) * 2;
-    at_v += static_cast<size_t>(in.v.numel()) * 2;
-  }
-  if (at_q != l.q + static_cast<size_t>(in.q.numel()) * 2 || at_k != l.k + static_cast<size_t>(in.k.numel()) * 2 ||
-      at_v != l.v + static_cast<size_t>(in.v.numel()) * 2) {
-    return absl::InvalidArgumentError("cuda backend: the parts' tensors do not add up to the merged shapes");
+  } else {
+    size_t at_q = l.q, at_k = l.k, at_v = l.v;
+    for (const AttnInput* part : parts) {
+      const bool pinned = part->memory == MemoryKind::kPinned;
+      const bool device = part->memory == MemoryKind::kDevice;
+      const auto add = [&](const TensorView& t, size_t* at) {
+        const size_t n = static_cast<size_t>(t.numel());
+        if (device || (pinned && t.dtype == dtype && n * 2 >= kDirectCopyMinBytes)) {
+          AddCopy(h2d, slot.dev_in + *at, t.data, n * 2);
+          any_direct = true;
+        } else {
+          segments.push_back(StageSegment{t.data, t.dtype, slot.host_in + *at, dtype, n});
+          AddCopy(h2d, slot.dev_in + *at, slot.host_in + *at, n * 2);
+        }
+        *at += n * 2;
+      };
+      add(part->q, &at_q);
+      add(part->k, &at_k);
+      add(part->v, &at_v);
+    }
+    if (at_q != l.q + static_cast<size_t>(in.q.numel()) * 2 || at_k != l.k + static_cast<size_t>(in.k.numel()) * 2 ||
+        at_v != l.v + static_cast<size_t>(in.v.numel()) * 2) {
+      return absl::InvalidArgumentError("cuda backend: the parts' tensors do not add up to the merged shapes");
+    }
   }
   RunStaging(segments);
   const size_t cu_bytes = static_cast<size_t>(params.batch + 1) * sizeof(int32_t);
