@@ -6,17 +6,24 @@
 # (cuda, IPC), dynamic batching on and off. sagectl checks answers bit for bit against the bytes path.
 # Logs go to $OUT or /tmp.
 #
-#   scripts/device-shm-bench.sh [--bundle DIR] [--port N] [--skip-tests]
+#   scripts/device-shm-bench.sh [--bundle DIR] [--port N] [--skip-tests] [--compare BIN] [--cuda-only]
+# --compare BIN: run every server configuration twice, with sageserve and with $BUNDLE/bin/BIN (an
+# earlier build), back to back, so the two are measured in the same session.
+# --cuda-only: only the CUDA shared-memory rows (plus unary c16 on 16 connections).
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BUNDLE="$ROOT/.bundle"
 PORT=50089
 SKIP_TESTS=0
+COMPARE=""
+CUDA_ONLY=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --bundle) BUNDLE="$(realpath "$2")"; shift 2 ;;
     --port) PORT="$2"; shift 2 ;;
     --skip-tests) SKIP_TESTS=1; shift ;;
+    --compare) COMPARE="$2"; shift 2 ;;
+    --cuda-only) CUDA_ONLY=1; shift ;;
     *) echo "device-shm-bench: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -30,7 +37,8 @@ L4K="--batch=1 --q_len=4096 --k_len=4096 --heads_q=8 --heads_kv=8 --head_dim=128
 
 date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 if [ "$SKIP_TESTS" = 0 ]; then
-  for t in cuda_payload_gpu_test cuda_runtime_gpu_test cuda_backend_gpu_test; do
+  for t in segment_copy_gpu_test cuda_payload_gpu_test cuda_runtime_gpu_test cuda_backend_gpu_test; do
+    [ -x "$B/$t" ] || { echo "=== $t: not in the bundle"; continue; }
     timeout 180 "$B/$t" --gtest_brief=1 >"$LOG/$t.log" 2>&1
     echo "=== $t: exit $?"; grep -E "FAILED|PASSED|SKIPPED" "$LOG/$t.log" | head -n 12
   done
@@ -45,24 +53,30 @@ for mode in batching nobatching spin; do
     nobatching) extra+=(--max_batch_tokens=0) ;;
     spin) extra+=(--worker_spin_us=2000) ;;
   esac
-  echo "=== sageserve --backend=cuda --allow_shared_memory, $mode ${extra[*]}"
-  serve "$mode" "${extra[@]}" || continue
+  for SERVER_BIN in sageserve $COMPARE; do
+  tag="$mode"; [ "$SERVER_BIN" != sageserve ] && tag="$SERVER_BIN $mode"
+  echo "=== $SERVER_BIN --backend=cuda --allow_shared_memory, $mode ${extra[*]}"
+  serve "${SERVER_BIN}_$mode" "${extra[@]}" || continue
   for shm in none system cuda; do
     [ "$mode" = spin ] && [ "$shm" != cuda ] && continue
-    bench "$mode $shm small c1" $SMALL --concurrency=1 --requests=1000 --warmup=50 --shared_memory=$shm
-    bench "$mode $shm small c16" $SMALL --concurrency=16 --requests=4000 --warmup=50 --shared_memory=$shm
-    bench "$mode $shm small c16 stream" $SMALL --concurrency=16 --requests=4000 --warmup=50 --mode=stream --shared_memory=$shm
+    [ "$CUDA_ONLY" = 1 ] && [ "$shm" != cuda ] && continue
+    bench "$tag $shm small c1" $SMALL --concurrency=1 --requests=1000 --warmup=50 --shared_memory=$shm
+    bench "$tag $shm small c16" $SMALL --concurrency=16 --requests=4000 --warmup=50 --shared_memory=$shm
+    [ "$shm" = cuda ] && bench "$tag $shm small c16 conn16" $SMALL --concurrency=16 --requests=8000 --warmup=50 \
+      --connections=16 --shared_memory=$shm
+    bench "$tag $shm small c16 stream" $SMALL --concurrency=16 --requests=4000 --warmup=50 --mode=stream --shared_memory=$shm
     [ "$mode" = spin ] && continue
-    bench "$mode $shm small c64 conn8" $SMALL --concurrency=64 --requests=12000 --warmup=50 --connections=8 --shared_memory=$shm
-    bench "$mode $shm tiny c64 conn8" $TINY --concurrency=64 --requests=30000 --warmup=100 --connections=8 --shared_memory=$shm
-    bench "$mode $shm tiny c128 conn16" $TINY --concurrency=128 --requests=40000 --warmup=100 --connections=16 --shared_memory=$shm
+    bench "$tag $shm small c64 conn8" $SMALL --concurrency=64 --requests=12000 --warmup=50 --connections=8 --shared_memory=$shm
+    bench "$tag $shm tiny c64 conn8" $TINY --concurrency=64 --requests=30000 --warmup=100 --connections=8 --shared_memory=$shm
+    bench "$tag $shm tiny c128 conn16" $TINY --concurrency=128 --requests=40000 --warmup=100 --connections=16 --shared_memory=$shm
   done
-  if [ "$mode" = batching ]; then
+  if [ "$mode" = batching ] && [ "$CUDA_ONLY" = 0 ]; then
     for shm in none cuda; do
-      bench "$mode $shm 4k c4" $L4K --concurrency=4 --requests=100 --warmup=4 --shared_memory=$shm
+      bench "$tag $shm 4k c4" $L4K --concurrency=4 --requests=100 --warmup=4 --shared_memory=$shm
     done
   fi
   "$B/sagectl" shm status --target="$TARGET"
   stop
+  done
 done
 echo "=== done"; date -u

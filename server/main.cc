@@ -50,6 +50,8 @@ ABSL_FLAG(int, worker_threads, 0,
           "Scheduler worker threads (launches run concurrently); 0 = auto: GPUs x --cuda_streams with the CUDA "
           "backend, 2 with the CPU engine");
 ABSL_FLAG(int, queue_capacity, kDefaults.scheduler.queue_capacity, "Requests waiting beyond which new ones get RESOURCE_EXHAUSTED");
+ABSL_FLAG(std::vector<std::string>, grpc_arg, {},
+          "Integer gRPC server arguments name=value,... (transport tuning, e.g. grpc.http2.max_frame_size=1048576)");
 ABSL_FLAG(int64_t, max_message_bytes, kDefaults.max_message_bytes, "Largest gRPC message accepted or sent");
 ABSL_FLAG(int64_t, max_tokens, kDefaults.limits.max_tokens, "Largest total_q or total_k per request");
 ABSL_FLAG(absl::Duration, grace_period, absl::Milliseconds(kDefaults.grace_period.count()),
@@ -173,6 +175,16 @@ int main(int argc, char** argv) {
   options.scheduler.worker_threads = absl::GetFlag(FLAGS_worker_threads);
   options.scheduler.queue_capacity = absl::GetFlag(FLAGS_queue_capacity);
   options.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
+  for (const std::string& item : absl::GetFlag(FLAGS_grpc_arg)) {
+    const size_t eq = item.find('=');
+    sage::server::GrpcArg arg;
+    if (eq == std::string::npos || eq == 0 || !absl::SimpleAtoi(item.substr(eq + 1), &arg.value)) {
+      spdlog::error("--grpc_arg: '{}' is not name=integer (e.g. grpc.http2.max_frame_size=1048576)", item);
+      return 2;
+    }
+    arg.name = item.substr(0, eq);
+    options.grpc_args.push_back(std::move(arg));
+  }
   options.limits.max_tokens = absl::GetFlag(FLAGS_max_tokens);
   const int64_t max_batch_tokens = absl::GetFlag(FLAGS_max_batch_tokens);
   if (max_batch_tokens < 0) {

@@ -194,6 +194,7 @@ absl::StatusOr<std::unique_ptr<SageServer>> SageServer::Start(
   builder.AddListeningPort(options.listen_address, *credentials, &s->port_);
   builder.SetMaxReceiveMessageSize(static_cast<int>(options.max_message_bytes));
   builder.SetMaxSendMessageSize(static_cast<int>(options.max_message_bytes));
+  for (const GrpcArg& a : options.grpc_args) builder.AddChannelArgument(a.name, a.value);
   builder.RegisterService(s->attention_service_.get());
   builder.RegisterService(s->health_service_.get());
   builder.RegisterService(s->registry_service_.get());

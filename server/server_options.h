@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "server/backend/backend_factory.h"
 #include "server/grpc/request_codec.h"
@@ -41,11 +42,20 @@ struct ServerTlsOptions {
   std::string client_ca_file;    // set: mutual TLS, clients must present a certificate these CAs signed
 };
 
+// One integer gRPC server argument (grpc/impl/codegen/grpc_types.h names them), for transport
+// tuning: docs/RUNTIME.md, "Transport".
+struct GrpcArg {
+  std::string name;
+  int value = 0;
+};
+
 struct ServerOptions {
   // "host:port"; port 0 picks a free port (see SageServer::port()).
   std::string listen_address = "127.0.0.1:50051";
   ServerTlsOptions tls;
   int64_t max_message_bytes = kDefaultMaxMessageBytes;  // Receive and send.
+  // Applied after the server's own settings, so they override them.
+  std::vector<GrpcArg> grpc_args;
   BackendOptions backend;
   // worker_threads and queue_capacity apply to whichever scheduler runs. worker_threads 0 = auto:
   // Σ stream slots over the backend's devices (GPUs × streams), or 2 for the CPU engine.

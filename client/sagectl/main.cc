@@ -6,14 +6,33 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "client/sagectl/commands.h"
 #include "google/protobuf/util/json_util.h"
 
 namespace sagectl {
 
 std::vector<std::string> ConnectionFlags() {
-  return {"target", "tls", "ca_file", "cert_file", "key_file", "deadline_ms"};
+  return {"target", "tls", "ca_file", "cert_file", "key_file", "deadline_ms", "grpc_arg"};
+}
+
+// --grpc_arg=name=value[,name=value...]: integer gRPC channel arguments (transport tuning).
+absl::StatusOr<std::vector<sageserve::ChannelArg>> ParseChannelArgs(const std::string& text) {
+  std::vector<sageserve::ChannelArg> out;
+  if (text.empty()) return out;
+  for (absl::string_view item : absl::StrSplit(text, ',')) {
+    const size_t eq = item.find('=');
+    sageserve::ChannelArg arg;
+    if (eq == absl::string_view::npos || eq == 0 || !absl::SimpleAtoi(item.substr(eq + 1), &arg.value)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--grpc_arg: '", item, "' is not name=integer (e.g. grpc.http2.max_frame_size=1048576)"));
+    }
+    arg.name = std::string(item.substr(0, eq));
+    out.push_back(std::move(arg));
+  }
+  return out;
 }
 
 // The whole file at the path given by --`flag`, or NOT_FOUND naming it.
@@ -55,6 +74,9 @@ absl::StatusOr<std::unique_ptr<sageserve::Client>> Connect(const Args& args, int
   absl::StatusOr<int64_t> deadline = args.Int("deadline_ms", options.deadline.count());
   if (!deadline.ok()) return deadline.status();
   options.deadline = std::chrono::milliseconds(*deadline);
+  absl::StatusOr<std::vector<sageserve::ChannelArg>> channel_args = ParseChannelArgs(args.Str("grpc_arg", ""));
+  if (!channel_args.ok()) return channel_args.status();
+  options.channel_args = *std::move(channel_args);
   if (args.Flag("tls")) {
     options.security = sageserve::TransportSecurity::kTls;
     if (!args.Str("ca_file", "").empty()) {
@@ -81,7 +103,8 @@ namespace {
 
 void Usage() {
   std::fprintf(stderr,
-      "usage: sagectl <command> [--target=host:port] [--deadline_ms=N] [--tls --ca_file=PEM [--cert_file=PEM --key_file=PEM]] [options]\n"
+      "usage: sagectl <command> [--target=host:port|unix:PATH] [--deadline_ms=N] [--tls --ca_file=PEM [--cert_file=PEM --key_file=PEM]]\n"
+      "               [--grpc_arg=name=int,...] [options]\n"
       "  health [--service=NAME]     grpc.health.v1 Check; exit 0 only when SERVING\n"
       "  info                        GetServerInfo as JSON\n"
       "  selftest [--recipe=NAME]    run the server's built-in problem; exit 0 when it passes\n"

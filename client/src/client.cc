@@ -45,6 +45,10 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Create(const ClientOptions& opti
   args.SetMaxSendMessageSize(static_cast<int>(options.max_message_bytes));
   // Several connections: each channel gets subchannels of its own, or gRPC would share one.
   if (options.connections > 1) args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+  for (const ChannelArg& a : options.channel_args) {
+    if (a.name.empty()) return absl::InvalidArgumentError("ClientOptions.channel_args: an argument has no name");
+    args.SetInt(a.name, a.value);
+  }
   std::vector<std::shared_ptr<grpc::Channel>> channels;
   for (int i = 0; i < options.connections; ++i) {
     std::shared_ptr<grpc::Channel> channel = grpc::CreateCustomChannel(options.target, creds, args);

@@ -84,6 +84,22 @@ sage_status_t sage_attn_forward(const sage_attn_params_t* params, sage_stream_t 
 sage_status_t sage_attn_quantize(const sage_attn_params_t* params, sage_stream_t stream);
 sage_status_t sage_attn_attend(const sage_attn_params_t* params, sage_stream_t stream);
 
+/* One byte range to copy: both ends device-accessible (device, IPC-mapped or pinned host memory). */
+typedef struct {
+  const void* src;
+  void* dst;
+  uint64_t bytes;
+} sage_copy_segment_t;
+
+/* Copies many byte ranges with one kernel launch on `stream`: a merged batch's tensors gathered
+ * from (and its outputs scattered back to) the callers' device buffers. One copy call per range
+ * costs the GPU a few microseconds each, which dominates when tens of small tensors move.
+ * `segments` holds `count` entries in device-accessible memory and is read by the kernel;
+ * `max_bytes` is at least the largest entry (it sizes the grid). Ranges must not overlap.
+ * Asynchronous; count 0 does nothing. */
+sage_status_t sage_copy_segments(const sage_copy_segment_t* segments, int count, uint64_t max_bytes,
+                                 sage_stream_t stream);
+
 /* Detail of the last error on this thread ("q: head_dim 80 unsupported (64, 128)", CUDA error text). */
 const char* sage_last_error(void);
 const char* sage_status_name(sage_status_t status);

@@ -267,19 +267,23 @@ TEST(CudaPayload, DeviceMemoryEqualsStagedPath) {
     EXPECT_EQ(host.o(), want[0].o_native);
     EXPECT_EQ(host.lse(), want[0].lse);
   }
-  // Merged.
+  // Merged: gathered and scattered by the copy kernel, 16-byte aligned or not.
   std::vector<DeviceProblem> on_device;
   std::vector<const AttnInput*> members;
-  for (const HostProblem& p : problems) on_device.push_back(OnDevice(p));
-  for (const DeviceProblem& d : on_device) members.push_back(&d.in);
-  auto meta = server::AssembleBatch(members, server::AssembleMode::kMetadataOnly);
-  ASSERT_TRUE(meta.ok()) << meta.status();
-  auto merged = backend->AttendGathered(meta->input(), members, cfg);
-  ASSERT_TRUE(merged.ok()) << merged.status();
-  EXPECT_EQ(merged->placement, OutputPlacement::kCallerBuffers);
-  for (size_t i = 0; i < problems.size(); ++i) {
-    EXPECT_EQ(on_device[i].o(), want[i].o_native) << "member " << i;
-    EXPECT_EQ(on_device[i].lse(), want[i].lse) << "member " << i;
+  for (size_t skew : {size_t{0}, size_t{8}}) {
+    on_device.clear();
+    members.clear();
+    for (const HostProblem& p : problems) on_device.push_back(OnDevice(p, skew));
+    for (const DeviceProblem& d : on_device) members.push_back(&d.in);
+    auto meta = server::AssembleBatch(members, server::AssembleMode::kMetadataOnly);
+    ASSERT_TRUE(meta.ok()) << meta.status();
+    auto merged = backend->AttendGathered(meta->input(), members, cfg);
+    ASSERT_TRUE(merged.ok()) << merged.status();
+    EXPECT_EQ(merged->placement, OutputPlacement::kCallerBuffers);
+    for (size_t i = 0; i < problems.size(); ++i) {
+      EXPECT_EQ(on_device[i].o(), want[i].o_native) << "member " << i << " skew " << skew;
+      EXPECT_EQ(on_device[i].lse(), want[i].lse) << "member " << i << " skew " << skew;
+    }
   }
   // The host cannot concatenate device tensors: refused, not read.
   EXPECT_EQ(server::AssembleBatch(members).status().code(), absl::StatusCode::kInvalidArgument);

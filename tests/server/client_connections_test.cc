@@ -1,8 +1,11 @@
 // ClientOptions::connections: a client spreads its calls over N TCP connections of its own, counted
 // here from the kernel's socket table, and every call still gets its answer.
+#include <chrono>
 #include <fstream>
+#include <set>
 #include <sstream>
 #include <string>
+#include <thread>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
@@ -13,10 +16,10 @@ namespace sage::testing {
 namespace {
 namespace v1 = ::sageserve::v1;
 
-// Established TCP sockets of this machine whose remote end is port `port` on the loopback interface
-// (the client sides of connections to the test server), IPv4 and IPv6 alike.
-int ClientSocketsTo(int port) {
-  int n = 0;
+// Local addresses of this machine's established TCP sockets whose remote end is port `port` on the
+// loopback interface (the client sides of connections to the test server), IPv4 and IPv6 alike.
+std::set<std::string> ClientSocketsTo(int port) {
+  std::set<std::string> found;
   for (const char* table : {"/proc/net/tcp", "/proc/net/tcp6"}) {
     std::ifstream in(table);
     std::string line;
@@ -30,10 +33,10 @@ int ClientSocketsTo(int port) {
       int remote_port = 0;
       const bool loopback = parts[0] == "0100007F" || parts[0] == "00000000000000000000000001000000" ||
                             parts[0] == "0000000000000000FFFF00000100007F";
-      if (loopback && absl::SimpleHexAtoi(parts[1], &remote_port) && remote_port == port) ++n;
+      if (loopback && absl::SimpleHexAtoi(parts[1], &remote_port) && remote_port == port) found.insert(local);
     }
   }
-  return n;
+  return found;
 }
 
 int PortOf(const std::string& target) {
@@ -47,8 +50,8 @@ TEST(ClientConnections, CallsSpreadOverSeveralConnections) {
   StartServer(TestServerOptions(), nullptr, &server);
   const int port = PortOf(server.target);
   ASSERT_TRUE(server.client->CheckHealth().ok());
-  const int before = ClientSocketsTo(port);
-  ASSERT_GE(before, 1) << "the server's own test client should show up in the socket table";
+  const std::set<std::string> before = ClientSocketsTo(port);
+  ASSERT_GE(before.size(), 1u) << "the server's own test client should show up in the socket table";
 
   sageserve::ClientOptions options;
   options.target = server.target;
@@ -62,7 +65,24 @@ TEST(ClientConnections, CallsSpreadOverSeveralConnections) {
     ASSERT_TRUE(r.ok()) << r.status();
     EXPECT_EQ(r->request_id(), request.request_id());
   }
-  EXPECT_EQ(ClientSocketsTo(port) - before, 3);
+  // The client's own connections: opened since `before`, and closed when the client goes (so a
+  // reconnect of the server's test client under load is not counted).
+  std::set<std::string> opened;
+  for (const std::string& s : ClientSocketsTo(port)) {
+    if (!before.count(s)) opened.insert(s);
+  }
+  client->reset();
+  std::set<std::string> owned;
+  for (int i = 0; i < 200; ++i) {
+    const std::set<std::string> now = ClientSocketsTo(port);
+    owned.clear();
+    for (const std::string& s : opened) {
+      if (!now.count(s)) owned.insert(s);
+    }
+    if (owned.size() >= 3) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_EQ(owned.size(), 3u) << opened.size() << " sockets opened while the client lived";
 }
 
 TEST(ClientConnections, OutOfRangeCountIsRefused) {

@@ -33,11 +33,15 @@ size_t AlignUp(size_t x) { return (x + kAlign - 1) / kAlign * kAlign; }
 bool Aligned(const void* p, size_t to) { return reinterpret_cast<uintptr_t>(p) % to == 0; }
 
 // Byte offsets of one launch's tensors inside a slot's input and output staging. The host (pinned)
-// and device buffers use the same layout, so each direction is one contiguous copy.
+// and device buffers use the same layout, so each direction is one contiguous copy. After the
+// cu_seqlens comes room for the copy-kernel table (kSegmentsPerSequence entries per sequence).
 struct StagingLayout {
-  size_t q = 0, k = 0, v = 0, cu_q = 0, cu_k = 0, in_end = 0;
+  size_t q = 0, k = 0, v = 0, cu_q = 0, cu_k = 0, seg = 0, in_end = 0;
   size_t o = 0, lse = 0, out_end = 0;
 };
+
+// q, k, v gathered and O, LSE scattered: at most five ranges per part, and a part has >= 1 sequence.
+constexpr size_t kSegmentsPerSequence = 5;
 
 StagingLayout LayoutFor(int64_t q_elements, int64_t kv_elements, int sequences, int64_t lse_elements) {
   StagingLayout l;
@@ -48,7 +52,8 @@ StagingLayout LayoutFor(int64_t q_elements, int64_t kv_elements, int sequences, 
   l.v = AlignUp(l.k + kv_bytes);
   l.cu_q = AlignUp(l.v + kv_bytes);
   l.cu_k = AlignUp(l.cu_q + cu_bytes);
-  l.in_end = l.cu_k + cu_bytes;
+  l.seg = AlignUp(l.cu_k + cu_bytes);
+  l.in_end = l.seg + static_cast<size_t>(sequences) * kSegmentsPerSequence * sizeof(sage_copy_segment_t);
   l.o = 0;
   l.lse = AlignUp(q_bytes);
   l.out_end = l.lse + static_cast<size_t>(lse_elements) * sizeof(float);
@@ -173,6 +178,7 @@ struct DeviceExecutor::Slot {
   unsigned char* dev_out = nullptr;
   void* dev_ws = nullptr;
   std::vector<Copy> h2d, d2h;  // reused across launches
+  std::vector<sage_copy_segment_t> gather, scatter;
 
   ~Slot() {
     if (cudaSetDevice(device) != cudaSuccess) return;
@@ -376,6 +382,20 @@ absl::StatusOr<AttnOutput> DeviceExecutor::RunOnSlot(Slot& slot, const AttnInput
   // A lone problem whose tensors already sit in this GPU's memory (CUDA shared memory) is read, and
   // its O/LSE written, where they are: no device copies at all, only cu_seqlens go up.
   const AttnInput& lone = *parts.front();
+  // A merged launch moves its parts' device-memory tensors with one copy kernel each way instead of
+  // a DMA per tensor: each DMA costs the GPU a few µs, and 16 merged requests need 64 of them.
+  const bool copy_kernel = parts.size() > 1;
+  std::vector<sage_copy_segment_t>& gather = slot.gather;
+  std::vector<sage_copy_segment_t>& scatter = slot.scatter;
+  gather.clear();
+  scatter.clear();
+  uint64_t gather_max = 0, scatter_max = 0;
+  const auto add_segment = [](std::vector<sage_copy_segment_t>& list, uint64_t& max, const void* src, void* dst,
+                              size_t bytes) {
+    if (bytes == 0) return;
+    list.push_back(sage_copy_segment_t{src, dst, bytes});
+    max = std::max<uint64_t>(max, bytes);
+  };
   const bool read_in_place = parts.size() == 1 && lone.memory == MemoryKind::kDevice &&
                              lone.memory_device == device_ && Aligned(lone.q.data, 16) && Aligned(lone.k.data, 16) &&
                              Aligned(lone.v.data, 16);
@@ -388,7 +408,10 @@ absl::StatusOr<AttnOutput> DeviceExecutor::RunOnSlot(Slot& slot, const AttnInput
       const bool device = part->memory == MemoryKind::kDevice;
       const auto add = [&](const TensorView& t, size_t* at) {
         const size_t n = static_cast<size_t>(t.numel());
-        if (device || (pinned && t.dtype == dtype && n * 2 >= kDirectCopyMinBytes)) {
+        if (device && copy_kernel) {
+          add_segment(gather, gather_max, t.data, slot.dev_in + *at, n * 2);
+          any_direct = true;
+        } else if (device || (pinned && t.dtype == dtype && n * 2 >= kDirectCopyMinBytes)) {
           AddCopy(h2d, slot.dev_in + *at, t.data, n * 2);
           any_direct = true;
         } else {
@@ -410,12 +433,6 @@ absl::StatusOr<AttnOutput> DeviceExecutor::RunOnSlot(Slot& slot, const AttnInput
   const size_t cu_bytes = static_cast<size_t>(params.batch + 1) * sizeof(int32_t);
   std::memcpy(slot.host_in + l.cu_q, in.cu_seqlens_q.data(), cu_bytes);
   std::memcpy(slot.host_in + l.cu_k, in.cu_seqlens_k.data(), cu_bytes);
-  if (any_direct) {
-    AddCopy(h2d, slot.dev_in + l.cu_q, slot.host_in + l.cu_q, l.in_end - l.cu_q);
-  } else {
-    // Everything is in the staging: one copy, alignment gaps included.
-    h2d.assign(1, Copy{slot.dev_in, slot.host_in, l.in_end});
-  }
 
   // Output: into the callers' own buffers when they asked for it (kNativeInto, O in q's type):
   // pinned ones straight from the device, pageable ones through the slot's staging.
@@ -451,7 +468,10 @@ absl::StatusOr<AttnOutput> DeviceExecutor::RunOnSlot(Slot& slot, const AttnInput
       const bool direct = part->out_memory == MemoryKind::kDevice ||
                           (part->out_memory == MemoryKind::kPinned && rows * o_row_bytes >= kDirectCopyMinBytes);
       const size_t o_at = l.o + row * o_row_bytes, lse_at = l.lse + row * lse_row_bytes;
-      if (direct) {
+      if (direct && part->out_memory == MemoryKind::kDevice && copy_kernel) {
+        add_segment(scatter, scatter_max, slot.dev_out + o_at, part->o_into.data(), rows * o_row_bytes);
+        if (want_lse) add_segment(scatter, scatter_max, slot.dev_out + lse_at, part->lse_into.data(), rows * lse_row_bytes);
+      } else if (direct) {
         AddCopy(d2h, part->o_into.data(), slot.dev_out + o_at, rows * o_row_bytes);
         if (want_lse) AddCopy(d2h, part->lse_into.data(), slot.dev_out + lse_at, rows * lse_row_bytes);
       } else {
@@ -468,6 +488,22 @@ absl::StatusOr<AttnOutput> DeviceExecutor::RunOnSlot(Slot& slot, const AttnInput
   } else {
     d2h.assign(1, Copy{slot.host_out, slot.dev_out, l.out_end});
   }
+  // The copy kernels' tables ride up with the cu_seqlens, in the same copy.
+  const size_t seg_bytes = sizeof(sage_copy_segment_t);
+  const size_t table_end = l.seg + (gather.size() + scatter.size()) * seg_bytes;
+  if (table_end > l.in_end) {
+    return absl::InternalError(absl::StrCat("cuda backend: ", gather.size() + scatter.size(),
+                                            " copy segments exceed the table room for ", params.batch, " sequences"));
+  }
+  if (!gather.empty()) std::memcpy(slot.host_in + l.seg, gather.data(), gather.size() * seg_bytes);
+  if (!scatter.empty()) std::memcpy(slot.host_in + l.seg + gather.size() * seg_bytes, scatter.data(), scatter.size() * seg_bytes);
+  if (any_direct) {
+    AddCopy(h2d, slot.dev_in + l.cu_q, slot.host_in + l.cu_q, table_end - l.cu_q);
+  } else {
+    // Everything is in the staging: one copy, alignment gaps included.
+    h2d.assign(1, Copy{slot.dev_in, slot.host_in, table_end});
+  }
+  const auto* dev_table = reinterpret_cast<const sage_copy_segment_t*>(slot.dev_in + l.seg);
 
   params.q = read_in_place ? lone.q.data : slot.dev_in + l.q;
   params.k = read_in_place ? lone.k.data : slot.dev_in + l.k;
@@ -484,9 +520,15 @@ absl::StatusOr<AttnOutput> DeviceExecutor::RunOnSlot(Slot& slot, const AttnInput
   cudaStream_t st = slot.stream;
   SAGE_CUDA_RETURN_IF_ERROR(FromCuda(cudaEventRecord(slot.ev[0], st), "cudaEventRecord"));
   SAGE_CUDA_RETURN_IF_ERROR(FromCuda(IssueCopies(h2d, st), "upload inputs"));
+  SAGE_CUDA_RETURN_IF_ERROR(FromSage(
+      sage_copy_segments(dev_table, static_cast<int>(gather.size()), gather_max, reinterpret_cast<sage_stream_t>(st)),
+      "gather device inputs"));
   SAGE_CUDA_RETURN_IF_ERROR(FromCuda(cudaEventRecord(slot.ev[1], st), "cudaEventRecord"));
   SAGE_CUDA_RETURN_IF_ERROR(FromSage(sage_attn_forward(&params, reinterpret_cast<sage_stream_t>(st)), "forward"));
   SAGE_CUDA_RETURN_IF_ERROR(FromCuda(cudaEventRecord(slot.ev[2], st), "cudaEventRecord"));
+  SAGE_CUDA_RETURN_IF_ERROR(FromSage(sage_copy_segments(dev_table + gather.size(), static_cast<int>(scatter.size()),
+                                                        scatter_max, reinterpret_cast<sage_stream_t>(st)),
+                                     "scatter device outputs"));
   SAGE_CUDA_RETURN_IF_ERROR(FromCuda(IssueCopies(d2h, st), "download outputs"));
   SAGE_CUDA_RETURN_IF_ERROR(FromCuda(cudaEventRecord(slot.ev[3], st), "cudaEventRecord"));
   SAGE_CUDA_RETURN_IF_ERROR(FromCuda(cudaStreamSynchronize(st), "attention"));

@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace sageserve {
 
@@ -16,6 +17,12 @@ struct TlsOptions {
   std::string root_certs_pem;   // Empty: system default roots.
   std::string client_key_pem;   // Both set: mutual TLS.
   std::string client_cert_pem;
+};
+
+// One integer gRPC channel argument (grpc/impl/codegen/grpc_types.h names them).
+struct ChannelArg {
+  std::string name;
+  int value = 0;
 };
 
 struct ClientOptions {
@@ -31,6 +38,9 @@ struct ClientOptions {
   // connection moves ~2.5 GB/s on loopback (its reads and writes run on one thread at a time), so
   // clients sending large tensors from many threads go faster on several (docs/BENCHMARKS.md).
   int connections = 1;
+  // Extra integer gRPC channel arguments, e.g. {"grpc.http2.max_frame_size", 1 << 20}. Set after
+  // the library's own, so they override them. The transport knobs of docs/RUNTIME.md, "Transport".
+  std::vector<ChannelArg> channel_args;
 };
 
 struct StreamOptions {
