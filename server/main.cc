@@ -29,7 +29,7 @@ constexpr int kExitLingerMs = 250;
 
 ABSL_FLAG(std::string, config, "",
           "File of flag=value lines (# comments allowed); flags given on the command line win");
-ABSL_FLAG(std::string, listen, kDefaults.listen_address, "Listen address host:port (port 0 = any free port)");
+ABSL_FLAG(std::string, listen, kDefaults.listen_address, "Listen address host:port (port 0 = any free port), or unix:PATH for a Unix domain socket");
 ABSL_FLAG(std::string, backend, "auto", "Engine: auto (CUDA if built with it and a GPU is visible, else CPU), cpu, cuda");
 ABSL_FLAG(int, cpu_threads, 0, "CPU engine threads per request (0 = all cores)");
 ABSL_FLAG(int, cuda_device, -1, "One CUDA device ordinal; -1 = the --cuda_devices list (empty: every visible GPU)");

@@ -6,6 +6,7 @@
 #include <thread>
 #include <utility>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/security/server_credentials.h"
@@ -180,6 +181,8 @@ absl::StatusOr<std::unique_ptr<SageServer>> SageServer::Start(
   limits.max_message_bytes = options.max_message_bytes;
   limits.queue_capacity = options.scheduler.queue_capacity;
   limits.worker_threads = options.scheduler.worker_threads;
+  limits.shared_memory_enabled = options.shared_memory.policy == SharedMemoryPolicy::kAllow;
+  limits.max_shared_memory_regions = options.shared_memory.max_regions;
   s->attention_service_ = std::make_unique<AttentionService>(s->pipeline_.get(), s->selftest_.get(),
                                                              &s->backend_->info(), s->payload_pool_, limits);
   s->health_service_ = std::make_unique<HealthService>();
@@ -211,7 +214,10 @@ absl::StatusOr<std::unique_ptr<SageServer>> SageServer::Start(
   s->health_service_->Set("sageserve.v1.SharedMemoryService", grpc::health::v1::HealthCheckResponse::SERVING);
   s->health_service_->SetAll(grpc::health::v1::HealthCheckResponse::SERVING);
   const BackendInfo& info = s->backend_->info();
-  spdlog::info("sageserve listening on port {} ({}, backend {}, {}, {} workers, queue {})", s->port_,
+  // A Unix socket has no port (gRPC reports 1): name the address instead.
+  const bool unix_socket = absl::StartsWith(options.listen_address, "unix:");
+  spdlog::info("sageserve listening on {} ({}, backend {}, {}, {} workers, queue {})",
+               unix_socket ? options.listen_address : absl::StrCat("port ", s->port_),
                options.tls.cert_chain_file.empty() ? "plaintext"
                : options.tls.client_ca_file.empty() ? "TLS"
                                                     : "mutual TLS",

@@ -70,6 +70,10 @@ grpc::ServerUnaryReactor* AttentionService::GetServerInfo(grpc::CallbackServerCo
   limits->set_max_request_tokens(pipeline_->limits().max_tokens);
   limits->set_queue_capacity(limits_.queue_capacity);
   limits->set_worker_threads(limits_.worker_threads);
+  v1::SharedMemoryInfo* shm = response->mutable_shared_memory();
+  shm->set_enabled(limits_.shared_memory_enabled);
+  shm->set_max_regions(limits_.shared_memory_enabled ? limits_.max_shared_memory_regions : 0);
+  shm->set_cuda(limits_.shared_memory_enabled && backend_->kind == BackendKind::kCuda);
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   reactor->Finish(grpc::Status::OK);
   return reactor;

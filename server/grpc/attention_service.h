@@ -19,6 +19,8 @@ struct ServiceLimits {
   int64_t max_message_bytes = 0;
   int32_t queue_capacity = 0;
   int32_t worker_threads = 0;
+  bool shared_memory_enabled = false;  // SharedMemoryPolicy::kAllow
+  int32_t max_shared_memory_regions = 0;
 };
 
 namespace detail {

@@ -1,6 +1,7 @@
 // The real `sageserve` binary: SIGTERM drains in-flight work and exits 0; and a real third-party
 // client (Buf's CLI) lists services through reflection and calls SelfTest and Health/Check.
 #include <signal.h>
+#include <unistd.h>
 
 #include <future>
 #include <thread>
@@ -86,6 +87,28 @@ TEST(Sagectl, BenchOverSeveralConnections) {
   code = RunCommand(bench + " --connections=0", &out);
   EXPECT_NE(code, 0);
   EXPECT_NE(out.find("--connections must be an integer in [1, 256]"), std::string::npos) << out;
+}
+
+// Same-host clients over a Unix domain socket, with HTTP/2 tuned on both ends (--grpc_arg); a
+// malformed --grpc_arg is refused by both programs, naming it.
+TEST(Sagectl, BenchOverUnixSocketWithGrpcArgs) {
+  const std::string sock = ::testing::TempDir() + "sageserve-" + std::to_string(getpid()) + ".sock";
+  const std::string arg = "--grpc_arg=grpc.http2.max_frame_size=1048576,grpc.http2.lookahead_bytes=8388608";
+  ChildServer child(SAGESERVE_BINARY, {"--listen=unix:" + sock, arg});
+  ASSERT_GT(child.port(), 0) << child.output();
+  EXPECT_TRUE(child.WaitForOutput("listening on unix:" + sock, 10)) << child.output();
+  std::string out;
+  const std::string bench = std::string(SAGECTL_BINARY) + " bench --target=unix:" + sock +
+                            " --q_len=16 --k_len=16 --heads_q=2 --heads_kv=2 --head_dim=64 --warmup=1 --requests=12 ";
+  int code = RunCommand(bench + arg, &out);
+  ASSERT_EQ(code, 0) << out;
+  EXPECT_NE(out.find("12 ok / 0 failed"), std::string::npos) << out;
+  code = RunCommand(bench + "--grpc_arg=grpc.http2.max_frame_size", &out);
+  EXPECT_NE(code, 0);
+  EXPECT_NE(out.find("'grpc.http2.max_frame_size' is not name=integer"), std::string::npos) << out;
+  code = RunCommand(std::string(SAGESERVE_BINARY) + " --listen=127.0.0.1:0 --grpc_arg=lookahead=big", &out);
+  EXPECT_EQ(code, 2) << out;
+  EXPECT_NE(out.find("'lookahead=big' is not name=integer"), std::string::npos) << out;
 }
 
 // The shared-memory path as an operator runs it: the real binaries, a POSIX shm region, unary and

@@ -91,6 +91,16 @@ class SharedMemoryE2E : public ::testing::Test {
 
 // O (in q's dtype and in fp32), with and without LSE: the region holds the bytes the bytes path
 // would have sent, and the response carries shape and the reference but no data.
+// GetServerInfo tells clients that regions are taken, how many, and that CUDA ones need the cuda
+// backend (these tests run the CPU engine).
+TEST_F(SharedMemoryE2E, ServerInfoAdvertisesIt) {
+  absl::StatusOr<v1::GetServerInfoResponse> info = s_.client->GetServerInfo();
+  ASSERT_TRUE(info.ok()) << info.status();
+  EXPECT_TRUE(info->shared_memory().enabled());
+  EXPECT_EQ(info->shared_memory().max_regions(), AllowingOptions().shared_memory.max_regions);
+  EXPECT_FALSE(info->shared_memory().cuda());
+}
+
 TEST_F(SharedMemoryE2E, OutputsEqualTheBytesPath) {
   auto shm = MakeShm(8 << 20);
   ASSERT_NE(shm, nullptr);
@@ -364,6 +374,10 @@ TEST(SharedMemoryPolicy, OffByDefault) {
   absl::StatusOr<v1::AttendResponse> r = s.client->Attend(req);
   EXPECT_EQ(r.status().code(), absl::StatusCode::kFailedPrecondition) << r.status();
   EXPECT_NE(r.status().message().find("--allow_shared_memory"), std::string::npos) << r.status();
+  absl::StatusOr<v1::GetServerInfoResponse> info = s.client->GetServerInfo();
+  ASSERT_TRUE(info.ok()) << info.status();
+  EXPECT_FALSE(info->shared_memory().enabled());
+  EXPECT_EQ(info->shared_memory().max_regions(), 0);
 }
 
 }  // namespace

@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Batching gain through gRPC on a GPU machine, measured so that run-to-run drift cancels: each
+# repetition runs every case against a merging server, then against one with --max_batch_tokens=0
+# (one server process at a time: a second CUDA context on the GPU slowed the one-per-launch server by
+# a third in a trial), on the same shapes, transports and client counts. Prints req/s per repetition
+# and the median ratio. Bundle: scripts/device-bundle.sh sageserve sagectl. Logs go to $OUT or /tmp.
+#
+#   scripts/device-batching-gain.sh [--bundle DIR] [--reps N]
+set -uo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+BUNDLE="$ROOT/.bundle"
+REPS=3
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --bundle) BUNDLE="$(realpath "$2")"; shift 2 ;;
+    --reps) REPS="$2"; shift 2 ;;
+    *) echo "device-batching-gain: unknown argument $1" >&2; exit 2 ;;
+  esac
+done
+LOG="${OUT:-/tmp}"
+export LD_LIBRARY_PATH="$BUNDLE/lib:${LD_LIBRARY_PATH:-}"
+B="$BUNDLE/bin"
+ON="127.0.0.1:50095"
+
+start() {  # address, flags... ; prints the pid
+  "$B/sageserve" --backend=cuda --listen="$1" --log_level=warn --allow_shared_memory "${@:2}" \
+    >>"$LOG/sageserve_gain.log" 2>&1 &
+  local pid=$!
+  for _ in $(seq 1 120); do
+    "$B/sagectl" health --target="$1" >/dev/null 2>&1 && { echo "$pid"; return 0; }
+    sleep 0.25
+  done
+  echo "server on $1 did not start" >&2; return 1
+}
+rate() {  # target, bench flags... ; prints req/s (0 when the bench failed)
+  local out
+  out=$(timeout 120 "$B/sagectl" bench --target="$1" "${@:2}" 2>&1)
+  echo "$out" >>"$LOG/gain_bench.log"
+  if ! grep -q " 0 failed" <<<"$out"; then echo 0; return; fi
+  sed -n 's/^throughput: \([0-9.]*\) req\/s.*/\1/p' <<<"$out"
+}
+
+date -u; nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
+TINY="--batch=1 --q_len=16 --k_len=16 --heads_q=8 --heads_kv=8 --head_dim=64 --concurrency=128 --connections=16 --requests=60000 --warmup=200"
+SMALL="--batch=1 --q_len=128 --k_len=128 --heads_q=8 --heads_kv=8 --head_dim=128 --concurrency=64 --connections=8 --requests=40000 --warmup=100"
+CASES=("tiny cuda" "tiny system" "tiny none" "small cuda" "small system" "small none")
+declare -A RATE
+for rep in $(seq 1 "$REPS"); do
+  for mode in on off; do
+    extra=(); [ "$mode" = off ] && extra=(--max_batch_tokens=0)
+    pid=$(start "$ON" "${extra[@]}") || exit 1
+    for c in "${CASES[@]}"; do
+      read -r shape shm <<<"$c"
+      flags="$TINY"; [ "$shape" = small ] && flags="$SMALL"
+      RATE["$c $mode $rep"]=$(rate "$ON" $flags --shared_memory=$shm)
+    done
+    kill -TERM "$pid"
+    while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done  # started in a subshell: not ours to wait for
+  done
+done
+printf "%-22s %s\n" "case" "merging / one per launch, req/s per repetition -> median ratio"
+for c in "${CASES[@]}"; do
+  ratios=(); cells=""
+  for rep in $(seq 1 "$REPS"); do
+    on=${RATE["$c on $rep"]}; off=${RATE["$c off $rep"]}
+    cells+=" $(printf '%.0f/%.0f' "$on" "$off")"
+    ratios+=("$(awk -v a="$on" -v b="$off" 'BEGIN { print (b > 0 ? a / b : 0) }')")
+  done
+  median=$(printf '%s\n' "${ratios[@]}" | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }')
+  label="${c/tiny/tiny c128 conn16}"; label="${label/small/small c64 conn8}"
+  printf "%-30s %s -> %.2fx\n" "$label" "$cells" "$median"
+done
+echo "=== done"; date -u
