@@ -27,7 +27,8 @@ RECIPES = ["RECIPE_UNSPECIFIED", "RECIPE_INT8_QK_FP8_PV", "RECIPE_INT8_QK_FP16_P
            "RECIPE_UNQUANTIZED", "RECIPE_INT4_QK_FP8_PV"]
 
 
-def load_messages():
+def load_messages(extra_names=()):
+    """Message classes (AttentionService's, plus `extra_names` of package sageserve.v1) and enums."""
     fds = descriptor_pb2.FileDescriptorSet.FromString(base64.b64decode("".join(DESCRIPTOR_SET_B64)))
     pool = descriptor_pool.DescriptorPool()
     for f in fds.file:
@@ -39,14 +40,14 @@ def load_messages():
         factory = message_factory.MessageFactory(pool)
         GetMessageClass = factory.GetPrototype  # noqa: N806
     names = ["AttendRequest", "AttendResponse", "GetServerInfoRequest", "GetServerInfoResponse",
-             "SelfTestRequest", "SelfTestResponse"]
+             "SelfTestRequest", "SelfTestResponse", *extra_names]
     msgs = {n: GetMessageClass(pool.FindMessageTypeByName("sageserve.v1." + n)) for n in names}
     enums = {e: pool.FindEnumTypeByName("sageserve.v1." + e) for e in ["Recipe", "DType", "MaskMode"]}
     return msgs, enums
 
 
-def rpc(channel, name, req_cls, resp_cls):
-    return channel.unary_unary(SERVICE + name, request_serializer=req_cls.SerializeToString,
+def rpc(channel, name, req_cls, resp_cls, service=SERVICE):
+    return channel.unary_unary(service + name, request_serializer=req_cls.SerializeToString,
                                response_deserializer=resp_cls.FromString)
 
 

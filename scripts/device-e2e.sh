@@ -32,7 +32,7 @@ step() {  # name, command...
   [ $rc -eq 0 ] || failures=$((failures + 1))
 }
 
-"$SERVE" --backend=cuda --listen="$TARGET" --log_level=info >"$LOGDIR/sageserve.log" 2>&1 &
+"$SERVE" --backend=cuda --listen="$TARGET" --log_level=info --allow_shared_memory >"$LOGDIR/sageserve.log" 2>&1 &
 SERVER_PID=$!
 ready=0
 for _ in $(seq 1 60); do
@@ -63,6 +63,10 @@ step python-grpc-causal python3 "$ROOT/bench/grpc_client.py" --target="$TARGET" 
   --hq=16 --hkv=4 --d=128 --causal
 step python-grpc-full python3 "$ROOT/bench/grpc_client.py" --target="$TARGET" --lens=2048,100 --hq=32 --hkv=8 \
   --d=64 --recipes=RECIPE_UNSPECIFIED,RECIPE_UNQUANTIZED
+step python-shm-cuda python3 "$ROOT/bench/grpc_shm_client.py" --target="$TARGET" --shared-memory=cuda \
+  --lens=4096 --causal
+step python-shm-system python3 "$ROOT/bench/grpc_shm_client.py" --target="$TARGET" --shared-memory=system \
+  --lens=1000,37,513,1 --hq=16 --hkv=4 --repeats=5
 
 kill -TERM "$SERVER_PID"
 wait "$SERVER_PID"
