@@ -97,6 +97,12 @@ absl::StatusOr<OpenedRegistry> OpenRegistry(const RegistryServerOptions& options
 
 }  // namespace
 
+int AutoWorkerThreads(const std::vector<DeviceStats>& devices) {
+  int slots = 0;
+  for (const DeviceStats& d : devices) slots += d.streams;
+  return slots > 0 ? 2 * slots : FifoSchedulerOptions{}.worker_threads;
+}
+
 absl::StatusOr<std::unique_ptr<SageServer>> SageServer::Start(const ServerOptions& options) {
   // Bad TLS settings fail before a GPU backend spends seconds allocating its pools.
   if (absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> c = ListenerCredentials(options.tls); !c.ok()) {
@@ -114,11 +120,7 @@ absl::StatusOr<std::unique_ptr<SageServer>> SageServer::Start(
   if (!credentials.ok()) return credentials.status();
   ServerOptions options = requested;
   if (options.scheduler.worker_threads == 0) {
-    // Auto: one worker per GPU stream slot, so every slot can hold a launch (the CUDA backend's
-    // copies and kernels overlap across slots); engines without devices keep the library default.
-    int slots = 0;
-    for (const DeviceStats& d : backend->DeviceStatsSnapshot()) slots += d.streams;
-    options.scheduler.worker_threads = slots > 0 ? slots : FifoSchedulerOptions{}.worker_threads;
+    options.scheduler.worker_threads = AutoWorkerThreads(backend->DeviceStatsSnapshot());
   }
   if (options.max_message_bytes <= 0 || options.max_message_bytes > INT_MAX) {
     return absl::InvalidArgumentError(absl::StrCat(

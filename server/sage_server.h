@@ -3,6 +3,7 @@
 #pragma once
 
 #include <memory>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "grpcpp/server.h"
@@ -20,6 +21,13 @@
 #include "server/server_options.h"
 
 namespace sage::server {
+
+// worker_threads = 0 (auto): two workers per GPU stream slot, or the library default without
+// devices. A worker holds a slot only for the launch itself; answering the requests (building the
+// responses, handing them to gRPC) comes after, and a second worker per slot launches meanwhile.
+// With one per slot, 16 clients on 16 connections queued ~275 µs p50 with batching off, against
+// ~18 µs with two (docs/BENCHMARKS.md, "workers per slot").
+int AutoWorkerThreads(const std::vector<DeviceStats>& devices);
 
 class SageServer {
  public:

@@ -184,6 +184,17 @@ TEST(LifecycleStart, ListenFailureReturnsAnErrorAndCleansUp) {
   EXPECT_FALSE(server::SageServer::Start(options, std::make_unique<GateBackend>()).ok());
 }
 
+// Auto workers: two per GPU stream slot over every device, the library default without devices.
+TEST(LifecycleStart, AutoWorkerThreadsPerStreamSlot) {
+  server::DeviceStats gpu;
+  gpu.streams = 4;
+  EXPECT_EQ(server::AutoWorkerThreads({gpu}), 8);
+  server::DeviceStats other;
+  other.streams = 3;
+  EXPECT_EQ(server::AutoWorkerThreads({gpu, other}), 14);
+  EXPECT_EQ(server::AutoWorkerThreads({}), server::FifoSchedulerOptions{}.worker_threads);
+}
+
 // worker_threads 0 = auto: with no devices (CPU engine, test backends) the library default.
 TEST(LifecycleStart, AutoWorkerThreadsWithoutDevices) {
   server::ServerOptions options = TestServerOptions();
