@@ -2,6 +2,10 @@
 
 #include <string>
 
+#include "google/rpc/error_details.pb.h"
+#include "google/rpc/status.pb.h"
+#include "server/status_details.h"
+
 namespace sage::server {
 namespace {
 
@@ -28,11 +32,54 @@ grpc::StatusCode ToGrpcCode(absl::StatusCode code) {
   }
 }
 
+bool IsFieldChar(char c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_'; }
+
+// The request field an INVALID_ARGUMENT/OUT_OF_RANGE message names by the validators' "field: what"
+// convention: a lower-case path of names, dots and [index]es before the first ": ". Anything else
+// ("AttendRequest: cannot read...", "key '/x' ...") names no field.
+absl::string_view FieldOf(absl::string_view message) {
+  const size_t colon = message.find(": ");
+  if (colon == absl::string_view::npos || colon == 0) return {};
+  const absl::string_view path = message.substr(0, colon);
+  if (!(path[0] >= 'a' && path[0] <= 'z')) return {};
+  for (char c : path) {
+    if (!IsFieldChar(c) && c != '.' && c != '[' && c != ']') return {};
+  }
+  return path;
+}
+
 }  // namespace
 
 grpc::Status ToGrpcStatus(const absl::Status& status) {
   if (status.ok()) return grpc::Status::OK;
-  return grpc::Status(ToGrpcCode(status.code()), std::string(status.message()));
+  const grpc::StatusCode code = ToGrpcCode(status.code());
+  std::string message(status.message());
+  google::rpc::Status rich;
+  if (status.code() == absl::StatusCode::kInvalidArgument || status.code() == absl::StatusCode::kOutOfRange) {
+    if (const absl::string_view field = FieldOf(message); !field.empty()) {
+      google::rpc::BadRequest bad;
+      google::rpc::BadRequest::FieldViolation* v = bad.add_field_violations();
+      v->set_field(std::string(field));
+      v->set_description(std::string(absl::string_view(message).substr(field.size() + 2)));
+      rich.add_details()->PackFrom(bad);
+    }
+  }
+  if (std::optional<std::chrono::milliseconds> delay = RetryDelayOf(status)) {
+    google::rpc::RetryInfo retry;
+    retry.mutable_retry_delay()->set_seconds(delay->count() / 1000);
+    retry.mutable_retry_delay()->set_nanos(static_cast<int32_t>(delay->count() % 1000) * 1000000);
+    rich.add_details()->PackFrom(retry);
+  }
+  if (std::optional<std::pair<std::string, std::string>> resource = ResourceOf(status)) {
+    google::rpc::ResourceInfo info;
+    info.set_resource_type(resource->first);
+    info.set_resource_name(resource->second);
+    rich.add_details()->PackFrom(info);
+  }
+  if (rich.details_size() == 0) return grpc::Status(code, message);
+  rich.set_code(static_cast<int32_t>(code));
+  rich.set_message(message);
+  return grpc::Status(code, message, rich.SerializeAsString());
 }
 
 }  // namespace sage::server

@@ -5,12 +5,16 @@
 
 #include "absl/strings/str_cat.h"
 #include "server/registry/cost_table.h"
+#include "server/status_details.h"
 
 namespace sage::registry {
 namespace {
 
+constexpr absl::string_view kModelResource = "sageserve.v1.Model";
+
 absl::Status NotFound(const std::string& name) {
-  return absl::NotFoundError(absl::StrCat("model '", name, "' is not registered"));
+  return server::WithResource(absl::NotFoundError(absl::StrCat("model '", name, "' is not registered")),
+                              kModelResource, name);
 }
 
 // Files and the wire carry whole seconds; truncating here keeps a reloaded registry equal to the
@@ -102,8 +106,9 @@ absl::StatusOr<ModelRecord> Registry::RegisterModel(const ModelSpec& spec, Regis
         return Change::kNone;
       }
       if (mode == RegisterMode::kCreate) {
-        return absl::AlreadyExistsError(absl::StrCat(
-            "model '", spec.name, "' is already registered with a different spec (use replace)"));
+        return server::WithResource(absl::AlreadyExistsError(absl::StrCat("model '", spec.name,
+                                                                          "' is already registered with a different spec (use replace)")),
+                                    kModelResource, spec.name);
       }
       it->second.spec = spec;
       // A plan measured for other shapes or another target says nothing about this spec.

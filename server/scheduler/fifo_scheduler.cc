@@ -3,6 +3,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "server/status_details.h"
 
 namespace sage::server {
 
@@ -33,8 +34,9 @@ absl::Status FifoScheduler::Submit(WorkItem item) {
     std::lock_guard<std::mutex> lock(mu_);
     if (!accepting_) return absl::UnavailableError("server is shutting down");
     if (static_cast<int>(queue_.size()) >= options_.queue_capacity) {
-      return absl::ResourceExhaustedError(
-          absl::StrCat("request queue is full (", options_.queue_capacity, " waiting)"));
+      return WithRetryDelay(absl::ResourceExhaustedError(absl::StrCat("request queue is full (",
+                                                                      options_.queue_capacity, " waiting)")),
+                            kQueueFullRetryDelay);
     }
     Track(item);
     queue_.push_back(Queued{std::move(item), Clock::now()});

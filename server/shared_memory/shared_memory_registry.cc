@@ -5,11 +5,18 @@
 #include "absl/strings/str_cat.h"
 #include "server/shared_memory/system_mapping.h"
 #include "spdlog/spdlog.h"
+#include "server/status_details.h"
 
 namespace sage::server {
 namespace {
 
 constexpr size_t kMaxNameBytes = 256;
+constexpr absl::string_view kRegionResource = "sageserve.v1.SharedMemoryRegion";
+
+absl::Status RegionNotFound(const std::string& name) {
+  return WithResource(absl::NotFoundError(absl::StrCat("region '", name, "' is not registered")), kRegionResource,
+                      name);
+}
 
 absl::Status CheckName(const std::string& name) {
   if (name.empty()) return absl::InvalidArgumentError("name: must not be empty");
@@ -39,7 +46,8 @@ absl::Status SharedMemoryRegistry::CheckAllowed() const {
 
 absl::Status SharedMemoryRegistry::CheckNewName(const std::string& name) const {
   if (regions_.count(name) != 0) {
-    return absl::AlreadyExistsError(absl::StrCat("region '", name, "' is already registered"));
+    return WithResource(absl::AlreadyExistsError(absl::StrCat("region '", name, "' is already registered")),
+                        kRegionResource, name);
   }
   if (static_cast<int>(regions_.size()) >= options_.max_regions) {
     return absl::ResourceExhaustedError(absl::StrCat("already ", regions_.size(),
@@ -123,7 +131,7 @@ absl::StatusOr<std::vector<std::string>> SharedMemoryRegistry::Unregister(const 
       regions_.clear();
     } else {
       auto it = regions_.find(name);
-      if (it == regions_.end()) return absl::NotFoundError(absl::StrCat("region '", name, "' is not registered"));
+      if (it == regions_.end()) return RegionNotFound(name);
       names.push_back(name);
       removed.push_back(std::move(it->second));
       regions_.erase(it);
@@ -145,7 +153,7 @@ absl::StatusOr<std::vector<SharedMemoryRegionInfo>> SharedMemoryRegistry::Status
     return out;
   }
   auto it = regions_.find(name);
-  if (it == regions_.end()) return absl::NotFoundError(absl::StrCat("region '", name, "' is not registered"));
+  if (it == regions_.end()) return RegionNotFound(name);
   add(*it->second);
   return out;
 }
@@ -164,7 +172,8 @@ absl::StatusOr<SharedRange> SharedMemoryRegistry::Resolve(const std::string& fie
     absl::MutexLock lock(&mu_);
     auto it = regions_.find(region);
     if (it == regions_.end()) {
-      return absl::NotFoundError(absl::StrCat(field, ".region: '", region, "' is not registered"));
+      return WithResource(absl::NotFoundError(absl::StrCat(field, ".region: '", region, "' is not registered")),
+                          kRegionResource, region);
     }
     r = it->second;
   }

@@ -1,0 +1,113 @@
+// Machine-readable error details: ToGrpcStatus attaches google.rpc.BadRequest (the field an
+// INVALID_ARGUMENT names), RetryInfo (a full queue) and ResourceInfo (the region or model an error is
+// about) in grpc-status-details-bin, and a client sees them on the wire with its own copy of the
+// google.rpc messages, next to the unchanged code and message.
+#include <grpcpp/grpcpp.h>
+
+#include <chrono>
+#include <string>
+
+#include "google/rpc/error_details.pb.h"
+#include "google/rpc/status.pb.h"
+#include "gtest/gtest.h"
+#include "sageserve/v1/attention_service.grpc.pb.h"
+#include "sageserve/v1/shared_memory.grpc.pb.h"
+#include "server/grpc/status_mapping.h"
+#include "server/status_details.h"
+#include "tests/server/test_support.h"
+
+namespace sage::testing {
+namespace {
+namespace v1 = ::sageserve::v1;
+using namespace std::chrono_literals;
+
+google::rpc::Status Details(const grpc::Status& s) {
+  google::rpc::Status rich;
+  EXPECT_TRUE(rich.ParseFromString(s.error_details())) << "details do not parse";
+  EXPECT_EQ(rich.code(), static_cast<int>(s.error_code()));
+  EXPECT_EQ(rich.message(), s.error_message());
+  return rich;
+}
+
+template <class T>
+bool Find(const google::rpc::Status& rich, T* out) {
+  for (const google::protobuf::Any& any : rich.details()) {
+    if (any.UnpackTo(out)) return true;
+  }
+  return false;
+}
+
+TEST(ErrorDetails, InvalidArgumentNamesTheField) {
+  const grpc::Status s = server::ToGrpcStatus(
+      absl::InvalidArgumentError("q.shape[2]: head_dim 80 is not supported (supported: 64, 128)"));
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(s.error_message(), "q.shape[2]: head_dim 80 is not supported (supported: 64, 128)");
+  google::rpc::BadRequest bad;
+  ASSERT_TRUE(Find(Details(s), &bad));
+  ASSERT_EQ(bad.field_violations_size(), 1);
+  EXPECT_EQ(bad.field_violations(0).field(), "q.shape[2]");
+  EXPECT_EQ(bad.field_violations(0).description(), "head_dim 80 is not supported (supported: 64, 128)");
+}
+
+TEST(ErrorDetails, MessagesThatNameNoFieldGetNoBadRequest) {
+  for (const char* m : {"AttendRequest: cannot read the message", "key '/x' names no object", "no colon here",
+                        ": empty field", "two words: not a field path"}) {
+    const grpc::Status s = server::ToGrpcStatus(absl::InvalidArgumentError(m));
+    EXPECT_EQ(s.error_message(), m);
+    EXPECT_TRUE(s.error_details().empty()) << m;
+  }
+  // A field-shaped prefix under another code is not a request field either.
+  EXPECT_TRUE(server::ToGrpcStatus(absl::InternalError("q.data: lost")).error_details().empty());
+}
+
+TEST(ErrorDetails, RetryDelayAndResourceTravel) {
+  const grpc::Status full = server::ToGrpcStatus(
+      server::WithRetryDelay(absl::ResourceExhaustedError("request queue is full (4 waiting)"), 1250ms));
+  google::rpc::RetryInfo retry;
+  ASSERT_TRUE(Find(Details(full), &retry));
+  EXPECT_EQ(retry.retry_delay().seconds(), 1);
+  EXPECT_EQ(retry.retry_delay().nanos(), 250000000);
+
+  const grpc::Status missing = server::ToGrpcStatus(server::WithResource(
+      absl::NotFoundError("region 'r' is not registered"), "sageserve.v1.SharedMemoryRegion", "r"));
+  google::rpc::ResourceInfo info;
+  ASSERT_TRUE(Find(Details(missing), &info));
+  EXPECT_EQ(info.resource_type(), "sageserve.v1.SharedMemoryRegion");
+  EXPECT_EQ(info.resource_name(), "r");
+  EXPECT_TRUE(server::ToGrpcStatus(absl::NotFoundError("plain")).error_details().empty());
+}
+
+// Over the wire, from a plain generated stub: the details arrive in the trailer.
+TEST(ErrorDetails, ClientsReceiveThem) {
+  server::ServerOptions options = TestServerOptions();
+  options.shared_memory.policy = server::SharedMemoryPolicy::kAllow;
+  RunningServer s;
+  StartServer(options, nullptr, &s);
+  auto channel = grpc::CreateChannel(s.target, grpc::InsecureChannelCredentials());
+
+  ProblemShape shape;
+  shape.head_dim = 80;
+  v1::AttendRequest request = MakeRequest(shape, "bad-head-dim");
+  v1::AttendResponse response;
+  grpc::ClientContext attend_ctx;
+  const grpc::Status bad = v1::AttentionService::NewStub(channel)->Attend(&attend_ctx, request, &response);
+  ASSERT_EQ(bad.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << bad.error_message();
+  google::rpc::BadRequest violations;
+  ASSERT_TRUE(Find(Details(bad), &violations)) << bad.error_message();
+  EXPECT_EQ(violations.field_violations(0).field(), "q.shape[2]");
+
+  v1::UnregisterSharedMemoryRequest unregister;
+  unregister.set_name("nobody");
+  v1::UnregisterSharedMemoryResponse unregistered;
+  grpc::ClientContext shm_ctx;
+  const grpc::Status missing =
+      v1::SharedMemoryService::NewStub(channel)->UnregisterSharedMemory(&shm_ctx, unregister, &unregistered);
+  ASSERT_EQ(missing.error_code(), grpc::StatusCode::NOT_FOUND) << missing.error_message();
+  google::rpc::ResourceInfo info;
+  ASSERT_TRUE(Find(Details(missing), &info));
+  EXPECT_EQ(info.resource_type(), "sageserve.v1.SharedMemoryRegion");
+  EXPECT_EQ(info.resource_name(), "nobody");
+}
+
+}  // namespace
+}  // namespace sage::testing
