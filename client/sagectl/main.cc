@@ -9,6 +9,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "absl/synchronization/mutex.h"
 #include "client/sagectl/commands.h"
 #include "google/protobuf/util/json_util.h"
 
@@ -181,6 +182,9 @@ int RunSelfTest(const Args& args) {
 }  // namespace sagectl
 
 int main(int argc, char** argv) {
+  // As in sageserve's main: no process-wide lock-order bookkeeping on every absl::Mutex (gRPC's
+  // locks included), which would otherwise serialize a bench's client threads.
+  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
   if (argc < 2) {
     sagectl::Usage();
     return 2;
