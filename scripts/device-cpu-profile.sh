@@ -21,8 +21,6 @@ LOG="${OUT:-/tmp}"
 export LD_LIBRARY_PATH="$BUNDLE/lib:${LD_LIBRARY_PATH:-}"
 B="$BUNDLE/bin"
 TARGET="127.0.0.1:$PORT"
-SMALL="--batch=1 --q_len=128 --k_len=128 --heads_q=8 --heads_kv=8 --head_dim=128"
-TINY="--batch=1 --q_len=16 --k_len=16 --heads_q=8 --heads_kv=8 --head_dim=64"
 TICKS=$(getconf CLK_TCK)
 SERVER_FLAGS=(--allow_shared_memory "$@")
 source "$ROOT/scripts/device-serve-lib.sh"

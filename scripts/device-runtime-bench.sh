@@ -36,11 +36,8 @@ LOG="${OUT:-/tmp}"
 export LD_LIBRARY_PATH="$BUNDLE/lib:${LD_LIBRARY_PATH:-}"
 B="$BUNDLE/bin"
 TARGET="127.0.0.1:$PORT"
-SMALL="--batch=1 --q_len=128 --k_len=128 --heads_q=8 --heads_kv=8 --head_dim=128"
-SMALL64="--batch=1 --q_len=128 --k_len=128 --heads_q=8 --heads_kv=8 --head_dim=64"
-TINY="--batch=1 --q_len=16 --k_len=16 --heads_q=8 --heads_kv=8 --head_dim=64"  # 64 KB per call: launch-bound
-L4K="--batch=1 --q_len=4096 --k_len=4096 --heads_q=8 --heads_kv=8 --head_dim=128 --causal"
 L16K="--batch=1 --q_len=16384 --k_len=16384 --heads_q=8 --heads_kv=8 --head_dim=128 --causal"
+source "$ROOT/scripts/device-serve-lib.sh"  # serve/stop/bench and the shared shapes
 
 date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 run_tests() {
@@ -62,7 +59,6 @@ timeout 60 "$B/sage_cuda_runtime_bench" $L16K --concurrency=1,2 --requests=40 --
 
 SERVER_BIN=sageserve
 SERVER_FLAGS=()
-source "$ROOT/scripts/device-serve-lib.sh"
 
 scrape() {  # name: the server's Prometheus text, for batch sizes and stage histograms
   python3 -c "import urllib.request,sys; sys.stdout.write(urllib.request.urlopen('http://127.0.0.1:$((PORT + 1))/metrics').read().decode())" \

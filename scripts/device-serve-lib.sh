@@ -1,6 +1,14 @@
 # Sourced by the device bench scripts: start `sageserve` from the bundle, stop it, run one `sagectl bench`.
 # Expects B (the bundle's bin/), TARGET (host:port) and LOG (log folder); SERVER_BIN names the server
 # binary in B (default sageserve) and SERVER_FLAGS (an array) is added to every start.
+
+# The bench shapes of docs/BENCHMARKS.md. small: 128 tokens x 8 heads x D128 (1.05 MB of q/k/v/O);
+# small64: the same at D64; tiny: 16 tokens x 8 heads x D64 (64 KB per call, launch-bound);
+# L4K: one 4k-token causal sequence.
+SMALL="--batch=1 --q_len=128 --k_len=128 --heads_q=8 --heads_kv=8 --head_dim=128"
+SMALL64="--batch=1 --q_len=128 --k_len=128 --heads_q=8 --heads_kv=8 --head_dim=64"
+TINY="--batch=1 --q_len=16 --k_len=16 --heads_q=8 --heads_kv=8 --head_dim=64"
+L4K="--batch=1 --q_len=4096 --k_len=4096 --heads_q=8 --heads_kv=8 --head_dim=128 --causal"
 serve() {  # name, extra flags...
   local name="$1"; shift
   "$B/${SERVER_BIN:-sageserve}" --backend=cuda --listen="$TARGET" --log_level=warn "${SERVER_FLAGS[@]}" "$@" \

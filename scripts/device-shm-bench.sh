@@ -31,9 +31,6 @@ LOG="${OUT:-/tmp}"
 export LD_LIBRARY_PATH="$BUNDLE/lib:${LD_LIBRARY_PATH:-}"
 B="$BUNDLE/bin"
 TARGET="127.0.0.1:$PORT"
-SMALL="--batch=1 --q_len=128 --k_len=128 --heads_q=8 --heads_kv=8 --head_dim=128"
-TINY="--batch=1 --q_len=16 --k_len=16 --heads_q=8 --heads_kv=8 --head_dim=64"
-L4K="--batch=1 --q_len=4096 --k_len=4096 --heads_q=8 --heads_kv=8 --head_dim=128 --causal"
 
 date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 if [ "$SKIP_TESTS" = 0 ]; then

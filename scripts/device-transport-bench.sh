@@ -22,8 +22,6 @@ done
 LOG="${OUT:-/tmp}"
 export LD_LIBRARY_PATH="$BUNDLE/lib:${LD_LIBRARY_PATH:-}"
 B="$BUNDLE/bin"
-SMALL="--batch=1 --q_len=128 --k_len=128 --heads_q=8 --heads_kv=8 --head_dim=128"
-L4K="--batch=1 --q_len=4096 --k_len=4096 --heads_q=8 --heads_kv=8 --head_dim=128 --causal"
 SOCK="/tmp/sageserve-transport-bench.sock"
 CORES=$(nproc)
 HALF=$((CORES / 2))
