@@ -84,6 +84,11 @@ absl::Status ServerMetrics::Register() {
                                  "Wall time of one backend launch, transfers included.", kDevice,
                                  DurationBucketsSeconds()),
                   &compute_duration_));
+  s.Update(Assign(r.AddHistogram("sageserve_batch_respond_duration_seconds",
+                                 "Time a worker spent answering one launch's requests after it (responses "
+                                 "built and handed to gRPC), holding no stream slot.",
+                                 kDevice, DurationBucketsSeconds()),
+                  &respond_duration_));
   // Executor stages.
   s.Update(Assign(r.AddHistogram("sageserve_h2d_duration_seconds",
                                  "Host-to-device copy time of one launch.", kDevice,
@@ -148,6 +153,10 @@ void ServerMetrics::RecordBatch(const BatchRecord& b) {
   batch_requests_->WithLabels({b.device}).Observe(static_cast<double>(b.requests));
   batch_tokens_->WithLabels({b.device}).Observe(static_cast<double>(b.tokens));
   compute_duration_->WithLabels({b.device}).Observe(Seconds(b.compute));
+}
+
+void ServerMetrics::RecordRespond(absl::string_view device, MetricsClock::duration respond) {
+  respond_duration_->WithLabels({device}).Observe(Seconds(respond));
 }
 
 void ServerMetrics::RecordBatchSplit(absl::string_view device) {

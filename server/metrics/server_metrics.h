@@ -60,6 +60,8 @@ class ServerMetrics {
   void RecordBatch(const BatchRecord& b);
   void RecordBatchSplit(absl::string_view device);  // A merged batch failed; members retried alone.
   void RecordStages(const StageRecord& s);
+  // Time a worker spent answering one launch's requests after it (responses built and handed to gRPC).
+  void RecordRespond(absl::string_view device, MetricsClock::duration respond);
   void SetQueueDepth(int depth);
   void SetGpuMemory(absl::string_view device, int64_t used_bytes, int64_t total_bytes);
   // The request payload pool (`memory`: "pinned" or "pageable"); `overflowed` is cumulative.
@@ -83,6 +85,7 @@ class ServerMetrics {
   metrics::HistogramFamily* batch_requests_ = nullptr;
   metrics::HistogramFamily* batch_tokens_ = nullptr;
   metrics::HistogramFamily* compute_duration_ = nullptr;
+  metrics::HistogramFamily* respond_duration_ = nullptr;
   metrics::HistogramFamily* h2d_duration_ = nullptr;
   metrics::HistogramFamily* kernel_duration_ = nullptr;
   metrics::HistogramFamily* d2h_duration_ = nullptr;

@@ -298,12 +298,16 @@ void DynamicBatcher::WorkerLoop() {
   }
 }
 
+std::string DynamicBatcher::LaunchLabel(const absl::StatusOr<AttnOutput>& out) const {
+  const DeviceTimings* device = out.ok() && out->device_timings ? &*out->device_timings : nullptr;
+  return device != nullptr ? absl::StrCat("cuda:", device->device) : options_.device_label;
+}
+
 void DynamicBatcher::RecordLaunch(int requests, const ProblemSize& size, Clock::duration compute,
                                   const absl::StatusOr<AttnOutput>& out) {
   if (metrics_ == nullptr) return;
   const DeviceTimings* device = out.ok() && out->device_timings ? &*out->device_timings : nullptr;
-  const std::string label =
-      device != nullptr ? absl::StrCat("cuda:", device->device) : options_.device_label;
+  const std::string label = LaunchLabel(out);
   BatchRecord record;
   record.device = label;
   record.requests = requests;
@@ -338,8 +342,11 @@ void DynamicBatcher::Answer(Pending& p, absl::StatusOr<AttnOutput> out, Clock::t
 void DynamicBatcher::RunAlone(Pending& p, Clock::time_point launched) {
   const Clock::time_point start = Clock::now();
   absl::StatusOr<AttnOutput> out = backend_->Attend(p.item.input, p.item.config);
-  RecordLaunch(1, p.size, Clock::now() - start, out);
+  const Clock::time_point finished = Clock::now();
+  RecordLaunch(1, p.size, finished - start, out);
+  const std::string label = metrics_ != nullptr ? LaunchLabel(out) : std::string();
   Answer(p, std::move(out), launched);
+  if (metrics_ != nullptr) metrics_->RecordRespond(label, Clock::now() - finished);
 }
 
 void DynamicBatcher::RunBatch(PendingList& batch) {
@@ -367,10 +374,12 @@ void DynamicBatcher::RunBatch(PendingList& batch) {
     const RecipeConfig& config = batch.front().item.config;
     absl::StatusOr<AttnOutput> out = gather ? backend_->AttendGathered(assembled->input(), inputs, config)
                                             : backend_->Attend(assembled->input(), config);
-    RecordLaunch(static_cast<int>(batch.size()), total, Clock::now() - start, out);
+    const Clock::time_point finished = Clock::now();
+    RecordLaunch(static_cast<int>(batch.size()), total, finished - start, out);
     if (out.ok() && OutputFits(*out, assembled->input())) {
       size_t i = 0;
       for (Pending& p : batch) Answer(p, SliceOutput(*out, *assembled, i++), launched);
+      if (metrics_ != nullptr) metrics_->RecordRespond(LaunchLabel(out), Clock::now() - finished);
       return;
     }
   }

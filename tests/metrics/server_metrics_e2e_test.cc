@@ -84,6 +84,9 @@ TEST_F(ServerMetricsE2E, CountersMoveWithRequestsByCode) {
   EXPECT_LE(launches, kOk);
   EXPECT_EQ(after.Sum("sageserve_batch_size_requests_sum", {{"device", "cpu"}}), kOk);
   EXPECT_EQ(after.Sum("sageserve_kernel_duration_seconds_count", {{"device", "cpu"}}), launches);
+  // Every launch's answering was timed too, and it took some time.
+  EXPECT_EQ(after.Sum("sageserve_batch_respond_duration_seconds_count", {{"device", "cpu"}}), launches);
+  EXPECT_GT(after.Sum("sageserve_batch_respond_duration_seconds_sum", {{"device", "cpu"}}), 0);
   EXPECT_EQ(*after.Value("sageserve_queue_depth_requests"), 0);
 }
 

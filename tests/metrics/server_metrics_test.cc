@@ -29,6 +29,7 @@ TEST(ServerMetrics, DeclaresTheIssueMetricsWithConventionalNames) {
       {"sageserve_batch_size_requests", "histogram"},
       {"sageserve_batch_size_tokens", "histogram"},
       {"sageserve_batch_compute_duration_seconds", "histogram"},
+      {"sageserve_batch_respond_duration_seconds", "histogram"},
       {"sageserve_h2d_duration_seconds", "histogram"},
       {"sageserve_kernel_duration_seconds", "histogram"},
       {"sageserve_d2h_duration_seconds", "histogram"},
