@@ -220,7 +220,7 @@ int RunBench(const Args& args) {
               Percentile(srv_over_kernel, 50), Percentile(srv_over_kernel, 99), Percentile(srv_over_device, 50),
               Percentile(srv_over_device, 99));
   if (failures > 0) {
-    std::fprintf(stderr, "first failure: %s\n", first_error.ToString().c_str());
+    std::fprintf(stderr, "first failure: %s\n", first_error.ToString(absl::StatusToStringMode::kWithNoExtraData).c_str());
     return 1;
   }
   if (!unregistered.ok()) return Fail(unregistered);

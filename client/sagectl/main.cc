@@ -47,7 +47,8 @@ absl::StatusOr<std::string> ReadFlagFile(const Args& args, const std::string& fl
 }
 
 int Fail(const absl::Status& status) {
-  std::fprintf(stderr, "sagectl: %s\n", status.ToString().c_str());
+  // Code and message; the binary detail payloads (docs/API.md, "Status codes") stay out of the text.
+  std::fprintf(stderr, "sagectl: %s\n", status.ToString(absl::StatusToStringMode::kWithNoExtraData).c_str());
   return 1;
 }
 

@@ -96,6 +96,17 @@ TEST(ErrorDetails, ClientsReceiveThem) {
   ASSERT_TRUE(Find(Details(bad), &violations)) << bad.error_message();
   EXPECT_EQ(violations.field_violations(0).field(), "q.shape[2]");
 
+  // The client library hands the same details on as payloads keyed by type URL.
+  absl::StatusOr<v1::AttendResponse> via_client = s.client->Attend(request);
+  ASSERT_EQ(via_client.status().code(), absl::StatusCode::kInvalidArgument);
+  const auto payload = via_client.status().GetPayload("type.googleapis.com/google.rpc.BadRequest");
+  ASSERT_TRUE(payload.has_value());
+  google::rpc::BadRequest from_payload;
+  ASSERT_TRUE(from_payload.ParseFromString(std::string(*payload)));
+  EXPECT_EQ(from_payload.field_violations(0).field(), "q.shape[2]");
+  EXPECT_EQ(via_client.status().ToString(absl::StatusToStringMode::kWithNoExtraData),
+            "INVALID_ARGUMENT: " + bad.error_message());
+
   v1::UnregisterSharedMemoryRequest unregister;
   unregister.set_name("nobody");
   v1::UnregisterSharedMemoryResponse unregistered;
@@ -107,6 +118,18 @@ TEST(ErrorDetails, ClientsReceiveThem) {
   ASSERT_TRUE(Find(Details(missing), &info));
   EXPECT_EQ(info.resource_type(), "sageserve.v1.SharedMemoryRegion");
   EXPECT_EQ(info.resource_name(), "nobody");
+  absl::Status unregistered_by_client = s.client->UnregisterSharedMemory("nobody").status();
+  EXPECT_EQ(unregistered_by_client.code(), absl::StatusCode::kNotFound);
+  EXPECT_TRUE(unregistered_by_client.GetPayload("type.googleapis.com/google.rpc.ResourceInfo").has_value());
+  // No details: nothing attached.
+  EXPECT_FALSE(sageserve::FromGrpcStatus(grpc::Status(grpc::StatusCode::INTERNAL, "x"))
+                   .GetPayload("type.googleapis.com/google.rpc.BadRequest")
+                   .has_value());
+  // Malformed details are dropped; code and message stand.
+  const absl::Status garbled =
+      sageserve::FromGrpcStatus(grpc::Status(grpc::StatusCode::NOT_FOUND, "m", std::string("\x1a\xff\xff", 3)));
+  EXPECT_EQ(garbled.code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(garbled.message(), "m");
 }
 
 }  // namespace

@@ -62,7 +62,9 @@ class Client {
   mutable std::atomic<size_t> next_{0};
 };
 
-// gRPC status -> absl::Status (same code and message).
+// gRPC status -> absl::Status: same code and message, and each google.rpc detail the server sent
+// (docs/API.md, "Status codes") as a payload keyed by its type URL, e.g.
+// "type.googleapis.com/google.rpc.BadRequest", holding the serialized message.
 absl::Status FromGrpcStatus(const grpc::Status& status);
 
 }  // namespace sageserve
