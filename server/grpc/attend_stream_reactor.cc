@@ -3,6 +3,7 @@
 #include <utility>
 
 #include "server/grpc/deadline.h"
+#include "server/grpc/status_mapping.h"
 
 namespace sage::server {
 
@@ -55,6 +56,7 @@ void AttendStreamReactor::Complete(std::shared_ptr<Slot> slot, const absl::Statu
     slot->response.set_request_id(slot->wire.header.request_id());
     slot->response.mutable_status()->set_code(static_cast<int>(status.code()));
     slot->response.mutable_status()->set_message(std::string(status.message()));
+    AppendErrorDetails(status, slot->response.mutable_status()->mutable_details());
     slot->result = WireResult{};
   }
   slot->out = slot->SerializeResponse();

@@ -50,32 +50,37 @@ absl::string_view FieldOf(absl::string_view message) {
 
 }  // namespace
 
-grpc::Status ToGrpcStatus(const absl::Status& status) {
-  if (status.ok()) return grpc::Status::OK;
-  const grpc::StatusCode code = ToGrpcCode(status.code());
-  std::string message(status.message());
-  google::rpc::Status rich;
+void AppendErrorDetails(const absl::Status& status, google::protobuf::RepeatedPtrField<google::protobuf::Any>* out) {
+  const std::string message(status.message());
   if (status.code() == absl::StatusCode::kInvalidArgument || status.code() == absl::StatusCode::kOutOfRange) {
     if (const absl::string_view field = FieldOf(message); !field.empty()) {
       google::rpc::BadRequest bad;
       google::rpc::BadRequest::FieldViolation* v = bad.add_field_violations();
       v->set_field(std::string(field));
       v->set_description(std::string(absl::string_view(message).substr(field.size() + 2)));
-      rich.add_details()->PackFrom(bad);
+      out->Add()->PackFrom(bad);
     }
   }
   if (std::optional<std::chrono::milliseconds> delay = RetryDelayOf(status)) {
     google::rpc::RetryInfo retry;
     retry.mutable_retry_delay()->set_seconds(delay->count() / 1000);
     retry.mutable_retry_delay()->set_nanos(static_cast<int32_t>(delay->count() % 1000) * 1000000);
-    rich.add_details()->PackFrom(retry);
+    out->Add()->PackFrom(retry);
   }
   if (std::optional<std::pair<std::string, std::string>> resource = ResourceOf(status)) {
     google::rpc::ResourceInfo info;
     info.set_resource_type(resource->first);
     info.set_resource_name(resource->second);
-    rich.add_details()->PackFrom(info);
+    out->Add()->PackFrom(info);
   }
+}
+
+grpc::Status ToGrpcStatus(const absl::Status& status) {
+  if (status.ok()) return grpc::Status::OK;
+  const grpc::StatusCode code = ToGrpcCode(status.code());
+  std::string message(status.message());
+  google::rpc::Status rich;
+  AppendErrorDetails(status, rich.mutable_details());
   if (rich.details_size() == 0) return grpc::Status(code, message);
   rich.set_code(static_cast<int32_t>(code));
   rich.set_message(message);

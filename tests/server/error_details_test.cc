@@ -10,6 +10,7 @@
 #include "google/rpc/error_details.pb.h"
 #include "google/rpc/status.pb.h"
 #include "gtest/gtest.h"
+#include "sageserve/client/stream_session.h"
 #include "sageserve/v1/attention_service.grpc.pb.h"
 #include "sageserve/v1/shared_memory.grpc.pb.h"
 #include "server/grpc/status_mapping.h"
@@ -106,6 +107,19 @@ TEST(ErrorDetails, ClientsReceiveThem) {
   EXPECT_EQ(from_payload.field_violations(0).field(), "q.shape[2]");
   EXPECT_EQ(via_client.status().ToString(absl::StatusToStringMode::kWithNoExtraData),
             "INVALID_ARGUMENT: " + bad.error_message());
+
+  // On a stream, the failed request's RequestStatus carries them, and the session hands them on.
+  std::unique_ptr<sageserve::StreamSession> session = s.client->OpenStream();
+  absl::StatusOr<v1::AttendResponse> streamed = session->Send(request).get();
+  ASSERT_EQ(streamed.status().code(), absl::StatusCode::kInvalidArgument);
+  const auto streamed_payload = streamed.status().GetPayload("type.googleapis.com/google.rpc.BadRequest");
+  ASSERT_TRUE(streamed_payload.has_value());
+  google::rpc::BadRequest streamed_bad;
+  ASSERT_TRUE(streamed_bad.ParseFromString(std::string(*streamed_payload)));
+  EXPECT_EQ(streamed_bad.field_violations(0).field(), "q.shape[2]");
+  ProblemShape good;
+  EXPECT_TRUE(session->Send(MakeRequest(good, "after-bad")).get().ok());  // the stream goes on
+  EXPECT_TRUE(session->Close().ok());
 
   v1::UnregisterSharedMemoryRequest unregister;
   unregister.set_name("nobody");
