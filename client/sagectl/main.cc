@@ -16,7 +16,7 @@
 namespace sagectl {
 
 std::vector<std::string> ConnectionFlags() {
-  return {"target", "tls", "ca_file", "cert_file", "key_file", "deadline_ms", "grpc_arg"};
+  return {"target", "tls", "ca_file", "cert_file", "key_file", "deadline_ms", "grpc_arg", "max_attempts"};
 }
 
 // --grpc_arg=name=value[,name=value...]: integer gRPC channel arguments (transport tuning).
@@ -79,6 +79,9 @@ absl::StatusOr<std::unique_ptr<sageserve::Client>> Connect(const Args& args, int
   absl::StatusOr<std::vector<sageserve::ChannelArg>> channel_args = ParseChannelArgs(args.Str("grpc_arg", ""));
   if (!channel_args.ok()) return channel_args.status();
   options.channel_args = *std::move(channel_args);
+  absl::StatusOr<int64_t> attempts = args.Int("max_attempts", options.max_attempts);
+  if (!attempts.ok()) return attempts.status();
+  options.max_attempts = static_cast<int>(*attempts);
   if (args.Flag("tls")) {
     options.security = sageserve::TransportSecurity::kTls;
     if (!args.Str("ca_file", "").empty()) {
@@ -106,7 +109,7 @@ namespace {
 void Usage() {
   std::fprintf(stderr,
       "usage: sagectl <command> [--target=host:port|unix:PATH] [--deadline_ms=N] [--tls --ca_file=PEM [--cert_file=PEM --key_file=PEM]]\n"
-      "               [--grpc_arg=name=int,...] [options]\n"
+      "               [--grpc_arg=name=int,...] [--max_attempts=1..5] [options]\n"
       "  health [--service=NAME]     grpc.health.v1 Check; exit 0 only when SERVING\n"
       "  info                        GetServerInfo as JSON\n"
       "  selftest [--recipe=NAME]    run the server's built-in problem; exit 0 when it passes\n"

@@ -40,6 +40,23 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Create(const ClientOptions& opti
   args.SetMaxSendMessageSize(static_cast<int>(options.max_message_bytes));
   // Several connections: each channel gets subchannels of its own, or gRPC would share one.
   if (options.connections > 1) args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+  if (options.max_attempts < 1 || options.max_attempts > 5) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("ClientOptions.max_attempts must be in [1, 5] (gRPC's limit), got ", options.max_attempts));
+  }
+  if (options.max_attempts > 1) {
+    if (options.retry_buffer_bytes < 0 || options.retry_buffer_bytes > INT_MAX) {
+      return absl::InvalidArgumentError(absl::StrCat("ClientOptions.retry_buffer_bytes must be in [0, ", INT_MAX, "]"));
+    }
+    // A full queue asks for a retry (pushback) and other RESOURCE_EXHAUSTED errors forbid one, so
+    // only the retryable kind is retried; UNAVAILABLE (draining, a lost connection) backs off.
+    args.SetServiceConfigJSON(absl::StrCat(
+        R"({"methodConfig": [{"name": [{"service": "sageserve.v1.AttentionService", "method": "Attend"}], )",
+        R"("retryPolicy": {"maxAttempts": )", options.max_attempts,
+        R"(, "initialBackoff": "0.01s", "maxBackoff": "0.5s", "backoffMultiplier": 2, )",
+        R"("retryableStatusCodes": ["RESOURCE_EXHAUSTED", "UNAVAILABLE"]}}]})"));
+    args.SetInt(GRPC_ARG_PER_RPC_RETRY_BUFFER_SIZE, static_cast<int>(options.retry_buffer_bytes));
+  }
   for (const ChannelArg& a : options.channel_args) {
     if (a.name.empty()) return absl::InvalidArgumentError("ClientOptions.channel_args: an argument has no name");
     args.SetInt(a.name, a.value);

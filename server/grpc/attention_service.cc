@@ -24,6 +24,7 @@ grpc::ServerUnaryReactor* AttentionService::Attend(grpc::CallbackServerContext* 
   absl::StatusOr<WireAttendRequest> parsed = ParseAttendRequest(*request, *payload_pool_);
   if (!parsed.ok()) {
     spdlog::warn("Attend request rejected: {}", parsed.status().ToString());
+    AddRetryPushback(parsed.status(), *context);
     reactor->Finish(ToGrpcStatus(parsed.status()));
     return reactor;
   }
@@ -34,12 +35,16 @@ grpc::ServerUnaryReactor* AttentionService::Attend(grpc::CallbackServerContext* 
   call.deadline = SteadyDeadline(*context);
   // The context stays valid until Finish, which only the completion below calls.
   call.is_cancelled = [context] { return context->IsCancelled(); };
-  call.done = [reactor, response, state](const absl::Status& status) {
+  call.done = [reactor, response, state, context](const absl::Status& status) {
     if (status.ok()) *response = state->SerializeResponse();
+    AddRetryPushback(status, *context);
     reactor->Finish(ToGrpcStatus(status));
   };
   absl::Status started = pipeline_->Start(std::move(call));
-  if (!started.ok()) reactor->Finish(ToGrpcStatus(started));
+  if (!started.ok()) {
+    AddRetryPushback(started, *context);
+    reactor->Finish(ToGrpcStatus(started));
+  }
   return reactor;
 }
 

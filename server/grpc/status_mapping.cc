@@ -75,6 +75,12 @@ void AppendErrorDetails(const absl::Status& status, google::protobuf::RepeatedPt
   }
 }
 
+void AddRetryPushback(const absl::Status& status, grpc::ServerContextBase& context) {
+  if (status.code() != absl::StatusCode::kResourceExhausted) return;
+  const std::optional<std::chrono::milliseconds> delay = RetryDelayOf(status);
+  context.AddTrailingMetadata("grpc-retry-pushback-ms", delay ? std::to_string(delay->count()) : "-1");
+}
+
 grpc::Status ToGrpcStatus(const absl::Status& status) {
   if (status.ok()) return grpc::Status::OK;
   const grpc::StatusCode code = ToGrpcCode(status.code());

@@ -7,6 +7,7 @@
 #include "grpcpp/client_context.h"
 #include "grpcpp/create_channel.h"
 #include "gtest/gtest.h"
+#include "tests/metrics/prometheus_parse.h"
 #include "tests/server/test_support.h"
 
 namespace sage::testing {
@@ -68,6 +69,65 @@ TEST_F(Lifecycle, FullQueueIsResourceExhausted) {
   gate_->Release();
   EXPECT_TRUE(running->done.get_future().get().ok());
   for (auto& q : queued) EXPECT_TRUE(q->done.get_future().get().ok());
+}
+
+// RESOURCE_EXHAUSTED answers the server sent, counted by its own metrics (every attempt counts).
+double ResourceExhaustedAnswers(const RunningServer& s) {
+  absl::StatusOr<metrics::testing::ParsedExposition> parsed =
+      metrics::testing::ParseExposition(s.server->metrics().RenderText());
+  EXPECT_TRUE(parsed.ok()) << parsed.status();
+  return parsed.ok() ? parsed->Sum("sageserve_request_errors_total", {{"code", "RESOURCE_EXHAUSTED"}}) : -1;
+}
+
+// A client that allows retries rides out a full queue: the server's refusal asks for a retry after
+// 10 ms (pushback), and the retry lands once the queue drains. A RESOURCE_EXHAUSTED that retrying
+// cannot cure (a tensor over --max_tokens) is refused once, not five times.
+TEST_F(Lifecycle, FullQueueRetriedByAClientThatAllowsIt) {
+  sageserve::ClientOptions options;
+  options.target = server_.target;
+  options.max_attempts = 5;
+  absl::StatusOr<std::unique_ptr<sageserve::Client>> patient = sageserve::Client::Create(options);
+  ASSERT_TRUE(patient.ok()) << patient.status();
+
+  auto running = Send("running");
+  gate_->WaitForCalls(1);
+  std::vector<std::unique_ptr<AsyncAttend>> queued;
+  for (int i = 0; i < kQueueCapacity; ++i) queued.push_back(Send("queued-" + std::to_string(i)));
+  std::this_thread::sleep_for(100ms);  // Let them reach the queue.
+  const double refused_before = ResourceExhaustedAnswers(server_);
+  std::future<absl::StatusOr<v1::AttendResponse>> retried = std::async(std::launch::async, [&] {
+    return (*patient)->Attend(MakeRequest(ProblemShape{}, "patient"));
+  });
+  // Open the gate only once the first attempt has been refused.
+  for (int i = 0; i < 2000 && ResourceExhaustedAnswers(server_) == refused_before; ++i) {
+    std::this_thread::sleep_for(1ms);
+  }
+  ASSERT_GT(ResourceExhaustedAnswers(server_), refused_before) << "the first attempt was never refused";
+  gate_->Release();
+  absl::StatusOr<v1::AttendResponse> answer = retried.get();
+  ASSERT_TRUE(answer.ok()) << answer.status();
+  EXPECT_EQ(answer->request_id(), "patient");
+  EXPECT_TRUE(running->done.get_future().get().ok());
+  for (auto& q : queued) EXPECT_TRUE(q->done.get_future().get().ok());
+
+  // A server that takes at most 100 tokens per tensor, and a request of 101.
+  server::ServerOptions small_options = TestServerOptions();
+  small_options.limits.max_tokens = 100;
+  RunningServer small;
+  StartServer(small_options, nullptr, &small);
+  options.target = small.target;
+  absl::StatusOr<std::unique_ptr<sageserve::Client>> patient_small = sageserve::Client::Create(options);
+  ASSERT_TRUE(patient_small.ok()) << patient_small.status();
+  ProblemShape over;
+  over.cu_q = {0, 101};
+  over.cu_k = {0, 101};
+  const double before = ResourceExhaustedAnswers(small);
+  absl::StatusOr<v1::AttendResponse> too_big = (*patient_small)->Attend(MakeRequest(over, "too-big"));
+  EXPECT_EQ(too_big.status().code(), absl::StatusCode::kResourceExhausted) << too_big.status();
+  EXPECT_EQ(ResourceExhaustedAnswers(small) - before, 1) << "a request that cannot fit was retried";
+
+  options.max_attempts = 6;
+  EXPECT_EQ(sageserve::Client::Create(options).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 TEST_F(Lifecycle, DeadlinePassedInQueueIsDroppedNotRun) {

@@ -41,6 +41,13 @@ struct ClientOptions {
   // Extra integer gRPC channel arguments, e.g. {"grpc.http2.max_frame_size", 1 << 20}. Set after
   // the library's own, so they override them. The transport knobs of docs/RUNTIME.md, "Transport".
   std::vector<ChannelArg> channel_args;
+  // Attempts per Attend call (1..5; 1 = no retries). Above 1, gRPC retries a call that the server
+  // refused with RESOURCE_EXHAUSTED because its queue was full, after the delay the server asks for
+  // (its retry pushback, 10 ms), and one that got UNAVAILABLE, with exponential backoff from 10 ms.
+  // Other RESOURCE_EXHAUSTED errors are never retried (the server says so). Requests up to
+  // retry_buffer_bytes are held for retrying; a larger one is sent once.
+  int max_attempts = 1;
+  int64_t retry_buffer_bytes = int64_t{16} << 20;
 };
 
 struct StreamOptions {
