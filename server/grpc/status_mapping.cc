@@ -32,7 +32,9 @@ grpc::StatusCode ToGrpcCode(absl::StatusCode code) {
   }
 }
 
-bool IsFieldChar(char c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_'; }
+bool IsFieldChar(char c) {
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_';
+}
 
 // The request field an INVALID_ARGUMENT/OUT_OF_RANGE message names by the validators' "field: what"
 // convention: a lower-case path of names, dots and [index]es before the first ": ". Anything else

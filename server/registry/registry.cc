@@ -106,9 +106,9 @@ absl::StatusOr<ModelRecord> Registry::RegisterModel(const ModelSpec& spec, Regis
         return Change::kNone;
       }
       if (mode == RegisterMode::kCreate) {
-        return server::WithResource(absl::AlreadyExistsError(absl::StrCat("model '", spec.name,
-                                                                          "' is already registered with a different spec (use replace)")),
-                                    kModelResource, spec.name);
+        const std::string message =
+            absl::StrCat("model '", spec.name, "' is already registered with a different spec (use replace)");
+        return server::WithResource(absl::AlreadyExistsError(message), kModelResource, spec.name);
       }
       it->second.spec = spec;
       // A plan measured for other shapes or another target says nothing about this spec.

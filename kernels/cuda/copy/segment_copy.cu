@@ -58,7 +58,9 @@ extern "C" sage_status_t sage_copy_segments(const sage_copy_segment_t* segments,
   if (count == 0) return SAGE_OK;
   if (segments == nullptr) return Fail(SAGE_ERR_INVALID_ARGUMENT, "copy segments: null table with count %d", count);
   if (count > 65535) return Fail(SAGE_ERR_UNSUPPORTED, "copy segments: count %d > 65535 per launch", count);
-  if (stream == nullptr) return Fail(SAGE_ERR_INVALID_ARGUMENT, "copy segments: null stream (the default stream is never used)");
+  if (stream == nullptr) {
+    return Fail(SAGE_ERR_INVALID_ARGUMENT, "copy segments: null stream (the default stream is never used)");
+  }
   uint64_t ctas = (max_bytes + kBytesPerCtaPass - 1) / kBytesPerCtaPass;
   if (ctas < 1) ctas = 1;
   if (ctas > kMaxCtasPerSegment) ctas = kMaxCtasPerSegment;

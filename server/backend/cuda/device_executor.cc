@@ -470,7 +470,9 @@ absl::StatusOr<AttnOutput> DeviceExecutor::RunOnSlot(Slot& slot, const AttnInput
       const size_t o_at = l.o + row * o_row_bytes, lse_at = l.lse + row * lse_row_bytes;
       if (direct && part->out_memory == MemoryKind::kDevice && copy_kernel) {
         add_segment(scatter, scatter_max, slot.dev_out + o_at, part->o_into.data(), rows * o_row_bytes);
-        if (want_lse) add_segment(scatter, scatter_max, slot.dev_out + lse_at, part->lse_into.data(), rows * lse_row_bytes);
+        if (want_lse) {
+          add_segment(scatter, scatter_max, slot.dev_out + lse_at, part->lse_into.data(), rows * lse_row_bytes);
+        }
       } else if (direct) {
         AddCopy(d2h, part->o_into.data(), slot.dev_out + o_at, rows * o_row_bytes);
         if (want_lse) AddCopy(d2h, part->lse_into.data(), slot.dev_out + lse_at, rows * lse_row_bytes);
@@ -496,7 +498,9 @@ absl::StatusOr<AttnOutput> DeviceExecutor::RunOnSlot(Slot& slot, const AttnInput
                                             " copy segments exceed the table room for ", params.batch, " sequences"));
   }
   if (!gather.empty()) std::memcpy(slot.host_in + l.seg, gather.data(), gather.size() * seg_bytes);
-  if (!scatter.empty()) std::memcpy(slot.host_in + l.seg + gather.size() * seg_bytes, scatter.data(), scatter.size() * seg_bytes);
+  if (!scatter.empty()) {
+    std::memcpy(slot.host_in + l.seg + gather.size() * seg_bytes, scatter.data(), scatter.size() * seg_bytes);
+  }
   if (any_direct) {
     AddCopy(h2d, slot.dev_in + l.cu_q, slot.host_in + l.cu_q, table_end - l.cu_q);
   } else {
