@@ -8,7 +8,7 @@
 #include <utility>
 #include <vector>
 
-#include "absl/strings/cord.h"
+#include "status_conversion.h"
 #include "sageserve/client/client.h"
 
 namespace sageserve {
@@ -116,12 +116,7 @@ class StreamSession::Reactor final : public grpc::ClientBidiReactor<v1::AttendRe
     }
     if (callback) {
       if (incoming_.has_status() && incoming_.status().code() != 0) {
-        absl::Status failed(static_cast<absl::StatusCode>(incoming_.status().code()), incoming_.status().message());
-        // As on unary calls: each google.rpc detail as a payload keyed by its type URL.
-        for (const google::protobuf::Any& d : incoming_.status().details()) {
-          if (!d.type_url().empty()) failed.SetPayload(d.type_url(), absl::Cord(d.value()));
-        }
-        callback(std::move(failed));
+        callback(FromRequestStatus(incoming_.status()));
       } else {
         callback(std::move(incoming_));
       }

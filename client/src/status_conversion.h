@@ -1,0 +1,14 @@
+// Statuses coming back from the server as absl::Status, error details included (internal).
+#pragma once
+
+#include "absl/status/status.h"
+#include "sageserve/v1/attention_service.pb.h"
+
+namespace sageserve {
+
+// A RequestStatus (laid out as google.rpc.Status: an AttendStream answer's status, or the
+// grpc-status-details-bin trailer of a unary call) as an absl::Status with the same code and
+// message, and each detail as a payload keyed by its type URL holding the serialized message.
+absl::Status FromRequestStatus(const v1::RequestStatus& status);
+
+}  // namespace sageserve
