@@ -4,7 +4,6 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "server/status_details.h"
 
 namespace sage::server {
 namespace {
@@ -89,9 +88,7 @@ absl::Status DynamicBatcher::Submit(WorkItem item) {
     std::lock_guard<std::mutex> lock(mu_);
     if (!accepting_) return absl::UnavailableError("server is shutting down");
     if (static_cast<int>(queue_.size()) >= options_.queue_capacity) {
-      return WithRetryDelay(absl::ResourceExhaustedError(absl::StrCat("request queue is full (",
-                                                                      options_.queue_capacity, " waiting)")),
-                            kQueueFullRetryDelay);
+      return QueueFullError(options_.queue_capacity);
     }
     Track(p.item);
     p.enqueued = Clock::now();
@@ -298,16 +295,11 @@ void DynamicBatcher::WorkerLoop() {
   }
 }
 
-std::string DynamicBatcher::LaunchLabel(const absl::StatusOr<AttnOutput>& out) const {
+std::string DynamicBatcher::RecordLaunch(int requests, const ProblemSize& size, Clock::duration compute,
+                                         const absl::StatusOr<AttnOutput>& out) {
+  if (metrics_ == nullptr) return std::string();
   const DeviceTimings* device = out.ok() && out->device_timings ? &*out->device_timings : nullptr;
-  return device != nullptr ? absl::StrCat("cuda:", device->device) : options_.device_label;
-}
-
-void DynamicBatcher::RecordLaunch(int requests, const ProblemSize& size, Clock::duration compute,
-                                  const absl::StatusOr<AttnOutput>& out) {
-  if (metrics_ == nullptr) return;
-  const DeviceTimings* device = out.ok() && out->device_timings ? &*out->device_timings : nullptr;
-  const std::string label = LaunchLabel(out);
+  std::string label = device != nullptr ? absl::StrCat("cuda:", device->device) : options_.device_label;
   BatchRecord record;
   record.device = label;
   record.requests = requests;
@@ -327,9 +319,10 @@ void DynamicBatcher::RecordLaunch(int requests, const ProblemSize& size, Clock::
   } else if (options_.launch_timing == LaunchTiming::kLaunchIsKernel) {
     stages.kernel = compute;
   } else {
-    return;
+    return label;
   }
   metrics_->RecordStages(stages);
+  return label;
 }
 
 void DynamicBatcher::Answer(Pending& p, absl::StatusOr<AttnOutput> out, Clock::time_point launched) {
@@ -343,8 +336,7 @@ void DynamicBatcher::RunAlone(Pending& p, Clock::time_point launched) {
   const Clock::time_point start = Clock::now();
   absl::StatusOr<AttnOutput> out = backend_->Attend(p.item.input, p.item.config);
   const Clock::time_point finished = Clock::now();
-  RecordLaunch(1, p.size, finished - start, out);
-  const std::string label = metrics_ != nullptr ? LaunchLabel(out) : std::string();
+  const std::string label = RecordLaunch(1, p.size, finished - start, out);
   Answer(p, std::move(out), launched);
   if (metrics_ != nullptr) metrics_->RecordRespond(label, Clock::now() - finished);
 }
@@ -375,11 +367,11 @@ void DynamicBatcher::RunBatch(PendingList& batch) {
     absl::StatusOr<AttnOutput> out = gather ? backend_->AttendGathered(assembled->input(), inputs, config)
                                             : backend_->Attend(assembled->input(), config);
     const Clock::time_point finished = Clock::now();
-    RecordLaunch(static_cast<int>(batch.size()), total, finished - start, out);
+    const std::string label = RecordLaunch(static_cast<int>(batch.size()), total, finished - start, out);
     if (out.ok() && OutputFits(*out, assembled->input())) {
       size_t i = 0;
       for (Pending& p : batch) Answer(p, SliceOutput(*out, *assembled, i++), launched);
-      if (metrics_ != nullptr) metrics_->RecordRespond(LaunchLabel(out), Clock::now() - finished);
+      if (metrics_ != nullptr) metrics_->RecordRespond(label, Clock::now() - finished);
       return;
     }
   }

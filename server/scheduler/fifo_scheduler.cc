@@ -3,7 +3,6 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "server/status_details.h"
 
 namespace sage::server {
 
@@ -34,9 +33,7 @@ absl::Status FifoScheduler::Submit(WorkItem item) {
     std::lock_guard<std::mutex> lock(mu_);
     if (!accepting_) return absl::UnavailableError("server is shutting down");
     if (static_cast<int>(queue_.size()) >= options_.queue_capacity) {
-      return WithRetryDelay(absl::ResourceExhaustedError(absl::StrCat("request queue is full (",
-                                                                      options_.queue_capacity, " waiting)")),
-                            kQueueFullRetryDelay);
+      return QueueFullError(options_.queue_capacity);
     }
     Track(item);
     queue_.push_back(Queued{std::move(item), Clock::now()});

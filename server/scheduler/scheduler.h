@@ -12,8 +12,10 @@
 #include "absl/functional/any_invocable.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
 #include "kernels/reference/attention_problem.h"
 #include "kernels/reference/recipe.h"
+#include "server/status_details.h"
 
 namespace sage::server {
 
@@ -61,6 +63,14 @@ class Scheduler {
   int outstanding() const { return outstanding_.load(std::memory_order_acquire); }
 
  protected:
+  // The refusal of a Submit that finds `capacity` items waiting: RESOURCE_EXHAUSTED with a retry hint
+  // (google.rpc.RetryInfo, gRPC retry pushback), since the queue drains in milliseconds.
+  static absl::Status QueueFullError(int capacity) {
+    return WithRetryDelay(
+        absl::ResourceExhaustedError(absl::StrCat("request queue is full (", capacity, " waiting)")),
+        kQueueFullRetryDelay);
+  }
+
   // Implementations call this on each item they accept, before it can run: `done` is wrapped so
   // the outstanding count drops once it has run.
   void Track(WorkItem& item) {
