@@ -12,9 +12,9 @@
 #include "absl/flags/usage.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "grpc/grpc.h"
 #include "server/backend/backend_factory.h"
@@ -48,7 +48,7 @@ ABSL_FLAG(int64_t, cuda_request_pinned_mib, kDefaults.backend.cuda_request_pinne
           "Pinned host memory (MiB) that request tensors are received into and results sent from, so the GPU "
           "copies need no staging; requests that do not fit use ordinary memory. 0 = off");
 ABSL_FLAG(int, worker_threads, 0,
-          "Scheduler worker threads (launches run concurrently); 0 = auto: GPUs x --cuda_streams with the CUDA "
+          "Scheduler worker threads (launches run concurrently); 0 = auto: 2 x GPUs x --cuda_streams with the CUDA "
           "backend, 2 with the CPU engine");
 ABSL_FLAG(int, queue_capacity, kDefaults.scheduler.queue_capacity, "Requests waiting beyond which new ones get RESOURCE_EXHAUSTED");
 ABSL_FLAG(std::vector<std::string>, grpc_arg, {},

@@ -14,8 +14,8 @@
 #include <string>
 
 #include "absl/strings/match.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/strings/numbers.h"
+#include "absl/synchronization/mutex.h"
 #include "server/backend/backend_factory.h"
 #include "server/sage_server.h"
 #include "spdlog/spdlog.h"
