@@ -20,18 +20,10 @@ done
 LOG="${OUT:-/tmp}"
 export LD_LIBRARY_PATH="$BUNDLE/lib:${LD_LIBRARY_PATH:-}"
 B="$BUNDLE/bin"
-ON="127.0.0.1:50095"
+TARGET="127.0.0.1:50095"
+SERVER_FLAGS=(--allow_shared_memory)
+source "$ROOT/scripts/device-serve-lib.sh"  # serve/stop and the shared shapes
 
-start() {  # address, flags... ; prints the pid
-  "$B/sageserve" --backend=cuda --listen="$1" --log_level=warn --allow_shared_memory "${@:2}" \
-    >>"$LOG/sageserve_gain.log" 2>&1 &
-  local pid=$!
-  for _ in $(seq 1 120); do
-    "$B/sagectl" health --target="$1" >/dev/null 2>&1 && { echo "$pid"; return 0; }
-    sleep 0.25
-  done
-  echo "server on $1 did not start" >&2; return 1
-}
 rate() {  # target, bench flags... ; prints req/s (0 when the bench failed)
   local out
   out=$(timeout 120 "$B/sagectl" bench --target="$1" "${@:2}" 2>&1)
@@ -41,21 +33,20 @@ rate() {  # target, bench flags... ; prints req/s (0 when the bench failed)
 }
 
 date -u; nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
-TINY="--batch=1 --q_len=16 --k_len=16 --heads_q=8 --heads_kv=8 --head_dim=64 --concurrency=128 --connections=16 --requests=60000 --warmup=200"
-SMALL="--batch=1 --q_len=128 --k_len=128 --heads_q=8 --heads_kv=8 --head_dim=128 --concurrency=64 --connections=8 --requests=40000 --warmup=100"
+TINY_RUN="$TINY --concurrency=128 --connections=16 --requests=60000 --warmup=200"
+SMALL_RUN="$SMALL --concurrency=64 --connections=8 --requests=40000 --warmup=100"
 CASES=("tiny cuda" "tiny system" "tiny none" "small cuda" "small system" "small none")
 declare -A RATE
 for rep in $(seq 1 "$REPS"); do
   for mode in on off; do
     extra=(); [ "$mode" = off ] && extra=(--max_batch_tokens=0)
-    pid=$(start "$ON" "${extra[@]}") || exit 1
+    serve "gain-$mode-$rep" "${extra[@]}" || exit 1
     for c in "${CASES[@]}"; do
       read -r shape shm <<<"$c"
-      flags="$TINY"; [ "$shape" = small ] && flags="$SMALL"
-      RATE["$c $mode $rep"]=$(rate "$ON" $flags --shared_memory=$shm)
+      flags="$TINY_RUN"; [ "$shape" = small ] && flags="$SMALL_RUN"
+      RATE["$c $mode $rep"]=$(rate "$TARGET" $flags --shared_memory=$shm)
     done
-    kill -TERM "$pid"
-    while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done  # started in a subshell: not ours to wait for
+    stop >/dev/null
   done
 done
 printf "%-22s %s\n" "case" "merging / one per launch, req/s per repetition -> median ratio"
