@@ -9,6 +9,7 @@ PKGS=(
   libabsl-dev libspdlog-dev libfmt-dev
   libgtest-dev libgmock-dev googletest libbenchmark-dev
   nlohmann-json3-dev
+  libtcmalloc-minimal4
   curl ca-certificates python3 openssl
 )
 

@@ -33,9 +33,21 @@ rate() {  # target, bench flags... ; prints req/s (0 when the bench failed)
 }
 
 date -u; nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
-TINY_RUN="$TINY --concurrency=128 --connections=16 --requests=60000 --warmup=200"
-SMALL_RUN="$SMALL --concurrency=64 --connections=8 --requests=40000 --warmup=100"
-CASES=("tiny cuda" "tiny system" "tiny none" "small cuda" "small system" "small none")
+# Unary: one thread per client. Streams: AttendStream calls fed by a thread each (sagectl bench
+# --mode=stream), one per connection, with the clients' requests in flight over them.
+declare -A FLAGS=(
+  [tiny]="$TINY --concurrency=128 --connections=16 --requests=60000 --warmup=200"
+  [tiny-s128]="$TINY --concurrency=128 --connections=16 --requests=120000 --warmup=200 --mode=stream"
+  [tiny-s256]="$TINY --concurrency=256 --connections=16 --requests=150000 --warmup=200 --mode=stream"
+  [small]="$SMALL --concurrency=64 --connections=8 --requests=40000 --warmup=100"
+  [small-s64]="$SMALL --concurrency=64 --connections=8 --requests=80000 --warmup=100 --mode=stream"
+)
+declare -A LABEL=(
+  [tiny]="tiny, 128 clients unary on 16 connections" [tiny-s128]="tiny, 128 in flight on 16 streams"
+  [tiny-s256]="tiny, 256 in flight on 16 streams" [small]="small, 64 clients unary on 8 connections"
+  [small-s64]="small, 64 in flight on 8 streams"
+)
+CASES=("tiny cuda" "tiny-s128 cuda" "tiny-s256 cuda" "tiny none" "small cuda" "small-s64 cuda" "small none")
 declare -A RATE
 for rep in $(seq 1 "$REPS"); do
   for mode in on off; do
@@ -43,13 +55,12 @@ for rep in $(seq 1 "$REPS"); do
     serve "gain-$mode-$rep" "${extra[@]}" || exit 1
     for c in "${CASES[@]}"; do
       read -r shape shm <<<"$c"
-      flags="$TINY_RUN"; [ "$shape" = small ] && flags="$SMALL_RUN"
-      RATE["$c $mode $rep"]=$(rate "$TARGET" $flags --shared_memory=$shm)
+      RATE["$c $mode $rep"]=$(rate "$TARGET" ${FLAGS[$shape]} --shared_memory=$shm)
     done
     stop >/dev/null
   done
 done
-printf "%-22s %s\n" "case" "merging / one per launch, req/s per repetition -> median ratio"
+printf "%-58s %s\n" "case" "merging / one per launch, req/s per repetition -> median ratio"
 for c in "${CASES[@]}"; do
   ratios=(); cells=""
   for rep in $(seq 1 "$REPS"); do
@@ -58,7 +69,7 @@ for c in "${CASES[@]}"; do
     ratios+=("$(awk -v a="$on" -v b="$off" 'BEGIN { print (b > 0 ? a / b : 0) }')")
   done
   median=$(printf '%s\n' "${ratios[@]}" | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }')
-  label="${c/tiny/tiny c128 conn16}"; label="${label/small/small c64 conn8}"
-  printf "%-30s %s -> %.2fx\n" "$label" "$cells" "$median"
+  read -r shape shm <<<"$c"
+  printf "%-58s %s -> %.2fx\n" "${LABEL[$shape]}, shm $shm" "$cells" "$median"
 done
 echo "=== done"; date -u

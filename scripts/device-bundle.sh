@@ -13,6 +13,7 @@
 #   --arch LIST       CMAKE_CUDA_ARCHITECTURES for a fresh configure (default 90a)
 #   --jobs N          parallel build jobs (default: nproc)
 #   --file PATH       also bundle this already-built file (repeatable; executables go to bin/, .so to lib/)
+#   --keep-symbols    leave the executables' symbol tables in (for perf); libraries are stripped anyway
 # Not copied: the C runtime family (glibc, libstdc++, libgcc_s: Ubuntu 24.04 ships newer, compatible
 # ones) and the NVIDIA driver (libcuda, libnvidia-*: the device machine provides its own).
 set -euo pipefail
@@ -25,6 +26,7 @@ JOBS="$(nproc)"
 TARGETS=()
 FILES=()
 MAX_MIB=60
+KEEP_SYMBOLS=0
 
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -33,7 +35,8 @@ while [ $# -gt 0 ]; do
     --arch) ARCH="$2"; shift 2 ;;
     --jobs) JOBS="$2"; shift 2 ;;
     --file) FILES+=("$(realpath "$2")"); shift 2 ;;
-    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+    --keep-symbols) KEEP_SYMBOLS=1; shift ;;
+    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
     -*) echo "device-bundle: unknown option $1" >&2; exit 2 ;;
     *) TARGETS+=("$1"); shift ;;
   esac
@@ -54,8 +57,10 @@ fi
 # Output file of each target: ask the build tree (executables and shared libraries only).
 find_output() {
   local name="$1" hit
+  # The newest match: the install test keeps an older installed copy of some targets in the tree.
   hit="$(find "$BUILD_DIR" -type f \( -name "$name" -o -name "lib$name.so" -o -name "lib$name.so.*" \) \
-         -not -path '*/CMakeFiles/*' 2>/dev/null | head -n 1)"
+         -not -path '*/CMakeFiles/*' -not -path '*/install_test/*' -printf '%T@ %p\n' 2>/dev/null |
+         sort -rn | head -n 1 | cut -d' ' -f2-)"
   if [ -z "$hit" ]; then
     echo "device-bundle: no output found for target '$name' under $BUILD_DIR" >&2
     return 1
@@ -82,7 +87,7 @@ copy_strip() {  # src dst_dir
   [ -e "$dst" ] && return 0
   cp -L "$src" "$dst"
   chmod u+w "$dst"
-  strip --strip-unneeded "$dst" 2>/dev/null || true
+  if [ "$KEEP_SYMBOLS" = 0 ] || [ "$2" != "$OUT/bin" ]; then strip --strip-unneeded "$dst" 2>/dev/null || true; fi
   echo "$(basename "$dst") <- $src" >>"$OUT/MANIFEST"
 }
 

@@ -1,4 +1,5 @@
-# Sourced by the device bench scripts: start `sageserve` from the bundle, stop it, run one `sagectl bench`.
+# Sourced by the device bench scripts: start `sageserve` from the bundle, stop it, run one `sagectl bench`
+# (with or without CPU accounting).
 # Expects B (the bundle's bin/), TARGET (host:port) and LOG (log folder); SERVER_BIN names the server
 # binary in B (default sageserve) and SERVER_FLAGS (an array) is added to every start.
 
@@ -26,4 +27,74 @@ bench() {  # label, flags...
   local label="$1"; shift
   echo "--- $label" | tee -a "$LOG/bench.log"
   timeout 90 "$B/sagectl" bench --target="$TARGET" "$@" 2>&1 | tee -a "$LOG/bench.log"
+}
+
+# CPU accounting from /proc: ticks the machine spent busy, in all, and those of one process.
+TICKS=$(getconf CLK_TCK)
+busy_ticks() { awk '/^cpu /{print $2+$3+$4+$7+$8}' /proc/stat; }
+all_ticks() { awk '/^cpu /{print $2+$3+$4+$5+$6+$7+$8}' /proc/stat; }
+proc_ticks() { awk '{print $14+$15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+
+# label, bench flags...: one bench with the cores used by server, client and machine around it.
+measure() {
+  local label="$1"; shift
+  local b0 a0 s0 t0 t1
+  b0=$(busy_ticks); a0=$(all_ticks); s0=$(proc_ticks "$SERVER_PID"); t0=$(date +%s.%N)
+  echo "--- $label" | tee -a "$LOG/bench.log"
+  "$B/sagectl" bench --target="$TARGET" "$@" >"$LOG/last.txt" 2>&1 &
+  local cpid=$!
+  local c_ticks=0
+  while kill -0 "$cpid" 2>/dev/null; do c_ticks=$(proc_ticks "$cpid"); sleep 0.05; done
+  wait "$cpid"
+  t1=$(date +%s.%N)
+  grep -E "throughput|server us" "$LOG/last.txt" | tee -a "$LOG/bench.log"
+  awk -v b0="$b0" -v b1="$(busy_ticks)" -v a0="$a0" -v a1="$(all_ticks)" -v s0="$s0" -v s1="$(proc_ticks "$SERVER_PID")" \
+      -v c="$c_ticks" -v t0="$t0" -v t1="$t1" -v hz="$TICKS" 'BEGIN {
+    w = t1 - t0; printf "cpu: machine %.0f%% busy; server %.1f cores; client %.1f cores (%.1f s)\n",
+      100 * (b1 - b0) / (a1 - a0), (s1 - s0) / hz / w, c / hz / w, w }' | tee -a "$LOG/bench.log"
+}
+
+
+# label, seconds, bench flags...: a flat profile of the server (perf from PATH or the bundle) while a
+# bench loads it, appended to $LOG/bench.log: shares by library, then the hottest symbols. Kernel
+# samples are left out where the machine allows user-space sampling only.
+profile_server() {
+  local label="$1" secs="$2"; shift 2
+  local perf; perf="$(command -v perf || true)"; [ -z "$perf" ] && [ -x "$B/perf" ] && perf="$B/perf"
+  if [ -z "$perf" ]; then echo "profile $label: no perf here" | tee -a "$LOG/bench.log"; return 0; fi
+  "$B/sagectl" bench --target="$TARGET" "$@" >"$LOG/last.txt" 2>&1 &
+  local cpid=$!
+  sleep 0.5
+  local ev
+  for ev in cpu-clock cpu-clock:u; do
+    "$perf" record -e "$ev" -F 1999 -g -p "$SERVER_PID" -o "$LOG/perf.data" -- sleep "$secs" >"$LOG/perf_rec.txt" 2>&1 && break
+  done
+  wait "$cpid"
+  {
+    echo "--- profile $label ($ev)"; grep -E "throughput|failed" "$LOG/last.txt"
+    "$perf" report -i "$LOG/perf.data" --stdio --no-children --sort dso -g none 2>/dev/null | grep -v "^#" | grep -v "^$" | head -n 15
+    "$perf" report -i "$LOG/perf.data" --stdio --no-children --sort dso,symbol -g none 2>/dev/null | grep -v "^#" | grep -v "^$" | head -n 45
+    "$perf" report -i "$LOG/perf.data" --stdio --children --sort symbol -g none 2>/dev/null | grep -v "^#" | grep -v "^$" | head -n 40
+  } >>"$LOG/bench.log" 2>&1
+  [ -s "$LOG/perf.data" ] || cat "$LOG/perf_rec.txt" >>"$LOG/bench.log"
+  rm -f "$LOG/perf.data"
+}
+
+# label, processes, bench flags...: that many `sagectl bench` processes at once with the same flags
+# (so the load generator is not the limit); prints their summed req/s and each one's line.
+bench_multi() {
+  local label="$1" n="$2"; shift 2
+  local pids=() i
+  for i in $(seq 1 "$n"); do
+    "$B/sagectl" bench --target="$TARGET" "$@" >"$LOG/multi_$i.txt" 2>&1 &
+    pids+=($!)
+  done
+  for i in "${pids[@]}"; do wait "$i"; done
+  {
+    echo "--- $label ($n client processes)"
+    cat "$LOG"/multi_*.txt | grep -E "failed in|throughput|server us"
+    cat "$LOG"/multi_*.txt | sed -n 's/^throughput: \([0-9.]*\) req\/s.*/\1/p' |
+      awk '{ s += $1 } END { printf "summed throughput: %.1f req/s\n", s }'
+  } | tee -a "$LOG/bench.log"
+  rm -f "$LOG"/multi_*.txt
 }

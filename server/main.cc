@@ -17,6 +17,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "grpc/grpc.h"
+#include "server/allocator.h"
 #include "server/backend/backend_factory.h"
 #include "server/sage_server.h"
 #include "server/server_options.h"
@@ -221,6 +222,7 @@ int main(int argc, char** argv) {
   // server does not run gRPC's global teardown: in 1.51 that can sit in a 10 s poll when a client
   // still holds a connection, delaying exit after a completed drain. The OS reclaims the rest.
   grpc_init();
+  spdlog::info("malloc: {}", sage::server::ActiveAllocator());
   absl::StatusOr<std::unique_ptr<sage::server::SageServer>> server =
       sage::server::SageServer::Start(options);
   if (!server.ok()) {

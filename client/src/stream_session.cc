@@ -149,7 +149,11 @@ class StreamSession::Reactor final : public grpc::ClientBidiReactor<v1::AttendRe
     if (writing_ || writes_done_sent_) return;
     if (!writes_.empty()) {
       writing_ = true;
-      StartWrite(&writes_.front());
+      // Requests queued behind this one: gRPC may hold it for them (fewer socket writes); the last
+      // one queued is written without the hint and flushes them.
+      grpc::WriteOptions options;
+      if (writes_.size() > 1) options.set_buffer_hint();
+      StartWrite(&writes_.front(), options);
       return;
     }
     if (closing_) {

@@ -80,7 +80,11 @@ void AttendStreamReactor::Complete(std::shared_ptr<Slot> slot, const absl::Statu
 void AttendStreamReactor::StartNextWriteLocked() {
   if (writing_ || write_queue_.empty() || finished_) return;
   writing_ = true;
-  StartWrite(&write_queue_.front()->out);
+  // With more answers queued behind this one, let gRPC hold it for them: a merged launch's answers
+  // then leave in a few socket writes instead of one each. The last one queued flushes them all.
+  grpc::WriteOptions options;
+  if (write_queue_.size() > 1) options.set_buffer_hint();
+  StartWrite(&write_queue_.front()->out, options);
 }
 
 void AttendStreamReactor::OnWriteDone(bool ok) {

@@ -61,6 +61,14 @@ TEST(Process, SigintWithNothingInFlightExitsZero) {
   EXPECT_EQ(child.Wait(15), 0);
 }
 
+// The build's allocator choice reaches the binary: a linker that dropped tcmalloc (nothing calls it
+// by name) would leave the server on glibc's malloc without a word.
+TEST(Process, RunsOnTheAllocatorTheBuildChose) {
+  ChildServer child(SAGESERVE_BINARY, {});
+  ASSERT_GT(child.port(), 0);
+  EXPECT_TRUE(child.WaitForOutput(std::string("malloc: ") + SAGESERVE_EXPECTED_MALLOC, 10)) << child.output();
+}
+
 TEST(Process, BackendCudaWithoutCudaFailsClearly) {
 #if SAGESERVE_HAVE_CUDA
   GTEST_SKIP() << "built with CUDA";
@@ -121,14 +129,21 @@ TEST(Sagectl, BenchOverSystemSharedMemory) {
   const std::string target = " --target=" + child.target();
   const std::string bench = std::string(SAGECTL_BINARY) + " bench" + target +
                             " --q_len=24 --k_len=40 --heads_q=4 --heads_kv=2 --head_dim=64 --warmup=2 --shared_memory=system";
-  for (const std::string mode : {"unary", "stream"}) {
+  // Streamed: three streams over two connections share the in-flight slots (and their regions).
+  for (const std::string mode : {"unary", "stream", "stream --connections=2 --streams=3"}) {
     int code = RunCommand(bench + " --concurrency=3 --requests=30 --lse --mode=" + mode, &out);
     ASSERT_EQ(code, 0) << out;
     EXPECT_NE(out.find("30 ok / 0 failed"), std::string::npos) << out;
     EXPECT_NE(out.find("transport: system shared memory"), std::string::npos) << out;
     EXPECT_NE(out.find("bit-exact vs the bytes path"), std::string::npos) << out;
+    if (mode.find("streams=3") != std::string::npos) {
+      EXPECT_NE(out.find("connections 2, streams 3,"), std::string::npos) << out;
+    }
   }
-  int code = RunCommand(std::string(SAGECTL_BINARY) + " shm status" + target, &out);
+  int code = RunCommand(bench + " --concurrency=3 --requests=3 --mode=stream --streams=4", &out);
+  EXPECT_EQ(code, 1) << out;
+  EXPECT_NE(out.find("--streams must be an integer in [1, --concurrency]"), std::string::npos) << out;
+  code = RunCommand(std::string(SAGECTL_BINARY) + " shm status" + target, &out);
   ASSERT_EQ(code, 0) << out;
   EXPECT_NE(out.find("no shared-memory regions registered"), std::string::npos) << out;
 

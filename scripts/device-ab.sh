@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Two server builds side by side on a GPU machine: the bundle's sageserve ("new") and another
+# binary put in the bundle with --file ("old"), one process at a time, alternating, repeated. Prints
+# each case's req/s and server total - kernel p50 per repetition. Logs go to $OUT or /tmp.
+#   scripts/device-bundle.sh --build-dir build --no-build --file /tmp/sageserve_old sageserve sagectl
+#   scripts/device-ab.sh --compare sageserve_old [--reps N] [--bundle DIR]
+set -uo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+BUNDLE="$ROOT/.bundle"
+REPS=2
+OLD=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --bundle) BUNDLE="$(realpath "$2")"; shift 2 ;;
+    --reps) REPS="$2"; shift 2 ;;
+    --compare) OLD="$2"; shift 2 ;;
+    *) echo "device-ab: unknown argument $1" >&2; exit 2 ;;
+  esac
+done
+[ -n "$OLD" ] || { echo "device-ab: --compare BIN (a server binary in the bundle's bin/) is required" >&2; exit 2; }
+LOG="${OUT:-/tmp}"
+export LD_LIBRARY_PATH="$BUNDLE/lib:${LD_LIBRARY_PATH:-}"
+B="$BUNDLE/bin"
+TARGET="127.0.0.1:50101"
+SERVER_FLAGS=(--allow_shared_memory)
+source "$ROOT/scripts/device-serve-lib.sh"  # serve/stop and the shapes
+
+declare -A FLAGS=(
+  [tiny-s256]="$TINY --concurrency=256 --connections=16 --requests=150000 --warmup=200 --mode=stream"
+  [small-s64]="$SMALL --concurrency=64 --connections=8 --requests=80000 --warmup=100 --mode=stream"
+  [small-c16-s16]="$SMALL --concurrency=16 --connections=16 --requests=30000 --warmup=100 --mode=stream"
+  [small-c16-s1]="$SMALL --concurrency=16 --requests=20000 --warmup=100 --mode=stream"
+  [small-c16-conn16]="$SMALL --concurrency=16 --connections=16 --requests=30000 --warmup=100"
+  [tiny-c128-conn16]="$TINY --concurrency=128 --connections=16 --requests=60000 --warmup=200"
+)
+CASES=(tiny-s256 small-s64 small-c16-s16 small-c16-s1 small-c16-conn16 tiny-c128-conn16)
+date -u; nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
+declare -A CELL
+for rep in $(seq 1 "$REPS"); do
+  for which in new old; do
+    bin=sageserve; [ "$which" = old ] && bin="$OLD"
+    SERVER_BIN="$bin" serve "ab-$which-$rep" || exit 1
+    for c in "${CASES[@]}"; do
+      out=$(timeout 120 "$B/sagectl" bench --target="$TARGET" ${FLAGS[$c]} --shared_memory=cuda 2>&1)
+      echo "$out" >>"$LOG/ab_bench.log"
+      rate=$(sed -n 's/^throughput: \([0-9.]*\) req\/s.*/\1/p' <<<"$out")
+      over=$(sed -n 's/.*total - kernel p50 \([0-9]*\) .*/\1/p' <<<"$out")
+      grep -q " 0 failed" <<<"$out" || rate=0
+      CELL["$c $which"]+="$(printf '%.0f' "${rate:-0}") (${over:-?} us)  "
+    done
+    stop >/dev/null
+  done
+done
+printf "%-18s | %-44s | %s\n" "case" "new: req/s (total - kernel p50) per rep" "old ($OLD)"
+for c in "${CASES[@]}"; do printf "%-18s | %-44s | %s\n" "$c" "${CELL["$c new"]}" "${CELL["$c old"]}"; done
+echo "=== done"; date -u
