@@ -18,12 +18,9 @@ while [ $# -gt 0 ]; do
   esac
 done
 [ -n "$OLD" ] || { echo "device-ab: --compare BIN (a server binary in the bundle's bin/) is required" >&2; exit 2; }
-LOG="${OUT:-/tmp}"
-export LD_LIBRARY_PATH="$BUNDLE/lib:${LD_LIBRARY_PATH:-}"
-B="$BUNDLE/bin"
+source "$ROOT/scripts/device-serve-lib.sh"  # serve/stop and the shapes
 TARGET="127.0.0.1:50101"
 SERVER_FLAGS=(--allow_shared_memory)
-source "$ROOT/scripts/device-serve-lib.sh"  # serve/stop and the shapes
 
 declare -A FLAGS=(
   [tiny-s256]="$TINY --concurrency=256 --connections=16 --requests=150000 --warmup=200 --mode=stream"

@@ -17,12 +17,9 @@ while [ $# -gt 0 ]; do
     *) echo "device-batching-gain: unknown argument $1" >&2; exit 2 ;;
   esac
 done
-LOG="${OUT:-/tmp}"
-export LD_LIBRARY_PATH="$BUNDLE/lib:${LD_LIBRARY_PATH:-}"
-B="$BUNDLE/bin"
+source "$ROOT/scripts/device-serve-lib.sh"  # serve/stop and the shared shapes
 TARGET="127.0.0.1:50095"
 SERVER_FLAGS=(--allow_shared_memory)
-source "$ROOT/scripts/device-serve-lib.sh"  # serve/stop and the shared shapes
 
 rate() {  # target, bench flags... ; prints req/s (0 when the bench failed)
   local out

@@ -17,12 +17,9 @@ while [ $# -gt 0 ]; do
     *) echo "device-cpu-profile: unknown argument $1" >&2; exit 2 ;;
   esac
 done
-LOG="${OUT:-/tmp}"
-export LD_LIBRARY_PATH="$BUNDLE/lib:${LD_LIBRARY_PATH:-}"
-B="$BUNDLE/bin"
+source "$ROOT/scripts/device-serve-lib.sh"  # serve/stop, measure, the shapes
 TARGET="127.0.0.1:$PORT"
 SERVER_FLAGS=(--allow_shared_memory "$@")
-source "$ROOT/scripts/device-serve-lib.sh"  # serve/stop, measure, the shapes
 
 date -u; echo "cores: $(nproc)"; command -v perf nsys gdb || true
 serve profile || exit 1

@@ -32,12 +32,9 @@ while [ $# -gt 0 ]; do
     *) echo "device-runtime-bench: unknown argument $1" >&2; exit 2 ;;
   esac
 done
-LOG="${OUT:-/tmp}"
-export LD_LIBRARY_PATH="$BUNDLE/lib:${LD_LIBRARY_PATH:-}"
-B="$BUNDLE/bin"
+source "$ROOT/scripts/device-serve-lib.sh"  # serve/stop/bench and the shared shapes
 TARGET="127.0.0.1:$PORT"
 L16K="--batch=1 --q_len=16384 --k_len=16384 --heads_q=8 --heads_kv=8 --head_dim=128 --causal"
-source "$ROOT/scripts/device-serve-lib.sh"  # serve/stop/bench and the shared shapes
 
 date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 run_tests() {

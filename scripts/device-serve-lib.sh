@@ -1,7 +1,11 @@
 # Sourced by the device bench scripts: start `sageserve` from the bundle, stop it, run one `sagectl bench`
 # (with or without CPU accounting).
-# Expects B (the bundle's bin/), TARGET (host:port) and LOG (log folder); SERVER_BIN names the server
+# Source it once BUNDLE is set: it sets LOG ($OUT or /tmp), B (the bundle's bin/) and puts the bundle's
+# libraries on LD_LIBRARY_PATH. The functions expect TARGET (host:port); SERVER_BIN names the server
 # binary in B (default sageserve) and SERVER_FLAGS (an array) is added to every start.
+LOG="${OUT:-/tmp}"
+B="$BUNDLE/bin"
+export LD_LIBRARY_PATH="$BUNDLE/lib:${LD_LIBRARY_PATH:-}"
 
 # The bench shapes of docs/BENCHMARKS.md. small: 128 tokens x 8 heads x D128 (1.05 MB of q/k/v/O);
 # small64: the same at D64; tiny: 16 tokens x 8 heads x D64 (64 KB per call, launch-bound);

@@ -17,12 +17,9 @@ while [ $# -gt 0 ]; do
     *) echo "device-serving-ceiling: unknown argument $1" >&2; exit 2 ;;
   esac
 done
-LOG="${OUT:-/tmp}"
-export LD_LIBRARY_PATH="$BUNDLE/lib:${LD_LIBRARY_PATH:-}"
-B="$BUNDLE/bin"
+source "$ROOT/scripts/device-serve-lib.sh"  # serve/stop, measure, profile_server, the shapes
 TARGET="127.0.0.1:50097"
 SERVER_FLAGS=(--allow_shared_memory)
-source "$ROOT/scripts/device-serve-lib.sh"  # serve/stop, measure, profile_server, the shapes
 
 date -u; echo "cores: $(nproc)"; nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 LOAD="$TINY --concurrency=128 --connections=16 --warmup=200"

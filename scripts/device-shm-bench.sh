@@ -27,9 +27,7 @@ while [ $# -gt 0 ]; do
     *) echo "device-shm-bench: unknown argument $1" >&2; exit 2 ;;
   esac
 done
-LOG="${OUT:-/tmp}"
-export LD_LIBRARY_PATH="$BUNDLE/lib:${LD_LIBRARY_PATH:-}"
-B="$BUNDLE/bin"
+source "$ROOT/scripts/device-serve-lib.sh"  # LOG, B and LD_LIBRARY_PATH from BUNDLE; serve/stop, the shapes
 TARGET="127.0.0.1:$PORT"
 
 date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
@@ -42,7 +40,6 @@ if [ "$SKIP_TESTS" = 0 ]; then
 fi
 
 SERVER_FLAGS=(--allow_shared_memory)
-source "$ROOT/scripts/device-serve-lib.sh"
 
 for mode in batching nobatching spin; do
   extra=()

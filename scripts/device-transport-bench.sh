@@ -19,16 +19,13 @@ while [ $# -gt 0 ]; do
     *) echo "device-transport-bench: unknown argument $1" >&2; exit 2 ;;
   esac
 done
-LOG="${OUT:-/tmp}"
-export LD_LIBRARY_PATH="$BUNDLE/lib:${LD_LIBRARY_PATH:-}"
-B="$BUNDLE/bin"
+source "$ROOT/scripts/device-serve-lib.sh"  # LOG, B and LD_LIBRARY_PATH from BUNDLE; serve/stop, the shapes
 SOCK="/tmp/sageserve-transport-bench.sock"
 CORES=$(nproc)
 HALF=$((CORES / 2))
 
 date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader; echo "cores: $CORES"
 SERVER_FLAGS=(--allow_shared_memory)
-source "$ROOT/scripts/device-serve-lib.sh"
 
 # name | listen address | gRPC arguments of both ends ("" = gRPC's defaults)
 FRAME="grpc.http2.max_frame_size=1048576"

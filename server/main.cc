@@ -37,7 +37,13 @@ ABSL_FLAG(int, cpu_threads, 0, "CPU engine threads per request (0 = all cores)")
 ABSL_FLAG(int, cuda_device, -1, "One CUDA device ordinal; -1 = the --cuda_devices list (empty: every visible GPU)");
 ABSL_FLAG(std::vector<std::string>, cuda_devices, {},
           "CUDA device ordinals, comma-separated (e.g. 0,2); empty = every visible GPU. --cuda_device wins when >= 0");
-ABSL_FLAG(int, cuda_streams, kDefaults.backend.cuda_streams, "CUDA stream slots per GPU (each with its own buffers)");
+ABSL_FLAG(int, cuda_streams, kDefaults.backend.cuda_streams,
+          "Full-size CUDA stream slots per GPU (each with buffers for the largest launch)");
+ABSL_FLAG(int, cuda_light_streams, kDefaults.backend.cuda_light_streams,
+          "Extra CUDA stream slots per GPU with small buffers, for launches within --cuda_light_max_batch_elements: "
+          "more concurrency for small requests at little memory. 0 = none");
+ABSL_FLAG(int64_t, cuda_light_max_batch_elements, kDefaults.backend.cuda_light_max_batch_elements,
+          "Elements (tokens x heads x head_dim) of q, and of k and v, that a light stream slot holds");
 ABSL_FLAG(int64_t, cuda_max_batch_elements, kDefaults.backend.cuda_max_batch_elements,
           "Elements (tokens x heads x head_dim) of q, and of k and v, one CUDA launch holds; sizes the "
           "preallocated pinned and device buffers of every stream slot");
@@ -49,8 +55,8 @@ ABSL_FLAG(int64_t, cuda_request_pinned_mib, kDefaults.backend.cuda_request_pinne
           "Pinned host memory (MiB) that request tensors are received into and results sent from, so the GPU "
           "copies need no staging; requests that do not fit use ordinary memory. 0 = off");
 ABSL_FLAG(int, worker_threads, 0,
-          "Scheduler worker threads (launches run concurrently); 0 = auto: 2 x GPUs x --cuda_streams with the CUDA "
-          "backend, 2 with the CPU engine");
+          "Scheduler worker threads (launches run concurrently); 0 = auto: 2 x the CUDA stream slots (full-size and "
+          "light) with the CUDA backend, 2 with the CPU engine");
 ABSL_FLAG(int, queue_capacity, kDefaults.scheduler.queue_capacity, "Requests waiting beyond which new ones get RESOURCE_EXHAUSTED");
 ABSL_FLAG(std::vector<std::string>, grpc_arg, {},
           "Integer gRPC server arguments name=value,... (transport tuning, e.g. grpc.http2.max_frame_size=1048576)");
@@ -170,6 +176,8 @@ int main(int argc, char** argv) {
     options.backend.cuda_devices.push_back(ordinal);
   }
   options.backend.cuda_streams = absl::GetFlag(FLAGS_cuda_streams);
+  options.backend.cuda_light_streams = absl::GetFlag(FLAGS_cuda_light_streams);
+  options.backend.cuda_light_max_batch_elements = absl::GetFlag(FLAGS_cuda_light_max_batch_elements);
   options.backend.cuda_max_batch_elements = absl::GetFlag(FLAGS_cuda_max_batch_elements);
   options.backend.cuda_max_batch_sequences = absl::GetFlag(FLAGS_cuda_max_batch_sequences);
   options.backend.cuda_workspace_bytes = absl::GetFlag(FLAGS_cuda_workspace_bytes);

@@ -98,8 +98,10 @@ absl::StatusOr<OpenedRegistry> OpenRegistry(const RegistryServerOptions& options
 }  // namespace
 
 int AutoWorkerThreads(const std::vector<DeviceStats>& devices) {
+  // Full-size slots only: light ones spare small launches the wait for a slot, and more workers
+  // than that made launches smaller and the CUDA driver's locks busier under load.
   int slots = 0;
-  for (const DeviceStats& d : devices) slots += d.streams;
+  for (const DeviceStats& d : devices) slots += d.streams - d.light_streams;
   return slots > 0 ? 2 * slots : FifoSchedulerOptions{}.worker_threads;
 }
 

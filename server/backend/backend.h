@@ -48,7 +48,8 @@ struct DeviceStats {
   int64_t tokens = 0;              // Σ total_q over completed launches
   int64_t in_flight = 0;           // gauge: launches holding or waiting for a stream slot
   int64_t queued_work = 0;         // gauge: Σ q_len·k_len of those launches
-  int streams = 0;                 // stream slots
+  int streams = 0;                 // stream slots, full-size and light
+  int light_streams = 0;           // of which light (small launches only)
   int64_t pool_bytes = 0;          // device bytes preallocated for the buffer pool
   int64_t pinned_bytes = 0;        // pinned host staging bytes
   int64_t memory_used_bytes = 0;   // gauge: device memory in use (cudaMemGetInfo, all processes)

@@ -50,6 +50,8 @@ absl::StatusOr<std::unique_ptr<AttentionBackend>> CreateCuda(const BackendOption
   cuda.devices = options.cuda_devices;
   if (options.cuda_device >= 0) cuda.devices = {options.cuda_device};
   cuda.streams_per_device = options.cuda_streams;
+  cuda.light_streams_per_device = options.cuda_light_streams;
+  cuda.pool.light_max_batch_elements = options.cuda_light_max_batch_elements;
   cuda.pool.max_batch_elements = options.cuda_max_batch_elements;
   cuda.pool.max_batch_sequences = options.cuda_max_batch_sequences;
   cuda.pool.workspace_bytes = options.cuda_workspace_bytes;

@@ -23,7 +23,9 @@ struct BackendOptions {
   // CUDA runtime (issue 5): which GPUs, stream slots per GPU and the per-slot buffer pool.
   int cuda_device = -1;            // one ordinal, or -1 for cuda_devices (empty = every visible GPU)
   std::vector<int> cuda_devices;   // ordinals; empty = every visible GPU
-  int cuda_streams = 4;            // stream slots per GPU
+  int cuda_streams = 4;            // full-size stream slots per GPU
+  int cuda_light_streams = 8;      // light stream slots per GPU (small launches only; 0 = none)
+  int64_t cuda_light_max_batch_elements = int64_t{4096} * 8 * 128;  // per tensor, in a light slot
   int64_t cuda_max_batch_elements = int64_t{65536} * 32 * 128;  // tokens × heads × head_dim per launch
   int cuda_max_batch_sequences = 4096;
   int64_t cuda_workspace_bytes = 0;  // 0 = auto

@@ -72,6 +72,16 @@ TEST(CudaBackend, BadDeviceOrdinal) {
   o.devices = {0};
   o.streams_per_device = 0;
   EXPECT_EQ(CreateCudaBackend(o).status().code(), absl::StatusCode::kInvalidArgument);
+  o.streams_per_device = 1;
+  for (int light : {-1, 65}) {
+    o.light_streams_per_device = light;
+    const absl::Status s = CreateCudaBackend(o).status();
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << light;
+    EXPECT_NE(s.message().find("light_streams_per_device"), std::string::npos) << s;
+  }
+  o.light_streams_per_device = 2;
+  o.pool.light_max_batch_elements = 100;
+  EXPECT_EQ(CreateCudaBackend(o).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 TEST(CudaBackend, EveryRecipeAgainstOracle) {

@@ -21,9 +21,11 @@ using server::AttentionBackend;
 using server::CreateCudaBackend;
 using server::CudaBackendOptions;
 
+// Full-size slots only (the light ones have their own test below).
 CudaBackendOptions Pools(int streams) {
   CudaBackendOptions o;
   o.streams_per_device = streams;
+  o.light_streams_per_device = 0;
   o.pool.max_batch_elements = int64_t{8192} * 8 * 128;
   o.pool.max_batch_sequences = 64;
   return o;
@@ -113,6 +115,72 @@ TEST(CudaRuntime, SlotsRotateUnderConcurrency) {
   int slots_used = 0;
   for (auto& u : used) slots_used += u.load() > 0 ? 1 : 0;
   EXPECT_GE(slots_used, 2);
+}
+
+// Light slots: launches within their limit run there (and give the same bits as a full-size slot),
+// larger ones only ever on the full-size slot, many threads mixing both; light slots cost a fraction
+// of a full-size slot's memory.
+TEST(CudaRuntime, LightSlotsTakeSmallLaunchesAndLeaveLargeOnesToFullSizeSlots) {
+  SAGE_SKIP_WITHOUT_GPU();
+  CudaBackendOptions o = Pools(1);
+  o.light_streams_per_device = 3;
+  o.pool.light_max_batch_elements = int64_t{512} * 8 * 128;  // 512 tokens of 8 heads x D128
+  o.pool.light_max_batch_sequences = 8;
+  auto made = CreateCudaBackend(o);
+  ASSERT_TRUE(made.ok()) << made.status();
+  std::unique_ptr<AttentionBackend> light = *std::move(made);
+  auto reference = Make(1);
+  ASSERT_NE(reference, nullptr);
+  const RecipeConfig config = ConfigFor(light->info().default_recipe);
+  const HostProblem small = Problem(31, {200, 37, 1}, 8, 8);  // 238 tokens: fits a light slot
+  const HostProblem large = Problem(32, {1500}, 8, 8);        // 1500 tokens: full-size only
+  auto want_small = reference->Attend(small.Input(), config);
+  auto want_large = reference->Attend(large.Input(), config);
+  ASSERT_TRUE(want_small.ok() && want_large.ok());
+
+  auto alone = light->Attend(small.Input(), config);
+  ASSERT_TRUE(alone.ok()) << alone.status();
+  ASSERT_TRUE(alone->device_timings.has_value());
+  EXPECT_GE(alone->device_timings->stream_slot, 1);  // slots 1..3 are the light ones
+  EXPECT_EQ(alone->o, want_small->o);
+  EXPECT_EQ(alone->lse, want_small->lse);
+  alone = light->Attend(large.Input(), config);
+  ASSERT_TRUE(alone.ok()) << alone.status();
+  EXPECT_EQ(alone->device_timings->stream_slot, 0);
+  EXPECT_EQ(alone->o, want_large->o);
+
+  std::atomic<int> failures{0}, mismatches{0}, large_on_light{0}, small_on_light{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 12; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < 8; ++i) {
+        const bool big = (t + i) % 4 == 0;
+        auto out = light->Attend((big ? large : small).Input(), config);
+        if (!out.ok() || !out->device_timings) {
+          failures++;
+          continue;
+        }
+        const AttnOutput& want = big ? *want_large : *want_small;
+        if (out->o != want.o || out->lse != want.lse) mismatches++;
+        if (out->device_timings->stream_slot >= 1) (big ? large_on_light : small_on_light)++;
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(failures.load(), 0);
+  EXPECT_EQ(mismatches.load(), 0);
+  EXPECT_EQ(large_on_light.load(), 0);
+  EXPECT_GT(small_on_light.load(), 0);
+
+  const auto with_light = light->DeviceStatsSnapshot();
+  const auto full_only = reference->DeviceStatsSnapshot();
+  ASSERT_FALSE(with_light.empty());
+  ASSERT_FALSE(full_only.empty());
+  EXPECT_EQ(with_light.front().streams, 4);
+  EXPECT_EQ(with_light.front().light_streams, 3);
+  const int64_t extra = with_light.front().pool_bytes - full_only.front().pool_bytes;
+  EXPECT_GT(extra, 0);
+  EXPECT_LT(extra, full_only.front().pool_bytes / 2) << "three light slots should cost well under a full-size one";
 }
 
 TEST(CudaRuntime, TooLargeIsResourceExhaustedThenServiceContinues) {

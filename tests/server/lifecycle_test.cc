@@ -252,6 +252,10 @@ TEST(LifecycleStart, AutoWorkerThreadsPerStreamSlot) {
   server::DeviceStats other;
   other.streams = 3;
   EXPECT_EQ(server::AutoWorkerThreads({gpu, other}), 14);
+  // Light slots (small launches only) add no workers.
+  gpu.streams = 12;
+  gpu.light_streams = 8;
+  EXPECT_EQ(server::AutoWorkerThreads({gpu}), 8);
   EXPECT_EQ(server::AutoWorkerThreads({}), server::FifoSchedulerOptions{}.worker_threads);
 }
 

@@ -130,7 +130,7 @@ class CudaBackend final : public AttentionBackend {
     absl::StatusOr<int> pick = PickExecutor(in.memory_device, work);
     if (!pick.ok()) return pick.status();
     DeviceExecutor& ex = *executors_[static_cast<size_t>(*pick)];
-    absl::StatusOr<AttnOutput> out = ex.Run(in, parts, p, dt);
+    absl::StatusOr<AttnOutput> out = ex.Run(shape, in, parts, p, dt);
     selector_.Release(*pick, work);
     if (!ex.healthy()) selector_.SetHealth(*pick, DeviceHealth::kFailed);
     return out;
@@ -235,6 +235,7 @@ absl::StatusOr<std::unique_ptr<AttentionBackend>> CreateCudaBackend(const CudaBa
     ExecutorOptions eo;
     eo.device = d;
     eo.streams = options.streams_per_device;
+    eo.light_streams = options.light_streams_per_device;
     eo.pool = options.pool;
     absl::StatusOr<std::unique_ptr<DeviceExecutor>> ex = DeviceExecutor::Create(eo);
     if (!ex.ok()) {

@@ -27,11 +27,22 @@ struct CudaPoolOptions {
   // Kernel workspace per slot; 0 = sized for max_batch_elements under every recipe's default
   // configuration with up to 32 heads (QK smoothing with very long sequences may need more).
   int64_t workspace_bytes = 0;
+  // Light slots (CudaBackendOptions::light_streams_per_device) hold launches up to these sizes;
+  // their workspace is sized for them automatically. Clamped to the full-size limits above.
+  int64_t light_max_batch_elements = int64_t{4096} * 8 * 128;
+  // Each sequence pads the kernels' workspace (up to a 128-row K block per head), so this, more
+  // than the elements, sets a light slot's size.
+  int light_max_batch_sequences = 64;
 };
 
 struct CudaBackendOptions {
   std::vector<int> devices;     // CUDA ordinals (after CUDA_VISIBLE_DEVICES); empty = every visible one
-  int streams_per_device = 4;   // stream slots per GPU executor
+  int streams_per_device = 4;   // full-size stream slots per GPU executor
+  // Extra slots per GPU with buffers for small launches only (CudaPoolOptions::light_*: ~32 MiB
+  // pinned and ~132 MiB device each by default, most of it kernel workspace padded per sequence,
+  // against ~2 GiB pinned and ~3.1 GiB device for a full-size slot). A launch that fits takes a
+  // light slot first, so small requests rarely wait for a slot. 0: none.
+  int light_streams_per_device = 8;
   CudaPoolOptions pool;
   // Pinned host memory that request payloads are received into and results sent from, shared by
   // every GPU (portable). A request that does not fit takes ordinary memory and is staged instead.

@@ -81,15 +81,15 @@ bool IsSticky(cudaError_t err) {
 
 // Workspace that the default configuration of every recipe (QK smoothing excluded: its ΔS grows
 // with q_len·k_len) needs for `elements` per tensor with up to 32 heads.
-absl::StatusOr<size_t> AutoWorkspaceBytes(const CudaPoolOptions& pool) {
+absl::StatusOr<size_t> AutoWorkspaceBytes(int64_t max_batch_elements, int max_batch_sequences) {
   size_t best = 0;
   for (Recipe r : kAllRecipes) {
     absl::StatusOr<sage_recipe_config_t> cfg = ToKernelConfig(ConfigFor(r));
     if (!cfg.ok()) return cfg.status();
     if (cfg->qk_smoothing == SAGE_SMOOTH_QK) cfg->qk_smoothing = SAGE_SMOOTH_K;
     for (int d : kSupportedHeadDims) {
-      const int64_t tokens = std::max<int64_t>(1, pool.max_batch_elements / (int64_t{32} * d));
-      for (int batch : {1, std::min(pool.max_batch_sequences, 256)}) {
+      const int64_t tokens = std::max<int64_t>(1, max_batch_elements / (int64_t{32} * d));
+      for (int batch : {1, std::min(max_batch_sequences, 256)}) {
         const int b = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(batch, tokens)));
         sage_attn_params_t p{};
         p.config = *cfg;
@@ -170,6 +170,7 @@ cudaError_t IssueCopies(std::span<const Copy> copies, cudaStream_t stream) {
 struct DeviceExecutor::Slot {
   int index = 0;
   int device = 0;
+  Capacity cap;
   cudaStream_t stream = nullptr;
   cudaEvent_t ev[4] = {nullptr, nullptr, nullptr, nullptr};  // start, after H2D, after kernels, after D2H
   unsigned char* host_in = nullptr;   // pinned
@@ -207,6 +208,17 @@ absl::StatusOr<std::unique_ptr<DeviceExecutor>> DeviceExecutor::Create(const Exe
     return absl::InvalidArgumentError(
         absl::StrCat("cuda backend: streams_per_device ", options.streams, " out of range [1, 64]"));
   }
+  if (options.light_streams < 0 || options.light_streams > 64) {
+    return absl::InvalidArgumentError(absl::StrCat("cuda backend: light_streams_per_device ", options.light_streams,
+                                                   " out of range [0, 64]"));
+  }
+  if (options.light_streams > 0 &&
+      (options.pool.light_max_batch_elements < 64 * 64 || options.pool.light_max_batch_sequences < 1)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "cuda backend: light slot options out of range (light_max_batch_elements ",
+        options.pool.light_max_batch_elements, " >= 4096, light_max_batch_sequences ",
+        options.pool.light_max_batch_sequences, " >= 1)"));
+  }
   if (options.pool.max_batch_elements < 64 * 64 || options.pool.max_batch_sequences < 1 ||
       options.pool.workspace_bytes < 0) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -223,63 +235,90 @@ absl::StatusOr<std::unique_ptr<DeviceExecutor>> DeviceExecutor::Create(const Exe
   }
   DeviceDescription desc{prop.name, absl::StrCat("sm_", sm), static_cast<int64_t>(prop.totalGlobalMem)};
   std::unique_ptr<DeviceExecutor> ex(new DeviceExecutor(options.device, sm, std::move(desc), options.pool));
-  SAGE_CUDA_RETURN_IF_ERROR(ex->AllocateSlots(options.streams));
+  SAGE_CUDA_RETURN_IF_ERROR(ex->AllocateSlots(options.streams, options.light_streams));
   return ex;
 }
 
-absl::Status DeviceExecutor::AllocateSlots(int streams) {
-  const StagingLayout cap = LayoutFor(pool_.max_batch_elements, pool_.max_batch_elements, pool_.max_batch_sequences,
-                                      pool_.max_batch_elements / 64);
-  in_capacity_ = cap.in_end;
-  out_capacity_ = cap.out_end;
-  if (pool_.workspace_bytes > 0) {
-    ws_capacity_ = static_cast<size_t>(pool_.workspace_bytes);
+absl::StatusOr<DeviceExecutor::Capacity> DeviceExecutor::CapacityFor(int64_t max_elements, int max_sequences,
+                                                                      int64_t workspace_bytes) {
+  Capacity c;
+  c.max_elements = max_elements;
+  c.max_sequences = max_sequences;
+  const StagingLayout layout = LayoutFor(max_elements, max_elements, max_sequences, max_elements / 64);
+  c.in_bytes = layout.in_end;
+  c.out_bytes = layout.out_end;
+  if (workspace_bytes > 0) {
+    c.ws_bytes = static_cast<size_t>(workspace_bytes);
   } else {
-    absl::StatusOr<size_t> ws = AutoWorkspaceBytes(pool_);
+    absl::StatusOr<size_t> ws = AutoWorkspaceBytes(max_elements, max_sequences);
     if (!ws.ok()) return ws.status();
-    ws_capacity_ = *ws;
+    c.ws_bytes = *ws;
   }
+  return c;
+}
+
+absl::Status DeviceExecutor::AllocateSlots(int streams, int light_streams) {
+  absl::StatusOr<Capacity> full = CapacityFor(pool_.max_batch_elements, pool_.max_batch_sequences, pool_.workspace_bytes);
+  if (!full.ok()) return full.status();
+  full_ = *full;
+  absl::StatusOr<Capacity> light =
+      CapacityFor(std::min(pool_.light_max_batch_elements, pool_.max_batch_elements),
+                  std::min(pool_.light_max_batch_sequences, pool_.max_batch_sequences), 0);
+  if (!light.ok()) return light.status();
+  light_ = *light;
+  light_.ws_bytes = std::min(light_.ws_bytes, full_.ws_bytes);
+  light_.light = true;
+  const auto slot_bytes = [](const Capacity& c) { return c.in_bytes + c.out_bytes + c.ws_bytes; };
   const auto oom = [&](const absl::Status& s, const char* what) {
     if (s.code() != absl::StatusCode::kResourceExhausted) return s;
     return absl::ResourceExhaustedError(absl::StrCat(
         "cuda backend: device ", device_, ": cannot preallocate ", what, " for ", streams, " stream slots of ",
-        (in_capacity_ + out_capacity_) / kMiB, " MiB staging + ", ws_capacity_ / kMiB,
-        " MiB workspace (CudaPoolOptions.max_batch_elements ", pool_.max_batch_elements,
-        "); lower max_batch_elements or streams_per_device: ", s.message()));
+        (full_.in_bytes + full_.out_bytes) / kMiB, " MiB staging + ", full_.ws_bytes / kMiB, " MiB workspace and ",
+        light_streams, " light slots of ", slot_bytes(light_) / kMiB, " MiB (CudaPoolOptions.max_batch_elements ",
+        pool_.max_batch_elements, "); lower max_batch_elements or streams_per_device: ", s.message()));
   };
   // Refuse up front (rather than half-way) when the device pools cannot fit in free memory.
   size_t free_b = 0, total_b = 0;
   SAGE_CUDA_RETURN_IF_ERROR(FromCuda(cudaMemGetInfo(&free_b, &total_b), "cudaMemGetInfo"));
-  const double need = static_cast<double>(in_capacity_ + out_capacity_ + ws_capacity_) * streams;
+  const double need = static_cast<double>(slot_bytes(full_)) * streams + static_cast<double>(slot_bytes(light_)) * light_streams;
   if (need > static_cast<double>(free_b)) {
     return oom(absl::ResourceExhaustedError(absl::StrCat(need / kMiB, " MiB needed, ", free_b / kMiB, " MiB free")),
                "device buffers");
   }
-  for (int i = 0; i < streams; ++i) {
+  std::vector<SlotSize> sizes;
+  for (int i = 0; i < streams + light_streams; ++i) {
+    const bool is_light = i >= streams;
     auto slot = std::make_unique<Slot>();
     slot->index = i;
     slot->device = device_;
+    slot->cap = is_light ? light_ : full_;
+    const Capacity& c = slot->cap;
     SAGE_CUDA_RETURN_IF_ERROR(FromCuda(cudaStreamCreateWithFlags(&slot->stream, cudaStreamNonBlocking), "cudaStreamCreate"));
     for (cudaEvent_t& e : slot->ev) SAGE_CUDA_RETURN_IF_ERROR(FromCuda(cudaEventCreate(&e), "cudaEventCreate"));
-    SAGE_CUDA_RETURN_IF_ERROR(oom(FromCuda(cudaHostAlloc(reinterpret_cast<void**>(&slot->host_in), in_capacity_,
+    SAGE_CUDA_RETURN_IF_ERROR(oom(FromCuda(cudaHostAlloc(reinterpret_cast<void**>(&slot->host_in), c.in_bytes,
                                                          cudaHostAllocPortable), "cudaHostAlloc(input staging)"), "pinned input staging"));
-    SAGE_CUDA_RETURN_IF_ERROR(oom(FromCuda(cudaHostAlloc(reinterpret_cast<void**>(&slot->host_out), out_capacity_,
+    SAGE_CUDA_RETURN_IF_ERROR(oom(FromCuda(cudaHostAlloc(reinterpret_cast<void**>(&slot->host_out), c.out_bytes,
                                                          cudaHostAllocPortable), "cudaHostAlloc(output staging)"), "pinned output staging"));
-    SAGE_CUDA_RETURN_IF_ERROR(oom(FromCuda(cudaMalloc(reinterpret_cast<void**>(&slot->dev_in), in_capacity_),
+    SAGE_CUDA_RETURN_IF_ERROR(oom(FromCuda(cudaMalloc(reinterpret_cast<void**>(&slot->dev_in), c.in_bytes),
                                            "cudaMalloc(inputs)"), "device input buffers"));
-    SAGE_CUDA_RETURN_IF_ERROR(oom(FromCuda(cudaMalloc(reinterpret_cast<void**>(&slot->dev_out), out_capacity_),
+    SAGE_CUDA_RETURN_IF_ERROR(oom(FromCuda(cudaMalloc(reinterpret_cast<void**>(&slot->dev_out), c.out_bytes),
                                            "cudaMalloc(outputs)"), "device output buffers"));
-    if (ws_capacity_ > 0) {
-      SAGE_CUDA_RETURN_IF_ERROR(oom(FromCuda(cudaMalloc(&slot->dev_ws, ws_capacity_), "cudaMalloc(workspace)"),
+    if (c.ws_bytes > 0) {
+      SAGE_CUDA_RETURN_IF_ERROR(oom(FromCuda(cudaMalloc(&slot->dev_ws, c.ws_bytes), "cudaMalloc(workspace)"),
                                     "device workspace"));
     }
-    pool_bytes_ += static_cast<int64_t>(in_capacity_ + out_capacity_ + ws_capacity_);
-    pinned_bytes_ += static_cast<int64_t>(in_capacity_ + out_capacity_);
+    pool_bytes_ += static_cast<int64_t>(slot_bytes(c));
+    pinned_bytes_ += static_cast<int64_t>(c.in_bytes + c.out_bytes);
     slots_.push_back(std::move(slot));
+    sizes.push_back(is_light ? SlotSize::kLight : SlotSize::kFull);
   }
-  absl::MutexLock lock(&mu_);
-  for (auto& s : slots_) free_.push_back(s.get());
+  pool_of_slots_ = std::make_unique<SlotPool>(std::move(sizes));
   return absl::OkStatus();
+}
+
+bool DeviceExecutor::FitsLight(const LaunchShape& shape) const {
+  return shape.q_elements <= light_.max_elements && shape.kv_elements <= light_.max_elements &&
+         shape.sequences <= light_.max_sequences && shape.workspace_bytes <= light_.ws_bytes;
 }
 
 absl::Status DeviceExecutor::CheckFits(const LaunchShape& shape) const {
@@ -295,46 +334,20 @@ absl::Status DeviceExecutor::CheckFits(const LaunchShape& shape) const {
                                                      " sequences, a launch holds at most ", pool_.max_batch_sequences,
                                                      " (raise CudaPoolOptions.max_batch_sequences)"));
   }
-  if (shape.workspace_bytes > ws_capacity_) {
+  if (shape.workspace_bytes > full_.ws_bytes) {
     return absl::ResourceExhaustedError(absl::StrCat(
-        "cuda backend: batch needs ", shape.workspace_bytes, " bytes of kernel workspace, a slot has ", ws_capacity_,
+        "cuda backend: batch needs ", shape.workspace_bytes, " bytes of kernel workspace, a slot has ", full_.ws_bytes,
         " (raise CudaPoolOptions.workspace_bytes; QK smoothing of long sequences needs the most)"));
   }
   return absl::OkStatus();
 }
 
-// First come, first served with one wake-up per slot: a caller that finds no free slot (or others
-// already waiting) queues itself, and a released slot is handed straight to the oldest waiter. (A
-// shared condition variable lets late callers overtake waiting ones and wakes every waiter on each
-// release; both show up as p99 spikes with many callers.)
-DeviceExecutor::Slot* DeviceExecutor::AcquireSlot() {
-  absl::MutexLock lock(&mu_);
-  if (!free_.empty() && waiters_.empty()) {
-    Slot* s = free_.back();
-    free_.pop_back();
-    return s;
-  }
-  SlotWaiter me;
-  waiters_.push_back(&me);
-  while (me.slot == nullptr) me.ready.Wait(&mu_);
-  return me.slot;
-}
-
-void DeviceExecutor::ReleaseSlot(Slot* slot) {
-  absl::MutexLock lock(&mu_);
-  if (waiters_.empty()) {
-    free_.push_back(slot);
-    return;
-  }
-  SlotWaiter* next = waiters_.front();
-  waiters_.pop_front();
-  next->slot = slot;
-  next->ready.Signal();
-}
-
-absl::StatusOr<AttnOutput> DeviceExecutor::Run(const AttnInput& in, std::span<const AttnInput* const> parts,
-                                                sage_attn_params_t params, DType dtype) {
-  Slot* slot = AcquireSlot();
+absl::StatusOr<AttnOutput> DeviceExecutor::Run(const LaunchShape& shape, const AttnInput& in,
+                                                std::span<const AttnInput* const> parts, sage_attn_params_t params,
+                                                DType dtype) {
+  // Without light slots a small launch simply gets a full-size one.
+  const int index = pool_of_slots_->Acquire(FitsLight(shape) ? SlotFit::kLightOrFull : SlotFit::kFullOnly);
+  Slot* slot = slots_[static_cast<size_t>(index)].get();
   absl::StatusOr<AttnOutput> out = RunOnSlot(*slot, in, parts, params, dtype);
   if (!out.ok()) {
     // Whatever was enqueued must finish before the slot's buffers are reused.
@@ -347,7 +360,7 @@ absl::StatusOr<AttnOutput> DeviceExecutor::Run(const AttnInput& in, std::span<co
     tokens_.fetch_add(params.total_q, std::memory_order_relaxed);
   }
   batches_.fetch_add(1, std::memory_order_relaxed);
-  ReleaseSlot(slot);
+  pool_of_slots_->Release(index);
   return out;
 }
 
@@ -358,7 +371,7 @@ absl::StatusOr<AttnOutput> DeviceExecutor::RunOnSlot(Slot& slot, const AttnInput
   const bool want_lse = in.lse == LseMode::kNatural;
   const int64_t lse_elements = want_lse ? params.total_q * params.num_q_heads : 0;
   const StagingLayout l = LayoutFor(in.q.numel(), in.k.numel(), params.batch, lse_elements);
-  if (l.in_end > in_capacity_ || l.out_end > out_capacity_) {
+  if (l.in_end > slot.cap.in_bytes || l.out_end > slot.cap.out_bytes) {
     return absl::ResourceExhaustedError("cuda backend: launch exceeds the slot's staging (CheckFits not called)");
   }
   // Inputs: a part whose bytes are in device memory, or already pinned and in the kernel's type, is
@@ -519,7 +532,7 @@ absl::StatusOr<AttnOutput> DeviceExecutor::RunOnSlot(Slot& slot, const AttnInput
                : write_in_place ? lone.lse_into.data()
                                 : reinterpret_cast<float*>(slot.dev_out + l.lse);
   params.workspace = slot.dev_ws;
-  params.workspace_bytes = ws_capacity_;
+  params.workspace_bytes = slot.cap.ws_bytes;
 
   cudaStream_t st = slot.stream;
   SAGE_CUDA_RETURN_IF_ERROR(FromCuda(cudaEventRecord(slot.ev[0], st), "cudaEventRecord"));
@@ -576,6 +589,8 @@ DeviceStats DeviceExecutor::Stats() const {
   s.failed_batches = failed_batches_.load(std::memory_order_relaxed);
   s.tokens = tokens_.load(std::memory_order_relaxed);
   s.streams = static_cast<int>(slots_.size());
+  s.light_streams = static_cast<int>(std::count_if(slots_.begin(), slots_.end(),
+                                                   [](const auto& slot) { return slot->cap.light; }));
   s.pool_bytes = pool_bytes_;
   s.pinned_bytes = pinned_bytes_;
   s.memory_total_bytes = description_.memory_bytes;

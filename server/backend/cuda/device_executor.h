@@ -1,6 +1,7 @@
 // One GPU's executor: a fixed pool of stream slots, each with pinned host staging, device buffers
-// and timing events allocated once at Create(). Run() takes a free slot (blocking on a condition
-// variable while all are busy: callers are worker threads, never gRPC reactors), stages the inputs
+// and timing events allocated once at Create(): full-size slots for any launch the pool options
+// allow, and light ones for small launches (slot_pool.h). Run() takes a free slot that fits
+// (blocking while none is: callers are worker threads, never gRPC reactors), stages the inputs
 // into pinned memory, then on the slot's stream: one H2D copy, quantize + attend, one D2H copy, and
 // synchronizes that stream only. Concurrent Run() calls on different slots overlap their copies and
 // kernels. Thread-safe.
@@ -20,12 +21,14 @@
 #include "kernels/reference/attention_problem.h"
 #include "server/backend/backend.h"
 #include "server/backend/cuda/cuda_backend.h"
+#include "server/backend/cuda/slot_pool.h"
 
 namespace sage::server {
 
 struct ExecutorOptions {
-  int device = 0;   // CUDA ordinal
-  int streams = 4;  // stream slots
+  int device = 0;         // CUDA ordinal
+  int streams = 4;        // full-size stream slots
+  int light_streams = 0;  // light slots (CudaBackendOptions::light_streams_per_device)
   CudaPoolOptions pool;
 };
 
@@ -56,8 +59,9 @@ class DeviceExecutor {
   // the slot (lse when in.lse asks for it); `dtype` is the 16-bit type the kernels read (inputs of
   // another type are converted while staging). O comes back as float, or as the kernel's 16-bit codes
   // in out.o_native when in.output_form allows. Fills out.device_timings.
-  absl::StatusOr<AttnOutput> Run(const AttnInput& in, std::span<const AttnInput* const> parts,
-                                 sage_attn_params_t params, DType dtype);
+  // `shape` is the launch's, as given to CheckFits: it decides whether a light slot may run it.
+  absl::StatusOr<AttnOutput> Run(const LaunchShape& shape, const AttnInput& in,
+                                 std::span<const AttnInput* const> parts, sage_attn_params_t params, DType dtype);
 
   // The device is unusable after a sticky CUDA error (illegal address, launch failure...).
   bool healthy() const { return healthy_.load(std::memory_order_relaxed); }
@@ -70,9 +74,18 @@ class DeviceExecutor {
  private:
   struct Slot;
   DeviceExecutor(int device, int sm, DeviceDescription description, const CudaPoolOptions& pool);
-  absl::Status AllocateSlots(int streams);
-  Slot* AcquireSlot();
-  void ReleaseSlot(Slot* slot);
+  // Buffer sizes of one slot: what it holds and what it was given.
+  struct Capacity {
+    int64_t max_elements = 0;
+    int max_sequences = 0;
+    size_t in_bytes = 0;  // input staging (host and device alike)
+    size_t out_bytes = 0;  // output staging
+    size_t ws_bytes = 0;   // kernel workspace
+    bool light = false;
+  };
+  static absl::StatusOr<Capacity> CapacityFor(int64_t max_elements, int max_sequences, int64_t workspace_bytes);
+  absl::Status AllocateSlots(int streams, int light_streams);
+  bool FitsLight(const LaunchShape& shape) const;
   absl::StatusOr<AttnOutput> RunOnSlot(Slot& slot, const AttnInput& in, std::span<const AttnInput* const> parts,
                                        sage_attn_params_t& params, DType dtype);
 
@@ -80,18 +93,10 @@ class DeviceExecutor {
   const int sm_;
   const DeviceDescription description_;
   const CudaPoolOptions pool_;
-  size_t in_capacity_ = 0;   // bytes of each slot's input staging (host and device alike)
-  size_t out_capacity_ = 0;  // bytes of each slot's output staging
-  size_t ws_capacity_ = 0;
-  std::vector<std::unique_ptr<Slot>> slots_;
-
-  struct SlotWaiter {
-    absl::CondVar ready;
-    Slot* slot = nullptr;  // set (under mu_) by the releasing thread
-  };
-  absl::Mutex mu_;
-  std::vector<Slot*> free_ ABSL_GUARDED_BY(mu_);
-  std::deque<SlotWaiter*> waiters_ ABSL_GUARDED_BY(mu_);  // oldest first
+  Capacity full_;   // of the full-size slots
+  Capacity light_;  // of the light ones
+  std::vector<std::unique_ptr<Slot>> slots_;  // full-size first, then light
+  std::unique_ptr<SlotPool> pool_of_slots_;
 
   std::atomic<bool> healthy_{true};
   std::atomic<int64_t> batches_{0};
