@@ -258,7 +258,8 @@ absl::StatusOr<DeviceExecutor::Capacity> DeviceExecutor::CapacityFor(int64_t max
 }
 
 absl::Status DeviceExecutor::AllocateSlots(int streams, int light_streams) {
-  absl::StatusOr<Capacity> full = CapacityFor(pool_.max_batch_elements, pool_.max_batch_sequences, pool_.workspace_bytes);
+  absl::StatusOr<Capacity> full =
+      CapacityFor(pool_.max_batch_elements, pool_.max_batch_sequences, pool_.workspace_bytes);
   if (!full.ok()) return full.status();
   full_ = *full;
   absl::StatusOr<Capacity> light =
@@ -280,7 +281,8 @@ absl::Status DeviceExecutor::AllocateSlots(int streams, int light_streams) {
   // Refuse up front (rather than half-way) when the device pools cannot fit in free memory.
   size_t free_b = 0, total_b = 0;
   SAGE_CUDA_RETURN_IF_ERROR(FromCuda(cudaMemGetInfo(&free_b, &total_b), "cudaMemGetInfo"));
-  const double need = static_cast<double>(slot_bytes(full_)) * streams + static_cast<double>(slot_bytes(light_)) * light_streams;
+  const double need = static_cast<double>(slot_bytes(full_)) * streams +
+                      static_cast<double>(slot_bytes(light_)) * light_streams;
   if (need > static_cast<double>(free_b)) {
     return oom(absl::ResourceExhaustedError(absl::StrCat(need / kMiB, " MiB needed, ", free_b / kMiB, " MiB free")),
                "device buffers");
