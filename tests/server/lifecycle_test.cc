@@ -212,9 +212,15 @@ TEST(LifecycleGrace, OpenCallsAreCancelledWhenTheGracePeriodEnds) {
   AsyncAttend stuck;
   stuck.request = MakeRequest(ProblemShape{}, "stuck");
   stuck.Start(stub.get());
+  // The stream's request goes out only once the unary one holds the only worker: sent together,
+  // the stream's could reach the server first and take the gate, and the unary one then arrived
+  // during the drain (UNAVAILABLE at once), so the gate was released early and the stream's request
+  // was answered. The pause lets it be queued before the drain; one that arrives later is refused,
+  // which the checks below accept as well.
+  g->WaitForCalls(1);
   std::unique_ptr<sageserve::StreamSession> stream = s.client->OpenStream();
   auto stream_result = stream->Send(MakeRequest(ProblemShape{}, "stream-queued"));
-  g->WaitForCalls(1);
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
   std::thread drain([&] { s.server->Shutdown(); });
   const grpc::StatusCode code = stuck.done.get_future().get().error_code();
   // Cancelled by the server at the end of the grace period; the client may see the connection
