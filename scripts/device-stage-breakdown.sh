@@ -25,8 +25,7 @@ run_case() {
   local label="$1" flags="$2"; shift 2
   serve breakdown $flags || return 1
   bench "$label" "$@" | grep -E "throughput|server us"
-  python3 -c "import urllib.request,sys; sys.stdout.write(urllib.request.urlopen('http://$METRICS/metrics').read().decode())" \
-    | python3 "$ROOT/scripts/metrics_means.py" | tee -a "$LOG/bench.log"
+  python3 "$ROOT/scripts/metrics_means.py" "http://$METRICS/metrics" | tee -a "$LOG/bench.log"
   stop >/dev/null
 }
 

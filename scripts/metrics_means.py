@@ -1,13 +1,15 @@
 #!/usr/bin/env python3
-"""Reads a Prometheus text scrape of sageserve on stdin and prints, per histogram the server keeps,
-its count and mean (in microseconds for *_seconds), summed over label sets: a quick stage breakdown
-of a bench run (scripts/device-stage-breakdown.sh)."""
+"""Scrapes sageserve's /metrics (the URL given, else Prometheus text on stdin) and prints, per
+histogram the server keeps, its count and mean (in microseconds for *_seconds), summed over label
+sets: a quick stage breakdown of a bench run (scripts/device-stage-breakdown.sh)."""
 import collections
 import sys
+import urllib.request
 
 sums = collections.defaultdict(float)
 counts = collections.defaultdict(float)
-for line in sys.stdin:
+text = urllib.request.urlopen(sys.argv[1]).read().decode() if len(sys.argv) > 1 else sys.stdin.read()
+for line in text.splitlines():
     if line.startswith("#") or not line.strip():
         continue
     name_labels, _, value = line.rpartition(" ")

@@ -55,8 +55,8 @@ ABSL_FLAG(int64_t, cuda_request_pinned_mib, kDefaults.backend.cuda_request_pinne
           "Pinned host memory (MiB) that request tensors are received into and results sent from, so the GPU "
           "copies need no staging; requests that do not fit use ordinary memory. 0 = off");
 ABSL_FLAG(int, worker_threads, 0,
-          "Scheduler worker threads (launches run concurrently); 0 = auto: 2 x the CUDA stream slots (full-size and "
-          "light) with the CUDA backend, 2 with the CPU engine");
+          "Scheduler worker threads (launches run concurrently); 0 = auto: 2 x the full-size CUDA stream slots "
+          "(light ones add none) with the CUDA backend, 2 with the CPU engine");
 ABSL_FLAG(int, queue_capacity, kDefaults.scheduler.queue_capacity, "Requests waiting beyond which new ones get RESOURCE_EXHAUSTED");
 ABSL_FLAG(std::vector<std::string>, grpc_arg, {},
           "Integer gRPC server arguments name=value,... (transport tuning, e.g. grpc.http2.max_frame_size=1048576)");

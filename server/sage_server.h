@@ -23,8 +23,9 @@
 namespace sage::server {
 
 // worker_threads = 0 (auto): two workers per full-size GPU stream slot, or the library default
-// without devices. A worker holds a slot only for the launch itself; answering the requests (building the
-// responses, handing them to gRPC) comes after, and a second worker per slot launches meanwhile.
+// without devices. A worker holds a slot only for the launch itself; answering the requests
+// (building the responses, handing them to gRPC) comes after, and a second worker per slot launches
+// meanwhile. Light slots add none (AutoWorkerThreads in sage_server.cc says why).
 // With one per slot, 16 clients on 16 connections queued ~275 µs p50 with batching off, against
 // ~18 µs with two (docs/BENCHMARKS.md, "workers per slot").
 int AutoWorkerThreads(const std::vector<DeviceStats>& devices);

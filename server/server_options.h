@@ -58,7 +58,8 @@ struct ServerOptions {
   std::vector<GrpcArg> grpc_args;
   BackendOptions backend;
   // worker_threads and queue_capacity apply to whichever scheduler runs. worker_threads 0 = auto:
-  // twice the Σ stream slots over the backend's devices (AutoWorkerThreads), or 2 for the CPU engine.
+  // twice the Σ full-size stream slots over the backend's devices (AutoWorkerThreads), or 2 for the
+  // CPU engine.
   FifoSchedulerOptions scheduler;
   SchedulerKind scheduler_kind = SchedulerKind::kDynamicBatcher;
   // Batching knobs; its worker_threads and queue_capacity are taken from `scheduler`.

@@ -4,8 +4,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "server/shared_memory/system_mapping.h"
-#include "spdlog/spdlog.h"
 #include "server/status_details.h"
+#include "spdlog/spdlog.h"
 
 namespace sage::server {
 namespace {

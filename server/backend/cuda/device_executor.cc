@@ -268,7 +268,6 @@ absl::Status DeviceExecutor::AllocateSlots(int streams, int light_streams) {
   if (!light.ok()) return light.status();
   light_ = *light;
   light_.ws_bytes = std::min(light_.ws_bytes, full_.ws_bytes);
-  light_.light = true;
   const auto slot_bytes = [](const Capacity& c) { return c.in_bytes + c.out_bytes + c.ws_bytes; };
   const auto oom = [&](const absl::Status& s, const char* what) {
     if (s.code() != absl::StatusCode::kResourceExhausted) return s;
@@ -591,8 +590,9 @@ DeviceStats DeviceExecutor::Stats() const {
   s.failed_batches = failed_batches_.load(std::memory_order_relaxed);
   s.tokens = tokens_.load(std::memory_order_relaxed);
   s.streams = static_cast<int>(slots_.size());
-  s.light_streams = static_cast<int>(std::count_if(slots_.begin(), slots_.end(),
-                                                   [](const auto& slot) { return slot->cap.light; }));
+  for (int i = 0; i < pool_of_slots_->size(); ++i) {
+    if (pool_of_slots_->size_of(i) == SlotSize::kLight) ++s.light_streams;
+  }
   s.pool_bytes = pool_bytes_;
   s.pinned_bytes = pinned_bytes_;
   s.memory_total_bytes = description_.memory_bytes;

@@ -9,14 +9,11 @@
 
 #include <atomic>
 #include <cstdint>
-#include <deque>
 #include <memory>
 #include <span>
 #include <vector>
 
-#include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
-#include "absl/synchronization/mutex.h"
 #include "kernels/include/sageattn.h"
 #include "kernels/reference/attention_problem.h"
 #include "server/backend/backend.h"
@@ -81,7 +78,6 @@ class DeviceExecutor {
     size_t in_bytes = 0;  // input staging (host and device alike)
     size_t out_bytes = 0;  // output staging
     size_t ws_bytes = 0;   // kernel workspace
-    bool light = false;
   };
   static absl::StatusOr<Capacity> CapacityFor(int64_t max_elements, int max_sequences, int64_t workspace_bytes);
   absl::Status AllocateSlots(int streams, int light_streams);
