@@ -1,19 +1,26 @@
 #!/usr/bin/env bash
-# Two server builds side by side on a GPU machine: the bundle's sageserve ("new") and another
-# binary put in the bundle with --file ("old"), one process at a time, alternating, repeated. Prints
-# each case's req/s and server total - kernel p50 per repetition. Logs go to $OUT or /tmp.
+# Two server builds (or two settings of one) side by side on a GPU machine: the bundle's sageserve
+# ("new") and another binary put in the bundle with --file ("old"), one process at a time,
+# alternating, repeated. Prints each case's req/s and server (total - kernel)/kernel p50 per repetition.
+# Logs go to $OUT or /tmp.
 #   scripts/device-bundle.sh --build-dir build --no-build --file /tmp/sageserve_old sageserve sagectl
 #   scripts/device-ab.sh --compare sageserve_old [--reps N] [--bundle DIR]
+#       [--new-flags "server flags"] [--old-flags "server flags"]
+# A flag A/B of one build: --compare sageserve --old-flags "--cuda_sync=spin" --new-flags "--cuda_sync=yield".
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BUNDLE="$ROOT/.bundle"
 REPS=2
 OLD=""
+NEW_FLAGS=""
+OLD_FLAGS=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --bundle) BUNDLE="$(realpath "$2")"; shift 2 ;;
     --reps) REPS="$2"; shift 2 ;;
     --compare) OLD="$2"; shift 2 ;;
+    --new-flags) NEW_FLAGS="$2"; shift 2 ;;
+    --old-flags) OLD_FLAGS="$2"; shift 2 ;;
     *) echo "device-ab: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -35,19 +42,22 @@ date -u; nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 declare -A CELL
 for rep in $(seq 1 "$REPS"); do
   for which in new old; do
-    bin=sageserve; [ "$which" = old ] && bin="$OLD"
-    SERVER_BIN="$bin" serve "ab-$which-$rep" || exit 1
+    bin=sageserve; flags="$NEW_FLAGS"
+    [ "$which" = old ] && { bin="$OLD"; flags="$OLD_FLAGS"; }
+    # shellcheck disable=SC2086  # flags are words
+    SERVER_BIN="$bin" serve "ab-$which-$rep" $flags || exit 1
     for c in "${CASES[@]}"; do
       out=$(timeout 120 "$B/sagectl" bench --target="$TARGET" ${FLAGS[$c]} --shared_memory=cuda 2>&1)
       echo "$out" >>"$LOG/ab_bench.log"
       rate=$(sed -n 's/^throughput: \([0-9.]*\) req\/s.*/\1/p' <<<"$out")
       over=$(sed -n 's/.*total - kernel p50 \([0-9]*\) .*/\1/p' <<<"$out")
+      kern=$(sed -n 's/.*; kernel p50 \([0-9]*\);.*/\1/p' <<<"$out")
       grep -q " 0 failed" <<<"$out" || rate=0
-      CELL["$c $which"]+="$(printf '%.0f' "${rate:-0}") (${over:-?} us)  "
+      CELL["$c $which"]+="$(printf '%.0f' "${rate:-0}") (${over:-?}/${kern:-?} us)  "
     done
     stop >/dev/null
   done
 done
-printf "%-18s | %-44s | %s\n" "case" "new: req/s (total - kernel p50) per rep" "old ($OLD)"
+printf "%-18s | %-44s | %s\n" "case" "new $NEW_FLAGS: req/s (total-kernel/kernel p50 us) per rep" "old ($OLD $OLD_FLAGS)"
 for c in "${CASES[@]}"; do printf "%-18s | %-44s | %s\n" "$c" "${CELL["$c new"]}" "${CELL["$c old"]}"; done
 echo "=== done"; date -u

@@ -61,7 +61,8 @@ measure() {
 
 # label, seconds, bench flags...: a flat profile of the server (perf from PATH or the bundle) while a
 # bench loads it, appended to $LOG/bench.log: shares by library, then the hottest symbols. Kernel
-# samples are left out where the machine allows user-space sampling only.
+# samples are left out where the machine allows user-space sampling only. PROFILE_COMM=NAME adds the
+# same views for the server's threads of that name alone (e.g. sage-worker), inclusive of callees.
 profile_server() {
   local label="$1" secs="$2"; shift 2
   local perf; perf="$(command -v perf || true)"; [ -z "$perf" ] && [ -x "$B/perf" ] && perf="$B/perf"
@@ -79,6 +80,13 @@ profile_server() {
     "$perf" report -i "$LOG/perf.data" --stdio --no-children --sort dso -g none 2>/dev/null | grep -v "^#" | grep -v "^$" | head -n 15
     "$perf" report -i "$LOG/perf.data" --stdio --no-children --sort dso,symbol -g none 2>/dev/null | grep -v "^#" | grep -v "^$" | head -n 45
     "$perf" report -i "$LOG/perf.data" --stdio --children --sort symbol -g none 2>/dev/null | grep -v "^#" | grep -v "^$" | head -n 40
+    if [ -n "${PROFILE_COMM:-}" ]; then
+      echo "--- threads named $PROFILE_COMM: by library, then inclusive by symbol"
+      "$perf" report -i "$LOG/perf.data" --stdio --no-children --comm "$PROFILE_COMM" --sort dso -g none 2>/dev/null |
+        grep -v "^#" | grep -v "^$" | head -n 12
+      "$perf" report -i "$LOG/perf.data" --stdio --children --comm "$PROFILE_COMM" --sort symbol -g none 2>/dev/null |
+        grep -v "^#" | grep -v "^$" | head -n 70
+    fi
   } >>"$LOG/bench.log" 2>&1
   [ -s "$LOG/perf.data" ] || cat "$LOG/perf_rec.txt" >>"$LOG/bench.log"
   rm -f "$LOG/perf.data"

@@ -54,6 +54,9 @@ ABSL_FLAG(int64_t, cuda_workspace_bytes, kDefaults.backend.cuda_workspace_bytes,
 ABSL_FLAG(int64_t, cuda_request_pinned_mib, kDefaults.backend.cuda_request_pinned_bytes >> 20,
           "Pinned host memory (MiB) that request tensors are received into and results sent from, so the GPU "
           "copies need no staging; requests that do not fit use ordinary memory. 0 = off");
+ABSL_FLAG(std::string, cuda_sync, "auto",
+          "How a worker waits for its GPU launch: auto (CUDA's choice: spin here), spin, yield (spin, giving "
+          "the core to other threads between polls) or block (sleep; no CPU, a wake-up per launch)");
 ABSL_FLAG(int, worker_threads, 0,
           "Scheduler worker threads (launches run concurrently); 0 = auto: 2 x the full-size CUDA stream slots "
           "(light ones add none) with the CUDA backend, 2 with the CPU engine");
@@ -165,6 +168,12 @@ int main(int argc, char** argv) {
     return 2;
   }
   options.backend.choice = *choice;
+  absl::StatusOr<sage::server::CudaSync> sync = sage::server::ParseCudaSync(absl::GetFlag(FLAGS_cuda_sync));
+  if (!sync.ok()) {
+    spdlog::error("{}", sync.status().ToString());
+    return 2;
+  }
+  options.backend.cuda_sync = *sync;
   options.backend.cpu_threads = absl::GetFlag(FLAGS_cpu_threads);
   options.backend.cuda_device = absl::GetFlag(FLAGS_cuda_device);
   for (const std::string& d : absl::GetFlag(FLAGS_cuda_devices)) {

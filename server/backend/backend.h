@@ -18,6 +18,14 @@ class HostBufferPool;
 
 enum class BackendKind { kCpu, kCuda };
 
+// How a worker waits for its launch to finish on the GPU (the CUDA context's scheduling flag).
+enum class CudaSync {
+  kAuto,   // CUDA's heuristic: spin while the process has fewer contexts than cores (it does)
+  kSpin,   // busy-wait: the lowest wake-up latency, a core per waiting worker
+  kYield,  // busy-wait that yields the core between polls: other threads run, slightly later wake-up
+  kBlock,  // sleep on an OS primitive: no CPU while waiting, a thread wake-up per launch
+};
+
 struct DeviceDescription {
   std::string name;            // "cpu (16 threads)", "NVIDIA H100 80GB HBM3"
   std::string architecture;    // "x86_64", "sm_90"

@@ -18,6 +18,24 @@ absl::StatusOr<BackendChoice> ParseBackendChoice(std::string_view name) {
       absl::StrCat("backend: unknown value '", std::string(name), "' (expected auto, cpu or cuda)"));
 }
 
+absl::StatusOr<CudaSync> ParseCudaSync(std::string_view name) {
+  for (CudaSync s : {CudaSync::kAuto, CudaSync::kSpin, CudaSync::kYield, CudaSync::kBlock}) {
+    if (name == CudaSyncName(s)) return s;
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("cuda_sync: unknown value '", std::string(name), "' (expected auto, spin, yield or block)"));
+}
+
+std::string_view CudaSyncName(CudaSync sync) {
+  switch (sync) {
+    case CudaSync::kAuto: return "auto";
+    case CudaSync::kSpin: return "spin";
+    case CudaSync::kYield: return "yield";
+    case CudaSync::kBlock: return "block";
+  }
+  return "unknown";
+}
+
 std::string_view BackendKindName(BackendKind kind) {
   switch (kind) {
     case BackendKind::kCpu: return "cpu";
@@ -56,6 +74,7 @@ absl::StatusOr<std::unique_ptr<AttentionBackend>> CreateCuda(const BackendOption
   cuda.pool.max_batch_sequences = options.cuda_max_batch_sequences;
   cuda.pool.workspace_bytes = options.cuda_workspace_bytes;
   cuda.request_pinned_bytes = options.cuda_request_pinned_bytes;
+  cuda.sync = options.cuda_sync;
   return CreateCudaBackend(cuda);
 #else
   (void)options;

@@ -30,9 +30,13 @@ struct BackendOptions {
   int cuda_max_batch_sequences = 4096;
   int64_t cuda_workspace_bytes = 0;  // 0 = auto
   int64_t cuda_request_pinned_bytes = int64_t{512} << 20;  // pinned memory requests are received into
+  CudaSync cuda_sync = CudaSync::kAuto;
 };
 
 absl::StatusOr<BackendChoice> ParseBackendChoice(std::string_view name);
+// "auto", "spin", "yield" or "block".
+absl::StatusOr<CudaSync> ParseCudaSync(std::string_view name);
+std::string_view CudaSyncName(CudaSync sync);
 std::string_view BackendKindName(BackendKind kind);
 // True when this binary was built with the CUDA backend.
 bool BuiltWithCuda();

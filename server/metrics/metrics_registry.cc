@@ -62,7 +62,7 @@ HistogramSnapshot Histogram::Snapshot() const {
 }
 
 template <typename Metric>
-Metric* Family<Metric>::NewChild() const {
+Metric* Family<Metric>::NewMetric() const {
   if constexpr (std::is_same_v<Metric, Histogram>) {
     return new Histogram(upper_bounds_);
   } else {
@@ -71,13 +71,34 @@ Metric* Family<Metric>::NewChild() const {
 }
 
 template <typename Metric>
+const typename Family<Metric>::Child* Family<Metric>::Find(std::span<const absl::string_view> values) const {
+  for (const Child* c = head_.load(std::memory_order_acquire); c != nullptr; c = c->next) {
+    bool same = true;
+    for (size_t i = 0; i < c->label_values.size() && same; ++i) {
+      const absl::string_view want = i < values.size() ? values[i] : absl::string_view("", 0);  // missing: ""
+      same = absl::string_view(c->label_values[i]) == want;
+    }
+    if (same) return c;
+  }
+  return nullptr;
+}
+
+template <typename Metric>
 Metric& Family<Metric>::WithLabels(std::span<const absl::string_view> values) {
-  std::vector<std::string> key(label_names_.size());
-  for (size_t i = 0; i < key.size() && i < values.size(); ++i) key[i] = std::string(values[i]);
+  if (const Child* found = Find(values)) return *found->metric;
   std::lock_guard<std::mutex> lock(mu_);
-  std::unique_ptr<Metric>& child = children_[std::move(key)];
-  if (child == nullptr) child.reset(NewChild());
-  return *child;
+  if (const Child* found = Find(values)) return *found->metric;  // another thread made it meanwhile
+  auto child = std::make_unique<Child>();
+  child->label_values.resize(label_names_.size());
+  for (size_t i = 0; i < label_names_.size() && i < values.size(); ++i) {
+    child->label_values[i] = std::string(values[i]);
+  }
+  child->metric.reset(NewMetric());
+  child->next = head_.load(std::memory_order_relaxed);
+  Metric& metric = *child->metric;
+  head_.store(child.get(), std::memory_order_release);
+  children_.push_back(std::move(child));
+  return metric;
 }
 
 template <typename Metric>
@@ -89,16 +110,18 @@ FamilySnapshot Family<Metric>::Collect() const {
   snap.label_names = label_names_;
   std::lock_guard<std::mutex> lock(mu_);
   snap.samples.reserve(children_.size());
-  for (const auto& [labels, metric] : children_) {
+  for (const auto& child : children_) {
     SampleSnapshot sample;
-    sample.label_values = labels;
+    sample.label_values = child->label_values;
     if constexpr (std::is_same_v<Metric, Histogram>) {
-      sample.histogram = metric->Snapshot();
+      sample.histogram = child->metric->Snapshot();
     } else {
-      sample.value = metric->value();
+      sample.value = child->metric->value();
     }
     snap.samples.push_back(std::move(sample));
   }
+  std::sort(snap.samples.begin(), snap.samples.end(),
+            [](const SampleSnapshot& a, const SampleSnapshot& b) { return a.label_values < b.label_values; });
   return snap;
 }
 

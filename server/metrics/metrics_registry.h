@@ -1,13 +1,12 @@
 // A small thread-safe metrics registry: counters and gauges with labels, and histograms with
 // fixed buckets (cumulative on export, as Prometheus expects; no summaries). Updating a metric is
-// lock-free; looking a labelled child up takes the family's mutex, so hot paths keep the child
-// reference instead of looking it up per update.
+// lock-free, and so is looking up a labelled child that exists: the request path does it several
+// times per call, from every worker. Only creating a child takes the family's mutex.
 #pragma once
 
 #include <atomic>
 #include <cstdint>
 #include <initializer_list>
-#include <map>
 #include <memory>
 #include <mutex>
 #include <span>
@@ -107,15 +106,24 @@ class Family final : public FamilyBase {
   FamilySnapshot Collect() const override;
 
  private:
-  Metric* NewChild() const;
+  // Children form a list that only grows at its head: readers walk it without a lock (a child is
+  // complete before it is published), writers add under mu_.
+  struct Child {
+    std::vector<std::string> label_values;  // label_names_.size() entries
+    std::unique_ptr<Metric> metric;
+    const Child* next = nullptr;  // the child published before this one
+  };
+  const Child* Find(std::span<const absl::string_view> values) const;
+  Metric* NewMetric() const;
 
   const std::string name_;
   const std::string help_;
   const MetricType type_;
   const std::vector<std::string> label_names_;
   const std::vector<double> upper_bounds_;  // Histograms only.
-  mutable std::mutex mu_;
-  std::map<std::vector<std::string>, std::unique_ptr<Metric>> children_;
+  std::atomic<const Child*> head_{nullptr};
+  mutable std::mutex mu_;                        // serializes creation; Collect reads under it
+  std::vector<std::unique_ptr<Child>> children_;  // owns the list; guarded by mu_
 };
 
 using CounterFamily = Family<Counter>;

@@ -1,6 +1,7 @@
 #include "server/metrics/server_metrics.h"
 
 #include <algorithm>
+#include <array>
 #include <string>
 
 #include "server/metrics/prometheus_text.h"
@@ -14,6 +15,18 @@ double Seconds(MetricsClock::duration d) { return std::chrono::duration<double>(
 std::vector<double> BatchRequestBuckets() { return metrics::ExponentialBuckets(1, 2, 11); }
 // Tokens per batch: 16 .. 1M.
 std::vector<double> BatchTokenBuckets() { return metrics::ExponentialBuckets(16, 4, 9); }
+
+// The `code` label of a status code, without building a string per request.
+absl::string_view CodeLabel(absl::StatusCode code) {
+  static const std::array<std::string, 17> kNames = [] {
+    std::array<std::string, 17> names;
+    for (int c = 0; c < 17; ++c) names[c] = absl::StatusCodeToString(static_cast<absl::StatusCode>(c));
+    return names;
+  }();
+  const int c = static_cast<int>(code);
+  if (c >= 0 && c < static_cast<int>(kNames.size())) return kNames[static_cast<size_t>(c)];
+  return "UNKNOWN";
+}
 
 template <typename T>
 absl::Status Assign(absl::StatusOr<T*> made, T** slot) {
@@ -132,7 +145,7 @@ absl::Status ServerMetrics::Register() {
 std::string ServerMetrics::RenderText() const { return metrics::RenderPrometheusText(registry_); }
 
 void ServerMetrics::RecordRequest(const RequestRecord& r) {
-  const std::string code = absl::StatusCodeToString(r.code);
+  const absl::string_view code = CodeLabel(r.code);
   requests_->WithLabels({r.method, r.recipe, code}).Increment();
   if (r.code != absl::StatusCode::kOk) errors_->WithLabels({r.method, r.recipe, code}).Increment();
   request_duration_->WithLabels({r.method}).Observe(Seconds(r.latency));
@@ -145,7 +158,7 @@ void ServerMetrics::RecordQueued(MetricsClock::duration queued) {
 }
 
 void ServerMetrics::RecordDropped(absl::StatusCode code) {
-  dropped_->WithLabels({absl::StatusCodeToString(code)}).Increment();
+  dropped_->WithLabels({CodeLabel(code)}).Increment();
 }
 
 void ServerMetrics::RecordBatch(const BatchRecord& b) {

@@ -253,6 +253,13 @@ TEST(CudaPayload, DeviceMemoryEqualsStagedPath) {
       EXPECT_EQ(got->placement, OutputPlacement::kCallerBuffers);
       EXPECT_EQ(d.o(), want[i].o_native) << "problem " << i << " skew " << skew;
       EXPECT_EQ(d.lse(), want[i].lse) << "problem " << i << " skew " << skew;
+      ASSERT_TRUE(got->device_timings.has_value());
+      EXPECT_GT(got->device_timings->h2d_us, 0) << "cu_seqlens still go up";
+      EXPECT_GT(got->device_timings->kernel_us, 0);
+      if (skew == 0) {
+        // Read and written in place: nothing comes back, so no D2H stage is timed.
+        EXPECT_EQ(got->device_timings->d2h_us, 0) << "problem " << i;
+      }
     }
   }
   // Device inputs, O into pinned host memory.

@@ -45,9 +45,16 @@ bool Close(float a, float b, float rel) { return std::abs(a - b) <= rel * std::m
 
 class QuantTest : public ::testing::TestWithParam<QuantCase> {};
 
-TEST_P(QuantTest, MatchesCpuQuantizers) {
-  SAGE_SKIP_WITHOUT_GPU();
-  const QuantCase& qc = GetParam();
+// One case on the GPU: inputs uploaded, workspace laid out and poisoned, quantizer params filled.
+struct PreparedCase {
+  HostProblem p;
+  DeviceProblem dp;
+  WorkspaceShape ws_shape;
+  WorkspaceLayout layout;
+  cuda::QuantParams qp;
+};
+
+void Prepare(const QuantCase& qc, cudaStream_t stream, PreparedCase& out) {
   ProblemSpec spec;
   spec.q_lens = qc.q_lens;
   spec.k_lens = qc.k_lens;
@@ -57,39 +64,37 @@ TEST_P(QuantTest, MatchesCpuQuantizers) {
   spec.dtype = qc.dtype;
   spec.dist = InputDist::kOutliers;
   spec.seed = 31 + qc.d;
-  const HostProblem p = MakeProblem(spec);
-  const int d = qc.d;
-  Stream stream;
-  DeviceProblem dp;
-  ASSERT_TRUE(dp.Upload(p, stream.get()).ok());
+  out.p = MakeProblem(spec);
+  const HostProblem& p = out.p;
+  ASSERT_TRUE(out.dp.Upload(p, stream).ok());
 
-  WorkspaceShape ws_shape;
+  WorkspaceShape& ws_shape = out.ws_shape;
   ws_shape.total_q = p.total_q();
   ws_shape.total_k = p.total_k();
   ws_shape.batch = static_cast<int>(qc.q_lens.size());
   ws_shape.num_q_heads = qc.hq;
   ws_shape.num_kv_heads = qc.hkv;
-  ws_shape.head_dim = d;
+  ws_shape.head_dim = qc.d;
   ws_shape.max_seqlen_k = p.max_k();
   ws_shape.int8_qk = !qc.int4;
   ws_shape.fp8_v = true;
   ws_shape.smooth_q = qc.smoothing == SAGE_SMOOTH_QK;
   ws_shape.smooth_v = qc.smooth_v;
-  const WorkspaceLayout layout = ComputeWorkspaceLayout(ws_shape);
-  ASSERT_TRUE(dp.workspace.Allocate(layout.total_bytes).ok());
-  ASSERT_TRUE(dp.workspace.Poison(stream.get()).ok());
+  out.layout = ComputeWorkspaceLayout(ws_shape);
+  ASSERT_TRUE(out.dp.workspace.Allocate(out.layout.total_bytes).ok());
+  ASSERT_TRUE(out.dp.workspace.Poison(stream).ok());
 
-  cuda::QuantParams qp;
-  qp.q = dp.q.get();
-  qp.k = dp.k.get();
-  qp.v = dp.v.get();
+  cuda::QuantParams& qp = out.qp;
+  qp.q = out.dp.q.get();
+  qp.k = out.dp.k.get();
+  qp.v = out.dp.v.get();
   qp.bf16 = qc.dtype == DType::kBF16;
-  qp.cu_q = dp.cu_q.as<int32_t>();
-  qp.cu_k = dp.cu_k.as<int32_t>();
+  qp.cu_q = out.dp.cu_q.as<int32_t>();
+  qp.cu_k = out.dp.cu_k.as<int32_t>();
   qp.batch = ws_shape.batch;
   qp.num_q_heads = qc.hq;
   qp.num_kv_heads = qc.hkv;
-  qp.head_dim = d;
+  qp.head_dim = qc.d;
   qp.max_seqlen_q = p.max_q();
   qp.max_seqlen_k = p.max_k();
   qp.granularity = qc.gran;
@@ -97,7 +102,22 @@ TEST_P(QuantTest, MatchesCpuQuantizers) {
   qp.smooth_q = qc.smoothing == SAGE_SMOOTH_QK;
   qp.smooth_v = qc.smooth_v;
   qp.int4 = qc.int4;
-  qp.ws = cuda::MakeWorkspaceView(dp.workspace.get(), layout);
+  qp.ws = cuda::MakeWorkspaceView(out.dp.workspace.get(), out.layout);
+}
+
+TEST_P(QuantTest, MatchesCpuQuantizers) {
+  SAGE_SKIP_WITHOUT_GPU();
+  const QuantCase& qc = GetParam();
+  Stream stream;
+  PreparedCase prepared;
+  Prepare(qc, stream.get(), prepared);
+  if (HasFatalFailure()) return;
+  const HostProblem& p = prepared.p;
+  DeviceProblem& dp = prepared.dp;
+  const WorkspaceShape& ws_shape = prepared.ws_shape;
+  const WorkspaceLayout& layout = prepared.layout;
+  const cuda::QuantParams& qp = prepared.qp;
+  const int d = qc.d;
   ASSERT_EQ(cuda::LaunchQuantizeAll(qp, true, stream.get()), SAGE_OK) << sage_last_error();
   std::vector<uint8_t> ws;
   ASSERT_TRUE(dp.workspace.Download(&ws, stream.get()).ok());
@@ -231,6 +251,35 @@ TEST_P(QuantTest, MatchesCpuQuantizers) {
   }
 }
 
+// The launch plans write the same bytes: the fused Q/K/V launch and the in-pass finalize run the
+// per-tensor kernels' code. Every byte of the workspace is compared (it starts poisoned, so a
+// region one plan writes and the other leaves alone shows too).
+TEST_P(QuantTest, EveryLaunchPlanWritesTheSameBytes) {
+  SAGE_SKIP_WITHOUT_GPU();
+  const QuantCase& qc = GetParam();
+  Stream stream;
+  std::vector<uint8_t> reference;
+  for (cuda::QuantLaunch how : {cuda::QuantLaunch::kSeparate, cuda::QuantLaunch::kFused, cuda::QuantLaunch::kAuto}) {
+    PreparedCase prepared;
+    Prepare(qc, stream.get(), prepared);
+    if (HasFatalFailure()) return;
+    ASSERT_EQ(cuda::LaunchQuantizeAll(prepared.qp, true, stream.get(), how), SAGE_OK) << sage_last_error();
+    std::vector<uint8_t> ws;
+    ASSERT_TRUE(prepared.dp.workspace.Download(&ws, stream.get()).ok());
+    if (how == cuda::QuantLaunch::kSeparate) {
+      reference = std::move(ws);
+      continue;
+    }
+    ASSERT_EQ(ws.size(), reference.size());
+    size_t first = ws.size();
+    for (size_t i = 0; i < ws.size() && first == ws.size(); ++i) {
+      if (ws[i] != reference[i]) first = i;
+    }
+    EXPECT_EQ(first, ws.size()) << "plan " << static_cast<int>(how) << " differs from one kernel per tensor first at byte "
+                                << first << " of " << ws.size();
+  }
+}
+
 const QuantCase kCases[] = {
     {"int8_thread_d128", 128, 4, 2, {130, 1, 257}, {}, SAGE_GRAN_PER_THREAD, SAGE_SMOOTH_K, false, false, DType::kF16},
     {"int8_thread_d64_bf16", 64, 4, 4, {77, 300}, {}, SAGE_GRAN_PER_THREAD, SAGE_SMOOTH_K, false, false, DType::kBF16},
@@ -238,6 +287,8 @@ const QuantCase kCases[] = {
     {"int8_block_nosmooth", 64, 2, 2, {129, 5}, {}, SAGE_GRAN_PER_BLOCK, SAGE_SMOOTH_NONE, false, false, DType::kF16},
     {"int4_qk_smoothing", 128, 4, 2, {100, 1, 190}, {}, SAGE_GRAN_PER_THREAD, SAGE_SMOOTH_QK, true, false, DType::kF16},
     {"int4_d64_bf16", 64, 2, 1, {65, 128}, {70, 256}, SAGE_GRAN_PER_THREAD, SAGE_SMOOTH_QK, true, true, DType::kBF16},
+    // Over kStatsChunkRows (512) keys: the automatic plan keeps one kernel per tensor.
+    {"int8_long_keys", 128, 4, 2, {96, 33}, {700, 1300}, SAGE_GRAN_PER_THREAD, SAGE_SMOOTH_K, false, true, DType::kF16},
 };
 
 INSTANTIATE_TEST_SUITE_P(Cases, QuantTest, ::testing::ValuesIn(kCases),

@@ -1,8 +1,10 @@
 #include "server/metrics/metrics_registry.h"
 
+#include <string>
 #include <thread>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 
 namespace sage::metrics {
@@ -106,6 +108,39 @@ TEST(Registry, ConcurrentUpdatesAreNotLost) {
   const HistogramSnapshot s = (*h)->Get().Snapshot();
   EXPECT_EQ(s.count, static_cast<uint64_t>(kThreads * kPerThread));
   EXPECT_EQ(s.cumulative[0], static_cast<uint64_t>(kThreads * kPerThread / 2));
+}
+
+// Lookups run without the family's lock: threads racing to first use the same label values must
+// still end up with one child per tuple, the same one for every thread.
+TEST(Family, ConcurrentFirstUseMakesOneChildPerTuple) {
+  Registry r;
+  auto f = r.AddCounter("first_use_total", "h", {"code", "recipe"});
+  ASSERT_TRUE(f.ok());
+  constexpr int kThreads = 8;
+  constexpr int kTuples = 60;
+  std::vector<std::vector<const Counter*>> seen(kThreads, std::vector<const Counter*>(kTuples));
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int n = 0; n < kTuples; ++n) {
+        const int i = (n * 7 + t * 13) % kTuples;  // each thread meets the tuples in its own order
+        const std::string code = absl::StrCat("c", i % 6), recipe = absl::StrCat("r", i / 6);
+        Counter& c = (*f)->WithLabels({code, recipe});
+        c.Increment();
+        seen[t][i] = &c;
+      }
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  for (int t = 1; t < kThreads; ++t) EXPECT_EQ(seen[t], seen[0]) << "thread " << t;
+  const FamilySnapshot snap = (*f)->Collect();
+  ASSERT_EQ(snap.samples.size(), static_cast<size_t>(kTuples));
+  for (size_t i = 0; i < snap.samples.size(); ++i) {
+    EXPECT_EQ(snap.samples[i].value, kThreads) << snap.samples[i].label_values[0] << "," << snap.samples[i].label_values[1];
+    if (i > 0) {
+      EXPECT_LT(snap.samples[i - 1].label_values, snap.samples[i].label_values);  // sorted
+    }
+  }
 }
 
 TEST(Buckets, DurationAndExponential) {

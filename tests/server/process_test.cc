@@ -80,6 +80,17 @@ TEST(Process, BackendCudaWithoutCudaFailsClearly) {
 #endif
 }
 
+// A mistyped --cuda_sync stops the server at start with the accepted values, on any backend (the
+// flag is parsed before a backend is chosen).
+TEST(Process, UnknownCudaSyncFailsClearly) {
+  std::string out;
+  const int code =
+      RunCommand(std::string(SAGESERVE_BINARY) + " --listen=127.0.0.1:0 --backend=cpu --cuda_sync=sleepy", &out);
+  EXPECT_EQ(code, 2) << out;
+  EXPECT_NE(out.find("cuda_sync: unknown value 'sleepy' (expected auto, spin, yield or block)"), std::string::npos)
+      << out;
+}
+
 // `sagectl bench` as an operator runs it: each client thread on its own connection when asked, and
 // every request answered.
 TEST(Sagectl, BenchOverSeveralConnections) {

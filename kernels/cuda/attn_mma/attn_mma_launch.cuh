@@ -7,6 +7,7 @@
 
 #include "kernels/cuda/attn_mma/attn_mma.h"
 #include "kernels/cuda/attn_mma/attn_mma_kernel.cuh"
+#include "kernels/cuda/common/smem_attribute.h"
 
 namespace sage::cuda::attn_mma {
 
@@ -58,7 +59,8 @@ sage_status_t Launch(const AttnMmaParams& p, sage_stream_t stream, std::string* 
   using T = Traits<QK, PV, VS, D>;
   if (p.max_seqlen_q == 0) return SAGE_OK;  // nothing to compute
   auto kernel = AttnMmaKernel<QK, PV, VS, D>;
-  if (cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, T::kSmemBytes);
+  static std::atomic<uint64_t> smem_set{0};
+  if (cudaError_t e = SetMaxDynamicSmemOnce(reinterpret_cast<const void*>(kernel), T::kSmemBytes, smem_set);
       e != cudaSuccess)
     return CudaFail(e, "cudaFuncSetAttribute", error);
   const dim3 grid((p.max_seqlen_q + kQTileRows - 1) / kQTileRows, p.num_q_heads, p.batch);

@@ -18,6 +18,7 @@
 
 #include "kernels/cuda/attn_sm90/attn_sm90.h"
 #include "kernels/cuda/common/ptx_sm90.cuh"
+#include "kernels/cuda/common/smem_attribute.h"
 #include "kernels/cuda/common/status.cuh"
 #include "kernels/cuda/common/wgmma_ops.cuh"
 
@@ -294,7 +295,8 @@ template <int D, bool kBf16>
 sage_status_t LaunchT(const AttnSm90Params& p, cudaStream_t stream) {
   using T = Sm90Tile<D>;
   auto kernel = AttnSm90Kernel<D, kBf16>;
-  SAGE_CUDA_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, T::kSmemBytes));
+  static std::atomic<uint64_t> smem_set{0};
+  SAGE_CUDA_TRY(SetMaxDynamicSmemOnce(reinterpret_cast<const void*>(kernel), T::kSmemBytes, smem_set));
   const int tiles = (p.max_seqlen_q + kQTileRows - 1) / kQTileRows;
   if (tiles == 0 || p.batch == 0) return SAGE_OK;
   kernel<<<dim3(tiles, p.num_q_heads, p.batch), kThreads, T::kSmemBytes, stream>>>(p);

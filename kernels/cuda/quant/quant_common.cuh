@@ -8,6 +8,9 @@
 
 namespace sage::cuda {
 
+// Threads per block of every quantization kernel (the tile bodies are written for it).
+inline constexpr int kQuantThreads = 128;
+
 template <bool kBf16>
 __device__ __forceinline__ float2 Load2(const void* base, int64_t elem) {
   if constexpr (kBf16) {

@@ -5,6 +5,9 @@
 //   LaunchQuantizeQ    Q (− q̄) -> INT8/INT4 image + δQ, q_mean, q·k̄ (needs k_mean)
 //   LaunchQuantizeV    (V − v̄)·448/amax -> e4m3 image, token-permuted (needs v_scale/v_mean)
 //   LaunchDeltaS       ΔS = q̄·(K − k̄) (SMOOTH_QK only; needs q_mean, k_mean)
+// LaunchQuantizeQkv runs the K, Q and V tiles of the middle three in one launch (the same device
+// code), and LaunchKvStats can finalize k̄/δV/v̄ itself when every sequence is one statistics chunk:
+// a small problem then takes two quantization launches instead of five, with identical bytes.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -33,13 +36,29 @@ struct QuantParams {
   WorkspaceView ws;
 };
 
-sage_status_t LaunchKvStats(const QuantParams& p, cudaStream_t stream);
+// Where k̄, δV and v̄ are computed from the K/V statistics.
+enum class KvFinalize {
+  kSeparateKernel,  // a second kernel combines the per-chunk partials (any length)
+  kInStatsPass,     // the statistics kernel itself (needs ws.stat_chunks <= 1: keys <= kStatsChunkRows)
+};
+
+// How LaunchQuantizeAll spreads the work over launches.
+enum class QuantLaunch {
+  kAuto,      // kFused when every sequence has at most kStatsChunkRows keys, else kSeparate
+  kSeparate,  // one kernel per tensor (and the finalize kernel): the lowest register pressure per tile
+  kFused,     // statistics (+ finalize when one chunk), then Q, K and V tiles in one launch
+};
+
+sage_status_t LaunchKvStats(const QuantParams& p, KvFinalize finalize, cudaStream_t stream);
 sage_status_t LaunchQuantizeK(const QuantParams& p, cudaStream_t stream);
 sage_status_t LaunchQuantizeQ(const QuantParams& p, cudaStream_t stream);
 sage_status_t LaunchQuantizeV(const QuantParams& p, cudaStream_t stream);
 sage_status_t LaunchDeltaS(const QuantParams& p, cudaStream_t stream);
+// K, Q and (quantize_v) V tiles in one launch; needs LaunchKvStats (finalized) before it.
+sage_status_t LaunchQuantizeQkv(const QuantParams& p, bool quantize_v, cudaStream_t stream);
 
-// All of the above that the params ask for, in order.
-sage_status_t LaunchQuantizeAll(const QuantParams& p, bool quantize_v, cudaStream_t stream);
+// All of the above that the params ask for, in order. Every QuantLaunch writes the same bytes.
+sage_status_t LaunchQuantizeAll(const QuantParams& p, bool quantize_v, cudaStream_t stream,
+                                QuantLaunch how = QuantLaunch::kAuto);
 
 }  // namespace sage::cuda

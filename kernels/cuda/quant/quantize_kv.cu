@@ -7,22 +7,45 @@
 #include "kernels/cuda/common/status.cuh"
 #include "kernels/cuda/quant/quant_common.cuh"
 #include "kernels/cuda/quant/quantize.h"
+#include "kernels/cuda/quant/quantize_v_block.cuh"
 
 namespace sage::cuda {
 namespace {
 
-constexpr int kThreads = 128;
+constexpr int kThreads = kQuantThreads;
+
+// k̄, δV and v̄ of channel c of (sequence b, kv head h) from its key sums and V extrema.
+__device__ __forceinline__ void WriteKvStats(const QuantParams& p, int b, int h, int c, int len, float ks, float vs,
+                                             float mx, float mn) {
+  const float n = static_cast<float>(len);
+  const float k_mean = (len > 0 && p.smooth_k) ? __fdiv_rn(ks, n) : 0.f;
+  const float v_mean = (len > 0 && p.smooth_v) ? __fdiv_rn(vs, n) : 0.f;
+  // max over v of |v − v̄| = max(|max − v̄|, |min − v̄|): fp32 subtraction is monotonic.
+  const float amax = len > 0 ? fmaxf(fabsf(__fsub_rn(mx, v_mean)), fabsf(__fsub_rn(mn, v_mean))) : 0.f;
+  const int64_t o = (int64_t{b} * p.num_kv_heads + h) * p.head_dim + c;
+  p.ws.k_mean[o] = k_mean;
+  if (p.ws.v_scale) p.ws.v_scale[o] = __fdiv_rn(SafeAmax(amax), kFp8Max);
+  if (p.ws.v_mean) p.ws.v_mean[o] = v_mean;
+}
 
 // Partial sums / extrema of one chunk of kStatsChunkRows keys of one (sequence, kv head).
 // grid (stat_chunks, Hkv, batch). Deterministic: fixed per-thread order, fixed combine order.
-template <bool kBf16, int D>
+// kFinalize (stat_chunks <= 1: every sequence is one chunk): also writes k̄, δV and v̄, with the same
+// arithmetic as KvStatsFinalizeKernel over that one chunk, which then need not run (one launch less
+// for small problems, where launches cost more than the work).
+template <bool kBf16, int D, bool kFinalize>
 __global__ void __launch_bounds__(kThreads) KvStatsKernel(QuantParams p) {
   constexpr int kCols = D / 8;               // 8-channel (16-byte) column groups
   constexpr int kLanes = kThreads / kCols;   // rows processed side by side
   const int b = blockIdx.z, h = blockIdx.y, chunk = blockIdx.x;
   const int start = p.cu_k[b], len = p.cu_k[b + 1] - start;
   const int r0 = chunk * kStatsChunkRows;
-  if (r0 >= len) return;
+  if (r0 >= len) {
+    if constexpr (kFinalize) {
+      for (int c = threadIdx.x; c < D; c += kThreads) WriteKvStats(p, b, h, c, 0, 0.f, 0.f, -FLT_MAX, FLT_MAX);
+    }
+    return;
+  }
   const int r1 = min(len, r0 + kStatsChunkRows);
   const int cg = threadIdx.x % kCols, lane = threadIdx.x / kCols;
   float ks[8], vs[8], vmax[8], vmin[8];
@@ -68,10 +91,19 @@ __global__ void __launch_bounds__(kThreads) KvStatsKernel(QuantParams p) {
     p.ws.stats[per_stat + o] = v;
     p.ws.stats[2 * per_stat + o] = mx;
     p.ws.stats[3 * per_stat + o] = mn;
+    if constexpr (kFinalize) {
+      float ks1 = 0.f, vs1 = 0.f, mx1 = -FLT_MAX, mn1 = FLT_MAX;  // the finalize kernel's fold over one chunk
+      ks1 += s;
+      vs1 += v;
+      mx1 = fmaxf(mx1, mx);
+      mn1 = fminf(mn1, mn);
+      WriteKvStats(p, b, h, c, len, ks1, vs1, mx1, mn1);
+    }
   }
 }
 
-// k̄, v̄ and δV per (sequence, kv head, channel). grid (batch, Hkv), D threads.
+// k̄, v̄ and δV per (sequence, kv head, channel) from the chunks' partials, combined in chunk order.
+// grid (batch, Hkv), D threads.
 __global__ void KvStatsFinalizeKernel(QuantParams p) {
   const int b = blockIdx.x, h = blockIdx.y, c = threadIdx.x, D = p.head_dim;
   const int len = p.cu_k[b + 1] - p.cu_k[b];
@@ -85,80 +117,34 @@ __global__ void KvStatsFinalizeKernel(QuantParams p) {
     mx = fmaxf(mx, p.ws.stats[2 * per_stat + base + int64_t{i} * D]);
     mn = fminf(mn, p.ws.stats[3 * per_stat + base + int64_t{i} * D]);
   }
-  const float n = static_cast<float>(len);
-  const float k_mean = (len > 0 && p.smooth_k) ? __fdiv_rn(ks, n) : 0.f;
-  const float v_mean = (len > 0 && p.smooth_v) ? __fdiv_rn(vs, n) : 0.f;
-  // max over v of |v − v̄| = max(|max − v̄|, |min − v̄|): fp32 subtraction is monotonic.
-  const float amax = len > 0 ? fmaxf(fabsf(__fsub_rn(mx, v_mean)), fabsf(__fsub_rn(mn, v_mean))) : 0.f;
-  const int64_t o = (int64_t{b} * p.num_kv_heads + h) * D + c;
-  p.ws.k_mean[o] = k_mean;
-  if (p.ws.v_scale) p.ws.v_scale[o] = __fdiv_rn(SafeAmax(amax), kFp8Max);
-  if (p.ws.v_mean) p.ws.v_mean[o] = v_mean;
+  WriteKvStats(p, b, h, c, len, ks, vs, mx, mn);
 }
 
-// V̂ = e4m3((v − v̄) · (448 / amax)) for one 128-token block of one (sequence, kv head), written as
-// the D × 128 tile image with permuted token order. grid (max blocks, Hkv, batch).
+// V̂ for one 128-token block of one (sequence, kv head). grid (max blocks, Hkv, batch).
 template <bool kBf16, int D>
 __global__ void __launch_bounds__(kThreads) QuantizeVKernel(QuantParams p) {
-  const int b = blockIdx.z, h = blockIdx.y, blk = blockIdx.x;
-  const int start = p.cu_k[b], len = p.cu_k[b + 1] - start;
-  if (blk * kKBlockRows >= len) return;
-  __shared__ uint32_t tile[kKBlockRows][D / 2 + 1];  // raw 16-bit pairs; odd word stride
-  __shared__ float inv[D], mean[D];
-  const int64_t sb = (int64_t{b} * p.num_kv_heads + h) * D;
-  // δV = amax/448 was stored; the quantizer needs 448/amax with amax itself, recomputed from the
-  // stats exactly as the finalize kernel did (no round trip through δV).
-  for (int c = threadIdx.x; c < D; c += kThreads) {
-    const int len_chunks = (len + kStatsChunkRows - 1) / kStatsChunkRows;
-    const int64_t per_stat = int64_t{p.batch} * p.num_kv_heads * p.ws.stat_chunks * D;
-    const int64_t base = (int64_t{b} * p.num_kv_heads + h) * p.ws.stat_chunks * D + c;
-    float mx = -FLT_MAX, mn = FLT_MAX;
-    for (int i = 0; i < len_chunks; ++i) {
-      mx = fmaxf(mx, p.ws.stats[2 * per_stat + base + int64_t{i} * D]);
-      mn = fminf(mn, p.ws.stats[3 * per_stat + base + int64_t{i} * D]);
-    }
-    const float vm = p.ws.v_mean ? p.ws.v_mean[sb + c] : 0.f;
-    const float amax = fmaxf(fabsf(__fsub_rn(mx, vm)), fabsf(__fsub_rn(mn, vm)));
-    inv[c] = __fdiv_rn(kFp8Max, SafeAmax(amax));
-    mean[c] = vm;
-  }
-  const int64_t row_stride = int64_t{p.num_kv_heads} * D;
-  LoadRowsToSmem<kKBlockRows, D, kThreads, 8, false>(tile, nullptr, p.v, nullptr,
-                                                      (start + int64_t{blk} * kKBlockRows) * row_stride + int64_t{h} * D,
-                                                      row_stride, min(kKBlockRows, len - blk * kKBlockRows));
-  __syncthreads();
-  const int valid = min(kKBlockRows, len - blk * kKBlockRows);
-  uint8_t* img = p.ws.v_f8 + (int64_t{h} * p.ws.k_cap + PaddedKStart(p.cu_k, b) + int64_t{blk} * kKBlockRows) * D;
-  // item -> (channel c, 16-token slab s); consecutive items write consecutive 16-byte chunks.
-  for (int item = threadIdx.x; item < D * (kKBlockRows / 16); item += kThreads) {
-    const int c = (item / 64) * 8 + item % 8;
-    const int s = (item / 8) % 8;
-    uint32_t words[4];
-#pragma unroll
-    for (int w = 0; w < 4; ++w) {
-      float x[4];
-#pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        const int pos = 4 * w + j;
-        // inverse of VTokenPosition: positions 4t..4t+3 hold keys 2t, 2t+1, 8+2t, 9+2t
-        const int key = (pos / 4) * 2 + (pos % 4 >= 2 ? 8 : 0) + pos % 2;
-        const int r = s * 16 + key;
-        x[j] = r < valid ? __fmul_rn(__fsub_rn(RawToFloat<kBf16>(tile[r][c / 2], c % 2), mean[c]), inv[c]) : 0.f;
-      }
-      words[w] = ptx::PackE4M3x4(x[0], x[1], x[2], x[3]);
-    }
-    *reinterpret_cast<uint4*>(img + TileImageOffset(c, s * 16, kKBlockRows)) =
-        make_uint4(words[0], words[1], words[2], words[3]);
-  }
+  __shared__ VBlockSmem<D> smem;
+  QuantizeVBlock<kBf16, D>(p, blockIdx.x, blockIdx.y, blockIdx.z, smem);
 }
 
 template <bool kBf16, int D>
-sage_status_t LaunchKvStatsT(const QuantParams& p, cudaStream_t stream) {
+sage_status_t LaunchKvStatsT(const QuantParams& p, KvFinalize finalize, cudaStream_t stream) {
+  if (finalize == KvFinalize::kInStatsPass) {
+    if (p.ws.stat_chunks > 1) {
+      return Fail(SAGE_ERR_INTERNAL, "kv stats: finalizing in the stats pass needs one chunk, have %lld",
+                  static_cast<long long>(p.ws.stat_chunks));
+    }
+    if (p.batch == 0) return SAGE_OK;
+    // Launched even when no sequence has keys (stat_chunks 0): the means and scales still need values.
+    KvStatsKernel<kBf16, D, true><<<dim3(1, p.num_kv_heads, p.batch), kThreads, 0, stream>>>(p);
+    SAGE_CHECK_LAUNCH("KvStatsKernel");
+    return SAGE_OK;
+  }
   if (p.batch == 0 || p.ws.stat_chunks == 0) {
     // No keys at all: means/scales still need defined values for the kernels.
   } else {
-    KvStatsKernel<kBf16, D><<<dim3(static_cast<unsigned>(p.ws.stat_chunks), p.num_kv_heads, p.batch), kThreads, 0,
-                              stream>>>(p);
+    KvStatsKernel<kBf16, D, false><<<dim3(static_cast<unsigned>(p.ws.stat_chunks), p.num_kv_heads, p.batch),
+                                     kThreads, 0, stream>>>(p);
     SAGE_CHECK_LAUNCH("KvStatsKernel");
   }
   if (p.batch > 0) {
@@ -179,9 +165,13 @@ sage_status_t LaunchQuantizeVT(const QuantParams& p, cudaStream_t stream) {
 
 }  // namespace
 
-sage_status_t LaunchKvStats(const QuantParams& p, cudaStream_t stream) {
-  if (p.head_dim == 64) return p.bf16 ? LaunchKvStatsT<true, 64>(p, stream) : LaunchKvStatsT<false, 64>(p, stream);
-  if (p.head_dim == 128) return p.bf16 ? LaunchKvStatsT<true, 128>(p, stream) : LaunchKvStatsT<false, 128>(p, stream);
+sage_status_t LaunchKvStats(const QuantParams& p, KvFinalize finalize, cudaStream_t stream) {
+  if (p.head_dim == 64) {
+    return p.bf16 ? LaunchKvStatsT<true, 64>(p, finalize, stream) : LaunchKvStatsT<false, 64>(p, finalize, stream);
+  }
+  if (p.head_dim == 128) {
+    return p.bf16 ? LaunchKvStatsT<true, 128>(p, finalize, stream) : LaunchKvStatsT<false, 128>(p, finalize, stream);
+  }
   return Fail(SAGE_ERR_UNSUPPORTED, "kv stats: head_dim %d unsupported (64, 128)", p.head_dim);
 }
 

@@ -237,6 +237,7 @@ absl::StatusOr<std::unique_ptr<AttentionBackend>> CreateCudaBackend(const CudaBa
     eo.streams = options.streams_per_device;
     eo.light_streams = options.light_streams_per_device;
     eo.pool = options.pool;
+    eo.sync = options.sync;
     absl::StatusOr<std::unique_ptr<DeviceExecutor>> ex = DeviceExecutor::Create(eo);
     if (!ex.ok()) {
       // With "every device", a GPU too old for the kernels is left out; anything else is fatal.

@@ -47,6 +47,8 @@ struct CudaBackendOptions {
   // Pinned host memory that request payloads are received into and results sent from, shared by
   // every GPU (portable). A request that does not fit takes ordinary memory and is staged instead.
   int64_t request_pinned_bytes = int64_t{512} << 20;
+  // How workers wait for their launches (the scheduling flag of each GPU's primary context).
+  CudaSync sync = CudaSync::kAuto;
 };
 
 // Number of CUDA devices visible to this process; 0 when there is no GPU or no driver (never an error

@@ -79,6 +79,16 @@ bool IsSticky(cudaError_t err) {
   }
 }
 
+unsigned SyncFlags(CudaSync sync) {
+  switch (sync) {
+    case CudaSync::kSpin: return cudaDeviceScheduleSpin;
+    case CudaSync::kYield: return cudaDeviceScheduleYield;
+    case CudaSync::kBlock: return cudaDeviceScheduleBlockingSync;
+    case CudaSync::kAuto: break;
+  }
+  return cudaDeviceScheduleAuto;
+}
+
 // Workspace that the default configuration of every recipe (QK smoothing excluded: its ΔS grows
 // with q_len·k_len) needs for `elements` per tensor with up to 32 heads.
 absl::StatusOr<size_t> AutoWorkspaceBytes(int64_t max_batch_elements, int max_batch_sequences) {
@@ -226,6 +236,8 @@ absl::StatusOr<std::unique_ptr<DeviceExecutor>> DeviceExecutor::Create(const Exe
         " >= 4096, max_batch_sequences ", options.pool.max_batch_sequences, " >= 1, workspace_bytes >= 0)"));
   }
   SAGE_CUDA_RETURN_IF_ERROR(FromCuda(cudaSetDevice(options.device), "cudaSetDevice"));
+  // Set before the slots' streams exist; on an already initialized context it replaces the flags.
+  SAGE_CUDA_RETURN_IF_ERROR(FromCuda(cudaSetDeviceFlags(SyncFlags(options.sync)), "cudaSetDeviceFlags"));
   cudaDeviceProp prop{};
   SAGE_CUDA_RETURN_IF_ERROR(FromCuda(cudaGetDeviceProperties(&prop, options.device), "cudaGetDeviceProperties"));
   const int sm = prop.major * 10 + prop.minor;
@@ -544,11 +556,16 @@ absl::StatusOr<AttnOutput> DeviceExecutor::RunOnSlot(Slot& slot, const AttnInput
   SAGE_CUDA_RETURN_IF_ERROR(FromCuda(cudaEventRecord(slot.ev[1], st), "cudaEventRecord"));
   SAGE_CUDA_RETURN_IF_ERROR(FromSage(sage_attn_forward(&params, reinterpret_cast<sage_stream_t>(st)), "forward"));
   SAGE_CUDA_RETURN_IF_ERROR(FromCuda(cudaEventRecord(slot.ev[2], st), "cudaEventRecord"));
-  SAGE_CUDA_RETURN_IF_ERROR(FromSage(sage_copy_segments(dev_table + gather.size(), static_cast<int>(scatter.size()),
-                                                        scatter_max, reinterpret_cast<sage_stream_t>(st)),
-                                     "scatter device outputs"));
-  SAGE_CUDA_RETURN_IF_ERROR(FromCuda(IssueCopies(d2h, st), "download outputs"));
-  SAGE_CUDA_RETURN_IF_ERROR(FromCuda(cudaEventRecord(slot.ev[3], st), "cudaEventRecord"));
+  // O written in place (CUDA shared memory) leaves nothing to bring back: no D2H stage, and no event
+  // for it (every driver call takes the context's lock, which all workers contend for).
+  const bool has_d2h = !scatter.empty() || !d2h.empty();
+  if (has_d2h) {
+    SAGE_CUDA_RETURN_IF_ERROR(FromSage(sage_copy_segments(dev_table + gather.size(), static_cast<int>(scatter.size()),
+                                                          scatter_max, reinterpret_cast<sage_stream_t>(st)),
+                                       "scatter device outputs"));
+    SAGE_CUDA_RETURN_IF_ERROR(FromCuda(IssueCopies(d2h, st), "download outputs"));
+    SAGE_CUDA_RETURN_IF_ERROR(FromCuda(cudaEventRecord(slot.ev[3], st), "cudaEventRecord"));
+  }
   SAGE_CUDA_RETURN_IF_ERROR(FromCuda(cudaStreamSynchronize(st), "attention"));
 
   AttnOutput out;
@@ -574,7 +591,7 @@ absl::StatusOr<AttnOutput> DeviceExecutor::RunOnSlot(Slot& slot, const AttnInput
     }
   }
   float ms[3] = {0, 0, 0};
-  for (int i = 0; i < 3; ++i) {
+  for (int i = 0; i < (has_d2h ? 3 : 2); ++i) {
     SAGE_CUDA_RETURN_IF_ERROR(FromCuda(cudaEventElapsedTime(&ms[i], slot.ev[i], slot.ev[i + 1]), "cudaEventElapsedTime"));
   }
   out.device_timings = DeviceTimings{ms[0] * 1e3, ms[1] * 1e3, ms[2] * 1e3, device_, slot.index};

@@ -27,6 +27,7 @@ struct ExecutorOptions {
   int streams = 4;        // full-size stream slots
   int light_streams = 0;  // light slots (CudaBackendOptions::light_streams_per_device)
   CudaPoolOptions pool;
+  CudaSync sync = CudaSync::kAuto;
 };
 
 // What one launch needs from a slot; computed on the host before a slot is taken.
