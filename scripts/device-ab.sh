@@ -5,13 +5,18 @@
 # Logs go to $OUT or /tmp.
 #   scripts/device-bundle.sh --build-dir build --no-build --file /tmp/sageserve_old sageserve sagectl
 #   scripts/device-ab.sh --compare sageserve_old [--reps N] [--bundle DIR]
-#       [--new-flags "server flags"] [--old-flags "server flags"]
+#       [--new BIN] [--new-flags "server flags"] [--old-flags "server flags"]
+#       [--shm cuda|system|none]
+# --new names the "new" binary in the bundle's bin/ (default sageserve; e.g. null_engine_server, with
+# --shm system: the null engine has no CUDA shared memory). --shm: the benches' tensors (default cuda).
 # A flag A/B of one build: --compare sageserve --old-flags "--cuda_sync=spin" --new-flags "--cuda_sync=yield".
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BUNDLE="$ROOT/.bundle"
 REPS=2
 OLD=""
+NEW_BIN=sageserve
+SHM=cuda
 NEW_FLAGS=""
 OLD_FLAGS=""
 while [ $# -gt 0 ]; do
@@ -19,6 +24,8 @@ while [ $# -gt 0 ]; do
     --bundle) BUNDLE="$(realpath "$2")"; shift 2 ;;
     --reps) REPS="$2"; shift 2 ;;
     --compare) OLD="$2"; shift 2 ;;
+    --new) NEW_BIN="$2"; shift 2 ;;
+    --shm) SHM="$2"; shift 2 ;;
     --new-flags) NEW_FLAGS="$2"; shift 2 ;;
     --old-flags) OLD_FLAGS="$2"; shift 2 ;;
     *) echo "device-ab: unknown argument $1" >&2; exit 2 ;;
@@ -42,12 +49,12 @@ date -u; nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 declare -A CELL
 for rep in $(seq 1 "$REPS"); do
   for which in new old; do
-    bin=sageserve; flags="$NEW_FLAGS"
+    bin="$NEW_BIN"; flags="$NEW_FLAGS"
     [ "$which" = old ] && { bin="$OLD"; flags="$OLD_FLAGS"; }
     # shellcheck disable=SC2086  # flags are words
     SERVER_BIN="$bin" serve "ab-$which-$rep" $flags || exit 1
     for c in "${CASES[@]}"; do
-      out=$(timeout 120 "$B/sagectl" bench --target="$TARGET" ${FLAGS[$c]} --shared_memory=cuda 2>&1)
+      out=$(timeout 120 "$B/sagectl" bench --target="$TARGET" ${FLAGS[$c]} --shared_memory="$SHM" 2>&1)
       echo "$out" >>"$LOG/ab_bench.log"
       rate=$(sed -n 's/^throughput: \([0-9.]*\) req\/s.*/\1/p' <<<"$out")
       over=$(sed -n 's/.*total - kernel p50 \([0-9]*\) .*/\1/p' <<<"$out")
@@ -58,6 +65,6 @@ for rep in $(seq 1 "$REPS"); do
     stop >/dev/null
   done
 done
-printf "%-18s | %-44s | %s\n" "case" "new $NEW_FLAGS: req/s (total-kernel/kernel p50 us) per rep" "old ($OLD $OLD_FLAGS)"
+printf "%-18s | %-44s | %s\n" "case" "new ($NEW_BIN $NEW_FLAGS): req/s (total-kernel/kernel p50 us) per rep" "old ($OLD $OLD_FLAGS)"
 for c in "${CASES[@]}"; do printf "%-18s | %-44s | %s\n" "$c" "${CELL["$c new"]}" "${CELL["$c old"]}"; done
 echo "=== done"; date -u

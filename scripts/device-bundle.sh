@@ -14,6 +14,9 @@
 #   --jobs N          parallel build jobs (default: nproc)
 #   --file PATH       also bundle this already-built file (repeatable; executables go to bin/, .so to lib/)
 #   --keep-symbols    leave the executables' symbol tables in (for perf); libraries are stripped anyway
+#   --xz              also pack the bundle into .bundle.tar.xz (about a quarter of the size) for runs
+#                     whose bundle is over the 64 MiB a device run carries (perf and its libraries):
+#                     carry [".bundle.tar.xz"], command "tar xJf .bundle.tar.xz && ..."
 # Not copied: the C runtime family (glibc, libstdc++, libgcc_s: Ubuntu 24.04 ships newer, compatible
 # ones) and the NVIDIA driver (libcuda, libnvidia-*: the device machine provides its own).
 set -euo pipefail
@@ -27,6 +30,7 @@ TARGETS=()
 FILES=()
 MAX_MIB=60
 KEEP_SYMBOLS=0
+XZ=0
 
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -36,7 +40,8 @@ while [ $# -gt 0 ]; do
     --jobs) JOBS="$2"; shift 2 ;;
     --file) FILES+=("$(realpath "$2")"); shift 2 ;;
     --keep-symbols) KEEP_SYMBOLS=1; shift ;;
-    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+    --xz) XZ=1; shift ;;
+    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
     -*) echo "device-bundle: unknown option $1" >&2; exit 2 ;;
     *) TARGETS+=("$1"); shift ;;
   esac
@@ -116,7 +121,10 @@ done
 
 SIZE_MIB=$(( $(du -sk "$OUT" | cut -f1) / 1024 ))
 echo "device-bundle: $(ls "$OUT/bin" | wc -l) executables, $(ls "$OUT/lib" | wc -l) libraries, ${SIZE_MIB} MiB in $OUT"
-if [ "$SIZE_MIB" -gt "$MAX_MIB" ]; then
-  echo "device-bundle: warning: bundle is over ${MAX_MIB} MiB; a device run carries at most 64 MiB in all" >&2
+if [ "$XZ" = 1 ]; then
+  tar -C "$ROOT" -cf - .bundle | xz -T0 -3 >"$ROOT/.bundle.tar.xz"
+  echo "device-bundle: packed into $ROOT/.bundle.tar.xz ($(( $(du -sk "$ROOT/.bundle.tar.xz" | cut -f1) / 1024 )) MiB)"
+elif [ "$SIZE_MIB" -gt "$MAX_MIB" ]; then
+  echo "device-bundle: warning: bundle is over ${MAX_MIB} MiB; a device run carries at most 64 MiB in all (--xz)" >&2
 fi
 echo "device-bundle: on the device: export LD_LIBRARY_PATH=\$PWD/.bundle/lib; .bundle/bin/<program>"
