@@ -69,7 +69,17 @@ typedef struct {
   float softmax_scale;          /* > 0 */
   void* workspace;              /* device scratch of at least sage_attn_workspace_size() bytes */
   size_t workspace_bytes;
+  /* Optional host copies of cu_seqlens_q/k (batch + 1 each; both or neither). When set, the call
+   * writes them into cu_seqlens_q/k itself (which must then be writable device memory), stream-
+   * ordered before any kernel reads them, so the caller uploads nothing. With a quantized recipe and
+   * batch <= SAGE_INLINE_CU_SEQLENS_MAX they ride in the first kernel's parameters and are read when
+   * the call is made; otherwise they are copied by cudaMemcpyAsync, and the arrays must stay as they
+   * are until the stream has run the copy. A small launch saves a copy and its driver call. */
+  const int32_t* host_cu_seqlens_q;
+  const int32_t* host_cu_seqlens_k;
 } sage_attn_params_t;
+
+#define SAGE_INLINE_CU_SEQLENS_MAX 64
 
 /* Bytes of device workspace the call needs for these params (quantized Q/K/V, scales, means). */
 sage_status_t sage_attn_workspace_size(const sage_attn_params_t* params, size_t* bytes);

@@ -7,6 +7,7 @@
 // on at most 0.2% of the codes. Pad rows of each tile are zero.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <vector>
@@ -254,19 +255,48 @@ TEST_P(QuantTest, MatchesCpuQuantizers) {
 // The launch plans write the same bytes: the fused Q/K/V launch and the in-pass finalize run the
 // per-tensor kernels' code. Every byte of the workspace is compared (it starts poisoned, so a
 // region one plan writes and the other leaves alone shows too).
+// With cu_seqlens in the kernel parameters (host_cu_seqlens_q/k) too: the device copies start
+// poisoned, the statistics kernel stores them, and every later kernel reads what it stored.
 TEST_P(QuantTest, EveryLaunchPlanWritesTheSameBytes) {
   SAGE_SKIP_WITHOUT_GPU();
   const QuantCase& qc = GetParam();
   Stream stream;
   std::vector<uint8_t> reference;
-  for (cuda::QuantLaunch how : {cuda::QuantLaunch::kSeparate, cuda::QuantLaunch::kFused, cuda::QuantLaunch::kAuto}) {
+  struct Plan {
+    cuda::QuantLaunch how;
+    bool inline_cu;
+  };
+  for (const Plan plan : {Plan{cuda::QuantLaunch::kSeparate, false}, Plan{cuda::QuantLaunch::kFused, false},
+                          Plan{cuda::QuantLaunch::kAuto, false}, Plan{cuda::QuantLaunch::kSeparate, true},
+                          Plan{cuda::QuantLaunch::kFused, true}}) {
+    const cuda::QuantLaunch how = plan.how;
     PreparedCase prepared;
     Prepare(qc, stream.get(), prepared);
     if (HasFatalFailure()) return;
-    ASSERT_EQ(cuda::LaunchQuantizeAll(prepared.qp, true, stream.get(), how), SAGE_OK) << sage_last_error();
+    const HostProblem& p = prepared.p;
+    cuda::InlineCuSeqlens cu;
+    if (plan.inline_cu) {
+      ASSERT_LE(p.cu_q.size(), static_cast<size_t>(SAGE_INLINE_CU_SEQLENS_MAX + 1));
+      ASSERT_TRUE(prepared.dp.cu_q.Poison(stream.get()).ok() && prepared.dp.cu_k.Poison(stream.get()).ok());
+      cu.count = static_cast<int>(p.cu_q.size());
+      std::copy(p.cu_q.begin(), p.cu_q.end(), cu.q);
+      std::copy(p.cu_k.begin(), p.cu_k.end(), cu.k);
+      cu.q_dst = prepared.dp.cu_q.as<int32_t>();
+      cu.k_dst = prepared.dp.cu_k.as<int32_t>();
+    }
+    ASSERT_EQ(cuda::LaunchQuantizeAll(prepared.qp, true, stream.get(), how, plan.inline_cu ? &cu : nullptr), SAGE_OK)
+        << sage_last_error();
+    if (plan.inline_cu) {
+      std::vector<int32_t> cu_q, cu_k;
+      ASSERT_TRUE(prepared.dp.cu_q.Download(&cu_q, stream.get()).ok() && prepared.dp.cu_k.Download(&cu_k, stream.get()).ok());
+      cu_q.resize(p.cu_q.size());
+      cu_k.resize(p.cu_k.size());
+      EXPECT_EQ(cu_q, p.cu_q) << "stored cu_seqlens_q";
+      EXPECT_EQ(cu_k, p.cu_k) << "stored cu_seqlens_k";
+    }
     std::vector<uint8_t> ws;
     ASSERT_TRUE(prepared.dp.workspace.Download(&ws, stream.get()).ok());
-    if (how == cuda::QuantLaunch::kSeparate) {
+    if (how == cuda::QuantLaunch::kSeparate && !plan.inline_cu) {
       reference = std::move(ws);
       continue;
     }
@@ -275,8 +305,8 @@ TEST_P(QuantTest, EveryLaunchPlanWritesTheSameBytes) {
     for (size_t i = 0; i < ws.size() && first == ws.size(); ++i) {
       if (ws[i] != reference[i]) first = i;
     }
-    EXPECT_EQ(first, ws.size()) << "plan " << static_cast<int>(how) << " differs from one kernel per tensor first at byte "
-                                << first << " of " << ws.size();
+    EXPECT_EQ(first, ws.size()) << "plan " << static_cast<int>(how) << (plan.inline_cu ? " with inline cu_seqlens" : "")
+                                << " differs from one kernel per tensor first at byte " << first << " of " << ws.size();
   }
 }
 

@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <string>
 
 #include "kernels/cuda/attn_mma/attn_mma.h"
@@ -131,6 +132,20 @@ sage_status_t Forward(const sage_attn_params_t* p, cudaStream_t stream, unsigned
                   p->workspace_bytes, need);
   }
 
+  const bool host_cu = p->host_cu_seqlens_q != nullptr || p->host_cu_seqlens_k != nullptr;
+  if (host_cu && (p->host_cu_seqlens_q == nullptr || p->host_cu_seqlens_k == nullptr))
+    return Fail(SAGE_ERR_INVALID_ARGUMENT, "host_cu_seqlens_q/k: give both or neither");
+  // Host cu_seqlens ride in the statistics kernel's parameters when it runs and they fit; otherwise
+  // they are copied here, ahead of every kernel on the stream.
+  const bool inline_cu = host_cu && need > 0 && (phases & kQuantize) && p->batch <= SAGE_INLINE_CU_SEQLENS_MAX;
+  if (host_cu && !inline_cu) {
+    const size_t cu_bytes = static_cast<size_t>(p->batch + 1) * sizeof(int32_t);
+    SAGE_CUDA_TRY(cudaMemcpyAsync(const_cast<int32_t*>(p->cu_seqlens_q), p->host_cu_seqlens_q, cu_bytes,
+                                  cudaMemcpyHostToDevice, stream));
+    SAGE_CUDA_TRY(cudaMemcpyAsync(const_cast<int32_t*>(p->cu_seqlens_k), p->host_cu_seqlens_k, cu_bytes,
+                                  cudaMemcpyHostToDevice, stream));
+  }
+
   const sage_recipe_t recipe = p->config.recipe;
   int device = 0;
   SAGE_CUDA_TRY(cudaGetDevice(&device));
@@ -160,7 +175,15 @@ sage_status_t Forward(const sage_attn_params_t* p, cudaStream_t stream, unsigned
     qp.smooth_v = p->config.v_smoothing == SAGE_VSMOOTH_MEAN;
     qp.int4 = recipe == SAGE_RECIPE_INT4_QK_FP8_PV;
     qp.ws = ws;
-    SAGE_RETURN_IF_ERROR(LaunchQuantizeAll(qp, Fp8V(recipe), stream));
+    InlineCuSeqlens cu;
+    if (inline_cu) {
+      cu.count = p->batch + 1;
+      cu.q_dst = const_cast<int32_t*>(p->cu_seqlens_q);
+      cu.k_dst = const_cast<int32_t*>(p->cu_seqlens_k);
+      std::memcpy(cu.q, p->host_cu_seqlens_q, static_cast<size_t>(cu.count) * sizeof(int32_t));
+      std::memcpy(cu.k, p->host_cu_seqlens_k, static_cast<size_t>(cu.count) * sizeof(int32_t));
+    }
+    SAGE_RETURN_IF_ERROR(LaunchQuantizeAll(qp, Fp8V(recipe), stream, QuantLaunch::kAuto, inline_cu ? &cu : nullptr));
   }
   if (!(phases & kAttend)) return SAGE_OK;
 

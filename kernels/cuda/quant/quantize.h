@@ -19,6 +19,17 @@
 
 namespace sage::cuda {
 
+// cu_seqlens carried in the statistics kernel's parameters (sageattn.h, host_cu_seqlens_q/k): it
+// reads them from here and its first block stores them at q_dst/k_dst (QuantParams::cu_q/cu_k) for
+// the kernels after it. Only that kernel takes them; the others keep small parameters.
+struct InlineCuSeqlens {
+  int count = 0;            // batch + 1; 0: none (cu_q/cu_k are read from device memory)
+  int32_t* q_dst = nullptr;  // == QuantParams::cu_q, writable
+  int32_t* k_dst = nullptr;  // == QuantParams::cu_k, writable
+  int32_t q[SAGE_INLINE_CU_SEQLENS_MAX + 1];
+  int32_t k[SAGE_INLINE_CU_SEQLENS_MAX + 1];
+};
+
 struct QuantParams {
   const void* q = nullptr;  // [total_q, Hq, D]
   const void* k = nullptr;  // [total_k, Hkv, D]
@@ -49,7 +60,9 @@ enum class QuantLaunch {
   kFused,     // statistics (+ finalize when one chunk), then Q, K and V tiles in one launch
 };
 
-sage_status_t LaunchKvStats(const QuantParams& p, KvFinalize finalize, cudaStream_t stream);
+// `cu`: cu_seqlens for the kernel's parameters, or null (read from device memory).
+sage_status_t LaunchKvStats(const QuantParams& p, KvFinalize finalize, const InlineCuSeqlens* cu,
+                            cudaStream_t stream);
 sage_status_t LaunchQuantizeK(const QuantParams& p, cudaStream_t stream);
 sage_status_t LaunchQuantizeQ(const QuantParams& p, cudaStream_t stream);
 sage_status_t LaunchQuantizeV(const QuantParams& p, cudaStream_t stream);
@@ -58,7 +71,8 @@ sage_status_t LaunchDeltaS(const QuantParams& p, cudaStream_t stream);
 sage_status_t LaunchQuantizeQkv(const QuantParams& p, bool quantize_v, cudaStream_t stream);
 
 // All of the above that the params ask for, in order. Every QuantLaunch writes the same bytes.
+// `cu` (may be null): cu_seqlens to store before anything reads them (LaunchKvStats).
 sage_status_t LaunchQuantizeAll(const QuantParams& p, bool quantize_v, cudaStream_t stream,
-                                QuantLaunch how = QuantLaunch::kAuto);
+                                QuantLaunch how = QuantLaunch::kAuto, const InlineCuSeqlens* cu = nullptr);
 
 }  // namespace sage::cuda

@@ -34,11 +34,20 @@ __device__ __forceinline__ void WriteKvStats(const QuantParams& p, int b, int h,
 // arithmetic as KvStatsFinalizeKernel over that one chunk, which then need not run (one launch less
 // for small problems, where launches cost more than the work).
 template <bool kBf16, int D, bool kFinalize>
-__global__ void __launch_bounds__(kThreads) KvStatsKernel(QuantParams p) {
+__global__ void __launch_bounds__(kThreads) KvStatsKernel(QuantParams p, InlineCuSeqlens cu) {
   constexpr int kCols = D / 8;               // 8-channel (16-byte) column groups
   constexpr int kLanes = kThreads / kCols;   // rows processed side by side
   const int b = blockIdx.z, h = blockIdx.y, chunk = blockIdx.x;
-  const int start = p.cu_k[b], len = p.cu_k[b + 1] - start;
+  const bool inline_cu = cu.count > 0;
+  if (inline_cu && blockIdx.x == 0 && blockIdx.y == 0 && blockIdx.z == 0) {
+    // Every later kernel of the call reads cu_seqlens from device memory: store them there.
+    for (int i = threadIdx.x; i < cu.count; i += kThreads) {
+      cu.q_dst[i] = cu.q[i];
+      cu.k_dst[i] = cu.k[i];
+    }
+  }
+  const int32_t* cu_k = inline_cu ? cu.k : p.cu_k;
+  const int start = cu_k[b], len = cu_k[b + 1] - start;
   const int r0 = chunk * kStatsChunkRows;
   if (r0 >= len) {
     if constexpr (kFinalize) {
@@ -128,7 +137,8 @@ __global__ void __launch_bounds__(kThreads) QuantizeVKernel(QuantParams p) {
 }
 
 template <bool kBf16, int D>
-sage_status_t LaunchKvStatsT(const QuantParams& p, KvFinalize finalize, cudaStream_t stream) {
+sage_status_t LaunchKvStatsT(const QuantParams& p, KvFinalize finalize, const InlineCuSeqlens& cu,
+                             cudaStream_t stream) {
   if (finalize == KvFinalize::kInStatsPass) {
     if (p.ws.stat_chunks > 1) {
       return Fail(SAGE_ERR_INTERNAL, "kv stats: finalizing in the stats pass needs one chunk, have %lld",
@@ -136,15 +146,15 @@ sage_status_t LaunchKvStatsT(const QuantParams& p, KvFinalize finalize, cudaStre
     }
     if (p.batch == 0) return SAGE_OK;
     // Launched even when no sequence has keys (stat_chunks 0): the means and scales still need values.
-    KvStatsKernel<kBf16, D, true><<<dim3(1, p.num_kv_heads, p.batch), kThreads, 0, stream>>>(p);
+    KvStatsKernel<kBf16, D, true><<<dim3(1, p.num_kv_heads, p.batch), kThreads, 0, stream>>>(p, cu);
     SAGE_CHECK_LAUNCH("KvStatsKernel");
     return SAGE_OK;
   }
-  if (p.batch == 0 || p.ws.stat_chunks == 0) {
-    // No keys at all: means/scales still need defined values for the kernels.
-  } else {
-    KvStatsKernel<kBf16, D, false><<<dim3(static_cast<unsigned>(p.ws.stat_chunks), p.num_kv_heads, p.batch),
-                                     kThreads, 0, stream>>>(p);
+  // With no keys at all there are no partials, but inline cu_seqlens still need storing.
+  const int64_t chunks = p.ws.stat_chunks > 0 ? p.ws.stat_chunks : (cu.count > 0 ? 1 : 0);
+  if (p.batch > 0 && chunks > 0) {
+    KvStatsKernel<kBf16, D, false><<<dim3(static_cast<unsigned>(chunks), p.num_kv_heads, p.batch), kThreads, 0,
+                                     stream>>>(p, cu);
     SAGE_CHECK_LAUNCH("KvStatsKernel");
   }
   if (p.batch > 0) {
@@ -165,12 +175,20 @@ sage_status_t LaunchQuantizeVT(const QuantParams& p, cudaStream_t stream) {
 
 }  // namespace
 
-sage_status_t LaunchKvStats(const QuantParams& p, KvFinalize finalize, cudaStream_t stream) {
+sage_status_t LaunchKvStats(const QuantParams& p, KvFinalize finalize, const InlineCuSeqlens* cu,
+                            cudaStream_t stream) {
+  if (cu != nullptr && (cu->count != p.batch + 1 || cu->count > SAGE_INLINE_CU_SEQLENS_MAX + 1 ||
+                        cu->q_dst == nullptr || cu->k_dst == nullptr)) {
+    return Fail(SAGE_ERR_INTERNAL, "kv stats: inline cu_seqlens with %d entries for batch %d", cu->count, p.batch);
+  }
+  const InlineCuSeqlens none{};
+  const InlineCuSeqlens& c = cu != nullptr ? *cu : none;
   if (p.head_dim == 64) {
-    return p.bf16 ? LaunchKvStatsT<true, 64>(p, finalize, stream) : LaunchKvStatsT<false, 64>(p, finalize, stream);
+    return p.bf16 ? LaunchKvStatsT<true, 64>(p, finalize, c, stream) : LaunchKvStatsT<false, 64>(p, finalize, c, stream);
   }
   if (p.head_dim == 128) {
-    return p.bf16 ? LaunchKvStatsT<true, 128>(p, finalize, stream) : LaunchKvStatsT<false, 128>(p, finalize, stream);
+    return p.bf16 ? LaunchKvStatsT<true, 128>(p, finalize, c, stream)
+                  : LaunchKvStatsT<false, 128>(p, finalize, c, stream);
   }
   return Fail(SAGE_ERR_UNSUPPORTED, "kv stats: head_dim %d unsupported (64, 128)", p.head_dim);
 }

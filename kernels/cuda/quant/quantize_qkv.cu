@@ -84,17 +84,18 @@ sage_status_t LaunchQuantizeQkv(const QuantParams& p, bool quantize_v, cudaStrea
   return p.bf16 ? LaunchQkvT<true, 128>(p, g, blocks, stream) : LaunchQkvT<false, 128>(p, g, blocks, stream);
 }
 
-sage_status_t LaunchQuantizeAll(const QuantParams& p, bool quantize_v, cudaStream_t stream, QuantLaunch how) {
+sage_status_t LaunchQuantizeAll(const QuantParams& p, bool quantize_v, cudaStream_t stream, QuantLaunch how,
+                                const InlineCuSeqlens* cu) {
   const bool one_chunk = p.ws.stat_chunks <= 1;
   // Large problems keep one kernel per tensor: there the launches are cheap next to the work, and
   // the V and Q tiles run at the occupancy of their own (smaller) kernels.
   if (how == QuantLaunch::kAuto) how = one_chunk ? QuantLaunch::kFused : QuantLaunch::kSeparate;
   if (how == QuantLaunch::kFused) {
     SAGE_RETURN_IF_ERROR(
-        LaunchKvStats(p, one_chunk ? KvFinalize::kInStatsPass : KvFinalize::kSeparateKernel, stream));
+        LaunchKvStats(p, one_chunk ? KvFinalize::kInStatsPass : KvFinalize::kSeparateKernel, cu, stream));
     SAGE_RETURN_IF_ERROR(LaunchQuantizeQkv(p, quantize_v, stream));
   } else {
-    SAGE_RETURN_IF_ERROR(LaunchKvStats(p, KvFinalize::kSeparateKernel, stream));
+    SAGE_RETURN_IF_ERROR(LaunchKvStats(p, KvFinalize::kSeparateKernel, cu, stream));
     SAGE_RETURN_IF_ERROR(LaunchQuantizeK(p, stream));
     SAGE_RETURN_IF_ERROR(LaunchQuantizeQ(p, stream));
     if (quantize_v) SAGE_RETURN_IF_ERROR(LaunchQuantizeV(p, stream));
