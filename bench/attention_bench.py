@@ -43,7 +43,9 @@ class AttnParams(ctypes.Structure):
                 ("batch", ctypes.c_int32), ("max_seqlen_q", ctypes.c_int32), ("max_seqlen_k", ctypes.c_int32),
                 ("total_q", ctypes.c_int64), ("total_k", ctypes.c_int64), ("num_q_heads", ctypes.c_int32),
                 ("num_kv_heads", ctypes.c_int32), ("head_dim", ctypes.c_int32), ("mask", ctypes.c_int),
-                ("softmax_scale", ctypes.c_float), ("workspace", ctypes.c_void_p), ("workspace_bytes", ctypes.c_size_t)]
+                ("softmax_scale", ctypes.c_float), ("workspace", ctypes.c_void_p), ("workspace_bytes", ctypes.c_size_t),
+                # Left NULL (ctypes zero-fills): cu_seqlens are uploaded by torch.
+                ("host_cu_seqlens_q", ctypes.c_void_p), ("host_cu_seqlens_k", ctypes.c_void_p)]
 
 
 def load_lib(path):
