@@ -95,10 +95,10 @@ Metric& Family<Metric>::WithLabels(std::span<const absl::string_view> values) {
   }
   child->metric.reset(NewMetric());
   child->next = head_.load(std::memory_order_relaxed);
-  Metric& metric = *child->metric;
-  head_.store(child.get(), std::memory_order_release);
-  children_.push_back(std::move(child));
-  return metric;
+  const Child* published = child.get();
+  children_.push_back(std::move(child));  // owned before readers can see it
+  head_.store(published, std::memory_order_release);
+  return *published->metric;
 }
 
 template <typename Metric>

@@ -182,7 +182,8 @@ struct DeviceExecutor::Slot {
   int device = 0;
   Capacity cap;
   cudaStream_t stream = nullptr;
-  cudaEvent_t ev[4] = {nullptr, nullptr, nullptr, nullptr};  // start, after H2D, after kernels, after D2H
+  // start, after H2D, after kernels, after D2H; the H2D and D2H ones only when that stage has work
+  cudaEvent_t ev[4] = {nullptr, nullptr, nullptr, nullptr};
   unsigned char* host_in = nullptr;   // pinned
   unsigned char* host_out = nullptr;  // pinned
   unsigned char* dev_in = nullptr;
