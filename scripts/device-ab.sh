@@ -12,27 +12,15 @@
 # A flag A/B of one build: --compare sageserve --old-flags "--cuda_sync=spin" --new-flags "--cuda_sync=yield".
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-BUNDLE="$ROOT/.bundle"
+source "$ROOT/scripts/device-serve-lib.sh"  # serve/stop and the shapes
 REPS=2
 OLD=""
 NEW_BIN=sageserve
 SHM=cuda
 NEW_FLAGS=""
 OLD_FLAGS=""
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --bundle) BUNDLE="$(realpath "$2")"; shift 2 ;;
-    --reps) REPS="$2"; shift 2 ;;
-    --compare) OLD="$2"; shift 2 ;;
-    --new) NEW_BIN="$2"; shift 2 ;;
-    --shm) SHM="$2"; shift 2 ;;
-    --new-flags) NEW_FLAGS="$2"; shift 2 ;;
-    --old-flags) OLD_FLAGS="$2"; shift 2 ;;
-    *) echo "device-ab: unknown argument $1" >&2; exit 2 ;;
-  esac
-done
+device_args device-ab --reps:REPS --compare:OLD --new:NEW_BIN --shm:SHM --new-flags:NEW_FLAGS --old-flags:OLD_FLAGS -- "$@" || exit 2
 [ -n "$OLD" ] || { echo "device-ab: --compare BIN (a server binary in the bundle's bin/) is required" >&2; exit 2; }
-source "$ROOT/scripts/device-serve-lib.sh"  # serve/stop and the shapes
 TARGET="127.0.0.1:50101"
 SERVER_FLAGS=(--allow_shared_memory)
 

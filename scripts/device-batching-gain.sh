@@ -8,16 +8,9 @@
 #   scripts/device-batching-gain.sh [--bundle DIR] [--reps N]
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-BUNDLE="$ROOT/.bundle"
-REPS=3
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --bundle) BUNDLE="$(realpath "$2")"; shift 2 ;;
-    --reps) REPS="$2"; shift 2 ;;
-    *) echo "device-batching-gain: unknown argument $1" >&2; exit 2 ;;
-  esac
-done
 source "$ROOT/scripts/device-serve-lib.sh"  # serve/stop and the shared shapes
+REPS=3
+device_args device-batching-gain --reps:REPS -- "$@" || exit 2
 TARGET="127.0.0.1:50095"
 SERVER_FLAGS=(--allow_shared_memory)
 

@@ -7,19 +7,11 @@
 #   scripts/device-cpu-profile.sh [--bundle DIR] [--port N] [-- extra server flags...]
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-BUNDLE="$ROOT/.bundle"
-PORT=50093
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --bundle) BUNDLE="$(realpath "$2")"; shift 2 ;;
-    --port) PORT="$2"; shift 2 ;;
-    --) shift; break ;;
-    *) echo "device-cpu-profile: unknown argument $1" >&2; exit 2 ;;
-  esac
-done
 source "$ROOT/scripts/device-serve-lib.sh"  # serve/stop, measure, the shapes
+PORT=50093
+device_args device-cpu-profile --port:PORT -- "$@" || exit 2
 TARGET="127.0.0.1:$PORT"
-SERVER_FLAGS=(--allow_shared_memory "$@")
+SERVER_FLAGS=(--allow_shared_memory "${EXTRA_ARGS[@]}")
 
 date -u; echo "cores: $(nproc)"; command -v perf nsys gdb || true
 serve profile || exit 1

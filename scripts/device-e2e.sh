@@ -8,19 +8,12 @@
 # Exit status: 0 when every step passed.
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-BUNDLE="$ROOT/.bundle"
+source "$ROOT/scripts/device-serve-lib.sh"  # device_args (LOG, B, the library path)
 PORT=50077
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --bundle) BUNDLE="$(realpath "$2")"; shift 2 ;;
-    --port) PORT="$2"; shift 2 ;;
-    *) echo "device-e2e: unknown argument $1" >&2; exit 2 ;;
-  esac
-done
-LOGDIR="${OUT:-/tmp}"
-export LD_LIBRARY_PATH="$BUNDLE/lib:${LD_LIBRARY_PATH:-}"
-SERVE="$BUNDLE/bin/sageserve"
-CTL="$BUNDLE/bin/sagectl"
+device_args device-e2e --port:PORT -- "$@" || exit 2
+LOGDIR="$LOG"
+SERVE="$B/sageserve"
+CTL="$B/sagectl"
 TARGET="127.0.0.1:$PORT"
 failures=0
 step() {  # name, command...

@@ -10,14 +10,8 @@
 #   scripts/device-merged-streams.sh [--bundle DIR]
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-BUNDLE="$ROOT/.bundle"
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --bundle) BUNDLE="$(realpath "$2")"; shift 2 ;;
-    *) echo "device-merged-streams: unknown argument $1" >&2; exit 2 ;;
-  esac
-done
 source "$ROOT/scripts/device-serve-lib.sh"  # serve/stop, measure, bench_multi, profile_server, the shapes
+device_args device-merged-streams -- "$@" || exit 2
 TARGET="127.0.0.1:50106"
 SERVER_FLAGS=(--allow_shared_memory)
 

@@ -15,24 +15,13 @@
 # workers poll for 2 ms before sleeping (--worker_spin_us=2000).
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-BUNDLE="$ROOT/.bundle"
+source "$ROOT/scripts/device-serve-lib.sh"  # serve/stop/bench and the shared shapes
 PORT=50079
 SKIP_TESTS=0
 WITH_W1=0
 TESTS_LAST=0
 COMPARE=""
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --bundle) BUNDLE="$(realpath "$2")"; shift 2 ;;
-    --port) PORT="$2"; shift 2 ;;
-    --skip-tests) SKIP_TESTS=1; shift ;;
-    --with-w1) WITH_W1=1; shift ;;
-    --tests-last) TESTS_LAST=1; shift ;;
-    --compare) COMPARE="$2"; shift 2 ;;
-    *) echo "device-runtime-bench: unknown argument $1" >&2; exit 2 ;;
-  esac
-done
-source "$ROOT/scripts/device-serve-lib.sh"  # serve/stop/bench and the shared shapes
+device_args device-runtime-bench --port:PORT --skip-tests:SKIP_TESTS=1 --with-w1:WITH_W1=1 --tests-last:TESTS_LAST=1 --compare:COMPARE -- "$@" || exit 2
 TARGET="127.0.0.1:$PORT"
 L16K="--batch=1 --q_len=16384 --k_len=16384 --heads_q=8 --heads_kv=8 --head_dim=128 --causal"
 

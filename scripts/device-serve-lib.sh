@@ -1,11 +1,44 @@
-# Sourced by the device bench scripts: start `sageserve` from the bundle, stop it, run one `sagectl bench`
-# (with or without CPU accounting).
-# Source it once BUNDLE is set: it sets LOG ($OUT or /tmp), B (the bundle's bin/) and puts the bundle's
-# libraries on LD_LIBRARY_PATH. The functions expect TARGET (host:port); SERVER_BIN names the server
-# binary in B (default sageserve) and SERVER_FLAGS (an array) is added to every start.
-LOG="${OUT:-/tmp}"
-B="$BUNDLE/bin"
-export LD_LIBRARY_PATH="$BUNDLE/lib:${LD_LIBRARY_PATH:-}"
+# Sourced by the device bench scripts (after they set ROOT, the checkout): their argument parsing
+# (device_args), starting `sageserve` from the bundle, stopping it, one `sagectl bench` (with or
+# without CPU accounting), profiles. device_args sets LOG ($OUT or /tmp), B (the bundle's bin/) and
+# puts the bundle's libraries on LD_LIBRARY_PATH. The functions expect TARGET (host:port); SERVER_BIN
+# names the server binary in B (default sageserve) and SERVER_FLAGS (an array) is added to every start.
+BUNDLE="$ROOT/.bundle"
+
+# name, option specs..., --, the script's arguments: parses them, then sets LOG, B and the library
+# path. Every script takes --bundle DIR; a spec "--flag:VAR" takes a value into VAR, "--flag:VAR=v"
+# is a switch that sets VAR to v. A "--" among the arguments ends them: what follows goes into the
+# array EXTRA_ARGS (server flags, for the scripts that take them). Returns 2 on a bad argument.
+device_args() {
+  local name="$1"; shift
+  local -a specs=()
+  while [ $# -gt 0 ] && [ "$1" != "--" ]; do specs+=("$1"); shift; done
+  [ $# -gt 0 ] && shift
+  EXTRA_ARGS=()
+  local spec flag var matched
+  while [ $# -gt 0 ]; do
+    if [ "$1" = "--" ]; then shift; EXTRA_ARGS=("$@"); break; fi
+    if [ "$1" = "--bundle" ] && [ $# -ge 2 ]; then BUNDLE="$(realpath "$2")"; shift 2; continue; fi
+    matched=0
+    for spec in "${specs[@]}"; do
+      flag="${spec%%:*}"; var="${spec#*:}"
+      [ "$1" = "$flag" ] || continue
+      matched=1
+      if [[ "$var" == *=* ]]; then
+        printf -v "${var%%=*}" '%s' "${var#*=}"; shift
+      elif [ $# -ge 2 ]; then
+        printf -v "$var" '%s' "$2"; shift 2
+      else
+        echo "$name: $1 needs a value" >&2; return 2
+      fi
+      break
+    done
+    [ "$matched" = 1 ] || { echo "$name: unknown argument $1" >&2; return 2; }
+  done
+  LOG="${OUT:-/tmp}"
+  B="$BUNDLE/bin"
+  export LD_LIBRARY_PATH="$BUNDLE/lib:${LD_LIBRARY_PATH:-}"
+}
 
 # The bench shapes of docs/BENCHMARKS.md. small: 128 tokens x 8 heads x D128 (1.05 MB of q/k/v/O);
 # small64: the same at D64; tiny: 16 tokens x 8 heads x D64 (64 KB per call, launch-bound);

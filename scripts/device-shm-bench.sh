@@ -12,22 +12,12 @@
 # --cuda-only: only the CUDA shared-memory rows (plus unary c16 on 16 connections).
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-BUNDLE="$ROOT/.bundle"
+source "$ROOT/scripts/device-serve-lib.sh"  # LOG, B and LD_LIBRARY_PATH from BUNDLE; serve/stop, the shapes
 PORT=50089
 SKIP_TESTS=0
 COMPARE=""
 CUDA_ONLY=0
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --bundle) BUNDLE="$(realpath "$2")"; shift 2 ;;
-    --port) PORT="$2"; shift 2 ;;
-    --skip-tests) SKIP_TESTS=1; shift ;;
-    --compare) COMPARE="$2"; shift 2 ;;
-    --cuda-only) CUDA_ONLY=1; shift ;;
-    *) echo "device-shm-bench: unknown argument $1" >&2; exit 2 ;;
-  esac
-done
-source "$ROOT/scripts/device-serve-lib.sh"  # LOG, B and LD_LIBRARY_PATH from BUNDLE; serve/stop, the shapes
+device_args device-shm-bench --port:PORT --skip-tests:SKIP_TESTS=1 --compare:COMPARE --cuda-only:CUDA_ONLY=1 -- "$@" || exit 2
 TARGET="127.0.0.1:$PORT"
 
 date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader

@@ -7,18 +7,11 @@
 #   scripts/device-stage-breakdown.sh [--bundle DIR] [-- server flags for every case...]
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-BUNDLE="$ROOT/.bundle"
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --bundle) BUNDLE="$(realpath "$2")"; shift 2 ;;
-    --) shift; break ;;
-    *) echo "device-stage-breakdown: unknown argument $1" >&2; exit 2 ;;
-  esac
-done
 source "$ROOT/scripts/device-serve-lib.sh"  # serve/stop, bench, the shapes
+device_args device-stage-breakdown -- "$@" || exit 2
 TARGET="127.0.0.1:50103"
 METRICS="127.0.0.1:50104"
-SERVER_FLAGS=(--allow_shared_memory --metrics_listen="$METRICS" "$@")
+SERVER_FLAGS=(--allow_shared_memory --metrics_listen="$METRICS" "${EXTRA_ARGS[@]}")
 
 # label, "server flags", bench flags...
 run_case() {

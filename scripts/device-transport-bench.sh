@@ -8,18 +8,10 @@
 #   scripts/device-transport-bench.sh [--bundle DIR] [--port N] [--quick]
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-BUNDLE="$ROOT/.bundle"
+source "$ROOT/scripts/device-serve-lib.sh"  # LOG, B and LD_LIBRARY_PATH from BUNDLE; serve/stop, the shapes
 PORT=50091
 QUICK=0
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --bundle) BUNDLE="$(realpath "$2")"; shift 2 ;;
-    --port) PORT="$2"; shift 2 ;;
-    --quick) QUICK=1; shift ;;
-    *) echo "device-transport-bench: unknown argument $1" >&2; exit 2 ;;
-  esac
-done
-source "$ROOT/scripts/device-serve-lib.sh"  # LOG, B and LD_LIBRARY_PATH from BUNDLE; serve/stop, the shapes
+device_args device-transport-bench --port:PORT --quick:QUICK=1 -- "$@" || exit 2
 SOCK="/tmp/sageserve-transport-bench.sock"
 CORES=$(nproc)
 HALF=$((CORES / 2))

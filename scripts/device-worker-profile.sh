@@ -7,17 +7,10 @@
 #   scripts/device-worker-profile.sh [--bundle DIR] [-- extra server flags...]
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-BUNDLE="$ROOT/.bundle"
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --bundle) BUNDLE="$(realpath "$2")"; shift 2 ;;
-    --) shift; break ;;
-    *) echo "device-worker-profile: unknown argument $1" >&2; exit 2 ;;
-  esac
-done
 source "$ROOT/scripts/device-serve-lib.sh"  # serve/stop, profile_server, the shapes
+device_args device-worker-profile -- "$@" || exit 2
 TARGET="127.0.0.1:50105"
-SERVER_FLAGS=(--allow_shared_memory "$@")
+SERVER_FLAGS=(--allow_shared_memory "${EXTRA_ARGS[@]}")
 export PROFILE_COMM=sage-worker
 
 date -u; echo "server flags: ${SERVER_FLAGS[*]}"
