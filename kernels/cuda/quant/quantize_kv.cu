@@ -3,7 +3,6 @@
 
 #include <cfloat>
 
-#include "kernels/cuda/common/ptx_sm90.cuh"
 #include "kernels/cuda/common/status.cuh"
 #include "kernels/cuda/quant/quant_common.cuh"
 #include "kernels/cuda/quant/quantize.h"
