@@ -12,6 +12,16 @@
 
 namespace sage::server {
 namespace v1 = ::sageserve::v1;
+namespace {
+
+// An Attend call's answer: a RESOURCE_EXHAUSTED also tells gRPC's retry policy when (or that not)
+// to try again (AddRetryPushback).
+void FinishAttend(grpc::ServerUnaryReactor* reactor, grpc::CallbackServerContext& context, const absl::Status& status) {
+  AddRetryPushback(status, context);
+  reactor->Finish(ToGrpcStatus(status));
+}
+
+}  // namespace
 
 AttentionService::AttentionService(AttendPipeline* pipeline, sage::server::SelfTestRunner* selftest,
                                    const BackendInfo* backend, HostBufferPool* payload_pool, ServiceLimits limits)
@@ -24,8 +34,7 @@ grpc::ServerUnaryReactor* AttentionService::Attend(grpc::CallbackServerContext* 
   absl::StatusOr<WireAttendRequest> parsed = ParseAttendRequest(*request, *payload_pool_);
   if (!parsed.ok()) {
     spdlog::warn("Attend request rejected: {}", parsed.status().ToString());
-    AddRetryPushback(parsed.status(), *context);
-    reactor->Finish(ToGrpcStatus(parsed.status()));
+    FinishAttend(reactor, *context, parsed.status());
     return reactor;
   }
   // Held here as well as by the completion, which the pipeline may drop before Start returns.
@@ -37,14 +46,10 @@ grpc::ServerUnaryReactor* AttentionService::Attend(grpc::CallbackServerContext* 
   call.is_cancelled = [context] { return context->IsCancelled(); };
   call.done = [reactor, response, state, context](const absl::Status& status) {
     if (status.ok()) *response = state->SerializeResponse();
-    AddRetryPushback(status, *context);
-    reactor->Finish(ToGrpcStatus(status));
+    FinishAttend(reactor, *context, status);
   };
   absl::Status started = pipeline_->Start(std::move(call));
-  if (!started.ok()) {
-    AddRetryPushback(started, *context);
-    reactor->Finish(ToGrpcStatus(started));
-  }
+  if (!started.ok()) FinishAttend(reactor, *context, started);
   return reactor;
 }
 

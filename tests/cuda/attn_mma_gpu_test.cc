@@ -150,13 +150,9 @@ TEST(AttnMmaTiming, DISABLED_Throughput) {
       ASSERT_TRUE(dp.Upload(p, stream.get()).ok());
       for (sage_recipe_t r : {SAGE_RECIPE_INT8_QK_FP8_PV, SAGE_RECIPE_INT8_QK_FP16_PV, SAGE_RECIPE_UNQUANTIZED,
                               SAGE_RECIPE_INT4_QK_FP8_PV}) {
-        sage_attn_params_t prm = dp.Params(p, DefaultCConfig(r));
-        size_t ws = 0;
-        ASSERT_EQ(sage_attn_workspace_size(&prm, &ws), SAGE_OK);
-        if (dp.workspace.Size() < ws) {
-          ASSERT_TRUE(dp.workspace.Allocate(ws).ok());
-        }
-        prm = dp.Params(p, DefaultCConfig(r));
+        absl::StatusOr<sage_attn_params_t> params = dp.ParamsWithWorkspace(p, DefaultCConfig(r));
+        ASSERT_TRUE(params.ok()) << params.status();
+        sage_attn_params_t prm = *params;
         const sage_status_t warm = sage_attn_forward(&prm, stream.sage());
         if (warm != SAGE_OK) {
           std::printf("  %-16s d=%d %s: %s\n", std::string(RecipeName(ToRecipe(r))).c_str(), d,

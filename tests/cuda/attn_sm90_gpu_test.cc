@@ -175,12 +175,9 @@ TEST(AttnSm90Params, MisalignedInputsAndNullStreamAreRefused) {
   Stream stream;
   DeviceProblem dp;
   ASSERT_TRUE(dp.Upload(p, stream.get()).ok());
-  const sage_recipe_config_t cfg = DefaultCConfig(SAGE_RECIPE_INT8_QK_FP8_PV);
-  sage_attn_params_t prm = dp.Params(p, cfg);
-  size_t bytes = 0;
-  ASSERT_EQ(sage_attn_workspace_size(&prm, &bytes), SAGE_OK);
-  ASSERT_TRUE(dp.workspace.Allocate(bytes).ok());
-  prm = dp.Params(p, cfg);
+  absl::StatusOr<sage_attn_params_t> params = dp.ParamsWithWorkspace(p, DefaultCConfig(SAGE_RECIPE_INT8_QK_FP8_PV));
+  ASSERT_TRUE(params.ok()) << params.status();
+  const sage_attn_params_t prm = *params;
   sage_attn_params_t bad = prm;
   bad.k = static_cast<const char*>(prm.k) + 2;
   EXPECT_EQ(sage_attn_forward(&bad, stream.sage()), SAGE_ERR_INVALID_ARGUMENT);

@@ -412,6 +412,18 @@ struct DeviceProblem {
     prm.workspace_bytes = workspace.Size();
     return prm;
   }
+
+  // Params whose workspace is big enough for them: sized by sage_attn_workspace_size and grown
+  // when the current one is smaller (a shape error comes back as the library's status).
+  absl::StatusOr<sage_attn_params_t> ParamsWithWorkspace(const HostProblem& p, const sage_recipe_config_t& cfg) {
+    sage_attn_params_t prm = Params(p, cfg);
+    size_t bytes = 0;
+    if (auto s = sage_attn_workspace_size(&prm, &bytes); s != SAGE_OK) return SageStatus(s, "workspace_size");
+    if (workspace.Size() < bytes) {
+      if (absl::Status st = workspace.Allocate(bytes); !st.ok()) return st;
+    }
+    return Params(p, cfg);
+  }
 };
 
 inline absl::StatusOr<GpuResult> RunGpu(const HostProblem& p, const sage_recipe_config_t& cfg,
@@ -419,11 +431,9 @@ inline absl::StatusOr<GpuResult> RunGpu(const HostProblem& p, const sage_recipe_
   DeviceProblem dp;
   absl::Status st = dp.Upload(p, stream.get());
   if (!st.ok()) return st;
-  sage_attn_params_t prm = dp.Params(p, cfg);
-  size_t ws = 0;
-  if (auto s = sage_attn_workspace_size(&prm, &ws); s != SAGE_OK) return SageStatus(s, "workspace_size");
-  if (st = dp.workspace.Allocate(ws); !st.ok()) return st;
-  prm = dp.Params(p, cfg);
+  absl::StatusOr<sage_attn_params_t> params = dp.ParamsWithWorkspace(p, cfg);
+  if (!params.ok()) return params.status();
+  sage_attn_params_t prm = *params;
   if (st = dp.o.Poison(stream.get()); !st.ok()) return st;
   if (dp.lse.get() != nullptr && !(st = dp.lse.Poison(stream.get())).ok()) return st;
   if (auto s = sage_attn_forward(&prm, stream.sage()); s != SAGE_OK) return SageStatus(s, "forward");

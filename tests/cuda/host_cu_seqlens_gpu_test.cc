@@ -24,12 +24,9 @@ void Forward(const HostProblem& p, sage_recipe_t recipe, bool host_cu, Outputs& 
   Stream stream;
   DeviceProblem dp;
   ASSERT_TRUE(dp.Upload(p, stream.get()).ok());
-  const sage_recipe_config_t cfg = DefaultCConfig(recipe);
-  sage_attn_params_t prm = dp.Params(p, cfg);
-  size_t ws = 0;
-  ASSERT_EQ(sage_attn_workspace_size(&prm, &ws), SAGE_OK) << sage_last_error();
-  ASSERT_TRUE(dp.workspace.Allocate(ws).ok());
-  prm = dp.Params(p, cfg);
+  absl::StatusOr<sage_attn_params_t> params = dp.ParamsWithWorkspace(p, DefaultCConfig(recipe));
+  ASSERT_TRUE(params.ok()) << params.status();
+  sage_attn_params_t prm = *params;
   ASSERT_TRUE(dp.o.Poison(stream.get()).ok() && dp.lse.Poison(stream.get()).ok());
   if (host_cu) {
     ASSERT_TRUE(dp.cu_q.Poison(stream.get()).ok() && dp.cu_k.Poison(stream.get()).ok());
@@ -118,11 +115,9 @@ TEST(HostCuSeqlensBadParams, OneWithoutTheOtherIsRefused) {
   Stream stream;
   DeviceProblem dp;
   ASSERT_TRUE(dp.Upload(p, stream.get()).ok());
-  sage_attn_params_t prm = dp.Params(p, DefaultCConfig(SAGE_RECIPE_INT8_QK_FP16_PV));
-  size_t ws = 0;
-  ASSERT_EQ(sage_attn_workspace_size(&prm, &ws), SAGE_OK);
-  ASSERT_TRUE(dp.workspace.Allocate(ws).ok());
-  prm = dp.Params(p, DefaultCConfig(SAGE_RECIPE_INT8_QK_FP16_PV));
+  absl::StatusOr<sage_attn_params_t> params = dp.ParamsWithWorkspace(p, DefaultCConfig(SAGE_RECIPE_INT8_QK_FP16_PV));
+  ASSERT_TRUE(params.ok()) << params.status();
+  sage_attn_params_t prm = *params;
   prm.host_cu_seqlens_q = p.cu_q.data();
   EXPECT_EQ(sage_attn_forward(&prm, stream.sage()), SAGE_ERR_INVALID_ARGUMENT);
   EXPECT_NE(std::string(sage_last_error()).find("host_cu_seqlens_q/k: give both or neither"), std::string::npos)

@@ -38,6 +38,12 @@ bool Find(const google::rpc::Status& rich, T* out) {
   return false;
 }
 
+// The BadRequest a client-library status carries as a payload keyed by its type URL.
+bool BadRequestPayload(const absl::Status& status, google::rpc::BadRequest* out) {
+  const auto payload = status.GetPayload("type.googleapis.com/google.rpc.BadRequest");
+  return payload.has_value() && out->ParseFromString(std::string(*payload));
+}
+
 TEST(ErrorDetails, InvalidArgumentNamesTheField) {
   const grpc::Status s = server::ToGrpcStatus(
       absl::InvalidArgumentError("q.shape[2]: head_dim 80 is not supported (supported: 64, 128)"));
@@ -100,10 +106,8 @@ TEST(ErrorDetails, ClientsReceiveThem) {
   // The client library hands the same details on as payloads keyed by type URL.
   absl::StatusOr<v1::AttendResponse> via_client = s.client->Attend(request);
   ASSERT_EQ(via_client.status().code(), absl::StatusCode::kInvalidArgument);
-  const auto payload = via_client.status().GetPayload("type.googleapis.com/google.rpc.BadRequest");
-  ASSERT_TRUE(payload.has_value());
   google::rpc::BadRequest from_payload;
-  ASSERT_TRUE(from_payload.ParseFromString(std::string(*payload)));
+  ASSERT_TRUE(BadRequestPayload(via_client.status(), &from_payload));
   EXPECT_EQ(from_payload.field_violations(0).field(), "q.shape[2]");
   EXPECT_EQ(via_client.status().ToString(absl::StatusToStringMode::kWithNoExtraData),
             "INVALID_ARGUMENT: " + bad.error_message());
@@ -112,10 +116,8 @@ TEST(ErrorDetails, ClientsReceiveThem) {
   std::unique_ptr<sageserve::StreamSession> session = s.client->OpenStream();
   absl::StatusOr<v1::AttendResponse> streamed = session->Send(request).get();
   ASSERT_EQ(streamed.status().code(), absl::StatusCode::kInvalidArgument);
-  const auto streamed_payload = streamed.status().GetPayload("type.googleapis.com/google.rpc.BadRequest");
-  ASSERT_TRUE(streamed_payload.has_value());
   google::rpc::BadRequest streamed_bad;
-  ASSERT_TRUE(streamed_bad.ParseFromString(std::string(*streamed_payload)));
+  ASSERT_TRUE(BadRequestPayload(streamed.status(), &streamed_bad));
   EXPECT_EQ(streamed_bad.field_violations(0).field(), "q.shape[2]");
   ProblemShape good;
   EXPECT_TRUE(session->Send(MakeRequest(good, "after-bad")).get().ok());  // the stream goes on

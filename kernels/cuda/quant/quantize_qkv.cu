@@ -29,27 +29,32 @@ union QkvSmem {
   VBlockSmem<D> v;
 };
 
+// Block `i` of one part of the grid, laid out tile-fastest: which tile of which head of which sequence.
+struct TileAt {
+  int tile, head, seq;
+  __device__ TileAt(int64_t i, int tiles, int heads)
+      : tile(static_cast<int>(i % tiles)),
+        head(static_cast<int>(i / tiles % heads)),
+        seq(static_cast<int>(i / tiles / heads)) {}
+};
+
 template <bool kBf16, int D, bool kInt4>
 __global__ void __launch_bounds__(kQuantThreads) QuantizeQkvKernel(QuantParams p, QkvGrid g) {
   __shared__ QkvSmem<D> smem;
   int64_t i = blockIdx.x;
   if (i < g.k_blocks) {
-    const int64_t head_seq = i / g.k_tiles;
-    QuantizeQKTile<kBf16, D, true, kInt4>(p, static_cast<int>(i % g.k_tiles), static_cast<int>(head_seq % p.num_kv_heads),
-                                          static_cast<int>(head_seq / p.num_kv_heads), smem.k);
+    const TileAt t(i, g.k_tiles, p.num_kv_heads);
+    QuantizeQKTile<kBf16, D, true, kInt4>(p, t.tile, t.head, t.seq, smem.k);
     return;
   }
   i -= g.k_blocks;
   if (i < g.q_blocks) {
-    const int64_t head_seq = i / g.q_tiles;
-    QuantizeQKTile<kBf16, D, false, kInt4>(p, static_cast<int>(i % g.q_tiles), static_cast<int>(head_seq % p.num_q_heads),
-                                           static_cast<int>(head_seq / p.num_q_heads), smem.q);
+    const TileAt t(i, g.q_tiles, p.num_q_heads);
+    QuantizeQKTile<kBf16, D, false, kInt4>(p, t.tile, t.head, t.seq, smem.q);
     return;
   }
-  i -= g.q_blocks;
-  const int64_t head_seq = i / g.k_tiles;
-  QuantizeVBlock<kBf16, D>(p, static_cast<int>(i % g.k_tiles), static_cast<int>(head_seq % p.num_kv_heads),
-                           static_cast<int>(head_seq / p.num_kv_heads), smem.v);
+  const TileAt t(i - g.q_blocks, g.k_tiles, p.num_kv_heads);
+  QuantizeVBlock<kBf16, D>(p, t.tile, t.head, t.seq, smem.v);
 }
 
 template <bool kBf16, int D>
