@@ -65,30 +65,40 @@ void AttendStreamReactor::Complete(std::shared_ptr<Slot> slot, const absl::Statu
   slot->response.Clear();
   slot->wire.payloads = RequestPayloads{};
   bool finish;
+  NextWrite next;
   {
     std::lock_guard<std::mutex> lock(mu_);
     --outstanding_;
     if (!cancelled_ && !write_failed_) {
       write_queue_.push_back(std::move(slot));
-      StartNextWriteLocked();
+      next = ClaimNextWriteLocked();
     }
     finish = ShouldFinishLocked();
   }
+  StartClaimedWrite(next);
   FinishIf(finish);
 }
 
-void AttendStreamReactor::StartNextWriteLocked() {
-  if (writing_ || write_queue_.empty() || finished_) return;
+AttendStreamReactor::NextWrite AttendStreamReactor::ClaimNextWriteLocked() {
+  NextWrite next;
+  if (writing_ || write_queue_.empty() || finished_) return next;
   writing_ = true;
+  // The front stays put until OnWriteDone pops it, which cannot run before the write starts.
+  next.message = &write_queue_.front()->out;
   // With more answers queued behind this one, let gRPC hold it for them: a merged launch's answers
   // then leave in a few socket writes instead of one each. The last one queued flushes them all.
-  grpc::WriteOptions options;
-  if (write_queue_.size() > 1) options.set_buffer_hint();
-  StartWrite(&write_queue_.front()->out, options);
+  if (write_queue_.size() > 1) next.options.set_buffer_hint();
+  return next;
+}
+
+void AttendStreamReactor::StartClaimedWrite(const NextWrite& next) {
+  // No Finish can come between the claim and this: it waits for writing_ to clear.
+  if (next.message != nullptr) StartWrite(next.message, next.options);
 }
 
 void AttendStreamReactor::OnWriteDone(bool ok) {
   bool finish;
+  NextWrite next;
   {
     std::lock_guard<std::mutex> lock(mu_);
     writing_ = false;
@@ -97,10 +107,11 @@ void AttendStreamReactor::OnWriteDone(bool ok) {
       write_failed_ = true;  // Client is gone; nothing more can be delivered.
       write_queue_.clear();
     } else {
-      StartNextWriteLocked();
+      next = ClaimNextWriteLocked();
     }
     finish = ShouldFinishLocked();
   }
+  StartClaimedWrite(next);
   FinishIf(finish);
 }
 

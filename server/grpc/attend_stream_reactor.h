@@ -31,9 +31,17 @@ class AttendStreamReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffe
     grpc::ByteBuffer out;  // what is written
   };
 
+  // The next answer to write, claimed under mu_ (writing_ set); the write itself starts after the
+  // lock is dropped, so a socket write never holds up the threads completing or reading requests.
+  struct NextWrite {
+    grpc::ByteBuffer* message = nullptr;
+    grpc::WriteOptions options;
+  };
+
   void Complete(std::shared_ptr<Slot> slot, const absl::Status& status);
-  // Both return true when the caller must call Finish() after dropping the lock.
-  void StartNextWriteLocked();
+  NextWrite ClaimNextWriteLocked();
+  void StartClaimedWrite(const NextWrite& next);
+  // True when the caller must call Finish() after dropping the lock.
   bool ShouldFinishLocked();
   void FinishIf(bool finish);
 

@@ -95,6 +95,7 @@ absl::Status DynamicBatcher::Submit(WorkItem item) {
   p.size = MeasureProblem(item.input);
   p.item = std::move(item);
   bool direct = false;
+  bool wake_dispatcher = false;
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (!accepting_) return absl::UnavailableError("server is shutting down");
@@ -116,13 +117,22 @@ absl::Status DynamicBatcher::Submit(WorkItem item) {
       ready_count_.store(static_cast<int>(ready_.size()), std::memory_order_release);
       --idle_workers_;
     } else {
+      // The dispatcher acts on a queued item when a worker is idle (launch), when its deadline
+      // comes, when its wait for company ends, and every kCancelPollInterval (cancellation). With
+      // every worker busy, the worker that finishes first forms the next batch itself.
+      Clock::time_point due = p.enqueued + kCancelPollInterval;
+      if (p.item.deadline.has_value()) due = std::min(due, *p.item.deadline);
+      if (options_.max_queue_delay_us > 0) {
+        due = std::min(due, p.enqueued + std::chrono::microseconds(options_.max_queue_delay_us));
+      }
+      wake_dispatcher = idle_workers_ > 0 || stopping_ || DispatcherNeededByLocked(due);
       queue_.push_back(std::move(p));
       UpdateDepthLocked();
     }
   }
   if (direct) {
     worker_cv_.notify_one();
-  } else {
+  } else if (wake_dispatcher) {
     dispatcher_cv_.notify_one();
   }
   return absl::OkStatus();
@@ -186,7 +196,8 @@ void DynamicBatcher::CollectDroppedLocked(Clock::time_point now, Dropped& droppe
   if (!dropped.items.empty()) UpdateDepthLocked();
 }
 
-Clock::time_point DynamicBatcher::DispatchReadyLocked(Clock::time_point now) {
+Clock::time_point DynamicBatcher::DispatchReadyLocked(Clock::time_point now, Caller caller) {
+  bool self_served = caller == Caller::kDispatcher;  // a calling worker takes the first batch
   Clock::time_point wake = now + kIdleWake;
   if (!queue_.empty()) wake = now + kCancelPollInterval;
   for (const Pending& p : queue_) {
@@ -230,7 +241,11 @@ Clock::time_point DynamicBatcher::DispatchReadyLocked(Clock::time_point now) {
     ready_.push_back(std::move(batch));
     ready_count_.store(static_cast<int>(ready_.size()), std::memory_order_release);
     --idle_workers_;
-    worker_cv_.notify_one();
+    if (self_served) {
+      worker_cv_.notify_one();
+    } else {
+      self_served = true;
+    }
     head = queue_.begin();
   }
   UpdateDepthLocked();
@@ -243,6 +258,7 @@ void DynamicBatcher::DispatchLoop() {
   for (;;) {
     const Clock::time_point now = Clock::now();
     Dropped dropped;
+    dispatcher_wake_ = Clock::time_point::min();  // awake: nobody needs to wake it
     CollectDroppedLocked(now, dropped);
     if (!dropped.items.empty()) {
       // Answer outside the lock; then look again, since the world moved meanwhile.
@@ -251,8 +267,9 @@ void DynamicBatcher::DispatchLoop() {
       lock.lock();
       continue;
     }
-    const Clock::time_point wake = DispatchReadyLocked(now);
+    const Clock::time_point wake = DispatchReadyLocked(now, Caller::kDispatcher);
     if (stopping_ && queue_.empty()) break;
+    dispatcher_wake_ = wake;
     dispatcher_cv_.wait_until(lock, wake);
   }
   dispatcher_exited_ = true;
@@ -296,15 +313,21 @@ void DynamicBatcher::WorkerLoop() {
     // Expired and cancelled requests are answered first, so they are never launched.
     Dropped dropped;
     const Clock::time_point now = Clock::now();
+    bool wake_dispatcher = false;
     {
       std::lock_guard<std::mutex> lock(mu_);
       ++idle_workers_;
       CollectDroppedLocked(now, dropped);
-      if (!stopping_) DispatchReadyLocked(now);
+      if (stopping_) {
+        wake_dispatcher = true;  // it drains and exits; a worker turning idle may be what it waits for
+      } else {
+        // The dispatcher still owns delays, deadlines and cancellation polls: wake it only if what
+        // is left queued falls due before it would look anyway.
+        wake_dispatcher = DispatcherNeededByLocked(DispatchReadyLocked(now, Caller::kWorker));
+      }
     }
     AnswerDropped(dropped, now);
-    // The dispatcher still owns delays, deadlines and shutdown: let it look again.
-    dispatcher_cv_.notify_one();
+    if (wake_dispatcher) dispatcher_cv_.notify_one();
   }
 }
 

@@ -107,8 +107,13 @@ class DynamicBatcher final : public Scheduler {
   // Answers what CollectDroppedLocked took out of the queue (call without the lock).
   void AnswerDropped(Dropped& dropped, Clock::time_point now);
   // Under mu_: forms and hands over ready batches while workers are idle. Returns when the
-  // dispatcher should look again if nothing else happens.
-  Clock::time_point DispatchReadyLocked(Clock::time_point now);
+  // dispatcher should look again if nothing else happens. A worker calling it (`caller` kWorker)
+  // counts itself among the idle and takes the first batch itself: no other worker is woken for it.
+  enum class Caller { kDispatcher, kWorker };
+  Clock::time_point DispatchReadyLocked(Clock::time_point now, Caller caller);
+  // Under mu_: whether the dispatcher must be woken for something due at `due` (it sleeps until
+  // dispatcher_wake_, or is awake and will look again anyway).
+  bool DispatcherNeededByLocked(Clock::time_point due) const { return due < dispatcher_wake_; }
   void WorkerLoop();
   void RunBatch(PendingList& batch);
   void RunAlone(Pending& p, Clock::time_point launched);
@@ -127,7 +132,11 @@ class DynamicBatcher final : public Scheduler {
   ServerMetrics* const metrics_;
 
   mutable std::mutex mu_;
-  std::condition_variable dispatcher_cv_;  // New item, idle worker, stop.
+  std::condition_variable dispatcher_cv_;  // Work it can launch, an earlier timer, stop.
+  // When the sleeping dispatcher wakes by itself; min() while it is awake (it looks again before it
+  // sleeps). Submit and the workers wake it only for something due earlier: under load a request
+  // costs no dispatcher wake-up and no scan of the queue.
+  Clock::time_point dispatcher_wake_ = Clock::time_point::min();
   std::condition_variable worker_cv_;      // Ready batch, dispatcher gone.
   PendingList queue_;
   std::deque<PendingList> ready_;

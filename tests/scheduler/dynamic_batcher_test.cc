@@ -333,6 +333,59 @@ TEST_F(BatcherTest, CancelledWhileQueuedIsDropped) {
   EXPECT_FALSE(backend_.EverLaunched(2));
 }
 
+// Without a queue delay (the server's default), requests queued behind busy workers do not wake the
+// dispatcher one by one: the worker that finishes forms the next batch. The dispatcher's own timers
+// must still fire for them: a deadline, and the cancellation poll. Its idle sleep is 1 s, so an
+// answer well before that shows it was woken for the queued item (the only upper bounds here; wide).
+BatcherOptions NoDelayOneWorker() {
+  BatcherOptions o = OneWorker();
+  o.max_queue_delay_us = 0;
+  return o;
+}
+constexpr auto kWellBeforeIdleWake = std::chrono::milliseconds(700);
+
+TEST_F(BatcherTest, WithoutQueueDelayTheFinishingWorkerMergesWhatQueued) {
+  Start(NoDelayOneWorker());
+  Block();
+  for (int tag : {2, 3, 4}) ASSERT_TRUE(Submit(tag).ok());
+  backend_.Open();
+  ASSERT_TRUE(collector_.WaitForAll({1, 2, 3, 4}));
+  EXPECT_EQ(backend_.launches(), (Launches{{1}, {2, 3, 4}}));
+  for (int tag : {1, 2, 3, 4}) ExpectOkWithTag(tag);
+}
+
+TEST_F(BatcherTest, WithoutQueueDelayADeadlineInTheQueueStillFires) {
+  Start(NoDelayOneWorker());
+  Block();
+  ASSERT_TRUE(Submit(2).ok());  // queued first: the dispatcher's timer is armed by it
+  const Clock::time_point before = Clock::now();
+  ASSERT_TRUE(Submit(3, {}, before + std::chrono::milliseconds(5)).ok());
+  ASSERT_TRUE(collector_.WaitFor(3));
+  EXPECT_LT(Clock::now() - before, kWellBeforeIdleWake);
+  EXPECT_EQ(collector_.Get(3).out.status().code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_FALSE(collector_.Has(1));  // the worker is still held
+  backend_.Open();
+  ASSERT_TRUE(collector_.WaitForAll({1, 2}));
+  EXPECT_FALSE(backend_.EverLaunched(3));
+}
+
+TEST_F(BatcherTest, WithoutQueueDelayCancellationInTheQueueIsStillPolled) {
+  Start(NoDelayOneWorker());
+  Block();
+  auto cancelled = std::make_shared<std::atomic<bool>>(false);
+  ASSERT_TRUE(Submit(2, {}, std::nullopt, [cancelled] { return cancelled->load(); }).ok());
+  ASSERT_TRUE(Submit(3).ok());
+  const Clock::time_point before = Clock::now();
+  cancelled->store(true);
+  ASSERT_TRUE(collector_.WaitFor(2));
+  EXPECT_LT(Clock::now() - before, kWellBeforeIdleWake);
+  EXPECT_EQ(collector_.Get(2).out.status().code(), absl::StatusCode::kCancelled);
+  EXPECT_FALSE(collector_.Has(1));
+  backend_.Open();
+  ASSERT_TRUE(collector_.WaitForAll({1, 3}));
+  EXPECT_FALSE(backend_.EverLaunched(2));
+}
+
 TEST_F(BatcherTest, FullQueueRefusesAtOnceWithoutCallingDone) {
   BatcherOptions o = OneWorker();
   o.queue_capacity = 2;

@@ -1,7 +1,9 @@
 // End to end on a real in-process server over loopback: results equal the local engine's bit for
 // bit, streams keep many requests in flight, large messages pass, info/selftest/health answer.
 #include <cstring>
+#include <functional>
 #include <future>
+#include <mutex>
 #include <map>
 #include <set>
 
@@ -123,6 +125,51 @@ TEST_F(AttendE2E, StreamCallbacksAndBadRequestFailsOnlyItself) {
   absl::StatusOr<v1::AttendResponse> g = good_p.get_future().get();
   ASSERT_TRUE(g.ok()) << g.status();
   ExpectBitEqual(*g, RunLocally(good, Recipe::kInt8QkFp8Pv));
+  EXPECT_TRUE(stream->Close().ok());
+}
+
+// The documented way to keep a stream full without a thread per answer: each result's callback
+// sends the next request. Nothing deadlocks, every answer arrives once and is right, Close() ends it.
+TEST_F(AttendE2E, StreamCallbackMaySendTheNextRequest) {
+  constexpr int kChains = 4;
+  constexpr int kPerChain = 8;
+  std::unique_ptr<sageserve::StreamSession> stream = server_->client->OpenStream();
+  std::map<std::string, v1::AttendRequest> requests;
+  for (int c = 0; c < kChains; ++c) {
+    for (int i = 0; i < kPerChain; ++i) {
+      ProblemShape shape;
+      shape.seed = 500 + c * kPerChain + i;
+      shape.cu_q = {0, 8 + i};
+      shape.cu_k = {0, 24 + 5 * c};
+      const std::string id = absl::StrCat("chain", c, "-", i);
+      requests[id] = MakeRequest(shape, id);
+    }
+  }
+  std::mutex mu;
+  std::map<std::string, absl::StatusOr<v1::AttendResponse>> answers;
+  std::promise<void> all_done;
+  std::function<void(int, int)> send = [&](int chain, int i) {
+    const std::string id = absl::StrCat("chain", chain, "-", i);
+    absl::Status sent = stream->Send(requests.at(id), [&, chain, i, id](absl::StatusOr<v1::AttendResponse> r) {
+      bool last = false;
+      {
+        std::lock_guard<std::mutex> lock(mu);
+        answers.emplace(id, std::move(r));
+        last = answers.size() == static_cast<size_t>(kChains * kPerChain);
+      }
+      if (i + 1 < kPerChain) send(chain, i + 1);  // from the callback, on a gRPC thread
+      if (last) all_done.set_value();
+    });
+    ASSERT_TRUE(sent.ok()) << sent;
+  };
+  for (int c = 0; c < kChains; ++c) send(c, 0);
+  ASSERT_EQ(all_done.get_future().wait_for(std::chrono::seconds(60)), std::future_status::ready);
+  ASSERT_EQ(answers.size(), requests.size());
+  for (const auto& [id, r] : answers) {
+    ASSERT_TRUE(r.ok()) << id << ": " << r.status();
+    EXPECT_EQ(r->request_id(), id);
+    ExpectBitEqual(*r, RunLocally(requests[id], Recipe::kInt8QkFp8Pv));
+  }
   EXPECT_TRUE(stream->Close().ok());
 }
 

@@ -16,7 +16,9 @@ namespace sageserve {
 
 class StreamSession {
  public:
-  // Runs on a gRPC thread: keep it short and do not call back into this session's Close().
+  // Runs on a gRPC thread, one at a time per session: keep it short and do not call back into this
+  // session's Close(). It may Send() the next request (that is the cheapest way to keep a stream
+  // full: no thread of the caller's is woken per answer).
   using Callback = std::function<void(absl::StatusOr<v1::AttendResponse>)>;
 
   StreamSession(v1::AttentionService::Stub* stub, const StreamOptions& options);
