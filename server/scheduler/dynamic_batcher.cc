@@ -94,6 +94,20 @@ absl::Status DynamicBatcher::Submit(WorkItem item) {
   p.key = MakeBatchKey(item.input, item.config);
   p.size = MeasureProblem(item.input);
   p.item = std::move(item);
+  // Everything that needs no shared state is done before taking the lock that every reactor thread
+  // and worker contends for: the list node's allocation, the clock, the cancellation check.
+  p.enqueued = Clock::now();
+  const bool launchable = WhyNotLaunch(p.item, p.enqueued).ok();
+  // The dispatcher acts on a queued item when a worker is idle (launch), when its deadline comes,
+  // when its wait for company ends, and every kCancelPollInterval (cancellation). With every worker
+  // busy, the worker that finishes first forms the next batch itself.
+  Clock::time_point due = p.enqueued + kCancelPollInterval;
+  if (p.item.deadline.has_value()) due = std::min(due, *p.item.deadline);
+  if (options_.max_queue_delay_us > 0) {
+    due = std::min(due, p.enqueued + std::chrono::microseconds(options_.max_queue_delay_us));
+  }
+  PendingList node;
+  node.push_back(std::move(p));
   bool direct = false;
   bool wake_dispatcher = false;
   {
@@ -102,31 +116,20 @@ absl::Status DynamicBatcher::Submit(WorkItem item) {
     if (static_cast<int>(queue_.size()) >= options_.queue_capacity) {
       return QueueFullError(options_.queue_capacity);
     }
-    Track(p.item);
-    p.enqueued = Clock::now();
+    Track(node.front().item);
     // Nothing queued, a worker idle and no wait for company: the dispatcher would launch this
     // request alone right away, so hand it to the worker directly (one thread wake-up instead of
     // two, ~15-30 us on a busy host). A request already expired or cancelled takes the queue, where
     // the dispatcher answers it.
     direct = options_.max_queue_delay_us == 0 && queue_.empty() && ready_.empty() && idle_workers_ > 0 &&
-             !stopping_ && WhyNotLaunch(p.item, p.enqueued).ok();
+             !stopping_ && launchable;
     if (direct) {
-      PendingList batch;
-      batch.push_back(std::move(p));
-      ready_.push_back(std::move(batch));
+      ready_.push_back(std::move(node));
       ready_count_.store(static_cast<int>(ready_.size()), std::memory_order_release);
       --idle_workers_;
     } else {
-      // The dispatcher acts on a queued item when a worker is idle (launch), when its deadline
-      // comes, when its wait for company ends, and every kCancelPollInterval (cancellation). With
-      // every worker busy, the worker that finishes first forms the next batch itself.
-      Clock::time_point due = p.enqueued + kCancelPollInterval;
-      if (p.item.deadline.has_value()) due = std::min(due, *p.item.deadline);
-      if (options_.max_queue_delay_us > 0) {
-        due = std::min(due, p.enqueued + std::chrono::microseconds(options_.max_queue_delay_us));
-      }
       wake_dispatcher = idle_workers_ > 0 || stopping_ || DispatcherNeededByLocked(due);
-      queue_.push_back(std::move(p));
+      queue_.splice(queue_.end(), node);
       UpdateDepthLocked();
     }
   }
@@ -196,18 +199,35 @@ void DynamicBatcher::CollectDroppedLocked(Clock::time_point now, Dropped& droppe
   if (!dropped.items.empty()) UpdateDepthLocked();
 }
 
-Clock::time_point DynamicBatcher::DispatchReadyLocked(Clock::time_point now, Caller caller) {
+Clock::time_point DynamicBatcher::DispatchReadyLocked(Clock::time_point now, Caller caller, Dropped* dropped) {
   bool self_served = caller == Caller::kDispatcher;  // a calling worker takes the first batch
-  Clock::time_point wake = now + kIdleWake;
-  if (!queue_.empty()) wake = now + kCancelPollInterval;
-  for (const Pending& p : queue_) {
-    if (p.item.deadline.has_value()) wake = std::min(wake, *p.item.deadline);
+  Clock::time_point wake = Clock::time_point::max();
+  if (caller == Caller::kDispatcher) {
+    // Only the dispatcher sleeps on this. A worker needs no wake time: every queued item's timers
+    // were armed when it was queued (Submit) or when the dispatcher last went to sleep.
+    wake = now + (queue_.empty() ? kIdleWake : kCancelPollInterval);
+    for (const Pending& p : queue_) {
+      if (p.item.deadline.has_value()) wake = std::min(wake, *p.item.deadline);
+    }
   }
   const auto delay = std::chrono::microseconds(options_.max_queue_delay_us);
   const bool flush = stopping_;  // Draining: nothing waits for company any more.
   std::vector<BatchKey> waiting;  // Groups found not ready during this pass.
+  // With `dropped`, an item found cancelled or expired on the way is taken out for answering
+  // instead of being launched (what the dispatcher's sweep of the whole queue would do).
+  const auto drop_if_done = [&](PendingList::iterator& it) {
+    if (dropped == nullptr) return false;
+    absl::Status why = WhyNotLaunch(it->item, now);
+    if (why.ok()) return false;
+    auto next = std::next(it);
+    dropped->items.splice(dropped->items.end(), queue_, it);
+    dropped->statuses.push_back(std::move(why));
+    it = next;
+    return true;
+  };
 
   for (auto head = queue_.begin(); head != queue_.end() && idle_workers_ > 0;) {
+    if (drop_if_done(head)) continue;
     if (std::find(waiting.begin(), waiting.end(), head->key) != waiting.end()) {
       ++head;
       continue;
@@ -216,8 +236,12 @@ Clock::time_point DynamicBatcher::DispatchReadyLocked(Clock::time_point now, Cal
     std::vector<PendingList::iterator> members = {head};
     ProblemSize total = head->size;
     bool full = options_.merge == MergePolicy::kNever || AtCaps(total);
-    for (auto it = std::next(head); it != queue_.end() && !full; ++it) {
-      if (!(it->key == head->key)) continue;
+    for (auto it = std::next(head); it != queue_.end() && !full;) {
+      if (!(it->key == head->key)) {
+        ++it;
+        continue;
+      }
+      if (drop_if_done(it)) continue;
       ProblemSize grown = total;
       grown += it->size;
       if (!WithinCaps(grown)) {
@@ -227,6 +251,7 @@ Clock::time_point DynamicBatcher::DispatchReadyLocked(Clock::time_point now, Cal
       members.push_back(it);
       total = grown;
       full = AtCaps(total);
+      ++it;
     }
     const Clock::time_point due = head->enqueued + delay;
     if (!full && !flush && now < due) {
@@ -267,7 +292,7 @@ void DynamicBatcher::DispatchLoop() {
       lock.lock();
       continue;
     }
-    const Clock::time_point wake = DispatchReadyLocked(now, Caller::kDispatcher);
+    const Clock::time_point wake = DispatchReadyLocked(now, Caller::kDispatcher, nullptr);
     if (stopping_ && queue_.empty()) break;
     dispatcher_wake_ = wake;
     dispatcher_cv_.wait_until(lock, wake);
@@ -317,13 +342,15 @@ void DynamicBatcher::WorkerLoop() {
     {
       std::lock_guard<std::mutex> lock(mu_);
       ++idle_workers_;
-      CollectDroppedLocked(now, dropped);
       if (stopping_) {
-        wake_dispatcher = true;  // it drains and exits; a worker turning idle may be what it waits for
+        // The dispatcher drains and exits; a worker turning idle may be what it waits for.
+        CollectDroppedLocked(now, dropped);
+        wake_dispatcher = true;
       } else {
-        // The dispatcher still owns delays, deadlines and cancellation polls: wake it only if what
-        // is left queued falls due before it would look anyway.
-        wake_dispatcher = DispatcherNeededByLocked(DispatchReadyLocked(now, Caller::kWorker));
+        // Only what this launches is checked for cancellation and deadline here (not the whole
+        // queue: this runs under the lock every reactor thread needs). The dispatcher still owns
+        // delays, deadlines and cancellation polls, and its timers are already armed.
+        DispatchReadyLocked(now, Caller::kWorker, &dropped);
       }
     }
     AnswerDropped(dropped, now);

@@ -106,11 +106,13 @@ class DynamicBatcher final : public Scheduler {
   void CollectDroppedLocked(Clock::time_point now, Dropped& dropped);
   // Answers what CollectDroppedLocked took out of the queue (call without the lock).
   void AnswerDropped(Dropped& dropped, Clock::time_point now);
-  // Under mu_: forms and hands over ready batches while workers are idle. Returns when the
-  // dispatcher should look again if nothing else happens. A worker calling it (`caller` kWorker)
-  // counts itself among the idle and takes the first batch itself: no other worker is woken for it.
+  // Under mu_: forms and hands over ready batches while workers are idle. For the dispatcher,
+  // returns when it should look again if nothing else happens (max() for a worker). A worker
+  // calling it (`caller` kWorker) counts itself among the idle and takes the first batch itself: no
+  // other worker is woken for it. With `dropped`, queued items met on the way that are cancelled or
+  // expired go there instead of into a launch.
   enum class Caller { kDispatcher, kWorker };
-  Clock::time_point DispatchReadyLocked(Clock::time_point now, Caller caller);
+  Clock::time_point DispatchReadyLocked(Clock::time_point now, Caller caller, Dropped* dropped);
   // Under mu_: whether the dispatcher must be woken for something due at `due` (it sleeps until
   // dispatcher_wake_, or is awake and will look again anyway).
   bool DispatcherNeededByLocked(Clock::time_point due) const { return due < dispatcher_wake_; }

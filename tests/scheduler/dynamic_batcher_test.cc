@@ -386,6 +386,26 @@ TEST_F(BatcherTest, WithoutQueueDelayCancellationInTheQueueIsStillPolled) {
   EXPECT_FALSE(backend_.EverLaunched(2));
 }
 
+// The worker that forms the next batch checks what it launches: a member cancelled while queued is
+// answered, not launched, even when the dispatcher's next poll is still far off.
+TEST_F(BatcherTest, WorkerFormingABatchLeavesOutACancelledMember) {
+  Start(NoDelayOneWorker());
+  Block();
+  auto cancelled = std::make_shared<std::atomic<bool>>(false);
+  ASSERT_TRUE(Submit(2, {}, std::nullopt, [cancelled] { return cancelled->load(); }).ok());
+  ASSERT_TRUE(Submit(3).ok());
+  ASSERT_TRUE(Submit(4, {}, Clock::now() - std::chrono::milliseconds(1)).ok());  // already expired
+  cancelled->store(true);
+  backend_.Open();
+  ASSERT_TRUE(collector_.WaitForAll({1, 2, 3, 4}));
+  EXPECT_EQ(collector_.Get(2).out.status().code(), absl::StatusCode::kCancelled);
+  EXPECT_EQ(collector_.Get(4).out.status().code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_EQ(backend_.launches(), (Launches{{1}, {3}}));
+  ExpectOkWithTag(3);
+  EXPECT_EQ(collector_.Calls(2), 1);
+  EXPECT_EQ(collector_.Calls(4), 1);
+}
+
 TEST_F(BatcherTest, FullQueueRefusesAtOnceWithoutCallingDone) {
   BatcherOptions o = OneWorker();
   o.queue_capacity = 2;
