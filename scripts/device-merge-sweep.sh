@@ -24,19 +24,6 @@ case "$SHAPE" in
   *) echo "device-merge-sweep: unknown --shape $SHAPE" >&2; exit 2 ;;
 esac
 
-# Mean of the batch-size histogram (requests per launch) since the server started.
-mean_batch() {
-  python3 - "$METRICS" <<'PY'
-import sys, urllib.request
-text = urllib.request.urlopen(f"http://{sys.argv[1]}/metrics", timeout=5).read().decode()
-s = c = 0.0
-for line in text.splitlines():
-    if line.startswith("sageserve_batch_size_requests_sum"): s += float(line.split()[-1])
-    if line.startswith("sageserve_batch_size_requests_count"): c += float(line.split()[-1])
-print(f"launches {c:.0f}, mean requests per launch {s / c if c else 0:.2f}")
-PY
-}
-
 # The server's threads' CPU ticks, "name tid ticks" per line (names as top -H shows them).
 thread_ticks() {
   local t
@@ -70,7 +57,9 @@ for cfg in $CONFIGS; do
   thread_cores "$LOG/threads0.txt" "$LOG/threads1.txt" "$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { print b - a }')" |
     tee -a "$LOG/bench.log"
   grep -E "latency" "$LOG/last.txt" | tee -a "$LOG/bench.log"
-  mean_batch | tee -a "$LOG/bench.log"
+  # launches (n) and mean requests per launch since the server started
+  python3 "$ROOT/scripts/metrics_means.py" "http://$METRICS/metrics" | grep sageserve_batch_size_requests |
+    tee -a "$LOG/bench.log"
   stop >/dev/null
 done
 echo "=== done"; date -u

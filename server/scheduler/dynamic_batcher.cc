@@ -94,10 +94,9 @@ absl::Status DynamicBatcher::Submit(WorkItem item) {
   p.key = MakeBatchKey(item.input, item.config);
   p.size = MeasureProblem(item.input);
   p.item = std::move(item);
-  // Everything that needs no shared state is done before taking the lock that every reactor thread
-  // and worker contends for: the list node's allocation, the clock, the cancellation check.
+  // What needs no shared state is done before taking the lock that every reactor thread and worker
+  // contends for: the list node's allocation and the clock.
   p.enqueued = Clock::now();
-  const bool launchable = WhyNotLaunch(p.item, p.enqueued).ok();
   // The dispatcher acts on a queued item when a worker is idle (launch), when its deadline comes,
   // when its wait for company ends, and every kCancelPollInterval (cancellation). With every worker
   // busy, the worker that finishes first forms the next batch itself.
@@ -122,7 +121,7 @@ absl::Status DynamicBatcher::Submit(WorkItem item) {
     // two, ~15-30 us on a busy host). A request already expired or cancelled takes the queue, where
     // the dispatcher answers it.
     direct = options_.max_queue_delay_us == 0 && queue_.empty() && ready_.empty() && idle_workers_ > 0 &&
-             !stopping_ && launchable;
+             !stopping_ && WhyNotLaunch(node.front().item, node.front().enqueued).ok();
     if (direct) {
       ready_.push_back(std::move(node));
       ready_count_.store(static_cast<int>(ready_.size()), std::memory_order_release);
@@ -335,7 +334,7 @@ void DynamicBatcher::WorkerLoop() {
     RunBatch(batch);
     // Form the next launch from what queued up meanwhile right here, as the dispatcher would,
     // rather than waking it to wake a worker back (two thread wake-ups per launch under load).
-    // Expired and cancelled requests are answered first, so they are never launched.
+    // Members found expired or cancelled on the way are answered, never launched.
     Dropped dropped;
     const Clock::time_point now = Clock::now();
     bool wake_dispatcher = false;
