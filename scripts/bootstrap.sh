@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Installs what sageserve needs to build and test, from Debian packages (and Buf's CLI from npm).
+# Exits non-zero when something the tests need could not be installed.
 # Idempotent: packages already present are skipped, and nothing runs when nothing is missing.
 set -euo pipefail
 
@@ -31,13 +32,28 @@ else
   echo "bootstrap: all Debian packages present"
 fi
 
-# Buf's CLI: a real third-party gRPC client for the reflection tests (npm ships its binary).
+# Buf's CLI: a real third-party gRPC client for the reflection tests (npm ships its binary). The
+# tests fail without it, so a machine without npm gets Debian's. Machines with a non-Debian nodejs
+# build (NodeSource) already have npm from it; Debian's npm package would conflict there.
 if ! command -v buf >/dev/null 2>&1; then
-  if command -v npm >/dev/null 2>&1; then
-    echo "bootstrap: installing @bufbuild/buf from npm"
-    $SUDO npm install -g @bufbuild/buf >/dev/null 2>&1 || echo "bootstrap: warning: npm install of @bufbuild/buf failed; buf tests will be skipped"
-  else
-    echo "bootstrap: warning: npm not found; buf tests will be skipped"
+  if ! command -v npm >/dev/null 2>&1; then
+    echo "bootstrap: installing npm (Debian) for Buf's CLI"
+    $SUDO apt-get update
+    if ! DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y --no-install-recommends npm; then
+      echo "bootstrap: error: could not install Debian's npm (a non-Debian nodejs without npm?);" \
+           "install npm, then run this again" >&2
+      exit 1
+    fi
+  fi
+  echo "bootstrap: installing @bufbuild/buf from npm"
+  if ! $SUDO npm install -g @bufbuild/buf >/tmp/bootstrap-npm.log 2>&1; then
+    cat /tmp/bootstrap-npm.log >&2
+    echo "bootstrap: error: npm install -g @bufbuild/buf failed (log above)" >&2
+    exit 1
+  fi
+  if ! command -v buf >/dev/null 2>&1; then
+    echo "bootstrap: error: npm installed @bufbuild/buf into $(npm prefix -g)/bin, which is not on PATH" >&2
+    exit 1
   fi
 fi
 echo "bootstrap: done"

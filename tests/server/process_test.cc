@@ -171,7 +171,8 @@ class BufCurl : public ::testing::Test {
  protected:
   void SetUp() override {
     std::string out;
-    if (RunCommand("buf --version", &out) != 0) GTEST_SKIP() << "buf CLI not installed";
+    // A missing tool fails the test: scripts/bootstrap.sh installs buf, and a skip would hide it.
+    ASSERT_EQ(RunCommand("buf --version", &out), 0) << "buf CLI not found (run scripts/bootstrap.sh): " << out;
     child_ = std::make_unique<ChildServer>(SAGESERVE_BINARY, std::vector<std::string>{});
     ASSERT_GT(child_->port(), 0);
   }
