@@ -17,14 +17,14 @@
 #include "absl/strings/numbers.h"
 #include "absl/synchronization/mutex.h"
 #include "server/backend/backend_factory.h"
-#include "server/sage_server.h"
+#include "server/app/sage_server.h"
 #include "spdlog/spdlog.h"
 
 namespace {
 
-using sage::AttnInput;
-using sage::AttnOutput;
-using sage::OutputForm;
+using sage::server::EngineInput;
+using sage::server::EngineOutput;
+using sage::server::OutputForm;
 using sage::RecipeConfig;
 
 class NullBackend final : public sage::server::AttentionBackend {
@@ -35,16 +35,16 @@ class NullBackend final : public sage::server::AttentionBackend {
   }
   const sage::server::BackendInfo& info() const override { return info_; }
 
-  absl::StatusOr<AttnOutput> Attend(const AttnInput& in, const RecipeConfig&) override {
-    AttnOutput out;
-    if (in.output_form == OutputForm::kNativeInto) {
-      std::memset(in.o_into.data(), 0, in.o_into.size());
-      if (!in.lse_into.empty()) std::memset(in.lse_into.data(), 0, in.lse_into.size() * sizeof(float));
-      out.placement = sage::OutputPlacement::kCallerBuffers;
+  absl::StatusOr<EngineOutput> Attend(const EngineInput& in, const RecipeConfig&) override {
+    EngineOutput out;
+    if (in.output.form == OutputForm::kNativeInto) {
+      std::memset(in.output.o_into.data(), 0, in.output.o_into.size());
+      if (!in.output.lse_into.empty()) std::memset(in.output.lse_into.data(), 0, in.output.lse_into.size() * sizeof(float));
+      out.placement = sage::server::OutputPlacement::kCallerBuffers;
       return out;
     }
     const size_t n = static_cast<size_t>(in.q.numel());
-    if (in.output_form == OutputForm::kNativeAllowed) {
+    if (in.output.form == OutputForm::kNativeAllowed) {
       out.o_native.assign(n * 2, '\0');
       out.o_native_dtype = in.q.dtype;
     } else {
@@ -53,12 +53,12 @@ class NullBackend final : public sage::server::AttentionBackend {
     if (in.lse == sage::LseMode::kNatural) out.lse.assign(static_cast<size_t>(in.q.tokens) * in.q.heads, 0.0f);
     return out;
   }
-  absl::StatusOr<AttnOutput> AttendGathered(const AttnInput& merged, std::span<const AttnInput* const> members,
+  absl::StatusOr<EngineOutput> AttendGathered(const EngineInput& merged, std::span<const EngineInput* const> members,
                                             const RecipeConfig& config) override {
-    if (merged.output_form != OutputForm::kNativeInto) return Attend(merged, config);
-    for (const AttnInput* m : members) (void)Attend(*m, config);
-    AttnOutput out;
-    out.placement = sage::OutputPlacement::kCallerBuffers;
+    if (merged.output.form != OutputForm::kNativeInto) return Attend(merged, config);
+    for (const EngineInput* m : members) (void)Attend(*m, config);
+    EngineOutput out;
+    out.placement = sage::server::OutputPlacement::kCallerBuffers;
     return out;
   }
 

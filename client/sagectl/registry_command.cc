@@ -23,7 +23,7 @@
 #include "grpcpp/grpcpp.h"
 #include "kernels/reference/recipe.h"
 #include "sageserve/v1/registry.grpc.pb.h"
-#include "server/registry/outlier_samples.h"
+#include "kernels/reference/outlier_samples.h"
 
 namespace sagectl {
 namespace {
@@ -363,7 +363,7 @@ absl::StatusOr<std::vector<v1::CalibrationSample>> BuildSamples(const Args& args
   for (size_t li = 0; li < layers->size(); ++li) {
     for (int step : step_list) {
       for (int64_t n = 0; n < *per_cell; ++n) {
-        sage::registry::OutlierSampleSpec os;
+        sage::OutlierSampleSpec os;
         os.tokens = static_cast<int>(*tokens);
         os.q_heads = spec.q_heads();
         os.kv_heads = spec.kv_heads();
@@ -371,7 +371,7 @@ absl::StatusOr<std::vector<v1::CalibrationSample>> BuildSamples(const Args& args
         // One gain per listed layer (the last one repeats).
         os.k_outlier_gain = static_cast<float>(gains[std::min(li, gains.size() - 1)]);
         os.seed = static_cast<uint64_t>(*seed) * 1000003u + (*layers)[li] * 1009u + (step + 1) * 31u + n;
-        sage::registry::OutlierSample sample(os);
+        sage::OutlierSample sample(os);
         v1::CalibrationSample s;
         s.set_layer((*layers)[li]);
         if (step >= 0) s.set_timestep(step);

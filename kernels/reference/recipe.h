@@ -51,6 +51,8 @@ struct RecipeConfig {
   PvType pv = PvType::kFp8E4M3;
   VSmoothing v_smoothing = VSmoothing::kNone;
   PvAccumulation accumulation = PvAccumulation::kTwoLevel;
+
+  bool operator==(const RecipeConfig&) const = default;
 };
 
 // The default configuration of each named recipe.
@@ -58,10 +60,13 @@ RecipeConfig ConfigFor(Recipe recipe);
 
 // Stable lowercase names used on the wire, in flags, files and logs:
 // "int4_qk_fp8_pv", "int8_qk_fp8_pv", "int8_qk_fp16_pv", "unquantized".
+// Declared here for the many callers that name recipes; defined in recipe_names.cc from the one
+// name table per enum there. recipe_names.h has the names and parsers of the other switches.
 std::string_view RecipeName(Recipe recipe);
-absl::StatusOr<Recipe> ParseRecipe(std::string_view name);
+absl::StatusOr<Recipe> ParseRecipe(std::string_view name);  // INVALID_ARGUMENT listing the names.
 
-std::string_view GranularityName(QuantGranularity g);
+std::string_view GranularityName(QuantGranularity g);  // per_block, per_warp, per_thread
+
 std::string DescribeConfig(const RecipeConfig& config);
 
 }  // namespace sage

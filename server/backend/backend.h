@@ -9,7 +9,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "kernels/reference/attention_problem.h"
+#include "server/backend/engine_io.h"
 #include "kernels/reference/recipe.h"
 
 namespace sage::server {
@@ -85,15 +85,15 @@ class AttentionBackend {
  public:
   virtual ~AttentionBackend() = default;
   virtual const BackendInfo& info() const = 0;
-  virtual absl::StatusOr<AttnOutput> Attend(const AttnInput& in, const RecipeConfig& config) = 0;
+  virtual absl::StatusOr<EngineOutput> Attend(const EngineInput& in, const RecipeConfig& config) = 0;
   // One launch over several problems without concatenating them first. `merged` describes the launch
   // (shapes over all members, chained cu_seqlens, mask, scale, LSE and output form, as AssembleBatch
   // builds it with AssembleMode::kMetadataOnly): its q/k/v data pointers are null. `members` are the
   // (validated) problems whose q/k/v rows, in this order, make up the merged tensors. The result is
   // the merged one, as Attend(merged with the bytes concatenated) would return it. Only called when
   // info().input_gather is kSegments; the default answers UNIMPLEMENTED.
-  virtual absl::StatusOr<AttnOutput> AttendGathered(const AttnInput& merged,
-                                                    std::span<const AttnInput* const> members,
+  virtual absl::StatusOr<EngineOutput> AttendGathered(const EngineInput& merged,
+                                                    std::span<const EngineInput* const> members,
                                                     const RecipeConfig& config);
   // Per-device counters; empty for engines without devices (the CPU engine). Thread-safe.
   virtual std::vector<DeviceStats> DeviceStatsSnapshot() const { return {}; }
@@ -122,8 +122,8 @@ class AttentionBackend {
   }
 };
 
-inline absl::StatusOr<AttnOutput> AttentionBackend::AttendGathered(const AttnInput& merged,
-                                                                  std::span<const AttnInput* const> members,
+inline absl::StatusOr<EngineOutput> AttentionBackend::AttendGathered(const EngineInput& merged,
+                                                                  std::span<const EngineInput* const> members,
                                                                   const RecipeConfig& config) {
   (void)merged;
   (void)members;

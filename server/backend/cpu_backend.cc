@@ -32,8 +32,13 @@ class CpuBackend final : public AttentionBackend {
 
   const BackendInfo& info() const override { return info_; }
 
-  absl::StatusOr<AttnOutput> Attend(const AttnInput& in, const RecipeConfig& config) override {
-    return engine_->Run(in, config);  // CpuEngine::Run is const and thread-safe.
+  absl::StatusOr<EngineOutput> Attend(const EngineInput& in, const RecipeConfig& config) override {
+    // CpuEngine::Run is const and thread-safe. It returns fp32 O whatever the target allows.
+    absl::StatusOr<AttnOutput> out = engine_->Run(in, config);
+    if (!out.ok()) return out.status();
+    EngineOutput result;
+    static_cast<AttnOutput&>(result) = *std::move(out);
+    return result;
   }
 
  private:

@@ -14,7 +14,7 @@
 #include "absl/functional/any_invocable.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
-#include "kernels/reference/attention_problem.h"
+#include "server/backend/memory_kind.h"
 
 namespace sage::server {
 

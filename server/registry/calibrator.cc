@@ -139,7 +139,7 @@ absl::StatusOr<CalibrationReport> Calibrator::Calibrate(const ModelSpec& spec,
         }
         if (errors.contains(r)) continue;
         const auto t0 = std::chrono::steady_clock::now();
-        absl::StatusOr<AttnOutput> out = backend_->Attend(samples[i].input, ConfigFor(r));
+        absl::StatusOr<server::EngineOutput> out = backend_->Attend(server::EngineInput{samples[i].input}, ConfigFor(r));
         const double us =
             std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count();
         if (!out.ok()) {

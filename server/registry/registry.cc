@@ -5,7 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "server/registry/cost_table.h"
-#include "server/status_details.h"
+#include "server/util/status_details.h"
 
 namespace sage::registry {
 namespace {

@@ -5,8 +5,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "kernels/reference/recipe_names.h"
 #include "nlohmann/json.hpp"
-#include "server/registry/recipe_names.h"
 
 namespace sage::registry {
 namespace {

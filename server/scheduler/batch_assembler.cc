@@ -6,14 +6,10 @@
 #include <limits>
 
 #include "absl/strings/str_cat.h"
+#include "server/backend/output_placement.h"
 
 namespace sage::server {
 namespace {
-
-// A RecipeConfig field added without extending BatchKey would let problems with different
-// recipes merge silently; this fires when the struct changes size so the key gets updated.
-static_assert(sizeof(RecipeConfig) == 6 * sizeof(int),
-              "RecipeConfig changed: add the new field to BatchKey and MakeBatchKey");
 
 void AppendBytes(std::vector<std::byte>& dst, const TensorView& t) {
   const size_t at = dst.size();
@@ -30,7 +26,7 @@ TensorView ViewOf(const std::vector<std::byte>& buf, const TensorView& like, int
 
 }  // namespace
 
-BatchKey MakeBatchKey(const AttnInput& in, const RecipeConfig& config) {
+BatchKey MakeBatchKey(const EngineInput& in, const RecipeConfig& config) {
   BatchKey key;
   key.q_dtype = in.q.dtype;
   key.k_dtype = in.k.dtype;
@@ -41,18 +37,13 @@ BatchKey MakeBatchKey(const AttnInput& in, const RecipeConfig& config) {
   key.mask = in.mask;
   key.lse = in.lse;
   key.scale_bits = std::bit_cast<uint32_t>(in.scale());
-  key.qk = config.qk;
-  key.granularity = config.granularity;
-  key.qk_smoothing = config.qk_smoothing;
-  key.pv = config.pv;
-  key.v_smoothing = config.v_smoothing;
-  key.accumulation = config.accumulation;
-  key.output_memory = in.out_memory == MemoryKind::kDevice ? MemoryKind::kDevice : MemoryKind::kPageable;
+  key.config = config;
+  key.output_memory = BatchOutputMemory(in.output);
   key.memory_device = in.memory_device;
   return key;
 }
 
-ProblemSize MeasureProblem(const AttnInput& in) {
+ProblemSize MeasureProblem(const EngineInput& in) {
   ProblemSize size;
   size.tokens = std::max(in.q.tokens, in.k.tokens);
   size.q_elements = in.q.numel();
@@ -66,14 +57,14 @@ ProblemSize MeasureProblem(const AttnInput& in) {
   return size;
 }
 
-absl::StatusOr<AssembledBatch> AssembleBatch(std::span<const AttnInput* const> members, AssembleMode mode) {
+absl::StatusOr<AssembledBatch> AssembleBatch(std::span<const EngineInput* const> members, AssembleMode mode) {
   if (members.empty()) return absl::InvalidArgumentError("AssembleBatch: no members");
-  const AttnInput& first = *members[0];
+  const EngineInput& first = *members[0];
   int64_t total_q = 0;
   int64_t total_k = 0;
   size_t total_seqs = 0;
   for (size_t i = 0; i < members.size(); ++i) {
-    const AttnInput& m = *members[i];
+    const EngineInput& m = *members[i];
     // The key compares the recipe too; only the tensor-side fields can be checked here.
     if (m.q.dtype != first.q.dtype || m.k.dtype != first.k.dtype || m.v.dtype != first.v.dtype ||
         m.q.head_dim != first.q.head_dim || m.q.heads != first.q.heads || m.k.heads != first.k.heads ||
@@ -112,7 +103,7 @@ absl::StatusOr<AssembledBatch> AssembleBatch(std::span<const AttnInput* const> m
 
   int64_t q_offset = 0;
   int64_t k_offset = 0;
-  for (const AttnInput* m : members) {
+  for (const EngineInput* m : members) {
     if (copy) {
       AppendBytes(batch.q_, m->q);
       AppendBytes(batch.k_, m->k);
@@ -127,7 +118,7 @@ absl::StatusOr<AssembledBatch> AssembleBatch(std::span<const AttnInput* const> m
     k_offset += m->k.tokens;
   }
 
-  AttnInput& in = batch.input_;
+  EngineInput& in = batch.input_;
   in.q = ViewOf(batch.q_, first.q, total_q);
   in.k = ViewOf(batch.k_, first.k, total_k);
   in.v = ViewOf(batch.v_, first.v, total_k);
@@ -138,33 +129,23 @@ absl::StatusOr<AssembledBatch> AssembleBatch(std::span<const AttnInput* const> m
   in.softmax_scale = first.softmax_scale;
   in.lse = first.lse;
   in.memory_device = first.memory_device;
-  // The merged launch takes the most general form every member accepts: float if any wants float,
-  // the members' own buffers only if all of them have one (the engine writes each member's rows
-  // into its o_into), else 16-bit codes returned.
-  in.output_form = OutputForm::kNativeInto;
+  in.output = MergeOutputTargets(members, copy);
+  // kPinned only when every member is (the executor decides per member anyway).
   in.memory = MemoryKind::kPinned;
-  for (const AttnInput* m : members) {
-    if (m->output_form == OutputForm::kFloat) {
-      in.output_form = OutputForm::kFloat;
-    } else if (m->output_form == OutputForm::kNativeAllowed && in.output_form == OutputForm::kNativeInto) {
-      in.output_form = OutputForm::kNativeAllowed;
-    }
-    // kPinned only when every member is (the executor decides per member anyway).
+  for (const EngineInput* m : members) {
     if (m->memory != MemoryKind::kPinned || copy) in.memory = MemoryKind::kPageable;
   }
-  // A concatenated copy has no per-member destinations to write into.
-  if (copy && in.output_form == OutputForm::kNativeInto) in.output_form = OutputForm::kNativeAllowed;
   return batch;
 }
 
-AttnOutput SliceOutput(const AttnOutput& merged, const AssembledBatch& batch, size_t index) {
-  const AttnInput& in = batch.input();
+EngineOutput SliceOutput(const EngineOutput& merged, const AssembledBatch& batch, size_t index) {
+  const EngineInput& in = batch.input();
   const MemberSlice& slice = batch.members()[index];
   const size_t o_row = static_cast<size_t>(in.q.heads) * in.q.head_dim;
   const size_t lse_row = static_cast<size_t>(in.q.heads);
   const size_t first_row = static_cast<size_t>(slice.q_token_offset);
   const size_t rows = static_cast<size_t>(slice.q_tokens);
-  AttnOutput out;
+  EngineOutput out;
   if (merged.placement == OutputPlacement::kCallerBuffers) {
     // The engine already wrote this member's rows into its own o_into / lse_into.
     out.placement = OutputPlacement::kCallerBuffers;

@@ -12,7 +12,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "kernels/reference/attention_problem.h"
+#include "server/backend/engine_io.h"
 #include "kernels/reference/dtype.h"
 #include "kernels/reference/recipe.h"
 
@@ -29,21 +29,16 @@ struct BatchKey {
   MaskMode mask = MaskMode::kNone;
   LseMode lse = LseMode::kNone;
   uint32_t scale_bits = 0;  // Bit pattern of the effective softmax scale (explicit or default).
-  QkType qk = QkType::kInt8;
-  QuantGranularity granularity = QuantGranularity::kPerThread;
-  QkSmoothing qk_smoothing = QkSmoothing::kK;
-  PvType pv = PvType::kFp8E4M3;
-  VSmoothing v_smoothing = VSmoothing::kNone;
-  PvAccumulation accumulation = PvAccumulation::kTwoLevel;
+  RecipeConfig config;  // Compared whole (RecipeConfig::operator==), so a new switch joins the key.
   // kDevice when O goes to device memory (CUDA shared memory), which only a launch writing every
   // member's rows into its own buffers can serve; any host kind is kPageable here.
   MemoryKind output_memory = MemoryKind::kPageable;
-  int32_t memory_device = -1;  // AttnInput::memory_device: a launch runs on one GPU
+  int32_t memory_device = -1;  // EngineInput::memory_device: a launch runs on one GPU
 
   bool operator==(const BatchKey&) const = default;
 };
 
-BatchKey MakeBatchKey(const AttnInput& in, const RecipeConfig& config);
+BatchKey MakeBatchKey(const EngineInput& in, const RecipeConfig& config);
 
 // The size of a problem as the batcher counts it.
 struct ProblemSize {
@@ -64,7 +59,7 @@ struct ProblemSize {
 };
 
 // `in` must have passed ValidateInput (cu_seqlens are trusted).
-ProblemSize MeasureProblem(const AttnInput& in);
+ProblemSize MeasureProblem(const EngineInput& in);
 
 // Where one member's rows sit inside the merged problem.
 struct MemberSlice {
@@ -87,26 +82,26 @@ class AssembledBatch {
   AssembledBatch(const AssembledBatch&) = delete;
   AssembledBatch& operator=(const AssembledBatch&) = delete;
 
-  const AttnInput& input() const { return input_; }
+  const EngineInput& input() const { return input_; }
   std::span<const MemberSlice> members() const { return members_; }
 
  private:
-  friend absl::StatusOr<AssembledBatch> AssembleBatch(std::span<const AttnInput* const> members,
+  friend absl::StatusOr<AssembledBatch> AssembleBatch(std::span<const EngineInput* const> members,
                                                       AssembleMode mode);
 
   std::vector<std::byte> q_, k_, v_;
   std::vector<int32_t> cu_q_, cu_k_;
   std::vector<MemberSlice> members_;
-  AttnInput input_;
+  EngineInput input_;
 };
 
 // Concatenates the members' tokens (no padding) and chains their cu_seqlens. Every member must be
 // valid and share one BatchKey; otherwise INVALID_ARGUMENT (a bug in the caller) or, when the
 // merged token count would not fit int32 cu_seqlens, RESOURCE_EXHAUSTED.
-absl::StatusOr<AssembledBatch> AssembleBatch(std::span<const AttnInput* const> members,
+absl::StatusOr<AssembledBatch> AssembleBatch(std::span<const EngineInput* const> members,
                                              AssembleMode mode = AssembleMode::kCopyTensors);
 
 // Cuts member `index`'s rows of O (and LSE when present) out of the merged output.
-AttnOutput SliceOutput(const AttnOutput& merged, const AssembledBatch& batch, size_t index);
+EngineOutput SliceOutput(const EngineOutput& merged, const AssembledBatch& batch, size_t index);
 
 }  // namespace sage::server

@@ -6,6 +6,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "server/backend/output_placement.h"
 
 namespace sage::server {
 namespace {
@@ -34,9 +35,10 @@ absl::Status WhyNotLaunch(const WorkItem& item, Clock::time_point now) {
   return absl::OkStatus();
 }
 
-bool OutputFits(const AttnOutput& out, const AttnInput& in) {
-  // Written into the members' own buffers (OutputForm::kNativeInto): nothing to slice.
-  if (out.placement == OutputPlacement::kCallerBuffers) return in.output_form == OutputForm::kNativeInto;
+bool OutputFits(const EngineOutput& out, const EngineInput& in) {
+  if (!PlacementAllowed(in.output, out.placement)) return false;
+  // Written into the members' own buffers: nothing to slice.
+  if (out.placement == OutputPlacement::kCallerBuffers) return true;
   const size_t rows = static_cast<size_t>(in.q.tokens);
   const size_t heads = static_cast<size_t>(in.q.heads);
   if (out.o_elements() != rows * heads * static_cast<size_t>(in.q.head_dim)) return false;
@@ -358,7 +360,7 @@ void DynamicBatcher::WorkerLoop() {
 }
 
 std::string DynamicBatcher::RecordLaunch(int requests, const ProblemSize& size, Clock::duration compute,
-                                         const absl::StatusOr<AttnOutput>& out) {
+                                         const absl::StatusOr<EngineOutput>& out) {
   if (metrics_ == nullptr) return std::string();
   const DeviceTimings* device = out.ok() && out->device_timings ? &*out->device_timings : nullptr;
   std::string label = device != nullptr ? absl::StrCat("cuda:", device->device) : options_.device_label;
@@ -387,7 +389,7 @@ std::string DynamicBatcher::RecordLaunch(int requests, const ProblemSize& size, 
   return label;
 }
 
-void DynamicBatcher::Answer(Pending& p, absl::StatusOr<AttnOutput> out, Clock::time_point launched) {
+void DynamicBatcher::Answer(Pending& p, absl::StatusOr<EngineOutput> out, Clock::time_point launched) {
   WorkTimings timings;
   timings.queued = launched - p.enqueued;
   timings.compute = Clock::now() - launched;
@@ -396,7 +398,7 @@ void DynamicBatcher::Answer(Pending& p, absl::StatusOr<AttnOutput> out, Clock::t
 
 void DynamicBatcher::RunAlone(Pending& p, Clock::time_point launched) {
   const Clock::time_point start = Clock::now();
-  absl::StatusOr<AttnOutput> out = backend_->Attend(p.item.input, p.item.config);
+  absl::StatusOr<EngineOutput> out = backend_->Attend(p.item.input, p.item.config);
   const Clock::time_point finished = Clock::now();
   const std::string label = RecordLaunch(1, p.size, finished - start, out);
   Answer(p, std::move(out), launched);
@@ -412,7 +414,7 @@ void DynamicBatcher::RunBatch(PendingList& batch) {
     RunAlone(batch.front(), launched);  // No copy: the backend reads the request's own bytes.
     return;
   }
-  std::vector<const AttnInput*> inputs;
+  std::vector<const EngineInput*> inputs;
   inputs.reserve(batch.size());
   ProblemSize total;
   for (const Pending& p : batch) {
@@ -426,7 +428,7 @@ void DynamicBatcher::RunBatch(PendingList& batch) {
   if (assembled.ok()) {
     const Clock::time_point start = Clock::now();
     const RecipeConfig& config = batch.front().item.config;
-    absl::StatusOr<AttnOutput> out = gather ? backend_->AttendGathered(assembled->input(), inputs, config)
+    absl::StatusOr<EngineOutput> out = gather ? backend_->AttendGathered(assembled->input(), inputs, config)
                                             : backend_->Attend(assembled->input(), config);
     const Clock::time_point finished = Clock::now();
     const std::string label = RecordLaunch(static_cast<int>(batch.size()), total, finished - start, out);

@@ -119,12 +119,12 @@ class DynamicBatcher final : public Scheduler {
   void WorkerLoop();
   void RunBatch(PendingList& batch);
   void RunAlone(Pending& p, Clock::time_point launched);
-  void Answer(Pending& p, absl::StatusOr<AttnOutput> out, Clock::time_point launched);
+  void Answer(Pending& p, absl::StatusOr<EngineOutput> out, Clock::time_point launched);
   // `out` is the launch's result: a device backend's DeviceTimings name the device and stages.
   // Records one launch; returns the device label it used ("cuda:N" for a launch the CUDA backend
   // timed, else options_.device_label), or "" without metrics.
   std::string RecordLaunch(int requests, const ProblemSize& size, Clock::duration compute,
-                           const absl::StatusOr<AttnOutput>& out);
+                           const absl::StatusOr<EngineOutput>& out);
   void UpdateDepthLocked();
   bool WithinCaps(const ProblemSize& s) const;  // The launch may hold `s`.
   bool AtCaps(const ProblemSize& s) const;      // Nothing more can be added to `s`.

@@ -96,7 +96,7 @@ void FifoScheduler::Run(WorkItem& item, Clock::time_point enqueued) {
     item.done(absl::DeadlineExceededError("deadline passed while the request was queued"), timings);
     return;
   }
-  absl::StatusOr<AttnOutput> out = backend_->Attend(item.input, item.config);
+  absl::StatusOr<EngineOutput> out = backend_->Attend(item.input, item.config);
   timings.compute = Clock::now() - start;
   item.done(std::move(out), timings);
 }

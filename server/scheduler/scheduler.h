@@ -13,9 +13,9 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
-#include "kernels/reference/attention_problem.h"
+#include "server/backend/engine_io.h"
 #include "kernels/reference/recipe.h"
-#include "server/status_details.h"
+#include "server/util/status_details.h"
 
 namespace sage::server {
 
@@ -30,14 +30,14 @@ struct WorkTimings {
 // One attention problem. The input views point into memory the submitter keeps alive until
 // `done` has been called (the gRPC request message).
 struct WorkItem {
-  AttnInput input;
+  EngineInput input;
   RecipeConfig config;
   std::optional<Clock::time_point> deadline;
   // Polled before the work starts; cancelled work is dropped (done gets CANCELLED).
   std::function<bool()> is_cancelled;
   // Called exactly once, on a worker thread, for every accepted item (a rejected Submit returns
   // the error instead and never calls it).
-  absl::AnyInvocable<void(absl::StatusOr<AttnOutput>, const WorkTimings&)> done;
+  absl::AnyInvocable<void(absl::StatusOr<EngineOutput>, const WorkTimings&)> done;
 };
 
 enum class DrainMode {
@@ -75,7 +75,7 @@ class Scheduler {
   // the outstanding count drops once it has run.
   void Track(WorkItem& item) {
     outstanding_.fetch_add(1, std::memory_order_acq_rel);
-    item.done = [this, done = std::move(item.done)](absl::StatusOr<AttnOutput> result,
+    item.done = [this, done = std::move(item.done)](absl::StatusOr<EngineOutput> result,
                                                      const WorkTimings& timings) mutable {
       done(std::move(result), timings);
       outstanding_.fetch_sub(1, std::memory_order_acq_rel);

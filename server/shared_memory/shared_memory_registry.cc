@@ -4,7 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "server/shared_memory/system_mapping.h"
-#include "server/status_details.h"
+#include "server/util/status_details.h"
 #include "spdlog/spdlog.h"
 
 namespace sage::server {

@@ -19,7 +19,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
-#include "kernels/reference/attention_problem.h"
+#include "server/backend/memory_kind.h"
 #include "server/backend/backend.h"
 
 namespace sage::server {

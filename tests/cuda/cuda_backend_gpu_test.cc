@@ -11,6 +11,8 @@
 
 namespace sage::gputest {
 namespace {
+using server::EngineInput;
+
 
 using server::AttentionBackend;
 using server::CreateCudaBackend;
@@ -91,7 +93,7 @@ TEST(CudaBackend, EveryRecipeAgainstOracle) {
   for (Recipe r : backend->info().recipes) {
     SCOPED_TRACE(std::string(RecipeName(r)));
     const HostProblem p = SmallProblem(40 + static_cast<int>(r));
-    const AttnInput in = p.Input();
+    const EngineInput in = p.Input();
     auto gpu = backend->Attend(in, ConfigFor(r));
     ASSERT_TRUE(gpu.ok()) << gpu.status();
     auto exact = AttendExact(in);
@@ -116,7 +118,7 @@ TEST(CudaBackend, Fp32InputsAreConvertedToFp16) {
   for (size_t i = 0; i < qf.size(); ++i) qf[i] = DecodeFp16(p.q[i]);
   for (size_t i = 0; i < kf.size(); ++i) kf[i] = DecodeFp16(p.k[i]);
   for (size_t i = 0; i < vf.size(); ++i) vf[i] = DecodeFp16(p.v[i]);
-  AttnInput in = p.Input();
+  EngineInput in = p.Input();
   in.q.dtype = in.k.dtype = in.v.dtype = DType::kF32;
   in.q.data = qf.data();
   in.k.data = kf.data();
@@ -133,7 +135,7 @@ TEST(CudaBackend, ErrorsThenKeepsServing) {
   auto backend = MakeBackend();
   ASSERT_NE(backend, nullptr);
   const HostProblem p = SmallProblem(5);
-  AttnInput bad = p.Input();
+  EngineInput bad = p.Input();
   bad.k.heads = 3;  // Hq = 4 not a multiple
   EXPECT_EQ(backend->Attend(bad, ConfigFor(Recipe::kUnquantized)).status().code(),
             absl::StatusCode::kInvalidArgument);

@@ -16,6 +16,12 @@
 
 namespace sage::gputest {
 namespace {
+using server::EngineInput;
+using server::EngineOutput;
+using server::MemoryKind;
+using server::OutputForm;
+using server::OutputPlacement;
+
 
 using server::AttentionBackend;
 using server::HostBlockRef;
@@ -48,10 +54,10 @@ HostProblem Problem(uint64_t seed, std::vector<int> lens) {
 struct PlacedProblem {
   HostBlockRef block;
   std::vector<std::byte> heap;  // the storage when not pooled
-  AttnInput in;
+  EngineInput in;
 
-  std::string o() const { return std::string(reinterpret_cast<const char*>(in.o_into.data()), in.o_into.size()); }
-  std::vector<float> lse() const { return std::vector<float>(in.lse_into.begin(), in.lse_into.end()); }
+  std::string o() const { return std::string(reinterpret_cast<const char*>(in.output.o_into.data()), in.output.o_into.size()); }
+  std::vector<float> lse() const { return std::vector<float>(in.output.lse_into.begin(), in.output.lse_into.end()); }
 };
 
 PlacedProblem Place(const HostProblem& p, server::HostBufferPool* pool) {
@@ -69,12 +75,12 @@ PlacedProblem Place(const HostProblem& p, server::HostBufferPool* pool) {
     placed.block = *block;
     base = placed.block->data();
     placed.in.memory = placed.block->memory();
-    placed.in.out_memory = placed.block->memory();
+    placed.in.output.memory = placed.block->memory();
   } else {
     placed.heap.resize(total);
     base = placed.heap.data();
     placed.in.memory = MemoryKind::kPageable;
-    placed.in.out_memory = MemoryKind::kPageable;
+    placed.in.output.memory = MemoryKind::kPageable;
   }
   std::memcpy(base, p.q.data(), qb);
   std::memcpy(base + at_k, p.k.data(), kb);
@@ -83,9 +89,9 @@ PlacedProblem Place(const HostProblem& p, server::HostBufferPool* pool) {
   placed.in.q.data = base;
   placed.in.k.data = base + at_k;
   placed.in.v.data = base + at_v;
-  placed.in.output_form = OutputForm::kNativeInto;
-  placed.in.o_into = std::span<std::byte>(base + at_o, qb);
-  placed.in.lse_into = std::span<float>(reinterpret_cast<float*>(base + at_lse), lse_b / sizeof(float));
+  placed.in.output.form = OutputForm::kNativeInto;
+  placed.in.output.o_into = std::span<std::byte>(base + at_o, qb);
+  placed.in.output.lse_into = std::span<float>(reinterpret_cast<float*>(base + at_lse), lse_b / sizeof(float));
   return placed;
 }
 
@@ -117,8 +123,8 @@ TEST(CudaPayload, DirectCopiesEqualStagedCopies) {
   const RecipeConfig cfg = ConfigFor(backend->info().default_recipe);
   for (uint64_t seed : {11u, 12u}) {
     const HostProblem p = Problem(seed, {200, 37, 512});
-    AttnInput staged = p.Input();
-    staged.output_form = OutputForm::kNativeAllowed;
+    EngineInput staged = p.Input();
+    staged.output.form = OutputForm::kNativeAllowed;
     auto want = backend->Attend(staged, cfg);
     ASSERT_TRUE(want.ok()) << want.status();
     ASSERT_TRUE(want->has_native_o());
@@ -155,22 +161,22 @@ TEST_P(CudaPayloadMerged, MembersWriteTheirOwnBuffers) {
   for (size_t i = 0; i < problems.size(); ++i) {
     placed.push_back(Place(problems[i], i % 2 == 0 ? backend->host_buffers() : nullptr));
   }
-  std::vector<const AttnInput*> members;
+  std::vector<const EngineInput*> members;
   for (const PlacedProblem& pp : placed) members.push_back(&pp.in);
   auto meta = server::AssembleBatch(members, server::AssembleMode::kMetadataOnly);
   ASSERT_TRUE(meta.ok()) << meta.status();
-  EXPECT_EQ(meta->input().output_form, OutputForm::kNativeInto);
+  EXPECT_EQ(meta->input().output.form, OutputForm::kNativeInto);
   auto merged = backend->AttendGathered(meta->input(), members, cfg);
   ASSERT_TRUE(merged.ok()) << merged.status();
   EXPECT_EQ(merged->placement, OutputPlacement::kCallerBuffers);
   for (size_t i = 0; i < problems.size(); ++i) {
-    AttnInput alone = problems[i].Input();
-    alone.output_form = OutputForm::kNativeAllowed;
+    EngineInput alone = problems[i].Input();
+    alone.output.form = OutputForm::kNativeAllowed;
     auto want = backend->Attend(alone, cfg);
     ASSERT_TRUE(want.ok()) << want.status();
     EXPECT_EQ(placed[i].o(), want->o_native) << "member " << i;
     EXPECT_EQ(placed[i].lse(), want->lse) << "member " << i;
-    const AttnOutput slice = server::SliceOutput(*merged, *meta, i);
+    const EngineOutput slice = server::SliceOutput(*merged, *meta, i);
     EXPECT_EQ(slice.placement, OutputPlacement::kCallerBuffers);
   }
 }
@@ -179,7 +185,7 @@ INSTANTIATE_TEST_SUITE_P(LargeAndTiny, CudaPayloadMerged, ::testing::Bool());
 // One problem's tensors in device memory, as a client's CUDA shared memory is: q/k/v, then O and LSE.
 struct DeviceProblem {
   void* base = nullptr;
-  AttnInput in;
+  EngineInput in;
   DeviceProblem() = default;
   DeviceProblem(const DeviceProblem&) = delete;
   DeviceProblem& operator=(const DeviceProblem&) = delete;
@@ -188,13 +194,13 @@ struct DeviceProblem {
     if (base != nullptr) (void)cudaFree(base);
   }
   std::string o() const {
-    std::string out(in.o_into.size(), '\0');
-    EXPECT_EQ(cudaMemcpy(out.data(), in.o_into.data(), out.size(), cudaMemcpyDeviceToHost), cudaSuccess);
+    std::string out(in.output.o_into.size(), '\0');
+    EXPECT_EQ(cudaMemcpy(out.data(), in.output.o_into.data(), out.size(), cudaMemcpyDeviceToHost), cudaSuccess);
     return out;
   }
   std::vector<float> lse() const {
-    std::vector<float> out(in.lse_into.size());
-    EXPECT_EQ(cudaMemcpy(out.data(), in.lse_into.data(), out.size() * sizeof(float), cudaMemcpyDeviceToHost),
+    std::vector<float> out(in.output.lse_into.size());
+    EXPECT_EQ(cudaMemcpy(out.data(), in.output.lse_into.data(), out.size() * sizeof(float), cudaMemcpyDeviceToHost),
               cudaSuccess);
     return out;
   }
@@ -219,11 +225,11 @@ DeviceProblem OnDevice(const HostProblem& p, size_t skew = 0) {
   d.in.k.data = base + at_k;
   d.in.v.data = base + at_v;
   d.in.memory = MemoryKind::kDevice;
-  d.in.out_memory = MemoryKind::kDevice;
+  d.in.output.memory = MemoryKind::kDevice;
   d.in.memory_device = 0;
-  d.in.output_form = OutputForm::kNativeInto;
-  d.in.o_into = std::span<std::byte>(base + at_o, qb);
-  d.in.lse_into = std::span<float>(reinterpret_cast<float*>(base + at_lse), lse_b / sizeof(float));
+  d.in.output.form = OutputForm::kNativeInto;
+  d.in.output.o_into = std::span<std::byte>(base + at_o, qb);
+  d.in.output.lse_into = std::span<float>(reinterpret_cast<float*>(base + at_lse), lse_b / sizeof(float));
   return d;
 }
 
@@ -236,10 +242,10 @@ TEST(CudaPayload, DeviceMemoryEqualsStagedPath) {
   const RecipeConfig cfg = ConfigFor(backend->info().default_recipe);
   std::vector<HostProblem> problems;
   for (int i = 0; i < 6; ++i) problems.push_back(Problem(600 + i, i % 2 == 0 ? std::vector<int>{300 + 17 * i, 9} : std::vector<int>{3 + i}));
-  std::vector<AttnOutput> want;
+  std::vector<EngineOutput> want;
   for (const HostProblem& p : problems) {
-    AttnInput staged = p.Input();
-    staged.output_form = OutputForm::kNativeAllowed;
+    EngineInput staged = p.Input();
+    staged.output.form = OutputForm::kNativeAllowed;
     auto w = backend->Attend(staged, cfg);
     ASSERT_TRUE(w.ok()) << w.status();
     want.push_back(*std::move(w));
@@ -269,9 +275,9 @@ TEST(CudaPayload, DeviceMemoryEqualsStagedPath) {
   {
     DeviceProblem d = OnDevice(problems[0]);
     PlacedProblem host = Place(problems[0], backend->host_buffers());
-    d.in.out_memory = host.in.out_memory;
-    d.in.o_into = host.in.o_into;
-    d.in.lse_into = host.in.lse_into;
+    d.in.output.memory = host.in.output.memory;
+    d.in.output.o_into = host.in.output.o_into;
+    d.in.output.lse_into = host.in.output.lse_into;
     auto got = backend->Attend(d.in, cfg);
     ASSERT_TRUE(got.ok()) << got.status();
     EXPECT_EQ(host.o(), want[0].o_native);
@@ -279,7 +285,7 @@ TEST(CudaPayload, DeviceMemoryEqualsStagedPath) {
   }
   // Merged: gathered and scattered by the copy kernel, 16-byte aligned or not.
   std::vector<DeviceProblem> on_device;
-  std::vector<const AttnInput*> members;
+  std::vector<const EngineInput*> members;
   for (size_t skew : {size_t{0}, size_t{8}}) {
     on_device.clear();
     members.clear();
@@ -310,7 +316,7 @@ TEST(CudaPayload, ShortDestinationIsRefused) {
   ASSERT_NE(backend, nullptr);
   const HostProblem p = Problem(77, {64});
   PlacedProblem placed = Place(p, backend->host_buffers());
-  placed.in.o_into = placed.in.o_into.first(placed.in.o_into.size() - 2);
+  placed.in.output.o_into = placed.in.output.o_into.first(placed.in.output.o_into.size() - 2);
   auto got = backend->Attend(placed.in, ConfigFor(backend->info().default_recipe));
   EXPECT_EQ(got.status().code(), absl::StatusCode::kInvalidArgument) << got.status();
   // The backend keeps serving.

@@ -16,6 +16,11 @@
 
 namespace sage::gputest {
 namespace {
+using server::DeviceTimings;
+using server::EngineInput;
+using server::EngineOutput;
+using server::OutputForm;
+
 
 using server::AttentionBackend;
 using server::CreateCudaBackend;
@@ -58,7 +63,7 @@ TEST(CudaRuntime, ManyThreadsManyStreamsBitIdenticalToOneStream) {
   std::vector<HostProblem> problems;
   for (int i = 0; i < 6; ++i) problems.push_back(Problem(100 + i, {64 + 97 * i, 1 + 13 * i, 300}));
   const std::vector<Recipe> recipes = {serial->info().default_recipe, Recipe::kInt8QkFp16Pv, Recipe::kUnquantized};
-  std::vector<AttnOutput> want;
+  std::vector<EngineOutput> want;
   for (const HostProblem& p : problems) {
     for (Recipe r : recipes) {
       auto out = serial->Attend(p.Input(), ConfigFor(r));
@@ -160,7 +165,7 @@ TEST(CudaRuntime, LightSlotsTakeSmallLaunchesAndLeaveLargeOnesToFullSizeSlots) {
           failures++;
           continue;
         }
-        const AttnOutput& want = big ? *want_large : *want_small;
+        const EngineOutput& want = big ? *want_large : *want_small;
         if (out->o != want.o || out->lse != want.lse) mismatches++;
         if (out->device_timings->stream_slot >= 1) (big ? large_on_light : small_on_light)++;
       }
@@ -291,10 +296,10 @@ TEST(CudaRuntime, NativeOutputIsTheFloatOutputEncoded) {
     spec.lse = LseMode::kNatural;
     spec.seed = 77;
     const HostProblem p = MakeProblem(spec);
-    AttnInput in = p.Input();
+    EngineInput in = p.Input();
     auto as_float = backend->Attend(in, ConfigFor(backend->info().default_recipe));
     ASSERT_TRUE(as_float.ok()) << as_float.status();
-    in.output_form = OutputForm::kNativeAllowed;
+    in.output.form = OutputForm::kNativeAllowed;
     auto native = backend->Attend(in, ConfigFor(backend->info().default_recipe));
     ASSERT_TRUE(native.ok()) << native.status();
     ASSERT_TRUE(native->has_native_o());
@@ -320,10 +325,10 @@ TEST(CudaRuntime, GatheredLaunchEqualsConcatenatedLaunch) {
   ASSERT_EQ(backend->info().input_gather, server::InputGather::kSegments);
   std::vector<HostProblem> problems;
   for (int i = 0; i < 4; ++i) problems.push_back(Problem(500 + i, {128, 17 + 40 * i}));
-  std::vector<AttnInput> inputs;
+  std::vector<EngineInput> inputs;
   for (const HostProblem& p : problems) inputs.push_back(p.Input());
-  std::vector<const AttnInput*> members;
-  for (const AttnInput& in : inputs) members.push_back(&in);
+  std::vector<const EngineInput*> members;
+  for (const EngineInput& in : inputs) members.push_back(&in);
   const RecipeConfig cfg = ConfigFor(backend->info().default_recipe);
 
   auto copied = server::AssembleBatch(members, server::AssembleMode::kCopyTensors);
@@ -339,10 +344,10 @@ TEST(CudaRuntime, GatheredLaunchEqualsConcatenatedLaunch) {
   EXPECT_EQ(got->o, want->o);
   EXPECT_EQ(got->lse, want->lse);
 
-  for (AttnInput& in : inputs) in.output_form = OutputForm::kNativeAllowed;
+  for (EngineInput& in : inputs) in.output.form = OutputForm::kNativeAllowed;
   auto meta_native = server::AssembleBatch(members, server::AssembleMode::kMetadataOnly);
   ASSERT_TRUE(meta_native.ok());
-  EXPECT_EQ(meta_native->input().output_form, OutputForm::kNativeAllowed);
+  EXPECT_EQ(meta_native->input().output.form, OutputForm::kNativeAllowed);
   auto native = backend->AttendGathered(meta_native->input(), members, cfg);
   ASSERT_TRUE(native.ok()) << native.status();
   std::vector<uint16_t> want16(want->o.size());
@@ -350,17 +355,17 @@ TEST(CudaRuntime, GatheredLaunchEqualsConcatenatedLaunch) {
   EXPECT_EQ(native->o_native, std::string(reinterpret_cast<const char*>(want16.data()), want16.size() * 2));
 
   // Members that do not add up to the merged shape are refused, never launched.
-  auto short_members = std::vector<const AttnInput*>(members.begin(), members.end() - 1);
+  auto short_members = std::vector<const EngineInput*>(members.begin(), members.end() - 1);
   EXPECT_EQ(backend->AttendGathered(meta->input(), short_members, cfg).status().code(),
             absl::StatusCode::kInvalidArgument);
 
   // Batch invariance on the GPU: each member's slice of the merged launch equals the member alone.
   for (size_t i = 0; i < members.size(); ++i) {
-    AttnInput alone = *members[i];
-    alone.output_form = OutputForm::kFloat;
+    EngineInput alone = *members[i];
+    alone.output.form = OutputForm::kFloat;
     auto one = backend->Attend(alone, cfg);
     ASSERT_TRUE(one.ok()) << one.status();
-    const AttnOutput slice = server::SliceOutput(*want, *copied, i);
+    const EngineOutput slice = server::SliceOutput(*want, *copied, i);
     EXPECT_EQ(slice.o, one->o) << "member " << i;
   }
 }
@@ -383,7 +388,7 @@ TEST(CudaRuntime, LargeLaunchStagedOnSeveralThreads) {
   DecodeFp16Bulk(p.q.data(), q32.data(), q32.size());
   DecodeFp16Bulk(p.k.data(), k32.data(), k32.size());
   DecodeFp16Bulk(p.v.data(), v32.data(), v32.size());
-  AttnInput in32 = p.Input();
+  EngineInput in32 = p.Input();
   in32.q.dtype = in32.k.dtype = in32.v.dtype = DType::kF32;
   in32.q.data = q32.data();
   in32.k.data = k32.data();

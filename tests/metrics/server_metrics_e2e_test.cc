@@ -15,6 +15,9 @@
 
 namespace sage::testing {
 namespace {
+using server::EngineInput;
+using server::EngineOutput;
+
 namespace v1 = ::sageserve::v1;
 using metrics::testing::ParsedExposition;
 
@@ -119,7 +122,7 @@ class TwoDeviceBackend final : public server::AttentionBackend {
     info_.recipes = {Recipe::kInt8QkFp8Pv};
   }
   const server::BackendInfo& info() const override { return info_; }
-  absl::StatusOr<AttnOutput> Attend(const AttnInput&, const RecipeConfig&) override {
+  absl::StatusOr<server::EngineOutput> Attend(const server::EngineInput&, const RecipeConfig&) override {
     return absl::UnavailableError("not used");
   }
   std::vector<server::DeviceStats> DeviceStatsSnapshot() const override {

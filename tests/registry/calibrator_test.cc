@@ -7,7 +7,7 @@
 
 #include "gtest/gtest.h"
 #include "server/registry/calibrate_model.h"
-#include "server/registry/outlier_samples.h"
+#include "kernels/reference/outlier_samples.h"
 #include "tests/registry/registry_test_util.h"
 
 namespace sage::registry {

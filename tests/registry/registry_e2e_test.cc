@@ -14,8 +14,8 @@
 #include "sageserve/v1/attention_service.grpc.pb.h"
 #include "sageserve/v1/registry.grpc.pb.h"
 #include "server/backend/cpu_backend.h"
-#include "server/registry/outlier_samples.h"
-#include "server/sage_server.h"
+#include "kernels/reference/outlier_samples.h"
+#include "server/app/sage_server.h"
 #include "tests/registry/registry_test_util.h"
 
 namespace sage::server {
@@ -57,11 +57,11 @@ void FillTensor(const std::vector<uint8_t>& bytes, const TensorView& view, v1::T
   t->set_data(bytes.data(), bytes.size());
 }
 
-reg::OutlierSample Sample(float gain, uint64_t seed) {
-  reg::OutlierSampleSpec spec;
+sage::OutlierSample Sample(float gain, uint64_t seed) {
+  sage::OutlierSampleSpec spec;
   spec.k_outlier_gain = gain;
   spec.seed = seed;
-  return reg::OutlierSample(spec);
+  return sage::OutlierSample(spec);
 }
 
 grpc::Status Calibrate(Stubs& s, bool dry_run, v1::CalibrateResponse* response) {
@@ -74,7 +74,7 @@ grpc::Status Calibrate(Stubs& s, bool dry_run, v1::CalibrateResponse* response) 
         req.set_model("demo");
         req.set_dry_run(dry_run);
       }
-      reg::OutlierSample sample = Sample(kGains[layer], 100 * layer + seed);
+      sage::OutlierSample sample = Sample(kGains[layer], 100 * layer + seed);
       v1::CalibrationSample* cs = req.mutable_sample();
       cs->set_layer(static_cast<int>(layer));
       FillTensor(sample.q_bytes(), sample.input().q, cs->mutable_q());
@@ -89,7 +89,7 @@ grpc::Status Calibrate(Stubs& s, bool dry_run, v1::CalibrateResponse* response) 
 
 // Attend with layer_key (model "demo", `layer`) on a fresh sample of the layer's difficulty.
 grpc::Status Attend(Stubs& s, const std::string& model, std::optional<int> layer, v1::Recipe explicit_recipe,
-                    v1::AttendResponse* response, const reg::OutlierSample& sample) {
+                    v1::AttendResponse* response, const sage::OutlierSample& sample) {
   v1::AttendRequest req;
   req.set_request_id("e2e");
   FillTensor(sample.q_bytes(), sample.input().q, req.mutable_q());
@@ -119,7 +119,7 @@ void RegisterDemo(Stubs& s) {
 
 // The response's O must be bit-identical to running `recipe` locally: proof that the recipe the
 // response names is the recipe that ran.
-void ExpectRanLocally(const v1::AttendResponse& resp, const reg::OutlierSample& sample) {
+void ExpectRanLocally(const v1::AttendResponse& resp, const sage::OutlierSample& sample) {
   auto engine = CpuEngine::Create(CpuEngineOptions{1});
   ASSERT_TRUE(engine.ok());
   absl::StatusOr<AttnOutput> local =
@@ -138,7 +138,7 @@ TEST(RegistryEndToEndTest, CalibrateThenAttendFollowsThePlanAcrossARestart) {
     RegisterDemo(s);
 
     v1::AttendResponse resp;
-    reg::OutlierSample hard = Sample(kGains[2], 9999);
+    sage::OutlierSample hard = Sample(kGains[2], 9999);
     ASSERT_TRUE(Attend(s, "demo", 2, v1::RECIPE_UNSPECIFIED, &resp, hard).ok());
     EXPECT_EQ(resp.recipe(), v1::RECIPE_INT8_QK_FP8_PV);  // No plan yet: hardware default.
 
@@ -156,7 +156,7 @@ TEST(RegistryEndToEndTest, CalibrateThenAttendFollowsThePlanAcrossARestart) {
     const v1::Recipe expected[] = {v1::RECIPE_INT8_QK_FP8_PV, v1::RECIPE_INT8_QK_FP16_PV, v1::RECIPE_UNQUANTIZED};
     for (int layer = 0; layer < 3; ++layer) {
       EXPECT_EQ(real.cells(layer).chosen(), expected[layer]) << real.report();
-      reg::OutlierSample sample = Sample(kGains[layer], 5000 + layer);
+      sage::OutlierSample sample = Sample(kGains[layer], 5000 + layer);
       ASSERT_TRUE(Attend(s, "demo", layer, v1::RECIPE_UNSPECIFIED, &resp, sample).ok());
       EXPECT_EQ(resp.recipe(), expected[layer]) << "layer " << layer;
       ExpectRanLocally(resp, sample);

@@ -1,13 +1,13 @@
 // RegistryService over real gRPC on a loopback port (the service alone, with a registry persisted
 // in a temporary state directory): every RPC, error codes, dry-run vs stored calibration, restart.
-#include "server/grpc/registry_service.h"
+#include "server/frontend/grpc/registry_service.h"
 
 #include <memory>
 #include <string>
 
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
-#include "server/registry/outlier_samples.h"
+#include "kernels/reference/outlier_samples.h"
 #include "server/registry/registry_store.h"
 #include "tests/registry/registry_test_util.h"
 
@@ -82,10 +82,10 @@ void FillTensor(const std::vector<uint8_t>& bytes, const TensorView& view, v1::T
 }
 
 void AddSample(int layer, float gain, uint64_t seed, v1::CalibrateRequest* req) {
-  reg::OutlierSampleSpec spec;
+  sage::OutlierSampleSpec spec;
   spec.k_outlier_gain = gain;
   spec.seed = seed;
-  reg::OutlierSample sample(spec);
+  sage::OutlierSample sample(spec);
   v1::CalibrationSample* s = req->mutable_sample();
   s->set_layer(layer);
   FillTensor(sample.q_bytes(), sample.input().q, s->mutable_q());

@@ -13,14 +13,21 @@
 
 namespace sage::registry::testing {
 namespace {
+using server::EngineInput;
+using server::EngineOutput;
+
 
 class EngineBackend final : public server::AttentionBackend {
  public:
   EngineBackend(server::BackendInfo info, std::unique_ptr<CpuEngine> engine)
       : info_(std::move(info)), engine_(std::move(engine)) {}
   const server::BackendInfo& info() const override { return info_; }
-  absl::StatusOr<AttnOutput> Attend(const AttnInput& in, const RecipeConfig& config) override {
-    return engine_->Run(in, config);
+  absl::StatusOr<server::EngineOutput> Attend(const server::EngineInput& in, const RecipeConfig& config) override {
+    absl::StatusOr<AttnOutput> out = engine_->Run(in, config);
+    if (!out.ok()) return out.status();
+    server::EngineOutput result;
+    static_cast<AttnOutput&>(result) = *std::move(out);
+    return result;
   }
 
  private:

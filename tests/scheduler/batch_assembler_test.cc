@@ -80,10 +80,10 @@ TEST(AssembleBatch, ConcatenatesTokensAndChainsCuSeqlens) {
   b.k_lens = {1};
   auto pa = MakeTagged(10, a);
   auto pb = MakeTagged(20, b);
-  const AttnInput* members[] = {&pa->input, &pb->input};
+  const EngineInput* members[] = {&pa->input, &pb->input};
   absl::StatusOr<AssembledBatch> batch = AssembleBatch(members);
   ASSERT_TRUE(batch.ok()) << batch.status();
-  const AttnInput& in = batch->input();
+  const EngineInput& in = batch->input();
   EXPECT_TRUE(ValidateInput(in).ok());
   EXPECT_EQ(in.q.tokens, 12);
   EXPECT_EQ(in.k.tokens, 10);
@@ -109,7 +109,7 @@ TEST(AssembleBatch, RefusesIncompatibleMembersAndEmptyInput) {
   other.head_dim = 128;
   auto a = MakeTagged(1);
   auto b = MakeTagged(2, other);
-  const AttnInput* members[] = {&a->input, &b->input};
+  const EngineInput* members[] = {&a->input, &b->input};
   EXPECT_EQ(AssembleBatch(members).status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(AssembleBatch({}).status().code(), absl::StatusCode::kInvalidArgument);
 }
@@ -122,16 +122,16 @@ TEST(SliceOutput, CutsEachMembersRowsOfOAndLse) {
   auto a = MakeTagged(1, s);
   s.q_lens = {3};
   auto b = MakeTagged(2, s);
-  const AttnInput* members[] = {&a->input, &b->input};
+  const EngineInput* members[] = {&a->input, &b->input};
   absl::StatusOr<AssembledBatch> batch = AssembleBatch(members);
   ASSERT_TRUE(batch.ok());
   const size_t row = 2 * 64;
-  AttnOutput merged;
+  EngineOutput merged;
   for (int t = 0; t < 5; ++t) {
     merged.o.insert(merged.o.end(), row, static_cast<float>(t));
     merged.lse.insert(merged.lse.end(), 2, static_cast<float>(-t));
   }
-  const AttnOutput second = SliceOutput(merged, *batch, 1);
+  const EngineOutput second = SliceOutput(merged, *batch, 1);
   ASSERT_EQ(second.o.size(), 3 * row);
   EXPECT_EQ(second.o.front(), 2.0f);
   EXPECT_EQ(second.o.back(), 4.0f);
@@ -140,7 +140,7 @@ TEST(SliceOutput, CutsEachMembersRowsOfOAndLse) {
   EXPECT_EQ(SliceOutput(merged, *batch, 0).o.size(), 2 * row);
 }
 
-// The merged launch's 16-bit O (AttnOutput::o_native) is cut the same way, staying 16-bit, and the
+// The merged launch's 16-bit O (EngineOutput::o_native) is cut the same way, staying 16-bit, and the
 // launch's device timings go to every member.
 TEST(SliceOutput, CutsNativeOAndKeepsDeviceTimings) {
   ProblemShape s;
@@ -149,17 +149,17 @@ TEST(SliceOutput, CutsNativeOAndKeepsDeviceTimings) {
   auto a = MakeTagged(1, s);
   s.q_lens = {3};
   auto b = MakeTagged(2, s);
-  const AttnInput* members[] = {&a->input, &b->input};
+  const EngineInput* members[] = {&a->input, &b->input};
   absl::StatusOr<AssembledBatch> batch = AssembleBatch(members);
   ASSERT_TRUE(batch.ok());
   const size_t row = 2 * 64;
-  AttnOutput merged;
+  EngineOutput merged;
   merged.o_native_dtype = DType::kBF16;
   std::vector<uint16_t> codes;
   for (int t = 0; t < 5; ++t) codes.insert(codes.end(), row, static_cast<uint16_t>(t));
   merged.o_native.assign(reinterpret_cast<const char*>(codes.data()), codes.size() * 2);
   merged.device_timings = DeviceTimings{1.0, 2.0, 3.0, 0, 1};
-  const AttnOutput second = SliceOutput(merged, *batch, 1);
+  const EngineOutput second = SliceOutput(merged, *batch, 1);
   EXPECT_TRUE(second.o.empty());
   EXPECT_EQ(second.o_native_dtype, DType::kBF16);
   ASSERT_EQ(second.o_elements(), 3 * row);
@@ -179,8 +179,8 @@ TEST(AssembleBatch, MetadataOnlyHasShapesButNoBytes) {
   a.k_lens = {4, 5};
   auto pa = MakeTagged(10, a);
   auto pb = MakeTagged(20, a);
-  pa->input.output_form = OutputForm::kNativeAllowed;
-  const AttnInput* members[] = {&pa->input, &pb->input};
+  pa->input.output.form = OutputForm::kNativeAllowed;
+  const EngineInput* members[] = {&pa->input, &pb->input};
   absl::StatusOr<AssembledBatch> meta = AssembleBatch(members, AssembleMode::kMetadataOnly);
   absl::StatusOr<AssembledBatch> copy = AssembleBatch(members);
   ASSERT_TRUE(meta.ok() && copy.ok());
@@ -191,30 +191,30 @@ TEST(AssembleBatch, MetadataOnlyHasShapesButNoBytes) {
   EXPECT_TRUE(std::equal(meta->input().cu_seqlens_q.begin(), meta->input().cu_seqlens_q.end(),
                          copy->input().cu_seqlens_q.begin(), copy->input().cu_seqlens_q.end()));
   EXPECT_EQ(meta->members()[1].q_token_offset, copy->members()[1].q_token_offset);
-  EXPECT_EQ(meta->input().output_form, OutputForm::kFloat);
-  pb->input.output_form = OutputForm::kNativeAllowed;
+  EXPECT_EQ(meta->input().output.form, OutputForm::kFloat);
+  pb->input.output.form = OutputForm::kNativeAllowed;
   absl::StatusOr<AssembledBatch> both = AssembleBatch(members, AssembleMode::kMetadataOnly);
   ASSERT_TRUE(both.ok());
-  EXPECT_EQ(both->input().output_form, OutputForm::kNativeAllowed);
+  EXPECT_EQ(both->input().output.form, OutputForm::kNativeAllowed);
   EXPECT_EQ(both->input().memory, MemoryKind::kPageable);
 
   // Writing into the members' own buffers only when every member has one; pinned only when all are.
-  pa->input.output_form = OutputForm::kNativeInto;
+  pa->input.output.form = OutputForm::kNativeInto;
   pa->input.memory = MemoryKind::kPinned;
   absl::StatusOr<AssembledBatch> one_into = AssembleBatch(members, AssembleMode::kMetadataOnly);
   ASSERT_TRUE(one_into.ok());
-  EXPECT_EQ(one_into->input().output_form, OutputForm::kNativeAllowed);
+  EXPECT_EQ(one_into->input().output.form, OutputForm::kNativeAllowed);
   EXPECT_EQ(one_into->input().memory, MemoryKind::kPageable);
-  pb->input.output_form = OutputForm::kNativeInto;
+  pb->input.output.form = OutputForm::kNativeInto;
   pb->input.memory = MemoryKind::kPinned;
   absl::StatusOr<AssembledBatch> all_into = AssembleBatch(members, AssembleMode::kMetadataOnly);
   ASSERT_TRUE(all_into.ok());
-  EXPECT_EQ(all_into->input().output_form, OutputForm::kNativeInto);
+  EXPECT_EQ(all_into->input().output.form, OutputForm::kNativeInto);
   EXPECT_EQ(all_into->input().memory, MemoryKind::kPinned);
   // A concatenated copy lives in ordinary memory and has no member buffers to write into.
   absl::StatusOr<AssembledBatch> copied = AssembleBatch(members);
   ASSERT_TRUE(copied.ok());
-  EXPECT_EQ(copied->input().output_form, OutputForm::kNativeAllowed);
+  EXPECT_EQ(copied->input().output.form, OutputForm::kNativeAllowed);
   EXPECT_EQ(copied->input().memory, MemoryKind::kPageable);
 }
 
@@ -225,13 +225,13 @@ TEST(SliceOutput, CallerBuffersCarryNoBytes) {
   a.k_lens = {3};
   auto pa = MakeTagged(1, a);
   auto pb = MakeTagged(2, a);
-  const AttnInput* members[] = {&pa->input, &pb->input};
+  const EngineInput* members[] = {&pa->input, &pb->input};
   absl::StatusOr<AssembledBatch> batch = AssembleBatch(members, AssembleMode::kMetadataOnly);
   ASSERT_TRUE(batch.ok());
-  AttnOutput merged;
+  EngineOutput merged;
   merged.placement = OutputPlacement::kCallerBuffers;
   merged.device_timings = DeviceTimings{1.0, 2.0, 3.0, 0, 1};
-  const AttnOutput second = SliceOutput(merged, *batch, 1);
+  const EngineOutput second = SliceOutput(merged, *batch, 1);
   EXPECT_EQ(second.placement, OutputPlacement::kCallerBuffers);
   EXPECT_TRUE(second.o.empty());
   EXPECT_TRUE(second.o_native.empty());
@@ -278,19 +278,21 @@ TEST(BatchInvariance, MergedOutputsEqualSoloOutputsBitForBit) {
   for (MaskMode mask : {MaskMode::kNone, MaskMode::kCausal}) {
     for (DType dtype : {DType::kF16, DType::kBF16}) {
       std::vector<SyntheticProblem> problems;
-      std::vector<const AttnInput*> inputs;
+      std::vector<EngineInput> engine_inputs;
+      std::vector<const EngineInput*> inputs;
       for (const ProblemSpec& s : MixedSpecs(mask, dtype)) problems.emplace_back(s);
-      for (const SyntheticProblem& p : problems) inputs.push_back(&p.input());
+      for (const SyntheticProblem& p : problems) engine_inputs.push_back(EngineInput{p.input()});
+      for (const EngineInput& in : engine_inputs) inputs.push_back(&in);
       absl::StatusOr<AssembledBatch> batch = AssembleBatch(inputs);
       ASSERT_TRUE(batch.ok()) << batch.status();
       for (const RecipeConfig& config : AllConfigs()) {
         SCOPED_TRACE(DescribeConfig(config));
-        absl::StatusOr<AttnOutput> merged = (*engine)->Run(batch->input(), config);
+        absl::StatusOr<EngineOutput> merged = testing::RunOnCpu(**engine, batch->input(), config);
         ASSERT_TRUE(merged.ok()) << merged.status();
         for (size_t i = 0; i < problems.size(); ++i) {
-          absl::StatusOr<AttnOutput> alone = (*engine)->Run(problems[i].input(), config);
+          absl::StatusOr<EngineOutput> alone = testing::RunOnCpu(**engine, problems[i].input(), config);
           ASSERT_TRUE(alone.ok()) << alone.status();
-          const AttnOutput part = SliceOutput(*merged, *batch, i);
+          const EngineOutput part = SliceOutput(*merged, *batch, i);
           ExpectBitIdentical(part.o, alone->o);
           ExpectBitIdentical(part.lse, alone->lse);
         }
@@ -304,9 +306,9 @@ class GatedCpuBackend final : public AttentionBackend {
  public:
   explicit GatedCpuBackend(std::unique_ptr<CpuEngine> engine) : engine_(std::move(engine)) {}
   const BackendInfo& info() const override { return info_; }
-  absl::StatusOr<AttnOutput> Attend(const AttnInput& in, const RecipeConfig& config) override {
+  absl::StatusOr<EngineOutput> Attend(const EngineInput& in, const RecipeConfig& config) override {
     gate_.Pass(in.batch());
-    return engine_->Run(in, config);
+    return testing::RunOnCpu(*engine_, in, config);
   }
   void Close() { gate_.Close(); }
   void Open() { gate_.Open(); }
@@ -338,7 +340,7 @@ TEST(BatchInvariance, ThroughTheBatcherOnTheCpuEngine) {
   auto item = [&](size_t i) {
     testing::TaggedProblem view;  // Only input/config/tag are read by MakeItem.
     view.tag = static_cast<int>(i);
-    view.input = problems[i].input();
+    view.input = EngineInput{problems[i].input()};
     view.config = config;
     return collector.MakeItem(view);
   };
@@ -351,7 +353,7 @@ TEST(BatchInvariance, ThroughTheBatcherOnTheCpuEngine) {
     ASSERT_TRUE(collector.WaitFor(static_cast<int>(i)));
     testing::Result r = collector.Get(static_cast<int>(i));
     ASSERT_TRUE(r.out.ok()) << r.out.status();
-    absl::StatusOr<AttnOutput> alone = (*reference)->Run(problems[i].input(), config);
+    absl::StatusOr<EngineOutput> alone = testing::RunOnCpu(**reference, problems[i].input(), config);
     ASSERT_TRUE(alone.ok());
     ExpectBitIdentical(r.out->o, alone->o);
     ExpectBitIdentical(r.out->lse, alone->lse);

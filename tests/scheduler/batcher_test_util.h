@@ -15,11 +15,21 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "kernels/reference/cpu_engine.h"
 #include "server/backend/backend.h"
 #include "server/scheduler/batch_assembler.h"
 #include "server/scheduler/scheduler.h"
 
 namespace sage::server::testing {
+
+// The CPU engine's result as the serving path's type (fp32 O, nothing placed).
+inline absl::StatusOr<EngineOutput> RunOnCpu(const CpuEngine& engine, const AttnInput& in, const RecipeConfig& config) {
+  absl::StatusOr<AttnOutput> out = engine.Run(in, config);
+  if (!out.ok()) return out.status();
+  EngineOutput result;
+  static_cast<AttnOutput&>(result) = *std::move(out);
+  return result;
+}
 
 inline constexpr auto kWaitLimit = std::chrono::seconds(20);  // Generous: CI may be loaded.
 
@@ -29,7 +39,7 @@ struct TaggedProblem {
   int tag = 0;
   std::vector<uint8_t> q, k, v;
   std::vector<int32_t> cu_q, cu_k;
-  AttnInput input;
+  EngineInput input;
   RecipeConfig config;
 };
 
@@ -145,7 +155,7 @@ class FakeBackend final : public AttentionBackend {
   FakeBackend() { info_.kind = BackendKind::kCpu; }
   const BackendInfo& info() const override { return info_; }
 
-  absl::StatusOr<AttnOutput> Attend(const AttnInput& in, const RecipeConfig&) override {
+  absl::StatusOr<EngineOutput> Attend(const EngineInput& in, const RecipeConfig&) override {
     std::vector<int> seq_tags;
     std::vector<int> items;
     for (int s = 0; s < in.batch(); ++s) {
@@ -160,7 +170,7 @@ class FakeBackend final : public AttentionBackend {
       for (int tag : items) poisoned |= poison_.count(tag) > 0;
     }
     if (poisoned) return absl::InternalError("fake backend: poisoned item in the launch");
-    AttnOutput out;
+    EngineOutput out;
     const size_t row = static_cast<size_t>(in.q.heads) * in.q.head_dim;
     out.o.resize(static_cast<size_t>(in.q.tokens) * row);
     if (in.lse == LseMode::kNatural) out.lse.resize(static_cast<size_t>(in.q.tokens) * in.q.heads);
@@ -182,7 +192,7 @@ class FakeBackend final : public AttentionBackend {
   // Like the CUDA backend: merged launches come as metadata plus members (AttendGathered). The fake
   // checks the metadata has no bytes, concatenates the members itself and runs Attend on that.
   void EnableGather() { info_.input_gather = InputGather::kSegments; }
-  absl::StatusOr<AttnOutput> AttendGathered(const AttnInput& merged, std::span<const AttnInput* const> members,
+  absl::StatusOr<EngineOutput> AttendGathered(const EngineInput& merged, std::span<const EngineInput* const> members,
                                             const RecipeConfig& config) override {
     if (merged.q.data != nullptr || merged.k.data != nullptr || merged.v.data != nullptr) {
       return absl::InternalError("fake backend: gathered launch came with bytes");
@@ -196,15 +206,15 @@ class FakeBackend final : public AttentionBackend {
       std::lock_guard<std::mutex> lock(mu_);
       ++gathered_;
     }
-    absl::StatusOr<AttnOutput> out = Attend(copy->input(), config);
-    if (!out.ok() || merged.output_form != OutputForm::kNativeInto) return out;
+    absl::StatusOr<EngineOutput> out = Attend(copy->input(), config);
+    if (!out.ok() || merged.output.form != OutputForm::kNativeInto) return out;
     // As the CUDA backend does with kNativeInto: every member's rows go into its own o_into (here
     // each 16-bit code is the member's tag) and nothing comes back in the output.
-    for (const AttnInput* m : members) {
+    for (const EngineInput* m : members) {
       const uint16_t tag = static_cast<uint16_t>(TagAt(m->q, 0));
-      for (size_t i = 0; i + 1 < m->o_into.size(); i += 2) std::memcpy(m->o_into.data() + i, &tag, 2);
+      for (size_t i = 0; i + 1 < m->output.o_into.size(); i += 2) std::memcpy(m->output.o_into.data() + i, &tag, 2);
     }
-    AttnOutput placed;
+    EngineOutput placed;
     placed.placement = OutputPlacement::kCallerBuffers;
     placed.device_timings = out->device_timings;
     return placed;
@@ -246,7 +256,7 @@ class FakeBackend final : public AttentionBackend {
 };
 
 struct Result {
-  absl::StatusOr<AttnOutput> out;
+  absl::StatusOr<EngineOutput> out;
   WorkTimings timings;
 };
 
@@ -261,7 +271,7 @@ class Collector {
     item.deadline = deadline;
     item.is_cancelled = std::move(is_cancelled);
     const int tag = p.tag;
-    item.done = [this, tag](absl::StatusOr<AttnOutput> out, const WorkTimings& t) {
+    item.done = [this, tag](absl::StatusOr<EngineOutput> out, const WorkTimings& t) {
       std::lock_guard<std::mutex> lock(mu_);
       ++calls_[tag];
       results_.insert_or_assign(tag, Result{std::move(out), t});

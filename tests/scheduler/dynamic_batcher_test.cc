@@ -108,8 +108,8 @@ TEST_F(BatcherTest, MergedLaunchIntoMembersBuffersIsNotSplit) {
   for (int tag : {2, 3, 4}) {
     TaggedProblem& p = const_cast<TaggedProblem&>(Add(tag, shape));
     o[tag].assign(static_cast<size_t>(p.input.q.numel()) * 2, std::byte{0});
-    p.input.output_form = OutputForm::kNativeInto;
-    p.input.o_into = o[tag];
+    p.input.output.form = OutputForm::kNativeInto;
+    p.input.output.o_into = o[tag];
     ASSERT_TRUE(batcher_->Submit(collector_.MakeItem(p, std::nullopt, {})).ok());
   }
   backend_.Open();

@@ -2,7 +2,7 @@
 // buffers, a counting pool, and protobuf's own parse as the oracle.
 #pragma once
 
-#include "server/grpc/attend_wire.h"
+#include "server/frontend/grpc/attend_wire.h"
 
 #include <gtest/gtest.h>
 

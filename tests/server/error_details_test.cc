@@ -13,8 +13,8 @@
 #include "sageserve/client/stream_session.h"
 #include "sageserve/v1/attention_service.grpc.pb.h"
 #include "sageserve/v1/shared_memory.grpc.pb.h"
-#include "server/grpc/status_mapping.h"
-#include "server/status_details.h"
+#include "server/frontend/grpc/status_mapping.h"
+#include "server/util/status_details.h"
 #include "tests/server/test_support.h"
 
 namespace sage::testing {

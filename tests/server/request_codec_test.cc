@@ -1,4 +1,4 @@
-// EncodeAttendOutput: O given as the kernel's 16-bit codes (AttnOutput::o_native) gives the same
+// EncodeAttendOutput: O given as the kernel's 16-bit codes (EngineOutput::o_native) gives the same
 // response bytes as O given as float, for every pair of kernel and requested dtype.
 #include <cstdint>
 #include <cstring>
@@ -7,20 +7,20 @@
 
 #include "gtest/gtest.h"
 #include "kernels/reference/numerics.h"
-#include "server/grpc/request_codec.h"
+#include "server/frontend/grpc/request_codec.h"
 
 namespace sage::server {
 namespace {
 
 TEST(RequestCodec, NativeOutputEncodesLikeFloatOutput) {
   DecodedRequest req;
-  req.input.q = TensorView{DType::kF16, nullptr, 5, 3, 64};
-  req.input.lse = LseMode::kNatural;
+  req.core.input.q = TensorView{DType::kF16, nullptr, 5, 3, 64};
+  req.core.input.lse = LseMode::kNatural;
   const size_t n = 5 * 3 * 64;
   std::mt19937 rng(3);
   std::normal_distribution<float> nd(0.0f, 2.0f);
   for (DType kernel : {DType::kF16, DType::kBF16}) {
-    AttnOutput native;
+    EngineOutput native;
     native.o_native_dtype = kernel;
     std::vector<uint16_t> codes(n);
     for (uint16_t& h : codes) {
@@ -31,12 +31,12 @@ TEST(RequestCodec, NativeOutputEncodesLikeFloatOutput) {
     codes[9] = 0x8001;                                     // negative subnormal
     native.o_native.assign(reinterpret_cast<const char*>(codes.data()), n * 2);
     native.lse.assign(15, 1.5f);
-    AttnOutput as_float;
+    EngineOutput as_float;
     as_float.lse = native.lse;
     as_float.o.resize(n);
     DecodeToFloatBulk(codes.data(), kernel, as_float.o.data(), n);
     for (DType out : {DType::kF16, DType::kBF16, DType::kF32}) {
-      req.output_dtype = out;
+      req.core.output_dtype = out;
       sageserve::v1::AttendResponse a, b;
       ASSERT_TRUE(EncodeAttendOutput(native, req, &a).ok());  // a copy: `native` is reused
       ASSERT_TRUE(EncodeAttendOutput(as_float, req, &b).ok());
@@ -46,7 +46,7 @@ TEST(RequestCodec, NativeOutputEncodesLikeFloatOutput) {
       if (out == kernel) {
         EXPECT_EQ(std::memcmp(a.o().data().data(), codes.data(), n * 2), 0);
         // Moved in, not copied: the source string gives its buffer away.
-        AttnOutput moved = native;
+        EngineOutput moved = native;
         const char* buffer = moved.o_native.data();
         sageserve::v1::AttendResponse c;
         ASSERT_TRUE(EncodeAttendOutput(std::move(moved), req, &c).ok());

@@ -29,7 +29,7 @@ class PinRecorder final : public AttentionBackend {
     std::byte* data;
   };
   const BackendInfo& info() const override { return info_; }
-  absl::StatusOr<AttnOutput> Attend(const AttnInput&, const RecipeConfig&) override {
+  absl::StatusOr<EngineOutput> Attend(const EngineInput&, const RecipeConfig&) override {
     return absl::UnimplementedError("not used");
   }
   absl::StatusOr<std::unique_ptr<EngineMemory>> PinHostMemory(std::byte* data, size_t bytes) override {

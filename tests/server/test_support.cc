@@ -6,9 +6,12 @@
 #include "kernels/reference/recipe.h"
 #include "sageserve/client/tensor.h"
 #include "server/backend/cpu_backend.h"
-#include "server/grpc/request_codec.h"
+#include "server/frontend/grpc/request_codec.h"
 
 namespace sage::testing {
+using server::EngineInput;
+using server::EngineOutput;
+
 namespace v1 = ::sageserve::v1;
 
 namespace {
@@ -56,7 +59,7 @@ LocalResult RunLocally(const v1::AttendRequest& request, Recipe recipe) {
   if (!decoded.ok()) return {};
   auto engine = CpuEngine::Create(CpuEngineOptions{});
   EXPECT_TRUE(engine.ok());
-  auto out = (*engine)->Run((*decoded)->input, ConfigFor((*decoded)->recipe));
+  auto out = (*engine)->Run((*decoded)->core.input, ConfigFor((*decoded)->core.recipe));
   EXPECT_TRUE(out.ok()) << out.status();
   if (!out.ok()) return {};
   return LocalResult{std::move(out->o), std::move(out->lse)};
@@ -69,12 +72,12 @@ GateBackend::GateBackend() {
   info_.recipes.assign(std::begin(kAllRecipes), std::end(kAllRecipes));
 }
 
-absl::StatusOr<AttnOutput> GateBackend::Attend(const AttnInput& in, const RecipeConfig& /*config*/) {
+absl::StatusOr<EngineOutput> GateBackend::Attend(const EngineInput& in, const RecipeConfig& /*config*/) {
   std::unique_lock<std::mutex> lock(mu_);
   calls_.fetch_add(1);
   cv_.notify_all();
   cv_.wait(lock, [this] { return released_; });
-  AttnOutput out;
+  EngineOutput out;
   out.o.assign(static_cast<size_t>(in.q.numel()), 0.0f);
   if (in.lse == LseMode::kNatural) out.lse.assign(static_cast<size_t>(in.q.tokens * in.q.heads), 0.0f);
   return out;

@@ -13,9 +13,12 @@
 #include "kernels/reference/attention_problem.h"
 #include "sageserve/client/client.h"
 #include "server/backend/backend.h"
-#include "server/sage_server.h"
+#include "server/app/sage_server.h"
 
 namespace sage::testing {
+using server::EngineInput;
+using server::EngineOutput;
+
 
 struct ProblemShape {
   std::vector<int32_t> cu_q = {0, 64};
@@ -47,7 +50,7 @@ class GateBackend final : public server::AttentionBackend {
  public:
   GateBackend();
   const server::BackendInfo& info() const override { return info_; }
-  absl::StatusOr<AttnOutput> Attend(const AttnInput& in, const RecipeConfig& config) override;
+  absl::StatusOr<EngineOutput> Attend(const EngineInput& in, const RecipeConfig& config) override;
   void Release();
   // Blocks until `n` calls have entered Attend.
   void WaitForCalls(int n);

@@ -12,7 +12,7 @@
 
 #include "gtest/gtest.h"
 #include "sageserve/client/client.h"
-#include "server/server_options.h"
+#include "server/app/server_options.h"
 #include "tests/server/child_server.h"
 #include "tests/server/test_support.h"
 

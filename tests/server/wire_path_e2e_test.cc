@@ -20,6 +20,12 @@
 
 namespace sage::testing {
 namespace {
+using server::EngineInput;
+using server::EngineOutput;
+using server::MemoryKind;
+using server::OutputForm;
+using server::OutputPlacement;
+
 namespace v1 = ::sageserve::v1;
 
 // The CPU engine, answering kNativeInto the way the CUDA backend does: each request's (or merged
@@ -37,11 +43,11 @@ class IntoBuffersBackend final : public server::AttentionBackend {
   const server::BackendInfo& info() const override { return info_; }
   server::HostBufferPool* host_buffers() override { return pool_.get(); }
 
-  absl::StatusOr<AttnOutput> Attend(const AttnInput& in, const RecipeConfig& config) override {
-    const AttnInput* members[] = {&in};
+  absl::StatusOr<EngineOutput> Attend(const EngineInput& in, const RecipeConfig& config) override {
+    const EngineInput* members[] = {&in};
     return Run(in, members, config);
   }
-  absl::StatusOr<AttnOutput> AttendGathered(const AttnInput& merged, std::span<const AttnInput* const> members,
+  absl::StatusOr<EngineOutput> AttendGathered(const EngineInput& merged, std::span<const EngineInput* const> members,
                                             const RecipeConfig& config) override {
     ++merged_launches_;
     return Run(merged, members, config);
@@ -51,29 +57,29 @@ class IntoBuffersBackend final : public server::AttentionBackend {
   server::HostBufferPoolStats pool_stats() const { return pool_->Stats(); }
 
  private:
-  absl::StatusOr<AttnOutput> Run(const AttnInput& in, std::span<const AttnInput* const> members,
+  absl::StatusOr<EngineOutput> Run(const EngineInput& in, std::span<const EngineInput* const> members,
                                  const RecipeConfig& config) {
     absl::StatusOr<server::AssembledBatch> copy = server::AssembleBatch(members);
     if (!copy.ok()) return copy.status();
-    AttnInput run = copy->input();
-    run.output_form = OutputForm::kFloat;
-    absl::StatusOr<AttnOutput> out = inner_->Attend(run, config);
-    if (!out.ok() || in.output_form != OutputForm::kNativeInto) return out;  // merged: the batcher slices it
+    EngineInput run = copy->input();
+    run.output.form = OutputForm::kFloat;
+    absl::StatusOr<EngineOutput> out = inner_->Attend(run, config);
+    if (!out.ok() || in.output.form != OutputForm::kNativeInto) return out;  // merged: the batcher slices it
     const size_t row = static_cast<size_t>(in.q.heads) * in.q.head_dim;
     size_t first = 0;
-    for (const AttnInput* m : members) {
+    for (const EngineInput* m : members) {
       const size_t rows = static_cast<size_t>(m->q.tokens);
-      if (m->o_into.size() < rows * row * 2) return absl::InternalError("o_into too small");
-      EncodeFromFloatBulk(out->o.data() + first * row, m->o_into.data(), rows * row, m->q.dtype);
+      if (m->output.o_into.size() < rows * row * 2) return absl::InternalError("o_into too small");
+      EncodeFromFloatBulk(out->o.data() + first * row, m->output.o_into.data(), rows * row, m->q.dtype);
       if (m->lse == LseMode::kNatural) {
         const size_t lse_row = static_cast<size_t>(in.q.heads);
-        if (m->lse_into.size() < rows * lse_row) return absl::InternalError("lse_into too small");
-        std::memcpy(m->lse_into.data(), out->lse.data() + first * lse_row, rows * lse_row * sizeof(float));
+        if (m->output.lse_into.size() < rows * lse_row) return absl::InternalError("lse_into too small");
+        std::memcpy(m->output.lse_into.data(), out->lse.data() + first * lse_row, rows * lse_row * sizeof(float));
       }
       first += rows;
     }
     ++into_writes_;
-    AttnOutput placed;
+    EngineOutput placed;
     placed.placement = OutputPlacement::kCallerBuffers;
     return placed;
   }

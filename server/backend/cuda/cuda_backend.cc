@@ -52,19 +52,19 @@ class CudaBackend final : public AttentionBackend {
     return OpenIpcAllocation(handle, device, bytes);
   }
 
-  absl::StatusOr<AttnOutput> Attend(const AttnInput& in, const RecipeConfig& config) override {
+  absl::StatusOr<EngineOutput> Attend(const EngineInput& in, const RecipeConfig& config) override {
     SAGE_CUDA_RETURN_IF_ERROR(ValidateInput(in));
-    const AttnInput* parts[] = {&in};
+    const EngineInput* parts[] = {&in};
     return Launch(in, parts, config);
   }
 
   // The batcher's merged launches: each member's rows are gathered straight into the slot's pinned
   // staging, with no intermediate concatenated copy.
-  absl::StatusOr<AttnOutput> AttendGathered(const AttnInput& merged, std::span<const AttnInput* const> members,
+  absl::StatusOr<EngineOutput> AttendGathered(const EngineInput& merged, std::span<const EngineInput* const> members,
                                             const RecipeConfig& config) override {
     if (members.empty()) return absl::InvalidArgumentError("cuda backend: gathered launch without members");
     int64_t q_tokens = 0, k_tokens = 0;
-    for (const AttnInput* m : members) {
+    for (const EngineInput* m : members) {
       SAGE_CUDA_RETURN_IF_ERROR(ValidateInput(*m));
       if (m->q.dtype != merged.q.dtype || m->k.dtype != merged.k.dtype || m->v.dtype != merged.v.dtype ||
           m->q.heads != merged.q.heads || m->k.heads != merged.k.heads || m->q.head_dim != merged.q.head_dim) {
@@ -83,7 +83,7 @@ class CudaBackend final : public AttentionBackend {
 
  private:
   // `in` is validated (or, gathered, its members are and its metadata checked); `parts` hold the bytes.
-  absl::StatusOr<AttnOutput> Launch(const AttnInput& in, std::span<const AttnInput* const> parts,
+  absl::StatusOr<EngineOutput> Launch(const EngineInput& in, std::span<const EngineInput* const> parts,
                                     const RecipeConfig& config) {
     absl::StatusOr<sage_recipe_config_t> kcfg = ToKernelConfig(config);
     if (!kcfg.ok()) return kcfg.status();
@@ -93,7 +93,7 @@ class CudaBackend final : public AttentionBackend {
     const bool all_bf16 = in.q.dtype == DType::kBF16 && in.k.dtype == DType::kBF16 && in.v.dtype == DType::kBF16;
     const DType dt = all_bf16 ? DType::kBF16 : DType::kF16;
     const bool want_lse = in.lse == LseMode::kNatural;
-    if (in.q.tokens == 0) return AttnOutput{};  // nothing to launch
+    if (in.q.tokens == 0) return EngineOutput{};  // nothing to launch
 
     const int batch = in.batch();
     int max_q = 0, max_k = 0;
@@ -130,7 +130,7 @@ class CudaBackend final : public AttentionBackend {
     absl::StatusOr<int> pick = PickExecutor(in.memory_device, work);
     if (!pick.ok()) return pick.status();
     DeviceExecutor& ex = *executors_[static_cast<size_t>(*pick)];
-    absl::StatusOr<AttnOutput> out = ex.Run(shape, in, parts, p, dt);
+    absl::StatusOr<EngineOutput> out = ex.Run(shape, in, parts, p, dt);
     selector_.Release(*pick, work);
     if (!ex.healthy()) selector_.SetHealth(*pick, DeviceHealth::kFailed);
     return out;

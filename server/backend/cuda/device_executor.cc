@@ -15,50 +15,12 @@
 #include "server/backend/cuda/cuda_status.h"
 #include "server/backend/cuda/host_staging.h"
 #include "server/backend/cuda/kernel_config.h"
+#include "server/backend/cuda/transfer_plan.h"
 
 namespace sage::server {
 namespace {
 
-constexpr size_t kAlign = 256;  // every staged tensor starts at a multiple (kernels need 16/128)
-// A pinned tensor (or O slice) at least this large is copied by its own DMA; smaller ones are
-// gathered through the slot's staging by the CPU. Each DMA costs the copy engine a few µs, so a
-// merged launch of 55 tiny requests spent ~0.8 ms in 166 separate copies; a host memcpy of 16 KB
-// between pinned buffers takes ~1-2 µs and the gathered bytes go in one DMA.
-constexpr size_t kDirectCopyMinBytes = size_t{64} << 10;
 constexpr double kMiB = 1024.0 * 1024.0;
-
-size_t AlignUp(size_t x) { return (x + kAlign - 1) / kAlign * kAlign; }
-
-// The kernels read q/k/v 16 bytes at a time (and never write them); O and LSE need element pairs.
-bool Aligned(const void* p, size_t to) { return reinterpret_cast<uintptr_t>(p) % to == 0; }
-
-// Byte offsets of one launch's tensors inside a slot's input and output staging. The host (pinned)
-// and device buffers use the same layout, so each direction is one contiguous copy. After the
-// cu_seqlens comes room for the copy-kernel table (kSegmentsPerSequence entries per sequence).
-struct StagingLayout {
-  size_t q = 0, k = 0, v = 0, cu_q = 0, cu_k = 0, seg = 0, in_end = 0;
-  size_t o = 0, lse = 0, out_end = 0;
-};
-
-// q, k, v gathered and O, LSE scattered: at most five ranges per part, and a part has >= 1 sequence.
-constexpr size_t kSegmentsPerSequence = 5;
-
-StagingLayout LayoutFor(int64_t q_elements, int64_t kv_elements, int sequences, int64_t lse_elements) {
-  StagingLayout l;
-  const size_t q_bytes = static_cast<size_t>(q_elements) * 2, kv_bytes = static_cast<size_t>(kv_elements) * 2;
-  const size_t cu_bytes = static_cast<size_t>(sequences + 1) * sizeof(int32_t);
-  l.q = 0;
-  l.k = AlignUp(l.q + q_bytes);
-  l.v = AlignUp(l.k + kv_bytes);
-  l.cu_q = AlignUp(l.v + kv_bytes);
-  l.cu_k = AlignUp(l.cu_q + cu_bytes);
-  l.seg = AlignUp(l.cu_k + cu_bytes);
-  l.in_end = l.seg + static_cast<size_t>(sequences) * kSegmentsPerSequence * sizeof(sage_copy_segment_t);
-  l.o = 0;
-  l.lse = AlignUp(q_bytes);
-  l.out_end = l.lse + static_cast<size_t>(lse_elements) * sizeof(float);
-  return l;
-}
 
 // Errors after which the CUDA context is unusable: the device is taken out of rotation.
 bool IsSticky(cudaError_t err) {
@@ -119,27 +81,6 @@ absl::StatusOr<size_t> AutoWorkspaceBytes(int64_t max_batch_elements, int max_ba
   return best + (1 << 20);
 }
 
-// One host<->device copy of a launch.
-struct Copy {
-  void* dst = nullptr;
-  const void* src = nullptr;
-  size_t bytes = 0;
-};
-
-// Appends a copy, extending the previous one when both of its ends continue it (one DMA, not two).
-void AddCopy(std::vector<Copy>& copies, void* dst, const void* src, size_t bytes) {
-  if (bytes == 0) return;
-  if (!copies.empty()) {
-    Copy& last = copies.back();
-    if (static_cast<unsigned char*>(last.dst) + last.bytes == dst &&
-        static_cast<const unsigned char*>(last.src) + last.bytes == src) {
-      last.bytes += bytes;
-      return;
-    }
-  }
-  copies.push_back(Copy{dst, src, bytes});
-}
-
 // Enqueues the copies on `stream`: a cudaMemcpyAsync each for a few, one batched call for many (a
 // merged launch of N pinned requests has 3N + 1 pieces; that many separate calls would cost more
 // CPU than the copies themselves).
@@ -174,6 +115,18 @@ cudaError_t IssueCopies(std::span<const Copy> copies, cudaStream_t stream) {
   return cudaSuccess;
 }
 
+// Stages that did not happen are 0; the kernels' stage starts where the uploads ended, if any.
+absl::StatusOr<DeviceTimings> StageTimings(const cudaEvent_t (&ev)[4], bool has_h2d, bool has_d2h) {
+  float ms[3] = {0, 0, 0};
+  const auto elapsed = [](float* out, cudaEvent_t from, cudaEvent_t to) {
+    return FromCuda(cudaEventElapsedTime(out, from, to), "cudaEventElapsedTime");
+  };
+  if (has_h2d) SAGE_CUDA_RETURN_IF_ERROR(elapsed(&ms[0], ev[0], ev[1]));
+  SAGE_CUDA_RETURN_IF_ERROR(elapsed(&ms[1], has_h2d ? ev[1] : ev[0], ev[2]));
+  if (has_d2h) SAGE_CUDA_RETURN_IF_ERROR(elapsed(&ms[2], ev[2], ev[3]));
+  return DeviceTimings{ms[0] * 1e3, ms[1] * 1e3, ms[2] * 1e3};
+}
+
 }  // namespace
 
 // One stream with its staging and events. Owned by the executor, used by one Run() at a time.
@@ -189,8 +142,7 @@ struct DeviceExecutor::Slot {
   unsigned char* dev_in = nullptr;
   unsigned char* dev_out = nullptr;
   void* dev_ws = nullptr;
-  std::vector<Copy> h2d, d2h;  // reused across launches
-  std::vector<sage_copy_segment_t> gather, scatter;
+  TransferPlan plan;  // the last launch's, handed back to PlanTransfers: its vectors keep their capacity
 
   ~Slot() {
     if (cudaSetDevice(device) != cudaSuccess) return;
@@ -356,13 +308,13 @@ absl::Status DeviceExecutor::CheckFits(const LaunchShape& shape) const {
   return absl::OkStatus();
 }
 
-absl::StatusOr<AttnOutput> DeviceExecutor::Run(const LaunchShape& shape, const AttnInput& in,
-                                                std::span<const AttnInput* const> parts, sage_attn_params_t params,
+absl::StatusOr<EngineOutput> DeviceExecutor::Run(const LaunchShape& shape, const EngineInput& in,
+                                                std::span<const EngineInput* const> parts, sage_attn_params_t params,
                                                 DType dtype) {
   // Without light slots a small launch simply gets a full-size one.
   const int index = pool_of_slots_->Acquire(FitsLight(shape) ? SlotFit::kLightOrFull : SlotFit::kFullOnly);
   Slot* slot = slots_[static_cast<size_t>(index)].get();
-  absl::StatusOr<AttnOutput> out = RunOnSlot(*slot, in, parts, params, dtype);
+  absl::StatusOr<EngineOutput> out = RunOnSlot(*slot, in, parts, params, dtype);
   if (!out.ok()) {
     // Whatever was enqueued must finish before the slot's buffers are reused.
     const cudaError_t drained = cudaStreamSynchronize(slot->stream);
@@ -378,216 +330,66 @@ absl::StatusOr<AttnOutput> DeviceExecutor::Run(const LaunchShape& shape, const A
   return out;
 }
 
-absl::StatusOr<AttnOutput> DeviceExecutor::RunOnSlot(Slot& slot, const AttnInput& in,
-                                                     std::span<const AttnInput* const> parts,
+// A launch in three steps: plan the transfers (pure, transfer_plan.h), stage the host side and
+// issue the device work, then collect the output and the stage timings.
+absl::StatusOr<EngineOutput> DeviceExecutor::RunOnSlot(Slot& slot, const EngineInput& in,
+                                                     std::span<const EngineInput* const> parts,
                                                      sage_attn_params_t& params, DType dtype) {
   SAGE_CUDA_RETURN_IF_ERROR(FromCuda(cudaSetDevice(device_), "cudaSetDevice"));
-  const bool want_lse = in.lse == LseMode::kNatural;
-  const int64_t lse_elements = want_lse ? params.total_q * params.num_q_heads : 0;
-  const StagingLayout l = LayoutFor(in.q.numel(), in.k.numel(), params.batch, lse_elements);
-  if (l.in_end > slot.cap.in_bytes || l.out_end > slot.cap.out_bytes) {
-    return absl::ResourceExhaustedError("cuda backend: launch exceeds the slot's staging (CheckFits not called)");
-  }
-  // Inputs: a part whose bytes are in device memory, or already pinned and in the kernel's type, is
-  // copied to the device straight from its own memory; any other part is first gathered (and
-  // converted) into the slot's pinned staging at the same offsets the device buffer uses.
-  std::vector<StageSegment> segments;
-  segments.reserve(parts.size() * 3);
-  std::vector<Copy>& h2d = slot.h2d;
-  h2d.clear();
-  bool any_direct = false;
-  for (size_t i = 0; i < parts.size(); ++i) {
-    const AttnInput& part = *parts[i];
-    if ((part.memory == MemoryKind::kDevice && part.q.dtype != dtype) ||
-        (part.out_memory == MemoryKind::kDevice && in.output_form != OutputForm::kNativeInto)) {
-      // Device memory is only copied, never converted on the way (the request decoder refuses such
-      // requests; a merged launch keeps device outputs apart, BatchKey::output_memory).
-      return absl::InvalidArgumentError(absl::StrCat("cuda backend: part ", i,
-                                                     ": device-memory tensors need the kernel's own dtype and layout"));
-    }
-  }
-  // A lone problem whose tensors already sit in this GPU's memory (CUDA shared memory) is read, and
-  // its O/LSE written, where they are: no device copies at all, only cu_seqlens go up.
-  const AttnInput& lone = *parts.front();
-  // A merged launch moves its parts' device-memory tensors with one copy kernel each way instead of
-  // a DMA per tensor: each DMA costs the GPU a few µs, and 16 merged requests need 64 of them.
-  const bool copy_kernel = parts.size() > 1;
-  std::vector<sage_copy_segment_t>& gather = slot.gather;
-  std::vector<sage_copy_segment_t>& scatter = slot.scatter;
-  gather.clear();
-  scatter.clear();
-  uint64_t gather_max = 0, scatter_max = 0;
-  const auto add_segment = [](std::vector<sage_copy_segment_t>& list, uint64_t& max, const void* src, void* dst,
-                              size_t bytes) {
-    if (bytes == 0) return;
-    list.push_back(sage_copy_segment_t{src, dst, bytes});
-    max = std::max<uint64_t>(max, bytes);
-  };
-  const bool read_in_place = parts.size() == 1 && lone.memory == MemoryKind::kDevice &&
-                             lone.memory_device == device_ && Aligned(lone.q.data, 16) && Aligned(lone.k.data, 16) &&
-                             Aligned(lone.v.data, 16);
-  if (read_in_place) {
-    any_direct = true;  // nothing staged: only cu_seqlens go up
-  } else {
-    size_t at_q = l.q, at_k = l.k, at_v = l.v;
-    for (const AttnInput* part : parts) {
-      const bool pinned = part->memory == MemoryKind::kPinned;
-      const bool device = part->memory == MemoryKind::kDevice;
-      const auto add = [&](const TensorView& t, size_t* at) {
-        const size_t n = static_cast<size_t>(t.numel());
-        if (device && copy_kernel) {
-          add_segment(gather, gather_max, t.data, slot.dev_in + *at, n * 2);
-          any_direct = true;
-        } else if (device || (pinned && t.dtype == dtype && n * 2 >= kDirectCopyMinBytes)) {
-          AddCopy(h2d, slot.dev_in + *at, t.data, n * 2);
-          any_direct = true;
-        } else {
-          segments.push_back(StageSegment{t.data, t.dtype, slot.host_in + *at, dtype, n});
-          AddCopy(h2d, slot.dev_in + *at, slot.host_in + *at, n * 2);
-        }
-        *at += n * 2;
-      };
-      add(part->q, &at_q);
-      add(part->k, &at_k);
-      add(part->v, &at_v);
-    }
-    if (at_q != l.q + static_cast<size_t>(in.q.numel()) * 2 || at_k != l.k + static_cast<size_t>(in.k.numel()) * 2 ||
-        at_v != l.v + static_cast<size_t>(in.v.numel()) * 2) {
-      return absl::InvalidArgumentError("cuda backend: the parts' tensors do not add up to the merged shapes");
-    }
-  }
-  RunStaging(segments);
-  const size_t cu_bytes = static_cast<size_t>(params.batch + 1) * sizeof(int32_t);
-  std::memcpy(slot.host_in + l.cu_q, in.cu_seqlens_q.data(), cu_bytes);
-  std::memcpy(slot.host_in + l.cu_k, in.cu_seqlens_k.data(), cu_bytes);
+  const LaunchFacts launch{dtype, params.batch, params.total_q, params.num_q_heads, params.config.recipe, device_};
+  const SlotBuffers buffers{slot.host_in, slot.dev_in,       slot.cap.in_bytes, slot.host_out,
+                            slot.dev_out, slot.cap.out_bytes, slot.dev_ws,       slot.cap.ws_bytes};
+  absl::StatusOr<TransferPlan> plan = PlanTransfers(in, parts, launch, buffers, std::move(slot.plan));
+  if (!plan.ok()) return plan.status();
+  // Host side: the parts that need it gathered (and converted) into the pinned staging, then the
+  // cu_seqlens and the copy kernels' tables after them (they go up in the same copy).
+  RunStaging(plan->in_segments);
+  StageHostTables(*plan, in);
+  FillKernelParams(*plan, params);
+  const absl::Status issued = Issue(slot, *plan, params);
+  absl::StatusOr<EngineOutput> out = issued.ok() ? Collect(slot, *plan, in, dtype) : issued;
+  slot.plan = *std::move(plan);
+  return out;
+}
 
-  // Output: into the callers' own buffers when they asked for it (kNativeInto, O in q's type):
-  // pinned ones straight from the device, pageable ones through the slot's staging.
-  bool into = in.output_form == OutputForm::kNativeInto;
-  for (const AttnInput* part : parts) {
-    if (part->q.dtype != dtype) into = false;
-  }
-  const size_t o_row_bytes = static_cast<size_t>(in.q.heads) * in.q.head_dim * 2;
-  const size_t lse_row_bytes = static_cast<size_t>(in.q.heads) * sizeof(float);
-  if (into) {
-    for (size_t i = 0; i < parts.size(); ++i) {
-      const AttnInput& part = *parts[i];
-      const size_t rows = static_cast<size_t>(part.q.tokens);
-      if (part.o_into.size() < rows * o_row_bytes || (want_lse && part.lse_into.size() * sizeof(float) < rows * lse_row_bytes)) {
-        return absl::InvalidArgumentError(absl::StrCat("cuda backend: part ", i, ": o_into/lse_into too small for ",
-                                                       rows, " rows"));
-      }
-    }
-  }
-  std::vector<Copy>& d2h = slot.d2h;
-  d2h.clear();
-  std::vector<StageSegment> out_segments;
-  const bool write_in_place = into && parts.size() == 1 && lone.out_memory == MemoryKind::kDevice &&
-                              lone.memory_device == device_ && Aligned(lone.o_into.data(), 4) &&
-                              Aligned(lone.lse_into.data(), 4);
-  if (write_in_place) {
-    // The kernels write the client's device buffers directly (below); nothing comes back.
-  } else if (into) {
-    size_t row = 0;
-    for (const AttnInput* part : parts) {
-      const size_t rows = static_cast<size_t>(part->q.tokens);
-      // Device memory (CUDA shared memory) is only reachable by a device copy, whatever its size.
-      const bool direct = part->out_memory == MemoryKind::kDevice ||
-                          (part->out_memory == MemoryKind::kPinned && rows * o_row_bytes >= kDirectCopyMinBytes);
-      const size_t o_at = l.o + row * o_row_bytes, lse_at = l.lse + row * lse_row_bytes;
-      if (direct && part->out_memory == MemoryKind::kDevice && copy_kernel) {
-        add_segment(scatter, scatter_max, slot.dev_out + o_at, part->o_into.data(), rows * o_row_bytes);
-        if (want_lse) {
-          add_segment(scatter, scatter_max, slot.dev_out + lse_at, part->lse_into.data(), rows * lse_row_bytes);
-        }
-      } else if (direct) {
-        AddCopy(d2h, part->o_into.data(), slot.dev_out + o_at, rows * o_row_bytes);
-        if (want_lse) AddCopy(d2h, part->lse_into.data(), slot.dev_out + lse_at, rows * lse_row_bytes);
-      } else {
-        AddCopy(d2h, slot.host_out + o_at, slot.dev_out + o_at, rows * o_row_bytes);
-        out_segments.push_back(StageSegment{slot.host_out + o_at, dtype, part->o_into.data(), dtype, rows * o_row_bytes / 2});
-        if (want_lse) {
-          AddCopy(d2h, slot.host_out + lse_at, slot.dev_out + lse_at, rows * lse_row_bytes);
-          out_segments.push_back(
-              StageSegment{slot.host_out + lse_at, DType::kF32, part->lse_into.data(), DType::kF32, rows * in.q.heads});
-        }
-      }
-      row += rows;
-    }
-  } else {
-    d2h.assign(1, Copy{slot.host_out, slot.dev_out, l.out_end});
-  }
-  // The copy kernels' tables ride up with the cu_seqlens, in the same copy.
-  const size_t seg_bytes = sizeof(sage_copy_segment_t);
-  const size_t table_end = l.seg + (gather.size() + scatter.size()) * seg_bytes;
-  if (table_end > l.in_end) {
-    return absl::InternalError(absl::StrCat("cuda backend: ", gather.size() + scatter.size(),
-                                            " copy segments exceed the table room for ", params.batch, " sequences"));
-  }
-  if (!gather.empty()) std::memcpy(slot.host_in + l.seg, gather.data(), gather.size() * seg_bytes);
-  if (!scatter.empty()) {
-    std::memcpy(slot.host_in + l.seg + gather.size() * seg_bytes, scatter.data(), scatter.size() * seg_bytes);
-  }
-  // A lone problem read in place has nothing to upload but cu_seqlens. With a quantized recipe they
-  // ride in the first kernel's parameters (sageattn.h, host_cu_seqlens_q/k): no copy, no H2D event,
-  // two driver calls fewer on the context lock every worker shares.
-  const bool cu_in_params = read_in_place && gather.empty() && params.config.recipe != SAGE_RECIPE_UNQUANTIZED &&
-                            params.batch <= SAGE_INLINE_CU_SEQLENS_MAX;
-  if (cu_in_params) {
-    params.host_cu_seqlens_q = reinterpret_cast<const int32_t*>(slot.host_in + l.cu_q);
-    params.host_cu_seqlens_k = reinterpret_cast<const int32_t*>(slot.host_in + l.cu_k);
-  } else if (any_direct) {
-    AddCopy(h2d, slot.dev_in + l.cu_q, slot.host_in + l.cu_q, table_end - l.cu_q);
-  } else {
-    // Everything is in the staging: one copy, alignment gaps included.
-    h2d.assign(1, Copy{slot.dev_in, slot.host_in, table_end});
-  }
-  const auto* dev_table = reinterpret_cast<const sage_copy_segment_t*>(slot.dev_in + l.seg);
-
-  params.q = read_in_place ? lone.q.data : slot.dev_in + l.q;
-  params.k = read_in_place ? lone.k.data : slot.dev_in + l.k;
-  params.v = read_in_place ? lone.v.data : slot.dev_in + l.v;
-  params.cu_seqlens_q = reinterpret_cast<const int32_t*>(slot.dev_in + l.cu_q);
-  params.cu_seqlens_k = reinterpret_cast<const int32_t*>(slot.dev_in + l.cu_k);
-  params.o = write_in_place ? static_cast<void*>(lone.o_into.data()) : slot.dev_out + l.o;
-  params.lse = !want_lse         ? nullptr
-               : write_in_place ? lone.lse_into.data()
-                                : reinterpret_cast<float*>(slot.dev_out + l.lse);
-  params.workspace = slot.dev_ws;
-  params.workspace_bytes = slot.cap.ws_bytes;
-
+// Enqueues the launch on the slot's stream and waits for it. Events: start, after H2D, after the
+// kernels, after D2H; the H2D and D2H ones only when that stage has work (every driver call takes
+// the context's lock, which all workers contend for).
+absl::Status DeviceExecutor::Issue(Slot& slot, const TransferPlan& plan, const sage_attn_params_t& params) {
   cudaStream_t st = slot.stream;
+  const auto sst = reinterpret_cast<sage_stream_t>(st);
+  const sage_copy_segment_t* table = plan.ptrs.copy_table;
   SAGE_CUDA_RETURN_IF_ERROR(FromCuda(cudaEventRecord(slot.ev[0], st), "cudaEventRecord"));
-  const bool has_h2d = !h2d.empty() || !gather.empty();
-  if (has_h2d) {
-    SAGE_CUDA_RETURN_IF_ERROR(FromCuda(IssueCopies(h2d, st), "upload inputs"));
-    SAGE_CUDA_RETURN_IF_ERROR(FromSage(sage_copy_segments(dev_table, static_cast<int>(gather.size()), gather_max,
-                                                          reinterpret_cast<sage_stream_t>(st)),
-                                       "gather device inputs"));
+  if (plan.has_h2d) {
+    SAGE_CUDA_RETURN_IF_ERROR(FromCuda(IssueCopies(plan.h2d, st), "upload inputs"));
+    SAGE_CUDA_RETURN_IF_ERROR(FromSage(
+        sage_copy_segments(table, static_cast<int>(plan.gather.size()), plan.gather_max, sst), "gather device inputs"));
     SAGE_CUDA_RETURN_IF_ERROR(FromCuda(cudaEventRecord(slot.ev[1], st), "cudaEventRecord"));
   }
-  SAGE_CUDA_RETURN_IF_ERROR(FromSage(sage_attn_forward(&params, reinterpret_cast<sage_stream_t>(st)), "forward"));
+  SAGE_CUDA_RETURN_IF_ERROR(FromSage(sage_attn_forward(&params, sst), "forward"));
   SAGE_CUDA_RETURN_IF_ERROR(FromCuda(cudaEventRecord(slot.ev[2], st), "cudaEventRecord"));
-  // O written in place (CUDA shared memory) leaves nothing to bring back: no D2H stage, and no event
-  // for it (every driver call takes the context's lock, which all workers contend for).
-  const bool has_d2h = !scatter.empty() || !d2h.empty();
-  if (has_d2h) {
-    SAGE_CUDA_RETURN_IF_ERROR(FromSage(sage_copy_segments(dev_table + gather.size(), static_cast<int>(scatter.size()),
-                                                          scatter_max, reinterpret_cast<sage_stream_t>(st)),
+  if (plan.has_d2h) {
+    SAGE_CUDA_RETURN_IF_ERROR(FromSage(sage_copy_segments(table + plan.gather.size(), static_cast<int>(plan.scatter.size()),
+                                                          plan.scatter_max, sst),
                                        "scatter device outputs"));
-    SAGE_CUDA_RETURN_IF_ERROR(FromCuda(IssueCopies(d2h, st), "download outputs"));
+    SAGE_CUDA_RETURN_IF_ERROR(FromCuda(IssueCopies(plan.d2h, st), "download outputs"));
     SAGE_CUDA_RETURN_IF_ERROR(FromCuda(cudaEventRecord(slot.ev[3], st), "cudaEventRecord"));
   }
-  SAGE_CUDA_RETURN_IF_ERROR(FromCuda(cudaStreamSynchronize(st), "attention"));
+  return FromCuda(cudaStreamSynchronize(st), "attention");
+}
 
-  AttnOutput out;
-  if (into) {
-    RunStaging(out_segments);
+// After the stream synced: the pageable callers' slices out of the staging, or O (the kernel's
+// codes, or float) and LSE returned; then the stage timings.
+absl::StatusOr<EngineOutput> DeviceExecutor::Collect(const Slot& slot, const TransferPlan& plan,
+                                                     const EngineInput& in, DType dtype) {
+  EngineOutput out;
+  if (plan.into_callers()) {
+    RunStaging(plan.out_segments);
     out.placement = OutputPlacement::kCallerBuffers;
   } else {
     const size_t n = static_cast<size_t>(in.q.numel());
-    StageSegment o_seg{slot.host_out + l.o, dtype, nullptr, dtype, n};
-    if (in.output_form != OutputForm::kFloat) {
+    StageSegment o_seg{plan.slot.host_out + plan.layout.o, dtype, nullptr, dtype, n};
+    if (in.output.form != OutputForm::kFloat) {
       out.o_native.resize(n * 2);  // the kernel's codes as they are (no decode; the codec moves them)
       out.o_native_dtype = dtype;
       o_seg.dst = out.o_native.data();
@@ -597,20 +399,16 @@ absl::StatusOr<AttnOutput> DeviceExecutor::RunOnSlot(Slot& slot, const AttnInput
       o_seg.dst_dtype = DType::kF32;
     }
     RunStaging(std::span<const StageSegment>(&o_seg, 1));
-    if (want_lse) {
-      out.lse.resize(static_cast<size_t>(lse_elements));
-      std::memcpy(out.lse.data(), slot.host_out + l.lse, out.lse.size() * sizeof(float));
+    if (plan.want_lse) {
+      out.lse.resize(static_cast<size_t>(plan.lse_elements));
+      std::memcpy(out.lse.data(), plan.slot.host_out + plan.layout.lse, out.lse.size() * sizeof(float));
     }
   }
-  // Stages that did not happen are 0; the kernels' stage starts where the uploads ended, if any.
-  float ms[3] = {0, 0, 0};
-  const auto elapsed = [](float* out, cudaEvent_t from, cudaEvent_t to) {
-    return FromCuda(cudaEventElapsedTime(out, from, to), "cudaEventElapsedTime");
-  };
-  if (has_h2d) SAGE_CUDA_RETURN_IF_ERROR(elapsed(&ms[0], slot.ev[0], slot.ev[1]));
-  SAGE_CUDA_RETURN_IF_ERROR(elapsed(&ms[1], has_h2d ? slot.ev[1] : slot.ev[0], slot.ev[2]));
-  if (has_d2h) SAGE_CUDA_RETURN_IF_ERROR(elapsed(&ms[2], slot.ev[2], slot.ev[3]));
-  out.device_timings = DeviceTimings{ms[0] * 1e3, ms[1] * 1e3, ms[2] * 1e3, device_, slot.index};
+  absl::StatusOr<DeviceTimings> timings = StageTimings(slot.ev, plan.has_h2d, plan.has_d2h);
+  if (!timings.ok()) return timings.status();
+  timings->device = device_;
+  timings->stream_slot = slot.index;
+  out.device_timings = *timings;
   return out;
 }
 

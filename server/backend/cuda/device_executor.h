@@ -15,12 +15,14 @@
 
 #include "absl/status/statusor.h"
 #include "kernels/include/sageattn.h"
-#include "kernels/reference/attention_problem.h"
+#include "server/backend/engine_io.h"
 #include "server/backend/backend.h"
 #include "server/backend/cuda/cuda_backend.h"
 #include "server/backend/cuda/slot_pool.h"
 
 namespace sage::server {
+
+struct TransferPlan;  // transfer_plan.h
 
 struct ExecutorOptions {
   int device = 0;         // CUDA ordinal
@@ -56,10 +58,10 @@ class DeviceExecutor {
   // everything but the device pointers (q/k/v/o/lse, cu_seqlens) and workspace, which Run fills from
   // the slot (lse when in.lse asks for it); `dtype` is the 16-bit type the kernels read (inputs of
   // another type are converted while staging). O comes back as float, or as the kernel's 16-bit codes
-  // in out.o_native when in.output_form allows. Fills out.device_timings.
+  // in out.o_native when in.output.form allows. Fills out.device_timings.
   // `shape` is the launch's, as given to CheckFits: it decides whether a light slot may run it.
-  absl::StatusOr<AttnOutput> Run(const LaunchShape& shape, const AttnInput& in,
-                                 std::span<const AttnInput* const> parts, sage_attn_params_t params, DType dtype);
+  absl::StatusOr<EngineOutput> Run(const LaunchShape& shape, const EngineInput& in,
+                                 std::span<const EngineInput* const> parts, sage_attn_params_t params, DType dtype);
 
   // The device is unusable after a sticky CUDA error (illegal address, launch failure...).
   bool healthy() const { return healthy_.load(std::memory_order_relaxed); }
@@ -83,8 +85,12 @@ class DeviceExecutor {
   static absl::StatusOr<Capacity> CapacityFor(int64_t max_elements, int max_sequences, int64_t workspace_bytes);
   absl::Status AllocateSlots(int streams, int light_streams);
   bool FitsLight(const LaunchShape& shape) const;
-  absl::StatusOr<AttnOutput> RunOnSlot(Slot& slot, const AttnInput& in, std::span<const AttnInput* const> parts,
+  absl::StatusOr<EngineOutput> RunOnSlot(Slot& slot, const EngineInput& in, std::span<const EngineInput* const> parts,
                                        sage_attn_params_t& params, DType dtype);
+  // RunOnSlot's device half: the planned copies, copy kernels and attention on the slot's stream,
+  // then its sync; and the result read back once the stream is done.
+  absl::Status Issue(Slot& slot, const TransferPlan& plan, const sage_attn_params_t& params);
+  absl::StatusOr<EngineOutput> Collect(const Slot& slot, const TransferPlan& plan, const EngineInput& in, DType dtype);
 
   const int device_;
   const int sm_;

@@ -1,0 +1,264 @@
+// sageserve: the attention-offload gRPC server. The only place that defines or reads flags.
+#include <signal.h>
+
+#include <cstdio>
+#include <fstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "grpc/grpc.h"
+#include "server/app/allocator.h"
+#include "server/backend/backend_factory.h"
+#include "server/app/sage_server.h"
+#include "server/app/server_options.h"
+#include "server/util/version.h"
+#include "spdlog/spdlog.h"
+
+namespace {
+const sage::server::ServerOptions kDefaults;
+constexpr int kExitLingerMs = 250;
+}  // namespace
+
+ABSL_FLAG(std::string, config, "",
+          "File of flag=value lines (# comments allowed); flags given on the command line win");
+ABSL_FLAG(std::string, listen, kDefaults.listen_address, "Listen address host:port (port 0 = any free port), or unix:PATH for a Unix domain socket");
+ABSL_FLAG(std::string, backend, "auto", "Engine: auto (CUDA if built with it and a GPU is visible, else CPU), cpu, cuda");
+ABSL_FLAG(int, cpu_threads, 0, "CPU engine threads per request (0 = all cores)");
+ABSL_FLAG(int, cuda_device, -1, "One CUDA device ordinal; -1 = the --cuda_devices list (empty: every visible GPU)");
+ABSL_FLAG(std::vector<std::string>, cuda_devices, {},
+          "CUDA device ordinals, comma-separated (e.g. 0,2); empty = every visible GPU. --cuda_device wins when >= 0");
+ABSL_FLAG(int, cuda_streams, kDefaults.backend.cuda_streams,
+          "Full-size CUDA stream slots per GPU (each with buffers for the largest launch)");
+ABSL_FLAG(int, cuda_light_streams, kDefaults.backend.cuda_light_streams,
+          "Extra CUDA stream slots per GPU with small buffers, for launches within --cuda_light_max_batch_elements: "
+          "more concurrency for small requests at little memory. 0 = none");
+ABSL_FLAG(int64_t, cuda_light_max_batch_elements, kDefaults.backend.cuda_light_max_batch_elements,
+          "Elements (tokens x heads x head_dim) of q, and of k and v, that a light stream slot holds");
+ABSL_FLAG(int64_t, cuda_max_batch_elements, kDefaults.backend.cuda_max_batch_elements,
+          "Elements (tokens x heads x head_dim) of q, and of k and v, one CUDA launch holds; sizes the "
+          "preallocated pinned and device buffers of every stream slot");
+ABSL_FLAG(int, cuda_max_batch_sequences, kDefaults.backend.cuda_max_batch_sequences,
+          "Varlen sequences one CUDA launch holds");
+ABSL_FLAG(int64_t, cuda_workspace_bytes, kDefaults.backend.cuda_workspace_bytes,
+          "Kernel workspace per CUDA stream slot in bytes; 0 = sized from --cuda_max_batch_elements");
+ABSL_FLAG(int64_t, cuda_request_pinned_mib, kDefaults.backend.cuda_request_pinned_bytes >> 20,
+          "Pinned host memory (MiB) that request tensors are received into and results sent from, so the GPU "
+          "copies need no staging; requests that do not fit use ordinary memory. 0 = off");
+ABSL_FLAG(std::string, cuda_sync, "auto",
+          "How a worker waits for its GPU launch: auto (CUDA's choice: spin here), spin, yield (spin, giving "
+          "the core to other threads between polls) or block (sleep; no CPU, a wake-up per launch)");
+ABSL_FLAG(int, worker_threads, 0,
+          "Scheduler worker threads (launches run concurrently); 0 = auto: 2 x the full-size CUDA stream slots "
+          "(light ones add none) with the CUDA backend, 2 with the CPU engine");
+ABSL_FLAG(int, queue_capacity, kDefaults.scheduler.queue_capacity, "Requests waiting beyond which new ones get RESOURCE_EXHAUSTED");
+ABSL_FLAG(std::vector<std::string>, grpc_arg, {},
+          "Integer gRPC server arguments name=value,... (transport tuning, e.g. grpc.http2.max_frame_size=1048576)");
+ABSL_FLAG(int64_t, max_message_bytes, kDefaults.max_message_bytes, "Largest gRPC message accepted or sent");
+ABSL_FLAG(int64_t, max_tokens, kDefaults.limits.max_tokens, "Largest total_q or total_k per request");
+ABSL_FLAG(absl::Duration, grace_period, absl::Milliseconds(kDefaults.grace_period.count()),
+          "Drain time on SIGTERM/SIGINT before open calls are cancelled (e.g. 30s, 500ms)");
+ABSL_FLAG(int64_t, max_batch_tokens, kDefaults.batcher.max_batch_tokens,
+          "Dynamic batching: most tokens (sum of max(q, k) tokens) merged into one launch; 0 = no merging, "
+          "one request per launch");
+ABSL_FLAG(int64_t, max_batch_work, kDefaults.batcher.max_batch_work,
+          "Dynamic batching: most attention work (sum of q_len*k_len over sequences) per launch");
+ABSL_FLAG(int64_t, max_queue_delay_us, kDefaults.batcher.max_queue_delay_us,
+          "Dynamic batching: longest a partial batch waits for more requests (microseconds)");
+ABSL_FLAG(int64_t, worker_spin_us, kDefaults.batcher.worker_spin_us,
+          "How long an idle worker polls for the next launch before it sleeps (lower queueing latency "
+          "for a busy core; 0 = sleep at once, at most 100000)");
+ABSL_FLAG(std::string, tls_cert, "", "PEM certificate chain of the gRPC listener; with --tls_key turns TLS on");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert");
+ABSL_FLAG(std::string, tls_client_ca, "",
+          "PEM CA certificates for client certificates: set = mutual TLS (clients without one are refused)");
+ABSL_FLAG(std::string, metrics_listen, kDefaults.metrics_listen_address,
+          "Prometheus endpoint host:port serving GET /metrics (e.g. 0.0.0.0:9090); empty = off");
+ABSL_FLAG(std::string, state_dir, kDefaults.registry.state_dir,
+          "Directory of the precision registry (registry.json: models and their per-layer recipe plans); "
+          "empty = in memory only, lost on restart");
+ABSL_FLAG(bool, registry_move_corrupt_aside, false,
+          "If registry.json is corrupt, rename it to registry.json.corrupt-<time> and start empty "
+          "(default: refuse to start, naming the file and the problem)");
+ABSL_FLAG(bool, allow_shared_memory, false,
+          "Let clients on this host register shared memory (POSIX shm by name, CUDA IPC handles) and pass "
+          "tensors by reference (SharedMemoryService). A client may then make the server map any shm object "
+          "this user can open: turn on only where clients are trusted");
+ABSL_FLAG(int32_t, max_shared_memory_regions, kDefaults.shared_memory.max_regions,
+          "Most shared-memory regions registered at once");
+ABSL_FLAG(std::string, log_level, "info", "trace, debug (a line per request), info, warn (failures with request id), error, off");
+ABSL_FLAG(bool, version, false, "Print the version and exit");
+
+namespace {
+
+// Reads --config=FILE (if any) and returns argv with its flags placed before the command line's.
+std::vector<std::string> ExpandConfig(int argc, char** argv) {
+  std::vector<std::string> args = {argv[0]};
+  std::string path;
+  for (int i = 1; i < argc; ++i) {
+    absl::string_view a = argv[i];
+    if (absl::ConsumePrefix(&a, "--config=")) path = std::string(a);
+  }
+  if (!path.empty()) {
+    std::ifstream in(path);
+    if (!in) {
+      std::fprintf(stderr, "sageserve: cannot read --config file '%s'\n", path.c_str());
+      std::exit(2);
+    }
+    std::string line;
+    while (std::getline(in, line)) {
+      absl::string_view l = absl::StripAsciiWhitespace(line);
+      if (l.empty() || l.front() == '#') continue;
+      absl::ConsumePrefix(&l, "--");
+      args.push_back(absl::StrCat("--", l));
+    }
+  }
+  for (int i = 1; i < argc; ++i) args.emplace_back(argv[i]);
+  return args;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  // Block the shutdown signals before any thread exists, so every thread inherits the mask and
+  // main can take them synchronously with sigwait.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  // absl (as Debian builds it, without NDEBUG) checks every absl::Mutex acquisition for lock-order
+  // cycles under one process-wide spinlock, and gRPC's own locks are absl::Mutex: every thread of
+  // the serving path would meet on that spinlock. The tests keep the checks on.
+  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
+  absl::SetProgramUsageMessage("sageserve: SageAttention2 over gRPC. Flags may also come from --config=FILE.");
+  std::vector<std::string> expanded = ExpandConfig(argc, argv);
+  std::vector<char*> expanded_argv;
+  for (std::string& s : expanded) expanded_argv.push_back(s.data());
+  absl::ParseCommandLine(static_cast<int>(expanded_argv.size()), expanded_argv.data());
+
+  if (absl::GetFlag(FLAGS_version)) {
+    std::printf("sageserve %s\n", std::string(sage::server::kSageserveVersion).c_str());
+    return 0;
+  }
+  const std::string level = absl::AsciiStrToLower(absl::GetFlag(FLAGS_log_level));
+  const auto parsed_level = spdlog::level::from_str(level);
+  if (parsed_level == spdlog::level::off && level != "off") {
+    std::fprintf(stderr, "sageserve: unknown --log_level '%s'\n", level.c_str());
+    return 2;
+  }
+  spdlog::set_level(parsed_level);
+
+  sage::server::ServerOptions options;
+  options.listen_address = absl::GetFlag(FLAGS_listen);
+  absl::StatusOr<sage::server::BackendChoice> choice =
+      sage::server::ParseBackendChoice(absl::GetFlag(FLAGS_backend));
+  if (!choice.ok()) {
+    spdlog::error("{}", choice.status().ToString());
+    return 2;
+  }
+  options.backend.choice = *choice;
+  absl::StatusOr<sage::server::CudaSync> sync = sage::server::ParseCudaSync(absl::GetFlag(FLAGS_cuda_sync));
+  if (!sync.ok()) {
+    spdlog::error("{}", sync.status().ToString());
+    return 2;
+  }
+  options.backend.cuda_sync = *sync;
+  options.backend.cpu_threads = absl::GetFlag(FLAGS_cpu_threads);
+  options.backend.cuda_device = absl::GetFlag(FLAGS_cuda_device);
+  for (const std::string& d : absl::GetFlag(FLAGS_cuda_devices)) {
+    int ordinal = -1;
+    if (!absl::SimpleAtoi(d, &ordinal) || ordinal < 0) {
+      spdlog::error("--cuda_devices: '{}' is not a device ordinal", d);
+      return 2;
+    }
+    options.backend.cuda_devices.push_back(ordinal);
+  }
+  options.backend.cuda_streams = absl::GetFlag(FLAGS_cuda_streams);
+  options.backend.cuda_light_streams = absl::GetFlag(FLAGS_cuda_light_streams);
+  options.backend.cuda_light_max_batch_elements = absl::GetFlag(FLAGS_cuda_light_max_batch_elements);
+  options.backend.cuda_max_batch_elements = absl::GetFlag(FLAGS_cuda_max_batch_elements);
+  options.backend.cuda_max_batch_sequences = absl::GetFlag(FLAGS_cuda_max_batch_sequences);
+  options.backend.cuda_workspace_bytes = absl::GetFlag(FLAGS_cuda_workspace_bytes);
+  options.backend.cuda_request_pinned_bytes = absl::GetFlag(FLAGS_cuda_request_pinned_mib) << 20;
+  if (absl::GetFlag(FLAGS_worker_threads) < 0) {
+    spdlog::error("--worker_threads must be >= 0 (0 = auto), got {}", absl::GetFlag(FLAGS_worker_threads));
+    return 2;
+  }
+  options.scheduler.worker_threads = absl::GetFlag(FLAGS_worker_threads);
+  options.scheduler.queue_capacity = absl::GetFlag(FLAGS_queue_capacity);
+  options.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
+  for (const std::string& item : absl::GetFlag(FLAGS_grpc_arg)) {
+    const size_t eq = item.find('=');
+    sage::server::GrpcArg arg;
+    if (eq == std::string::npos || eq == 0 || !absl::SimpleAtoi(item.substr(eq + 1), &arg.value)) {
+      spdlog::error("--grpc_arg: '{}' is not name=integer (e.g. grpc.http2.max_frame_size=1048576)", item);
+      return 2;
+    }
+    arg.name = item.substr(0, eq);
+    options.grpc_args.push_back(std::move(arg));
+  }
+  options.limits.max_tokens = absl::GetFlag(FLAGS_max_tokens);
+  const int64_t max_batch_tokens = absl::GetFlag(FLAGS_max_batch_tokens);
+  if (max_batch_tokens < 0) {
+    spdlog::error("--max_batch_tokens must be >= 0, got {}", max_batch_tokens);
+    return 2;
+  }
+  if (max_batch_tokens == 0) {
+    options.batcher.merge = sage::server::MergePolicy::kNever;  // The cap stays valid; it is unused.
+  } else {
+    options.batcher.max_batch_tokens = max_batch_tokens;
+  }
+  options.batcher.max_batch_work = absl::GetFlag(FLAGS_max_batch_work);
+  options.batcher.max_queue_delay_us = absl::GetFlag(FLAGS_max_queue_delay_us);
+  options.batcher.worker_spin_us = absl::GetFlag(FLAGS_worker_spin_us);
+  options.metrics_listen_address = absl::GetFlag(FLAGS_metrics_listen);
+  options.tls.cert_chain_file = absl::GetFlag(FLAGS_tls_cert);
+  options.tls.private_key_file = absl::GetFlag(FLAGS_tls_key);
+  options.tls.client_ca_file = absl::GetFlag(FLAGS_tls_client_ca);
+  options.registry.state_dir = absl::GetFlag(FLAGS_state_dir);
+  options.registry.on_corrupt = absl::GetFlag(FLAGS_registry_move_corrupt_aside)
+                                    ? sage::registry::CorruptFilePolicy::kMoveAside
+                                    : sage::registry::CorruptFilePolicy::kRefuse;
+  options.shared_memory.policy = absl::GetFlag(FLAGS_allow_shared_memory) ? sage::server::SharedMemoryPolicy::kAllow
+                                                                         : sage::server::SharedMemoryPolicy::kRefuse;
+  options.shared_memory.max_regions = absl::GetFlag(FLAGS_max_shared_memory_regions);
+  options.grace_period = std::chrono::milliseconds(absl::ToInt64Milliseconds(absl::GetFlag(FLAGS_grace_period)));
+
+  // Hold one reference to the gRPC library for the life of the process, so that destroying the
+  // server does not run gRPC's global teardown: in 1.51 that can sit in a 10 s poll when a client
+  // still holds a connection, delaying exit after a completed drain. The OS reclaims the rest.
+  grpc_init();
+  spdlog::info("malloc: {}", sage::server::ActiveAllocator());
+  absl::StatusOr<std::unique_ptr<sage::server::SageServer>> server =
+      sage::server::SageServer::Start(options);
+  if (!server.ok()) {
+    spdlog::error("startup failed: {}", server.status().ToString());
+    return 1;
+  }
+  // Machine-readable line for wrappers and tests that start us with port 0.
+  std::printf("sageserve listening on port %d\n", (*server)->port());
+  std::fflush(stdout);
+
+  int sig = 0;
+  sigwait(&signals, &sig);
+  spdlog::info("received {}, shutting down", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+  (*server)->Shutdown();
+  server->reset();
+  // The server's connections close asynchronously after it is destroyed; give them a moment so
+  // the last responses are not cut off by a reset when the process exits.
+  std::this_thread::sleep_for(std::chrono::milliseconds(kExitLingerMs));
+  spdlog::info("exiting");
+  spdlog::shutdown();
+  return 0;
+}

@@ -1,0 +1,127 @@
+#include "server/core/attend_pipeline.h"
+
+#include <chrono>
+#include <memory>
+#include <string>
+#include <utility>
+
+#include "absl/strings/string_view.h"
+#include "kernels/reference/recipe.h"
+#include "server/backend/output_placement.h"
+#include "spdlog/spdlog.h"
+
+namespace sage::server {
+namespace {
+
+absl::string_view MethodName(AttendMethod method) {
+  return method == AttendMethod::kStream ? "AttendStream" : "Attend";
+}
+
+absl::string_view Label(std::string_view s) { return absl::string_view(s.data(), s.size()); }
+
+}  // namespace
+
+void AttendPipeline::Record(AttendMethod method, std::string_view recipe, const absl::Status& status,
+                            Clock::time_point accepted, size_t bytes_in, size_t bytes_out) const {
+  if (metrics_ == nullptr) return;
+  RequestRecord r;
+  r.method = MethodName(method);
+  r.recipe = Label(recipe);
+  r.code = status.code();
+  r.latency = Clock::now() - accepted;
+  r.bytes_in = static_cast<int64_t>(bytes_in);
+  r.bytes_out = static_cast<int64_t>(bytes_out);
+  metrics_->RecordRequest(r);
+}
+
+void AttendPipeline::Reject(AttendMethod method, std::string_view id, std::string_view recipe,
+                            const absl::Status& status, Clock::time_point accepted, size_t bytes_in) const {
+  spdlog::warn("request '{}' rejected: {}", id, status.ToString());
+  Record(method, recipe, status, accepted, bytes_in, 0);
+}
+
+absl::Status AttendPipeline::ApplyPrecisionPlan(AttendRequest& request) const {
+  if (!request.plan.has_value() || request.plan->model.empty()) return absl::OkStatus();
+  if (request.recipe_explicit) return absl::OkStatus();
+  if (registry_ == nullptr) {
+    return absl::FailedPreconditionError("layer_key.model: this server has no precision registry");
+  }
+  const PlanAddress& key = *request.plan;
+  if (!key.layer.has_value()) {
+    return absl::InvalidArgumentError("layer_key.layer: required when layer_key.model is set");
+  }
+  absl::StatusOr<registry::Resolution> r = registry_->Resolve(key.model, *key.layer, key.timestep);
+  if (!r.ok()) return r.status();
+  request.recipe = r->recipe;
+  request.config = r->config;
+  if (r->substituted_for.has_value()) {
+    spdlog::debug("request '{}': plan of {} names {}, not run here; running {}", request.id, key.model,
+                  RecipeName(*r->substituted_for), RecipeName(r->recipe));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status AttendPipeline::Start(AttendCall call) {
+  AttendRequest* const request = call.request;
+  if (request == nullptr || !call.encode || !call.done) {
+    return absl::InternalError("attend pipeline: a call without its request, encoder or completion");
+  }
+  if (absl::Status planned = ApplyPrecisionPlan(*request); !planned.ok()) {
+    Reject(call.method, request->id, RecipeName(request->recipe), planned, call.accepted, call.bytes_in);
+    return planned;
+  }
+  request->input.output = ChooseOutputTarget(request->output);
+
+  WorkItem item;
+  item.input = request->input;
+  item.config = request->config;
+  item.deadline = call.deadline;
+  item.is_cancelled = std::move(call.is_cancelled);
+  const AttendMethod method = call.method;
+  const Clock::time_point accepted = call.accepted;
+  const size_t bytes_in = call.bytes_in;
+  item.done = [this, request, method, accepted, bytes_in, encode = std::move(call.encode),
+               done = std::move(call.done)](absl::StatusOr<EngineOutput> out, const WorkTimings& timings) mutable {
+    const std::string_view recipe = RecipeName(request->recipe);
+    if (!out.ok()) {
+      spdlog::warn("request '{}' failed: {}", request->id, out.status().ToString());
+      Record(method, recipe, out.status(), accepted, bytes_in, 0);
+      done(out.status());
+      return;
+    }
+    absl::StatusOr<size_t> bytes_out = encode(AttendResult{*std::move(out), request->recipe, timings, accepted});
+    if (!bytes_out.ok()) {
+      spdlog::error("request '{}': {}", request->id, bytes_out.status().ToString());
+      Record(method, recipe, bytes_out.status(), accepted, bytes_in, 0);
+      done(bytes_out.status());
+      return;
+    }
+    if (spdlog::default_logger_raw()->should_log(spdlog::level::debug)) {
+      const EngineInput& in = request->input;
+      spdlog::debug("request '{}' ok: q [{}, {}, {}] k [{}, {}] batch {} recipe {} queued {}us compute {}us total {}us",
+                    request->id, in.q.tokens, in.q.heads, in.q.head_dim, in.k.tokens, in.k.heads, in.batch(), recipe,
+                    std::chrono::duration_cast<std::chrono::microseconds>(timings.queued).count(),
+                    std::chrono::duration_cast<std::chrono::microseconds>(timings.compute).count(),
+                    std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - accepted).count());
+    }
+    // Recorded before answering, so a scrape that follows the response already counts it.
+    Record(method, recipe, absl::OkStatus(), accepted, bytes_in, *bytes_out);
+    done(absl::OkStatus());
+  };
+  // Once queued, the request (and its id) may be gone at any moment: copy the id first if the
+  // trace line will need it.
+  const bool trace = spdlog::default_logger_raw()->should_log(spdlog::level::trace);
+  const std::string trace_id = trace ? request->id : std::string();
+  const std::string_view recipe = RecipeName(request->recipe);
+  absl::Status submitted = scheduler_->Submit(std::move(item));
+  if (!submitted.ok()) {
+    // Refused: `done` will not run and the request is still the caller's.
+    spdlog::warn("request '{}' not queued: {}", request->id, submitted.ToString());
+    Record(method, recipe, submitted, accepted, bytes_in, 0);
+  } else if (trace) {
+    spdlog::trace("request '{}' queued", trace_id);
+  }
+  return submitted;
+}
+
+}  // namespace sage::server

@@ -1,0 +1,151 @@
+#include "server/frontend/grpc/attend_stream_reactor.h"
+
+#include <utility>
+
+#include "server/frontend/grpc/deadline.h"
+#include "server/frontend/grpc/status_mapping.h"
+
+namespace sage::server {
+
+AttendStreamReactor::AttendStreamReactor(grpc::CallbackServerContext* context, AttendBackends backends,
+                                         HostBufferPool* payload_pool)
+    : context_(context), backends_(backends), payload_pool_(payload_pool) {
+  StartRead(&incoming_);
+}
+
+void AttendStreamReactor::OnReadDone(bool ok) {
+  if (!ok) {  // Client half-closed, or the call is gone.
+    bool finish;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      reads_done_ = true;
+      finish = ShouldFinishLocked();
+    }
+    FinishIf(finish);
+    return;
+  }
+  auto slot = std::make_shared<Slot>();
+  const Clock::time_point accepted = Clock::now();
+  absl::StatusOr<WireAttendRequest> parsed = ParseAttendRequest(incoming_, *payload_pool_);
+  incoming_.Clear();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (finished_ || cancelled_) return;  // The call is ending; take no new work.
+    ++outstanding_;
+  }
+  StartRead(&incoming_);
+  if (!parsed.ok()) {
+    // Answered on the stream like any failed request (there is no request_id to echo).
+    Complete(slot, parsed.status());
+    return;
+  }
+  slot->wire = *std::move(parsed);
+
+  // `this` outlives the work: Finish waits for outstanding_ to reach 0.
+  absl::Status started = slot->Start(
+      backends_, AttendMethod::kStream, accepted, SteadyDeadline(*context_),
+      [this] { return cancelled_.load(std::memory_order_relaxed); },
+      [this, slot](const absl::Status& status) { Complete(slot, status); });
+  if (!started.ok()) Complete(slot, started);
+}
+
+void AttendStreamReactor::Complete(std::shared_ptr<Slot> slot, const absl::Status& status) {
+  if (!status.ok()) {
+    // A failed request is answered on the stream; the stream itself goes on.
+    slot->response.Clear();
+    slot->response.set_request_id(slot->wire.header.request_id());
+    slot->response.mutable_status()->set_code(static_cast<int>(status.code()));
+    slot->response.mutable_status()->set_message(std::string(status.message()));
+    AppendErrorDetails(status, slot->response.mutable_status()->mutable_details());
+    slot->result = WireResult{};
+  }
+  slot->out = slot->SerializeResponse();
+  // Free what the write does not need now: the parsed fields, and the block unless O leaves from it.
+  slot->wire.header.Clear();
+  slot->decoded.reset();  // shared-memory regions are held no longer than the request
+  slot->response.Clear();
+  slot->wire.payloads = RequestPayloads{};
+  bool finish;
+  NextWrite next;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    --outstanding_;
+    if (!cancelled_ && !write_failed_) {
+      write_queue_.push_back(std::move(slot));
+      next = ClaimNextWriteLocked();
+    }
+    finish = ShouldFinishLocked();
+  }
+  StartClaimedWrite(next);
+  FinishIf(finish);
+}
+
+AttendStreamReactor::NextWrite AttendStreamReactor::ClaimNextWriteLocked() {
+  NextWrite next;
+  if (writing_ || write_queue_.empty() || finished_) return next;
+  writing_ = true;
+  // The front stays put until OnWriteDone pops it, which cannot run before the write starts.
+  next.message = &write_queue_.front()->out;
+  // With more answers queued behind this one, let gRPC hold it for them: a merged launch's answers
+  // then leave in a few socket writes instead of one each. The last one queued flushes them all.
+  if (write_queue_.size() > 1) next.options.set_buffer_hint();
+  return next;
+}
+
+void AttendStreamReactor::StartClaimedWrite(const NextWrite& next) {
+  // No Finish can come between the claim and this: it waits for writing_ to clear.
+  if (next.message != nullptr) StartWrite(next.message, next.options);
+}
+
+void AttendStreamReactor::OnWriteDone(bool ok) {
+  bool finish;
+  NextWrite next;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    writing_ = false;
+    write_queue_.pop_front();
+    if (!ok) {
+      write_failed_ = true;  // Client is gone; nothing more can be delivered.
+      write_queue_.clear();
+    } else {
+      next = ClaimNextWriteLocked();
+    }
+    finish = ShouldFinishLocked();
+  }
+  StartClaimedWrite(next);
+  FinishIf(finish);
+}
+
+void AttendStreamReactor::OnCancel() {
+  cancelled_.store(true);
+  bool finish;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!writing_) write_queue_.clear();
+    finish = ShouldFinishLocked();
+  }
+  FinishIf(finish);
+}
+
+bool AttendStreamReactor::ShouldFinishLocked() {
+  if (finished_ || writing_ || outstanding_ > 0) return false;
+  const bool aborted = cancelled_ || write_failed_;
+  if (!aborted && !(reads_done_ && write_queue_.empty())) return false;
+  // On cancellation a read may still be pending; gRPC fails it when the call ends.
+  finished_ = true;
+  return true;
+}
+
+void AttendStreamReactor::FinishIf(bool finish) {
+  if (!finish) return;
+  // Nothing touches members after Finish: OnDone may run (and delete this) right away.
+  if (cancelled_) {
+    Finish(grpc::Status(grpc::StatusCode::CANCELLED, "stream cancelled"));
+  } else {
+    Finish(grpc::Status::OK);
+  }
+}
+
+void AttendStreamReactor::OnDone() { delete this; }
+
+}  // namespace sage::server

@@ -1,0 +1,407 @@
+#include "server/frontend/grpc/request_codec.h"
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <optional>
+#include <cstring>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "kernels/reference/numerics.h"
+#include "server/frontend/grpc/wire_enum_table.h"
+
+namespace sage::server {
+namespace v1 = ::sageserve::v1;
+
+namespace {
+
+constexpr WirePair<Recipe, v1::Recipe> kRecipeWire[] = {
+    {Recipe::kInt4QkFp8Pv, v1::RECIPE_INT4_QK_FP8_PV},
+    {Recipe::kInt8QkFp8Pv, v1::RECIPE_INT8_QK_FP8_PV},
+    {Recipe::kInt8QkFp16Pv, v1::RECIPE_INT8_QK_FP16_PV},
+    {Recipe::kUnquantized, v1::RECIPE_UNQUANTIZED},
+};
+
+constexpr WirePair<DType, v1::DType> kDTypeWire[] = {
+    {DType::kF32, v1::DTYPE_FP32},
+    {DType::kF16, v1::DTYPE_FP16},
+    {DType::kBF16, v1::DTYPE_BF16},
+};
+
+}  // namespace
+
+sageserve::v1::Recipe ToWireRecipe(Recipe recipe) {
+  return ToWire(kRecipeWire, recipe);
+}
+
+absl::StatusOr<Recipe> FromWireRecipe(sageserve::v1::Recipe recipe) {
+  if (std::optional<Recipe> r = FromWire(kRecipeWire, recipe)) return *r;
+  return absl::InvalidArgumentError(absl::StrCat("recipe: unknown value ", static_cast<int>(recipe)));
+}
+
+sageserve::v1::DType ToWireDType(DType dtype) { return ToWire(kDTypeWire, dtype); }
+
+absl::StatusOr<DType> FromWireDType(sageserve::v1::DType dtype) {
+  if (std::optional<DType> d = FromWire(kDTypeWire, dtype)) return *d;
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown dtype ", static_cast<int>(dtype), " (expected FP32, FP16 or BF16)"));
+}
+
+namespace {
+
+absl::Status Invalid(const std::string& field, absl::string_view what) {
+  return absl::InvalidArgumentError(absl::StrCat(field, ": ", what));
+}
+
+// Resolves a shared-memory reference of `expected` bytes, keeping its region (once) in `decoded`.
+absl::StatusOr<SharedRange> ResolveRef(const std::string& field, const v1::SharedMemoryRef& ref, size_t expected,
+                                       size_t alignment, const SharedMemoryRegistry* shm, DecodedRequest& decoded) {
+  if (shm == nullptr) {
+    // Calls decoded without a registry (calibration samples) take their bytes inline only.
+    return absl::FailedPreconditionError(absl::StrCat(field, ": this call takes tensor bytes inline, not shared memory"));
+  }
+  absl::StatusOr<SharedRange> range = shm->Resolve(field, ref.region(), ref.offset(), ref.byte_size(), expected);
+  if (!range.ok()) return range.status();
+  if (reinterpret_cast<uintptr_t>(range->bytes.data()) % alignment != 0) {
+    return Invalid(absl::StrCat(field, ".offset"), absl::StrCat(ref.offset(), " is not a multiple of the element size (",
+                                                               alignment, ")"));
+  }
+  if (std::find(decoded.core.regions.begin(), decoded.core.regions.end(), range->region) == decoded.core.regions.end()) {
+    decoded.core.regions.push_back(range->region);
+  }
+  return range;
+}
+
+// Checks one wire tensor and returns a view of its bytes (no copy): in the message, beside it
+// (`external`), or in a shared-memory region (then `memory` says what kind).
+absl::StatusOr<TensorView> DecodeTensor(const std::string& field, const v1::Tensor& t,
+                                        const BackendInfo& backend, const RequestLimits& limits,
+                                        const std::span<const std::byte>* external,
+                                        const SharedMemoryRegistry* shm, DecodedRequest& decoded,
+                                        std::optional<SharedRange>* shared) {
+  if (t.dtype() == v1::DTYPE_UNSPECIFIED) return Invalid(absl::StrCat(field, ".dtype"), "not set");
+  absl::StatusOr<DType> dtype = FromWireDType(t.dtype());
+  if (!dtype.ok()) return Invalid(absl::StrCat(field, ".dtype"), dtype.status().message());
+  if (t.shape_size() != 3) {
+    return Invalid(absl::StrCat(field, ".shape"),
+                   absl::StrCat("expected 3 dims [tokens, heads, head_dim], got ", t.shape_size()));
+  }
+  const int64_t tokens = t.shape(0), heads = t.shape(1), head_dim = t.shape(2);
+  if (tokens < 0) return Invalid(absl::StrCat(field, ".shape[0]"), absl::StrCat("negative token count ", tokens));
+  if (heads <= 0) return Invalid(absl::StrCat(field, ".shape[1]"), absl::StrCat("heads must be > 0, got ", heads));
+  if (std::find(backend.head_dims.begin(), backend.head_dims.end(), head_dim) == backend.head_dims.end()) {
+    std::string dims;
+    for (int d : backend.head_dims) absl::StrAppend(&dims, dims.empty() ? "" : ", ", d);
+    return Invalid(absl::StrCat(field, ".shape[2]"),
+                   absl::StrCat("head_dim ", head_dim, " is not supported (supported: ", dims, ")"));
+  }
+  if (tokens > limits.max_tokens) {
+    return absl::ResourceExhaustedError(absl::StrCat(field, ".shape[0]: ", tokens,
+                                                     " tokens exceed the server limit of ",
+                                                     limits.max_tokens));
+  }
+  if (heads > limits.max_heads) {
+    return absl::ResourceExhaustedError(absl::StrCat(field, ".shape[1]: ", heads,
+                                                     " heads exceed the server limit of ", limits.max_heads));
+  }
+  TensorView view;
+  view.dtype = *dtype;
+  view.tokens = tokens;
+  view.heads = static_cast<int32_t>(heads);
+  view.head_dim = static_cast<int32_t>(head_dim);
+  const size_t sent = external != nullptr ? external->size() : t.data().size();
+  if (t.has_shared_memory()) {
+    if (sent != 0) return Invalid(field, "set data or shared_memory, not both");
+    absl::StatusOr<SharedRange> range = ResolveRef(absl::StrCat(field, ".shared_memory"), t.shared_memory(),
+                                                   view.bytes(), DTypeSize(*dtype), shm, decoded);
+    if (!range.ok()) return range.status();
+    view.data = range->bytes.data();
+    *shared = *std::move(range);
+    return view;
+  }
+  if (sent != view.bytes()) {
+    return Invalid(absl::StrCat(field, ".data"),
+                   absl::StrCat(sent, " bytes, expected ", view.bytes(), " for shape [",
+                                tokens, ", ", heads, ", ", head_dim, "] ", std::string(DTypeName(*dtype))));
+  }
+  view.data = external != nullptr ? static_cast<const void*>(external->data()) : t.data().data();
+  return view;
+}
+
+absl::Status DecodeCuSeqlens(const std::string& field, const google::protobuf::RepeatedField<int32_t>& wire,
+                             int64_t total, std::vector<int32_t>* default_store,
+                             std::span<const int32_t>* out) {
+  if (wire.empty()) {
+    *default_store = {0, static_cast<int32_t>(total)};
+    *out = std::span<const int32_t>(*default_store);
+    return absl::OkStatus();
+  }
+  if (wire.size() < 2) return Invalid(field, "needs batch + 1 >= 2 entries");
+  *out = std::span<const int32_t>(wire.data(), static_cast<size_t>(wire.size()));
+  return absl::OkStatus();
+}
+
+// Where q, k and v live together: one device's memory, or host memory (pinned only if all are).
+absl::Status SettleInputMemory(const std::array<std::optional<SharedRange>, 3>& shared, MemoryKind wire_memory,
+                               EngineInput& in) {
+  constexpr std::array<const char*, 3> kNames = {"q", "k", "v"};
+  int on_device = 0;
+  bool all_pinned = true;
+  for (size_t i = 0; i < 3; ++i) {
+    const MemoryKind m = shared[i] ? shared[i]->memory() : wire_memory;
+    if (m == MemoryKind::kDevice) {
+      ++on_device;
+      const int device = shared[i]->region->device();
+      if (in.memory_device >= 0 && device != in.memory_device) {
+        return Invalid(absl::StrCat(kNames[i], ".shared_memory"),
+                       absl::StrCat("on CUDA device ", device, ", but another input is on device ", in.memory_device,
+                                    " (one request runs on one GPU)"));
+      }
+      in.memory_device = device;
+    }
+    if (m != MemoryKind::kPinned) all_pinned = false;
+  }
+  if (on_device != 0 && on_device != 3) {
+    return Invalid("q", "q, k and v must all be in CUDA shared memory, or none of them");
+  }
+  in.memory = on_device == 3 ? MemoryKind::kDevice : all_pinned ? MemoryKind::kPinned : MemoryKind::kPageable;
+  return absl::OkStatus();
+}
+
+bool Overlap(std::span<const std::byte> a, std::span<const std::byte> b) {
+  if (a.empty() || b.empty()) return false;
+  const auto a0 = reinterpret_cast<uintptr_t>(a.data()), b0 = reinterpret_cast<uintptr_t>(b.data());
+  return a0 < b0 + b.size() && b0 < a0 + a.size();
+}
+
+// AttendRequest.o_output / lse_output: resolved, sized for the output, apart from every input.
+absl::Status DecodeOutputs(const v1::AttendRequest& request, const SharedMemoryRegistry* shm, DecodedRequest& d) {
+  EngineInput& in = d.core.input;
+  if (!request.has_o_output()) {
+    if (request.has_lse_output()) return Invalid("lse_output", "set only together with o_output");
+    return absl::OkStatus();
+  }
+  if (request.has_lse_output() && !request.return_lse()) return Invalid("lse_output", "set only with return_lse");
+  if (request.return_lse() && !request.has_lse_output()) {
+    return Invalid("lse_output", "required with o_output and return_lse (LSE goes beside O)");
+  }
+  const size_t o_bytes = static_cast<size_t>(in.q.numel()) * DTypeSize(d.core.output_dtype);
+  absl::StatusOr<SharedRange> o = ResolveRef("o_output", request.o_output(), o_bytes, DTypeSize(d.core.output_dtype), shm, d);
+  if (!o.ok()) return o.status();
+  d.core.output.client_o = o->bytes;
+  d.core.output.client_memory = o->memory();
+  d.o_output_ref = request.o_output();
+  if (request.has_lse_output()) {
+    const size_t lse_bytes = static_cast<size_t>(in.q.tokens) * in.q.heads * sizeof(float);
+    absl::StatusOr<SharedRange> lse = ResolveRef("lse_output", request.lse_output(), lse_bytes, sizeof(float), shm, d);
+    if (!lse.ok()) return lse.status();
+    if ((lse->memory() == MemoryKind::kDevice) != (o->memory() == MemoryKind::kDevice) ||
+        (o->memory() == MemoryKind::kDevice && lse->region->device() != o->region->device())) {
+      return Invalid("lse_output", "must be in the same kind of memory (and CUDA device) as o_output");
+    }
+    if (Overlap(lse->bytes, o->bytes)) return Invalid("lse_output", "overlaps o_output");
+    if (o->memory() == MemoryKind::kPinned && lse->memory() != MemoryKind::kPinned) {
+      d.core.output.client_memory = MemoryKind::kPageable;  // direct copies only when both are pinned
+    }
+    d.core.output.client_lse = lse->bytes;
+    d.lse_output_ref = request.lse_output();
+  }
+  if (d.core.output.client_memory == MemoryKind::kDevice) {
+    const int device = o->region->device();
+    if (in.memory_device >= 0 && in.memory_device != device) {
+      return Invalid("o_output", absl::StrCat("on CUDA device ", device, ", but the inputs are on device ",
+                                              in.memory_device, " (one request runs on one GPU)"));
+    }
+    in.memory_device = device;
+    if (d.core.output_dtype != in.q.dtype) {
+      return Invalid("output_dtype", "must equal q's dtype when O goes to CUDA shared memory (no conversion on the GPU)");
+    }
+  }
+  const std::array<std::pair<const char*, const TensorView*>, 3> inputs = {{{"q", &in.q}, {"k", &in.k}, {"v", &in.v}}};
+  for (const auto& [name, t] : inputs) {
+    const std::span<const std::byte> bytes(static_cast<const std::byte*>(t->data), t->bytes());
+    if (Overlap(d.core.output.client_o, bytes)) return Invalid("o_output", absl::StrCat("overlaps ", name, "'s bytes"));
+    if (Overlap(d.core.output.client_lse, bytes)) return Invalid("lse_output", absl::StrCat("overlaps ", name, "'s bytes"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<DecodedRequest>> DecodeAttendRequest(
+    const v1::AttendRequest& request, const BackendInfo& backend, const RequestLimits& limits,
+    const ExternalTensors* external, const SharedMemoryRegistry* shared_memory) {
+  auto decoded = std::make_unique<DecodedRequest>();
+  EngineInput& in = decoded->core.input;
+
+  if (!request.has_q()) return Invalid("q", "missing");
+  if (!request.has_k()) return Invalid("k", "missing");
+  if (!request.has_v()) return Invalid("v", "missing");
+  std::array<std::optional<SharedRange>, 3> shared;
+  absl::StatusOr<TensorView> q = DecodeTensor("q", request.q(), backend, limits, external ? &external->q : nullptr,
+                                              shared_memory, *decoded, &shared[0]);
+  if (!q.ok()) return q.status();
+  absl::StatusOr<TensorView> k = DecodeTensor("k", request.k(), backend, limits, external ? &external->k : nullptr,
+                                              shared_memory, *decoded, &shared[1]);
+  if (!k.ok()) return k.status();
+  absl::StatusOr<TensorView> v = DecodeTensor("v", request.v(), backend, limits, external ? &external->v : nullptr,
+                                              shared_memory, *decoded, &shared[2]);
+  if (!v.ok()) return v.status();
+  absl::Status settled =
+      SettleInputMemory(shared, external != nullptr ? external->memory : MemoryKind::kPageable, in);
+  if (!settled.ok()) return settled;
+  in.q = *q;
+  in.k = *k;
+  in.v = *v;
+
+  if (in.k.dtype != in.q.dtype) return Invalid("k.dtype", "must equal q.dtype");
+  if (in.v.dtype != in.q.dtype) return Invalid("v.dtype", "must equal q.dtype");
+  if (in.q.dtype == DType::kF32) {
+    // The recipes quantize from 16-bit inputs; FP32 is an output type only.
+    return Invalid("q.dtype", "FP32 inputs are not supported (send FP16 or BF16)");
+  }
+  if (in.k.head_dim != in.q.head_dim) return Invalid("k.shape[2]", "head_dim must equal q's");
+  if (in.v.head_dim != in.q.head_dim) return Invalid("v.shape[2]", "head_dim must equal q's");
+  if (in.v.heads != in.k.heads) return Invalid("v.shape[1]", "heads must equal k's");
+  if (in.v.tokens != in.k.tokens) return Invalid("v.shape[0]", "tokens must equal k's");
+  if (in.q.heads % in.k.heads != 0) {
+    return Invalid("k.shape[1]", absl::StrCat("q heads (", in.q.heads, ") must be a multiple of k heads (",
+                                              in.k.heads, ")"));
+  }
+
+  if (request.cu_seqlens_q().empty() != request.cu_seqlens_k().empty()) {
+    return Invalid(request.cu_seqlens_q().empty() ? "cu_seqlens_q" : "cu_seqlens_k",
+                   "set both cu_seqlens_q and cu_seqlens_k, or neither (one sequence)");
+  }
+  absl::Status s = DecodeCuSeqlens("cu_seqlens_q", request.cu_seqlens_q(), in.q.tokens,
+                                   &decoded->core.default_cu_q, &in.cu_seqlens_q);
+  if (!s.ok()) return s;
+  s = DecodeCuSeqlens("cu_seqlens_k", request.cu_seqlens_k(), in.k.tokens, &decoded->core.default_cu_k,
+                      &in.cu_seqlens_k);
+  if (!s.ok()) return s;
+  if (in.cu_seqlens_q.size() != in.cu_seqlens_k.size()) {
+    return Invalid("cu_seqlens_k", absl::StrCat(in.cu_seqlens_k.size(), " entries, but cu_seqlens_q has ",
+                                                in.cu_seqlens_q.size()));
+  }
+
+  switch (request.mask()) {
+    case v1::MASK_MODE_UNSPECIFIED:
+    case v1::MASK_MODE_NONE: in.mask = MaskMode::kNone; break;
+    case v1::MASK_MODE_CAUSAL: in.mask = MaskMode::kCausal; break;
+    default: return Invalid("mask", absl::StrCat("unknown value ", static_cast<int>(request.mask())));
+  }
+  if (request.has_softmax_scale()) {
+    const float scale = request.softmax_scale();
+    if (!std::isfinite(scale) || scale <= 0.0f) {
+      return Invalid("softmax_scale", absl::StrCat("must be finite and > 0, got ", scale));
+    }
+    in.softmax_scale = scale;
+  }
+  in.lse = request.return_lse() ? LseMode::kNatural : LseMode::kNone;
+
+  if (request.output_dtype() == v1::DTYPE_UNSPECIFIED) {
+    decoded->core.output_dtype = in.q.dtype;
+  } else {
+    absl::StatusOr<DType> out = FromWireDType(request.output_dtype());
+    if (!out.ok()) return Invalid("output_dtype", out.status().message());
+    decoded->core.output_dtype = *out;
+  }
+
+  if (request.recipe() == v1::RECIPE_UNSPECIFIED) {
+    decoded->core.recipe = backend.default_recipe;
+  } else {
+    absl::StatusOr<Recipe> recipe = FromWireRecipe(request.recipe());
+    if (!recipe.ok()) return recipe.status();
+    if (std::find(backend.recipes.begin(), backend.recipes.end(), *recipe) == backend.recipes.end()) {
+      return Invalid("recipe", absl::StrCat(std::string(RecipeName(*recipe)), " is not available on this backend"));
+    }
+    decoded->core.recipe = *recipe;
+  }
+  decoded->core.config = ConfigFor(decoded->core.recipe);
+  decoded->core.recipe_explicit = request.recipe() != v1::RECIPE_UNSPECIFIED;
+  decoded->core.id = request.request_id();
+  if (request.has_layer_key() && !request.layer_key().model().empty()) {
+    const v1::LayerKey& key = request.layer_key();
+    PlanAddress& plan = decoded->core.plan.emplace();
+    plan.model = key.model();
+    if (key.has_layer()) plan.layer = key.layer();
+    if (key.has_timestep()) plan.timestep = key.timestep();
+  }
+
+  s = DecodeOutputs(request, shared_memory, *decoded);
+  if (!s.ok()) return s;
+
+  // The engine's own checks (cu_seqlens monotonic and in range, GQA, pointers), field-named.
+  s = ValidateInput(in);
+  if (!s.ok()) return s;
+  OutputOffer& offer = decoded->core.output;
+  offer.q_dtype = in.q.dtype;
+  offer.output_dtype = decoded->core.output_dtype;
+  offer.o_bytes = in.q.bytes();
+  offer.lse_bytes = in.lse == LseMode::kNatural ? static_cast<size_t>(in.q.tokens) * in.q.heads * sizeof(float) : 0;
+  if (external != nullptr) {
+    offer.block_o = external->o;
+    offer.block_lse = external->lse;
+    offer.block_memory = external->memory;
+  }
+  for (const auto& region : decoded->core.regions) region->CountRequest();
+  return decoded;
+}
+
+absl::Status EncodeAttendOutput(EngineOutput output, const DecodedRequest& request, v1::AttendResponse* response) {
+  const EngineInput& in = request.core.input;
+  const bool to_shared = !request.core.output.client_o.empty();
+  const bool want_lse = in.lse == LseMode::kNatural;
+  v1::Tensor* o = response->mutable_o();
+  o->set_dtype(ToWireDType(request.core.output_dtype));
+  o->add_shape(in.q.tokens);
+  o->add_shape(in.q.heads);
+  o->add_shape(in.q.head_dim);
+  v1::Tensor* lse = nullptr;
+  if (want_lse) {
+    lse = response->mutable_lse();
+    lse->set_dtype(v1::DTYPE_FP32);
+    lse->add_shape(in.q.tokens);
+    lse->add_shape(in.q.heads);
+  }
+  if (to_shared) {
+    *o->mutable_shared_memory() = request.o_output_ref;
+    if (lse != nullptr) *lse->mutable_shared_memory() = request.lse_output_ref;
+  }
+  if (output.placement == OutputPlacement::kCallerBuffers) return absl::OkStatus();
+  if (to_shared && request.core.output.client_memory == MemoryKind::kDevice) {
+    return absl::InternalError("the engine did not write O into the request's CUDA shared memory");
+  }
+  // O goes into the response's bytes, or (o_output) straight into the client's host shared memory.
+  const size_t n = output.o_elements();
+  std::byte* dst = nullptr;
+  if (to_shared) {
+    dst = request.core.output.client_o.data();
+  } else if (!(output.has_native_o() && output.o_native_dtype == request.core.output_dtype)) {
+    std::string* bytes = o->mutable_data();
+    bytes->resize(n * DTypeSize(request.core.output_dtype));
+    dst = reinterpret_cast<std::byte*>(bytes->data());
+  }
+  if (dst == nullptr) {
+    o->set_data(std::move(output.o_native));  // the kernel's bytes become the response's: no copy
+  } else if (output.has_native_o() && output.o_native_dtype == request.core.output_dtype) {
+    std::memcpy(dst, output.o_native.data(), output.o_native.size());
+  } else if (output.has_native_o()) {
+    // The kernel's 16-bit codes in another type: converted once (same bits as decoding to float and
+    // encoding again).
+    ConvertBulk(output.o_native.data(), output.o_native_dtype, dst, request.core.output_dtype, n);
+  } else {
+    EncodeFromFloatBulk(output.o.data(), dst, n, request.core.output_dtype);
+  }
+  if (lse != nullptr) {
+    if (to_shared) {
+      std::memcpy(request.core.output.client_lse.data(), output.lse.data(), output.lse.size() * sizeof(float));
+    } else {
+      lse->mutable_data()->assign(reinterpret_cast<const char*>(output.lse.data()), output.lse.size() * sizeof(float));
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace sage::server

@@ -1,0 +1,62 @@
+// AttendRequest (wire) <-> EngineInput/EngineOutput (engine). Decoding never copies tensor bytes: the
+// views point into the request message, which must outlive the decoded request.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "kernels/reference/attention_problem.h"
+#include "kernels/reference/recipe.h"
+#include "sageserve/v1/attention_service.pb.h"
+#include "server/backend/backend.h"
+#include "server/core/attend_request.h"
+#include "server/shared_memory/shared_memory_registry.h"
+
+namespace sage::server {
+
+// The q/k/v bytes of a request whose tensors arrived beside the message rather than in it (the
+// zero-copy wire path, attend_wire.h); the message's q/k/v then carry dtype and shape only.
+struct ExternalTensors {
+  std::span<const std::byte> q, k, v;
+  MemoryKind memory = MemoryKind::kPageable;
+  // Room the same block keeps for the result (O in q's dtype, LSE); empty: none.
+  std::span<std::byte> o, lse;
+};
+
+// The core's request, plus what only the wire needs back: the shared-memory references the
+// response echoes.
+struct DecodedRequest {
+  AttendRequest core;
+  sageserve::v1::SharedMemoryRef o_output_ref, lse_output_ref;
+};
+
+// INVALID_ARGUMENT naming the field for malformed input, RESOURCE_EXHAUSTED for too large.
+// Tensors and outputs in shared memory are resolved through `shared_memory` (null: refused with
+// FAILED_PRECONDITION; unknown regions are NOT_FOUND). Returned by pointer so the spans into
+// default_cu_* stay valid.
+absl::StatusOr<std::unique_ptr<DecodedRequest>> DecodeAttendRequest(
+    const sageserve::v1::AttendRequest& request, const BackendInfo& backend,
+    const RequestLimits& limits, const ExternalTensors* external = nullptr,
+    const SharedMemoryRegistry* shared_memory = nullptr);
+
+// Fills o (converted to the requested dtype, from EngineOutput::o or, when the engine returned it,
+// EngineOutput::o_native) and lse of `response`. When the engine wrote into the caller's buffers
+// (OutputPlacement::kCallerBuffers) only their dtype and shape are set: the bytes go out beside the
+// message (EncodeAttendResponse in attend_wire.h), or are already in the client's shared memory.
+// A request with o_output gets its O and LSE written there (unless the engine did), and the response
+// carries dtype, shape and the request's reference. INTERNAL only if an engine left device-memory
+// outputs unwritten (a bug). Takes the output by value: 16-bit O already in the requested dtype is
+// moved into the response.
+absl::Status EncodeAttendOutput(EngineOutput output, const DecodedRequest& request,
+                                sageserve::v1::AttendResponse* response);
+
+// Enum mirrors between the wire and the engine.
+sageserve::v1::Recipe ToWireRecipe(Recipe recipe);
+absl::StatusOr<Recipe> FromWireRecipe(sageserve::v1::Recipe recipe);
+sageserve::v1::DType ToWireDType(DType dtype);
+absl::StatusOr<DType> FromWireDType(sageserve::v1::DType dtype);
+
+}  // namespace sage::server
