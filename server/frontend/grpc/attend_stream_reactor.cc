@@ -25,7 +25,6 @@ void AttendStreamReactor::OnReadDone(bool ok) {
     return;
   }
   auto slot = std::make_shared<Slot>();
-  const Clock::time_point accepted = Clock::now();
   absl::StatusOr<WireAttendRequest> parsed = ParseAttendRequest(incoming_, *payload_pool_);
   incoming_.Clear();
   {
@@ -42,8 +41,9 @@ void AttendStreamReactor::OnReadDone(bool ok) {
   slot->wire = *std::move(parsed);
 
   // `this` outlives the work: Finish waits for outstanding_ to reach 0.
+  // Latency counts from here, after the parse and the next read's start, as it always has.
   absl::Status started = slot->Start(
-      backends_, AttendMethod::kStream, accepted, SteadyDeadline(*context_),
+      backends_, AttendMethod::kStream, Clock::now(), SteadyDeadline(*context_),
       [this] { return cancelled_.load(std::memory_order_relaxed); },
       [this, slot](const absl::Status& status) { Complete(slot, status); });
   if (!started.ok()) Complete(slot, started);

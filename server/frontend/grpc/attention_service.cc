@@ -57,7 +57,6 @@ AttentionService::AttentionService(AttendBackends backends, SelfTestRunner* self
 grpc::ServerUnaryReactor* AttentionService::Attend(grpc::CallbackServerContext* context,
                                                    const grpc::ByteBuffer* request, grpc::ByteBuffer* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  const Clock::time_point accepted = Clock::now();
   absl::StatusOr<WireAttendRequest> parsed = ParseAttendRequest(*request, *payload_pool_);
   if (!parsed.ok()) {
     spdlog::warn("Attend request rejected: {}", parsed.status().ToString());
@@ -67,9 +66,10 @@ grpc::ServerUnaryReactor* AttentionService::Attend(grpc::CallbackServerContext* 
   // Held here as well as by the completion, which the pipeline may drop before Start returns.
   auto state = std::make_shared<WireCallState>();
   state->wire = *std::move(parsed);
-  // The context stays valid until Finish, which only the completion below calls.
+  // The context stays valid until Finish, which only the completion below calls. The latency
+  // metrics and the response's total_us count from here, after the parse, as they always have.
   absl::Status started = state->Start(
-      backends_, AttendMethod::kUnary, accepted, SteadyDeadline(*context), [context] { return context->IsCancelled(); },
+      backends_, AttendMethod::kUnary, Clock::now(), SteadyDeadline(*context), [context] { return context->IsCancelled(); },
       [reactor, response, state, context](const absl::Status& status) {
         if (status.ok()) *response = state->SerializeResponse();
         FinishAttend(reactor, *context, status);
