@@ -19,13 +19,13 @@ int RunAttend(const Args& args) {
   for (const std::string& k : SharedMemoryFlags()) known.push_back(k);
   if (!CheckFlags(args, known)) return 2;
   absl::StatusOr<SharedMemoryOptions> shm_options = SharedMemoryOptionsFromArgs(args);
-  if (!shm_options.ok()) return Fail(shm_options.status());
+  if (!shm_options.ok()) return FailUsage(shm_options.status());
   absl::StatusOr<ProblemSpec> spec = SpecFromArgs(args);
-  if (!spec.ok()) return Fail(spec.status());
+  if (!spec.ok()) return FailUsage(spec.status());
   absl::StatusOr<HostProblem> problem = MakeProblem(*spec);
-  if (!problem.ok()) return Fail(problem.status());
+  if (!problem.ok()) return FailUsage(problem.status());
   auto client = Connect(args);
-  if (!client.ok()) return Fail(client.status());
+  if (!client.ok()) return FailUsage(client.status());  // Connection flags (TLS files, deadline)
 
   std::unique_ptr<SharedMemoryTransport> shm;
   if (shm_options->mode != SharedMemoryMode::kNone) {

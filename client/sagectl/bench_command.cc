@@ -44,9 +44,9 @@ int RunBench(const Args& args) {
   for (const std::string& k : SharedMemoryFlags()) known.push_back(k);
   if (!CheckFlags(args, known)) return 2;
   absl::StatusOr<SharedMemoryOptions> shm_options = SharedMemoryOptionsFromArgs(args);
-  if (!shm_options.ok()) return Fail(shm_options.status());
+  if (!shm_options.ok()) return FailUsage(shm_options.status());
   absl::StatusOr<ProblemSpec> spec = SpecFromArgs(args);
-  if (!spec.ok()) return Fail(spec.status());
+  if (!spec.ok()) return FailUsage(spec.status());
   absl::StatusOr<int64_t> concurrency = args.Int("concurrency", 4);
   absl::StatusOr<int64_t> requests = args.Int("requests", 100);
   absl::StatusOr<int64_t> warmup = args.Int("warmup", 4);
@@ -54,23 +54,23 @@ int RunBench(const Args& args) {
   // work over N of gRPC's threads on both ends.
   absl::StatusOr<int64_t> connections = args.Int("connections", 1);
   if (!concurrency.ok() || !requests.ok() || !warmup.ok() || *concurrency < 1 || *requests < 1) {
-    return Fail(absl::InvalidArgumentError("--concurrency and --requests must be positive integers"));
+    return FailUsage(absl::InvalidArgumentError("--concurrency and --requests must be positive integers"));
   }
   if (!connections.ok() || *connections < 1 || *connections > 256) {
-    return Fail(absl::InvalidArgumentError("--connections must be an integer in [1, 256]"));
+    return FailUsage(absl::InvalidArgumentError("--connections must be an integer in [1, 256]"));
   }
   const std::string mode = args.Str("mode", "unary");
-  if (mode != "unary" && mode != "stream") return Fail(absl::InvalidArgumentError("--mode: unary or stream"));
+  if (mode != "unary" && mode != "stream") return FailUsage(absl::InvalidArgumentError("--mode: unary or stream"));
   // Stream mode: one AttendStream per connection unless told otherwise. A stream's messages are
   // read and written one at a time on each end, so one stream bounds the rate whatever the load.
   absl::StatusOr<int64_t> streams = args.Int("streams", std::min(*connections, *concurrency));
   if (!streams.ok() || *streams < 1 || *streams > *concurrency) {
-    return Fail(absl::InvalidArgumentError("--streams must be an integer in [1, --concurrency]"));
+    return FailUsage(absl::InvalidArgumentError("--streams must be an integer in [1, --concurrency]"));
   }
   absl::StatusOr<HostProblem> problem = MakeProblem(*spec);
-  if (!problem.ok()) return Fail(problem.status());
+  if (!problem.ok()) return FailUsage(problem.status());
   auto client_or = Connect(args, static_cast<int>(*connections));
-  if (!client_or.ok()) return Fail(client_or.status());
+  if (!client_or.ok()) return FailUsage(client_or.status());  // Connection flags (TLS files, deadline)
   sageserve::Client& client = **client_or;
 
   const sageserve::v1::AttendRequest base = problem->ToRequest("bench");
@@ -255,7 +255,7 @@ int RunBench(const Args& args) {
               Percentile(srv_over_device, 99));
   if (failures > 0) {
     std::fprintf(stderr, "first failure: %s\n", first_error.ToString(absl::StatusToStringMode::kWithNoExtraData).c_str());
-    return 1;
+    return kExitNegative;  // It ran; some requests failed.
   }
   if (!unregistered.ok()) return Fail(unregistered);
   return 0;

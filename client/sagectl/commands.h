@@ -19,8 +19,19 @@ int RunRegistry(const std::string& verb, const Args& args);
 // `sagectl shm <verb> ...` (shm_command.cc).
 int RunShm(const std::string& verb, const Args& args);
 
-// Prints "sagectl: <status>" to stderr and returns 1.
+// Exit codes (docs/API.md, "sagectl exit codes"): 0 success; 1 the command ran and its answer is
+// negative (health not SERVING, selftest FAILED, bench with failed requests); 2 usage (unknown
+// command or option, a bad or missing flag value, an unreadable input file); 10 + the status code
+// when a call failed (an RPC: the server's code, or UNAVAILABLE / DEADLINE_EXCEEDED from the
+// transport), e.g. 13 INVALID_ARGUMENT, 15 NOT_FOUND, 17 PERMISSION_DENIED, 24 UNAVAILABLE.
+inline constexpr int kExitNegative = 1;
+inline constexpr int kExitUsage = 2;
+inline constexpr int kExitStatusBase = 10;
+
+// Prints "sagectl: <status>" to stderr and returns kExitStatusBase + its code.
 int Fail(const absl::Status& status);
+// Prints "sagectl: <status>" to stderr and returns kExitUsage: for flags the command cannot use.
+int FailUsage(const absl::Status& status);
 
 // True when every option given is in `known` or a connection flag; otherwise names the unknown
 // ones on stderr.

@@ -49,7 +49,13 @@ absl::StatusOr<std::string> ReadFlagFile(const Args& args, const std::string& fl
 int Fail(const absl::Status& status) {
   // Code and message; the binary detail payloads (docs/API.md, "Status codes") stay out of the text.
   std::fprintf(stderr, "sagectl: %s\n", status.ToString(absl::StatusToStringMode::kWithNoExtraData).c_str());
-  return 1;
+  const int code = static_cast<int>(status.code());
+  return kExitStatusBase + (code > 0 && code <= 16 ? code : static_cast<int>(absl::StatusCode::kUnknown));
+}
+
+int FailUsage(const absl::Status& status) {
+  std::fprintf(stderr, "sagectl: %s\n", status.ToString(absl::StatusToStringMode::kWithNoExtraData).c_str());
+  return kExitUsage;
 }
 
 bool CheckFlags(const Args& args, std::vector<std::string> known) {
@@ -134,7 +140,7 @@ void Usage() {
 int RunHealth(const Args& args) {
   if (!CheckFlags(args, {"service"})) return 2;
   auto client = Connect(args);
-  if (!client.ok()) return Fail(client.status());
+  if (!client.ok()) return FailUsage(client.status());  // Connection flags (TLS files, deadline)
   absl::StatusOr<sageserve::HealthStatus> h = (*client)->CheckHealth(args.Str("service", ""));
   if (!h.ok()) return Fail(h.status());
   const char* names[] = {"UNKNOWN", "SERVING", "NOT_SERVING", "SERVICE_UNKNOWN"};
@@ -145,7 +151,7 @@ int RunHealth(const Args& args) {
 int RunInfo(const Args& args) {
   if (!CheckFlags(args, {})) return 2;
   auto client = Connect(args);
-  if (!client.ok()) return Fail(client.status());
+  if (!client.ok()) return FailUsage(client.status());  // Connection flags (TLS files, deadline)
   auto info = (*client)->GetServerInfo();
   if (!info.ok()) return Fail(info.status());
   PrintJson(*info);
@@ -155,7 +161,7 @@ int RunInfo(const Args& args) {
 int RunSelfTest(const Args& args) {
   if (!CheckFlags(args, {"recipe"})) return 2;
   auto client = Connect(args);
-  if (!client.ok()) return Fail(client.status());
+  if (!client.ok()) return FailUsage(client.status());  // Connection flags (TLS files, deadline)
   sageserve::v1::SelfTestRequest request;
   if (args.Has("recipe")) {
     sageserve::v1::Recipe r;
@@ -163,7 +169,7 @@ int RunSelfTest(const Args& args) {
       std::string upper = args.Str("recipe", "");
       for (char& c : upper) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
       if (!sageserve::v1::Recipe_Parse(absl::StrCat("RECIPE_", upper), &r)) {
-        return Fail(absl::InvalidArgumentError("unknown --recipe"));
+        return FailUsage(absl::InvalidArgumentError("unknown --recipe"));
       }
     }
     request.add_recipes(r);
@@ -205,11 +211,11 @@ int main(int argc, char** argv) {
       return 2;
     }
     absl::StatusOr<sagectl::Args> args = sagectl::Args::Parse(std::vector<std::string>(argv + 3, argv + argc));
-    if (!args.ok()) return sagectl::Fail(args.status());
+    if (!args.ok()) return sagectl::FailUsage(args.status());
     return command == "shm" ? sagectl::RunShm(argv[2], *args) : sagectl::RunRegistry(argv[2], *args);
   }
   absl::StatusOr<sagectl::Args> args = sagectl::Args::Parse(std::vector<std::string>(argv + 2, argv + argc));
-  if (!args.ok()) return sagectl::Fail(args.status());
+  if (!args.ok()) return sagectl::FailUsage(args.status());
   if (command == "health") return sagectl::RunHealth(*args);
   if (command == "info") return sagectl::RunInfo(*args);
   if (command == "selftest") return sagectl::RunSelfTest(*args);

@@ -109,22 +109,22 @@ int Register(Stub& stub, const Args& args) {
   v1::RegisterModelRequest req;
   v1::ModelSpec* spec = req.mutable_spec();
   absl::StatusOr<std::string> model = RequireModel(args);
-  if (!model.ok()) return Fail(model.status());
+  if (!model.ok()) return FailUsage(model.status());
   spec->set_name(*model);
   for (const auto& [key, setter] : std::vector<std::pair<std::string, void (v1::ModelSpec::*)(int32_t)>>{
            {"layers", &v1::ModelSpec::set_num_layers}, {"heads_q", &v1::ModelSpec::set_q_heads},
            {"heads_kv", &v1::ModelSpec::set_kv_heads}, {"head_dim", &v1::ModelSpec::set_head_dim}}) {
     absl::StatusOr<int64_t> v = args.Int(key, 0);
-    if (!v.ok()) return Fail(v.status());
+    if (!v.ok()) return FailUsage(v.status());
     (spec->*setter)(static_cast<int32_t>(*v));
   }
   if (args.Has("timesteps")) {
     absl::StatusOr<int64_t> t = args.Int("timesteps", 0);
-    if (!t.ok()) return Fail(t.status());
+    if (!t.ok()) return FailUsage(t.status());
     spec->set_num_timesteps(static_cast<int32_t>(*t));
   }
   absl::StatusOr<double> target = args.Double("accuracy_target", 0.0);
-  if (!target.ok()) return Fail(target.status());
+  if (!target.ok()) return FailUsage(target.status());
   spec->set_accuracy_target(*target);
   req.set_replace(args.Flag("replace"));
   grpc::ClientContext ctx;
@@ -164,7 +164,7 @@ int List(Stub& stub, const Args& args) {
 int Get(Stub& stub, const Args& args) {
   if (!CheckFlags(args, {"model"})) return 2;
   absl::StatusOr<std::string> model = RequireModel(args);
-  if (!model.ok()) return Fail(model.status());
+  if (!model.ok()) return FailUsage(model.status());
   grpc::ClientContext ctx;
   SetDeadline(args, &ctx, 10000);
   v1::GetModelRequest req;
@@ -179,7 +179,7 @@ int Get(Stub& stub, const Args& args) {
 int Delete(Stub& stub, const Args& args) {
   if (!CheckFlags(args, {"model"})) return 2;
   absl::StatusOr<std::string> model = RequireModel(args);
-  if (!model.ok()) return Fail(model.status());
+  if (!model.ok()) return FailUsage(model.status());
   grpc::ClientContext ctx;
   SetDeadline(args, &ctx, 10000);
   v1::DeleteModelRequest req;
@@ -194,7 +194,7 @@ int Delete(Stub& stub, const Args& args) {
 int GetPlan(Stub& stub, const Args& args) {
   if (!CheckFlags(args, {"model", "json"})) return 2;
   absl::StatusOr<std::string> model = RequireModel(args);
-  if (!model.ok()) return Fail(model.status());
+  if (!model.ok()) return FailUsage(model.status());
   grpc::ClientContext ctx;
   SetDeadline(args, &ctx, 10000);
   v1::GetPlanRequest req;
@@ -251,31 +251,31 @@ absl::StatusOr<v1::Plan> ParseEntries(const std::string& text) {
 int SetPlan(Stub& stub, const Args& args) {
   if (!CheckFlags(args, {"model", "entries", "plan_file", "expected_version", "accuracy_target", "json"})) return 2;
   absl::StatusOr<std::string> model = RequireModel(args);
-  if (!model.ok()) return Fail(model.status());
+  if (!model.ok()) return FailUsage(model.status());
   v1::SetPlanRequest req;
   req.set_model(*model);
   if (args.Has("plan_file")) {
     std::ifstream in(args.Str("plan_file", ""));
-    if (!in) return Fail(absl::NotFoundError("cannot read --plan_file"));
+    if (!in) return FailUsage(absl::NotFoundError("cannot read --plan_file"));
     std::stringstream ss;
     ss << in.rdbuf();
     auto st = google::protobuf::util::JsonStringToMessage(ss.str(), req.mutable_plan());
-    if (!st.ok()) return Fail(absl::InvalidArgumentError(absl::StrCat("--plan_file: ", st.ToString())));
+    if (!st.ok()) return FailUsage(absl::InvalidArgumentError(absl::StrCat("--plan_file: ", st.ToString())));
   } else if (args.Has("entries")) {
     absl::StatusOr<v1::Plan> plan = ParseEntries(args.Str("entries", ""));
-    if (!plan.ok()) return Fail(plan.status());
+    if (!plan.ok()) return FailUsage(plan.status());
     *req.mutable_plan() = *plan;
   } else {
-    return Fail(absl::InvalidArgumentError("set-plan needs --entries or --plan_file"));
+    return FailUsage(absl::InvalidArgumentError("set-plan needs --entries or --plan_file"));
   }
   if (args.Has("accuracy_target")) {
     absl::StatusOr<double> t = args.Double("accuracy_target", 0.0);
-    if (!t.ok()) return Fail(t.status());
+    if (!t.ok()) return FailUsage(t.status());
     req.mutable_plan()->set_accuracy_target(*t);
   }
   if (args.Has("expected_version")) {
     absl::StatusOr<int64_t> v = args.Int("expected_version", 0);
-    if (!v.ok()) return Fail(v.status());
+    if (!v.ok()) return FailUsage(v.status());
     req.set_expected_version(*v);
   }
   grpc::ClientContext ctx;
@@ -392,7 +392,7 @@ int Calibrate(Stub& stub, const Args& args) {
     return 2;
   }
   absl::StatusOr<std::string> model = RequireModel(args);
-  if (!model.ok()) return Fail(model.status());
+  if (!model.ok()) return FailUsage(model.status());
   v1::GetModelResponse info;
   {
     grpc::ClientContext ctx;
@@ -403,19 +403,19 @@ int Calibrate(Stub& stub, const Args& args) {
     if (!s.ok()) return FailGrpc(s);
   }
   absl::StatusOr<std::vector<v1::CalibrationSample>> samples = BuildSamples(args, info.model().spec());
-  if (!samples.ok()) return Fail(samples.status());
+  if (!samples.ok()) return FailUsage(samples.status());
 
   v1::CalibrateRequest header;
   header.set_model(*model);
   header.set_dry_run(args.Flag("dry_run"));
   if (args.Has("accuracy_target")) {
     absl::StatusOr<double> t = args.Double("accuracy_target", 0.0);
-    if (!t.ok()) return Fail(t.status());
+    if (!t.ok()) return FailUsage(t.status());
     header.set_accuracy_target(*t);
   }
   for (absl::string_view name : absl::StrSplit(args.Str("candidates", ""), ',', absl::SkipEmpty())) {
     absl::StatusOr<v1::Recipe> r = WireRecipe(name);
-    if (!r.ok()) return Fail(r.status());
+    if (!r.ok()) return FailUsage(r.status());
     header.add_candidates(*r);
   }
   grpc::ClientContext ctx;
@@ -445,7 +445,7 @@ int Calibrate(Stub& stub, const Args& args) {
 
 int RunRegistry(const std::string& verb, const Args& args) {
   auto client = Connect(args);
-  if (!client.ok()) return Fail(client.status());
+  if (!client.ok()) return FailUsage(client.status());  // Connection flags (TLS files, deadline)
   std::unique_ptr<Stub> stub = v1::RegistryService::NewStub((*client)->channel());
   if (verb == "register") return Register(*stub, args);
   if (verb == "list") return List(*stub, args);

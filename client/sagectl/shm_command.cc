@@ -64,7 +64,7 @@ int Unregister(const sageserve::Client& client, const Args& args) {
 
 int RunShm(const std::string& verb, const Args& args) {
   auto client = Connect(args);
-  if (!client.ok()) return Fail(client.status());
+  if (!client.ok()) return FailUsage(client.status());  // Connection flags (TLS files, deadline)
   if (verb == "status") return Status(**client, args);
   if (verb == "unregister") return Unregister(**client, args);
   std::fprintf(stderr, "sagectl shm: unknown verb '%s' (status, unregister)\n", verb.c_str());

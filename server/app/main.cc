@@ -1,6 +1,7 @@
 // sageserve: the attention-offload gRPC server. The only place that defines or reads flags.
 #include <signal.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <fstream>
 #include <string>
@@ -9,8 +10,11 @@
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
+#include "absl/flags/reflection.h"
 #include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
@@ -64,6 +68,24 @@ ABSL_FLAG(int, queue_capacity, kDefaults.scheduler.queue_capacity, "Requests wai
 ABSL_FLAG(std::vector<std::string>, grpc_arg, {},
           "Integer gRPC server arguments name=value,... (transport tuning, e.g. grpc.http2.max_frame_size=1048576)");
 ABSL_FLAG(int64_t, max_message_bytes, kDefaults.max_message_bytes, "Largest gRPC message accepted or sent");
+ABSL_FLAG(bool, allow_request_compression, kDefaults.allow_request_compression,
+          "Accept gzip/deflate-compressed requests (default: refused with UNIMPLEMENTED before they are inflated). "
+          "Then --max_message_bytes bounds only the compressed size: gRPC 1.51 inflates a whole message before "
+          "checking it, so a small request can take much memory. Responses are never compressed");
+ABSL_FLAG(absl::Duration, handshake_timeout, absl::Milliseconds(kDefaults.handshake_timeout.count()),
+          "A connection that has not completed its TLS handshake and sent the HTTP/2 preface within this is closed");
+ABSL_FLAG(absl::Duration, max_connection_idle, absl::Milliseconds(kDefaults.max_connection_idle.count()),
+          "A connection without calls for this long is closed (GOAWAY; clients reconnect on their next call); "
+          "0 = never");
+ABSL_FLAG(int32_t, stream_max_pending_responses, kDefaults.stream.max_pending_responses,
+          "AttendStream: requests one stream may have read and not yet answered (running or waiting to be "
+          "written); at this many the server reads no more from that stream until a write completes");
+ABSL_FLAG(int64_t, stream_max_queued_bytes, kDefaults.stream.max_queued_bytes,
+          "AttendStream: bytes of answers one stream may have waiting to be written before the server stops "
+          "reading from it; 0 = no limit");
+ABSL_FLAG(int64_t, stream_max_server_queued_bytes, kDefaults.stream.max_server_queued_bytes,
+          "AttendStream: bytes of unwritten answers over all streams beyond which new stream requests get "
+          "RESOURCE_EXHAUSTED; 0 = no limit");
 ABSL_FLAG(int64_t, max_tokens, kDefaults.limits.max_tokens, "Largest total_q or total_k per request");
 ABSL_FLAG(absl::Duration, grace_period, absl::Milliseconds(kDefaults.grace_period.count()),
           "Drain time on SIGTERM/SIGINT before open calls are cancelled (e.g. 30s, 500ms)");
@@ -99,6 +121,36 @@ ABSL_FLAG(std::string, log_level, "info", "trace, debug (a line per request), in
 ABSL_FLAG(bool, version, false, "Print the version and exit");
 
 namespace {
+
+// absl's --help lists the flags of files named after the program (sageserve.cc), which matched
+// none of ours (they live in main.cc), and exits 1 after --help and --helpfull: print and exit 0
+// here instead. --helpfull adds the libraries' flags.
+bool FlagOfThisFile(absl::string_view file) { return absl::EndsWith(file, "server/app/main.cc"); }
+
+// True when argv asks for --help or --helpfull (any other help flag is left to absl).
+bool PrintHelpIfAsked(int argc, char** argv) {
+  bool help = false, full = false;
+  for (int i = 1; i < argc; ++i) {
+    absl::string_view a = argv[i];
+    if (!absl::ConsumePrefix(&a, "--")) absl::ConsumePrefix(&a, "-");
+    if (a == "help") help = true;
+    if (a == "helpfull") full = true;
+  }
+  if (!help && !full) return false;
+  std::vector<const absl::CommandLineFlag*> flags;
+  for (const auto& [name, flag] : absl::GetAllFlags()) {
+    if (full || FlagOfThisFile(flag->Filename())) flags.push_back(flag);
+  }
+  std::sort(flags.begin(), flags.end(), [](const absl::CommandLineFlag* a, const absl::CommandLineFlag* b) {
+    return a->Name() < b->Name();
+  });
+  std::printf("%s\n\nFlags (--name=value):\n", std::string(absl::ProgramUsageMessage()).c_str());
+  for (const absl::CommandLineFlag* f : flags) {
+    std::printf("  --%s (%s); default: %s\n", std::string(f->Name()).c_str(), f->Help().c_str(),
+                f->DefaultValue().empty() ? "\"\"" : f->DefaultValue().c_str());
+  }
+  return true;
+}
 
 // Reads --config=FILE (if any) and returns argv with its flags placed before the command line's.
 std::vector<std::string> ExpandConfig(int argc, char** argv) {
@@ -142,6 +194,12 @@ int main(int argc, char** argv) {
   // the serving path would meet on that spinlock. The tests keep the checks on.
   absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
   absl::SetProgramUsageMessage("sageserve: SageAttention2 over gRPC. Flags may also come from --config=FILE.");
+  // Also for absl's own usage output (--helpshort, a mistyped flag's hint).
+  absl::FlagsUsageConfig usage;
+  usage.contains_help_flags = FlagOfThisFile;
+  usage.contains_helpshort_flags = FlagOfThisFile;
+  absl::SetFlagsUsageConfig(usage);
+  if (PrintHelpIfAsked(argc, argv)) return 0;
   std::vector<std::string> expanded = ExpandConfig(argc, argv);
   std::vector<char*> expanded_argv;
   for (std::string& s : expanded) expanded_argv.push_back(s.data());
@@ -198,6 +256,14 @@ int main(int argc, char** argv) {
   options.scheduler.worker_threads = absl::GetFlag(FLAGS_worker_threads);
   options.scheduler.queue_capacity = absl::GetFlag(FLAGS_queue_capacity);
   options.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
+  options.allow_request_compression = absl::GetFlag(FLAGS_allow_request_compression);
+  options.stream.max_pending_responses = absl::GetFlag(FLAGS_stream_max_pending_responses);
+  options.stream.max_queued_bytes = absl::GetFlag(FLAGS_stream_max_queued_bytes);
+  options.stream.max_server_queued_bytes = absl::GetFlag(FLAGS_stream_max_server_queued_bytes);
+  options.handshake_timeout =
+      std::chrono::milliseconds(absl::ToInt64Milliseconds(absl::GetFlag(FLAGS_handshake_timeout)));
+  options.max_connection_idle =
+      std::chrono::milliseconds(absl::ToInt64Milliseconds(absl::GetFlag(FLAGS_max_connection_idle)));
   for (const std::string& item : absl::GetFlag(FLAGS_grpc_arg)) {
     const size_t eq = item.find('=');
     sage::server::GrpcArg arg;

@@ -8,6 +8,8 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "grpc/compression.h"
+#include "grpc/grpc.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server_builder.h"
@@ -128,6 +130,18 @@ absl::StatusOr<std::unique_ptr<SageServer>> SageServer::Start(
     return absl::InvalidArgumentError(absl::StrCat(
         "max_message_bytes must be in (0, ", INT_MAX, "], got ", options.max_message_bytes));
   }
+  if (options.handshake_timeout.count() <= 0 || options.handshake_timeout.count() > INT_MAX) {
+    return absl::InvalidArgumentError(absl::StrCat("handshake_timeout must be in (0, ", INT_MAX, "] ms, got ",
+                                                   options.handshake_timeout.count()));
+  }
+  if (options.max_connection_idle.count() < 0 || options.max_connection_idle.count() > INT_MAX) {
+    return absl::InvalidArgumentError(absl::StrCat("max_connection_idle must be in [0, ", INT_MAX,
+                                                   "] ms (0 = never), got ", options.max_connection_idle.count()));
+  }
+  if (options.stream.max_pending_responses < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("stream_max_pending_responses must be >= 1, got ",
+                                                   options.stream.max_pending_responses));
+  }
   absl::StatusOr<OpenedRegistry> opened = OpenRegistry(options.registry, backend->info());
   if (!opened.ok()) return opened.status();
   std::unique_ptr<SageServer> s(new SageServer());
@@ -186,8 +200,10 @@ absl::StatusOr<std::unique_ptr<SageServer>> SageServer::Start(
   limits.worker_threads = options.scheduler.worker_threads;
   limits.shared_memory_enabled = options.shared_memory.policy == SharedMemoryPolicy::kAllow;
   limits.max_shared_memory_regions = options.shared_memory.max_regions;
+  limits.stream = options.stream;
   s->attention_service_ = std::make_unique<AttentionService>(AttendBackends{s->pipeline_.get(), s->shared_memory_.get()}, s->selftest_.get(),
-                                                             &s->backend_->info(), s->payload_pool_, limits);
+                                                             &s->backend_->info(), s->payload_pool_, limits,
+                                                             s->metrics_.get());
   s->health_service_ = std::make_unique<HealthService>();
   RegistryServiceOptions registry_options;
   registry_options.limits = options.limits;
@@ -200,6 +216,25 @@ absl::StatusOr<std::unique_ptr<SageServer>> SageServer::Start(
   builder.AddListeningPort(options.listen_address, *credentials, &s->port_);
   builder.SetMaxReceiveMessageSize(static_cast<int>(options.max_message_bytes));
   builder.SetMaxSendMessageSize(static_cast<int>(options.max_message_bytes));
+  if (!options.allow_request_compression) {
+    // gRPC 1.51 inflates a compressed message whole before it checks the size limit (1 MB of gzip
+    // became 1 GiB). With only identity enabled, a compressed request is refused (UNIMPLEMENTED)
+    // from its grpc-encoding header, before a byte is inflated.
+    builder.SetCompressionAlgorithmSupportStatus(GRPC_COMPRESS_DEFLATE, false);
+    builder.SetCompressionAlgorithmSupportStatus(GRPC_COMPRESS_GZIP, false);
+  }
+  // Responses are never compressed: tensors barely shrink, and it would cost CPU on every answer.
+  builder.SetDefaultCompressionAlgorithm(GRPC_COMPRESS_NONE);
+  builder.SetDefaultCompressionLevel(GRPC_COMPRESS_LEVEL_NONE);
+  // A connection that never completes its handshake (HTTP/2 preface and SETTINGS) is closed;
+  // gRPC's 120 s default let silent connections pile up.
+  builder.AddChannelArgument(GRPC_ARG_SERVER_HANDSHAKE_TIMEOUT_MS, static_cast<int>(options.handshake_timeout.count()));
+  if (options.max_connection_idle.count() > 0) {
+    builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_IDLE_MS, static_cast<int>(options.max_connection_idle.count()));
+  }
+  // One server per port: with SO_REUSEPORT (gRPC's default on Linux) a second server binds the same
+  // port and the kernel splits new connections between the two.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   for (const GrpcArg& a : options.grpc_args) builder.AddChannelArgument(a.name, a.value);
   builder.RegisterService(s->attention_service_.get());
   builder.RegisterService(s->health_service_.get());
@@ -208,6 +243,7 @@ absl::StatusOr<std::unique_ptr<SageServer>> SageServer::Start(
   s->server_ = builder.BuildAndStart();
   if (s->server_ == nullptr || s->port_ == 0) {
     s->scheduler_->Shutdown(DrainMode::kDropQueued);
+    // The TLS settings were checked above, so what is left is the address itself.
     return absl::UnavailableError(
         absl::StrCat("could not listen on ", options.listen_address, " (address in use or invalid?)"));
   }

@@ -9,6 +9,7 @@
 
 #include "server/backend/backend_factory.h"
 #include "server/core/attend_request.h"
+#include "server/frontend/grpc/attend_stream_reactor.h"
 #include "server/frontend/grpc/listener_credentials.h"
 #include "server/registry/registry_store.h"
 #include "server/scheduler/dynamic_batcher.h"
@@ -48,8 +49,20 @@ struct ServerOptions {
   std::string listen_address = "127.0.0.1:50051";
   ServerTlsOptions tls;
   int64_t max_message_bytes = kDefaultMaxMessageBytes;  // Receive and send.
+  // Accept gzip/deflate-compressed requests. Off: such a request is refused (UNIMPLEMENTED) before
+  // it is inflated. gRPC 1.51 inflates a whole message before it checks max_message_bytes, which
+  // then bounds only the compressed size: a 1 MB message of zeros became 1 GiB in memory.
+  bool allow_request_compression = false;
+  // A connection must finish its TLS handshake and send the HTTP/2 preface and SETTINGS within
+  // this, or it is closed (gRPC's default, 120 s, let silent connections pile up).
+  std::chrono::milliseconds handshake_timeout{10000};
+  // A connection without calls for this long is closed (GOAWAY); clients reconnect on their next
+  // call. 0: never (gRPC's default).
+  std::chrono::milliseconds max_connection_idle{600000};
   // Applied after the server's own settings, so they override them.
   std::vector<GrpcArg> grpc_args;
+  // What an AttendStream may hold for a client that does not read its answers.
+  StreamLimits stream;
   BackendOptions backend;
   // worker_threads and queue_capacity apply to whichever scheduler runs. worker_threads 0 = auto:
   // twice the Σ full-size stream slots over the backend's devices (AutoWorkerThreads), or 2 for the

@@ -8,6 +8,7 @@ OutputTarget ChooseOutputTarget(const OutputOffer& offer) {
   t.form = OutputForm::kNativeAllowed;
   const bool same_dtype = offer.output_dtype == offer.q_dtype;
   if (!offer.client_o.empty()) {
+    if (!offer.client_direct) return t;  // the encoder writes them: the engine gets no client buffer
     t.memory = offer.client_memory;
     if (same_dtype) {
       t.form = OutputForm::kNativeInto;

@@ -22,6 +22,10 @@ struct OutputOffer {
   std::span<std::byte> client_o;
   std::span<std::byte> client_lse;
   MemoryKind client_memory = MemoryKind::kPageable;
+  // False: no engine may write client_o / client_lse itself. They are a mapping of a POSIX shm
+  // object the client can shrink under the write (a SIGBUS for whoever stores to it), so the engine
+  // returns O and the encoder copies it there with a fault-tolerant copy (shared_memory/safe_copy.h).
+  bool client_direct = true;
   // Room the request's own payload block keeps for the result (the zero-copy wire path); empty: none.
   std::span<std::byte> block_o;
   std::span<std::byte> block_lse;
@@ -30,7 +34,8 @@ struct OutputOffer {
 
 // The target of one request:
 //  - client buffers: O goes there. The engine writes them itself (kNativeInto) when O is wanted in
-//    q's dtype; otherwise the engine returns 16-bit codes and the encoder converts them into place.
+//    q's dtype and the offer allows it (client_direct); otherwise the engine returns 16-bit codes
+//    (kNativeAllowed) and the encoder copies or converts them into place.
 //  - else the payload block, when it has room and O is wanted in q's dtype (kNativeInto): the
 //    response then leaves from the block with no copy of O on the host.
 //  - else 16-bit codes returned (kNativeAllowed), which the encoder copies or converts once.

@@ -8,6 +8,7 @@
 #include "absl/strings/string_view.h"
 #include "kernels/reference/recipe.h"
 #include "server/backend/output_placement.h"
+#include "server/util/log_field.h"
 #include "spdlog/spdlog.h"
 
 namespace sage::server {
@@ -36,7 +37,7 @@ void AttendPipeline::Record(AttendMethod method, std::string_view recipe, const 
 
 void AttendPipeline::Reject(AttendMethod method, std::string_view id, std::string_view recipe,
                             const absl::Status& status, Clock::time_point accepted, size_t bytes_in) const {
-  spdlog::warn("request '{}' rejected: {}", id, status.ToString());
+  spdlog::warn("request '{}' rejected: {}", LogField(id), LogField(status.ToString(), kLogStatusMaxBytes));
   Record(method, recipe, status, accepted, bytes_in, 0);
 }
 
@@ -55,7 +56,7 @@ absl::Status AttendPipeline::ApplyPrecisionPlan(AttendRequest& request) const {
   request.recipe = r->recipe;
   request.config = r->config;
   if (r->substituted_for.has_value()) {
-    spdlog::debug("request '{}': plan of {} names {}, not run here; running {}", request.id, key.model,
+    spdlog::debug("request '{}': plan of {} names {}, not run here; running {}", LogField(request.id), LogField(key.model),
                   RecipeName(*r->substituted_for), RecipeName(r->recipe));
   }
   return absl::OkStatus();
@@ -84,14 +85,20 @@ absl::Status AttendPipeline::Start(AttendCall call) {
                done = std::move(call.done)](absl::StatusOr<EngineOutput> out, const WorkTimings& timings) mutable {
     const std::string_view recipe = RecipeName(request->recipe);
     if (!out.ok()) {
-      spdlog::warn("request '{}' failed: {}", request->id, out.status().ToString());
+      spdlog::warn("request '{}' failed: {}", LogField(request->id), LogField(out.status().ToString(), kLogStatusMaxBytes));
       Record(method, recipe, out.status(), accepted, bytes_in, 0);
       done(out.status());
       return;
     }
     absl::StatusOr<size_t> bytes_out = encode(AttendResult{*std::move(out), request->recipe, timings, accepted});
     if (!bytes_out.ok()) {
-      spdlog::error("request '{}': {}", request->id, bytes_out.status().ToString());
+      // INTERNAL is ours; anything else (a client's shared memory gone from under O) is theirs.
+      if (bytes_out.status().code() == absl::StatusCode::kInternal) {
+        spdlog::error("request '{}': {}", LogField(request->id), LogField(bytes_out.status().ToString(), kLogStatusMaxBytes));
+      } else {
+        spdlog::warn("request '{}' failed: {}", LogField(request->id),
+                     LogField(bytes_out.status().ToString(), kLogStatusMaxBytes));
+      }
       Record(method, recipe, bytes_out.status(), accepted, bytes_in, 0);
       done(bytes_out.status());
       return;
@@ -99,7 +106,7 @@ absl::Status AttendPipeline::Start(AttendCall call) {
     if (spdlog::default_logger_raw()->should_log(spdlog::level::debug)) {
       const EngineInput& in = request->input;
       spdlog::debug("request '{}' ok: q [{}, {}, {}] k [{}, {}] batch {} recipe {} queued {}us compute {}us total {}us",
-                    request->id, in.q.tokens, in.q.heads, in.q.head_dim, in.k.tokens, in.k.heads, in.batch(), recipe,
+                    LogField(request->id), in.q.tokens, in.q.heads, in.q.head_dim, in.k.tokens, in.k.heads, in.batch(), recipe,
                     std::chrono::duration_cast<std::chrono::microseconds>(timings.queued).count(),
                     std::chrono::duration_cast<std::chrono::microseconds>(timings.compute).count(),
                     std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - accepted).count());
@@ -116,10 +123,10 @@ absl::Status AttendPipeline::Start(AttendCall call) {
   absl::Status submitted = scheduler_->Submit(std::move(item));
   if (!submitted.ok()) {
     // Refused: `done` will not run and the request is still the caller's.
-    spdlog::warn("request '{}' not queued: {}", request->id, submitted.ToString());
+    spdlog::warn("request '{}' not queued: {}", LogField(request->id), LogField(submitted.ToString(), kLogStatusMaxBytes));
     Record(method, recipe, submitted, accepted, bytes_in, 0);
   } else if (trace) {
-    spdlog::trace("request '{}' queued", trace_id);
+    spdlog::trace("request '{}' queued", LogField(trace_id));
   }
   return submitted;
 }

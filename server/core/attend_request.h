@@ -52,6 +52,10 @@ struct AttendRequest {
   std::vector<int32_t> default_cu_q;
   std::vector<int32_t> default_cu_k;
   std::vector<std::shared_ptr<const SharedMemoryRegion>> regions;
+  // Server-owned copies of the inputs held in system (POSIX) shared memory that is not page-locked
+  // for a GPU engine: `input`'s q/k/v views point here, not into the client's mapping, which the
+  // client may shrink under the read (shared_memory/safe_copy.h; docs/SECURITY.md).
+  std::unique_ptr<std::byte[]> staged_inputs;
 
   bool writes_client_memory() const { return !output.client_o.empty(); }
 };

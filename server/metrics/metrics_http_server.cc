@@ -9,9 +9,11 @@
 #include <sys/types.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <utility>
+#include <vector>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -21,7 +23,6 @@
 namespace sage::metrics {
 namespace {
 
-constexpr size_t kMaxRequestHeaderBytes = 8192;  // A scrape request is a few hundred bytes.
 constexpr int kListenBacklog = 16;
 
 struct HostPort {
@@ -55,15 +56,6 @@ void CloseFd(int& fd) {
   fd = -1;
 }
 
-void SendAll(int fd, absl::string_view data) {
-  while (!data.empty()) {
-    const ssize_t n = ::send(fd, data.data(), data.size(), MSG_NOSIGNAL);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return;  // Peer gone or send timeout: nothing more to do for this connection.
-    data.remove_prefix(static_cast<size_t>(n));
-  }
-}
-
 std::string Response(absl::string_view status, absl::string_view content_type, absl::string_view body,
                      absl::string_view extra_headers, bool include_body) {
   std::string out = absl::StrCat("HTTP/1.1 ", status, "\r\nContent-Type: ", content_type,
@@ -94,7 +86,7 @@ absl::StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Start(
   int fd = -1;
   absl::Status last = absl::UnavailableError("no address to bind");
   for (addrinfo* ai = found; ai != nullptr && fd < 0; ai = ai->ai_next) {
-    fd = ::socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
+    fd = ::socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, ai->ai_protocol);  // accept4 loops until EAGAIN
     if (fd < 0) {
       last = Errno("socket");
       continue;
@@ -160,72 +152,129 @@ void MetricsHttpServer::Shutdown() {
   CloseFd(wake_write_);
 }
 
+struct MetricsHttpServer::Connection {
+  int fd = -1;
+  std::chrono::steady_clock::time_point deadline;  // Of the request, then of the response.
+  std::string request;
+  std::string response;  // Non-empty once the request is complete.
+  size_t sent = 0;
+};
+
 void MetricsHttpServer::Serve() {
+  using SteadyClock = std::chrono::steady_clock;
+  std::vector<Connection> conns;
+  std::vector<pollfd> fds;
+  const size_t max_connections = static_cast<size_t>(std::max(1, options_.max_connections));
   for (;;) {
-    pollfd fds[2] = {{listen_fd_, POLLIN, 0}, {wake_read_, POLLIN, 0}};
-    const int n = ::poll(fds, 2, -1);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0 || (fds[1].revents & POLLIN) != 0 || stopping_.load()) return;
-    if ((fds[0].revents & POLLIN) == 0) continue;
-    int conn = ::accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
-    if (conn < 0) continue;  // EINTR, ECONNABORTED, EMFILE...: try again on the next poll.
-    HandleConnection(conn);
-    CloseFd(conn);
+    // [0] the wake pipe, [1] the listener (polled only while there is room), then each connection.
+    fds.clear();
+    fds.push_back({wake_read_, POLLIN, 0});
+    fds.push_back({listen_fd_, static_cast<short>(conns.size() < max_connections ? POLLIN : 0), 0});
+    auto now = SteadyClock::now();
+    int timeout_ms = -1;
+    for (const Connection& c : conns) {
+      fds.push_back({c.fd, static_cast<short>(c.response.empty() ? POLLIN : POLLOUT), 0});
+      const auto left = std::chrono::ceil<std::chrono::milliseconds>(c.deadline - now).count();
+      const int left_ms = static_cast<int>(std::clamp<int64_t>(left, 0, 1 << 30));
+      if (timeout_ms < 0 || left_ms < timeout_ms) timeout_ms = left_ms;
+    }
+    const int n = ::poll(fds.data(), fds.size(), timeout_ms);
+    if (n < 0 && errno != EINTR) break;
+    if ((fds[0].revents & POLLIN) != 0 || stopping_.load()) break;
+    now = SteadyClock::now();
+    // Serve the open connections; fds[i + 2] is conns[i] (new ones are appended after this loop).
+    size_t kept = 0;
+    for (size_t i = 0; i < conns.size(); ++i) {
+      Connection& c = conns[i];
+      const short revents = n > 0 ? fds[i + 2].revents : 0;
+      bool keep = true;
+      if (revents != 0) {
+        if (c.response.empty()) {
+          keep = ReadRequest(c);
+          if (keep && !c.response.empty()) {
+            c.deadline = now + options_.read_timeout;
+            keep = WriteResponse(c);  // Most responses fit the socket buffer at once.
+          }
+        } else {
+          keep = WriteResponse(c);
+        }
+      }
+      if (keep && now >= c.deadline) keep = false;  // Silent client, or one not reading its response.
+      if (!keep) {
+        CloseFd(c.fd);
+        continue;
+      }
+      if (kept != i) conns[kept] = std::move(c);
+      ++kept;
+    }
+    conns.resize(kept);
+    if (n > 0 && (fds[1].revents & POLLIN) != 0) {
+      while (conns.size() < max_connections) {
+        const int conn = ::accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
+        if (conn < 0) break;  // EAGAIN (none left), EINTR, ECONNABORTED, EMFILE...: the next poll retries.
+        Connection c;
+        c.fd = conn;
+        c.deadline = now + options_.read_timeout;
+        conns.push_back(std::move(c));
+      }
+    }
+  }
+  for (Connection& c : conns) CloseFd(c.fd);
+}
+
+bool MetricsHttpServer::ReadRequest(Connection& c) {
+  for (;;) {
+    char buf[2048];
+    const ssize_t got = ::recv(c.fd, buf, sizeof(buf), 0);
+    if (got < 0 && errno == EINTR) continue;
+    if (got < 0) return errno == EAGAIN || errno == EWOULDBLOCK;  // Nothing more for now, or an error.
+    if (got == 0) return false;  // Peer closed before finishing its request.
+    c.request.append(buf, static_cast<size_t>(got));
+    if (c.request.find("\r\n\r\n") != std::string::npos) {
+      c.response = Respond(c.request);
+      c.request.clear();
+      return true;
+    }
+    if (c.request.size() > options_.max_request_bytes) {
+      served_.fetch_add(1, std::memory_order_relaxed);
+      c.response = Response("431 Request Header Fields Too Large", "text/plain", "", "", false);
+      c.request.clear();
+      return true;
+    }
   }
 }
 
-void MetricsHttpServer::HandleConnection(int fd) {
-  // Writes may block on a client that stops reading; bound them like reads.
-  timeval send_timeout{};
-  send_timeout.tv_sec = static_cast<time_t>(options_.read_timeout.count() / 1000);
-  send_timeout.tv_usec = static_cast<suseconds_t>((options_.read_timeout.count() % 1000) * 1000);
-  ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &send_timeout, sizeof(send_timeout));
-
-  const auto deadline = std::chrono::steady_clock::now() + options_.read_timeout;
-  std::string request;
-  while (request.find("\r\n\r\n") == std::string::npos) {
-    if (request.size() > kMaxRequestHeaderBytes) {
-      SendAll(fd, Response("431 Request Header Fields Too Large", "text/plain", "", "", false));
-      served_.fetch_add(1, std::memory_order_relaxed);
-      return;
-    }
-    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
-        deadline - std::chrono::steady_clock::now());
-    if (left.count() <= 0) return;
-    pollfd fds[2] = {{fd, POLLIN, 0}, {wake_read_, POLLIN, 0}};
-    const int n = ::poll(fds, 2, static_cast<int>(left.count()));
+bool MetricsHttpServer::WriteResponse(Connection& c) {
+  while (c.sent < c.response.size()) {
+    const ssize_t n = ::send(c.fd, c.response.data() + c.sent, c.response.size() - c.sent, MSG_NOSIGNAL);
     if (n < 0 && errno == EINTR) continue;
-    if (n <= 0 || (fds[1].revents & POLLIN) != 0) return;  // Timeout, error or shutting down.
-    char buf[2048];
-    const ssize_t got = ::recv(fd, buf, sizeof(buf), 0);
-    if (got < 0 && errno == EINTR) continue;
-    if (got <= 0) return;  // Peer closed before finishing its request.
-    request.append(buf, static_cast<size_t>(got));
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return true;  // The rest when writable.
+    if (n <= 0) return false;  // Peer gone.
+    c.sent += static_cast<size_t>(n);
   }
+  return false;  // All sent: every response closes its connection.
+}
 
+std::string MetricsHttpServer::Respond(const std::string& request) {
   // Request line: METHOD SP request-target SP HTTP-version.
   const absl::string_view line = absl::string_view(request).substr(0, request.find("\r\n"));
   const size_t sp1 = line.find(' ');
   const size_t sp2 = sp1 == absl::string_view::npos ? sp1 : line.find(' ', sp1 + 1);
   served_.fetch_add(1, std::memory_order_relaxed);
   if (sp2 == absl::string_view::npos || line.substr(sp2 + 1).substr(0, 5) != "HTTP/") {
-    SendAll(fd, Response("400 Bad Request", "text/plain", "bad request\n", "", true));
-    return;
+    return Response("400 Bad Request", "text/plain", "bad request\n", "", true);
   }
   const absl::string_view method = line.substr(0, sp1);
   absl::string_view target = line.substr(sp1 + 1, sp2 - sp1 - 1);
   target = target.substr(0, target.find('?'));  // Scrapers may add parameters; none are used.
   if (target != "/metrics") {
-    SendAll(fd, Response("404 Not Found", "text/plain", "not found; try /metrics\n", "",
-                         method != "HEAD"));
-    return;
+    return Response("404 Not Found", "text/plain", "not found; try /metrics\n", "", method != "HEAD");
   }
   if (method != "GET" && method != "HEAD") {
-    SendAll(fd, Response("405 Method Not Allowed", "text/plain", "use GET\n", "Allow: GET, HEAD\r\n", true));
-    return;
+    return Response("405 Method Not Allowed", "text/plain", "use GET\n", "Allow: GET, HEAD\r\n", true);
   }
   const std::string body = options_.render();
-  SendAll(fd, Response("200 OK", kPrometheusContentType, body, "", method == "GET"));
+  return Response("200 OK", kPrometheusContentType, body, "", method == "GET");
 }
 
 }  // namespace sage::metrics

@@ -1,7 +1,8 @@
 // A minimal HTTP/1.1 endpoint for Prometheus scrapes, on its own port: GET /metrics answers the
 // text exposition, any other path 404, any other method 405. POSIX sockets and one background
-// thread serving one connection at a time (a scrape every few seconds needs no more); every
-// response closes its connection. Shutdown wakes the thread through a pipe and joins it.
+// thread that polls every open connection at once (non-blocking sockets), so idle or slow clients
+// never delay a scrape on another connection; every response closes its connection. Shutdown wakes
+// the thread through a pipe and joins it.
 #pragma once
 
 #include <atomic>
@@ -18,8 +19,13 @@ namespace sage::metrics {
 struct MetricsHttpServerOptions {
   // "host:port"; port 0 picks a free port (see port()). "0.0.0.0:9090", "127.0.0.1:0", "[::1]:0".
   std::string listen_address = "0.0.0.0:9090";
-  // A client that has not sent its request headers within this time is disconnected.
+  // A client that has not sent its request headers within this time of connecting is disconnected;
+  // so is one that has not taken its whole response within this time of it being ready.
   std::chrono::milliseconds read_timeout{2000};
+  // Connections open at once; beyond this, new ones wait in the listen backlog until one closes.
+  int max_connections = 64;
+  // A request whose headers exceed this is answered 431 and closed.
+  size_t max_request_bytes = 8192;
   // Produces the body of GET /metrics; called on the server thread.
   std::function<std::string()> render;
 };
@@ -42,8 +48,13 @@ class MetricsHttpServer {
  private:
   MetricsHttpServer(MetricsHttpServerOptions options, int listen_fd, int port, int wake_read,
                     int wake_write);
+  struct Connection;
   void Serve();
-  void HandleConnection(int fd);
+  // Reads what `c` has sent; once its headers are complete, builds the response. False: close it.
+  bool ReadRequest(Connection& c);
+  // Writes what the socket takes of the response. False: done or failed (close it).
+  bool WriteResponse(Connection& c);
+  std::string Respond(const std::string& request);
 
   const MetricsHttpServerOptions options_;
   int listen_fd_;

@@ -80,6 +80,13 @@ absl::Status ServerMetrics::Register() {
   s.Update(Assign(r.AddGauge("sageserve_queue_depth_requests",
                              "Requests accepted and waiting for a launch.", {}),
                   &queue_depth_));
+  s.Update(Assign(r.AddGauge("sageserve_stream_queued_responses",
+                             "AttendStream answers waiting to be written to their clients, all streams.", {}),
+                  &stream_queued_responses_));
+  s.Update(Assign(r.AddGauge("sageserve_stream_queued_bytes",
+                             "Bytes of AttendStream answers waiting to be written to their clients, all streams.",
+                             {}),
+                  &stream_queued_bytes_));
   s.Update(Assign(r.AddCounter("sageserve_batches_total", "Backend launches, by device.", kDevice),
                   &batches_));
   s.Update(Assign(r.AddCounter("sageserve_batch_splits_total",
@@ -139,6 +146,8 @@ absl::Status ServerMetrics::Register() {
   bytes_out_->Get();
   queue_duration_->Get();
   queue_depth_->Get();
+  stream_queued_responses_->Get();
+  stream_queued_bytes_->Get();
   return absl::OkStatus();
 }
 
@@ -183,6 +192,11 @@ void ServerMetrics::RecordStages(const StageRecord& s) {
 }
 
 void ServerMetrics::SetQueueDepth(int depth) { queue_depth_->Get().Set(depth); }
+
+void ServerMetrics::AddStreamQueued(int64_t responses, int64_t bytes) {
+  stream_queued_responses_->Get().Add(static_cast<double>(responses));
+  stream_queued_bytes_->Get().Add(static_cast<double>(bytes));
+}
 
 void ServerMetrics::SetGpuMemory(absl::string_view device, int64_t used_bytes, int64_t total_bytes) {
   memory_used_->WithLabels({device}).Set(static_cast<double>(used_bytes));

@@ -63,6 +63,8 @@ class ServerMetrics {
   // Time a worker spent answering one launch's requests after it (responses built and handed to gRPC).
   void RecordRespond(absl::string_view device, MetricsClock::duration respond);
   void SetQueueDepth(int depth);
+  // AttendStream answers waiting to be written (all streams): `responses` and `bytes` are changes.
+  void AddStreamQueued(int64_t responses, int64_t bytes);
   void SetGpuMemory(absl::string_view device, int64_t used_bytes, int64_t total_bytes);
   // The request payload pool (`memory`: "pinned" or "pageable"); `overflowed` is cumulative.
   void SetPayloadPool(absl::string_view memory, int64_t capacity_bytes, int64_t in_use_bytes, int64_t overflowed);
@@ -80,6 +82,8 @@ class ServerMetrics {
   metrics::HistogramFamily* queue_duration_ = nullptr;
   metrics::CounterFamily* dropped_ = nullptr;
   metrics::GaugeFamily* queue_depth_ = nullptr;
+  metrics::GaugeFamily* stream_queued_responses_ = nullptr;
+  metrics::GaugeFamily* stream_queued_bytes_ = nullptr;
   metrics::CounterFamily* batches_ = nullptr;
   metrics::CounterFamily* batch_splits_ = nullptr;
   metrics::HistogramFamily* batch_requests_ = nullptr;

@@ -3,7 +3,9 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "server/shared_memory/safe_copy.h"
 #include "server/shared_memory/system_mapping.h"
+#include "server/util/log_field.h"
 #include "server/util/status_details.h"
 #include "spdlog/spdlog.h"
 
@@ -68,8 +70,8 @@ absl::Status SharedMemoryRegistry::Insert(std::shared_ptr<SharedMemoryRegion> re
   // Checked again: another registration of the name may have won while this one was mapping.
   if (absl::Status s = CheckNewName(region->info_.name); !s.ok()) return s;
   const SharedMemoryRegionInfo& i = region->info_;
-  spdlog::info("shared memory: registered '{}' ({}, {} bytes{})", i.name,
-               i.kind == SharedMemoryKind::kSystem ? absl::StrCat("system ", i.key, " @", i.offset)
+  spdlog::info("shared memory: registered '{}' ({}, {} bytes{})", LogField(i.name),
+               i.kind == SharedMemoryKind::kSystem ? absl::StrCat("system ", LogField(i.key), " @", i.offset)
                                                    : absl::StrCat("cuda device ", i.device),
                i.byte_size, i.memory == MemoryKind::kPinned ? ", pinned" : "");
   regions_.emplace(i.name, std::move(region));
@@ -89,6 +91,10 @@ absl::Status SharedMemoryRegistry::RegisterSystem(const std::string& name, const
   region->info_.byte_size = byte_size;
   region->data_ = (*mapping)->data();
   region->mapping_ = *std::move(mapping);
+  // Requests reach the region only through safe_copy.h; where that copy cannot work (a seccomp
+  // filter refusing process_vm_readv), refuse the registration rather than every request later.
+  std::byte probe{};
+  if (absl::Status s = CopyFromClient({&probe, 1}, {region->data_, 1}, "key", name); !s.ok()) return s;
   if (backend_ != nullptr) {
     absl::StatusOr<std::unique_ptr<EngineMemory>> pinned = backend_->PinHostMemory(region->data_, byte_size);
     if (!pinned.ok()) return pinned.status();
@@ -137,7 +143,7 @@ absl::StatusOr<std::vector<std::string>> SharedMemoryRegistry::Unregister(const 
       regions_.erase(it);
     }
   }
-  for (const std::string& n : names) spdlog::info("shared memory: unregistered '{}'", n);
+  for (const std::string& n : names) spdlog::info("shared memory: unregistered '{}'", LogField(n));
   return names;
 }
 

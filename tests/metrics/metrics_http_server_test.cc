@@ -7,7 +7,10 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <chrono>
+#include <string>
 #include <thread>
+#include <vector>
 
 #include "gtest/gtest.h"
 #include "server/metrics/prometheus_text.h"
@@ -114,6 +117,50 @@ TEST_F(MetricsHttpServerTest, ConcurrentScrapesAllSucceed) {
   }
   for (std::thread& t : threads) t.join();
   EXPECT_EQ(ok.load(), 40);
+}
+
+// Idle connections must not hold up a scrape on another one (they used to be served one at a time,
+// each until its read timeout: 8 idle sockets cost 16 s, past Prometheus' 10 s scrape timeout).
+TEST(MetricsHttpServerConcurrency, IdleConnectionsDoNotDelayAScrape) {
+  MetricsHttpServerOptions options;
+  options.listen_address = "127.0.0.1:0";  // Default read_timeout (2 s).
+  options.render = [] { return std::string("up 1\n"); };
+  auto server = MetricsHttpServer::Start(std::move(options));
+  ASSERT_TRUE(server.ok()) << server.status();
+  const int port = (*server)->port();
+  std::vector<int> idle;
+  for (int i = 0; i < 8; ++i) {
+    const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons(static_cast<uint16_t>(port));
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+    idle.push_back(fd);  // Sends nothing.
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));  // Let the server accept them first.
+  const auto start = std::chrono::steady_clock::now();
+  absl::StatusOr<testing::HttpResponse> r = HttpGet(port, "/metrics");
+  const auto took = std::chrono::steady_clock::now() - start;
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->status, 200);
+  EXPECT_EQ(r->body, "up 1\n");
+  EXPECT_LT(took, std::chrono::seconds(1))
+      << std::chrono::duration_cast<std::chrono::milliseconds>(took).count() << " ms";
+  for (int fd : idle) ::close(fd);
+}
+
+TEST(MetricsHttpServerConcurrency, OversizedRequestIs431) {
+  MetricsHttpServerOptions options;
+  options.listen_address = "127.0.0.1:0";
+  options.max_request_bytes = 1024;
+  options.render = [] { return std::string("up 1\n"); };
+  auto server = MetricsHttpServer::Start(std::move(options));
+  ASSERT_TRUE(server.ok()) << server.status();
+  absl::StatusOr<std::string> raw = testing::HttpExchange(
+      (*server)->port(), absl::StrCat("GET /metrics HTTP/1.1\r\nX-Pad: ", std::string(4096, 'a'), "\r\n\r\n"));
+  ASSERT_TRUE(raw.ok()) << raw.status();
+  EXPECT_EQ(raw->substr(0, 12), "HTTP/1.1 431") << *raw;
 }
 
 TEST_F(MetricsHttpServerTest, ShutdownClosesThePortAndIsIdempotent) {

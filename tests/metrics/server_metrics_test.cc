@@ -17,6 +17,8 @@ TEST(ServerMetrics, DeclaresTheIssueMetricsWithConventionalNames) {
   ASSERT_TRUE(parsed.ok()) << parsed.status();
   const std::map<std::string, std::string> expected = {
       {"sageserve_requests_total", "counter"},
+      {"sageserve_stream_queued_responses", "gauge"},
+      {"sageserve_stream_queued_bytes", "gauge"},
       {"sageserve_request_errors_total", "counter"},
       {"sageserve_request_duration_seconds", "histogram"},
       {"sageserve_request_bytes_total", "counter"},

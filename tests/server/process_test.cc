@@ -3,11 +3,19 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <dirent.h>
+
+#include <fstream>
 #include <future>
 #include <thread>
 
 #include "absl/strings/escaping.h"
+#include "grpc/compression.h"
+#include "grpcpp/client_context.h"
+#include "grpcpp/create_channel.h"
+#include "grpcpp/security/credentials.h"
 #include "gtest/gtest.h"
+#include "sageserve/v1/attention_service.grpc.pb.h"
 #include "sageserve/client/client.h"
 #include "tests/server/child_server.h"
 #include "tests/server/test_support.h"
@@ -78,6 +86,87 @@ TEST(Process, BackendCudaWithoutCudaFailsClearly) {
   EXPECT_NE(code, 0);
   EXPECT_NE(out.find("built without CUDA"), std::string::npos) << out;
 #endif
+}
+
+// The pid of this process's one child process, -1 when there is not exactly one.
+pid_t OnlyChild() {
+  pid_t found = -1;
+  int count = 0;
+  DIR* proc = opendir("/proc");
+  if (proc == nullptr) return -1;
+  while (dirent* e = readdir(proc)) {
+    const pid_t pid = std::atoi(e->d_name);
+    if (pid <= 0) continue;
+    std::ifstream stat("/proc/" + std::string(e->d_name) + "/stat");
+    std::string line;
+    if (!std::getline(stat, line)) continue;
+    // "pid (comm) state ppid ...": comm may hold spaces, so parse after its closing parenthesis.
+    const size_t close = line.rfind(')');
+    if (close == std::string::npos) continue;
+    char state = 0;
+    int ppid = 0;
+    if (std::sscanf(line.c_str() + close + 1, " %c %d", &state, &ppid) == 2 && ppid == getpid()) {
+      found = pid;
+      ++count;
+    }
+  }
+  closedir(proc);
+  return count == 1 ? found : -1;
+}
+
+// Peak resident memory of `pid` in KiB (VmHWM), -1 if unreadable.
+int64_t PeakRssKib(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("VmHWM:", 0) == 0) return std::atoll(line.c_str() + 6);
+  }
+  return -1;
+}
+
+// A gzip-compressed request of 64 MiB of zeros (~64 KiB on the wire) is refused before it is
+// inflated: the server's peak memory does not grow by its inflated size. Measured on the real
+// binary in its own process, so the client's copies of the message do not count.
+TEST(Process, CompressedRequestIsRefusedWithoutInflating) {
+  ChildServer child(SAGESERVE_BINARY, {"--worker_threads=1"});
+  ASSERT_GT(child.port(), 0);
+  const pid_t pid = OnlyChild();
+  ASSERT_GT(pid, 0);
+  v1::AttendRequest request = MakeRequest(ProblemShape{}, "gzip-bomb");
+  request.mutable_q()->clear_shape();
+  for (int64_t d : {int64_t{1} << 18, int64_t{1}, int64_t{128}}) request.mutable_q()->add_shape(d);
+  request.mutable_q()->mutable_data()->assign(size_t{64} << 20, '\0');
+  auto stub = v1::AttentionService::NewStub(grpc::CreateChannel(child.target(), grpc::InsecureChannelCredentials()));
+  // Connect first, so that the measurement covers the request alone.
+  {
+    grpc::ClientContext ctx;
+    v1::GetServerInfoRequest info_request;
+    v1::GetServerInfoResponse info;
+    ASSERT_TRUE(stub->GetServerInfo(&ctx, info_request, &info).ok());
+  }
+  const int64_t before = PeakRssKib(pid);
+  ASSERT_GT(before, 0);
+  grpc::ClientContext ctx;
+  ctx.set_compression_algorithm(GRPC_COMPRESS_GZIP);
+  ctx.set_deadline(std::chrono::system_clock::now() + 60s);
+  v1::AttendResponse response;
+  const grpc::Status refused = stub->Attend(&ctx, request, &response);
+  EXPECT_EQ(refused.error_code(), grpc::StatusCode::UNIMPLEMENTED) << refused.error_message();
+  const int64_t growth_kib = PeakRssKib(pid) - before;
+  EXPECT_LT(growth_kib, 32 << 10) << "the server's peak RSS grew by " << growth_kib / 1024 << " MiB";
+}
+
+// --help and --helpfull list the server's flags and exit 0 (absl's default --help filter matched
+// no flag of a binary whose flags live in main.cc, and absl exits 1 after help).
+TEST(Process, HelpListsTheFlagsAndExitsZero) {
+  for (const std::string flag : {"--help", "--helpfull"}) {
+    std::string out;
+    const int code = RunCommand(std::string(SAGESERVE_BINARY) + " " + flag, &out);
+    EXPECT_EQ(code, 0) << flag << ": " << out;
+    EXPECT_NE(out.find("--listen"), std::string::npos) << flag << ": " << out;
+    EXPECT_NE(out.find("--max_message_bytes"), std::string::npos) << flag << ": " << out;
+    EXPECT_EQ(out.find("No flags matched"), std::string::npos) << flag << ": " << out;
+  }
 }
 
 // A mistyped --cuda_sync stops the server at start with the accepted values, on any backend (the
@@ -152,7 +241,7 @@ TEST(Sagectl, BenchOverSystemSharedMemory) {
     }
   }
   int code = RunCommand(bench + " --concurrency=3 --requests=3 --mode=stream --streams=4", &out);
-  EXPECT_EQ(code, 1) << out;
+  EXPECT_EQ(code, 2) << out;  // a usage error
   EXPECT_NE(out.find("--streams must be an integer in [1, --concurrency]"), std::string::npos) << out;
   code = RunCommand(std::string(SAGECTL_BINARY) + " shm status" + target, &out);
   ASSERT_EQ(code, 0) << out;

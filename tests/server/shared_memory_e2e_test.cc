@@ -4,11 +4,15 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <atomic>
+#include <chrono>
+#include <cstdio>
 #include <cstring>
 #include <fcntl.h>
 #include <functional>
 #include <future>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -324,6 +328,92 @@ TEST_F(SharedMemoryE2E, ShrunkObjectIsRefused) {
   EXPECT_EQ(r.status().code(), absl::StatusCode::kFailedPrecondition) << r.status();
   EXPECT_NE(r.status().message().find("shrunk"), std::string::npos) << r.status();
   EXPECT_TRUE(s_.client->Attend(MakeRequest(shape, "after")).ok());
+}
+
+// A client that truncates its object while requests that read (q/k/v) and write (O, LSE) it are
+// in flight: every request is answered OK or FAILED_PRECONDITION naming the region, never with a
+// crash (the server runs in this process: a SIGBUS in it would end the test), and the server goes on
+// serving, shared memory included.
+TEST_F(SharedMemoryE2E, TruncatedWhileInUseNeverCrashes) {
+  constexpr size_t kBytes = 4 << 20;
+  auto shm = MakeShm(kBytes);
+  ASSERT_NE(shm, nullptr);
+  ASSERT_TRUE(s_.client->RegisterSystemSharedMemory("t", shm->key(), 0, shm->size()).ok());
+  // O in q's dtype (the engine's own output path) and O in FP32 with LSE (the encoder's).
+  std::vector<v1::AttendRequest> requests;
+  size_t at = 0;
+  for (int i = 0; i < 2; ++i) {
+    ProblemShape shape;
+    shape.cu_q = {0, 128, 256};
+    shape.cu_k = {0, 512, 1024};
+    shape.output_dtype = i == 0 ? v1::DTYPE_UNSPECIFIED : v1::DTYPE_FP32;
+    shape.lse = i == 1;
+    shape.seed = 900 + i;
+    requests.push_back(MakeRequest(shape, absl::StrCat("trunc-", i)));
+    at = ToShared(requests.back(), *shm, "t", at, OutputBytes(requests.back())).end;
+  }
+  ASSERT_LE(at, kBytes);
+  for (const v1::AttendRequest& r : requests) ASSERT_TRUE(s_.client->Attend(r).ok());
+
+  // From here on this process must not touch shm->data(): the object keeps shrinking under it.
+  const int fd = shm_open(shm->key().c_str(), O_RDWR, 0);
+  ASSERT_GE(fd, 0);
+  std::atomic<bool> stop{false};
+  std::thread shrinker([&] {
+    while (!stop.load()) {
+      ASSERT_EQ(ftruncate(fd, 0), 0);
+      std::this_thread::sleep_for(std::chrono::microseconds(300));
+      ASSERT_EQ(ftruncate(fd, static_cast<off_t>(kBytes)), 0);  // the bytes come back as zeros
+      std::this_thread::sleep_for(std::chrono::microseconds(300));
+    }
+  });
+  constexpr int kSenders = 3;
+  std::atomic<int> ok{0}, refused{0}, other{0};
+  std::vector<std::string> unexpected;
+  std::mutex mu;
+  std::vector<std::thread> senders;
+  const auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(1500);
+  for (int t = 0; t < kSenders; ++t) {
+    senders.emplace_back([&, t] {
+      for (int n = 0; std::chrono::steady_clock::now() < until; ++n) {
+        absl::StatusOr<v1::AttendResponse> r = s_.client->Attend(requests[(t + n) % requests.size()]);
+        if (r.ok()) {
+          ++ok;
+        } else if (r.status().code() == absl::StatusCode::kFailedPrecondition &&
+                   r.status().message().find("region 't'") != std::string::npos) {
+          ++refused;
+        } else {
+          ++other;
+          std::lock_guard<std::mutex> lock(mu);
+          unexpected.push_back(r.status().ToString());
+        }
+      }
+    });
+  }
+  for (std::thread& t : senders) t.join();
+  stop = true;
+  shrinker.join();
+  ASSERT_EQ(ftruncate(fd, static_cast<off_t>(kBytes)), 0);
+  close(fd);
+  EXPECT_EQ(other.load(), 0) << (unexpected.empty() ? "" : unexpected.front());
+  EXPECT_GT(refused.load(), 0) << "no request saw the object shrunk (ok: " << ok.load() << ")";
+  std::printf("truncation race: %d OK, %d FAILED_PRECONDITION\n", ok.load(), refused.load());
+
+  // The server still serves, shared memory included: a fresh region gives the bytes path's O.
+  auto fresh = MakeShm(1 << 20);
+  ASSERT_NE(fresh, nullptr);
+  ASSERT_TRUE(s_.client->RegisterSystemSharedMemory("fresh", fresh->key(), 0, fresh->size()).ok());
+  ProblemShape shape;
+  shape.output_dtype = v1::DTYPE_UNSPECIFIED;
+  const v1::AttendRequest bytes_request = MakeRequest(shape, "after-bytes");
+  absl::StatusOr<v1::AttendResponse> want = s_.client->Attend(bytes_request);
+  ASSERT_TRUE(want.ok()) << want.status();
+  v1::AttendRequest shared = bytes_request;
+  shared.set_request_id("after-shared");
+  const Layout l = ToShared(shared, *fresh, "fresh", 0, OutputBytes(shared));
+  absl::StatusOr<v1::AttendResponse> got = s_.client->Attend(shared);
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(Bytes(*fresh, l.o, want->o().data().size()), want->o().data());
 }
 
 // Unregistering a region that a queued request uses: new requests are refused at once, the queued

@@ -27,8 +27,8 @@ std::string Slurp(const fs::path& p) {
   return ss.str();
 }
 
-// A CA, a server certificate (SAN 127.0.0.1 and localhost) and a client certificate, in a fresh
-// directory. Empty when the openssl CLI is missing or fails (the tests then skip).
+// A CA, a server certificate (SAN 127.0.0.1 and localhost), a client certificate and a key that
+// belongs to no certificate (other.key), in a fresh directory. Empty when the openssl CLI is missing or fails (the tests then skip).
 fs::path MakeCertificates() {
   const fs::path dir = fs::path(::testing::TempDir()) / ("sageserve_tls_" + std::to_string(::getpid()));
   fs::create_directories(dir);
@@ -42,7 +42,8 @@ fs::path MakeCertificates() {
       "-extfile server.ext 2>/dev/null; "
       "openssl req -newkey rsa:2048 -nodes -keyout client.key -out client.csr -subj /CN=test-client 2>/dev/null; "
       "openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out client.pem -days 2 "
-      "2>/dev/null";
+      "2>/dev/null; "
+      "openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out other.key 2>/dev/null";
   std::string out;
   if (RunCommand("bash -c \"" + script + "\"", &out) != 0) return {};
   return dir;
@@ -146,6 +147,22 @@ TEST_F(Tls, BadSettingsFailAtStartNamingTheOption) {
   s = server::SageServer::Start(not_pem).status();
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
   EXPECT_NE(s.message().find("not a PEM file"), std::string::npos) << s;
+
+  // A key that is not the certificate's: named as such, not reported as a listening failure.
+  server::ServerOptions wrong_key = TlsServer(false);
+  wrong_key.tls.private_key_file = (*dir_ / "other.key").string();
+  s = server::SageServer::Start(wrong_key).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_NE(s.message().find("tls_key: the private key does not match the certificate in tls_cert"), std::string::npos)
+      << s;
+  EXPECT_NE(s.message().find("other.key"), std::string::npos) << s;
+
+  // A key file holding no private key.
+  server::ServerOptions cert_as_key = TlsServer(false);
+  cert_as_key.tls.private_key_file = (*dir_ / "server.pem").string();
+  s = server::SageServer::Start(cert_as_key).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_NE(s.message().find("tls_key"), std::string::npos) << s;
 
   server::ServerOptions ca_only = TestServerOptions();
   ca_only.tls.client_ca_file = (*dir_ / "ca.pem").string();

@@ -1,16 +1,52 @@
 #include "server/frontend/grpc/attend_stream_reactor.h"
 
+#include <algorithm>
 #include <utility>
 
+#include "absl/strings/str_cat.h"
 #include "server/frontend/grpc/deadline.h"
 #include "server/frontend/grpc/status_mapping.h"
 
 namespace sage::server {
 
+absl::Status StreamQueueTotals::Admit() const {
+  const int64_t held = bytes();
+  if (max_bytes_ <= 0 || held < max_bytes_) return absl::OkStatus();
+  return absl::ResourceExhaustedError(absl::StrCat(
+      "AttendStream answers waiting for their clients hold ", held, " bytes, at the limit of this server "
+      "(stream_max_server_queued_bytes = ", max_bytes_, "); read the answers already sent, or retry later"));
+}
+
 AttendStreamReactor::AttendStreamReactor(grpc::CallbackServerContext* context, AttendBackends backends,
-                                         HostBufferPool* payload_pool)
-    : context_(context), backends_(backends), payload_pool_(payload_pool) {
+                                         HostBufferPool* payload_pool, const StreamLimits& limits,
+                                         StreamQueueTotals* totals)
+    : context_(context), backends_(backends), payload_pool_(payload_pool), limits_(limits), totals_(totals) {
   StartRead(&incoming_);
+}
+
+AttendStreamReactor::~AttendStreamReactor() {
+  std::lock_guard<std::mutex> lock(mu_);
+  ClearQueueLocked();  // Normally empty by now; the totals must not keep what this stream held.
+}
+
+bool AttendStreamReactor::AtLimitLocked() const {
+  const int64_t owed = outstanding_ + static_cast<int64_t>(write_queue_.size());
+  if (owed >= std::max<int64_t>(1, limits_.max_pending_responses)) return true;
+  return limits_.max_queued_bytes > 0 && queued_bytes_ >= limits_.max_queued_bytes;
+}
+
+void AttendStreamReactor::PopFrontLocked() {
+  const int64_t bytes = write_queue_.front()->out_bytes;
+  write_queue_.pop_front();
+  queued_bytes_ -= bytes;
+  totals_->Add(-1, -bytes);
+}
+
+void AttendStreamReactor::ClearQueueLocked() {
+  if (write_queue_.empty()) return;
+  totals_->Add(-static_cast<int64_t>(write_queue_.size()), -queued_bytes_);
+  write_queue_.clear();
+  queued_bytes_ = 0;
 }
 
 void AttendStreamReactor::OnReadDone(bool ok) {
@@ -27,18 +63,29 @@ void AttendStreamReactor::OnReadDone(bool ok) {
   auto slot = std::make_shared<Slot>();
   absl::StatusOr<WireAttendRequest> parsed = ParseAttendRequest(incoming_, *payload_pool_);
   incoming_.Clear();
+  bool read_next;
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (finished_ || cancelled_) return;  // The call is ending; take no new work.
     ++outstanding_;
+    // Backpressure: at the stream's limits, the next read waits for a write to complete.
+    read_next = !AtLimitLocked();
+    read_paused_ = !read_next;
   }
-  StartRead(&incoming_);
+  if (read_next) StartRead(&incoming_);
   if (!parsed.ok()) {
     // Answered on the stream like any failed request (there is no request_id to echo).
     Complete(slot, parsed.status());
     return;
   }
   slot->wire = *std::move(parsed);
+  // Over the server's bound on unwritten stream answers: refuse (answered, logged and counted).
+  if (absl::Status admitted = totals_->Admit(); !admitted.ok()) {
+    backends_.pipeline->Reject(AttendMethod::kStream, slot->wire.header.request_id(), "unknown", admitted,
+                               Clock::now(), slot->wire.wire_bytes);
+    Complete(slot, admitted);
+    return;
+  }
 
   // `this` outlives the work: Finish waits for outstanding_ to reach 0.
   // Latency counts from here, after the parse and the next read's start, as it always has.
@@ -60,6 +107,7 @@ void AttendStreamReactor::Complete(std::shared_ptr<Slot> slot, const absl::Statu
     slot->result = WireResult{};
   }
   slot->out = slot->SerializeResponse();
+  slot->out_bytes = static_cast<int64_t>(slot->out.Length());
   // Free what the write does not need now: the parsed fields, and the block unless O leaves from it.
   slot->wire.header.Clear();
   slot->decoded.reset();  // shared-memory regions are held no longer than the request
@@ -71,6 +119,8 @@ void AttendStreamReactor::Complete(std::shared_ptr<Slot> slot, const absl::Statu
     std::lock_guard<std::mutex> lock(mu_);
     --outstanding_;
     if (!cancelled_ && !write_failed_) {
+      queued_bytes_ += slot->out_bytes;
+      totals_->Add(1, slot->out_bytes);
       write_queue_.push_back(std::move(slot));
       next = ClaimNextWriteLocked();
     }
@@ -99,18 +149,29 @@ void AttendStreamReactor::StartClaimedWrite(const NextWrite& next) {
 
 void AttendStreamReactor::OnWriteDone(bool ok) {
   bool finish;
+  bool resume = false;
   NextWrite next;
   {
     std::lock_guard<std::mutex> lock(mu_);
     writing_ = false;
-    write_queue_.pop_front();
+    PopFrontLocked();
     if (!ok) {
       write_failed_ = true;  // Client is gone; nothing more can be delivered.
-      write_queue_.clear();
+      ClearQueueLocked();
     } else {
       next = ClaimNextWriteLocked();
+      if (read_paused_ && !finished_ && !cancelled_ && !AtLimitLocked()) {
+        read_paused_ = false;
+        resume = resuming_read_ = true;  // Holds off Finish until the read is issued.
+      }
     }
     finish = ShouldFinishLocked();
+  }
+  if (resume) {
+    StartRead(&incoming_);
+    std::lock_guard<std::mutex> lock(mu_);
+    resuming_read_ = false;
+    finish = ShouldFinishLocked() || finish;
   }
   StartClaimedWrite(next);
   FinishIf(finish);
@@ -121,14 +182,14 @@ void AttendStreamReactor::OnCancel() {
   bool finish;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    if (!writing_) write_queue_.clear();
+    if (!writing_) ClearQueueLocked();
     finish = ShouldFinishLocked();
   }
   FinishIf(finish);
 }
 
 bool AttendStreamReactor::ShouldFinishLocked() {
-  if (finished_ || writing_ || outstanding_ > 0) return false;
+  if (finished_ || writing_ || resuming_read_ || outstanding_ > 0) return false;
   const bool aborted = cancelled_ || write_failed_;
   if (!aborted && !(reads_done_ && write_queue_.empty())) return false;
   // On cancellation a read may still be pending; gRPC fails it when the call ends.

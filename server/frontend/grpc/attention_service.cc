@@ -7,6 +7,7 @@
 #include "server/frontend/grpc/deadline.h"
 #include "server/frontend/grpc/request_codec.h"
 #include "server/frontend/grpc/status_mapping.h"
+#include "server/util/log_field.h"
 #include "server/util/version.h"
 #include "spdlog/spdlog.h"
 
@@ -50,8 +51,13 @@ void EncodeSelfTestReport(const SelfTestReport& report, v1::SelfTestResponse* re
 }  // namespace
 
 AttentionService::AttentionService(AttendBackends backends, SelfTestRunner* selftest, const BackendInfo* backend,
-                                   HostBufferPool* payload_pool, ServiceLimits limits)
-    : backends_(backends), selftest_(selftest), backend_(backend), payload_pool_(payload_pool), limits_(limits) {}
+                                   HostBufferPool* payload_pool, ServiceLimits limits, ServerMetrics* metrics)
+    : backends_(backends),
+      selftest_(selftest),
+      backend_(backend),
+      payload_pool_(payload_pool),
+      limits_(limits),
+      stream_totals_(limits.stream.max_server_queued_bytes, metrics) {}
 
 
 grpc::ServerUnaryReactor* AttentionService::Attend(grpc::CallbackServerContext* context,
@@ -59,7 +65,7 @@ grpc::ServerUnaryReactor* AttentionService::Attend(grpc::CallbackServerContext* 
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   absl::StatusOr<WireAttendRequest> parsed = ParseAttendRequest(*request, *payload_pool_);
   if (!parsed.ok()) {
-    spdlog::warn("Attend request rejected: {}", parsed.status().ToString());
+    spdlog::warn("Attend request rejected: {}", LogField(parsed.status().ToString(), kLogStatusMaxBytes));
     FinishAttend(reactor, *context, parsed.status());
     return reactor;
   }
@@ -80,7 +86,7 @@ grpc::ServerUnaryReactor* AttentionService::Attend(grpc::CallbackServerContext* 
 
 grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* AttentionService::AttendStream(
     grpc::CallbackServerContext* context) {
-  return new AttendStreamReactor(context, backends_, payload_pool_);
+  return new AttendStreamReactor(context, backends_, payload_pool_, limits_.stream, &stream_totals_);
 }
 
 grpc::ServerUnaryReactor* AttentionService::GetServerInfo(grpc::CallbackServerContext* context,

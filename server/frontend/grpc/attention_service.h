@@ -10,7 +10,9 @@
 #include "server/backend/backend.h"
 #include "server/backend/host_buffer_pool.h"
 #include "server/frontend/grpc/attend_call.h"
+#include "server/frontend/grpc/attend_stream_reactor.h"
 #include "server/core/selftest.h"
+#include "server/metrics/server_metrics.h"
 
 namespace sage::server {
 
@@ -21,6 +23,8 @@ struct ServiceLimits {
   int32_t worker_threads = 0;
   bool shared_memory_enabled = false;  // SharedMemoryPolicy::kAllow
   int32_t max_shared_memory_regions = 0;
+  // How much AttendStream may buffer for clients that do not read their answers (not reported).
+  StreamLimits stream;
 };
 
 namespace detail {
@@ -31,9 +35,10 @@ using AttentionServiceBase = detail::Svc::WithRawCallbackMethod_Attend<detail::S
 
 class AttentionService final : public AttentionServiceBase {
  public:
-  // `payload_pool` (where request tensors are received) must outlive the service.
+  // `payload_pool` (where request tensors are received) must outlive the service; so must `metrics`
+  // (the stream gauges; null: none).
   AttentionService(AttendBackends backends, SelfTestRunner* selftest, const BackendInfo* backend,
-                   HostBufferPool* payload_pool, ServiceLimits limits);
+                   HostBufferPool* payload_pool, ServiceLimits limits, ServerMetrics* metrics = nullptr);
 
   grpc::ServerUnaryReactor* Attend(grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
                                    grpc::ByteBuffer* response) override;
@@ -52,6 +57,7 @@ class AttentionService final : public AttentionServiceBase {
   const BackendInfo* const backend_;
   HostBufferPool* const payload_pool_;
   const ServiceLimits limits_;
+  StreamQueueTotals stream_totals_;  // Every stream's unwritten answers.
 };
 
 }  // namespace sage::server

@@ -18,8 +18,9 @@ struct ServerTlsOptions {
   std::string client_ca_file;    // set: mutual TLS, clients must present a certificate these CAs signed
 };
 
-// Reads the PEM files. INVALID_ARGUMENT when only one of certificate and key is given, or a file is
-// empty or not PEM; NOT_FOUND naming the option and path when a file cannot be read.
+// Reads the PEM files. INVALID_ARGUMENT when only one of certificate and key is given, a file is
+// empty or not PEM, or the private key is not the certificate's; NOT_FOUND naming the option and
+// path when a file cannot be read.
 absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> ListenerCredentials(const ServerTlsOptions& tls);
 
 }  // namespace sage::server

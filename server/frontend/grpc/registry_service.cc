@@ -12,6 +12,7 @@
 #include "server/frontend/grpc/unary_reactors.h"
 #include "server/registry/calibrate_model.h"
 #include "server/registry/cost_table.h"
+#include "server/util/log_field.h"
 #include "spdlog/spdlog.h"
 
 namespace sage::server {
@@ -118,7 +119,7 @@ class RegistryService::CalibrateReactor final : public grpc::ServerReadReactor<v
     absl::StatusOr<reg::CalibrationOutcome> outcome = reg::CalibrateModel(
         *service_->registry_, service_->calibrator_, header_.model(), (*decoded)->samples, options, mode);
     if (!outcome.ok()) {
-      spdlog::warn("calibrate {}: {}", header_.model(), outcome.status().ToString());
+      spdlog::warn("calibrate {}: {}", LogField(header_.model()), LogField(outcome.status().ToString(), kLogStatusMaxBytes));
       // A deadline that fired inside the calibrator reads as CANCELLED there; report it as such.
       absl::Status s = outcome.status();
       if (s.code() == absl::StatusCode::kCancelled && !cancelled_.load()) {
@@ -129,7 +130,7 @@ class RegistryService::CalibrateReactor final : public grpc::ServerReadReactor<v
     }
     int unmet = 0;
     for (const reg::CellReport& c : outcome->report.cells) unmet += c.met_target ? 0 : 1;
-    spdlog::info("calibrate {}: {} samples, {} cells, {} plan entries, {}{}", header_.model(),
+    spdlog::info("calibrate {}: {} samples, {} cells, {} plan entries, {}{}", LogField(header_.model()),
                  outcome->report.sample_count, outcome->report.cells.size(), outcome->plan.entries.size(),
                  outcome->stored ? absl::StrCat("stored as version ", outcome->plan.version) : "dry run",
                  unmet > 0 ? absl::StrCat(", ", unmet, " cells below target") : "");
@@ -174,7 +175,7 @@ grpc::ServerUnaryReactor* RegistryService::RegisterModel(grpc::CallbackServerCon
         *spec, request->replace() ? reg::RegisterMode::kReplace : reg::RegisterMode::kCreate);
     if (!record.ok()) return record.status();
     ModelInfoToWire(*record, backend_->info(), response->mutable_model());
-    spdlog::info("registry: registered model {} ({} layers)", record->spec.name, record->spec.num_layers);
+    spdlog::info("registry: registered model {} ({} layers)", LogField(record->spec.name), record->spec.num_layers);
     return absl::OkStatus();
   });
 }
@@ -201,7 +202,7 @@ grpc::ServerUnaryReactor* RegistryService::DeleteModel(grpc::CallbackServerConte
                                                        v1::DeleteModelResponse* /*response*/) {
   return RunOn(writes_, context, [this, request]() -> absl::Status {
     absl::Status s = registry_->DeleteModel(request->name());
-    if (s.ok()) spdlog::info("registry: deleted model {}", request->name());
+    if (s.ok()) spdlog::info("registry: deleted model {}", LogField(request->name()));
     return s;
   });
 }
@@ -225,7 +226,7 @@ grpc::ServerUnaryReactor* RegistryService::SetPlan(grpc::CallbackServerContext* 
     absl::StatusOr<reg::Plan> stored = registry_->SetPlan(request->model(), *std::move(plan), expected);
     if (!stored.ok()) return stored.status();
     PlanToWire(*stored, reg::DefaultRecipeFor(backend_->info()), response->mutable_plan());
-    spdlog::info("registry: plan of {} set to version {} ({} entries)", request->model(), stored->version,
+    spdlog::info("registry: plan of {} set to version {} ({} entries)", LogField(request->model()), stored->version,
                  stored->entries.size());
     return absl::OkStatus();
   });

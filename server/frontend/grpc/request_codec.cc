@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "kernels/reference/numerics.h"
 #include "server/frontend/grpc/wire_enum_table.h"
+#include "server/shared_memory/safe_copy.h"
 
 namespace sage::server {
 namespace v1 = ::sageserve::v1;
@@ -52,6 +53,13 @@ namespace {
 
 absl::Status Invalid(const std::string& field, absl::string_view what) {
   return absl::InvalidArgumentError(absl::StrCat(field, ": ", what));
+}
+
+// A range of a system (POSIX shm) region that no engine may read or write in place: the client can
+// shrink the object under the access, and a CPU touching a page past its new end gets SIGBUS. Only
+// ranges page-locked for a GPU engine's DMA stay zero copy (docs/SECURITY.md, "Shared memory").
+bool NeedsStaging(const SharedRange& r) {
+  return r.region->info().kind == SharedMemoryKind::kSystem && r.memory() != MemoryKind::kPinned;
 }
 
 // Resolves a shared-memory reference of `expected` bytes, keeping its region (once) in `decoded`.
@@ -191,6 +199,7 @@ absl::Status DecodeOutputs(const v1::AttendRequest& request, const SharedMemoryR
   if (!o.ok()) return o.status();
   d.core.output.client_o = o->bytes;
   d.core.output.client_memory = o->memory();
+  d.core.output.client_direct = !NeedsStaging(*o);
   d.o_output_ref = request.o_output();
   if (request.has_lse_output()) {
     const size_t lse_bytes = static_cast<size_t>(in.q.tokens) * in.q.heads * sizeof(float);
@@ -204,6 +213,7 @@ absl::Status DecodeOutputs(const v1::AttendRequest& request, const SharedMemoryR
     if (o->memory() == MemoryKind::kPinned && lse->memory() != MemoryKind::kPinned) {
       d.core.output.client_memory = MemoryKind::kPageable;  // direct copies only when both are pinned
     }
+    if (NeedsStaging(*lse)) d.core.output.client_direct = false;
     d.core.output.client_lse = lse->bytes;
     d.lse_output_ref = request.lse_output();
   }
@@ -225,6 +235,65 @@ absl::Status DecodeOutputs(const v1::AttendRequest& request, const SharedMemoryR
     if (Overlap(d.core.output.client_lse, bytes)) return Invalid("lse_output", absl::StrCat("overlaps ", name, "'s bytes"));
   }
   return absl::OkStatus();
+}
+
+// Copies the inputs that NeedsStaging into one server-owned block (the request's staged_inputs) with a
+// fault-tolerant copy and points q/k/v there: the engine never reads the client's mapping. A client
+// that shrank the object meanwhile gets FAILED_PRECONDITION naming the field and region.
+absl::Status StageInputs(const std::array<std::optional<SharedRange>, 3>& shared, AttendRequest& request) {
+  constexpr std::array<const char*, 3> kFields = {"q.shared_memory", "k.shared_memory", "v.shared_memory"};
+  constexpr size_t kAlign = 64;
+  const std::array<TensorView*, 3> views = {&request.input.q, &request.input.k, &request.input.v};
+  std::array<size_t, 3> at{};
+  size_t total = 0;
+  for (size_t i = 0; i < 3; ++i) {
+    if (!shared[i] || !NeedsStaging(*shared[i])) continue;
+    at[i] = total;
+    total += (shared[i]->bytes.size() + kAlign - 1) / kAlign * kAlign;
+  }
+  if (total == 0) return absl::OkStatus();
+  request.staged_inputs.reset(new std::byte[total]);  // uninitialized: every used byte is copied in
+  for (size_t i = 0; i < 3; ++i) {
+    if (!shared[i] || !NeedsStaging(*shared[i])) continue;
+    const std::span<std::byte> dst(request.staged_inputs.get() + at[i], shared[i]->bytes.size());
+    absl::Status s = CopyFromClient(dst, shared[i]->bytes, kFields[i], shared[i]->region->info().name);
+    if (!s.ok()) return s;
+    views[i]->data = dst.data();
+  }
+  return absl::OkStatus();
+}
+
+// O in the requested dtype into `dst` (`n` elements): the kernel's codes as they are or converted
+// (same bits as decoding to float and encoding again), or the float O encoded.
+void WriteO(const EngineOutput& output, DType dtype, size_t n, std::byte* dst) {
+  if (output.has_native_o() && output.o_native_dtype == dtype) {
+    std::memcpy(dst, output.o_native.data(), output.o_native.size());
+  } else if (output.has_native_o()) {
+    ConvertBulk(output.o_native.data(), output.o_native_dtype, dst, dtype, n);
+  } else {
+    EncodeFromFloatBulk(output.o.data(), dst, n, dtype);
+  }
+}
+
+// O and LSE into the client's host shared memory, which is always a system region: only through
+// CopyToClient, never a store into the mapping (the client may have shrunk it meanwhile).
+absl::Status CopyOutputsToClient(const EngineOutput& output, const DecodedRequest& request, bool want_lse) {
+  const OutputOffer& offer = request.core.output;
+  const DType dtype = request.core.output_dtype;
+  std::span<const std::byte> o;
+  std::unique_ptr<std::byte[]> staging;
+  if (output.has_native_o() && output.o_native_dtype == dtype) {
+    o = std::as_bytes(std::span<const char>(output.o_native));  // the kernel's bytes as they are
+  } else {
+    const size_t n = output.o_elements();
+    staging.reset(new std::byte[n * DTypeSize(dtype)]);
+    WriteO(output, dtype, n, staging.get());
+    o = std::span<const std::byte>(staging.get(), n * DTypeSize(dtype));
+  }
+  absl::Status s = CopyToClient(offer.client_o, o, "o_output", request.o_output_ref.region());
+  if (!s.ok() || !want_lse) return s;
+  return CopyToClient(offer.client_lse, std::as_bytes(std::span<const float>(output.lse)), "lse_output",
+                      request.lse_output_ref.region());
 }
 
 }  // namespace
@@ -335,6 +404,8 @@ absl::StatusOr<std::unique_ptr<DecodedRequest>> DecodeAttendRequest(
   // The engine's own checks (cu_seqlens monotonic and in range, GQA, pointers), field-named.
   s = ValidateInput(in);
   if (!s.ok()) return s;
+  s = StageInputs(shared, decoded->core);
+  if (!s.ok()) return s;
   OutputOffer& offer = decoded->core.output;
   offer.q_dtype = in.q.dtype;
   offer.output_dtype = decoded->core.output_dtype;
@@ -373,33 +444,18 @@ absl::Status EncodeAttendOutput(EngineOutput output, const DecodedRequest& reque
   if (to_shared && request.core.output.client_memory == MemoryKind::kDevice) {
     return absl::InternalError("the engine did not write O into the request's CUDA shared memory");
   }
-  // O goes into the response's bytes, or (o_output) straight into the client's host shared memory.
-  const size_t n = output.o_elements();
-  std::byte* dst = nullptr;
-  if (to_shared) {
-    dst = request.core.output.client_o.data();
-  } else if (!(output.has_native_o() && output.o_native_dtype == request.core.output_dtype)) {
+  if (to_shared) return CopyOutputsToClient(output, request, want_lse);
+  // O goes into the response's bytes.
+  if (output.has_native_o() && output.o_native_dtype == request.core.output_dtype) {
+    o->set_data(std::move(output.o_native));  // the kernel's bytes become the response's: no copy
+  } else {
+    const size_t n = output.o_elements();
     std::string* bytes = o->mutable_data();
     bytes->resize(n * DTypeSize(request.core.output_dtype));
-    dst = reinterpret_cast<std::byte*>(bytes->data());
-  }
-  if (dst == nullptr) {
-    o->set_data(std::move(output.o_native));  // the kernel's bytes become the response's: no copy
-  } else if (output.has_native_o() && output.o_native_dtype == request.core.output_dtype) {
-    std::memcpy(dst, output.o_native.data(), output.o_native.size());
-  } else if (output.has_native_o()) {
-    // The kernel's 16-bit codes in another type: converted once (same bits as decoding to float and
-    // encoding again).
-    ConvertBulk(output.o_native.data(), output.o_native_dtype, dst, request.core.output_dtype, n);
-  } else {
-    EncodeFromFloatBulk(output.o.data(), dst, n, request.core.output_dtype);
+    WriteO(output, request.core.output_dtype, n, reinterpret_cast<std::byte*>(bytes->data()));
   }
   if (lse != nullptr) {
-    if (to_shared) {
-      std::memcpy(request.core.output.client_lse.data(), output.lse.data(), output.lse.size() * sizeof(float));
-    } else {
-      lse->mutable_data()->assign(reinterpret_cast<const char*>(output.lse.data()), output.lse.size() * sizeof(float));
-    }
+    lse->mutable_data()->assign(reinterpret_cast<const char*>(output.lse.data()), output.lse.size() * sizeof(float));
   }
   return absl::OkStatus();
 }

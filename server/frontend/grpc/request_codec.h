@@ -1,5 +1,9 @@
-// AttendRequest (wire) <-> EngineInput/EngineOutput (engine). Decoding never copies tensor bytes: the
-// views point into the request message, which must outlive the decoded request.
+// AttendRequest (wire) <-> EngineInput/EngineOutput (engine). Decoding copies no tensor bytes from the
+// message: the views point into it, which must outlive the decoded request. The one exception is
+// system (POSIX) shared memory that no GPU engine page-locked: its inputs are copied into the
+// request (AttendRequest::staged_inputs) and its outputs copied out by the encoder, each with the
+// fault-tolerant copies of shared_memory/safe_copy.h, so a client shrinking its object cannot fault
+// the server.
 #pragma once
 
 #include <cstdint>
@@ -35,7 +39,8 @@ struct DecodedRequest {
 
 // INVALID_ARGUMENT naming the field for malformed input, RESOURCE_EXHAUSTED for too large.
 // Tensors and outputs in shared memory are resolved through `shared_memory` (null: refused with
-// FAILED_PRECONDITION; unknown regions are NOT_FOUND). Returned by pointer so the spans into
+// FAILED_PRECONDITION; unknown regions are NOT_FOUND; a system region whose object shrank before or
+// while its inputs were copied is FAILED_PRECONDITION naming the field and region). Returned by pointer so the spans into
 // default_cu_* stay valid.
 absl::StatusOr<std::unique_ptr<DecodedRequest>> DecodeAttendRequest(
     const sageserve::v1::AttendRequest& request, const BackendInfo& backend,
@@ -47,8 +52,10 @@ absl::StatusOr<std::unique_ptr<DecodedRequest>> DecodeAttendRequest(
 // (OutputPlacement::kCallerBuffers) only their dtype and shape are set: the bytes go out beside the
 // message (EncodeAttendResponse in attend_wire.h), or are already in the client's shared memory.
 // A request with o_output gets its O and LSE written there (unless the engine did), and the response
-// carries dtype, shape and the request's reference. INTERNAL only if an engine left device-memory
-// outputs unwritten (a bug). Takes the output by value: 16-bit O already in the requested dtype is
+// carries dtype, shape and the request's reference; host shared memory is written only with
+// CopyToClient: FAILED_PRECONDITION "o_output: region '<name>' shrank or was unmapped while the
+// request used it" when the client shrank it. INTERNAL only if an engine left device-memory outputs
+// unwritten (a bug). Takes the output by value: 16-bit O already in the requested dtype is
 // moved into the response.
 absl::Status EncodeAttendOutput(EngineOutput output, const DecodedRequest& request,
                                 sageserve::v1::AttendResponse* response);
