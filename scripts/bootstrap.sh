@@ -2,17 +2,28 @@
 # Installs what sageserve needs to build and test, from Debian packages (and Buf's CLI from npm).
 # Exits non-zero when something the tests need could not be installed.
 # Idempotent: packages already present are skipped, and nothing runs when nothing is missing.
+#   --build-only   what building the server and sagectl needs, without the test tools (GoogleTest,
+#                  Google Benchmark, Buf's CLI and npm): for images (deploy/Dockerfile).
 set -euo pipefail
+
+BUILD_ONLY=0
+for a in "$@"; do
+  case "$a" in
+    --build-only) BUILD_ONLY=1 ;;
+    *) echo "bootstrap: unknown argument $a" >&2; exit 2 ;;
+  esac
+done
 
 PKGS=(
   build-essential cmake ninja-build pkg-config git
   libgrpc++-dev libgrpc-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libssl-dev
   libabsl-dev libspdlog-dev libfmt-dev
-  libgtest-dev libgmock-dev googletest libbenchmark-dev
   nlohmann-json3-dev
   libtcmalloc-minimal4
   curl ca-certificates python3 openssl
 )
+TEST_PKGS=(libgtest-dev libgmock-dev googletest libbenchmark-dev)
+if [ "$BUILD_ONLY" = 0 ]; then PKGS+=("${TEST_PKGS[@]}"); fi
 
 missing=()
 for p in "${PKGS[@]}"; do
@@ -35,7 +46,7 @@ fi
 # Buf's CLI: a real third-party gRPC client for the reflection tests (npm ships its binary). The
 # tests fail without it, so a machine without npm gets Debian's. Machines with a non-Debian nodejs
 # build (NodeSource) already have npm from it; Debian's npm package would conflict there.
-if ! command -v buf >/dev/null 2>&1; then
+if [ "$BUILD_ONLY" = 0 ] && ! command -v buf >/dev/null 2>&1; then
   if ! command -v npm >/dev/null 2>&1; then
     echo "bootstrap: installing npm (Debian) for Buf's CLI"
     $SUDO apt-get update
@@ -51,7 +62,7 @@ if ! command -v buf >/dev/null 2>&1; then
     echo "bootstrap: error: npm install -g @bufbuild/buf failed (log above)" >&2
     exit 1
   fi
-  if ! command -v buf >/dev/null 2>&1; then
+  if [ "$BUILD_ONLY" = 0 ] && ! command -v buf >/dev/null 2>&1; then
     echo "bootstrap: error: npm installed @bufbuild/buf into $(npm prefix -g)/bin, which is not on PATH" >&2
     exit 1
   fi

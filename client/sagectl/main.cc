@@ -1,5 +1,6 @@
 // sagectl: operate a sageserve server: health, info, selftest, attend, bench, registry, shm.
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -16,7 +17,8 @@
 namespace sagectl {
 
 std::vector<std::string> ConnectionFlags() {
-  return {"target", "tls", "ca_file", "cert_file", "key_file", "deadline_ms", "grpc_arg", "max_attempts"};
+  return {"target", "tls", "ca_file", "cert_file", "key_file", "deadline_ms", "grpc_arg", "max_attempts",
+          "token", "token_file"};
 }
 
 // --grpc_arg=name=value[,name=value...]: integer gRPC channel arguments (transport tuning).
@@ -107,6 +109,23 @@ absl::StatusOr<std::unique_ptr<sageserve::Client>> Connect(const Args& args, int
   } else if (!args.Str("ca_file", "").empty() || !args.Str("cert_file", "").empty()) {
     return absl::InvalidArgumentError("--ca_file and --cert_file need --tls");
   }
+  // --token=T, or --token_file=PATH: the first whitespace-separated word of the file (so the
+  // server's token-file line `<token> <identity> <scopes>` works as it is, and a trailing newline
+  // does not matter). Without either, $SAGESERVE_TOKEN.
+  if (args.Has("token") && args.Has("token_file")) {
+    return absl::InvalidArgumentError("give --token or --token_file, not both");
+  }
+  if (args.Has("token_file")) {
+    absl::StatusOr<std::string> text = ReadFlagFile(args, "token_file");
+    if (!text.ok()) return text.status();
+    std::vector<std::string> words = absl::StrSplit(*text, absl::ByAnyChar(" \t\r\n"), absl::SkipEmpty());
+    if (words.empty()) return absl::InvalidArgumentError("--token_file: the file holds no token");
+    options.token = words.front();
+  } else if (args.Has("token")) {
+    options.token = args.Str("token", "");
+  } else if (const char* env = std::getenv("SAGESERVE_TOKEN"); env != nullptr) {
+    options.token = env;
+  }
   return sageserve::Client::Create(options);
 }
 
@@ -115,6 +134,7 @@ namespace {
 void Usage() {
   std::fprintf(stderr,
       "usage: sagectl <command> [--target=host:port|unix:PATH] [--deadline_ms=N] [--tls --ca_file=PEM [--cert_file=PEM --key_file=PEM]]\n"
+      "               [--token=T | --token_file=PATH (its first word)]  (default: $SAGESERVE_TOKEN)\n"
       "               [--grpc_arg=name=int,...] [--max_attempts=1..5] [options]\n"
       "  health [--service=NAME]     grpc.health.v1 Check; exit 0 only when SERVING\n"
       "  info                        GetServerInfo as JSON\n"

@@ -8,8 +8,40 @@
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
 #include "grpcpp/support/channel_arguments.h"
+#include "grpcpp/support/client_interceptor.h"
+#include "grpcpp/support/interceptor.h"
 
 namespace sageserve {
+namespace {
+
+// Adds `authorization: Bearer <token>` to every call's initial metadata, so stubs of any service
+// made on the client's channels (Client::channel()) carry the token as well.
+class TokenInterceptor final : public grpc::experimental::Interceptor {
+ public:
+  explicit TokenInterceptor(const std::string* header) : header_(header) {}
+  void Intercept(grpc::experimental::InterceptorBatchMethods* methods) override {
+    if (methods->QueryInterceptionHookPoint(grpc::experimental::InterceptionHookPoints::PRE_SEND_INITIAL_METADATA)) {
+      methods->GetSendInitialMetadata()->insert({"authorization", *header_});
+    }
+    methods->Proceed();
+  }
+
+ private:
+  const std::string* header_;
+};
+
+class TokenInterceptorFactory final : public grpc::experimental::ClientInterceptorFactoryInterface {
+ public:
+  explicit TokenInterceptorFactory(const std::string& token) : header_("Bearer " + token) {}
+  grpc::experimental::Interceptor* CreateClientInterceptor(grpc::experimental::ClientRpcInfo* /*info*/) override {
+    return new TokenInterceptor(&header_);
+  }
+
+ private:
+  const std::string header_;  // Lives as long as the channel, which owns the factory.
+};
+
+}  // namespace
 
 absl::StatusOr<std::unique_ptr<Client>> Client::Create(const ClientOptions& options) {
   if (options.target.empty()) return absl::InvalidArgumentError("ClientOptions.target is empty");
@@ -61,9 +93,22 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Create(const ClientOptions& opti
     if (a.name.empty()) return absl::InvalidArgumentError("ClientOptions.channel_args: an argument has no name");
     args.SetInt(a.name, a.value);
   }
+  for (char c : options.token) {
+    if (c <= 0x20 || c >= 0x7f) {
+      return absl::InvalidArgumentError("ClientOptions.token: must be printable ASCII without spaces");
+    }
+  }
   std::vector<std::shared_ptr<grpc::Channel>> channels;
   for (int i = 0; i < options.connections; ++i) {
-    std::shared_ptr<grpc::Channel> channel = grpc::CreateCustomChannel(options.target, creds, args);
+    std::shared_ptr<grpc::Channel> channel;
+    if (options.token.empty()) {
+      channel = grpc::CreateCustomChannel(options.target, creds, args);
+    } else {
+      std::vector<std::unique_ptr<grpc::experimental::ClientInterceptorFactoryInterface>> interceptors;
+      interceptors.push_back(std::make_unique<TokenInterceptorFactory>(options.token));
+      channel = grpc::experimental::CreateCustomChannelWithInterceptors(options.target, creds, args,
+                                                                         std::move(interceptors));
+    }
     if (channel == nullptr) return absl::InternalError("could not create a gRPC channel");
     channels.push_back(std::move(channel));
   }

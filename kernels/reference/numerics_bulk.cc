@@ -12,6 +12,7 @@
 #include "kernels/reference/numerics.h"
 
 #if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
 #include <immintrin.h>
 #define SAGE_HAVE_X86 1
 #else
@@ -79,8 +80,14 @@ __attribute__((target("avx2,f16c"))) void DecodeFp16F16c(const uint16_t* src, fl
   for (; i < n; ++i) dst[i] = DecodeFp16(src[i]);
 }
 
+// F16C is read from CPUID leaf 1 (ECX bit 29) rather than __builtin_cpu_supports("f16c"), which
+// clang 14 does not know (the fuzz build compiles this file with clang).
 bool CpuHasAvx2F16c() {
-  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
+  static const bool has = [] {
+    unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+    const bool f16c = __get_cpuid(1, &eax, &ebx, &ecx, &edx) != 0 && (ecx & (1u << 29)) != 0;
+    return f16c && __builtin_cpu_supports("avx2");
+  }();
   return has;
 }
 #endif

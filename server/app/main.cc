@@ -103,6 +103,10 @@ ABSL_FLAG(std::string, tls_cert, "", "PEM certificate chain of the gRPC listener
 ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert");
 ABSL_FLAG(std::string, tls_client_ca, "",
           "PEM CA certificates for client certificates: set = mutual TLS (clients without one are refused)");
+ABSL_FLAG(std::string, token_file, "",
+          "Access control: file of '<token> <identity> <scope>[,<scope>]' and 'cert:<CN> <identity> <scopes>' lines "
+          "(scopes attend, admin; docs/SECURITY.md). Reloaded on SIGHUP and when it changes. Empty: no access control, "
+          "anyone who reaches the port is an administrator");
 ABSL_FLAG(std::string, metrics_listen, kDefaults.metrics_listen_address,
           "Prometheus endpoint host:port serving GET /metrics (e.g. 0.0.0.0:9090); empty = off");
 ABSL_FLAG(std::string, state_dir, kDefaults.registry.state_dir,
@@ -111,6 +115,8 @@ ABSL_FLAG(std::string, state_dir, kDefaults.registry.state_dir,
 ABSL_FLAG(bool, registry_move_corrupt_aside, false,
           "If registry.json is corrupt, rename it to registry.json.corrupt-<time> and start empty "
           "(default: refuse to start, naming the file and the problem)");
+ABSL_FLAG(int32_t, registry_max_models, kDefaults.registry.max_models,
+          "Models the precision registry holds at most; registering one more gets RESOURCE_EXHAUSTED");
 ABSL_FLAG(bool, allow_shared_memory, false,
           "Let clients on this host register shared memory (POSIX shm by name, CUDA IPC handles) and pass "
           "tensors by reference (SharedMemoryService). A client may then make the server map any shm object "
@@ -187,6 +193,7 @@ int main(int argc, char** argv) {
   sigemptyset(&signals);
   sigaddset(&signals, SIGTERM);
   sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGHUP);  // Reloads the token file.
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
   // absl (as Debian builds it, without NDEBUG) checks every absl::Mutex acquisition for lock-order
@@ -293,6 +300,7 @@ int main(int argc, char** argv) {
   options.tls.private_key_file = absl::GetFlag(FLAGS_tls_key);
   options.tls.client_ca_file = absl::GetFlag(FLAGS_tls_client_ca);
   options.registry.state_dir = absl::GetFlag(FLAGS_state_dir);
+  options.registry.max_models = absl::GetFlag(FLAGS_registry_max_models);
   options.registry.on_corrupt = absl::GetFlag(FLAGS_registry_move_corrupt_aside)
                                     ? sage::registry::CorruptFilePolicy::kMoveAside
                                     : sage::registry::CorruptFilePolicy::kRefuse;
@@ -300,6 +308,7 @@ int main(int argc, char** argv) {
                                                                          : sage::server::SharedMemoryPolicy::kRefuse;
   options.shared_memory.max_regions = absl::GetFlag(FLAGS_max_shared_memory_regions);
   options.grace_period = std::chrono::milliseconds(absl::ToInt64Milliseconds(absl::GetFlag(FLAGS_grace_period)));
+  options.access.token_file = absl::GetFlag(FLAGS_token_file);
 
   // Hold one reference to the gRPC library for the life of the process, so that destroying the
   // server does not run gRPC's global teardown: in 1.51 that can sit in a 10 s poll when a client
@@ -317,7 +326,12 @@ int main(int argc, char** argv) {
   std::fflush(stdout);
 
   int sig = 0;
-  sigwait(&signals, &sig);
+  while (true) {
+    sigwait(&signals, &sig);
+    if (sig != SIGHUP) break;
+    spdlog::info("received SIGHUP, reloading the token file");
+    (void)(*server)->ReloadAccess();  // Logs the outcome; on error the tokens in force stay.
+  }
   spdlog::info("received {}, shutting down", sig == SIGTERM ? "SIGTERM" : "SIGINT");
   (*server)->Shutdown();
   server->reset();

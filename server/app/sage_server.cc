@@ -17,6 +17,7 @@
 #include "server/frontend/grpc/listener_credentials.h"
 #include "server/scheduler/dynamic_batcher.h"
 #include "server/scheduler/fifo_scheduler.h"
+#include "server/util/version.h"
 #include "spdlog/spdlog.h"
 
 namespace sage::server {
@@ -60,6 +61,7 @@ absl::StatusOr<OpenedRegistry> OpenRegistry(const RegistryServerOptions& options
   OpenedRegistry out;
   registry::RegistryOptions ro;
   ro.backend = backend;
+  ro.max_models = options.max_models;
   registry::RegistrySnapshot initial;
   if (options.state_dir.empty()) {
     spdlog::warn("registry: no --state_dir; models and plans are kept in memory only and lost on restart");
@@ -138,14 +140,26 @@ absl::StatusOr<std::unique_ptr<SageServer>> SageServer::Start(
     return absl::InvalidArgumentError(absl::StrCat("max_connection_idle must be in [0, ", INT_MAX,
                                                    "] ms (0 = never), got ", options.max_connection_idle.count()));
   }
+  if (options.registry.max_models < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("registry_max_models must be >= 1, got ", options.registry.max_models));
+  }
   if (options.stream.max_pending_responses < 1) {
     return absl::InvalidArgumentError(absl::StrCat("stream_max_pending_responses must be >= 1, got ",
                                                    options.stream.max_pending_responses));
   }
+  // A bad token file stops the server (naming the line) before anything else is built.
+  AccessControlOptions access_options = options.access;
+  access_options.client_certificates_verified = !options.tls.client_ca_file.empty();
+  absl::StatusOr<std::unique_ptr<AccessControl>> access = AccessControl::Create(access_options);
+  if (!access.ok()) return access.status();
+  if (!(*access)->tokens_required()) spdlog::warn("access control: {}", (*access)->warning());
   absl::StatusOr<OpenedRegistry> opened = OpenRegistry(options.registry, backend->info());
   if (!opened.ok()) return opened.status();
   std::unique_ptr<SageServer> s(new SageServer());
   s->options_ = options;
+  s->access_ = *std::move(access);
+  s->authorizer_ = std::make_unique<CallAuthorizer>(s->access_.get());
   s->backend_ = std::move(backend);
   s->registry_store_ = std::move(opened->store);
   s->registry_ = std::move(opened->registry);
@@ -162,6 +176,9 @@ absl::StatusOr<std::unique_ptr<SageServer>> SageServer::Start(
   absl::StatusOr<std::unique_ptr<ServerMetrics>> metrics = ServerMetrics::Create();
   if (!metrics.ok()) return metrics.status();
   s->metrics_ = *std::move(metrics);
+  const std::string_view backend_name = BackendKindName(s->backend_->info().kind);
+  s->metrics_->SetBuildInfo(absl::string_view(kSageserveVersion.data(), kSageserveVersion.size()),
+                            absl::string_view(backend_name.data(), backend_name.size()));
   absl::StatusOr<std::unique_ptr<Scheduler>> scheduler =
       MakeScheduler(options, s->backend_.get(), s->metrics_.get());
   if (!scheduler.ok()) return scheduler.status();
@@ -203,13 +220,14 @@ absl::StatusOr<std::unique_ptr<SageServer>> SageServer::Start(
   limits.stream = options.stream;
   s->attention_service_ = std::make_unique<AttentionService>(AttendBackends{s->pipeline_.get(), s->shared_memory_.get()}, s->selftest_.get(),
                                                              &s->backend_->info(), s->payload_pool_, limits,
-                                                             s->metrics_.get());
+                                                             s->authorizer_.get(), s->metrics_.get());
   s->health_service_ = std::make_unique<HealthService>();
   RegistryServiceOptions registry_options;
   registry_options.limits = options.limits;
   s->registry_service_ =
-      std::make_unique<RegistryService>(s->registry_.get(), s->backend_.get(), registry_options);
-  s->shared_memory_service_ = std::make_unique<SharedMemoryService>(s->shared_memory_.get());
+      std::make_unique<RegistryService>(s->registry_.get(), s->backend_.get(), registry_options,
+                                        s->authorizer_.get());
+  s->shared_memory_service_ = std::make_unique<SharedMemoryService>(s->shared_memory_.get(), s->authorizer_.get());
 
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
@@ -255,11 +273,12 @@ absl::StatusOr<std::unique_ptr<SageServer>> SageServer::Start(
   const BackendInfo& info = s->backend_->info();
   // A Unix socket has no port (gRPC reports 1): name the address instead.
   const bool unix_socket = absl::StartsWith(options.listen_address, "unix:");
-  spdlog::info("sageserve listening on {} ({}, backend {}, {}, {} workers, queue {})",
+  spdlog::info("sageserve listening on {} ({}, {}, backend {}, {}, {} workers, queue {})",
                unix_socket ? options.listen_address : absl::StrCat("port ", s->port_),
                options.tls.cert_chain_file.empty() ? "plaintext"
                : options.tls.client_ca_file.empty() ? "TLS"
                                                     : "mutual TLS",
+               s->access_->tokens_required() ? "tokens required" : "NO ACCESS CONTROL",
                BackendKindName(info.kind), info.devices.empty() ? "" : info.devices.front().name,
                options.scheduler.worker_threads, options.scheduler.queue_capacity);
   if (options.scheduler_kind == SchedulerKind::kDynamicBatcher) {
@@ -315,6 +334,8 @@ void SageServer::Shutdown() {
   if (metrics_http_) metrics_http_->Shutdown();
   spdlog::info("drained");
 }
+
+absl::Status SageServer::ReloadAccess() { return access_->Reload(); }
 
 void SageServer::Wait() {
   if (server_ != nullptr) server_->Wait();

@@ -12,6 +12,7 @@
 #include "server/frontend/grpc/shared_memory_service.h"
 #include "server/shared_memory/shared_memory_registry.h"
 #include "server/frontend/grpc/attention_service.h"
+#include "server/frontend/grpc/call_auth.h"
 #include "server/frontend/grpc/health_service.h"
 #include "server/frontend/grpc/registry_service.h"
 #include "server/metrics/metrics_http_server.h"
@@ -51,6 +52,8 @@ class SageServer {
   // Graceful drain: health NOT_SERVING, new requests refused (UNAVAILABLE), accepted work runs
   // to completion; calls still open after the grace period are cancelled. Idempotent.
   void Shutdown();
+  // Re-reads the token file now (SIGHUP); on error the tokens in force stay (the error is logged).
+  absl::Status ReloadAccess();
   // Blocks until Shutdown() has completed (from another thread).
   void Wait();
 
@@ -73,6 +76,9 @@ class SageServer {
   std::unique_ptr<Scheduler> scheduler_;
   std::unique_ptr<AttendPipeline> pipeline_;
   std::unique_ptr<SelfTestRunner> selftest_;
+  // Before the services, which check every call through it.
+  std::unique_ptr<AccessControl> access_;
+  std::unique_ptr<CallAuthorizer> authorizer_;
   std::unique_ptr<AttentionService> attention_service_;
   std::unique_ptr<HealthService> health_service_;
   std::unique_ptr<RegistryService> registry_service_;

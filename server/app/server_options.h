@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "server/backend/backend_factory.h"
+#include "server/core/access_control.h"
 #include "server/core/attend_request.h"
 #include "server/frontend/grpc/attend_stream_reactor.h"
 #include "server/frontend/grpc/listener_credentials.h"
@@ -34,6 +35,8 @@ struct RegistryServerOptions {
   std::string state_dir;
   // kRefuse: a corrupt or unreadable-version registry file stops the server at start.
   registry::CorruptFilePolicy on_corrupt = registry::CorruptFilePolicy::kRefuse;
+  // Models the registry holds at most (RegistryOptions::max_models).
+  int max_models = 1024;
 };
 
 
@@ -75,6 +78,10 @@ struct ServerOptions {
   std::string metrics_listen_address;
   RequestLimits limits;
   RegistryServerOptions registry;
+  // Who may call what (tokens, mTLS identities, scopes). Without a token file every caller is an
+  // administrator; the server says so in its log and in GetServerInfo. client_certificates_verified
+  // is set from `tls` at start.
+  AccessControlOptions access;
   // Client shared-memory regions (SharedMemoryService); refused unless policy is kAllow.
   SharedMemoryOptions shared_memory;
   // How long a drain may take before remaining calls are cancelled.

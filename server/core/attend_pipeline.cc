@@ -20,6 +20,23 @@ absl::string_view MethodName(AttendMethod method) {
 
 absl::string_view Label(std::string_view s) { return absl::string_view(s.data(), s.size()); }
 
+// Counts one request in the in-flight gauge for as long as it lives: moved into the work item's
+// completion, it ends with the item (answered, failed, or refused by the scheduler).
+class InFlightMark {
+ public:
+  explicit InFlightMark(ServerMetrics* metrics) : metrics_(metrics) {
+    if (metrics_ != nullptr) metrics_->AddInFlight(1);
+  }
+  InFlightMark(InFlightMark&& other) noexcept : metrics_(std::exchange(other.metrics_, nullptr)) {}
+  InFlightMark& operator=(InFlightMark&&) = delete;
+  ~InFlightMark() {
+    if (metrics_ != nullptr) metrics_->AddInFlight(-1);
+  }
+
+ private:
+  ServerMetrics* metrics_;
+};
+
 }  // namespace
 
 void AttendPipeline::Record(AttendMethod method, std::string_view recipe, const absl::Status& status,
@@ -81,7 +98,7 @@ absl::Status AttendPipeline::Start(AttendCall call) {
   const AttendMethod method = call.method;
   const Clock::time_point accepted = call.accepted;
   const size_t bytes_in = call.bytes_in;
-  item.done = [this, request, method, accepted, bytes_in, encode = std::move(call.encode),
+  item.done = [this, request, method, accepted, bytes_in, mark = InFlightMark(metrics_), encode = std::move(call.encode),
                done = std::move(call.done)](absl::StatusOr<EngineOutput> out, const WorkTimings& timings) mutable {
     const std::string_view recipe = RecipeName(request->recipe);
     if (!out.ok()) {

@@ -18,6 +18,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
+#include "server/metrics/http_request.h"
 #include "server/metrics/prometheus_text.h"
 
 namespace sage::metrics {
@@ -256,25 +257,21 @@ bool MetricsHttpServer::WriteResponse(Connection& c) {
 }
 
 std::string MetricsHttpServer::Respond(const std::string& request) {
-  // Request line: METHOD SP request-target SP HTTP-version.
-  const absl::string_view line = absl::string_view(request).substr(0, request.find("\r\n"));
-  const size_t sp1 = line.find(' ');
-  const size_t sp2 = sp1 == absl::string_view::npos ? sp1 : line.find(' ', sp1 + 1);
   served_.fetch_add(1, std::memory_order_relaxed);
-  if (sp2 == absl::string_view::npos || line.substr(sp2 + 1).substr(0, 5) != "HTTP/") {
-    return Response("400 Bad Request", "text/plain", "bad request\n", "", true);
-  }
-  const absl::string_view method = line.substr(0, sp1);
-  absl::string_view target = line.substr(sp1 + 1, sp2 - sp1 - 1);
-  target = target.substr(0, target.find('?'));  // Scrapers may add parameters; none are used.
-  if (target != "/metrics") {
-    return Response("404 Not Found", "text/plain", "not found; try /metrics\n", "", method != "HEAD");
-  }
-  if (method != "GET" && method != "HEAD") {
-    return Response("405 Method Not Allowed", "text/plain", "use GET\n", "Allow: GET, HEAD\r\n", true);
+  const MetricsHttpAnswer answer = RouteMetricsRequest(request);
+  switch (answer.status) {
+    case MetricsHttpStatus::kBadRequest:
+      return Response("400 Bad Request", "text/plain", "bad request\n", "", answer.include_body);
+    case MetricsHttpStatus::kNotFound:
+      return Response("404 Not Found", "text/plain", "not found; try /metrics\n", "", answer.include_body);
+    case MetricsHttpStatus::kMethodNotAllowed:
+      return Response("405 Method Not Allowed", "text/plain", "use GET\n", "Allow: GET, HEAD\r\n",
+                      answer.include_body);
+    case MetricsHttpStatus::kOk:
+      break;
   }
   const std::string body = options_.render();
-  return Response("200 OK", kPrometheusContentType, body, "", method == "GET");
+  return Response("200 OK", kPrometheusContentType, body, "", answer.include_body);
 }
 
 }  // namespace sage::metrics

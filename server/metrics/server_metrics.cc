@@ -1,7 +1,11 @@
 #include "server/metrics/server_metrics.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <array>
+#include <filesystem>
+#include <fstream>
 #include <string>
 
 #include "server/metrics/prometheus_text.h"
@@ -140,18 +144,58 @@ absl::Status ServerMetrics::Register() {
                                "memory (staged before the GPU copy), by kind.",
                                {"memory"}),
                   &payload_overflow_));
+  // Process (the names Prometheus' client libraries use), read afresh at each scrape.
+  s.Update(Assign(r.AddGauge("process_resident_memory_bytes", "Resident set size of the server process.", {}),
+                  &resident_memory_));
+  s.Update(Assign(r.AddGauge("process_open_fds", "File descriptors the server process has open.", {}), &open_fds_));
+  s.Update(Assign(r.AddGauge("sageserve_in_flight_requests",
+                             "Attend requests accepted and not yet answered (unary and streamed).", {}),
+                  &in_flight_));
+  s.Update(Assign(r.AddGauge("sageserve_build_info", "Always 1; the labels say what runs.", {"version", "backend"}),
+                  &build_info_));
   if (!s.ok()) return s;
   // Unlabelled series exist from the start, so a scrape shows 0 rather than nothing.
   bytes_in_->Get();
   bytes_out_->Get();
   queue_duration_->Get();
   queue_depth_->Get();
+  in_flight_->Get();
   stream_queued_responses_->Get();
   stream_queued_bytes_->Get();
   return absl::OkStatus();
 }
 
-std::string ServerMetrics::RenderText() const { return metrics::RenderPrometheusText(registry_); }
+namespace {
+
+// Resident set size from /proc/self/statm (pages); -1 when unreadable.
+double ResidentBytes() {
+  std::ifstream statm("/proc/self/statm");
+  long pages_total = 0, pages_resident = 0;
+  if (!(statm >> pages_total >> pages_resident)) return -1;
+  return static_cast<double>(pages_resident) * static_cast<double>(::sysconf(_SC_PAGESIZE));
+}
+
+// Entries of /proc/self/fd, less the one the listing itself opens.
+double OpenFds() {
+  std::error_code ec;
+  double n = 0;
+  for (std::filesystem::directory_iterator it("/proc/self/fd", ec), end; !ec && it != end; it.increment(ec)) ++n;
+  return ec ? -1 : n - 1;
+}
+
+}  // namespace
+
+std::string ServerMetrics::RenderText() const {
+  resident_memory_->Get().Set(ResidentBytes());
+  open_fds_->Get().Set(OpenFds());
+  return metrics::RenderPrometheusText(registry_);
+}
+
+void ServerMetrics::AddInFlight(int delta) { in_flight_->Get().Add(delta); }
+
+void ServerMetrics::SetBuildInfo(absl::string_view version, absl::string_view backend) {
+  build_info_->WithLabels({version, backend}).Set(1);
+}
 
 void ServerMetrics::RecordRequest(const RequestRecord& r) {
   const absl::string_view code = CodeLabel(r.code);

@@ -63,6 +63,10 @@ class ServerMetrics {
   // Time a worker spent answering one launch's requests after it (responses built and handed to gRPC).
   void RecordRespond(absl::string_view device, MetricsClock::duration respond);
   void SetQueueDepth(int depth);
+  // Attend requests accepted and not yet answered (unary and streamed): +1 / -1.
+  void AddInFlight(int delta);
+  // sageserve_build_info{version, backend} = 1, set once at start.
+  void SetBuildInfo(absl::string_view version, absl::string_view backend);
   // AttendStream answers waiting to be written (all streams): `responses` and `bytes` are changes.
   void AddStreamQueued(int64_t responses, int64_t bytes);
   void SetGpuMemory(absl::string_view device, int64_t used_bytes, int64_t total_bytes);
@@ -82,6 +86,10 @@ class ServerMetrics {
   metrics::HistogramFamily* queue_duration_ = nullptr;
   metrics::CounterFamily* dropped_ = nullptr;
   metrics::GaugeFamily* queue_depth_ = nullptr;
+  metrics::GaugeFamily* in_flight_ = nullptr;
+  metrics::GaugeFamily* build_info_ = nullptr;
+  metrics::GaugeFamily* resident_memory_ = nullptr;
+  metrics::GaugeFamily* open_fds_ = nullptr;
   metrics::GaugeFamily* stream_queued_responses_ = nullptr;
   metrics::GaugeFamily* stream_queued_bytes_ = nullptr;
   metrics::CounterFamily* batches_ = nullptr;

@@ -117,6 +117,12 @@ absl::StatusOr<ModelRecord> Registry::RegisterModel(const ModelSpec& spec, Regis
       result = it->second;
       return Change::kChanged;
     }
+    if (next.models.size() >= static_cast<size_t>(options_.max_models)) {
+      return server::WithResource(
+          absl::ResourceExhaustedError(absl::StrCat("registry holds ", next.models.size(),
+                                                    " models, its limit (registry_max_models); delete one first")),
+          kModelResource, spec.name);
+    }
     ModelRecord record;
     record.spec = spec;
     record.created_at = now;

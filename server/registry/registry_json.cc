@@ -287,6 +287,9 @@ absl::StatusOr<RegistrySnapshot> DecodeRegistry(std::string_view text) {
                                               text.size(), " bytes, incomplete at the end)"));
     }
     return absl::DataLossError(absl::StrCat("not valid JSON at byte ", e.byte, ": ", e.what()));
+  } catch (const Json::exception& e) {
+    // The parser's other refusals, e.g. out_of_range 406 for a number no double holds ("1e999").
+    return absl::DataLossError(absl::StrCat("not valid JSON: ", e.what()));
   }
   Reader r(root, "$");
   if (absl::Status s = r.RequireObject(); !s.ok()) return s;

@@ -151,9 +151,16 @@ absl::StatusOr<LoadResult> RegistryStore::Load() {
     result.kind = LoadKind::kLoaded;
     return result;
   }
-  // I/O errors are never "corrupt": moving a file aside because of EACCES would lose plans.
-  const bool bad_content = snap.status().code() == absl::StatusCode::kDataLoss ||
-                           snap.status().code() == absl::StatusCode::kFailedPrecondition;
+  // Only damaged content is "corrupt". I/O errors are not (moving a file aside because of EACCES
+  // would lose plans), and neither is a schema version this build does not read
+  // (FAILED_PRECONDITION): the file is intact, another sageserve wrote it, and moving it aside
+  // would make a downgrade wipe every plan.
+  const bool bad_content = snap.status().code() == absl::StatusCode::kDataLoss;
+  if (snap.status().code() == absl::StatusCode::kFailedPrecondition) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        snap.status().message(), "; refusing to start with it, and not moving it aside: it is not corrupt (run the "
+        "sageserve version that wrote it, or move it aside explicitly to start empty)"));
+  }
   if (!bad_content || options_.on_corrupt == CorruptFilePolicy::kRefuse) {
     if (!bad_content) return snap.status();
     return absl::Status(snap.status().code(),

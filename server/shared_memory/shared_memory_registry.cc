@@ -46,10 +46,10 @@ absl::Status SharedMemoryRegistry::CheckAllowed() const {
       "shared memory is turned off on this server (start it with --allow_shared_memory)");
 }
 
-absl::Status SharedMemoryRegistry::CheckNewName(const std::string& name) const {
-  if (regions_.count(name) != 0) {
-    return WithResource(absl::AlreadyExistsError(absl::StrCat("region '", name, "' is already registered")),
-                        kRegionResource, name);
+absl::Status SharedMemoryRegistry::CheckNewName(const Key& key) const {
+  if (regions_.count(key) != 0) {
+    return WithResource(absl::AlreadyExistsError(absl::StrCat("region '", key.first, "' is already registered")),
+                        kRegionResource, key.first);
   }
   if (static_cast<int>(regions_.size()) >= options_.max_regions) {
     return absl::ResourceExhaustedError(absl::StrCat("already ", regions_.size(),
@@ -58,33 +58,55 @@ absl::Status SharedMemoryRegistry::CheckNewName(const std::string& name) const {
   return absl::OkStatus();
 }
 
-absl::Status SharedMemoryRegistry::CheckRegistrable(const std::string& name) const {
+absl::Status SharedMemoryRegistry::CheckRegistrable(const RegionCaller& caller, const std::string& name) const {
   if (absl::Status s = CheckAllowed(); !s.ok()) return s;
   if (absl::Status s = CheckName(name); !s.ok()) return s;
   absl::MutexLock lock(&mu_);
-  return CheckNewName(name);
+  return CheckNewName(Key{name, caller.identity});
 }
 
 absl::Status SharedMemoryRegistry::Insert(std::shared_ptr<SharedMemoryRegion> region) {
   absl::MutexLock lock(&mu_);
-  // Checked again: another registration of the name may have won while this one was mapping.
-  if (absl::Status s = CheckNewName(region->info_.name); !s.ok()) return s;
   const SharedMemoryRegionInfo& i = region->info_;
-  spdlog::info("shared memory: registered '{}' ({}, {} bytes{})", LogField(i.name),
+  // Checked again: another registration of the name may have won while this one was mapping.
+  if (absl::Status s = CheckNewName(Key{i.name, i.owner}); !s.ok()) return s;
+  spdlog::info("shared memory: registered '{}' for '{}' ({}, {} bytes{})", LogField(i.name), LogField(i.owner),
                i.kind == SharedMemoryKind::kSystem ? absl::StrCat("system ", LogField(i.key), " @", i.offset)
                                                    : absl::StrCat("cuda device ", i.device),
                i.byte_size, i.memory == MemoryKind::kPinned ? ", pinned" : "");
-  regions_.emplace(i.name, std::move(region));
+  Key key{i.name, i.owner};
+  regions_.emplace(std::move(key), std::move(region));
   return absl::OkStatus();
 }
 
-absl::Status SharedMemoryRegistry::RegisterSystem(const std::string& name, const std::string& key, uint64_t offset,
-                                                  uint64_t byte_size) {
-  if (absl::Status s = CheckRegistrable(name); !s.ok()) return s;
+std::vector<SharedMemoryRegistry::Map::const_iterator> SharedMemoryRegistry::Matching(const RegionCaller& caller,
+                                                                                        const std::string& name) const {
+  std::vector<Map::const_iterator> out;
+  if (name.empty()) {
+    for (auto it = regions_.begin(); it != regions_.end(); ++it) {
+      if (caller.sees_all || it->first.second == caller.identity) out.push_back(it);
+    }
+    return out;
+  }
+  if (auto own = regions_.find(Key{name, caller.identity}); own != regions_.end()) {
+    out.push_back(own);
+    return out;
+  }
+  if (!caller.sees_all) return out;
+  for (auto it = regions_.lower_bound(Key{name, ""}); it != regions_.end() && it->first.first == name; ++it) {
+    out.push_back(it);
+  }
+  return out;
+}
+
+absl::Status SharedMemoryRegistry::RegisterSystem(const RegionCaller& caller, const std::string& name,
+                                                  const std::string& key, uint64_t offset, uint64_t byte_size) {
+  if (absl::Status s = CheckRegistrable(caller, name); !s.ok()) return s;
   absl::StatusOr<std::unique_ptr<SystemMapping>> mapping = SystemMapping::Map(key, offset, byte_size);
   if (!mapping.ok()) return mapping.status();
   auto region = std::shared_ptr<SharedMemoryRegion>(new SharedMemoryRegion());
   region->info_.name = name;
+  region->info_.owner = caller.identity;
   region->info_.kind = SharedMemoryKind::kSystem;
   region->info_.key = key;
   region->info_.offset = offset;
@@ -104,16 +126,17 @@ absl::Status SharedMemoryRegistry::RegisterSystem(const std::string& name, const
   return Insert(std::move(region));
 }
 
-absl::Status SharedMemoryRegistry::RegisterCuda(const std::string& name, std::span<const std::byte> raw_handle,
-                                                int device, uint64_t byte_size) {
+absl::Status SharedMemoryRegistry::RegisterCuda(const RegionCaller& caller, const std::string& name,
+                                                std::span<const std::byte> raw_handle, int device, uint64_t byte_size) {
   if (byte_size == 0) return absl::InvalidArgumentError("byte_size: must be > 0");
   if (device < 0) return absl::InvalidArgumentError(absl::StrCat("device_id: ", device, " is not a CUDA ordinal"));
-  if (absl::Status s = CheckRegistrable(name); !s.ok()) return s;
+  if (absl::Status s = CheckRegistrable(caller, name); !s.ok()) return s;
   if (backend_ == nullptr) return absl::UnimplementedError("CUDA shared memory needs the cuda backend");
   absl::StatusOr<DeviceMapping> opened = backend_->OpenCudaIpcMemory(raw_handle, device, byte_size);
   if (!opened.ok()) return opened.status();
   auto region = std::shared_ptr<SharedMemoryRegion>(new SharedMemoryRegion());
   region->info_.name = name;
+  region->info_.owner = caller.identity;
   region->info_.kind = SharedMemoryKind::kCuda;
   region->info_.device = device;
   region->info_.byte_size = byte_size;
@@ -123,44 +146,40 @@ absl::Status SharedMemoryRegistry::RegisterCuda(const std::string& name, std::sp
   return Insert(std::move(region));
 }
 
-absl::StatusOr<std::vector<std::string>> SharedMemoryRegistry::Unregister(const std::string& name) {
+absl::StatusOr<std::vector<std::string>> SharedMemoryRegistry::Unregister(const RegionCaller& caller,
+                                                                         const std::string& name) {
   // Regions are destroyed outside the lock (unmapping and unpinning can take a while).
   std::vector<std::shared_ptr<SharedMemoryRegion>> removed;
   std::vector<std::string> names;
+  std::vector<std::string> owners;
   {
     absl::MutexLock lock(&mu_);
-    if (name.empty()) {
-      for (auto& [n, r] : regions_) {
-        names.push_back(n);
-        removed.push_back(std::move(r));
-      }
-      regions_.clear();
-    } else {
-      auto it = regions_.find(name);
-      if (it == regions_.end()) return RegionNotFound(name);
-      names.push_back(name);
-      removed.push_back(std::move(it->second));
+    std::vector<Map::const_iterator> found = Matching(caller, name);
+    if (found.empty() && !name.empty()) return RegionNotFound(name);
+    for (Map::const_iterator it : found) {
+      names.push_back(it->first.first);
+      owners.push_back(it->first.second);
+      removed.push_back(it->second);
       regions_.erase(it);
     }
   }
-  for (const std::string& n : names) spdlog::info("shared memory: unregistered '{}'", LogField(n));
+  for (size_t i = 0; i < names.size(); ++i) {
+    spdlog::info("shared memory: unregistered '{}' of '{}' (by '{}')", LogField(names[i]), LogField(owners[i]),
+                 LogField(caller.identity));
+  }
   return names;
 }
 
-absl::StatusOr<std::vector<SharedMemoryRegionInfo>> SharedMemoryRegistry::Status(const std::string& name) const {
+absl::StatusOr<std::vector<SharedMemoryRegionInfo>> SharedMemoryRegistry::Status(const RegionCaller& caller,
+                                                                                 const std::string& name) const {
   absl::MutexLock lock(&mu_);
+  std::vector<Map::const_iterator> found = Matching(caller, name);
+  if (found.empty() && !name.empty()) return RegionNotFound(name);
   std::vector<SharedMemoryRegionInfo> out;
-  const auto add = [&](const SharedMemoryRegion& r) {
-    out.push_back(r.info_);
-    out.back().requests = r.requests_.load(std::memory_order_relaxed);
-  };
-  if (name.empty()) {
-    for (const auto& [n, r] : regions_) add(*r);
-    return out;
+  for (Map::const_iterator it : found) {
+    out.push_back(it->second->info_);
+    out.back().requests = it->second->requests_.load(std::memory_order_relaxed);
   }
-  auto it = regions_.find(name);
-  if (it == regions_.end()) return RegionNotFound(name);
-  add(*it->second);
   return out;
 }
 
@@ -169,19 +188,20 @@ int SharedMemoryRegistry::size() const {
   return static_cast<int>(regions_.size());
 }
 
-absl::StatusOr<SharedRange> SharedMemoryRegistry::Resolve(const std::string& field, const std::string& region,
-                                                          uint64_t offset, uint64_t byte_size,
-                                                          size_t expected_bytes) const {
+absl::StatusOr<SharedRange> SharedMemoryRegistry::Resolve(const RegionCaller& caller, const std::string& field,
+                                                          const std::string& region, uint64_t offset,
+                                                          uint64_t byte_size, size_t expected_bytes) const {
   if (absl::Status s = CheckAllowed(); !s.ok()) return s;
   std::shared_ptr<const SharedMemoryRegion> r;
   {
     absl::MutexLock lock(&mu_);
-    auto it = regions_.find(region);
-    if (it == regions_.end()) {
+    std::vector<Map::const_iterator> found = region.empty() ? std::vector<Map::const_iterator>{}
+                                                            : Matching(caller, region);
+    if (found.empty()) {
       return WithResource(absl::NotFoundError(absl::StrCat(field, ".region: '", region, "' is not registered")),
                           kRegionResource, region);
     }
-    r = it->second;
+    r = found.front()->second;
   }
   const uint64_t size = r->info_.byte_size;
   if (byte_size != expected_bytes) {

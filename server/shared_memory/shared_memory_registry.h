@@ -5,6 +5,10 @@
 // launches DMA straight from and into them. CUDA regions are opened once from their IPC handle.
 // A request holds a reference to each region it names: unregistering a region stops new requests
 // from naming it, and the mapping goes away when the last request using it is answered.
+//
+// Regions belong to the identity that registered them (core/access_control.h): names are per owner,
+// and another identity is told NOT_FOUND, as if the region did not exist. A caller that sees all
+// (the admin scope) lists, unregisters and names every owner's regions.
 #pragma once
 
 #include <atomic>
@@ -37,8 +41,15 @@ struct SharedMemoryOptions {
   int max_regions = 256;
 };
 
+// Who asks. Without access control every caller is the same anonymous identity, with sees_all.
+struct RegionCaller {
+  std::string identity;
+  bool sees_all = false;  // admin: every identity's regions
+};
+
 struct SharedMemoryRegionInfo {
   std::string name;
+  std::string owner;  // the identity that registered it
   SharedMemoryKind kind = SharedMemoryKind::kSystem;
   std::string key;      // system
   uint64_t offset = 0;  // system
@@ -88,34 +99,48 @@ class SharedMemoryRegistry {
   // FAILED_PRECONDITION naming the flag that turns shared memory on, unless allowed().
   absl::Status CheckAllowed() const;
 
-  // FAILED_PRECONDITION when not allowed; ALREADY_EXISTS for a name in use; RESOURCE_EXHAUSTED at
-  // max_regions; otherwise SystemMapping::Map's and the backend's errors.
-  absl::Status RegisterSystem(const std::string& name, const std::string& key, uint64_t offset, uint64_t byte_size);
-  absl::Status RegisterCuda(const std::string& name, std::span<const std::byte> raw_handle, int device,
-                            uint64_t byte_size);
-  // The names unregistered (every region for an empty name). NOT_FOUND for an unknown name.
-  absl::StatusOr<std::vector<std::string>> Unregister(const std::string& name);
-  // One region (NOT_FOUND if unknown) or, for an empty name, all of them in name order.
-  absl::StatusOr<std::vector<SharedMemoryRegionInfo>> Status(const std::string& name) const;
+  // A region owned by `caller.identity`. FAILED_PRECONDITION when not allowed; ALREADY_EXISTS for
+  // a name the caller already uses; RESOURCE_EXHAUSTED at max_regions (all owners together);
+  // otherwise SystemMapping::Map's and the backend's errors.
+  absl::Status RegisterSystem(const RegionCaller& caller, const std::string& name, const std::string& key,
+                              uint64_t offset, uint64_t byte_size);
+  absl::Status RegisterCuda(const RegionCaller& caller, const std::string& name, std::span<const std::byte> raw_handle,
+                            int device, uint64_t byte_size);
+  // The names unregistered. An empty name: every region of the caller (of everyone, for sees_all).
+  // A name: the caller's region of that name; for sees_all without one of its own, every owner's
+  // region of that name. NOT_FOUND when there is none the caller may see.
+  absl::StatusOr<std::vector<std::string>> Unregister(const RegionCaller& caller, const std::string& name);
+  // The regions Unregister would remove, in name order (then owner), with their counters.
+  absl::StatusOr<std::vector<SharedMemoryRegionInfo>> Status(const RegionCaller& caller,
+                                                             const std::string& name) const;
   int size() const;
 
-  // The `byte_size` bytes at `offset` of region `region`, for the request field `field` (named in
-  // errors, e.g. "q.shared_memory"). FAILED_PRECONDITION when not allowed, NOT_FOUND for an unknown
-  // region, INVALID_ARGUMENT for a range outside it or a size other than `expected_bytes`.
-  absl::StatusOr<SharedRange> Resolve(const std::string& field, const std::string& region, uint64_t offset,
-                                      uint64_t byte_size, size_t expected_bytes) const;
+  // The `byte_size` bytes at `offset` of region `region` (the caller's own; for sees_all without
+  // one of its own, the first owner's of that name), for the request field `field` (named in
+  // errors, e.g. "q.shared_memory"). FAILED_PRECONDITION when not allowed, NOT_FOUND for a region
+  // the caller may not see, INVALID_ARGUMENT for a range outside it or a size other than
+  // `expected_bytes`.
+  absl::StatusOr<SharedRange> Resolve(const RegionCaller& caller, const std::string& field, const std::string& region,
+                                      uint64_t offset, uint64_t byte_size, size_t expected_bytes) const;
 
  private:
-  absl::Status CheckNewName(const std::string& name) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // (name, owner): a name's regions sit together, in owner order.
+  using Key = std::pair<std::string, std::string>;
+  using Map = std::map<Key, std::shared_ptr<SharedMemoryRegion>>;
+
+  absl::Status CheckNewName(const Key& key) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Allowed, a valid name, not taken, room for one more: checked before the (slow) mapping work;
   // Insert checks the name and count again under the lock.
-  absl::Status CheckRegistrable(const std::string& name) const;
+  absl::Status CheckRegistrable(const RegionCaller& caller, const std::string& name) const;
   absl::Status Insert(std::shared_ptr<SharedMemoryRegion> region);
+  // The regions `caller` addresses with `name` (see Unregister), in map order.
+  std::vector<Map::const_iterator> Matching(const RegionCaller& caller, const std::string& name) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const SharedMemoryOptions options_;
   AttentionBackend* const backend_;
   mutable absl::Mutex mu_;
-  std::map<std::string, std::shared_ptr<SharedMemoryRegion>> regions_ ABSL_GUARDED_BY(mu_);
+  Map regions_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace sage::server

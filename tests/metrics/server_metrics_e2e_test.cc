@@ -91,6 +91,11 @@ TEST_F(ServerMetricsE2E, CountersMoveWithRequestsByCode) {
   EXPECT_EQ(after.Sum("sageserve_batch_respond_duration_seconds_count", {{"device", "cpu"}}), launches);
   EXPECT_GT(after.Sum("sageserve_batch_respond_duration_seconds_sum", {{"device", "cpu"}}), 0);
   EXPECT_EQ(*after.Value("sageserve_queue_depth_requests"), 0);
+  // Every answered request has left the in-flight gauge; the server says what runs.
+  EXPECT_EQ(*after.Value("sageserve_in_flight_requests"), 0);
+  EXPECT_EQ(after.Sum("sageserve_build_info", {{"backend", "cpu"}}), 1);
+  EXPECT_GT(*after.Value("process_resident_memory_bytes"), 0);
+  EXPECT_GT(*after.Value("process_open_fds"), 0);
 }
 
 TEST_F(ServerMetricsE2E, StreamRequestsAreCountedUnderTheirMethod) {

@@ -1,6 +1,11 @@
 // The server's metric set: registers cleanly, renders parseable text, records what it is told.
 #include "server/metrics/server_metrics.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <vector>
+
 #include "gtest/gtest.h"
 #include "tests/metrics/prometheus_parse.h"
 
@@ -40,6 +45,10 @@ TEST(ServerMetrics, DeclaresTheIssueMetricsWithConventionalNames) {
       {"sageserve_payload_pool_capacity_bytes", "gauge"},
       {"sageserve_payload_pool_in_use_bytes", "gauge"},
       {"sageserve_payload_pool_overflow_total", "counter"},
+      {"sageserve_in_flight_requests", "gauge"},
+      {"sageserve_build_info", "gauge"},
+      {"process_resident_memory_bytes", "gauge"},
+      {"process_open_fds", "gauge"},
   };
   EXPECT_EQ(parsed->type, expected);
   for (const auto& [name, type] : expected) EXPECT_FALSE(parsed->help.at(name).empty()) << name;
@@ -47,6 +56,32 @@ TEST(ServerMetrics, DeclaresTheIssueMetricsWithConventionalNames) {
   EXPECT_EQ(*parsed->Value("sageserve_request_bytes_total"), 0);
   EXPECT_EQ(*parsed->Value("sageserve_queue_depth_requests"), 0);
   EXPECT_EQ(*parsed->Value("sageserve_queue_duration_seconds_count"), 0);
+  EXPECT_EQ(*parsed->Value("sageserve_in_flight_requests"), 0);
+}
+
+// The process gauges are read at each scrape: more open files and more touched memory show.
+TEST(ServerMetrics, ProcessGaugesFollowTheProcess) {
+  auto m = ServerMetrics::Create();
+  ASSERT_TRUE(m.ok());
+  absl::StatusOr<ParsedExposition> before = ParseExposition((*m)->RenderText());
+  ASSERT_TRUE(before.ok()) << before.status();
+  std::vector<int> fds;
+  for (int i = 0; i < 10; ++i) fds.push_back(::open("/dev/null", O_RDONLY));
+  std::vector<char> touched(size_t{64} << 20, 1);  // 64 MiB written: resident
+  absl::StatusOr<ParsedExposition> after = ParseExposition((*m)->RenderText());
+  ASSERT_TRUE(after.ok()) << after.status();
+  EXPECT_EQ(*after->Value("process_open_fds"), *before->Value("process_open_fds") + 10);
+  EXPECT_GE(*after->Value("process_resident_memory_bytes"),
+            *before->Value("process_resident_memory_bytes") + 60.0 * (1 << 20));
+  EXPECT_EQ(touched[touched.size() - 1], 1);
+  for (int fd : fds) ::close(fd);
+  (*m)->SetBuildInfo("1.2.3", "cpu");
+  (*m)->AddInFlight(2);
+  (*m)->AddInFlight(-1);
+  absl::StatusOr<ParsedExposition> last = ParseExposition((*m)->RenderText());
+  ASSERT_TRUE(last.ok());
+  EXPECT_EQ(*last->Value("sageserve_build_info", {{"version", "1.2.3"}, {"backend", "cpu"}}), 1);
+  EXPECT_EQ(*last->Value("sageserve_in_flight_requests"), 1);
 }
 
 // The pool reports cumulative overflows; the counter follows them without counting any twice.

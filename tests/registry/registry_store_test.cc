@@ -134,6 +134,23 @@ TEST(RegistryStoreTest, UnknownSchemaVersionIsRefused) {
   ExpectRefused(dir, absl::StatusCode::kFailedPrecondition, "unsupported schema_version 42");
 }
 
+// A file of another schema version is intact: even with move-aside on it is refused and left in
+// place (moving it would make a downgrade wipe every plan).
+TEST(RegistryStoreTest, NewerSchemaVersionIsNeverMovedAside) {
+  TempDir dir;
+  std::string text = WriteValid(dir);
+  const size_t pos = text.find("\"schema_version\": 1");
+  text.replace(pos, 19, "\"schema_version\": 42");
+  WriteWholeFile(dir.path() + "/registry.json", text);
+  auto store = OpenStore(dir.path(), CorruptFilePolicy::kMoveAside);
+  absl::StatusOr<LoadResult> loaded = store->Load();
+  ASSERT_FALSE(loaded.ok());
+  EXPECT_EQ(loaded.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(loaded.status().message().find("written by a newer sageserve"), std::string::npos) << loaded.status();
+  EXPECT_NE(loaded.status().message().find("not moving it aside"), std::string::npos) << loaded.status();
+  EXPECT_EQ(ReadWholeFile(dir.path() + "/registry.json"), text);
+}
+
 TEST(RegistryStoreTest, MoveAsideKeepsTheBadFileAndStartsEmpty) {
   TempDir dir;
   const std::string text = WriteValid(dir);

@@ -47,6 +47,24 @@ TEST(RegistryTest, RegisterListGetDelete) {
   EXPECT_EQ(r->ListModels().size(), 1u);
 }
 
+TEST(RegistryTest, ModelCountIsBounded) {
+  RegistryOptions options;
+  options.backend = testing::CpuBackendInfo();
+  options.max_models = 3;
+  absl::StatusOr<std::unique_ptr<Registry>> r = Registry::Create(options, {});
+  ASSERT_TRUE(r.ok()) << r.status();
+  for (const char* name : {"a", "b", "c"}) ASSERT_TRUE((*r)->RegisterModel(TestModel(name), RegisterMode::kCreate).ok());
+  absl::StatusOr<ModelRecord> fourth = (*r)->RegisterModel(TestModel("d"), RegisterMode::kCreate);
+  ASSERT_FALSE(fourth.ok());
+  EXPECT_EQ(fourth.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_NE(fourth.status().message().find("registry holds 3 models"), std::string::npos) << fourth.status();
+  // Replacing or re-registering a model already there is not a new one; after a delete there is room.
+  EXPECT_TRUE((*r)->RegisterModel(TestModel("a", 2, 50), RegisterMode::kReplace).ok());
+  ASSERT_TRUE((*r)->DeleteModel("b").ok());
+  EXPECT_TRUE((*r)->RegisterModel(TestModel("d"), RegisterMode::kCreate).ok());
+  EXPECT_EQ((*r)->ListModels().size(), 3u);
+}
+
 TEST(RegistryTest, RegisterIsIdempotentButRefusesADifferentSpecUnlessReplacing) {
   auto r = MakeRegistry();
   ASSERT_TRUE(r->RegisterModel(TestModel("m"), RegisterMode::kCreate).ok());

@@ -14,6 +14,9 @@
 namespace sage::server {
 namespace {
 
+// Every caller of a server without a token file.
+const server::RegionCaller kCaller{"anonymous", true};
+
 // Records pins and unpins; the pin object checks on release that the memory is still mapped (by
 // touching it), as cudaHostUnregister needs.
 class PinRecorder final : public AttentionBackend {
@@ -64,10 +67,10 @@ TEST(SharedMemoryRegistry, PinnedRegionOutlivesUnregisterWhileHeld) {
   ASSERT_NE(shm, nullptr);
   std::memset(shm->data(), 7, shm->size());
   // An offset that is not page-aligned: the server maps from the page below.
-  ASSERT_TRUE(registry.RegisterSystem("r", shm->key(), 4100, 8192).ok());
+  ASSERT_TRUE(registry.RegisterSystem(kCaller, "r", shm->key(), 4100, 8192).ok());
   EXPECT_EQ(engine.pins.load(), 1);
   EXPECT_EQ(engine.pinned_bytes, 8192u);
-  absl::StatusOr<SharedRange> range = registry.Resolve("q.shared_memory", "r", 100, 256, 256);
+  absl::StatusOr<SharedRange> range = registry.Resolve(kCaller, "q.shared_memory", "r", 100, 256, 256);
   ASSERT_TRUE(range.ok()) << range.status();
   EXPECT_EQ(range->memory(), MemoryKind::kPinned);
   // The same bytes the client sees at 4100 + 100.
@@ -76,10 +79,10 @@ TEST(SharedMemoryRegistry, PinnedRegionOutlivesUnregisterWhileHeld) {
   range->bytes[1] = std::byte{43};
   EXPECT_EQ(shm->data()[4201], std::byte{43});
 
-  ASSERT_TRUE(registry.Unregister("r").ok());
+  ASSERT_TRUE(registry.Unregister(kCaller, "r").ok());
   EXPECT_EQ(registry.size(), 0);
   EXPECT_EQ(engine.unpins.load(), 0) << "a request still holds the region";
-  EXPECT_EQ(registry.Resolve("q.shared_memory", "r", 0, 256, 256).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(registry.Resolve(kCaller, "q.shared_memory", "r", 0, 256, 256).status().code(), absl::StatusCode::kNotFound);
   range->bytes[2] = std::byte{44};  // still mapped
   EXPECT_EQ(shm->data()[4202], std::byte{44});
   range.value().region.reset();
@@ -91,15 +94,15 @@ TEST(SharedMemoryRegistry, StatusCountsRequestsAndListsByName) {
   SharedMemoryRegistry registry(Allow(), &engine);
   auto shm = MakeShm(1 << 16);
   ASSERT_NE(shm, nullptr);
-  ASSERT_TRUE(registry.RegisterSystem("b", shm->key(), 0, 4096).ok());
-  ASSERT_TRUE(registry.RegisterSystem("a", shm->key(), 4096, 4096).ok());
+  ASSERT_TRUE(registry.RegisterSystem(kCaller, "b", shm->key(), 0, 4096).ok());
+  ASSERT_TRUE(registry.RegisterSystem(kCaller, "a", shm->key(), 4096, 4096).ok());
   for (int i = 0; i < 3; ++i) {
-    absl::StatusOr<SharedRange> r = registry.Resolve("q", "b", 0, 16, 16);
+    absl::StatusOr<SharedRange> r = registry.Resolve(kCaller, "q", "b", 0, 16, 16);
     ASSERT_TRUE(r.ok());
     r->region->CountRequest();
   }
-  EXPECT_FALSE(registry.Resolve("q", "b", 0, 16, 32).ok());
-  absl::StatusOr<std::vector<SharedMemoryRegionInfo>> all = registry.Status("");
+  EXPECT_FALSE(registry.Resolve(kCaller, "q", "b", 0, 16, 32).ok());
+  absl::StatusOr<std::vector<SharedMemoryRegionInfo>> all = registry.Status(kCaller, "");
   ASSERT_TRUE(all.ok());
   ASSERT_EQ(all->size(), 2u);
   EXPECT_EQ((*all)[0].name, "a");
@@ -107,7 +110,7 @@ TEST(SharedMemoryRegistry, StatusCountsRequestsAndListsByName) {
   EXPECT_EQ((*all)[1].requests, 3);
   EXPECT_EQ((*all)[0].offset, 4096u);
   EXPECT_EQ((*all)[0].memory, MemoryKind::kPinned);
-  absl::StatusOr<std::vector<std::string>> gone = registry.Unregister("");
+  absl::StatusOr<std::vector<std::string>> gone = registry.Unregister(kCaller, "");
   ASSERT_TRUE(gone.ok());
   EXPECT_EQ(*gone, (std::vector<std::string>{"a", "b"}));
   EXPECT_EQ(engine.unpins.load(), 2);
@@ -118,20 +121,20 @@ TEST(SharedMemoryRegistry, LimitsAndEngineRefusal) {
   SharedMemoryRegistry registry(Allow(2), &engine);
   auto shm = MakeShm(1 << 16);
   ASSERT_NE(shm, nullptr);
-  ASSERT_TRUE(registry.RegisterSystem("1", shm->key(), 0, 64).ok());
-  ASSERT_TRUE(registry.RegisterSystem("2", shm->key(), 0, 64).ok());
-  EXPECT_EQ(registry.RegisterSystem("3", shm->key(), 0, 64).code(), absl::StatusCode::kResourceExhausted);
-  ASSERT_TRUE(registry.Unregister("1").ok());
+  ASSERT_TRUE(registry.RegisterSystem(kCaller, "1", shm->key(), 0, 64).ok());
+  ASSERT_TRUE(registry.RegisterSystem(kCaller, "2", shm->key(), 0, 64).ok());
+  EXPECT_EQ(registry.RegisterSystem(kCaller, "3", shm->key(), 0, 64).code(), absl::StatusCode::kResourceExhausted);
+  ASSERT_TRUE(registry.Unregister(kCaller, "1").ok());
   engine.refuse = true;
-  EXPECT_EQ(registry.RegisterSystem("3", shm->key(), 0, 64).code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(registry.RegisterSystem(kCaller, "3", shm->key(), 0, 64).code(), absl::StatusCode::kResourceExhausted);
   EXPECT_EQ(registry.size(), 1);  // the refused region was not kept
   engine.refuse = false;
-  EXPECT_TRUE(registry.RegisterSystem("3", shm->key(), 0, 64).ok());
-  ASSERT_TRUE(registry.Unregister("3").ok());
-  EXPECT_EQ(registry.RegisterSystem(std::string(300, 'x'), shm->key(), 0, 64).code(),
+  EXPECT_TRUE(registry.RegisterSystem(kCaller, "3", shm->key(), 0, 64).ok());
+  ASSERT_TRUE(registry.Unregister(kCaller, "3").ok());
+  EXPECT_EQ(registry.RegisterSystem(kCaller, std::string(300, 'x'), shm->key(), 0, 64).code(),
             absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(registry.RegisterCuda("c", {}, 0, 64).code(), absl::StatusCode::kUnimplemented);
-  EXPECT_EQ(registry.RegisterCuda("c", {}, -1, 64).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(registry.RegisterCuda(kCaller, "c", {}, 0, 64).code(), absl::StatusCode::kUnimplemented);
+  EXPECT_EQ(registry.RegisterCuda(kCaller, "c", {}, -1, 64).code(), absl::StatusCode::kInvalidArgument);
 }
 
 // Many threads registering, resolving and unregistering the same names: no double registration,
@@ -146,15 +149,15 @@ TEST(SharedMemoryRegistry, ConcurrentUse) {
     threads.emplace_back([&, t] {
       for (int i = 0; i < 200; ++i) {
         const std::string name = std::to_string((t + i) % 5);
-        (void)registry.RegisterSystem(name, shm->key(), 0, 4096);
-        absl::StatusOr<SharedRange> r = registry.Resolve("q", name, 0, 64, 64);
+        (void)registry.RegisterSystem(kCaller, name, shm->key(), 0, 4096);
+        absl::StatusOr<SharedRange> r = registry.Resolve(kCaller, "q", name, 0, 64, 64);
         if (r.ok()) r->bytes[0] = std::byte{1};
-        (void)registry.Unregister(name);
+        (void)registry.Unregister(kCaller, name);
       }
     });
   }
   for (auto& th : threads) th.join();
-  (void)registry.Unregister("");
+  (void)registry.Unregister(kCaller, "");
   EXPECT_EQ(engine.pins.load(), engine.unpins.load());
 }
 
@@ -163,8 +166,8 @@ TEST(SharedMemoryRegistry, RefusedUnlessAllowed) {
   SharedMemoryRegistry registry(SharedMemoryOptions{}, &engine);
   auto shm = MakeShm(4096);
   ASSERT_NE(shm, nullptr);
-  EXPECT_EQ(registry.RegisterSystem("r", shm->key(), 0, 64).code(), absl::StatusCode::kFailedPrecondition);
-  EXPECT_EQ(registry.Resolve("q", "r", 0, 64, 64).status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(registry.RegisterSystem(kCaller, "r", shm->key(), 0, 64).code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(registry.Resolve(kCaller, "q", "r", 0, 64, 64).status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_EQ(engine.pins.load(), 0);
 }
 

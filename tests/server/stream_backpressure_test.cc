@@ -71,7 +71,7 @@ class StreamServer {
     limits.stream = stream;
     service_ = std::make_unique<server::AttentionService>(server::AttendBackends{pipeline_.get(), nullptr},
                                                           /*selftest=*/nullptr, &backend_.info(), pool_.get(), limits,
-                                                          metrics_.get());
+                                                          &authorizer_, metrics_.get());
     grpc::ServerBuilder builder;
     builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port_);
     builder.RegisterService(service_.get());
@@ -88,6 +88,10 @@ class StreamServer {
     args.SetMaxReceiveMessageSize(64 << 20);
     // A fresh connection per stub, so streams do not share one connection's flow control.
     args.SetInt("sageserve.test.channel", next_channel_.fetch_add(1));
+    // A client that does not read must hold the server's writes back soon and for good: no BDP
+    // probing (which grows the receive window to megabytes) and a 64 KiB window, under one answer.
+    args.SetInt(GRPC_ARG_HTTP2_BDP_PROBE, 0);
+    args.SetInt(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 64 << 10);
     return v1::AttentionService::NewStub(
         grpc::CreateCustomChannel(absl::StrCat("127.0.0.1:", port_), grpc::InsecureChannelCredentials(), args));
   }
@@ -107,6 +111,9 @@ class StreamServer {
   std::unique_ptr<server::Scheduler> scheduler_;
   std::unique_ptr<server::HostBufferPool> pool_;
   std::unique_ptr<server::AttendPipeline> pipeline_;
+  // No token file: every caller is the anonymous administrator.
+  std::unique_ptr<server::AccessControl> access_ = *server::AccessControl::Create({});
+  server::CallAuthorizer authorizer_{access_.get()};
   std::unique_ptr<server::AttentionService> service_;
   std::unique_ptr<grpc::Server> server_;
   int port_ = 0;
@@ -204,8 +211,22 @@ TEST(StreamBackpressure, PastTheServerBoundNewStreamRequestsAreRefused) {
     }
     a->WritesDone();
   });
+  // Until A's answers are held on the server for good: the transport first absorbs writes up to its
+  // flow-control window, so a nonzero gauge can drop back to 0 while that window fills. Stalled
+  // means nonzero for 300 ms in a row.
   const auto until = std::chrono::steady_clock::now() + 10s;
-  while (server.Gauge("sageserve_stream_queued_bytes") <= 0 && std::chrono::steady_clock::now() < until) {
+  auto held_since = std::chrono::steady_clock::now();
+  bool held = false;
+  while (std::chrono::steady_clock::now() < until) {
+    const auto now = std::chrono::steady_clock::now();
+    if (server.Gauge("sageserve_stream_queued_bytes") <= 0) {
+      held = false;
+    } else if (!held) {
+      held = true;
+      held_since = now;
+    } else if (now - held_since >= 300ms) {
+      break;
+    }
     std::this_thread::sleep_for(5ms);
   }
   ASSERT_GT(server.Gauge("sageserve_stream_queued_bytes"), 0);

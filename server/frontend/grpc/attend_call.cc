@@ -21,15 +21,17 @@ std::string_view RequestedRecipe(const sageserve::v1::AttendRequest& request, co
 
 }  // namespace
 
-absl::Status WireCallState::Start(const AttendBackends& backends, AttendMethod method, Clock::time_point accepted,
+absl::Status WireCallState::Start(const AttendBackends& backends, const RegionCaller& caller,
+                                  AttendMethod method, Clock::time_point accepted,
                                   std::optional<Clock::time_point> deadline, std::function<bool()> is_cancelled,
                                   absl::AnyInvocable<void(const absl::Status&)> done) {
   AttendPipeline& pipeline = *backends.pipeline;
   const RequestPayloads& p = wire.payloads;
   if (p.storage == nullptr) return absl::InternalError("attend call: wire payloads without storage");
   const ExternalTensors external{p.q, p.k, p.v, p.storage->memory(), p.o, p.lse};
+  const SharedMemoryAccess shared_memory{backends.shared_memory, caller};
   absl::StatusOr<std::unique_ptr<DecodedRequest>> d =
-      DecodeAttendRequest(wire.header, pipeline.backend(), pipeline.limits(), &external, backends.shared_memory);
+      DecodeAttendRequest(wire.header, pipeline.backend(), pipeline.limits(), &external, &shared_memory);
   if (!d.ok()) {
     pipeline.Reject(method, wire.header.request_id(), RequestedRecipe(wire.header, pipeline.backend()), d.status(),
                     accepted, wire.wire_bytes);

@@ -44,7 +44,9 @@ struct WireCallState {
 
   // Decodes `wire` and starts it through the pipeline. OK: `done` will run once, on a worker, after
   // `response`/`result` are filled. Error: `done` will not run (the refusal is logged and counted).
-  absl::Status Start(const AttendBackends& backends, AttendMethod method, Clock::time_point accepted,
+  // `caller`: whose shared-memory regions the request may name.
+  absl::Status Start(const AttendBackends& backends, const RegionCaller& caller,
+                     AttendMethod method, Clock::time_point accepted,
                      std::optional<Clock::time_point> deadline, std::function<bool()> is_cancelled,
                      absl::AnyInvocable<void(const absl::Status&)> done);
 

@@ -18,9 +18,14 @@ absl::Status StreamQueueTotals::Admit() const {
 }
 
 AttendStreamReactor::AttendStreamReactor(grpc::CallbackServerContext* context, AttendBackends backends,
-                                         HostBufferPool* payload_pool, const StreamLimits& limits,
-                                         StreamQueueTotals* totals)
-    : context_(context), backends_(backends), payload_pool_(payload_pool), limits_(limits), totals_(totals) {
+                                         RegionCaller caller, HostBufferPool* payload_pool,
+                                         const StreamLimits& limits, StreamQueueTotals* totals)
+    : context_(context),
+      backends_(backends),
+      caller_(std::move(caller)),
+      payload_pool_(payload_pool),
+      limits_(limits),
+      totals_(totals) {
   StartRead(&incoming_);
 }
 
@@ -90,7 +95,7 @@ void AttendStreamReactor::OnReadDone(bool ok) {
   // `this` outlives the work: Finish waits for outstanding_ to reach 0.
   // Latency counts from here, after the parse and the next read's start, as it always has.
   absl::Status started = slot->Start(
-      backends_, AttendMethod::kStream, Clock::now(), SteadyDeadline(*context_),
+      backends_, caller_, AttendMethod::kStream, Clock::now(), SteadyDeadline(*context_),
       [this] { return cancelled_.load(std::memory_order_relaxed); },
       [this, slot](const absl::Status& status) { Complete(slot, status); });
   if (!started.ok()) Complete(slot, started);

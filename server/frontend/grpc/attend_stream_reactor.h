@@ -68,7 +68,9 @@ class StreamQueueTotals {
 class AttendStreamReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
  public:
   // `totals` (shared by the service's streams) must outlive the reactor.
-  AttendStreamReactor(grpc::CallbackServerContext* context, AttendBackends backends, HostBufferPool* payload_pool,
+  // `caller`: whose shared-memory regions the stream's requests may name (checked at its start).
+  AttendStreamReactor(grpc::CallbackServerContext* context, AttendBackends backends, RegionCaller caller,
+                      HostBufferPool* payload_pool,
                       const StreamLimits& limits, StreamQueueTotals* totals);
   ~AttendStreamReactor() override;
 
@@ -103,6 +105,7 @@ class AttendStreamReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffe
 
   grpc::CallbackServerContext* const context_;
   const AttendBackends backends_;
+  const RegionCaller caller_;
   HostBufferPool* const payload_pool_;
   const StreamLimits limits_;
   StreamQueueTotals* const totals_;

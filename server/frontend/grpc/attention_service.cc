@@ -51,18 +51,25 @@ void EncodeSelfTestReport(const SelfTestReport& report, v1::SelfTestResponse* re
 }  // namespace
 
 AttentionService::AttentionService(AttendBackends backends, SelfTestRunner* selftest, const BackendInfo* backend,
-                                   HostBufferPool* payload_pool, ServiceLimits limits, ServerMetrics* metrics)
+                                   HostBufferPool* payload_pool, ServiceLimits limits, const CallAuthorizer* auth,
+                                   ServerMetrics* metrics)
     : backends_(backends),
       selftest_(selftest),
       backend_(backend),
       payload_pool_(payload_pool),
       limits_(limits),
+      auth_(auth),
       stream_totals_(limits.stream.max_server_queued_bytes, metrics) {}
 
 
 grpc::ServerUnaryReactor* AttentionService::Attend(grpc::CallbackServerContext* context,
                                                    const grpc::ByteBuffer* request, grpc::ByteBuffer* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  absl::StatusOr<Principal> caller = auth_->Check(context, "/sageserve.v1.AttentionService/Attend");
+  if (!caller.ok()) {
+    FinishAttend(reactor, *context, caller.status());
+    return reactor;
+  }
   absl::StatusOr<WireAttendRequest> parsed = ParseAttendRequest(*request, *payload_pool_);
   if (!parsed.ok()) {
     spdlog::warn("Attend request rejected: {}", LogField(parsed.status().ToString(), kLogStatusMaxBytes));
@@ -75,7 +82,8 @@ grpc::ServerUnaryReactor* AttentionService::Attend(grpc::CallbackServerContext* 
   // The context stays valid until Finish, which only the completion below calls. The latency
   // metrics and the response's total_us count from here, after the parse, as they always have.
   absl::Status started = state->Start(
-      backends_, AttendMethod::kUnary, Clock::now(), SteadyDeadline(*context), [context] { return context->IsCancelled(); },
+      backends_, RegionCallerOf(*caller), AttendMethod::kUnary, Clock::now(), SteadyDeadline(*context),
+      [context] { return context->IsCancelled(); },
       [reactor, response, state, context](const absl::Status& status) {
         if (status.ok()) *response = state->SerializeResponse();
         FinishAttend(reactor, *context, status);
@@ -86,12 +94,22 @@ grpc::ServerUnaryReactor* AttentionService::Attend(grpc::CallbackServerContext* 
 
 grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* AttentionService::AttendStream(
     grpc::CallbackServerContext* context) {
-  return new AttendStreamReactor(context, backends_, payload_pool_, limits_.stream, &stream_totals_);
+  // Checked once, at the stream's start: every request on it is the same caller's.
+  absl::StatusOr<Principal> caller = auth_->Check(context, "/sageserve.v1.AttentionService/AttendStream");
+  if (!caller.ok()) return new RefusedBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>(ToGrpcStatus(caller.status()));
+  return new AttendStreamReactor(context, backends_, RegionCallerOf(*caller), payload_pool_, limits_.stream,
+                                 &stream_totals_);
 }
 
 grpc::ServerUnaryReactor* AttentionService::GetServerInfo(grpc::CallbackServerContext* context,
                                                           const v1::GetServerInfoRequest* /*request*/,
                                                           v1::GetServerInfoResponse* response) {
+  if (absl::StatusOr<Principal> caller = auth_->Check(context, "/sageserve.v1.AttentionService/GetServerInfo");
+      !caller.ok()) {
+    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+    reactor->Finish(ToGrpcStatus(caller.status()));
+    return reactor;
+  }
   // Static facts only: cheap enough to answer on the reactor thread.
   response->set_version(std::string(kSageserveVersion));
   response->set_backend(std::string(BackendKindName(backend_->kind)));
@@ -115,6 +133,9 @@ grpc::ServerUnaryReactor* AttentionService::GetServerInfo(grpc::CallbackServerCo
   shm->set_enabled(limits_.shared_memory_enabled);
   shm->set_max_regions(limits_.shared_memory_enabled ? limits_.max_shared_memory_regions : 0);
   shm->set_cuda(limits_.shared_memory_enabled && backend_->kind == BackendKind::kCuda);
+  v1::AccessControlInfo* access = response->mutable_access_control();
+  access->set_tokens_required(auth_->tokens_required());
+  access->set_warning(auth_->warning());
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   reactor->Finish(grpc::Status::OK);
   return reactor;
@@ -124,6 +145,11 @@ grpc::ServerUnaryReactor* AttentionService::SelfTest(grpc::CallbackServerContext
                                                      const v1::SelfTestRequest* request,
                                                      v1::SelfTestResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  if (absl::StatusOr<Principal> caller = auth_->Check(context, "/sageserve.v1.AttentionService/SelfTest");
+      !caller.ok()) {
+    reactor->Finish(ToGrpcStatus(caller.status()));
+    return reactor;
+  }
   std::vector<Recipe> recipes;
   for (int wire : request->recipes()) {
     absl::StatusOr<Recipe> r = FromWireRecipe(static_cast<v1::Recipe>(wire));

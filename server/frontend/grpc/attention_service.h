@@ -11,6 +11,7 @@
 #include "server/backend/host_buffer_pool.h"
 #include "server/frontend/grpc/attend_call.h"
 #include "server/frontend/grpc/attend_stream_reactor.h"
+#include "server/frontend/grpc/call_auth.h"
 #include "server/core/selftest.h"
 #include "server/metrics/server_metrics.h"
 
@@ -35,10 +36,11 @@ using AttentionServiceBase = detail::Svc::WithRawCallbackMethod_Attend<detail::S
 
 class AttentionService final : public AttentionServiceBase {
  public:
-  // `payload_pool` (where request tensors are received) must outlive the service; so must `metrics`
-  // (the stream gauges; null: none).
+  // `payload_pool` (where request tensors are received) and `auth` (every call's check) must outlive
+  // the service; so must `metrics` (the stream gauges; null: none).
   AttentionService(AttendBackends backends, SelfTestRunner* selftest, const BackendInfo* backend,
-                   HostBufferPool* payload_pool, ServiceLimits limits, ServerMetrics* metrics = nullptr);
+                   HostBufferPool* payload_pool, ServiceLimits limits, const CallAuthorizer* auth,
+                   ServerMetrics* metrics = nullptr);
 
   grpc::ServerUnaryReactor* Attend(grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
                                    grpc::ByteBuffer* response) override;
@@ -57,6 +59,7 @@ class AttentionService final : public AttentionServiceBase {
   const BackendInfo* const backend_;
   HostBufferPool* const payload_pool_;
   const ServiceLimits limits_;
+  const CallAuthorizer* const auth_;
   StreamQueueTotals stream_totals_;  // Every stream's unwritten answers.
 };
 

@@ -150,8 +150,9 @@ class RegistryService::CalibrateReactor final : public grpc::ServerReadReactor<v
 };
 
 RegistryService::RegistryService(reg::Registry* registry, AttentionBackend* backend,
-                                 const RegistryServiceOptions& options)
+                                 const RegistryServiceOptions& options, const CallAuthorizer* auth)
     : registry_(registry),
+      auth_(auth),
       backend_(backend),
       options_(options),
       calibrator_(backend),
@@ -168,14 +169,17 @@ void RegistryService::Shutdown() {
 grpc::ServerUnaryReactor* RegistryService::RegisterModel(grpc::CallbackServerContext* context,
                                                          const v1::RegisterModelRequest* request,
                                                          v1::RegisterModelResponse* response) {
-  return RunOn(writes_, context, [this, request, response]() -> absl::Status {
+  absl::StatusOr<Principal> caller = auth_->Check(context, "/sageserve.v1.RegistryService/RegisterModel");
+  if (!caller.ok()) return FinishNow(context, caller.status());
+  return RunOn(writes_, context, [this, request, response, who = caller->identity]() -> absl::Status {
     absl::StatusOr<reg::ModelSpec> spec = ModelSpecFromWire(request->spec());
     if (!spec.ok()) return spec.status();
     absl::StatusOr<reg::ModelRecord> record = registry_->RegisterModel(
         *spec, request->replace() ? reg::RegisterMode::kReplace : reg::RegisterMode::kCreate);
     if (!record.ok()) return record.status();
     ModelInfoToWire(*record, backend_->info(), response->mutable_model());
-    spdlog::info("registry: registered model {} ({} layers)", LogField(record->spec.name), record->spec.num_layers);
+    spdlog::info("registry: registered model {} ({} layers) for '{}'", LogField(record->spec.name),
+                 record->spec.num_layers, LogField(who));
     return absl::OkStatus();
   });
 }
@@ -183,6 +187,8 @@ grpc::ServerUnaryReactor* RegistryService::RegisterModel(grpc::CallbackServerCon
 grpc::ServerUnaryReactor* RegistryService::ListModels(grpc::CallbackServerContext* context,
                                                       const v1::ListModelsRequest* /*request*/,
                                                       v1::ListModelsResponse* response) {
+  absl::StatusOr<Principal> caller = auth_->Check(context, "/sageserve.v1.RegistryService/ListModels");
+  if (!caller.ok()) return FinishNow(context, caller.status());
   for (const reg::ModelRecord& record : registry_->ListModels()) {
     ModelInfoToWire(record, backend_->info(), response->add_models());
   }
@@ -192,6 +198,8 @@ grpc::ServerUnaryReactor* RegistryService::ListModels(grpc::CallbackServerContex
 grpc::ServerUnaryReactor* RegistryService::GetModel(grpc::CallbackServerContext* context,
                                                     const v1::GetModelRequest* request,
                                                     v1::GetModelResponse* response) {
+  absl::StatusOr<Principal> caller = auth_->Check(context, "/sageserve.v1.RegistryService/GetModel");
+  if (!caller.ok()) return FinishNow(context, caller.status());
   absl::StatusOr<reg::ModelRecord> record = registry_->GetModel(request->name());
   if (record.ok()) ModelInfoToWire(*record, backend_->info(), response->mutable_model());
   return FinishNow(context, record.status());
@@ -200,9 +208,11 @@ grpc::ServerUnaryReactor* RegistryService::GetModel(grpc::CallbackServerContext*
 grpc::ServerUnaryReactor* RegistryService::DeleteModel(grpc::CallbackServerContext* context,
                                                        const v1::DeleteModelRequest* request,
                                                        v1::DeleteModelResponse* /*response*/) {
-  return RunOn(writes_, context, [this, request]() -> absl::Status {
+  absl::StatusOr<Principal> caller = auth_->Check(context, "/sageserve.v1.RegistryService/DeleteModel");
+  if (!caller.ok()) return FinishNow(context, caller.status());
+  return RunOn(writes_, context, [this, request, who = caller->identity]() -> absl::Status {
     absl::Status s = registry_->DeleteModel(request->name());
-    if (s.ok()) spdlog::info("registry: deleted model {}", LogField(request->name()));
+    if (s.ok()) spdlog::info("registry: deleted model {} for '{}'", LogField(request->name()), LogField(who));
     return s;
   });
 }
@@ -210,6 +220,8 @@ grpc::ServerUnaryReactor* RegistryService::DeleteModel(grpc::CallbackServerConte
 grpc::ServerUnaryReactor* RegistryService::GetPlan(grpc::CallbackServerContext* context,
                                                    const v1::GetPlanRequest* request,
                                                    v1::GetPlanResponse* response) {
+  absl::StatusOr<Principal> caller = auth_->Check(context, "/sageserve.v1.RegistryService/GetPlan");
+  if (!caller.ok()) return FinishNow(context, caller.status());
   absl::StatusOr<reg::EffectivePlan> plan = registry_->GetPlan(request->model());
   if (plan.ok()) PlanToWire(plan->plan, reg::DefaultRecipeFor(backend_->info()), response->mutable_plan());
   return FinishNow(context, plan.status());
@@ -218,7 +230,9 @@ grpc::ServerUnaryReactor* RegistryService::GetPlan(grpc::CallbackServerContext* 
 grpc::ServerUnaryReactor* RegistryService::SetPlan(grpc::CallbackServerContext* context,
                                                    const v1::SetPlanRequest* request,
                                                    v1::SetPlanResponse* response) {
-  return RunOn(writes_, context, [this, request, response]() -> absl::Status {
+  absl::StatusOr<Principal> caller = auth_->Check(context, "/sageserve.v1.RegistryService/SetPlan");
+  if (!caller.ok()) return FinishNow(context, caller.status());
+  return RunOn(writes_, context, [this, request, response, who = caller->identity]() -> absl::Status {
     absl::StatusOr<reg::Plan> plan = PlanFromWire(request->plan());
     if (!plan.ok()) return plan.status();
     std::optional<int64_t> expected;
@@ -226,14 +240,16 @@ grpc::ServerUnaryReactor* RegistryService::SetPlan(grpc::CallbackServerContext* 
     absl::StatusOr<reg::Plan> stored = registry_->SetPlan(request->model(), *std::move(plan), expected);
     if (!stored.ok()) return stored.status();
     PlanToWire(*stored, reg::DefaultRecipeFor(backend_->info()), response->mutable_plan());
-    spdlog::info("registry: plan of {} set to version {} ({} entries)", LogField(request->model()), stored->version,
-                 stored->entries.size());
+    spdlog::info("registry: plan of {} set to version {} ({} entries) for '{}'", LogField(request->model()),
+                 stored->version, stored->entries.size(), LogField(who));
     return absl::OkStatus();
   });
 }
 
 grpc::ServerReadReactor<v1::CalibrateRequest>* RegistryService::Calibrate(grpc::CallbackServerContext* context,
                                                                           v1::CalibrateResponse* response) {
+  absl::StatusOr<Principal> caller = auth_->Check(context, "/sageserve.v1.RegistryService/Calibrate");
+  if (!caller.ok()) return new RefusedReadReactor<v1::CalibrateRequest>(ToGrpcStatus(caller.status()));
   return new CalibrateReactor(this, context, response);
 }
 

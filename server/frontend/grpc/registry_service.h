@@ -9,6 +9,7 @@
 
 #include "sageserve/v1/registry.grpc.pb.h"
 #include "server/backend/backend.h"
+#include "server/frontend/grpc/call_auth.h"
 #include "server/frontend/grpc/request_codec.h"
 #include "server/registry/calibrator.h"
 #include "server/registry/registry.h"
@@ -27,8 +28,10 @@ struct RegistryServiceOptions {
 
 class RegistryService final : public sageserve::v1::RegistryService::CallbackService {
  public:
-  // `registry` and `backend` must outlive the service.
-  RegistryService(registry::Registry* registry, AttentionBackend* backend, const RegistryServiceOptions& options);
+  // `registry`, `backend` and `auth` (every call's check) must outlive the service. The default
+  // `auth` is a server's without a token file (every caller an administrator); SageServer passes its own.
+  RegistryService(registry::Registry* registry, AttentionBackend* backend, const RegistryServiceOptions& options,
+                  const CallAuthorizer* auth = OpenAuthorizer());
   ~RegistryService() override;
 
   // Refuses new work (UNAVAILABLE) and finishes what is queued. Call after the gRPC server has
@@ -60,6 +63,7 @@ class RegistryService final : public sageserve::v1::RegistryService::CallbackSer
   class CalibrateReactor;
 
   registry::Registry* const registry_;
+  const CallAuthorizer* const auth_;
   AttentionBackend* const backend_;
   const RegistryServiceOptions options_;
   registry::Calibrator calibrator_;

@@ -64,12 +64,13 @@ bool NeedsStaging(const SharedRange& r) {
 
 // Resolves a shared-memory reference of `expected` bytes, keeping its region (once) in `decoded`.
 absl::StatusOr<SharedRange> ResolveRef(const std::string& field, const v1::SharedMemoryRef& ref, size_t expected,
-                                       size_t alignment, const SharedMemoryRegistry* shm, DecodedRequest& decoded) {
-  if (shm == nullptr) {
+                                       size_t alignment, const SharedMemoryAccess* shm, DecodedRequest& decoded) {
+  if (shm == nullptr || shm->registry == nullptr) {
     // Calls decoded without a registry (calibration samples) take their bytes inline only.
     return absl::FailedPreconditionError(absl::StrCat(field, ": this call takes tensor bytes inline, not shared memory"));
   }
-  absl::StatusOr<SharedRange> range = shm->Resolve(field, ref.region(), ref.offset(), ref.byte_size(), expected);
+  absl::StatusOr<SharedRange> range =
+      shm->registry->Resolve(shm->caller, field, ref.region(), ref.offset(), ref.byte_size(), expected);
   if (!range.ok()) return range.status();
   if (reinterpret_cast<uintptr_t>(range->bytes.data()) % alignment != 0) {
     return Invalid(absl::StrCat(field, ".offset"), absl::StrCat(ref.offset(), " is not a multiple of the element size (",
@@ -86,7 +87,7 @@ absl::StatusOr<SharedRange> ResolveRef(const std::string& field, const v1::Share
 absl::StatusOr<TensorView> DecodeTensor(const std::string& field, const v1::Tensor& t,
                                         const BackendInfo& backend, const RequestLimits& limits,
                                         const std::span<const std::byte>* external,
-                                        const SharedMemoryRegistry* shm, DecodedRequest& decoded,
+                                        const SharedMemoryAccess* shm, DecodedRequest& decoded,
                                         std::optional<SharedRange>* shared) {
   if (t.dtype() == v1::DTYPE_UNSPECIFIED) return Invalid(absl::StrCat(field, ".dtype"), "not set");
   absl::StatusOr<DType> dtype = FromWireDType(t.dtype());
@@ -184,7 +185,7 @@ bool Overlap(std::span<const std::byte> a, std::span<const std::byte> b) {
 }
 
 // AttendRequest.o_output / lse_output: resolved, sized for the output, apart from every input.
-absl::Status DecodeOutputs(const v1::AttendRequest& request, const SharedMemoryRegistry* shm, DecodedRequest& d) {
+absl::Status DecodeOutputs(const v1::AttendRequest& request, const SharedMemoryAccess* shm, DecodedRequest& d) {
   EngineInput& in = d.core.input;
   if (!request.has_o_output()) {
     if (request.has_lse_output()) return Invalid("lse_output", "set only together with o_output");
@@ -300,7 +301,7 @@ absl::Status CopyOutputsToClient(const EngineOutput& output, const DecodedReques
 
 absl::StatusOr<std::unique_ptr<DecodedRequest>> DecodeAttendRequest(
     const v1::AttendRequest& request, const BackendInfo& backend, const RequestLimits& limits,
-    const ExternalTensors* external, const SharedMemoryRegistry* shared_memory) {
+    const ExternalTensors* external, const SharedMemoryAccess* shared_memory) {
   auto decoded = std::make_unique<DecodedRequest>();
   EngineInput& in = decoded->core.input;
 

@@ -37,15 +37,21 @@ struct DecodedRequest {
   sageserve::v1::SharedMemoryRef o_output_ref, lse_output_ref;
 };
 
+// The shared-memory regions a request may name: `caller`'s own (every owner's for sees_all).
+struct SharedMemoryAccess {
+  const SharedMemoryRegistry* registry = nullptr;
+  RegionCaller caller;
+};
+
 // INVALID_ARGUMENT naming the field for malformed input, RESOURCE_EXHAUSTED for too large.
 // Tensors and outputs in shared memory are resolved through `shared_memory` (null: refused with
-// FAILED_PRECONDITION; unknown regions are NOT_FOUND; a system region whose object shrank before or
+// FAILED_PRECONDITION; unknown regions, and other identities' regions, are NOT_FOUND; a system region whose object shrank before or
 // while its inputs were copied is FAILED_PRECONDITION naming the field and region). Returned by pointer so the spans into
 // default_cu_* stay valid.
 absl::StatusOr<std::unique_ptr<DecodedRequest>> DecodeAttendRequest(
     const sageserve::v1::AttendRequest& request, const BackendInfo& backend,
     const RequestLimits& limits, const ExternalTensors* external = nullptr,
-    const SharedMemoryRegistry* shared_memory = nullptr);
+    const SharedMemoryAccess* shared_memory = nullptr);
 
 // Fills o (converted to the requested dtype, from EngineOutput::o or, when the engine returned it,
 // EngineOutput::o_native) and lse of `response`. When the engine wrote into the caller's buffers

@@ -24,8 +24,8 @@ v1::SharedMemoryKind ToWireKind(SharedMemoryKind kind) {
 
 }  // namespace
 
-SharedMemoryService::SharedMemoryService(SharedMemoryRegistry* registry)
-    : registry_(registry), worker_(WorkerOptions()) {}
+SharedMemoryService::SharedMemoryService(SharedMemoryRegistry* registry, const CallAuthorizer* auth)
+    : registry_(registry), auth_(auth), worker_(WorkerOptions()) {}
 
 SharedMemoryService::~SharedMemoryService() { Shutdown(); }
 
@@ -34,28 +34,37 @@ void SharedMemoryService::Shutdown() { worker_.Shutdown(); }
 grpc::ServerUnaryReactor* SharedMemoryService::RegisterSystemSharedMemory(
     grpc::CallbackServerContext* context, const v1::RegisterSystemSharedMemoryRequest* request,
     v1::RegisterSharedMemoryResponse* /*response*/) {
+  absl::StatusOr<Principal> caller =
+      auth_->Check(context, "/sageserve.v1.SharedMemoryService/RegisterSystemSharedMemory");
+  if (!caller.ok()) return FinishNow(context, caller.status());
   if (!registry_->allowed()) return FinishNow(context, registry_->CheckAllowed());
-  return RunOn(worker_, context, [this, request] {
-    return registry_->RegisterSystem(request->name(), request->key(), request->offset(), request->byte_size());
+  return RunOn(worker_, context, [this, request, who = RegionCallerOf(*caller)] {
+    return registry_->RegisterSystem(who, request->name(), request->key(), request->offset(), request->byte_size());
   });
 }
 
 grpc::ServerUnaryReactor* SharedMemoryService::RegisterCudaSharedMemory(
     grpc::CallbackServerContext* context, const v1::RegisterCudaSharedMemoryRequest* request,
     v1::RegisterSharedMemoryResponse* /*response*/) {
+  absl::StatusOr<Principal> caller =
+      auth_->Check(context, "/sageserve.v1.SharedMemoryService/RegisterCudaSharedMemory");
+  if (!caller.ok()) return FinishNow(context, caller.status());
   if (!registry_->allowed()) return FinishNow(context, registry_->CheckAllowed());
-  return RunOn(worker_, context, [this, request] {
+  return RunOn(worker_, context, [this, request, who = RegionCallerOf(*caller)] {
     const std::span<const std::byte> handle(reinterpret_cast<const std::byte*>(request->raw_handle().data()),
                                             request->raw_handle().size());
-    return registry_->RegisterCuda(request->name(), handle, request->device_id(), request->byte_size());
+    return registry_->RegisterCuda(who, request->name(), handle, request->device_id(), request->byte_size());
   });
 }
 
 grpc::ServerUnaryReactor* SharedMemoryService::UnregisterSharedMemory(
     grpc::CallbackServerContext* context, const v1::UnregisterSharedMemoryRequest* request,
     v1::UnregisterSharedMemoryResponse* response) {
-  return RunOn(worker_, context, [this, request, response]() -> absl::Status {
-    absl::StatusOr<std::vector<std::string>> names = registry_->Unregister(request->name());
+  absl::StatusOr<Principal> caller =
+      auth_->Check(context, "/sageserve.v1.SharedMemoryService/UnregisterSharedMemory");
+  if (!caller.ok()) return FinishNow(context, caller.status());
+  return RunOn(worker_, context, [this, request, response, who = RegionCallerOf(*caller)]() -> absl::Status {
+    absl::StatusOr<std::vector<std::string>> names = registry_->Unregister(who, request->name());
     if (!names.ok()) return names.status();
     for (std::string& n : *names) response->add_names(std::move(n));
     return absl::OkStatus();
@@ -65,7 +74,11 @@ grpc::ServerUnaryReactor* SharedMemoryService::UnregisterSharedMemory(
 grpc::ServerUnaryReactor* SharedMemoryService::GetSharedMemoryStatus(grpc::CallbackServerContext* context,
                                                                      const v1::GetSharedMemoryStatusRequest* request,
                                                                      v1::GetSharedMemoryStatusResponse* response) {
-  absl::StatusOr<std::vector<SharedMemoryRegionInfo>> regions = registry_->Status(request->name());
+  absl::StatusOr<Principal> caller =
+      auth_->Check(context, "/sageserve.v1.SharedMemoryService/GetSharedMemoryStatus");
+  if (!caller.ok()) return FinishNow(context, caller.status());
+  absl::StatusOr<std::vector<SharedMemoryRegionInfo>> regions =
+      registry_->Status(RegionCallerOf(*caller), request->name());
   if (!regions.ok()) return FinishNow(context, regions.status());
   for (const SharedMemoryRegionInfo& r : *regions) {
     v1::SharedMemoryRegionStatus* s = response->add_regions();

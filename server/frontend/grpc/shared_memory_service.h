@@ -5,14 +5,16 @@
 
 #include "sageserve/v1/shared_memory.grpc.pb.h"
 #include "server/core/serial_worker.h"
+#include "server/frontend/grpc/call_auth.h"
 #include "server/shared_memory/shared_memory_registry.h"
 
 namespace sage::server {
 
 class SharedMemoryService final : public sageserve::v1::SharedMemoryService::CallbackService {
  public:
-  // `registry` must outlive the service.
-  explicit SharedMemoryService(SharedMemoryRegistry* registry);
+  // `registry` and `auth` (every call's check) must outlive the service. A caller sees its own
+  // regions only; with the admin scope, every identity's.
+  SharedMemoryService(SharedMemoryRegistry* registry, const CallAuthorizer* auth);
   ~SharedMemoryService() override;
 
   // Refuses new registrations (UNAVAILABLE) and finishes queued ones. Idempotent.
@@ -33,6 +35,7 @@ class SharedMemoryService final : public sageserve::v1::SharedMemoryService::Cal
 
  private:
   SharedMemoryRegistry* const registry_;
+  const CallAuthorizer* const auth_;
   SerialWorker worker_;
 };
 

@@ -48,6 +48,11 @@ struct ClientOptions {
   // retry_buffer_bytes are held for retrying; a larger one is sent once.
   int max_attempts = 1;
   int64_t retry_buffer_bytes = int64_t{16} << 20;
+  // Access token of a server started with --token_file, sent on every call of every stub on this
+  // client's channels as metadata `authorization: Bearer <token>`. Empty: none (servers without a
+  // token file, or a client certificate mapped to an identity). Printable ASCII, no spaces.
+  // Over plaintext anyone on the path can read it: use TLS beyond loopback.
+  std::string token;
 };
 
 struct StreamOptions {
