@@ -327,7 +327,7 @@ TEST(AccessControlTls, ClientCertificateMapsToScopes) {
   absl::StatusOr<std::unique_ptr<server::SageServer>> srv = server::SageServer::Start(o);
   ASSERT_TRUE(srv.ok()) << srv.status();
   sageserve::ClientOptions co;
-  co.target = "localhost:" + std::to_string((*srv)->port());
+  co.target = "127.0.0.1:" + std::to_string((*srv)->port());  // the certificate names the IP too; no DNS
   co.security = sageserve::TransportSecurity::kTls;
   co.tls.root_certs_pem = slurp(dir / "ca.pem");
   co.tls.client_cert_pem = slurp(dir / "client.pem");
