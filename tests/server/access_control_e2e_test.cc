@@ -298,26 +298,8 @@ TEST(AccessControlProcess, NoTokenFileWarnsAtStart) {
 
 // mTLS: a verified client certificate's CN maps to an identity and its scopes.
 TEST(AccessControlTls, ClientCertificateMapsToScopes) {
-  const fs::path dir = fs::path(::testing::TempDir()) / ("sageserve_acl_tls_" + std::to_string(::getpid()));
-  fs::create_directories(dir);
-  const std::string d = dir.string();
-  const std::string script =
-      "set -e; cd '" + d + "'; "
-      "openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 2 -subj /CN=test-ca 2>/dev/null; "
-      "printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\\n' > server.ext; "
-      "openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj /CN=localhost 2>/dev/null; "
-      "openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem -days 2 "
-      "-extfile server.ext 2>/dev/null; "
-      "openssl req -newkey rsa:2048 -nodes -keyout client.key -out client.csr -subj /CN=worker-7 2>/dev/null; "
-      "openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out client.pem -days 2 2>/dev/null";
-  std::string out;
-  ASSERT_EQ(RunCommand("bash -c \"" + script + "\"", &out), 0) << out;
-  const auto slurp = [](const fs::path& p) {
-    std::ifstream in(p);
-    std::stringstream ss;
-    ss << in.rdbuf();
-    return ss.str();
-  };
+  const fs::path dir = MakeTestCertificates("acl_tls", "worker-7");
+  ASSERT_FALSE(dir.empty()) << "openssl CLI not found (run scripts/bootstrap.sh)";
   const std::string path = WriteTokenFile(std::string(kAdmin) + " ops admin\ncert:worker-7 batch attend\n", "tls");
   server::ServerOptions o = TestServerOptions();
   o.tls.cert_chain_file = (dir / "server.pem").string();
@@ -329,9 +311,9 @@ TEST(AccessControlTls, ClientCertificateMapsToScopes) {
   sageserve::ClientOptions co;
   co.target = "127.0.0.1:" + std::to_string((*srv)->port());  // the certificate names the IP too; no DNS
   co.security = sageserve::TransportSecurity::kTls;
-  co.tls.root_certs_pem = slurp(dir / "ca.pem");
-  co.tls.client_cert_pem = slurp(dir / "client.pem");
-  co.tls.client_key_pem = slurp(dir / "client.key");
+  co.tls.root_certs_pem = ReadWholeFile(dir / "ca.pem");
+  co.tls.client_cert_pem = ReadWholeFile(dir / "client.pem");
+  co.tls.client_key_pem = ReadWholeFile(dir / "client.key");
   auto client = sageserve::Client::Create(co);
   ASSERT_TRUE(client.ok()) << client.status();
   ProblemShape shape;

@@ -8,7 +8,11 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <fstream>
+#include <sstream>
 #include <thread>
+
+#include "gtest/gtest.h"
 
 namespace sage::testing {
 
@@ -100,6 +104,33 @@ int RunCommand(const std::string& command, std::string* output) {
   while ((n = fread(buf, 1, sizeof(buf), f)) > 0) output->append(buf, n);
   const int status = pclose(f);
   return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+std::filesystem::path MakeTestCertificates(const std::string& tag, const std::string& client_cn) {
+  const std::filesystem::path dir =
+      std::filesystem::path(::testing::TempDir()) / ("sageserve_" + tag + "_" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  const std::string script =
+      "set -e; cd '" + dir.string() + "'; "
+      "openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 2 -subj /CN=test-ca 2>/dev/null; "
+      "printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\\n' > server.ext; "
+      "openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj /CN=localhost 2>/dev/null; "
+      "openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem -days 2 "
+      "-extfile server.ext 2>/dev/null; "
+      "openssl req -newkey rsa:2048 -nodes -keyout client.key -out client.csr -subj /CN=" + client_cn + " 2>/dev/null; "
+      "openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out client.pem -days 2 "
+      "2>/dev/null; "
+      "openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out other.key 2>/dev/null";
+  std::string out;
+  if (RunCommand("bash -c \"" + script + "\"", &out) != 0) return {};
+  return dir;
+}
+
+std::string ReadWholeFile(const std::filesystem::path& path) {
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
 }
 
 }  // namespace sage::testing

@@ -5,6 +5,7 @@
 #include <sys/types.h>
 
 #include <condition_variable>
+#include <filesystem>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -42,5 +43,13 @@ class ChildServer {
 
 // Runs a shell command, returns its exit status and captures stdout+stderr.
 int RunCommand(const std::string& command, std::string* output);
+
+// Made with the openssl CLI in a fresh directory under the test temp dir named by `tag`: a CA
+// (ca.pem), a server certificate for 127.0.0.1 and localhost (server.pem, server.key), a client
+// certificate of common name `client_cn` (client.pem, client.key) and a key that belongs to no
+// certificate (other.key). Empty when the openssl CLI is missing or fails.
+std::filesystem::path MakeTestCertificates(const std::string& tag, const std::string& client_cn);
+// The whole file; empty when it cannot be read.
+std::string ReadWholeFile(const std::filesystem::path& path);
 
 }  // namespace sage::testing

@@ -20,38 +20,9 @@ namespace sage::testing {
 namespace {
 namespace fs = std::filesystem;
 
-std::string Slurp(const fs::path& p) {
-  std::ifstream in(p);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-// A CA, a server certificate (SAN 127.0.0.1 and localhost), a client certificate and a key that
-// belongs to no certificate (other.key), in a fresh directory. Empty when the openssl CLI is missing or fails (the tests then skip).
-fs::path MakeCertificates() {
-  const fs::path dir = fs::path(::testing::TempDir()) / ("sageserve_tls_" + std::to_string(::getpid()));
-  fs::create_directories(dir);
-  const std::string d = dir.string();
-  const std::string script =
-      "set -e; cd '" + d + "'; "
-      "openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 2 -subj /CN=test-ca 2>/dev/null; "
-      "printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\\n' > server.ext; "
-      "openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj /CN=localhost 2>/dev/null; "
-      "openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem -days 2 "
-      "-extfile server.ext 2>/dev/null; "
-      "openssl req -newkey rsa:2048 -nodes -keyout client.key -out client.csr -subj /CN=test-client 2>/dev/null; "
-      "openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out client.pem -days 2 "
-      "2>/dev/null; "
-      "openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out other.key 2>/dev/null";
-  std::string out;
-  if (RunCommand("bash -c \"" + script + "\"", &out) != 0) return {};
-  return dir;
-}
-
 class Tls : public ::testing::Test {
  protected:
-  static void SetUpTestSuite() { dir_ = new fs::path(MakeCertificates()); }
+  static void SetUpTestSuite() { dir_ = new fs::path(MakeTestCertificates("tls", "test-client")); }
   static void TearDownTestSuite() {
     if (!dir_->empty()) fs::remove_all(*dir_);
     delete dir_;
@@ -73,10 +44,10 @@ class Tls : public ::testing::Test {
     o.deadline = std::chrono::milliseconds(5000);
     if (tls) {
       o.security = sageserve::TransportSecurity::kTls;
-      o.tls.root_certs_pem = Slurp(*dir_ / "ca.pem");
+      o.tls.root_certs_pem = ReadWholeFile(*dir_ / "ca.pem");
       if (client_cert) {
-        o.tls.client_cert_pem = Slurp(*dir_ / "client.pem");
-        o.tls.client_key_pem = Slurp(*dir_ / "client.key");
+        o.tls.client_cert_pem = ReadWholeFile(*dir_ / "client.pem");
+        o.tls.client_key_pem = ReadWholeFile(*dir_ / "client.key");
       }
     }
     auto c = sageserve::Client::Create(o);
