@@ -15,6 +15,7 @@ The server must run with --allow_shared_memory.
 import argparse
 import ctypes
 import os
+import secrets
 import statistics
 import sys
 import time
@@ -41,7 +42,9 @@ class SystemRegion:
     kind = "system"
 
     def __init__(self, nbytes):
-        self._shm = shared_memory.SharedMemory(create=True, size=nbytes)
+        # Under the server's default --shared_memory_key_prefix ("/sage"), unguessable to other clients.
+        self._shm = shared_memory.SharedMemory(name=f"sage-py-{os.getpid()}-{secrets.token_hex(8)}",
+                                               create=True, size=nbytes)
         self.key = "/" + self._shm.name  # shm_open's name; Python's own names lack the slash
         self.bytes = torch.frombuffer(self._shm.buf, dtype=torch.uint8)
 

@@ -17,11 +17,13 @@ LAYERS = [  # (rank, folder prefix); higher rank = higher layer
     (4, "server/scheduler/"),
     (4, "server/shared_memory/"),
     (4, "server/registry/"),
+    (4, "server/session/"),
     (3, "server/backend/"),
     (2, "kernels/"),
 ]
 LEAVES = ("server/metrics/", "server/util/")
-NO_RPC = ("server/core/", "server/scheduler/", "server/shared_memory/", "server/registry/", "server/backend/",
+NO_RPC = ("server/core/", "server/scheduler/", "server/shared_memory/", "server/registry/", "server/session/",
+          "server/backend/",
           "server/metrics/", "server/util/", "kernels/")
 RPC_HEADER = re.compile(r'^(grpc/|grpcpp/|google/protobuf/|sageserve/v1/|grpc/health/)|\.pb\.h$')
 INCLUDE = re.compile(r'^\s*#\s*include\s*[<"]([^">]+)[">]')

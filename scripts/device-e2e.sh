@@ -58,6 +58,8 @@ step python-grpc-full python3 "$ROOT/bench/grpc_client.py" --target="$TARGET" --
   --d=64 --recipes=RECIPE_UNSPECIFIED,RECIPE_UNQUANTIZED
 step python-shm-cuda python3 "$ROOT/bench/grpc_shm_client.py" --target="$TARGET" --shared-memory=cuda \
   --lens=4096 --causal
+# Clients whose shared memory vanishes mid-request (exit, cudaFree, truncate): everyone else unharmed.
+step shm-vanish python3 "$ROOT/bench/shm_vanish_client.py" --target="$TARGET"
 step python-shm-system python3 "$ROOT/bench/grpc_shm_client.py" --target="$TARGET" --shared-memory=system \
   --lens=1000,37,513,1 --hq=16 --hkv=4 --repeats=5
 

@@ -18,6 +18,9 @@ int RunBench(const Args& args);
 int RunRegistry(const std::string& verb, const Args& args);
 // `sagectl shm <verb> ...` (shm_command.cc).
 int RunShm(const std::string& verb, const Args& args);
+// `sagectl session <verb> ...` and `sagectl bench --mode=decode` (session_command.cc).
+int RunSession(const std::string& verb, const Args& args);
+int RunDecodeBench(const Args& args);
 
 // Exit codes (docs/API.md, "sagectl exit codes"): 0 success; 1 the command ran and its answer is
 // negative (health not SERVING, selftest FAILED, bench with failed requests); 2 usage (unknown

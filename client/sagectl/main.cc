@@ -145,6 +145,13 @@ void Usage() {
       "                              system/cuda: tensors in a registered region, not the messages\n"
       "                              (same host; server runs --allow_shared_memory); bench checks\n"
       "                              answers bit-exact against the bytes path\n"
+      "  bench --mode=decode [--sessions=N] [--clients=N] [--context=T] [--steps=M] [session options]\n"
+      "                              KV sessions: prefill, then M decode steps x L layers, one call\n"
+      "                              per layer-step for each client's sessions; p50/p99, steps/s\n"
+      "  session list | get --id=S | create [session options] | truncate --id=S --length=N |\n"
+      "          fork --id=S [--length=N] | close --id=S\n"
+      "session options: --layers --heads_q --heads_kv --head_dim --dtype=fp16|bf16\n"
+      "  --kv_storage=16bit|int8_k_fp8_v --max_tokens --reserve_tokens --model\n"
       "  shm status [--name=N] [--json] | shm unregister [--name=N]\n"
       "                              the server's shared-memory regions (no --name: all of them)\n"
       "  registry register|list|get|delete|get-plan|set-plan|calibrate [options]\n"
@@ -224,14 +231,15 @@ int main(int argc, char** argv) {
     sagectl::Usage();
     return 0;
   }
-  if (command == "registry" || command == "shm") {
-    // Two words: `sagectl registry|shm <verb> --flags...`.
+  if (command == "registry" || command == "shm" || command == "session") {
+    // Two words: `sagectl registry|shm|session <verb> --flags...`.
     if (argc < 3) {
       sagectl::Usage();
       return 2;
     }
     absl::StatusOr<sagectl::Args> args = sagectl::Args::Parse(std::vector<std::string>(argv + 3, argv + argc));
     if (!args.ok()) return sagectl::FailUsage(args.status());
+    if (command == "session") return sagectl::RunSession(argv[2], *args);
     return command == "shm" ? sagectl::RunShm(argv[2], *args) : sagectl::RunRegistry(argv[2], *args);
   }
   absl::StatusOr<sagectl::Args> args = sagectl::Args::Parse(std::vector<std::string>(argv + 2, argv + argc));
@@ -240,7 +248,7 @@ int main(int argc, char** argv) {
   if (command == "info") return sagectl::RunInfo(*args);
   if (command == "selftest") return sagectl::RunSelfTest(*args);
   if (command == "attend") return sagectl::RunAttend(*args);
-  if (command == "bench") return sagectl::RunBench(*args);
+  if (command == "bench") return args->Str("mode", "") == "decode" ? sagectl::RunDecodeBench(*args) : sagectl::RunBench(*args);
   std::fprintf(stderr, "sagectl: unknown command '%s'\n", command.c_str());
   sagectl::Usage();
   return 2;

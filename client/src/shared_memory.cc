@@ -8,7 +8,9 @@
 
 #include <atomic>
 #include <cerrno>
+#include <cstdint>
 #include <limits>
+#include <random>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -58,7 +60,14 @@ std::string SystemSharedMemory::UniqueKey(std::string_view prefix) {
   for (char& c : safe) {
     if (c == '/' || c == '\0') c = '_';
   }
-  return absl::StrCat("/sage-", safe, "-", getpid(), "-", counter.fetch_add(1, std::memory_order_relaxed));
+  // 64 random bits: another client of the server cannot guess the name and register the object
+  // as its own region (the server refuses a key another identity holds, but only once held).
+  static const uint64_t nonce = [] {
+    std::random_device device;
+    return (uint64_t{device()} << 32) ^ device();
+  }();
+  return absl::StrCat("/sage-", safe, "-", getpid(), "-", absl::Hex(nonce, absl::kZeroPad16), "-",
+                      counter.fetch_add(1, std::memory_order_relaxed));
 }
 
 SystemSharedMemory::~SystemSharedMemory() {

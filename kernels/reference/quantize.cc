@@ -23,6 +23,10 @@ absl::Status CheckPacked(size_t size, int heads, int d, std::span<const int32_t>
   return absl::OkStatus();
 }
 
+// max() that keeps a NaN from either side (std::max drops one on its right): a group holding a NaN
+// gets a NaN scale, so the NaN reaches O instead of vanishing into a finite quantized value.
+float NanMax(float a, float b) { return (a > b || a != a) ? a : b; }
+
 }  // namespace
 
 int QkMax(QkType t) { return t == QkType::kInt4 ? 7 : 127; }
@@ -60,9 +64,9 @@ void QuantizeTile(const float* x, int64_t stride, int rows, int d, TileKind kind
   for (int i = 0; i < rows; ++i) {
     const float* row = x + i * stride;
     float m = 0.0f;
-    for (int c = 0; c < d; ++c) m = std::max(m, std::fabs(row[c]));
+    for (int c = 0; c < d; ++c) m = NanMax(m, std::fabs(row[c]));
     float& a = amax[group_of(i)];
-    a = std::max(a, m);
+    a = NanMax(a, m);
   }
   float inv[kMaxGroupsPerTile];
   float scale[kMaxGroupsPerTile];
@@ -100,7 +104,7 @@ void QuantizeVSlice(const float* v, int64_t stride, int n, int d, const float* m
   float inv[kMaxHeadDim];
   for (int t = 0; t < n; ++t) {
     const float* row = v + t * stride;
-    for (int c = 0; c < d; ++c) amax[c] = std::max(amax[c], std::fabs(mean ? row[c] - mean[c] : row[c]));
+    for (int c = 0; c < d; ++c) amax[c] = NanMax(amax[c], std::fabs(mean ? row[c] - mean[c] : row[c]));
   }
   for (int c = 0; c < d; ++c) {
     const float a = amax[c] == 0.0f ? 1.0f : amax[c];

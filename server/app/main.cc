@@ -120,9 +120,19 @@ ABSL_FLAG(int32_t, registry_max_models, kDefaults.registry.max_models,
 ABSL_FLAG(bool, allow_shared_memory, false,
           "Let clients on this host register shared memory (POSIX shm by name, CUDA IPC handles) and pass "
           "tensors by reference (SharedMemoryService). A client may then make the server map any shm object "
-          "this user can open: turn on only where clients are trusted");
+          "under --shared_memory_key_prefix that this user can open: turn on only where clients are trusted");
+ABSL_FLAG(std::string, shared_memory_key_prefix, kDefaults.shared_memory.key_prefix,
+          "POSIX shm keys the server opens must start with this (the client library's keys do); empty "
+          "opens any object the server's user can open");
 ABSL_FLAG(int32_t, max_shared_memory_regions, kDefaults.shared_memory.max_regions,
           "Most shared-memory regions registered at once");
+ABSL_FLAG(int64_t, kv_pool_bytes, static_cast<int64_t>(kDefaults.sessions.pool_bytes),
+          "Host memory for the KV pages of sessions (SessionService), allocated at start");
+ABSL_FLAG(int64_t, kv_page_bytes, static_cast<int64_t>(kDefaults.sessions.page_bytes),
+          "Bytes per KV page (a page holds 16 to 256 tokens of one layer of one session)");
+ABSL_FLAG(int64_t, session_ttl_s, std::chrono::duration_cast<std::chrono::seconds>(kDefaults.sessions.ttl).count(),
+          "Sessions not named by any call for this long are closed and their pages freed");
+ABSL_FLAG(int32_t, max_sessions, kDefaults.sessions.max_sessions, "Sessions open at once, all identities together");
 ABSL_FLAG(std::string, log_level, "info", "trace, debug (a line per request), info, warn (failures with request id), error, off");
 ABSL_FLAG(bool, version, false, "Print the version and exit");
 
@@ -307,6 +317,16 @@ int main(int argc, char** argv) {
   options.shared_memory.policy = absl::GetFlag(FLAGS_allow_shared_memory) ? sage::server::SharedMemoryPolicy::kAllow
                                                                          : sage::server::SharedMemoryPolicy::kRefuse;
   options.shared_memory.max_regions = absl::GetFlag(FLAGS_max_shared_memory_regions);
+  options.shared_memory.key_prefix = absl::GetFlag(FLAGS_shared_memory_key_prefix);
+  if (absl::GetFlag(FLAGS_kv_pool_bytes) <= 0 || absl::GetFlag(FLAGS_kv_page_bytes) <= 0 ||
+      absl::GetFlag(FLAGS_session_ttl_s) <= 0 || absl::GetFlag(FLAGS_max_sessions) <= 0) {
+    std::fprintf(stderr, "sageserve: --kv_pool_bytes, --kv_page_bytes, --session_ttl_s and --max_sessions must be > 0\n");
+    return 2;
+  }
+  options.sessions.pool_bytes = static_cast<size_t>(absl::GetFlag(FLAGS_kv_pool_bytes));
+  options.sessions.page_bytes = static_cast<size_t>(absl::GetFlag(FLAGS_kv_page_bytes));
+  options.sessions.ttl = std::chrono::seconds(absl::GetFlag(FLAGS_session_ttl_s));
+  options.sessions.max_sessions = absl::GetFlag(FLAGS_max_sessions);
   options.grace_period = std::chrono::milliseconds(absl::ToInt64Milliseconds(absl::GetFlag(FLAGS_grace_period)));
   options.access.token_file = absl::GetFlag(FLAGS_token_file);
 

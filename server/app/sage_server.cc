@@ -15,6 +15,7 @@
 #include "grpcpp/server_builder.h"
 #include "server/backend/backend_factory.h"
 #include "server/frontend/grpc/listener_credentials.h"
+#include "server/frontend/grpc/rpc_metrics_interceptor.h"
 #include "server/scheduler/dynamic_batcher.h"
 #include "server/scheduler/fifo_scheduler.h"
 #include "server/util/version.h"
@@ -183,13 +184,25 @@ absl::StatusOr<std::unique_ptr<SageServer>> SageServer::Start(
       MakeScheduler(options, s->backend_.get(), s->metrics_.get());
   if (!scheduler.ok()) return scheduler.status();
   s->scheduler_ = *std::move(scheduler);
+  SessionStoreOptions session_options = options.sessions;
+  session_options.device = s->backend_->info().kind == BackendKind::kCpu ? "cpu" : "host";
+  absl::StatusOr<std::unique_ptr<SessionStore>> store = SessionStore::Create(session_options);
+  if (!store.ok()) {
+    s->scheduler_->Shutdown(DrainMode::kDropQueued);
+    return absl::Status(store.status().code(), absl::StrCat("sessions: ", store.status().message()));
+  }
+  s->session_store_ = *std::move(store);
   if (!options.metrics_listen_address.empty()) {
     metrics::MetricsHttpServerOptions http;
     http.listen_address = options.metrics_listen_address;
     ServerMetrics* m = s->metrics_.get();
     const AttentionBackend* backend = s->backend_.get();  // Outlives the endpoint (stopped first).
     const HostBufferPool* pool = s->payload_pool_;         // So does the payload pool.
-    http.render = [m, backend, pool] {
+    const SessionStore* sessions = s->session_store_.get();  // And the session store.
+    http.render = [m, backend, pool, sessions, kv_device = session_options.device] {
+      const SessionStoreStats ss = sessions->Stats();
+      m->SetSessions(ServerMetrics::SessionGauges{kv_device, ss.sessions, ss.pool.pages_total, ss.pool.pages_free,
+                                                  ss.appended_tokens, ss.closed, ss.expired_idle});
       const HostBufferPoolStats ps = pool->Stats();
       m->SetPayloadPool(ps.memory == MemoryKind::kPinned ? "pinned" : "pageable", ps.capacity_bytes, ps.in_use_bytes,
                         ps.overflowed);
@@ -211,6 +224,7 @@ absl::StatusOr<std::unique_ptr<SageServer>> SageServer::Start(
   s->pipeline_ = std::make_unique<AttendPipeline>(s->scheduler_.get(), &s->backend_->info(),
                                                   options.limits, s->metrics_.get(), s->registry_.get());
   s->selftest_ = std::make_unique<SelfTestRunner>(s->scheduler_.get(), s->backend_.get());
+  s->session_attend_ = std::make_unique<SessionAttend>(s->session_store_.get(), s->pipeline_.get());
   ServiceLimits limits;
   limits.max_message_bytes = options.max_message_bytes;
   limits.queue_capacity = options.scheduler.queue_capacity;
@@ -228,6 +242,7 @@ absl::StatusOr<std::unique_ptr<SageServer>> SageServer::Start(
       std::make_unique<RegistryService>(s->registry_.get(), s->backend_.get(), registry_options,
                                         s->authorizer_.get());
   s->shared_memory_service_ = std::make_unique<SharedMemoryService>(s->shared_memory_.get(), s->authorizer_.get());
+  s->session_service_ = std::make_unique<SessionService>(s->session_attend_.get(), s->authorizer_.get());
 
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
@@ -254,10 +269,14 @@ absl::StatusOr<std::unique_ptr<SageServer>> SageServer::Start(
   // port and the kernel splits new connections between the two.
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   for (const GrpcArg& a : options.grpc_args) builder.AddChannelArgument(a.name, a.value);
+  std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> interceptors;
+  interceptors.push_back(MakeRpcMetricsInterceptorFactory(s->metrics_.get()));
+  builder.experimental().SetInterceptorCreators(std::move(interceptors));
   builder.RegisterService(s->attention_service_.get());
   builder.RegisterService(s->health_service_.get());
   builder.RegisterService(s->registry_service_.get());
   builder.RegisterService(s->shared_memory_service_.get());
+  builder.RegisterService(s->session_service_.get());
   s->server_ = builder.BuildAndStart();
   if (s->server_ == nullptr || s->port_ == 0) {
     s->scheduler_->Shutdown(DrainMode::kDropQueued);
@@ -269,6 +288,7 @@ absl::StatusOr<std::unique_ptr<SageServer>> SageServer::Start(
                           grpc::health::v1::HealthCheckResponse::SERVING);
   s->health_service_->Set("sageserve.v1.RegistryService", grpc::health::v1::HealthCheckResponse::SERVING);
   s->health_service_->Set("sageserve.v1.SharedMemoryService", grpc::health::v1::HealthCheckResponse::SERVING);
+  s->health_service_->Set("sageserve.v1.SessionService", grpc::health::v1::HealthCheckResponse::SERVING);
   s->health_service_->SetAll(grpc::health::v1::HealthCheckResponse::SERVING);
   const BackendInfo& info = s->backend_->info();
   // A Unix socket has no port (gRPC reports 1): name the address instead.

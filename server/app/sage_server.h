@@ -15,6 +15,7 @@
 #include "server/frontend/grpc/call_auth.h"
 #include "server/frontend/grpc/health_service.h"
 #include "server/frontend/grpc/registry_service.h"
+#include "server/frontend/grpc/session_service.h"
 #include "server/metrics/metrics_http_server.h"
 #include "server/metrics/server_metrics.h"
 #include "server/scheduler/scheduler.h"
@@ -76,6 +77,9 @@ class SageServer {
   std::unique_ptr<Scheduler> scheduler_;
   std::unique_ptr<AttendPipeline> pipeline_;
   std::unique_ptr<SelfTestRunner> selftest_;
+  // KV sessions: the store (its page pool), and their attend path through the pipeline.
+  std::unique_ptr<SessionStore> session_store_;
+  std::unique_ptr<SessionAttend> session_attend_;
   // Before the services, which check every call through it.
   std::unique_ptr<AccessControl> access_;
   std::unique_ptr<CallAuthorizer> authorizer_;
@@ -83,6 +87,7 @@ class SageServer {
   std::unique_ptr<HealthService> health_service_;
   std::unique_ptr<RegistryService> registry_service_;
   std::unique_ptr<SharedMemoryService> shared_memory_service_;
+  std::unique_ptr<SessionService> session_service_;
   std::unique_ptr<grpc::Server> server_;
   std::unique_ptr<metrics::MetricsHttpServer> metrics_http_;
   int port_ = 0;

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "server/backend/backend_factory.h"
+#include "server/session/session_store.h"
 #include "server/core/access_control.h"
 #include "server/core/attend_request.h"
 #include "server/frontend/grpc/attend_stream_reactor.h"
@@ -84,6 +85,8 @@ struct ServerOptions {
   AccessControlOptions access;
   // Client shared-memory regions (SharedMemoryService); refused unless policy is kAllow.
   SharedMemoryOptions shared_memory;
+  // KV sessions (SessionService): the host page pool, page size, idle TTL, session count.
+  SessionStoreOptions sessions;
   // How long a drain may take before remaining calls are cancelled.
   std::chrono::milliseconds grace_period{30000};
   // After the last accepted request is answered, the server keeps its connections this long (within

@@ -36,9 +36,7 @@ class CpuBackend final : public AttentionBackend {
     // CpuEngine::Run is const and thread-safe. It returns fp32 O whatever the target allows.
     absl::StatusOr<AttnOutput> out = engine_->Run(in, config);
     if (!out.ok()) return out.status();
-    EngineOutput result;
-    static_cast<AttnOutput&>(result) = *std::move(out);
-    return result;
+    return EngineOutput(*std::move(out));
   }
 
  private:

@@ -9,6 +9,7 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <utility>
 
 #include "kernels/reference/attention_problem.h"
 #include "kernels/reference/dtype.h"
@@ -63,6 +64,10 @@ struct DeviceTimings {
 
 // An engine's result. `o` (fp32) is empty when O came back in o_native or in the caller's buffers.
 struct EngineOutput : AttnOutput {
+  EngineOutput() = default;
+  // An engine's fp32 result, nothing placed (the CPU engine's answer as the serving path's type).
+  explicit EngineOutput(AttnOutput out) : AttnOutput(std::move(out)) {}
+
   std::optional<DeviceTimings> device_timings;  // set by the CUDA backend
   // O as the kernel wrote it: [total_q, Hq, D] 16-bit codes of o_native_dtype, as raw bytes (2 per
   // element, host byte order), only for OutputForm::kNativeAllowed/kNativeInto from an engine that

@@ -61,4 +61,9 @@ CopyRoute HowToCopy(MemoryKind kind, size_t bytes) {
   return CopyRoute::kStaged;
 }
 
+bool CopiedByDmaOnly(MemoryKind kind, DType dtype, size_t bytes) {
+  return kind == MemoryKind::kPinned && (dtype == DType::kF16 || dtype == DType::kBF16) &&
+         HowToCopy(kind, bytes) == CopyRoute::kDirect;
+}
+
 }  // namespace sage::server

@@ -65,4 +65,11 @@ enum class CopyRoute { kDeviceCopy, kDirect, kStaged };
 inline constexpr size_t kDirectCopyMinBytes = size_t{64} << 10;
 CopyRoute HowToCopy(MemoryKind kind, size_t bytes);
 
+// Whether a host tensor of these facts is moved by a GPU's copy engines alone, never loaded or
+// stored by a CPU: pinned, in a 16-bit type the kernels take as it is, and large enough for a DMA
+// of its own (HowToCopy). Only such tensors may stay in a client's own POSIX shm mapping: the
+// client can shrink the object, and a CPU access past its new end faults (SIGBUS), while the pages
+// cudaHostRegister pinned stay valid for DMA (docs/SECURITY.md, "Shared memory").
+bool CopiedByDmaOnly(MemoryKind kind, DType dtype, size_t bytes);
+
 }  // namespace sage::server

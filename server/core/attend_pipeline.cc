@@ -15,7 +15,12 @@ namespace sage::server {
 namespace {
 
 absl::string_view MethodName(AttendMethod method) {
-  return method == AttendMethod::kStream ? "AttendStream" : "Attend";
+  switch (method) {
+    case AttendMethod::kUnary: return "Attend";
+    case AttendMethod::kStream: return "AttendStream";
+    case AttendMethod::kSession: return "AttendSession";
+  }
+  return "Attend";
 }
 
 absl::string_view Label(std::string_view s) { return absl::string_view(s.data(), s.size()); }
@@ -52,10 +57,10 @@ void AttendPipeline::Record(AttendMethod method, std::string_view recipe, const 
   metrics_->RecordRequest(r);
 }
 
-void AttendPipeline::Reject(AttendMethod method, std::string_view id, std::string_view recipe,
-                            const absl::Status& status, Clock::time_point accepted, size_t bytes_in) const {
+void AttendPipeline::Reject(AttendMethod method, std::string_view id, const absl::Status& status,
+                            Clock::time_point accepted, size_t bytes_in) const {
   spdlog::warn("request '{}' rejected: {}", LogField(id), LogField(status.ToString(), kLogStatusMaxBytes));
-  Record(method, recipe, status, accepted, bytes_in, 0);
+  Record(method, std::string_view(kNoRecipeLabel.data(), kNoRecipeLabel.size()), status, accepted, bytes_in, 0);
 }
 
 absl::Status AttendPipeline::ApplyPrecisionPlan(AttendRequest& request) const {
@@ -85,7 +90,7 @@ absl::Status AttendPipeline::Start(AttendCall call) {
     return absl::InternalError("attend pipeline: a call without its request, encoder or completion");
   }
   if (absl::Status planned = ApplyPrecisionPlan(*request); !planned.ok()) {
-    Reject(call.method, request->id, RecipeName(request->recipe), planned, call.accepted, call.bytes_in);
+    Reject(call.method, request->id, planned, call.accepted, call.bytes_in);
     return planned;
   }
   request->input.output = ChooseOutputTarget(request->output);

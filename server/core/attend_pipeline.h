@@ -56,11 +56,10 @@ class AttendPipeline {
   // answers with the status (logged and counted here).
   absl::Status Start(AttendCall call);
 
-  // A request the frontend refused before it became an AttendRequest (malformed, too large...):
-  // logged and counted like every other outcome. `recipe` labels the metric: what the client asked
-  // for, if it could be read.
-  void Reject(AttendMethod method, std::string_view id, std::string_view recipe, const absl::Status& status,
-              Clock::time_point accepted, size_t bytes_in) const;
+  // A request refused before any recipe ran (malformed, too large, no plan, no room): logged and
+  // counted like every other outcome, under recipe "none" (kNoRecipeLabel).
+  void Reject(AttendMethod method, std::string_view id, const absl::Status& status, Clock::time_point accepted,
+              size_t bytes_in) const;
 
   const RequestLimits& limits() const { return limits_; }
   const BackendInfo& backend() const { return *backend_; }

@@ -26,7 +26,7 @@ struct RequestLimits {
 };
 
 // Which RPC a call came in on (the `method` label of the request metrics).
-enum class AttendMethod { kUnary, kStream };
+enum class AttendMethod { kUnary, kStream, kSession };
 
 // A model's (layer, timestep) in the precision registry. `layer` is optional here so the pipeline
 // can refuse its absence with the field's name.

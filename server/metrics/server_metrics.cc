@@ -71,6 +71,19 @@ absl::Status ServerMetrics::Register() {
   s.Update(Assign(r.AddCounter("sageserve_response_bytes_total",
                                "Tensor bytes sent in Attend responses (O, LSE).", {}),
                   &bytes_out_));
+  // Every RPC (gRPC interceptor).
+  s.Update(Assign(r.AddCounter("sageserve_rpcs_total",
+                               "RPCs answered, every method of every service, by full method name and gRPC "
+                               "status code.",
+                               {"method", "code"}),
+                  &rpcs_));
+  s.Update(Assign(r.AddHistogram("sageserve_rpc_duration_seconds",
+                                 "Server time of an RPC, started to status sent (a stream: its whole life).",
+                                 {"method"}, DurationBucketsSeconds()),
+                  &rpc_duration_));
+  s.Update(Assign(r.AddGauge("sageserve_open_streams", "Streaming RPCs open now, by full method name.",
+                             {"method"}),
+                  &open_streams_));
   // Scheduler.
   s.Update(Assign(r.AddHistogram("sageserve_queue_duration_seconds",
                                  "Time a request waited in the scheduler queue before its launch.", {},
@@ -126,6 +139,16 @@ absl::Status ServerMetrics::Register() {
                                  "Device-to-host copy time of one launch.", kDevice,
                                  DurationBucketsSeconds()),
                   &d2h_duration_));
+  s.Update(Assign(r.AddGauge("sageserve_sessions_open", "KV sessions open, all identities.", {}), &sessions_open_));
+  s.Update(Assign(r.AddGauge("sageserve_kv_pages", "KV pages of the session pool, by device and state (used, free).",
+                             {"device", "state"}),
+                  &kv_pages_));
+  s.Update(Assign(r.AddCounter("sageserve_session_appended_tokens_total",
+                               "Tokens appended to session KV caches (every layer counted).", {}),
+                  &session_tokens_));
+  s.Update(Assign(r.AddCounter("sageserve_sessions_ended_total",
+                               "Sessions ended and their pages freed, by reason (closed, idle).", {"reason"}),
+                  &sessions_ended_));
   s.Update(Assign(r.AddGauge("sageserve_gpu_memory_used_bytes",
                              "GPU memory in use, by device (GPU backends only).", kDevice),
                   &memory_used_));
@@ -195,6 +218,28 @@ void ServerMetrics::AddInFlight(int delta) { in_flight_->Get().Add(delta); }
 
 void ServerMetrics::SetBuildInfo(absl::string_view version, absl::string_view backend) {
   build_info_->WithLabels({version, backend}).Set(1);
+}
+
+void ServerMetrics::SetSessions(const SessionGauges& g) {
+  sessions_open_->WithLabels({}).Set(static_cast<double>(g.sessions_open));
+  kv_pages_->WithLabels({g.device, "used"}).Set(static_cast<double>(g.pages_total - g.pages_free));
+  kv_pages_->WithLabels({g.device, "free"}).Set(static_cast<double>(g.pages_free));
+  std::lock_guard<std::mutex> lock(payload_mu_);
+  session_tokens_->WithLabels({}).Increment(static_cast<double>(g.appended_tokens - session_tokens_seen_));
+  sessions_ended_->WithLabels({"closed"}).Increment(static_cast<double>(g.closed - sessions_closed_seen_));
+  sessions_ended_->WithLabels({"idle"}).Increment(static_cast<double>(g.expired_idle - sessions_expired_seen_));
+  session_tokens_seen_ = g.appended_tokens;
+  sessions_closed_seen_ = g.closed;
+  sessions_expired_seen_ = g.expired_idle;
+}
+
+void ServerMetrics::RecordRpc(const RpcRecord& r) {
+  rpcs_->WithLabels({r.method, CodeLabel(r.code)}).Increment();
+  rpc_duration_->WithLabels({r.method}).Observe(Seconds(r.latency));
+}
+
+void ServerMetrics::AddOpenStreams(absl::string_view method, int delta) {
+  open_streams_->WithLabels({method}).Add(delta);
 }
 
 void ServerMetrics::RecordRequest(const RequestRecord& r) {

@@ -29,6 +29,17 @@ struct RequestRecord {
   int64_t bytes_out = 0;                // Response tensor bytes.
 };
 
+// One finished RPC of any method (Attend, registry, shared memory, health, reflection), as gRPC's
+// interceptor saw it. `method` is gRPC's full name, or "other" for a method the server lacks.
+struct RpcRecord {
+  absl::string_view method;
+  absl::StatusCode code = absl::StatusCode::kOk;
+  MetricsClock::duration latency{};  // Started -> status sent.
+};
+
+// The `recipe` label of a request refused before any recipe ran (decode, plan or admission).
+inline constexpr absl::string_view kNoRecipeLabel = "none";
+
 // One backend launch, as the scheduler saw it.
 struct BatchRecord {
   absl::string_view device = "cpu";
@@ -55,6 +66,9 @@ class ServerMetrics {
   std::string RenderText() const;
 
   void RecordRequest(const RequestRecord& r);
+  void RecordRpc(const RpcRecord& r);
+  // Streaming RPCs open now, by full method name: +1 / -1.
+  void AddOpenStreams(absl::string_view method, int delta);
   void RecordQueued(MetricsClock::duration queued);
   void RecordDropped(absl::StatusCode code);  // Expired, cancelled or drained while queued.
   void RecordBatch(const BatchRecord& b);
@@ -70,6 +84,17 @@ class ServerMetrics {
   // AttendStream answers waiting to be written (all streams): `responses` and `bytes` are changes.
   void AddStreamQueued(int64_t responses, int64_t bytes);
   void SetGpuMemory(absl::string_view device, int64_t used_bytes, int64_t total_bytes);
+  // KV sessions, read from the session store when scraped; the cumulative counts are totals.
+  struct SessionGauges {
+    absl::string_view device = "cpu";
+    int64_t sessions_open = 0;
+    int64_t pages_total = 0;
+    int64_t pages_free = 0;
+    int64_t appended_tokens = 0;
+    int64_t closed = 0;
+    int64_t expired_idle = 0;
+  };
+  void SetSessions(const SessionGauges& g);
   // The request payload pool (`memory`: "pinned" or "pageable"); `overflowed` is cumulative.
   void SetPayloadPool(absl::string_view memory, int64_t capacity_bytes, int64_t in_use_bytes, int64_t overflowed);
 
@@ -79,6 +104,9 @@ class ServerMetrics {
 
   metrics::Registry registry_;
   metrics::CounterFamily* requests_ = nullptr;
+  metrics::CounterFamily* rpcs_ = nullptr;
+  metrics::HistogramFamily* rpc_duration_ = nullptr;
+  metrics::GaugeFamily* open_streams_ = nullptr;
   metrics::CounterFamily* errors_ = nullptr;
   metrics::HistogramFamily* request_duration_ = nullptr;
   metrics::CounterFamily* bytes_in_ = nullptr;
@@ -102,6 +130,13 @@ class ServerMetrics {
   metrics::HistogramFamily* kernel_duration_ = nullptr;
   metrics::HistogramFamily* d2h_duration_ = nullptr;
   metrics::GaugeFamily* memory_used_ = nullptr;
+  metrics::GaugeFamily* sessions_open_ = nullptr;
+  metrics::GaugeFamily* kv_pages_ = nullptr;
+  metrics::CounterFamily* session_tokens_ = nullptr;
+  metrics::CounterFamily* sessions_ended_ = nullptr;
+  int64_t session_tokens_seen_ = 0;   // guarded by payload_mu_: cumulative values turned into increments
+  int64_t sessions_closed_seen_ = 0;  // guarded by payload_mu_
+  int64_t sessions_expired_seen_ = 0; // guarded by payload_mu_
   metrics::GaugeFamily* memory_total_ = nullptr;
   metrics::GaugeFamily* payload_capacity_ = nullptr;
   metrics::GaugeFamily* payload_in_use_ = nullptr;

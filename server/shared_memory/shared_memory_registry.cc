@@ -2,6 +2,7 @@
 
 #include <utility>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "server/shared_memory/safe_copy.h"
 #include "server/shared_memory/system_mapping.h"
@@ -13,6 +14,7 @@ namespace sage::server {
 namespace {
 
 constexpr size_t kMaxNameBytes = 256;
+constexpr size_t kMaxKeyInMessage = 96;  // a key quoted in an error (escaped, truncated)
 constexpr absl::string_view kRegionResource = "sageserve.v1.SharedMemoryRegion";
 
 absl::Status RegionNotFound(const std::string& name) {
@@ -99,9 +101,29 @@ std::vector<SharedMemoryRegistry::Map::const_iterator> SharedMemoryRegistry::Mat
   return out;
 }
 
+absl::Status SharedMemoryRegistry::CheckKey(const RegionCaller& caller, const std::string& key) const {
+  // A malformed key is left to SystemMapping::Map (INVALID_ARGUMENT, saying what a key looks like).
+  const bool well_formed = key.size() > 1 && key[0] == '/' && key.find('/', 1) == std::string::npos;
+  if (well_formed && !absl::StartsWith(key, options_.key_prefix)) {
+    return absl::PermissionDeniedError(absl::StrCat("key: '", LogField(key, kMaxKeyInMessage), "' does not start with '",
+                                                    options_.key_prefix,
+                                                    "', the prefix this server opens (--shared_memory_key_prefix)"));
+  }
+  // One identity may not map an object another has registered (its bytes are that client's).
+  absl::MutexLock lock(&mu_);
+  for (const auto& [k, region] : regions_) {
+    if (region->info_.kind == SharedMemoryKind::kSystem && region->info_.key == key && k.second != caller.identity) {
+      return absl::PermissionDeniedError(
+          absl::StrCat("key: '", LogField(key, kMaxKeyInMessage), "' is registered by another identity"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::Status SharedMemoryRegistry::RegisterSystem(const RegionCaller& caller, const std::string& name,
                                                   const std::string& key, uint64_t offset, uint64_t byte_size) {
   if (absl::Status s = CheckRegistrable(caller, name); !s.ok()) return s;
+  if (absl::Status s = CheckKey(caller, key); !s.ok()) return s;
   absl::StatusOr<std::unique_ptr<SystemMapping>> mapping = SystemMapping::Map(key, offset, byte_size);
   if (!mapping.ok()) return mapping.status();
   auto region = std::shared_ptr<SharedMemoryRegion>(new SharedMemoryRegion());

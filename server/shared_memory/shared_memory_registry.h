@@ -18,6 +18,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -36,9 +37,16 @@ enum class SharedMemoryKind { kSystem, kCuda };
 // user may open, so it is off unless the operator turns it on.
 enum class SharedMemoryPolicy { kRefuse, kAllow };
 
+// The POSIX shm names a server opens by default: the client library's (SystemSharedMemory::UniqueKey)
+// start with it; objects of other software on the host (e.g. "/psm_...", "/PostgreSQL...") do not.
+inline constexpr std::string_view kDefaultShmKeyPrefix = "/sage";
+
 struct SharedMemoryOptions {
   SharedMemoryPolicy policy = SharedMemoryPolicy::kRefuse;
   int max_regions = 256;
+  // System regions: only keys starting with this are opened (PERMISSION_DENIED otherwise); empty
+  // opens any object the server's user can open.
+  std::string key_prefix = std::string(kDefaultShmKeyPrefix);
 };
 
 // Who asks. Without access control every caller is the same anonymous identity, with sees_all.
@@ -101,7 +109,8 @@ class SharedMemoryRegistry {
 
   // A region owned by `caller.identity`. FAILED_PRECONDITION when not allowed; ALREADY_EXISTS for
   // a name the caller already uses; RESOURCE_EXHAUSTED at max_regions (all owners together);
-  // otherwise SystemMapping::Map's and the backend's errors.
+  // PERMISSION_DENIED for a system key outside options.key_prefix or one another identity has
+  // registered; otherwise SystemMapping::Map's and the backend's errors.
   absl::Status RegisterSystem(const RegionCaller& caller, const std::string& name, const std::string& key,
                               uint64_t offset, uint64_t byte_size);
   absl::Status RegisterCuda(const RegionCaller& caller, const std::string& name, std::span<const std::byte> raw_handle,
@@ -133,6 +142,8 @@ class SharedMemoryRegistry {
   // Insert checks the name and count again under the lock.
   absl::Status CheckRegistrable(const RegionCaller& caller, const std::string& name) const;
   absl::Status Insert(std::shared_ptr<SharedMemoryRegion> region);
+  // A system key this caller may open: under options_.key_prefix, not another identity's.
+  absl::Status CheckKey(const RegionCaller& caller, const std::string& key) const;
   // The regions `caller` addresses with `name` (see Unregister), in map order.
   std::vector<Map::const_iterator> Matching(const RegionCaller& caller, const std::string& name) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

@@ -46,6 +46,14 @@ INSTANTIATE_TEST_SUITE_P(Bf16, AttnMmaTest,
                          ParamName);
 
 // Gaussian inputs without LSE: the O-only path.
+TEST(AttnMmaNonFinite, NonFiniteInputsComeBackNonFinite) {
+  if (!GpuVisible()) GTEST_SKIP() << "no CUDA GPU visible";
+  for (sage_recipe_t r : {SAGE_RECIPE_UNQUANTIZED, SAGE_RECIPE_INT8_QK_FP16_PV, SAGE_RECIPE_INT4_QK_FP8_PV}) {
+    SCOPED_TRACE(static_cast<int>(r));
+    CheckNonFiniteInputsComeBackNonFinite(DefaultCConfig(r));
+  }
+}
+
 TEST(AttnMmaPlain, GaussianNoLse) {
   SAGE_SKIP_WITHOUT_GPU();
   for (sage_recipe_t r : {SAGE_RECIPE_UNQUANTIZED, SAGE_RECIPE_INT8_QK_FP16_PV, SAGE_RECIPE_INT4_QK_FP8_PV}) {

@@ -144,6 +144,11 @@ TEST(AttnSm90Determinism, SameInputsSameBits) {
   EXPECT_EQ(0, std::memcmp(a->lse.data(), b->lse.data(), a->lse.size() * sizeof(float)));
 }
 
+TEST(AttnSm90NonFinite, NonFiniteInputsComeBackNonFinite) {
+  SAGE_SKIP_WITHOUT_SM90();
+  CheckNonFiniteInputsComeBackNonFinite(DefaultCConfig(SAGE_RECIPE_INT8_QK_FP8_PV));
+}
+
 // Configurations the sm90 kernel does not implement are refused with a message, not run wrong.
 TEST(AttnSm90Params, UnsupportedConfigsAreRefused) {
   SAGE_SKIP_WITHOUT_SM90();

@@ -502,6 +502,49 @@ inline void CheckRecipeAgainstEmulation(const ProblemSpec& spec, const sage_reci
               ec.cosine, eg.lse_max_abs, ec.lse_max_abs);
 }
 
+// The non-finite policy on the GPU (docs/NUMERICS.md, "Non-finite inputs"): a NaN or Inf in one
+// element of sequence 0's Q, K or V leaves non-finite every O element the double oracle makes
+// non-finite, and sequence 1 (finite inputs, same launch) finite in O and LSE.
+inline void CheckNonFiniteInputsComeBackNonFinite(const sage_recipe_config_t& cfg) {
+  struct Poison {
+    const char* what;
+    char tensor;
+    int64_t index;  // an element of sequence 0
+    float value;
+  };
+  const float nan = std::numeric_limits<float>::quiet_NaN(), inf = std::numeric_limits<float>::infinity();
+  const Poison poisons[] = {{"NaN in q", 'q', 3 * 2 * 128 + 7, nan}, {"NaN in k", 'k', 5 * 2 * 128 + 1, nan},
+                            {"NaN in v", 'v', 9 * 2 * 128 + 2, nan}, {"Inf in q", 'q', 11 * 2 * 128, inf},
+                            {"-Inf in k", 'k', 17 * 2 * 128 + 3, -inf}};
+  for (const Poison& poison : poisons) {
+    SCOPED_TRACE(poison.what);
+    ProblemSpec spec;
+    spec.q_lens = {128, 128};
+    spec.hq = 2;
+    spec.hkv = 2;
+    spec.d = 128;
+    HostProblem p = MakeProblem(spec);
+    std::vector<uint16_t>& t = poison.tensor == 'q' ? p.q : poison.tensor == 'k' ? p.k : p.v;
+    t[static_cast<size_t>(poison.index)] = Encode16(poison.value, spec.dtype);
+    Stream stream;
+    ASSERT_NE(stream.get(), nullptr);
+    absl::StatusOr<GpuResult> gpu = RunGpu(p, cfg, stream);
+    ASSERT_TRUE(gpu.ok()) << gpu.status();
+    absl::StatusOr<ExactOutput> exact = AttendExact(p.Input());
+    ASSERT_TRUE(exact.ok()) << exact.status();
+    const size_t seq0 = static_cast<size_t>(128) * spec.hq * spec.d;
+    size_t poisoned = 0;
+    for (size_t i = 0; i < seq0; ++i) {
+      if (std::isfinite(exact->o[i])) continue;
+      ++poisoned;
+      ASSERT_FALSE(std::isfinite(gpu->o[i])) << "O[" << i << "] is finite: " << gpu->o[i];
+    }
+    ASSERT_GT(poisoned, 0u) << "the oracle itself gave finite O";
+    for (size_t i = seq0; i < gpu->o.size(); ++i) ASSERT_TRUE(std::isfinite(gpu->o[i])) << "sequence 1, O[" << i << "]";
+    for (size_t r = 128 * spec.hq; r < gpu->lse.size(); ++r) ASSERT_TRUE(std::isfinite(gpu->lse[r])) << "LSE " << r;
+  }
+}
+
 // Batch shapes the kernel tests run: ragged lengths (not multiples of 64/128), a length-1
 // sequence, GQA/MQA, cross-attention with q_len < k_len and q_len > k_len (causal rows that see no
 // key), and a long sequence with several K blocks per Q tile.

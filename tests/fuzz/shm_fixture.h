@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <cstdint>
+#include <iterator>
 #include <memory>
 #include <string>
 
@@ -40,21 +41,23 @@ inline server::SharedMemoryRegistry& FixtureRegistry() {
     server::SharedMemoryOptions options;
     options.policy = server::SharedMemoryPolicy::kAllow;
     auto* r = new server::SharedMemoryRegistry(options, /*backend=*/nullptr);
-    const std::string key = absl::StrCat("/sageserve-fuzz-", ::getpid());
-    const int fd = ::shm_open(key.c_str(), O_RDWR | O_CREAT | O_EXCL, 0600);
-    FUZZ_CHECK(fd >= 0, "shm_open " + key);
-    FUZZ_CHECK(::ftruncate(fd, kShmObjectBytes) == 0, "ftruncate");
-    void* map = ::mmap(nullptr, kShmObjectBytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    FUZZ_CHECK(map != MAP_FAILED, "mmap");
-    auto* bytes = static_cast<uint8_t*>(map);
-    for (size_t i = 0; i < kShmObjectBytes; ++i) bytes[i] = static_cast<uint8_t>(i * 131 + 7);  // finite fp16/bf16 mostly
-    ::munmap(map, kShmObjectBytes);
-    ::close(fd);
-    for (const FixtureRegion& region : kFixtureRegions) {
+    // One object per region: the registry refuses a key another identity already holds.
+    for (size_t i = 0; i < std::size(kFixtureRegions); ++i) {
+      const FixtureRegion& region = kFixtureRegions[i];
+      const std::string key = absl::StrCat("/sageserve-fuzz-", ::getpid(), "-", i);
+      const int fd = ::shm_open(key.c_str(), O_RDWR | O_CREAT | O_EXCL, 0600);
+      FUZZ_CHECK(fd >= 0, "shm_open " + key);
+      FUZZ_CHECK(::ftruncate(fd, kShmObjectBytes) == 0, "ftruncate");
+      void* map = ::mmap(nullptr, kShmObjectBytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+      FUZZ_CHECK(map != MAP_FAILED, "mmap");
+      auto* bytes = static_cast<uint8_t*>(map);
+      for (size_t b = 0; b < kShmObjectBytes; ++b) bytes[b] = static_cast<uint8_t>(b * 131 + 7);  // finite fp16/bf16 mostly
+      ::munmap(map, kShmObjectBytes);
+      ::close(fd);
       const absl::Status s = r->RegisterSystem({region.owner, false}, region.name, key, region.offset, region.bytes);
       FUZZ_CHECK(s.ok(), s.ToString());
+      ::shm_unlink(key.c_str());
     }
-    ::shm_unlink(key.c_str());
     return r;
   }();
   return *registry;

@@ -1,7 +1,10 @@
 // End to end: a real in-process server on the CPU backend, the dynamic batcher in front of it and
 // the /metrics endpoint on its own port. Requests go over gRPC; /metrics is scraped over HTTP and
 // parsed; the counters must move by exactly what was sent, per status code.
+#include <chrono>
 #include <future>
+#include <map>
+#include <thread>
 #include <memory>
 #include <vector>
 
@@ -69,7 +72,18 @@ TEST_F(ServerMetricsE2E, CountersMoveWithRequestsByCode) {
   too_long.mutable_k()->set_shape(0, 5000);  // Over max_tokens; rejected before the byte check.
   EXPECT_EQ(server_.client->Attend(too_long).status().code(), absl::StatusCode::kResourceExhausted);
 
-  const ParsedExposition after = Scrape(metrics_port_);
+  // A worker records a launch's respond time and leaves the in-flight gauge just after it hands the
+  // answers to gRPC, so the client may read them first: wait for the books to close.
+  ParsedExposition after = Scrape(metrics_port_);
+  const auto settled = [](const ParsedExposition& e) {
+    return *e.Value("sageserve_in_flight_requests") == 0 &&
+           e.Sum("sageserve_batch_respond_duration_seconds_count", {{"device", "cpu"}}) ==
+               e.Sum("sageserve_batches_total", {{"device", "cpu"}});
+  };
+  for (int i = 0; i < 200 && !settled(after); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    after = Scrape(metrics_port_);
+  }
   const std::map<std::string, std::string> unary = {{"method", "Attend"}};
   EXPECT_EQ(after.Sum("sageserve_requests_total", {{"method", "Attend"}, {"code", "OK"}, {"recipe", "int8_qk_fp8_pv"}}),
             kOk);
@@ -77,6 +91,15 @@ TEST_F(ServerMetricsE2E, CountersMoveWithRequestsByCode) {
   EXPECT_EQ(after.Sum("sageserve_request_errors_total", {{"code", "RESOURCE_EXHAUSTED"}}), 1);
   EXPECT_EQ(after.Sum("sageserve_request_errors_total", {{"code", "OK"}}), 0);
   EXPECT_EQ(after.Sum("sageserve_requests_total"), kOk + 2);
+  // Both refusals came before any recipe ran.
+  EXPECT_EQ(after.Sum("sageserve_requests_total", {{"recipe", "none"}}), 2);
+  EXPECT_EQ(after.Sum("sageserve_requests_total", {{"recipe", "none"}, {"code", "OK"}}), 0);
+  // The interceptor saw the same calls, under gRPC's method name.
+  const std::map<std::string, std::string> attend_rpc = {{"method", "/sageserve.v1.AttentionService/Attend"}};
+  EXPECT_EQ(after.Sum("sageserve_rpcs_total", attend_rpc), kOk + 2);
+  EXPECT_EQ(after.Sum("sageserve_rpcs_total", {{"method", "/sageserve.v1.AttentionService/Attend"}, {"code", "OK"}}),
+            kOk);
+  EXPECT_EQ(after.Sum("sageserve_rpc_duration_seconds_count", attend_rpc), kOk + 2);
   EXPECT_EQ(after.Sum("sageserve_request_duration_seconds_count", unary), kOk + 2);
   EXPECT_GT(*after.Value("sageserve_request_bytes_total"), 0);
   EXPECT_GT(*after.Value("sageserve_response_bytes_total"), 0);
@@ -109,6 +132,37 @@ TEST_F(ServerMetricsE2E, StreamRequestsAreCountedUnderTheirMethod) {
   const ParsedExposition after = Scrape(metrics_port_);
   EXPECT_EQ(after.Sum("sageserve_requests_total", {{"method", "AttendStream"}, {"code", "OK"}}), kRequests);
   EXPECT_EQ(after.Sum("sageserve_batch_size_requests_sum", {{"device", "cpu"}}), kRequests);
+}
+
+// Every method is counted, not only Attend, and open streams are a gauge that returns to zero.
+TEST_F(ServerMetricsE2E, EveryRpcMethodIsCountedAndOpenStreamsAreGauged) {
+  ASSERT_TRUE(server_.client->GetServerInfo().ok());
+  ASSERT_TRUE(server_.client->GetServerInfo().ok());
+  ASSERT_TRUE(server_.client->CheckHealth().ok());
+  EXPECT_EQ(server_.client->CheckHealth("no.such.Service").status().code(), absl::StatusCode::kNotFound);
+  std::unique_ptr<sageserve::StreamSession> session = server_.client->OpenStream();
+  ASSERT_TRUE(session->Send(MakeRequest(ProblemShape{}, "s")).get().ok());
+  const ParsedExposition during = Scrape(metrics_port_);
+  EXPECT_EQ(during.Sum("sageserve_open_streams", {{"method", "/sageserve.v1.AttentionService/AttendStream"}}), 1);
+  ASSERT_TRUE(session->Close().ok());
+  session.reset();
+
+  // The stream's status is sent before its interceptor goes; wait for the gauge to settle.
+  ParsedExposition after = Scrape(metrics_port_);
+  for (int i = 0; i < 100 && after.Sum("sageserve_open_streams") != 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    after = Scrape(metrics_port_);
+  }
+  EXPECT_EQ(after.Sum("sageserve_open_streams"), 0);
+  EXPECT_EQ(after.Sum("sageserve_rpcs_total",
+                      {{"method", "/sageserve.v1.AttentionService/GetServerInfo"}, {"code", "OK"}}),
+            2);
+  EXPECT_EQ(after.Sum("sageserve_rpcs_total", {{"method", "/grpc.health.v1.Health/Check"}, {"code", "OK"}}), 1);
+  EXPECT_EQ(after.Sum("sageserve_rpcs_total", {{"method", "/grpc.health.v1.Health/Check"}, {"code", "NOT_FOUND"}}),
+            1);
+  EXPECT_EQ(after.Sum("sageserve_rpcs_total",
+                      {{"method", "/sageserve.v1.AttentionService/AttendStream"}, {"code", "OK"}}),
+            1);
 }
 
 TEST_F(ServerMetricsE2E, EndpointAnswers404ElsewhereAndStopsWithTheServer) {

@@ -22,6 +22,13 @@ TEST(ServerMetrics, DeclaresTheIssueMetricsWithConventionalNames) {
   ASSERT_TRUE(parsed.ok()) << parsed.status();
   const std::map<std::string, std::string> expected = {
       {"sageserve_requests_total", "counter"},
+      {"sageserve_rpcs_total", "counter"},
+      {"sageserve_rpc_duration_seconds", "histogram"},
+      {"sageserve_open_streams", "gauge"},
+      {"sageserve_sessions_open", "gauge"},
+      {"sageserve_kv_pages", "gauge"},
+      {"sageserve_session_appended_tokens_total", "counter"},
+      {"sageserve_sessions_ended_total", "counter"},
       {"sageserve_stream_queued_responses", "gauge"},
       {"sageserve_stream_queued_bytes", "gauge"},
       {"sageserve_request_errors_total", "counter"},

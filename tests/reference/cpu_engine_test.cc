@@ -100,25 +100,59 @@ TEST(CpuEngine, ConcurrentRunsAgree) {
   for (const auto& r : results) ExpectBitIdentical(r, expected->o);
 }
 
-// Non-finite values are not validated (that would cost a full pass over the data); they must not
-// crash or hit undefined behaviour, and finite sequences packed beside them stay finite.
-TEST(CpuEngine, NonFiniteInputsDoNotCrash) {
-  std::vector<float> q(2 * 64 * 64, 0.5f), k(2 * 64 * 64, 0.25f), v(2 * 64 * 64, 1.0f);
-  q[3] = std::numeric_limits<float>::infinity();
-  k[5] = std::numeric_limits<float>::quiet_NaN();
-  const int32_t cu[] = {0, 64, 128};
-  AttnInput in;
-  in.q = TensorView{DType::kF32, q.data(), 128, 1, 64};
-  in.k = TensorView{DType::kF32, k.data(), 128, 1, 64};
-  in.v = TensorView{DType::kF32, v.data(), 128, 1, 64};
-  in.cu_seqlens_q = cu;
-  in.cu_seqlens_k = cu;
+// The non-finite policy (docs/NUMERICS.md, "Non-finite inputs"): a client's NaN or Inf comes
+// back non-finite, never as a plausible finite answer. Every O element the unquantized recipe makes
+// non-finite is non-finite under every recipe (quantized recipes may poison more: a quantization
+// group shares one scale), and a finite sequence packed beside the poisoned one stays finite.
+TEST(CpuEngine, NonFiniteInputsComeBackNonFinite) {
+  struct Poison {
+    const char* what;
+    char tensor;  // 'q', 'k' or 'v'
+    int index;    // element of sequence 0: token * 64 + channel
+    float value;
+  };
+  const float nan = std::numeric_limits<float>::quiet_NaN(), inf = std::numeric_limits<float>::infinity();
+  const Poison poisons[] = {
+      {"NaN in q", 'q', 3 * 64 + 7, nan},   {"NaN in k", 'k', 5 * 64 + 1, nan},
+      {"NaN in v", 'v', 9 * 64 + 2, nan},   {"Inf in q", 'q', 11 * 64, inf},
+      {"-Inf in k", 'k', 17 * 64 + 3, -inf}, {"Inf in v", 'v', 4 * 64 + 60, inf},
+  };
   auto engine = CpuEngine::Create({.num_threads = 2});
   ASSERT_TRUE(engine.ok());
-  for (const RecipeConfig& config : Configs()) {
-    auto out = (*engine)->Run(in, config);
-    ASSERT_TRUE(out.ok());
-    for (size_t i = 64 * 64; i < out->o.size(); ++i) ASSERT_TRUE(std::isfinite(out->o[i])) << DescribeConfig(config);
+  for (const Poison& poison : poisons) {
+    SCOPED_TRACE(poison.what);
+    std::vector<float> q(2 * 64 * 64), k(2 * 64 * 64), v(2 * 64 * 64);
+    for (size_t i = 0; i < q.size(); ++i) {
+      q[i] = std::sin(0.37f * static_cast<float>(i));
+      k[i] = std::cos(0.11f * static_cast<float>(i));
+      v[i] = std::sin(0.05f * static_cast<float>(i) + 1.0f);
+    }
+    (poison.tensor == 'q' ? q : poison.tensor == 'k' ? k : v)[static_cast<size_t>(poison.index)] = poison.value;
+    const int32_t cu[] = {0, 64, 128};
+    AttnInput in;
+    in.q = TensorView{DType::kF32, q.data(), 128, 1, 64};
+    in.k = TensorView{DType::kF32, k.data(), 128, 1, 64};
+    in.v = TensorView{DType::kF32, v.data(), 128, 1, 64};
+    in.cu_seqlens_q = cu;
+    in.cu_seqlens_k = cu;
+    in.lse = LseMode::kNatural;
+    absl::StatusOr<AttnOutput> reference = (*engine)->Run(in, ConfigFor(Recipe::kUnquantized));
+    ASSERT_TRUE(reference.ok());
+    size_t poisoned = 0;
+    for (size_t i = 0; i < 64 * 64; ++i) poisoned += std::isfinite(reference->o[i]) ? 0 : 1;
+    ASSERT_GT(poisoned, 0u) << "the unquantized recipe itself turned the poison into finite O";
+    for (const RecipeConfig& config : Configs()) {
+      SCOPED_TRACE(DescribeConfig(config));
+      absl::StatusOr<AttnOutput> out = (*engine)->Run(in, config);
+      ASSERT_TRUE(out.ok());
+      for (size_t i = 0; i < 64 * 64; ++i) {
+        if (!std::isfinite(reference->o[i])) {
+          ASSERT_FALSE(std::isfinite(out->o[i])) << "O[" << i << "] is finite: " << out->o[i];
+        }
+      }
+      for (size_t i = 64 * 64; i < out->o.size(); ++i) ASSERT_TRUE(std::isfinite(out->o[i])) << "sequence 1, " << i;
+      for (size_t r = 64; r < 128; ++r) ASSERT_TRUE(std::isfinite(out->lse[r])) << "sequence 1 LSE, row " << r;
+    }
   }
 }
 

@@ -25,9 +25,7 @@ class EngineBackend final : public server::AttentionBackend {
   absl::StatusOr<server::EngineOutput> Attend(const server::EngineInput& in, const RecipeConfig& config) override {
     absl::StatusOr<AttnOutput> out = engine_->Run(in, config);
     if (!out.ok()) return out.status();
-    server::EngineOutput result;
-    static_cast<AttnOutput&>(result) = *std::move(out);
-    return result;
+    return server::EngineOutput(*std::move(out));
   }
 
  private:

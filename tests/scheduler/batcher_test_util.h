@@ -26,9 +26,7 @@ namespace sage::server::testing {
 inline absl::StatusOr<EngineOutput> RunOnCpu(const CpuEngine& engine, const AttnInput& in, const RecipeConfig& config) {
   absl::StatusOr<AttnOutput> out = engine.Run(in, config);
   if (!out.ok()) return out.status();
-  EngineOutput result;
-  static_cast<AttnOutput&>(result) = *std::move(out);
-  return result;
+  return EngineOutput(*std::move(out));
 }
 
 inline constexpr auto kWaitLimit = std::chrono::seconds(20);  // Generous: CI may be loaded.

@@ -19,6 +19,7 @@
 #include "grpcpp/grpcpp.h"
 #include "sageserve/client/shared_memory.h"
 #include "sageserve/v1/registry.grpc.pb.h"
+#include "sageserve/v1/session.grpc.pb.h"
 #include "sageserve/v1/shared_memory.grpc.pb.h"
 #include "server/frontend/grpc/call_auth.h"
 #include "tests/server/child_server.h"
@@ -187,8 +188,13 @@ TEST_F(AccessControlE2E, RegionsBelongToTheirOwner) {
   absl::StatusOr<std::vector<std::string>> bob_all = bob->UnregisterSharedMemory();  // his own: none
   ASSERT_TRUE(bob_all.ok());
   EXPECT_TRUE(bob_all->empty());
-  // Names are per owner: bob may use "r" too.
-  ASSERT_TRUE(bob->RegisterSystemSharedMemory("r", (*shm)->key(), 0, 4096).ok());
+  // Nor may bob map alice's object under a name of his own.
+  const absl::Status theft = bob->RegisterSystemSharedMemory("mine", (*shm)->key(), 0, 4096);
+  EXPECT_EQ(theft.code(), absl::StatusCode::kPermissionDenied) << theft;
+  // Names are per owner: bob may use "r" too, for an object of his own.
+  auto bobs_shm = sageserve::SystemSharedMemory::Create(sageserve::SystemSharedMemory::UniqueKey("acl"), 4096);
+  ASSERT_TRUE(bobs_shm.ok()) << bobs_shm.status();
+  ASSERT_TRUE(bob->RegisterSystemSharedMemory("r", (*bobs_shm)->key(), 0, 4096).ok());
 
   // The admin sees both.
   absl::StatusOr<v1::GetSharedMemoryStatusResponse> all = admin->GetSharedMemoryStatus();
@@ -244,21 +250,22 @@ TEST(AccessControlTable, CoversEveryMethod) {
   const google::protobuf::DescriptorPool* pool = google::protobuf::DescriptorPool::generated_pool();
   size_t methods = 0;
   for (const char* service : {v1::AttentionService::service_full_name(), v1::RegistryService::service_full_name(),
-                              v1::SharedMemoryService::service_full_name()}) {
+                              v1::SharedMemoryService::service_full_name(), v1::SessionService::service_full_name()}) {
     const google::protobuf::ServiceDescriptor* d = pool->FindServiceByName(service);
     ASSERT_NE(d, nullptr) << service;
     for (int i = 0; i < d->method_count(); ++i) {
       const std::string full = "/" + d->full_name() + "/" + d->method(i)->name();
-      EXPECT_TRUE(server::MethodScopeOf(full).has_value()) << full << " is missing from kMethodScopes";
+      EXPECT_TRUE(server::RpcMethodNamed(full).has_value()) << full << " is missing from kRpcMethods";
       ++methods;
     }
   }
   // Every proto file of the package: a new sageserve service must be listed above too.
   const google::protobuf::FileDescriptor* file = pool->FindFileByName("sageserve/v1/attention_service.proto");
   ASSERT_NE(file, nullptr);
-  EXPECT_EQ(methods, server::kMethodScopes.size()) << "kMethodScopes lists a method no service has";
-  EXPECT_EQ(server::MethodScopeOf("/sageserve.v1.RegistryService/DeleteModel"), server::Scope::kAdmin);
-  EXPECT_EQ(server::MethodScopeOf("/sageserve.v1.AttentionService/Attend"), server::Scope::kAttend);
+  EXPECT_EQ(methods, server::kRpcMethods.size()) << "kRpcMethods lists a method no service has";
+  EXPECT_EQ(server::InfoOf(server::RpcMethod::kDeleteModel).scope, server::Scope::kAdmin);
+  EXPECT_EQ(server::InfoOf(server::RpcMethod::kAttend).name, "/sageserve.v1.AttentionService/Attend");
+  EXPECT_EQ(server::InfoOf(server::RpcMethod::kAttend).scope, server::Scope::kAttend);
 }
 
 // The real binary: a bad file stops it at start naming the line; SIGHUP reloads.

@@ -61,7 +61,7 @@ TEST(LogField, ThePipelineLogsARejectedRequestOnOneLine) {
   BackendInfo backend;
   AttendPipeline pipeline(/*scheduler=*/nullptr, &backend, RequestLimits{});
   const std::string id = "evil\n[error] forged line" + std::string(1 << 20, 'x');
-  pipeline.Reject(AttendMethod::kStream, id, "unknown",
+  pipeline.Reject(AttendMethod::kStream, id,
                   absl::NotFoundError("layer_key.model: no model 'm\r\nx'"), Clock::now(), 0);
   spdlog::set_default_logger(previous);
   const std::string out = captured.str();

@@ -320,5 +320,35 @@ TEST_F(BufCurl, CallsAttendWithJsonBody) {
   EXPECT_NE(out.find("\"data\": \"" + data + "\""), std::string::npos) << out;
 }
 
+// Sessions over JSON: create one, then a step that appends one token and attends over it. With a
+// single key of ones, O is V (ones: 0x3c00) whatever the storage.
+TEST_F(BufCurl, CreatesASessionAndAttendsWithJson) {
+  int code = 0;
+  std::string out = Curl("-d '{\"layers\": 2, \"headsQ\": 1, \"headsKv\": 1, \"headDim\": 64, \"dtype\": \"DTYPE_FP16\", "
+                         "\"kvStorage\": \"KV_STORAGE_INT8_K_FP8_V\", \"maxTokens\": 16}' " +
+                             Url("sageserve.v1.SessionService/CreateSession"),
+                         &code);
+  ASSERT_EQ(code, 0) << out;
+  const size_t at = out.find("\"sessionId\": \"");
+  ASSERT_NE(at, std::string::npos) << out;
+  const size_t from = at + 14, to = out.find('"', from);
+  const std::string id = out.substr(from, to - from);
+  std::string ones;
+  for (int i = 0; i < 64; ++i) ones += std::string("\x00\x3c", 2);
+  const std::string data = absl::Base64Escape(ones);
+  const std::string tensor = "{\"dtype\": \"DTYPE_FP16\", \"shape\": [1, 1, 64], \"data\": \"" + data + "\"}";
+  const std::string body = "{\"requestId\": \"curl-session\", \"steps\": [{\"sessionId\": \"" + id +
+                           "\", \"layer\": 1, \"position\": 0, \"stepId\": 1, \"k\": " + tensor + ", \"v\": " + tensor +
+                           ", \"q\": " + tensor + "}], \"recipe\": \"RECIPE_UNQUANTIZED\"}";
+  out = Curl("-d '" + body + "' " + Url("sageserve.v1.SessionService/AttendSession"), &code);
+  ASSERT_EQ(code, 0) << out;
+  EXPECT_NE(out.find("\"length\": \"1\""), std::string::npos) << out;
+  EXPECT_NE(out.find("\"data\": \"" + data + "\""), std::string::npos) << out;
+  out = Curl("-d '{\"sessionId\": \"" + id + "\"}' " + Url("sageserve.v1.SessionService/GetSession"), &code);
+  ASSERT_EQ(code, 0) << out;
+  EXPECT_NE(out.find("layerLengths"), std::string::npos) << out;
+  EXPECT_NE(out.find("KV_STORAGE_INT8_K_FP8_V"), std::string::npos) << out;
+}
+
 }  // namespace
 }  // namespace sage::testing

@@ -446,6 +446,109 @@ TEST(SharedMemoryLifetime, UnregisterWhileInFlight) {
   EXPECT_EQ(o, std::string(o.size(), '\0'));
 }
 
+// A backend that "pins" every host region (as the CUDA backend does, without a GPU) and records,
+// per call, whether the engine was handed q/k/v or the O target inside a client's mapping. Answers
+// zeros, as float O.
+class PinningRecorder final : public server::AttentionBackend {
+ public:
+  struct Seen {
+    bool inputs_in_client_memory = false;
+    server::MemoryKind input_memory = server::MemoryKind::kPageable;
+    bool o_into_client_memory = false;
+  };
+  PinningRecorder() {
+    info_.kind = server::BackendKind::kCpu;
+    info_.devices.push_back({"pinning recorder (test)", "none", 0});
+    info_.head_dims = {64, 128};
+    info_.recipes.assign(std::begin(kAllRecipes), std::end(kAllRecipes));
+  }
+  const server::BackendInfo& info() const override { return info_; }
+  absl::StatusOr<std::unique_ptr<server::EngineMemory>> PinHostMemory(std::byte* data, size_t bytes) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    pinned_.emplace_back(data, bytes);
+    return std::make_unique<server::EngineMemory>();
+  }
+  absl::StatusOr<EngineOutput> Attend(const EngineInput& in, const RecipeConfig&) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    Seen s;
+    s.inputs_in_client_memory = InClient(in.q.data) || InClient(in.k.data) || InClient(in.v.data);
+    s.input_memory = in.memory;
+    s.o_into_client_memory = !in.output.o_into.empty() && InClient(in.output.o_into.data());
+    seen_.push_back(s);
+    EngineOutput out;
+    out.o.assign(static_cast<size_t>(in.q.numel()), 0.0f);
+    if (in.lse == LseMode::kNatural) out.lse.assign(static_cast<size_t>(in.q.tokens * in.q.heads), 0.0f);
+    return out;
+  }
+  Seen last() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return seen_.empty() ? Seen{} : seen_.back();
+  }
+
+ private:
+  bool InClient(const void* p) const {
+    const auto* b = static_cast<const std::byte*>(p);
+    for (const auto& [data, bytes] : pinned_) {
+      if (b >= data && b < data + bytes) return true;
+    }
+    return false;
+  }
+  server::BackendInfo info_;
+  std::mutex mu_;
+  std::vector<std::pair<std::byte*, size_t>> pinned_;
+  std::vector<Seen> seen_;
+};
+
+// A client's pinned mapping is handed to an engine in place only where the GPU's copy engines
+// alone would touch it (16-bit, each tensor big enough for its own DMA); anything the CPU would
+// gather or copy (small tensors, O in another dtype) is staged through the
+// fault-tolerant copy first, so a client shrinking its object cannot fault the server.
+TEST(SharedMemoryPinned, ClientMappingsReachTheEngineOnlyForDmaAlone) {
+  auto recorder = std::make_unique<PinningRecorder>();
+  PinningRecorder* backend = recorder.get();
+  RunningServer s;
+  StartServer(AllowingOptions(), std::move(recorder), &s);
+  auto shm = MakeShm(8 << 20);
+  ASSERT_NE(shm, nullptr);
+  ASSERT_TRUE(s.client->RegisterSystemSharedMemory("p", shm->key(), 0, shm->size()).ok());
+  struct Case {
+    const char* what;
+    int tokens;
+    int heads_kv;
+    v1::DType dtype;
+    v1::DType output_dtype;
+    bool inputs_in_place;
+    bool o_in_place;
+  };
+  // 64 heads x 64 dims x 2 bytes = 8 KiB per token: 8 tokens are 64 KiB, the direct-DMA minimum.
+  const Case cases[] = {
+      {"small fp16", 4, 64, v1::DTYPE_FP16, v1::DTYPE_UNSPECIFIED, false, false},
+      {"large fp16", 16, 64, v1::DTYPE_FP16, v1::DTYPE_UNSPECIFIED, true, true},
+      {"large bf16", 16, 64, v1::DTYPE_BF16, v1::DTYPE_UNSPECIFIED, true, true},
+      {"large fp16, O fp32", 16, 64, v1::DTYPE_FP16, v1::DTYPE_FP32, true, false},
+      // K and V under the DMA minimum: the launch would gather them by CPU, so all three are staged.
+      {"large q, small k and v", 16, 4, v1::DTYPE_FP16, v1::DTYPE_UNSPECIFIED, false, true},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.what);
+    ProblemShape shape;
+    shape.cu_q = {0, c.tokens};
+    shape.cu_k = {0, c.tokens};
+    shape.heads_q = 64;
+    shape.heads_kv = c.heads_kv;
+    shape.dtype = c.dtype;
+    shape.output_dtype = c.output_dtype;
+    v1::AttendRequest req = MakeRequest(shape, c.what);
+    ToShared(req, *shm, "p", 0, OutputBytes(req));
+    absl::StatusOr<v1::AttendResponse> r = s.client->Attend(req);
+    ASSERT_TRUE(r.ok()) << r.status();
+    const PinningRecorder::Seen seen = backend->last();
+    EXPECT_EQ(seen.inputs_in_client_memory, c.inputs_in_place);
+    EXPECT_EQ(seen.input_memory == server::MemoryKind::kPinned, c.inputs_in_place);
+    EXPECT_EQ(seen.o_into_client_memory, c.o_in_place);
+  }
+}
+
 // Off by default: registration and requests that name shared memory are refused with
 // FAILED_PRECONDITION naming the flag.
 TEST(SharedMemoryPolicy, OffByDefault) {

@@ -161,6 +161,38 @@ TEST(SharedMemoryRegistry, ConcurrentUse) {
   EXPECT_EQ(engine.pins.load(), engine.unpins.load());
 }
 
+// System keys outside the configured prefix are refused before anything is opened, and one
+// identity cannot map an object another identity registered.
+TEST(SharedMemoryRegistry, KeysUnderThePrefixAndNotAnotherIdentitys) {
+  PinRecorder engine;
+  SharedMemoryRegistry registry(Allow(), &engine);
+  auto shm = MakeShm(4096);
+  ASSERT_NE(shm, nullptr);
+  ASSERT_EQ(shm->key().rfind(kDefaultShmKeyPrefix, 0), 0u) << shm->key();
+  auto other = sageserve::SystemSharedMemory::Create("/other-" + shm->key().substr(1), 4096);
+  ASSERT_TRUE(other.ok()) << other.status();
+  const absl::Status refused = registry.RegisterSystem(kCaller, "o", (*other)->key(), 0, 64);
+  EXPECT_EQ(refused.code(), absl::StatusCode::kPermissionDenied) << refused;
+  EXPECT_NE(refused.message().find("--shared_memory_key_prefix"), std::string::npos) << refused;
+  EXPECT_EQ(engine.pins.load(), 0);
+
+  const RegionCaller alice{"alice", false}, bob{"bob", false};
+  ASSERT_TRUE(registry.RegisterSystem(alice, "a", shm->key(), 0, 64).ok());
+  const absl::Status theft = registry.RegisterSystem(bob, "b", shm->key(), 0, 64);
+  EXPECT_EQ(theft.code(), absl::StatusCode::kPermissionDenied) << theft;
+  EXPECT_NE(theft.message().find("another identity"), std::string::npos) << theft;
+  // The owner may map it again under another name.
+  EXPECT_TRUE(registry.RegisterSystem(alice, "a2", shm->key(), 64, 64).ok());
+
+  // An empty prefix opens any name (the operator's choice).
+  SharedMemoryOptions open = Allow();
+  open.key_prefix.clear();
+  SharedMemoryRegistry any(open, &engine);
+  EXPECT_TRUE(any.RegisterSystem(kCaller, "r", shm->key(), 0, 64).ok());
+  (void)registry.Unregister(kCaller, "");
+  (void)any.Unregister(kCaller, "");
+}
+
 TEST(SharedMemoryRegistry, RefusedUnlessAllowed) {
   PinRecorder engine;
   SharedMemoryRegistry registry(SharedMemoryOptions{}, &engine);

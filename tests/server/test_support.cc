@@ -103,6 +103,7 @@ server::ServerOptions TestServerOptions() {
   o.scheduler.worker_threads = 2;
   o.scheduler.queue_capacity = 128;
   o.grace_period = std::chrono::milliseconds(5000);
+  o.sessions.pool_bytes = size_t{64} << 20;
   return o;
 }
 

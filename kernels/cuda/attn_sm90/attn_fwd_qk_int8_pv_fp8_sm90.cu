@@ -252,7 +252,11 @@ __global__ void __launch_bounds__(kThreads, kMinCtasPerSm) AttnSm90Kernel(const 
     l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
     l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
   }
-  const float inv_l[2] = {l[0] > 0.f ? 1.f / l[0] : 0.f, l[1] > 0.f ? 1.f / l[1] : 0.f};
+  // l = 0: a row that sees no key (O = 0). l NaN or Inf only comes from non-finite inputs (P is at
+  // most 2^offset per key), and P̃'s e4m3 packing saturates an Inf to a finite 448: answer NaN, never
+  // a finite O (docs/NUMERICS.md, "Non-finite inputs").
+  const auto inverse = [](float x) { return x == 0.f ? 0.f : (x > 0.f && x < INFINITY ? 1.f / x : __int_as_float(0x7fc00000)); };
+  const float inv_l[2] = {inverse(l[0]), inverse(l[1])};
   const int64_t vs_base = (int64_t{b} * p.num_kv_heads + hk) * D;
 #pragma unroll
   for (int i = 0; i < D / 8; ++i) {

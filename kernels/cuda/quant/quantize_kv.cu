@@ -20,7 +20,7 @@ __device__ __forceinline__ void WriteKvStats(const QuantParams& p, int b, int h,
   const float k_mean = (len > 0 && p.smooth_k) ? __fdiv_rn(ks, n) : 0.f;
   const float v_mean = (len > 0 && p.smooth_v) ? __fdiv_rn(vs, n) : 0.f;
   // max over v of |v − v̄| = max(|max − v̄|, |min − v̄|): fp32 subtraction is monotonic.
-  const float amax = len > 0 ? fmaxf(fabsf(__fsub_rn(mx, v_mean)), fabsf(__fsub_rn(mn, v_mean))) : 0.f;
+  const float amax = len > 0 ? NanMax(fabsf(__fsub_rn(mx, v_mean)), fabsf(__fsub_rn(mn, v_mean))) : 0.f;
   const int64_t o = (int64_t{b} * p.num_kv_heads + h) * p.head_dim + c;
   p.ws.k_mean[o] = k_mean;
   if (p.ws.v_scale) p.ws.v_scale[o] = __fdiv_rn(SafeAmax(amax), kFp8Max);
@@ -74,8 +74,8 @@ __global__ void __launch_bounds__(kThreads) KvStatsKernel(QuantParams p, InlineC
       const float kf = RawToFloat<kBf16>(kw[i / 2], i % 2), vf = RawToFloat<kBf16>(vw[i / 2], i % 2);
       ks[i] += kf;
       vs[i] += vf;
-      vmax[i] = fmaxf(vmax[i], vf);
-      vmin[i] = fminf(vmin[i], vf);
+      vmax[i] = NanMax(vmax[i], vf);
+      vmin[i] = NanMin(vmin[i], vf);
     }
   }
   __shared__ float red[4][kLanes][D];
@@ -91,7 +91,7 @@ __global__ void __launch_bounds__(kThreads) KvStatsKernel(QuantParams p, InlineC
     float s = red[0][0][c], v = red[1][0][c], mx = red[2][0][c], mn = red[3][0][c];
     for (int l = 1; l < kLanes; ++l) {
       s += red[0][l][c]; v += red[1][l][c];
-      mx = fmaxf(mx, red[2][l][c]); mn = fminf(mn, red[3][l][c]);
+      mx = NanMax(mx, red[2][l][c]); mn = NanMin(mn, red[3][l][c]);
     }
     const int64_t per_stat = int64_t{p.batch} * p.num_kv_heads * p.ws.stat_chunks * D;
     const int64_t o = ((int64_t{b} * p.num_kv_heads + h) * p.ws.stat_chunks + chunk) * D + c;
@@ -103,8 +103,8 @@ __global__ void __launch_bounds__(kThreads) KvStatsKernel(QuantParams p, InlineC
       float ks1 = 0.f, vs1 = 0.f, mx1 = -FLT_MAX, mn1 = FLT_MAX;  // the finalize kernel's fold over one chunk
       ks1 += s;
       vs1 += v;
-      mx1 = fmaxf(mx1, mx);
-      mn1 = fminf(mn1, mn);
+      mx1 = NanMax(mx1, mx);
+      mn1 = NanMin(mn1, mn);
       WriteKvStats(p, b, h, c, len, ks1, vs1, mx1, mn1);
     }
   }
@@ -122,8 +122,8 @@ __global__ void KvStatsFinalizeKernel(QuantParams p) {
   for (int i = 0; i < chunks; ++i) {
     ks += p.ws.stats[base + int64_t{i} * D];
     vs += p.ws.stats[per_stat + base + int64_t{i} * D];
-    mx = fmaxf(mx, p.ws.stats[2 * per_stat + base + int64_t{i} * D]);
-    mn = fminf(mn, p.ws.stats[3 * per_stat + base + int64_t{i} * D]);
+    mx = NanMax(mx, p.ws.stats[2 * per_stat + base + int64_t{i} * D]);
+    mn = NanMin(mn, p.ws.stats[3 * per_stat + base + int64_t{i} * D]);
   }
   WriteKvStats(p, b, h, c, len, ks, vs, mx, mn);
 }

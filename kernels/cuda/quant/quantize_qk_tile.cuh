@@ -99,7 +99,7 @@ __device__ __forceinline__ void QuantizeQKTile(const QuantParams& p, int tile, i
         if (smooth_q && r < valid) xc = __fsub_rn(v, qmean[c]);
       }
       x[c] = xc;
-      amax = fmaxf(amax, fabsf(xc));
+      amax = NanMax(amax, fabsf(xc));
     }
     if constexpr (!kIsK) p.ws.q_kdot[int64_t{h} * p.ws.q_cap + padded_row0 + r] = kdot;
     cls = RowClass<kIsK>(r, p.granularity);

@@ -40,11 +40,11 @@ __device__ __forceinline__ void QuantizeVBlock(const QuantParams& p, int blk, in
     const int64_t base = (int64_t{b} * p.num_kv_heads + h) * p.ws.stat_chunks * D + c;
     float mx = -FLT_MAX, mn = FLT_MAX;
     for (int i = 0; i < len_chunks; ++i) {
-      mx = fmaxf(mx, p.ws.stats[2 * per_stat + base + int64_t{i} * D]);
-      mn = fminf(mn, p.ws.stats[3 * per_stat + base + int64_t{i} * D]);
+      mx = NanMax(mx, p.ws.stats[2 * per_stat + base + int64_t{i} * D]);
+      mn = NanMin(mn, p.ws.stats[3 * per_stat + base + int64_t{i} * D]);
     }
     const float vm = p.ws.v_mean ? p.ws.v_mean[sb + c] : 0.f;
-    const float amax = fmaxf(fabsf(__fsub_rn(mx, vm)), fabsf(__fsub_rn(mn, vm)));
+    const float amax = NanMax(fabsf(__fsub_rn(mx, vm)), fabsf(__fsub_rn(mn, vm)));
     inv[c] = __fdiv_rn(kFp8Max, SafeAmax(amax));
     mean[c] = vm;
   }

@@ -12,13 +12,6 @@ namespace {
 
 int64_t Micros(Clock::duration d) { return std::chrono::duration_cast<std::chrono::microseconds>(d).count(); }
 
-// The recipe label of a request refused before decoding settled it.
-std::string_view RequestedRecipe(const sageserve::v1::AttendRequest& request, const BackendInfo& backend) {
-  if (request.recipe() == sageserve::v1::RECIPE_UNSPECIFIED) return RecipeName(backend.default_recipe);
-  absl::StatusOr<Recipe> recipe = FromWireRecipe(request.recipe());
-  return recipe.ok() ? RecipeName(*recipe) : "invalid";
-}
-
 }  // namespace
 
 absl::Status WireCallState::Start(const AttendBackends& backends, const RegionCaller& caller,
@@ -33,8 +26,7 @@ absl::Status WireCallState::Start(const AttendBackends& backends, const RegionCa
   absl::StatusOr<std::unique_ptr<DecodedRequest>> d =
       DecodeAttendRequest(wire.header, pipeline.backend(), pipeline.limits(), &external, &shared_memory);
   if (!d.ok()) {
-    pipeline.Reject(method, wire.header.request_id(), RequestedRecipe(wire.header, pipeline.backend()), d.status(),
-                    accepted, wire.wire_bytes);
+    pipeline.Reject(method, wire.header.request_id(), d.status(), accepted, wire.wire_bytes);
     return d.status();
   }
   decoded = *std::move(d);

@@ -80,14 +80,15 @@ void AttendStreamReactor::OnReadDone(bool ok) {
   if (read_next) StartRead(&incoming_);
   if (!parsed.ok()) {
     // Answered on the stream like any failed request (there is no request_id to echo).
+    backends_.pipeline->Reject(AttendMethod::kStream, "", parsed.status(), Clock::now(), 0);
     Complete(slot, parsed.status());
     return;
   }
   slot->wire = *std::move(parsed);
   // Over the server's bound on unwritten stream answers: refuse (answered, logged and counted).
   if (absl::Status admitted = totals_->Admit(); !admitted.ok()) {
-    backends_.pipeline->Reject(AttendMethod::kStream, slot->wire.header.request_id(), "unknown", admitted,
-                               Clock::now(), slot->wire.wire_bytes);
+    backends_.pipeline->Reject(AttendMethod::kStream, slot->wire.header.request_id(), admitted, Clock::now(),
+                               slot->wire.wire_bytes);
     Complete(slot, admitted);
     return;
   }

@@ -65,7 +65,7 @@ AttentionService::AttentionService(AttendBackends backends, SelfTestRunner* self
 grpc::ServerUnaryReactor* AttentionService::Attend(grpc::CallbackServerContext* context,
                                                    const grpc::ByteBuffer* request, grpc::ByteBuffer* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  absl::StatusOr<Principal> caller = auth_->Check(context, "/sageserve.v1.AttentionService/Attend");
+  absl::StatusOr<Principal> caller = auth_->Check(context, RpcMethod::kAttend);
   if (!caller.ok()) {
     FinishAttend(reactor, *context, caller.status());
     return reactor;
@@ -95,7 +95,7 @@ grpc::ServerUnaryReactor* AttentionService::Attend(grpc::CallbackServerContext* 
 grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* AttentionService::AttendStream(
     grpc::CallbackServerContext* context) {
   // Checked once, at the stream's start: every request on it is the same caller's.
-  absl::StatusOr<Principal> caller = auth_->Check(context, "/sageserve.v1.AttentionService/AttendStream");
+  absl::StatusOr<Principal> caller = auth_->Check(context, RpcMethod::kAttendStream);
   if (!caller.ok()) return new RefusedBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>(ToGrpcStatus(caller.status()));
   return new AttendStreamReactor(context, backends_, RegionCallerOf(*caller), payload_pool_, limits_.stream,
                                  &stream_totals_);
@@ -104,7 +104,7 @@ grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* AttentionService::A
 grpc::ServerUnaryReactor* AttentionService::GetServerInfo(grpc::CallbackServerContext* context,
                                                           const v1::GetServerInfoRequest* /*request*/,
                                                           v1::GetServerInfoResponse* response) {
-  if (absl::StatusOr<Principal> caller = auth_->Check(context, "/sageserve.v1.AttentionService/GetServerInfo");
+  if (absl::StatusOr<Principal> caller = auth_->Check(context, RpcMethod::kGetServerInfo);
       !caller.ok()) {
     grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
     reactor->Finish(ToGrpcStatus(caller.status()));
@@ -145,7 +145,7 @@ grpc::ServerUnaryReactor* AttentionService::SelfTest(grpc::CallbackServerContext
                                                      const v1::SelfTestRequest* request,
                                                      v1::SelfTestResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  if (absl::StatusOr<Principal> caller = auth_->Check(context, "/sageserve.v1.AttentionService/SelfTest");
+  if (absl::StatusOr<Principal> caller = auth_->Check(context, RpcMethod::kSelfTest);
       !caller.ok()) {
     reactor->Finish(ToGrpcStatus(caller.status()));
     return reactor;

@@ -18,12 +18,8 @@ const CallAuthorizer* OpenAuthorizer() {
 
 RegionCaller RegionCallerOf(const Principal& caller) { return RegionCaller{caller.identity, caller.admin()}; }
 
-absl::StatusOr<Principal> CallAuthorizer::Check(grpc::CallbackServerContext* context, std::string_view method) const {
-  const std::optional<Scope> needed = MethodScopeOf(method);
-  if (!needed) {
-    spdlog::error("access control: {} is missing from kMethodScopes; refused", method);
-    return absl::PermissionDeniedError(absl::StrCat(std::string(method), ": no scope is defined for this method"));
-  }
+absl::StatusOr<Principal> CallAuthorizer::Check(grpc::CallbackServerContext* context, RpcMethod method) const {
+  const RpcMethodInfo& info = InfoOf(method);
   CallCredentials credentials;
   std::string common_name;
   if (access_->tokens_required()) {
@@ -40,10 +36,10 @@ absl::StatusOr<Principal> CallAuthorizer::Check(grpc::CallbackServerContext* con
     }
     credentials.cert_common_name = absl::string_view(common_name);
   }
-  const absl::string_view name(method.data(), method.size());
-  absl::StatusOr<Principal> caller = access_->Check(credentials, *needed, name);
+  const absl::string_view name(info.name.data(), info.name.size());
+  absl::StatusOr<Principal> caller = access_->Check(credentials, info.scope, name);
   if (!caller.ok()) {
-    spdlog::warn("access control: {} from {} refused: {}", method, LogField(context->peer()),
+    spdlog::warn("access control: {} from {} refused: {}", info.name, LogField(context->peer()),
                  LogField(caller.status().ToString(), kLogStatusMaxBytes));
   }
   return caller;

@@ -169,7 +169,7 @@ void RegistryService::Shutdown() {
 grpc::ServerUnaryReactor* RegistryService::RegisterModel(grpc::CallbackServerContext* context,
                                                          const v1::RegisterModelRequest* request,
                                                          v1::RegisterModelResponse* response) {
-  absl::StatusOr<Principal> caller = auth_->Check(context, "/sageserve.v1.RegistryService/RegisterModel");
+  absl::StatusOr<Principal> caller = auth_->Check(context, RpcMethod::kRegisterModel);
   if (!caller.ok()) return FinishNow(context, caller.status());
   return RunOn(writes_, context, [this, request, response, who = caller->identity]() -> absl::Status {
     absl::StatusOr<reg::ModelSpec> spec = ModelSpecFromWire(request->spec());
@@ -187,7 +187,7 @@ grpc::ServerUnaryReactor* RegistryService::RegisterModel(grpc::CallbackServerCon
 grpc::ServerUnaryReactor* RegistryService::ListModels(grpc::CallbackServerContext* context,
                                                       const v1::ListModelsRequest* /*request*/,
                                                       v1::ListModelsResponse* response) {
-  absl::StatusOr<Principal> caller = auth_->Check(context, "/sageserve.v1.RegistryService/ListModels");
+  absl::StatusOr<Principal> caller = auth_->Check(context, RpcMethod::kListModels);
   if (!caller.ok()) return FinishNow(context, caller.status());
   for (const reg::ModelRecord& record : registry_->ListModels()) {
     ModelInfoToWire(record, backend_->info(), response->add_models());
@@ -198,7 +198,7 @@ grpc::ServerUnaryReactor* RegistryService::ListModels(grpc::CallbackServerContex
 grpc::ServerUnaryReactor* RegistryService::GetModel(grpc::CallbackServerContext* context,
                                                     const v1::GetModelRequest* request,
                                                     v1::GetModelResponse* response) {
-  absl::StatusOr<Principal> caller = auth_->Check(context, "/sageserve.v1.RegistryService/GetModel");
+  absl::StatusOr<Principal> caller = auth_->Check(context, RpcMethod::kGetModel);
   if (!caller.ok()) return FinishNow(context, caller.status());
   absl::StatusOr<reg::ModelRecord> record = registry_->GetModel(request->name());
   if (record.ok()) ModelInfoToWire(*record, backend_->info(), response->mutable_model());
@@ -208,7 +208,7 @@ grpc::ServerUnaryReactor* RegistryService::GetModel(grpc::CallbackServerContext*
 grpc::ServerUnaryReactor* RegistryService::DeleteModel(grpc::CallbackServerContext* context,
                                                        const v1::DeleteModelRequest* request,
                                                        v1::DeleteModelResponse* /*response*/) {
-  absl::StatusOr<Principal> caller = auth_->Check(context, "/sageserve.v1.RegistryService/DeleteModel");
+  absl::StatusOr<Principal> caller = auth_->Check(context, RpcMethod::kDeleteModel);
   if (!caller.ok()) return FinishNow(context, caller.status());
   return RunOn(writes_, context, [this, request, who = caller->identity]() -> absl::Status {
     absl::Status s = registry_->DeleteModel(request->name());
@@ -220,7 +220,7 @@ grpc::ServerUnaryReactor* RegistryService::DeleteModel(grpc::CallbackServerConte
 grpc::ServerUnaryReactor* RegistryService::GetPlan(grpc::CallbackServerContext* context,
                                                    const v1::GetPlanRequest* request,
                                                    v1::GetPlanResponse* response) {
-  absl::StatusOr<Principal> caller = auth_->Check(context, "/sageserve.v1.RegistryService/GetPlan");
+  absl::StatusOr<Principal> caller = auth_->Check(context, RpcMethod::kGetPlan);
   if (!caller.ok()) return FinishNow(context, caller.status());
   absl::StatusOr<reg::EffectivePlan> plan = registry_->GetPlan(request->model());
   if (plan.ok()) PlanToWire(plan->plan, reg::DefaultRecipeFor(backend_->info()), response->mutable_plan());
@@ -230,7 +230,7 @@ grpc::ServerUnaryReactor* RegistryService::GetPlan(grpc::CallbackServerContext* 
 grpc::ServerUnaryReactor* RegistryService::SetPlan(grpc::CallbackServerContext* context,
                                                    const v1::SetPlanRequest* request,
                                                    v1::SetPlanResponse* response) {
-  absl::StatusOr<Principal> caller = auth_->Check(context, "/sageserve.v1.RegistryService/SetPlan");
+  absl::StatusOr<Principal> caller = auth_->Check(context, RpcMethod::kSetPlan);
   if (!caller.ok()) return FinishNow(context, caller.status());
   return RunOn(writes_, context, [this, request, response, who = caller->identity]() -> absl::Status {
     absl::StatusOr<reg::Plan> plan = PlanFromWire(request->plan());
@@ -248,7 +248,7 @@ grpc::ServerUnaryReactor* RegistryService::SetPlan(grpc::CallbackServerContext* 
 
 grpc::ServerReadReactor<v1::CalibrateRequest>* RegistryService::Calibrate(grpc::CallbackServerContext* context,
                                                                           v1::CalibrateResponse* response) {
-  absl::StatusOr<Principal> caller = auth_->Check(context, "/sageserve.v1.RegistryService/Calibrate");
+  absl::StatusOr<Principal> caller = auth_->Check(context, RpcMethod::kCalibrate);
   if (!caller.ok()) return new RefusedReadReactor<v1::CalibrateRequest>(ToGrpcStatus(caller.status()));
   return new CalibrateReactor(this, context, response);
 }

@@ -55,11 +55,13 @@ absl::Status Invalid(const std::string& field, absl::string_view what) {
   return absl::InvalidArgumentError(absl::StrCat(field, ": ", what));
 }
 
-// A range of a system (POSIX shm) region that no engine may read or write in place: the client can
-// shrink the object under the access, and a CPU touching a page past its new end gets SIGBUS. Only
-// ranges page-locked for a GPU engine's DMA stay zero copy (docs/SECURITY.md, "Shared memory").
-bool NeedsStaging(const SharedRange& r) {
-  return r.region->info().kind == SharedMemoryKind::kSystem && r.memory() != MemoryKind::kPinned;
+bool IsSystem(const SharedRange& r) { return r.region->info().kind == SharedMemoryKind::kSystem; }
+
+// Whether a range of a client's system (POSIX shm) region may be used in place: only when the GPU's
+// copy engines alone will touch it (CopiedByDmaOnly). The client can shrink the object under any
+// access, and a CPU touching a page past its new end gets SIGBUS (docs/SECURITY.md, "Shared memory").
+bool UsableInPlace(const SharedRange& r, DType dtype, size_t bytes) {
+  return !IsSystem(r) || CopiedByDmaOnly(r.memory(), dtype, bytes);
 }
 
 // Resolves a shared-memory reference of `expected` bytes, keeping its region (once) in `decoded`.
@@ -200,7 +202,9 @@ absl::Status DecodeOutputs(const v1::AttendRequest& request, const SharedMemoryA
   if (!o.ok()) return o.status();
   d.core.output.client_o = o->bytes;
   d.core.output.client_memory = o->memory();
-  d.core.output.client_direct = !NeedsStaging(*o);
+  // O in q's dtype is what an engine writes in place; anything else goes through the encoder.
+  d.core.output.client_direct =
+      d.core.output_dtype == in.q.dtype && UsableInPlace(*o, d.core.output_dtype, o_bytes);
   d.o_output_ref = request.o_output();
   if (request.has_lse_output()) {
     const size_t lse_bytes = static_cast<size_t>(in.q.tokens) * in.q.heads * sizeof(float);
@@ -214,7 +218,8 @@ absl::Status DecodeOutputs(const v1::AttendRequest& request, const SharedMemoryA
     if (o->memory() == MemoryKind::kPinned && lse->memory() != MemoryKind::kPinned) {
       d.core.output.client_memory = MemoryKind::kPageable;  // direct copies only when both are pinned
     }
-    if (NeedsStaging(*lse)) d.core.output.client_direct = false;
+    // LSE follows O's route (the transfer plan copies both the way O's size says).
+    if (IsSystem(*lse) && lse->memory() != MemoryKind::kPinned) d.core.output.client_direct = false;
     d.core.output.client_lse = lse->bytes;
     d.lse_output_ref = request.lse_output();
   }
@@ -238,24 +243,32 @@ absl::Status DecodeOutputs(const v1::AttendRequest& request, const SharedMemoryA
   return absl::OkStatus();
 }
 
-// Copies the inputs that NeedsStaging into one server-owned block (the request's staged_inputs) with a
-// fault-tolerant copy and points q/k/v there: the engine never reads the client's mapping. A client
-// that shrank the object meanwhile gets FAILED_PRECONDITION naming the field and region.
+// Copies the system-memory inputs into one server-owned block (the request's staged_inputs) with a
+// fault-tolerant copy and points q/k/v there, unless all of them may stay where they are (pinned,
+// and each moved by DMA alone: with any input staged the launch gathers every input by CPU, so
+// then all are staged). A client that shrank the object meanwhile gets FAILED_PRECONDITION naming
+// the field and region.
 absl::Status StageInputs(const std::array<std::optional<SharedRange>, 3>& shared, AttendRequest& request) {
   constexpr std::array<const char*, 3> kFields = {"q.shared_memory", "k.shared_memory", "v.shared_memory"};
   constexpr size_t kAlign = 64;
   const std::array<TensorView*, 3> views = {&request.input.q, &request.input.k, &request.input.v};
+  bool in_place = request.input.memory == MemoryKind::kPinned;
+  for (size_t i = 0; i < 3; ++i) {
+    if (shared[i]) in_place = in_place && UsableInPlace(*shared[i], views[i]->dtype, views[i]->bytes());
+  }
+  const auto staged = [&](size_t i) { return shared[i] && IsSystem(*shared[i]) && !in_place; };
   std::array<size_t, 3> at{};
   size_t total = 0;
   for (size_t i = 0; i < 3; ++i) {
-    if (!shared[i] || !NeedsStaging(*shared[i])) continue;
+    if (!staged(i)) continue;
     at[i] = total;
     total += (shared[i]->bytes.size() + kAlign - 1) / kAlign * kAlign;
   }
   if (total == 0) return absl::OkStatus();
   request.staged_inputs.reset(new std::byte[total]);  // uninitialized: every used byte is copied in
+  request.input.memory = MemoryKind::kPageable;           // the staged block is ordinary memory
   for (size_t i = 0; i < 3; ++i) {
-    if (!shared[i] || !NeedsStaging(*shared[i])) continue;
+    if (!staged(i)) continue;
     const std::span<std::byte> dst(request.staged_inputs.get() + at[i], shared[i]->bytes.size());
     absl::Status s = CopyFromClient(dst, shared[i]->bytes, kFields[i], shared[i]->region->info().name);
     if (!s.ok()) return s;

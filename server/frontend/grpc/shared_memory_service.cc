@@ -35,7 +35,7 @@ grpc::ServerUnaryReactor* SharedMemoryService::RegisterSystemSharedMemory(
     grpc::CallbackServerContext* context, const v1::RegisterSystemSharedMemoryRequest* request,
     v1::RegisterSharedMemoryResponse* /*response*/) {
   absl::StatusOr<Principal> caller =
-      auth_->Check(context, "/sageserve.v1.SharedMemoryService/RegisterSystemSharedMemory");
+      auth_->Check(context, RpcMethod::kRegisterSystemSharedMemory);
   if (!caller.ok()) return FinishNow(context, caller.status());
   if (!registry_->allowed()) return FinishNow(context, registry_->CheckAllowed());
   return RunOn(worker_, context, [this, request, who = RegionCallerOf(*caller)] {
@@ -47,7 +47,7 @@ grpc::ServerUnaryReactor* SharedMemoryService::RegisterCudaSharedMemory(
     grpc::CallbackServerContext* context, const v1::RegisterCudaSharedMemoryRequest* request,
     v1::RegisterSharedMemoryResponse* /*response*/) {
   absl::StatusOr<Principal> caller =
-      auth_->Check(context, "/sageserve.v1.SharedMemoryService/RegisterCudaSharedMemory");
+      auth_->Check(context, RpcMethod::kRegisterCudaSharedMemory);
   if (!caller.ok()) return FinishNow(context, caller.status());
   if (!registry_->allowed()) return FinishNow(context, registry_->CheckAllowed());
   return RunOn(worker_, context, [this, request, who = RegionCallerOf(*caller)] {
@@ -61,7 +61,7 @@ grpc::ServerUnaryReactor* SharedMemoryService::UnregisterSharedMemory(
     grpc::CallbackServerContext* context, const v1::UnregisterSharedMemoryRequest* request,
     v1::UnregisterSharedMemoryResponse* response) {
   absl::StatusOr<Principal> caller =
-      auth_->Check(context, "/sageserve.v1.SharedMemoryService/UnregisterSharedMemory");
+      auth_->Check(context, RpcMethod::kUnregisterSharedMemory);
   if (!caller.ok()) return FinishNow(context, caller.status());
   return RunOn(worker_, context, [this, request, response, who = RegionCallerOf(*caller)]() -> absl::Status {
     absl::StatusOr<std::vector<std::string>> names = registry_->Unregister(who, request->name());
@@ -75,7 +75,7 @@ grpc::ServerUnaryReactor* SharedMemoryService::GetSharedMemoryStatus(grpc::Callb
                                                                      const v1::GetSharedMemoryStatusRequest* request,
                                                                      v1::GetSharedMemoryStatusResponse* response) {
   absl::StatusOr<Principal> caller =
-      auth_->Check(context, "/sageserve.v1.SharedMemoryService/GetSharedMemoryStatus");
+      auth_->Check(context, RpcMethod::kGetSharedMemoryStatus);
   if (!caller.ok()) return FinishNow(context, caller.status());
   absl::StatusOr<std::vector<SharedMemoryRegionInfo>> regions =
       registry_->Status(RegionCallerOf(*caller), request->name());

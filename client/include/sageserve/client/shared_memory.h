@@ -25,8 +25,10 @@ class SystemSharedMemory {
   // '/', no other); ALREADY_EXISTS when the key is taken; otherwise the errno's code and text.
   static absl::StatusOr<std::unique_ptr<SystemSharedMemory>> Create(std::string key, size_t bytes);
 
-  // "/sage-<prefix>-<pid>-<counter>": the pid keeps processes apart, the counter keeps this
-  // process's objects apart. '/' in `prefix` becomes '_' so the key stays valid.
+  // "/sage-<prefix>-<pid>-<nonce>-<counter>": the pid keeps processes apart, the counter keeps this
+  // process's objects apart, and the nonce (64 random bits per process) keeps the name unguessable
+  // to other clients of the server. '/' in `prefix` becomes '_' so the key stays valid. Servers
+  // open only keys under their --shared_memory_key_prefix, "/sage" by default.
   static std::string UniqueKey(std::string_view prefix);
 
   ~SystemSharedMemory();

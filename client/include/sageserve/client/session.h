@@ -1,0 +1,90 @@
+// Server-resident KV sessions (sageserve.v1.SessionService): create a session once, then send only
+// each step's new tokens. A Session handle keeps the positions and step ids, so a step retried
+// after a transport error is never appended twice; SessionClient::Attend sends one call per layer
+// for a whole decode batch (each step naming its session). docs/API.md, "Sessions".
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "sageserve/client/client.h"
+#include "sageserve/v1/session.grpc.pb.h"
+
+namespace sageserve {
+
+struct SessionOptions {
+  std::string model;  // optional: the registry's per-layer recipes
+  int layers = 1;
+  int heads_q = 1;
+  int heads_kv = 1;
+  int head_dim = 128;
+  v1::DType dtype = v1::DTYPE_FP16;
+  v1::KvStorage kv_storage = v1::KV_STORAGE_16BIT;
+  int64_t max_tokens = 0;
+  int64_t reserve_tokens = 0;
+};
+
+class SessionClient;
+
+// One session. Positions advance when a step succeeds; not thread-safe (one decode loop owns it).
+class Session {
+ public:
+  const std::string& id() const { return id_; }
+  const SessionOptions& options() const { return options_; }
+  int64_t length(int layer) const { return lengths_.at(static_cast<size_t>(layer)); }
+
+  // The next step of `layer`: `k`/`v` hold [n, Hkv, D] 16-bit values (n may be 0); `q` [n_q, Hq, D]
+  // (empty: a bulk import). For batching several sessions into one SessionClient::Attend.
+  v1::SessionStep MakeStep(int layer, std::span<const uint16_t> k, std::span<const uint16_t> v,
+                           std::span<const uint16_t> q) const;
+  // Records a step's result (its layer's new length); call after a successful Attend.
+  void Commit(int layer, const v1::SessionStepResult& result);
+
+  // MakeStep, Attend and Commit in one call; a transport failure (UNAVAILABLE, DEADLINE_EXCEEDED)
+  // is retried up to `retries` times with the same position and step id.
+  absl::StatusOr<v1::SessionStepResult> Step(int layer, std::span<const uint16_t> k, std::span<const uint16_t> v,
+                                             std::span<const uint16_t> q, bool return_lse = false, int retries = 2);
+
+  // Shares this session's first `length` tokens (default all) with a new session.
+  absl::StatusOr<Session> Fork(std::optional<int64_t> length = std::nullopt) const;
+  absl::Status Truncate(int64_t length);
+  absl::Status Close();
+
+ private:
+  friend class SessionClient;
+  Session(const SessionClient* client, std::string id, SessionOptions options, std::vector<int64_t> lengths)
+      : client_(client), id_(std::move(id)), options_(std::move(options)), lengths_(std::move(lengths)) {}
+
+  const SessionClient* client_;
+  std::string id_;
+  SessionOptions options_;
+  std::vector<int64_t> lengths_;
+  uint64_t next_step_id_ = 1;
+};
+
+// SessionService over a Client's first connection. Blocking calls under the client's deadline.
+class SessionClient {
+ public:
+  // `client` must outlive this object and its sessions.
+  explicit SessionClient(const Client& client);
+
+  absl::StatusOr<Session> Create(const SessionOptions& options) const;
+  absl::StatusOr<v1::AttendSessionResponse> Attend(const v1::AttendSessionRequest& request) const;
+  absl::StatusOr<v1::SessionInfo> Get(const std::string& session_id) const;
+  absl::StatusOr<v1::ListSessionsResponse> List() const;
+  absl::StatusOr<v1::SessionInfo> Truncate(const std::string& session_id, int64_t length) const;
+  absl::StatusOr<v1::ForkSessionResponse> Fork(const std::string& session_id, std::optional<int64_t> length) const;
+  absl::Status Close(const std::string& session_id) const;
+
+ private:
+  friend class Session;
+  const Client& client_;
+  std::unique_ptr<v1::SessionService::Stub> stub_;
+};
+
+}  // namespace sageserve

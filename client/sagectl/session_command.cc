@@ -1,0 +1,214 @@
+// `sagectl session <verb>`: operators' view of KV sessions (list, get, create, truncate, fork,
+// close), and `sagectl bench --mode=decode`: N concurrent sessions, a prefill, then M decode steps
+// over L layers, one call per layer per step (all sessions of a client thread batched), with the
+// client latency of each layer-step.
+#include <algorithm>
+#include <cctype>
+#include <cstring>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <mutex>
+#include <random>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "client/sagectl/commands.h"
+#include "sageserve/client/session.h"
+#include "sageserve/client/tensor.h"
+
+namespace sagectl {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+namespace v1 = ::sageserve::v1;
+
+std::vector<std::string> SessionShapeFlags() {
+  return {"layers", "heads_q", "heads_kv", "head_dim", "dtype", "kv_storage", "max_tokens", "reserve_tokens", "model"};
+}
+
+absl::StatusOr<sageserve::SessionOptions> SessionOptionsFromArgs(const Args& args) {
+  sageserve::SessionOptions o;
+  absl::StatusOr<int64_t> layers = args.Int("layers", 1), hq = args.Int("heads_q", 32), hkv = args.Int("heads_kv", 8),
+                          d = args.Int("head_dim", 128), max_tokens = args.Int("max_tokens", 4096),
+                          reserve = args.Int("reserve_tokens", 0);
+  for (const auto* v : {&layers, &hq, &hkv, &d, &max_tokens, &reserve}) {
+    if (!v->ok()) return v->status();
+  }
+  o.model = args.Str("model", "");
+  o.layers = static_cast<int>(*layers);
+  o.heads_q = static_cast<int>(*hq);
+  o.heads_kv = static_cast<int>(*hkv);
+  o.head_dim = static_cast<int>(*d);
+  o.max_tokens = *max_tokens;
+  o.reserve_tokens = *reserve;
+  const std::string dtype = args.Str("dtype", "fp16");
+  if (dtype != "fp16" && dtype != "bf16") return absl::InvalidArgumentError("--dtype: fp16 or bf16");
+  o.dtype = dtype == "fp16" ? v1::DTYPE_FP16 : v1::DTYPE_BF16;
+  const std::string storage = args.Str("kv_storage", "int8_k_fp8_v");
+  if (storage != "16bit" && storage != "int8_k_fp8_v") return absl::InvalidArgumentError("--kv_storage: 16bit or int8_k_fp8_v");
+  o.kv_storage = storage == "16bit" ? v1::KV_STORAGE_16BIT : v1::KV_STORAGE_INT8_K_FP8_V;
+  return o;
+}
+
+std::vector<uint16_t> RandomValues(size_t n, std::mt19937& rng) {
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::vector<uint16_t> out(n);
+  for (uint16_t& x : out) x = sageserve::FloatToFp16(normal(rng));
+  return out;
+}
+
+double Percentile(std::vector<double> v, double p) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  return v[std::min(v.size() - 1, static_cast<size_t>(p / 100.0 * static_cast<double>(v.size())))];
+}
+
+}  // namespace
+
+int RunSession(const std::string& verb, const Args& args) {
+  std::vector<std::string> known = SessionShapeFlags();
+  for (const char* k : {"id", "length"}) known.push_back(k);
+  if (!CheckFlags(args, known)) return kExitUsage;
+  auto client = Connect(args);
+  if (!client.ok()) return FailUsage(client.status());
+  sageserve::SessionClient sessions(**client);
+  const std::string id = args.Str("id", "");
+  if (verb != "list" && verb != "create" && id.empty()) return FailUsage(absl::InvalidArgumentError("--id is required"));
+  if (verb == "list") {
+    absl::StatusOr<v1::ListSessionsResponse> r = sessions.List();
+    if (!r.ok()) return Fail(r.status());
+    PrintJson(*r);
+  } else if (verb == "get") {
+    absl::StatusOr<v1::SessionInfo> r = sessions.Get(id);
+    if (!r.ok()) return Fail(r.status());
+    PrintJson(*r);
+  } else if (verb == "create") {
+    absl::StatusOr<sageserve::SessionOptions> o = SessionOptionsFromArgs(args);
+    if (!o.ok()) return FailUsage(o.status());
+    absl::StatusOr<sageserve::Session> s = sessions.Create(*o);
+    if (!s.ok()) return Fail(s.status());
+    std::printf("%s\n", s->id().c_str());
+  } else if (verb == "truncate" || verb == "fork") {
+    absl::StatusOr<int64_t> length = args.Int("length", -1);
+    if (!length.ok() || (verb == "truncate" && *length < 0)) {
+      return FailUsage(absl::InvalidArgumentError("--length must be an integer >= 0"));
+    }
+    if (verb == "truncate") {
+      absl::StatusOr<v1::SessionInfo> r = sessions.Truncate(id, *length);
+      if (!r.ok()) return Fail(r.status());
+      PrintJson(*r);
+    } else {
+      absl::StatusOr<v1::ForkSessionResponse> r =
+          sessions.Fork(id, *length >= 0 ? std::optional<int64_t>(*length) : std::nullopt);
+      if (!r.ok()) return Fail(r.status());
+      PrintJson(*r);
+    }
+  } else if (verb == "close") {
+    if (absl::Status s = sessions.Close(id); !s.ok()) return Fail(s);
+  } else {
+    return FailUsage(absl::InvalidArgumentError(absl::StrCat("unknown session verb '", verb,
+                                                             "' (list, get, create, truncate, fork, close)")));
+  }
+  return 0;
+}
+
+int RunDecodeBench(const Args& args) {
+  std::vector<std::string> known = SessionShapeFlags();
+  for (const char* k : {"mode", "sessions", "clients", "context", "steps", "recipe", "connections"}) known.push_back(k);
+  if (!CheckFlags(args, known)) return kExitUsage;
+  absl::StatusOr<sageserve::SessionOptions> base = SessionOptionsFromArgs(args);
+  if (!base.ok()) return FailUsage(base.status());
+  absl::StatusOr<int64_t> n_sessions = args.Int("sessions", 1), clients = args.Int("clients", 1),
+                          context = args.Int("context", 2048), steps = args.Int("steps", 16),
+                          connections = args.Int("connections", 1);
+  for (const auto* v : {&n_sessions, &clients, &context, &steps, &connections}) {
+    if (!v->ok() || **v < 1) return FailUsage(absl::InvalidArgumentError("--sessions, --clients, --context, --steps and --connections must be positive"));
+  }
+  if (*n_sessions % *clients != 0) return FailUsage(absl::InvalidArgumentError("--sessions must be a multiple of --clients"));
+  v1::Recipe recipe = v1::RECIPE_UNSPECIFIED;
+  if (args.Has("recipe")) {
+    std::string name = "RECIPE_" + args.Str("recipe", "");
+    for (char& ch : name) ch = static_cast<char>(std::toupper(static_cast<unsigned char>(ch)));
+    if (!v1::Recipe_Parse(name, &recipe)) return FailUsage(absl::InvalidArgumentError("--recipe: unknown recipe"));
+  }
+  if (!args.Has("max_tokens")) base->max_tokens = *context + *steps;
+  auto client_or = Connect(args, static_cast<int>(*connections));
+  if (!client_or.ok()) return FailUsage(client_or.status());
+  sageserve::SessionClient sessions(**client_or);
+  const sageserve::SessionOptions& o = *base;
+  const int64_t per_client = *n_sessions / *clients;
+  const size_t kv_row = static_cast<size_t>(o.heads_kv) * o.head_dim, q_row = static_cast<size_t>(o.heads_q) * o.head_dim;
+
+  std::mutex mu;
+  std::vector<double> step_us;
+  std::atomic<int> failures{0};
+  std::atomic<int64_t> layer_steps{0};
+  absl::Status first_error;
+  const auto fail = [&](const absl::Status& s) {
+    std::lock_guard<std::mutex> lock(mu);
+    if (failures++ == 0) first_error = s;
+  };
+  // Prefill every session (one bulk import per layer), then time the decode steps.
+  std::vector<std::vector<sageserve::Session>> owned(static_cast<size_t>(*clients));
+  {
+    std::mt19937 rng(1);
+    const std::vector<uint16_t> kp = RandomValues(static_cast<size_t>(*context) * kv_row, rng);
+    for (int64_t c = 0; c < *clients; ++c) {
+      for (int64_t i = 0; i < per_client; ++i) {
+        absl::StatusOr<sageserve::Session> s = sessions.Create(o);
+        if (!s.ok()) return Fail(s.status());
+        for (int layer = 0; layer < o.layers; ++layer) {
+          absl::StatusOr<v1::SessionStepResult> r = s->Step(layer, kp, kp, {});
+          if (!r.ok()) return Fail(r.status());
+        }
+        owned[static_cast<size_t>(c)].push_back(*std::move(s));
+      }
+    }
+  }
+  const Clock::time_point start = Clock::now();
+  std::vector<std::thread> threads;
+  for (int64_t c = 0; c < *clients; ++c) {
+    threads.emplace_back([&, c] {
+      std::mt19937 rng(static_cast<uint32_t>(100 + c));
+      std::vector<sageserve::Session>& mine = owned[static_cast<size_t>(c)];
+      const std::vector<uint16_t> k = RandomValues(kv_row, rng), q = RandomValues(q_row, rng);
+      std::vector<double> local;
+      for (int64_t step = 0; step < *steps && failures.load() == 0; ++step) {
+        for (int layer = 0; layer < o.layers; ++layer) {
+          v1::AttendSessionRequest req;
+          req.set_recipe(recipe);
+          for (const sageserve::Session& s : mine) *req.add_steps() = s.MakeStep(layer, k, k, q);
+          const Clock::time_point t0 = Clock::now();
+          absl::StatusOr<v1::AttendSessionResponse> r = sessions.Attend(req);
+          local.push_back(std::chrono::duration<double, std::micro>(Clock::now() - t0).count());
+          if (!r.ok()) return fail(r.status());
+          for (size_t i = 0; i < mine.size(); ++i) mine[i].Commit(layer, r->results(static_cast<int>(i)));
+          layer_steps.fetch_add(static_cast<int64_t>(mine.size()));
+        }
+      }
+      std::lock_guard<std::mutex> lock(mu);
+      step_us.insert(step_us.end(), local.begin(), local.end());
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
+  for (auto& mine : owned) {
+    for (sageserve::Session& s : mine) (void)s.Close();
+  }
+  std::printf("decode: %lld sessions (%lld clients, %lld per call), context %lld, %lld steps x %d layers, Hq %d Hkv %d D %d, %s\n",
+              static_cast<long long>(*n_sessions), static_cast<long long>(*clients), static_cast<long long>(per_client),
+              static_cast<long long>(*context), static_cast<long long>(*steps), o.layers, o.heads_q, o.heads_kv, o.head_dim,
+              o.kv_storage == v1::KV_STORAGE_16BIT ? "16-bit KV" : "INT8 K / FP8 V");
+  std::printf("per layer-step call, client: p50 %.0f us  p99 %.0f us  (%zu calls)\n", Percentile(step_us, 50),
+              Percentile(step_us, 99), step_us.size());
+  std::printf("session layer-steps/s: %.0f\n", static_cast<double>(layer_steps.load()) / seconds);
+  if (failures.load() > 0) {
+    std::fprintf(stderr, "sagectl: %d calls failed, first: %s\n", failures.load(), first_error.ToString().c_str());
+    return kExitNegative;
+  }
+  return 0;
+}
+
+}  // namespace sagectl

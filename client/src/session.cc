@@ -1,0 +1,159 @@
+#include "sageserve/client/session.h"
+
+#include <chrono>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "sageserve/client/tensor.h"
+
+namespace sageserve {
+namespace {
+
+void ApplyDeadline(const ClientOptions& options, grpc::ClientContext* context) {
+  if (options.deadline.count() > 0) context->set_deadline(std::chrono::system_clock::now() + options.deadline);
+}
+
+// A [n, heads, head_dim] tensor of 16-bit values in `dtype`.
+void SetValues(std::span<const uint16_t> values, int heads, int head_dim, v1::DType dtype, v1::Tensor* t) {
+  t->set_dtype(dtype);
+  t->add_shape(static_cast<int64_t>(values.size()) / heads / head_dim);
+  t->add_shape(heads);
+  t->add_shape(head_dim);
+  t->set_data(std::string(reinterpret_cast<const char*>(values.data()), values.size() * sizeof(uint16_t)));
+}
+
+bool Retryable(const absl::Status& s) {
+  return s.code() == absl::StatusCode::kUnavailable || s.code() == absl::StatusCode::kDeadlineExceeded;
+}
+
+}  // namespace
+
+SessionClient::SessionClient(const Client& client)
+    : client_(client), stub_(v1::SessionService::NewStub(client.channel())) {}
+
+absl::StatusOr<Session> SessionClient::Create(const SessionOptions& options) const {
+  v1::CreateSessionRequest req;
+  req.set_model(options.model);
+  req.set_layers(options.layers);
+  req.set_heads_q(options.heads_q);
+  req.set_heads_kv(options.heads_kv);
+  req.set_head_dim(options.head_dim);
+  req.set_dtype(options.dtype);
+  req.set_kv_storage(options.kv_storage);
+  req.set_max_tokens(options.max_tokens);
+  req.set_reserve_tokens(options.reserve_tokens);
+  grpc::ClientContext ctx;
+  ApplyDeadline(client_.options(), &ctx);
+  v1::CreateSessionResponse resp;
+  if (grpc::Status st = stub_->CreateSession(&ctx, req, &resp); !st.ok()) return FromGrpcStatus(st);
+  return Session(this, resp.session_id(), options, std::vector<int64_t>(static_cast<size_t>(options.layers), 0));
+}
+
+absl::StatusOr<v1::AttendSessionResponse> SessionClient::Attend(const v1::AttendSessionRequest& request) const {
+  grpc::ClientContext ctx;
+  ApplyDeadline(client_.options(), &ctx);
+  v1::AttendSessionResponse resp;
+  if (grpc::Status st = stub_->AttendSession(&ctx, request, &resp); !st.ok()) return FromGrpcStatus(st);
+  return resp;
+}
+
+absl::StatusOr<v1::SessionInfo> SessionClient::Get(const std::string& session_id) const {
+  v1::GetSessionRequest req;
+  req.set_session_id(session_id);
+  grpc::ClientContext ctx;
+  ApplyDeadline(client_.options(), &ctx);
+  v1::GetSessionResponse resp;
+  if (grpc::Status st = stub_->GetSession(&ctx, req, &resp); !st.ok()) return FromGrpcStatus(st);
+  return resp.info();
+}
+
+absl::StatusOr<v1::ListSessionsResponse> SessionClient::List() const {
+  grpc::ClientContext ctx;
+  ApplyDeadline(client_.options(), &ctx);
+  v1::ListSessionsResponse resp;
+  if (grpc::Status st = stub_->ListSessions(&ctx, v1::ListSessionsRequest(), &resp); !st.ok()) return FromGrpcStatus(st);
+  return resp;
+}
+
+absl::StatusOr<v1::SessionInfo> SessionClient::Truncate(const std::string& session_id, int64_t length) const {
+  v1::TruncateSessionRequest req;
+  req.set_session_id(session_id);
+  req.set_length(length);
+  grpc::ClientContext ctx;
+  ApplyDeadline(client_.options(), &ctx);
+  v1::TruncateSessionResponse resp;
+  if (grpc::Status st = stub_->TruncateSession(&ctx, req, &resp); !st.ok()) return FromGrpcStatus(st);
+  return resp.info();
+}
+
+absl::StatusOr<v1::ForkSessionResponse> SessionClient::Fork(const std::string& session_id,
+                                                            std::optional<int64_t> length) const {
+  v1::ForkSessionRequest req;
+  req.set_session_id(session_id);
+  if (length.has_value()) req.set_length(*length);
+  grpc::ClientContext ctx;
+  ApplyDeadline(client_.options(), &ctx);
+  v1::ForkSessionResponse resp;
+  if (grpc::Status st = stub_->ForkSession(&ctx, req, &resp); !st.ok()) return FromGrpcStatus(st);
+  return resp;
+}
+
+absl::Status SessionClient::Close(const std::string& session_id) const {
+  v1::CloseSessionRequest req;
+  req.set_session_id(session_id);
+  grpc::ClientContext ctx;
+  ApplyDeadline(client_.options(), &ctx);
+  v1::CloseSessionResponse resp;
+  return FromGrpcStatus(stub_->CloseSession(&ctx, req, &resp));
+}
+
+v1::SessionStep Session::MakeStep(int layer, std::span<const uint16_t> k, std::span<const uint16_t> v,
+                                  std::span<const uint16_t> q) const {
+  v1::SessionStep step;
+  step.set_session_id(id_);
+  step.set_layer(layer);
+  step.set_position(layer >= 0 && layer < static_cast<int>(lengths_.size()) ? lengths_[static_cast<size_t>(layer)] : 0);
+  step.set_step_id(next_step_id_);
+  SetValues(k, options_.heads_kv, options_.head_dim, options_.dtype, step.mutable_k());
+  SetValues(v, options_.heads_kv, options_.head_dim, options_.dtype, step.mutable_v());
+  if (!q.empty()) SetValues(q, options_.heads_q, options_.head_dim, options_.dtype, step.mutable_q());
+  return step;
+}
+
+void Session::Commit(int layer, const v1::SessionStepResult& result) {
+  if (layer >= 0 && layer < static_cast<int>(lengths_.size())) lengths_[static_cast<size_t>(layer)] = result.length();
+  ++next_step_id_;
+}
+
+absl::StatusOr<v1::SessionStepResult> Session::Step(int layer, std::span<const uint16_t> k, std::span<const uint16_t> v,
+                                                    std::span<const uint16_t> q, bool return_lse, int retries) {
+  v1::AttendSessionRequest req;
+  req.set_return_lse(return_lse);
+  *req.add_steps() = MakeStep(layer, k, v, q);
+  absl::StatusOr<v1::AttendSessionResponse> resp = client_->Attend(req);
+  for (int attempt = 0; !resp.ok() && Retryable(resp.status()) && attempt < retries; ++attempt) {
+    resp = client_->Attend(req);  // same position and step id: the server appends at most once
+  }
+  if (!resp.ok()) return resp.status();
+  if (resp->results_size() != 1) return absl::InternalError("AttendSession: expected one result");
+  Commit(layer, resp->results(0));
+  return resp->results(0);
+}
+
+absl::StatusOr<Session> Session::Fork(std::optional<int64_t> length) const {
+  absl::StatusOr<v1::ForkSessionResponse> r = client_->Fork(id_, length);
+  if (!r.ok()) return r.status();
+  std::vector<int64_t> lengths(r->info().layer_lengths().begin(), r->info().layer_lengths().end());
+  return Session(client_, r->session_id(), options_, std::move(lengths));
+}
+
+absl::Status Session::Truncate(int64_t length) {
+  absl::StatusOr<v1::SessionInfo> info = client_->Truncate(id_, length);
+  if (!info.ok()) return info.status();
+  lengths_.assign(info->layer_lengths().begin(), info->layer_lengths().end());
+  return absl::OkStatus();
+}
+
+absl::Status Session::Close() { return client_->Close(id_); }
+
+}  // namespace sageserve

@@ -1,0 +1,218 @@
+#include "server/core/session_attend.h"
+
+#include <algorithm>
+#include <cstring>
+#include <memory>
+#include <set>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "kernels/reference/numerics.h"
+
+namespace sage::server {
+namespace {
+
+absl::Status StepError(size_t i, const absl::Status& s) {  // the message, prefixed with the step
+  return absl::Status(s.code(), absl::StrCat("steps[", i, "]: ", s.message()));
+}
+
+absl::Status StepInvalid(size_t i, const char* field, const std::string& why) {
+  return absl::InvalidArgumentError(absl::StrCat("steps[", i, "].", field, ": ", why));
+}
+
+bool SameShape(const SessionShape& a, const SessionShape& b) {
+  return a.heads_q == b.heads_q && a.heads_kv == b.heads_kv && a.head_dim == b.head_dim && a.dtype == b.dtype;
+}
+
+// The heap state of one call: the AttendRequest the pipeline reads, and what the answer collects.
+struct SessionCall {
+  AttendRequest request;
+  SessionAttendResult result;
+  std::vector<size_t> q_steps;  // indices of the steps with Q, in launch order
+  absl::AnyInvocable<void(absl::StatusOr<SessionAttendResult>)> done;
+};
+
+// O rows [row, row + n) of the launch into `out` as bytes of `dtype`.
+void CopyORows(const EngineOutput& o, DType dtype, size_t row_values, int64_t row, int64_t n, std::string* out) {
+  const size_t values = static_cast<size_t>(n) * row_values, first = static_cast<size_t>(row) * row_values;
+  out->resize(values * 2);
+  if (o.has_native_o() && o.o_native_dtype == dtype) {
+    std::memcpy(out->data(), o.o_native.data() + first * 2, values * 2);
+  } else if (o.has_native_o()) {
+    ConvertBulk(o.o_native.data() + first * 2, o.o_native_dtype, out->data(), dtype, values);
+  } else {
+    EncodeFromFloatBulk(o.o.data() + first, out->data(), values, dtype);
+  }
+}
+
+}  // namespace
+
+absl::StatusOr<SessionInfo> SessionAttend::CreateSession(const SessionCaller& caller, const SessionShape& shape,
+                                                         int64_t reserve_tokens) const {
+  const std::vector<int>& dims = pipeline_->backend().head_dims;
+  if (std::find(dims.begin(), dims.end(), shape.head_dim) == dims.end()) {
+    std::string runs;
+    for (int d : dims) absl::StrAppend(&runs, runs.empty() ? "" : ", ", d);
+    return absl::InvalidArgumentError(absl::StrCat("head_dim: ", shape.head_dim, " is not one this server runs (", runs, ")"));
+  }
+  return store_->CreateSession(caller, shape, reserve_tokens);
+}
+
+absl::Status SessionAttend::Start(const SessionCaller& caller, SessionAttendRequest request,
+                                  std::optional<Clock::time_point> deadline, std::function<bool()> is_cancelled,
+                                  absl::AnyInvocable<void(absl::StatusOr<SessionAttendResult>)> done) {
+  if (request.steps.empty()) return absl::InvalidArgumentError("steps: at least one step");
+  // Every step against its session, before anything is appended.
+  SessionShape shape;
+  std::set<std::pair<std::string_view, int>> seen;
+  bool one_layer = true;
+  for (size_t i = 0; i < request.steps.size(); ++i) {
+    const SessionStepInput& st = request.steps[i];
+    absl::StatusOr<SessionShape> sh = store_->Shape(caller, st.session_id);
+    if (!sh.ok()) return StepError(i, sh.status());
+    if (i == 0) {
+      shape = *sh;
+    } else if (!SameShape(shape, *sh)) {
+      return StepInvalid(i, "session_id", "its session's heads, head_dim or dtype differ from steps[0]'s (one launch per shape)");
+    }
+    if (st.dtype != sh->dtype) return StepInvalid(i, "k.dtype", "differs from the session's dtype");
+    if (st.head_dim != sh->head_dim) {
+      return StepInvalid(i, "k.shape[2]", absl::StrCat(st.head_dim, ", the session's head_dim is ", sh->head_dim));
+    }
+    if (st.kv_heads != sh->heads_kv) {
+      return StepInvalid(i, "k.shape[1]", absl::StrCat(st.kv_heads, ", the session's heads_kv is ", sh->heads_kv));
+    }
+    if (st.n_q.has_value() && st.q_heads != sh->heads_q) {
+      return StepInvalid(i, "q.shape[1]", absl::StrCat(st.q_heads, ", the session's heads_q is ", sh->heads_q));
+    }
+    one_layer = one_layer && st.layer == request.steps[0].layer;
+    if (!seen.emplace(st.session_id, st.layer).second) return StepInvalid(i, "layer", "the same session and layer twice in one call");
+    const size_t kv_bytes = static_cast<size_t>(st.n_new) * sh->heads_kv * sh->head_dim * 2;
+    if (st.n_new < 0 || st.k.size() != kv_bytes) {
+      return StepInvalid(i, "k", absl::StrCat(st.k.size(), " bytes; [", st.n_new, ", ", sh->heads_kv, ", ", sh->head_dim,
+                                               "] in the session's dtype is ", kv_bytes));
+    }
+    if (st.v.size() != kv_bytes) return StepInvalid(i, "v", absl::StrCat(st.v.size(), " bytes, k has ", st.k.size()));
+    if (st.n_q.has_value()) {
+      const size_t q_bytes = static_cast<size_t>(*st.n_q) * sh->heads_q * sh->head_dim * 2;
+      if (*st.n_q < 1 || st.q.size() != q_bytes) {
+        return StepInvalid(i, "q", absl::StrCat(st.q.size(), " bytes for ", *st.n_q, " rows; [n_q, ", sh->heads_q, ", ",
+                                                 sh->head_dim, "] with n_q >= 1 is ", q_bytes));
+      }
+    }
+  }
+
+  auto call = std::make_shared<SessionCall>();
+  call->done = std::move(done);
+  SessionAttendResult& result = call->result;
+  result.dtype = shape.dtype;
+  result.heads_q = shape.heads_q;
+  result.head_dim = shape.head_dim;
+  result.steps.resize(request.steps.size());
+  std::vector<int64_t> ends(request.steps.size());
+  for (size_t i = 0; i < request.steps.size(); ++i) {
+    const SessionStepInput& st = request.steps[i];
+    AppendStep append{st.session_id, st.layer, st.position, st.step_id, st.n_new, st.k.data(), st.v.data()};
+    absl::StatusOr<int64_t> end = store_->Append(caller, append);
+    if (!end.ok()) return StepError(i, end.status());
+    ends[i] = *end;
+    result.steps[i].session_id = st.session_id;
+    result.steps[i].length = *end;
+    if (st.n_q.has_value()) call->q_steps.push_back(i);
+  }
+  if (call->q_steps.empty()) {  // bulk imports only: nothing to compute
+    auto finish = std::move(call->done);
+    finish(std::move(call->result));
+    return absl::OkStatus();
+  }
+
+  // One varlen launch: Q of the steps with Q, each over its layer's cache [0, end).
+  const size_t q_row = static_cast<size_t>(shape.heads_q) * shape.head_dim * 2;
+  const size_t kv_row = static_cast<size_t>(shape.heads_kv) * shape.head_dim * 2;
+  int64_t total_q = 0, total_k = 0;
+  for (size_t i : call->q_steps) {
+    total_q += *request.steps[i].n_q;
+    total_k += ends[i];
+  }
+  if (total_q >= (int64_t{1} << 31) || total_k >= (int64_t{1} << 31)) {
+    return absl::ResourceExhaustedError("steps: more than 2^31 tokens in one call");
+  }
+  const size_t q_bytes = static_cast<size_t>(total_q) * q_row, kv_bytes = static_cast<size_t>(total_k) * kv_row;
+  AttendRequest& ar = call->request;
+  ar.staged_inputs.reset(new std::byte[q_bytes + 2 * kv_bytes]);
+  std::byte* const q_at = ar.staged_inputs.get();
+  std::byte* const k_at = q_at + q_bytes;
+  std::byte* const v_at = k_at + kv_bytes;
+  ar.default_cu_q.assign(1, 0);
+  ar.default_cu_k.assign(1, 0);
+  for (size_t i : call->q_steps) {
+    const SessionStepInput& st = request.steps[i];
+    const int64_t q0 = ar.default_cu_q.back(), k0 = ar.default_cu_k.back();
+    std::memcpy(q_at + static_cast<size_t>(q0) * q_row, st.q.data(), st.q.size());
+    const std::span<std::byte> k(k_at + static_cast<size_t>(k0) * kv_row, static_cast<size_t>(ends[i]) * kv_row);
+    const std::span<std::byte> v(v_at + static_cast<size_t>(k0) * kv_row, k.size());
+    if (absl::Status s = store_->Gather(caller, st.session_id, st.layer, ends[i], k, v); !s.ok()) return StepError(i, s);
+    ar.default_cu_q.push_back(static_cast<int32_t>(q0 + *st.n_q));
+    ar.default_cu_k.push_back(static_cast<int32_t>(k0 + ends[i]));
+  }
+  ar.id = request.id;
+  EngineInput& in = ar.input;
+  in.q = TensorView{shape.dtype, q_at, total_q, shape.heads_q, shape.head_dim};
+  in.k = TensorView{shape.dtype, k_at, total_k, shape.heads_kv, shape.head_dim};
+  in.v = TensorView{shape.dtype, v_at, total_k, shape.heads_kv, shape.head_dim};
+  in.cu_seqlens_q = ar.default_cu_q;
+  in.cu_seqlens_k = ar.default_cu_k;
+  in.mask = MaskMode::kCausal;
+  in.lse = request.return_lse ? LseMode::kNatural : LseMode::kNone;
+  if (request.recipe.has_value()) {
+    ar.recipe = *request.recipe;
+    ar.recipe_explicit = true;
+  } else {
+    ar.recipe = pipeline_->backend().default_recipe;
+    if (!shape.model.empty() && one_layer) ar.plan = PlanAddress{shape.model, request.steps[0].layer, std::nullopt};
+  }
+  ar.config = ConfigFor(ar.recipe);
+  ar.output_dtype = shape.dtype;
+  ar.output.q_dtype = shape.dtype;
+  ar.output.output_dtype = shape.dtype;
+  ar.output.o_bytes = q_bytes;
+  ar.output.lse_bytes = request.return_lse ? static_cast<size_t>(total_q) * shape.heads_q * sizeof(float) : 0;
+
+  AttendCall attend;
+  attend.method = AttendMethod::kSession;
+  attend.request = &ar;
+  attend.bytes_in = q_bytes;
+  attend.deadline = deadline;
+  attend.is_cancelled = std::move(is_cancelled);
+  attend.encode = [call](AttendResult r) -> absl::StatusOr<size_t> {
+    const std::vector<size_t>& q_steps = call->q_steps;
+    SessionAttendResult& out = call->result;
+    out.recipe = r.recipe;
+    out.timings = r.timings;
+    const size_t row_values = static_cast<size_t>(out.heads_q) * out.head_dim;
+    size_t bytes = 0;
+    for (size_t n = 0; n + 1 < call->request.default_cu_q.size(); ++n) {
+      SessionStepOutput& step = out.steps[q_steps[n]];
+      const int64_t row = call->request.default_cu_q[n];
+      step.n_q = call->request.default_cu_q[n + 1] - row;
+      CopyORows(r.output, out.dtype, row_values, row, step.n_q, &step.o);
+      if (!r.output.lse.empty()) {
+        const auto first = r.output.lse.begin() + row * out.heads_q;
+        step.lse.assign(first, first + step.n_q * out.heads_q);
+      }
+      bytes += step.o.size() + step.lse.size() * sizeof(float);
+    }
+    return bytes;
+  };
+  attend.done = [call](const absl::Status& status) {
+    auto finish = std::move(call->done);
+    if (status.ok()) {
+      finish(std::move(call->result));
+    } else {
+      finish(status);
+    }
+  };
+  return pipeline_->Start(std::move(attend));
+}
+
+}  // namespace sage::server

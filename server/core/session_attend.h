@@ -1,0 +1,89 @@
+// The journey of an AttendSession call, protobuf-free: every step checked against its session
+// before anything changes, the new tokens appended, each step's cache gathered (decoded to 16-bit)
+// into one server-owned block, and one attend (causal, bottom-right aligned) over the steps that
+// carry Q, through the same pipeline, scheduler and backend as Attend. The decode-kernel work
+// replaces the gather with kernels that read the pages in place.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "absl/functional/any_invocable.h"
+#include "absl/status/statusor.h"
+#include "kernels/reference/recipe.h"
+#include "server/core/attend_pipeline.h"
+#include "server/session/session_store.h"
+
+namespace sage::server {
+
+// One step as the frontend decoded it. Byte spans are 16-bit values in the session's dtype and
+// stay alive until the call's `done` has run.
+struct SessionStepInput {
+  std::string session_id;
+  int layer = 0;
+  int64_t position = 0;
+  uint64_t step_id = 0;
+  int64_t n_new = 0;  // tokens in k / v ([n_new, Hkv, D])
+  std::span<const std::byte> k, v;
+  std::optional<int64_t> n_q;  // set: q holds [n_q, Hq, D]; unset: a bulk import
+  std::span<const std::byte> q;
+  // As the tensors declared them (checked against the session): dtype, heads of k/v and q, head_dim.
+  DType dtype = DType::kF16;
+  int kv_heads = 0;
+  int q_heads = 0;
+  int head_dim = 0;
+};
+
+struct SessionAttendRequest {
+  std::string id;
+  std::vector<SessionStepInput> steps;
+  std::optional<Recipe> recipe;  // unset: the model plan's, else the server's default
+  bool return_lse = false;
+};
+
+struct SessionStepOutput {
+  std::string session_id;
+  int64_t length = 0;   // the layer's cached length after the step
+  int64_t n_q = 0;      // 0: no Q (bulk import)
+  std::string o;        // [n_q, Hq, D] in the session's dtype, as bytes
+  std::vector<float> lse;  // [n_q, Hq] with return_lse
+};
+
+struct SessionAttendResult {
+  std::vector<SessionStepOutput> steps;  // in request order
+  DType dtype = DType::kF16;
+  int heads_q = 0;
+  int head_dim = 0;
+  Recipe recipe = Recipe::kInt8QkFp8Pv;
+  WorkTimings timings;
+};
+
+class SessionAttend {
+ public:
+  // Both must outlive this object.
+  SessionAttend(SessionStore* store, AttendPipeline* pipeline) : store_(store), pipeline_(pipeline) {}
+
+  // Checks what the server can run for a new session (head_dim) and creates it.
+  absl::StatusOr<SessionInfo> CreateSession(const SessionCaller& caller, const SessionShape& shape,
+                                            int64_t reserve_tokens) const;
+
+  // OK: `done` runs once, later or before Start returns, with the result or the step's error.
+  // Error: `done` never runs. Appends that happened before an error stay (a retry with the same
+  // step ids is recognised and not appended twice).
+  absl::Status Start(const SessionCaller& caller, SessionAttendRequest request, std::optional<Clock::time_point> deadline,
+                     std::function<bool()> is_cancelled,
+                     absl::AnyInvocable<void(absl::StatusOr<SessionAttendResult>)> done);
+
+  SessionStore& store() const { return *store_; }
+
+ private:
+  SessionStore* const store_;
+  AttendPipeline* const pipeline_;
+};
+
+}  // namespace sage::server

@@ -1,0 +1,53 @@
+// The KV page pool: one host allocation made at start, cut into fixed-size pages, handed out and
+// taken back with reference counts (a fork shares its parent's pages until either side writes).
+// Nothing on the request path allocates memory for KV. Thread-safe.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <span>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+namespace sage::server {
+
+using PageId = int32_t;
+
+struct KvPoolStats {
+  int64_t pages_total = 0;
+  int64_t pages_free = 0;
+  size_t page_bytes = 0;
+};
+
+class KvPagePool {
+ public:
+  // INVALID_ARGUMENT unless page_bytes >= 4096 and pool_bytes holds at least one page;
+  // RESOURCE_EXHAUSTED when the memory cannot be had.
+  static absl::StatusOr<std::unique_ptr<KvPagePool>> Create(size_t pool_bytes, size_t page_bytes);
+
+  // `n` pages with one reference each, all or nothing: RESOURCE_EXHAUSTED naming the pages needed
+  // and free.
+  absl::StatusOr<std::vector<PageId>> Allocate(int64_t n);
+  void AddRef(std::span<const PageId> pages);
+  // Drops one reference of each; a page with none left is free again at once.
+  void Release(std::span<const PageId> pages);
+  int32_t RefCount(PageId page) const;
+
+  std::byte* data(PageId page) const { return base_.get() + static_cast<size_t>(page) * page_bytes_; }
+  size_t page_bytes() const { return page_bytes_; }
+  KvPoolStats Stats() const;
+
+ private:
+  KvPagePool(std::unique_ptr<std::byte[]> base, size_t page_bytes, int64_t pages);
+
+  const std::unique_ptr<std::byte[]> base_;
+  const size_t page_bytes_;
+  mutable std::mutex mu_;
+  std::vector<int32_t> refs_;  // guarded by mu_
+  std::vector<PageId> free_;   // guarded by mu_
+};
+
+}  // namespace sage::server

@@ -1,0 +1,109 @@
+#include "server/session/kv_storage.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "kernels/reference/numerics.h"
+
+namespace sage::server {
+namespace {
+
+constexpr int kMaxHeadDim = 256;
+constexpr float kInt8Max = 127.0f;
+
+// max() that keeps a NaN from either side (see kernels/reference/quantize.cc).
+float NanMax(float a, float b) { return (a > b || a != a) ? a : b; }
+
+float Scale(float amax, float qmax) { return amax == 0.0f ? 1.0f : amax / qmax; }
+
+// Every E4M3 code's value, so the gather's dequantization is a load, not a decode.
+const float* Fp8Values() {
+  static const auto* table = [] {
+    auto* t = new float[256];
+    for (int c = 0; c < 256; ++c) t[c] = DecodeFp8E4M3(static_cast<uint8_t>(c));
+    return t;
+  }();
+  return table;
+}
+
+}  // namespace
+
+size_t KvTokenBytes(KvStorage storage, int heads, int head_dim) {
+  const size_t d = static_cast<size_t>(head_dim), h = static_cast<size_t>(heads);
+  return storage == KvStorage::k16Bit ? 4 * d * h : (2 * d + 2 * sizeof(float)) * h;
+}
+
+void EncodeKvTokens(const KvPageLayout& layout, std::byte* page, int first, int n, const void* k, const void* v,
+                    std::span<const float> k_mean) {
+  const size_t d = static_cast<size_t>(layout.head_dim), row = static_cast<size_t>(layout.heads) * d;
+  const size_t at = static_cast<size_t>(first) * row;  // values before the first token
+  if (layout.storage == KvStorage::k16Bit) {
+    std::memcpy(page + at * 2, k, static_cast<size_t>(n) * row * 2);
+    std::memcpy(page + layout.codes_per_tensor() + at * 2, v, static_cast<size_t>(n) * row * 2);
+    return;
+  }
+  auto* k_codes = reinterpret_cast<int8_t*>(page) + at;
+  auto* v_codes = reinterpret_cast<uint8_t*>(page + layout.codes_per_tensor()) + at;
+  auto* k_scales = reinterpret_cast<float*>(page + 2 * layout.codes_per_tensor()) + static_cast<size_t>(first) * layout.heads;
+  auto* v_scales = k_scales + static_cast<size_t>(layout.page_tokens) * layout.heads;
+  const auto* k16 = static_cast<const uint16_t*>(k);
+  const auto* v16 = static_cast<const uint16_t*>(v);
+  float kf[kMaxHeadDim], vf[kMaxHeadDim];
+  for (size_t th = 0; th < static_cast<size_t>(n) * layout.heads; ++th) {  // one token-head at a time
+    DecodeToFloatBulk(k16 + th * d, layout.dtype, kf, d);
+    DecodeToFloatBulk(v16 + th * d, layout.dtype, vf, d);
+    const float* mean = k_mean.data() + (th % layout.heads) * d;
+    float k_amax = 0.0f, v_amax = 0.0f;
+    for (size_t c = 0; c < d; ++c) {
+      kf[c] -= mean[c];
+      k_amax = NanMax(k_amax, std::fabs(kf[c]));
+      v_amax = NanMax(v_amax, std::fabs(vf[c]));
+    }
+    const float k_scale = Scale(k_amax, kInt8Max), v_scale = Scale(v_amax, kFp8E4M3Max);
+    for (size_t c = 0; c < d; ++c) {
+      const float r = std::clamp(RoundHalfEven(kf[c] / k_scale), -kInt8Max, kInt8Max);
+      k_codes[th * d + c] = static_cast<int8_t>(r == r ? r : 0.0f);  // NaN: code 0, the NaN scale carries it
+      v_codes[th * d + c] = EncodeFp8E4M3(vf[c] / v_scale);
+    }
+    k_scales[th] = k_scale;
+    v_scales[th] = v_scale;
+  }
+}
+
+void DecodeKvTokens(const KvPageLayout& layout, const std::byte* page, int first, int n, void* k, void* v) {
+  const size_t d = static_cast<size_t>(layout.head_dim), row = static_cast<size_t>(layout.heads) * d;
+  const size_t at = static_cast<size_t>(first) * row;
+  if (layout.storage == KvStorage::k16Bit) {
+    std::memcpy(k, page + at * 2, static_cast<size_t>(n) * row * 2);
+    std::memcpy(v, page + layout.codes_per_tensor() + at * 2, static_cast<size_t>(n) * row * 2);
+    return;
+  }
+  const auto* k_codes = reinterpret_cast<const int8_t*>(page) + at;
+  const auto* v_codes = reinterpret_cast<const uint8_t*>(page + layout.codes_per_tensor()) + at;
+  const auto* k_scales =
+      reinterpret_cast<const float*>(page + 2 * layout.codes_per_tensor()) + static_cast<size_t>(first) * layout.heads;
+  const auto* v_scales = k_scales + static_cast<size_t>(layout.page_tokens) * layout.heads;
+  // The whole run in float, then one bulk conversion per tensor.
+  const size_t values = static_cast<size_t>(n) * row;
+  const float* fp8 = Fp8Values();
+  thread_local std::vector<float> kf, vf;
+  kf.resize(values);
+  vf.resize(values);
+  for (size_t th = 0; th < static_cast<size_t>(n) * layout.heads; ++th) {
+    const float ks = k_scales[th], vs = v_scales[th];
+    const int8_t* kc = k_codes + th * d;
+    const uint8_t* vc = v_codes + th * d;
+    float* ko = kf.data() + th * d;
+    float* vo = vf.data() + th * d;
+    for (size_t c = 0; c < d; ++c) {
+      ko[c] = static_cast<float>(kc[c]) * ks;
+      vo[c] = fp8[vc[c]] * vs;
+    }
+  }
+  EncodeFromFloatBulk(kf.data(), k, values, layout.dtype);
+  EncodeFromFloatBulk(vf.data(), v, values, layout.dtype);
+}
+
+}  // namespace sage::server

@@ -1,0 +1,437 @@
+#include "server/session/session_store.h"
+
+#include <algorithm>
+#include <cstring>
+#include <random>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "kernels/reference/numerics.h"
+
+namespace sage::server {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+constexpr int kMaxPageTokens = 256;
+constexpr int kMinPageTokens = 16;
+constexpr int64_t kMaxSessionTokens = int64_t{1} << 24;
+
+std::string RandomHex(int bytes) {
+  static thread_local std::random_device device;
+  std::string out;
+  for (int i = 0; i < bytes; i += 4) {
+    absl::StrAppend(&out, absl::Hex(device(), absl::kZeroPad8));
+  }
+  return out.substr(0, static_cast<size_t>(bytes) * 2);
+}
+
+// The largest power of two of tokens (<= 256) whose slots fit one page; 0 when fewer than 16 do.
+int PageTokens(size_t page_bytes, size_t token_bytes) {
+  for (int t = kMaxPageTokens; t >= kMinPageTokens; t /= 2) {
+    if (static_cast<size_t>(t) * token_bytes <= page_bytes) return t;
+  }
+  return 0;
+}
+
+absl::Status CheckShape(const SessionShape& s) {
+  const auto bad = [](const char* field, const std::string& why) {
+    return absl::InvalidArgumentError(absl::StrCat(field, ": ", why));
+  };
+  if (s.layers < 1 || s.layers > 4096) return bad("layers", "must be in [1, 4096]");
+  if (s.heads_q < 1 || s.heads_q > 1024) return bad("heads_q", "must be in [1, 1024]");
+  if (s.heads_kv < 1 || s.heads_q % s.heads_kv != 0) return bad("heads_kv", "must be >= 1 and divide heads_q");
+  if (s.head_dim < 1 || s.head_dim > 256) return bad("head_dim", "must be in [1, 256]");
+  if (s.dtype != DType::kF16 && s.dtype != DType::kBF16) return bad("dtype", "must be FP16 or BF16");
+  if (s.max_tokens < 1 || s.max_tokens > kMaxSessionTokens) {
+    return bad("max_tokens", absl::StrCat("must be in [1, ", kMaxSessionTokens, "]"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+// One session. Its page tables and lengths are guarded by `mu`; the pages it shares with forks are
+// never written while shared (copy on write), so readers need only their own session's lock.
+struct SessionStore::Session {
+  std::mutex mu;
+  std::string id;
+  std::string owner;
+  SessionShape shape;
+  KvPageLayout layout;  // page_tokens, heads, head_dim, storage, dtype
+  bool closed = false;
+  Clock::time_point last_use = Clock::now();
+  struct Layer {
+    std::vector<PageId> pages;
+    int64_t length = 0;
+    std::vector<float> k_mean;  // [Hkv, D]; set by the first append (8-bit storage)
+    // The last append: a step repeated with this position and step id is a retry.
+    std::optional<int64_t> last_position;
+    uint64_t last_step_id = 0;
+    int64_t last_count = 0;
+  };
+  std::vector<Layer> layers;
+
+  int page_tokens() const { return layout.page_tokens; }
+  int64_t PageCount() const {
+    int64_t n = 0;
+    for (const Layer& l : layers) n += static_cast<int64_t>(l.pages.size());
+    return n;
+  }
+};
+
+absl::StatusOr<std::unique_ptr<SessionStore>> SessionStore::Create(const SessionStoreOptions& options) {
+  absl::StatusOr<std::unique_ptr<KvPagePool>> pool = KvPagePool::Create(options.pool_bytes, options.page_bytes);
+  if (!pool.ok()) return pool.status();
+  return std::unique_ptr<SessionStore>(new SessionStore(options, *std::move(pool)));
+}
+
+SessionStore::SessionStore(const SessionStoreOptions& options, std::unique_ptr<KvPagePool> pool)
+    : options_(options), pool_(std::move(pool)), instance_(RandomHex(8)) {
+  sweeper_ = std::thread([this] { Sweep(); });
+}
+
+SessionStore::~SessionStore() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stopping_ = true;
+  }
+  wake_.notify_all();
+  sweeper_.join();
+}
+
+std::string SessionStore::NewId() {
+  // <instance>.<device>.<128 random bits>: the first two let a later error say where it lives.
+  return absl::StrCat(instance_, ".", options_.device, ".", RandomHex(16));
+}
+
+absl::StatusOr<std::shared_ptr<SessionStore::Session>> SessionStore::Find(const SessionCaller& caller,
+                                                                          std::string_view id) const {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = sessions_.find(id);
+    if (it != sessions_.end() && (caller.sees_all || it->second->owner == caller.identity)) return it->second;
+  }
+  const std::string shown(id.substr(0, 96));
+  const size_t dot = id.find('.');
+  if (dot != std::string_view::npos && id.find('.', dot + 1) != std::string_view::npos &&
+      id.substr(0, dot) != instance_) {
+    return absl::NotFoundError(absl::StrCat("session '", shown, "' was created by server instance ",
+                                            std::string(id.substr(0, std::min<size_t>(dot, 16))), "; this is ", instance_,
+                                            " (the server restarted, or the session lives on another server)"));
+  }
+  return absl::NotFoundError(
+      absl::StrCat("session '", shown, "' does not exist (closed, expired after idling, or never created)"));
+}
+
+SessionInfo SessionStore::InfoOf(const Session& s) const {
+  SessionInfo info;
+  info.id = s.id;
+  info.owner = s.owner;
+  info.shape = s.shape;
+  for (const Session::Layer& l : s.layers) info.layer_lengths.push_back(l.length);
+  info.pages = s.PageCount();
+  info.page_tokens = s.page_tokens();
+  info.idle = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - s.last_use);
+  info.expires_in = std::max(std::chrono::milliseconds(0), options_.ttl - info.idle);
+  return info;
+}
+
+void SessionStore::ReleaseSession(Session& s) {
+  for (Session::Layer& l : s.layers) {
+    pool_->Release(l.pages);
+    l.pages.clear();
+    l.length = 0;
+  }
+  s.closed = true;
+}
+
+absl::StatusOr<SessionInfo> SessionStore::CreateSession(const SessionCaller& caller, const SessionShape& shape,
+                                                        int64_t reserve_tokens) {
+  if (absl::Status s = CheckShape(shape); !s.ok()) return s;
+  if (reserve_tokens < 0 || reserve_tokens > shape.max_tokens) {
+    return absl::InvalidArgumentError("reserve_tokens: must be in [0, max_tokens]");
+  }
+  auto session = std::make_shared<Session>();
+  session->owner = caller.identity;
+  session->shape = shape;
+  const size_t token_bytes = KvTokenBytes(shape.storage, shape.heads_kv, shape.head_dim);
+  session->layout = KvPageLayout{shape.storage, shape.dtype, PageTokens(pool_->page_bytes(), token_bytes),
+                                 shape.heads_kv, shape.head_dim};
+  if (session->layout.page_tokens == 0) {
+    return absl::InvalidArgumentError(absl::StrCat("heads_kv: a token takes ", token_bytes,
+                                                   " bytes, and a KV page of ", pool_->page_bytes(), " bytes holds fewer than ",
+                                                   kMinPageTokens, " (start the server with a larger --kv_page_bytes)"));
+  }
+  session->layers.resize(static_cast<size_t>(shape.layers));
+  const int64_t per_layer = (reserve_tokens + session->page_tokens() - 1) / session->page_tokens();
+  if (per_layer > 0) {
+    absl::StatusOr<std::vector<PageId>> pages = pool_->Allocate(per_layer * shape.layers);
+    if (!pages.ok()) return pages.status();
+    for (int l = 0; l < shape.layers; ++l) {
+      session->layers[static_cast<size_t>(l)].pages.assign(pages->begin() + l * per_layer,
+                                                           pages->begin() + (l + 1) * per_layer);
+    }
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  if (static_cast<int>(sessions_.size()) >= options_.max_sessions) {
+    for (Session::Layer& l : session->layers) pool_->Release(l.pages);
+    return absl::ResourceExhaustedError(absl::StrCat("sessions: ", sessions_.size(), " open, the server's maximum"));
+  }
+  session->id = NewId();
+  sessions_.emplace(session->id, session);
+  return InfoOf(*session);
+}
+
+absl::StatusOr<SessionShape> SessionStore::Shape(const SessionCaller& caller, std::string_view id) const {
+  absl::StatusOr<std::shared_ptr<Session>> s = Find(caller, id);
+  if (!s.ok()) return s.status();
+  return (*s)->shape;  // immutable after creation
+}
+
+absl::StatusOr<int64_t> SessionStore::Append(const SessionCaller& caller, const AppendStep& step) {
+  absl::StatusOr<std::shared_ptr<Session>> found = Find(caller, step.session_id);
+  if (!found.ok()) return found.status();
+  Session& s = **found;
+  std::lock_guard<std::mutex> lock(s.mu);
+  if (s.closed) return absl::NotFoundError(absl::StrCat("session '", s.id, "' was closed"));
+  s.last_use = Clock::now();
+  const SessionShape& shape = s.shape;
+  if (step.layer < 0 || step.layer >= shape.layers) {
+    return absl::OutOfRangeError(absl::StrCat("layer: ", step.layer, " is outside the session's ", shape.layers, " layers"));
+  }
+  Session::Layer& l = s.layers[static_cast<size_t>(step.layer)];
+  const int64_t end = step.position + step.n_new;
+  if (step.position < 0 || step.n_new < 0) return absl::InvalidArgumentError("position: must be >= 0");
+  if (end > shape.max_tokens) {
+    return absl::OutOfRangeError(absl::StrCat("position: ", step.position, " + ", step.n_new, " new tokens passes the session's max_tokens ",
+                                              shape.max_tokens));
+  }
+  if (step.position != l.length) {
+    const bool retry = step.position < l.length && l.last_position == step.position && l.last_step_id == step.step_id &&
+                       l.last_count == step.n_new;
+    if (retry) return end;  // already appended: attend over what the step saw the first time
+    return absl::FailedPreconditionError(absl::StrCat(
+        "position: layer ", step.layer, " holds ", l.length, " tokens, so the next append goes at position ", l.length,
+        ", not ", step.position,
+        step.position < l.length ? " (a retried step must repeat the step_id it was first sent with)" : " (a gap)"));
+  }
+  if (step.n_new == 0) return end;
+
+  const int64_t T = s.page_tokens();
+  const int64_t pages_needed = (end + T - 1) / T;
+  const int64_t have = static_cast<int64_t>(l.pages.size());
+  // A shared page about to be written gets a private copy first.
+  const int64_t first = step.position / T;
+  const bool copy_first = first < have && pool_->RefCount(l.pages[static_cast<size_t>(first)]) > 1;
+  const int64_t more = std::max<int64_t>(0, pages_needed - have) + (copy_first ? 1 : 0);
+  absl::StatusOr<std::vector<PageId>> fresh = pool_->Allocate(more);
+  if (!fresh.ok()) return fresh.status();
+  size_t next = 0;
+  if (copy_first) {
+    const PageId old = l.pages[static_cast<size_t>(first)];
+    const PageId mine = (*fresh)[next++];
+    std::memcpy(pool_->data(mine), pool_->data(old), pool_->page_bytes());
+    l.pages[static_cast<size_t>(first)] = mine;
+    pool_->Release(std::span<const PageId>(&old, 1));
+  }
+  while (next < fresh->size()) l.pages.push_back((*fresh)[next++]);
+
+  const size_t row = static_cast<size_t>(shape.heads_kv) * shape.head_dim;  // values per token
+  const auto* k = static_cast<const uint16_t*>(step.k);
+  const auto* v = static_cast<const uint16_t*>(step.v);
+  if (shape.storage == KvStorage::kInt8KFp8V && l.k_mean.empty()) {
+    // The session's K mean for this layer: the channel means of its first append.
+    l.k_mean.assign(row, 0.0f);
+    std::vector<float> f(row);
+    for (int64_t t = 0; t < step.n_new; ++t) {
+      DecodeToFloatBulk(k + t * row, shape.dtype, f.data(), row);
+      for (size_t i = 0; i < row; ++i) l.k_mean[i] += f[i];
+    }
+    for (float& m : l.k_mean) m /= static_cast<float>(step.n_new);
+  }
+  // Page by page: each run of the step's tokens that lands in one page is one encode.
+  for (int64_t t = 0; t < step.n_new;) {
+    const int64_t token = step.position + t;
+    const int in_page = static_cast<int>(token % T);
+    const int n = static_cast<int>(std::min<int64_t>(T - in_page, step.n_new - t));
+    std::byte* page = pool_->data(l.pages[static_cast<size_t>(token / T)]);
+    EncodeKvTokens(s.layout, page, in_page, n, k + static_cast<size_t>(t) * row, v + static_cast<size_t>(t) * row, l.k_mean);
+    t += n;
+  }
+  l.length = end;
+  l.last_position = step.position;
+  l.last_step_id = step.step_id;
+  l.last_count = step.n_new;
+  std::lock_guard<std::mutex> store_lock(mu_);
+  appended_tokens_ += step.n_new;
+  return end;
+}
+
+absl::Status SessionStore::Gather(const SessionCaller& caller, std::string_view id, int layer, int64_t end,
+                                  std::span<std::byte> k, std::span<std::byte> v) const {
+  absl::StatusOr<std::shared_ptr<Session>> found = Find(caller, id);
+  if (!found.ok()) return found.status();
+  Session& s = **found;
+  std::lock_guard<std::mutex> lock(s.mu);
+  if (s.closed) return absl::NotFoundError(absl::StrCat("session '", s.id, "' was closed"));
+  if (layer < 0 || layer >= s.shape.layers) return absl::OutOfRangeError("layer: outside the session");
+  const Session::Layer& l = s.layers[static_cast<size_t>(layer)];
+  if (end > l.length) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("session '", s.id, "' layer ", layer, " was truncated to ", l.length, " tokens during the step"));
+  }
+  const size_t row_bytes = static_cast<size_t>(s.shape.heads_kv) * s.shape.head_dim * 2;
+  if (k.size() < static_cast<size_t>(end) * row_bytes || v.size() < static_cast<size_t>(end) * row_bytes) {
+    return absl::InternalError("session gather: output buffers too small");
+  }
+  const int64_t T = s.page_tokens();
+  for (int64_t t = 0; t < end;) {
+    const int n = static_cast<int>(std::min<int64_t>(T, end - t));
+    const std::byte* page = pool_->data(l.pages[static_cast<size_t>(t / T)]);
+    DecodeKvTokens(s.layout, page, 0, n, k.data() + static_cast<size_t>(t) * row_bytes, v.data() + static_cast<size_t>(t) * row_bytes);
+    t += n;
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<SessionInfo> SessionStore::Fork(const SessionCaller& caller, std::string_view id,
+                                               std::optional<int64_t> length) {
+  absl::StatusOr<std::shared_ptr<Session>> found = Find(caller, id);
+  if (!found.ok()) return found.status();
+  Session& src = **found;
+  auto child = std::make_shared<Session>();
+  {
+    std::lock_guard<std::mutex> lock(src.mu);
+    if (src.closed) return absl::NotFoundError(absl::StrCat("session '", src.id, "' was closed"));
+    if (length.has_value() && *length < 0) return absl::InvalidArgumentError("length: must be >= 0");
+    src.last_use = Clock::now();
+    child->owner = caller.identity;
+    child->shape = src.shape;
+    child->layout = src.layout;
+    child->layers.resize(src.layers.size());
+    for (size_t i = 0; i < src.layers.size(); ++i) {
+      const Session::Layer& from = src.layers[i];
+      Session::Layer& to = child->layers[i];
+      to.length = length.has_value() ? std::min(*length, from.length) : from.length;
+      const size_t pages = static_cast<size_t>((to.length + src.page_tokens() - 1) / src.page_tokens());
+      to.pages.assign(from.pages.begin(), from.pages.begin() + static_cast<std::ptrdiff_t>(pages));
+      to.k_mean = from.k_mean;
+      pool_->AddRef(to.pages);
+    }
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  if (static_cast<int>(sessions_.size()) >= options_.max_sessions) {
+    for (Session::Layer& l : child->layers) pool_->Release(l.pages);
+    return absl::ResourceExhaustedError(absl::StrCat("sessions: ", sessions_.size(), " open, the server's maximum"));
+  }
+  child->id = NewId();
+  sessions_.emplace(child->id, child);
+  return InfoOf(*child);
+}
+
+absl::StatusOr<SessionInfo> SessionStore::Truncate(const SessionCaller& caller, std::string_view id, int64_t length) {
+  if (length < 0) return absl::InvalidArgumentError("length: must be >= 0");
+  absl::StatusOr<std::shared_ptr<Session>> found = Find(caller, id);
+  if (!found.ok()) return found.status();
+  Session& s = **found;
+  std::lock_guard<std::mutex> lock(s.mu);
+  if (s.closed) return absl::NotFoundError(absl::StrCat("session '", s.id, "' was closed"));
+  s.last_use = Clock::now();
+  for (Session::Layer& l : s.layers) {
+    if (l.length <= length) continue;
+    l.length = length;
+    const size_t keep = static_cast<size_t>((length + s.page_tokens() - 1) / s.page_tokens());
+    if (l.pages.size() > keep) {
+      pool_->Release(std::span<const PageId>(l.pages).subspan(keep));
+      l.pages.resize(keep);
+    }
+    // Positions from `length` on may be written again, by any step id.
+    if (l.last_position.has_value() && *l.last_position + l.last_count > length) l.last_position.reset();
+  }
+  return InfoOf(s);
+}
+
+absl::Status SessionStore::Close(const SessionCaller& caller, std::string_view id) {
+  absl::StatusOr<std::shared_ptr<Session>> found = Find(caller, id);
+  if (!found.ok()) return found.status();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (sessions_.erase((*found)->id) == 1) ++closed_;
+  }
+  // Steps holding the session finish first (its lock); later ones see it closed.
+  std::lock_guard<std::mutex> lock((*found)->mu);
+  ReleaseSession(**found);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<SessionInfo> SessionStore::Get(const SessionCaller& caller, std::string_view id) const {
+  absl::StatusOr<std::shared_ptr<Session>> found = Find(caller, id);
+  if (!found.ok()) return found.status();
+  std::lock_guard<std::mutex> lock((*found)->mu);
+  return InfoOf(**found);
+}
+
+std::vector<SessionInfo> SessionStore::List(const SessionCaller& caller) const {
+  std::vector<std::shared_ptr<Session>> mine;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const auto& [id, s] : sessions_) {
+      if (caller.sees_all || s->owner == caller.identity) mine.push_back(s);
+    }
+  }
+  std::vector<SessionInfo> out;
+  for (const auto& s : mine) {
+    std::lock_guard<std::mutex> lock(s->mu);
+    if (!s->closed) out.push_back(InfoOf(*s));
+  }
+  return out;
+}
+
+int SessionStore::ExpireIdle() {
+  const Clock::time_point now = Clock::now();
+  std::vector<std::shared_ptr<Session>> all;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const auto& [id, s] : sessions_) all.push_back(s);
+  }
+  int expired = 0;
+  for (const auto& s : all) {
+    {
+      std::lock_guard<std::mutex> lock(s->mu);
+      if (s->closed || now - s->last_use < options_.ttl) continue;
+      ReleaseSession(*s);
+    }
+    std::lock_guard<std::mutex> lock(mu_);
+    sessions_.erase(s->id);
+    ++expired_idle_;
+    ++expired;
+  }
+  return expired;
+}
+
+void SessionStore::Sweep() {
+  const auto period = std::clamp<std::chrono::milliseconds>(options_.ttl / 4, std::chrono::milliseconds(10),
+                                                            std::chrono::milliseconds(1000));
+  std::unique_lock<std::mutex> lock(mu_);
+  while (!stopping_) {
+    wake_.wait_for(lock, period, [this] { return stopping_; });
+    if (stopping_) break;
+    lock.unlock();
+    ExpireIdle();
+    lock.lock();
+  }
+}
+
+SessionStoreStats SessionStore::Stats() const {
+  SessionStoreStats stats;
+  stats.pool = pool_->Stats();
+  std::lock_guard<std::mutex> lock(mu_);
+  stats.sessions = static_cast<int64_t>(sessions_.size());
+  stats.appended_tokens = appended_tokens_;
+  stats.closed = closed_;
+  stats.expired_idle = expired_idle_;
+  return stats;
+}
+
+}  // namespace sage::server

@@ -1,0 +1,147 @@
+// Server-resident KV sessions: each session holds, per layer, a page table into the KV page pool
+// and the layer's cached length. Steps append new tokens at a named position (a retried step is
+// recognised by its step id and never appends twice), and the layer's cache is gathered out,
+// decoded to 16-bit, for an engine to attend over. Forks share pages copy-on-write; truncate and
+// close free pages at once; idle sessions expire after the TTL. A session belongs to the identity
+// that created it: any other identity (but an administrator) gets NOT_FOUND. Thread-safe; no
+// protobuf here (the frontend decodes into these types).
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "kernels/reference/dtype.h"
+#include "server/session/kv_page_pool.h"
+#include "server/session/kv_storage.h"
+
+namespace sage::server {
+
+struct SessionStoreOptions {
+  size_t pool_bytes = size_t{1} << 30;  // host memory for KV pages, allocated at start
+  size_t page_bytes = size_t{256} << 10;
+  std::chrono::milliseconds ttl{std::chrono::minutes(10)};  // idle sessions expire after this
+  int max_sessions = 65536;
+  std::string device = "cpu";  // named in session ids: where the session's pages live
+};
+
+struct SessionShape {
+  std::string model;
+  int layers = 1;
+  int heads_q = 1;
+  int heads_kv = 1;
+  int head_dim = 128;
+  DType dtype = DType::kF16;
+  KvStorage storage = KvStorage::k16Bit;
+  int64_t max_tokens = 0;
+};
+
+// Who asks: the identity, and whether it may see everyone's sessions (admin scope).
+struct SessionCaller {
+  std::string identity;
+  bool sees_all = false;
+};
+
+struct SessionInfo {
+  std::string id;
+  std::string owner;
+  SessionShape shape;
+  std::vector<int64_t> layer_lengths;
+  int64_t pages = 0;
+  int page_tokens = 0;
+  std::chrono::milliseconds idle{0};
+  std::chrono::milliseconds expires_in{0};
+};
+
+// One step's append: `n_new` tokens of K and V ([n_new, Hkv, D] in the session's dtype) at
+// `position` of `layer`.
+struct AppendStep {
+  std::string_view session_id;
+  int layer = 0;
+  int64_t position = 0;
+  uint64_t step_id = 0;
+  int64_t n_new = 0;
+  const void* k = nullptr;
+  const void* v = nullptr;
+};
+
+struct SessionStoreStats {
+  int64_t sessions = 0;
+  KvPoolStats pool;
+  int64_t appended_tokens = 0;  // cumulative
+  int64_t closed = 0;           // cumulative: by CloseSession
+  int64_t expired_idle = 0;     // cumulative: by the idle TTL
+};
+
+class SessionStore {
+ public:
+  static absl::StatusOr<std::unique_ptr<SessionStore>> Create(const SessionStoreOptions& options);
+  ~SessionStore();
+
+  // INVALID_ARGUMENT for a bad shape (naming the field), RESOURCE_EXHAUSTED at max_sessions or
+  // when reserve_tokens' pages are not free.
+  absl::StatusOr<SessionInfo> CreateSession(const SessionCaller& caller, const SessionShape& shape,
+                                            int64_t reserve_tokens);
+
+  // The shape of a session the caller may use (NOT_FOUND otherwise, saying why).
+  absl::StatusOr<SessionShape> Shape(const SessionCaller& caller, std::string_view id) const;
+
+  // Appends the step's tokens (or recognises a retry of the step at that position) and returns the
+  // layer's length the step's Q attends over: position + n_new. FAILED_PRECONDITION for a gap or an
+  // unexpected position (naming the expected one), OUT_OF_RANGE past max_tokens or the layer
+  // count, RESOURCE_EXHAUSTED when pages are short.
+  absl::StatusOr<int64_t> Append(const SessionCaller& caller, const AppendStep& step);
+
+  // The layer's first `end` tokens, decoded to 16-bit: K into `k` and V into `v`
+  // ([end, Hkv, D] each). FAILED_PRECONDITION when the layer no longer holds `end` tokens (a
+  // truncate in between).
+  absl::Status Gather(const SessionCaller& caller, std::string_view id, int layer, int64_t end, std::span<std::byte> k,
+                      std::span<std::byte> v) const;
+
+  absl::StatusOr<SessionInfo> Fork(const SessionCaller& caller, std::string_view id, std::optional<int64_t> length);
+  absl::StatusOr<SessionInfo> Truncate(const SessionCaller& caller, std::string_view id, int64_t length);
+  absl::Status Close(const SessionCaller& caller, std::string_view id);
+  absl::StatusOr<SessionInfo> Get(const SessionCaller& caller, std::string_view id) const;
+  std::vector<SessionInfo> List(const SessionCaller& caller) const;
+
+  // Expires sessions idle for longer than the TTL now (the sweeper also runs it); returns how many.
+  int ExpireIdle();
+  SessionStoreStats Stats() const;
+  std::string_view instance() const { return instance_; }
+
+ private:
+  struct Session;
+  SessionStore(const SessionStoreOptions& options, std::unique_ptr<KvPagePool> pool);
+
+  absl::StatusOr<std::shared_ptr<Session>> Find(const SessionCaller& caller, std::string_view id) const;
+  std::string NewId();
+  SessionInfo InfoOf(const Session& s) const;  // s.mu held
+  void ReleaseSession(Session& s);             // s.mu held
+  void Sweep();
+
+  const SessionStoreOptions options_;
+  const std::unique_ptr<KvPagePool> pool_;
+  const std::string instance_;  // 64 random bits, hex: this server process
+
+  mutable std::mutex mu_;
+  std::map<std::string, std::shared_ptr<Session>, std::less<>> sessions_;  // guarded by mu_
+  int64_t appended_tokens_ = 0;                                            // guarded by mu_
+  int64_t closed_ = 0;                                                     // guarded by mu_
+  int64_t expired_idle_ = 0;                                               // guarded by mu_
+  bool stopping_ = false;                                                  // guarded by mu_
+  std::condition_variable wake_;
+  std::thread sweeper_;
+};
+
+}  // namespace sage::server

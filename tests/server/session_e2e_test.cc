@@ -1,0 +1,237 @@
+// SessionService end to end on the CPU engine, over gRPC: decode steps of a session equal a
+// stateless Attend over the concatenated K/V (bit for bit, 16-bit storage and the unquantized
+// recipe); chunked prefill equals one prefill; 8-bit storage meets the accuracy bar against the
+// fp64 oracle; each bad input gets its code.
+#include <cstring>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "gtest/gtest.h"
+#include "grpcpp/grpcpp.h"
+#include "kernels/reference/metrics.h"
+#include "kernels/reference/numerics.h"
+#include "kernels/reference/oracle.h"
+#include "sageserve/client/tensor.h"
+#include "sageserve/v1/session.grpc.pb.h"
+#include "tests/metrics/http_client.h"
+#include "tests/metrics/prometheus_parse.h"
+#include "tests/server/test_support.h"
+
+namespace sage::testing {
+namespace {
+namespace v1 = ::sageserve::v1;
+
+constexpr int kHq = 4, kHkv = 2, kD = 64;
+
+// [n, heads, kD] fp16 values, K with a per-channel bias (what K smoothing removes).
+std::vector<uint16_t> Values(int64_t n, int heads, uint32_t seed, float bias) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::vector<uint16_t> out(static_cast<size_t>(n) * heads * kD);
+  for (size_t i = 0; i < out.size(); ++i) out[i] = EncodeFp16(normal(rng) + bias * static_cast<float>(i % kD % 7));
+  return out;
+}
+
+void SetTensor(const std::vector<uint16_t>& x, int heads, v1::Tensor* t) {
+  ASSERT_TRUE(sageserve::SetTensorFp16(x, sageserve::Shape3{static_cast<int64_t>(x.size() / heads / kD), heads, kD}, t).ok());
+}
+
+class SessionE2E : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    server::ServerOptions options = TestServerOptions();
+    options.metrics_listen_address = "127.0.0.1:0";
+    StartServer(options, nullptr, &s_);
+    stub_ = v1::SessionService::NewStub(s_.client->channel());
+  }
+  std::string Create(v1::KvStorage storage, int layers = 3, int64_t max_tokens = 8192) {
+    grpc::ClientContext ctx;
+    v1::CreateSessionRequest req;
+    req.set_layers(layers);
+    req.set_heads_q(kHq);
+    req.set_heads_kv(kHkv);
+    req.set_head_dim(kD);
+    req.set_dtype(v1::DTYPE_FP16);
+    req.set_kv_storage(storage);
+    req.set_max_tokens(max_tokens);
+    v1::CreateSessionResponse resp;
+    grpc::Status st = stub_->CreateSession(&ctx, req, &resp);
+    EXPECT_TRUE(st.ok()) << st.error_message();
+    return resp.session_id();
+  }
+  grpc::Status Step(v1::SessionStep step, v1::AttendSessionResponse* out, v1::Recipe recipe = v1::RECIPE_UNQUANTIZED) {
+    grpc::ClientContext ctx;
+    v1::AttendSessionRequest req;
+    req.set_recipe(recipe);
+    req.set_return_lse(true);
+    *req.add_steps() = std::move(step);
+    return stub_->AttendSession(&ctx, req, out);
+  }
+  static v1::SessionStep MakeStep(const std::string& id, int layer, int64_t pos, const std::vector<uint16_t>& k,
+                                  const std::vector<uint16_t>& v, const std::vector<uint16_t>* q) {
+    v1::SessionStep s;
+    s.set_session_id(id);
+    s.set_layer(layer);
+    s.set_position(pos);
+    s.set_step_id(static_cast<uint64_t>(pos * 16 + layer));
+    SetTensor(k, kHkv, s.mutable_k());
+    SetTensor(v, kHkv, s.mutable_v());
+    if (q != nullptr) SetTensor(*q, kHq, s.mutable_q());
+    return s;
+  }
+  RunningServer s_;
+  std::unique_ptr<v1::SessionService::Stub> stub_;
+};
+
+// Prefill 300 tokens in one step, then 6 decode steps per layer over 3 layers: each step's O and
+// LSE equal a stateless Attend of the same Q over the concatenated K/V, bit for bit.
+TEST_F(SessionE2E, DecodeStepsEqualStatelessAttendBitForBit) {
+  const std::string id = Create(v1::KV_STORAGE_16BIT);
+  std::vector<std::vector<uint16_t>> k(3), v(3);
+  int64_t len = 0;
+  for (int step = 0; step < 7; ++step) {
+    const int64_t n = step == 0 ? 300 : 1;
+    for (int layer = 0; layer < 3; ++layer) {
+      const auto nk = Values(n, kHkv, static_cast<uint32_t>(step * 10 + layer), 1.0f);
+      const auto nv = Values(n, kHkv, static_cast<uint32_t>(step * 10 + layer + 500), 0.0f);
+      const auto q = Values(n, kHq, static_cast<uint32_t>(step * 10 + layer + 900), 0.0f);
+      k[layer].insert(k[layer].end(), nk.begin(), nk.end());
+      v[layer].insert(v[layer].end(), nv.begin(), nv.end());
+      v1::AttendSessionResponse got;
+      grpc::Status st = Step(MakeStep(id, layer, len, nk, nv, &q), &got);
+      ASSERT_TRUE(st.ok()) << st.error_message();
+      ASSERT_EQ(got.results_size(), 1);
+      EXPECT_EQ(got.results(0).length(), len + n);
+
+      v1::AttendRequest stateless;
+      SetTensor(q, kHq, stateless.mutable_q());
+      SetTensor(k[layer], kHkv, stateless.mutable_k());
+      SetTensor(v[layer], kHkv, stateless.mutable_v());
+      stateless.set_mask(v1::MASK_MODE_CAUSAL);
+      stateless.set_recipe(v1::RECIPE_UNQUANTIZED);
+      stateless.set_return_lse(true);
+      absl::StatusOr<v1::AttendResponse> want = s_.client->Attend(stateless);
+      ASSERT_TRUE(want.ok()) << want.status();
+      ASSERT_EQ(got.results(0).o().data(), want->o().data()) << "step " << step << " layer " << layer;
+      ASSERT_EQ(got.results(0).lse().data(), want->lse().data());
+    }
+    len += n;
+  }
+  // The session metrics, read from the store when scraped.
+  absl::StatusOr<metrics::testing::HttpResponse> r = metrics::testing::HttpGet(s_.server->metrics_port(), "/metrics");
+  ASSERT_TRUE(r.ok()) << r.status();
+  absl::StatusOr<metrics::testing::ParsedExposition> m = metrics::testing::ParseExposition(r->body);
+  ASSERT_TRUE(m.ok()) << m.status();
+  EXPECT_EQ(m->Sum("sageserve_sessions_open"), 1);
+  EXPECT_EQ(m->Sum("sageserve_session_appended_tokens_total"), 3 * len);
+  EXPECT_EQ(m->Sum("sageserve_kv_pages", {{"state", "used"}}), 3 * ((len + 255) / 256));  // 256-token pages
+  EXPECT_EQ(m->Sum("sageserve_requests_total", {{"method", "AttendSession"}, {"code", "OK"}}), 3 * 7);
+}
+
+// A prefill sent in three appends (two bulk imports, then the last chunk with Q) equals one prefill.
+TEST_F(SessionE2E, ChunkedPrefillEqualsOnePrefill) {
+  const auto k = Values(500, kHkv, 1, 1.0f), v = Values(500, kHkv, 2, 0.0f), q = Values(100, kHq, 3, 0.0f);
+  const auto part = [](const std::vector<uint16_t>& x, int64_t from, int64_t to) {
+    return std::vector<uint16_t>(x.begin() + from * kHkv * kD, x.begin() + to * kHkv * kD);
+  };
+  const std::string whole = Create(v1::KV_STORAGE_INT8_K_FP8_V, 1), chunked = Create(v1::KV_STORAGE_INT8_K_FP8_V, 1);
+  v1::AttendSessionResponse one, three;
+  ASSERT_TRUE(Step(MakeStep(whole, 0, 0, k, v, &q), &one, v1::RECIPE_INT8_QK_FP8_PV).ok());
+  v1::AttendSessionResponse bulk;
+  // The K mean comes from the first append: make it the same 500 tokens' as the one-shot session's.
+  ASSERT_TRUE(Step(MakeStep(chunked, 0, 0, k, v, nullptr), &bulk).ok());
+  ASSERT_TRUE(stub_ != nullptr);
+  {
+    grpc::ClientContext ctx;
+    v1::TruncateSessionRequest t;
+    t.set_session_id(chunked);
+    t.set_length(0);
+    v1::TruncateSessionResponse r;
+    ASSERT_TRUE(stub_->TruncateSession(&ctx, t, &r).ok());
+  }
+  ASSERT_TRUE(Step(MakeStep(chunked, 0, 0, part(k, 0, 150), part(v, 0, 150), nullptr), &bulk).ok());
+  EXPECT_FALSE(bulk.results(0).has_o()) << "a bulk import computes nothing";
+  ASSERT_TRUE(Step(MakeStep(chunked, 0, 150, part(k, 150, 400), part(v, 150, 400), nullptr), &bulk).ok());
+  ASSERT_TRUE(Step(MakeStep(chunked, 0, 400, part(k, 400, 500), part(v, 400, 500), &q), &three, v1::RECIPE_INT8_QK_FP8_PV).ok());
+  EXPECT_EQ(three.results(0).o().data(), one.results(0).o().data());
+  EXPECT_EQ(three.results(0).lse().data(), one.results(0).lse().data());
+}
+
+// 8-bit storage (INT8 K − k̄, FP8 V) with the unquantized recipe, decode rows over 1k-8k contexts
+// with K channel bias: within cos >= 0.999 and rel L1 <= 0.04 of the fp64 oracle.
+TEST_F(SessionE2E, EightBitStorageMeetsTheAccuracyBar) {
+  for (int64_t context : {1024, 8192}) {
+    const std::string id = Create(v1::KV_STORAGE_INT8_K_FP8_V, 1, 16384);
+    const auto k = Values(context, kHkv, 11, 2.0f), v = Values(context, kHkv, 12, 0.5f), q = Values(4, kHq, 13, 0.0f);
+    v1::AttendSessionResponse got;
+    ASSERT_TRUE(Step(MakeStep(id, 0, 0, k, v, &q), &got).ok());
+    AttnInput in;
+    in.q = TensorView{DType::kF16, q.data(), 4, kHq, kD};
+    in.k = TensorView{DType::kF16, k.data(), context, kHkv, kD};
+    in.v = TensorView{DType::kF16, v.data(), context, kHkv, kD};
+    const int32_t cu_q[] = {0, 4};
+    const int32_t cu_k[] = {0, static_cast<int32_t>(context)};
+    in.cu_seqlens_q = cu_q;
+    in.cu_seqlens_k = cu_k;
+    in.mask = MaskMode::kCausal;
+    absl::StatusOr<ExactOutput> exact = AttendExact(in);
+    ASSERT_TRUE(exact.ok());
+    const std::string& o = got.results(0).o().data();
+    std::vector<float> of(o.size() / 2);
+    for (size_t i = 0; i < of.size(); ++i) {
+      uint16_t b;
+      std::memcpy(&b, o.data() + 2 * i, 2);
+      of[i] = DecodeFp16(b);
+    }
+    const ErrorMetrics m = CompareToReference(of, exact->o);
+    EXPECT_GE(m.cosine, 0.999) << context;
+    EXPECT_LE(m.relative_l1, 0.04) << context;
+    std::printf("8-bit session storage, %lld-token context: cos %.6f rel L1 %.5f\n", static_cast<long long>(context),
+                m.cosine, m.relative_l1);
+  }
+}
+
+TEST_F(SessionE2E, BadInputsGetTheirCodes) {
+  const std::string id = Create(v1::KV_STORAGE_16BIT, 2, 64);
+  const auto k = Values(8, kHkv, 1, 0.0f), q = Values(8, kHq, 2, 0.0f);
+  v1::AttendSessionResponse r;
+  EXPECT_EQ(Step(MakeStep("nope", 0, 0, k, k, &q), &r).error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_EQ(Step(MakeStep(id, 2, 0, k, k, &q), &r).error_code(), grpc::StatusCode::OUT_OF_RANGE);
+  EXPECT_EQ(Step(MakeStep(id, 0, 3, k, k, &q), &r).error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_EQ(Step(MakeStep(id, 0, 30, k, k, &q), &r).error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  v1::SessionStep wrong_heads = MakeStep(id, 0, 0, k, k, &q);
+  SetTensor(Values(8, kHq, 3, 0.0f), kHq, wrong_heads.mutable_k());
+  SetTensor(Values(8, kHq, 3, 0.0f), kHq, wrong_heads.mutable_v());
+  grpc::Status st = Step(wrong_heads, &r);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(st.error_message().find("k.shape[1]"), std::string::npos) << st.error_message();
+  ASSERT_TRUE(Step(MakeStep(id, 0, 0, k, k, &q), &r).ok());
+  const auto many = Values(60, kHkv, 4, 0.0f);
+  EXPECT_EQ(Step(MakeStep(id, 0, 8, many, many, nullptr), &r).error_code(), grpc::StatusCode::OUT_OF_RANGE);
+  grpc::ClientContext ctx;
+  v1::CreateSessionRequest bad;
+  bad.set_layers(1);
+  bad.set_heads_q(4);
+  bad.set_heads_kv(2);
+  bad.set_head_dim(80);
+  bad.set_dtype(v1::DTYPE_FP16);
+  bad.set_max_tokens(10);
+  v1::CreateSessionResponse created;
+  st = stub_->CreateSession(&ctx, bad, &created);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(st.error_message().find("head_dim"), std::string::npos);
+  // Closed: NOT_FOUND; the server keeps serving.
+  grpc::ClientContext close_ctx;
+  v1::CloseSessionRequest close;
+  close.set_session_id(id);
+  v1::CloseSessionResponse closed;
+  ASSERT_TRUE(stub_->CloseSession(&close_ctx, close, &closed).ok());
+  EXPECT_EQ(Step(MakeStep(id, 0, 8, k, k, &q), &r).error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_TRUE(s_.client->GetServerInfo().ok());
+}
+
+}  // namespace
+}  // namespace sage::testing
