@@ -26,7 +26,7 @@ repo=$PWD
 
 seconds=660 clients=32 out="" build=build-soak backend=cpu interval=5
 warmup_percent=20 rss_tolerance_percent=10 fd_slack=2
-usage() { sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; }
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --seconds) seconds=$2; shift 2 ;;
