@@ -4,7 +4,7 @@
 Layers, top to bottom; a file may include its own layer or any layer below, never one above.
 Leaves (metrics, util) may be included from anywhere and include no other server layer.
 Below the frontend nothing includes protobuf or gRPC headers; the client library and sagectl
-include no server source. Exit status 1 lists every breach.
+include no server source, nor does the soak driver (bench/soak). Exit status 1 lists every breach.
 """
 import pathlib
 import re
@@ -41,7 +41,7 @@ def main(root):
     root = pathlib.Path(root)
     breaches = []
     checked = 0
-    for top in ("server", "kernels", "client"):
+    for top in ("server", "kernels", "client", "bench/soak"):
         for f in sorted((root / top).rglob("*")):
             if f.suffix not in SOURCES or not f.is_file():
                 continue
@@ -57,7 +57,7 @@ def main(root):
                 where = f"{rel}:{n}: #include {inc}"
                 if rel.startswith(NO_RPC) and RPC_HEADER.search(inc):
                     breaches.append(f"{where}: protobuf/gRPC header below the frontend")
-                if rel.startswith("client/") and inc.startswith("server/"):
+                if rel.startswith(("client/", "bench/soak/")) and inc.startswith("server/"):
                     breaches.append(f"{where}: the client includes a server source")
                     continue
                 if not inc.startswith(("server/", "kernels/")) or inc.startswith(LEAVES):

@@ -87,10 +87,10 @@ class StreamSession::Reactor final : public grpc::ClientBidiReactor<v1::AttendRe
     std::lock_guard<std::mutex> lock(mu_);
     writing_ = false;
     writes_.pop_front();
-    if (!ok) {  // The stream is broken; OnDone will report why.
-      writes_.clear();
-      return;
-    }
+    // A failed write means the stream is broken (OnDone reports why): drop what is queued. If the
+    // failed read (or Close) already asked for the half-close, it waited for this write; send it
+    // now, which releases the hold, or OnDone never runs and every waiter hangs.
+    if (!ok) writes_.clear();
     MaybeWriteLocked();
   }
 
