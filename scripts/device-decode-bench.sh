@@ -23,7 +23,7 @@ run() {  # name, command...
 SHAPE="--heads_q=32 --heads_kv=8 --head_dim=128"
 serve decode || exit 1
 run s1_32k "$B/sagectl" bench --target="$TARGET" --mode=decode $SHAPE --layers=4 --sessions=1 --context=32768 --steps=8
-run s64_8k "$B/sagectl" bench --target="$TARGET" --mode=decode $SHAPE --layers=2 --sessions=64 --clients=2 --context=8192 --steps=4 --connections=2
+run s64_8k "$B/sagectl" bench --target="$TARGET" --mode=decode $SHAPE --layers=2 --sessions=64 --clients=2 --context=8000 --steps=4 --connections=2
 run c256_2k "$B/sagectl" bench --target="$TARGET" --mode=decode $SHAPE --layers=2 --sessions=256 --clients=256 \
   --context=2048 --steps=4 --connections=8
 run s1_32k_16bit "$B/sagectl" bench --target="$TARGET" --mode=decode $SHAPE --layers=4 --sessions=1 --context=32768 \

@@ -58,8 +58,19 @@ step python-grpc-full python3 "$ROOT/bench/grpc_client.py" --target="$TARGET" --
   --d=64 --recipes=RECIPE_UNSPECIFIED,RECIPE_UNQUANTIZED
 step python-shm-cuda python3 "$ROOT/bench/grpc_shm_client.py" --target="$TARGET" --shared-memory=cuda \
   --lens=4096 --causal
-# Clients whose shared memory vanishes mid-request (exit, cudaFree, truncate): everyone else unharmed.
-step shm-vanish python3 "$ROOT/bench/shm_vanish_client.py" --target="$TARGET"
+# A client killed (SIGKILL) while 16 of its requests read and write its CUDA region: the driver
+# frees its allocation under them. The server must go on serving everyone else, CUDA regions too.
+"$CTL" bench --target="$TARGET" --shared_memory=cuda --concurrency=16 --requests=1000000 --batch=1 --q_len=2048 \
+  --k_len=2048 --heads_q=8 --heads_kv=8 --head_dim=128 >"$LOGDIR/vanishing_client.log" 2>&1 &
+VANISH=$!
+sleep 3
+kill -9 "$VANISH" 2>/dev/null
+wait "$VANISH" 2>/dev/null
+step health-after-client-killed "$CTL" health --target="$TARGET"
+step attend-after-client-killed "$CTL" attend --target="$TARGET" --batch=2 --q_len=500 --k_len=500 --heads_q=8 \
+  --heads_kv=8 --head_dim=128 --causal --lse --seed=12
+step shm-cuda-after-client-killed python3 "$ROOT/bench/grpc_shm_client.py" --target="$TARGET" --shared-memory=cuda \
+  --lens=1024 --repeats=3
 step python-shm-system python3 "$ROOT/bench/grpc_shm_client.py" --target="$TARGET" --shared-memory=system \
   --lens=1000,37,513,1 --hq=16 --hkv=4 --repeats=5
 

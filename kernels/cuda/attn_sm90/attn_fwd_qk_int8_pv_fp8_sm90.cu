@@ -268,7 +268,7 @@ __global__ void __launch_bounds__(kThreads, kMinCtasPerSm) AttnSm90Kernel(const 
     for (int r = 0; r < 2; ++r) {
       const int row = row0 + 8 * r;
       if (row < q_len) {
-        const bool any = l[r] > 0.f;
+        const bool any = l[r] != 0.f;  // a NaN row sum (non-finite inputs) is written as NaN, not 0
         const float x = any ? o[4 * i + 2 * r] * inv_l[r] * sv0 + vm0 : 0.f;
         const float y = any ? o[4 * i + 2 * r + 1] * inv_l[r] * sv1 + vm1 : 0.f;
         Store2<kBf16>(p.o, (int64_t{q_start + row} * p.num_q_heads + h) * D + c, x, y);
@@ -281,7 +281,7 @@ __global__ void __launch_bounds__(kThreads, kMinCtasPerSm) AttnSm90Kernel(const 
       const int row = row0 + 8 * r;
       if (row < q_len) {
         float lse = -INFINITY;
-        if (l[r] > 0.f) {
+        if (l[r] != 0.f) {
           lse = (m[r] - kFp8Offset) * kLn2 + logf(l[r]);
           if (p.lse_k_correction) lse += p.softmax_scale * p.ws.q_kdot[int64_t{h} * p.ws.q_cap + pq + warp * 16 + g + 8 * r];
         }

@@ -83,12 +83,12 @@ __device__ __forceinline__ void LoadRowsToSmem(uint32_t (*tile0)[D / 2 + 1], uin
   }
 }
 
-// amax == 0 -> 1 (an all-zero group quantizes to zeros with a finite scale).
 // max()/min() that keep a NaN from either side (fmaxf/fminf drop it): a quantization group holding
 // a NaN gets a NaN scale, so the client's NaN reaches O (docs/NUMERICS.md, "Non-finite inputs").
 __device__ __forceinline__ float NanMax(float a, float b) { return (a > b || a != a) ? a : b; }
 __device__ __forceinline__ float NanMin(float a, float b) { return (a < b || a != a) ? a : b; }
 
+// amax == 0 -> 1 (an all-zero group quantizes to zeros with a finite scale).
 __device__ __forceinline__ float SafeAmax(float amax) { return amax == 0.0f ? 1.0f : amax; }
 
 // clamp(rint(x · inv), ±qmax): IEEE product, round-half-even.
