@@ -242,7 +242,8 @@ absl::StatusOr<std::unique_ptr<SageServer>> SageServer::Start(
       std::make_unique<RegistryService>(s->registry_.get(), s->backend_.get(), registry_options,
                                         s->authorizer_.get());
   s->shared_memory_service_ = std::make_unique<SharedMemoryService>(s->shared_memory_.get(), s->authorizer_.get());
-  s->session_service_ = std::make_unique<SessionService>(s->session_attend_.get(), s->authorizer_.get());
+  s->session_service_ = std::make_unique<SessionService>(s->session_attend_.get(), s->authorizer_.get(),
+                                                         options.sessions.worker_threads);
 
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
@@ -322,6 +323,7 @@ void SageServer::Shutdown() {
     if (scheduler_) scheduler_->Shutdown(DrainMode::kDropQueued);
     if (registry_service_) registry_service_->Shutdown();
     if (shared_memory_service_) shared_memory_service_->Shutdown();
+    if (session_service_) session_service_->Shutdown();
     if (metrics_http_) metrics_http_->Shutdown();
     return;
   }
@@ -351,6 +353,7 @@ void SageServer::Shutdown() {
   // After the gRPC server: its open registry calls were finished by these workers.
   if (registry_service_) registry_service_->Shutdown();
   if (shared_memory_service_) shared_memory_service_->Shutdown();
+  if (session_service_) session_service_->Shutdown();
   if (metrics_http_) metrics_http_->Shutdown();
   spdlog::info("drained");
 }

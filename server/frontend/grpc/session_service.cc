@@ -1,5 +1,7 @@
 #include "server/frontend/grpc/session_service.h"
 
+#include <algorithm>
+#include <functional>
 #include <memory>
 #include <string>
 #include <utility>
@@ -171,6 +173,20 @@ void ResultToWire(const SessionAttendResult& r, bool want_lse, v1::AttendSession
 
 }  // namespace
 
+SessionService::SessionService(SessionAttend* sessions, const CallAuthorizer* auth, int workers, int max_queued)
+    : sessions_(sessions), auth_(auth) {
+  for (int i = 0; i < std::max(1, workers); ++i) {
+    workers_.push_back(std::make_unique<SerialWorker>(
+        SerialWorkerOptions{absl::StrCat("session worker ", i), std::max(1, max_queued)}));
+  }
+}
+
+SessionService::~SessionService() { Shutdown(); }
+
+void SessionService::Shutdown() {
+  for (auto& w : workers_) w->Shutdown();
+}
+
 grpc::ServerUnaryReactor* SessionService::CreateSession(grpc::CallbackServerContext* context,
                                                         const v1::CreateSessionRequest* request,
                                                         v1::CreateSessionResponse* response) {
@@ -196,18 +212,27 @@ grpc::ServerUnaryReactor* SessionService::AttendSession(grpc::CallbackServerCont
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   response->set_request_id(request->request_id());
   const bool want_lse = request->return_lse();
-  // The request message (whose bytes the steps view) stays valid until Finish.
-  absl::Status started = sessions_->Start(
-      CallerOf(*caller), *std::move(decoded), SteadyDeadline(*context), [context] { return context->IsCancelled(); },
-      [reactor, response, want_lse](absl::StatusOr<SessionAttendResult> result) {
-        if (!result.ok()) {
-          reactor->Finish(ToGrpcStatus(result.status()));
+  const size_t first = decoded->steps.empty() ? 0 : std::hash<std::string>()(decoded->steps.front().session_id);
+  // The request message (whose bytes the steps view) and the context stay valid until Finish.
+  absl::Status queued = workers_[first % workers_.size()]->Submit(
+      [this, reactor, response, want_lse, context, who = CallerOf(*caller), call = *std::move(decoded)]() mutable {
+        if (context->IsCancelled()) {
+          reactor->Finish(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled before it ran"));
           return;
         }
-        ResultToWire(*result, want_lse, response);
-        reactor->Finish(grpc::Status::OK);
+        absl::Status started = sessions_->Start(
+            who, std::move(call), SteadyDeadline(*context), [context] { return context->IsCancelled(); },
+            [reactor, response, want_lse](absl::StatusOr<SessionAttendResult> result) {
+              if (!result.ok()) {
+                reactor->Finish(ToGrpcStatus(result.status()));
+                return;
+              }
+              ResultToWire(*result, want_lse, response);
+              reactor->Finish(grpc::Status::OK);
+            });
+        if (!started.ok()) reactor->Finish(ToGrpcStatus(started));
       });
-  if (!started.ok()) reactor->Finish(ToGrpcStatus(started));
+  if (!queued.ok()) reactor->Finish(ToGrpcStatus(queued));
   return reactor;
 }
 

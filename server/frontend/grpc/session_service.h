@@ -1,11 +1,17 @@
 // sageserve.v1.SessionService on the callback API: decodes sessions' calls into the core's
 // protobuf-free types (core/session_attend.h, session/session_store.h) and encodes the answers.
 // Create/Get/List/Fork/Truncate/Close answer on the reactor thread (bookkeeping and page
-// references only); AttendSession appends and gathers there and answers from the worker that ran
-// the launch.
+// references only). AttendSession's appends and gathers (up to a whole layer's cache per step) run
+// on a small set of session workers, never in a reactor: a call goes to the worker of its first
+// step's session, so one session's calls keep their order; the answer comes from the worker that
+// ran the launch.
 #pragma once
 
+#include <memory>
+#include <vector>
+
 #include "sageserve/v1/session.grpc.pb.h"
+#include "server/core/serial_worker.h"
 #include "server/core/session_attend.h"
 #include "server/frontend/grpc/call_auth.h"
 
@@ -13,8 +19,12 @@ namespace sage::server {
 
 class SessionService final : public sageserve::v1::SessionService::CallbackService {
  public:
-  // `sessions` and `auth` must outlive the service.
-  SessionService(SessionAttend* sessions, const CallAuthorizer* auth) : sessions_(sessions), auth_(auth) {}
+  // `sessions` and `auth` must outlive the service. `workers`: threads for AttendSession's appends
+  // and gathers (at least 1), each with up to `max_queued` calls waiting (RESOURCE_EXHAUSTED past it).
+  SessionService(SessionAttend* sessions, const CallAuthorizer* auth, int workers = 4, int max_queued = 256);
+  ~SessionService() override;
+  // Refuses new AttendSession work (UNAVAILABLE) and finishes what is queued. Idempotent.
+  void Shutdown();
 
   grpc::ServerUnaryReactor* CreateSession(grpc::CallbackServerContext* context,
                                           const sageserve::v1::CreateSessionRequest* request,
@@ -41,6 +51,7 @@ class SessionService final : public sageserve::v1::SessionService::CallbackServi
  private:
   SessionAttend* const sessions_;
   const CallAuthorizer* const auth_;
+  std::vector<std::unique_ptr<SerialWorker>> workers_;
 };
 
 }  // namespace sage::server
