@@ -134,7 +134,8 @@ ABSL_FLAG(int64_t, session_ttl_s, std::chrono::duration_cast<std::chrono::second
           "Sessions not named by any call for this long are closed and their pages freed");
 ABSL_FLAG(int32_t, max_sessions, kDefaults.sessions.max_sessions, "Sessions open at once, all identities together");
 ABSL_FLAG(int32_t, session_threads, kDefaults.sessions.worker_threads,
-          "Threads that append new tokens and gather caches for AttendSession (a session's calls stay on one)");
+          "Threads that append new tokens and gather caches for AttendSession (a session's calls stay on one); "
+          "0: half the cores, at least 2");
 ABSL_FLAG(std::string, log_level, "info", "trace, debug (a line per request), info, warn (failures with request id), error, off");
 ABSL_FLAG(bool, version, false, "Print the version and exit");
 
@@ -329,7 +330,7 @@ int main(int argc, char** argv) {
   options.sessions.page_bytes = static_cast<size_t>(absl::GetFlag(FLAGS_kv_page_bytes));
   options.sessions.ttl = std::chrono::seconds(absl::GetFlag(FLAGS_session_ttl_s));
   options.sessions.max_sessions = absl::GetFlag(FLAGS_max_sessions);
-  options.sessions.worker_threads = std::max(1, absl::GetFlag(FLAGS_session_threads));
+  options.sessions.worker_threads = std::max(0, absl::GetFlag(FLAGS_session_threads));
   options.grace_period = std::chrono::milliseconds(absl::ToInt64Milliseconds(absl::GetFlag(FLAGS_grace_period)));
   options.access.token_file = absl::GetFlag(FLAGS_token_file);
 

@@ -242,8 +242,11 @@ absl::StatusOr<std::unique_ptr<SageServer>> SageServer::Start(
       std::make_unique<RegistryService>(s->registry_.get(), s->backend_.get(), registry_options,
                                         s->authorizer_.get());
   s->shared_memory_service_ = std::make_unique<SharedMemoryService>(s->shared_memory_.get(), s->authorizer_.get());
-  s->session_service_ = std::make_unique<SessionService>(s->session_attend_.get(), s->authorizer_.get(),
-                                                         options.sessions.worker_threads);
+  const int session_threads = options.sessions.worker_threads > 0
+                                  ? options.sessions.worker_threads
+                                  : std::max(2, static_cast<int>(std::thread::hardware_concurrency()) / 2);
+  s->session_service_ =
+      std::make_unique<SessionService>(s->session_attend_.get(), s->authorizer_.get(), session_threads);
 
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;

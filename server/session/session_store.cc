@@ -26,12 +26,10 @@ std::string RandomHex(int bytes) {
   return out.substr(0, static_cast<size_t>(bytes) * 2);
 }
 
-// The largest power of two of tokens (<= 256) whose slots fit one page; 0 when fewer than 16 do.
+// The most tokens (a multiple of 16, at most 256) whose K/V fit one page; 0 when fewer than 16 do.
 int PageTokens(size_t page_bytes, size_t token_bytes) {
-  for (int t = kMaxPageTokens; t >= kMinPageTokens; t /= 2) {
-    if (static_cast<size_t>(t) * token_bytes <= page_bytes) return t;
-  }
-  return 0;
+  const size_t fit = std::min<size_t>(kMaxPageTokens, page_bytes / token_bytes);
+  return fit < static_cast<size_t>(kMinPageTokens) ? 0 : static_cast<int>(fit / kMinPageTokens * kMinPageTokens);
 }
 
 absl::Status CheckShape(const SessionShape& s) {

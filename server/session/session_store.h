@@ -34,7 +34,7 @@ struct SessionStoreOptions {
   std::chrono::milliseconds ttl{std::chrono::minutes(10)};  // idle sessions expire after this
   int max_sessions = 65536;
   std::string device = "cpu";  // named in session ids: where the session's pages live
-  int worker_threads = 4;      // threads that append and gather for AttendSession (off the reactors)
+  int worker_threads = 0;      // threads that append and gather for AttendSession; 0: half the cores, >= 2
 };
 
 struct SessionShape {

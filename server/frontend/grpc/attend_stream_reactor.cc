@@ -26,12 +26,17 @@ AttendStreamReactor::AttendStreamReactor(grpc::CallbackServerContext* context, A
       payload_pool_(payload_pool),
       limits_(limits),
       totals_(totals) {
+  // AttendStream is counted here, not by the RPC-metrics interceptor (rpc_metrics_interceptor.h).
+  if (totals_->metrics() != nullptr) totals_->metrics()->AddOpenStreams(StreamMethodLabel(), 1);
   StartRead(&incoming_);
 }
 
 AttendStreamReactor::~AttendStreamReactor() {
-  std::lock_guard<std::mutex> lock(mu_);
-  ClearQueueLocked();  // Normally empty by now; the totals must not keep what this stream held.
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    ClearQueueLocked();  // Normally empty by now; the totals must not keep what this stream held.
+  }
+  if (totals_->metrics() != nullptr) totals_->metrics()->AddOpenStreams(StreamMethodLabel(), -1);
 }
 
 bool AttendStreamReactor::AtLimitLocked() const {
@@ -205,8 +210,13 @@ bool AttendStreamReactor::ShouldFinishLocked() {
 
 void AttendStreamReactor::FinishIf(bool finish) {
   if (!finish) return;
+  const bool cancelled = cancelled_;
+  if (ServerMetrics* m = totals_->metrics(); m != nullptr) {
+    m->RecordRpc(RpcRecord{StreamMethodLabel(), cancelled ? absl::StatusCode::kCancelled : absl::StatusCode::kOk,
+                           MetricsClock::now() - started_});
+  }
   // Nothing touches members after Finish: OnDone may run (and delete this) right away.
-  if (cancelled_) {
+  if (cancelled) {
     Finish(grpc::Status(grpc::StatusCode::CANCELLED, "stream cancelled"));
   } else {
     Finish(grpc::Status::OK);

@@ -25,6 +25,7 @@
 #include "absl/status/status.h"
 #include "sageserve/v1/attention_service.grpc.pb.h"
 #include "server/frontend/grpc/attend_call.h"
+#include "server/frontend/grpc/rpc_methods.h"
 #include "server/metrics/server_metrics.h"
 
 namespace sage::server {
@@ -55,6 +56,7 @@ class StreamQueueTotals {
   }
   int64_t responses() const { return responses_.load(std::memory_order_relaxed); }
   int64_t bytes() const { return bytes_.load(std::memory_order_relaxed); }
+  ServerMetrics* metrics() const { return metrics_; }
   // OK, or the RESOURCE_EXHAUSTED a new stream request is answered with.
   absl::Status Admit() const;
 
@@ -64,6 +66,12 @@ class StreamQueueTotals {
   std::atomic<int64_t> responses_{0};
   std::atomic<int64_t> bytes_{0};
 };
+
+// AttendStream's label in the RPC metrics (gRPC's full method name, from rpc_methods.h).
+inline absl::string_view StreamMethodLabel() {
+  const std::string_view name = InfoOf(RpcMethod::kAttendStream).name;
+  return absl::string_view(name.data(), name.size());
+}
 
 class AttendStreamReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
  public:
@@ -109,6 +117,7 @@ class AttendStreamReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffe
   HostBufferPool* const payload_pool_;
   const StreamLimits limits_;
   StreamQueueTotals* const totals_;
+  const MetricsClock::time_point started_ = MetricsClock::now();
   grpc::ByteBuffer incoming_;
   std::atomic<bool> cancelled_{false};
 

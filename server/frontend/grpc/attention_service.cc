@@ -96,7 +96,12 @@ grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* AttentionService::A
     grpc::CallbackServerContext* context) {
   // Checked once, at the stream's start: every request on it is the same caller's.
   absl::StatusOr<Principal> caller = auth_->Check(context, RpcMethod::kAttendStream);
-  if (!caller.ok()) return new RefusedBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>(ToGrpcStatus(caller.status()));
+  if (!caller.ok()) {
+    if (ServerMetrics* m = stream_totals_.metrics(); m != nullptr) {
+      m->RecordRpc(RpcRecord{StreamMethodLabel(), caller.status().code(), {}});
+    }
+    return new RefusedBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>(ToGrpcStatus(caller.status()));
+  }
   return new AttendStreamReactor(context, backends_, RegionCallerOf(*caller), payload_pool_, limits_.stream,
                                  &stream_totals_);
 }

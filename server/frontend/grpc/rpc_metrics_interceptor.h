@@ -1,6 +1,7 @@
 // Counts every RPC the server answers, whatever its service (sageserve's, health, reflection):
 // one gRPC server interceptor per call records the method, the status code and the call's time,
-// and keeps the open-streams gauge. Method labels come from rpc_methods.h, so a client naming
+// and keeps the open-streams gauge. AttendStream, the one hot stream, records the same itself
+// (attend_stream_reactor.cc) and gets no interceptor. Method labels come from rpc_methods.h, so a client naming
 // methods the server lacks cannot grow the label set ("other").
 #pragma once
 
