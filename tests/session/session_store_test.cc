@@ -3,6 +3,7 @@
 // instances, and many threads at once.
 #include "server/session/session_store.h"
 
+#include <atomic>
 #include <chrono>
 #include <cstring>
 #include <random>
@@ -249,6 +250,41 @@ TEST(SessionStore, EightBitGatherIsTheSchemesDecode) {
       EXPECT_NEAR(DecodeFp16(k[static_cast<size_t>(t * 128 + c)]), DecodeFp16(kin[c]) - mean[static_cast<size_t>(c)], 0.05f);
     }
   }
+}
+
+// A close while another thread appends and gathers: every call either succeeds on the whole session
+// or gets NOT_FOUND, never a torn result or a crash, and every page comes back.
+TEST(SessionStore, CloseDuringStepsIsSafe) {
+  auto store = Store(size_t{32} << 20);
+  for (int round = 0; round < 20; ++round) {
+    auto info = store->CreateSession(kAlice, Shape(), 0);
+    ASSERT_TRUE(info.ok());
+    const auto tok = Tokens(3, static_cast<uint32_t>(round));
+    std::atomic<bool> go{false};
+    std::atomic<int> bad{0};
+    std::thread stepper([&] {
+      while (!go.load()) std::this_thread::yield();
+      for (int64_t pos = 0; pos < 3000; pos += 3) {
+        absl::StatusOr<int64_t> end = Append(*store, kAlice, info->id, 0, pos, static_cast<uint64_t>(pos), tok, tok);
+        if (!end.ok()) {
+          if (end.status().code() != absl::StatusCode::kNotFound) ++bad;
+          return;
+        }
+        std::vector<uint16_t> k(static_cast<size_t>(*end) * 128), v(k.size());
+        const absl::Status g = store->Gather(kAlice, info->id, 0, *end, std::as_writable_bytes(std::span(k)),
+                                             std::as_writable_bytes(std::span(v)));
+        if (!g.ok() && g.code() != absl::StatusCode::kNotFound) ++bad;
+        if (g.ok() && !std::equal(tok.begin(), tok.end(), k.end() - 3 * 128)) ++bad;
+      }
+    });
+    go = true;
+    std::this_thread::sleep_for(std::chrono::microseconds(200 * (round % 5)));
+    ASSERT_TRUE(store->Close(kAlice, info->id).ok());
+    stepper.join();
+    EXPECT_EQ(bad.load(), 0) << "round " << round;
+  }
+  EXPECT_EQ(store->Stats().pool.pages_free, store->Stats().pool.pages_total);
+  EXPECT_EQ(store->Stats().closed, 20);
 }
 
 TEST(SessionStore, ManyThreadsManySessions) {
