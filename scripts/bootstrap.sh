@@ -22,7 +22,10 @@ PKGS=(
   libtcmalloc-minimal4
   curl ca-certificates python3 openssl
 )
-TEST_PKGS=(libgtest-dev libgmock-dev googletest libbenchmark-dev)
+# clang and its runtimes for the sanitizer builds and the fuzz targets (scripts/sanitize.sh,
+# scripts/fuzz.sh): libFuzzer and the ASan/UBSan/TSan runtimes are in libclang-rt-14-dev, which
+# clang-14 only recommends; llvm gives llvm-symbolizer for readable sanitizer stack traces.
+TEST_PKGS=(libgtest-dev libgmock-dev googletest libbenchmark-dev clang libclang-rt-14-dev llvm)
 if [ "$BUILD_ONLY" = 0 ]; then PKGS+=("${TEST_PKGS[@]}"); fi
 
 missing=()

@@ -6,6 +6,7 @@
 // routine instead. MXCSR is the default (no DAZ/FTZ: the project never sets them).
 // bf16: integer RNE, branch-free so GCC vectorizes it; compiled twice (baseline and AVX2).
 #include <bit>
+#include <cstdint>
 #include <cstring>
 #include <vector>
 
@@ -133,7 +134,26 @@ void DecodeBf16Bulk(const uint16_t* src, float* dst, size_t n, BulkPath path) {
   DecodeBf16Loop(src, dst, n);
 }
 
+// The entry points below take untyped buffers, which may start at any byte (segments packed back
+// to back in a staging buffer, a client's shared memory at the offset it chose). Reading or writing
+// them as uint16_t or float needs that type's alignment (anything else is undefined behaviour), so
+// a misaligned buffer goes through aligned blocks on the stack (they stay in L1) and memcpy.
+namespace {
+constexpr size_t kBlock = 1024;
+bool AlignedFor(const void* p, size_t alignment) { return reinterpret_cast<uintptr_t>(p) % alignment == 0; }
+}  // namespace
+
 void EncodeFromFloatBulk(const float* src, void* dst, size_t n, DType to) {
+  if (to != DType::kF32 && !AlignedFor(dst, alignof(uint16_t))) {
+    uint16_t block[kBlock];
+    auto* d = static_cast<unsigned char*>(dst);
+    for (size_t i = 0; i < n; i += kBlock) {
+      const size_t m = n - i < kBlock ? n - i : kBlock;
+      EncodeFromFloatBulk(src + i, block, m, to);
+      std::memcpy(d + 2 * i, block, 2 * m);
+    }
+    return;
+  }
   switch (to) {
     case DType::kF32: std::memcpy(dst, src, n * sizeof(float)); return;
     case DType::kF16: EncodeFp16Bulk(src, static_cast<uint16_t*>(dst), n); return;
@@ -142,6 +162,16 @@ void EncodeFromFloatBulk(const float* src, void* dst, size_t n, DType to) {
 }
 
 void DecodeToFloatBulk(const void* src, DType from, float* dst, size_t n) {
+  if (from != DType::kF32 && !AlignedFor(src, alignof(uint16_t))) {
+    uint16_t block[kBlock];
+    const auto* s = static_cast<const unsigned char*>(src);
+    for (size_t i = 0; i < n; i += kBlock) {
+      const size_t m = n - i < kBlock ? n - i : kBlock;
+      std::memcpy(block, s + 2 * i, 2 * m);
+      DecodeToFloatBulk(block, from, dst + i, m);
+    }
+    return;
+  }
   switch (from) {
     case DType::kF32: std::memcpy(dst, src, n * sizeof(float)); return;
     case DType::kF16: DecodeFp16Bulk(static_cast<const uint16_t*>(src), dst, n); return;
@@ -154,13 +184,28 @@ void ConvertBulk(const void* src, DType from, void* dst, DType to, size_t n) {
     std::memcpy(dst, src, n * DTypeSize(from));
     return;
   }
-  if (from == DType::kF32) return EncodeFromFloatBulk(static_cast<const float*>(src), dst, n, to);
-  if (to == DType::kF32) return DecodeToFloatBulk(src, from, static_cast<float*>(dst), n);
-  // 16-bit -> 16-bit through a float block on the stack (stays in L1).
-  constexpr size_t kBlock = 1024;
-  float block[kBlock];
   const auto* s = static_cast<const unsigned char*>(src);
   auto* d = static_cast<unsigned char*>(dst);
+  float block[kBlock];
+  if (from == DType::kF32) {
+    if (AlignedFor(src, alignof(float))) return EncodeFromFloatBulk(static_cast<const float*>(src), dst, n, to);
+    for (size_t i = 0; i < n; i += kBlock) {
+      const size_t m = n - i < kBlock ? n - i : kBlock;
+      std::memcpy(block, s + 4 * i, 4 * m);
+      EncodeFromFloatBulk(block, d + 2 * i, m, to);
+    }
+    return;
+  }
+  if (to == DType::kF32) {
+    if (AlignedFor(dst, alignof(float))) return DecodeToFloatBulk(src, from, static_cast<float*>(dst), n);
+    for (size_t i = 0; i < n; i += kBlock) {
+      const size_t m = n - i < kBlock ? n - i : kBlock;
+      DecodeToFloatBulk(s + 2 * i, from, block, m);
+      std::memcpy(d + 4 * i, block, 4 * m);
+    }
+    return;
+  }
+  // 16-bit -> 16-bit through the float block.
   for (size_t i = 0; i < n; i += kBlock) {
     const size_t m = n - i < kBlock ? n - i : kBlock;
     DecodeToFloatBulk(s + 2 * i, from, block, m);

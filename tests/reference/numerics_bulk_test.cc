@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <limits>
 #include <random>
 #include <vector>
@@ -111,6 +112,50 @@ TEST(ConvertBulk, MatchesScalarComposition) {
   std::vector<uint16_t> same(codes.size());
   ConvertBulk(codes.data(), DType::kF16, same.data(), DType::kF16, codes.size());
   EXPECT_EQ(same, codes);
+}
+
+// Untyped buffers may start at any byte (staging segments packed back to back, a client's shared
+// memory at its chosen offset): every conversion at every misalignment of source and destination
+// gives the bytes the aligned conversion gives. (UBSan's alignment check caught typed accesses.)
+TEST(ConvertBulk, AnyByteOffsetEqualsAligned) {
+  const std::vector<uint16_t> codes = AllCodes();
+  const size_t n = 3001;  // past one internal block, with vector tails
+  std::vector<float> f(n);
+  for (size_t i = 0; i < n; ++i) f[i] = DecodeFp16(codes[(i * 40503u) & 0xFFFFu]);
+  for (DType from : {DType::kF32, DType::kF16, DType::kBF16}) {
+    for (DType to : {DType::kF32, DType::kF16, DType::kBF16}) {
+      std::vector<unsigned char> src(n * DTypeSize(from));
+      if (from == DType::kF32) {
+        std::memcpy(src.data(), f.data(), src.size());
+      } else {
+        std::memcpy(src.data(), codes.data() + 1000, src.size());
+      }
+      std::vector<unsigned char> want(n * DTypeSize(to));
+      ConvertBulk(src.data(), from, want.data(), to, n);
+      for (size_t src_off : {0, 1, 2, 3}) {
+        for (size_t dst_off : {0, 1, 2, 3}) {
+          std::vector<unsigned char> in(src.size() + 4), out(want.size() + 4, 0xAB);
+          std::memcpy(in.data() + src_off, src.data(), src.size());
+          ConvertBulk(in.data() + src_off, from, out.data() + dst_off, to, n);
+          ASSERT_EQ(0, std::memcmp(out.data() + dst_off, want.data(), want.size()))
+              << static_cast<int>(from) << "->" << static_cast<int>(to) << " offsets " << src_off << "," << dst_off;
+        }
+      }
+      if (from != DType::kF32 && to == DType::kF32) {  // the float-side entry point, likewise
+        std::vector<float> dec(n);
+        std::vector<unsigned char> in(src.size() + 1);
+        std::memcpy(in.data() + 1, src.data(), src.size());
+        DecodeToFloatBulk(in.data() + 1, from, dec.data(), n);
+        ASSERT_EQ(0, std::memcmp(dec.data(), want.data(), want.size())) << "decode " << static_cast<int>(from);
+      }
+    }
+    if (from != DType::kF32) {
+      std::vector<unsigned char> aligned(n * 2), odd(n * 2 + 1);
+      EncodeFromFloatBulk(f.data(), aligned.data(), n, from);
+      EncodeFromFloatBulk(f.data(), odd.data() + 1, n, from);
+      ASSERT_EQ(0, std::memcmp(odd.data() + 1, aligned.data(), aligned.size())) << "encode " << static_cast<int>(from);
+    }
+  }
 }
 
 TEST(ConvertBulk, ReportsPath) {

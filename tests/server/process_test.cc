@@ -34,6 +34,22 @@ std::unique_ptr<sageserve::Client> Connect(const ChildServer& child) {
   return client.ok() ? *std::move(client) : nullptr;
 }
 
+// Sanitizer builds (scripts/sanitize.sh) run the CPU engine far slower: this test's request took
+// about 70 s under ASan + UBSan with the fuzzer's coverage, past the grace period. A smaller one is
+// still in flight when the signal comes there. Their shutdown is slower too (5.4 s from the answer
+// to the exit once, beside another test), so the bound on it is wider there; gRPC's teardown stall
+// that the bound is for adds about 10 s, which either bound still catches.
+#if defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+#define SAGE_SANITIZED_BUILD 1
+#endif
+#endif
+#ifdef SAGE_SANITIZED_BUILD
+constexpr std::chrono::seconds kExitAfterAnswer(9);
+#else
+constexpr std::chrono::seconds kExitAfterAnswer(5);
+#endif
+
 TEST(Process, SigtermDrainsInFlightRequestAndExitsZero) {
   ChildServer child(SAGESERVE_BINARY, {"--worker_threads=1", "--grace_period=20s", "--log_level=trace"});
   ASSERT_GT(child.port(), 0);
@@ -44,6 +60,10 @@ TEST(Process, SigtermDrainsInFlightRequestAndExitsZero) {
   ProblemShape shape;  // ~34 GFLOP: about a second on the 2-core CPU engine.
   shape.cu_q = {0, 2048};
   shape.cu_k = {0, 2048};
+#ifdef SAGE_SANITIZED_BUILD
+  shape.cu_q = {0, 512};  // 1/16 of the work: a few seconds there
+  shape.cu_k = {0, 512};
+#endif
   shape.heads_q = 16;
   shape.heads_kv = 16;
   shape.head_dim = 128;
@@ -58,7 +78,7 @@ TEST(Process, SigtermDrainsInFlightRequestAndExitsZero) {
   EXPECT_TRUE(r.ok()) << r.status() << "\n" << (child.Wait(30), child.output());
   EXPECT_EQ(child.Wait(30), 0);
   // Exit follows the drain promptly (gRPC 1.51's global teardown could otherwise add ~10 s).
-  EXPECT_LT(std::chrono::steady_clock::now() - answered, 5s);
+  EXPECT_LT(std::chrono::steady_clock::now() - answered, kExitAfterAnswer);
   EXPECT_NE(child.output().find("drained"), std::string::npos) << child.output();
 }
 

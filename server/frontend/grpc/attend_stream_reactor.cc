@@ -137,8 +137,15 @@ void AttendStreamReactor::Complete(std::shared_ptr<Slot> slot, const absl::Statu
     }
     finish = ShouldFinishLocked();
   }
-  StartClaimedWrite(next);
-  FinishIf(finish);
+  // Complete runs on the engine's threads too, where gRPC holds no reference to the call (it does
+  // during OnReadDone and OnWriteDone). Once the lock is dropped, only the claimed write (writing_
+  // holds Finish off) or the finish keeps this alive: without either, another thread may finish the
+  // call and OnDone delete this, so not even a member call may follow; after either, nothing.
+  if (next.message != nullptr) {
+    StartClaimedWrite(next);
+  } else if (finish) {
+    FinishIf(finish);
+  }
 }
 
 AttendStreamReactor::NextWrite AttendStreamReactor::ClaimNextWriteLocked() {
