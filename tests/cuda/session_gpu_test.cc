@@ -25,11 +25,7 @@ namespace v1 = ::sageserve::v1;
 constexpr int kHq = 8, kHkv = 2, kD = 128;
 
 std::vector<uint16_t> Values(int64_t n, int heads, uint32_t seed, float bias) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> normal(0.0f, 1.0f);
-  std::vector<uint16_t> out(static_cast<size_t>(n) * heads * kD);
-  for (size_t i = 0; i < out.size(); ++i) out[i] = EncodeFp16(normal(rng) + bias * static_cast<float>(i % kD % 5));
-  return out;
+  return ChannelBiasedFp16(n, heads, kD, seed, bias, 5);
 }
 
 std::vector<float> Floats(const std::string& fp16) {

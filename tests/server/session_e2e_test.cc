@@ -28,11 +28,7 @@ constexpr int kHq = 4, kHkv = 2, kD = 64;
 
 // [n, heads, kD] fp16 values, K with a per-channel bias (what K smoothing removes).
 std::vector<uint16_t> Values(int64_t n, int heads, uint32_t seed, float bias) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> normal(0.0f, 1.0f);
-  std::vector<uint16_t> out(static_cast<size_t>(n) * heads * kD);
-  for (size_t i = 0; i < out.size(); ++i) out[i] = EncodeFp16(normal(rng) + bias * static_cast<float>(i % kD % 7));
-  return out;
+  return ChannelBiasedFp16(n, heads, kD, seed, bias, 7);
 }
 
 void SetTensor(const std::vector<uint16_t>& x, int heads, v1::Tensor* t) {

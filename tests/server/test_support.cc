@@ -25,6 +25,17 @@ std::vector<uint16_t> Random(size_t n, bool fp16, std::mt19937& rng) {
 
 }  // namespace
 
+std::vector<uint16_t> ChannelBiasedFp16(int64_t n, int heads, int head_dim, uint32_t seed, float bias, int period) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::vector<uint16_t> out(static_cast<size_t>(n) * heads * head_dim);
+  for (size_t i = 0; i < out.size(); ++i) {
+    const auto channel = static_cast<int>(i % static_cast<size_t>(head_dim));
+    out[i] = sageserve::FloatToFp16(normal(rng) + bias * static_cast<float>(channel % period));
+  }
+  return out;
+}
+
 v1::AttendRequest MakeRequest(const ProblemShape& s, const std::string& id) {
   v1::AttendRequest r;
   r.set_request_id(id);

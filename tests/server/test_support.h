@@ -34,6 +34,10 @@ struct ProblemShape {
   uint32_t seed = 7;
 };
 
+// n × heads × head_dim fp16 values ~ N(0,1) plus bias · (channel % period): a per-channel offset, as
+// LLM keys have (the session tests' K and V).
+std::vector<uint16_t> ChannelBiasedFp16(int64_t n, int heads, int head_dim, uint32_t seed, float bias, int period);
+
 // A random request with the given shape (q/k/v ~ N(0,1) in 16-bit).
 sageserve::v1::AttendRequest MakeRequest(const ProblemShape& shape, const std::string& id);
 
