@@ -3,6 +3,7 @@
 // recipe); chunked prefill equals one prefill; 8-bit storage meets the accuracy bar against the
 // fp64 oracle; each bad input gets its code.
 #include <cstring>
+#include <map>
 #include <memory>
 #include <random>
 #include <string>
@@ -188,6 +189,80 @@ TEST_F(SessionE2E, EightBitStorageMeetsTheAccuracyBar) {
     std::printf("8-bit session storage, %lld-token context: cos %.6f rel L1 %.5f\n", static_cast<long long>(context),
                 m.cosine, m.relative_l1);
   }
+}
+
+// AttendSessionStream: every request answered on the stream by its request_id, a bad one failing
+// alone with its code, the good ones equal to the same steps sent unary to a twin session.
+TEST_F(SessionE2E, StreamAnswersEachRequestAndABadOneFailsAlone) {
+  const std::string id = Create(v1::KV_STORAGE_16BIT, 2), twin = Create(v1::KV_STORAGE_16BIT, 2);
+  const auto k = Values(40, kHkv, 1, 1.0f), v = Values(40, kHkv, 2, 0.0f), q = Values(3, kHq, 3, 0.0f);
+  const auto request = [&](const std::string& rid, const std::string& session, int layer) {
+    v1::AttendSessionRequest r;
+    r.set_request_id(rid);
+    r.set_recipe(v1::RECIPE_UNQUANTIZED);
+    r.set_return_lse(true);
+    *r.add_steps() = MakeStep(session, layer, 0, k, v, &q);
+    return r;
+  };
+  grpc::ClientContext ctx;
+  std::unique_ptr<grpc::ClientReaderWriter<v1::AttendSessionRequest, v1::AttendSessionResponse>> stream =
+      stub_->AttendSessionStream(&ctx);
+  ASSERT_TRUE(stream->Write(request("a", id, 0)));
+  ASSERT_TRUE(stream->Write(request("bad", "no-such-session", 0)));
+  ASSERT_TRUE(stream->Write(request("b", id, 1)));
+  ASSERT_TRUE(stream->WritesDone());
+  std::map<std::string, v1::AttendSessionResponse> got;
+  v1::AttendSessionResponse r;
+  while (stream->Read(&r)) got[r.request_id()] = r;
+  const grpc::Status st = stream->Finish();
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  ASSERT_EQ(got.size(), 3u);
+  EXPECT_EQ(got["bad"].status().code(), static_cast<int>(grpc::StatusCode::NOT_FOUND)) << got["bad"].status().message();
+  EXPECT_EQ(got["bad"].results_size(), 0);
+  for (const auto& [rid, layer] : {std::pair<std::string, int>{"a", 0}, {"b", 1}}) {
+    SCOPED_TRACE(rid);
+    EXPECT_EQ(got[rid].status().code(), 0) << got[rid].status().message();
+    ASSERT_EQ(got[rid].results_size(), 1);
+    EXPECT_EQ(got[rid].results(0).length(), 40);
+    v1::AttendSessionResponse unary;
+    ASSERT_TRUE(Step(MakeStep(twin, layer, 0, k, v, &q), &unary).ok());
+    EXPECT_EQ(got[rid].results(0).o().data(), unary.results(0).o().data());
+    EXPECT_EQ(got[rid].results(0).lse().data(), unary.results(0).lse().data());
+  }
+}
+
+// A client that writes many requests without reading and then cancels: the stream ends CANCELLED,
+// every page of the sessions stays accounted, and the server goes on serving sessions.
+TEST_F(SessionE2E, StreamCancelledWithRequestsInFlight) {
+  const std::string id = Create(v1::KV_STORAGE_INT8_K_FP8_V, 1, 100000);
+  const auto k = Values(64, kHkv, 1, 1.0f), q = Values(1, kHq, 3, 0.0f);
+  for (int round = 0; round < 3; ++round) {
+    grpc::ClientContext ctx;
+    auto stream = stub_->AttendSessionStream(&ctx);
+    for (int i = 0; i < 40; ++i) {
+      v1::AttendSessionRequest r;
+      r.set_request_id(absl::StrCat(round, "-", i));
+      // At most the first of each round appends (if it runs before the cancel); the rest are stale
+      // positions or gaps, answered with an error.
+      *r.add_steps() = MakeStep(id, 0, round * 64, k, k, &q);
+      if (!stream->Write(r)) break;
+    }
+    ctx.TryCancel();
+    EXPECT_EQ(stream->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  }
+  // How many rounds' appends ran before their cancel is up to timing; each ran whole or not at all.
+  grpc::ClientContext get_ctx;
+  v1::GetSessionRequest get;
+  get.set_session_id(id);
+  v1::GetSessionResponse info;
+  ASSERT_TRUE(stub_->GetSession(&get_ctx, get, &info).ok());
+  const int64_t length = info.info().layer_lengths(0);
+  EXPECT_EQ(length % 64, 0);
+  EXPECT_LE(length, 3 * 64);
+  v1::AttendSessionResponse after;
+  const grpc::Status st = Step(MakeStep(id, 0, length, k, k, &q), &after);
+  EXPECT_TRUE(st.ok()) << st.error_message();
+  EXPECT_EQ(after.results(0).length(), length + 64);
 }
 
 TEST_F(SessionE2E, BadInputsGetTheirCodes) {

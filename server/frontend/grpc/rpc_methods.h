@@ -36,6 +36,7 @@ enum class RpcMethod {
   kCloseSession,
   kGetSession,
   kListSessions,
+  kAttendSessionStream,
 };
 
 struct RpcMethodInfo {
@@ -46,7 +47,7 @@ struct RpcMethodInfo {
 
 // In enum order (checked below). Attend scope on shared memory means one's own regions; admin sees
 // every identity's (shared_memory_registry.h).
-inline constexpr std::array<RpcMethodInfo, 22> kRpcMethods = {{
+inline constexpr std::array<RpcMethodInfo, 23> kRpcMethods = {{
     {RpcMethod::kAttend, "/sageserve.v1.AttentionService/Attend", Scope::kAttend},
     {RpcMethod::kAttendStream, "/sageserve.v1.AttentionService/AttendStream", Scope::kAttend},
     {RpcMethod::kGetServerInfo, "/sageserve.v1.AttentionService/GetServerInfo", Scope::kAttend},
@@ -73,6 +74,7 @@ inline constexpr std::array<RpcMethodInfo, 22> kRpcMethods = {{
     {RpcMethod::kCloseSession, "/sageserve.v1.SessionService/CloseSession", Scope::kAttend},
     {RpcMethod::kGetSession, "/sageserve.v1.SessionService/GetSession", Scope::kAttend},
     {RpcMethod::kListSessions, "/sageserve.v1.SessionService/ListSessions", Scope::kAttend},
+    {RpcMethod::kAttendSessionStream, "/sageserve.v1.SessionService/AttendSessionStream", Scope::kAttend},
 }};
 
 constexpr bool RpcMethodsInEnumOrder() {

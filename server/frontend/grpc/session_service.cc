@@ -9,6 +9,8 @@
 #include "absl/strings/str_cat.h"
 #include "server/frontend/grpc/deadline.h"
 #include "server/frontend/grpc/request_codec.h"
+#include "server/frontend/grpc/session_codec.h"
+#include "server/frontend/grpc/session_stream_reactor.h"
 #include "server/frontend/grpc/status_mapping.h"
 #include "server/frontend/grpc/unary_reactors.h"
 #include "server/frontend/grpc/wire_enum_table.h"
@@ -26,6 +28,9 @@ constexpr WirePair<KvStorage, v1::KvStorage> kKvStorageNames[] = {
 };
 
 SessionCaller CallerOf(const Principal& p) { return SessionCaller{p.identity, p.admin()}; }
+
+// AttendSessionStream: requests one stream may have read and not yet answered.
+constexpr int kStreamMaxPending = 64;
 
 absl::Status Invalid(const std::string& field, const std::string& why) {
   return absl::InvalidArgumentError(absl::StrCat(field, ": ", why));
@@ -67,108 +72,6 @@ absl::StatusOr<SessionShape> ShapeFromWire(const v1::CreateSessionRequest& r) {
   }
   s.max_tokens = r.max_tokens();
   return s;
-}
-
-// A step tensor: inline 16-bit bytes of a [tokens, heads, head_dim] shape.
-struct StepTensor {
-  int64_t tokens = 0;
-  int heads = 0;
-  int head_dim = 0;
-  DType dtype = DType::kF16;
-  std::span<const std::byte> bytes;
-};
-
-absl::StatusOr<StepTensor> DecodeStepTensor(const std::string& field, const v1::Tensor& t) {
-  if (t.has_shared_memory()) return Invalid(field, "session steps take tensor bytes inline");
-  if (t.shape_size() != 3) return Invalid(absl::StrCat(field, ".shape"), "expected [tokens, heads, head_dim]");
-  absl::StatusOr<DType> dtype = FromWireDType(t.dtype());
-  if (!dtype.ok() || (*dtype != DType::kF16 && *dtype != DType::kBF16)) {
-    return Invalid(absl::StrCat(field, ".dtype"), "must be FP16 or BF16 (the session's dtype)");
-  }
-  StepTensor out;
-  out.tokens = t.shape(0);
-  if (out.tokens < 0 || out.tokens > (int64_t{1} << 24)) return Invalid(absl::StrCat(field, ".shape[0]"), "out of range");
-  if (t.shape(1) < 1 || t.shape(1) > 1024 || t.shape(2) < 1 || t.shape(2) > 256) {
-    return Invalid(absl::StrCat(field, ".shape"), "heads must be in [1, 1024] and head_dim in [1, 256]");
-  }
-  out.heads = static_cast<int>(t.shape(1));
-  out.head_dim = static_cast<int>(t.shape(2));
-  out.dtype = *dtype;
-  const size_t want = static_cast<size_t>(out.tokens) * out.heads * out.head_dim * 2;
-  if (t.data().size() != want) {
-    return Invalid(absl::StrCat(field, ".data"), absl::StrCat(t.data().size(), " bytes, the shape needs ", want));
-  }
-  out.bytes = std::as_bytes(std::span<const char>(t.data().data(), t.data().size()));
-  return out;
-}
-
-absl::StatusOr<SessionAttendRequest> DecodeAttendSession(const v1::AttendSessionRequest& r) {
-  SessionAttendRequest out;
-  out.id = r.request_id();
-  out.return_lse = r.return_lse();
-  if (r.recipe() != v1::RECIPE_UNSPECIFIED) {
-    absl::StatusOr<Recipe> recipe = FromWireRecipe(r.recipe());
-    if (!recipe.ok()) return recipe.status();
-    out.recipe = *recipe;
-  }
-  for (int i = 0; i < r.steps_size(); ++i) {
-    const v1::SessionStep& w = r.steps(i);
-    const std::string at = absl::StrCat("steps[", i, "]");
-    SessionStepInput st;
-    st.session_id = w.session_id();
-    st.layer = w.layer();
-    st.position = w.position();
-    st.step_id = w.step_id();
-    absl::StatusOr<StepTensor> k = DecodeStepTensor(at + ".k", w.k());
-    if (!k.ok()) return k.status();
-    absl::StatusOr<StepTensor> v = DecodeStepTensor(at + ".v", w.v());
-    if (!v.ok()) return v.status();
-    if (v->tokens != k->tokens || v->heads != k->heads || v->head_dim != k->head_dim || v->dtype != k->dtype) {
-      return Invalid(at + ".v", "shape and dtype must equal k's");
-    }
-    st.n_new = k->tokens;
-    st.k = k->bytes;
-    st.v = v->bytes;
-    st.dtype = k->dtype;
-    st.kv_heads = k->heads;
-    st.head_dim = k->head_dim;
-    if (w.has_q()) {
-      absl::StatusOr<StepTensor> q = DecodeStepTensor(at + ".q", w.q());
-      if (!q.ok()) return q.status();
-      if (q->dtype != k->dtype || q->head_dim != k->head_dim) return Invalid(at + ".q", "dtype and head_dim must equal k's");
-      st.n_q = q->tokens;
-      st.q = q->bytes;
-      st.q_heads = q->heads;
-    }
-    out.steps.push_back(std::move(st));
-  }
-  return out;
-}
-
-void ResultToWire(const SessionAttendResult& r, bool want_lse, v1::AttendSessionResponse* out) {
-  out->set_recipe(ToWireRecipe(r.recipe));
-  for (const SessionStepOutput& s : r.steps) {
-    v1::SessionStepResult* w = out->add_results();
-    w->set_session_id(s.session_id);
-    w->set_length(s.length);
-    if (s.n_q == 0) continue;
-    v1::Tensor* o = w->mutable_o();
-    o->set_dtype(ToWireDType(r.dtype));
-    o->add_shape(s.n_q);
-    o->add_shape(r.heads_q);
-    o->add_shape(r.head_dim);
-    o->set_data(s.o);
-    if (want_lse) {
-      v1::Tensor* lse = w->mutable_lse();
-      lse->set_dtype(v1::DTYPE_FP32);
-      lse->add_shape(s.n_q);
-      lse->add_shape(r.heads_q);
-      lse->set_data(std::string(reinterpret_cast<const char*>(s.lse.data()), s.lse.size() * sizeof(float)));
-    }
-  }
-  v1::Timings* t = out->mutable_timings();
-  t->set_queued_us(std::chrono::duration_cast<std::chrono::microseconds>(r.timings.queued).count());
-  t->set_compute_us(std::chrono::duration_cast<std::chrono::microseconds>(r.timings.compute).count());
 }
 
 }  // namespace
@@ -291,6 +194,19 @@ grpc::ServerUnaryReactor* SessionService::ListSessions(grpc::CallbackServerConte
   response->set_pages_free(stats.pool.pages_free);
   response->set_pages_total(stats.pool.pages_total);
   return FinishNow(context, absl::OkStatus());
+}
+
+grpc::ServerBidiReactor<v1::AttendSessionRequest, v1::AttendSessionResponse>* SessionService::AttendSessionStream(
+    grpc::CallbackServerContext* context) {
+  // Checked once, at the stream's start: every request on it is the same caller's.
+  absl::StatusOr<Principal> caller = auth_->Check(context, RpcMethod::kAttendSessionStream);
+  if (!caller.ok()) {
+    return new RefusedBidiReactor<v1::AttendSessionRequest, v1::AttendSessionResponse>(ToGrpcStatus(caller.status()));
+  }
+  return new SessionStreamReactor(
+      context, sessions_, CallerOf(*caller),
+      [this](size_t key, absl::AnyInvocable<void()> job) { return workers_[key % workers_.size()]->Submit(std::move(job)); },
+      kStreamMaxPending);
 }
 
 }  // namespace sage::server

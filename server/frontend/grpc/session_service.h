@@ -47,6 +47,8 @@ class SessionService final : public sageserve::v1::SessionService::CallbackServi
   grpc::ServerUnaryReactor* ListSessions(grpc::CallbackServerContext* context,
                                          const sageserve::v1::ListSessionsRequest* request,
                                          sageserve::v1::ListSessionsResponse* response) override;
+  grpc::ServerBidiReactor<sageserve::v1::AttendSessionRequest, sageserve::v1::AttendSessionResponse>*
+  AttendSessionStream(grpc::CallbackServerContext* context) override;
 
  private:
   SessionAttend* const sessions_;

@@ -1,0 +1,156 @@
+#include "server/frontend/grpc/session_stream_reactor.h"
+
+#include <string>
+#include <utility>
+
+#include "server/frontend/grpc/deadline.h"
+#include "server/frontend/grpc/session_codec.h"
+#include "server/frontend/grpc/status_mapping.h"
+
+namespace sage::server {
+
+SessionStreamReactor::SessionStreamReactor(grpc::CallbackServerContext* context, SessionAttend* sessions,
+                                           SessionCaller caller, SessionJobRunner run, int max_pending)
+    : context_(context), sessions_(sessions), caller_(std::move(caller)), run_(std::move(run)),
+      max_pending_(std::max(1, max_pending)) {
+  StartRead(&incoming_);
+}
+
+bool SessionStreamReactor::UnderLimitLocked() const {
+  return outstanding_ + static_cast<int>(write_queue_.size()) < max_pending_;
+}
+
+bool SessionStreamReactor::ShouldFinishLocked() {
+  if (finished_ || writing_ || resuming_read_ || outstanding_ > 0) return false;
+  if (!(cancelled_ || write_failed_) && !(reads_done_ && write_queue_.empty())) return false;
+  finished_ = true;
+  return true;
+}
+
+void SessionStreamReactor::DoFinish() {
+  bool cancelled;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    cancelled = cancelled_;
+  }
+  // Nothing touches members after Finish: OnDone may run (and delete this) right away.
+  Finish(cancelled ? grpc::Status(grpc::StatusCode::CANCELLED, "stream cancelled") : grpc::Status::OK);
+}
+
+void SessionStreamReactor::OnReadDone(bool ok) {
+  if (!ok) {  // the client half-closed, or the call ended
+    bool finish;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      reads_done_ = true;
+      finish = ShouldFinishLocked();
+    }
+    if (finish) DoFinish();
+    return;
+  }
+  auto call = std::make_shared<Call>();
+  call->request.Swap(&incoming_);
+  bool read_next;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    // A read that completes as the call ends (cancelled, or already finished: gRPC may deliver it
+    // after Finish) takes no new work: a job started now could outlive the reactor.
+    if (finished_ || cancelled_) return;
+    ++outstanding_;
+    read_next = UnderLimitLocked();
+    read_paused_ = !read_next;
+  }
+  if (read_next) StartRead(&incoming_);
+
+  absl::StatusOr<SessionAttendRequest> decoded = DecodeAttendSession(call->request);
+  if (!decoded.ok()) return Complete(call, decoded.status());
+  const size_t key = decoded->steps.empty() ? 0 : std::hash<std::string>()(decoded->steps.front().session_id);
+  // `this` outlives the job: no Finish while outstanding_ > 0.
+  absl::Status queued = run_(key, [this, call, request = *std::move(decoded)]() mutable {
+    absl::Status started = sessions_->Start(
+        caller_, std::move(request), SteadyDeadline(*context_), [this] { return context_->IsCancelled(); },
+        [this, call](absl::StatusOr<SessionAttendResult> result) { Complete(call, std::move(result)); });
+    if (!started.ok()) Complete(call, started);
+  });
+  if (!queued.ok()) Complete(call, queued);
+}
+
+void SessionStreamReactor::Complete(const std::shared_ptr<Call>& call, absl::StatusOr<SessionAttendResult> result) {
+  sageserve::v1::AttendSessionResponse& r = call->response;
+  r.set_request_id(call->request.request_id());
+  if (result.ok()) {
+    ResultToWire(*result, call->request.return_lse(), &r);
+  } else {
+    r.mutable_status()->set_code(static_cast<int>(result.status().code()));
+    r.mutable_status()->set_message(std::string(result.status().message()));
+    AppendErrorDetails(result.status(), r.mutable_status()->mutable_details());
+  }
+  call->request.Clear();  // its bytes are not needed for the answer
+  const sageserve::v1::AttendSessionResponse* write = nullptr;
+  bool finish;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    --outstanding_;
+    if (!cancelled_ && !write_failed_) {
+      write_queue_.push_back(call);
+      if (!writing_) {
+        writing_ = true;
+        write = &write_queue_.front()->response;
+      }
+    }
+    finish = ShouldFinishLocked();
+  }
+  // One of the two at most, then return: once either is issued this reactor may go at any time.
+  if (write != nullptr) {
+    StartWrite(write);
+  } else if (finish) {
+    DoFinish();
+  }
+}
+
+void SessionStreamReactor::OnWriteDone(bool ok) {
+  const sageserve::v1::AttendSessionResponse* next = nullptr;
+  bool resume = false;
+  bool finish;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    writing_ = false;
+    if (!write_queue_.empty()) write_queue_.pop_front();
+    if (!ok) {
+      write_failed_ = true;  // the client is gone: nothing more can be delivered
+      write_queue_.clear();
+    } else if (!write_queue_.empty() && !cancelled_) {
+      writing_ = true;
+      next = &write_queue_.front()->response;
+    }
+    if (read_paused_ && !cancelled_ && !write_failed_ && !reads_done_ && UnderLimitLocked()) {
+      read_paused_ = false;
+      resume = resuming_read_ = true;
+    }
+    finish = ShouldFinishLocked();
+  }
+  if (resume) {
+    StartRead(&incoming_);
+    std::lock_guard<std::mutex> lock(mu_);
+    resuming_read_ = false;
+    finish = ShouldFinishLocked() || finish;
+  }
+  if (next != nullptr) {
+    StartWrite(next);
+  } else if (finish) {
+    DoFinish();
+  }
+}
+
+void SessionStreamReactor::OnCancel() {
+  bool finish;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    cancelled_ = true;
+    if (!writing_) write_queue_.clear();
+    finish = ShouldFinishLocked();
+  }
+  if (finish) DoFinish();
+}
+
+}  // namespace sage::server

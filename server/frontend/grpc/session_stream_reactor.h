@@ -1,0 +1,67 @@
+// SessionService/AttendSessionStream: AttendSession calls on one bidirectional stream. Each request
+// runs as a unary call would (decode here, append/gather/launch on a session worker); answers are
+// written in completion order, a failed request answered with its status and the stream going on.
+// Bounded: with `max_pending` requests read and not yet written, the stream is not read until a
+// write completes, so a client that does not read its answers is held back by flow control.
+#pragma once
+
+#include <cstddef>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+
+#include "absl/functional/any_invocable.h"
+#include "absl/status/status.h"
+#include "grpcpp/support/server_callback.h"
+#include "sageserve/v1/session.grpc.pb.h"
+#include "server/core/session_attend.h"
+
+namespace sage::server {
+
+// Runs a job for the session keyed `key` (the service's session workers); its error if it cannot.
+using SessionJobRunner = std::function<absl::Status(size_t key, absl::AnyInvocable<void()> job)>;
+
+class SessionStreamReactor final
+    : public grpc::ServerBidiReactor<sageserve::v1::AttendSessionRequest, sageserve::v1::AttendSessionResponse> {
+ public:
+  // `sessions` and whatever `run` uses must outlive the reactor.
+  SessionStreamReactor(grpc::CallbackServerContext* context, SessionAttend* sessions, SessionCaller caller,
+                       SessionJobRunner run, int max_pending);
+
+  void OnReadDone(bool ok) override;
+  void OnWriteDone(bool ok) override;
+  void OnCancel() override;
+  void OnDone() override { delete this; }
+
+ private:
+  struct Call {
+    sageserve::v1::AttendSessionRequest request;  // the decoded steps view its bytes
+    sageserve::v1::AttendSessionResponse response;
+  };
+
+  void Complete(const std::shared_ptr<Call>& call, absl::StatusOr<SessionAttendResult> result);
+  bool ShouldFinishLocked();  // true: the caller must call DoFinish() after dropping the lock
+  void DoFinish();
+  bool UnderLimitLocked() const;
+
+  grpc::CallbackServerContext* const context_;
+  SessionAttend* const sessions_;
+  const SessionCaller caller_;
+  const SessionJobRunner run_;
+  const int max_pending_;
+  sageserve::v1::AttendSessionRequest incoming_;
+
+  std::mutex mu_;
+  std::deque<std::shared_ptr<Call>> write_queue_;  // front is being written while writing_
+  int outstanding_ = 0;  // read and not yet answered (decoding, queued or running)
+  bool reads_done_ = false;
+  bool read_paused_ = false;
+  bool resuming_read_ = false;  // a StartRead is being issued outside the lock: no Finish meanwhile
+  bool writing_ = false;
+  bool write_failed_ = false;
+  bool cancelled_ = false;
+  bool finished_ = false;
+};
+
+}  // namespace sage::server
