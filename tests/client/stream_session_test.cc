@@ -30,7 +30,10 @@ enum class Ending {
 class NeverReads final : public grpc::ServerBidiReactor<v1::AttendRequest, v1::AttendResponse> {
  public:
   explicit NeverReads(Ending ending) {
-    if (ending == Ending::kFinishAtOnce) Finish(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, "go away"));
+    // Marked first: a cancellation that follows must not Finish a second time (gRPC aborts on it).
+    if (ending == Ending::kFinishAtOnce && !finished_.exchange(true)) {
+      Finish(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, "go away"));
+    }
   }
   void OnCancel() override {
     if (!finished_.exchange(true)) Finish(grpc::Status::CANCELLED);
