@@ -25,6 +25,10 @@ inline float RoundHalfEven(float q) {
 
 // float -> e4m3fn with round-to-nearest-even and satfinite saturation (|x| > 448 and ±inf -> ±448),
 // as `cvt.rn.satfinite.e4m3x2.f32` does. NaN -> 0x7F | sign.
+// max() that keeps a NaN from either side (std::max drops one on its right): a quantization group
+// holding a NaN gets a NaN scale, so the NaN reaches O (docs/NUMERICS.md, "Non-finite inputs").
+inline float NanMax(float a, float b) { return (a > b || a != a) ? a : b; }
+
 uint8_t EncodeFp8E4M3(float x);
 // Any of the 256 codes; 0x7F and 0xFF decode to NaN.
 float DecodeFp8E4M3(uint8_t code);

@@ -23,10 +23,6 @@ absl::Status CheckPacked(size_t size, int heads, int d, std::span<const int32_t>
   return absl::OkStatus();
 }
 
-// max() that keeps a NaN from either side (std::max drops one on its right): a group holding a NaN
-// gets a NaN scale, so the NaN reaches O instead of vanishing into a finite quantized value.
-float NanMax(float a, float b) { return (a > b || a != a) ? a : b; }
-
 }  // namespace
 
 int QkMax(QkType t) { return t == QkType::kInt4 ? 7 : 127; }

@@ -7,7 +7,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "kernels/reference/numerics.h"
+#include "server/backend/encode_output.h"
 
 namespace sage::server {
 namespace {
@@ -31,19 +31,6 @@ struct SessionCall {
   std::vector<size_t> q_steps;  // indices of the steps with Q, in launch order
   absl::AnyInvocable<void(absl::StatusOr<SessionAttendResult>)> done;
 };
-
-// O rows [row, row + n) of the launch into `out` as bytes of `dtype`.
-void CopyORows(const EngineOutput& o, DType dtype, size_t row_values, int64_t row, int64_t n, std::string* out) {
-  const size_t values = static_cast<size_t>(n) * row_values, first = static_cast<size_t>(row) * row_values;
-  out->resize(values * 2);
-  if (o.has_native_o() && o.o_native_dtype == dtype) {
-    std::memcpy(out->data(), o.o_native.data() + first * 2, values * 2);
-  } else if (o.has_native_o()) {
-    ConvertBulk(o.o_native.data() + first * 2, o.o_native_dtype, out->data(), dtype, values);
-  } else {
-    EncodeFromFloatBulk(o.o.data() + first, out->data(), values, dtype);
-  }
-}
 
 }  // namespace
 
@@ -195,7 +182,9 @@ absl::Status SessionAttend::Start(const SessionCaller& caller, SessionAttendRequ
       SessionStepOutput& step = out.steps[q_steps[n]];
       const int64_t row = call->request.default_cu_q[n];
       step.n_q = call->request.default_cu_q[n + 1] - row;
-      CopyORows(r.output, out.dtype, row_values, row, step.n_q, &step.o);
+      step.o.resize(static_cast<size_t>(step.n_q) * row_values * 2);
+      EncodeO(r.output, out.dtype, static_cast<size_t>(row) * row_values, static_cast<size_t>(step.n_q) * row_values,
+              reinterpret_cast<std::byte*>(step.o.data()));
       if (!r.output.lse.empty()) {
         const auto first = r.output.lse.begin() + row * out.heads_q;
         step.lse.assign(first, first + step.n_q * out.heads_q);

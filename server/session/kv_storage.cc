@@ -13,9 +13,6 @@ namespace {
 constexpr int kMaxHeadDim = 256;
 constexpr float kInt8Max = 127.0f;
 
-// max() that keeps a NaN from either side (see kernels/reference/quantize.cc).
-float NanMax(float a, float b) { return (a > b || a != a) ? a : b; }
-
 float Scale(float amax, float qmax) { return amax == 0.0f ? 1.0f : amax / qmax; }
 
 // Every E4M3 code's value, so the gather's dequantization is a load, not a decode.

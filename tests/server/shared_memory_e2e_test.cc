@@ -456,12 +456,7 @@ class PinningRecorder final : public server::AttentionBackend {
     server::MemoryKind input_memory = server::MemoryKind::kPageable;
     bool o_into_client_memory = false;
   };
-  PinningRecorder() {
-    info_.kind = server::BackendKind::kCpu;
-    info_.devices.push_back({"pinning recorder (test)", "none", 0});
-    info_.head_dims = {64, 128};
-    info_.recipes.assign(std::begin(kAllRecipes), std::end(kAllRecipes));
-  }
+  PinningRecorder() : info_(TestBackendInfo("pinning recorder (test)")) {}
   const server::BackendInfo& info() const override { return info_; }
   absl::StatusOr<std::unique_ptr<server::EngineMemory>> PinHostMemory(std::byte* data, size_t bytes) override {
     std::lock_guard<std::mutex> lock(mu_);

@@ -76,12 +76,16 @@ LocalResult RunLocally(const v1::AttendRequest& request, Recipe recipe) {
   return LocalResult{std::move(out->o), std::move(out->lse)};
 }
 
-GateBackend::GateBackend() {
-  info_.kind = server::BackendKind::kCpu;
-  info_.devices.push_back({"gate (test)", "none", 0});
-  info_.head_dims = {64, 128};
-  info_.recipes.assign(std::begin(kAllRecipes), std::end(kAllRecipes));
+server::BackendInfo TestBackendInfo(const char* name) {
+  server::BackendInfo info;
+  info.kind = server::BackendKind::kCpu;
+  info.devices.push_back({name, "none", 0});
+  info.head_dims = {64, 128};
+  info.recipes.assign(std::begin(kAllRecipes), std::end(kAllRecipes));
+  return info;
 }
+
+GateBackend::GateBackend() : info_(TestBackendInfo("gate (test)")) {}
 
 absl::StatusOr<EngineOutput> GateBackend::Attend(const EngineInput& in, const RecipeConfig& /*config*/) {
   std::unique_lock<std::mutex> lock(mu_);

@@ -49,6 +49,10 @@ struct LocalResult {
 };
 LocalResult RunLocally(const sageserve::v1::AttendRequest& request, Recipe recipe);
 
+// What the stand-in backends of the tests say of themselves: a CPU-kind device named `name`, head
+// dims 64 and 128, every recipe.
+server::BackendInfo TestBackendInfo(const char* name);
+
 // A backend that blocks every Attend until Release(), counting calls; returns zeros.
 class GateBackend final : public server::AttentionBackend {
  public:

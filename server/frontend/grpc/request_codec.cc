@@ -8,7 +8,7 @@
 #include <string>
 
 #include "absl/strings/str_cat.h"
-#include "kernels/reference/numerics.h"
+#include "server/backend/encode_output.h"
 #include "server/frontend/grpc/wire_enum_table.h"
 #include "server/shared_memory/safe_copy.h"
 
@@ -277,18 +277,6 @@ absl::Status StageInputs(const std::array<std::optional<SharedRange>, 3>& shared
   return absl::OkStatus();
 }
 
-// O in the requested dtype into `dst` (`n` elements): the kernel's codes as they are or converted
-// (same bits as decoding to float and encoding again), or the float O encoded.
-void WriteO(const EngineOutput& output, DType dtype, size_t n, std::byte* dst) {
-  if (output.has_native_o() && output.o_native_dtype == dtype) {
-    std::memcpy(dst, output.o_native.data(), output.o_native.size());
-  } else if (output.has_native_o()) {
-    ConvertBulk(output.o_native.data(), output.o_native_dtype, dst, dtype, n);
-  } else {
-    EncodeFromFloatBulk(output.o.data(), dst, n, dtype);
-  }
-}
-
 // O and LSE into the client's host shared memory, which is always a system region: only through
 // CopyToClient, never a store into the mapping (the client may have shrunk it meanwhile).
 absl::Status CopyOutputsToClient(const EngineOutput& output, const DecodedRequest& request, bool want_lse) {
@@ -301,7 +289,7 @@ absl::Status CopyOutputsToClient(const EngineOutput& output, const DecodedReques
   } else {
     const size_t n = output.o_elements();
     staging.reset(new std::byte[n * DTypeSize(dtype)]);
-    WriteO(output, dtype, n, staging.get());
+    EncodeO(output, dtype, 0, n, staging.get());
     o = std::span<const std::byte>(staging.get(), n * DTypeSize(dtype));
   }
   absl::Status s = CopyToClient(offer.client_o, o, "o_output", request.o_output_ref.region());
@@ -466,7 +454,7 @@ absl::Status EncodeAttendOutput(EngineOutput output, const DecodedRequest& reque
     const size_t n = output.o_elements();
     std::string* bytes = o->mutable_data();
     bytes->resize(n * DTypeSize(request.core.output_dtype));
-    WriteO(output, request.core.output_dtype, n, reinterpret_cast<std::byte*>(bytes->data()));
+    EncodeO(output, request.core.output_dtype, 0, n, reinterpret_cast<std::byte*>(bytes->data()));
   }
   if (lse != nullptr) {
     lse->mutable_data()->assign(reinterpret_cast<const char*>(output.lse.data()), output.lse.size() * sizeof(float));

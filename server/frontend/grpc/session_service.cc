@@ -13,7 +13,6 @@
 #include "server/frontend/grpc/session_stream_reactor.h"
 #include "server/frontend/grpc/status_mapping.h"
 #include "server/frontend/grpc/unary_reactors.h"
-#include "server/frontend/grpc/wire_enum_table.h"
 #include "server/util/log_field.h"
 #include "spdlog/spdlog.h"
 
@@ -22,57 +21,10 @@ namespace {
 
 namespace v1 = ::sageserve::v1;
 
-constexpr WirePair<KvStorage, v1::KvStorage> kKvStorageNames[] = {
-    {KvStorage::k16Bit, v1::KV_STORAGE_16BIT},
-    {KvStorage::kInt8KFp8V, v1::KV_STORAGE_INT8_K_FP8_V},
-};
-
 SessionCaller CallerOf(const Principal& p) { return SessionCaller{p.identity, p.admin()}; }
 
 // AttendSessionStream: requests one stream may have read and not yet answered.
 constexpr int kStreamMaxPending = 64;
-
-absl::Status Invalid(const std::string& field, const std::string& why) {
-  return absl::InvalidArgumentError(absl::StrCat(field, ": ", why));
-}
-
-void InfoToWire(const SessionInfo& info, v1::SessionInfo* out) {
-  out->set_session_id(info.id);
-  out->set_model(info.shape.model);
-  out->set_layers(info.shape.layers);
-  out->set_heads_q(info.shape.heads_q);
-  out->set_heads_kv(info.shape.heads_kv);
-  out->set_head_dim(info.shape.head_dim);
-  out->set_dtype(ToWireDType(info.shape.dtype));
-  out->set_kv_storage(ToWire(kKvStorageNames, info.shape.storage));
-  out->set_max_tokens(info.shape.max_tokens);
-  for (int64_t n : info.layer_lengths) out->add_layer_lengths(n);
-  out->set_pages(info.pages);
-  out->set_page_tokens(info.page_tokens);
-  out->set_idle_ms(info.idle.count());
-  out->set_expires_in_ms(info.expires_in.count());
-}
-
-absl::StatusOr<SessionShape> ShapeFromWire(const v1::CreateSessionRequest& r) {
-  SessionShape s;
-  s.model = r.model();
-  s.layers = r.layers();
-  s.heads_q = r.heads_q();
-  s.heads_kv = r.heads_kv();
-  s.head_dim = r.head_dim();
-  absl::StatusOr<DType> dtype = FromWireDType(r.dtype());
-  if (!dtype.ok() || (*dtype != DType::kF16 && *dtype != DType::kBF16)) return Invalid("dtype", "must be FP16 or BF16");
-  s.dtype = *dtype;
-  if (r.kv_storage() == v1::KV_STORAGE_UNSPECIFIED) {
-    s.storage = KvStorage::k16Bit;
-  } else if (std::optional<KvStorage> st = FromWire(kKvStorageNames, r.kv_storage())) {
-    s.storage = *st;
-  } else {
-    return Invalid("kv_storage", absl::StrCat("unknown value ", static_cast<int>(r.kv_storage())));
-  }
-  s.max_tokens = r.max_tokens();
-  return s;
-}
 
 }  // namespace
 

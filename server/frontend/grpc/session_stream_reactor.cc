@@ -1,5 +1,6 @@
 #include "server/frontend/grpc/session_stream_reactor.h"
 
+#include <algorithm>
 #include <string>
 #include <utility>
 
