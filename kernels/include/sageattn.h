@@ -94,6 +94,53 @@ sage_status_t sage_attn_forward(const sage_attn_params_t* params, sage_stream_t 
 sage_status_t sage_attn_quantize(const sage_attn_params_t* params, sage_stream_t stream);
 sage_status_t sage_attn_attend(const sage_attn_params_t* params, sage_stream_t stream);
 
+/* ---- Paged decode: attention of a few new query rows over a session's KV pages, read in place ----
+ * The pages are those of the server's KV page pool (docs/NUMERICS.md "Session KV storage",
+ * kernels/reference/kv_pages.h): page p starts at pages + p * page_bytes and holds page_tokens
+ * tokens of num_kv_heads heads as
+ *   [K codes: T x H x D][V codes: T x H x D][K scales: T x H fp32][V scales: T x H fp32]
+ * 16BIT: codes are the dtype's 2-byte values, no scales. INT8K_FP8V: K codes int8 (K minus the
+ * session's mean, which leaves softmax unchanged), V codes FP8 E4M3, value = code x scale of its
+ * token and head.
+ * Sequence b has seqlens_k[b] cached tokens (its pages page_table[cu_pages[b] ..]) and
+ * cu_seqlens_q[b+1] - cu_seqlens_q[b] query rows (1..SAGE_PAGED_MAX_QUERY_ROWS, at most its
+ * length), causal, bottom-right aligned: row i of n sees tokens [0, len - n + i]. The math is fp32
+ * over the stored values (K = code x scale exactly, not rounded to 16 bits); O in dtype, LSE natural
+ * log of the scaled scores. The query heads of one KV head are computed together, so each page is
+ * read once per step; long sequences are split across CTAs and merged by LSE. */
+typedef enum { SAGE_KV_16BIT = 0, SAGE_KV_INT8K_FP8V = 1 } sage_kv_storage_t;
+
+#define SAGE_PAGED_MAX_QUERY_ROWS 16
+
+typedef struct {
+  sage_kv_storage_t storage;
+  sage_dtype_t dtype;           /* of q, o and 16-bit pages */
+  const void* q;                /* [total_q, num_q_heads, head_dim] */
+  void* o;                      /* [total_q, num_q_heads, head_dim] */
+  float* lse;                   /* [total_q, num_q_heads], or NULL */
+  const void* pages;            /* the pool's base */
+  uint64_t page_bytes;          /* stride between pages (>= the layout's bytes, multiple of 16) */
+  int32_t page_tokens;          /* tokens per page, a multiple of 16 */
+  const int32_t* page_table;    /* device: every sequence's page ids, concatenated */
+  const int32_t* cu_pages;      /* device, batch + 1 */
+  const int32_t* cu_seqlens_q;  /* device, batch + 1 */
+  const int32_t* seqlens_k;     /* device, batch */
+  int32_t batch;
+  int32_t max_seqlen_q;         /* host-side maxima over the batch (grid sizing) */
+  int32_t max_seqlen_k;
+  int64_t total_q;
+  int32_t num_q_heads;
+  int32_t num_kv_heads;
+  int32_t head_dim;             /* 64 or 128 */
+  float softmax_scale;          /* > 0 */
+  void* workspace;              /* split-KV partials: sage_paged_decode_workspace_size() bytes */
+  size_t workspace_bytes;
+} sage_paged_decode_params_t;
+
+sage_status_t sage_paged_decode_workspace_size(const sage_paged_decode_params_t* params, size_t* bytes);
+/* Asynchronous on `stream`; validation and launch errors are reported. */
+sage_status_t sage_paged_decode(const sage_paged_decode_params_t* params, sage_stream_t stream);
+
 /* One byte range to copy: both ends device-accessible (device, IPC-mapped or pinned host memory). */
 typedef struct {
   const void* src;

@@ -24,7 +24,7 @@
 #include "absl/status/statusor.h"
 #include "kernels/reference/dtype.h"
 #include "server/session/kv_page_pool.h"
-#include "server/session/kv_storage.h"
+#include "kernels/reference/kv_pages.h"
 
 namespace sage::server {
 

@@ -10,7 +10,7 @@
 
 #include "kernels/reference/dtype.h"
 
-namespace sage::server {
+namespace sage {
 
 enum class KvStorage {
   k16Bit,      // K and V as sent, in the session's dtype: exact.
@@ -50,4 +50,4 @@ void EncodeKvTokens(const KvPageLayout& layout, std::byte* page, int first, int 
 // stays mean-subtracted: softmax is unchanged by it).
 void DecodeKvTokens(const KvPageLayout& layout, const std::byte* page, int first, int n, void* k, void* v);
 
-}  // namespace sage::server
+}  // namespace sage

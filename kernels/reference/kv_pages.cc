@@ -1,4 +1,4 @@
-#include "server/session/kv_storage.h"
+#include "kernels/reference/kv_pages.h"
 
 #include <algorithm>
 #include <cmath>
@@ -7,7 +7,7 @@
 
 #include "kernels/reference/numerics.h"
 
-namespace sage::server {
+namespace sage {
 namespace {
 
 constexpr int kMaxHeadDim = 256;
@@ -103,4 +103,4 @@ void DecodeKvTokens(const KvPageLayout& layout, const std::byte* page, int first
   EncodeFromFloatBulk(vf.data(), v, values, layout.dtype);
 }
 
-}  // namespace sage::server
+}  // namespace sage
