@@ -142,7 +142,7 @@ int RunDecodeBench(const Args& args) {
   const size_t kv_row = static_cast<size_t>(o.heads_kv) * o.head_dim, q_row = static_cast<size_t>(o.heads_q) * o.head_dim;
 
   std::mutex mu;
-  std::vector<double> step_us;
+  std::vector<double> step_us, kernel_us, server_us;  // client latency; the server's GPU kernel and total times
   std::atomic<int> failures{0};
   std::atomic<int64_t> layer_steps{0};
   absl::Status first_error;
@@ -174,7 +174,7 @@ int RunDecodeBench(const Args& args) {
       std::mt19937 rng(static_cast<uint32_t>(100 + c));
       std::vector<sageserve::Session>& mine = owned[static_cast<size_t>(c)];
       const std::vector<uint16_t> k = RandomValues(kv_row, rng), q = RandomValues(q_row, rng);
-      std::vector<double> local;
+      std::vector<double> local, local_kernel, local_server;
       for (int64_t step = 0; step < *steps && failures.load() == 0; ++step) {
         for (int layer = 0; layer < o.layers; ++layer) {
           v1::AttendSessionRequest req;
@@ -184,12 +184,16 @@ int RunDecodeBench(const Args& args) {
           absl::StatusOr<v1::AttendSessionResponse> r = sessions.Attend(req);
           local.push_back(std::chrono::duration<double, std::micro>(Clock::now() - t0).count());
           if (!r.ok()) return fail(r.status());
+          local_kernel.push_back(static_cast<double>(r->timings().kernel_us()));
+          local_server.push_back(static_cast<double>(r->timings().compute_us()));
           for (size_t i = 0; i < mine.size(); ++i) mine[i].Commit(layer, r->results(static_cast<int>(i)));
           layer_steps.fetch_add(static_cast<int64_t>(mine.size()));
         }
       }
       std::lock_guard<std::mutex> lock(mu);
       step_us.insert(step_us.end(), local.begin(), local.end());
+      kernel_us.insert(kernel_us.end(), local_kernel.begin(), local_kernel.end());
+      server_us.insert(server_us.end(), local_server.begin(), local_server.end());
     });
   }
   for (std::thread& t : threads) t.join();
@@ -203,6 +207,9 @@ int RunDecodeBench(const Args& args) {
               o.kv_storage == v1::KV_STORAGE_16BIT ? "16-bit KV" : "INT8 K / FP8 V");
   std::printf("per layer-step call, client: p50 %.0f us  p99 %.0f us  (%zu calls)\n", Percentile(step_us, 50),
               Percentile(step_us, 99), step_us.size());
+  std::printf("server per call: kernel p50 %.0f us (GPU events, 0 on the cpu engine), engine call p50 %.0f us\n",
+              Percentile(kernel_us, 50), Percentile(server_us, 50));
+  std::printf("client p50 minus kernel p50: %.0f us\n", Percentile(step_us, 50) - Percentile(kernel_us, 50));
   std::printf("session layer-steps/s: %.0f\n", static_cast<double>(layer_steps.load()) / seconds);
   if (failures.load() > 0) {
     std::fprintf(stderr, "sagectl: %d calls failed, first: %s\n", failures.load(), first_error.ToString().c_str());

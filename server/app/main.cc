@@ -127,7 +127,11 @@ ABSL_FLAG(std::string, shared_memory_key_prefix, kDefaults.shared_memory.key_pre
 ABSL_FLAG(int32_t, max_shared_memory_regions, kDefaults.shared_memory.max_regions,
           "Most shared-memory regions registered at once");
 ABSL_FLAG(int64_t, kv_pool_bytes, static_cast<int64_t>(kDefaults.sessions.pool_bytes),
-          "Host memory for the KV pages of sessions (SessionService), allocated at start");
+          "Memory for the KV pages of sessions (SessionService) per device, allocated at start: each GPU's "
+          "memory with the cuda backend, host memory with the cpu engine");
+ABSL_FLAG(double, kv_pool_fraction, kDefaults.sessions.pool_fraction,
+          "> 0: each GPU's KV page pool takes this fraction of the memory free after the backend's "
+          "buffers, instead of --kv_pool_bytes (cuda backend)");
 ABSL_FLAG(int64_t, kv_page_bytes, static_cast<int64_t>(kDefaults.sessions.page_bytes),
           "Bytes per KV page (a page holds 16 to 256 tokens of one layer of one session)");
 ABSL_FLAG(int64_t, session_ttl_s, std::chrono::duration_cast<std::chrono::seconds>(kDefaults.sessions.ttl).count(),
@@ -327,6 +331,11 @@ int main(int argc, char** argv) {
     return 2;
   }
   options.sessions.pool_bytes = static_cast<size_t>(absl::GetFlag(FLAGS_kv_pool_bytes));
+  options.sessions.pool_fraction = absl::GetFlag(FLAGS_kv_pool_fraction);
+  if (options.sessions.pool_fraction < 0 || options.sessions.pool_fraction > 0.95) {
+    std::fprintf(stderr, "sageserve: --kv_pool_fraction must be in [0, 0.95]\n");
+    return 2;
+  }
   options.sessions.page_bytes = static_cast<size_t>(absl::GetFlag(FLAGS_kv_page_bytes));
   options.sessions.ttl = std::chrono::seconds(absl::GetFlag(FLAGS_session_ttl_s));
   options.sessions.max_sessions = absl::GetFlag(FLAGS_max_sessions);

@@ -184,9 +184,11 @@ absl::StatusOr<std::unique_ptr<SageServer>> SageServer::Start(
       MakeScheduler(options, s->backend_.get(), s->metrics_.get());
   if (!scheduler.ok()) return scheduler.status();
   s->scheduler_ = *std::move(scheduler);
-  SessionStoreOptions session_options = options.sessions;
-  session_options.device = s->backend_->info().kind == BackendKind::kCpu ? "cpu" : "host";
-  absl::StatusOr<std::unique_ptr<SessionStore>> store = SessionStore::Create(session_options);
+  const SessionStoreOptions& session_options = options.sessions;
+  absl::StatusOr<std::vector<std::unique_ptr<KvMemory>>> kv_memory =
+      s->backend_->CreateKvMemory(session_options.pool_bytes, session_options.pool_fraction);
+  absl::StatusOr<std::unique_ptr<SessionStore>> store =
+      kv_memory.ok() ? SessionStore::Create(session_options, *std::move(kv_memory)) : kv_memory.status();
   if (!store.ok()) {
     s->scheduler_->Shutdown(DrainMode::kDropQueued);
     return absl::Status(store.status().code(), absl::StrCat("sessions: ", store.status().message()));
@@ -199,10 +201,12 @@ absl::StatusOr<std::unique_ptr<SageServer>> SageServer::Start(
     const AttentionBackend* backend = s->backend_.get();  // Outlives the endpoint (stopped first).
     const HostBufferPool* pool = s->payload_pool_;         // So does the payload pool.
     const SessionStore* sessions = s->session_store_.get();  // And the session store.
-    http.render = [m, backend, pool, sessions, kv_device = session_options.device] {
+    http.render = [m, backend, pool, sessions] {
       const SessionStoreStats ss = sessions->Stats();
-      m->SetSessions(ServerMetrics::SessionGauges{kv_device, ss.sessions, ss.pool.pages_total, ss.pool.pages_free,
-                                                  ss.appended_tokens, ss.closed, ss.expired_idle});
+      for (const KvDeviceStats& d : ss.devices) {  // the counters are cumulative: repeating them adds nothing
+        m->SetSessions(ServerMetrics::SessionGauges{d.device, ss.sessions, d.pool.pages_total, d.pool.pages_free,
+                                                    ss.appended_tokens, ss.closed, ss.expired_idle});
+      }
       const HostBufferPoolStats ps = pool->Stats();
       m->SetPayloadPool(ps.memory == MemoryKind::kPinned ? "pinned" : "pageable", ps.capacity_bytes, ps.in_use_bytes,
                         ps.overflowed);
@@ -246,7 +250,7 @@ absl::StatusOr<std::unique_ptr<SageServer>> SageServer::Start(
                                   ? options.sessions.worker_threads
                                   : std::max(2, static_cast<int>(std::thread::hardware_concurrency()) / 2);
   s->session_service_ =
-      std::make_unique<SessionService>(s->session_attend_.get(), s->authorizer_.get(), session_threads);
+      std::make_unique<SessionService>(s->session_attend_.get(), s->authorizer_.get(), s->metrics_.get(), session_threads);
 
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;

@@ -10,6 +10,7 @@
 
 #include "absl/status/statusor.h"
 #include "server/backend/engine_io.h"
+#include "server/backend/kv_memory.h"
 #include "kernels/reference/recipe.h"
 
 namespace sage::server {
@@ -110,6 +111,18 @@ class AttentionBackend {
     (void)data;
     (void)bytes;
     return std::unique_ptr<EngineMemory>();
+  }
+  // The memory of the KV page pools (server-resident sessions), one per device the engine runs on,
+  // allocated now: `bytes` each, or with `fraction` > 0 that fraction of each GPU's free memory.
+  // Engines read sessions' pages in place from it (EngineInput::paged). Default: one pool of host
+  // memory (the CPU engine).
+  virtual absl::StatusOr<std::vector<std::unique_ptr<KvMemory>>> CreateKvMemory(size_t bytes, double fraction) {
+    (void)fraction;
+    absl::StatusOr<std::unique_ptr<KvMemory>> host = CreateHostKvMemory(bytes);
+    if (!host.ok()) return host.status();
+    std::vector<std::unique_ptr<KvMemory>> out;
+    out.push_back(*std::move(host));
+    return out;
   }
   // Opens a client's device allocation from its cudaIpcMemHandle_t bytes, on CUDA ordinal `device`,
   // checking that it holds at least `bytes`. UNIMPLEMENTED on engines without a GPU.

@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "kernels/reference/cpu_engine.h"
+#include "server/backend/paged_kv.h"
 
 namespace sage::server {
 namespace {
@@ -34,12 +35,29 @@ class CpuBackend final : public AttentionBackend {
 
   absl::StatusOr<EngineOutput> Attend(const EngineInput& in, const RecipeConfig& config) override {
     // CpuEngine::Run is const and thread-safe. It returns fp32 O whatever the target allows.
+    if (in.paged.has_value()) return AttendPaged(in, config);
     absl::StatusOr<AttnOutput> out = engine_->Run(in, config);
     if (!out.ok()) return out.status();
     return EngineOutput(*std::move(out));
   }
 
  private:
+  // Session pages (host memory here) decoded into contiguous K/V first: the session scheme's CPU
+  // emulation, which any paged kernel is held to.
+  absl::StatusOr<EngineOutput> AttendPaged(const EngineInput& in, const RecipeConfig& config) {
+    if (absl::Status s = ValidatePagedKv(in, *in.paged); !s.ok()) return s;
+    if (in.paged->memory == MemoryKind::kDevice) return absl::InvalidArgumentError("cpu backend: KV pages in device memory");
+    const size_t bytes = static_cast<size_t>(in.k.numel()) * 2;
+    std::unique_ptr<std::byte[]> kv(new std::byte[2 * bytes]);
+    GatherPagedKv(in, *in.paged, kv.get(), kv.get() + bytes);
+    AttnInput flat = in;
+    flat.k.data = kv.get();
+    flat.v.data = kv.get() + bytes;
+    absl::StatusOr<AttnOutput> out = engine_->Run(flat, config);
+    if (!out.ok()) return out.status();
+    return EngineOutput(*std::move(out));
+  }
+
   std::unique_ptr<CpuEngine> engine_;
   BackendInfo info_;
 };

@@ -14,6 +14,7 @@
 #include "kernels/reference/attention_problem.h"
 #include "kernels/reference/dtype.h"
 #include "server/backend/memory_kind.h"
+#include "server/backend/paged_kv.h"
 
 namespace sage::server {
 
@@ -49,6 +50,8 @@ struct EngineInput : AttnInput {
   MemoryKind memory = MemoryKind::kPageable;  // of q, k, v
   int memory_device = -1;  // with kDevice in `memory` or output.memory: the CUDA ordinal holding it
   OutputTarget output;
+  // Set: K and V come from KV pages, read in place (paged_kv.h); k/v give their shapes only.
+  std::optional<PagedKv> paged;
 };
 
 // Where the time of one GPU launch went, measured with CUDA events on the launch's stream (the

@@ -24,13 +24,60 @@ bool SameShape(const SessionShape& a, const SessionShape& b) {
   return a.heads_q == b.heads_q && a.heads_kv == b.heads_kv && a.head_dim == b.head_dim && a.dtype == b.dtype;
 }
 
+// Query rows per step up to which a call reads the pages in place (the paged decode kernel's
+// limit, sageattn.h SAGE_PAGED_MAX_QUERY_ROWS); longer steps (prefill chunks) gather.
+constexpr int64_t kPagedMaxQueryRows = 16;
+
 // The heap state of one call: the AttendRequest the pipeline reads, and what the answer collects.
+// Pages pinned for an in-place launch are let go when the call is destroyed, which the pipeline
+// does only after the launch has finished with the request.
 struct SessionCall {
+  SessionStore* store = nullptr;
   AttendRequest request;
   SessionAttendResult result;
   std::vector<size_t> q_steps;  // indices of the steps with Q, in launch order
+  std::vector<PinnedPages> pins;
+  std::vector<int32_t> page_table, cu_pages;
   absl::AnyInvocable<void(absl::StatusOr<SessionAttendResult>)> done;
+
+  ~SessionCall() {
+    for (const PinnedPages& p : pins) store->Unpin(p);
+  }
 };
+
+// Fills `call`'s request with the steps' pages as they lie in the pool (EngineInput::paged), every
+// step's pages pinned. False (nothing kept) when the steps' sessions live in different pools,
+// which one launch cannot read.
+absl::StatusOr<bool> PinStepPages(SessionStore& store, const SessionCaller& caller, const SessionAttendRequest& request,
+                                  std::span<const int64_t> ends, SessionCall& call) {
+  for (size_t i : call.q_steps) {
+    const SessionStepInput& st = request.steps[i];
+    absl::StatusOr<PinnedPages> pinned = store.Pin(caller, st.session_id, st.layer, ends[i]);
+    if (!pinned.ok()) return StepError(i, pinned.status());
+    call.pins.push_back(*std::move(pinned));
+    if (call.pins.back().pool != call.pins.front().pool) {
+      for (const PinnedPages& p : call.pins) store.Unpin(p);
+      call.pins.clear();
+      return false;
+    }
+  }
+  call.cu_pages.assign(1, 0);
+  for (const PinnedPages& p : call.pins) {
+    call.page_table.insert(call.page_table.end(), p.pages.begin(), p.pages.end());
+    call.cu_pages.push_back(static_cast<int32_t>(call.page_table.size()));
+  }
+  const KvPagePool& pool = store.pool(call.pins.front().pool);
+  PagedKv& paged = call.request.input.paged.emplace();
+  paged.layout = call.pins.front().layout;
+  paged.pool = pool.memory().base();
+  paged.page_bytes = pool.page_bytes();
+  paged.pool_pages = pool.Stats().pages_total;
+  paged.memory = pool.memory().memory();
+  paged.device = pool.memory().device();
+  paged.page_table = call.page_table;
+  paged.cu_pages = call.cu_pages;
+  return true;
+}
 
 }  // namespace
 
@@ -90,6 +137,7 @@ absl::Status SessionAttend::Start(const SessionCaller& caller, SessionAttendRequ
   }
 
   auto call = std::make_shared<SessionCall>();
+  call->store = store_;
   call->done = std::move(done);
   SessionAttendResult& result = call->result;
   result.dtype = shape.dtype;
@@ -124,21 +172,35 @@ absl::Status SessionAttend::Start(const SessionCaller& caller, SessionAttendRequ
   if (total_q >= (int64_t{1} << 31) || total_k >= (int64_t{1} << 31)) {
     return absl::ResourceExhaustedError("steps: more than 2^31 tokens in one call");
   }
-  const size_t q_bytes = static_cast<size_t>(total_q) * q_row, kv_bytes = static_cast<size_t>(total_k) * kv_row;
+  // Decode-shaped calls (every step at most kPagedMaxQueryRows rows) whose recipe is unquantized
+  // attention, the default for them, read the pages in place; the rest gather the pages, decoded,
+  // into one block.
+  bool short_steps = true;
+  for (size_t i : call->q_steps) short_steps = short_steps && *request.steps[i].n_q <= kPagedMaxQueryRows;
+  const bool unquantized = request.recipe.has_value() ? *request.recipe == Recipe::kUnquantized : short_steps;
+  bool paged = false;
+  if (short_steps && unquantized) {
+    absl::StatusOr<bool> pinned = PinStepPages(*store_, caller, request, ends, *call);
+    if (!pinned.ok()) return pinned.status();
+    paged = *pinned;
+  }
+  const size_t q_bytes = static_cast<size_t>(total_q) * q_row, kv_bytes = paged ? 0 : static_cast<size_t>(total_k) * kv_row;
   AttendRequest& ar = call->request;
   ar.staged_inputs.reset(new std::byte[q_bytes + 2 * kv_bytes]);
   std::byte* const q_at = ar.staged_inputs.get();
-  std::byte* const k_at = q_at + q_bytes;
-  std::byte* const v_at = k_at + kv_bytes;
+  std::byte* const k_at = paged ? const_cast<std::byte*>(ar.input.paged->pool) : q_at + q_bytes;
+  std::byte* const v_at = paged ? k_at : k_at + kv_bytes;
   ar.default_cu_q.assign(1, 0);
   ar.default_cu_k.assign(1, 0);
   for (size_t i : call->q_steps) {
     const SessionStepInput& st = request.steps[i];
     const int64_t q0 = ar.default_cu_q.back(), k0 = ar.default_cu_k.back();
     std::memcpy(q_at + static_cast<size_t>(q0) * q_row, st.q.data(), st.q.size());
-    const std::span<std::byte> k(k_at + static_cast<size_t>(k0) * kv_row, static_cast<size_t>(ends[i]) * kv_row);
-    const std::span<std::byte> v(v_at + static_cast<size_t>(k0) * kv_row, k.size());
-    if (absl::Status s = store_->Gather(caller, st.session_id, st.layer, ends[i], k, v); !s.ok()) return StepError(i, s);
+    if (!paged) {
+      const std::span<std::byte> k(k_at + static_cast<size_t>(k0) * kv_row, static_cast<size_t>(ends[i]) * kv_row);
+      const std::span<std::byte> v(v_at + static_cast<size_t>(k0) * kv_row, k.size());
+      if (absl::Status s = store_->Gather(caller, st.session_id, st.layer, ends[i], k, v); !s.ok()) return StepError(i, s);
+    }
     ar.default_cu_q.push_back(static_cast<int32_t>(q0 + *st.n_q));
     ar.default_cu_k.push_back(static_cast<int32_t>(k0 + ends[i]));
   }
@@ -150,9 +212,10 @@ absl::Status SessionAttend::Start(const SessionCaller& caller, SessionAttendRequ
   in.cu_seqlens_q = ar.default_cu_q;
   in.cu_seqlens_k = ar.default_cu_k;
   in.mask = MaskMode::kCausal;
+  if (paged && ar.input.paged->device >= 0) in.memory_device = ar.input.paged->device;  // the GPU holding the pages
   in.lse = request.return_lse ? LseMode::kNatural : LseMode::kNone;
-  if (request.recipe.has_value()) {
-    ar.recipe = *request.recipe;
+  if (request.recipe.has_value() || unquantized) {
+    ar.recipe = unquantized ? Recipe::kUnquantized : *request.recipe;
     ar.recipe_explicit = true;
   } else {
     ar.recipe = pipeline_->backend().default_recipe;
@@ -176,6 +239,7 @@ absl::Status SessionAttend::Start(const SessionCaller& caller, SessionAttendRequ
     SessionAttendResult& out = call->result;
     out.recipe = r.recipe;
     out.timings = r.timings;
+    out.device_timings = r.output.device_timings;
     const size_t row_values = static_cast<size_t>(out.heads_q) * out.head_dim;
     size_t bytes = 0;
     for (size_t n = 0; n + 1 < call->request.default_cu_q.size(); ++n) {

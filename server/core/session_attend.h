@@ -61,6 +61,7 @@ struct SessionAttendResult {
   int head_dim = 0;
   Recipe recipe = Recipe::kInt8QkFp8Pv;
   WorkTimings timings;
+  std::optional<DeviceTimings> device_timings;  // the launch's GPU times (CUDA backend)
 };
 
 class SessionAttend {

@@ -40,6 +40,11 @@ BatchKey MakeBatchKey(const EngineInput& in, const RecipeConfig& config) {
   key.config = config;
   key.output_memory = BatchOutputMemory(in.output);
   key.memory_device = in.memory_device;
+  if (in.paged.has_value()) {
+    key.kv_pool = in.paged->pool;
+    key.kv_storage = in.paged->layout.storage;
+    key.page_tokens = in.paged->layout.page_tokens;
+  }
   return key;
 }
 
@@ -69,7 +74,10 @@ absl::StatusOr<AssembledBatch> AssembleBatch(std::span<const EngineInput* const>
     if (m.q.dtype != first.q.dtype || m.k.dtype != first.k.dtype || m.v.dtype != first.v.dtype ||
         m.q.head_dim != first.q.head_dim || m.q.heads != first.q.heads || m.k.heads != first.k.heads ||
         m.mask != first.mask || m.lse != first.lse ||
-        std::bit_cast<uint32_t>(m.scale()) != std::bit_cast<uint32_t>(first.scale())) {
+        std::bit_cast<uint32_t>(m.scale()) != std::bit_cast<uint32_t>(first.scale()) ||
+        m.paged.has_value() != first.paged.has_value() ||
+        (m.paged.has_value() && (m.paged->pool != first.paged->pool || m.paged->layout.storage != first.paged->layout.storage ||
+                                 m.paged->layout.page_tokens != first.paged->layout.page_tokens))) {
       return absl::InvalidArgumentError(
           absl::StrCat("AssembleBatch: member ", i, " is not compatible with member 0"));
     }
@@ -82,6 +90,7 @@ absl::StatusOr<AssembledBatch> AssembleBatch(std::span<const EngineInput* const>
   }
 
   AssembledBatch batch;
+  const bool paged = first.paged.has_value();
   const bool copy = mode == AssembleMode::kCopyTensors;
   if (copy) {
     for (size_t i = 0; i < members.size(); ++i) {
@@ -92,9 +101,12 @@ absl::StatusOr<AssembledBatch> AssembleBatch(std::span<const EngineInput* const>
       }
     }
     batch.q_.reserve(static_cast<size_t>(total_q) * first.q.heads * first.q.head_dim * DTypeSize(first.q.dtype));
-    batch.k_.reserve(static_cast<size_t>(total_k) * first.k.heads * first.k.head_dim * DTypeSize(first.k.dtype));
-    batch.v_.reserve(static_cast<size_t>(total_k) * first.v.heads * first.v.head_dim * DTypeSize(first.v.dtype));
+    if (!paged) {
+      batch.k_.reserve(static_cast<size_t>(total_k) * first.k.heads * first.k.head_dim * DTypeSize(first.k.dtype));
+      batch.v_.reserve(static_cast<size_t>(total_k) * first.v.heads * first.v.head_dim * DTypeSize(first.v.dtype));
+    }
   }
+  if (paged) batch.cu_pages_.push_back(0);
   batch.cu_q_.reserve(total_seqs + 1);
   batch.cu_k_.reserve(total_seqs + 1);
   batch.members_.reserve(members.size());
@@ -104,10 +116,15 @@ absl::StatusOr<AssembledBatch> AssembleBatch(std::span<const EngineInput* const>
   int64_t q_offset = 0;
   int64_t k_offset = 0;
   for (const EngineInput* m : members) {
-    if (copy) {
-      AppendBytes(batch.q_, m->q);
+    if (copy) AppendBytes(batch.q_, m->q);
+    if (copy && !paged) {
       AppendBytes(batch.k_, m->k);
       AppendBytes(batch.v_, m->v);
+    }
+    if (paged) {
+      const int32_t base = static_cast<int32_t>(batch.page_table_.size());
+      batch.page_table_.insert(batch.page_table_.end(), m->paged->page_table.begin(), m->paged->page_table.end());
+      for (int s = 1; s <= m->batch(); ++s) batch.cu_pages_.push_back(base + m->paged->cu_pages[static_cast<size_t>(s)]);
     }
     for (int s = 1; s <= m->batch(); ++s) {
       batch.cu_q_.push_back(static_cast<int32_t>(q_offset + m->cu_seqlens_q[s]));
@@ -123,6 +140,12 @@ absl::StatusOr<AssembledBatch> AssembleBatch(std::span<const EngineInput* const>
   in.k = ViewOf(batch.k_, first.k, total_k);
   in.v = ViewOf(batch.v_, first.v, total_k);
   if (!copy) in.q.data = in.k.data = in.v.data = nullptr;
+  if (paged) {
+    in.k.data = in.v.data = first.k.data;  // the pool, as every member's
+    in.paged = first.paged;
+    in.paged->page_table = batch.page_table_;
+    in.paged->cu_pages = batch.cu_pages_;
+  }
   in.cu_seqlens_q = batch.cu_q_;
   in.cu_seqlens_k = batch.cu_k_;
   in.mask = first.mask;

@@ -34,6 +34,10 @@ struct BatchKey {
   // member's rows into its own buffers can serve; any host kind is kPageable here.
   MemoryKind output_memory = MemoryKind::kPageable;
   int32_t memory_device = -1;  // EngineInput::memory_device: a launch runs on one GPU
+  // Paged K/V (EngineInput::paged): one pool (so one device) and one page format per launch.
+  const std::byte* kv_pool = nullptr;
+  KvStorage kv_storage = KvStorage::k16Bit;
+  int32_t page_tokens = 0;
 
   bool operator==(const BatchKey&) const = default;
 };
@@ -91,11 +95,14 @@ class AssembledBatch {
 
   std::vector<std::byte> q_, k_, v_;
   std::vector<int32_t> cu_q_, cu_k_;
+  std::vector<int32_t> page_table_, cu_pages_;  // paged members: their page tables chained
   std::vector<MemberSlice> members_;
   EngineInput input_;
 };
 
-// Concatenates the members' tokens (no padding) and chains their cu_seqlens. Every member must be
+// Concatenates the members' tokens (no padding) and chains their cu_seqlens. Paged members (one
+// BatchKey, so one pool) have their Q concatenated and their page tables chained; K/V stay in the
+// pages. Every member must be
 // valid and share one BatchKey; otherwise INVALID_ARGUMENT (a bug in the caller) or, when the
 // merged token count would not fit int32 cu_seqlens, RESOURCE_EXHAUSTED.
 absl::StatusOr<AssembledBatch> AssembleBatch(std::span<const EngineInput* const> members,

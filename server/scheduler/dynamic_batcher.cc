@@ -92,6 +92,9 @@ absl::Status DynamicBatcher::Submit(WorkItem item) {
   if (!item.done) return absl::InvalidArgumentError("batcher: work item has no completion callback");
   // Validated here, one item at a time, so a malformed request can never join a batch.
   if (absl::Status valid = ValidateInput(item.input); !valid.ok()) return valid;
+  if (item.input.paged.has_value()) {
+    if (absl::Status valid = ValidatePagedKv(item.input, *item.input.paged); !valid.ok()) return valid;
+  }
   Pending p;
   p.key = MakeBatchKey(item.input, item.config);
   p.size = MeasureProblem(item.input);
@@ -422,7 +425,8 @@ void DynamicBatcher::RunBatch(PendingList& batch) {
     total += p.size;
   }
   // A backend that gathers the members itself gets only the merged metadata: no copy here.
-  const bool gather = backend_->info().input_gather == InputGather::kSegments;
+  // Paged members are copied (their Q only; K/V stay in the pages).
+  const bool gather = backend_->info().input_gather == InputGather::kSegments && !batch.front().item.input.paged.has_value();
   absl::StatusOr<AssembledBatch> assembled =
       AssembleBatch(inputs, gather ? AssembleMode::kMetadataOnly : AssembleMode::kCopyTensors);
   if (assembled.ok()) {

@@ -1,29 +1,27 @@
 #include "server/session/kv_page_pool.h"
 
-#include <new>
 #include <string>
 
 #include "absl/strings/str_cat.h"
 
 namespace sage::server {
 
-absl::StatusOr<std::unique_ptr<KvPagePool>> KvPagePool::Create(size_t pool_bytes, size_t page_bytes) {
-  if (page_bytes < 4096) return absl::InvalidArgumentError(absl::StrCat("kv page size ", page_bytes, " bytes: at least 4096"));
+absl::StatusOr<std::unique_ptr<KvPagePool>> KvPagePool::Create(std::unique_ptr<KvMemory> memory, size_t page_bytes) {
+  if (page_bytes < 4096 || page_bytes % 256 != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("kv page size ", page_bytes, " bytes: at least 4096, a multiple of 256"));
+  }
+  const size_t pool_bytes = memory->bytes();
   const int64_t pages = static_cast<int64_t>(pool_bytes / page_bytes);
   if (pages < 1) {
     return absl::InvalidArgumentError(
         absl::StrCat("kv pool of ", pool_bytes, " bytes holds no page of ", page_bytes, " bytes"));
   }
   if (pages > int64_t{1} << 30) return absl::InvalidArgumentError("kv pool: more than 2^30 pages");
-  std::unique_ptr<std::byte[]> base(new (std::nothrow) std::byte[static_cast<size_t>(pages) * page_bytes]);
-  if (base == nullptr) {
-    return absl::ResourceExhaustedError(absl::StrCat("kv pool: cannot allocate ", pool_bytes, " bytes"));
-  }
-  return std::unique_ptr<KvPagePool>(new KvPagePool(std::move(base), page_bytes, pages));
+  return std::unique_ptr<KvPagePool>(new KvPagePool(std::move(memory), page_bytes, pages));
 }
 
-KvPagePool::KvPagePool(std::unique_ptr<std::byte[]> base, size_t page_bytes, int64_t pages)
-    : base_(std::move(base)), page_bytes_(page_bytes), refs_(static_cast<size_t>(pages), 0) {
+KvPagePool::KvPagePool(std::unique_ptr<KvMemory> memory, size_t page_bytes, int64_t pages)
+    : memory_(std::move(memory)), page_bytes_(page_bytes), refs_(static_cast<size_t>(pages), 0) {
   free_.reserve(static_cast<size_t>(pages));
   // Highest first, so pages are handed out from the start of the pool.
   for (int64_t p = pages - 1; p >= 0; --p) free_.push_back(static_cast<PageId>(p));

@@ -1,6 +1,7 @@
-// The KV page pool: one host allocation made at start, cut into fixed-size pages, handed out and
-// taken back with reference counts (a fork shares its parent's pages until either side writes).
-// Nothing on the request path allocates memory for KV. Thread-safe.
+// The KV page pool: one KvMemory (host memory, or one GPU's device memory) allocated at start, cut
+// into fixed-size pages, handed out and taken back with reference counts (a fork shares its
+// parent's pages until either side writes; a launch reading pages in place holds a reference
+// until it is done). Nothing on the request path allocates memory for KV. Thread-safe.
 #pragma once
 
 #include <cstddef>
@@ -11,6 +12,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "server/backend/kv_memory.h"
 
 namespace sage::server {
 
@@ -24,9 +26,9 @@ struct KvPoolStats {
 
 class KvPagePool {
  public:
-  // INVALID_ARGUMENT unless page_bytes >= 4096 and pool_bytes holds at least one page;
-  // RESOURCE_EXHAUSTED when the memory cannot be had.
-  static absl::StatusOr<std::unique_ptr<KvPagePool>> Create(size_t pool_bytes, size_t page_bytes);
+  // INVALID_ARGUMENT unless page_bytes >= 4096 (a multiple of 256, so every page is aligned for
+  // vector loads) and the memory holds at least one page.
+  static absl::StatusOr<std::unique_ptr<KvPagePool>> Create(std::unique_ptr<KvMemory> memory, size_t page_bytes);
 
   // `n` pages with one reference each, all or nothing: RESOURCE_EXHAUSTED naming the pages needed
   // and free.
@@ -36,14 +38,15 @@ class KvPagePool {
   void Release(std::span<const PageId> pages);
   int32_t RefCount(PageId page) const;
 
-  std::byte* data(PageId page) const { return base_.get() + static_cast<size_t>(page) * page_bytes_; }
+  size_t offset(PageId page) const { return static_cast<size_t>(page) * page_bytes_; }
+  KvMemory& memory() const { return *memory_; }
   size_t page_bytes() const { return page_bytes_; }
   KvPoolStats Stats() const;
 
  private:
-  KvPagePool(std::unique_ptr<std::byte[]> base, size_t page_bytes, int64_t pages);
+  KvPagePool(std::unique_ptr<KvMemory> memory, size_t page_bytes, int64_t pages);
 
-  const std::unique_ptr<std::byte[]> base_;
+  const std::unique_ptr<KvMemory> memory_;
   const size_t page_bytes_;
   mutable std::mutex mu_;
   std::vector<int32_t> refs_;  // guarded by mu_

@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "kernels/reference/numerics.h"
+#include "server/session/session_state.h"
 
 namespace sage::server {
 namespace {
@@ -49,43 +50,29 @@ absl::Status CheckShape(const SessionShape& s) {
 
 }  // namespace
 
-// One session. Its page tables and lengths are guarded by `mu`; the pages it shares with forks are
-// never written while shared (copy on write), so readers need only their own session's lock.
-struct SessionStore::Session {
-  std::mutex mu;
-  std::string id;
-  std::string owner;
-  SessionShape shape;
-  KvPageLayout layout;  // page_tokens, heads, head_dim, storage, dtype
-  bool closed = false;
-  Clock::time_point last_use = Clock::now();
-  struct Layer {
-    std::vector<PageId> pages;
-    int64_t length = 0;
-    std::vector<float> k_mean;  // [Hkv, D]; set by the first append (8-bit storage)
-    // The last append: a step repeated with this position and step id is a retry.
-    std::optional<int64_t> last_position;
-    uint64_t last_step_id = 0;
-    int64_t last_count = 0;
-  };
-  std::vector<Layer> layers;
-
-  int page_tokens() const { return layout.page_tokens; }
-  int64_t PageCount() const {
-    int64_t n = 0;
-    for (const Layer& l : layers) n += static_cast<int64_t>(l.pages.size());
-    return n;
-  }
-};
-
 absl::StatusOr<std::unique_ptr<SessionStore>> SessionStore::Create(const SessionStoreOptions& options) {
-  absl::StatusOr<std::unique_ptr<KvPagePool>> pool = KvPagePool::Create(options.pool_bytes, options.page_bytes);
-  if (!pool.ok()) return pool.status();
-  return std::unique_ptr<SessionStore>(new SessionStore(options, *std::move(pool)));
+  absl::StatusOr<std::unique_ptr<KvMemory>> memory = CreateHostKvMemory(options.pool_bytes);
+  if (!memory.ok()) return memory.status();
+  std::vector<std::unique_ptr<KvMemory>> memories;
+  memories.push_back(*std::move(memory));
+  return Create(options, std::move(memories));
 }
 
-SessionStore::SessionStore(const SessionStoreOptions& options, std::unique_ptr<KvPagePool> pool)
-    : options_(options), pool_(std::move(pool)), instance_(RandomHex(8)) {
+absl::StatusOr<std::unique_ptr<SessionStore>> SessionStore::Create(const SessionStoreOptions& options,
+                                                                   std::vector<std::unique_ptr<KvMemory>> memories) {
+  if (memories.empty()) return absl::InvalidArgumentError("kv pool: no memory to hold pages");
+  std::vector<DevicePool> pools;
+  for (std::unique_ptr<KvMemory>& m : memories) {
+    const int device = m->device();
+    absl::StatusOr<std::unique_ptr<KvPagePool>> pool = KvPagePool::Create(std::move(m), options.page_bytes);
+    if (!pool.ok()) return pool.status();
+    pools.push_back(DevicePool{device < 0 ? std::string("cpu") : absl::StrCat("cuda", device), *std::move(pool)});
+  }
+  return std::unique_ptr<SessionStore>(new SessionStore(options, std::move(pools)));
+}
+
+SessionStore::SessionStore(const SessionStoreOptions& options, std::vector<DevicePool> pools)
+    : options_(options), pools_(std::move(pools)), instance_(RandomHex(8)) {
   sweeper_ = std::thread([this] { Sweep(); });
 }
 
@@ -98,10 +85,12 @@ SessionStore::~SessionStore() {
   sweeper_.join();
 }
 
-std::string SessionStore::NewId() {
+std::string SessionStore::NewId(const std::string& device) {
   // <instance>.<device>.<128 random bits>: the first two let a later error say where it lives.
-  return absl::StrCat(instance_, ".", options_.device, ".", RandomHex(16));
+  return absl::StrCat(instance_, ".", device, ".", RandomHex(16));
 }
+
+KvPagePool& SessionStore::PoolOf(const Session& s) const { return *pools_[static_cast<size_t>(s.pool)].pool; }
 
 absl::StatusOr<std::shared_ptr<SessionStore::Session>> SessionStore::Find(const SessionCaller& caller,
                                                                           std::string_view id) const {
@@ -137,7 +126,7 @@ SessionInfo SessionStore::InfoOf(const Session& s) const {
 
 void SessionStore::ReleaseSession(Session& s) {
   for (Session::Layer& l : s.layers) {
-    pool_->Release(l.pages);
+    PoolOf(s).Release(l.pages);
     l.pages.clear();
     l.length = 0;
   }
@@ -153,18 +142,25 @@ absl::StatusOr<SessionInfo> SessionStore::CreateSession(const SessionCaller& cal
   auto session = std::make_shared<Session>();
   session->owner = caller.identity;
   session->shape = shape;
+  // Placement: the device with the most free pages.
+  for (size_t i = 1; i < pools_.size(); ++i) {
+    if (pools_[i].pool->Stats().pages_free > pools_[static_cast<size_t>(session->pool)].pool->Stats().pages_free) {
+      session->pool = static_cast<int>(i);
+    }
+  }
+  KvPagePool& pool = PoolOf(*session);
   const size_t token_bytes = KvTokenBytes(shape.storage, shape.heads_kv, shape.head_dim);
-  session->layout = KvPageLayout{shape.storage, shape.dtype, PageTokens(pool_->page_bytes(), token_bytes),
+  session->layout = KvPageLayout{shape.storage, shape.dtype, PageTokens(pool.page_bytes(), token_bytes),
                                  shape.heads_kv, shape.head_dim};
   if (session->layout.page_tokens == 0) {
     return absl::InvalidArgumentError(absl::StrCat("heads_kv: a token takes ", token_bytes,
-                                                   " bytes, and a KV page of ", pool_->page_bytes(), " bytes holds fewer than ",
+                                                   " bytes, and a KV page of ", pool.page_bytes(), " bytes holds fewer than ",
                                                    kMinPageTokens, " (start the server with a larger --kv_page_bytes)"));
   }
   session->layers.resize(static_cast<size_t>(shape.layers));
   const int64_t per_layer = (reserve_tokens + session->page_tokens() - 1) / session->page_tokens();
   if (per_layer > 0) {
-    absl::StatusOr<std::vector<PageId>> pages = pool_->Allocate(per_layer * shape.layers);
+    absl::StatusOr<std::vector<PageId>> pages = pool.Allocate(per_layer * shape.layers);
     if (!pages.ok()) return pages.status();
     for (int l = 0; l < shape.layers; ++l) {
       session->layers[static_cast<size_t>(l)].pages.assign(pages->begin() + l * per_layer,
@@ -173,10 +169,10 @@ absl::StatusOr<SessionInfo> SessionStore::CreateSession(const SessionCaller& cal
   }
   std::lock_guard<std::mutex> lock(mu_);
   if (static_cast<int>(sessions_.size()) >= options_.max_sessions) {
-    for (Session::Layer& l : session->layers) pool_->Release(l.pages);
+    for (Session::Layer& l : session->layers) pool.Release(l.pages);
     return absl::ResourceExhaustedError(absl::StrCat("sessions: ", sessions_.size(), " open, the server's maximum"));
   }
-  session->id = NewId();
+  session->id = NewId(pools_[static_cast<size_t>(session->pool)].device);
   sessions_.emplace(session->id, session);
   return InfoOf(*session);
 }
@@ -216,47 +212,7 @@ absl::StatusOr<int64_t> SessionStore::Append(const SessionCaller& caller, const 
   }
   if (step.n_new == 0) return end;
 
-  const int64_t T = s.page_tokens();
-  const int64_t pages_needed = (end + T - 1) / T;
-  const int64_t have = static_cast<int64_t>(l.pages.size());
-  // A shared page about to be written gets a private copy first.
-  const int64_t first = step.position / T;
-  const bool copy_first = first < have && pool_->RefCount(l.pages[static_cast<size_t>(first)]) > 1;
-  const int64_t more = std::max<int64_t>(0, pages_needed - have) + (copy_first ? 1 : 0);
-  absl::StatusOr<std::vector<PageId>> fresh = pool_->Allocate(more);
-  if (!fresh.ok()) return fresh.status();
-  size_t next = 0;
-  if (copy_first) {
-    const PageId old = l.pages[static_cast<size_t>(first)];
-    const PageId mine = (*fresh)[next++];
-    std::memcpy(pool_->data(mine), pool_->data(old), pool_->page_bytes());
-    l.pages[static_cast<size_t>(first)] = mine;
-    pool_->Release(std::span<const PageId>(&old, 1));
-  }
-  while (next < fresh->size()) l.pages.push_back((*fresh)[next++]);
-
-  const size_t row = static_cast<size_t>(shape.heads_kv) * shape.head_dim;  // values per token
-  const auto* k = static_cast<const uint16_t*>(step.k);
-  const auto* v = static_cast<const uint16_t*>(step.v);
-  if (shape.storage == KvStorage::kInt8KFp8V && l.k_mean.empty()) {
-    // The session's K mean for this layer: the channel means of its first append.
-    l.k_mean.assign(row, 0.0f);
-    std::vector<float> f(row);
-    for (int64_t t = 0; t < step.n_new; ++t) {
-      DecodeToFloatBulk(k + t * row, shape.dtype, f.data(), row);
-      for (size_t i = 0; i < row; ++i) l.k_mean[i] += f[i];
-    }
-    for (float& m : l.k_mean) m /= static_cast<float>(step.n_new);
-  }
-  // Page by page: each run of the step's tokens that lands in one page is one encode.
-  for (int64_t t = 0; t < step.n_new;) {
-    const int64_t token = step.position + t;
-    const int in_page = static_cast<int>(token % T);
-    const int n = static_cast<int>(std::min<int64_t>(T - in_page, step.n_new - t));
-    std::byte* page = pool_->data(l.pages[static_cast<size_t>(token / T)]);
-    EncodeKvTokens(s.layout, page, in_page, n, k + static_cast<size_t>(t) * row, v + static_cast<size_t>(t) * row, l.k_mean);
-    t += n;
-  }
+  if (absl::Status w = WriteTokens(s, step.layer, step); !w.ok()) return w;
   l.length = end;
   l.last_position = step.position;
   l.last_step_id = step.step_id;
@@ -264,33 +220,6 @@ absl::StatusOr<int64_t> SessionStore::Append(const SessionCaller& caller, const 
   std::lock_guard<std::mutex> store_lock(mu_);
   appended_tokens_ += step.n_new;
   return end;
-}
-
-absl::Status SessionStore::Gather(const SessionCaller& caller, std::string_view id, int layer, int64_t end,
-                                  std::span<std::byte> k, std::span<std::byte> v) const {
-  absl::StatusOr<std::shared_ptr<Session>> found = Find(caller, id);
-  if (!found.ok()) return found.status();
-  Session& s = **found;
-  std::lock_guard<std::mutex> lock(s.mu);
-  if (s.closed) return absl::NotFoundError(absl::StrCat("session '", s.id, "' was closed"));
-  if (layer < 0 || layer >= s.shape.layers) return absl::OutOfRangeError("layer: outside the session");
-  const Session::Layer& l = s.layers[static_cast<size_t>(layer)];
-  if (end > l.length) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("session '", s.id, "' layer ", layer, " was truncated to ", l.length, " tokens during the step"));
-  }
-  const size_t row_bytes = static_cast<size_t>(s.shape.heads_kv) * s.shape.head_dim * 2;
-  if (k.size() < static_cast<size_t>(end) * row_bytes || v.size() < static_cast<size_t>(end) * row_bytes) {
-    return absl::InternalError("session gather: output buffers too small");
-  }
-  const int64_t T = s.page_tokens();
-  for (int64_t t = 0; t < end;) {
-    const int n = static_cast<int>(std::min<int64_t>(T, end - t));
-    const std::byte* page = pool_->data(l.pages[static_cast<size_t>(t / T)]);
-    DecodeKvTokens(s.layout, page, 0, n, k.data() + static_cast<size_t>(t) * row_bytes, v.data() + static_cast<size_t>(t) * row_bytes);
-    t += n;
-  }
-  return absl::OkStatus();
 }
 
 absl::StatusOr<SessionInfo> SessionStore::Fork(const SessionCaller& caller, std::string_view id,
@@ -307,6 +236,7 @@ absl::StatusOr<SessionInfo> SessionStore::Fork(const SessionCaller& caller, std:
     child->owner = caller.identity;
     child->shape = src.shape;
     child->layout = src.layout;
+    child->pool = src.pool;
     child->layers.resize(src.layers.size());
     for (size_t i = 0; i < src.layers.size(); ++i) {
       const Session::Layer& from = src.layers[i];
@@ -315,15 +245,15 @@ absl::StatusOr<SessionInfo> SessionStore::Fork(const SessionCaller& caller, std:
       const size_t pages = static_cast<size_t>((to.length + src.page_tokens() - 1) / src.page_tokens());
       to.pages.assign(from.pages.begin(), from.pages.begin() + static_cast<std::ptrdiff_t>(pages));
       to.k_mean = from.k_mean;
-      pool_->AddRef(to.pages);
+      PoolOf(src).AddRef(to.pages);
     }
   }
   std::lock_guard<std::mutex> lock(mu_);
   if (static_cast<int>(sessions_.size()) >= options_.max_sessions) {
-    for (Session::Layer& l : child->layers) pool_->Release(l.pages);
+    for (Session::Layer& l : child->layers) PoolOf(*child).Release(l.pages);
     return absl::ResourceExhaustedError(absl::StrCat("sessions: ", sessions_.size(), " open, the server's maximum"));
   }
-  child->id = NewId();
+  child->id = NewId(pools_[static_cast<size_t>(child->pool)].device);
   sessions_.emplace(child->id, child);
   return InfoOf(*child);
 }
@@ -341,7 +271,7 @@ absl::StatusOr<SessionInfo> SessionStore::Truncate(const SessionCaller& caller, 
     l.length = length;
     const size_t keep = static_cast<size_t>((length + s.page_tokens() - 1) / s.page_tokens());
     if (l.pages.size() > keep) {
-      pool_->Release(std::span<const PageId>(l.pages).subspan(keep));
+      PoolOf(s).Release(std::span<const PageId>(l.pages).subspan(keep));
       l.pages.resize(keep);
     }
     // Positions from `length` on may be written again, by any step id.
@@ -423,7 +353,13 @@ void SessionStore::Sweep() {
 
 SessionStoreStats SessionStore::Stats() const {
   SessionStoreStats stats;
-  stats.pool = pool_->Stats();
+  for (const DevicePool& p : pools_) {
+    const KvPoolStats one = p.pool->Stats();
+    stats.devices.push_back(KvDeviceStats{p.device, one});
+    stats.pool.pages_total += one.pages_total;
+    stats.pool.pages_free += one.pages_free;
+    stats.pool.page_bytes = one.page_bytes;
+  }
   std::lock_guard<std::mutex> lock(mu_);
   stats.sessions = static_cast<int64_t>(sessions_.size());
   stats.appended_tokens = appended_tokens_;

@@ -23,17 +23,18 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "kernels/reference/dtype.h"
+#include "server/backend/kv_memory.h"
 #include "server/session/kv_page_pool.h"
 #include "kernels/reference/kv_pages.h"
 
 namespace sage::server {
 
 struct SessionStoreOptions {
-  size_t pool_bytes = size_t{1} << 30;  // host memory for KV pages, allocated at start
+  size_t pool_bytes = size_t{1} << 30;  // KV page memory per device (host memory for the CPU engine)
+  double pool_fraction = 0;             // > 0: this fraction of each GPU's free memory instead
   size_t page_bytes = size_t{256} << 10;
   std::chrono::milliseconds ttl{std::chrono::minutes(10)};  // idle sessions expire after this
   int max_sessions = 65536;
-  std::string device = "cpu";  // named in session ids: where the session's pages live
   int worker_threads = 0;      // threads that append and gather for AttendSession; 0: half the cores, >= 2
 };
 
@@ -77,9 +78,25 @@ struct AppendStep {
   const void* v = nullptr;
 };
 
+// One KV pool: the device holding it ("cpu", "cuda0", ...) and its pages.
+struct KvDeviceStats {
+  std::string device;
+  KvPoolStats pool;
+};
+
+// The pages holding a layer's first `end` tokens, each with a reference held until Unpin: an engine
+// reads them in place while the session may append (a written shared page is copied first),
+// truncate or close.
+struct PinnedPages {
+  int pool = 0;  // SessionStore::pool(pool) holds them
+  KvPageLayout layout;
+  std::vector<PageId> pages;
+};
+
 struct SessionStoreStats {
   int64_t sessions = 0;
-  KvPoolStats pool;
+  KvPoolStats pool;  // all devices together
+  std::vector<KvDeviceStats> devices;
   int64_t appended_tokens = 0;  // cumulative
   int64_t closed = 0;           // cumulative: by CloseSession
   int64_t expired_idle = 0;     // cumulative: by the idle TTL
@@ -87,6 +104,11 @@ struct SessionStoreStats {
 
 class SessionStore {
  public:
+  // One KV pool per memory (the backend's, one per device), cut into options.page_bytes pages. A
+  // new session goes to the pool with the most free pages.
+  static absl::StatusOr<std::unique_ptr<SessionStore>> Create(const SessionStoreOptions& options,
+                                                              std::vector<std::unique_ptr<KvMemory>> memories);
+  // Host memory of options.pool_bytes (the CPU engine's, and tests').
   static absl::StatusOr<std::unique_ptr<SessionStore>> Create(const SessionStoreOptions& options);
   ~SessionStore();
 
@@ -110,6 +132,12 @@ class SessionStore {
   absl::Status Gather(const SessionCaller& caller, std::string_view id, int layer, int64_t end, std::span<std::byte> k,
                       std::span<std::byte> v) const;
 
+  // Holds the pages of the layer's first `end` tokens for an engine to read in place.
+  // FAILED_PRECONDITION when the layer no longer holds `end` tokens.
+  absl::StatusOr<PinnedPages> Pin(const SessionCaller& caller, std::string_view id, int layer, int64_t end) const;
+  void Unpin(const PinnedPages& pinned) const;
+  const KvPagePool& pool(int index) const { return *pools_[static_cast<size_t>(index)].pool; }
+
   absl::StatusOr<SessionInfo> Fork(const SessionCaller& caller, std::string_view id, std::optional<int64_t> length);
   absl::StatusOr<SessionInfo> Truncate(const SessionCaller& caller, std::string_view id, int64_t length);
   absl::Status Close(const SessionCaller& caller, std::string_view id);
@@ -123,16 +151,22 @@ class SessionStore {
 
  private:
   struct Session;
-  SessionStore(const SessionStoreOptions& options, std::unique_ptr<KvPagePool> pool);
+  struct DevicePool {
+    std::string device;  // in session ids
+    std::unique_ptr<KvPagePool> pool;
+  };
+  SessionStore(const SessionStoreOptions& options, std::vector<DevicePool> pools);
 
   absl::StatusOr<std::shared_ptr<Session>> Find(const SessionCaller& caller, std::string_view id) const;
-  std::string NewId();
+  std::string NewId(const std::string& device);
+  KvPagePool& PoolOf(const Session& s) const;
+  absl::Status WriteTokens(Session& s, int layer, const AppendStep& step);  // s.mu held
   SessionInfo InfoOf(const Session& s) const;  // s.mu held
   void ReleaseSession(Session& s);             // s.mu held
   void Sweep();
 
   const SessionStoreOptions options_;
-  const std::unique_ptr<KvPagePool> pool_;
+  const std::vector<DevicePool> pools_;
   const std::string instance_;  // 64 random bits, hex: this server process
 
   mutable std::mutex mu_;

@@ -104,6 +104,61 @@ TEST(AssembleBatch, ConcatenatesTokensAndChainsCuSeqlens) {
   EXPECT_EQ(testing::TagAt(moved.input().q, 11), 20);
 }
 
+// Paged members (session steps): Q concatenated, page tables and their offsets chained, K/V left
+// in the pool; a member of another pool has another key.
+TEST(AssembleBatch, ChainsPageTablesOfPagedMembers) {
+  ProblemShape a;
+  a.q_lens = {1, 2};
+  a.k_lens = {20, 40};
+  ProblemShape b;
+  b.q_lens = {1};
+  b.k_lens = {17};
+  auto pa = MakeTagged(10, a);
+  auto pb = MakeTagged(20, b);
+  std::vector<std::byte> pool(size_t{1} << 20);
+  const std::vector<int32_t> table_a{3, 5, 6, 1, 7}, cu_a{0, 2, 5}, table_b{0, 2}, cu_b{0, 2};  // 16-token pages
+  const auto attach = [&](EngineInput& in, const std::vector<int32_t>& table, const std::vector<int32_t>& cu) {
+    PagedKv& p = in.paged.emplace();
+    p.layout = KvPageLayout{KvStorage::k16Bit, in.k.dtype, 16, in.k.heads, in.k.head_dim};
+    p.pool = pool.data();
+    p.page_bytes = p.layout.page_bytes();
+    p.pool_pages = static_cast<int64_t>(pool.size() / p.page_bytes);
+    p.page_table = table;
+    p.cu_pages = cu;
+    in.k.data = in.v.data = pool.data();
+  };
+  attach(pa->input, table_a, cu_a);
+  attach(pb->input, table_b, cu_b);
+  ASSERT_TRUE(ValidatePagedKv(pa->input, *pa->input.paged).ok());
+  EXPECT_EQ(MakeBatchKey(pa->input, ConfigFor(Recipe::kUnquantized)), MakeBatchKey(pb->input, ConfigFor(Recipe::kUnquantized)));
+  const EngineInput* members[] = {&pa->input, &pb->input};
+  absl::StatusOr<AssembledBatch> batch = AssembleBatch(members);
+  ASSERT_TRUE(batch.ok()) << batch.status();
+  const EngineInput& in = batch->input();
+  ASSERT_TRUE(in.paged.has_value());
+  EXPECT_EQ(std::vector<int32_t>(in.paged->page_table.begin(), in.paged->page_table.end()),
+            (std::vector<int32_t>{3, 5, 6, 1, 7, 0, 2}));
+  EXPECT_EQ(std::vector<int32_t>(in.paged->cu_pages.begin(), in.paged->cu_pages.end()), (std::vector<int32_t>{0, 2, 5, 7}));
+  EXPECT_EQ(std::vector<int32_t>(in.cu_seqlens_k.begin(), in.cu_seqlens_k.end()), (std::vector<int32_t>{0, 20, 60, 77}));
+  EXPECT_TRUE(ValidatePagedKv(in, *in.paged).ok());
+  EXPECT_EQ(testing::TagAt(in.q, 3), 20);
+
+  // Too few pages for a sequence, and a page outside the pool, are refused.
+  const std::vector<int32_t> short_cu{0, 1, 3};
+  EngineInput bad = pa->input;
+  bad.paged->cu_pages = short_cu;
+  bad.paged->page_table = std::span<const int32_t>(table_a).first(3);
+  EXPECT_EQ(ValidatePagedKv(bad, *bad.paged).code(), absl::StatusCode::kInvalidArgument);
+  const std::vector<int32_t> outside{3, 5, 6, 1 << 20, 7};
+  bad = pa->input;
+  bad.paged->page_table = outside;
+  EXPECT_EQ(ValidatePagedKv(bad, *bad.paged).code(), absl::StatusCode::kInvalidArgument);
+
+  std::vector<std::byte> other(pool.size());
+  pb->input.paged->pool = other.data();
+  EXPECT_FALSE(MakeBatchKey(pa->input, ConfigFor(Recipe::kUnquantized)) == MakeBatchKey(pb->input, ConfigFor(Recipe::kUnquantized)));
+}
+
 TEST(AssembleBatch, RefusesIncompatibleMembersAndEmptyInput) {
   ProblemShape other;
   other.head_dim = 128;

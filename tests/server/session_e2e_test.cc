@@ -2,11 +2,14 @@
 // stateless Attend over the concatenated K/V (bit for bit, 16-bit storage and the unquantized
 // recipe); chunked prefill equals one prefill; 8-bit storage meets the accuracy bar against the
 // fp64 oracle; each bad input gets its code.
+#include <atomic>
+#include <chrono>
 #include <cstring>
 #include <map>
 #include <memory>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -128,6 +131,93 @@ TEST_F(SessionE2E, DecodeStepsEqualStatelessAttendBitForBit) {
   EXPECT_EQ(m->Sum("sageserve_requests_total", {{"method", "AttendSession"}, {"code", "OK"}}), 3 * 7);
 }
 
+// Twelve clients, each with its own session and its own calls, decode at once: their steps merge
+// into shared launches (the pages read in place, each member's page table chained), and every
+// step still equals a stateless unquantized Attend over that session's K/V, bit for bit.
+TEST(SessionMerge, ManyClientsStepsMergeIntoSharedLaunches) {
+  server::ServerOptions options = TestServerOptions();
+  options.metrics_listen_address = "127.0.0.1:0";
+  options.batcher.max_queue_delay_us = 2000;  // wait a little for company
+  RunningServer s;
+  StartServer(options, nullptr, &s);
+  constexpr int kClients = 12, kSteps = 8, kPrefill = 64;
+  struct Record {
+    std::vector<uint16_t> q, k, v;  // k/v: the cache as of this step
+    std::string o;
+  };
+  std::vector<std::vector<Record>> records(kClients);
+  std::vector<std::thread> threads;
+  std::atomic<int> failures{0};
+  for (int c = 0; c < kClients; ++c) {
+    threads.emplace_back([&, c] {
+      auto stub = v1::SessionService::NewStub(s.client->channel());
+      grpc::ClientContext cctx;
+      v1::CreateSessionRequest create;
+      create.set_layers(1);
+      create.set_heads_q(kHq);
+      create.set_heads_kv(kHkv);
+      create.set_head_dim(kD);
+      create.set_dtype(v1::DTYPE_FP16);
+      create.set_kv_storage(v1::KV_STORAGE_16BIT);
+      create.set_max_tokens(1024);
+      v1::CreateSessionResponse created;
+      if (!stub->CreateSession(&cctx, create, &created).ok()) {
+        ++failures;
+        return;
+      }
+      std::vector<uint16_t> k, v;
+      int64_t len = 0;
+      for (int step = 0; step <= kSteps; ++step) {
+        const int64_t n = step == 0 ? kPrefill : 1;
+        const uint32_t seed = static_cast<uint32_t>(c * 1000 + step * 3);
+        const auto nk = Values(n, kHkv, seed, 1.0f), nv = Values(n, kHkv, seed + 1, 0.0f), q = Values(1, kHq, seed + 2, 0.0f);
+        k.insert(k.end(), nk.begin(), nk.end());
+        v.insert(v.end(), nv.begin(), nv.end());
+        v1::AttendSessionRequest req;  // no recipe: decode-shaped steps run unquantized over the pages
+        v1::SessionStep* st = req.add_steps();
+        st->set_session_id(created.session_id());
+        st->set_position(len);
+        st->set_step_id(static_cast<uint64_t>(step));
+        SetTensor(nk, kHkv, st->mutable_k());
+        SetTensor(nv, kHkv, st->mutable_v());
+        SetTensor(q, kHq, st->mutable_q());
+        grpc::ClientContext ctx;
+        v1::AttendSessionResponse resp;
+        const grpc::Status status = stub->AttendSession(&ctx, req, &resp);
+        if (!status.ok() || resp.results_size() != 1 || resp.recipe() != v1::RECIPE_UNQUANTIZED) {
+          ++failures;
+          return;
+        }
+        len += n;
+        records[static_cast<size_t>(c)].push_back(Record{q, k, v, resp.results(0).o().data()});
+      }
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  ASSERT_EQ(failures.load(), 0);
+  for (int c = 0; c < kClients; ++c) {
+    for (size_t i = 0; i < records[static_cast<size_t>(c)].size(); ++i) {
+      const Record& r = records[static_cast<size_t>(c)][i];
+      v1::AttendRequest stateless;
+      SetTensor(r.q, kHq, stateless.mutable_q());
+      SetTensor(r.k, kHkv, stateless.mutable_k());
+      SetTensor(r.v, kHkv, stateless.mutable_v());
+      stateless.set_mask(v1::MASK_MODE_CAUSAL);
+      stateless.set_recipe(v1::RECIPE_UNQUANTIZED);
+      absl::StatusOr<v1::AttendResponse> want = s.client->Attend(stateless);
+      ASSERT_TRUE(want.ok()) << want.status();
+      ASSERT_EQ(r.o, want->o().data()) << "client " << c << " step " << i;
+    }
+  }
+  absl::StatusOr<metrics::testing::HttpResponse> r = metrics::testing::HttpGet(s.server->metrics_port(), "/metrics");
+  ASSERT_TRUE(r.ok()) << r.status();
+  absl::StatusOr<metrics::testing::ParsedExposition> m = metrics::testing::ParseExposition(r->body);
+  ASSERT_TRUE(m.ok()) << m.status();
+  const double requests = m->Sum("sageserve_batch_size_requests_sum"), launches = m->Sum("sageserve_batch_size_requests_count");
+  // The stateless checks ran one at a time: only merged session steps make requests exceed launches.
+  EXPECT_GT(requests, launches) << "no launch held more than one client's step";
+}
+
 // A prefill sent in three appends (two bulk imports, then the last chunk with Q) equals one prefill.
 TEST_F(SessionE2E, ChunkedPrefillEqualsOnePrefill) {
   const auto k = Values(500, kHkv, 1, 1.0f), v = Values(500, kHkv, 2, 0.0f), q = Values(100, kHq, 3, 0.0f);
@@ -229,6 +319,21 @@ TEST_F(SessionE2E, StreamAnswersEachRequestAndABadOneFailsAlone) {
     EXPECT_EQ(got[rid].results(0).o().data(), unary.results(0).o().data());
     EXPECT_EQ(got[rid].results(0).lse().data(), unary.results(0).lse().data());
   }
+  // The stream counted itself once (before its status went out), and is no longer open (the gauge
+  // drops when gRPC lets go of the reactor, which may be just after the client saw the status).
+  const std::string method = "/sageserve.v1.SessionService/AttendSessionStream";
+  absl::StatusOr<metrics::testing::ParsedExposition> m;
+  for (int attempt = 0; attempt < 100; ++attempt) {
+    absl::StatusOr<metrics::testing::HttpResponse> page = metrics::testing::HttpGet(s_.server->metrics_port(), "/metrics");
+    ASSERT_TRUE(page.ok()) << page.status();
+    m = metrics::testing::ParseExposition(page->body);
+    ASSERT_TRUE(m.ok()) << m.status();
+    if (m->Sum("sageserve_open_streams", {{"method", method}}) == 0) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_EQ(m->Sum("sageserve_open_streams", {{"method", method}}), 0);
+  EXPECT_EQ(m->Sum("sageserve_rpcs_total", {{"method", method}, {"code", "OK"}}), 1);
+  EXPECT_EQ(m->Sum("sageserve_rpc_duration_seconds_count", {{"method", method}}), 1);
 }
 
 // A client that writes many requests without reading and then cancels: the stream ends CANCELLED,

@@ -17,6 +17,7 @@
 #include "absl/strings/str_cat.h"
 #include "server/backend/cuda/client_memory.h"
 #include "server/backend/cuda/cuda_status.h"
+#include "server/backend/cuda/device_kv_memory.h"
 #include "server/backend/host_buffer_pool.h"
 #include "server/backend/cuda/device_executor.h"
 #include "server/backend/cuda/device_selector.h"
@@ -52,8 +53,26 @@ class CudaBackend final : public AttentionBackend {
     return OpenIpcAllocation(handle, device, bytes);
   }
 
+  absl::StatusOr<std::vector<std::unique_ptr<KvMemory>>> CreateKvMemory(size_t bytes, double fraction) override {
+    std::vector<std::unique_ptr<KvMemory>> out;
+    for (const auto& ex : executors_) {
+      size_t want = bytes;
+      if (fraction > 0) {
+        size_t free_b = 0, total_b = 0;
+        SAGE_CUDA_RETURN_IF_ERROR(FromCuda(cudaSetDevice(ex->device()), "cudaSetDevice"));
+        SAGE_CUDA_RETURN_IF_ERROR(FromCuda(cudaMemGetInfo(&free_b, &total_b), "cudaMemGetInfo"));
+        want = static_cast<size_t>(static_cast<double>(free_b) * fraction);
+      }
+      absl::StatusOr<std::unique_ptr<KvMemory>> m = CreateDeviceKvMemory(ex->device(), want);
+      if (!m.ok()) return m.status();
+      out.push_back(*std::move(m));
+    }
+    return out;
+  }
+
   absl::StatusOr<EngineOutput> Attend(const EngineInput& in, const RecipeConfig& config) override {
     SAGE_CUDA_RETURN_IF_ERROR(ValidateInput(in));
+    if (in.paged.has_value()) return LaunchPaged(in, config);
     const EngineInput* parts[] = {&in};
     return Launch(in, parts, config);
   }
@@ -79,6 +98,54 @@ class CudaBackend final : public AttentionBackend {
       return absl::InvalidArgumentError("cuda backend: gathered members do not add up to the merged launch");
     }
     return Launch(merged, members, config);
+  }
+
+ private:
+  // Session pages in a GPU's KV pool, read in place by the paged decode kernel: unquantized math
+  // over the stored values, up to SAGE_PAGED_MAX_QUERY_ROWS rows per sequence.
+  absl::StatusOr<EngineOutput> LaunchPaged(const EngineInput& in, const RecipeConfig& config) {
+    const PagedKv& pg = *in.paged;
+    SAGE_CUDA_RETURN_IF_ERROR(ValidatePagedKv(in, pg));
+    if (pg.memory != MemoryKind::kDevice || pg.device != in.memory_device) {
+      return absl::InvalidArgumentError("cuda backend: paged K/V must be in a GPU's KV pool, named by memory_device");
+    }
+    if (!(config == ConfigFor(Recipe::kUnquantized))) {
+      return absl::UnimplementedError("cuda backend: paged K/V runs the unquantized recipe only");
+    }
+    if (in.mask != MaskMode::kCausal) return absl::InvalidArgumentError("cuda backend: paged K/V is causal only");
+    if (in.q.dtype != pg.layout.dtype) return absl::InvalidArgumentError("cuda backend: q's dtype differs from the pages'");
+    sage_paged_decode_params_t p{};
+    p.storage = pg.layout.storage == KvStorage::k16Bit ? SAGE_KV_16BIT : SAGE_KV_INT8K_FP8V;
+    p.dtype = pg.layout.dtype == DType::kBF16 ? SAGE_DTYPE_BF16 : SAGE_DTYPE_F16;
+    p.pages = pg.pool;
+    p.page_bytes = pg.page_bytes;
+    p.page_tokens = pg.layout.page_tokens;
+    p.batch = in.batch();
+    int64_t work = 0;
+    for (int b = 0; b < p.batch; ++b) {
+      const int ql = in.cu_seqlens_q[b + 1] - in.cu_seqlens_q[b], kl = in.cu_seqlens_k[b + 1] - in.cu_seqlens_k[b];
+      p.max_seqlen_q = std::max(p.max_seqlen_q, ql);
+      p.max_seqlen_k = std::max(p.max_seqlen_k, kl);
+      work += int64_t{ql} * kl;
+    }
+    p.total_q = in.q.tokens;
+    p.num_q_heads = in.q.heads;
+    p.num_kv_heads = in.k.heads;
+    p.head_dim = in.q.head_dim;
+    p.softmax_scale = in.scale();
+    LaunchShape shape;
+    shape.q_elements = in.q.numel();
+    shape.sequences = p.batch;
+    shape.lse_elements = in.lse == LseMode::kNatural ? in.q.tokens * in.q.heads : 0;
+    SAGE_CUDA_RETURN_IF_ERROR(FromSage(sage_paged_decode_workspace_size(&p, &shape.workspace_bytes), "paged workspace size"));
+    SAGE_CUDA_RETURN_IF_ERROR(executors_.front()->CheckFits(shape));
+    absl::StatusOr<int> pick = PickExecutor(pg.device, work);
+    if (!pick.ok()) return pick.status();
+    DeviceExecutor& ex = *executors_[static_cast<size_t>(*pick)];
+    absl::StatusOr<EngineOutput> out = ex.RunPaged(shape, in, p, pg.layout.dtype);
+    selector_.Release(*pick, work);
+    if (!ex.healthy()) selector_.SetHealth(*pick, DeviceHealth::kFailed);
+    return out;
   }
 
  private:

@@ -13,6 +13,7 @@
 #include "kernels/reference/numerics.h"
 #include "kernels/reference/recipe.h"
 #include "server/backend/cuda/cuda_status.h"
+#include "server/backend/cuda/device_slot.h"
 #include "server/backend/cuda/host_staging.h"
 #include "server/backend/cuda/kernel_config.h"
 #include "server/backend/cuda/transfer_plan.h"
@@ -21,25 +22,6 @@ namespace sage::server {
 namespace {
 
 constexpr double kMiB = 1024.0 * 1024.0;
-
-// Errors after which the CUDA context is unusable: the device is taken out of rotation.
-bool IsSticky(cudaError_t err) {
-  switch (err) {
-    case cudaErrorIllegalAddress:
-    case cudaErrorLaunchFailure:
-    case cudaErrorHardwareStackError:
-    case cudaErrorIllegalInstruction:
-    case cudaErrorMisalignedAddress:
-    case cudaErrorInvalidAddressSpace:
-    case cudaErrorInvalidPc:
-    case cudaErrorECCUncorrectable:
-    case cudaErrorDevicesUnavailable:
-    case cudaErrorUnknown:
-      return true;
-    default:
-      return false;
-  }
-}
 
 unsigned SyncFlags(CudaSync sync) {
   switch (sync) {
@@ -115,6 +97,26 @@ cudaError_t IssueCopies(std::span<const Copy> copies, cudaStream_t stream) {
   return cudaSuccess;
 }
 
+}  // namespace
+
+bool IsStickyCudaError(cudaError_t err) {
+  switch (err) {
+    case cudaErrorIllegalAddress:
+    case cudaErrorLaunchFailure:
+    case cudaErrorHardwareStackError:
+    case cudaErrorIllegalInstruction:
+    case cudaErrorMisalignedAddress:
+    case cudaErrorInvalidAddressSpace:
+    case cudaErrorInvalidPc:
+    case cudaErrorECCUncorrectable:
+    case cudaErrorDevicesUnavailable:
+    case cudaErrorUnknown:
+      return true;
+    default:
+      return false;
+  }
+}
+
 // Stages that did not happen are 0; the kernels' stage starts where the uploads ended, if any.
 absl::StatusOr<DeviceTimings> StageTimings(const cudaEvent_t (&ev)[4], bool has_h2d, bool has_d2h) {
   float ms[3] = {0, 0, 0};
@@ -126,38 +128,6 @@ absl::StatusOr<DeviceTimings> StageTimings(const cudaEvent_t (&ev)[4], bool has_
   if (has_d2h) SAGE_CUDA_RETURN_IF_ERROR(elapsed(&ms[2], ev[2], ev[3]));
   return DeviceTimings{ms[0] * 1e3, ms[1] * 1e3, ms[2] * 1e3};
 }
-
-}  // namespace
-
-// One stream with its staging and events. Owned by the executor, used by one Run() at a time.
-struct DeviceExecutor::Slot {
-  int index = 0;
-  int device = 0;
-  Capacity cap;
-  cudaStream_t stream = nullptr;
-  // start, after H2D, after kernels, after D2H; the H2D and D2H ones only when that stage has work
-  cudaEvent_t ev[4] = {nullptr, nullptr, nullptr, nullptr};
-  unsigned char* host_in = nullptr;   // pinned
-  unsigned char* host_out = nullptr;  // pinned
-  unsigned char* dev_in = nullptr;
-  unsigned char* dev_out = nullptr;
-  void* dev_ws = nullptr;
-  TransferPlan plan;  // the last launch's, handed back to PlanTransfers: its vectors keep their capacity
-
-  ~Slot() {
-    if (cudaSetDevice(device) != cudaSuccess) return;
-    if (stream) (void)cudaStreamSynchronize(stream);
-    for (cudaEvent_t e : ev) {
-      if (e) (void)cudaEventDestroy(e);
-    }
-    if (stream) (void)cudaStreamDestroy(stream);
-    if (host_in) (void)cudaFreeHost(host_in);
-    if (host_out) (void)cudaFreeHost(host_out);
-    if (dev_in) (void)cudaFree(dev_in);
-    if (dev_out) (void)cudaFree(dev_out);
-    if (dev_ws) (void)cudaFree(dev_ws);
-  }
-};
 
 DeviceExecutor::DeviceExecutor(int device, int sm, DeviceDescription description, const CudaPoolOptions& pool)
     : device_(device), sm_(sm), description_(std::move(description)), pool_(pool) {}
@@ -311,23 +281,7 @@ absl::Status DeviceExecutor::CheckFits(const LaunchShape& shape) const {
 absl::StatusOr<EngineOutput> DeviceExecutor::Run(const LaunchShape& shape, const EngineInput& in,
                                                 std::span<const EngineInput* const> parts, sage_attn_params_t params,
                                                 DType dtype) {
-  // Without light slots a small launch simply gets a full-size one.
-  const int index = pool_of_slots_->Acquire(FitsLight(shape) ? SlotFit::kLightOrFull : SlotFit::kFullOnly);
-  Slot* slot = slots_[static_cast<size_t>(index)].get();
-  absl::StatusOr<EngineOutput> out = RunOnSlot(*slot, in, parts, params, dtype);
-  if (!out.ok()) {
-    // Whatever was enqueued must finish before the slot's buffers are reused.
-    const cudaError_t drained = cudaStreamSynchronize(slot->stream);
-    if (IsSticky(drained) || IsSticky(cudaGetLastError())) {
-      healthy_.store(false, std::memory_order_relaxed);
-    }
-    failed_batches_.fetch_add(1, std::memory_order_relaxed);
-  } else {
-    tokens_.fetch_add(params.total_q, std::memory_order_relaxed);
-  }
-  batches_.fetch_add(1, std::memory_order_relaxed);
-  pool_of_slots_->Release(index);
-  return out;
+  return OnSlot(shape, params.total_q, [&](Slot& slot) { return RunOnSlot(slot, in, parts, params, dtype); });
 }
 
 // A launch in three steps: plan the transfers (pure, transfer_plan.h), stage the host side and

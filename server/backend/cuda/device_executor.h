@@ -63,6 +63,13 @@ class DeviceExecutor {
   absl::StatusOr<EngineOutput> Run(const LaunchShape& shape, const EngineInput& in,
                                  std::span<const EngineInput* const> parts, sage_attn_params_t params, DType dtype);
 
+  // Runs one validated paged launch (in.paged in this device's memory; paged_launch.cc): Q, the
+  // page tables and the lengths staged into pinned memory and copied up in one copy, the paged
+  // decode kernel reading the pages in place, O (and LSE) copied back. `params` has everything but
+  // the device pointers of q/o/lse/tables and the workspace, whose size `shape` carries.
+  absl::StatusOr<EngineOutput> RunPaged(const LaunchShape& shape, const EngineInput& in,
+                                        sage_paged_decode_params_t params, DType dtype);
+
   // The device is unusable after a sticky CUDA error (illegal address, launch failure...).
   bool healthy() const { return healthy_.load(std::memory_order_relaxed); }
   int device() const { return device_; }
@@ -91,6 +98,12 @@ class DeviceExecutor {
   // then its sync; and the result read back once the stream is done.
   absl::Status Issue(Slot& slot, const TransferPlan& plan, const sage_attn_params_t& params);
   absl::StatusOr<EngineOutput> Collect(const Slot& slot, const TransferPlan& plan, const EngineInput& in, DType dtype);
+  absl::StatusOr<EngineOutput> RunPagedOnSlot(Slot& slot, const LaunchShape& shape, const EngineInput& in, sage_paged_decode_params_t& params,
+                                              DType dtype);
+  // Run's bookkeeping around a slot: taken (light when `shape` fits one), released, the device
+  // marked unhealthy after a sticky error, the counters.
+  template <typename Fn>
+  absl::StatusOr<EngineOutput> OnSlot(const LaunchShape& shape, int64_t tokens, Fn&& run);
 
   const int device_;
   const int sm_;

@@ -56,10 +56,12 @@ class RpcMetricsInterceptorFactory final : public grpc::experimental::ServerInte
  public:
   explicit RpcMetricsInterceptorFactory(ServerMetrics* metrics) : metrics_(metrics) {}
   grpc::experimental::Interceptor* CreateServerInterceptor(grpc::experimental::ServerRpcInfo* info) override {
-    // AttendStream counts itself (attend_stream_reactor.cc): an interceptor puts every message of a
-    // call through gRPC's interception path, which cost 5-15 % of the rate of many tiny streamed
-    // requests (docs/BENCHMARKS.md). With no interceptor for a call, gRPC skips that path.
-    if (info->method() != nullptr && std::string_view(info->method()) == InfoOf(RpcMethod::kAttendStream).name) {
+    // The two bidi streams count themselves (attend_stream_reactor.cc, session_stream_reactor.cc): an
+    // interceptor puts every message of a call through gRPC's interception path, which cost 5-15 %
+    // of the rate of many tiny streamed requests (docs/BENCHMARKS.md). With no interceptor for a
+    // call, gRPC skips that path.
+    if (info->method() != nullptr && (std::string_view(info->method()) == InfoOf(RpcMethod::kAttendStream).name ||
+                                      std::string_view(info->method()) == InfoOf(RpcMethod::kAttendSessionStream).name)) {
       return nullptr;
     }
     return new RpcMetricsInterceptor(metrics_, info);

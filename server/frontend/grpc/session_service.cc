@@ -28,8 +28,9 @@ constexpr int kStreamMaxPending = 64;
 
 }  // namespace
 
-SessionService::SessionService(SessionAttend* sessions, const CallAuthorizer* auth, int workers, int max_queued)
-    : sessions_(sessions), auth_(auth) {
+SessionService::SessionService(SessionAttend* sessions, const CallAuthorizer* auth, ServerMetrics* metrics, int workers,
+                               int max_queued)
+    : sessions_(sessions), auth_(auth), metrics_(metrics) {
   for (int i = 0; i < std::max(1, workers); ++i) {
     workers_.push_back(std::make_unique<SerialWorker>(
         SerialWorkerOptions{absl::StrCat("session worker ", i), std::max(1, max_queued)}));
@@ -153,12 +154,13 @@ grpc::ServerBidiReactor<v1::AttendSessionRequest, v1::AttendSessionResponse>* Se
   // Checked once, at the stream's start: every request on it is the same caller's.
   absl::StatusOr<Principal> caller = auth_->Check(context, RpcMethod::kAttendSessionStream);
   if (!caller.ok()) {
+    if (metrics_ != nullptr) metrics_->RecordRpc(RpcRecord{SessionStreamMethodLabel(), caller.status().code(), {}});
     return new RefusedBidiReactor<v1::AttendSessionRequest, v1::AttendSessionResponse>(ToGrpcStatus(caller.status()));
   }
   return new SessionStreamReactor(
       context, sessions_, CallerOf(*caller),
       [this](size_t key, absl::AnyInvocable<void()> job) { return workers_[key % workers_.size()]->Submit(std::move(job)); },
-      kStreamMaxPending);
+      kStreamMaxPending, metrics_);
 }
 
 }  // namespace sage::server

@@ -14,6 +14,7 @@
 #include "server/core/serial_worker.h"
 #include "server/core/session_attend.h"
 #include "server/frontend/grpc/call_auth.h"
+#include "server/metrics/server_metrics.h"
 
 namespace sage::server {
 
@@ -21,7 +22,9 @@ class SessionService final : public sageserve::v1::SessionService::CallbackServi
  public:
   // `sessions` and `auth` must outlive the service. `workers`: threads for AttendSession's appends
   // and gathers (at least 1), each with up to `max_queued` calls waiting (RESOURCE_EXHAUSTED past it).
-  SessionService(SessionAttend* sessions, const CallAuthorizer* auth, int workers = 4, int max_queued = 256);
+  // `metrics` may be null; AttendSessionStream counts itself in it (session_stream_reactor.h).
+  SessionService(SessionAttend* sessions, const CallAuthorizer* auth, ServerMetrics* metrics, int workers = 4,
+                 int max_queued = 256);
   ~SessionService() override;
   // Refuses new AttendSession work (UNAVAILABLE) and finishes what is queued. Idempotent.
   void Shutdown();
@@ -53,6 +56,7 @@ class SessionService final : public sageserve::v1::SessionService::CallbackServi
  private:
   SessionAttend* const sessions_;
   const CallAuthorizer* const auth_;
+  ServerMetrics* const metrics_;
   std::vector<std::unique_ptr<SerialWorker>> workers_;
 };
 

@@ -11,10 +11,16 @@
 namespace sage::server {
 
 SessionStreamReactor::SessionStreamReactor(grpc::CallbackServerContext* context, SessionAttend* sessions,
-                                           SessionCaller caller, SessionJobRunner run, int max_pending)
+                                           SessionCaller caller, SessionJobRunner run, int max_pending,
+                                           ServerMetrics* metrics)
     : context_(context), sessions_(sessions), caller_(std::move(caller)), run_(std::move(run)),
-      max_pending_(std::max(1, max_pending)) {
+      max_pending_(std::max(1, max_pending)), metrics_(metrics) {
+  if (metrics_ != nullptr) metrics_->AddOpenStreams(SessionStreamMethodLabel(), 1);
   StartRead(&incoming_);
+}
+
+SessionStreamReactor::~SessionStreamReactor() {
+  if (metrics_ != nullptr) metrics_->AddOpenStreams(SessionStreamMethodLabel(), -1);
 }
 
 bool SessionStreamReactor::UnderLimitLocked() const {
@@ -33,6 +39,10 @@ void SessionStreamReactor::DoFinish() {
   {
     std::lock_guard<std::mutex> lock(mu_);
     cancelled = cancelled_;
+  }
+  if (metrics_ != nullptr) {
+    metrics_->RecordRpc(RpcRecord{SessionStreamMethodLabel(), cancelled ? absl::StatusCode::kCancelled : absl::StatusCode::kOk,
+                                  MetricsClock::now() - started_});
   }
   // Nothing touches members after Finish: OnDone may run (and delete this) right away.
   Finish(cancelled ? grpc::Status(grpc::StatusCode::CANCELLED, "stream cancelled") : grpc::Status::OK);

@@ -16,18 +16,29 @@
 #include "grpcpp/support/server_callback.h"
 #include "sageserve/v1/session.grpc.pb.h"
 #include "server/core/session_attend.h"
+#include "server/frontend/grpc/rpc_methods.h"
+#include "server/metrics/server_metrics.h"
 
 namespace sage::server {
 
 // Runs a job for the session keyed `key` (the service's session workers); its error if it cannot.
 using SessionJobRunner = std::function<absl::Status(size_t key, absl::AnyInvocable<void()> job)>;
 
+// AttendSessionStream's label in the RPC metrics (gRPC's full method name, from rpc_methods.h).
+inline absl::string_view SessionStreamMethodLabel() {
+  const std::string_view name = InfoOf(RpcMethod::kAttendSessionStream).name;
+  return absl::string_view(name.data(), name.size());
+}
+
 class SessionStreamReactor final
     : public grpc::ServerBidiReactor<sageserve::v1::AttendSessionRequest, sageserve::v1::AttendSessionResponse> {
  public:
-  // `sessions` and whatever `run` uses must outlive the reactor.
+  // `sessions`, `metrics` (may be null) and whatever `run` uses must outlive the reactor. The stream
+  // counts itself in the RPC metrics (open streams, the call's code and duration) rather than
+  // through the interceptor, which would put every message of the stream through its hooks.
   SessionStreamReactor(grpc::CallbackServerContext* context, SessionAttend* sessions, SessionCaller caller,
-                       SessionJobRunner run, int max_pending);
+                       SessionJobRunner run, int max_pending, ServerMetrics* metrics);
+  ~SessionStreamReactor() override;
 
   void OnReadDone(bool ok) override;
   void OnWriteDone(bool ok) override;
@@ -50,6 +61,8 @@ class SessionStreamReactor final
   const SessionCaller caller_;
   const SessionJobRunner run_;
   const int max_pending_;
+  ServerMetrics* const metrics_;
+  const MetricsClock::time_point started_ = MetricsClock::now();
   sageserve::v1::AttendSessionRequest incoming_;
 
   std::mutex mu_;

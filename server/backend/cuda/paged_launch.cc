@@ -1,0 +1,109 @@
+// DeviceExecutor's paged launches: attention over KV pages that live in this GPU's KV pool, read in
+// place by the paged decode kernel. Only Q, the page tables and the lengths go up; O and LSE come
+// back.
+#include <cuda_runtime.h>
+
+#include <cstring>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "server/backend/cuda/cuda_status.h"
+#include "server/backend/cuda/device_slot.h"
+#include "server/backend/cuda/host_staging.h"
+
+namespace sage::server {
+namespace {
+
+size_t Align(size_t n) { return (n + 255) / 256 * 256; }
+
+// Byte offsets of one paged launch's inputs in the slot's input staging (and device buffer alike).
+struct PagedLayout {
+  size_t q = 0, page_table = 0, cu_pages = 0, cu_q = 0, seqlens_k = 0, end = 0;
+};
+
+PagedLayout LayoutOf(const EngineInput& in) {
+  PagedLayout l;
+  l.page_table = Align(static_cast<size_t>(in.q.bytes()));
+  l.cu_pages = l.page_table + Align(in.paged->page_table.size() * sizeof(int32_t));
+  l.cu_q = l.cu_pages + Align(in.paged->cu_pages.size() * sizeof(int32_t));
+  l.seqlens_k = l.cu_q + Align(in.cu_seqlens_q.size() * sizeof(int32_t));
+  l.end = l.seqlens_k + Align(static_cast<size_t>(in.batch()) * sizeof(int32_t));
+  return l;
+}
+
+}  // namespace
+
+absl::StatusOr<EngineOutput> DeviceExecutor::RunPaged(const LaunchShape& shape, const EngineInput& in,
+                                                      sage_paged_decode_params_t params, DType dtype) {
+  return OnSlot(shape, params.total_q, [&](Slot& slot) { return RunPagedOnSlot(slot, shape, in, params, dtype); });
+}
+
+absl::StatusOr<EngineOutput> DeviceExecutor::RunPagedOnSlot(Slot& slot, const LaunchShape& shape, const EngineInput& in,
+                                                            sage_paged_decode_params_t& params, DType dtype) {
+  SAGE_CUDA_RETURN_IF_ERROR(FromCuda(cudaSetDevice(device_), "cudaSetDevice"));
+  const PagedLayout l = LayoutOf(in);
+  const size_t o_bytes = static_cast<size_t>(in.q.numel()) * 2;
+  const bool want_lse = in.lse == LseMode::kNatural;
+  const size_t lse_at = Align(o_bytes);
+  const size_t lse_bytes = want_lse ? static_cast<size_t>(in.q.tokens) * in.q.heads * sizeof(float) : 0;
+  if (l.end > slot.cap.in_bytes || lse_at + lse_bytes > slot.cap.out_bytes || shape.workspace_bytes > slot.cap.ws_bytes) {
+    return absl::ResourceExhaustedError(absl::StrCat("cuda backend: paged launch of ", in.q.tokens, " query rows and ",
+                                                     in.paged->page_table.size(), " pages does not fit a stream slot"));
+  }
+  // Host side: Q in the kernels' dtype, then the tables, all in one upload.
+  StageSegment q_seg{in.q.data, in.q.dtype, slot.host_in + l.q, dtype, static_cast<size_t>(in.q.numel())};
+  RunStaging(std::span<const StageSegment>(&q_seg, 1));
+  const auto put = [&](size_t at, std::span<const int32_t> v) { std::memcpy(slot.host_in + at, v.data(), v.size_bytes()); };
+  put(l.page_table, in.paged->page_table);
+  put(l.cu_pages, in.paged->cu_pages);
+  put(l.cu_q, in.cu_seqlens_q);
+  auto* lens = reinterpret_cast<int32_t*>(slot.host_in + l.seqlens_k);
+  for (int b = 0; b < in.batch(); ++b) lens[b] = in.cu_seqlens_k[b + 1] - in.cu_seqlens_k[b];
+
+  params.q = slot.dev_in + l.q;
+  params.page_table = reinterpret_cast<const int32_t*>(slot.dev_in + l.page_table);
+  params.cu_pages = reinterpret_cast<const int32_t*>(slot.dev_in + l.cu_pages);
+  params.cu_seqlens_q = reinterpret_cast<const int32_t*>(slot.dev_in + l.cu_q);
+  params.seqlens_k = reinterpret_cast<const int32_t*>(slot.dev_in + l.seqlens_k);
+  params.o = slot.dev_out;
+  params.lse = want_lse ? reinterpret_cast<float*>(slot.dev_out + lse_at) : nullptr;
+  params.workspace = slot.dev_ws;
+  params.workspace_bytes = slot.cap.ws_bytes;
+
+  cudaStream_t st = slot.stream;
+  SAGE_CUDA_RETURN_IF_ERROR(FromCuda(cudaEventRecord(slot.ev[0], st), "cudaEventRecord"));
+  SAGE_CUDA_RETURN_IF_ERROR(FromCuda(cudaMemcpyAsync(slot.dev_in, slot.host_in, l.end, cudaMemcpyHostToDevice, st), "upload q and page tables"));
+  SAGE_CUDA_RETURN_IF_ERROR(FromCuda(cudaEventRecord(slot.ev[1], st), "cudaEventRecord"));
+  SAGE_CUDA_RETURN_IF_ERROR(FromSage(sage_paged_decode(&params, reinterpret_cast<sage_stream_t>(st)), "paged decode"));
+  SAGE_CUDA_RETURN_IF_ERROR(FromCuda(cudaEventRecord(slot.ev[2], st), "cudaEventRecord"));
+  SAGE_CUDA_RETURN_IF_ERROR(FromCuda(cudaMemcpyAsync(slot.host_out, slot.dev_out, lse_at + lse_bytes, cudaMemcpyDeviceToHost, st),
+                                     "download o"));
+  SAGE_CUDA_RETURN_IF_ERROR(FromCuda(cudaEventRecord(slot.ev[3], st), "cudaEventRecord"));
+  SAGE_CUDA_RETURN_IF_ERROR(FromCuda(cudaStreamSynchronize(st), "paged attention"));
+
+  EngineOutput out;
+  const size_t n = static_cast<size_t>(in.q.numel());
+  StageSegment o_seg{slot.host_out, dtype, nullptr, dtype, n};
+  if (in.output.form != OutputForm::kFloat) {
+    out.o_native.resize(n * 2);  // the kernel's codes as they are
+    out.o_native_dtype = dtype;
+    o_seg.dst = out.o_native.data();
+  } else {
+    out.o.resize(n);
+    o_seg.dst = out.o.data();
+    o_seg.dst_dtype = DType::kF32;
+  }
+  RunStaging(std::span<const StageSegment>(&o_seg, 1));
+  if (want_lse) {
+    out.lse.resize(lse_bytes / sizeof(float));
+    std::memcpy(out.lse.data(), slot.host_out + lse_at, lse_bytes);
+  }
+  absl::StatusOr<DeviceTimings> timings = StageTimings(slot.ev, true, true);
+  if (!timings.ok()) return timings.status();
+  timings->device = device_;
+  timings->stream_slot = slot.index;
+  out.device_timings = *timings;
+  return out;
+}
+
+}  // namespace sage::server

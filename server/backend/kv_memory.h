@@ -1,0 +1,44 @@
+// The memory a KV page pool lives in (server-resident sessions): host memory for the CPU engine,
+// one device allocation per GPU for the CUDA backend, made once at start. The session store keeps
+// the page tables and encodes tokens on the host; it moves bytes in and out only through this
+// interface, so engines can read the pages where they are (kernels/reference/kv_pages.h is the
+// layout). Thread-safe: calls on disjoint byte ranges may run concurrently.
+#pragma once
+
+#include <cstddef>
+#include <memory>
+#include <span>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "server/backend/memory_kind.h"
+
+namespace sage::server {
+
+// One byte range of a write into the pool: `bytes` from host `src` to pool offset `offset`.
+struct KvWrite {
+  size_t offset = 0;
+  const void* src = nullptr;
+  size_t bytes = 0;
+};
+
+class KvMemory {
+ public:
+  virtual ~KvMemory() = default;
+  // The pool's first byte: a host address (kPageable) or a device address on `device()` (kDevice).
+  virtual std::byte* base() const = 0;
+  virtual size_t bytes() const = 0;
+  virtual MemoryKind memory() const = 0;
+  virtual int device() const = 0;  // CUDA ordinal, -1 for host memory
+  // Copies every range, then returns (device: one batch of copies, then a sync of its own stream).
+  virtual absl::Status Write(std::span<const KvWrite> writes) = 0;
+  // `bytes` from pool offset `offset` into host `dst`.
+  virtual absl::Status Read(size_t offset, void* dst, size_t bytes) const = 0;
+  // Copies `bytes` within the pool (a copy-on-write page).
+  virtual absl::Status Copy(size_t dst_offset, size_t src_offset, size_t bytes) = 0;
+};
+
+// `bytes` of ordinary host memory. RESOURCE_EXHAUSTED when it cannot be had.
+absl::StatusOr<std::unique_ptr<KvMemory>> CreateHostKvMemory(size_t bytes);
+
+}  // namespace sage::server

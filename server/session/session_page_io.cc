@@ -1,0 +1,155 @@
+// SessionStore's page I/O: an append's tokens encoded into the layer's pages (through KvMemory for
+// a GPU's pool), a cache decoded back out, and pages pinned for a launch that reads them in place.
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "kernels/reference/numerics.h"
+#include "server/session/session_state.h"
+#include "server/session/session_store.h"
+
+namespace sage::server {
+
+// Appends the step's tokens to the layer's pages (which the caller checked it may write): pages
+// allocated first (a shared page about to be written copied), then each run of tokens that lands
+// in one page encoded on the host and written to the pool in one batch.
+absl::Status SessionStore::WriteTokens(Session& s, int layer, const AppendStep& step) {
+  Session::Layer& l = s.layers[static_cast<size_t>(layer)];
+  const SessionShape& shape = s.shape;
+  KvPagePool& pool = PoolOf(s);
+  KvMemory& memory = pool.memory();
+  const int64_t end = step.position + step.n_new;
+  const int64_t T = s.page_tokens();
+  const int64_t pages_needed = (end + T - 1) / T;
+  const int64_t have = static_cast<int64_t>(l.pages.size());
+  const int64_t first = step.position / T;
+  const bool copy_first = first < have && pool.RefCount(l.pages[static_cast<size_t>(first)]) > 1;
+  const int64_t more = std::max<int64_t>(0, pages_needed - have) + (copy_first ? 1 : 0);
+  absl::StatusOr<std::vector<PageId>> fresh = pool.Allocate(more);
+  if (!fresh.ok()) return fresh.status();
+  size_t next = 0;
+  if (copy_first) {
+    const PageId old = l.pages[static_cast<size_t>(first)];
+    const PageId mine = (*fresh)[next++];
+    if (absl::Status c = memory.Copy(pool.offset(mine), pool.offset(old), pool.page_bytes()); !c.ok()) {
+      pool.Release(*fresh);
+      return c;
+    }
+    l.pages[static_cast<size_t>(first)] = mine;
+    pool.Release(std::span<const PageId>(&old, 1));
+  }
+  while (next < fresh->size()) l.pages.push_back((*fresh)[next++]);
+
+  const size_t row = static_cast<size_t>(shape.heads_kv) * shape.head_dim;  // values per token
+  const auto* k = static_cast<const uint16_t*>(step.k);
+  const auto* v = static_cast<const uint16_t*>(step.v);
+  if (shape.storage == KvStorage::kInt8KFp8V && l.k_mean.empty()) {
+    // The session's K mean for this layer: the channel means of its first append.
+    l.k_mean.assign(row, 0.0f);
+    std::vector<float> f(row);
+    for (int64_t t = 0; t < step.n_new; ++t) {
+      DecodeToFloatBulk(k + t * row, shape.dtype, f.data(), row);
+      for (size_t i = 0; i < row; ++i) l.k_mean[i] += f[i];
+    }
+    for (float& m : l.k_mean) m /= static_cast<float>(step.n_new);
+  }
+  // Host memory is encoded in place. Other memory: each page run is encoded into a host image of
+  // its page at the same offsets, and the four ranges it wrote (K and V codes, K and V scales) are
+  // copied in one batch.
+  const bool in_place = memory.memory() != MemoryKind::kDevice;
+  const size_t runs = static_cast<size_t>((step.position % T + step.n_new + T - 1) / T);
+  thread_local std::vector<std::byte> images;
+  if (!in_place && images.size() < runs * pool.page_bytes()) images.resize(runs * pool.page_bytes());
+  std::vector<KvWrite> writes;
+  const KvPageLayout& layout = s.layout;
+  const size_t token_values = row * layout.code_bytes();
+  const size_t token_scales = layout.storage == KvStorage::k16Bit ? 0 : static_cast<size_t>(layout.heads) * sizeof(float);
+  size_t run = 0;
+  for (int64_t t = 0; t < step.n_new; ++run) {
+    const int64_t token = step.position + t;
+    const int in_page = static_cast<int>(token % T);
+    const int n = static_cast<int>(std::min<int64_t>(T - in_page, step.n_new - t));
+    const size_t page_at = pool.offset(l.pages[static_cast<size_t>(token / T)]);
+    std::byte* image = in_place ? memory.base() + page_at : images.data() + run * pool.page_bytes();
+    EncodeKvTokens(layout, image, in_page, n, k + static_cast<size_t>(t) * row, v + static_cast<size_t>(t) * row, l.k_mean);
+    if (!in_place) {
+      const size_t codes = layout.codes_per_tensor(), scales = layout.scales_per_tensor();
+      const size_t c0 = in_page * token_values, cn = static_cast<size_t>(n) * token_values;
+      writes.push_back(KvWrite{page_at + c0, image + c0, cn});
+      writes.push_back(KvWrite{page_at + codes + c0, image + codes + c0, cn});
+      if (token_scales > 0) {
+        const size_t s0 = 2 * codes + in_page * token_scales, sn = static_cast<size_t>(n) * token_scales;
+        writes.push_back(KvWrite{page_at + s0, image + s0, sn});
+        writes.push_back(KvWrite{page_at + s0 + scales, image + s0 + scales, sn});
+      }
+    }
+    t += n;
+  }
+  return writes.empty() ? absl::OkStatus() : memory.Write(writes);
+}
+
+absl::Status SessionStore::Gather(const SessionCaller& caller, std::string_view id, int layer, int64_t end,
+                                  std::span<std::byte> k, std::span<std::byte> v) const {
+  absl::StatusOr<std::shared_ptr<Session>> found = Find(caller, id);
+  if (!found.ok()) return found.status();
+  Session& s = **found;
+  std::lock_guard<std::mutex> lock(s.mu);
+  if (s.closed) return absl::NotFoundError(absl::StrCat("session '", s.id, "' was closed"));
+  if (layer < 0 || layer >= s.shape.layers) return absl::OutOfRangeError("layer: outside the session");
+  const Session::Layer& l = s.layers[static_cast<size_t>(layer)];
+  if (end > l.length) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("session '", s.id, "' layer ", layer, " was truncated to ", l.length, " tokens during the step"));
+  }
+  const size_t row_bytes = static_cast<size_t>(s.shape.heads_kv) * s.shape.head_dim * 2;
+  if (k.size() < static_cast<size_t>(end) * row_bytes || v.size() < static_cast<size_t>(end) * row_bytes) {
+    return absl::InternalError("session gather: output buffers too small");
+  }
+  const KvPagePool& pool = PoolOf(s);
+  const KvMemory& memory = pool.memory();
+  const bool in_place = memory.memory() != MemoryKind::kDevice;
+  thread_local std::vector<std::byte> image;
+  if (!in_place && image.size() < pool.page_bytes()) image.resize(pool.page_bytes());
+  const int64_t T = s.page_tokens();
+  for (int64_t t = 0; t < end;) {
+    const int n = static_cast<int>(std::min<int64_t>(T, end - t));
+    const size_t page_at = pool.offset(l.pages[static_cast<size_t>(t / T)]);
+    const std::byte* page = memory.base() + page_at;
+    if (!in_place) {  // the whole page: its scales sit after every token's codes
+      if (absl::Status r = memory.Read(page_at, image.data(), s.layout.page_bytes()); !r.ok()) return r;
+      page = image.data();
+    }
+    DecodeKvTokens(s.layout, page, 0, n, k.data() + static_cast<size_t>(t) * row_bytes, v.data() + static_cast<size_t>(t) * row_bytes);
+    t += n;
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<PinnedPages> SessionStore::Pin(const SessionCaller& caller, std::string_view id, int layer,
+                                              int64_t end) const {
+  absl::StatusOr<std::shared_ptr<Session>> found = Find(caller, id);
+  if (!found.ok()) return found.status();
+  Session& s = **found;
+  std::lock_guard<std::mutex> lock(s.mu);
+  if (s.closed) return absl::NotFoundError(absl::StrCat("session '", s.id, "' was closed"));
+  if (layer < 0 || layer >= s.shape.layers) return absl::OutOfRangeError("layer: outside the session");
+  const Session::Layer& l = s.layers[static_cast<size_t>(layer)];
+  if (end > l.length) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("session '", s.id, "' layer ", layer, " was truncated to ", l.length, " tokens during the step"));
+  }
+  PinnedPages pinned;
+  pinned.pool = s.pool;
+  pinned.layout = s.layout;
+  const size_t n = static_cast<size_t>((end + s.page_tokens() - 1) / s.page_tokens());
+  pinned.pages.assign(l.pages.begin(), l.pages.begin() + static_cast<std::ptrdiff_t>(n));
+  PoolOf(s).AddRef(pinned.pages);
+  return pinned;
+}
+
+void SessionStore::Unpin(const PinnedPages& pinned) const {
+  pools_[static_cast<size_t>(pinned.pool)].pool->Release(pinned.pages);
+}
+
+}  // namespace sage::server

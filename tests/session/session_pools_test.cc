@@ -1,0 +1,208 @@
+// The session store over KV memory that is not host memory (as a GPU's pool is): pages written
+// and read only through KvMemory, never through base(); placement on the pool with the most free
+// pages; pinned pages that outlive truncation and close and are copied before a write.
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "kernels/reference/numerics.h"
+#include "server/session/session_store.h"
+
+namespace sage::server {
+namespace {
+
+const SessionCaller kAlice{"alice", false};
+
+// Host bytes behind a KvMemory that calls itself device memory. base() is an address nothing may
+// dereference (it is not mapped), so a store that touched the pages directly would crash.
+class FakeDeviceMemory final : public KvMemory {
+ public:
+  FakeDeviceMemory(int device, size_t bytes) : device_(device), bytes_(bytes) {}
+  std::byte* base() const override { return reinterpret_cast<std::byte*>(uintptr_t{0x10000} << 32); }
+  size_t bytes() const override { return bytes_.size(); }
+  MemoryKind memory() const override { return MemoryKind::kDevice; }
+  int device() const override { return device_; }
+  absl::Status Write(std::span<const KvWrite> writes) override {
+    ++write_calls;
+    for (const KvWrite& w : writes) {
+      if (w.offset + w.bytes > bytes_.size()) return absl::InternalError("write past the pool");
+      std::memcpy(bytes_.data() + w.offset, w.src, w.bytes);
+      written += w.bytes;
+    }
+    return absl::OkStatus();
+  }
+  absl::Status Read(size_t offset, void* dst, size_t bytes) const override {
+    std::memcpy(dst, bytes_.data() + offset, bytes);
+    return absl::OkStatus();
+  }
+  absl::Status Copy(size_t dst_offset, size_t src_offset, size_t bytes) override {
+    ++copies;
+    std::memcpy(bytes_.data() + dst_offset, bytes_.data() + src_offset, bytes);
+    return absl::OkStatus();
+  }
+  const std::byte* bytes_at(size_t offset) const { return bytes_.data() + offset; }
+
+  int write_calls = 0;
+  size_t written = 0;
+  int copies = 0;
+
+ private:
+  const int device_;
+  std::vector<std::byte> bytes_ = std::vector<std::byte>(size_t{8} << 20);
+};
+
+SessionShape Shape(KvStorage storage) {
+  SessionShape s;
+  s.layers = 2;
+  s.heads_q = 4;
+  s.heads_kv = 2;
+  s.head_dim = 64;
+  s.storage = storage;
+  s.max_tokens = 4096;
+  return s;
+}
+
+SessionStoreOptions Options() {
+  SessionStoreOptions o;
+  o.pool_bytes = size_t{8} << 20;
+  o.page_bytes = 64 << 10;  // 128 tokens in 16 bits, 240 in 8 bits: capped to a multiple of 16
+  return o;
+}
+
+std::vector<uint16_t> Tokens(int64_t n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::vector<uint16_t> out(static_cast<size_t>(n) * 128);
+  for (uint16_t& x : out) x = EncodeFp16(normal(rng) * 3.0f + 1.0f);
+  return out;
+}
+
+struct TwoStores {
+  std::unique_ptr<SessionStore> host, device;
+  FakeDeviceMemory* memory = nullptr;
+};
+
+TwoStores Make() {
+  TwoStores t;
+  auto host = SessionStore::Create(Options());
+  EXPECT_TRUE(host.ok()) << host.status();
+  auto fake = std::make_unique<FakeDeviceMemory>(0, Options().pool_bytes);
+  t.memory = fake.get();
+  std::vector<std::unique_ptr<KvMemory>> memories;
+  memories.push_back(std::move(fake));
+  auto device = SessionStore::Create(Options(), std::move(memories));
+  EXPECT_TRUE(device.ok()) << device.status();
+  t.host = *std::move(host);
+  t.device = *std::move(device);
+  return t;
+}
+
+// The same appends (a prefill crossing pages, then decode steps, then a run ending mid-page) give
+// the same decoded cache, whether the pool is written in place or through KvMemory::Write; each
+// append is one Write call.
+TEST(SessionPools, WritesThroughKvMemoryEqualInPlaceEncoding) {
+  for (KvStorage storage : {KvStorage::k16Bit, KvStorage::kInt8KFp8V}) {
+    SCOPED_TRACE(storage == KvStorage::k16Bit ? "16-bit" : "8-bit");
+    TwoStores t = Make();
+    auto a = t.host->CreateSession(kAlice, Shape(storage), 0);
+    auto b = t.device->CreateSession(kAlice, Shape(storage), 0);
+    ASSERT_TRUE(a.ok() && b.ok());
+    EXPECT_NE(b->id.find(".cuda0."), std::string::npos) << b->id;
+    int64_t pos = 0;
+    int appends = 0;
+    for (int64_t n : {300, 1, 1, 17, 250, 1}) {
+      const auto k = Tokens(n, static_cast<uint32_t>(pos)), v = Tokens(n, static_cast<uint32_t>(pos + 7));
+      for (SessionStore* s : {t.host.get(), t.device.get()}) {
+        const std::string& id = s == t.host.get() ? a->id : b->id;
+        auto end = s->Append(kAlice, AppendStep{id, 1, pos, static_cast<uint64_t>(pos), n, k.data(), v.data()});
+        ASSERT_TRUE(end.ok()) << end.status();
+      }
+      ++appends;
+      pos += n;
+    }
+    EXPECT_EQ(t.memory->write_calls, appends);
+    std::vector<uint16_t> hk(static_cast<size_t>(pos) * 128), hv(hk.size()), dk(hk.size()), dv(hk.size());
+    ASSERT_TRUE(t.host->Gather(kAlice, a->id, 1, pos, std::as_writable_bytes(std::span(hk)), std::as_writable_bytes(std::span(hv))).ok());
+    ASSERT_TRUE(t.device->Gather(kAlice, b->id, 1, pos, std::as_writable_bytes(std::span(dk)), std::as_writable_bytes(std::span(dv))).ok());
+    EXPECT_EQ(hk, dk);
+    EXPECT_EQ(hv, dv);
+    // The pinned pages hold exactly the bytes the host store encoded in place.
+    auto hp = t.host->Pin(kAlice, a->id, 1, pos);
+    auto dp = t.device->Pin(kAlice, b->id, 1, pos);
+    ASSERT_TRUE(hp.ok() && dp.ok());
+    ASSERT_EQ(hp->pages.size(), dp->pages.size());
+    const KvPageLayout& layout = dp->layout;
+    const size_t tokens_last = static_cast<size_t>(pos - (static_cast<int64_t>(dp->pages.size()) - 1) * layout.page_tokens);
+    for (size_t i = 0; i < dp->pages.size(); ++i) {
+      const std::byte* h = t.host->pool(0).memory().base() + t.host->pool(0).offset(hp->pages[i]);
+      const std::byte* d = t.memory->bytes_at(t.device->pool(0).offset(dp->pages[i]));
+      const size_t tokens = i + 1 == dp->pages.size() ? tokens_last : static_cast<size_t>(layout.page_tokens);
+      const size_t per_token = static_cast<size_t>(layout.heads) * layout.head_dim * layout.code_bytes();
+      EXPECT_EQ(std::memcmp(h, d, tokens * per_token), 0) << "K codes, page " << i;
+      EXPECT_EQ(std::memcmp(h + layout.codes_per_tensor(), d + layout.codes_per_tensor(), tokens * per_token), 0) << "V codes, page " << i;
+      if (storage != KvStorage::k16Bit) {
+        const size_t sc = tokens * layout.heads * sizeof(float);
+        EXPECT_EQ(std::memcmp(h + 2 * layout.codes_per_tensor(), d + 2 * layout.codes_per_tensor(), sc), 0);
+        EXPECT_EQ(std::memcmp(h + 2 * layout.codes_per_tensor() + layout.scales_per_tensor(),
+                              d + 2 * layout.codes_per_tensor() + layout.scales_per_tensor(), sc), 0);
+      }
+    }
+    t.host->Unpin(*hp);
+    t.device->Unpin(*dp);
+  }
+}
+
+// New sessions go to the pool with the most free pages (the first on a tie), and their ids say where.
+TEST(SessionPools, PlacementPicksTheDeviceWithTheMostFreePages) {
+  std::vector<std::unique_ptr<KvMemory>> memories;
+  memories.push_back(std::make_unique<FakeDeviceMemory>(0, Options().pool_bytes));
+  memories.push_back(std::make_unique<FakeDeviceMemory>(1, Options().pool_bytes));
+  auto store = SessionStore::Create(Options(), std::move(memories));
+  ASSERT_TRUE(store.ok()) << store.status();
+  auto first = (*store)->CreateSession(kAlice, Shape(KvStorage::k16Bit), 1024);  // 8 pages per layer on cuda0
+  ASSERT_TRUE(first.ok());
+  EXPECT_NE(first->id.find(".cuda0."), std::string::npos);
+  auto second = (*store)->CreateSession(kAlice, Shape(KvStorage::k16Bit), 128);
+  ASSERT_TRUE(second.ok());
+  EXPECT_NE(second->id.find(".cuda1."), std::string::npos) << second->id;
+  auto third = (*store)->CreateSession(kAlice, Shape(KvStorage::k16Bit), 0);
+  ASSERT_TRUE(third.ok());
+  EXPECT_NE(third->id.find(".cuda1."), std::string::npos) << "cuda1 still has more free pages";
+  const SessionStoreStats stats = (*store)->Stats();
+  ASSERT_EQ(stats.devices.size(), 2u);
+  EXPECT_EQ(stats.devices[0].device, "cuda0");
+  EXPECT_EQ(stats.devices[0].pool.pages_total - stats.devices[0].pool.pages_free, 16);
+  EXPECT_EQ(stats.devices[1].pool.pages_total - stats.devices[1].pool.pages_free, 2);
+  EXPECT_EQ(stats.pool.pages_total, stats.devices[0].pool.pages_total + stats.devices[1].pool.pages_total);
+}
+
+// Pages pinned for a launch keep their bytes while the session truncates, rewrites the rolled-back
+// positions (its shared page is copied first) and closes; they are free once unpinned.
+TEST(SessionPools, PinnedPagesOutliveTruncateRewriteAndClose) {
+  TwoStores t = Make();
+  auto info = t.device->CreateSession(kAlice, Shape(KvStorage::kInt8KFp8V), 0);
+  ASSERT_TRUE(info.ok());
+  const auto k = Tokens(40, 1), v = Tokens(40, 2);
+  ASSERT_TRUE(t.device->Append(kAlice, AppendStep{info->id, 0, 0, 1, 40, k.data(), v.data()}).ok());
+  auto pinned = t.device->Pin(kAlice, info->id, 0, 40);
+  ASSERT_TRUE(pinned.ok());
+  ASSERT_EQ(pinned->pages.size(), 1u);
+  const size_t page_at = t.device->pool(0).offset(pinned->pages[0]);
+  const std::vector<std::byte> before(t.memory->bytes_at(page_at), t.memory->bytes_at(page_at) + pinned->layout.page_bytes());
+  EXPECT_EQ(t.device->Pin(kAlice, info->id, 0, 41).status().code(), absl::StatusCode::kFailedPrecondition);
+
+  ASSERT_TRUE(t.device->Truncate(kAlice, info->id, 20).ok());
+  const auto k2 = Tokens(20, 3), v2 = Tokens(20, 4);
+  ASSERT_TRUE(t.device->Append(kAlice, AppendStep{info->id, 0, 20, 9, 20, k2.data(), v2.data()}).ok());
+  EXPECT_EQ(t.memory->copies, 1) << "the pinned page is shared: the write goes to a copy";
+  EXPECT_EQ(std::memcmp(before.data(), t.memory->bytes_at(page_at), before.size()), 0);
+
+  ASSERT_TRUE(t.device->Close(kAlice, info->id).ok());
+  EXPECT_EQ(t.device->Stats().pool.pages_free, t.device->Stats().pool.pages_total - 1);
+  t.device->Unpin(*pinned);
+  EXPECT_EQ(t.device->Stats().pool.pages_free, t.device->Stats().pool.pages_total);
+}
+
+}  // namespace
+}  // namespace sage::server
