@@ -1,0 +1,252 @@
+#!/usr/bin/env python3
+"""Paged decode benchmark: sage_paged_decode (libsageattn.so via ctypes) against torch SDPA.
+
+One process, one GPU. Hq=32, Hkv=8, D=128, one query row per sequence. For each case and storage
+(16-bit fp16 pages, INT8-K/FP8-V pages) the KV pool is built as a torch uint8 tensor in the
+kv_pages.h layout with pages in a shuffled order. Cold L2: every timed call reads the next of 4
+copies of the pool (each case's 4 copies total > 200 MB), so no call finds the previous call's
+pages in the 50 MB L2. Timing: CUDA events around the one call, preceded by a spin kernel so the
+launch is queued before the start event fires (host overhead not counted); median of --iters.
+Bandwidth is compared with a streaming read measured in the same run (torch int32 sum over 2 GiB).
+
+  python3 bench/decode_bench.py --lib .bundle/lib/libsageattn.so --out decode.json
+"""
+import argparse
+import ctypes
+import json
+import math
+import statistics
+import sys
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+HQ, HKV, D = 32, 8, 128
+CASES = [(64, 4096), (16, 16384), (4, 65536), (1, 32768), (16, 8192), (64, 8192), (32, 16384)]
+PAGE_TOKENS = 16
+COPIES = 4
+SAGE_KV_16BIT, SAGE_KV_INT8K_FP8V = 0, 1
+SAGE_DTYPE_F16 = 1
+
+
+class Params(ctypes.Structure):
+    _fields_ = [("storage", ctypes.c_int), ("dtype", ctypes.c_int), ("q", ctypes.c_void_p),
+                ("o", ctypes.c_void_p), ("lse", ctypes.c_void_p), ("pages", ctypes.c_void_p),
+                ("page_bytes", ctypes.c_uint64), ("page_tokens", ctypes.c_int32),
+                ("page_table", ctypes.c_void_p), ("cu_pages", ctypes.c_void_p),
+                ("cu_seqlens_q", ctypes.c_void_p), ("seqlens_k", ctypes.c_void_p),
+                ("batch", ctypes.c_int32), ("max_seqlen_q", ctypes.c_int32),
+                ("max_seqlen_k", ctypes.c_int32), ("total_q", ctypes.c_int64),
+                ("num_q_heads", ctypes.c_int32), ("num_kv_heads", ctypes.c_int32),
+                ("head_dim", ctypes.c_int32), ("softmax_scale", ctypes.c_float),
+                ("workspace", ctypes.c_void_p), ("workspace_bytes", ctypes.c_size_t)]
+
+
+def timed(fn, iters, spin_cycles=200_000):
+    """Median kernel time in µs: spin, start event, fn(i), end event (the spin hides host overhead)."""
+    times = []
+    for i in range(iters):
+        torch.cuda._sleep(spin_cycles)
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn(i)
+        b.record()
+        times.append((a, b))
+    torch.cuda.synchronize()
+    return statistics.median(a.elapsed_time(b) * 1e3 for a, b in times)
+
+
+def streaming_read_gbps(iters):
+    x = torch.ones(512 * 1024 * 1024, dtype=torch.int32, device="cuda")  # 2 GiB
+    x.sum()
+    us = timed(lambda i: x.sum(), iters)
+    gbps = x.numel() * 4 / us / 1e3
+    del x
+    return gbps
+
+
+def make_kv(batch, length, storage, gen):
+    """Contiguous source K/V [B, L, Hkv, D] (codes + scales for 8-bit) and the fp32 values they stand for."""
+    shape = (batch, length, HKV, D)
+    if storage == SAGE_KV_16BIT:
+        k = torch.randn(shape, device="cuda", dtype=torch.float16, generator=gen)
+        v = torch.randn(shape, device="cuda", dtype=torch.float16, generator=gen)
+        return {"k": k, "v": v}
+    k = torch.randint(-127, 128, shape, device="cuda", dtype=torch.int8, generator=gen)
+    v = (torch.randn(shape, device="cuda", generator=gen) * 100).to(torch.float8_e4m3fn)
+    ks = torch.rand(shape[:3], device="cuda", generator=gen) * 0.02 + 0.005
+    vs = torch.rand(shape[:3], device="cuda", generator=gen) * 0.01 + 0.002
+    return {"k": k, "v": v, "ks": ks, "vs": vs}
+
+
+def values(kv, storage, b):
+    """fp32 K, V of sequence b as [Hkv, L, D]."""
+    if storage == SAGE_KV_16BIT:
+        k, v = kv["k"][b].float(), kv["v"][b].float()
+    else:
+        k = kv["k"][b].float() * kv["ks"][b][..., None]
+        v = kv["v"][b].float() * kv["vs"][b][..., None]
+    return k.transpose(0, 1), v.transpose(0, 1)
+
+
+def build_pool(kv, storage, perm):
+    """Pages [P, page_bytes] uint8: [K codes T×H×D][V codes][K scales T×H][V scales]; page i of the
+    flattened (sequence, page) order goes to pool slot perm[i]."""
+    batch, length = kv["k"].shape[:2]
+    n_pages = batch * length // PAGE_TOKENS
+
+    def paged(t):
+        t = t.contiguous().view(n_pages, -1).view(torch.uint8)
+        out = torch.empty_like(t)
+        out[perm] = t
+        return out
+
+    parts = [paged(kv["k"]), paged(kv["v"])]
+    if storage == SAGE_KV_INT8K_FP8V:
+        parts += [paged(kv["ks"]), paged(kv["vs"])]
+    return torch.cat(parts, dim=1).contiguous()
+
+
+def run_case(lib, batch, length, storage, iters, stream):
+    gen = torch.Generator(device="cuda").manual_seed(batch * 1000 + length + storage)
+    kv = make_kv(batch, length, storage, gen)
+    n_pages = batch * length // PAGE_TOKENS
+    perm = torch.randperm(n_pages, device="cuda", generator=gen)
+    pools = [build_pool(kv, storage, perm)]
+    pools += [pools[0].clone() for _ in range(COPIES - 1)]
+    page_table = perm.to(torch.int32)
+    cu_pages = torch.arange(0, batch + 1, device="cuda", dtype=torch.int32) * (length // PAGE_TOKENS)
+    cu_q = torch.arange(0, batch + 1, device="cuda", dtype=torch.int32)
+    seqlens = torch.full((batch,), length, device="cuda", dtype=torch.int32)
+    q = torch.randn(batch, HQ, D, device="cuda", dtype=torch.float16)
+    o = torch.full_like(q, float("nan"))
+    lse = torch.empty(batch, HQ, device="cuda", dtype=torch.float32)
+    scale = 1.0 / math.sqrt(D)
+    p = Params(storage, SAGE_DTYPE_F16, q.data_ptr(), o.data_ptr(), lse.data_ptr(), pools[0].data_ptr(),
+               pools[0].shape[1], PAGE_TOKENS, page_table.data_ptr(), cu_pages.data_ptr(), cu_q.data_ptr(),
+               seqlens.data_ptr(), batch, 1, length, batch, HQ, HKV, D, scale, None, 0)
+    ws_bytes = ctypes.c_size_t(0)
+    assert lib.sage_paged_decode_workspace_size(ctypes.byref(p), ctypes.byref(ws_bytes)) == 0, lib.sage_last_error()
+    ws = torch.empty(max(ws_bytes.value, 16), dtype=torch.uint8, device="cuda")
+    p.workspace, p.workspace_bytes = ws.data_ptr(), ws_bytes.value
+    handle = ctypes.c_void_p(stream.cuda_stream)
+
+    def call(i):
+        p.pages = pools[i % COPIES].data_ptr()
+        status = lib.sage_paged_decode(ctypes.byref(p), handle)
+        if status != 0:
+            raise RuntimeError(lib.sage_last_error().decode())
+
+    call(0)
+    torch.cuda.synchronize()
+    # Sanity: the first (up to 4) sequences against fp32 math over the same stored values.
+    err = 0.0
+    for b in range(min(batch, 4)):
+        k, v = values(kv, storage, b)
+        k = k.repeat_interleave(HQ // HKV, dim=0)
+        v = v.repeat_interleave(HQ // HKV, dim=0)
+        s = torch.einsum("hd,hld->hl", q[b].float(), k) * scale
+        ref = torch.einsum("hl,hld->hd", torch.softmax(s, dim=-1), v)
+        err = max(err, ((o[b].float() - ref).abs().max() / ref.abs().max()).item())
+    us = timed(call, iters)
+    code_bytes = 2 if storage == SAGE_KV_16BIT else 1
+    bytes_read = batch * length * HKV * (2 * D * code_bytes + (0 if storage == SAGE_KV_16BIT else 8))
+    del pools, kv
+    return {"us": us, "bytes": bytes_read, "gbps": bytes_read / us / 1e3, "max_rel_err_vs_fp32": err,
+            "workspace_bytes": ws_bytes.value}
+
+
+def run_torch(batch, length, iters):
+    """SDPA decode on contiguous fp16 [B, H, L, D] KV, each backend forced."""
+    out = {}
+    q = torch.randn(batch, HQ, 1, D, device="cuda", dtype=torch.float16)
+    kvs = [(torch.randn(batch, HKV, length, D, device="cuda", dtype=torch.float16),
+            torch.randn(batch, HKV, length, D, device="cuda", dtype=torch.float16)) for _ in range(COPIES)]
+    bytes_gqa = batch * length * HKV * D * 2 * 2
+    for name, backend in [("flash", SDPBackend.FLASH_ATTENTION), ("cudnn", SDPBackend.CUDNN_ATTENTION),
+                          ("efficient", SDPBackend.EFFICIENT_ATTENTION)]:
+        for mode in ("gqa", "expanded"):
+            try:
+                if mode == "gqa":
+                    args = kvs
+                    fn = lambda i: F.scaled_dot_product_attention(q, args[i % COPIES][0], args[i % COPIES][1],
+                                                                  enable_gqa=True)
+                else:  # the backend refused enable_gqa: K/V repeated to Hq heads (4x the bytes)
+                    args = [(k.repeat_interleave(HQ // HKV, 1), v.repeat_interleave(HQ // HKV, 1)) for k, v in kvs[:2]]
+                    fn = lambda i: F.scaled_dot_product_attention(q, args[i % 2][0], args[i % 2][1])
+                with sdpa_kernel(backend):
+                    fn(0)
+                    torch.cuda.synchronize()
+                    us = timed(fn, iters)
+                out[name] = {"us": us, "mode": mode, "kv_bytes_read": bytes_gqa * (1 if mode == "gqa" else HQ // HKV)}
+                del args
+                break
+            except Exception as e:  # noqa: BLE001 - a refused backend is a result, not a crash
+                out[name] = {"error": f"{mode}: {type(e).__name__}: {str(e).splitlines()[0][:120]}"}
+                if "out of memory" in str(e):
+                    break
+        torch.cuda.empty_cache()
+    del kvs
+    torch.cuda.empty_cache()
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--lib", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--iters", type=int, default=50)
+    args = ap.parse_args()
+    lib = ctypes.CDLL(args.lib)
+    lib.sage_paged_decode.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+    lib.sage_paged_decode_workspace_size.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+    lib.sage_last_error.restype = ctypes.c_char_p
+    stream = torch.cuda.Stream()  # the C API refuses the legacy default stream
+    result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
+              "config": {"Hq": HQ, "Hkv": HKV, "D": D, "n_q": 1, "page_tokens": PAGE_TOKENS, "copies": COPIES,
+                         "iters": args.iters, "cold_l2": f"rotating {COPIES} copies of the pool / KV"},
+              "cases": []}
+    with torch.cuda.stream(stream):
+        stream_gbps = streaming_read_gbps(args.iters)
+        result["streaming_read_gbps"] = stream_gbps
+        for batch, length in CASES:
+            case = {"batch": batch, "len": length}
+            for storage, key in ((SAGE_KV_16BIT, "fp16_pages"), (SAGE_KV_INT8K_FP8V, "int8k_fp8v_pages")):
+                case[key] = run_case(lib, batch, length, storage, args.iters, stream)
+                case[key]["pct_stream"] = 100 * case[key]["gbps"] / stream_gbps
+                torch.cuda.empty_cache()
+            case["torch"] = run_torch(batch, length, args.iters)
+            times = [v["us"] for v in case["torch"].values() if "us" in v]
+            best = min(times) if times else float("nan")
+            case["torch_best_us"] = best
+            for key in ("fp16_pages", "int8k_fp8v_pages"):
+                case[key]["speedup_vs_best_torch"] = best / case[key]["us"]
+            result["cases"].append(case)
+            print(f"done {batch}x{length}", file=sys.stderr, flush=True)
+
+    print(f"device {result['device']}, torch {result['torch']}; streaming read (int32 sum, 2 GiB): "
+          f"{stream_gbps:.0f} GB/s; cold L2 by {result['config']['cold_l2']}; median of {args.iters}")
+    print("| B x L | ours fp16 µs | GB/s | % stream | ours 8-bit µs | GB/s | % stream | flash µs | cudnn µs |"
+          " efficient µs | best torch / ours fp16 | best torch / ours 8-bit | rel err fp16, 8-bit |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for c in result["cases"]:
+        a, b, t = c["fp16_pages"], c["int8k_fp8v_pages"], c["torch"]
+
+        def tt(name):
+            v = t.get(name, {})
+            return f"{v['us']:.1f}" + ("" if v["mode"] == "gqa" else " (expanded)") if "us" in v else "fail"
+        print(f"| {c['batch']}x{c['len'] // 1024}k | {a['us']:.1f} | {a['gbps']:.0f} | {a['pct_stream']:.0f}% | "
+              f"{b['us']:.1f} | {b['gbps']:.0f} | {b['pct_stream']:.0f}% | {tt('flash')} | {tt('cudnn')} | "
+              f"{tt('efficient')} | {a['speedup_vs_best_torch']:.2f} | {b['speedup_vs_best_torch']:.2f} | "
+              f"{a['max_rel_err_vs_fp32']:.1e}, {b['max_rel_err_vs_fp32']:.1e} |")
+    for c in result["cases"]:
+        for name, v in c["torch"].items():
+            if "error" in v:
+                print(f"torch {name} {c['batch']}x{c['len']}: {v['error']}")
+    with open(args.out, "w") as f:
+        json.dump(result, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

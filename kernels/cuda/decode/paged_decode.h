@@ -1,0 +1,66 @@
+// Paged decode (sage_paged_decode): host/device boundary of the kernels in paged_decode.cu.
+// The C API (api/paged_decode_api.cu) validates sage_paged_decode_params_t, plans the grid with
+// PlanPagedDecode and launches through LaunchPagedDecode.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "sageattn.h"
+
+namespace sage::cuda {
+
+enum class KvCodes { k16Bit, kInt8KFp8V };
+enum class IoType { kF16, kBF16 };
+
+inline constexpr int kDecodeChunkTokens = 32;   // tokens per pipeline stage (one cp.async group)
+inline constexpr int kDecodeThreads = 128;      // 4 warps: 4 lanes per token of a chunk
+inline constexpr int kDecodeMinChunksPerSplit = 4;  // a split reads >= 128 tokens (prologue amortized)
+
+// How one call is cut into CTAs; a pure function of the params and the SM count, so the workspace
+// size and the launch agree.
+struct PagedDecodePlan {
+  int rows_per_cta = 1;   // query rows (n_q x G) one CTA computes: 1, 2, 4 or 8
+  int row_passes = 1;     // CTAs along the row axis per (sequence, KV head)
+  int splits = 1;         // CTAs along the KV axis per (sequence, KV head, row pass)
+  int split_tokens = 0;   // tokens per split, a multiple of kDecodeChunkTokens
+  size_t workspace_bytes = 0;  // partial O [splits][total_q][Hq][D] + LSE [splits][total_q][Hq], fp32
+};
+
+PagedDecodePlan PlanPagedDecode(const sage_paged_decode_params_t& p, int sm_count);
+
+// Everything the kernels read; built once on the host from the validated C params.
+struct PagedDecodeParams {
+  KvCodes codes = KvCodes::k16Bit;
+  IoType io = IoType::kF16;
+  const void* q = nullptr;
+  void* o = nullptr;
+  float* lse = nullptr;  // natural log, or null
+  const unsigned char* pages = nullptr;
+  uint64_t page_bytes = 0;
+  int page_tokens = 0;
+  const int32_t* page_table = nullptr;
+  const int32_t* cu_pages = nullptr;
+  const int32_t* cu_seqlens_q = nullptr;
+  const int32_t* seqlens_k = nullptr;
+  int batch = 0;
+  int64_t total_q = 0;
+  int num_q_heads = 0;
+  int num_kv_heads = 0;
+  int head_dim = 0;
+  float scale_log2 = 0.f;  // softmax_scale x log2(e): scores live in the exp2 domain
+  // Byte offsets inside a page (the kv_pages.h layout).
+  uint64_t v_codes_offset = 0;
+  uint64_t k_scales_offset = 0;
+  uint64_t v_scales_offset = 0;
+  PagedDecodePlan plan;
+  float* partial_o = nullptr;    // splits > 1: fp32 [splits][total_q][Hq][D]
+  float* partial_lse = nullptr;  // splits > 1: fp32 [splits][total_q][Hq], log2 domain
+};
+
+// Launches the split kernel (and the merge when plan.splits > 1) on `stream`.
+sage_status_t LaunchPagedDecode(const PagedDecodeParams& p, cudaStream_t stream);
+
+}  // namespace sage::cuda
