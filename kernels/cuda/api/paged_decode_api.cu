@@ -64,13 +64,6 @@ sage_status_t CheckPointer(const void* ptr, const char* name, size_t align) {
   return SAGE_OK;
 }
 
-sage_status_t SmCount(int* sms) {
-  int device = 0;
-  SAGE_CUDA_TRY(cudaGetDevice(&device));
-  SAGE_CUDA_TRY(cudaDeviceGetAttribute(sms, cudaDevAttrMultiProcessorCount, device));
-  return SAGE_OK;
-}
-
 sage_status_t PagedDecode(const sage_paged_decode_params_t* p, cudaStream_t stream) {
   SAGE_RETURN_IF_ERROR(ValidateShape(p));
   if (stream == nullptr)
@@ -85,10 +78,8 @@ sage_status_t PagedDecode(const sage_paged_decode_params_t* p, cudaStream_t stre
   SAGE_RETURN_IF_ERROR(CheckPointer(p->seqlens_k, "seqlens_k", 4));
   if (p->lse != nullptr) SAGE_RETURN_IF_ERROR(CheckPointer(p->lse, "lse", 4));
 
-  int sms = 0;
-  SAGE_RETURN_IF_ERROR(SmCount(&sms));
   PagedDecodeParams kp;
-  kp.plan = PlanPagedDecode(*p, sms);
+  SAGE_RETURN_IF_ERROR(PlanPagedDecode(*p, &kp.plan));
   if (kp.plan.workspace_bytes > 0) {
     SAGE_RETURN_IF_ERROR(CheckPointer(p->workspace, "workspace", kWorkspaceBaseAlign));
     if (p->workspace_bytes < kp.plan.workspace_bytes)
@@ -134,9 +125,9 @@ extern "C" sage_status_t sage_paged_decode_workspace_size(const sage_paged_decod
   *bytes = 0;
   SAGE_RETURN_IF_ERROR(sage::cuda::ValidateShape(params));
   if (params->batch == 0) return SAGE_OK;
-  int sms = 0;
-  SAGE_RETURN_IF_ERROR(sage::cuda::SmCount(&sms));
-  *bytes = sage::cuda::PlanPagedDecode(*params, sms).workspace_bytes;
+  sage::cuda::PagedDecodePlan plan;
+  SAGE_RETURN_IF_ERROR(sage::cuda::PlanPagedDecode(*params, &plan));
+  *bytes = plan.workspace_bytes;
   return SAGE_OK;
 }
 

@@ -1,6 +1,7 @@
 // Paged decode: planning (rows per CTA, KV splits), the split-merge kernel and the dispatch over
 // head_dim x storage x dtype x rows per CTA. The split kernel is in paged_decode_kernel.cuh.
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 
 #include "kernels/cuda/common/status.cuh"
@@ -10,36 +11,74 @@
 namespace sage::cuda {
 namespace {
 
-constexpr int kCtasPerSmTarget = 3;  // the 16-bit D=128 ring (69 KB) fits 3 CTAs per SM
 constexpr size_t kWorkspaceAlign = 256;
 constexpr int kMergeWarps = 4;
+// A split count must raise the last wave's fill by this much to be worth its extra partials.
+constexpr double kWaveGain = 0.02;
 
 int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+using SplitKernelFn = void (*)(PagedDecodeParams);
+struct SplitKernel {
+  SplitKernelFn fn = nullptr;
+  int smem_bytes = 0;
+};
+
 }  // namespace
 
-PagedDecodePlan PlanPagedDecode(const sage_paged_decode_params_t& p, int sm_count) {
-  PagedDecodePlan plan;
+namespace decode {
+SplitKernel SelectSplitKernel(KvCodes codes, IoType io, int head_dim, int rows);
+}  // namespace decode
+
+sage_status_t PlanPagedDecode(const sage_paged_decode_params_t& p, PagedDecodePlan* plan) {
+  *plan = PagedDecodePlan{};
   const int group = p.num_q_heads / p.num_kv_heads;
   const int rows = p.max_seqlen_q * group;
-  plan.rows_per_cta = rows <= 1 ? 1 : rows <= 2 ? 2 : rows <= 4 ? 4 : 8;
-  plan.row_passes = static_cast<int>(CeilDiv(rows, plan.rows_per_cta));
-  // Splits: enough CTAs to fill the GPU, each split at least kDecodeMinChunksPerSplit chunks, all
-  // splits of a sequence the same number of whole chunks (so only a sequence's last chunk has a tail).
-  const int64_t base = static_cast<int64_t>(std::max(p.batch, 1)) * p.num_kv_heads * plan.row_passes;
-  const int64_t chunks = std::max<int64_t>(1, CeilDiv(std::max(p.max_seqlen_k, 1), kDecodeChunkTokens));
-  const int64_t want = CeilDiv(static_cast<int64_t>(std::max(sm_count, 1)) * kCtasPerSmTarget, base);
-  const int64_t cap = std::max<int64_t>(1, chunks / kDecodeMinChunksPerSplit);
-  const int64_t splits = std::clamp<int64_t>(want, 1, cap);
-  const int64_t chunks_per_split = CeilDiv(chunks, splits);
-  plan.splits = static_cast<int>(CeilDiv(chunks, chunks_per_split));
-  plan.split_tokens = static_cast<int>(chunks_per_split * kDecodeChunkTokens);
-  if (plan.splits > 1) {
-    const size_t row_heads = static_cast<size_t>(plan.splits) * static_cast<size_t>(p.total_q) * p.num_q_heads;
-    const size_t o_bytes = (row_heads * p.head_dim * sizeof(float) + kWorkspaceAlign - 1) / kWorkspaceAlign * kWorkspaceAlign;
-    plan.workspace_bytes = o_bytes + row_heads * sizeof(float);
+  plan->rows_per_cta = rows <= 1 ? 1 : rows <= 2 ? 2 : rows <= 4 ? 4 : 8;
+  plan->row_passes = static_cast<int>(CeilDiv(rows, plan->rows_per_cta));
+
+  // Resident CTAs of the chosen kernel on this device: one "wave".
+  int device = 0, sms = 0, per_sm = 0;
+  SAGE_CUDA_TRY(cudaGetDevice(&device));
+  SAGE_CUDA_TRY(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  const SplitKernel k = decode::SelectSplitKernel(p.storage == SAGE_KV_16BIT ? KvCodes::k16Bit : KvCodes::kInt8KFp8V,
+                                                  p.dtype == SAGE_DTYPE_F16 ? IoType::kF16 : IoType::kBF16,
+                                                  p.head_dim, plan->rows_per_cta);
+  if (k.fn == nullptr) return Fail(SAGE_ERR_INTERNAL, "paged_decode: no kernel for head_dim %d", p.head_dim);
+  SAGE_CUDA_TRY(cudaFuncSetAttribute(reinterpret_cast<const void*>(k.fn), cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                     k.smem_bytes));
+  SAGE_CUDA_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, reinterpret_cast<const void*>(k.fn),
+                                                              kDecodeThreads, k.smem_bytes));
+  const int64_t wave = static_cast<int64_t>(std::max(sms, 1)) * std::max(per_sm, 1);
+
+  // Splits: each a whole number of quanta (only a sequence's last chunk has a tail), at least
+  // kDecodeMinQuantaPerSplit; among the counts up to 8 waves, the one whose last wave is fullest
+  // (equal CTAs assumed), fewer splits unless more fill the last wave by kWaveGain.
+  const int64_t base = static_cast<int64_t>(std::max(p.batch, 1)) * p.num_kv_heads * plan->row_passes;
+  const int64_t quanta = std::max<int64_t>(1, CeilDiv(std::max(p.max_seqlen_k, 1), kDecodeSplitQuantum));
+  const int64_t cap = std::max<int64_t>(1, quanta / kDecodeMinQuantaPerSplit);
+  int64_t best = 1;
+  double best_fill = 0.0;
+  for (int64_t s = 1; s <= cap; ++s) {
+    const int64_t per = CeilDiv(quanta, s), splits = CeilDiv(quanta, per);  // realizable count
+    if (splits != s) continue;
+    const double waves = static_cast<double>(base * s) / static_cast<double>(wave);
+    if (waves > 8.0 && s > 1) break;
+    const double fill = waves / std::ceil(waves);
+    if (fill > best_fill + kWaveGain) {
+      best = s;
+      best_fill = fill;
+    }
   }
-  return plan;
+  const int64_t per_split = CeilDiv(quanta, best);
+  plan->splits = static_cast<int>(CeilDiv(quanta, per_split));
+  plan->split_tokens = static_cast<int>(per_split * kDecodeSplitQuantum);
+  if (plan->splits > 1) {
+    const size_t row_heads = static_cast<size_t>(plan->splits) * static_cast<size_t>(p.total_q) * p.num_q_heads;
+    const size_t o_bytes = (row_heads * p.head_dim * sizeof(float) + kWorkspaceAlign - 1) / kWorkspaceAlign * kWorkspaceAlign;
+    plan->workspace_bytes = o_bytes + row_heads * sizeof(float);
+  }
+  return SAGE_OK;
 }
 
 namespace decode {
@@ -83,53 +122,63 @@ __global__ void __launch_bounds__(kMergeWarps * 32) PagedDecodeMergeKernel(const
 }
 
 template <int kHeadDim, KvCodes kCodes, IoType kIo, int kRows>
-sage_status_t LaunchSplit(const PagedDecodeParams& p, cudaStream_t stream) {
-  using T = Traits<kHeadDim, kCodes, kRows>;
-  auto* kernel = PagedDecodeSplitKernel<kHeadDim, kCodes, kIo, kRows>;
-  SAGE_CUDA_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, T::kSmemBytes));
-  const dim3 grid(p.plan.splits, p.num_kv_heads * p.plan.row_passes, p.batch);
-  kernel<<<grid, kDecodeThreads, T::kSmemBytes, stream>>>(p);
-  SAGE_CHECK_LAUNCH("paged_decode_split");
-  if (p.plan.splits > 1) {
-    const int64_t items = p.total_q * p.num_q_heads;
-    PagedDecodeMergeKernel<kHeadDim, kIo>
-        <<<static_cast<unsigned>(CeilDiv(items, kMergeWarps)), kMergeWarps * 32, 0, stream>>>(p);
-    SAGE_CHECK_LAUNCH("paged_decode_merge");
-  }
-  return SAGE_OK;
+SplitKernel Split() {
+  return {PagedDecodeSplitKernel<kHeadDim, kCodes, kIo, kRows>, Traits<kHeadDim, kCodes, kRows>::kSmemBytes};
 }
 
 template <int kHeadDim, KvCodes kCodes, IoType kIo>
-sage_status_t DispatchRows(const PagedDecodeParams& p, cudaStream_t stream) {
-  switch (p.plan.rows_per_cta) {
-    case 1: return LaunchSplit<kHeadDim, kCodes, kIo, 1>(p, stream);
-    case 2: return LaunchSplit<kHeadDim, kCodes, kIo, 2>(p, stream);
-    case 4: return LaunchSplit<kHeadDim, kCodes, kIo, 4>(p, stream);
-    case 8: return LaunchSplit<kHeadDim, kCodes, kIo, 8>(p, stream);
+SplitKernel SelectRows(int rows) {
+  switch (rows) {
+    case 1: return Split<kHeadDim, kCodes, kIo, 1>();
+    case 2: return Split<kHeadDim, kCodes, kIo, 2>();
+    case 4: return Split<kHeadDim, kCodes, kIo, 4>();
+    case 8: return Split<kHeadDim, kCodes, kIo, 8>();
   }
-  return Fail(SAGE_ERR_INTERNAL, "paged_decode: rows per CTA %d not instantiated", p.plan.rows_per_cta);
-}
-
-template <int kHeadDim, KvCodes kCodes>
-sage_status_t DispatchIo(const PagedDecodeParams& p, cudaStream_t stream) {
-  return p.io == IoType::kF16 ? DispatchRows<kHeadDim, kCodes, IoType::kF16>(p, stream)
-                              : DispatchRows<kHeadDim, kCodes, IoType::kBF16>(p, stream);
+  return {};
 }
 
 template <int kHeadDim>
-sage_status_t DispatchCodes(const PagedDecodeParams& p, cudaStream_t stream) {
-  return p.codes == KvCodes::k16Bit ? DispatchIo<kHeadDim, KvCodes::k16Bit>(p, stream)
-                                    : DispatchIo<kHeadDim, KvCodes::kInt8KFp8V>(p, stream);
+SplitKernel SelectHeadDim(KvCodes codes, IoType io, int rows) {
+  if (codes == KvCodes::k16Bit) {
+    return io == IoType::kF16 ? SelectRows<kHeadDim, KvCodes::k16Bit, IoType::kF16>(rows)
+                              : SelectRows<kHeadDim, KvCodes::k16Bit, IoType::kBF16>(rows);
+  }
+  return io == IoType::kF16 ? SelectRows<kHeadDim, KvCodes::kInt8KFp8V, IoType::kF16>(rows)
+                            : SelectRows<kHeadDim, KvCodes::kInt8KFp8V, IoType::kBF16>(rows);
+}
+
+SplitKernel SelectSplitKernel(KvCodes codes, IoType io, int head_dim, int rows) {
+  switch (head_dim) {
+    case 64: return SelectHeadDim<64>(codes, io, rows);
+    case 128: return SelectHeadDim<128>(codes, io, rows);
+  }
+  return {};
 }
 
 }  // namespace decode
 
 sage_status_t LaunchPagedDecode(const PagedDecodeParams& p, cudaStream_t stream) {
-  switch (p.head_dim) {
-    case 64: return decode::DispatchCodes<64>(p, stream);
-    case 128: return decode::DispatchCodes<128>(p, stream);
+  const SplitKernel k = decode::SelectSplitKernel(p.codes, p.io, p.head_dim, p.plan.rows_per_cta);
+  if (k.fn == nullptr)
+    return Fail(SAGE_ERR_UNSUPPORTED, "paged_decode: head_dim %d / %d rows per CTA not instantiated", p.head_dim,
+                p.plan.rows_per_cta);
+  SAGE_CUDA_TRY(cudaFuncSetAttribute(reinterpret_cast<const void*>(k.fn), cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                     k.smem_bytes));
+  const dim3 grid(p.plan.splits, p.num_kv_heads * p.plan.row_passes, p.batch);
+  k.fn<<<grid, kDecodeThreads, k.smem_bytes, stream>>>(p);
+  SAGE_CHECK_LAUNCH("paged_decode_split");
+  if (p.plan.splits > 1) {
+    const unsigned blocks = static_cast<unsigned>(CeilDiv(p.total_q * p.num_q_heads, kMergeWarps));
+    if (p.head_dim == 64) {
+      if (p.io == IoType::kF16) decode::PagedDecodeMergeKernel<64, IoType::kF16><<<blocks, kMergeWarps * 32, 0, stream>>>(p);
+      else decode::PagedDecodeMergeKernel<64, IoType::kBF16><<<blocks, kMergeWarps * 32, 0, stream>>>(p);
+    } else {
+      if (p.io == IoType::kF16) decode::PagedDecodeMergeKernel<128, IoType::kF16><<<blocks, kMergeWarps * 32, 0, stream>>>(p);
+      else decode::PagedDecodeMergeKernel<128, IoType::kBF16><<<blocks, kMergeWarps * 32, 0, stream>>>(p);
+    }
+    SAGE_CHECK_LAUNCH("paged_decode_merge");
   }
-  return Fail(SAGE_ERR_UNSUPPORTED, "head_dim %d unsupported (64, 128)", p.head_dim);
+  return SAGE_OK;
 }
 
 }  // namespace sage::cuda

@@ -15,21 +15,22 @@ namespace sage::cuda {
 enum class KvCodes { k16Bit, kInt8KFp8V };
 enum class IoType { kF16, kBF16 };
 
-inline constexpr int kDecodeChunkTokens = 32;   // tokens per pipeline stage (one cp.async group)
-inline constexpr int kDecodeThreads = 128;      // 4 warps: 4 lanes per token of a chunk
-inline constexpr int kDecodeMinChunksPerSplit = 4;  // a split reads >= 128 tokens (prologue amortized)
+inline constexpr int kDecodeThreads = 128;       // 4 warps: 4 lanes per token of a chunk
+inline constexpr int kDecodeSplitQuantum = 64;   // splits are whole multiples of every storage's chunk
+inline constexpr int kDecodeMinQuantaPerSplit = 2;  // a split reads >= 128 tokens (prologue amortized)
 
-// How one call is cut into CTAs; a pure function of the params and the SM count, so the workspace
-// size and the launch agree.
+// How one call is cut into CTAs; a function of the params and the current device (SM count, CTAs
+// of the chosen kernel resident per SM), so the workspace size and the launch agree.
 struct PagedDecodePlan {
   int rows_per_cta = 1;   // query rows (n_q x G) one CTA computes: 1, 2, 4 or 8
   int row_passes = 1;     // CTAs along the row axis per (sequence, KV head)
   int splits = 1;         // CTAs along the KV axis per (sequence, KV head, row pass)
-  int split_tokens = 0;   // tokens per split, a multiple of kDecodeChunkTokens
+  int split_tokens = 0;   // tokens per split, a multiple of kDecodeSplitQuantum
   size_t workspace_bytes = 0;  // partial O [splits][total_q][Hq][D] + LSE [splits][total_q][Hq], fp32
 };
 
-PagedDecodePlan PlanPagedDecode(const sage_paged_decode_params_t& p, int sm_count);
+// Validated params only. Queries the current device (CUDA errors are returned).
+sage_status_t PlanPagedDecode(const sage_paged_decode_params_t& p, PagedDecodePlan* plan);
 
 // Everything the kernels read; built once on the host from the validated C params.
 struct PagedDecodeParams {

@@ -1,12 +1,13 @@
 // Paged decode on CUDA cores: one CTA per (sequence, KV head, row pass, KV split).
 //
-// A CTA streams its split of the sequence's pages in chunks of 32 tokens through a 4-stage cp.async
-// ring (K codes, V codes, and for 8-bit pages the per-token scales), so ~3 chunks per CTA are in
-// flight while one is computed. The R = n_q x G query rows of the KV head (at most kRows per pass)
-// share every chunk, so a page is read once per pass.
+// A CTA streams its split of the sequence's pages in chunks (32 tokens of 16-bit pages, 64 of 8-bit)
+// through a 4-stage cp.async ring (K codes, V codes, and for 8-bit pages the per-token scales), so
+// ~3 chunks per CTA are in flight while one is computed. The R = n_q x G query rows of the KV head
+// (at most kRows per pass) share every chunk, so a page is read once per pass.
 //   Q·Kᵀ: 4 lanes per token, each a quarter of D, all kRows rows at once (Q fp32 in shared memory,
-//         pre-scaled by softmax_scale·log2 e); two shuffles finish a score.
-//   P·V:  each warp owns 8 tokens of every chunk and its own online softmax (m, l, acc): no
+//         pre-scaled by softmax_scale·log2 e); two shuffles finish a score. For 8-bit pages a lane
+//         takes 2 tokens so each Q load serves both (the Q loads, not DRAM, bounded v1 there).
+//   P·V:  each warp owns 8 (16) tokens of every chunk and its own online softmax (m, l, acc): no
 //         cross-warp traffic until the end, where the 4 warps are merged through shared memory.
 // Math is fp32 on the stored values: K = code · kscale exactly (the scale multiplies the finished
 // dot product), V's scale folds into p. Chunks holding a token that some row must not see take a
@@ -26,13 +27,15 @@ namespace sage::cuda::decode {
 inline constexpr int kStages = 4;
 inline constexpr int kWarps = kDecodeThreads / 32;
 inline constexpr int kLanesPerToken = 4;
-inline constexpr int kTokensPerWarp = kDecodeChunkTokens / kWarps;
-static_assert(kDecodeChunkTokens * kLanesPerToken == kDecodeThreads, "one thread per (token, quarter) in copy and Q·Kᵀ");
+inline constexpr int kTokenSlots = kDecodeThreads / kLanesPerToken;  // tokens one pass of the CTA covers
 
 template <int kHeadDim, KvCodes kCodes, int kRows>
 struct Traits {
   static constexpr bool k8Bit = kCodes == KvCodes::kInt8KFp8V;
   static constexpr int kCodeBytes = k8Bit ? 1 : 2;
+  static constexpr int kTokensPerLane = k8Bit ? 2 : 1;
+  static constexpr int kChunk = kTokenSlots * kTokensPerLane;  // tokens per ring stage
+  static constexpr int kTokensPerWarp = kChunk / kWarps;
   static constexpr int kRowBytes = kHeadDim * kCodeBytes;  // one token-head of K (or V)
   static constexpr int kRowUnits = kRowBytes / 16;         // 16-byte units
   static constexpr int kUnitsPerLane = kRowUnits / kLanesPerToken;
@@ -46,8 +49,8 @@ struct Traits {
   static constexpr int kQUnitStride = kElemsPerUnit + (k8Bit ? 4 : 0);
   static constexpr int kQRowFloats = kRowUnits * kQUnitStride;
   static constexpr int kVElemsPerLane = kHeadDim / 32;
-  static constexpr int kCodeTileBytes = kDecodeChunkTokens * kRowBytes;
-  static constexpr int kStageBytes = 2 * kCodeTileBytes + (k8Bit ? 2 * kDecodeChunkTokens * 4 : 0);
+  static constexpr int kCodeTileBytes = kChunk * kRowBytes;
+  static constexpr int kStageBytes = 2 * kCodeTileBytes + (k8Bit ? 2 * kChunk * 4 : 0);
   static constexpr int kRingBytes = kStages * kStageBytes;
   static constexpr int kQBytes = kRows * kQRowFloats * 4;
   static constexpr int kPBytes = kWarps * kTokensPerWarp * kRows * 4;
@@ -56,6 +59,7 @@ struct Traits {
   static constexpr int kReduceBytes = kWarps * kRows * (2 + kHeadDim) * 4;
   static_assert(kReduceBytes <= kRingBytes, "the warp merge must fit in the cp.async ring");
   static_assert(kUnitsPerLane >= 1, "each of the 4 lanes of a token needs a 16-byte unit");
+  static_assert(kDecodeSplitQuantum % kChunk == 0, "splits must end on chunk boundaries");
 };
 
 // ---- small device helpers ----
@@ -169,7 +173,8 @@ __device__ __forceinline__ void LoadVLane(const unsigned char* row, int lane, fl
 template <int kHeadDim, KvCodes kCodes, IoType kIo, int kRows>
 __global__ void __launch_bounds__(kDecodeThreads) PagedDecodeSplitKernel(const __grid_constant__ PagedDecodeParams p) {
   using T = Traits<kHeadDim, kCodes, kRows>;
-  constexpr int kChunk = kDecodeChunkTokens;
+  constexpr int kChunk = T::kChunk;
+  constexpr int kTpl = T::kTokensPerLane;
   const float kNegInf = -__int_as_float(0x7f800000);
   constexpr float kLn2 = 0.693147180559945309f;
   extern __shared__ __align__(128) unsigned char smem[];
@@ -210,49 +215,57 @@ __global__ void __launch_bounds__(kDecodeThreads) PagedDecodeSplitKernel(const _
   }
   const int limit_min = limit[0];
 
-  // Copy role: token ct of each chunk, quarter cq of its row. The page id of the next chunk is
-  // loaded one iteration ahead so the cp.async issue never waits on the page table.
+  // Copy role: tokens ct + 32 j of each chunk, quarter cq of their rows. The page ids of the next
+  // chunk are loaded one iteration ahead so the cp.async issue never waits on the page table.
   const int ct = tid / kLanesPerToken, cq = tid % kLanesPerToken;
   const int64_t page_list = p.cu_pages[b];
-  auto load_page = [&](int c) -> int {
-    const int t_abs = split_start + c * kChunk + ct;
-    return (c < n_chunks && t_abs < len) ? __ldg(p.page_table + page_list + t_abs / p.page_tokens) : 0;
-  };
-  auto issue = [&](int c, int page) {
-    unsigned char* st = smem + (c % kStages) * T::kStageBytes;
-    const int t_abs = split_start + c * kChunk + ct;
-    const bool valid = c < n_chunks && t_abs < len;  // else zero-fill (tail of the sequence)
-    const uint64_t slot = valid ? static_cast<uint64_t>((t_abs % p.page_tokens) * p.num_kv_heads + kvh) : 0;
-    const unsigned char* pg = p.pages + (valid ? static_cast<uint64_t>(page) * p.page_bytes : 0);
-    const unsigned char* k_row = pg + slot * T::kRowBytes;
+  int page[kTpl];
+  auto load_pages = [&](int c) {
 #pragma unroll
-    for (int i = 0; i < T::kUnitsPerLane; ++i) {
-      const int u = cq + kLanesPerToken * i;
-      const int pu = T::kSwizzle ? (u ^ ((ct & 1) << 2)) : u;
-      CpAsync16(st + ct * T::kRowBytes + pu * 16, k_row + u * 16, valid);
-      CpAsync16(st + T::kCodeTileBytes + ct * T::kRowBytes + u * 16, k_row + p.v_codes_offset + u * 16, valid);
+    for (int j = 0; j < kTpl; ++j) {
+      const int t_abs = split_start + c * kChunk + ct + kTokenSlots * j;
+      page[j] = (c < n_chunks && t_abs < len) ? __ldg(p.page_table + page_list + t_abs / p.page_tokens) : 0;
     }
-    if constexpr (T::k8Bit) {
-      float* scales = reinterpret_cast<float*>(st + 2 * T::kCodeTileBytes);
-      if (cq < 2) {
-        const uint64_t off = cq == 0 ? p.k_scales_offset : p.v_scales_offset;
-        CpAsync4(scales + cq * kChunk + ct, pg + off + slot * 4, valid);
+  };
+  auto issue = [&](int c) {
+    unsigned char* st = smem + (c % kStages) * T::kStageBytes;
+#pragma unroll
+    for (int j = 0; j < kTpl; ++j) {
+      const int tc = ct + kTokenSlots * j, t_abs = split_start + c * kChunk + tc;
+      const bool valid = t_abs < len;  // else zero-fill (tail of the sequence)
+      const uint64_t slot = valid ? static_cast<uint64_t>((t_abs % p.page_tokens) * p.num_kv_heads + kvh) : 0;
+      const unsigned char* pg = p.pages + (valid ? static_cast<uint64_t>(page[j]) * p.page_bytes : 0);
+      const unsigned char* k_row = pg + slot * T::kRowBytes;
+#pragma unroll
+      for (int i = 0; i < T::kUnitsPerLane; ++i) {
+        const int u = cq + kLanesPerToken * i;
+        const int pu = T::kSwizzle ? (u ^ ((tc & 1) << 2)) : u;
+        CpAsync16(st + tc * T::kRowBytes + pu * 16, k_row + u * 16, valid);
+        CpAsync16(st + T::kCodeTileBytes + tc * T::kRowBytes + u * 16, k_row + p.v_codes_offset + u * 16, valid);
+      }
+      if constexpr (T::k8Bit) {
+        float* scales = reinterpret_cast<float*>(st + 2 * T::kCodeTileBytes);
+        if (cq < 2) {
+          const uint64_t off = cq == 0 ? p.k_scales_offset : p.v_scales_offset;
+          CpAsync4(scales + cq * kChunk + tc, pg + off + slot * 4, valid);
+        }
       }
     }
   };
 
-  int page = load_page(0);
+  load_pages(0);
 #pragma unroll
   for (int s = 0; s < kStages - 1; ++s) {
     if (s < n_chunks) {
-      issue(s, page);
-      page = load_page(s + 1);
+      issue(s);
+      load_pages(s + 1);
     }
     CpAsyncCommit();
   }
 
-  // Compute role: token t of the chunk (warp w owns tokens 8w..8w+7), quarter qq of D.
-  const int t = warp * kTokensPerWarp + lane / kLanesPerToken, qq = lane % kLanesPerToken;
+  // Compute role: tokens t0 + 8 j of the chunk (warp w owns its kTokensPerWarp tokens), quarter qq of D.
+  constexpr int kTokensPerWarp = T::kTokensPerWarp;
+  const int t0 = warp * kTokensPerWarp + lane / kLanesPerToken, qq = lane % kLanesPerToken;
   float m[kRows], l[kRows], acc[kRows][T::kVElemsPerLane];
 #pragma unroll
   for (int r = 0; r < kRows; ++r) {
@@ -267,8 +280,8 @@ __global__ void __launch_bounds__(kDecodeThreads) PagedDecodeSplitKernel(const _
     CpAsyncWait<kStages - 2>();
     __syncthreads();  // chunk c landed for all threads; chunk c-1's stage is free to refill
     if (c + kStages - 1 < n_chunks) {
-      issue(c + kStages - 1, page);
-      page = load_page(c + kStages);
+      issue(c + kStages - 1);
+      load_pages(c + kStages);
     }
     CpAsyncCommit();
 
@@ -276,65 +289,86 @@ __global__ void __launch_bounds__(kDecodeThreads) PagedDecodeSplitKernel(const _
     const int chunk_start = split_start + c * kChunk;
     const bool masked = chunk_start + kChunk - 1 > limit_min;  // warp- and CTA-uniform
 
-    // S = Q·Kᵀ for this lane's token: a quarter of D per lane, then two shuffles.
-    float s[kRows];
+    // S = Q·Kᵀ for this lane's tokens: a quarter of D per lane, then two shuffles.
+    float s[kTpl][kRows];
 #pragma unroll
-    for (int r = 0; r < kRows; ++r) s[r] = 0.f;
+    for (int j = 0; j < kTpl; ++j)
+#pragma unroll
+      for (int r = 0; r < kRows; ++r) s[j][r] = 0.f;
 #pragma unroll
     for (int i = 0; i < T::kUnitsPerLane; ++i) {
       const int u = qq + kLanesPerToken * i;
-      const int pu = T::kSwizzle ? (u ^ ((t & 1) << 2)) : u;
-      const uint4 raw = *reinterpret_cast<const uint4*>(st + t * T::kRowBytes + pu * 16);
-      float kf[T::kElemsPerUnit];
-      UnitToFloat<kCodes, kIo>(raw, kf);
+      float kf[kTpl][T::kElemsPerUnit];
+#pragma unroll
+      for (int j = 0; j < kTpl; ++j) {
+        const int t = t0 + 8 * j;
+        const int pu = T::kSwizzle ? (u ^ ((t & 1) << 2)) : u;
+        UnitToFloat<kCodes, kIo>(*reinterpret_cast<const uint4*>(st + t * T::kRowBytes + pu * 16), kf[j]);
+      }
 #pragma unroll
       for (int r = 0; r < kRows; ++r) {
         const float* qr = q_s + r * T::kQRowFloats + u * T::kQUnitStride;
 #pragma unroll
-        for (int j = 0; j < T::kElemsPerUnit; j += 4) {
-          const float4 qv = *reinterpret_cast<const float4*>(qr + j);
-          s[r] = fmaf(kf[j], qv.x, s[r]);
-          s[r] = fmaf(kf[j + 1], qv.y, s[r]);
-          s[r] = fmaf(kf[j + 2], qv.z, s[r]);
-          s[r] = fmaf(kf[j + 3], qv.w, s[r]);
+        for (int e = 0; e < T::kElemsPerUnit; e += 4) {
+          const float4 qv = *reinterpret_cast<const float4*>(qr + e);
+#pragma unroll
+          for (int j = 0; j < kTpl; ++j) {
+            s[j][r] = fmaf(kf[j][e], qv.x, s[j][r]);
+            s[j][r] = fmaf(kf[j][e + 1], qv.y, s[j][r]);
+            s[j][r] = fmaf(kf[j][e + 2], qv.z, s[j][r]);
+            s[j][r] = fmaf(kf[j][e + 3], qv.w, s[j][r]);
+          }
         }
       }
     }
-    float k_scale = 1.f, v_scale = 1.f;
-    if constexpr (T::k8Bit) {
-      const float* scales = reinterpret_cast<const float*>(st + 2 * T::kCodeTileBytes);
-      k_scale = scales[t];
-      v_scale = scales[kChunk + t];
-    }
+    float v_scale[kTpl];
 #pragma unroll
-    for (int r = 0; r < kRows; ++r) {
-      s[r] += __shfl_xor_sync(0xffffffffu, s[r], 1);
-      s[r] += __shfl_xor_sync(0xffffffffu, s[r], 2);
-      if constexpr (T::k8Bit) s[r] *= k_scale;
-      if (masked && chunk_start + t > limit[r]) s[r] = kNegInf;  // also hides a NaN the row must not see
+    for (int j = 0; j < kTpl; ++j) {
+      const int t = t0 + 8 * j;
+      float k_scale = 1.f;
+      v_scale[j] = 1.f;
+      if constexpr (T::k8Bit) {
+        const float* scales = reinterpret_cast<const float*>(st + 2 * T::kCodeTileBytes);
+        k_scale = scales[t];
+        v_scale[j] = scales[kChunk + t];
+      }
+#pragma unroll
+      for (int r = 0; r < kRows; ++r) {
+        s[j][r] += __shfl_xor_sync(0xffffffffu, s[j][r], 1);
+        s[j][r] += __shfl_xor_sync(0xffffffffu, s[j][r], 2);
+        if constexpr (T::k8Bit) s[j][r] *= k_scale;
+        if (masked && chunk_start + t > limit[r]) s[j][r] = kNegInf;  // also hides a NaN the row must not see
+      }
     }
 
-    // Online softmax over the warp's 8 tokens. fmaxf drops NaN scores from the max; their p is NaN
+    // Online softmax over the warp's tokens. fmaxf drops NaN scores from the max; their p is NaN
     // and reaches l and acc, so the row still comes out NaN.
 #pragma unroll
     for (int r = 0; r < kRows; ++r) {
-      float mx = s[r];
+      float mx = s[0][r];
+#pragma unroll
+      for (int j = 1; j < kTpl; ++j) mx = fmaxf(mx, s[j][r]);
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 4));
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 8));
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 16));
       const float m_new = fmaxf(m[r], mx);
       const float m_use = m_new == kNegInf ? 0.f : m_new;  // no row seen yet: avoid -inf - -inf
       const float alpha = Exp2(m[r] - m_use);
-      const float pr = Exp2(s[r] - m_use);
+      float psum = 0.f;
+#pragma unroll
+      for (int j = 0; j < kTpl; ++j) {
+        const float pr = Exp2(s[j][r] - m_use);
+        psum += pr;
+        if (qq == 0) p_w[(lane / kLanesPerToken + 8 * j) * kRows + r] = pr * v_scale[j];
+      }
       m[r] = m_new;
-      l[r] = l[r] * alpha + (qq == 0 ? pr : 0.f);  // one lane per token counts it
+      l[r] = l[r] * alpha + (qq == 0 ? psum : 0.f);  // one lane per token counts it
 #pragma unroll
       for (int j = 0; j < T::kVElemsPerLane; ++j) acc[r][j] *= alpha;
-      if (qq == 0) p_w[(lane / kLanesPerToken) * kRows + r] = pr * v_scale;
     }
     __syncwarp();
 
-    // O += P·V over the warp's 8 tokens; each lane owns kVElemsPerLane columns of every row.
+    // O += P·V over the warp's tokens; each lane owns kVElemsPerLane columns of every row.
     const unsigned char* v_tile = st + T::kCodeTileBytes;
 #pragma unroll
     for (int tl = 0; tl < kTokensPerWarp; ++tl) {
