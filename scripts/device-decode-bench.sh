@@ -25,6 +25,8 @@ run() {  # name, command...
 SHAPE="--heads_q=32 --heads_kv=8 --head_dim=128"
 serve decode || exit 1
 run s1_32k "$B/sagectl" bench --target="$TARGET" --mode=decode $SHAPE --layers=8 --sessions=1 --context=32768 --steps=32
+run s1_32k_stream "$B/sagectl" bench --target="$TARGET" --mode=decode $SHAPE --layers=8 --sessions=1 --context=32768 \
+  --steps=32 --stream
 run s1_32k_16bit "$B/sagectl" bench --target="$TARGET" --mode=decode $SHAPE --layers=8 --sessions=1 --context=32768 \
   --steps=32 --kv_storage=16bit
 run s64_8k "$B/sagectl" bench --target="$TARGET" --mode=decode $SHAPE --layers=4 --sessions=64 --clients=1 --context=8192 --steps=16
@@ -32,6 +34,8 @@ run s64_8k_16bit "$B/sagectl" bench --target="$TARGET" --mode=decode $SHAPE --la
   --context=8192 --steps=16 --kv_storage=16bit
 run c256_2k "$B/sagectl" bench --target="$TARGET" --mode=decode $SHAPE --layers=2 --sessions=256 --clients=256 \
   --context=2048 --steps=16 --connections=8
+run c256_2k_stream "$B/sagectl" bench --target="$TARGET" --mode=decode $SHAPE --layers=2 --sessions=256 --clients=256 \
+  --context=2048 --steps=16 --connections=8 --stream
 # The same step as a stateless Attend: one query row over the whole context, inline.
 run stateless_32k "$B/sagectl" bench --target="$TARGET" --batch=1 --q_len=1 --k_len=32768 $SHAPE --causal \
   --concurrency=1 --requests=20 --warmup=2

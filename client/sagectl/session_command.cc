@@ -17,6 +17,7 @@
 #include "client/sagectl/commands.h"
 #include "sageserve/client/session.h"
 #include "sageserve/client/tensor.h"
+#include "sageserve/v1/session.grpc.pb.h"
 
 namespace sagectl {
 namespace {
@@ -116,8 +117,11 @@ int RunSession(const std::string& verb, const Args& args) {
 
 int RunDecodeBench(const Args& args) {
   std::vector<std::string> known = SessionShapeFlags();
-  for (const char* k : {"mode", "sessions", "clients", "context", "steps", "recipe", "connections"}) known.push_back(k);
+  for (const char* k : {"mode", "sessions", "clients", "context", "steps", "recipe", "connections", "stream"}) {
+    known.push_back(k);
+  }
   if (!CheckFlags(args, known)) return kExitUsage;
+  const bool use_stream = args.Has("stream");  // each client's calls on one AttendSessionStream
   absl::StatusOr<sageserve::SessionOptions> base = SessionOptionsFromArgs(args);
   if (!base.ok()) return FailUsage(base.status());
   absl::StatusOr<int64_t> n_sessions = args.Int("sessions", 1), clients = args.Int("clients", 1),
@@ -175,19 +179,42 @@ int RunDecodeBench(const Args& args) {
       std::vector<sageserve::Session>& mine = owned[static_cast<size_t>(c)];
       const std::vector<uint16_t> k = RandomValues(kv_row, rng), q = RandomValues(q_row, rng);
       std::vector<double> local, local_kernel, local_server;
+      grpc::ClientContext stream_ctx;
+      std::unique_ptr<v1::SessionService::Stub> stub;
+      std::unique_ptr<grpc::ClientReaderWriter<v1::AttendSessionRequest, v1::AttendSessionResponse>> stream;
+      if (use_stream) {
+        stub = v1::SessionService::NewStub((*client_or)->channel(static_cast<size_t>(c)));
+        stream = stub->AttendSessionStream(&stream_ctx);
+      }
+      // One call: unary, or a request and its answer on the client's stream.
+      const auto call = [&](const v1::AttendSessionRequest& req) -> absl::StatusOr<v1::AttendSessionResponse> {
+        if (!use_stream) return sessions.Attend(req);
+        v1::AttendSessionResponse resp;
+        if (!stream->Write(req) || !stream->Read(&resp)) return absl::UnavailableError("AttendSessionStream ended");
+        if (resp.status().code() != 0) {
+          return absl::Status(static_cast<absl::StatusCode>(resp.status().code()), resp.status().message());
+        }
+        return resp;
+      };
       for (int64_t step = 0; step < *steps && failures.load() == 0; ++step) {
         for (int layer = 0; layer < o.layers; ++layer) {
           v1::AttendSessionRequest req;
           req.set_recipe(recipe);
           for (const sageserve::Session& s : mine) *req.add_steps() = s.MakeStep(layer, k, k, q);
           const Clock::time_point t0 = Clock::now();
-          absl::StatusOr<v1::AttendSessionResponse> r = sessions.Attend(req);
+          absl::StatusOr<v1::AttendSessionResponse> r = call(req);
           local.push_back(std::chrono::duration<double, std::micro>(Clock::now() - t0).count());
           if (!r.ok()) return fail(r.status());
           local_kernel.push_back(static_cast<double>(r->timings().kernel_us()));
-          local_server.push_back(static_cast<double>(r->timings().compute_us()));
+          local_server.push_back(static_cast<double>(r->timings().total_us()));
           for (size_t i = 0; i < mine.size(); ++i) mine[i].Commit(layer, r->results(static_cast<int>(i)));
           layer_steps.fetch_add(static_cast<int64_t>(mine.size()));
+        }
+      }
+      if (use_stream) {
+        stream->WritesDone();
+        if (grpc::Status st = stream->Finish(); !st.ok() && failures.load() == 0) {
+          fail(absl::UnavailableError(absl::StrCat("AttendSessionStream: ", st.error_message())));
         }
       }
       std::lock_guard<std::mutex> lock(mu);
@@ -201,13 +228,14 @@ int RunDecodeBench(const Args& args) {
   for (auto& mine : owned) {
     for (sageserve::Session& s : mine) (void)s.Close();
   }
-  std::printf("decode: %lld sessions (%lld clients, %lld per call), context %lld, %lld steps x %d layers, Hq %d Hkv %d D %d, %s\n",
+  std::printf("decode%s: %lld sessions (%lld clients, %lld per call), context %lld, %lld steps x %d layers, Hq %d Hkv %d D %d, %s\n",
+              use_stream ? " (AttendSessionStream)" : "",
               static_cast<long long>(*n_sessions), static_cast<long long>(*clients), static_cast<long long>(per_client),
               static_cast<long long>(*context), static_cast<long long>(*steps), o.layers, o.heads_q, o.heads_kv, o.head_dim,
               o.kv_storage == v1::KV_STORAGE_16BIT ? "16-bit KV" : "INT8 K / FP8 V");
   std::printf("per layer-step call, client: p50 %.0f us  p99 %.0f us  (%zu calls)\n", Percentile(step_us, 50),
               Percentile(step_us, 99), step_us.size());
-  std::printf("server per call: kernel p50 %.0f us (GPU events, 0 on the cpu engine), engine call p50 %.0f us\n",
+  std::printf("server per call: kernel p50 %.0f us (GPU events, 0 on the cpu engine), accepted-to-answered p50 %.0f us\n",
               Percentile(kernel_us, 50), Percentile(server_us, 50));
   std::printf("client p50 minus kernel p50: %.0f us\n", Percentile(step_us, 50) - Percentile(kernel_us, 50));
   std::printf("session layer-steps/s: %.0f\n", static_cast<double>(layer_steps.load()) / seconds);

@@ -144,16 +144,18 @@ absl::Status SessionAttend::Start(const SessionCaller& caller, SessionAttendRequ
   result.heads_q = shape.heads_q;
   result.head_dim = shape.head_dim;
   result.steps.resize(request.steps.size());
-  std::vector<int64_t> ends(request.steps.size());
+  // Every step's tokens appended together: one transfer per device for the whole call.
+  std::vector<AppendStep> appends;
+  for (const SessionStepInput& st : request.steps) {
+    appends.push_back(AppendStep{st.session_id, st.layer, st.position, st.step_id, st.n_new, st.k.data(), st.v.data()});
+  }
+  SessionStore::AppendAllResult appended = store_->AppendAll(caller, appends);
+  if (!appended.status.ok()) return StepError(appended.failed, appended.status);
+  const std::vector<int64_t>& ends = appended.ends;
   for (size_t i = 0; i < request.steps.size(); ++i) {
-    const SessionStepInput& st = request.steps[i];
-    AppendStep append{st.session_id, st.layer, st.position, st.step_id, st.n_new, st.k.data(), st.v.data()};
-    absl::StatusOr<int64_t> end = store_->Append(caller, append);
-    if (!end.ok()) return StepError(i, end.status());
-    ends[i] = *end;
-    result.steps[i].session_id = st.session_id;
-    result.steps[i].length = *end;
-    if (st.n_q.has_value()) call->q_steps.push_back(i);
+    result.steps[i].session_id = request.steps[i].session_id;
+    result.steps[i].length = ends[i];
+    if (request.steps[i].n_q.has_value()) call->q_steps.push_back(i);
   }
   if (call->q_steps.empty()) {  // bulk imports only: nothing to compute
     auto finish = std::move(call->done);

@@ -13,8 +13,8 @@ namespace sage::server {
 
 // Appends the step's tokens to the layer's pages (which the caller checked it may write): pages
 // allocated first (a shared page about to be written copied), then each run of tokens that lands
-// in one page encoded on the host and written to the pool in one batch.
-absl::Status SessionStore::WriteTokens(Session& s, int layer, const AppendStep& step) {
+// in one page encoded on the host, in place or into `batch` for the caller's one transfer.
+absl::Status SessionStore::WriteTokens(Session& s, int layer, const AppendStep& step, WriteBatch& batch) {
   Session::Layer& l = s.layers[static_cast<size_t>(layer)];
   const SessionShape& shape = s.shape;
   KvPagePool& pool = PoolOf(s);
@@ -42,6 +42,7 @@ absl::Status SessionStore::WriteTokens(Session& s, int layer, const AppendStep& 
   while (next < fresh->size()) l.pages.push_back((*fresh)[next++]);
 
   const size_t row = static_cast<size_t>(shape.heads_kv) * shape.head_dim;  // values per token
+  std::vector<KvWrite>& writes = batch.writes;
   const auto* k = static_cast<const uint16_t*>(step.k);
   const auto* v = static_cast<const uint16_t*>(step.v);
   if (shape.storage == KvStorage::kInt8KFp8V && l.k_mean.empty()) {
@@ -54,39 +55,48 @@ absl::Status SessionStore::WriteTokens(Session& s, int layer, const AppendStep& 
     }
     for (float& m : l.k_mean) m /= static_cast<float>(step.n_new);
   }
-  // Host memory is encoded in place. Other memory: each page run is encoded into a host image of
-  // its page at the same offsets, and the four ranges it wrote (K and V codes, K and V scales) are
-  // copied in one batch.
+  // Host memory is encoded in place. Other memory: each page run is encoded into a host image laid
+  // out as a page of just its n tokens (the scheme encodes every token-head on its own, so the bytes
+  // are the same), and its four ranges (K and V codes, K and V scales) go to their places in the
+  // page with the caller's one batched transfer.
   const bool in_place = memory.memory() != MemoryKind::kDevice;
-  const size_t runs = static_cast<size_t>((step.position % T + step.n_new + T - 1) / T);
-  thread_local std::vector<std::byte> images;
-  if (!in_place && images.size() < runs * pool.page_bytes()) images.resize(runs * pool.page_bytes());
-  std::vector<KvWrite> writes;
   const KvPageLayout& layout = s.layout;
+  std::byte* image = nullptr;
+  if (!in_place) {
+    batch.images.push_back(std::unique_ptr<std::byte[]>(
+        new std::byte[static_cast<size_t>(step.n_new) * KvTokenBytes(layout.storage, layout.heads, layout.head_dim)]));
+    image = batch.images.back().get();
+  }
   const size_t token_values = row * layout.code_bytes();
   const size_t token_scales = layout.storage == KvStorage::k16Bit ? 0 : static_cast<size_t>(layout.heads) * sizeof(float);
-  size_t run = 0;
-  for (int64_t t = 0; t < step.n_new; ++run) {
+  for (int64_t t = 0; t < step.n_new;) {
     const int64_t token = step.position + t;
     const int in_page = static_cast<int>(token % T);
     const int n = static_cast<int>(std::min<int64_t>(T - in_page, step.n_new - t));
     const size_t page_at = pool.offset(l.pages[static_cast<size_t>(token / T)]);
-    std::byte* image = in_place ? memory.base() + page_at : images.data() + run * pool.page_bytes();
-    EncodeKvTokens(layout, image, in_page, n, k + static_cast<size_t>(t) * row, v + static_cast<size_t>(t) * row, l.k_mean);
-    if (!in_place) {
-      const size_t codes = layout.codes_per_tensor(), scales = layout.scales_per_tensor();
-      const size_t c0 = in_page * token_values, cn = static_cast<size_t>(n) * token_values;
-      writes.push_back(KvWrite{page_at + c0, image + c0, cn});
-      writes.push_back(KvWrite{page_at + codes + c0, image + codes + c0, cn});
-      if (token_scales > 0) {
-        const size_t s0 = 2 * codes + in_page * token_scales, sn = static_cast<size_t>(n) * token_scales;
-        writes.push_back(KvWrite{page_at + s0, image + s0, sn});
-        writes.push_back(KvWrite{page_at + s0 + scales, image + s0 + scales, sn});
-      }
+    const std::byte* const k_at = reinterpret_cast<const std::byte*>(k + static_cast<size_t>(t) * row);
+    const std::byte* const v_at = reinterpret_cast<const std::byte*>(v + static_cast<size_t>(t) * row);
+    if (in_place) {
+      EncodeKvTokens(layout, memory.base() + page_at, in_page, n, k_at, v_at, l.k_mean);
+      t += n;
+      continue;
     }
+    KvPageLayout run = layout;
+    run.page_tokens = n;
+    EncodeKvTokens(run, image, 0, n, k_at, v_at, l.k_mean);
+    const size_t codes = layout.codes_per_tensor(), scales = layout.scales_per_tensor();
+    const size_t c0 = in_page * token_values, cn = static_cast<size_t>(n) * token_values;
+    writes.push_back(KvWrite{page_at + c0, image, cn});
+    writes.push_back(KvWrite{page_at + codes + c0, image + cn, cn});
+    if (token_scales > 0) {
+      const size_t s0 = 2 * codes + in_page * token_scales, sn = static_cast<size_t>(n) * token_scales;
+      writes.push_back(KvWrite{page_at + s0, image + 2 * cn, sn});
+      writes.push_back(KvWrite{page_at + s0 + scales, image + 2 * cn + sn, sn});
+    }
+    image += run.page_bytes();
     t += n;
   }
-  return writes.empty() ? absl::OkStatus() : memory.Write(writes);
+  return absl::OkStatus();  // the caller writes the batch
 }
 
 absl::Status SessionStore::Gather(const SessionCaller& caller, std::string_view id, int layer, int64_t end,

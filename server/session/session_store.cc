@@ -184,10 +184,80 @@ absl::StatusOr<SessionShape> SessionStore::Shape(const SessionCaller& caller, st
 }
 
 absl::StatusOr<int64_t> SessionStore::Append(const SessionCaller& caller, const AppendStep& step) {
-  absl::StatusOr<std::shared_ptr<Session>> found = Find(caller, step.session_id);
-  if (!found.ok()) return found.status();
-  Session& s = **found;
-  std::lock_guard<std::mutex> lock(s.mu);
+  AppendAllResult r = AppendAll(caller, std::span<const AppendStep>(&step, 1));
+  if (!r.status.ok()) return r.status;
+  return r.ends[0];
+}
+
+SessionStore::AppendAllResult SessionStore::AppendAll(const SessionCaller& caller, std::span<const AppendStep> steps) {
+  AppendAllResult result;
+  // Every step's session, then each distinct session locked once, in address order (two calls
+  // sharing sessions take their locks in the same order).
+  std::vector<std::shared_ptr<Session>> of(steps.size());
+  size_t limit = steps.size();
+  for (size_t i = 0; i < steps.size(); ++i) {
+    absl::StatusOr<std::shared_ptr<Session>> found = Find(caller, steps[i].session_id);
+    if (!found.ok()) {
+      result.status = found.status();
+      result.failed = i;
+      limit = i;
+      break;
+    }
+    of[i] = *std::move(found);
+  }
+  std::vector<Session*> distinct;
+  for (size_t i = 0; i < limit; ++i) distinct.push_back(of[i].get());
+  std::sort(distinct.begin(), distinct.end());
+  distinct.erase(std::unique(distinct.begin(), distinct.end()), distinct.end());
+  std::vector<std::unique_lock<std::mutex>> locks;
+  for (Session* s : distinct) locks.emplace_back(s->mu);
+
+  WriteBatches batches(pools_.size());
+  std::vector<int64_t> ends;
+  std::vector<bool> wrote;
+  for (size_t i = 0; i < limit; ++i) {
+    absl::StatusOr<bool> step = AppendLocked(*of[i], steps[i], batches);
+    if (!step.ok()) {
+      result.status = step.status();
+      result.failed = i;
+      limit = i;
+      break;
+    }
+    ends.push_back(steps[i].position + steps[i].n_new);
+    wrote.push_back(*step);
+  }
+  // The new bytes reach the pools before any length says they are there.
+  for (size_t p = 0; p < batches.size(); ++p) {
+    if (batches[p].writes.empty()) continue;
+    if (absl::Status w = pools_[p].pool->memory().Write(batches[p].writes); !w.ok()) {
+      result.status = w;
+      result.failed = 0;
+      result.ends.clear();
+      return result;
+    }
+  }
+  int64_t tokens = 0;
+  for (size_t i = 0; i < limit; ++i) {
+    if (!wrote[i]) continue;
+    const AppendStep& step = steps[i];
+    Session::Layer& l = of[i]->layers[static_cast<size_t>(step.layer)];
+    l.length = ends[i];
+    l.last_position = step.position;
+    l.last_step_id = step.step_id;
+    l.last_count = step.n_new;
+    tokens += step.n_new;
+  }
+  result.ends = std::move(ends);
+  locks.clear();
+  std::lock_guard<std::mutex> store_lock(mu_);
+  appended_tokens_ += tokens;
+  return result;
+}
+
+// One step under its session's lock: checked, its pages allocated and its tokens encoded (into
+// `batches` for memory written by transfer). True: tokens to commit once the bytes are written;
+// false: nothing to write (a retry, or no new tokens).
+absl::StatusOr<bool> SessionStore::AppendLocked(Session& s, const AppendStep& step, WriteBatches& batches) {
   if (s.closed) return absl::NotFoundError(absl::StrCat("session '", s.id, "' was closed"));
   s.last_use = Clock::now();
   const SessionShape& shape = s.shape;
@@ -204,22 +274,15 @@ absl::StatusOr<int64_t> SessionStore::Append(const SessionCaller& caller, const 
   if (step.position != l.length) {
     const bool retry = step.position < l.length && l.last_position == step.position && l.last_step_id == step.step_id &&
                        l.last_count == step.n_new;
-    if (retry) return end;  // already appended: attend over what the step saw the first time
+    if (retry) return false;  // already appended: attend over what the step saw the first time
     return absl::FailedPreconditionError(absl::StrCat(
         "position: layer ", step.layer, " holds ", l.length, " tokens, so the next append goes at position ", l.length,
         ", not ", step.position,
         step.position < l.length ? " (a retried step must repeat the step_id it was first sent with)" : " (a gap)"));
   }
-  if (step.n_new == 0) return end;
-
-  if (absl::Status w = WriteTokens(s, step.layer, step); !w.ok()) return w;
-  l.length = end;
-  l.last_position = step.position;
-  l.last_step_id = step.step_id;
-  l.last_count = step.n_new;
-  std::lock_guard<std::mutex> store_lock(mu_);
-  appended_tokens_ += step.n_new;
-  return end;
+  if (step.n_new == 0) return false;
+  if (absl::Status w = WriteTokens(s, step.layer, step, batches[static_cast<size_t>(s.pool)]); !w.ok()) return w;
+  return true;
 }
 
 absl::StatusOr<SessionInfo> SessionStore::Fork(const SessionCaller& caller, std::string_view id,

@@ -126,6 +126,16 @@ class SessionStore {
   // count, RESOURCE_EXHAUSTED when pages are short.
   absl::StatusOr<int64_t> Append(const SessionCaller& caller, const AppendStep& step);
 
+  // Append for every step in order, their sessions locked together so that all their new bytes
+  // reach each device's pool in one transfer (a call of 64 sessions: one, not 64). Stops at the
+  // first step that fails: the steps before it are appended; `failed` names it.
+  struct AppendAllResult {
+    std::vector<int64_t> ends;  // of the appended steps, in order
+    absl::Status status;
+    size_t failed = 0;
+  };
+  AppendAllResult AppendAll(const SessionCaller& caller, std::span<const AppendStep> steps);
+
   // The layer's first `end` tokens, decoded to 16-bit: K into `k` and V into `v`
   // ([end, Hkv, D] each). FAILED_PRECONDITION when the layer no longer holds `end` tokens (a
   // truncate in between).
@@ -160,7 +170,14 @@ class SessionStore {
   absl::StatusOr<std::shared_ptr<Session>> Find(const SessionCaller& caller, std::string_view id) const;
   std::string NewId(const std::string& device);
   KvPagePool& PoolOf(const Session& s) const;
-  absl::Status WriteTokens(Session& s, int layer, const AppendStep& step);  // s.mu held
+  // Encoded bytes waiting for one transfer into a pool (memory written by transfer only).
+  struct WriteBatch {
+    std::vector<std::unique_ptr<std::byte[]>> images;  // page images the writes point into
+    std::vector<KvWrite> writes;
+  };
+  using WriteBatches = std::vector<WriteBatch>;  // one per pool
+  absl::StatusOr<bool> AppendLocked(Session& s, const AppendStep& step, WriteBatches& batches);  // s.mu held
+  absl::Status WriteTokens(Session& s, int layer, const AppendStep& step, WriteBatch& batch);    // s.mu held
   SessionInfo InfoOf(const Session& s) const;  // s.mu held
   void ReleaseSession(Session& s);             // s.mu held
   void Sweep();

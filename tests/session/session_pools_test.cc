@@ -204,5 +204,46 @@ TEST(SessionPools, PinnedPagesOutliveTruncateRewriteAndClose) {
   EXPECT_EQ(t.device->Stats().pool.pages_free, t.device->Stats().pool.pages_total);
 }
 
+// A call's steps over several sessions reach the pool in one transfer; a failing step stops the
+// call there, with the steps before it appended.
+TEST(SessionPools, AppendAllWritesACallInOneTransfer) {
+  TwoStores t = Make();
+  std::vector<std::string> ids;
+  for (int i = 0; i < 4; ++i) {
+    auto info = t.device->CreateSession(kAlice, Shape(KvStorage::kInt8KFp8V), 0);
+    ASSERT_TRUE(info.ok());
+    ids.push_back(info->id);
+  }
+  const auto k = Tokens(3, 5), v = Tokens(3, 6);
+  std::vector<AppendStep> steps;
+  for (const std::string& id : ids) steps.push_back(AppendStep{id, 0, 0, 1, 3, k.data(), v.data()});
+  steps.push_back(AppendStep{ids[0], 1, 0, 1, 3, k.data(), v.data()});  // another layer of the same session
+  SessionStore::AppendAllResult r = t.device->AppendAll(kAlice, steps);
+  ASSERT_TRUE(r.status.ok()) << r.status;
+  EXPECT_EQ(r.ends, (std::vector<int64_t>{3, 3, 3, 3, 3}));
+  EXPECT_EQ(t.memory->write_calls, 1);
+
+  // Step 2 has a gap: steps 0 and 1 are appended, 2 and 3 are not.
+  std::vector<AppendStep> next = {AppendStep{ids[0], 0, 3, 2, 3, k.data(), v.data()},
+                                  AppendStep{ids[1], 0, 3, 2, 3, k.data(), v.data()},
+                                  AppendStep{ids[2], 0, 9, 2, 3, k.data(), v.data()},
+                                  AppendStep{ids[3], 0, 3, 2, 3, k.data(), v.data()}};
+  r = t.device->AppendAll(kAlice, next);
+  EXPECT_EQ(r.status.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(r.failed, 2u);
+  EXPECT_EQ(t.memory->write_calls, 2);
+  const std::vector<int64_t> want = {6, 6, 3, 3};
+  for (size_t i = 0; i < ids.size(); ++i) {
+    auto info = t.device->Get(kAlice, ids[i]);
+    ASSERT_TRUE(info.ok());
+    EXPECT_EQ(info->layer_lengths[0], want[i]) << i;
+  }
+  // A retry of the appended steps is recognised and writes nothing.
+  r = t.device->AppendAll(kAlice, std::span<const AppendStep>(next).first(2));
+  ASSERT_TRUE(r.status.ok()) << r.status;
+  EXPECT_EQ(r.ends, (std::vector<int64_t>{6, 6}));
+  EXPECT_EQ(t.memory->write_calls, 2);
+}
+
 }  // namespace
 }  // namespace sage::server

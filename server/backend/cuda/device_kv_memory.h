@@ -1,6 +1,7 @@
-// One GPU's KV page pool memory (KvMemory over a cudaMalloc allocation made at start). Writes are
-// packed into pinned staging and copied on the pool's own stream, which is synchronized before the
-// call returns, so a launch issued afterwards on any stream reads them.
+// One GPU's KV page pool memory (KvMemory over a cudaMalloc allocation made at start). A transfer
+// takes one of a few lanes (stream + pinned staging), so appends from several session threads run
+// at once; writes are packed into the lane's staging, copied in one batch, and the lane's stream is
+// synchronized before the call returns, so a launch issued afterwards on any stream reads them.
 #pragma once
 
 #include <cstddef>

@@ -1,6 +1,7 @@
 #include "server/frontend/grpc/session_service.h"
 
 #include <algorithm>
+#include <chrono>
 #include <functional>
 #include <memory>
 #include <string>
@@ -61,6 +62,7 @@ grpc::ServerUnaryReactor* SessionService::CreateSession(grpc::CallbackServerCont
 grpc::ServerUnaryReactor* SessionService::AttendSession(grpc::CallbackServerContext* context,
                                                         const v1::AttendSessionRequest* request,
                                                         v1::AttendSessionResponse* response) {
+  const auto accepted = std::chrono::steady_clock::now();
   absl::StatusOr<Principal> caller = auth_->Check(context, RpcMethod::kAttendSession);
   if (!caller.ok()) return FinishNow(context, caller.status());
   absl::StatusOr<SessionAttendRequest> decoded = DecodeAttendSession(*request);
@@ -71,19 +73,21 @@ grpc::ServerUnaryReactor* SessionService::AttendSession(grpc::CallbackServerCont
   const size_t first = decoded->steps.empty() ? 0 : std::hash<std::string>()(decoded->steps.front().session_id);
   // The request message (whose bytes the steps view) and the context stay valid until Finish.
   absl::Status queued = workers_[first % workers_.size()]->Submit(
-      [this, reactor, response, want_lse, context, who = CallerOf(*caller), call = *std::move(decoded)]() mutable {
+      [this, reactor, response, want_lse, context, accepted, who = CallerOf(*caller), call = *std::move(decoded)]() mutable {
         if (context->IsCancelled()) {
           reactor->Finish(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled before it ran"));
           return;
         }
         absl::Status started = sessions_->Start(
             who, std::move(call), SteadyDeadline(*context), [context] { return context->IsCancelled(); },
-            [reactor, response, want_lse](absl::StatusOr<SessionAttendResult> result) {
+            [reactor, response, want_lse, accepted](absl::StatusOr<SessionAttendResult> result) {
               if (!result.ok()) {
                 reactor->Finish(ToGrpcStatus(result.status()));
                 return;
               }
               ResultToWire(*result, want_lse, response);
+              response->mutable_timings()->set_total_us(
+                  std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - accepted).count());
               reactor->Finish(grpc::Status::OK);
             });
         if (!started.ok()) reactor->Finish(ToGrpcStatus(started));

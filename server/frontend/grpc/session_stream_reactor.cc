@@ -91,6 +91,8 @@ void SessionStreamReactor::Complete(const std::shared_ptr<Call>& call, absl::Sta
   r.set_request_id(call->request.request_id());
   if (result.ok()) {
     ResultToWire(*result, call->request.return_lse(), &r);
+    r.mutable_timings()->set_total_us(
+        std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - call->accepted).count());
   } else {
     r.mutable_status()->set_code(static_cast<int>(result.status().code()));
     r.mutable_status()->set_message(std::string(result.status().message()));

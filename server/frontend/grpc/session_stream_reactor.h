@@ -5,6 +5,7 @@
 // write completes, so a client that does not read its answers is held back by flow control.
 #pragma once
 
+#include <chrono>
 #include <cstddef>
 #include <deque>
 #include <functional>
@@ -49,6 +50,7 @@ class SessionStreamReactor final
   struct Call {
     sageserve::v1::AttendSessionRequest request;  // the decoded steps view its bytes
     sageserve::v1::AttendSessionResponse response;
+    std::chrono::steady_clock::time_point accepted = std::chrono::steady_clock::now();  // read off the stream
   };
 
   void Complete(const std::shared_ptr<Call>& call, absl::StatusOr<SessionAttendResult> result);

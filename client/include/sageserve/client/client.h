@@ -48,6 +48,8 @@ class Client {
 
   // The first connection's channel (for other services' stubs).
   const std::shared_ptr<grpc::Channel>& channel() const { return channels_.front(); }
+  // Connection `i` (modulo their number): spreads several streams over the connections.
+  const std::shared_ptr<grpc::Channel>& channel(size_t i) const { return channels_[i % channels_.size()]; }
   const ClientOptions& options() const { return options_; }
 
  private:
