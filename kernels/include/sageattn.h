@@ -141,6 +141,32 @@ sage_status_t sage_paged_decode_workspace_size(const sage_paged_decode_params_t*
 /* Asynchronous on `stream`; validation and launch errors are reported. */
 sage_status_t sage_paged_decode(const sage_paged_decode_params_t* params, sage_stream_t stream);
 
+/* ---- Paged gather: a batch's cached tokens out of KV pages into contiguous 16-bit K and V ----
+ * For prefill-shaped session steps and quantized recipes: sequence b's seqlens (cu_seqlens_k[b+1] -
+ * cu_seqlens_k[b] tokens, pages page_table[cu_pages[b] ..]) are written to k_out/v_out rows
+ * [cu_seqlens_k[b], cu_seqlens_k[b+1]) as [total_k, num_kv_heads, head_dim] values of `dtype`:
+ * 16BIT pages copied, INT8K_FP8V pages decoded to code x scale in fp32 and rounded to nearest even,
+ * exactly as the CPU scheme's DecodeKvTokens (kernels/reference/kv_pages.h) gives them. */
+typedef struct {
+  sage_kv_storage_t storage;
+  sage_dtype_t dtype;
+  const void* pages;
+  uint64_t page_bytes;
+  int32_t page_tokens;          /* a multiple of 16 */
+  const int32_t* page_table;    /* device */
+  const int32_t* cu_pages;      /* device, batch + 1 */
+  const int32_t* cu_seqlens_k;  /* device, batch + 1 */
+  int32_t batch;
+  int32_t max_seqlen_k;         /* host-side maximum (grid sizing) */
+  int64_t total_k;
+  int32_t num_kv_heads;
+  int32_t head_dim;             /* a multiple of 8, at most 256 */
+  void* k_out;                  /* [total_k, num_kv_heads, head_dim], 16-byte aligned */
+  void* v_out;
+} sage_paged_gather_params_t;
+
+sage_status_t sage_paged_gather(const sage_paged_gather_params_t* params, sage_stream_t stream);
+
 /* One byte range to copy: both ends device-accessible (device, IPC-mapped or pinned host memory). */
 typedef struct {
   const void* src;

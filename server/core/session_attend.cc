@@ -24,8 +24,9 @@ bool SameShape(const SessionShape& a, const SessionShape& b) {
   return a.heads_q == b.heads_q && a.heads_kv == b.heads_kv && a.head_dim == b.head_dim && a.dtype == b.dtype;
 }
 
-// Query rows per step up to which a call reads the pages in place (the paged decode kernel's
-// limit, sageattn.h SAGE_PAGED_MAX_QUERY_ROWS); longer steps (prefill chunks) gather.
+// Query rows per step up to which a call is decode-shaped: it runs the unquantized recipe unless
+// the request names one, which the CUDA backend runs with the paged decode kernel (its limit,
+// sageattn.h SAGE_PAGED_MAX_QUERY_ROWS).
 constexpr int64_t kPagedMaxQueryRows = 16;
 
 // The heap state of one call: the AttendRequest the pipeline reads, and what the answer collects.
@@ -174,18 +175,17 @@ absl::Status SessionAttend::Start(const SessionCaller& caller, SessionAttendRequ
   if (total_q >= (int64_t{1} << 31) || total_k >= (int64_t{1} << 31)) {
     return absl::ResourceExhaustedError("steps: more than 2^31 tokens in one call");
   }
-  // Decode-shaped calls (every step at most kPagedMaxQueryRows rows) whose recipe is unquantized
-  // attention, the default for them, read the pages in place; the rest gather the pages, decoded,
-  // into one block.
+  // The engine reads the steps' pages where they are (EngineInput::paged): the CUDA backend in
+  // place with the paged decode kernel, or gathered on the GPU for the dense kernels; the CPU engine
+  // decodes them first. Only a call whose sessions live in different pools gathers here, on the
+  // host. Decode-shaped calls (every step at most kPagedMaxQueryRows rows) run the unquantized
+  // recipe unless the request names one.
   bool short_steps = true;
   for (size_t i : call->q_steps) short_steps = short_steps && *request.steps[i].n_q <= kPagedMaxQueryRows;
   const bool unquantized = request.recipe.has_value() ? *request.recipe == Recipe::kUnquantized : short_steps;
-  bool paged = false;
-  if (short_steps && unquantized) {
-    absl::StatusOr<bool> pinned = PinStepPages(*store_, caller, request, ends, *call);
-    if (!pinned.ok()) return pinned.status();
-    paged = *pinned;
-  }
+  absl::StatusOr<bool> pinned = PinStepPages(*store_, caller, request, ends, *call);
+  if (!pinned.ok()) return pinned.status();
+  const bool paged = *pinned;
   const size_t q_bytes = static_cast<size_t>(total_q) * q_row, kv_bytes = paged ? 0 : static_cast<size_t>(total_k) * kv_row;
   AttendRequest& ar = call->request;
   ar.staged_inputs.reset(new std::byte[q_bytes + 2 * kv_bytes]);

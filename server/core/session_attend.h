@@ -1,8 +1,8 @@
 // The journey of an AttendSession call, protobuf-free: every step checked against its session
-// before anything changes, the new tokens appended, each step's cache gathered (decoded to 16-bit)
-// into one server-owned block, and one attend (causal, bottom-right aligned) over the steps that
-// carry Q, through the same pipeline, scheduler and backend as Attend. The decode-kernel work
-// replaces the gather with kernels that read the pages in place.
+// before anything changes, the new tokens appended (one transfer per device), the steps' pages
+// pinned, and one attend (causal, bottom-right aligned) over the steps that carry Q, through the
+// same pipeline, scheduler and backend as Attend, with K/V read from the pages by the engine
+// (EngineInput::paged). Decode-shaped calls default to the unquantized recipe.
 #pragma once
 
 #include <cstddef>

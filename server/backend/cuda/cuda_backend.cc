@@ -101,54 +101,93 @@ class CudaBackend final : public AttentionBackend {
   }
 
  private:
-  // Session pages in a GPU's KV pool, read in place by the paged decode kernel: unquantized math
-  // over the stored values, up to SAGE_PAGED_MAX_QUERY_ROWS rows per sequence.
+  // Session pages in a GPU's KV pool. Decode-shaped launches of the unquantized recipe (at most
+  // SAGE_PAGED_MAX_QUERY_ROWS rows per sequence) are read in place by the paged decode kernel; any
+  // other is gathered on the GPU into the slot's K/V buffers and runs the dense kernels of its recipe.
   absl::StatusOr<EngineOutput> LaunchPaged(const EngineInput& in, const RecipeConfig& config) {
     const PagedKv& pg = *in.paged;
     SAGE_CUDA_RETURN_IF_ERROR(ValidatePagedKv(in, pg));
     if (pg.memory != MemoryKind::kDevice || pg.device != in.memory_device) {
       return absl::InvalidArgumentError("cuda backend: paged K/V must be in a GPU's KV pool, named by memory_device");
     }
-    if (!(config == ConfigFor(Recipe::kUnquantized))) {
-      return absl::UnimplementedError("cuda backend: paged K/V runs the unquantized recipe only");
-    }
-    if (in.mask != MaskMode::kCausal) return absl::InvalidArgumentError("cuda backend: paged K/V is causal only");
     if (in.q.dtype != pg.layout.dtype) return absl::InvalidArgumentError("cuda backend: q's dtype differs from the pages'");
-    sage_paged_decode_params_t p{};
-    p.storage = pg.layout.storage == KvStorage::k16Bit ? SAGE_KV_16BIT : SAGE_KV_INT8K_FP8V;
-    p.dtype = pg.layout.dtype == DType::kBF16 ? SAGE_DTYPE_BF16 : SAGE_DTYPE_F16;
-    p.pages = pg.pool;
-    p.page_bytes = pg.page_bytes;
-    p.page_tokens = pg.layout.page_tokens;
-    p.batch = in.batch();
+    if (in.q.tokens == 0) return EngineOutput{};
+    const sage_dtype_t dtype = pg.layout.dtype == DType::kBF16 ? SAGE_DTYPE_BF16 : SAGE_DTYPE_F16;
+    const sage_kv_storage_t storage = pg.layout.storage == KvStorage::k16Bit ? SAGE_KV_16BIT : SAGE_KV_INT8K_FP8V;
+    int max_q = 0, max_k = 0;
     int64_t work = 0;
-    for (int b = 0; b < p.batch; ++b) {
+    for (int b = 0; b < in.batch(); ++b) {
       const int ql = in.cu_seqlens_q[b + 1] - in.cu_seqlens_q[b], kl = in.cu_seqlens_k[b + 1] - in.cu_seqlens_k[b];
-      p.max_seqlen_q = std::max(p.max_seqlen_q, ql);
-      p.max_seqlen_k = std::max(p.max_seqlen_k, kl);
+      max_q = std::max(max_q, ql);
+      max_k = std::max(max_k, kl);
       work += int64_t{ql} * kl;
     }
-    p.total_q = in.q.tokens;
-    p.num_q_heads = in.q.heads;
-    p.num_kv_heads = in.k.heads;
-    p.head_dim = in.q.head_dim;
-    p.softmax_scale = in.scale();
+    PagedLaunch launch;
     LaunchShape shape;
     shape.q_elements = in.q.numel();
-    shape.sequences = p.batch;
+    shape.sequences = in.batch();
     shape.lse_elements = in.lse == LseMode::kNatural ? in.q.tokens * in.q.heads : 0;
-    SAGE_CUDA_RETURN_IF_ERROR(FromSage(sage_paged_decode_workspace_size(&p, &shape.workspace_bytes), "paged workspace size"));
+    if (config == ConfigFor(Recipe::kUnquantized) && max_q <= SAGE_PAGED_MAX_QUERY_ROWS && in.mask == MaskMode::kCausal) {
+      launch.kernel = PagedKernel::kDecode;
+      sage_paged_decode_params_t& p = launch.decode;
+      p.storage = storage;
+      p.dtype = dtype;
+      p.pages = pg.pool;
+      p.page_bytes = pg.page_bytes;
+      p.page_tokens = pg.layout.page_tokens;
+      p.batch = in.batch();
+      p.max_seqlen_q = max_q;
+      p.max_seqlen_k = max_k;
+      p.total_q = in.q.tokens;
+      p.num_q_heads = in.q.heads;
+      p.num_kv_heads = in.k.heads;
+      p.head_dim = in.q.head_dim;
+      p.softmax_scale = in.scale();
+      SAGE_CUDA_RETURN_IF_ERROR(FromSage(sage_paged_decode_workspace_size(&p, &shape.workspace_bytes), "paged workspace size"));
+    } else {
+      launch.kernel = PagedKernel::kGatherThenDense;
+      absl::StatusOr<sage_recipe_config_t> kcfg = ToKernelConfig(config);
+      if (!kcfg.ok()) return kcfg.status();
+      if (kcfg->recipe == SAGE_RECIPE_INT8_QK_FP8_PV && min_sm_ < 90) {
+        return absl::UnimplementedError("cuda backend: int8_qk_fp8_pv needs sm_90 (wgmma)");
+      }
+      sage_paged_gather_params_t& g = launch.gather;
+      g.storage = storage;
+      g.dtype = dtype;
+      g.pages = pg.pool;
+      g.page_bytes = pg.page_bytes;
+      g.page_tokens = pg.layout.page_tokens;
+      g.batch = in.batch();
+      g.max_seqlen_k = max_k;
+      g.total_k = in.k.tokens;
+      g.num_kv_heads = in.k.heads;
+      g.head_dim = in.k.head_dim;
+      sage_attn_params_t& p = launch.dense;
+      p.config = *kcfg;
+      p.dtype = dtype;
+      p.batch = in.batch();
+      p.max_seqlen_q = max_q;
+      p.max_seqlen_k = max_k;
+      p.total_q = in.q.tokens;
+      p.total_k = in.k.tokens;
+      p.num_q_heads = in.q.heads;
+      p.num_kv_heads = in.k.heads;
+      p.head_dim = in.q.head_dim;
+      p.mask = in.mask == MaskMode::kCausal ? SAGE_MASK_CAUSAL : SAGE_MASK_NONE;
+      p.softmax_scale = in.scale();
+      shape.kv_elements = in.k.numel();
+      SAGE_CUDA_RETURN_IF_ERROR(FromSage(sage_attn_workspace_size(&p, &shape.workspace_bytes), "workspace size"));
+    }
     SAGE_CUDA_RETURN_IF_ERROR(executors_.front()->CheckFits(shape));
     absl::StatusOr<int> pick = PickExecutor(pg.device, work);
     if (!pick.ok()) return pick.status();
     DeviceExecutor& ex = *executors_[static_cast<size_t>(*pick)];
-    absl::StatusOr<EngineOutput> out = ex.RunPaged(shape, in, p, pg.layout.dtype);
+    absl::StatusOr<EngineOutput> out = ex.RunPaged(shape, in, launch, pg.layout.dtype);
     selector_.Release(*pick, work);
     if (!ex.healthy()) selector_.SetHealth(*pick, DeviceHealth::kFailed);
     return out;
   }
 
- private:
   // `in` is validated (or, gathered, its members are and its metadata checked); `parts` hold the bytes.
   absl::StatusOr<EngineOutput> Launch(const EngineInput& in, std::span<const EngineInput* const> parts,
                                     const RecipeConfig& config) {

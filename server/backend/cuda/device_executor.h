@@ -32,6 +32,21 @@ struct ExecutorOptions {
   CudaSync sync = CudaSync::kAuto;
 };
 
+// How a paged launch (EngineInput::paged) reads the pages.
+//   kDecode:          sage_paged_decode reads them in place (unquantized, <= 16 rows per sequence).
+//   kGatherThenDense: sage_paged_gather decodes them into the slot's K/V buffers, then
+//                     sage_attn_forward runs the request's recipe as for any request.
+enum class PagedKernel { kDecode, kGatherThenDense };
+
+// One paged launch as the backend plans it: the kernel and its params, all but the device
+// pointers (q, o, lse, tables, k/v buffers, workspace), which the executor fills from the slot.
+struct PagedLaunch {
+  PagedKernel kernel = PagedKernel::kDecode;
+  sage_paged_decode_params_t decode{};  // kDecode
+  sage_paged_gather_params_t gather{};  // kGatherThenDense
+  sage_attn_params_t dense{};           // kGatherThenDense
+};
+
 // What one launch needs from a slot; computed on the host before a slot is taken.
 struct LaunchShape {
   int64_t q_elements = 0;
@@ -64,11 +79,10 @@ class DeviceExecutor {
                                  std::span<const EngineInput* const> parts, sage_attn_params_t params, DType dtype);
 
   // Runs one validated paged launch (in.paged in this device's memory; paged_launch.cc): Q, the
-  // page tables and the lengths staged into pinned memory and copied up in one copy, the paged
-  // decode kernel reading the pages in place, O (and LSE) copied back. `params` has everything but
-  // the device pointers of q/o/lse/tables and the workspace, whose size `shape` carries.
-  absl::StatusOr<EngineOutput> RunPaged(const LaunchShape& shape, const EngineInput& in,
-                                        sage_paged_decode_params_t params, DType dtype);
+  // page tables and the lengths staged into pinned memory and copied up in one copy, the launch's
+  // kernels (PagedLaunch), O (and LSE) copied back. `shape` carries the workspace size (and the
+  // K/V elements a gather writes).
+  absl::StatusOr<EngineOutput> RunPaged(const LaunchShape& shape, const EngineInput& in, PagedLaunch launch, DType dtype);
 
   // The device is unusable after a sticky CUDA error (illegal address, launch failure...).
   bool healthy() const { return healthy_.load(std::memory_order_relaxed); }
@@ -98,8 +112,8 @@ class DeviceExecutor {
   // then its sync; and the result read back once the stream is done.
   absl::Status Issue(Slot& slot, const TransferPlan& plan, const sage_attn_params_t& params);
   absl::StatusOr<EngineOutput> Collect(const Slot& slot, const TransferPlan& plan, const EngineInput& in, DType dtype);
-  absl::StatusOr<EngineOutput> RunPagedOnSlot(Slot& slot, const LaunchShape& shape, const EngineInput& in, sage_paged_decode_params_t& params,
-                                              DType dtype);
+  absl::StatusOr<EngineOutput> RunPagedOnSlot(Slot& slot, const LaunchShape& shape, const EngineInput& in,
+                                              PagedLaunch& launch, DType dtype);
   // Run's bookkeeping around a slot: taken (light when `shape` fits one), released, the device
   // marked unhealthy after a sticky error, the counters.
   template <typename Fn>

@@ -1,6 +1,6 @@
 // DeviceExecutor's paged launches: attention over KV pages that live in this GPU's KV pool, read in
-// place by the paged decode kernel. Only Q, the page tables and the lengths go up; O and LSE come
-// back.
+// place by the paged decode kernel, or decoded on the GPU into the slot's K/V buffers for the dense
+// kernels. Only Q, the page tables and the lengths go up; O and LSE come back.
 #include <cuda_runtime.h>
 
 #include <cstring>
@@ -16,39 +16,49 @@ namespace {
 
 size_t Align(size_t n) { return (n + 255) / 256 * 256; }
 
-// Byte offsets of one paged launch's inputs in the slot's input staging (and device buffer alike).
+// Byte offsets of one paged launch's buffers in the slot's input staging and device buffer: what
+// goes up (Q, the tables, the lengths) first, then, on the device only, the K/V a gather writes.
 struct PagedLayout {
-  size_t q = 0, page_table = 0, cu_pages = 0, cu_q = 0, seqlens_k = 0, end = 0;
+  size_t q = 0, page_table = 0, cu_pages = 0, cu_q = 0, cu_k = 0, seqlens_k = 0, upload_end = 0;
+  size_t k = 0, v = 0, end = 0;
 };
 
-PagedLayout LayoutOf(const EngineInput& in) {
+PagedLayout LayoutOf(const EngineInput& in, PagedKernel kernel) {
   PagedLayout l;
+  const size_t seq_table = Align(in.cu_seqlens_q.size() * sizeof(int32_t));
   l.page_table = Align(static_cast<size_t>(in.q.bytes()));
   l.cu_pages = l.page_table + Align(in.paged->page_table.size() * sizeof(int32_t));
   l.cu_q = l.cu_pages + Align(in.paged->cu_pages.size() * sizeof(int32_t));
-  l.seqlens_k = l.cu_q + Align(in.cu_seqlens_q.size() * sizeof(int32_t));
-  l.end = l.seqlens_k + Align(static_cast<size_t>(in.batch()) * sizeof(int32_t));
+  l.cu_k = l.cu_q + seq_table;
+  l.seqlens_k = l.cu_k + seq_table;
+  l.upload_end = l.seqlens_k + Align(static_cast<size_t>(in.batch()) * sizeof(int32_t));
+  l.k = l.v = l.end = l.upload_end;
+  if (kernel == PagedKernel::kGatherThenDense) {
+    const size_t kv = Align(static_cast<size_t>(in.k.numel()) * 2);
+    l.v = l.k + kv;
+    l.end = l.v + kv;
+  }
   return l;
 }
 
 }  // namespace
 
-absl::StatusOr<EngineOutput> DeviceExecutor::RunPaged(const LaunchShape& shape, const EngineInput& in,
-                                                      sage_paged_decode_params_t params, DType dtype) {
-  return OnSlot(shape, params.total_q, [&](Slot& slot) { return RunPagedOnSlot(slot, shape, in, params, dtype); });
+absl::StatusOr<EngineOutput> DeviceExecutor::RunPaged(const LaunchShape& shape, const EngineInput& in, PagedLaunch launch,
+                                                      DType dtype) {
+  return OnSlot(shape, in.q.tokens, [&](Slot& slot) { return RunPagedOnSlot(slot, shape, in, launch, dtype); });
 }
 
 absl::StatusOr<EngineOutput> DeviceExecutor::RunPagedOnSlot(Slot& slot, const LaunchShape& shape, const EngineInput& in,
-                                                            sage_paged_decode_params_t& params, DType dtype) {
+                                                            PagedLaunch& launch, DType dtype) {
   SAGE_CUDA_RETURN_IF_ERROR(FromCuda(cudaSetDevice(device_), "cudaSetDevice"));
-  const PagedLayout l = LayoutOf(in);
+  const PagedLayout l = LayoutOf(in, launch.kernel);
   const size_t o_bytes = static_cast<size_t>(in.q.numel()) * 2;
   const bool want_lse = in.lse == LseMode::kNatural;
   const size_t lse_at = Align(o_bytes);
   const size_t lse_bytes = want_lse ? static_cast<size_t>(in.q.tokens) * in.q.heads * sizeof(float) : 0;
   if (l.end > slot.cap.in_bytes || lse_at + lse_bytes > slot.cap.out_bytes || shape.workspace_bytes > slot.cap.ws_bytes) {
-    return absl::ResourceExhaustedError(absl::StrCat("cuda backend: paged launch of ", in.q.tokens, " query rows and ",
-                                                     in.paged->page_table.size(), " pages does not fit a stream slot"));
+    return absl::ResourceExhaustedError(absl::StrCat("cuda backend: paged launch of ", in.q.tokens, " query rows over ",
+                                                     in.k.tokens, " cached tokens does not fit a stream slot"));
   }
   // Host side: Q in the kernels' dtype, then the tables, all in one upload.
   StageSegment q_seg{in.q.data, in.q.dtype, slot.host_in + l.q, dtype, static_cast<size_t>(in.q.numel())};
@@ -57,24 +67,51 @@ absl::StatusOr<EngineOutput> DeviceExecutor::RunPagedOnSlot(Slot& slot, const La
   put(l.page_table, in.paged->page_table);
   put(l.cu_pages, in.paged->cu_pages);
   put(l.cu_q, in.cu_seqlens_q);
+  put(l.cu_k, in.cu_seqlens_k);
   auto* lens = reinterpret_cast<int32_t*>(slot.host_in + l.seqlens_k);
   for (int b = 0; b < in.batch(); ++b) lens[b] = in.cu_seqlens_k[b + 1] - in.cu_seqlens_k[b];
-
-  params.q = slot.dev_in + l.q;
-  params.page_table = reinterpret_cast<const int32_t*>(slot.dev_in + l.page_table);
-  params.cu_pages = reinterpret_cast<const int32_t*>(slot.dev_in + l.cu_pages);
-  params.cu_seqlens_q = reinterpret_cast<const int32_t*>(slot.dev_in + l.cu_q);
-  params.seqlens_k = reinterpret_cast<const int32_t*>(slot.dev_in + l.seqlens_k);
-  params.o = slot.dev_out;
-  params.lse = want_lse ? reinterpret_cast<float*>(slot.dev_out + lse_at) : nullptr;
-  params.workspace = slot.dev_ws;
-  params.workspace_bytes = slot.cap.ws_bytes;
+  const auto dev = [&](size_t at) { return slot.dev_in + at; };
+  const auto table = [&](size_t at) { return reinterpret_cast<const int32_t*>(dev(at)); };
+  float* const lse = want_lse ? reinterpret_cast<float*>(slot.dev_out + lse_at) : nullptr;
 
   cudaStream_t st = slot.stream;
+  const auto sst = reinterpret_cast<sage_stream_t>(st);
   SAGE_CUDA_RETURN_IF_ERROR(FromCuda(cudaEventRecord(slot.ev[0], st), "cudaEventRecord"));
-  SAGE_CUDA_RETURN_IF_ERROR(FromCuda(cudaMemcpyAsync(slot.dev_in, slot.host_in, l.end, cudaMemcpyHostToDevice, st), "upload q and page tables"));
+  SAGE_CUDA_RETURN_IF_ERROR(FromCuda(cudaMemcpyAsync(slot.dev_in, slot.host_in, l.upload_end, cudaMemcpyHostToDevice, st),
+                                     "upload q and page tables"));
   SAGE_CUDA_RETURN_IF_ERROR(FromCuda(cudaEventRecord(slot.ev[1], st), "cudaEventRecord"));
-  SAGE_CUDA_RETURN_IF_ERROR(FromSage(sage_paged_decode(&params, reinterpret_cast<sage_stream_t>(st)), "paged decode"));
+  if (launch.kernel == PagedKernel::kDecode) {
+    sage_paged_decode_params_t& p = launch.decode;
+    p.q = dev(l.q);
+    p.page_table = table(l.page_table);
+    p.cu_pages = table(l.cu_pages);
+    p.cu_seqlens_q = table(l.cu_q);
+    p.seqlens_k = table(l.seqlens_k);
+    p.o = slot.dev_out;
+    p.lse = lse;
+    p.workspace = slot.dev_ws;
+    p.workspace_bytes = slot.cap.ws_bytes;
+    SAGE_CUDA_RETURN_IF_ERROR(FromSage(sage_paged_decode(&p, sst), "paged decode"));
+  } else {
+    sage_paged_gather_params_t& g = launch.gather;
+    g.page_table = table(l.page_table);
+    g.cu_pages = table(l.cu_pages);
+    g.cu_seqlens_k = table(l.cu_k);
+    g.k_out = dev(l.k);
+    g.v_out = dev(l.v);
+    SAGE_CUDA_RETURN_IF_ERROR(FromSage(sage_paged_gather(&g, sst), "paged gather"));
+    sage_attn_params_t& p = launch.dense;
+    p.q = dev(l.q);
+    p.k = dev(l.k);
+    p.v = dev(l.v);
+    p.o = slot.dev_out;
+    p.lse = lse;
+    p.cu_seqlens_q = table(l.cu_q);
+    p.cu_seqlens_k = table(l.cu_k);
+    p.workspace = slot.dev_ws;
+    p.workspace_bytes = slot.cap.ws_bytes;
+    SAGE_CUDA_RETURN_IF_ERROR(FromSage(sage_attn_forward(&p, sst), "forward over gathered pages"));
+  }
   SAGE_CUDA_RETURN_IF_ERROR(FromCuda(cudaEventRecord(slot.ev[2], st), "cudaEventRecord"));
   SAGE_CUDA_RETURN_IF_ERROR(FromCuda(cudaMemcpyAsync(slot.host_out, slot.dev_out, lse_at + lse_bytes, cudaMemcpyDeviceToHost, st),
                                      "download o"));
