@@ -12,8 +12,8 @@ set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$ROOT/scripts/device-serve-lib.sh"
 PORT=50081
-QUICK=0  # --quick: the cases the targets name only (one storage, no stateless comparison)
-device_args device-decode-bench --port:PORT --quick:QUICK=1 -- "$@" || exit 2
+QUICK=0  # --quick: the cases the targets name only (one storage, no stateless); --quicker: 1 x 32k and 256 clients
+device_args device-decode-bench --port:PORT --quick:QUICK=1 --quicker:QUICK=2 -- "$@" || exit 2
 TARGET="127.0.0.1:$PORT"
 SERVER_FLAGS=(--kv_pool_bytes=$((16 << 30)) --max_message_bytes=$((1 << 30)))
 failures=0
@@ -28,17 +28,17 @@ serve decode || exit 1
 run s1_32k "$B/sagectl" bench --target="$TARGET" --mode=decode $SHAPE --layers=8 --sessions=1 --context=32768 --steps=32
 run s1_32k_stream "$B/sagectl" bench --target="$TARGET" --mode=decode $SHAPE --layers=8 --sessions=1 --context=32768 \
   --steps=32 --stream
-[ "$QUICK" = 1 ] || run s1_32k_16bit "$B/sagectl" bench --target="$TARGET" --mode=decode $SHAPE --layers=8 --sessions=1 --context=32768 \
+[ "$QUICK" != 0 ] || run s1_32k_16bit "$B/sagectl" bench --target="$TARGET" --mode=decode $SHAPE --layers=8 --sessions=1 --context=32768 \
   --steps=32 --kv_storage=16bit
-run s64_8k "$B/sagectl" bench --target="$TARGET" --mode=decode $SHAPE --layers=4 --sessions=64 --clients=1 --context=8192 --steps=16
-[ "$QUICK" = 1 ] || run s64_8k_16bit "$B/sagectl" bench --target="$TARGET" --mode=decode $SHAPE --layers=4 --sessions=64 --clients=1 \
+[ "$QUICK" = 2 ] || run s64_8k "$B/sagectl" bench --target="$TARGET" --mode=decode $SHAPE --layers=4 --sessions=64 --clients=1 --context=8192 --steps=16
+[ "$QUICK" != 0 ] || run s64_8k_16bit "$B/sagectl" bench --target="$TARGET" --mode=decode $SHAPE --layers=4 --sessions=64 --clients=1 \
   --context=8192 --steps=16 --kv_storage=16bit
 run c256_2k "$B/sagectl" bench --target="$TARGET" --mode=decode $SHAPE --layers=2 --sessions=256 --clients=256 \
   --context=2048 --steps=16 --connections=8
 run c256_2k_stream "$B/sagectl" bench --target="$TARGET" --mode=decode $SHAPE --layers=2 --sessions=256 --clients=256 \
   --context=2048 --steps=16 --connections=8 --stream
 # The same step as a stateless Attend: one query row over the whole context, inline.
-[ "$QUICK" = 1 ] || run stateless_32k "$B/sagectl" bench --target="$TARGET" --batch=1 --q_len=1 --k_len=32768 $SHAPE --causal \
+[ "$QUICK" != 0 ] || run stateless_32k "$B/sagectl" bench --target="$TARGET" --batch=1 --q_len=1 --k_len=32768 $SHAPE --causal \
   --concurrency=1 --requests=20 --warmup=2
 stop
 # One launch per request (no merging), for the 256-client comparison.

@@ -99,12 +99,7 @@ absl::Status SessionStore::WriteTokens(Session& s, int layer, const AppendStep& 
   return absl::OkStatus();  // the caller writes the batch
 }
 
-absl::Status SessionStore::Gather(const SessionCaller& caller, std::string_view id, int layer, int64_t end,
-                                  std::span<std::byte> k, std::span<std::byte> v) const {
-  absl::StatusOr<std::shared_ptr<Session>> found = Find(caller, id);
-  if (!found.ok()) return found.status();
-  Session& s = **found;
-  std::lock_guard<std::mutex> lock(s.mu);
+absl::Status SessionStore::CheckReadable(const Session& s, int layer, int64_t end) {
   if (s.closed) return absl::NotFoundError(absl::StrCat("session '", s.id, "' was closed"));
   if (layer < 0 || layer >= s.shape.layers) return absl::OutOfRangeError("layer: outside the session");
   const Session::Layer& l = s.layers[static_cast<size_t>(layer)];
@@ -112,6 +107,17 @@ absl::Status SessionStore::Gather(const SessionCaller& caller, std::string_view 
     return absl::FailedPreconditionError(
         absl::StrCat("session '", s.id, "' layer ", layer, " was truncated to ", l.length, " tokens during the step"));
   }
+  return absl::OkStatus();
+}
+
+absl::Status SessionStore::Gather(const SessionCaller& caller, std::string_view id, int layer, int64_t end,
+                                  std::span<std::byte> k, std::span<std::byte> v) const {
+  absl::StatusOr<std::shared_ptr<Session>> found = Find(caller, id);
+  if (!found.ok()) return found.status();
+  Session& s = **found;
+  std::lock_guard<std::mutex> lock(s.mu);
+  if (absl::Status readable = CheckReadable(s, layer, end); !readable.ok()) return readable;
+  const Session::Layer& l = s.layers[static_cast<size_t>(layer)];
   const size_t row_bytes = static_cast<size_t>(s.shape.heads_kv) * s.shape.head_dim * 2;
   if (k.size() < static_cast<size_t>(end) * row_bytes || v.size() < static_cast<size_t>(end) * row_bytes) {
     return absl::InternalError("session gather: output buffers too small");
@@ -142,13 +148,8 @@ absl::StatusOr<PinnedPages> SessionStore::Pin(const SessionCaller& caller, std::
   if (!found.ok()) return found.status();
   Session& s = **found;
   std::lock_guard<std::mutex> lock(s.mu);
-  if (s.closed) return absl::NotFoundError(absl::StrCat("session '", s.id, "' was closed"));
-  if (layer < 0 || layer >= s.shape.layers) return absl::OutOfRangeError("layer: outside the session");
+  if (absl::Status readable = CheckReadable(s, layer, end); !readable.ok()) return readable;
   const Session::Layer& l = s.layers[static_cast<size_t>(layer)];
-  if (end > l.length) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("session '", s.id, "' layer ", layer, " was truncated to ", l.length, " tokens during the step"));
-  }
   PinnedPages pinned;
   pinned.pool = s.pool;
   pinned.layout = s.layout;

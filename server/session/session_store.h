@@ -176,6 +176,9 @@ class SessionStore {
     std::vector<KvWrite> writes;
   };
   using WriteBatches = std::vector<WriteBatch>;  // one per pool
+  // A read of the layer's first `end` tokens is possible (s.mu held): open, the layer in range and
+  // still holding `end` tokens.
+  static absl::Status CheckReadable(const Session& s, int layer, int64_t end);
   absl::StatusOr<bool> AppendLocked(Session& s, const AppendStep& step, WriteBatches& batches);  // s.mu held
   absl::Status WriteTokens(Session& s, int layer, const AppendStep& step, WriteBatch& batch);    // s.mu held
   SessionInfo InfoOf(const Session& s) const;  // s.mu held

@@ -26,6 +26,25 @@
 namespace sage::server {
 namespace {
 
+// The longest sequences of a launch (grid sizing) and its work Σ q_len·k_len (what the dispatcher
+// balances).
+struct Extents {
+  int max_q = 0;
+  int max_k = 0;
+  int64_t work = 0;
+};
+
+Extents ExtentsOf(const EngineInput& in) {
+  Extents e;
+  for (int b = 0; b < in.batch(); ++b) {
+    const int ql = in.cu_seqlens_q[b + 1] - in.cu_seqlens_q[b], kl = in.cu_seqlens_k[b + 1] - in.cu_seqlens_k[b];
+    e.max_q = std::max(e.max_q, ql);
+    e.max_k = std::max(e.max_k, kl);
+    e.work += int64_t{ql} * kl;
+  }
+  return e;
+}
+
 class CudaBackend final : public AttentionBackend {
  public:
   CudaBackend(std::vector<std::unique_ptr<DeviceExecutor>> executors, BackendInfo info,
@@ -114,14 +133,7 @@ class CudaBackend final : public AttentionBackend {
     if (in.q.tokens == 0) return EngineOutput{};
     const sage_dtype_t dtype = pg.layout.dtype == DType::kBF16 ? SAGE_DTYPE_BF16 : SAGE_DTYPE_F16;
     const sage_kv_storage_t storage = pg.layout.storage == KvStorage::k16Bit ? SAGE_KV_16BIT : SAGE_KV_INT8K_FP8V;
-    int max_q = 0, max_k = 0;
-    int64_t work = 0;
-    for (int b = 0; b < in.batch(); ++b) {
-      const int ql = in.cu_seqlens_q[b + 1] - in.cu_seqlens_q[b], kl = in.cu_seqlens_k[b + 1] - in.cu_seqlens_k[b];
-      max_q = std::max(max_q, ql);
-      max_k = std::max(max_k, kl);
-      work += int64_t{ql} * kl;
-    }
+    const auto [max_q, max_k, work] = ExtentsOf(in);
     PagedLaunch launch;
     LaunchShape shape;
     shape.q_elements = in.q.numel();
@@ -202,14 +214,7 @@ class CudaBackend final : public AttentionBackend {
     if (in.q.tokens == 0) return EngineOutput{};  // nothing to launch
 
     const int batch = in.batch();
-    int max_q = 0, max_k = 0;
-    int64_t work = 0;  // Σ q_len·k_len: what the dispatcher balances
-    for (int b = 0; b < batch; ++b) {
-      const int ql = in.cu_seqlens_q[b + 1] - in.cu_seqlens_q[b], kl = in.cu_seqlens_k[b + 1] - in.cu_seqlens_k[b];
-      max_q = std::max(max_q, ql);
-      max_k = std::max(max_k, kl);
-      work += int64_t{ql} * kl;
-    }
+    const auto [max_q, max_k, work] = ExtentsOf(in);
     sage_attn_params_t p{};
     p.config = *kcfg;
     p.dtype = dt == DType::kBF16 ? SAGE_DTYPE_BF16 : SAGE_DTYPE_F16;

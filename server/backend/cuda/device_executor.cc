@@ -117,6 +117,25 @@ bool IsStickyCudaError(cudaError_t err) {
   }
 }
 
+void ReadBackOutput(const unsigned char* o, size_t elements, DType dtype, OutputForm form, const unsigned char* lse,
+                    size_t lse_elements, EngineOutput& out) {
+  StageSegment o_seg{o, dtype, nullptr, dtype, elements};
+  if (form != OutputForm::kFloat) {
+    out.o_native.resize(elements * 2);  // the kernel's codes as they are (no decode; the codec moves them)
+    out.o_native_dtype = dtype;
+    o_seg.dst = out.o_native.data();
+  } else {
+    out.o.resize(elements);
+    o_seg.dst = out.o.data();
+    o_seg.dst_dtype = DType::kF32;
+  }
+  RunStaging(std::span<const StageSegment>(&o_seg, 1));
+  if (lse_elements > 0) {
+    out.lse.resize(lse_elements);
+    std::memcpy(out.lse.data(), lse, lse_elements * sizeof(float));
+  }
+}
+
 // Stages that did not happen are 0; the kernels' stage starts where the uploads ended, if any.
 absl::StatusOr<DeviceTimings> StageTimings(const cudaEvent_t (&ev)[4], bool has_h2d, bool has_d2h) {
   float ms[3] = {0, 0, 0};
@@ -341,22 +360,8 @@ absl::StatusOr<EngineOutput> DeviceExecutor::Collect(const Slot& slot, const Tra
     RunStaging(plan.out_segments);
     out.placement = OutputPlacement::kCallerBuffers;
   } else {
-    const size_t n = static_cast<size_t>(in.q.numel());
-    StageSegment o_seg{plan.slot.host_out + plan.layout.o, dtype, nullptr, dtype, n};
-    if (in.output.form != OutputForm::kFloat) {
-      out.o_native.resize(n * 2);  // the kernel's codes as they are (no decode; the codec moves them)
-      out.o_native_dtype = dtype;
-      o_seg.dst = out.o_native.data();
-    } else {
-      out.o.resize(n);
-      o_seg.dst = out.o.data();
-      o_seg.dst_dtype = DType::kF32;
-    }
-    RunStaging(std::span<const StageSegment>(&o_seg, 1));
-    if (plan.want_lse) {
-      out.lse.resize(static_cast<size_t>(plan.lse_elements));
-      std::memcpy(out.lse.data(), plan.slot.host_out + plan.layout.lse, out.lse.size() * sizeof(float));
-    }
+    ReadBackOutput(plan.slot.host_out + plan.layout.o, static_cast<size_t>(in.q.numel()), dtype, in.output.form,
+                   plan.slot.host_out + plan.layout.lse, plan.want_lse ? static_cast<size_t>(plan.lse_elements) : 0, out);
   }
   absl::StatusOr<DeviceTimings> timings = StageTimings(slot.ev, plan.has_h2d, plan.has_d2h);
   if (!timings.ok()) return timings.status();

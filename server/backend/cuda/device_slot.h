@@ -67,6 +67,11 @@ absl::StatusOr<EngineOutput> DeviceExecutor::OnSlot(const LaunchShape& shape, in
   return out;
 }
 
+// O (the kernel's 16-bit codes at `o`, `elements` of them) into `out` as `form` allows: the codes as
+// they are, or decoded to float; then `lse_elements` floats of LSE from `lse` (0: none).
+void ReadBackOutput(const unsigned char* o, size_t elements, DType dtype, OutputForm form, const unsigned char* lse,
+                    size_t lse_elements, EngineOutput& out);
+
 // Stage times from a slot's events; stages that did not happen are 0.
 absl::StatusOr<DeviceTimings> StageTimings(const cudaEvent_t (&ev)[4], bool has_h2d, bool has_d2h);
 

@@ -119,22 +119,8 @@ absl::StatusOr<EngineOutput> DeviceExecutor::RunPagedOnSlot(Slot& slot, const La
   SAGE_CUDA_RETURN_IF_ERROR(FromCuda(cudaStreamSynchronize(st), "paged attention"));
 
   EngineOutput out;
-  const size_t n = static_cast<size_t>(in.q.numel());
-  StageSegment o_seg{slot.host_out, dtype, nullptr, dtype, n};
-  if (in.output.form != OutputForm::kFloat) {
-    out.o_native.resize(n * 2);  // the kernel's codes as they are
-    out.o_native_dtype = dtype;
-    o_seg.dst = out.o_native.data();
-  } else {
-    out.o.resize(n);
-    o_seg.dst = out.o.data();
-    o_seg.dst_dtype = DType::kF32;
-  }
-  RunStaging(std::span<const StageSegment>(&o_seg, 1));
-  if (want_lse) {
-    out.lse.resize(lse_bytes / sizeof(float));
-    std::memcpy(out.lse.data(), slot.host_out + lse_at, lse_bytes);
-  }
+  ReadBackOutput(slot.host_out, static_cast<size_t>(in.q.numel()), dtype, in.output.form, slot.host_out + lse_at,
+                 lse_bytes / sizeof(float), out);
   absl::StatusOr<DeviceTimings> timings = StageTimings(slot.ev, true, true);
   if (!timings.ok()) return timings.status();
   timings->device = device_;
