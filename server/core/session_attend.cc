@@ -175,17 +175,22 @@ absl::Status SessionAttend::Start(const SessionCaller& caller, SessionAttendRequ
   if (total_q >= (int64_t{1} << 31) || total_k >= (int64_t{1} << 31)) {
     return absl::ResourceExhaustedError("steps: more than 2^31 tokens in one call");
   }
-  // The engine reads the steps' pages where they are (EngineInput::paged): the CUDA backend in
-  // place with the paged decode kernel, or gathered on the GPU for the dense kernels; the CPU engine
-  // decodes them first. Only a call whose sessions live in different pools gathers here, on the
-  // host. Decode-shaped calls (every step at most kPagedMaxQueryRows rows) run the unquantized
-  // recipe unless the request names one.
+  // Decode-shaped calls (every step at most kPagedMaxQueryRows rows) run the unquantized recipe
+  // unless the request names one, and then the engine reads the steps' pages where they are
+  // (EngineInput::paged: the CUDA backend in place with the paged decode kernel, the CPU engine
+  // decoding them first). Other calls, and a call whose sessions live in different pools, gather
+  // the caches here, decoded to 16-bit, into one block. (The CUDA backend can also gather pages on
+  // the GPU for the dense kernels, sage_paged_gather; prefill calls move to it once that path has
+  // run on a GPU: docs/API.md, "Sessions".)
   bool short_steps = true;
   for (size_t i : call->q_steps) short_steps = short_steps && *request.steps[i].n_q <= kPagedMaxQueryRows;
   const bool unquantized = request.recipe.has_value() ? *request.recipe == Recipe::kUnquantized : short_steps;
-  absl::StatusOr<bool> pinned = PinStepPages(*store_, caller, request, ends, *call);
-  if (!pinned.ok()) return pinned.status();
-  const bool paged = *pinned;
+  bool paged = false;
+  if (short_steps && unquantized) {
+    absl::StatusOr<bool> pinned = PinStepPages(*store_, caller, request, ends, *call);
+    if (!pinned.ok()) return pinned.status();
+    paged = *pinned;
+  }
   const size_t q_bytes = static_cast<size_t>(total_q) * q_row, kv_bytes = paged ? 0 : static_cast<size_t>(total_k) * kv_row;
   AttendRequest& ar = call->request;
   ar.staged_inputs.reset(new std::byte[q_bytes + 2 * kv_bytes]);

@@ -1,8 +1,8 @@
 // The journey of an AttendSession call, protobuf-free: every step checked against its session
-// before anything changes, the new tokens appended (one transfer per device), the steps' pages
-// pinned, and one attend (causal, bottom-right aligned) over the steps that carry Q, through the
-// same pipeline, scheduler and backend as Attend, with K/V read from the pages by the engine
-// (EngineInput::paged). Decode-shaped calls default to the unquantized recipe.
+// before anything changes, the new tokens appended (one transfer per device), and one attend
+// (causal, bottom-right aligned) over the steps that carry Q, through the same pipeline, scheduler
+// and backend as Attend. Decode-shaped calls default to the unquantized recipe and have the engine
+// read their pinned pages in place (EngineInput::paged); others gather the caches into one block.
 #pragma once
 
 #include <cstddef>
