@@ -1,7 +1,9 @@
 // The session store over KV memory that is not host memory (as a GPU's pool is): pages written
 // and read only through KvMemory, never through base(); placement on the pool with the most free
 // pages; pinned pages that outlive truncation and close and are copied before a write.
+#include <atomic>
 #include <cstring>
+#include <thread>
 #include <random>
 #include <vector>
 
@@ -243,6 +245,37 @@ TEST(SessionPools, AppendAllWritesACallInOneTransfer) {
   ASSERT_TRUE(r.status.ok()) << r.status;
   EXPECT_EQ(r.ends, (std::vector<int64_t>{6, 6}));
   EXPECT_EQ(t.memory->write_calls, 2);
+}
+
+// Two threads append to the same two sessions in opposite step orders, many times: the sessions
+// are locked in one order whatever the call's, so neither waits on the other forever, and every
+// append lands (each thread writes its own layer).
+TEST(SessionPools, CallsOverTheSameSessionsInOppositeOrdersDoNotDeadlock) {
+  auto store = SessionStore::Create(Options());
+  ASSERT_TRUE(store.ok());
+  auto a = (*store)->CreateSession(kAlice, Shape(KvStorage::k16Bit), 0);
+  auto b = (*store)->CreateSession(kAlice, Shape(KvStorage::k16Bit), 0);
+  ASSERT_TRUE(a.ok() && b.ok());
+  const auto k = Tokens(1, 1);
+  constexpr int kRounds = 300;
+  std::atomic<int> failures{0};
+  const auto run = [&](int layer, bool a_first) {
+    for (int i = 0; i < kRounds; ++i) {
+      const AppendStep sa{a->id, layer, i, static_cast<uint64_t>(i), 1, k.data(), k.data()};
+      const AppendStep sb{b->id, layer, i, static_cast<uint64_t>(i), 1, k.data(), k.data()};
+      const std::vector<AppendStep> steps = a_first ? std::vector<AppendStep>{sa, sb} : std::vector<AppendStep>{sb, sa};
+      if (!(*store)->AppendAll(kAlice, steps).status.ok()) ++failures;
+    }
+  };
+  std::thread t0(run, 0, true), t1(run, 1, false);
+  t0.join();
+  t1.join();
+  EXPECT_EQ(failures.load(), 0);
+  for (const auto& id : {a->id, b->id}) {
+    auto info = (*store)->Get(kAlice, id);
+    ASSERT_TRUE(info.ok());
+    EXPECT_EQ(info->layer_lengths, (std::vector<int64_t>{kRounds, kRounds}));
+  }
 }
 
 }  // namespace
