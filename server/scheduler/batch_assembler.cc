@@ -59,6 +59,14 @@ ProblemSize MeasureProblem(const EngineInput& in) {
     const int64_t k_len = in.cu_seqlens_k[s + 1] - in.cu_seqlens_k[s];
     size.work += q_len * k_len;
   }
+  if (in.paged.has_value()) {
+    // Paged K/V (session steps) is read where it lies, not carried with the launch: only Q counts
+    // as its tokens and elements, and the work still bounds what one launch computes. A decode step
+    // over 2k cached tokens is 1 token here, not 2k, so hundreds of clients' steps share a launch.
+    // (A backend that stages paged K/V checks its own buffers; a merged launch it refuses is split.)
+    size.tokens = in.q.tokens;
+    size.kv_elements = 0;
+  }
   return size;
 }
 

@@ -62,7 +62,8 @@ struct ProblemSize {
   }
 };
 
-// `in` must have passed ValidateInput (cu_seqlens are trusted).
+// `in` must have passed ValidateInput (cu_seqlens are trusted). With paged K/V only Q counts as
+// tokens and elements (the pages are not part of the launch's payload); work counts as ever.
 ProblemSize MeasureProblem(const EngineInput& in);
 
 // Where one member's rows sit inside the merged problem.

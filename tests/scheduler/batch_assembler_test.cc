@@ -142,6 +142,12 @@ TEST(AssembleBatch, ChainsPageTablesOfPagedMembers) {
   EXPECT_EQ(std::vector<int32_t>(in.cu_seqlens_k.begin(), in.cu_seqlens_k.end()), (std::vector<int32_t>{0, 20, 60, 77}));
   EXPECT_TRUE(ValidatePagedKv(in, *in.paged).ok());
   EXPECT_EQ(testing::TagAt(in.q, 3), 20);
+  // The batcher counts a paged problem by its Q: K/V stay in the pool.
+  const ProblemSize size = MeasureProblem(in);
+  EXPECT_EQ(size.tokens, 4);
+  EXPECT_EQ(size.kv_elements, 0);
+  EXPECT_EQ(size.q_elements, in.q.numel());
+  EXPECT_EQ(size.work, 1 * 20 + 2 * 40 + 1 * 17);
 
   // Too few pages for a sequence, and a page outside the pool, are refused.
   const std::vector<int32_t> short_cu{0, 1, 3};
