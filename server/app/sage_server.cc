@@ -185,8 +185,10 @@ absl::StatusOr<std::unique_ptr<SageServer>> SageServer::Start(
   if (!scheduler.ok()) return scheduler.status();
   s->scheduler_ = *std::move(scheduler);
   const SessionStoreOptions& session_options = options.sessions;
+  absl::Status kv_options = SessionStore::CheckOptions(session_options);
   absl::StatusOr<std::vector<std::unique_ptr<KvMemory>>> kv_memory =
-      s->backend_->CreateKvMemory(session_options.pool_bytes, session_options.pool_fraction);
+      kv_options.ok() ? s->backend_->CreateKvMemory(session_options.pool_bytes, session_options.pool_fraction)
+                      : absl::StatusOr<std::vector<std::unique_ptr<KvMemory>>>(kv_options);
   absl::StatusOr<std::unique_ptr<SessionStore>> store =
       kv_memory.ok() ? SessionStore::Create(session_options, *std::move(kv_memory)) : kv_memory.status();
   if (!store.ok()) {

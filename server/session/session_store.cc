@@ -50,7 +50,21 @@ absl::Status CheckShape(const SessionShape& s) {
 
 }  // namespace
 
+absl::Status SessionStore::CheckOptions(const SessionStoreOptions& options) {
+  if (options.page_bytes < 4096 || options.page_bytes % 256 != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("kv_page_bytes: ", options.page_bytes, " (at least 4096, a multiple of 256)"));
+  }
+  const size_t pages = options.pool_bytes / options.page_bytes;
+  if (options.pool_fraction <= 0 && (pages < 1 || pages > (size_t{1} << 30))) {
+    return absl::InvalidArgumentError(absl::StrCat("kv_pool_bytes: ", options.pool_bytes, " holds ", pages,
+                                                   " pages of ", options.page_bytes, " bytes (1 to 2^30)"));
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<std::unique_ptr<SessionStore>> SessionStore::Create(const SessionStoreOptions& options) {
+  if (absl::Status s = CheckOptions(options); !s.ok()) return s;
   absl::StatusOr<std::unique_ptr<KvMemory>> memory = CreateHostKvMemory(options.pool_bytes);
   if (!memory.ok()) return memory.status();
   std::vector<std::unique_ptr<KvMemory>> memories;

@@ -108,6 +108,9 @@ class SessionStore {
   // new session goes to the pool with the most free pages.
   static absl::StatusOr<std::unique_ptr<SessionStore>> Create(const SessionStoreOptions& options,
                                                               std::vector<std::unique_ptr<KvMemory>> memories);
+  // INVALID_ARGUMENT naming the option unless the page size is valid (>= 4096, a multiple of 256)
+  // and options.pool_bytes holds 1 to 2^30 pages: checked before any memory is allocated for them.
+  static absl::Status CheckOptions(const SessionStoreOptions& options);
   // Host memory of options.pool_bytes (the CPU engine's, and tests').
   static absl::StatusOr<std::unique_ptr<SessionStore>> Create(const SessionStoreOptions& options);
   ~SessionStore();

@@ -247,6 +247,23 @@ TEST(SessionPools, AppendAllWritesACallInOneTransfer) {
   EXPECT_EQ(t.memory->write_calls, 2);
 }
 
+// Pool options are checked before any memory is asked for: an absurd --kv_pool_bytes is
+// INVALID_ARGUMENT naming the flag, not an attempt to allocate it.
+TEST(SessionPools, BadPoolOptionsAreRefusedBeforeAllocating) {
+  SessionStoreOptions o = Options();
+  o.pool_bytes = size_t{1} << 62;
+  absl::StatusOr<std::unique_ptr<SessionStore>> huge = SessionStore::Create(o);
+  EXPECT_EQ(huge.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(huge.status().message().find("kv_pool_bytes"), std::string::npos) << huge.status();
+  o = Options();
+  o.page_bytes = 5000;
+  EXPECT_EQ(SessionStore::CheckOptions(o).code(), absl::StatusCode::kInvalidArgument);
+  o = Options();
+  o.pool_bytes = 1000;  // less than a page
+  EXPECT_EQ(SessionStore::CheckOptions(o).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(SessionStore::CheckOptions(Options()).ok());
+}
+
 // Two threads append to the same two sessions in opposite step orders, many times: the sessions
 // are locked in one order whatever the call's, so neither waits on the other forever, and every
 // append lands (each thread writes its own layer).
