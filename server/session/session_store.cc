@@ -92,7 +92,7 @@ SessionStore::SessionStore(const SessionStoreOptions& options, std::vector<Devic
 
 SessionStore::~SessionStore() {
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    std::lock_guard<std::mutex> lock(stop_mu_);
     stopping_ = true;
   }
   wake_.notify_all();
@@ -109,7 +109,7 @@ KvPagePool& SessionStore::PoolOf(const Session& s) const { return *pools_[static
 absl::StatusOr<std::shared_ptr<SessionStore::Session>> SessionStore::Find(const SessionCaller& caller,
                                                                           std::string_view id) const {
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    std::shared_lock<std::shared_mutex> lock(mu_);  // every step looks its session up: readers share
     auto it = sessions_.find(id);
     if (it != sessions_.end() && (caller.sees_all || it->second->owner == caller.identity)) return it->second;
   }
@@ -181,7 +181,7 @@ absl::StatusOr<SessionInfo> SessionStore::CreateSession(const SessionCaller& cal
                                                            pages->begin() + (l + 1) * per_layer);
     }
   }
-  std::lock_guard<std::mutex> lock(mu_);
+  std::lock_guard<std::shared_mutex> lock(mu_);
   if (static_cast<int>(sessions_.size()) >= options_.max_sessions) {
     for (Session::Layer& l : session->layers) pool.Release(l.pages);
     return absl::ResourceExhaustedError(absl::StrCat("sessions: ", sessions_.size(), " open, the server's maximum"));
@@ -263,8 +263,7 @@ SessionStore::AppendAllResult SessionStore::AppendAll(const SessionCaller& calle
   }
   result.ends = std::move(ends);
   locks.clear();
-  std::lock_guard<std::mutex> store_lock(mu_);
-  appended_tokens_ += tokens;
+  appended_tokens_.fetch_add(tokens, std::memory_order_relaxed);
   return result;
 }
 
@@ -325,7 +324,7 @@ absl::StatusOr<SessionInfo> SessionStore::Fork(const SessionCaller& caller, std:
       PoolOf(src).AddRef(to.pages);
     }
   }
-  std::lock_guard<std::mutex> lock(mu_);
+  std::lock_guard<std::shared_mutex> lock(mu_);
   if (static_cast<int>(sessions_.size()) >= options_.max_sessions) {
     for (Session::Layer& l : child->layers) PoolOf(*child).Release(l.pages);
     return absl::ResourceExhaustedError(absl::StrCat("sessions: ", sessions_.size(), " open, the server's maximum"));
@@ -361,7 +360,7 @@ absl::Status SessionStore::Close(const SessionCaller& caller, std::string_view i
   absl::StatusOr<std::shared_ptr<Session>> found = Find(caller, id);
   if (!found.ok()) return found.status();
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    std::lock_guard<std::shared_mutex> lock(mu_);
     if (sessions_.erase((*found)->id) == 1) ++closed_;
   }
   // Steps holding the session finish first (its lock); later ones see it closed.
@@ -380,7 +379,7 @@ absl::StatusOr<SessionInfo> SessionStore::Get(const SessionCaller& caller, std::
 std::vector<SessionInfo> SessionStore::List(const SessionCaller& caller) const {
   std::vector<std::shared_ptr<Session>> mine;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    std::shared_lock<std::shared_mutex> lock(mu_);
     for (const auto& [id, s] : sessions_) {
       if (caller.sees_all || s->owner == caller.identity) mine.push_back(s);
     }
@@ -397,7 +396,7 @@ int SessionStore::ExpireIdle() {
   const Clock::time_point now = Clock::now();
   std::vector<std::shared_ptr<Session>> all;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    std::shared_lock<std::shared_mutex> lock(mu_);
     for (const auto& [id, s] : sessions_) all.push_back(s);
   }
   int expired = 0;
@@ -407,7 +406,7 @@ int SessionStore::ExpireIdle() {
       if (s->closed || now - s->last_use < options_.ttl) continue;
       ReleaseSession(*s);
     }
-    std::lock_guard<std::mutex> lock(mu_);
+    std::lock_guard<std::shared_mutex> lock(mu_);
     sessions_.erase(s->id);
     ++expired_idle_;
     ++expired;
@@ -418,7 +417,7 @@ int SessionStore::ExpireIdle() {
 void SessionStore::Sweep() {
   const auto period = std::clamp<std::chrono::milliseconds>(options_.ttl / 4, std::chrono::milliseconds(10),
                                                             std::chrono::milliseconds(1000));
-  std::unique_lock<std::mutex> lock(mu_);
+  std::unique_lock<std::mutex> lock(stop_mu_);
   while (!stopping_) {
     wake_.wait_for(lock, period, [this] { return stopping_; });
     if (stopping_) break;
@@ -437,9 +436,9 @@ SessionStoreStats SessionStore::Stats() const {
     stats.pool.pages_free += one.pages_free;
     stats.pool.page_bytes = one.page_bytes;
   }
-  std::lock_guard<std::mutex> lock(mu_);
+  std::shared_lock<std::shared_mutex> lock(mu_);
   stats.sessions = static_cast<int64_t>(sessions_.size());
-  stats.appended_tokens = appended_tokens_;
+  stats.appended_tokens = appended_tokens_.load(std::memory_order_relaxed);
   stats.closed = closed_;
   stats.expired_idle = expired_idle_;
   return stats;

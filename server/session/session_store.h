@@ -7,6 +7,7 @@
 // protobuf here (the frontend decodes into these types).
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
@@ -14,6 +15,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <shared_mutex>
 #include <span>
 #include <string>
 #include <string_view>
@@ -192,12 +194,13 @@ class SessionStore {
   const std::vector<DevicePool> pools_;
   const std::string instance_;  // 64 random bits, hex: this server process
 
-  mutable std::mutex mu_;
+  mutable std::shared_mutex mu_;  // lookups share it; creating and ending sessions take it alone
   std::map<std::string, std::shared_ptr<Session>, std::less<>> sessions_;  // guarded by mu_
-  int64_t appended_tokens_ = 0;                                            // guarded by mu_
-  int64_t closed_ = 0;                                                     // guarded by mu_
-  int64_t expired_idle_ = 0;                                               // guarded by mu_
-  bool stopping_ = false;                                                  // guarded by mu_
+  std::atomic<int64_t> appended_tokens_{0};
+  int64_t closed_ = 0;        // guarded by mu_
+  int64_t expired_idle_ = 0;  // guarded by mu_
+  std::mutex stop_mu_;        // the sweeper's sleep
+  bool stopping_ = false;     // guarded by stop_mu_
   std::condition_variable wake_;
   std::thread sweeper_;
 };
