@@ -195,8 +195,8 @@ absl::Status SessionAttend::Start(const SessionCaller& caller, SessionAttendRequ
   AttendRequest& ar = call->request;
   ar.staged_inputs.reset(new std::byte[q_bytes + 2 * kv_bytes]);
   std::byte* const q_at = ar.staged_inputs.get();
-  std::byte* const k_at = paged ? const_cast<std::byte*>(ar.input.paged->pool) : q_at + q_bytes;
-  std::byte* const v_at = paged ? k_at : k_at + kv_bytes;
+  std::byte* const k_at = q_at + q_bytes;  // the gathered K and V (none when paged)
+  std::byte* const v_at = k_at + kv_bytes;
   ar.default_cu_q.assign(1, 0);
   ar.default_cu_k.assign(1, 0);
   for (size_t i : call->q_steps) {
@@ -214,8 +214,10 @@ absl::Status SessionAttend::Start(const SessionCaller& caller, SessionAttendRequ
   ar.id = request.id;
   EngineInput& in = ar.input;
   in.q = TensorView{shape.dtype, q_at, total_q, shape.heads_q, shape.head_dim};
-  in.k = TensorView{shape.dtype, k_at, total_k, shape.heads_kv, shape.head_dim};
-  in.v = TensorView{shape.dtype, v_at, total_k, shape.heads_kv, shape.head_dim};
+  // Paged: k/v give their shapes, and their data is the pool's base (engine_io.h, EngineInput::paged).
+  const void* const pool = paged ? static_cast<const void*>(ar.input.paged->pool) : nullptr;
+  in.k = TensorView{shape.dtype, paged ? pool : k_at, total_k, shape.heads_kv, shape.head_dim};
+  in.v = TensorView{shape.dtype, paged ? pool : v_at, total_k, shape.heads_kv, shape.head_dim};
   in.cu_seqlens_q = ar.default_cu_q;
   in.cu_seqlens_k = ar.default_cu_k;
   in.mask = MaskMode::kCausal;

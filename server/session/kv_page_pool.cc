@@ -6,17 +6,26 @@
 
 namespace sage::server {
 
-absl::StatusOr<std::unique_ptr<KvPagePool>> KvPagePool::Create(std::unique_ptr<KvMemory> memory, size_t page_bytes) {
+absl::Status KvPagePool::CheckPageBytes(size_t page_bytes) {
   if (page_bytes < 4096 || page_bytes % 256 != 0) {
-    return absl::InvalidArgumentError(absl::StrCat("kv page size ", page_bytes, " bytes: at least 4096, a multiple of 256"));
+    return absl::InvalidArgumentError(absl::StrCat("kv_page_bytes: ", page_bytes, " (at least 4096, a multiple of 256)"));
   }
-  const size_t pool_bytes = memory->bytes();
-  const int64_t pages = static_cast<int64_t>(pool_bytes / page_bytes);
-  if (pages < 1) {
+  return absl::OkStatus();
+}
+
+absl::Status KvPagePool::CheckSize(size_t pool_bytes, size_t page_bytes) {
+  if (absl::Status s = CheckPageBytes(page_bytes); !s.ok()) return s;
+  const size_t pages = pool_bytes / page_bytes;
+  if (pages < 1 || pages > (size_t{1} << 30)) {
     return absl::InvalidArgumentError(
-        absl::StrCat("kv pool of ", pool_bytes, " bytes holds no page of ", page_bytes, " bytes"));
+        absl::StrCat("kv_pool_bytes: ", pool_bytes, " holds ", pages, " pages of ", page_bytes, " bytes (1 to 2^30)"));
   }
-  if (pages > int64_t{1} << 30) return absl::InvalidArgumentError("kv pool: more than 2^30 pages");
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<KvPagePool>> KvPagePool::Create(std::unique_ptr<KvMemory> memory, size_t page_bytes) {
+  if (absl::Status s = CheckSize(memory->bytes(), page_bytes); !s.ok()) return s;
+  const int64_t pages = static_cast<int64_t>(memory->bytes() / page_bytes);
   return std::unique_ptr<KvPagePool>(new KvPagePool(std::move(memory), page_bytes, pages));
 }
 

@@ -26,8 +26,12 @@ struct KvPoolStats {
 
 class KvPagePool {
  public:
-  // INVALID_ARGUMENT unless page_bytes >= 4096 (a multiple of 256, so every page is aligned for
-  // vector loads) and the memory holds at least one page.
+  // INVALID_ARGUMENT naming the flag unless page_bytes >= 4096 (a multiple of 256, so every page is
+  // aligned for vector loads), and for CheckSize unless pool_bytes holds 1 to 2^30 pages. Callable
+  // before the memory exists, so a bad size is refused without allocating it.
+  static absl::Status CheckPageBytes(size_t page_bytes);
+  static absl::Status CheckSize(size_t pool_bytes, size_t page_bytes);
+  // CheckSize of the memory's bytes.
   static absl::StatusOr<std::unique_ptr<KvPagePool>> Create(std::unique_ptr<KvMemory> memory, size_t page_bytes);
 
   // `n` pages with one reference each, all or nothing: RESOURCE_EXHAUSTED naming the pages needed

@@ -51,16 +51,9 @@ absl::Status CheckShape(const SessionShape& s) {
 }  // namespace
 
 absl::Status SessionStore::CheckOptions(const SessionStoreOptions& options) {
-  if (options.page_bytes < 4096 || options.page_bytes % 256 != 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("kv_page_bytes: ", options.page_bytes, " (at least 4096, a multiple of 256)"));
-  }
-  const size_t pages = options.pool_bytes / options.page_bytes;
-  if (options.pool_fraction <= 0 && (pages < 1 || pages > (size_t{1} << 30))) {
-    return absl::InvalidArgumentError(absl::StrCat("kv_pool_bytes: ", options.pool_bytes, " holds ", pages,
-                                                   " pages of ", options.page_bytes, " bytes (1 to 2^30)"));
-  }
-  return absl::OkStatus();
+  // With a fraction of free GPU memory the pool's size is known only once the backend asks for it.
+  return options.pool_fraction > 0 ? KvPagePool::CheckPageBytes(options.page_bytes)
+                                   : KvPagePool::CheckSize(options.pool_bytes, options.page_bytes);
 }
 
 absl::StatusOr<std::unique_ptr<SessionStore>> SessionStore::Create(const SessionStoreOptions& options) {

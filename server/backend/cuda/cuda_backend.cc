@@ -158,11 +158,9 @@ class CudaBackend final : public AttentionBackend {
       SAGE_CUDA_RETURN_IF_ERROR(FromSage(sage_paged_decode_workspace_size(&p, &shape.workspace_bytes), "paged workspace size"));
     } else {
       launch.kernel = PagedKernel::kGatherThenDense;
-      absl::StatusOr<sage_recipe_config_t> kcfg = ToKernelConfig(config);
-      if (!kcfg.ok()) return kcfg.status();
-      if (kcfg->recipe == SAGE_RECIPE_INT8_QK_FP8_PV && min_sm_ < 90) {
-        return absl::UnimplementedError("cuda backend: int8_qk_fp8_pv needs sm_90 (wgmma)");
-      }
+      absl::StatusOr<sage_attn_params_t> dense = DenseParams(in, config, dtype, {max_q, max_k, work});
+      if (!dense.ok()) return dense.status();
+      launch.dense = *dense;
       sage_paged_gather_params_t& g = launch.gather;
       g.storage = storage;
       g.dtype = dtype;
@@ -174,27 +172,48 @@ class CudaBackend final : public AttentionBackend {
       g.total_k = in.k.tokens;
       g.num_kv_heads = in.k.heads;
       g.head_dim = in.k.head_dim;
-      sage_attn_params_t& p = launch.dense;
-      p.config = *kcfg;
-      p.dtype = dtype;
-      p.batch = in.batch();
-      p.max_seqlen_q = max_q;
-      p.max_seqlen_k = max_k;
-      p.total_q = in.q.tokens;
-      p.total_k = in.k.tokens;
-      p.num_q_heads = in.q.heads;
-      p.num_kv_heads = in.k.heads;
-      p.head_dim = in.q.head_dim;
-      p.mask = in.mask == MaskMode::kCausal ? SAGE_MASK_CAUSAL : SAGE_MASK_NONE;
-      p.softmax_scale = in.scale();
       shape.kv_elements = in.k.numel();
-      SAGE_CUDA_RETURN_IF_ERROR(FromSage(sage_attn_workspace_size(&p, &shape.workspace_bytes), "workspace size"));
+      SAGE_CUDA_RETURN_IF_ERROR(
+          FromSage(sage_attn_workspace_size(&launch.dense, &shape.workspace_bytes), "workspace size"));
     }
     SAGE_CUDA_RETURN_IF_ERROR(executors_.front()->CheckFits(shape));
-    absl::StatusOr<int> pick = PickExecutor(pg.device, work);
+    return Dispatch(pg.device, work,
+                    [&](DeviceExecutor& ex) { return ex.RunPaged(shape, in, launch, pg.layout.dtype); });
+  }
+
+  // The dense kernels' params for `in` (all but the device pointers and the workspace): its recipe,
+  // shapes, mask and scale. UNIMPLEMENTED for a recipe this server's GPUs cannot run.
+  absl::StatusOr<sage_attn_params_t> DenseParams(const EngineInput& in, const RecipeConfig& config, sage_dtype_t dtype,
+                                                 const Extents& e) const {
+    absl::StatusOr<sage_recipe_config_t> kcfg = ToKernelConfig(config);
+    if (!kcfg.ok()) return kcfg.status();
+    if (kcfg->recipe == SAGE_RECIPE_INT8_QK_FP8_PV && min_sm_ < 90) {
+      return absl::UnimplementedError("cuda backend: int8_qk_fp8_pv needs sm_90 (wgmma)");
+    }
+    sage_attn_params_t p{};
+    p.config = *kcfg;
+    p.dtype = dtype;
+    p.batch = in.batch();
+    p.max_seqlen_q = e.max_q;
+    p.max_seqlen_k = e.max_k;
+    p.total_q = in.q.tokens;
+    p.total_k = in.k.tokens;
+    p.num_q_heads = in.q.heads;
+    p.num_kv_heads = in.k.heads;
+    p.head_dim = in.q.head_dim;
+    p.mask = in.mask == MaskMode::kCausal ? SAGE_MASK_CAUSAL : SAGE_MASK_NONE;
+    p.softmax_scale = in.scale();
+    return p;
+  }
+
+  // Runs `run` on the executor PickExecutor gives for (`memory_device`, `work`), then gives the load
+  // back and takes the device out of rotation if the launch left it unhealthy.
+  template <typename Run>
+  absl::StatusOr<EngineOutput> Dispatch(int memory_device, int64_t work, Run&& run) {
+    absl::StatusOr<int> pick = PickExecutor(memory_device, work);
     if (!pick.ok()) return pick.status();
     DeviceExecutor& ex = *executors_[static_cast<size_t>(*pick)];
-    absl::StatusOr<EngineOutput> out = ex.RunPaged(shape, in, launch, pg.layout.dtype);
+    absl::StatusOr<EngineOutput> out = run(ex);
     selector_.Release(*pick, work);
     if (!ex.healthy()) selector_.SetHealth(*pick, DeviceHealth::kFailed);
     return out;
@@ -203,48 +222,28 @@ class CudaBackend final : public AttentionBackend {
   // `in` is validated (or, gathered, its members are and its metadata checked); `parts` hold the bytes.
   absl::StatusOr<EngineOutput> Launch(const EngineInput& in, std::span<const EngineInput* const> parts,
                                     const RecipeConfig& config) {
-    absl::StatusOr<sage_recipe_config_t> kcfg = ToKernelConfig(config);
-    if (!kcfg.ok()) return kcfg.status();
-    if (kcfg->recipe == SAGE_RECIPE_INT8_QK_FP8_PV && min_sm_ < 90) {
-      return absl::UnimplementedError("cuda backend: int8_qk_fp8_pv needs sm_90 (wgmma)");
-    }
     const bool all_bf16 = in.q.dtype == DType::kBF16 && in.k.dtype == DType::kBF16 && in.v.dtype == DType::kBF16;
     const DType dt = all_bf16 ? DType::kBF16 : DType::kF16;
     const bool want_lse = in.lse == LseMode::kNatural;
     if (in.q.tokens == 0) return EngineOutput{};  // nothing to launch
 
-    const int batch = in.batch();
-    const auto [max_q, max_k, work] = ExtentsOf(in);
-    sage_attn_params_t p{};
-    p.config = *kcfg;
-    p.dtype = dt == DType::kBF16 ? SAGE_DTYPE_BF16 : SAGE_DTYPE_F16;
-    p.batch = batch;
-    p.max_seqlen_q = max_q;
-    p.max_seqlen_k = max_k;
-    p.total_q = in.q.tokens;
-    p.total_k = in.k.tokens;
-    p.num_q_heads = in.q.heads;
-    p.num_kv_heads = in.k.heads;
-    p.head_dim = in.q.head_dim;
-    p.mask = in.mask == MaskMode::kCausal ? SAGE_MASK_CAUSAL : SAGE_MASK_NONE;
-    p.softmax_scale = in.scale();
+    const Extents e = ExtentsOf(in);
+    absl::StatusOr<sage_attn_params_t> dense =
+        DenseParams(in, config, dt == DType::kBF16 ? SAGE_DTYPE_BF16 : SAGE_DTYPE_F16, e);
+    if (!dense.ok()) return dense.status();
+    sage_attn_params_t& p = *dense;
 
     LaunchShape shape;
     shape.q_elements = in.q.numel();
     shape.kv_elements = in.k.numel();
-    shape.sequences = batch;
+    shape.sequences = in.batch();
     shape.lse_elements = want_lse ? in.q.tokens * in.q.heads : 0;
     SAGE_CUDA_RETURN_IF_ERROR(FromSage(sage_attn_workspace_size(&p, &shape.workspace_bytes), "workspace size"));
     // Every executor has the same pool sizes: one check before dispatch.
     SAGE_CUDA_RETURN_IF_ERROR(executors_.front()->CheckFits(shape));
 
-    absl::StatusOr<int> pick = PickExecutor(in.memory_device, work);
-    if (!pick.ok()) return pick.status();
-    DeviceExecutor& ex = *executors_[static_cast<size_t>(*pick)];
-    absl::StatusOr<EngineOutput> out = ex.Run(shape, in, parts, p, dt);
-    selector_.Release(*pick, work);
-    if (!ex.healthy()) selector_.SetHealth(*pick, DeviceHealth::kFailed);
-    return out;
+    return Dispatch(in.memory_device, e.work,
+                    [&](DeviceExecutor& ex) { return ex.Run(shape, in, parts, p, dt); });
   }
 
   // The index in executors_ of the one running CUDA ordinal `device`; -1 when none does.
