@@ -136,4 +136,23 @@ PagedDecodeOutput PagedDecodeReference(const PagedDecodeProblem& p) {
   return out;
 }
 
+PagedDecodeProblem ProblemOver(const PagedKvPool& pool, const AttnInput& in) {
+  PagedDecodeProblem p;
+  p.storage = pool.layout.storage;
+  p.dtype = pool.layout.dtype;
+  p.q = in.q.data;
+  p.pages = pool.pool.data();
+  p.page_bytes = pool.page_bytes;
+  p.page_tokens = pool.layout.page_tokens;
+  p.page_table = pool.page_table;
+  p.cu_pages = pool.cu_pages;
+  p.cu_seqlens_q = in.cu_seqlens_q;
+  p.seqlens_k = pool.seqlens_k;
+  p.num_q_heads = in.q.heads;
+  p.num_kv_heads = pool.layout.heads;
+  p.head_dim = pool.layout.head_dim;
+  p.softmax_scale = in.scale();
+  return p;
+}
+
 }  // namespace sage

@@ -8,6 +8,7 @@
 #include <span>
 #include <vector>
 
+#include "kernels/reference/attention_problem.h"
 #include "kernels/reference/dtype.h"
 #include "kernels/reference/kv_pages.h"
 
@@ -57,6 +58,10 @@ struct PagedKvPool {
 PagedKvPool PackPagedKv(KvStorage storage, DType dtype, const void* k, const void* v,
                         std::span<const int32_t> cu_seqlens_k, int kv_heads, int head_dim, int page_tokens,
                         uint64_t page_bytes, uint64_t seed);
+
+// The decode problem of `in`'s Q (rows, heads, scale) over `pool` (packed from `in`'s K/V): the
+// views point into both, which must outlive it.
+PagedDecodeProblem ProblemOver(const PagedKvPool& pool, const AttnInput& in);
 
 // The exact stored value of channel c of token t, head h (K or V) of a sequence's pages, in double.
 double PagedKvValue(const PagedDecodeProblem& problem, std::span<const int32_t> seq_pages, int t, int h, int c,

@@ -51,21 +51,7 @@ Prepared Prepare(KvStorage storage, DType dtype, int d, int hkv, int group, cons
   const KvPageLayout layout{storage, dtype, page_tokens, hkv, d};
   c.pool = PackPagedKv(storage, dtype, in.k.data, in.v.data, in.cu_seqlens_k, hkv, d, page_tokens,
                        layout.page_bytes() + page_pad, seed * 31 + 1);
-  PagedDecodeProblem& p = c.problem;
-  p.storage = storage;
-  p.dtype = dtype;
-  p.q = in.q.data;
-  p.pages = c.pool.pool.data();
-  p.page_bytes = c.pool.page_bytes;
-  p.page_tokens = page_tokens;
-  p.page_table = c.pool.page_table;
-  p.cu_pages = c.pool.cu_pages;
-  p.cu_seqlens_q = in.cu_seqlens_q;
-  p.seqlens_k = c.pool.seqlens_k;
-  p.num_q_heads = hkv * group;
-  p.num_kv_heads = hkv;
-  p.head_dim = d;
-  p.softmax_scale = in.scale();
+  c.problem = ProblemOver(c.pool, in);
   for (int x : q_lens) c.max_q = std::max(c.max_q, x);
   for (int x : k_lens) c.max_k = std::max(c.max_k, x);
   return c;

@@ -38,6 +38,34 @@ std::vector<float> Floats(const std::string& fp16) {
   return out;
 }
 
+sageserve::SessionOptions Options(v1::KvStorage storage, int layers, int64_t max_tokens) {
+  sageserve::SessionOptions so;
+  so.layers = layers;
+  so.heads_q = kHq;
+  so.heads_kv = kHkv;
+  so.head_dim = kD;
+  so.kv_storage = storage;
+  so.max_tokens = max_tokens;
+  return so;
+}
+
+// The fp64 oracle's O for one causal sequence: q [n_q, Hq, D] over k/v [n_k, Hkv, D] (fp16 values).
+absl::StatusOr<std::vector<double>> ExactO(const std::vector<uint16_t>& q, const std::vector<uint16_t>& k,
+                                           const std::vector<uint16_t>& v) {
+  const int64_t nq = static_cast<int64_t>(q.size()) / kHq / kD, nk = static_cast<int64_t>(k.size()) / kHkv / kD;
+  AttnInput in;
+  in.q = TensorView{DType::kF16, q.data(), nq, kHq, kD};
+  in.k = TensorView{DType::kF16, k.data(), nk, kHkv, kD};
+  in.v = TensorView{DType::kF16, v.data(), nk, kHkv, kD};
+  const int32_t cu_q[] = {0, static_cast<int32_t>(nq)}, cu_k[] = {0, static_cast<int32_t>(nk)};
+  in.cu_seqlens_q = cu_q;
+  in.cu_seqlens_k = cu_k;
+  in.mask = MaskMode::kCausal;
+  absl::StatusOr<ExactOutput> exact = AttendExact(in);
+  if (!exact.ok()) return exact.status();
+  return std::move(exact->o);
+}
+
 struct Served {
   RunningServer server;
   std::unique_ptr<sageserve::SessionClient> sessions;
@@ -59,13 +87,7 @@ TEST(SessionGpu, EightBitDecodeStepsWithinTheToleranceOfTheEmulation) {
   for (v1::Recipe recipe : {v1::RECIPE_INT8_QK_FP8_PV, v1::RECIPE_UNQUANTIZED}) {
     for (v1::KvStorage storage : {v1::KV_STORAGE_INT8_K_FP8_V, v1::KV_STORAGE_16BIT}) {
       SCOPED_TRACE(v1::Recipe_Name(recipe) + " " + v1::KvStorage_Name(storage));
-      sageserve::SessionOptions so;
-      so.layers = 2;
-      so.heads_q = kHq;
-      so.heads_kv = kHkv;
-      so.head_dim = kD;
-      so.kv_storage = storage;
-      so.max_tokens = 4096;
+      const sageserve::SessionOptions so = Options(storage, 2, 4096);
       absl::StatusOr<sageserve::Session> g = gpu.sessions->Create(so), c = cpu.sessions->Create(so);
       ASSERT_TRUE(g.ok() && c.ok());
       std::vector<uint16_t> k_all = Values(2000, kHkv, 1, 1.5f), v_all = Values(2000, kHkv, 2, 0.5f);
@@ -87,19 +109,11 @@ TEST(SessionGpu, EightBitDecodeStepsWithinTheToleranceOfTheEmulation) {
         ASSERT_TRUE(oc.ok()) << oc.status();
         g->Commit(1, og->results(0));
         c->Commit(1, oc->results(0));
-        AttnInput in;
-        const int64_t nq = static_cast<int64_t>(q.size()) / kHq / kD, nk = static_cast<int64_t>(k_seen.size()) / kHkv / kD;
-        in.q = TensorView{DType::kF16, q.data(), nq, kHq, kD};
-        in.k = TensorView{DType::kF16, k_seen.data(), nk, kHkv, kD};
-        in.v = TensorView{DType::kF16, v_seen.data(), nk, kHkv, kD};
-        const int32_t cu_q[] = {0, static_cast<int32_t>(nq)}, cu_k[] = {0, static_cast<int32_t>(nk)};
-        in.cu_seqlens_q = cu_q;
-        in.cu_seqlens_k = cu_k;
-        in.mask = MaskMode::kCausal;
-        absl::StatusOr<ExactOutput> exact = AttendExact(in);
+        const int64_t nk = static_cast<int64_t>(k_seen.size()) / kHkv / kD;
+        absl::StatusOr<std::vector<double>> exact = ExactO(q, k_seen, v_seen);
         ASSERT_TRUE(exact.ok());
-        const ErrorMetrics eg = CompareToReference(Floats(og->results(0).o().data()), exact->o);
-        const ErrorMetrics ec = CompareToReference(Floats(oc->results(0).o().data()), exact->o);
+        const ErrorMetrics eg = CompareToReference(Floats(og->results(0).o().data()), *exact);
+        const ErrorMetrics ec = CompareToReference(Floats(oc->results(0).o().data()), *exact);
         EXPECT_LE(eg.relative_l1, 1.5 * ec.relative_l1 + 2e-3 + 1e-3) << "step " << step;
         std::printf("  step %d (%lld keys): gpu relL1 %.5f cos %.6f | cpu-emu relL1 %.5f cos %.6f\n", step,
                     static_cast<long long>(nk), eg.relative_l1, eg.cosine, ec.relative_l1, ec.cosine);
@@ -121,13 +135,7 @@ TEST(SessionGpu, BatchedPagedDecodeWithinTheToleranceOfTheCpuServer) {
   const std::vector<int64_t> rows = {1, 4, 16, 1, 16, 4};
   for (v1::KvStorage storage : {v1::KV_STORAGE_INT8_K_FP8_V, v1::KV_STORAGE_16BIT}) {
     SCOPED_TRACE(v1::KvStorage_Name(storage));
-    sageserve::SessionOptions so;
-    so.layers = 1;
-    so.heads_q = kHq;
-    so.heads_kv = kHkv;
-    so.head_dim = kD;
-    so.kv_storage = storage;
-    so.max_tokens = 65536;
+    const sageserve::SessionOptions so = Options(storage, 1, 65536);
     std::vector<sageserve::Session> gs, cs;
     std::vector<std::vector<uint16_t>> ks, vs, qs;
     v1::AttendSessionRequest rg, rc;
@@ -168,18 +176,10 @@ TEST(SessionGpu, BatchedPagedDecodeWithinTheToleranceOfTheCpuServer) {
     for (size_t i = 0; i < lengths.size(); ++i) {
       SCOPED_TRACE(i);
       const int64_t nq = rows[i], nk = static_cast<int64_t>(ks[i].size()) / kHkv / kD;
-      AttnInput in;
-      in.q = TensorView{DType::kF16, qs[i].data(), nq, kHq, kD};
-      in.k = TensorView{DType::kF16, ks[i].data(), nk, kHkv, kD};
-      in.v = TensorView{DType::kF16, vs[i].data(), nk, kHkv, kD};
-      const int32_t cu_q[] = {0, static_cast<int32_t>(nq)}, cu_k[] = {0, static_cast<int32_t>(nk)};
-      in.cu_seqlens_q = cu_q;
-      in.cu_seqlens_k = cu_k;
-      in.mask = MaskMode::kCausal;
-      absl::StatusOr<ExactOutput> exact = AttendExact(in);
+      absl::StatusOr<std::vector<double>> exact = ExactO(qs[i], ks[i], vs[i]);
       ASSERT_TRUE(exact.ok());
-      const ErrorMetrics eg = CompareToReference(Floats(og->results(static_cast<int>(i)).o().data()), exact->o);
-      const ErrorMetrics ec = CompareToReference(Floats(oc->results(static_cast<int>(i)).o().data()), exact->o);
+      const ErrorMetrics eg = CompareToReference(Floats(og->results(static_cast<int>(i)).o().data()), *exact);
+      const ErrorMetrics ec = CompareToReference(Floats(oc->results(static_cast<int>(i)).o().data()), *exact);
       EXPECT_LE(eg.relative_l1, 1.5 * ec.relative_l1 + 1e-3);
       EXPECT_GE(eg.cosine, 0.999);
       std::printf("  %lld keys, %lld rows: gpu relL1 %.5f cos %.6f | cpu relL1 %.5f cos %.6f\n", static_cast<long long>(nk),

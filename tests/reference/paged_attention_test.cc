@@ -36,21 +36,7 @@ Case MakeCase(KvStorage storage, DType dtype, std::vector<int> q_lens, std::vect
   const AttnInput& in = c.data.input();
   c.pool = PackPagedKv(storage, dtype, in.k.data, in.v.data, in.cu_seqlens_k, hkv, d, page_tokens,
                        /*page_bytes=*/0, page_seed);
-  PagedDecodeProblem& p = c.problem;
-  p.storage = storage;
-  p.dtype = dtype;
-  p.q = in.q.data;
-  p.pages = c.pool.pool.data();
-  p.page_bytes = c.pool.page_bytes;
-  p.page_tokens = page_tokens;
-  p.page_table = c.pool.page_table;
-  p.cu_pages = c.pool.cu_pages;
-  p.cu_seqlens_q = in.cu_seqlens_q;
-  p.seqlens_k = c.pool.seqlens_k;
-  p.num_q_heads = hq;
-  p.num_kv_heads = hkv;
-  p.head_dim = d;
-  p.softmax_scale = in.scale();
+  c.problem = ProblemOver(c.pool, in);
   return c;
 }
 
