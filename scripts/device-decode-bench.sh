@@ -41,6 +41,21 @@ run c256_2k_stream "$B/sagectl" bench --target="$TARGET" --mode=decode $SHAPE --
 [ "$QUICK" != 0 ] || run stateless_32k "$B/sagectl" bench --target="$TARGET" --batch=1 --q_len=1 --k_len=32768 $SHAPE --causal \
   --concurrency=1 --requests=20 --warmup=2
 stop
+# The same decode steps on a second server build (<bundle>/bin/sageserve_base, e.g. the previous
+# commit's), and with the batcher's workers polling for work, side by side in this run.
+if [ -x "$B/sageserve_base" ]; then
+  SERVER_BIN=sageserve_base serve base || exit 1
+  run base_s1_32k "$B/sagectl" bench --target="$TARGET" --mode=decode $SHAPE --layers=8 --sessions=1 --context=32768 --steps=32
+  run base_s1_32k_stream "$B/sagectl" bench --target="$TARGET" --mode=decode $SHAPE --layers=8 --sessions=1 --context=32768 \
+    --steps=32 --stream
+  run base_c256_2k_stream "$B/sagectl" bench --target="$TARGET" --mode=decode $SHAPE --layers=2 --sessions=256 --clients=256 \
+    --context=2048 --steps=16 --connections=8 --stream
+  stop
+fi
+serve spin --worker_spin_us=200 || exit 1
+run spin_s1_32k_stream "$B/sagectl" bench --target="$TARGET" --mode=decode $SHAPE --layers=8 --sessions=1 --context=32768 \
+  --steps=32 --stream
+stop
 # One launch per request (no merging), for the 256-client comparison.
 serve nomerge --max_batch_tokens=0 || exit 1
 run c256_2k_nomerge "$B/sagectl" bench --target="$TARGET" --mode=decode $SHAPE --layers=2 --sessions=256 --clients=256 \

@@ -32,4 +32,4 @@ else
 fi
 timeout 300 bash "$ROOT/scripts/device-decode-bench.sh" --bundle "$BUNDLE" $([ "${QUICK:-}" = 2 ] && echo --quicker || { [ -n "${QUICK:-}" ] && echo --quick; }) > "$LOG/e2e_decode.log" 2>&1
 echo "e2e rc $?" >> "$LOG/e2e_decode.log"
-grep -h "^===\|p50\|layer-steps\|kernel\|messages/s\|failed\|e2e rc" "$LOG/e2e_decode.log" | head -90
+grep -h "^===\|p50\|layer-steps\|kernel\|messages/s\|failed\|e2e rc" "$LOG/e2e_decode.log" | head -160

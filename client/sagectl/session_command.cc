@@ -146,7 +146,24 @@ int RunDecodeBench(const Args& args) {
   const size_t kv_row = static_cast<size_t>(o.heads_kv) * o.head_dim, q_row = static_cast<size_t>(o.heads_q) * o.head_dim;
 
   std::mutex mu;
-  std::vector<double> step_us, kernel_us, server_us;  // client latency; the server's GPU kernel and total times
+  // Per call: the client's latency and the server's own account of it (v1::Timings).
+  struct CallTimes {
+    std::vector<double> client, prepare, queued, compute, device, kernel, total;
+    void Add(double client_us, const v1::Timings& t) {
+      client.push_back(client_us);
+      for (auto [to, from] : {std::pair{&prepare, t.prepare_us()}, {&queued, t.queued_us()}, {&compute, t.compute_us()},
+                              {&device, t.device_us()}, {&kernel, t.kernel_us()}, {&total, t.total_us()}}) {
+        to->push_back(static_cast<double>(from));
+      }
+    }
+    void Append(const CallTimes& o) {
+      for (auto [to, from] : {std::pair{&client, &o.client}, {&prepare, &o.prepare}, {&queued, &o.queued},
+                              {&compute, &o.compute}, {&device, &o.device}, {&kernel, &o.kernel}, {&total, &o.total}}) {
+        to->insert(to->end(), from->begin(), from->end());
+      }
+    }
+  };
+  CallTimes times;
   std::atomic<int> failures{0};
   std::atomic<int64_t> layer_steps{0};
   absl::Status first_error;
@@ -178,7 +195,7 @@ int RunDecodeBench(const Args& args) {
       std::mt19937 rng(static_cast<uint32_t>(100 + c));
       std::vector<sageserve::Session>& mine = owned[static_cast<size_t>(c)];
       const std::vector<uint16_t> k = RandomValues(kv_row, rng), q = RandomValues(q_row, rng);
-      std::vector<double> local, local_kernel, local_server;
+      CallTimes local;
       grpc::ClientContext stream_ctx;
       std::unique_ptr<v1::SessionService::Stub> stub;
       std::unique_ptr<grpc::ClientReaderWriter<v1::AttendSessionRequest, v1::AttendSessionResponse>> stream;
@@ -203,10 +220,9 @@ int RunDecodeBench(const Args& args) {
           for (const sageserve::Session& s : mine) *req.add_steps() = s.MakeStep(layer, k, k, q);
           const Clock::time_point t0 = Clock::now();
           absl::StatusOr<v1::AttendSessionResponse> r = call(req);
-          local.push_back(std::chrono::duration<double, std::micro>(Clock::now() - t0).count());
+          const double client_us = std::chrono::duration<double, std::micro>(Clock::now() - t0).count();
           if (!r.ok()) return fail(r.status());
-          local_kernel.push_back(static_cast<double>(r->timings().kernel_us()));
-          local_server.push_back(static_cast<double>(r->timings().total_us()));
+          local.Add(client_us, r->timings());
           for (size_t i = 0; i < mine.size(); ++i) mine[i].Commit(layer, r->results(static_cast<int>(i)));
           layer_steps.fetch_add(static_cast<int64_t>(mine.size()));
         }
@@ -218,9 +234,7 @@ int RunDecodeBench(const Args& args) {
         }
       }
       std::lock_guard<std::mutex> lock(mu);
-      step_us.insert(step_us.end(), local.begin(), local.end());
-      kernel_us.insert(kernel_us.end(), local_kernel.begin(), local_kernel.end());
-      server_us.insert(server_us.end(), local_server.begin(), local_server.end());
+      times.Append(local);
     });
   }
   for (std::thread& t : threads) t.join();
@@ -233,11 +247,18 @@ int RunDecodeBench(const Args& args) {
               static_cast<long long>(*n_sessions), static_cast<long long>(*clients), static_cast<long long>(per_client),
               static_cast<long long>(*context), static_cast<long long>(*steps), o.layers, o.heads_q, o.heads_kv, o.head_dim,
               o.kv_storage == v1::KV_STORAGE_16BIT ? "16-bit KV" : "INT8 K / FP8 V");
-  std::printf("per layer-step call, client: p50 %.0f us  p99 %.0f us  (%zu calls)\n", Percentile(step_us, 50),
-              Percentile(step_us, 99), step_us.size());
+  const auto p50 = [](const std::vector<double>& v) { return Percentile(v, 50); };
+  std::printf("per layer-step call, client: p50 %.0f us  p99 %.0f us  (%zu calls)\n", p50(times.client),
+              Percentile(times.client, 99), times.client.size());
   std::printf("server per call: kernel p50 %.0f us (GPU events, 0 on the cpu engine), accepted-to-answered p50 %.0f us\n",
-              Percentile(kernel_us, 50), Percentile(server_us, 50));
-  std::printf("client p50 minus kernel p50: %.0f us\n", Percentile(step_us, 50) - Percentile(kernel_us, 50));
+              p50(times.kernel), p50(times.total));
+  // Where a call's time goes, each stage's own p50 (they need not add up exactly).
+  std::printf("server p50 stages: prepare %.0f (decode, session worker hop, appends, Q staging), queued %.0f, "
+              "compute %.0f (device %.0f, kernel %.0f), answer %.0f; client - server total %.0f us\n",
+              p50(times.prepare), p50(times.queued), p50(times.compute), p50(times.device), p50(times.kernel),
+              p50(times.total) - p50(times.prepare) - p50(times.queued) - p50(times.compute),
+              p50(times.client) - p50(times.total));
+  std::printf("client p50 minus kernel p50: %.0f us\n", p50(times.client) - p50(times.kernel));
   std::printf("session layer-steps/s: %.0f\n", static_cast<double>(layer_steps.load()) / seconds);
   if (failures.load() > 0) {
     std::fprintf(stderr, "sagectl: %d calls failed, first: %s\n", failures.load(), first_error.ToString().c_str());

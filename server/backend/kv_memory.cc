@@ -19,6 +19,7 @@ class HostKvMemory final : public KvMemory {
     for (const KvWrite& w : writes) std::memcpy(base_.get() + w.offset, w.src, w.bytes);
     return absl::OkStatus();
   }
+  absl::Status OrderAfterWrites(void* /*stream*/) const override { return absl::OkStatus(); }
   absl::Status Read(size_t offset, void* dst, size_t bytes) const override {
     std::memcpy(dst, base_.get() + offset, bytes);
     return absl::OkStatus();

@@ -30,11 +30,16 @@ class KvMemory {
   virtual size_t bytes() const = 0;
   virtual MemoryKind memory() const = 0;
   virtual int device() const = 0;  // CUDA ordinal, -1 for host memory
-  // Copies every range, then returns (device: one batch of copies, then a sync of its own stream).
+  // Copies every range; the sources may be reused on return. A device pool may return before a
+  // small write has landed: writes are ordered before every later Write, Read and Copy, and before
+  // work an engine queues on a stream after OrderAfterWrites.
   virtual absl::Status Write(std::span<const KvWrite> writes) = 0;
+  // Makes what is queued next on `stream` (a device pool: the engine's cudaStream_t) run after
+  // every write issued before this call. Host pools write synchronously: nothing to do.
+  virtual absl::Status OrderAfterWrites(void* stream) const = 0;
   // `bytes` from pool offset `offset` into host `dst`.
   virtual absl::Status Read(size_t offset, void* dst, size_t bytes) const = 0;
-  // Copies `bytes` within the pool (a copy-on-write page).
+  // Copies `bytes` within the pool (a copy-on-write page); done on return.
   virtual absl::Status Copy(size_t dst_offset, size_t src_offset, size_t bytes) = 0;
 };
 

@@ -10,11 +10,10 @@
 #include "absl/status/status.h"
 #include "kernels/reference/attention_problem.h"
 #include "kernels/reference/kv_pages.h"
+#include "server/backend/kv_memory.h"
 #include "server/backend/memory_kind.h"
 
 namespace sage::server {
-
-
 
 // With EngineInput::paged set, the problem's k and v views give shapes only (tokens, heads,
 // head_dim, dtype) and their data is the pool's base; sequence s reads its
@@ -28,6 +27,9 @@ struct PagedKv {
   int device = -1;
   std::span<const int32_t> page_table;
   std::span<const int32_t> cu_pages;  // batch + 1
+  // The pool's memory, when its writes may still be in flight (a device pool): a launch orders
+  // itself after them (KvMemory::OrderAfterWrites) before it reads a page.
+  const KvMemory* writes = nullptr;
 };
 
 // INVALID_ARGUMENT unless `paged` describes `in`'s K/V: the layout matches k/v's heads, head_dim

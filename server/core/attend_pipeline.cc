@@ -94,6 +94,7 @@ absl::Status AttendPipeline::Start(AttendCall call) {
     return planned;
   }
   request->input.output = ChooseOutputTarget(request->output);
+  const Clock::time_point handed_over = Clock::now();
 
   WorkItem item;
   item.input = request->input;
@@ -103,7 +104,7 @@ absl::Status AttendPipeline::Start(AttendCall call) {
   const AttendMethod method = call.method;
   const Clock::time_point accepted = call.accepted;
   const size_t bytes_in = call.bytes_in;
-  item.done = [this, request, method, accepted, bytes_in, mark = InFlightMark(metrics_), encode = std::move(call.encode),
+  item.done = [this, request, method, accepted, handed_over, bytes_in, mark = InFlightMark(metrics_), encode = std::move(call.encode),
                done = std::move(call.done)](absl::StatusOr<EngineOutput> out, const WorkTimings& timings) mutable {
     const std::string_view recipe = RecipeName(request->recipe);
     if (!out.ok()) {
@@ -112,7 +113,7 @@ absl::Status AttendPipeline::Start(AttendCall call) {
       done(out.status());
       return;
     }
-    absl::StatusOr<size_t> bytes_out = encode(AttendResult{*std::move(out), request->recipe, timings, accepted});
+    absl::StatusOr<size_t> bytes_out = encode(AttendResult{*std::move(out), request->recipe, timings, accepted, handed_over});
     if (!bytes_out.ok()) {
       // INTERNAL is ours; anything else (a client's shared memory gone from under O) is theirs.
       if (bytes_out.status().code() == absl::StatusCode::kInternal) {

@@ -27,6 +27,7 @@ struct AttendResult {
   Recipe recipe = Recipe::kInt8QkFp8Pv;
   WorkTimings timings;
   Clock::time_point accepted;
+  Clock::time_point submitted;  // handed to the scheduler
 };
 
 struct AttendCall {

@@ -25,9 +25,8 @@ bool SameShape(const SessionShape& a, const SessionShape& b) {
 }
 
 // Query rows per step up to which a call is decode-shaped: it runs the unquantized recipe unless
-// the request names one, which the CUDA backend runs with the paged decode kernel (its limit,
-// sageattn.h SAGE_PAGED_MAX_QUERY_ROWS).
-constexpr int64_t kPagedMaxQueryRows = 16;
+// the request names one, which the CUDA backend runs with the paged decode kernel.
+constexpr int64_t kPagedMaxQueryRows = SessionAttend::kPagedMaxQueryRows;
 
 // The heap state of one call: the AttendRequest the pipeline reads, and what the answer collects.
 // Pages pinned for an in-place launch are let go when the call is destroyed, which the pipeline
@@ -75,12 +74,27 @@ absl::StatusOr<bool> PinStepPages(SessionStore& store, const SessionCaller& call
   paged.pool_pages = pool.Stats().pages_total;
   paged.memory = pool.memory().memory();
   paged.device = pool.memory().device();
+  paged.writes = &pool.memory();
   paged.page_table = call.page_table;
   paged.cu_pages = call.cu_pages;
   return true;
 }
 
 }  // namespace
+
+bool SessionAttend::StartsOnCaller(const SessionAttendRequest& request) {
+  if (request.steps.empty()) return false;
+  if (request.recipe.has_value() && *request.recipe != Recipe::kUnquantized) return false;
+  const std::string_view placement = SessionStore::PlacementOf(request.steps.front().session_id);
+  size_t kv_bytes = 0, q_bytes = 0;
+  for (const SessionStepInput& st : request.steps) {
+    if (st.n_q.has_value() && *st.n_q > kPagedMaxQueryRows) return false;
+    if (SessionStore::PlacementOf(st.session_id) != placement) return false;
+    kv_bytes += st.k.size() + st.v.size();
+    q_bytes += st.q.size();
+  }
+  return kv_bytes <= kCallerAppendBytes && q_bytes <= kCallerQBytes;
+}
 
 absl::StatusOr<SessionInfo> SessionAttend::CreateSession(const SessionCaller& caller, const SessionShape& shape,
                                                          int64_t reserve_tokens) const {
@@ -241,6 +255,7 @@ absl::Status SessionAttend::Start(const SessionCaller& caller, SessionAttendRequ
   attend.method = AttendMethod::kSession;
   attend.request = &ar;
   attend.bytes_in = q_bytes;
+  attend.accepted = request.accepted;
   attend.deadline = deadline;
   attend.is_cancelled = std::move(is_cancelled);
   attend.encode = [call](AttendResult r) -> absl::StatusOr<size_t> {
@@ -248,6 +263,7 @@ absl::Status SessionAttend::Start(const SessionCaller& caller, SessionAttendRequ
     SessionAttendResult& out = call->result;
     out.recipe = r.recipe;
     out.timings = r.timings;
+    out.prepare = r.submitted - r.accepted;
     out.device_timings = r.output.device_timings;
     const size_t row_values = static_cast<size_t>(out.heads_q) * out.head_dim;
     size_t bytes = 0;

@@ -44,6 +44,7 @@ struct SessionAttendRequest {
   std::vector<SessionStepInput> steps;
   std::optional<Recipe> recipe;  // unset: the model plan's, else the server's default
   bool return_lse = false;
+  Clock::time_point accepted = Clock::now();  // when the frontend took the call (the timings' start)
 };
 
 struct SessionStepOutput {
@@ -61,6 +62,7 @@ struct SessionAttendResult {
   int head_dim = 0;
   Recipe recipe = Recipe::kInt8QkFp8Pv;
   WorkTimings timings;
+  Clock::duration prepare{};  // accepted -> handed to the scheduler (worker hop, appends, staging)
   std::optional<DeviceTimings> device_timings;  // the launch's GPU times (CUDA backend)
 };
 
@@ -79,6 +81,16 @@ class SessionAttend {
   absl::Status Start(const SessionCaller& caller, SessionAttendRequest request, std::optional<Clock::time_point> deadline,
                      std::function<bool()> is_cancelled,
                      absl::AnyInvocable<void(absl::StatusOr<SessionAttendResult>)> done);
+
+  // Whether `request` is light enough to Start on the thread that received it (a gRPC reactor),
+  // saving the hop to a session worker: decode-shaped (every step with Q at most kPagedMaxQueryRows
+  // rows, the recipe unset or unquantized, so the engine reads the pages in place and nothing is
+  // gathered), at most kCallerAppendBytes of new K/V and kCallerQBytes of Q, its sessions in one
+  // pool. Such a call's appends do not wait for the GPU (KvMemory::Write's small writes).
+  static bool StartsOnCaller(const SessionAttendRequest& request);
+  static constexpr int64_t kPagedMaxQueryRows = 16;  // sageattn.h SAGE_PAGED_MAX_QUERY_ROWS
+  static constexpr size_t kCallerAppendBytes = size_t{256} << 10;
+  static constexpr size_t kCallerQBytes = size_t{1} << 20;
 
   SessionStore& store() const { return *store_; }
 

@@ -8,6 +8,7 @@
 #pragma once
 
 #include <atomic>
+#include <algorithm>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
@@ -163,6 +164,8 @@ class SessionStore {
   int ExpireIdle();
   SessionStoreStats Stats() const;
   std::string_view instance() const { return instance_; }
+  // "<instance>.<device>" of a session id: sessions whose ids share it live in one pool.
+  static std::string_view PlacementOf(std::string_view id) { return id.substr(0, std::min(id.size(), id.rfind('.'))); }
 
  private:
   struct Session;

@@ -336,6 +336,40 @@ TEST_F(SessionE2E, StreamAnswersEachRequestAndABadOneFailsAlone) {
   EXPECT_EQ(m->Sum("sageserve_rpc_duration_seconds_count", {{"method", method}}), 1);
 }
 
+// A prefill large enough to go to a session worker, then decode steps that start on the reactor,
+// all written before any answer is read: they start in the order sent, so every append finds the
+// position it names, and each answer's stages fit inside its total.
+TEST_F(SessionE2E, StreamStartsRequestsInTheOrderSent) {
+  const std::string id = Create(v1::KV_STORAGE_16BIT, 1);
+  constexpr int64_t kPrefill = 700;  // 700 x 2 heads x 64 x 2 bytes x 2 (K and V): 350 KiB, over the reactor's limit
+  const auto k = Values(kPrefill, kHkv, 1, 1.0f), v = Values(kPrefill, kHkv, 2, 0.0f), q = Values(1, kHq, 3, 0.0f);
+  const auto k1 = Values(1, kHkv, 4, 1.0f), v1 = Values(1, kHkv, 5, 0.0f);
+  grpc::ClientContext ctx;
+  auto stream = stub_->AttendSessionStream(&ctx);
+  constexpr int kDecode = 12;
+  for (int i = 0; i <= kDecode; ++i) {
+    v1::AttendSessionRequest r;
+    r.set_request_id(absl::StrCat(i));
+    r.set_recipe(v1::RECIPE_UNQUANTIZED);
+    *r.add_steps() = i == 0 ? MakeStep(id, 0, 0, k, v, &q) : MakeStep(id, 0, kPrefill + i - 1, k1, v1, &q);
+    ASSERT_TRUE(stream->Write(r));
+  }
+  ASSERT_TRUE(stream->WritesDone());
+  int answered = 0;
+  v1::AttendSessionResponse r;
+  while (stream->Read(&r)) {
+    ++answered;
+    SCOPED_TRACE(r.request_id());
+    ASSERT_EQ(r.status().code(), 0) << r.status().message();
+    const int i = std::stoi(r.request_id());
+    EXPECT_EQ(r.results(0).length(), i == 0 ? kPrefill : kPrefill + i);
+    const v1::Timings& t = r.timings();
+    EXPECT_LE(t.prepare_us() + t.queued_us() + t.compute_us(), t.total_us() + 2);  // each rounded down
+  }
+  EXPECT_TRUE(stream->Finish().ok());
+  EXPECT_EQ(answered, kDecode + 1);
+}
+
 // A client that writes many requests without reading and then cancels: the stream ends CANCELLED,
 // every page of the sessions stays accounted, and the server goes on serving sessions.
 TEST_F(SessionE2E, StreamCancelledWithRequestsInFlight) {

@@ -34,6 +34,7 @@ class FakeDeviceMemory final : public KvMemory {
     }
     return absl::OkStatus();
   }
+  absl::Status OrderAfterWrites(void* /*stream*/) const override { return absl::OkStatus(); }
   absl::Status Read(size_t offset, void* dst, size_t bytes) const override {
     std::memcpy(dst, bytes_.data() + offset, bytes);
     return absl::OkStatus();

@@ -6,6 +6,7 @@
 #include <condition_variable>
 #include <cstring>
 #include <mutex>
+#include <span>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -15,22 +16,72 @@ namespace sage::server {
 namespace {
 
 constexpr size_t kStagingBytes = size_t{4} << 20;  // per lane: a 256-token page run of 8-bit K/V at 32 heads fits
-constexpr int kLanes = 8;  // transfers in flight at once (session worker threads append in parallel)
+constexpr int kLanes = 8;  // synchronous transfers in flight at once (session worker threads append in parallel)
+// The asynchronous path: a write of at most kSlotBytes in all (64 decode steps of 8-bit K/V at 8
+// heads x 128 take ~140 KiB) goes through one of kSlots pinned slots.
+constexpr size_t kSlotBytes = size_t{512} << 10;
+constexpr int kSlots = 32;
 
-// One transfer path: a stream, pinned staging and the batch being gathered. Used by one call at a time.
+// One synchronous transfer path: a stream, pinned staging and the batch being gathered. Used by
+// one call at a time.
 struct Lane {
   cudaStream_t stream = nullptr;
   std::byte* staging = nullptr;
+};
+
+// A batch of host-to-pool copies being gathered into pinned memory.
+struct CopyBatch {
   std::vector<void*> dsts;
   std::vector<const void*> srcs;
   std::vector<size_t> sizes;
+  void Add(void* dst, const void* src, size_t bytes) {
+    dsts.push_back(dst);
+    srcs.push_back(src);
+    sizes.push_back(bytes);
+  }
+  void Clear() {
+    dsts.clear();
+    srcs.clear();
+    sizes.clear();
+  }
+  // The copies on `stream`: one driver call where the driver has batched copies.
+  cudaError_t Issue(cudaStream_t stream) {
+    if (dsts.empty()) return cudaSuccess;
+    cudaMemcpyAttributes attr{};
+    attr.srcAccessOrder = cudaMemcpySrcAccessOrderStream;
+    size_t attr_index = 0;
+    cudaError_t err = cudaMemcpyBatchAsync(dsts.data(), srcs.data(), sizes.data(), dsts.size(), &attr, &attr_index, 1, stream);
+    if (err == cudaErrorNotSupported) {  // a driver without batched copies: one call each
+      (void)cudaGetLastError();
+      err = cudaSuccess;
+      for (size_t i = 0; i < dsts.size() && err == cudaSuccess; ++i) {
+        err = cudaMemcpyAsync(dsts[i], srcs[i], sizes[i], cudaMemcpyHostToDevice, stream);
+      }
+    }
+    Clear();
+    return err;
+  }
 };
+
+size_t TotalBytes(std::span<const KvWrite> writes) {
+  size_t n = 0;
+  for (const KvWrite& w : writes) n += (w.bytes + 15) / 16 * 16;
+  return n;
+}
 
 class DeviceKvMemory final : public KvMemory {
  public:
   DeviceKvMemory(int device, std::byte* base, size_t bytes) : device_(device), base_(base), bytes_(bytes) {}
   ~DeviceKvMemory() override {
     if (cudaSetDevice(device_) != cudaSuccess) return;
+    if (write_stream_ != nullptr) {
+      (void)cudaStreamSynchronize(write_stream_);
+      (void)cudaStreamDestroy(write_stream_);
+    }
+    for (cudaEvent_t e : slot_done_) {
+      if (e != nullptr) (void)cudaEventDestroy(e);
+    }
+    if (slots_ != nullptr) (void)cudaFreeHost(slots_);
     for (Lane& l : lanes_) {
       if (l.stream != nullptr) {
         (void)cudaStreamSynchronize(l.stream);
@@ -50,6 +101,14 @@ class DeviceKvMemory final : public KvMemory {
       l.staging = static_cast<std::byte*>(staging);
       free_.push_back(&l);
     }
+    SAGE_CUDA_RETURN_IF_ERROR(FromCuda(cudaStreamCreateWithFlags(&write_stream_, cudaStreamNonBlocking), "cudaStreamCreate"));
+    void* slots = nullptr;
+    SAGE_CUDA_RETURN_IF_ERROR(FromCuda(cudaHostAlloc(&slots, kSlotBytes * kSlots, cudaHostAllocPortable), "cudaHostAlloc(kv slots)"));
+    slots_ = static_cast<std::byte*>(slots);
+    slot_done_.assign(kSlots, nullptr);
+    for (cudaEvent_t& e : slot_done_) {
+      SAGE_CUDA_RETURN_IF_ERROR(FromCuda(cudaEventCreateWithFlags(&e, cudaEventDisableTiming), "cudaEventCreate"));
+    }
     return absl::OkStatus();
   }
 
@@ -59,16 +118,20 @@ class DeviceKvMemory final : public KvMemory {
   int device() const override { return device_; }
 
   absl::Status Write(std::span<const KvWrite> writes) override {
+    for (const KvWrite& w : writes) {
+      if (w.offset > bytes_ || w.bytes > bytes_ - w.offset) return absl::InternalError("kv pool: write past the pool");
+    }
+    if (TotalBytes(writes) <= kSlotBytes) return WriteAsync(writes);
     LaneHold hold(*this);
     Lane& l = hold.lane;
     SAGE_CUDA_RETURN_IF_ERROR(FromCuda(cudaSetDevice(device_), "cudaSetDevice"));
-    // Packed into the lane's staging and issued as one batch per staging-full (a decode step's
-    // append is four small ranges: one driver call instead of four).
+    SAGE_CUDA_RETURN_IF_ERROR(OrderAfterWrites(l.stream));  // a rewrite after a truncate lands after an older append
+    // Packed into the lane's staging and issued as one batch per staging-full.
+    CopyBatch batch;
     size_t used = 0;
     for (const KvWrite& w : writes) {
-      if (w.offset + w.bytes > bytes_) return absl::InternalError("kv pool: write past the pool");
       if (w.bytes > kStagingBytes) {  // larger than the staging: the driver stages it
-        SAGE_CUDA_RETURN_IF_ERROR(IssueBatch(l));
+        SAGE_CUDA_RETURN_IF_ERROR(IssueAndSync(batch, l));
         used = 0;
         SAGE_CUDA_RETURN_IF_ERROR(
             FromCuda(cudaMemcpyAsync(base_ + w.offset, w.src, w.bytes, cudaMemcpyHostToDevice, l.stream), "kv pool write"));
@@ -76,22 +139,28 @@ class DeviceKvMemory final : public KvMemory {
         continue;
       }
       if (used + w.bytes > kStagingBytes) {
-        SAGE_CUDA_RETURN_IF_ERROR(IssueBatch(l));
+        SAGE_CUDA_RETURN_IF_ERROR(IssueAndSync(batch, l));
         used = 0;
       }
       std::memcpy(l.staging + used, w.src, w.bytes);
-      l.dsts.push_back(base_ + w.offset);
-      l.srcs.push_back(l.staging + used);
-      l.sizes.push_back(w.bytes);
+      batch.Add(base_ + w.offset, l.staging + used, w.bytes);
       used += (w.bytes + 15) / 16 * 16;
     }
-    return IssueBatch(l);
+    return IssueAndSync(batch, l);
+  }
+
+  absl::Status OrderAfterWrites(void* stream) const override {
+    std::lock_guard<std::mutex> lock(write_mu_);
+    if (!wrote_) return absl::OkStatus();
+    return FromCuda(cudaStreamWaitEvent(static_cast<cudaStream_t>(stream), slot_done_[last_slot_], 0),
+                    "order after kv pool writes");
   }
 
   absl::Status Read(size_t offset, void* dst, size_t bytes) const override {
     LaneHold hold(*this);
     Lane& l = hold.lane;
     SAGE_CUDA_RETURN_IF_ERROR(FromCuda(cudaSetDevice(device_), "cudaSetDevice"));
+    SAGE_CUDA_RETURN_IF_ERROR(OrderAfterWrites(l.stream));
     for (size_t done = 0; done < bytes;) {
       const size_t n = std::min(kStagingBytes, bytes - done);
       SAGE_CUDA_RETURN_IF_ERROR(FromCuda(
@@ -106,6 +175,7 @@ class DeviceKvMemory final : public KvMemory {
   absl::Status Copy(size_t dst_offset, size_t src_offset, size_t bytes) override {
     LaneHold hold(*this);
     SAGE_CUDA_RETURN_IF_ERROR(FromCuda(cudaSetDevice(device_), "cudaSetDevice"));
+    SAGE_CUDA_RETURN_IF_ERROR(OrderAfterWrites(hold.lane.stream));
     SAGE_CUDA_RETURN_IF_ERROR(FromCuda(
         cudaMemcpyAsync(base_ + dst_offset, base_ + src_offset, bytes, cudaMemcpyDeviceToDevice, hold.lane.stream),
         "kv page copy"));
@@ -113,6 +183,28 @@ class DeviceKvMemory final : public KvMemory {
   }
 
  private:
+  // A small write on the write stream: the next slot, once its previous copy has run (at a decode
+  // step per call, 31 calls ago), filled and copied in one batch; its event becomes the tail.
+  absl::Status WriteAsync(std::span<const KvWrite> writes) {
+    std::lock_guard<std::mutex> lock(write_mu_);  // issue order is stream order
+    SAGE_CUDA_RETURN_IF_ERROR(FromCuda(cudaSetDevice(device_), "cudaSetDevice"));
+    const int slot = next_slot_;
+    SAGE_CUDA_RETURN_IF_ERROR(FromCuda(cudaEventSynchronize(slot_done_[slot]), "kv pool write slot"));
+    std::byte* const staging = slots_ + static_cast<size_t>(slot) * kSlotBytes;
+    size_t used = 0;
+    for (const KvWrite& w : writes) {
+      std::memcpy(staging + used, w.src, w.bytes);
+      async_batch_.Add(base_ + w.offset, staging + used, w.bytes);
+      used += (w.bytes + 15) / 16 * 16;
+    }
+    SAGE_CUDA_RETURN_IF_ERROR(FromCuda(async_batch_.Issue(write_stream_), "kv pool write"));
+    SAGE_CUDA_RETURN_IF_ERROR(FromCuda(cudaEventRecord(slot_done_[slot], write_stream_), "cudaEventRecord"));
+    last_slot_ = slot;
+    wrote_ = true;
+    next_slot_ = (slot + 1) % kSlots;
+    return absl::OkStatus();
+  }
+
   // A lane taken for one call, given back on scope exit (waiting while all are busy: callers are
   // session worker threads, never gRPC reactors).
   struct LaneHold {
@@ -129,9 +221,6 @@ class DeviceKvMemory final : public KvMemory {
     return *l;
   }
   void Give(Lane& l) const {
-    l.dsts.clear();
-    l.srcs.clear();
-    l.sizes.clear();
     {
       std::lock_guard<std::mutex> lock(mu_);
       free_.push_back(&l);
@@ -139,26 +228,10 @@ class DeviceKvMemory final : public KvMemory {
     freed_.notify_one();
   }
   static absl::Status Sync(const Lane& l) { return FromCuda(cudaStreamSynchronize(l.stream), "kv pool copy"); }
-
   // The gathered copies (staging -> pool), then a sync: the staging may be refilled after it.
-  absl::Status IssueBatch(Lane& l) const {
-    if (l.dsts.empty()) return absl::OkStatus();
-    cudaMemcpyAttributes attr{};
-    attr.srcAccessOrder = cudaMemcpySrcAccessOrderStream;
-    size_t attr_index = 0;
-    cudaError_t err =
-        cudaMemcpyBatchAsync(l.dsts.data(), l.srcs.data(), l.sizes.data(), l.dsts.size(), &attr, &attr_index, 1, l.stream);
-    if (err == cudaErrorNotSupported) {  // a driver without batched copies: one call each
-      (void)cudaGetLastError();
-      err = cudaSuccess;
-      for (size_t i = 0; i < l.dsts.size() && err == cudaSuccess; ++i) {
-        err = cudaMemcpyAsync(l.dsts[i], l.srcs[i], l.sizes[i], cudaMemcpyHostToDevice, l.stream);
-      }
-    }
-    l.dsts.clear();
-    l.srcs.clear();
-    l.sizes.clear();
-    SAGE_CUDA_RETURN_IF_ERROR(FromCuda(err, "kv pool write"));
+  static absl::Status IssueAndSync(CopyBatch& batch, const Lane& l) {
+    if (batch.dsts.empty()) return absl::OkStatus();
+    SAGE_CUDA_RETURN_IF_ERROR(FromCuda(batch.Issue(l.stream), "kv pool write"));
     return Sync(l);
   }
 
@@ -169,6 +242,15 @@ class DeviceKvMemory final : public KvMemory {
   mutable std::mutex mu_;
   mutable std::condition_variable freed_;
   mutable std::vector<Lane*> free_;  // guarded by mu_
+
+  cudaStream_t write_stream_ = nullptr;
+  std::byte* slots_ = nullptr;            // kSlots x kSlotBytes pinned
+  std::vector<cudaEvent_t> slot_done_;    // per slot: its last copy ran
+  mutable std::mutex write_mu_;           // guards what follows
+  CopyBatch async_batch_;
+  int next_slot_ = 0;
+  int last_slot_ = 0;   // the tail: the slot of the last write issued
+  bool wrote_ = false;
 };
 
 }  // namespace

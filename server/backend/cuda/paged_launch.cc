@@ -76,6 +76,8 @@ absl::StatusOr<EngineOutput> DeviceExecutor::RunPagedOnSlot(Slot& slot, const La
 
   cudaStream_t st = slot.stream;
   const auto sst = reinterpret_cast<sage_stream_t>(st);
+  // The steps' appends may still be on the pool's write stream (not timed: before ev[0]).
+  if (in.paged->writes != nullptr) SAGE_CUDA_RETURN_IF_ERROR(in.paged->writes->OrderAfterWrites(st));
   SAGE_CUDA_RETURN_IF_ERROR(FromCuda(cudaEventRecord(slot.ev[0], st), "cudaEventRecord"));
   SAGE_CUDA_RETURN_IF_ERROR(FromCuda(cudaMemcpyAsync(slot.dev_in, slot.host_in, l.upload_end, cudaMemcpyHostToDevice, st),
                                      "upload q and page tables"));

@@ -66,6 +66,7 @@ absl::StatusOr<size_t> WireCallState::Encode(AttendResult answer) {
     t->set_kernel_us(static_cast<int64_t>(device->kernel_us));
     t->set_device_us(static_cast<int64_t>(device->h2d_us + device->kernel_us + device->d2h_us));
   }
+  t->set_prepare_us(Micros(answer.submitted - answer.accepted));
   t->set_total_us(Micros(Clock::now() - answer.accepted));
   if (result.placement == OutputPlacement::kCallerBuffers) {
     return AttendResponseWireSize(response, result.o.size(), result.lse.size());

@@ -162,6 +162,7 @@ void ResultToWire(const SessionAttendResult& r, bool want_lse, v1::AttendSession
   v1::Timings* t = out->mutable_timings();
   t->set_queued_us(std::chrono::duration_cast<std::chrono::microseconds>(r.timings.queued).count());
   t->set_compute_us(std::chrono::duration_cast<std::chrono::microseconds>(r.timings.compute).count());
+  t->set_prepare_us(std::chrono::duration_cast<std::chrono::microseconds>(r.prepare).count());
   if (r.device_timings.has_value()) {
     t->set_kernel_us(static_cast<int64_t>(r.device_timings->kernel_us));
     t->set_device_us(static_cast<int64_t>(r.device_timings->h2d_us + r.device_timings->kernel_us + r.device_timings->d2h_us));

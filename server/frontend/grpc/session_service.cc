@@ -67,31 +67,38 @@ grpc::ServerUnaryReactor* SessionService::AttendSession(grpc::CallbackServerCont
   if (!caller.ok()) return FinishNow(context, caller.status());
   absl::StatusOr<SessionAttendRequest> decoded = DecodeAttendSession(*request);
   if (!decoded.ok()) return FinishNow(context, decoded.status());
+  decoded->accepted = accepted;
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   response->set_request_id(request->request_id());
   const bool want_lse = request->return_lse();
   const size_t first = decoded->steps.empty() ? 0 : std::hash<std::string>()(decoded->steps.front().session_id);
+  const bool on_caller = SessionAttend::StartsOnCaller(*decoded);
   // The request message (whose bytes the steps view) and the context stay valid until Finish.
-  absl::Status queued = workers_[first % workers_.size()]->Submit(
-      [this, reactor, response, want_lse, context, accepted, who = CallerOf(*caller), call = *std::move(decoded)]() mutable {
-        if (context->IsCancelled()) {
-          reactor->Finish(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled before it ran"));
-          return;
-        }
-        absl::Status started = sessions_->Start(
-            who, std::move(call), SteadyDeadline(*context), [context] { return context->IsCancelled(); },
-            [reactor, response, want_lse, accepted](absl::StatusOr<SessionAttendResult> result) {
-              if (!result.ok()) {
-                reactor->Finish(ToGrpcStatus(result.status()));
-                return;
-              }
-              ResultToWire(*result, want_lse, response);
-              response->mutable_timings()->set_total_us(
-                  std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - accepted).count());
-              reactor->Finish(grpc::Status::OK);
-            });
-        if (!started.ok()) reactor->Finish(ToGrpcStatus(started));
-      });
+  auto job = [this, reactor, response, want_lse, context, on_caller, accepted, who = CallerOf(*caller),
+              call = *std::move(decoded)]() mutable {
+    if (!on_caller && context->IsCancelled()) {
+      reactor->Finish(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled before it ran"));
+      return;
+    }
+    absl::Status started = sessions_->Start(
+        who, std::move(call), SteadyDeadline(*context), [context] { return context->IsCancelled(); },
+        [reactor, response, want_lse, accepted](absl::StatusOr<SessionAttendResult> result) {
+          if (!result.ok()) {
+            reactor->Finish(ToGrpcStatus(result.status()));
+            return;
+          }
+          ResultToWire(*result, want_lse, response);
+          response->mutable_timings()->set_total_us(
+              std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - accepted).count());
+          reactor->Finish(grpc::Status::OK);
+        });
+    if (!started.ok()) reactor->Finish(ToGrpcStatus(started));
+  };
+  if (on_caller) {  // a decode step: started here, no hop to a session worker
+    job();
+    return reactor;
+  }
+  absl::Status queued = workers_[first % workers_.size()]->Submit(std::move(job));
   if (!queued.ok()) reactor->Finish(ToGrpcStatus(queued));
   return reactor;
 }

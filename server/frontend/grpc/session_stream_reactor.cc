@@ -70,20 +70,47 @@ void SessionStreamReactor::OnReadDone(bool ok) {
     ++outstanding_;
     read_next = UnderLimitLocked();
     read_paused_ = !read_next;
+    resuming_read_ = read_next;  // no Finish before the next read is issued below
   }
-  if (read_next) StartRead(&incoming_);
+  Dispatch(call);
+  // The next read only after this request has started or is queued, so requests start in the order
+  // sent.
+  if (read_next) {
+    StartRead(&incoming_);
+    bool finish;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      resuming_read_ = false;
+      finish = ShouldFinishLocked();
+    }
+    if (finish) DoFinish();
+  }
+}
 
+void SessionStreamReactor::Dispatch(const std::shared_ptr<Call>& call) {
   absl::StatusOr<SessionAttendRequest> decoded = DecodeAttendSession(call->request);
   if (!decoded.ok()) return Complete(call, decoded.status());
-  const size_t key = decoded->steps.empty() ? 0 : std::hash<std::string>()(decoded->steps.front().session_id);
-  // `this` outlives the job: no Finish while outstanding_ > 0.
-  absl::Status queued = run_(key, [this, call, request = *std::move(decoded)]() mutable {
+  decoded->accepted = call->accepted;
+  const auto start = [this, call](SessionAttendRequest request) {
     absl::Status started = sessions_->Start(
         caller_, std::move(request), SteadyDeadline(*context_), [this] { return context_->IsCancelled(); },
         [this, call](absl::StatusOr<SessionAttendResult> result) { Complete(call, std::move(result)); });
     if (!started.ok()) Complete(call, started);
+  };
+  // A decode step starts here unless an earlier request of this stream is queued for or running on
+  // a worker (its appends must come first).
+  if (SessionAttend::StartsOnCaller(*decoded) && waiting_for_worker_.load() == 0) return start(*std::move(decoded));
+  const size_t key = decoded->steps.empty() ? 0 : std::hash<std::string>()(decoded->steps.front().session_id);
+  waiting_for_worker_.fetch_add(1);
+  // `this` outlives the job: no Finish while outstanding_ > 0.
+  absl::Status queued = run_(key, [this, start, request = *std::move(decoded)]() mutable {
+    start(std::move(request));
+    waiting_for_worker_.fetch_sub(1);  // its appends are done: a later decode step may start on the reactor
   });
-  if (!queued.ok()) Complete(call, queued);
+  if (!queued.ok()) {
+    waiting_for_worker_.fetch_sub(1);
+    Complete(call, queued);
+  }
 }
 
 void SessionStreamReactor::Complete(const std::shared_ptr<Call>& call, absl::StatusOr<SessionAttendResult> result) {

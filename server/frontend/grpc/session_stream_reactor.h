@@ -1,10 +1,12 @@
 // SessionService/AttendSessionStream: AttendSession calls on one bidirectional stream. Each request
-// runs as a unary call would (decode here, append/gather/launch on a session worker); answers are
+// runs as a unary call would (decode here; a decode step appended and launched here too, others on a
+// session worker, requests starting in the order read); answers are
 // written in completion order, a failed request answered with its status and the stream going on.
 // Bounded: with `max_pending` requests read and not yet written, the stream is not read until a
 // write completes, so a client that does not read its answers is held back by flow control.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <cstddef>
 #include <deque>
@@ -53,6 +55,8 @@ class SessionStreamReactor final
     std::chrono::steady_clock::time_point accepted = std::chrono::steady_clock::now();  // read off the stream
   };
 
+  // Decodes `call` and starts it here (a decode step) or on a session worker.
+  void Dispatch(const std::shared_ptr<Call>& call);
   void Complete(const std::shared_ptr<Call>& call, absl::StatusOr<SessionAttendResult> result);
   bool ShouldFinishLocked();  // true: the caller must call DoFinish() after dropping the lock
   void DoFinish();
@@ -66,6 +70,8 @@ class SessionStreamReactor final
   ServerMetrics* const metrics_;
   const MetricsClock::time_point started_ = MetricsClock::now();
   sageserve::v1::AttendSessionRequest incoming_;
+
+  std::atomic<int> waiting_for_worker_{0};  // requests queued for or running on a session worker, not yet appended
 
   std::mutex mu_;
   std::deque<std::shared_ptr<Call>> write_queue_;  // front is being written while writing_
