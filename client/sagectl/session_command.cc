@@ -1,13 +1,15 @@
 // `sagectl session <verb>`: operators' view of KV sessions (list, get, create, truncate, fork,
 // close), and `sagectl bench --mode=decode`: N concurrent sessions, a prefill, then M decode steps
 // over L layers, one call per layer per step (all sessions of a client thread batched), with the
-// client latency of each layer-step.
+// client latency of each layer-step; --shared_memory=system|cuda moves each call's Q and O through
+// a registered region instead of the messages.
 #include <algorithm>
 #include <cctype>
 #include <cstring>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <memory>
 #include <mutex>
 #include <random>
 #include <thread>
@@ -15,6 +17,9 @@
 
 #include "absl/strings/str_cat.h"
 #include "client/sagectl/commands.h"
+#include "client/sagectl/region_buffer.h"
+#include "client/sagectl/shared_memory_transport.h"
+#include "sageserve/client/shared_memory.h"
 #include "sageserve/client/session.h"
 #include "sageserve/client/tensor.h"
 #include "sageserve/v1/session.grpc.pb.h"
@@ -65,6 +70,54 @@ double Percentile(std::vector<double> v, double p) {
   std::sort(v.begin(), v.end());
   return v[std::min(v.size() - 1, static_cast<size_t>(p / 100.0 * static_cast<double>(v.size())))];
 }
+
+// --shared_memory=system|cuda for the decode bench: one client thread's region, holding the Q of
+// its sessions' decode step (one row each, back to back, as one call's steps name them) and the
+// call's O after it. The region is registered for the thread's calls and unregistered after them.
+class DecodeRegion {
+ public:
+  static absl::StatusOr<std::unique_ptr<DecodeRegion>> Create(const sageserve::Client& client,
+                                                              const SharedMemoryOptions& options,
+                                                              const sageserve::SessionOptions& shape, int64_t sessions,
+                                                              const std::vector<uint16_t>& q) {
+    const uint64_t q_bytes = q.size() * sizeof(uint16_t);
+    const uint64_t o_at = (q_bytes * static_cast<uint64_t>(sessions) + kAlign - 1) / kAlign * kAlign;
+    const uint64_t o_bytes = sageserve::SessionOBytes(shape, sessions);
+    const std::string key = sageserve::SystemSharedMemory::UniqueKey("sagectl-decode");
+    absl::StatusOr<std::unique_ptr<RegionBuffer>> buffer =
+        options.mode == SharedMemoryMode::kSystem ? MakeSystemBuffer(key, o_at + o_bytes)
+                                                  : MakeCudaBuffer(options.cuda_device, o_at + o_bytes);
+    if (!buffer.ok()) return buffer.status();
+    for (int64_t i = 0; i < sessions; ++i) {
+      if (absl::Status st = (*buffer)->Write(static_cast<size_t>(i) * q_bytes, q.data(), q_bytes); !st.ok()) return st;
+    }
+    std::unique_ptr<DecodeRegion> r(new DecodeRegion(client, *std::move(buffer), key.substr(1), q_bytes, o_at, o_bytes));
+    if (absl::Status st = r->buffer_->Register(client, r->name_); !st.ok()) return st;
+    r->registered_ = true;
+    return r;
+  }
+  ~DecodeRegion() {
+    if (registered_) (void)client_.UnregisterSharedMemory(name_);
+  }
+  // Session i's q (one row) and the call's O.
+  v1::SharedMemoryRef Q(int64_t i) const {
+    return sageserve::SharedMemoryRange(name_, static_cast<uint64_t>(i) * q_bytes_, q_bytes_);
+  }
+  v1::SharedMemoryRef O() const { return sageserve::SharedMemoryRange(name_, o_at_, o_bytes_); }
+
+ private:
+  static constexpr uint64_t kAlign = 256;  // O starts as aligned as its own allocation would be
+  DecodeRegion(const sageserve::Client& client, std::unique_ptr<RegionBuffer> buffer, std::string name, uint64_t q_bytes,
+               uint64_t o_at, uint64_t o_bytes)
+      : client_(client), buffer_(std::move(buffer)), name_(std::move(name)), q_bytes_(q_bytes), o_at_(o_at),
+        o_bytes_(o_bytes) {}
+
+  const sageserve::Client& client_;
+  std::unique_ptr<RegionBuffer> buffer_;
+  std::string name_;
+  uint64_t q_bytes_, o_at_, o_bytes_;
+  bool registered_ = false;
+};
 
 }  // namespace
 
@@ -120,8 +173,11 @@ int RunDecodeBench(const Args& args) {
   for (const char* k : {"mode", "sessions", "clients", "context", "steps", "recipe", "connections", "stream"}) {
     known.push_back(k);
   }
+  for (const std::string& k : SharedMemoryFlags()) known.push_back(k);
   if (!CheckFlags(args, known)) return kExitUsage;
   const bool use_stream = args.Has("stream");  // each client's calls on one AttendSessionStream
+  absl::StatusOr<SharedMemoryOptions> shm = SharedMemoryOptionsFromArgs(args);  // Q and O of each call
+  if (!shm.ok()) return FailUsage(shm.status());
   absl::StatusOr<sageserve::SessionOptions> base = SessionOptionsFromArgs(args);
   if (!base.ok()) return FailUsage(base.status());
   absl::StatusOr<int64_t> n_sessions = args.Int("sessions", 1), clients = args.Int("clients", 1),
@@ -188,13 +244,27 @@ int RunDecodeBench(const Args& args) {
       }
     }
   }
+  // Each client thread's region, made before the clock starts.
+  std::vector<std::unique_ptr<DecodeRegion>> regions(static_cast<size_t>(*clients));
+  std::vector<std::vector<uint16_t>> client_q(static_cast<size_t>(*clients)), client_k(static_cast<size_t>(*clients));
+  for (int64_t c = 0; c < *clients; ++c) {
+    std::mt19937 rng(static_cast<uint32_t>(100 + c));
+    client_k[static_cast<size_t>(c)] = RandomValues(kv_row, rng);
+    client_q[static_cast<size_t>(c)] = RandomValues(q_row, rng);
+    if (shm->mode == SharedMemoryMode::kNone) continue;
+    absl::StatusOr<std::unique_ptr<DecodeRegion>> r =
+        DecodeRegion::Create(**client_or, *shm, o, per_client, client_q[static_cast<size_t>(c)]);
+    if (!r.ok()) return Fail(r.status());
+    regions[static_cast<size_t>(c)] = *std::move(r);
+  }
   const Clock::time_point start = Clock::now();
   std::vector<std::thread> threads;
   for (int64_t c = 0; c < *clients; ++c) {
     threads.emplace_back([&, c] {
-      std::mt19937 rng(static_cast<uint32_t>(100 + c));
       std::vector<sageserve::Session>& mine = owned[static_cast<size_t>(c)];
-      const std::vector<uint16_t> k = RandomValues(kv_row, rng), q = RandomValues(q_row, rng);
+      const std::vector<uint16_t>& k = client_k[static_cast<size_t>(c)];
+      const std::vector<uint16_t>& q = client_q[static_cast<size_t>(c)];
+      const DecodeRegion* region = regions[static_cast<size_t>(c)].get();
       CallTimes local;
       grpc::ClientContext stream_ctx;
       std::unique_ptr<v1::SessionService::Stub> stub;
@@ -217,7 +287,11 @@ int RunDecodeBench(const Args& args) {
         for (int layer = 0; layer < o.layers; ++layer) {
           v1::AttendSessionRequest req;
           req.set_recipe(recipe);
-          for (const sageserve::Session& s : mine) *req.add_steps() = s.MakeStep(layer, k, k, q);
+          for (size_t i = 0; i < mine.size(); ++i) {
+            *req.add_steps() = region == nullptr ? mine[i].MakeStep(layer, k, k, q)
+                                                 : mine[i].MakeStep(layer, k, k, 1, region->Q(static_cast<int64_t>(i)));
+          }
+          if (region != nullptr) *req.mutable_o_output() = region->O();
           const Clock::time_point t0 = Clock::now();
           absl::StatusOr<v1::AttendSessionResponse> r = call(req);
           const double client_us = std::chrono::duration<double, std::micro>(Clock::now() - t0).count();
@@ -242,11 +316,16 @@ int RunDecodeBench(const Args& args) {
   for (auto& mine : owned) {
     for (sageserve::Session& s : mine) (void)s.Close();
   }
-  std::printf("decode%s: %lld sessions (%lld clients, %lld per call), context %lld, %lld steps x %d layers, Hq %d Hkv %d D %d, %s\n",
+  regions.clear();  // unregistered
+  std::printf("decode%s: %lld sessions (%lld clients, %lld per call), context %lld, %lld steps x %d layers, Hq %d Hkv %d D %d, %s, "
+              "Q and O via %s\n",
               use_stream ? " (AttendSessionStream)" : "",
               static_cast<long long>(*n_sessions), static_cast<long long>(*clients), static_cast<long long>(per_client),
               static_cast<long long>(*context), static_cast<long long>(*steps), o.layers, o.heads_q, o.heads_kv, o.head_dim,
-              o.kv_storage == v1::KV_STORAGE_16BIT ? "16-bit KV" : "INT8 K / FP8 V");
+              o.kv_storage == v1::KV_STORAGE_16BIT ? "16-bit KV" : "INT8 K / FP8 V",
+              shm->mode == SharedMemoryMode::kNone ? "the messages"
+              : shm->mode == SharedMemoryMode::kSystem ? "system shared memory"
+                                                        : "CUDA shared memory");
   const auto p50 = [](const std::vector<double>& v) { return Percentile(v, 50); };
   std::printf("per layer-step call, client: p50 %.0f us  p99 %.0f us  (%zu calls)\n", p50(times.client),
               Percentile(times.client, 99), times.client.size());

@@ -120,6 +120,27 @@ v1::SessionStep Session::MakeStep(int layer, std::span<const uint16_t> k, std::s
   return step;
 }
 
+v1::SessionStep Session::MakeStep(int layer, std::span<const uint16_t> k, std::span<const uint16_t> v, int64_t q_rows,
+                                  const v1::SharedMemoryRef& q) const {
+  v1::SessionStep step = MakeStep(layer, k, v, {});
+  v1::Tensor* t = step.mutable_q();
+  t->set_dtype(options_.dtype);
+  t->add_shape(q_rows);
+  t->add_shape(options_.heads_q);
+  t->add_shape(options_.head_dim);
+  *t->mutable_shared_memory() = q;
+  return step;
+}
+
+uint64_t SessionOBytes(const SessionOptions& options, int64_t q_rows) {
+  return static_cast<uint64_t>(q_rows) * static_cast<uint64_t>(options.heads_q) * static_cast<uint64_t>(options.head_dim) *
+         sizeof(uint16_t);
+}
+
+uint64_t SessionLseBytes(const SessionOptions& options, int64_t q_rows) {
+  return static_cast<uint64_t>(q_rows) * static_cast<uint64_t>(options.heads_q) * sizeof(float);
+}
+
 void Session::Commit(int layer, const v1::SessionStepResult& result) {
   if (layer >= 0 && layer < static_cast<int>(lengths_.size())) lengths_[static_cast<size_t>(layer)] = result.length();
   ++next_step_id_;

@@ -252,7 +252,8 @@ absl::StatusOr<std::unique_ptr<SageServer>> SageServer::Start(
                                   ? options.sessions.worker_threads
                                   : std::max(2, static_cast<int>(std::thread::hardware_concurrency()) / 2);
   s->session_service_ =
-      std::make_unique<SessionService>(s->session_attend_.get(), s->authorizer_.get(), s->metrics_.get(), session_threads);
+      std::make_unique<SessionService>(s->session_attend_.get(), s->authorizer_.get(), s->metrics_.get(),
+                                       s->shared_memory_.get(), session_threads);
 
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;

@@ -15,6 +15,7 @@
 #include "kernels/reference/recipe.h"
 #include "server/backend/engine_io.h"
 #include "server/backend/output_placement.h"
+#include "server/core/client_output.h"
 #include "server/shared_memory/shared_memory_registry.h"
 
 namespace sage::server {
@@ -47,6 +48,7 @@ struct AttendRequest {
   // What O may be written into. `output.client_o` set: the client's shared memory receives O.
   DType output_dtype = DType::kF16;
   OutputOffer output;
+  ClientOutputRegions output_regions;  // the regions behind output.client_o / client_lse, by name
   // Handles: cu_seqlens storage when the client sent none (one sequence), and the shared-memory
   // regions the request reads or writes, each once, held (mapped) until it is answered.
   std::vector<int32_t> default_cu_q;

@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "server/backend/encode_output.h"
+#include "server/shared_memory/safe_copy.h"
 
 namespace sage::server {
 namespace {
@@ -78,6 +79,73 @@ absl::StatusOr<bool> PinStepPages(SessionStore& store, const SessionCaller& call
   paged.page_table = call.page_table;
   paged.cu_pages = call.cu_pages;
   return true;
+}
+
+// The field errors about a request's CUDA shared memory name: the first step's q in it, else O.
+std::string CudaField(const SessionAttendRequest& request) {
+  for (size_t i = 0; i < request.steps.size(); ++i) {
+    const std::optional<SharedRange>& q = request.steps[i].q_shared;
+    if (q.has_value() && q->memory() == MemoryKind::kDevice) return absl::StrCat("steps[", i, "].q.shared_memory");
+  }
+  return "o_output";
+}
+
+// A request naming CUDA shared memory runs where it can be read and written in place: the paged
+// decode launch (decode-shaped, unquantized), on the GPU whose pool holds every step's pages.
+// Checked before anything is appended.
+absl::Status CheckCudaMemory(const SessionStore& store, const SessionCaller& caller, const SessionAttendRequest& request,
+                             bool paged_shape) {
+  if (request.memory_device < 0) return absl::OkStatus();
+  const std::string field = CudaField(request);
+  if (!paged_shape) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        field, ": CUDA shared memory is taken by decode-shaped calls of the unquantized recipe only (at most ",
+        kPagedMaxQueryRows, " query rows per step), which read the pages in place; send this call's q and O inline "
+        "or in system shared memory"));
+  }
+  // CUDA q is read in place as one tensor: every step's, back to back (the frontend's promise, kept).
+  const std::byte* next_q = nullptr;
+  bool q_on_device = false;
+  for (size_t i = 0; i < request.steps.size(); ++i) {
+    const SessionStepInput& st = request.steps[i];
+    if (!st.n_q.has_value()) continue;
+    const bool on_device = st.q_shared.has_value() && st.q_shared->memory() == MemoryKind::kDevice;
+    if (next_q != nullptr && (on_device != q_on_device || (on_device && st.q.data() != next_q))) {
+      return StepInvalid(i, "q.shared_memory", "CUDA shared memory q must directly follow the previous step's q");
+    }
+    q_on_device = on_device;
+    next_q = st.q.data() + st.q.size();
+  }
+  for (size_t i = 0; i < request.steps.size(); ++i) {
+    if (!request.steps[i].n_q.has_value()) continue;
+    absl::StatusOr<int> pool = store.PoolIndex(caller, request.steps[i].session_id);
+    if (!pool.ok()) return StepError(i, pool.status());
+    const KvMemory& memory = store.pool(*pool).memory();
+    if (memory.memory() != MemoryKind::kDevice || memory.device() != request.memory_device) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          field, ": on CUDA device ", request.memory_device, ", but steps[", i, "]'s session keeps its pages ",
+          memory.memory() == MemoryKind::kDevice ? absl::StrCat("on device ", memory.device()) : "in host memory",
+          " (a call runs on the GPU that holds its sessions)"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+// Q of the steps with Q, back to back in launch order, into `dst`: inline bytes by memcpy, a system
+// region with the fault-tolerant copy (the client may shrink its object under the read).
+absl::Status StageQ(const SessionAttendRequest& request, std::span<const size_t> q_steps, std::byte* dst) {
+  for (size_t i : q_steps) {
+    const SessionStepInput& st = request.steps[i];
+    if (st.q_shared.has_value()) {
+      absl::Status s = CopyFromClient(std::span<std::byte>(dst, st.q.size()), st.q,
+                                      absl::StrCat("steps[", i, "].q.shared_memory"), st.q_shared->region->info().name);
+      if (!s.ok()) return s;
+    } else {
+      std::memcpy(dst, st.q.data(), st.q.size());
+    }
+    dst += st.q.size();
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -151,6 +219,18 @@ absl::Status SessionAttend::Start(const SessionCaller& caller, SessionAttendRequ
     }
   }
 
+  // Decode-shaped calls (every step at most kPagedMaxQueryRows rows) run the unquantized recipe
+  // unless the request names one, and then the engine reads the steps' pages where they are
+  // (EngineInput::paged: the CUDA backend in place with the paged decode kernel, the CPU engine
+  // decoding them first). Other calls, and a call whose sessions live in different pools, gather
+  // the caches here, decoded to 16-bit, into one block. (The CUDA backend can also gather pages on
+  // the GPU for the dense kernels, sage_paged_gather; prefill calls move to it once that path has
+  // run on a GPU: docs/API.md, "Sessions".)
+  bool short_steps = true;
+  for (const SessionStepInput& st : request.steps) short_steps = short_steps && st.n_q.value_or(0) <= kPagedMaxQueryRows;
+  const bool unquantized = request.recipe.has_value() ? *request.recipe == Recipe::kUnquantized : short_steps;
+  if (absl::Status s = CheckCudaMemory(*store_, caller, request, short_steps && unquantized); !s.ok()) return s;
+
   auto call = std::make_shared<SessionCall>();
   call->store = store_;
   call->done = std::move(done);
@@ -189,34 +269,34 @@ absl::Status SessionAttend::Start(const SessionCaller& caller, SessionAttendRequ
   if (total_q >= (int64_t{1} << 31) || total_k >= (int64_t{1} << 31)) {
     return absl::ResourceExhaustedError("steps: more than 2^31 tokens in one call");
   }
-  // Decode-shaped calls (every step at most kPagedMaxQueryRows rows) run the unquantized recipe
-  // unless the request names one, and then the engine reads the steps' pages where they are
-  // (EngineInput::paged: the CUDA backend in place with the paged decode kernel, the CPU engine
-  // decoding them first). Other calls, and a call whose sessions live in different pools, gather
-  // the caches here, decoded to 16-bit, into one block. (The CUDA backend can also gather pages on
-  // the GPU for the dense kernels, sage_paged_gather; prefill calls move to it once that path has
-  // run on a GPU: docs/API.md, "Sessions".)
-  bool short_steps = true;
-  for (size_t i : call->q_steps) short_steps = short_steps && *request.steps[i].n_q <= kPagedMaxQueryRows;
-  const bool unquantized = request.recipe.has_value() ? *request.recipe == Recipe::kUnquantized : short_steps;
   bool paged = false;
   if (short_steps && unquantized) {
     absl::StatusOr<bool> pinned = PinStepPages(*store_, caller, request, ends, *call);
     if (!pinned.ok()) return pinned.status();
     paged = *pinned;
   }
+  if (request.memory_device >= 0 && !paged) {  // CheckCudaMemory saw to one pool on that GPU
+    return absl::InternalError(absl::StrCat(CudaField(request), ": the call's sessions are not in one pool"));
+  }
+  // Q in CUDA shared memory is read where it lies: the frontend checked the steps' q follow each
+  // other in one region, so the first one's start is the launch's [total_q, Hq, D] Q.
+  const SessionStepInput& first_q = request.steps[call->q_steps.front()];
+  const bool q_on_device = first_q.q_shared.has_value() && first_q.q_shared->memory() == MemoryKind::kDevice;
   const size_t q_bytes = static_cast<size_t>(total_q) * q_row, kv_bytes = paged ? 0 : static_cast<size_t>(total_k) * kv_row;
+  const size_t q_staged = q_on_device ? 0 : q_bytes;
   AttendRequest& ar = call->request;
-  ar.staged_inputs.reset(new std::byte[q_bytes + 2 * kv_bytes]);
+  ar.staged_inputs.reset(new std::byte[q_staged + 2 * kv_bytes]);
   std::byte* const q_at = ar.staged_inputs.get();
-  std::byte* const k_at = q_at + q_bytes;  // the gathered K and V (none when paged)
+  std::byte* const k_at = q_at + q_staged;  // the gathered K and V (none when paged)
   std::byte* const v_at = k_at + kv_bytes;
+  if (!q_on_device) {
+    if (absl::Status s = StageQ(request, call->q_steps, q_at); !s.ok()) return s;
+  }
   ar.default_cu_q.assign(1, 0);
   ar.default_cu_k.assign(1, 0);
   for (size_t i : call->q_steps) {
     const SessionStepInput& st = request.steps[i];
     const int64_t q0 = ar.default_cu_q.back(), k0 = ar.default_cu_k.back();
-    std::memcpy(q_at + static_cast<size_t>(q0) * q_row, st.q.data(), st.q.size());
     if (!paged) {
       const std::span<std::byte> k(k_at + static_cast<size_t>(k0) * kv_row, static_cast<size_t>(ends[i]) * kv_row);
       const std::span<std::byte> v(v_at + static_cast<size_t>(k0) * kv_row, k.size());
@@ -227,7 +307,9 @@ absl::Status SessionAttend::Start(const SessionCaller& caller, SessionAttendRequ
   }
   ar.id = request.id;
   EngineInput& in = ar.input;
-  in.q = TensorView{shape.dtype, q_at, total_q, shape.heads_q, shape.head_dim};
+  in.q = TensorView{shape.dtype, q_on_device ? static_cast<const void*>(first_q.q.data()) : q_at, total_q, shape.heads_q,
+                    shape.head_dim};
+  in.memory = q_on_device ? MemoryKind::kDevice : MemoryKind::kPageable;
   // Paged: k/v give their shapes, and their data is the pool's base (engine_io.h, EngineInput::paged).
   const void* const pool = paged ? static_cast<const void*>(ar.input.paged->pool) : nullptr;
   in.k = TensorView{shape.dtype, paged ? pool : k_at, total_k, shape.heads_kv, shape.head_dim};
@@ -250,6 +332,14 @@ absl::Status SessionAttend::Start(const SessionCaller& caller, SessionAttendRequ
   ar.output.output_dtype = shape.dtype;
   ar.output.o_bytes = q_bytes;
   ar.output.lse_bytes = request.return_lse ? static_cast<size_t>(total_q) * shape.heads_q * sizeof(float) : 0;
+  // o_output / lse_output: the launch's O is the steps' O concatenated, which is what they hold.
+  ar.output.client_o = request.output.client_o;
+  ar.output.client_lse = request.output.client_lse;
+  ar.output.client_memory = request.output.client_memory;
+  ar.output.client_direct = request.output.client_direct;
+  ar.output_regions = std::move(request.output_regions);
+  ar.regions = std::move(request.regions);  // held while the call lives, after its launch
+  for (const auto& region : ar.regions) region->CountRequest();
 
   AttendCall attend;
   attend.method = AttendMethod::kSession;
@@ -266,11 +356,19 @@ absl::Status SessionAttend::Start(const SessionCaller& caller, SessionAttendRequ
     out.prepare = r.submitted - r.accepted;
     out.device_timings = r.output.device_timings;
     const size_t row_values = static_cast<size_t>(out.heads_q) * out.head_dim;
+    const AttendRequest& req = call->request;
+    const bool to_client = req.writes_client_memory();
+    if (to_client) {
+      absl::Status s = WriteClientOutputs(r.output, out.dtype, req.input.lse, req.output, req.output_regions);
+      if (!s.ok()) return s;
+    }
     size_t bytes = 0;
-    for (size_t n = 0; n + 1 < call->request.default_cu_q.size(); ++n) {
+    for (size_t n = 0; n + 1 < req.default_cu_q.size(); ++n) {
       SessionStepOutput& step = out.steps[q_steps[n]];
-      const int64_t row = call->request.default_cu_q[n];
-      step.n_q = call->request.default_cu_q[n + 1] - row;
+      const int64_t row = req.default_cu_q[n];
+      step.n_q = req.default_cu_q[n + 1] - row;
+      step.row = row;
+      if (to_client) continue;  // the step's rows are in o_output / lse_output
       step.o.resize(static_cast<size_t>(step.n_q) * row_values * 2);
       EncodeO(r.output, out.dtype, static_cast<size_t>(row) * row_values, static_cast<size_t>(step.n_q) * row_values,
               reinterpret_cast<std::byte*>(step.o.data()));

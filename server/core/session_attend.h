@@ -8,6 +8,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <span>
 #include <string>
@@ -17,12 +18,14 @@
 #include "absl/status/statusor.h"
 #include "kernels/reference/recipe.h"
 #include "server/core/attend_pipeline.h"
+#include "server/core/client_output.h"
 #include "server/session/session_store.h"
 
 namespace sage::server {
 
 // One step as the frontend decoded it. Byte spans are 16-bit values in the session's dtype and
-// stay alive until the call's `done` has run.
+// stay alive until the call's `done` has run. k and v are host memory; q may be a client's
+// registered region (q_shared), CUDA memory included, which the host never reads.
 struct SessionStepInput {
   std::string session_id;
   int layer = 0;
@@ -32,6 +35,10 @@ struct SessionStepInput {
   std::span<const std::byte> k, v;
   std::optional<int64_t> n_q;  // set: q holds [n_q, Hq, D]; unset: a bulk import
   std::span<const std::byte> q;
+  // Set: q is this range of a registered region (steps[i].q.shared_memory). A system region is
+  // copied with the fault-tolerant copy; CUDA memory is read in place by the launch, which needs
+  // the frontend's promise that every step's CUDA q follows the previous one's in one region.
+  std::optional<SharedRange> q_shared;
   // As the tensors declared them (checked against the session): dtype, heads of k/v and q, head_dim.
   DType dtype = DType::kF16;
   int kv_heads = 0;
@@ -45,13 +52,23 @@ struct SessionAttendRequest {
   std::optional<Recipe> recipe;  // unset: the model plan's, else the server's default
   bool return_lse = false;
   Clock::time_point accepted = Clock::now();  // when the frontend took the call (the timings' start)
+  // o_output / lse_output: O (and LSE) of every step with q, in step order, go into the client's
+  // memory ([sum of n_q, Hq, D], the launch's own layout). Only the client_* fields are set here.
+  OutputOffer output;
+  ClientOutputRegions output_regions;
+  // The GPU of the CUDA shared memory the request names (q or O), -1: none. Such a call must run
+  // the paged decode launch on that GPU: every step's session keeps its pages there.
+  int memory_device = -1;
+  // The regions the request names, each once: held until the call is answered.
+  std::vector<std::shared_ptr<const SharedMemoryRegion>> regions;
 };
 
 struct SessionStepOutput {
   std::string session_id;
   int64_t length = 0;   // the layer's cached length after the step
   int64_t n_q = 0;      // 0: no Q (bulk import)
-  std::string o;        // [n_q, Hq, D] in the session's dtype, as bytes
+  int64_t row = 0;      // the step's first row in the call's O (the sum of n_q of earlier steps)
+  std::string o;        // [n_q, Hq, D] in the session's dtype, as bytes; empty when in o_output
   std::vector<float> lse;  // [n_q, Hq] with return_lse
 };
 

@@ -48,6 +48,10 @@ BatchKey MakeBatchKey(const EngineInput& in, const RecipeConfig& config) {
   return key;
 }
 
+bool MergesWithOthers(const EngineInput& in) {
+  return !in.paged.has_value() || (in.memory != MemoryKind::kDevice && in.output.memory != MemoryKind::kDevice);
+}
+
 ProblemSize MeasureProblem(const EngineInput& in) {
   ProblemSize size;
   size.tokens = std::max(in.q.tokens, in.k.tokens);

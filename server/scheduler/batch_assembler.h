@@ -44,6 +44,11 @@ struct BatchKey {
 
 BatchKey MakeBatchKey(const EngineInput& in, const RecipeConfig& config);
 
+// Whether a request may share a launch with others of its key. Paged members (session steps) merge
+// by copying their Q on the host into one launch whose O comes back concatenated, so one whose Q
+// or O is in device memory (CUDA shared memory) runs alone: the engine reads and writes it in place.
+bool MergesWithOthers(const EngineInput& in);
+
 // The size of a problem as the batcher counts it.
 struct ProblemSize {
   int64_t tokens = 0;       // max(total_q, total_k): what the launch holds per head.

@@ -239,9 +239,9 @@ Clock::time_point DynamicBatcher::DispatchReadyLocked(Clock::time_point now, Cal
     // Members of head's group in arrival order, up to the caps.
     std::vector<PendingList::iterator> members = {head};
     ProblemSize total = head->size;
-    bool full = options_.merge == MergePolicy::kNever || AtCaps(total);
+    bool full = options_.merge == MergePolicy::kNever || AtCaps(total) || !MergesWithOthers(head->item.input);
     for (auto it = std::next(head); it != queue_.end() && !full;) {
-      if (!(it->key == head->key)) {
+      if (!(it->key == head->key) || !MergesWithOthers(it->item.input)) {
         ++it;
         continue;
       }

@@ -190,6 +190,12 @@ absl::StatusOr<SessionShape> SessionStore::Shape(const SessionCaller& caller, st
   return (*s)->shape;  // immutable after creation
 }
 
+absl::StatusOr<int> SessionStore::PoolIndex(const SessionCaller& caller, std::string_view id) const {
+  absl::StatusOr<std::shared_ptr<Session>> s = Find(caller, id);
+  if (!s.ok()) return s.status();
+  return (*s)->pool;  // immutable after creation
+}
+
 absl::StatusOr<int64_t> SessionStore::Append(const SessionCaller& caller, const AppendStep& step) {
   AppendAllResult r = AppendAll(caller, std::span<const AppendStep>(&step, 1));
   if (!r.status.ok()) return r.status;

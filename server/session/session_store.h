@@ -125,6 +125,8 @@ class SessionStore {
 
   // The shape of a session the caller may use (NOT_FOUND otherwise, saying why).
   absl::StatusOr<SessionShape> Shape(const SessionCaller& caller, std::string_view id) const;
+  // The index of the pool (pool(i)) that holds the session's pages: fixed for its life.
+  absl::StatusOr<int> PoolIndex(const SessionCaller& caller, std::string_view id) const;
 
   // Appends the step's tokens (or recognises a retry of the step at that position) and returns the
   // layer's length the step's Q attends over: position + n_new. FAILED_PRECONDITION for a gap or an

@@ -10,6 +10,7 @@
 #include "server/backend/cuda/cuda_status.h"
 #include "server/backend/cuda/device_slot.h"
 #include "server/backend/cuda/host_staging.h"
+#include "server/backend/cuda/transfer_plan.h"
 
 namespace sage::server {
 namespace {
@@ -60,9 +61,27 @@ absl::StatusOr<EngineOutput> DeviceExecutor::RunPagedOnSlot(Slot& slot, const La
     return absl::ResourceExhaustedError(absl::StrCat("cuda backend: paged launch of ", in.q.tokens, " query rows over ",
                                                      in.k.tokens, " cached tokens does not fit a stream slot"));
   }
-  // Host side: Q in the kernels' dtype, then the tables, all in one upload.
-  StageSegment q_seg{in.q.data, in.q.dtype, slot.host_in + l.q, dtype, static_cast<size_t>(in.q.numel())};
-  RunStaging(std::span<const StageSegment>(&q_seg, 1));
+  // Q and O in this GPU's memory (a session call's CUDA shared memory, q_dtype the pages' dtype as
+  // LaunchPaged checked) are read and written where they are: the kernels take them in place when
+  // aligned for them, else a device copy moves them. Nothing of theirs crosses the host.
+  const bool q_on_device = in.memory == MemoryKind::kDevice;
+  const bool o_on_device = in.output.memory == MemoryKind::kDevice;
+  if ((q_on_device || o_on_device) && in.memory_device != device_) {
+    return absl::InvalidArgumentError(absl::StrCat("cuda backend: paged launch on device ", device_,
+                                                   " with tensors in device ", in.memory_device, "'s memory"));
+  }
+  if (o_on_device && (in.output.form != OutputForm::kNativeInto || in.output.o_into.size() < o_bytes ||
+                      in.output.lse_into.size() * sizeof(float) < lse_bytes)) {
+    return absl::InvalidArgumentError("cuda backend: paged launch without room for O in its device buffers");
+  }
+  const bool q_in_place = q_on_device && Aligned(in.q.data, 16);
+  const bool o_in_place = o_on_device && Aligned(in.output.o_into.data(), 4) && Aligned(in.output.lse_into.data(), 4);
+  // Host side: Q in the kernels' dtype (unless on the device), then the tables, all in one upload.
+  const size_t upload_from = q_on_device ? l.page_table : l.q;
+  if (!q_on_device) {
+    StageSegment q_seg{in.q.data, in.q.dtype, slot.host_in + l.q, dtype, static_cast<size_t>(in.q.numel())};
+    RunStaging(std::span<const StageSegment>(&q_seg, 1));
+  }
   const auto put = [&](size_t at, std::span<const int32_t> v) { std::memcpy(slot.host_in + at, v.data(), v.size_bytes()); };
   put(l.page_table, in.paged->page_table);
   put(l.cu_pages, in.paged->cu_pages);
@@ -72,24 +91,32 @@ absl::StatusOr<EngineOutput> DeviceExecutor::RunPagedOnSlot(Slot& slot, const La
   for (int b = 0; b < in.batch(); ++b) lens[b] = in.cu_seqlens_k[b + 1] - in.cu_seqlens_k[b];
   const auto dev = [&](size_t at) { return slot.dev_in + at; };
   const auto table = [&](size_t at) { return reinterpret_cast<const int32_t*>(dev(at)); };
-  float* const lse = want_lse ? reinterpret_cast<float*>(slot.dev_out + lse_at) : nullptr;
+  const void* const q = q_in_place ? in.q.data : dev(l.q);
+  void* const o = o_in_place ? static_cast<void*>(in.output.o_into.data()) : slot.dev_out;
+  float* const lse = !want_lse ? nullptr : o_in_place ? in.output.lse_into.data() : reinterpret_cast<float*>(slot.dev_out + lse_at);
 
   cudaStream_t st = slot.stream;
   const auto sst = reinterpret_cast<sage_stream_t>(st);
   // The steps' appends may still be on the pool's write stream (not timed: before ev[0]).
   if (in.paged->writes != nullptr) SAGE_CUDA_RETURN_IF_ERROR(in.paged->writes->OrderAfterWrites(st));
   SAGE_CUDA_RETURN_IF_ERROR(FromCuda(cudaEventRecord(slot.ev[0], st), "cudaEventRecord"));
-  SAGE_CUDA_RETURN_IF_ERROR(FromCuda(cudaMemcpyAsync(slot.dev_in, slot.host_in, l.upload_end, cudaMemcpyHostToDevice, st),
+  SAGE_CUDA_RETURN_IF_ERROR(FromCuda(cudaMemcpyAsync(slot.dev_in + upload_from, slot.host_in + upload_from,
+                                                     l.upload_end - upload_from, cudaMemcpyHostToDevice, st),
                                      "upload q and page tables"));
+  if (q_on_device && !q_in_place) {
+    SAGE_CUDA_RETURN_IF_ERROR(FromCuda(cudaMemcpyAsync(slot.dev_in + l.q, in.q.data, static_cast<size_t>(in.q.bytes()),
+                                                       cudaMemcpyDeviceToDevice, st),
+                                       "copy q on the device"));
+  }
   SAGE_CUDA_RETURN_IF_ERROR(FromCuda(cudaEventRecord(slot.ev[1], st), "cudaEventRecord"));
   if (launch.kernel == PagedKernel::kDecode) {
     sage_paged_decode_params_t& p = launch.decode;
-    p.q = dev(l.q);
+    p.q = q;
     p.page_table = table(l.page_table);
     p.cu_pages = table(l.cu_pages);
     p.cu_seqlens_q = table(l.cu_q);
     p.seqlens_k = table(l.seqlens_k);
-    p.o = slot.dev_out;
+    p.o = o;
     p.lse = lse;
     p.workspace = slot.dev_ws;
     p.workspace_bytes = slot.cap.ws_bytes;
@@ -103,10 +130,10 @@ absl::StatusOr<EngineOutput> DeviceExecutor::RunPagedOnSlot(Slot& slot, const La
     g.v_out = dev(l.v);
     SAGE_CUDA_RETURN_IF_ERROR(FromSage(sage_paged_gather(&g, sst), "paged gather"));
     sage_attn_params_t& p = launch.dense;
-    p.q = dev(l.q);
+    p.q = q;
     p.k = dev(l.k);
     p.v = dev(l.v);
-    p.o = slot.dev_out;
+    p.o = o;
     p.lse = lse;
     p.cu_seqlens_q = table(l.cu_q);
     p.cu_seqlens_k = table(l.cu_k);
@@ -115,15 +142,29 @@ absl::StatusOr<EngineOutput> DeviceExecutor::RunPagedOnSlot(Slot& slot, const La
     SAGE_CUDA_RETURN_IF_ERROR(FromSage(sage_attn_forward(&p, sst), "forward over gathered pages"));
   }
   SAGE_CUDA_RETURN_IF_ERROR(FromCuda(cudaEventRecord(slot.ev[2], st), "cudaEventRecord"));
-  SAGE_CUDA_RETURN_IF_ERROR(FromCuda(cudaMemcpyAsync(slot.host_out, slot.dev_out, lse_at + lse_bytes, cudaMemcpyDeviceToHost, st),
-                                     "download o"));
-  SAGE_CUDA_RETURN_IF_ERROR(FromCuda(cudaEventRecord(slot.ev[3], st), "cudaEventRecord"));
+  if (o_on_device && !o_in_place) {
+    SAGE_CUDA_RETURN_IF_ERROR(FromCuda(cudaMemcpyAsync(in.output.o_into.data(), slot.dev_out, o_bytes, cudaMemcpyDeviceToDevice, st),
+                                       "copy o on the device"));
+    if (want_lse) {
+      SAGE_CUDA_RETURN_IF_ERROR(FromCuda(cudaMemcpyAsync(in.output.lse_into.data(), slot.dev_out + lse_at, lse_bytes,
+                                                         cudaMemcpyDeviceToDevice, st),
+                                         "copy lse on the device"));
+    }
+  } else if (!o_on_device) {
+    SAGE_CUDA_RETURN_IF_ERROR(FromCuda(
+        cudaMemcpyAsync(slot.host_out, slot.dev_out, lse_at + lse_bytes, cudaMemcpyDeviceToHost, st), "download o"));
+    SAGE_CUDA_RETURN_IF_ERROR(FromCuda(cudaEventRecord(slot.ev[3], st), "cudaEventRecord"));
+  }
   SAGE_CUDA_RETURN_IF_ERROR(FromCuda(cudaStreamSynchronize(st), "paged attention"));
 
   EngineOutput out;
-  ReadBackOutput(slot.host_out, static_cast<size_t>(in.q.numel()), dtype, in.output.form, slot.host_out + lse_at,
-                 lse_bytes / sizeof(float), out);
-  absl::StatusOr<DeviceTimings> timings = StageTimings(slot.ev, true, true);
+  if (o_on_device) {
+    out.placement = OutputPlacement::kCallerBuffers;  // O and LSE are in the caller's device buffers
+  } else {
+    ReadBackOutput(slot.host_out, static_cast<size_t>(in.q.numel()), dtype, in.output.form, slot.host_out + lse_at,
+                   lse_bytes / sizeof(float), out);
+  }
+  absl::StatusOr<DeviceTimings> timings = StageTimings(slot.ev, true, !o_on_device);
   if (!timings.ok()) return timings.status();
   timings->device = device_;
   timings->stream_slot = slot.index;

@@ -55,35 +55,6 @@ absl::Status Invalid(const std::string& field, absl::string_view what) {
   return absl::InvalidArgumentError(absl::StrCat(field, ": ", what));
 }
 
-bool IsSystem(const SharedRange& r) { return r.region->info().kind == SharedMemoryKind::kSystem; }
-
-// Whether a range of a client's system (POSIX shm) region may be used in place: only when the GPU's
-// copy engines alone will touch it (CopiedByDmaOnly). The client can shrink the object under any
-// access, and a CPU touching a page past its new end gets SIGBUS (docs/SECURITY.md, "Shared memory").
-bool UsableInPlace(const SharedRange& r, DType dtype, size_t bytes) {
-  return !IsSystem(r) || CopiedByDmaOnly(r.memory(), dtype, bytes);
-}
-
-// Resolves a shared-memory reference of `expected` bytes, keeping its region (once) in `decoded`.
-absl::StatusOr<SharedRange> ResolveRef(const std::string& field, const v1::SharedMemoryRef& ref, size_t expected,
-                                       size_t alignment, const SharedMemoryAccess* shm, DecodedRequest& decoded) {
-  if (shm == nullptr || shm->registry == nullptr) {
-    // Calls decoded without a registry (calibration samples) take their bytes inline only.
-    return absl::FailedPreconditionError(absl::StrCat(field, ": this call takes tensor bytes inline, not shared memory"));
-  }
-  absl::StatusOr<SharedRange> range =
-      shm->registry->Resolve(shm->caller, field, ref.region(), ref.offset(), ref.byte_size(), expected);
-  if (!range.ok()) return range.status();
-  if (reinterpret_cast<uintptr_t>(range->bytes.data()) % alignment != 0) {
-    return Invalid(absl::StrCat(field, ".offset"), absl::StrCat(ref.offset(), " is not a multiple of the element size (",
-                                                               alignment, ")"));
-  }
-  if (std::find(decoded.core.regions.begin(), decoded.core.regions.end(), range->region) == decoded.core.regions.end()) {
-    decoded.core.regions.push_back(range->region);
-  }
-  return range;
-}
-
 // Checks one wire tensor and returns a view of its bytes (no copy): in the message, beside it
 // (`external`), or in a shared-memory region (then `memory` says what kind).
 absl::StatusOr<TensorView> DecodeTensor(const std::string& field, const v1::Tensor& t,
@@ -125,7 +96,7 @@ absl::StatusOr<TensorView> DecodeTensor(const std::string& field, const v1::Tens
   if (t.has_shared_memory()) {
     if (sent != 0) return Invalid(field, "set data or shared_memory, not both");
     absl::StatusOr<SharedRange> range = ResolveRef(absl::StrCat(field, ".shared_memory"), t.shared_memory(),
-                                                   view.bytes(), DTypeSize(*dtype), shm, decoded);
+                                                   view.bytes(), DTypeSize(*dtype), shm, decoded.core.regions);
     if (!range.ok()) return range.status();
     view.data = range->bytes.data();
     *shared = *std::move(range);
@@ -180,66 +151,21 @@ absl::Status SettleInputMemory(const std::array<std::optional<SharedRange>, 3>& 
   return absl::OkStatus();
 }
 
-bool Overlap(std::span<const std::byte> a, std::span<const std::byte> b) {
-  if (a.empty() || b.empty()) return false;
-  const auto a0 = reinterpret_cast<uintptr_t>(a.data()), b0 = reinterpret_cast<uintptr_t>(b.data());
-  return a0 < b0 + b.size() && b0 < a0 + a.size();
-}
-
 // AttendRequest.o_output / lse_output: resolved, sized for the output, apart from every input.
 absl::Status DecodeOutputs(const v1::AttendRequest& request, const SharedMemoryAccess* shm, DecodedRequest& d) {
   EngineInput& in = d.core.input;
-  if (!request.has_o_output()) {
-    if (request.has_lse_output()) return Invalid("lse_output", "set only together with o_output");
-    return absl::OkStatus();
-  }
-  if (request.has_lse_output() && !request.return_lse()) return Invalid("lse_output", "set only with return_lse");
-  if (request.return_lse() && !request.has_lse_output()) {
-    return Invalid("lse_output", "required with o_output and return_lse (LSE goes beside O)");
-  }
-  const size_t o_bytes = static_cast<size_t>(in.q.numel()) * DTypeSize(d.core.output_dtype);
-  absl::StatusOr<SharedRange> o = ResolveRef("o_output", request.o_output(), o_bytes, DTypeSize(d.core.output_dtype), shm, d);
-  if (!o.ok()) return o.status();
-  d.core.output.client_o = o->bytes;
-  d.core.output.client_memory = o->memory();
-  // O in q's dtype is what an engine writes in place; anything else goes through the encoder.
-  d.core.output.client_direct =
-      d.core.output_dtype == in.q.dtype && UsableInPlace(*o, d.core.output_dtype, o_bytes);
-  d.o_output_ref = request.o_output();
-  if (request.has_lse_output()) {
-    const size_t lse_bytes = static_cast<size_t>(in.q.tokens) * in.q.heads * sizeof(float);
-    absl::StatusOr<SharedRange> lse = ResolveRef("lse_output", request.lse_output(), lse_bytes, sizeof(float), shm, d);
-    if (!lse.ok()) return lse.status();
-    if ((lse->memory() == MemoryKind::kDevice) != (o->memory() == MemoryKind::kDevice) ||
-        (o->memory() == MemoryKind::kDevice && lse->region->device() != o->region->device())) {
-      return Invalid("lse_output", "must be in the same kind of memory (and CUDA device) as o_output");
-    }
-    if (Overlap(lse->bytes, o->bytes)) return Invalid("lse_output", "overlaps o_output");
-    if (o->memory() == MemoryKind::kPinned && lse->memory() != MemoryKind::kPinned) {
-      d.core.output.client_memory = MemoryKind::kPageable;  // direct copies only when both are pinned
-    }
-    // LSE follows O's route (the transfer plan copies both the way O's size says).
-    if (IsSystem(*lse) && lse->memory() != MemoryKind::kPinned) d.core.output.client_direct = false;
-    d.core.output.client_lse = lse->bytes;
-    d.lse_output_ref = request.lse_output();
-  }
-  if (d.core.output.client_memory == MemoryKind::kDevice) {
-    const int device = o->region->device();
-    if (in.memory_device >= 0 && in.memory_device != device) {
-      return Invalid("o_output", absl::StrCat("on CUDA device ", device, ", but the inputs are on device ",
-                                              in.memory_device, " (one request runs on one GPU)"));
-    }
-    in.memory_device = device;
-    if (d.core.output_dtype != in.q.dtype) {
-      return Invalid("output_dtype", "must equal q's dtype when O goes to CUDA shared memory (no conversion on the GPU)");
-    }
-  }
-  const std::array<std::pair<const char*, const TensorView*>, 3> inputs = {{{"q", &in.q}, {"k", &in.k}, {"v", &in.v}}};
-  for (const auto& [name, t] : inputs) {
-    const std::span<const std::byte> bytes(static_cast<const std::byte*>(t->data), t->bytes());
-    if (Overlap(d.core.output.client_o, bytes)) return Invalid("o_output", absl::StrCat("overlaps ", name, "'s bytes"));
-    if (Overlap(d.core.output.client_lse, bytes)) return Invalid("lse_output", absl::StrCat("overlaps ", name, "'s bytes"));
-  }
+  const OutputRefs refs{request.has_o_output() ? &request.o_output() : nullptr,
+                        request.has_lse_output() ? &request.lse_output() : nullptr, request.return_lse()};
+  const OutputShape shape{in.q.tokens, in.q.heads, in.q.head_dim, in.q.dtype, d.core.output_dtype};
+  const auto bytes_of = [](const TensorView& t) {
+    return std::span<const std::byte>(static_cast<const std::byte*>(t.data), t.bytes());
+  };
+  const NamedBytes inputs[] = {{"q", bytes_of(in.q)}, {"k", bytes_of(in.k)}, {"v", bytes_of(in.v)}};
+  absl::Status s = ResolveOutputs(refs, shape, inputs, shm, d.core.regions, d.core.output, d.core.output_regions,
+                                  in.memory_device);
+  if (!s.ok()) return s;
+  if (refs.o != nullptr) d.o_output_ref = request.o_output();
+  if (refs.lse != nullptr) d.lse_output_ref = request.lse_output();
   return absl::OkStatus();
 }
 
@@ -275,27 +201,6 @@ absl::Status StageInputs(const std::array<std::optional<SharedRange>, 3>& shared
     views[i]->data = dst.data();
   }
   return absl::OkStatus();
-}
-
-// O and LSE into the client's host shared memory, which is always a system region: only through
-// CopyToClient, never a store into the mapping (the client may have shrunk it meanwhile).
-absl::Status CopyOutputsToClient(const EngineOutput& output, const DecodedRequest& request, bool want_lse) {
-  const OutputOffer& offer = request.core.output;
-  const DType dtype = request.core.output_dtype;
-  std::span<const std::byte> o;
-  std::unique_ptr<std::byte[]> staging;
-  if (output.has_native_o() && output.o_native_dtype == dtype) {
-    o = std::as_bytes(std::span<const char>(output.o_native));  // the kernel's bytes as they are
-  } else {
-    const size_t n = output.o_elements();
-    staging.reset(new std::byte[n * DTypeSize(dtype)]);
-    EncodeO(output, dtype, 0, n, staging.get());
-    o = std::span<const std::byte>(staging.get(), n * DTypeSize(dtype));
-  }
-  absl::Status s = CopyToClient(offer.client_o, o, "o_output", request.o_output_ref.region());
-  if (!s.ok() || !want_lse) return s;
-  return CopyToClient(offer.client_lse, std::as_bytes(std::span<const float>(output.lse)), "lse_output",
-                      request.lse_output_ref.region());
 }
 
 }  // namespace
@@ -442,11 +347,11 @@ absl::Status EncodeAttendOutput(EngineOutput output, const DecodedRequest& reque
     *o->mutable_shared_memory() = request.o_output_ref;
     if (lse != nullptr) *lse->mutable_shared_memory() = request.lse_output_ref;
   }
-  if (output.placement == OutputPlacement::kCallerBuffers) return absl::OkStatus();
-  if (to_shared && request.core.output.client_memory == MemoryKind::kDevice) {
-    return absl::InternalError("the engine did not write O into the request's CUDA shared memory");
+  if (to_shared) {
+    return WriteClientOutputs(output, request.core.output_dtype, in.lse, request.core.output,
+                              request.core.output_regions);
   }
-  if (to_shared) return CopyOutputsToClient(output, request, want_lse);
+  if (output.placement == OutputPlacement::kCallerBuffers) return absl::OkStatus();
   // O goes into the response's bytes.
   if (output.has_native_o() && output.o_native_dtype == request.core.output_dtype) {
     o->set_data(std::move(output.o_native));  // the kernel's bytes become the response's: no copy

@@ -17,6 +17,7 @@
 #include "sageserve/v1/attention_service.pb.h"
 #include "server/backend/backend.h"
 #include "server/core/attend_request.h"
+#include "server/frontend/grpc/shared_memory_refs.h"
 #include "server/shared_memory/shared_memory_registry.h"
 
 namespace sage::server {
@@ -35,12 +36,6 @@ struct ExternalTensors {
 struct DecodedRequest {
   AttendRequest core;
   sageserve::v1::SharedMemoryRef o_output_ref, lse_output_ref;
-};
-
-// The shared-memory regions a request may name: `caller`'s own (every owner's for sees_all).
-struct SharedMemoryAccess {
-  const SharedMemoryRegistry* registry = nullptr;
-  RegionCaller caller;
 };
 
 // INVALID_ARGUMENT naming the field for malformed input, RESOURCE_EXHAUSTED for too large.

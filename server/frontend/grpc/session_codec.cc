@@ -3,9 +3,11 @@
 #include <optional>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "server/frontend/grpc/request_codec.h"
+#include "server/frontend/grpc/shared_memory_refs.h"
 #include "server/frontend/grpc/wire_enum_table.h"
 
 namespace sage::server {
@@ -22,17 +24,27 @@ constexpr WirePair<KvStorage, v1::KvStorage> kKvStorageNames[] = {
     {KvStorage::kInt8KFp8V, v1::KV_STORAGE_INT8_K_FP8_V},
 };
 
-// A step tensor: inline 16-bit bytes of a [tokens, heads, head_dim] shape.
+// A step tensor: 16-bit bytes of a [tokens, heads, head_dim] shape, inline or (q only) in a
+// registered region.
 struct StepTensor {
   int64_t tokens = 0;
   int heads = 0;
   int head_dim = 0;
   DType dtype = DType::kF16;
   std::span<const std::byte> bytes;
+  std::optional<SharedRange> shared;
 };
 
-absl::StatusOr<StepTensor> DecodeStepTensor(const std::string& field, const v1::Tensor& t) {
-  if (t.has_shared_memory()) return Invalid(field, "session steps take tensor bytes inline");
+// Whether a step tensor may name shared memory: q may; k and v are copied into the pages anyway.
+enum class StepTensorBytes { kInlineOnly, kInlineOrShared };
+
+absl::StatusOr<StepTensor> DecodeStepTensor(const std::string& field, const v1::Tensor& t, StepTensorBytes allowed,
+                                            const SharedMemoryAccess* shm, HeldRegions& held) {
+  if (t.has_shared_memory() && allowed == StepTensorBytes::kInlineOnly) {
+    return Invalid(absl::StrCat(field, ".shared_memory"),
+                   "session steps take k and v inline (they are copied into the session's pages); only q may be in "
+                   "shared memory");
+  }
   if (t.shape_size() != 3) return Invalid(absl::StrCat(field, ".shape"), "expected [tokens, heads, head_dim]");
   absl::StatusOr<DType> dtype = FromWireDType(t.dtype());
   if (!dtype.ok() || (*dtype != DType::kF16 && *dtype != DType::kBF16)) {
@@ -48,6 +60,14 @@ absl::StatusOr<StepTensor> DecodeStepTensor(const std::string& field, const v1::
   out.head_dim = static_cast<int>(t.shape(2));
   out.dtype = *dtype;
   const size_t want = static_cast<size_t>(out.tokens) * out.heads * out.head_dim * 2;
+  if (t.has_shared_memory()) {
+    if (!t.data().empty()) return Invalid(field, "set data or shared_memory, not both");
+    absl::StatusOr<SharedRange> range = ResolveRef(absl::StrCat(field, ".shared_memory"), t.shared_memory(), want, 2, shm, held);
+    if (!range.ok()) return range.status();
+    out.bytes = range->bytes;
+    out.shared = *std::move(range);
+    return out;
+  }
   if (t.data().size() != want) {
     return Invalid(absl::StrCat(field, ".data"), absl::StrCat(t.data().size(), " bytes, the shape needs ", want));
   }
@@ -95,7 +115,8 @@ absl::StatusOr<SessionShape> ShapeFromWire(const v1::CreateSessionRequest& r) {
   return s;
 }
 
-absl::StatusOr<SessionAttendRequest> DecodeAttendSession(const v1::AttendSessionRequest& r) {
+absl::StatusOr<SessionAttendRequest> DecodeAttendSession(const v1::AttendSessionRequest& r,
+                                                         const SharedMemoryAccess* shared_memory) {
   SessionAttendRequest out;
   out.id = r.request_id();
   out.return_lse = r.return_lse();
@@ -104,6 +125,11 @@ absl::StatusOr<SessionAttendRequest> DecodeAttendSession(const v1::AttendSession
     if (!recipe.ok()) return recipe.status();
     out.recipe = *recipe;
   }
+  std::vector<NamedBytes> q_bytes;  // what o_output / lse_output must not overlap
+  int64_t q_rows = 0;
+  const StepTensor* first_q = nullptr;
+  StepTensor q0;
+  size_t first_q_step = 0;
   for (int i = 0; i < r.steps_size(); ++i) {
     const v1::SessionStep& w = r.steps(i);
     const std::string at = absl::StrCat("steps[", i, "]");
@@ -112,9 +138,9 @@ absl::StatusOr<SessionAttendRequest> DecodeAttendSession(const v1::AttendSession
     st.layer = w.layer();
     st.position = w.position();
     st.step_id = w.step_id();
-    absl::StatusOr<StepTensor> k = DecodeStepTensor(at + ".k", w.k());
+    absl::StatusOr<StepTensor> k = DecodeStepTensor(at + ".k", w.k(), StepTensorBytes::kInlineOnly, shared_memory, out.regions);
     if (!k.ok()) return k.status();
-    absl::StatusOr<StepTensor> v = DecodeStepTensor(at + ".v", w.v());
+    absl::StatusOr<StepTensor> v = DecodeStepTensor(at + ".v", w.v(), StepTensorBytes::kInlineOnly, shared_memory, out.regions);
     if (!v.ok()) return v.status();
     if (v->tokens != k->tokens || v->heads != k->heads || v->head_dim != k->head_dim || v->dtype != k->dtype) {
       return Invalid(at + ".v", "shape and dtype must equal k's");
@@ -126,19 +152,74 @@ absl::StatusOr<SessionAttendRequest> DecodeAttendSession(const v1::AttendSession
     st.kv_heads = k->heads;
     st.head_dim = k->head_dim;
     if (w.has_q()) {
-      absl::StatusOr<StepTensor> q = DecodeStepTensor(at + ".q", w.q());
+      absl::StatusOr<StepTensor> q =
+          DecodeStepTensor(at + ".q", w.q(), StepTensorBytes::kInlineOrShared, shared_memory, out.regions);
       if (!q.ok()) return q.status();
       if (q->dtype != k->dtype || q->head_dim != k->head_dim) return Invalid(at + ".q", "dtype and head_dim must equal k's");
+      if (first_q == nullptr) {
+        q0 = *q;
+        first_q = &q0;
+        first_q_step = static_cast<size_t>(i);
+      } else if (q->heads != first_q->heads) {
+        return Invalid(at + ".q.shape[1]", absl::StrCat(q->heads, " heads, steps[", first_q_step, "].q has ", first_q->heads,
+                                                        " (one launch per shape)"));
+      }
+      // CUDA q is read in place as the launch's one Q tensor: each step's must follow the one before.
+      const bool on_device = q->shared.has_value() && q->shared->memory() == MemoryKind::kDevice;
+      const bool first_on_device = first_q->shared.has_value() && first_q->shared->memory() == MemoryKind::kDevice;
+      if (on_device != first_on_device) {
+        return Invalid(at + ".q", absl::StrCat(on_device ? "in" : "not in", " CUDA shared memory, but steps[", first_q_step,
+                                               "].q is", on_device ? " not" : "", ": every step's q, or none, in CUDA memory"));
+      }
+      if (on_device) {
+        const int device = q->shared->region->device();
+        if (out.memory_device >= 0 && device != out.memory_device) {
+          return Invalid(at + ".q.shared_memory", absl::StrCat("on CUDA device ", device, ", but steps[", first_q_step,
+                                                               "].q is on device ", out.memory_device));
+        }
+        out.memory_device = device;
+        if (!q_bytes.empty() && (q->shared->region != first_q->shared->region ||
+                                 q->bytes.data() != q_bytes.back().bytes.data() + q_bytes.back().bytes.size())) {
+          return Invalid(at + ".q.shared_memory",
+                         absl::StrCat("CUDA shared memory q must directly follow the previous step's q in the same "
+                                      "region (offset ", w.q().shared_memory().offset(), "; the launch reads the call's Q "
+                                      "in place as one [sum of n_q, Hq, D] tensor)"));
+        }
+      }
+      q_rows += q->tokens;
+      q_bytes.push_back(NamedBytes{at + ".q", q->bytes});
       st.n_q = q->tokens;
       st.q = q->bytes;
       st.q_heads = q->heads;
+      st.q_shared = q->shared;
     }
     out.steps.push_back(std::move(st));
+  }
+  const OutputRefs refs{r.has_o_output() ? &r.o_output() : nullptr, r.has_lse_output() ? &r.lse_output() : nullptr,
+                        r.return_lse()};
+  if (refs.o != nullptr && first_q == nullptr) return Invalid("o_output", "set, but no step carries q (nothing to write)");
+  if (first_q != nullptr) {
+    const OutputShape shape{q_rows, first_q->heads, first_q->head_dim, first_q->dtype, first_q->dtype};
+    absl::Status s = ResolveOutputs(refs, shape, q_bytes, shared_memory, out.regions, out.output, out.output_regions,
+                                    out.memory_device);
+    if (!s.ok()) return s;
+  } else if (refs.lse != nullptr) {
+    return Invalid("lse_output", "set only together with o_output");
   }
   return out;
 }
 
-void ResultToWire(const SessionAttendResult& r, bool want_lse, v1::AttendSessionResponse* out) {
+void ResultToWire(const SessionAttendResult& r, const v1::AttendSessionRequest& request, v1::AttendSessionResponse* out) {
+  const bool want_lse = request.return_lse();
+  const bool to_shared = request.has_o_output();
+  const uint64_t o_row = static_cast<uint64_t>(r.heads_q) * r.head_dim * 2, lse_row = static_cast<uint64_t>(r.heads_q) * sizeof(float);
+  // A step's own rows of o_output / lse_output.
+  const auto rows_of = [](const v1::SharedMemoryRef& all, uint64_t row_bytes, const SessionStepOutput& s, v1::Tensor* t) {
+    v1::SharedMemoryRef* ref = t->mutable_shared_memory();
+    ref->set_region(all.region());
+    ref->set_offset(all.offset() + static_cast<uint64_t>(s.row) * row_bytes);
+    ref->set_byte_size(static_cast<uint64_t>(s.n_q) * row_bytes);
+  };
   out->set_recipe(ToWireRecipe(r.recipe));
   for (const SessionStepOutput& s : r.steps) {
     v1::SessionStepResult* w = out->add_results();
@@ -150,13 +231,21 @@ void ResultToWire(const SessionAttendResult& r, bool want_lse, v1::AttendSession
     o->add_shape(s.n_q);
     o->add_shape(r.heads_q);
     o->add_shape(r.head_dim);
-    o->set_data(s.o);
+    if (to_shared) {
+      rows_of(request.o_output(), o_row, s, o);
+    } else {
+      o->set_data(s.o);
+    }
     if (want_lse) {
       v1::Tensor* lse = w->mutable_lse();
       lse->set_dtype(v1::DTYPE_FP32);
       lse->add_shape(s.n_q);
       lse->add_shape(r.heads_q);
-      lse->set_data(std::string(reinterpret_cast<const char*>(s.lse.data()), s.lse.size() * sizeof(float)));
+      if (to_shared) {
+        rows_of(request.lse_output(), lse_row, s, lse);
+      } else {
+        lse->set_data(std::string(reinterpret_cast<const char*>(s.lse.data()), s.lse.size() * sizeof(float)));
+      }
     }
   }
   v1::Timings* t = out->mutable_timings();

@@ -29,9 +29,9 @@ constexpr int kStreamMaxPending = 64;
 
 }  // namespace
 
-SessionService::SessionService(SessionAttend* sessions, const CallAuthorizer* auth, ServerMetrics* metrics, int workers,
-                               int max_queued)
-    : sessions_(sessions), auth_(auth), metrics_(metrics) {
+SessionService::SessionService(SessionAttend* sessions, const CallAuthorizer* auth, ServerMetrics* metrics,
+                               const SharedMemoryRegistry* shared_memory, int workers, int max_queued)
+    : sessions_(sessions), auth_(auth), metrics_(metrics), shared_memory_(shared_memory) {
   for (int i = 0; i < std::max(1, workers); ++i) {
     workers_.push_back(std::make_unique<SerialWorker>(
         SerialWorkerOptions{absl::StrCat("session worker ", i), std::max(1, max_queued)}));
@@ -65,16 +65,16 @@ grpc::ServerUnaryReactor* SessionService::AttendSession(grpc::CallbackServerCont
   const auto accepted = std::chrono::steady_clock::now();
   absl::StatusOr<Principal> caller = auth_->Check(context, RpcMethod::kAttendSession);
   if (!caller.ok()) return FinishNow(context, caller.status());
-  absl::StatusOr<SessionAttendRequest> decoded = DecodeAttendSession(*request);
+  const SharedMemoryAccess shared_memory{shared_memory_, RegionCallerOf(*caller)};
+  absl::StatusOr<SessionAttendRequest> decoded = DecodeAttendSession(*request, &shared_memory);
   if (!decoded.ok()) return FinishNow(context, decoded.status());
   decoded->accepted = accepted;
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   response->set_request_id(request->request_id());
-  const bool want_lse = request->return_lse();
   const size_t first = decoded->steps.empty() ? 0 : std::hash<std::string>()(decoded->steps.front().session_id);
   const bool on_caller = SessionAttend::StartsOnCaller(*decoded);
   // The request message (whose bytes the steps view) and the context stay valid until Finish.
-  auto job = [this, reactor, response, want_lse, context, on_caller, accepted, who = CallerOf(*caller),
+  auto job = [this, reactor, request, response, context, on_caller, accepted, who = CallerOf(*caller),
               call = *std::move(decoded)]() mutable {
     if (!on_caller && context->IsCancelled()) {
       reactor->Finish(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled before it ran"));
@@ -82,12 +82,12 @@ grpc::ServerUnaryReactor* SessionService::AttendSession(grpc::CallbackServerCont
     }
     absl::Status started = sessions_->Start(
         who, std::move(call), SteadyDeadline(*context), [context] { return context->IsCancelled(); },
-        [reactor, response, want_lse, accepted](absl::StatusOr<SessionAttendResult> result) {
+        [reactor, request, response, accepted](absl::StatusOr<SessionAttendResult> result) {
           if (!result.ok()) {
             reactor->Finish(ToGrpcStatus(result.status()));
             return;
           }
-          ResultToWire(*result, want_lse, response);
+          ResultToWire(*result, *request, response);
           response->mutable_timings()->set_total_us(
               std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - accepted).count());
           reactor->Finish(grpc::Status::OK);
@@ -169,7 +169,7 @@ grpc::ServerBidiReactor<v1::AttendSessionRequest, v1::AttendSessionResponse>* Se
     return new RefusedBidiReactor<v1::AttendSessionRequest, v1::AttendSessionResponse>(ToGrpcStatus(caller.status()));
   }
   return new SessionStreamReactor(
-      context, sessions_, CallerOf(*caller),
+      context, sessions_, CallerOf(*caller), SharedMemoryAccess{shared_memory_, RegionCallerOf(*caller)},
       [this](size_t key, absl::AnyInvocable<void()> job) { return workers_[key % workers_.size()]->Submit(std::move(job)); },
       kStreamMaxPending, metrics_);
 }

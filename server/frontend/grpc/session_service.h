@@ -15,6 +15,7 @@
 #include "server/core/session_attend.h"
 #include "server/frontend/grpc/call_auth.h"
 #include "server/metrics/server_metrics.h"
+#include "server/shared_memory/shared_memory_registry.h"
 
 namespace sage::server {
 
@@ -23,8 +24,10 @@ class SessionService final : public sageserve::v1::SessionService::CallbackServi
   // `sessions` and `auth` must outlive the service. `workers`: threads for AttendSession's appends
   // and gathers (at least 1), each with up to `max_queued` calls waiting (RESOURCE_EXHAUSTED past it).
   // `metrics` may be null; AttendSessionStream counts itself in it (session_stream_reactor.h).
-  SessionService(SessionAttend* sessions, const CallAuthorizer* auth, ServerMetrics* metrics, int workers = 4,
-                 int max_queued = 256);
+  // `shared_memory`: the regions steps' q and o_output / lse_output may name (null: such calls are
+  // refused); it must outlive the service too.
+  SessionService(SessionAttend* sessions, const CallAuthorizer* auth, ServerMetrics* metrics,
+                 const SharedMemoryRegistry* shared_memory, int workers = 4, int max_queued = 256);
   ~SessionService() override;
   // Refuses new AttendSession work (UNAVAILABLE) and finishes what is queued. Idempotent.
   void Shutdown();
@@ -57,6 +60,7 @@ class SessionService final : public sageserve::v1::SessionService::CallbackServi
   SessionAttend* const sessions_;
   const CallAuthorizer* const auth_;
   ServerMetrics* const metrics_;
+  const SharedMemoryRegistry* const shared_memory_;
   std::vector<std::unique_ptr<SerialWorker>> workers_;
 };
 

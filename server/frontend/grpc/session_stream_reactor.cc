@@ -11,9 +11,10 @@
 namespace sage::server {
 
 SessionStreamReactor::SessionStreamReactor(grpc::CallbackServerContext* context, SessionAttend* sessions,
-                                           SessionCaller caller, SessionJobRunner run, int max_pending,
-                                           ServerMetrics* metrics)
-    : context_(context), sessions_(sessions), caller_(std::move(caller)), run_(std::move(run)),
+                                           SessionCaller caller, SharedMemoryAccess shared_memory,
+                                           SessionJobRunner run, int max_pending, ServerMetrics* metrics)
+    : context_(context), sessions_(sessions), caller_(std::move(caller)), shared_memory_(std::move(shared_memory)),
+      run_(std::move(run)),
       max_pending_(std::max(1, max_pending)), metrics_(metrics) {
   if (metrics_ != nullptr) metrics_->AddOpenStreams(SessionStreamMethodLabel(), 1);
   StartRead(&incoming_);
@@ -88,7 +89,7 @@ void SessionStreamReactor::OnReadDone(bool ok) {
 }
 
 void SessionStreamReactor::Dispatch(const std::shared_ptr<Call>& call) {
-  absl::StatusOr<SessionAttendRequest> decoded = DecodeAttendSession(call->request);
+  absl::StatusOr<SessionAttendRequest> decoded = DecodeAttendSession(call->request, &shared_memory_);
   if (!decoded.ok()) return Complete(call, decoded.status());
   decoded->accepted = call->accepted;
   const auto start = [this, call](SessionAttendRequest request) {
@@ -117,7 +118,7 @@ void SessionStreamReactor::Complete(const std::shared_ptr<Call>& call, absl::Sta
   sageserve::v1::AttendSessionResponse& r = call->response;
   r.set_request_id(call->request.request_id());
   if (result.ok()) {
-    ResultToWire(*result, call->request.return_lse(), &r);
+    ResultToWire(*result, call->request, &r);
     r.mutable_timings()->set_total_us(
         std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - call->accepted).count());
   } else {

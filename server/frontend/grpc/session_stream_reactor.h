@@ -20,6 +20,7 @@
 #include "sageserve/v1/session.grpc.pb.h"
 #include "server/core/session_attend.h"
 #include "server/frontend/grpc/rpc_methods.h"
+#include "server/frontend/grpc/shared_memory_refs.h"
 #include "server/metrics/server_metrics.h"
 
 namespace sage::server {
@@ -40,7 +41,7 @@ class SessionStreamReactor final
   // counts itself in the RPC metrics (open streams, the call's code and duration) rather than
   // through the interceptor, which would put every message of the stream through its hooks.
   SessionStreamReactor(grpc::CallbackServerContext* context, SessionAttend* sessions, SessionCaller caller,
-                       SessionJobRunner run, int max_pending, ServerMetrics* metrics);
+                       SharedMemoryAccess shared_memory, SessionJobRunner run, int max_pending, ServerMetrics* metrics);
   ~SessionStreamReactor() override;
 
   void OnReadDone(bool ok) override;
@@ -65,6 +66,7 @@ class SessionStreamReactor final
   grpc::CallbackServerContext* const context_;
   SessionAttend* const sessions_;
   const SessionCaller caller_;
+  const SharedMemoryAccess shared_memory_;  // the regions the stream's requests may name
   const SessionJobRunner run_;
   const int max_pending_;
   ServerMetrics* const metrics_;

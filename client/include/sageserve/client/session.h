@@ -31,6 +31,12 @@ struct SessionOptions {
 
 class SessionClient;
 
+// Bytes of O (in the sessions' dtype) and of LSE (fp32) for `q_rows` query rows of sessions shaped
+// like `options`: the sizes of AttendSessionRequest.o_output / lse_output for a call whose steps
+// carry that many rows of q in all.
+uint64_t SessionOBytes(const SessionOptions& options, int64_t q_rows);
+uint64_t SessionLseBytes(const SessionOptions& options, int64_t q_rows);
+
 // One session. Positions advance when a step succeeds; not thread-safe (one decode loop owns it).
 class Session {
  public:
@@ -42,6 +48,12 @@ class Session {
   // (empty: a bulk import). For batching several sessions into one SessionClient::Attend.
   v1::SessionStep MakeStep(int layer, std::span<const uint16_t> k, std::span<const uint16_t> v,
                            std::span<const uint16_t> q) const;
+  // The same with q's [q_rows, Hq, D] values in a registered region (SharedMemoryRange; byte_size
+  // q_rows * Hq * D * 2), which the server reads instead of message bytes. To have O (and LSE)
+  // written into a region too, set the call's AttendSessionRequest.o_output (lse_output): every
+  // step's O back to back in step order, SessionOutputBytes(options, sum of q_rows) bytes.
+  v1::SessionStep MakeStep(int layer, std::span<const uint16_t> k, std::span<const uint16_t> v, int64_t q_rows,
+                           const v1::SharedMemoryRef& q) const;
   // Records a step's result (its layer's new length); call after a successful Attend.
   void Commit(int layer, const v1::SessionStepResult& result);
 
@@ -57,6 +69,12 @@ class Session {
 
  private:
   friend class SessionClient;
+
+// Bytes of O (in the sessions' dtype) and of LSE (fp32) for `q_rows` query rows of sessions shaped
+// like `options`: the sizes of AttendSessionRequest.o_output / lse_output for a call whose steps
+// carry that many rows of q in all.
+uint64_t SessionOBytes(const SessionOptions& options, int64_t q_rows);
+uint64_t SessionLseBytes(const SessionOptions& options, int64_t q_rows);
   Session(const SessionClient* client, std::string id, SessionOptions options, std::vector<int64_t> lengths)
       : client_(client), id_(std::move(id)), options_(std::move(options)), lengths_(std::move(lengths)) {}
 
