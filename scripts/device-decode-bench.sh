@@ -15,7 +15,7 @@ PORT=50081
 QUICK=0  # --quick: the cases the targets name only (one storage, no stateless); --quicker: 1 x 32k and 256 clients
 device_args device-decode-bench --port:PORT --quick:QUICK=1 --quicker:QUICK=2 -- "$@" || exit 2
 TARGET="127.0.0.1:$PORT"
-SERVER_FLAGS=(--kv_pool_bytes=$((16 << 30)) --max_message_bytes=$((1 << 30)))
+SERVER_FLAGS=(--kv_pool_bytes=$((16 << 30)) --max_message_bytes=$((1 << 30)) --allow_shared_memory)
 failures=0
 run() {  # name, command...
   local name="$1"; shift
@@ -31,6 +31,13 @@ run s1_32k_stream "$B/sagectl" bench --target="$TARGET" --mode=decode $SHAPE --l
 [ "$QUICK" != 0 ] || run s1_32k_16bit "$B/sagectl" bench --target="$TARGET" --mode=decode $SHAPE --layers=8 --sessions=1 --context=32768 \
   --steps=32 --kv_storage=16bit
 [ "$QUICK" = 2 ] || run s64_8k "$B/sagectl" bench --target="$TARGET" --mode=decode $SHAPE --layers=4 --sessions=64 --clients=1 --context=8192 --steps=16
+# The issue's case: Q and O in CUDA shared memory (the client's GPU buffers), then system shared memory.
+[ "$QUICK" = 2 ] || run s64_8k_cuda "$B/sagectl" bench --target="$TARGET" --mode=decode $SHAPE --layers=4 --sessions=64 --clients=1 \
+  --context=8192 --steps=16 --shared_memory=cuda
+[ "$QUICK" = 2 ] || run s1_32k_cuda "$B/sagectl" bench --target="$TARGET" --mode=decode $SHAPE --layers=8 --sessions=1 --context=32768 \
+  --steps=32 --stream --shared_memory=cuda
+[ "$QUICK" != 0 ] || run s64_8k_system "$B/sagectl" bench --target="$TARGET" --mode=decode $SHAPE --layers=4 --sessions=64 --clients=1 \
+  --context=8192 --steps=16 --shared_memory=system
 [ "$QUICK" != 0 ] || run s64_8k_16bit "$B/sagectl" bench --target="$TARGET" --mode=decode $SHAPE --layers=4 --sessions=64 --clients=1 \
   --context=8192 --steps=16 --kv_storage=16bit
 run c256_2k "$B/sagectl" bench --target="$TARGET" --mode=decode $SHAPE --layers=2 --sessions=256 --clients=256 \

@@ -3,7 +3,8 @@
 # benchmark against torch, and the end-to-end decode bench through gRPC. With a candidate kernel
 # library in <bundle>/v3/ (libsageattn.so, paged_decode_gpu_test, decode_bench.py), it is tested and
 # benchmarked beside the bundle's own library too. Logs under $OUT.
-#   [QUICK=1|2] scripts/device-session-run.sh [--bundle DIR]     (2: the least that checks the change)
+#   [QUICK=1|2] [NO_E2E=1] scripts/device-session-run.sh [--bundle DIR]     (2: the least that checks the change;
+#   NO_E2E: tests and kernel bench only, for a second call to run scripts/device-decode-bench.sh)
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BUNDLE="$ROOT/.bundle"
@@ -30,6 +31,7 @@ else
   timeout 200 python3 "$ROOT/bench/decode_bench.py" --lib "$BUNDLE/lib/libsageattn.so" --out "$LOG/decode_bench.json" \
     2>&1 | tee "$LOG/decode_bench.log"
 fi
+[ -n "${NO_E2E:-}" ] && exit 0
 timeout 300 bash "$ROOT/scripts/device-decode-bench.sh" --bundle "$BUNDLE" $([ "${QUICK:-}" = 2 ] && echo --quicker || { [ -n "${QUICK:-}" ] && echo --quick; }) > "$LOG/e2e_decode.log" 2>&1
 echo "e2e rc $?" >> "$LOG/e2e_decode.log"
 grep -h "^===\|p50\|layer-steps\|kernel\|messages/s\|failed\|e2e rc" "$LOG/e2e_decode.log" | head -160
