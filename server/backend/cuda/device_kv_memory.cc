@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "kernels/include/sageattn.h"
 #include "server/backend/cuda/cuda_status.h"
 
 namespace sage::server {
@@ -17,9 +18,13 @@ namespace {
 
 constexpr size_t kStagingBytes = size_t{4} << 20;  // per lane: a 256-token page run of 8-bit K/V at 32 heads fits
 constexpr int kLanes = 8;  // synchronous transfers in flight at once (session worker threads append in parallel)
-// The asynchronous path: a write of at most kSlotBytes in all (64 decode steps of 8-bit K/V at 8
-// heads x 128 take ~140 KiB) goes through one of kSlots pinned slots.
+// The asynchronous path: a write of at most kSlotDataBytes in all (64 decode steps of 8-bit K/V at
+// 8 heads x 128 take ~140 KiB) goes through one of kSlots pinned slots, the bytes first and the
+// copy table (sage_copy_segments reads both from pinned memory) at the slot's end.
 constexpr size_t kSlotBytes = size_t{512} << 10;
+constexpr size_t kSlotTableBytes = size_t{16} << 10;
+constexpr size_t kSlotDataBytes = kSlotBytes - kSlotTableBytes;
+constexpr size_t kSlotMaxSegments = kSlotTableBytes / sizeof(sage_copy_segment_t);
 constexpr int kSlots = 32;
 
 // One synchronous transfer path: a stream, pinned staging and the batch being gathered. Used by
@@ -121,7 +126,7 @@ class DeviceKvMemory final : public KvMemory {
     for (const KvWrite& w : writes) {
       if (w.offset > bytes_ || w.bytes > bytes_ - w.offset) return absl::InternalError("kv pool: write past the pool");
     }
-    if (TotalBytes(writes) <= kSlotBytes) return WriteAsync(writes);
+    if (TotalBytes(writes) <= kSlotDataBytes && writes.size() <= kSlotMaxSegments) return WriteAsync(writes);
     LaneHold hold(*this);
     Lane& l = hold.lane;
     SAGE_CUDA_RETURN_IF_ERROR(FromCuda(cudaSetDevice(device_), "cudaSetDevice"));
@@ -184,20 +189,29 @@ class DeviceKvMemory final : public KvMemory {
 
  private:
   // A small write on the write stream: the next slot, once its previous copy has run (at a decode
-  // step per call, 31 calls ago), filled and copied in one batch; its event becomes the tail.
+  // step per call, 31 calls ago), filled, and copied by one sage_copy_segments launch (a decode
+  // step's pieces are a few KiB each, 2-4 per session: one kernel instead of a DMA per piece); its
+  // event becomes the tail.
   absl::Status WriteAsync(std::span<const KvWrite> writes) {
+    if (writes.empty()) return absl::OkStatus();
     std::lock_guard<std::mutex> lock(write_mu_);  // issue order is stream order
     SAGE_CUDA_RETURN_IF_ERROR(FromCuda(cudaSetDevice(device_), "cudaSetDevice"));
     const int slot = next_slot_;
     SAGE_CUDA_RETURN_IF_ERROR(FromCuda(cudaEventSynchronize(slot_done_[slot]), "kv pool write slot"));
     std::byte* const staging = slots_ + static_cast<size_t>(slot) * kSlotBytes;
+    auto* const table = reinterpret_cast<sage_copy_segment_t*>(staging + kSlotDataBytes);
     size_t used = 0;
-    for (const KvWrite& w : writes) {
+    uint64_t largest = 0;
+    for (size_t i = 0; i < writes.size(); ++i) {
+      const KvWrite& w = writes[i];
       std::memcpy(staging + used, w.src, w.bytes);
-      async_batch_.Add(base_ + w.offset, staging + used, w.bytes);
+      table[i] = sage_copy_segment_t{staging + used, base_ + w.offset, w.bytes};
+      largest = std::max<uint64_t>(largest, w.bytes);
       used += (w.bytes + 15) / 16 * 16;
     }
-    SAGE_CUDA_RETURN_IF_ERROR(FromCuda(async_batch_.Issue(write_stream_), "kv pool write"));
+    SAGE_CUDA_RETURN_IF_ERROR(FromSage(sage_copy_segments(table, static_cast<int>(writes.size()), largest,
+                                                          reinterpret_cast<sage_stream_t>(write_stream_)),
+                                       "kv pool write"));
     SAGE_CUDA_RETURN_IF_ERROR(FromCuda(cudaEventRecord(slot_done_[slot], write_stream_), "cudaEventRecord"));
     last_slot_ = slot;
     wrote_ = true;
@@ -247,7 +261,6 @@ class DeviceKvMemory final : public KvMemory {
   std::byte* slots_ = nullptr;            // kSlots x kSlotBytes pinned
   std::vector<cudaEvent_t> slot_done_;    // per slot: its last copy ran
   mutable std::mutex write_mu_;           // guards what follows
-  CopyBatch async_batch_;
   int next_slot_ = 0;
   int last_slot_ = 0;   // the tail: the slot of the last write issued
   bool wrote_ = false;

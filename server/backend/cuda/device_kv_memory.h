@@ -1,6 +1,6 @@
 // One GPU's KV page pool memory (KvMemory over a cudaMalloc allocation made at start).
 // - Small writes (a decode step's appends) are asynchronous: packed into one of a ring of pinned
-//   staging slots and copied in one batch on the pool's write stream, whose tail event orders
+//   staging slots and copied by one copy kernel on the pool's write stream, whose tail event orders
 //   every later reader; the caller never waits for the copy (a slot is reused once its copy ran).
 // - Large writes (prefill chunks, bulk imports), reads and page copies take one of a few lanes
 //   (stream + pinned staging), so several session threads transfer at once; each waits for the
