@@ -31,6 +31,9 @@ else
   timeout 200 python3 "$ROOT/bench/decode_bench.py" --lib "$BUNDLE/lib/libsageattn.so" --out "$LOG/decode_bench.json" \
     2>&1 | tee "$LOG/decode_bench.log"
 fi
+# Chunked prefill over cached pages (GPU gather + the dense kernels) against the contiguous kernel.
+timeout 150 python3 "$ROOT/bench/paged_prefill_bench.py" --lib "$BUNDLE/lib/libsageattn.so" $([ -n "${QUICK:-}" ] && echo --quick) \
+  --out "$LOG/paged_prefill.json" 2>&1 | tee "$LOG/paged_prefill.log" | tail -20
 [ -n "${NO_E2E:-}" ] && exit 0
 timeout 300 bash "$ROOT/scripts/device-decode-bench.sh" --bundle "$BUNDLE" $([ "${QUICK:-}" = 2 ] && echo --quicker || { [ -n "${QUICK:-}" ] && echo --quick; }) > "$LOG/e2e_decode.log" 2>&1
 echo "e2e rc $?" >> "$LOG/e2e_decode.log"
