@@ -7,6 +7,7 @@
 #include "kernels/cuda/common/status.cuh"
 #include "kernels/cuda/decode/paged_decode.h"
 #include "kernels/cuda/decode/paged_decode_kernel.cuh"
+#include "kernels/cuda/decode/paged_decode_mma.cuh"
 
 namespace sage::cuda {
 namespace {
@@ -137,14 +138,36 @@ SplitKernel SelectRows(int rows) {
   return {};
 }
 
+// D = 128 runs on tensor cores (paged_decode_mma.cuh); D = 64 on CUDA cores.
+template <KvCodes kCodes, IoType kIo>
+SplitKernel SelectMmaRows(int rows) {
+  constexpr int kSmem = MmaTraits<kCodes>::kSmemBytes;
+  switch (rows) {
+    case 1: return {PagedDecodeMmaKernel<kCodes, kIo, 1>, kSmem};
+    case 2: return {PagedDecodeMmaKernel<kCodes, kIo, 2>, kSmem};
+    case 4: return {PagedDecodeMmaKernel<kCodes, kIo, 4>, kSmem};
+    case 8: return {PagedDecodeMmaKernel<kCodes, kIo, 8>, kSmem};
+  }
+  return {};
+}
+
 template <int kHeadDim>
 SplitKernel SelectHeadDim(KvCodes codes, IoType io, int rows) {
-  if (codes == KvCodes::k16Bit) {
-    return io == IoType::kF16 ? SelectRows<kHeadDim, KvCodes::k16Bit, IoType::kF16>(rows)
-                              : SelectRows<kHeadDim, KvCodes::k16Bit, IoType::kBF16>(rows);
+  if constexpr (kHeadDim == 128) {
+    if (codes == KvCodes::k16Bit) {
+      return io == IoType::kF16 ? SelectMmaRows<KvCodes::k16Bit, IoType::kF16>(rows)
+                                : SelectMmaRows<KvCodes::k16Bit, IoType::kBF16>(rows);
+    }
+    return io == IoType::kF16 ? SelectMmaRows<KvCodes::kInt8KFp8V, IoType::kF16>(rows)
+                              : SelectMmaRows<KvCodes::kInt8KFp8V, IoType::kBF16>(rows);
+  } else {
+    if (codes == KvCodes::k16Bit) {
+      return io == IoType::kF16 ? SelectRows<kHeadDim, KvCodes::k16Bit, IoType::kF16>(rows)
+                                : SelectRows<kHeadDim, KvCodes::k16Bit, IoType::kBF16>(rows);
+    }
+    return io == IoType::kF16 ? SelectRows<kHeadDim, KvCodes::kInt8KFp8V, IoType::kF16>(rows)
+                              : SelectRows<kHeadDim, KvCodes::kInt8KFp8V, IoType::kBF16>(rows);
   }
-  return io == IoType::kF16 ? SelectRows<kHeadDim, KvCodes::kInt8KFp8V, IoType::kF16>(rows)
-                            : SelectRows<kHeadDim, KvCodes::kInt8KFp8V, IoType::kBF16>(rows);
 }
 
 SplitKernel SelectSplitKernel(KvCodes codes, IoType io, int head_dim, int rows) {
