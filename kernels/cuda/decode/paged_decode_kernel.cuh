@@ -181,6 +181,8 @@ __global__ void __launch_bounds__(kDecodeThreads) PagedDecodeSplitKernel(const _
   float* q_s = reinterpret_cast<float*>(smem + T::kRingBytes);
   float* p_s = reinterpret_cast<float*>(smem + T::kRingBytes + T::kQBytes);
 
+  // Let the merge grid (a programmatic dependent) launch now; it waits for this grid's completion.
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
   const int split = blockIdx.x;
   const int kvh = blockIdx.y / p.plan.row_passes;
   const int row0 = (blockIdx.y % p.plan.row_passes) * kRows;

@@ -29,6 +29,17 @@
 
 namespace sage::cuda::decode {
 
+// Ring depth and the CTAs per SM the register budget is fitted to (tuning knobs, overridable at
+// build time for A/B runs).
+#ifndef SAGE_DECODE_MMA_STAGES
+#define SAGE_DECODE_MMA_STAGES 4
+#endif
+#ifndef SAGE_DECODE_MMA_MIN_CTAS
+#define SAGE_DECODE_MMA_MIN_CTAS 1
+#endif
+inline constexpr int kMmaStages = SAGE_DECODE_MMA_STAGES;
+inline constexpr int kMmaMinCtas = SAGE_DECODE_MMA_MIN_CTAS;
+
 template <KvCodes kCodes>
 struct MmaTraits {
   static constexpr bool k8Bit = kCodes == KvCodes::kInt8KFp8V;
@@ -39,7 +50,7 @@ struct MmaTraits {
   static constexpr int kRowUnits = kRowBytes / 16;
   static constexpr int kCodeTileBytes = kChunk * kRowBytes;
   static constexpr int kStageBytes = 2 * kCodeTileBytes + (k8Bit ? 2 * kChunk * 4 : 0);
-  static constexpr int kRingBytes = kStages * kStageBytes;
+  static constexpr int kRingBytes = kMmaStages * kStageBytes;
   static constexpr int kSmemBytes = kRingBytes;
   static constexpr int kReduceBytes = kWarps * 8 * (2 + kHeadDim + 4) * 4;
   static_assert(kReduceBytes <= kRingBytes, "the warp merge must fit in the cp.async ring");
@@ -125,7 +136,7 @@ __device__ __forceinline__ uint32_t NonFiniteMask(uint32_t x) {  // 0xFFFF per n
 }
 
 template <KvCodes kCodes, IoType kIo, int kRows>
-__global__ void __launch_bounds__(kDecodeThreads) PagedDecodeMmaKernel(const __grid_constant__ PagedDecodeParams p) {
+__global__ void __launch_bounds__(kDecodeThreads, kMmaMinCtas) PagedDecodeMmaKernel(const __grid_constant__ PagedDecodeParams p) {
   static_assert(kRows <= 8, "query rows are the MMA's M rows 0..7");
   using T = MmaTraits<kCodes>;
   constexpr bool k8Bit = T::k8Bit;
@@ -137,6 +148,8 @@ __global__ void __launch_bounds__(kDecodeThreads) PagedDecodeMmaKernel(const __g
   constexpr float kLn2 = 0.693147180559945309f;
   extern __shared__ __align__(128) unsigned char smem[];
 
+  // Let the merge grid (a programmatic dependent) launch now; it waits for this grid's completion.
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
   const int split = blockIdx.x;
   const int kvh = blockIdx.y / p.plan.row_passes;
   const int row0 = (blockIdx.y % p.plan.row_passes) * kRows;
@@ -165,7 +178,7 @@ __global__ void __launch_bounds__(kDecodeThreads) PagedDecodeMmaKernel(const __g
     }
   };
   auto issue = [&](int ch) {
-    unsigned char* st = smem + (ch % kStages) * T::kStageBytes;
+    unsigned char* st = smem + (ch % kMmaStages) * T::kStageBytes;
 #pragma unroll
     for (int j = 0; j < kTpl; ++j) {
       const int tc = ct + kTokenSlots * j, t_abs = split_start + ch * kChunk + tc;
@@ -192,7 +205,7 @@ __global__ void __launch_bounds__(kDecodeThreads) PagedDecodeMmaKernel(const __g
 
   load_pages(0);
 #pragma unroll
-  for (int s = 0; s < kStages - 1; ++s) {
+  for (int s = 0; s < kMmaStages - 1; ++s) {
     if (s < n_chunks) {
       issue(s);
       load_pages(s + 1);
@@ -236,15 +249,15 @@ __global__ void __launch_bounds__(kDecodeThreads) PagedDecodeMmaKernel(const __g
   const int tb = warp * T::kTokensPerWarp;  // the warp's tokens in a chunk
 
   for (int ch = 0; ch < n_chunks; ++ch) {
-    CpAsyncWait<kStages - 2>();
+    CpAsyncWait<kMmaStages - 2>();
     __syncthreads();  // chunk ch landed for all threads; chunk ch-1's stage is free to refill
-    if (ch + kStages - 1 < n_chunks) {
-      issue(ch + kStages - 1);
-      load_pages(ch + kStages);
+    if (ch + kMmaStages - 1 < n_chunks) {
+      issue(ch + kMmaStages - 1);
+      load_pages(ch + kMmaStages);
     }
     CpAsyncCommit();
 
-    const unsigned char* st = smem + (ch % kStages) * T::kStageBytes;
+    const unsigned char* st = smem + (ch % kMmaStages) * T::kStageBytes;
     const float* scales = reinterpret_cast<const float*>(st + 2 * T::kCodeTileBytes);
     const int chunk_start = split_start + ch * kChunk;
     const bool masked = chunk_start + kChunk - 1 > limit_min;  // CTA-uniform
