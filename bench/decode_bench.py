@@ -239,7 +239,9 @@ def main():
     ap.add_argument("--lib", required=True, action="append", help="NAME=PATH of a libsageattn.so (repeatable)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--iters", type=int, default=50)
+    ap.add_argument("--cases", default="", help="BxL,BxL,... (default: all of CASES)")
     args = ap.parse_args()
+    cases = [tuple(int(x) for x in c.split("x")) for c in args.cases.split(",")] if args.cases else CASES
     libs = {}
     for spec in args.lib:
         name, path = spec.split("=", 1) if "=" in spec else ("ours", spec)
@@ -258,7 +260,7 @@ def main():
         stream_gbps = max(v for v in streams.values() if isinstance(v, float))
         result["streaming_read_gbps"] = streams
         result["stream_reference_gbps"] = stream_gbps
-        for batch, length in CASES:
+        for batch, length in cases:
             case = {"batch": batch, "len": length}
             for name, lib in libs.items():
                 for storage, key in ((SAGE_KV_16BIT, "fp16_pages"), (SAGE_KV_INT8K_FP8V, "int8k_fp8v_pages")):

@@ -208,31 +208,44 @@ TEST(PagedDecodeGpu, SingleSplitPath) {
 TEST(PagedDecodeGpu, NanReachesOnlyTheRowsThatSeeIt) {
   SAGE_SKIP_WITHOUT_GPU();
   for (KvStorage storage : {KvStorage::k16Bit, KvStorage::kInt8KFp8V}) {
-    for (int len : {100, 9000}) {
-      for (int which : {0, 1}) {  // 0: V, 1: K
-        Prepared c = Prepare(storage, DType::kBF16, 64, 1, 4, {16}, {len}, 16, 0, 41);
-        const int token = len - 10 + which * 5;  // seen by rows 6.. (V) or 11.. (K) of 16
-        const KvPageLayout& layout = c.pool.layout;
-        std::byte* page = c.pool.pool.data() + static_cast<size_t>(c.pool.page_table[token / 16]) * c.pool.page_bytes;
-        const int slot = token % 16;  // one KV head
-        if (storage == KvStorage::kInt8KFp8V) {
-          float* scale = reinterpret_cast<float*>(page + 2 * layout.codes_per_tensor() +
-                                                  (which == 0 ? layout.scales_per_tensor() : 0)) + slot;
-          *scale = std::nanf("");
-        } else {
-          const uint16_t nan16 = 0x7FFF;
-          std::memcpy(page + (which == 0 ? layout.codes_per_tensor() : 0) + (static_cast<size_t>(slot) * 64 + 3) * 2,
-                      &nan16, 2);
+    for (int d : {64, 128}) { // 64: CUDA cores; 128: tensor cores (NaN V values
+                              // counted by a second MMA)
+      for (int len : {100, 9000}) {
+        for (int which : {0, 1}) { // 0: V, 1: K
+          Prepared c =
+              Prepare(storage, DType::kBF16, d, 1, 4, {16}, {len}, 16, 0, 41);
+          const int token =
+              len - 10 + which * 5; // seen by rows 6.. (V) or 11.. (K) of 16
+          const KvPageLayout &layout = c.pool.layout;
+          std::byte *page = c.pool.pool.data() +
+                            static_cast<size_t>(c.pool.page_table[token / 16]) *
+                                c.pool.page_bytes;
+          const int slot = token % 16; // one KV head
+          if (storage == KvStorage::kInt8KFp8V) {
+            float *scale = reinterpret_cast<float *>(
+                               page + 2 * layout.codes_per_tensor() +
+                               (which == 0 ? layout.scales_per_tensor() : 0)) +
+                           slot;
+            *scale = std::nanf("");
+          } else {
+            const uint16_t nan16 = 0x7FFF;
+            std::memcpy(page + (which == 0 ? layout.codes_per_tensor() : 0) +
+                            (static_cast<size_t>(slot) * d + 3) * 2,
+                        &nan16, 2);
+          }
+          const PagedDecodeOutput ref = PagedDecodeReference(c.problem);
+          auto row_has_nan =
+              [&](int row) { // head 0; a NaN V value poisons its channel only
+                return std::any_of(ref.o.begin() + row * 4 * d,
+                                   ref.o.begin() + (row * 4 + 1) * d,
+                                   [](float x) { return std::isnan(x); });
+              };
+          ASSERT_TRUE(row_has_nan(15)) << "the last row sees the token";
+          ASSERT_FALSE(row_has_nan(0)) << "the first row does not";
+          RunAndCompare(
+              c, absl::StrCat(storage == KvStorage::k16Bit ? "16bit" : "8bit",
+                              " D", d, " len ", len, which == 0 ? " V" : " K"));
         }
-        const PagedDecodeOutput ref = PagedDecodeReference(c.problem);
-        auto row_has_nan = [&](int row) {  // head 0; a NaN V value poisons its channel only
-          return std::any_of(ref.o.begin() + row * 4 * 64, ref.o.begin() + (row * 4 + 1) * 64,
-                             [](float x) { return std::isnan(x); });
-        };
-        ASSERT_TRUE(row_has_nan(15)) << "the last row sees the token";
-        ASSERT_FALSE(row_has_nan(0)) << "the first row does not";
-        RunAndCompare(c, absl::StrCat(storage == KvStorage::k16Bit ? "16bit" : "8bit", " len ", len,
-                                      which == 0 ? " V" : " K"));
       }
     }
   }

@@ -7,6 +7,7 @@
 #include "kernels/cuda/common/status.cuh"
 #include "kernels/cuda/decode/paged_decode.h"
 #include "kernels/cuda/decode/paged_decode_kernel.cuh"
+#include "kernels/cuda/decode/paged_decode_mma.cuh"
 
 namespace sage::cuda {
 namespace {
@@ -90,6 +91,8 @@ __global__ void __launch_bounds__(kMergeWarps * 32) PagedDecodeMergeKernel(const
   const float kNegInf = -__int_as_float(0x7f800000);
   constexpr float kLn2 = 0.693147180559945309f;
   constexpr int kPerLane = kHeadDim / 32;
+  // Launched as a programmatic dependent of the split kernel: wait until its partials are visible.
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
   const int lane = threadIdx.x & 31;
   const int64_t item = static_cast<int64_t>(blockIdx.x) * kMergeWarps + (threadIdx.x >> 5);
   if (item >= p.total_q * p.num_q_heads) return;
@@ -137,14 +140,36 @@ SplitKernel SelectRows(int rows) {
   return {};
 }
 
+// D = 128 runs on tensor cores (paged_decode_mma.cuh); D = 64 on CUDA cores.
+template <KvCodes kCodes, IoType kIo>
+SplitKernel SelectMmaRows(int rows) {
+  constexpr int kSmem = MmaTraits<kCodes>::kSmemBytes;
+  switch (rows) {
+    case 1: return {PagedDecodeMmaKernel<kCodes, kIo, 1>, kSmem};
+    case 2: return {PagedDecodeMmaKernel<kCodes, kIo, 2>, kSmem};
+    case 4: return {PagedDecodeMmaKernel<kCodes, kIo, 4>, kSmem};
+    case 8: return {PagedDecodeMmaKernel<kCodes, kIo, 8>, kSmem};
+  }
+  return {};
+}
+
 template <int kHeadDim>
 SplitKernel SelectHeadDim(KvCodes codes, IoType io, int rows) {
-  if (codes == KvCodes::k16Bit) {
-    return io == IoType::kF16 ? SelectRows<kHeadDim, KvCodes::k16Bit, IoType::kF16>(rows)
-                              : SelectRows<kHeadDim, KvCodes::k16Bit, IoType::kBF16>(rows);
+  if constexpr (kHeadDim == 128) {
+    if (codes == KvCodes::k16Bit) {
+      return io == IoType::kF16 ? SelectMmaRows<KvCodes::k16Bit, IoType::kF16>(rows)
+                                : SelectMmaRows<KvCodes::k16Bit, IoType::kBF16>(rows);
+    }
+    return io == IoType::kF16 ? SelectMmaRows<KvCodes::kInt8KFp8V, IoType::kF16>(rows)
+                              : SelectMmaRows<KvCodes::kInt8KFp8V, IoType::kBF16>(rows);
+  } else {
+    if (codes == KvCodes::k16Bit) {
+      return io == IoType::kF16 ? SelectRows<kHeadDim, KvCodes::k16Bit, IoType::kF16>(rows)
+                                : SelectRows<kHeadDim, KvCodes::k16Bit, IoType::kBF16>(rows);
+    }
+    return io == IoType::kF16 ? SelectRows<kHeadDim, KvCodes::kInt8KFp8V, IoType::kF16>(rows)
+                              : SelectRows<kHeadDim, KvCodes::kInt8KFp8V, IoType::kBF16>(rows);
   }
-  return io == IoType::kF16 ? SelectRows<kHeadDim, KvCodes::kInt8KFp8V, IoType::kF16>(rows)
-                            : SelectRows<kHeadDim, KvCodes::kInt8KFp8V, IoType::kBF16>(rows);
 }
 
 SplitKernel SelectSplitKernel(KvCodes codes, IoType io, int head_dim, int rows) {
@@ -168,14 +193,29 @@ sage_status_t LaunchPagedDecode(const PagedDecodeParams& p, cudaStream_t stream)
   k.fn<<<grid, kDecodeThreads, k.smem_bytes, stream>>>(p);
   SAGE_CHECK_LAUNCH("paged_decode_split");
   if (p.plan.splits > 1) {
+    // Programmatic dependent launch: the merge grid is launched while the split grid still runs
+    // (the split kernels trigger at their start) and waits in griddepcontrol.wait, so the second
+    // launch's latency hides behind the first kernel's tail.
     const unsigned blocks = static_cast<unsigned>(CeilDiv(p.total_q * p.num_q_heads, kMergeWarps));
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3(blocks);
+    cfg.blockDim = dim3(kMergeWarps * 32);
+    cfg.dynamicSmemBytes = 0;
+    cfg.stream = stream;
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
+    void (*merge)(PagedDecodeParams) = nullptr;
     if (p.head_dim == 64) {
-      if (p.io == IoType::kF16) decode::PagedDecodeMergeKernel<64, IoType::kF16><<<blocks, kMergeWarps * 32, 0, stream>>>(p);
-      else decode::PagedDecodeMergeKernel<64, IoType::kBF16><<<blocks, kMergeWarps * 32, 0, stream>>>(p);
+      merge = p.io == IoType::kF16 ? decode::PagedDecodeMergeKernel<64, IoType::kF16>
+                                   : decode::PagedDecodeMergeKernel<64, IoType::kBF16>;
     } else {
-      if (p.io == IoType::kF16) decode::PagedDecodeMergeKernel<128, IoType::kF16><<<blocks, kMergeWarps * 32, 0, stream>>>(p);
-      else decode::PagedDecodeMergeKernel<128, IoType::kBF16><<<blocks, kMergeWarps * 32, 0, stream>>>(p);
+      merge = p.io == IoType::kF16 ? decode::PagedDecodeMergeKernel<128, IoType::kF16>
+                                   : decode::PagedDecodeMergeKernel<128, IoType::kBF16>;
     }
+    SAGE_CUDA_TRY(cudaLaunchKernelEx(&cfg, merge, p));
     SAGE_CHECK_LAUNCH("paged_decode_merge");
   }
   return SAGE_OK;

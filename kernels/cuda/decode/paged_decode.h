@@ -1,4 +1,5 @@
-// Paged decode (sage_paged_decode): host/device boundary of the kernels in paged_decode.cu.
+// Paged decode (sage_paged_decode): host/device boundary of the kernels in paged_decode.cu (CUDA
+// cores for D = 64, paged_decode_kernel.cuh; tensor cores for D = 128, paged_decode_mma.cuh).
 // The C API (api/paged_decode_api.cu) validates sage_paged_decode_params_t, plans the grid with
 // PlanPagedDecode and launches through LaunchPagedDecode.
 #pragma once

@@ -1,4 +1,5 @@
-// Paged decode on CUDA cores: one CTA per (sequence, KV head, row pass, KV split).
+// Paged decode on CUDA cores, used for head_dim 64 (D = 128 runs on tensor cores:
+// paged_decode_mma.cuh): one CTA per (sequence, KV head, row pass, KV split).
 //
 // A CTA streams its split of the sequence's pages in chunks (32 tokens of 16-bit pages, 64 of 8-bit)
 // through a 4-stage cp.async ring (K codes, V codes, and for 8-bit pages the per-token scales), so
@@ -181,6 +182,8 @@ __global__ void __launch_bounds__(kDecodeThreads) PagedDecodeSplitKernel(const _
   float* q_s = reinterpret_cast<float*>(smem + T::kRingBytes);
   float* p_s = reinterpret_cast<float*>(smem + T::kRingBytes + T::kQBytes);
 
+  // Let the merge grid (a programmatic dependent) launch now; it waits for this grid's completion.
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
   const int split = blockIdx.x;
   const int kvh = blockIdx.y / p.plan.row_passes;
   const int row0 = (blockIdx.y % p.plan.row_passes) * kRows;
