@@ -220,12 +220,11 @@ absl::Status SessionAttend::Start(const SessionCaller& caller, SessionAttendRequ
   }
 
   // Decode-shaped calls (every step at most kPagedMaxQueryRows rows) run the unquantized recipe
-  // unless the request names one, and then the engine reads the steps' pages where they are
-  // (EngineInput::paged: the CUDA backend in place with the paged decode kernel, the CPU engine
-  // decoding them first). Other calls, and a call whose sessions live in different pools, gather
-  // the caches here, decoded to 16-bit, into one block. (The CUDA backend can also gather pages on
-  // the GPU for the dense kernels, sage_paged_gather; prefill calls move to it once that path has
-  // run on a GPU: docs/API.md, "Sessions".)
+  // unless the request names one. The engine reads the steps' pages where they are
+  // (EngineInput::paged): the CUDA backend in place with the paged decode kernel for unquantized
+  // decode steps, else decoded on the GPU into the launch's K/V for the dense kernels
+  // (sage_paged_gather); the CPU engine decodes them on the host. Only a call whose sessions live
+  // in different pools gathers the caches here, decoded to 16-bit, into one block.
   bool short_steps = true;
   for (const SessionStepInput& st : request.steps) short_steps = short_steps && st.n_q.value_or(0) <= kPagedMaxQueryRows;
   const bool unquantized = request.recipe.has_value() ? *request.recipe == Recipe::kUnquantized : short_steps;
@@ -269,12 +268,9 @@ absl::Status SessionAttend::Start(const SessionCaller& caller, SessionAttendRequ
   if (total_q >= (int64_t{1} << 31) || total_k >= (int64_t{1} << 31)) {
     return absl::ResourceExhaustedError("steps: more than 2^31 tokens in one call");
   }
-  bool paged = false;
-  if (short_steps && unquantized) {
-    absl::StatusOr<bool> pinned = PinStepPages(*store_, caller, request, ends, *call);
-    if (!pinned.ok()) return pinned.status();
-    paged = *pinned;
-  }
+  absl::StatusOr<bool> pinned = PinStepPages(*store_, caller, request, ends, *call);
+  if (!pinned.ok()) return pinned.status();
+  const bool paged = *pinned;
   if (request.memory_device >= 0 && !paged) {  // CheckCudaMemory saw to one pool on that GPU
     return absl::InternalError(absl::StrCat(CudaField(request), ": the call's sessions are not in one pool"));
   }
