@@ -1,6 +1,7 @@
 #include "kernels/reference/kv_pages.h"
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstring>
 #include <vector>
@@ -52,18 +53,26 @@ void EncodeKvTokens(const KvPageLayout& layout, std::byte* page, int first, int 
     DecodeToFloatBulk(k16 + th * d, layout.dtype, kf, d);
     DecodeToFloatBulk(v16 + th * d, layout.dtype, vf, d);
     const float* mean = k_mean.data() + (th % layout.heads) * d;
-    float k_amax = 0.0f, v_amax = 0.0f;
-    for (size_t c = 0; c < d; ++c) {
-      kf[c] -= mean[c];
-      k_amax = NanMax(k_amax, std::fabs(kf[c]));
-      v_amax = NanMax(v_amax, std::fabs(vf[c]));
-    }
+    for (size_t c = 0; c < d; ++c) kf[c] -= mean[c];
+    // Largest |value| as the largest bit pattern with the sign cleared: non-negative floats order
+    // as their bits do and every NaN lies above inf, so a NaN anywhere gives a NaN (NanMax's rule)
+    // without a branch.
+    uint32_t k_bits = 0, v_bits = 0;
+    for (size_t c = 0; c < d; ++c) k_bits = std::max(k_bits, std::bit_cast<uint32_t>(kf[c]) & 0x7FFFFFFFu);
+    for (size_t c = 0; c < d; ++c) v_bits = std::max(v_bits, std::bit_cast<uint32_t>(vf[c]) & 0x7FFFFFFFu);
+    const float k_amax = std::bit_cast<float>(k_bits), v_amax = std::bit_cast<float>(v_bits);
     const float k_scale = Scale(k_amax, kInt8Max), v_scale = Scale(v_amax, kFp8E4M3Max);
+    // Branch-free, one tensor per loop, so each vectorizes (a decode step encodes on the request
+    // path: ~2k values per token).
+    int8_t* const kc = k_codes + th * d;
+    uint8_t* const vc = v_codes + th * d;
     for (size_t c = 0; c < d; ++c) {
-      const float r = std::clamp(RoundHalfEven(kf[c] / k_scale), -kInt8Max, kInt8Max);
-      k_codes[th * d + c] = static_cast<int8_t>(r == r ? r : 0.0f);  // NaN: code 0, the NaN scale carries it
-      v_codes[th * d + c] = EncodeFp8E4M3(vf[c] / v_scale);
+      float r = RoundHalfEven(kf[c] / k_scale);
+      r = r > kInt8Max ? kInt8Max : r;  // written so that a NaN stays NaN (std::clamp's behaviour)
+      r = r < -kInt8Max ? -kInt8Max : r;
+      kc[c] = static_cast<int8_t>(r == r ? r : 0.0f);  // NaN: code 0, the NaN scale carries it
     }
+    for (size_t c = 0; c < d; ++c) vc[c] = EncodeFp8E4M3(vf[c] / v_scale);
     k_scales[th] = k_scale;
     v_scales[th] = v_scale;
   }

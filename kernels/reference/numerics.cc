@@ -40,25 +40,6 @@ const std::array<float, 256>& E4M3Table() {
 
 }  // namespace
 
-uint8_t EncodeFp8E4M3(float x) {
-  const uint32_t bits = std::bit_cast<uint32_t>(x);
-  const auto sign = static_cast<uint8_t>((bits >> 24) & 0x80u);
-  const uint32_t a = bits & kF32AbsMask;
-  if (a > kF32ExpMask) return static_cast<uint8_t>(kFp8E4M3NaN | sign);
-  if (a > std::bit_cast<uint32_t>(kFp8E4M3Max)) return static_cast<uint8_t>(0x7Eu | sign);  // satfinite
-  constexpr uint32_t kMinNormalBits = 0x3C800000u;  // 2^-6, the smallest normal e4m3 value
-  if (a >= kMinNormalBits) {
-    // Round the 23-bit mantissa to 3 bits, half to even; a carry moves into the exponent correctly.
-    const uint32_t rounded = a + 0x7FFFFu + ((a >> 20) & 1u);
-    const uint32_t exponent = (rounded >> 23) - (127u - 7u);
-    const uint32_t mantissa = (rounded >> 20) & 0x7u;
-    return static_cast<uint8_t>(sign | (exponent << 3) | mantissa);
-  }
-  // Subnormal range: value = m · 2^-9; m == 8 is the smallest normal, which has code 0x08.
-  const float steps = std::bit_cast<float>(a) * 512.0f;  // exact power-of-two scaling
-  return static_cast<uint8_t>(sign | static_cast<uint8_t>(RoundHalfEven(steps)));
-}
-
 float DecodeFp8E4M3(uint8_t code) { return E4M3Table()[code]; }
 
 uint16_t EncodeFp16(float x) {

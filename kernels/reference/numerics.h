@@ -23,13 +23,35 @@ inline float RoundHalfEven(float q) {
   return (q + kMagic) - kMagic;
 }
 
-// float -> e4m3fn with round-to-nearest-even and satfinite saturation (|x| > 448 and ±inf -> ±448),
-// as `cvt.rn.satfinite.e4m3x2.f32` does. NaN -> 0x7F | sign.
 // max() that keeps a NaN from either side (std::max drops one on its right): a quantization group
 // holding a NaN gets a NaN scale, so the NaN reaches O (docs/NUMERICS.md, "Non-finite inputs").
 inline float NanMax(float a, float b) { return (a > b || a != a) ? a : b; }
 
-uint8_t EncodeFp8E4M3(float x);
+// float -> e4m3fn with round-to-nearest-even and satfinite saturation (|x| > 448 and ±inf -> ±448),
+// as `cvt.rn.satfinite.e4m3x2.f32` does. NaN -> 0x7F | sign. Branch-free and inline: the session
+// KV scheme encodes every appended V value on the host with it, so its loops must vectorize.
+inline uint8_t EncodeFp8E4M3(float x) {
+  // mask ? a : b without a branch (GCC keeps ternaries on integers as control flow here).
+  const auto pick = [](bool mask, uint32_t a, uint32_t b) {
+    const uint32_t m = 0u - static_cast<uint32_t>(mask);
+    return (a & m) | (b & ~m);
+  };
+  const uint32_t bits = std::bit_cast<uint32_t>(x);
+  const uint32_t sign = (bits >> 24) & 0x80u;
+  const uint32_t a = bits & 0x7FFFFFFFu;
+  // Normal range (a >= 2^-6): round the mantissa to 3 bits, half to even; a carry moves into the
+  // exponent. Bits 20..30 are then exponent:mantissa, rebased from bias 127 to 7.
+  const uint32_t rounded = a + 0x7FFFFu + ((a >> 20) & 1u);
+  const uint32_t normal = ((rounded >> 20) - ((127u - 7u) << 3)) & 0x7Fu;
+  // Subnormal range: value = m · 2^-9, m in [0, 8] (8 is the smallest normal, code 0x08). Other
+  // inputs convert 0 here (their code comes from the other branches), so the conversion is defined.
+  const float steps = std::bit_cast<float>(pick(a < 0x3C800000u, a, 0u)) * 512.0f;
+  const auto sub = static_cast<uint32_t>(static_cast<int32_t>(RoundHalfEven(steps)));
+  uint32_t code = pick(a >= 0x3C800000u, normal, sub);
+  code = pick(a > 0x43E00000u, 0x7Eu, code);  // above 448 (and inf): satfinite
+  code = pick(a > 0x7F800000u, kFp8E4M3NaN, code);
+  return static_cast<uint8_t>(sign | code);
+}
 // Any of the 256 codes; 0x7F and 0xFF decode to NaN.
 float DecodeFp8E4M3(uint8_t code);
 // DecodeFp8E4M3(EncodeFp8E4M3(x)) as a float (any NaN stays NaN), branch-free so loops vectorize.

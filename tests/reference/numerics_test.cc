@@ -63,6 +63,19 @@ TEST(Fp8E4M3, RoundsToNearestEvenAtEveryBoundary) {
   }
 }
 
+// The encoder against the independent float-to-float rounding, over every 61st float bit pattern
+// (70M, every exponent and sign, NaNs and infinities included): same value, same sign.
+TEST(Fp8E4M3, EncodeAgreesWithRoundToOverTheFloatRange) {
+  int64_t mismatches = 0;
+  for (uint64_t b = 0; b <= 0xFFFFFFFFull; b += 61) {
+    const float x = std::bit_cast<float>(static_cast<uint32_t>(b));
+    const float got = DecodeFp8E4M3(EncodeFp8E4M3(x)), want = RoundToFp8E4M3(x);
+    const bool same = (got != got && want != want) || std::bit_cast<uint32_t>(got) == std::bit_cast<uint32_t>(want);
+    if (!same && mismatches++ < 5) ADD_FAILURE() << std::hex << "bits 0x" << b << ": " << got << " vs " << want;
+  }
+  EXPECT_EQ(mismatches, 0);
+}
+
 TEST(Fp8E4M3, SaturatesAndKeepsNaN) {
   EXPECT_EQ(EncodeFp8E4M3(448.0f), 0x7E);
   EXPECT_EQ(EncodeFp8E4M3(std::nextafter(448.0f, 1e9f)), 0x7E);

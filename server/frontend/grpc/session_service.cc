@@ -72,7 +72,7 @@ grpc::ServerUnaryReactor* SessionService::AttendSession(grpc::CallbackServerCont
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   response->set_request_id(request->request_id());
   const size_t first = decoded->steps.empty() ? 0 : std::hash<std::string>()(decoded->steps.front().session_id);
-  const bool on_caller = SessionAttend::StartsOnCaller(*decoded);
+  const bool on_caller = SessionAttend::StartsOnCaller(*decoded) && caller_starts_.TryEnter();
   // The request message (whose bytes the steps view) and the context stay valid until Finish.
   auto job = [this, reactor, request, response, context, on_caller, accepted, who = CallerOf(*caller),
               call = *std::move(decoded)]() mutable {
@@ -96,6 +96,7 @@ grpc::ServerUnaryReactor* SessionService::AttendSession(grpc::CallbackServerCont
   };
   if (on_caller) {  // a decode step: started here, no hop to a session worker
     job();
+    caller_starts_.Leave();
     return reactor;
   }
   absl::Status queued = workers_[first % workers_.size()]->Submit(std::move(job));
@@ -171,7 +172,7 @@ grpc::ServerBidiReactor<v1::AttendSessionRequest, v1::AttendSessionResponse>* Se
   return new SessionStreamReactor(
       context, sessions_, CallerOf(*caller), SharedMemoryAccess{shared_memory_, RegionCallerOf(*caller)},
       [this](size_t key, absl::AnyInvocable<void()> job) { return workers_[key % workers_.size()]->Submit(std::move(job)); },
-      kStreamMaxPending, metrics_);
+      kStreamMaxPending, &caller_starts_, metrics_);
 }
 
 }  // namespace sage::server

@@ -13,6 +13,7 @@
 #include "sageserve/v1/session.grpc.pb.h"
 #include "server/core/serial_worker.h"
 #include "server/core/session_attend.h"
+#include "server/frontend/grpc/caller_start_gate.h"
 #include "server/frontend/grpc/call_auth.h"
 #include "server/metrics/server_metrics.h"
 #include "server/shared_memory/shared_memory_registry.h"
@@ -62,6 +63,8 @@ class SessionService final : public sageserve::v1::SessionService::CallbackServi
   ServerMetrics* const metrics_;
   const SharedMemoryRegistry* const shared_memory_;
   std::vector<std::unique_ptr<SerialWorker>> workers_;
+  // One call at a time starts on a gRPC thread (see caller_start_gate.h).
+  CallerStartGate caller_starts_{1};
 };
 
 }  // namespace sage::server

@@ -12,10 +12,11 @@ namespace sage::server {
 
 SessionStreamReactor::SessionStreamReactor(grpc::CallbackServerContext* context, SessionAttend* sessions,
                                            SessionCaller caller, SharedMemoryAccess shared_memory,
-                                           SessionJobRunner run, int max_pending, ServerMetrics* metrics)
+                                           SessionJobRunner run, int max_pending, CallerStartGate* caller_starts,
+                                           ServerMetrics* metrics)
     : context_(context), sessions_(sessions), caller_(std::move(caller)), shared_memory_(std::move(shared_memory)),
       run_(std::move(run)),
-      max_pending_(std::max(1, max_pending)), metrics_(metrics) {
+      max_pending_(std::max(1, max_pending)), caller_starts_(caller_starts), metrics_(metrics) {
   if (metrics_ != nullptr) metrics_->AddOpenStreams(SessionStreamMethodLabel(), 1);
   StartRead(&incoming_);
 }
@@ -100,7 +101,11 @@ void SessionStreamReactor::Dispatch(const std::shared_ptr<Call>& call) {
   };
   // A decode step starts here unless an earlier request of this stream is queued for or running on
   // a worker (its appends must come first).
-  if (SessionAttend::StartsOnCaller(*decoded) && waiting_for_worker_.load() == 0) return start(*std::move(decoded));
+  if (SessionAttend::StartsOnCaller(*decoded) && waiting_for_worker_.load() == 0 && caller_starts_->TryEnter()) {
+    start(*std::move(decoded));
+    caller_starts_->Leave();
+    return;
+  }
   const size_t key = decoded->steps.empty() ? 0 : std::hash<std::string>()(decoded->steps.front().session_id);
   waiting_for_worker_.fetch_add(1);
   // `this` outlives the job: no Finish while outstanding_ > 0.

@@ -19,6 +19,7 @@
 #include "grpcpp/support/server_callback.h"
 #include "sageserve/v1/session.grpc.pb.h"
 #include "server/core/session_attend.h"
+#include "server/frontend/grpc/caller_start_gate.h"
 #include "server/frontend/grpc/rpc_methods.h"
 #include "server/frontend/grpc/shared_memory_refs.h"
 #include "server/metrics/server_metrics.h"
@@ -41,7 +42,8 @@ class SessionStreamReactor final
   // counts itself in the RPC metrics (open streams, the call's code and duration) rather than
   // through the interceptor, which would put every message of the stream through its hooks.
   SessionStreamReactor(grpc::CallbackServerContext* context, SessionAttend* sessions, SessionCaller caller,
-                       SharedMemoryAccess shared_memory, SessionJobRunner run, int max_pending, ServerMetrics* metrics);
+                       SharedMemoryAccess shared_memory, SessionJobRunner run, int max_pending,
+                       CallerStartGate* caller_starts, ServerMetrics* metrics);
   ~SessionStreamReactor() override;
 
   void OnReadDone(bool ok) override;
@@ -69,6 +71,7 @@ class SessionStreamReactor final
   const SharedMemoryAccess shared_memory_;  // the regions the stream's requests may name
   const SessionJobRunner run_;
   const int max_pending_;
+  CallerStartGate* const caller_starts_;
   ServerMetrics* const metrics_;
   const MetricsClock::time_point started_ = MetricsClock::now();
   sageserve::v1::AttendSessionRequest incoming_;
