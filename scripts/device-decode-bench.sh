@@ -52,7 +52,6 @@ stop
 # commit's), and with the batcher's workers polling for work, side by side in this run.
 if [ -x "$B/sageserve_base" ]; then
   SERVER_BIN=sageserve_base serve base || exit 1
-  run base_s1_32k "$B/sagectl" bench --target="$TARGET" --mode=decode $SHAPE --layers=8 --sessions=1 --context=32768 --steps=32
   run base_s1_32k_stream "$B/sagectl" bench --target="$TARGET" --mode=decode $SHAPE --layers=8 --sessions=1 --context=32768 \
     --steps=32 --stream
   run base_c256_2k_stream "$B/sagectl" bench --target="$TARGET" --mode=decode $SHAPE --layers=2 --sessions=256 --clients=256 \
@@ -62,11 +61,15 @@ fi
 serve spin --worker_spin_us=200 || exit 1
 run spin_s1_32k_stream "$B/sagectl" bench --target="$TARGET" --mode=decode $SHAPE --layers=8 --sessions=1 --context=32768 \
   --steps=32 --stream
+run spin_s1_32k_cuda "$B/sagectl" bench --target="$TARGET" --mode=decode $SHAPE --layers=8 --sessions=1 --context=32768 \
+  --steps=32 --stream --shared_memory=cuda
 stop
 # One launch per request (no merging), for the 256-client comparison.
 serve nomerge --max_batch_tokens=0 || exit 1
 run c256_2k_nomerge "$B/sagectl" bench --target="$TARGET" --mode=decode $SHAPE --layers=2 --sessions=256 --clients=256 \
   --context=2048 --steps=16 --connections=8
+run c256_2k_nomerge_stream "$B/sagectl" bench --target="$TARGET" --mode=decode $SHAPE --layers=2 --sessions=256 --clients=256 \
+  --context=2048 --steps=16 --connections=8 --stream
 stop
 # gRPC's own ceiling on this host for that traffic: 256 streams, one ~12 KiB message in flight each
 # (a decode step's Q and new K/V), echoed by the callback API with no work.

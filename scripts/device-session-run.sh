@@ -29,12 +29,13 @@ if [ -d "$BUNDLE/v3" ]; then
     --cases "$([ "${QUICK:-}" = 2 ] && echo 64x8192,1x32768 || echo 64x4096,16x16384,1x32768,64x8192)" --iters 20 --out "$LOG/decode_bench.json" 2>&1 | tee "$LOG/decode_bench.log"
 else
   timeout 200 python3 "$ROOT/bench/decode_bench.py" --lib "$BUNDLE/lib/libsageattn.so" --out "$LOG/decode_bench.json" \
+    $([ -n "${QUICK:-}" ] && echo --cases 64x4096,16x16384,4x65536,1x32768,64x8192,32x16384 --iters 20) \
     2>&1 | tee "$LOG/decode_bench.log"
 fi
 # Chunked prefill over cached pages (GPU gather + the dense kernels) against the contiguous kernel.
 timeout 150 python3 "$ROOT/bench/paged_prefill_bench.py" --lib "$BUNDLE/lib/libsageattn.so" $([ -n "${QUICK:-}" ] && echo --quick) \
   --out "$LOG/paged_prefill.json" 2>&1 | tee "$LOG/paged_prefill.log" | tail -20
 [ -n "${NO_E2E:-}" ] && exit 0
-timeout 300 bash "$ROOT/scripts/device-decode-bench.sh" --bundle "$BUNDLE" $([ "${QUICK:-}" = 2 ] && echo --quicker || { [ -n "${QUICK:-}" ] && echo --quick; }) > "$LOG/e2e_decode.log" 2>&1
+timeout 400 bash "$ROOT/scripts/device-decode-bench.sh" --bundle "$BUNDLE" $([ "${QUICK:-}" = 2 ] && echo --quicker || { [ -n "${QUICK:-}" ] && echo --quick; }) > "$LOG/e2e_decode.log" 2>&1
 echo "e2e rc $?" >> "$LOG/e2e_decode.log"
 grep -h "^===\|p50\|layer-steps\|kernel\|messages/s\|failed\|e2e rc" "$LOG/e2e_decode.log" | head -160
