@@ -167,6 +167,28 @@ typedef struct {
 
 sage_status_t sage_paged_gather(const sage_paged_gather_params_t* params, sage_stream_t stream);
 
+/* ---- KV quantize: a step's new tokens encoded into their INT8K_FP8V pages on the GPU ----
+ * Token i (of `count`) goes to slot slots[i] of the page at byte offset page_offsets[i] of `pages`:
+ * K from k_centered ([count, num_kv_heads, head_dim] fp32: the token's K minus the session's K mean,
+ * as the CPU scheme's CenterKTokens gives it) and V from v ([count, num_kv_heads, head_dim] 16-bit
+ * values of `dtype`). Writes the codes and scales QuantizeKvTokens (kernels/reference/kv_pages.h)
+ * writes, byte for byte (a NaN scale may differ in its payload). The inputs and the two tables may
+ * lie in pinned host memory (read over the bus) or device memory. Asynchronous on `stream`. */
+typedef struct {
+  sage_dtype_t dtype;
+  void* pages;                    /* the pool's base */
+  int32_t page_tokens;
+  int32_t num_kv_heads;
+  int32_t head_dim;               /* a multiple of 32, at most 256 */
+  int32_t count;
+  const uint64_t* page_offsets;   /* per token */
+  const int32_t* slots;           /* per token, < page_tokens */
+  const float* k_centered;
+  const void* v;
+} sage_kv_quantize_params_t;
+
+sage_status_t sage_kv_quantize(const sage_kv_quantize_params_t* params, sage_stream_t stream);
+
 /* One byte range to copy: both ends device-accessible (device, IPC-mapped or pinned host memory). */
 typedef struct {
   const void* src;

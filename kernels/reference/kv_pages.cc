@@ -33,27 +33,27 @@ size_t KvTokenBytes(KvStorage storage, int heads, int head_dim) {
   return storage == KvStorage::k16Bit ? 4 * d * h : (2 * d + 2 * sizeof(float)) * h;
 }
 
-void EncodeKvTokens(const KvPageLayout& layout, std::byte* page, int first, int n, const void* k, const void* v,
-                    std::span<const float> k_mean) {
+void CenterKTokens(DType dtype, const void* k, size_t values, std::span<const float> k_mean, float* out) {
+  DecodeToFloatBulk(static_cast<const uint16_t*>(k), dtype, out, values);
+  const size_t row = k_mean.size();
+  for (size_t at = 0; at < values; at += row) {
+    for (size_t c = 0; c < row; ++c) out[at + c] -= k_mean[c];
+  }
+}
+
+void QuantizeKvTokens(const KvPageLayout& layout, std::byte* page, int first, int n, const float* k_centered,
+                      const void* v) {
   const size_t d = static_cast<size_t>(layout.head_dim), row = static_cast<size_t>(layout.heads) * d;
   const size_t at = static_cast<size_t>(first) * row;  // values before the first token
-  if (layout.storage == KvStorage::k16Bit) {
-    std::memcpy(page + at * 2, k, static_cast<size_t>(n) * row * 2);
-    std::memcpy(page + layout.codes_per_tensor() + at * 2, v, static_cast<size_t>(n) * row * 2);
-    return;
-  }
   auto* k_codes = reinterpret_cast<int8_t*>(page) + at;
   auto* v_codes = reinterpret_cast<uint8_t*>(page + layout.codes_per_tensor()) + at;
   auto* k_scales = reinterpret_cast<float*>(page + 2 * layout.codes_per_tensor()) + static_cast<size_t>(first) * layout.heads;
   auto* v_scales = k_scales + static_cast<size_t>(layout.page_tokens) * layout.heads;
-  const auto* k16 = static_cast<const uint16_t*>(k);
   const auto* v16 = static_cast<const uint16_t*>(v);
-  float kf[kMaxHeadDim], vf[kMaxHeadDim];
+  float vf[kMaxHeadDim];
   for (size_t th = 0; th < static_cast<size_t>(n) * layout.heads; ++th) {  // one token-head at a time
-    DecodeToFloatBulk(k16 + th * d, layout.dtype, kf, d);
+    const float* kf = k_centered + th * d;
     DecodeToFloatBulk(v16 + th * d, layout.dtype, vf, d);
-    const float* mean = k_mean.data() + (th % layout.heads) * d;
-    for (size_t c = 0; c < d; ++c) kf[c] -= mean[c];
     // Largest |value| as the largest bit pattern with the sign cleared: non-negative floats order
     // as their bits do and every NaN lies above inf, so a NaN anywhere gives a NaN (NanMax's rule)
     // without a branch.
@@ -76,6 +76,20 @@ void EncodeKvTokens(const KvPageLayout& layout, std::byte* page, int first, int 
     k_scales[th] = k_scale;
     v_scales[th] = v_scale;
   }
+}
+
+void EncodeKvTokens(const KvPageLayout& layout, std::byte* page, int first, int n, const void* k, const void* v,
+                    std::span<const float> k_mean) {
+  const size_t row = static_cast<size_t>(layout.heads) * layout.head_dim;
+  const size_t at = static_cast<size_t>(first) * row;  // values before the first token
+  if (layout.storage == KvStorage::k16Bit) {
+    std::memcpy(page + at * 2, k, static_cast<size_t>(n) * row * 2);
+    std::memcpy(page + layout.codes_per_tensor() + at * 2, v, static_cast<size_t>(n) * row * 2);
+    return;
+  }
+  std::vector<float> centered(static_cast<size_t>(n) * row);
+  CenterKTokens(layout.dtype, k, centered.size(), k_mean, centered.data());
+  QuantizeKvTokens(layout, page, first, n, centered.data(), v);
 }
 
 void DecodeKvTokens(const KvPageLayout& layout, const std::byte* page, int first, int n, void* k, void* v) {

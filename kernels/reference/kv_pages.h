@@ -45,6 +45,15 @@ size_t KvTokenBytes(KvStorage storage, int heads, int head_dim);
 void EncodeKvTokens(const KvPageLayout& layout, std::byte* page, int first, int n, const void* k, const void* v,
                     std::span<const float> k_mean);
 
+// EncodeKvTokens for kInt8KFp8V in two halves, so a device can quantize what the host centred (the
+// CUDA backend's pool: kernels/include/sageattn.h, sage_kv_quantize, gives the same bytes):
+// CenterKTokens writes `values` K values (16-bit, of `dtype`) as fp32 minus the K mean, whose
+// size is one token's row (H x D), to `out`; QuantizeKvTokens encodes tokens [first, first + n) of
+// `page` from those and from V ([n, H, D] 16-bit values of layout.dtype).
+void CenterKTokens(DType dtype, const void* k, size_t values, std::span<const float> k_mean, float* out);
+void QuantizeKvTokens(const KvPageLayout& layout, std::byte* page, int first, int n, const float* k_centered,
+                      const void* v);
+
 // Writes tokens [first, first + n) of `page` to `k` and `v` ([n, H, D], 16-bit values of
 // layout.dtype): k16Bit the bytes that were sent; kInt8KFp8V code × scale rounded to the dtype (K
 // stays mean-subtracted: softmax is unchanged by it).

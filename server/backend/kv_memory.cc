@@ -19,6 +19,10 @@ class HostKvMemory final : public KvMemory {
     for (const KvWrite& w : writes) std::memcpy(base_.get() + w.offset, w.src, w.bytes);
     return absl::OkStatus();
   }
+  absl::Status WriteQuantized(const KvPageLayout& layout, std::span<const KvQuantizeToken> tokens) override {
+    for (const KvQuantizeToken& t : tokens) QuantizeKvTokens(layout, base_.get() + t.page_offset, t.slot, 1, t.k_centered, t.v);
+    return absl::OkStatus();
+  }
   absl::Status OrderAfterWrites(void* /*stream*/) const override { return absl::OkStatus(); }
   absl::Status Read(size_t offset, void* dst, size_t bytes) const override {
     std::memcpy(dst, base_.get() + offset, bytes);

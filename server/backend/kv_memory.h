@@ -11,6 +11,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "kernels/reference/kv_pages.h"
 #include "server/backend/memory_kind.h"
 
 namespace sage::server {
@@ -20,6 +21,17 @@ struct KvWrite {
   size_t offset = 0;
   const void* src = nullptr;
   size_t bytes = 0;
+};
+
+// One token of an 8-bit append, for memory that encodes it where the pages are (QuantizeKvTokens
+// on the host for host memory, sage_kv_quantize on a GPU): its page's offset in the pool, its slot
+// in the page, its K centred on the session's K mean (fp32, heads x head_dim, CenterKTokens) and its
+// V (16-bit values, heads x head_dim). The pointers need only live until the call returns.
+struct KvQuantizeToken {
+  size_t page_offset = 0;
+  int slot = 0;
+  const float* k_centered = nullptr;
+  const void* v = nullptr;
 };
 
 class KvMemory {
@@ -34,6 +46,9 @@ class KvMemory {
   // small write has landed: writes are ordered before every later Write, Read and Copy, and before
   // work an engine queues on a stream after OrderAfterWrites.
   virtual absl::Status Write(std::span<const KvWrite> writes) = 0;
+  // Encodes `tokens` (all of `layout`, whose storage is kInt8KFp8V) into their pages: the bytes
+  // QuantizeKvTokens writes. Ordered as Write is.
+  virtual absl::Status WriteQuantized(const KvPageLayout& layout, std::span<const KvQuantizeToken> tokens) = 0;
   // Makes what is queued next on `stream` (a device pool: the engine's cudaStream_t) run after
   // every write issued before this call. Host pools write synchronously: nothing to do.
   virtual absl::Status OrderAfterWrites(void* stream) const = 0;

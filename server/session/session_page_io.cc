@@ -55,12 +55,29 @@ absl::Status SessionStore::WriteTokens(Session& s, int layer, const AppendStep& 
     }
     for (float& m : l.k_mean) m /= static_cast<float>(step.n_new);
   }
-  // Host memory is encoded in place. Other memory: each page run is encoded into a host image laid
-  // out as a page of just its n tokens (the scheme encodes every token-head on its own, so the bytes
-  // are the same), and its four ranges (K and V codes, K and V scales) go to their places in the
-  // page with the caller's one batched transfer.
+  // Host memory is encoded in place. Device memory, 8-bit: K centred here, each token then encoded
+  // where its page is (KvMemory::WriteQuantized, sage_kv_quantize on a GPU) with the caller's
+  // batch. Device memory, 16-bit: each page run's K and V ranges go with the caller's one batched
+  // transfer.
   const bool in_place = memory.memory() != MemoryKind::kDevice;
   const KvPageLayout& layout = s.layout;
+  if (!in_place && layout.storage == KvStorage::kInt8KFp8V) {
+    batch.centred.push_back(std::unique_ptr<float[]>(new float[static_cast<size_t>(step.n_new) * row]));
+    float* const centred = batch.centred.back().get();
+    CenterKTokens(layout.dtype, k, static_cast<size_t>(step.n_new) * row, l.k_mean, centred);
+    const auto same = [&layout](const QuantizeGroup& g) {
+      return g.layout.dtype == layout.dtype && g.layout.page_tokens == layout.page_tokens && g.layout.heads == layout.heads &&
+             g.layout.head_dim == layout.head_dim;
+    };
+    auto group = std::find_if(batch.quantize.begin(), batch.quantize.end(), same);
+    if (group == batch.quantize.end()) group = batch.quantize.insert(batch.quantize.end(), QuantizeGroup{layout, {}});
+    for (int64_t t = 0; t < step.n_new; ++t) {
+      const int64_t token = step.position + t;
+      group->tokens.push_back(KvQuantizeToken{pool.offset(l.pages[static_cast<size_t>(token / T)]), static_cast<int>(token % T),
+                                              centred + static_cast<size_t>(t) * row, v + static_cast<size_t>(t) * row});
+    }
+    return absl::OkStatus();  // the caller writes the batch
+  }
   std::byte* image = nullptr;
   if (!in_place) {
     batch.images.push_back(std::unique_ptr<std::byte[]>(

@@ -249,6 +249,16 @@ SessionStore::AppendAllResult SessionStore::AppendAll(const SessionCaller& calle
       return result;
     }
   }
+  for (size_t p = 0; p < batches.size(); ++p) {
+    for (const QuantizeGroup& g : batches[p].quantize) {
+      if (absl::Status w = pools_[p].pool->memory().WriteQuantized(g.layout, g.tokens); !w.ok()) {
+        result.status = w;
+        result.failed = 0;
+        result.ends.clear();
+        return result;
+      }
+    }
+  }
   int64_t tokens = 0;
   for (size_t i = 0; i < limit; ++i) {
     if (!wrote[i]) continue;

@@ -181,9 +181,15 @@ class SessionStore {
   std::string NewId(const std::string& device);
   KvPagePool& PoolOf(const Session& s) const;
   // Encoded bytes waiting for one transfer into a pool (memory written by transfer only).
+  struct QuantizeGroup {  // 8-bit tokens for a device pool to encode, all of one layout
+    KvPageLayout layout;
+    std::vector<KvQuantizeToken> tokens;
+  };
   struct WriteBatch {
     std::vector<std::unique_ptr<std::byte[]>> images;  // page images the writes point into
     std::vector<KvWrite> writes;
+    std::vector<std::unique_ptr<float[]>> centred;  // the centred K the quantize groups point into
+    std::vector<QuantizeGroup> quantize;
   };
   using WriteBatches = std::vector<WriteBatch>;  // one per pool
   // A read of the layer's first `end` tokens is possible (s.mu held): open, the layer in range and

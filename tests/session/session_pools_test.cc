@@ -34,6 +34,15 @@ class FakeDeviceMemory final : public KvMemory {
     }
     return absl::OkStatus();
   }
+  absl::Status WriteQuantized(const KvPageLayout& layout, std::span<const KvQuantizeToken> tokens) override {
+    ++write_calls;  // a transfer, as a GPU's pool makes one launch of its quantize kernel
+    for (const KvQuantizeToken& t : tokens) {
+      if (t.page_offset + layout.page_bytes() > bytes_.size()) return absl::InternalError("write past the pool");
+      QuantizeKvTokens(layout, bytes_.data() + t.page_offset, t.slot, 1, t.k_centered, t.v);
+    }
+    quantized_tokens += static_cast<int64_t>(tokens.size());
+    return absl::OkStatus();
+  }
   absl::Status OrderAfterWrites(void* /*stream*/) const override { return absl::OkStatus(); }
   absl::Status Read(size_t offset, void* dst, size_t bytes) const override {
     std::memcpy(dst, bytes_.data() + offset, bytes);
@@ -48,6 +57,7 @@ class FakeDeviceMemory final : public KvMemory {
 
   int write_calls = 0;
   size_t written = 0;
+  int64_t quantized_tokens = 0;  // 8-bit tokens the memory encoded (WriteQuantized)
   int copies = 0;
 
  private:
@@ -102,8 +112,8 @@ TwoStores Make() {
 }
 
 // The same appends (a prefill crossing pages, then decode steps, then a run ending mid-page) give
-// the same decoded cache, whether the pool is written in place or through KvMemory::Write; each
-// append is one Write call.
+// the same decoded cache, whether the pool is written in place or through KvMemory (Write, or
+// WriteQuantized for 8-bit tokens); each append is one transfer.
 TEST(SessionPools, WritesThroughKvMemoryEqualInPlaceEncoding) {
   for (KvStorage storage : {KvStorage::k16Bit, KvStorage::kInt8KFp8V}) {
     SCOPED_TRACE(storage == KvStorage::k16Bit ? "16-bit" : "8-bit");
@@ -125,6 +135,8 @@ TEST(SessionPools, WritesThroughKvMemoryEqualInPlaceEncoding) {
       pos += n;
     }
     EXPECT_EQ(t.memory->write_calls, appends);
+    // 8-bit tokens are centred by the store and encoded by the memory; 16-bit ones are bytes.
+    EXPECT_EQ(t.memory->quantized_tokens, storage == KvStorage::k16Bit ? 0 : pos);
     std::vector<uint16_t> hk(static_cast<size_t>(pos) * 128), hv(hk.size()), dk(hk.size()), dv(hk.size());
     ASSERT_TRUE(t.host->Gather(kAlice, a->id, 1, pos, std::as_writable_bytes(std::span(hk)), std::as_writable_bytes(std::span(hv))).ok());
     ASSERT_TRUE(t.device->Gather(kAlice, b->id, 1, pos, std::as_writable_bytes(std::span(dk)), std::as_writable_bytes(std::span(dv))).ok());

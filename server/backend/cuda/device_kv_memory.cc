@@ -154,6 +154,59 @@ class DeviceKvMemory final : public KvMemory {
     return IssueAndSync(batch, l);
   }
 
+  // In runs that fit a slot: the centred K, V and the two tables packed into it, one
+  // sage_kv_quantize launch reading them from pinned memory on the write stream. The lock is taken
+  // per run, so a bulk import lets other sessions' decode appends in between.
+  absl::Status WriteQuantized(const KvPageLayout& layout, std::span<const KvQuantizeToken> tokens) override {
+    const size_t row = static_cast<size_t>(layout.heads) * layout.head_dim;
+    const size_t per_token = row * (sizeof(float) + 2) + sizeof(uint64_t) + sizeof(int32_t);
+    const size_t per_run = std::max<size_t>(1, (kSlotBytes - 64) / per_token);
+    for (size_t first = 0; first < tokens.size(); first += per_run) {
+      const std::span<const KvQuantizeToken> run = tokens.subspan(first, std::min(per_run, tokens.size() - first));
+      std::lock_guard<std::mutex> lock(write_mu_);
+      SAGE_CUDA_RETURN_IF_ERROR(FromCuda(cudaSetDevice(device_), "cudaSetDevice"));
+      const int slot = next_slot_;
+      SAGE_CUDA_RETURN_IF_ERROR(FromCuda(cudaEventSynchronize(slot_done_[slot]), "kv pool write slot"));
+      std::byte* at = slots_ + static_cast<size_t>(slot) * kSlotBytes;
+      const auto take = [&at](size_t bytes) {
+        std::byte* p = at;
+        at += (bytes + 15) / 16 * 16;
+        return p;
+      };
+      auto* k = reinterpret_cast<float*>(take(run.size() * row * sizeof(float)));
+      auto* v = reinterpret_cast<uint16_t*>(take(run.size() * row * 2));
+      auto* offsets = reinterpret_cast<uint64_t*>(take(run.size() * sizeof(uint64_t)));
+      auto* slots = reinterpret_cast<int32_t*>(take(run.size() * sizeof(int32_t)));
+      for (size_t i = 0; i < run.size(); ++i) {
+        const KvQuantizeToken& t = run[i];
+        if (t.page_offset > bytes_ || layout.page_bytes() > bytes_ - t.page_offset || t.slot < 0 || t.slot >= layout.page_tokens) {
+          return absl::InternalError("kv pool: quantized write past its page");
+        }
+        std::memcpy(k + i * row, t.k_centered, row * sizeof(float));
+        std::memcpy(v + i * row, t.v, row * 2);
+        offsets[i] = t.page_offset;
+        slots[i] = t.slot;
+      }
+      sage_kv_quantize_params_t p{};
+      p.dtype = layout.dtype == DType::kBF16 ? SAGE_DTYPE_BF16 : SAGE_DTYPE_F16;
+      p.pages = base_;
+      p.page_tokens = layout.page_tokens;
+      p.num_kv_heads = layout.heads;
+      p.head_dim = layout.head_dim;
+      p.count = static_cast<int32_t>(run.size());
+      p.page_offsets = offsets;
+      p.slots = slots;
+      p.k_centered = k;
+      p.v = v;
+      SAGE_CUDA_RETURN_IF_ERROR(FromSage(sage_kv_quantize(&p, reinterpret_cast<sage_stream_t>(write_stream_)), "kv quantize"));
+      SAGE_CUDA_RETURN_IF_ERROR(FromCuda(cudaEventRecord(slot_done_[slot], write_stream_), "cudaEventRecord"));
+      last_slot_ = slot;
+      wrote_ = true;
+      next_slot_ = (slot + 1) % kSlots;
+    }
+    return absl::OkStatus();
+  }
+
   absl::Status OrderAfterWrites(void* stream) const override {
     std::lock_guard<std::mutex> lock(write_mu_);
     if (!wrote_) return absl::OkStatus();

@@ -1,0 +1,141 @@
+// sage_kv_quantize: a session step's new tokens encoded into their 8-bit KV pages on the GPU, so
+// the host only centres K (fp32 K minus the session's K mean) and the append rides the pool's write
+// stream with no host encode. One CTA per token-head, one thread per channel: both amaxes by a
+// block max over the bit patterns, then each code and the two scales, with the CPU scheme's
+// arithmetic op for op (IEEE division, round half to even by the 1.5·2^23 trick, the same E4M3
+// rounding), so the bytes are QuantizeKvTokens's (kernels/reference/kv_pages.cc).
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "kernels/cuda/common/status.cuh"
+#include "sageattn.h"
+
+namespace sage::cuda {
+namespace {
+
+constexpr int kMaxHeadDim = 256;
+constexpr float kInt8Max = 127.0f;
+constexpr float kFp8Max = 448.0f;
+constexpr float kMagic = 12582912.0f;  // 1.5 · 2^23: (q + kMagic) - kMagic rounds half to even
+
+__device__ __forceinline__ float RoundHalfEven(float q) { return __fsub_rn(__fadd_rn(q, kMagic), kMagic); }
+
+__device__ __forceinline__ float Scale(float amax, float qmax) { return amax == 0.0f ? 1.0f : __fdiv_rn(amax, qmax); }
+
+// float -> e4m3fn, round half to even, satfinite, NaN -> 0x7F | sign: EncodeFp8E4M3's integer steps.
+__device__ __forceinline__ uint8_t EncodeE4M3(float x) {
+  const uint32_t bits = __float_as_uint(x);
+  const uint32_t sign = (bits >> 24) & 0x80u;
+  const uint32_t a = bits & 0x7FFFFFFFu;
+  const uint32_t rounded = a + 0x7FFFFu + ((a >> 20) & 1u);
+  const uint32_t normal = ((rounded >> 20) - ((127u - 7u) << 3)) & 0x7Fu;
+  const float steps = __fmul_rn(__uint_as_float(a < 0x3C800000u ? a : 0u), 512.0f);
+  const uint32_t sub = static_cast<uint32_t>(static_cast<int32_t>(RoundHalfEven(steps)));
+  uint32_t code = a >= 0x3C800000u ? normal : sub;
+  code = a > 0x43E00000u ? 0x7Eu : code;
+  code = a > 0x7F800000u ? 0x7Fu : code;
+  return static_cast<uint8_t>(sign | code);
+}
+
+template <typename T>
+__device__ __forceinline__ float ToFloat(uint16_t x);
+template <>
+__device__ __forceinline__ float ToFloat<__half>(uint16_t x) {
+  return __half2float(__ushort_as_half(x));
+}
+template <>
+__device__ __forceinline__ float ToFloat<__nv_bfloat16>(uint16_t x) {
+  return __bfloat162float(__ushort_as_bfloat16(x));
+}
+
+struct QuantizeArgs {
+  unsigned char* pages;
+  int page_tokens;
+  int heads;
+  int head_dim;
+  const uint64_t* page_offsets;
+  const int32_t* slots;
+  const float* k_centered;
+  const uint16_t* v;
+};
+
+template <typename T>
+__global__ void __launch_bounds__(kMaxHeadDim) KvQuantizeKernel(QuantizeArgs a) {
+  __shared__ uint32_t warp_max[2][kMaxHeadDim / 32];
+  const int token = blockIdx.x, h = blockIdx.y, c = threadIdx.x;
+  const uint64_t row = (static_cast<uint64_t>(token) * a.heads + h) * a.head_dim;
+  const float k = a.k_centered[row + c];
+  const float v = ToFloat<T>(a.v[row + c]);
+  // Largest |value| as the largest bit pattern with the sign cleared (a NaN wins), per tensor.
+  const uint32_t km = __reduce_max_sync(0xFFFFFFFFu, __float_as_uint(k) & 0x7FFFFFFFu);
+  const uint32_t vm = __reduce_max_sync(0xFFFFFFFFu, __float_as_uint(v) & 0x7FFFFFFFu);
+  const int warp = c / 32, warps = a.head_dim / 32;
+  if (c % 32 == 0) {
+    warp_max[0][warp] = km;
+    warp_max[1][warp] = vm;
+  }
+  __syncthreads();
+  uint32_t k_bits = 0, v_bits = 0;
+  for (int w = 0; w < warps; ++w) {
+    k_bits = max(k_bits, warp_max[0][w]);
+    v_bits = max(v_bits, warp_max[1][w]);
+  }
+  const float k_scale = Scale(__uint_as_float(k_bits), kInt8Max);
+  const float v_scale = Scale(__uint_as_float(v_bits), kFp8Max);
+  float r = RoundHalfEven(__fdiv_rn(k, k_scale));
+  r = r > kInt8Max ? kInt8Max : r;  // a NaN stays NaN, then becomes code 0
+  r = r < -kInt8Max ? -kInt8Max : r;
+  const int8_t k_code = static_cast<int8_t>(r == r ? static_cast<int>(r) : 0);
+  const uint8_t v_code = EncodeE4M3(__fdiv_rn(v, v_scale));
+
+  unsigned char* const page = a.pages + a.page_offsets[token];
+  const uint64_t codes = static_cast<uint64_t>(a.page_tokens) * a.heads * a.head_dim;  // one tensor's codes
+  const uint64_t at = (static_cast<uint64_t>(a.slots[token]) * a.heads + h) * a.head_dim + c;
+  reinterpret_cast<int8_t*>(page)[at] = k_code;
+  page[codes + at] = v_code;
+  if (c == 0) {
+    auto* scales = reinterpret_cast<float*>(page + 2 * codes);
+    const uint64_t sh = static_cast<uint64_t>(a.slots[token]) * a.heads + h;
+    scales[sh] = k_scale;
+    scales[static_cast<uint64_t>(a.page_tokens) * a.heads + sh] = v_scale;
+  }
+}
+
+}  // namespace
+}  // namespace sage::cuda
+
+extern "C" sage_status_t sage_kv_quantize(const sage_kv_quantize_params_t* p, sage_stream_t stream) {
+  using namespace sage::cuda;
+  ClearLastError();
+  if (p == nullptr) return Fail(SAGE_ERR_INVALID_ARGUMENT, "kv quantize: null params");
+  if (stream == nullptr) return Fail(SAGE_ERR_INVALID_ARGUMENT, "kv quantize: null stream (the default stream is never used)");
+  if (p->dtype != SAGE_DTYPE_F16 && p->dtype != SAGE_DTYPE_BF16) {
+    return Fail(SAGE_ERR_INVALID_ARGUMENT, "kv quantize: dtype %d unknown", static_cast<int>(p->dtype));
+  }
+  if (p->head_dim < 32 || p->head_dim > kMaxHeadDim || p->head_dim % 32 != 0) {
+    return Fail(SAGE_ERR_INVALID_ARGUMENT, "kv quantize: head_dim %d (a multiple of 32 up to 256)", p->head_dim);
+  }
+  if (p->num_kv_heads < 1 || p->num_kv_heads > 65535 || p->page_tokens < 1 || p->count < 0) {
+    return Fail(SAGE_ERR_INVALID_ARGUMENT, "kv quantize: heads %d (1..65535), page_tokens %d, count %d", p->num_kv_heads,
+                p->page_tokens, p->count);
+  }
+  if (p->count == 0) return SAGE_OK;
+  if (p->pages == nullptr || p->page_offsets == nullptr || p->slots == nullptr || p->k_centered == nullptr ||
+      p->v == nullptr) {
+    return Fail(SAGE_ERR_INVALID_ARGUMENT, "kv quantize: null pointer");
+  }
+  const QuantizeArgs a{static_cast<unsigned char*>(p->pages), p->page_tokens, p->num_kv_heads, p->head_dim,
+                       p->page_offsets, p->slots, p->k_centered, static_cast<const uint16_t*>(p->v)};
+  const dim3 grid(static_cast<unsigned>(p->count), static_cast<unsigned>(p->num_kv_heads));
+  const auto st = reinterpret_cast<cudaStream_t>(stream);
+  if (p->dtype == SAGE_DTYPE_BF16) {
+    KvQuantizeKernel<__nv_bfloat16><<<grid, p->head_dim, 0, st>>>(a);
+  } else {
+    KvQuantizeKernel<__half><<<grid, p->head_dim, 0, st>>>(a);
+  }
+  SAGE_CHECK_LAUNCH("KvQuantizeKernel");
+  return SAGE_OK;
+}

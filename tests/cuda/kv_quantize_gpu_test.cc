@@ -1,0 +1,181 @@
+// sage_kv_quantize against the session scheme's CPU encode: tokens with outliers, a channel bias,
+// zero, subnormal, huge, infinite and NaN token-heads, written to shuffled slots of a few pages
+// (the pool poisoned first, so every byte the CPU leaves alone must stay poisoned), give the bytes
+// QuantizeKvTokens gives; NaN scales compare as NaN. Both dtypes, D 64 and 128, tables in device
+// memory and in pinned host memory. Bad params get INVALID_ARGUMENT.
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <bit>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "kernels/include/sageattn.h"
+#include "kernels/reference/kv_pages.h"
+#include "kernels/reference/numerics.h"
+#include "tests/cuda/gpu_test_util.h"
+
+namespace sage {
+namespace {
+
+using gputest::DeviceBuffer;
+using gputest::Stream;
+
+constexpr int kHeads = 8, kPageTokens = 16, kPages = 4, kTokens = 40;
+
+uint16_t To16(float x, DType dtype) { return dtype == DType::kBF16 ? EncodeBf16(x) : EncodeFp16(x); }
+
+// [kTokens, kHeads, d] 16-bit values: normal with a per-channel bias and outliers, and some
+// token-heads special (all zero, subnormal, huge, one inf, one NaN).
+std::vector<uint16_t> Values(int d, DType dtype, uint32_t seed, float bias) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> nd;
+  std::vector<uint16_t> out(static_cast<size_t>(kTokens) * kHeads * d);
+  for (int t = 0; t < kTokens; ++t) {
+    for (int h = 0; h < kHeads; ++h) {
+      for (int c = 0; c < d; ++c) {
+        float x = nd(rng) + bias * std::sin(static_cast<float>(c));
+        if (rng() % 97 == 0) x *= 40.0f;
+        switch ((t * kHeads + h) % 23) {
+          case 3: x = 0.0f; break;
+          case 5: x *= 1e-6f; break;  // fp16 subnormals
+          case 7: x *= 3000.0f; break;
+          case 11: if (c == 5) x = std::numeric_limits<float>::infinity(); break;
+          case 13: if (c == 9) x = std::numeric_limits<float>::quiet_NaN(); break;
+          default: break;
+        }
+        out[(static_cast<size_t>(t) * kHeads + h) * d + c] = To16(x, dtype);
+      }
+    }
+  }
+  return out;
+}
+
+TEST(KvQuantizeGpu, WritesTheSchemesBytes) {
+  SAGE_SKIP_WITHOUT_GPU();
+  for (DType dtype : {DType::kF16, DType::kBF16}) {
+    for (int d : {64, 128}) {
+      for (bool host_tables : {false, true}) {
+        SCOPED_TRACE(std::string(dtype == DType::kBF16 ? "bf16 " : "fp16 ") + std::to_string(d) + (host_tables ? " pinned" : " device"));
+        const KvPageLayout layout{KvStorage::kInt8KFp8V, dtype, kPageTokens, kHeads, d};
+        const size_t page_bytes = layout.page_bytes() + 64;  // a padded stride
+        const size_t row = static_cast<size_t>(kHeads) * d;
+        const std::vector<uint16_t> k = Values(d, dtype, 1, 3.0f), v = Values(d, dtype, 2, 0.0f);
+        std::vector<float> mean(row);
+        for (size_t i = 0; i < row; ++i) mean[i] = 0.25f * static_cast<float>(i % 7) - 0.5f;
+        std::vector<float> centered(k.size());
+        CenterKTokens(dtype, k.data(), k.size(), mean, centered.data());
+        // Shuffled distinct (page, slot) places for the tokens.
+        std::vector<int> places(kPages * kPageTokens);
+        std::iota(places.begin(), places.end(), 0);
+        std::shuffle(places.begin(), places.end(), std::mt19937(d));
+        std::vector<uint64_t> offsets(kTokens);
+        std::vector<int32_t> slots(kTokens);
+        std::vector<std::byte> want(page_bytes * kPages, std::byte{0xFF});
+        for (int t = 0; t < kTokens; ++t) {
+          offsets[t] = static_cast<uint64_t>(places[t] / kPageTokens) * page_bytes;
+          slots[t] = places[t] % kPageTokens;
+          QuantizeKvTokens(layout, want.data() + offsets[t], slots[t], 1, centered.data() + t * row, v.data() + t * row);
+        }
+
+        Stream stream;
+        DeviceBuffer pool(want.size());
+        ASSERT_TRUE(pool.Poison(stream.get()).ok());
+        DeviceBuffer dk, dv, doff, dslot;
+        void* pinned = nullptr;
+        sage_kv_quantize_params_t p{};
+        p.dtype = dtype == DType::kBF16 ? SAGE_DTYPE_BF16 : SAGE_DTYPE_F16;
+        p.pages = pool.get();
+        p.page_tokens = kPageTokens;
+        p.num_kv_heads = kHeads;
+        p.head_dim = d;
+        p.count = kTokens;
+        if (host_tables) {
+          const size_t bytes = centered.size() * 4 + v.size() * 2 + offsets.size() * 8 + slots.size() * 4;
+          ASSERT_EQ(cudaHostAlloc(&pinned, bytes, cudaHostAllocPortable), cudaSuccess);
+          auto* at = static_cast<std::byte*>(pinned);
+          const auto put = [&](const void* src, size_t n) { std::memcpy(at, src, n); const void* r = at; at += n; return r; };
+          p.k_centered = static_cast<const float*>(put(centered.data(), centered.size() * 4));
+          p.page_offsets = static_cast<const uint64_t*>(put(offsets.data(), offsets.size() * 8));
+          p.v = put(v.data(), v.size() * 2);
+          p.slots = static_cast<const int32_t*>(put(slots.data(), slots.size() * 4));
+        } else {
+          ASSERT_TRUE(dk.Upload(centered, stream.get()).ok());
+          ASSERT_TRUE(dv.Upload(v, stream.get()).ok());
+          ASSERT_TRUE(doff.Upload(offsets, stream.get()).ok());
+          ASSERT_TRUE(dslot.Upload(slots, stream.get()).ok());
+          p.k_centered = dk.as<float>();
+          p.v = dv.get();
+          p.page_offsets = doff.as<uint64_t>();
+          p.slots = dslot.as<int32_t>();
+        }
+        ASSERT_EQ(sage_kv_quantize(&p, reinterpret_cast<sage_stream_t>(stream.get())), SAGE_OK) << sage_last_error();
+        std::vector<std::byte> got;
+        ASSERT_TRUE(pool.Download(&got, stream.get()).ok());
+        if (pinned != nullptr) (void)cudaFreeHost(pinned);
+        ASSERT_EQ(got.size(), want.size());
+        // Byte for byte, except that two NaN scales match whatever their payloads.
+        int mismatches = 0;
+        for (int pg = 0; pg < kPages; ++pg) {
+          const std::byte* w = want.data() + pg * page_bytes;
+          const std::byte* g = got.data() + pg * page_bytes;
+          const size_t scales_at = 2 * layout.codes_per_tensor();
+          for (size_t i = 0; i < page_bytes; ++i) {
+            if (i >= scales_at && i < scales_at + 2 * layout.scales_per_tensor()) {
+              if (i % 4 != 0) continue;
+              float a, b;
+              std::memcpy(&a, w + (i - i % 4), 4);
+              std::memcpy(&b, g + (i - i % 4), 4);
+              const bool same = (a != a && b != b) || std::bit_cast<uint32_t>(a) == std::bit_cast<uint32_t>(b);
+              if (!same && mismatches++ < 5) ADD_FAILURE() << "page " << pg << " scale byte " << i << ": " << b << " vs " << a;
+              continue;
+            }
+            if (w[i] != g[i] && mismatches++ < 5) {
+              ADD_FAILURE() << "page " << pg << " byte " << i << ": " << static_cast<int>(g[i]) << " vs " << static_cast<int>(w[i]);
+            }
+          }
+        }
+        EXPECT_EQ(mismatches, 0);
+      }
+    }
+  }
+}
+
+TEST(KvQuantizeGpu, BadParamsAreRefused) {
+  SAGE_SKIP_WITHOUT_GPU();
+  Stream stream;
+  const auto st = reinterpret_cast<sage_stream_t>(stream.get());
+  DeviceBuffer buf(1 << 16);
+  sage_kv_quantize_params_t p{};
+  p.dtype = SAGE_DTYPE_F16;
+  p.pages = buf.get();
+  p.page_tokens = 16;
+  p.num_kv_heads = 2;
+  p.head_dim = 128;
+  p.count = 1;
+  p.page_offsets = buf.as<uint64_t>();
+  p.slots = buf.as<int32_t>();
+  p.k_centered = buf.as<float>();
+  p.v = buf.get();
+  EXPECT_EQ(sage_kv_quantize(nullptr, st), SAGE_ERR_INVALID_ARGUMENT);
+  sage_kv_quantize_params_t bad = p;
+  bad.head_dim = 80;
+  EXPECT_EQ(sage_kv_quantize(&bad, st), SAGE_ERR_INVALID_ARGUMENT);
+  EXPECT_NE(std::string(sage_last_error()).find("head_dim"), std::string::npos) << sage_last_error();
+  bad = p;
+  bad.k_centered = nullptr;
+  EXPECT_EQ(sage_kv_quantize(&bad, st), SAGE_ERR_INVALID_ARGUMENT);
+  EXPECT_EQ(sage_kv_quantize(&p, nullptr), SAGE_ERR_INVALID_ARGUMENT);
+  bad = p;
+  bad.count = 0;
+  EXPECT_EQ(sage_kv_quantize(&bad, st), SAGE_OK);
+}
+
+}  // namespace
+}  // namespace sage
