@@ -13,7 +13,7 @@ LOG="${OUT:-/tmp}"
 export LD_LIBRARY_PATH="$BUNDLE/lib:${LD_LIBRARY_PATH:-}"
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader | tee "$LOG/gpu.txt"
 {
-  tests="kv_memory_gpu_test paged_decode_gpu_test paged_gather_gpu_test session_gpu_test cuda_backend_gpu_test"
+  tests="kv_quantize_gpu_test kv_memory_gpu_test paged_decode_gpu_test paged_gather_gpu_test session_gpu_test cuda_backend_gpu_test"
   [ "${QUICK:-}" = 2 ] && tests="kv_memory_gpu_test paged_gather_gpu_test session_gpu_test"
   for t in $tests; do
     echo "=== $t"
