@@ -164,10 +164,9 @@ class DeviceKvMemory final : public KvMemory {
     for (size_t first = 0; first < tokens.size(); first += per_run) {
       const std::span<const KvQuantizeToken> run = tokens.subspan(first, std::min(per_run, tokens.size() - first));
       std::lock_guard<std::mutex> lock(write_mu_);
-      SAGE_CUDA_RETURN_IF_ERROR(FromCuda(cudaSetDevice(device_), "cudaSetDevice"));
-      const int slot = next_slot_;
-      SAGE_CUDA_RETURN_IF_ERROR(FromCuda(cudaEventSynchronize(slot_done_[slot]), "kv pool write slot"));
-      std::byte* at = slots_ + static_cast<size_t>(slot) * kSlotBytes;
+      absl::StatusOr<std::byte*> staging = NextSlotLocked();
+      if (!staging.ok()) return staging.status();
+      std::byte* at = *staging;
       const auto take = [&at](size_t bytes) {
         std::byte* p = at;
         at += (bytes + 15) / 16 * 16;
@@ -199,10 +198,7 @@ class DeviceKvMemory final : public KvMemory {
       p.k_centered = k;
       p.v = v;
       SAGE_CUDA_RETURN_IF_ERROR(FromSage(sage_kv_quantize(&p, reinterpret_cast<sage_stream_t>(write_stream_)), "kv quantize"));
-      SAGE_CUDA_RETURN_IF_ERROR(FromCuda(cudaEventRecord(slot_done_[slot], write_stream_), "cudaEventRecord"));
-      last_slot_ = slot;
-      wrote_ = true;
-      next_slot_ = (slot + 1) % kSlots;
+      SAGE_CUDA_RETURN_IF_ERROR(SlotIssuedLocked());
     }
     return absl::OkStatus();
   }
@@ -248,10 +244,9 @@ class DeviceKvMemory final : public KvMemory {
   absl::Status WriteAsync(std::span<const KvWrite> writes) {
     if (writes.empty()) return absl::OkStatus();
     std::lock_guard<std::mutex> lock(write_mu_);  // issue order is stream order
-    SAGE_CUDA_RETURN_IF_ERROR(FromCuda(cudaSetDevice(device_), "cudaSetDevice"));
-    const int slot = next_slot_;
-    SAGE_CUDA_RETURN_IF_ERROR(FromCuda(cudaEventSynchronize(slot_done_[slot]), "kv pool write slot"));
-    std::byte* const staging = slots_ + static_cast<size_t>(slot) * kSlotBytes;
+    absl::StatusOr<std::byte*> slot = NextSlotLocked();
+    if (!slot.ok()) return slot.status();
+    std::byte* const staging = *slot;
     auto* const table = reinterpret_cast<sage_copy_segment_t*>(staging + kSlotDataBytes);
     size_t used = 0;
     uint64_t largest = 0;
@@ -265,10 +260,21 @@ class DeviceKvMemory final : public KvMemory {
     SAGE_CUDA_RETURN_IF_ERROR(FromSage(sage_copy_segments(table, static_cast<int>(writes.size()), largest,
                                                           reinterpret_cast<sage_stream_t>(write_stream_)),
                                        "kv pool write"));
-    SAGE_CUDA_RETURN_IF_ERROR(FromCuda(cudaEventRecord(slot_done_[slot], write_stream_), "cudaEventRecord"));
-    last_slot_ = slot;
+    return SlotIssuedLocked();
+  }
+
+  // Under write_mu_: the next slot's staging, once the copy that last read it has run (32 writes
+  // ago); SlotIssuedLocked after its work is on the write stream makes that work the tail.
+  absl::StatusOr<std::byte*> NextSlotLocked() {
+    SAGE_CUDA_RETURN_IF_ERROR(FromCuda(cudaSetDevice(device_), "cudaSetDevice"));
+    SAGE_CUDA_RETURN_IF_ERROR(FromCuda(cudaEventSynchronize(slot_done_[next_slot_]), "kv pool write slot"));
+    return slots_ + static_cast<size_t>(next_slot_) * kSlotBytes;
+  }
+  absl::Status SlotIssuedLocked() {
+    SAGE_CUDA_RETURN_IF_ERROR(FromCuda(cudaEventRecord(slot_done_[next_slot_], write_stream_), "cudaEventRecord"));
+    last_slot_ = next_slot_;
     wrote_ = true;
-    next_slot_ = (slot + 1) % kSlots;
+    next_slot_ = (next_slot_ + 1) % kSlots;
     return absl::OkStatus();
   }
 
