@@ -346,7 +346,7 @@ TEST_F(SessionE2E, StreamStartsRequestsInTheOrderSent) {
   const auto k1 = Values(1, kHkv, 4, 1.0f), v1 = Values(1, kHkv, 5, 0.0f);
   grpc::ClientContext ctx;
   auto stream = stub_->AttendSessionStream(&ctx);
-  constexpr int kDecode = 12;
+  constexpr int kDecode = 100;  // past the stream's 64 pending requests: reads pause and resume
   for (int i = 0; i <= kDecode; ++i) {
     v1::AttendSessionRequest r;
     r.set_request_id(absl::StrCat(i));

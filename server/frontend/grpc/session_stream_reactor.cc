@@ -73,10 +73,19 @@ void SessionStreamReactor::OnReadDone(bool ok) {
     read_next = UnderLimitLocked();
     read_paused_ = !read_next;
     resuming_read_ = read_next;  // no Finish before the next read is issued below
+    dispatching_ = true;         // and no read resumed by a write meanwhile
   }
   Dispatch(call);
   // The next read only after this request has started or is queued, so requests start in the order
-  // sent.
+  // sent. A paused read whose answers were written during the dispatch resumes here.
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    dispatching_ = false;
+    if (!read_next && read_paused_ && !cancelled_ && !write_failed_ && !reads_done_ && UnderLimitLocked()) {
+      read_paused_ = false;
+      read_next = resuming_read_ = true;
+    }
+  }
   if (read_next) {
     StartRead(&incoming_);
     bool finish;
@@ -169,7 +178,7 @@ void SessionStreamReactor::OnWriteDone(bool ok) {
       writing_ = true;
       next = &write_queue_.front()->response;
     }
-    if (read_paused_ && !cancelled_ && !write_failed_ && !reads_done_ && UnderLimitLocked()) {
+    if (read_paused_ && !dispatching_ && !cancelled_ && !write_failed_ && !reads_done_ && UnderLimitLocked()) {
       read_paused_ = false;
       resume = resuming_read_ = true;
     }
