@@ -156,7 +156,9 @@ bool SessionAttend::StartsOnCaller(const SessionAttendRequest& request) {
   if (request.recipe.has_value() && *request.recipe != Recipe::kUnquantized) return false;
   const std::string_view placement = SessionStore::PlacementOf(request.steps.front().session_id);
   size_t kv_bytes = 0, q_bytes = 0;
-  const auto on_device = [](const std::optional<SharedRange>& r) { return r.has_value() && r->memory() == MemoryKind::kDevice; };
+  const auto on_device = [](const std::optional<SharedRange>& r) {
+    return r.has_value() && r->memory() == MemoryKind::kDevice;
+  };
   for (const SessionStepInput& st : request.steps) {
     if (st.n_q.has_value() && *st.n_q > kPagedMaxQueryRows) return false;
     if (SessionStore::PlacementOf(st.session_id) != placement) return false;
