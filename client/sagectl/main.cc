@@ -146,7 +146,7 @@ void Usage() {
       "                              (same host; server runs --allow_shared_memory); bench checks\n"
       "                              answers bit-exact against the bytes path\n"
       "  bench --mode=decode [--sessions=N] [--clients=N] [--context=T] [--steps=M] [--stream]\n"
-      "        [--shared_memory=none|system|cuda [--cuda_device=N]]  Q and O of each call by region\n"
+      "        [--shared_memory=none|system|cuda [--cuda_device=N]]  Q, O, new K/V by region\n"
       "        [session options]      KV sessions: prefill, then M decode steps x L layers, one call\n"
       "                              per layer-step for each client's sessions (--stream: on one\n"
       "                              AttendSessionStream per client); p50/p99, steps/s\n"

@@ -1,8 +1,8 @@
 // `sagectl session <verb>`: operators' view of KV sessions (list, get, create, truncate, fork,
 // close), and `sagectl bench --mode=decode`: N concurrent sessions, a prefill, then M decode steps
 // over L layers, one call per layer per step (all sessions of a client thread batched), with the
-// client latency of each layer-step; --shared_memory=system|cuda moves each call's Q and O through
-// a registered region instead of the messages.
+// client latency of each layer-step; --shared_memory=system|cuda moves each call's Q, O and new
+// K/V through a registered region instead of the messages.
 #include <algorithm>
 #include <cctype>
 #include <cstring>
@@ -13,6 +13,7 @@
 #include <mutex>
 #include <random>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -72,26 +73,39 @@ double Percentile(std::vector<double> v, double p) {
 }
 
 // --shared_memory=system|cuda for the decode bench: one client thread's region, holding the Q of
-// its sessions' decode step (one row each, back to back, as one call's steps name them) and the
-// call's O after it. The region is registered for the thread's calls and unregistered after them.
+// its sessions' decode step (one row each, back to back, as one call's steps name them: the server
+// reads CUDA Q in place as one tensor), the call's O after it, then every session's new K, then
+// every session's new V (back to back too, so the server reads a call's K and V with one copy).
+// The region is registered for the thread's calls and unregistered after them.
 class DecodeRegion {
  public:
   static absl::StatusOr<std::unique_ptr<DecodeRegion>> Create(const sageserve::Client& client,
                                                               const SharedMemoryOptions& options,
                                                               const sageserve::SessionOptions& shape, int64_t sessions,
-                                                              const std::vector<uint16_t>& q) {
-    const uint64_t q_bytes = q.size() * sizeof(uint16_t);
-    const uint64_t o_at = (q_bytes * static_cast<uint64_t>(sessions) + kAlign - 1) / kAlign * kAlign;
-    const uint64_t o_bytes = sageserve::SessionOBytes(shape, sessions);
+                                                              const std::vector<uint16_t>& q,
+                                                              const std::vector<uint16_t>& kv) {
+    Layout l;
+    l.q_bytes = q.size() * sizeof(uint16_t);
+    l.kv_bytes = kv.size() * sizeof(uint16_t);
+    l.o_at = Aligned(l.q_bytes * static_cast<uint64_t>(sessions));
+    l.o_bytes = sageserve::SessionOBytes(shape, sessions);
+    l.k_at = Aligned(l.o_at + l.o_bytes);
+    l.v_at = l.k_at + l.kv_bytes * static_cast<uint64_t>(sessions);
+    const uint64_t total = l.v_at + l.kv_bytes * static_cast<uint64_t>(sessions);
     const std::string key = sageserve::SystemSharedMemory::UniqueKey("sagectl-decode");
     absl::StatusOr<std::unique_ptr<RegionBuffer>> buffer =
-        options.mode == SharedMemoryMode::kSystem ? MakeSystemBuffer(key, o_at + o_bytes)
-                                                  : MakeCudaBuffer(options.cuda_device, o_at + o_bytes);
+        options.mode == SharedMemoryMode::kSystem ? MakeSystemBuffer(key, total)
+                                                  : MakeCudaBuffer(options.cuda_device, total);
     if (!buffer.ok()) return buffer.status();
     for (int64_t i = 0; i < sessions; ++i) {
-      if (absl::Status st = (*buffer)->Write(static_cast<size_t>(i) * q_bytes, q.data(), q_bytes); !st.ok()) return st;
+      const size_t n = static_cast<size_t>(i);
+      for (auto [at, values, bytes] : {std::tuple{n * l.q_bytes, q.data(), l.q_bytes},
+                                       {l.k_at + n * l.kv_bytes, kv.data(), l.kv_bytes},
+                                       {l.v_at + n * l.kv_bytes, kv.data(), l.kv_bytes}}) {
+        if (absl::Status st = (*buffer)->Write(at, values, bytes); !st.ok()) return st;
+      }
     }
-    std::unique_ptr<DecodeRegion> r(new DecodeRegion(client, *std::move(buffer), key.substr(1), q_bytes, o_at, o_bytes));
+    std::unique_ptr<DecodeRegion> r(new DecodeRegion(client, *std::move(buffer), key.substr(1), l));
     if (absl::Status st = r->buffer_->Register(client, r->name_); !st.ok()) return st;
     r->registered_ = true;
     return r;
@@ -99,23 +113,27 @@ class DecodeRegion {
   ~DecodeRegion() {
     if (registered_) (void)client_.UnregisterSharedMemory(name_);
   }
-  // Session i's q (one row) and the call's O.
-  v1::SharedMemoryRef Q(int64_t i) const {
-    return sageserve::SharedMemoryRange(name_, static_cast<uint64_t>(i) * q_bytes_, q_bytes_);
-  }
-  v1::SharedMemoryRef O() const { return sageserve::SharedMemoryRange(name_, o_at_, o_bytes_); }
+  // Session i's q (one row), new K and V (one token each), and the call's O.
+  v1::SharedMemoryRef Q(int64_t i) const { return Range(static_cast<uint64_t>(i) * l_.q_bytes, l_.q_bytes); }
+  v1::SharedMemoryRef K(int64_t i) const { return Range(l_.k_at + static_cast<uint64_t>(i) * l_.kv_bytes, l_.kv_bytes); }
+  v1::SharedMemoryRef V(int64_t i) const { return Range(l_.v_at + static_cast<uint64_t>(i) * l_.kv_bytes, l_.kv_bytes); }
+  v1::SharedMemoryRef O() const { return Range(l_.o_at, l_.o_bytes); }
 
  private:
-  static constexpr uint64_t kAlign = 256;  // O starts as aligned as its own allocation would be
-  DecodeRegion(const sageserve::Client& client, std::unique_ptr<RegionBuffer> buffer, std::string name, uint64_t q_bytes,
-               uint64_t o_at, uint64_t o_bytes)
-      : client_(client), buffer_(std::move(buffer)), name_(std::move(name)), q_bytes_(q_bytes), o_at_(o_at),
-        o_bytes_(o_bytes) {}
+  static constexpr uint64_t kAlign = 256;  // O (and K) start as aligned as their own allocation would be
+  static uint64_t Aligned(uint64_t at) { return (at + kAlign - 1) / kAlign * kAlign; }
+  // Bytes of one session's q and of its K (or V); where O, the K of all sessions and their V start.
+  struct Layout {
+    uint64_t q_bytes = 0, kv_bytes = 0, o_at = 0, o_bytes = 0, k_at = 0, v_at = 0;
+  };
+  DecodeRegion(const sageserve::Client& client, std::unique_ptr<RegionBuffer> buffer, std::string name, Layout l)
+      : client_(client), buffer_(std::move(buffer)), name_(std::move(name)), l_(l) {}
+  v1::SharedMemoryRef Range(uint64_t at, uint64_t bytes) const { return sageserve::SharedMemoryRange(name_, at, bytes); }
 
   const sageserve::Client& client_;
   std::unique_ptr<RegionBuffer> buffer_;
   std::string name_;
-  uint64_t q_bytes_, o_at_, o_bytes_;
+  Layout l_;
   bool registered_ = false;
 };
 
@@ -176,7 +194,7 @@ int RunDecodeBench(const Args& args) {
   for (const std::string& k : SharedMemoryFlags()) known.push_back(k);
   if (!CheckFlags(args, known)) return kExitUsage;
   const bool use_stream = args.Has("stream");  // each client's calls on one AttendSessionStream
-  absl::StatusOr<SharedMemoryOptions> shm = SharedMemoryOptionsFromArgs(args);  // Q and O of each call
+  absl::StatusOr<SharedMemoryOptions> shm = SharedMemoryOptionsFromArgs(args);  // Q, O, K and V of each call
   if (!shm.ok()) return FailUsage(shm.status());
   absl::StatusOr<sageserve::SessionOptions> base = SessionOptionsFromArgs(args);
   if (!base.ok()) return FailUsage(base.status());
@@ -253,7 +271,8 @@ int RunDecodeBench(const Args& args) {
     client_q[static_cast<size_t>(c)] = RandomValues(q_row, rng);
     if (shm->mode == SharedMemoryMode::kNone) continue;
     absl::StatusOr<std::unique_ptr<DecodeRegion>> r =
-        DecodeRegion::Create(**client_or, *shm, o, per_client, client_q[static_cast<size_t>(c)]);
+        DecodeRegion::Create(**client_or, *shm, o, per_client, client_q[static_cast<size_t>(c)],
+                             client_k[static_cast<size_t>(c)]);
     if (!r.ok()) return Fail(r.status());
     regions[static_cast<size_t>(c)] = *std::move(r);
   }
@@ -288,8 +307,10 @@ int RunDecodeBench(const Args& args) {
           v1::AttendSessionRequest req;
           req.set_recipe(recipe);
           for (size_t i = 0; i < mine.size(); ++i) {
-            *req.add_steps() = region == nullptr ? mine[i].MakeStep(layer, k, k, q)
-                                                 : mine[i].MakeStep(layer, k, k, 1, region->Q(static_cast<int64_t>(i)));
+            const int64_t n = static_cast<int64_t>(i);
+            *req.add_steps() = region == nullptr
+                                   ? mine[i].MakeStep(layer, k, k, q)
+                                   : mine[i].MakeStep(layer, 1, region->K(n), region->V(n), 1, region->Q(n));
           }
           if (region != nullptr) *req.mutable_o_output() = region->O();
           const Clock::time_point t0 = Clock::now();
@@ -318,7 +339,7 @@ int RunDecodeBench(const Args& args) {
   }
   regions.clear();  // unregistered
   std::printf("decode%s: %lld sessions (%lld clients, %lld per call), context %lld, %lld steps x %d layers, Hq %d Hkv %d D %d, %s, "
-              "Q and O via %s\n",
+              "Q, O and new K/V via %s\n",
               use_stream ? " (AttendSessionStream)" : "",
               static_cast<long long>(*n_sessions), static_cast<long long>(*clients), static_cast<long long>(per_client),
               static_cast<long long>(*context), static_cast<long long>(*steps), o.layers, o.heads_q, o.heads_kv, o.head_dim,

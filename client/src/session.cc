@@ -26,6 +26,15 @@ bool Retryable(const absl::Status& s) {
   return s.code() == absl::StatusCode::kUnavailable || s.code() == absl::StatusCode::kDeadlineExceeded;
 }
 
+// A [rows, heads, head_dim] tensor whose bytes are `ref`.
+void SetShared(int64_t rows, int heads, int head_dim, v1::DType dtype, const v1::SharedMemoryRef& ref, v1::Tensor* t) {
+  t->set_dtype(dtype);
+  t->add_shape(rows);
+  t->add_shape(heads);
+  t->add_shape(head_dim);
+  *t->mutable_shared_memory() = ref;
+}
+
 }  // namespace
 
 SessionClient::SessionClient(const Client& client)
@@ -123,12 +132,18 @@ v1::SessionStep Session::MakeStep(int layer, std::span<const uint16_t> k, std::s
 v1::SessionStep Session::MakeStep(int layer, std::span<const uint16_t> k, std::span<const uint16_t> v, int64_t q_rows,
                                   const v1::SharedMemoryRef& q) const {
   v1::SessionStep step = MakeStep(layer, k, v, {});
-  v1::Tensor* t = step.mutable_q();
-  t->set_dtype(options_.dtype);
-  t->add_shape(q_rows);
-  t->add_shape(options_.heads_q);
-  t->add_shape(options_.head_dim);
-  *t->mutable_shared_memory() = q;
+  SetShared(q_rows, options_.heads_q, options_.head_dim, options_.dtype, q, step.mutable_q());
+  return step;
+}
+
+v1::SessionStep Session::MakeStep(int layer, int64_t new_tokens, const v1::SharedMemoryRef& k,
+                                  const v1::SharedMemoryRef& v, int64_t q_rows, const v1::SharedMemoryRef& q) const {
+  v1::SessionStep step = MakeStep(layer, {}, {}, {});
+  step.clear_k();
+  step.clear_v();
+  SetShared(new_tokens, options_.heads_kv, options_.head_dim, options_.dtype, k, step.mutable_k());
+  SetShared(new_tokens, options_.heads_kv, options_.head_dim, options_.dtype, v, step.mutable_v());
+  if (q_rows > 0) SetShared(q_rows, options_.heads_q, options_.head_dim, options_.dtype, q, step.mutable_q());
   return step;
 }
 

@@ -72,6 +72,14 @@ struct DeviceStats {
 class EngineMemory {
  public:
   virtual ~EngineMemory() = default;
+  // Copies `src` (inside this memory) into host `dst`, done on return. Device memory (a CUDA IPC
+  // mapping) implements it, for the server's host-side reads of a client's CUDA memory (session
+  // steps' K and V); host memory is read by the caller itself, so the default is UNIMPLEMENTED.
+  virtual absl::Status CopyToHost(std::span<std::byte> dst, const std::byte* src) const {
+    (void)dst;
+    (void)src;
+    return absl::UnimplementedError("this memory is read in place, not by device copies");
+  }
 };
 
 // A client's CUDA allocation opened by the engine (AttentionBackend::OpenCudaIpcMemory).

@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "server/backend/encode_output.h"
+#include "server/core/session_kv_staging.h"
 #include "server/shared_memory/safe_copy.h"
 
 namespace sage::server {
@@ -155,9 +156,13 @@ bool SessionAttend::StartsOnCaller(const SessionAttendRequest& request) {
   if (request.recipe.has_value() && *request.recipe != Recipe::kUnquantized) return false;
   const std::string_view placement = SessionStore::PlacementOf(request.steps.front().session_id);
   size_t kv_bytes = 0, q_bytes = 0;
+  const auto on_device = [](const std::optional<SharedRange>& r) {
+    return r.has_value() && r->memory() == MemoryKind::kDevice;
+  };
   for (const SessionStepInput& st : request.steps) {
     if (st.n_q.has_value() && *st.n_q > kPagedMaxQueryRows) return false;
     if (SessionStore::PlacementOf(st.session_id) != placement) return false;
+    if (on_device(st.k_shared) || on_device(st.v_shared)) return false;
     kv_bytes += st.k.size() + st.v.size();
     q_bytes += st.q.size();
   }
@@ -238,6 +243,10 @@ absl::Status SessionAttend::Start(const SessionCaller& caller, SessionAttendRequ
   result.heads_q = shape.heads_q;
   result.head_dim = shape.head_dim;
   result.steps.resize(request.steps.size());
+  // K and V from shared memory are read into a host block first, so that a client's bad memory
+  // fails the call before anything is appended; the store then reads them as inline bytes.
+  absl::StatusOr<std::unique_ptr<std::byte[]>> staged_kv = StageSharedKv(std::span(request.steps));
+  if (!staged_kv.ok()) return staged_kv.status();
   // Every step's tokens appended together: one transfer per device for the whole call.
   std::vector<AppendStep> appends;
   for (const SessionStepInput& st : request.steps) {
@@ -252,6 +261,7 @@ absl::Status SessionAttend::Start(const SessionCaller& caller, SessionAttendRequ
     if (request.steps[i].n_q.has_value()) call->q_steps.push_back(i);
   }
   if (call->q_steps.empty()) {  // bulk imports only: nothing to compute
+    for (const auto& region : request.regions) region->CountRequest();
     auto finish = std::move(call->done);
     finish(std::move(call->result));
     return absl::OkStatus();

@@ -24,8 +24,9 @@
 namespace sage::server {
 
 // One step as the frontend decoded it. Byte spans are 16-bit values in the session's dtype and
-// stay alive until the call's `done` has run. k and v are host memory; q may be a client's
-// registered region (q_shared), CUDA memory included, which the host never reads.
+// stay alive until the call's `done` has run. Each of k, v and q is the message's bytes or a
+// client's registered region (k_shared, v_shared, q_shared), CUDA memory included, which the host
+// never reads in place.
 struct SessionStepInput {
   std::string session_id;
   int layer = 0;
@@ -33,6 +34,9 @@ struct SessionStepInput {
   uint64_t step_id = 0;
   int64_t n_new = 0;  // tokens in k / v ([n_new, Hkv, D])
   std::span<const std::byte> k, v;
+  // Set: k / v is this range of a registered region (steps[i].k.shared_memory). Either kind of
+  // memory, each independently: copied into a host block before the append (session_kv_staging.h).
+  std::optional<SharedRange> k_shared, v_shared;
   std::optional<int64_t> n_q;  // set: q holds [n_q, Hq, D]; unset: a bulk import
   std::span<const std::byte> q;
   // Set: q is this range of a registered region (steps[i].q.shared_memory). A system region is
@@ -102,8 +106,10 @@ class SessionAttend {
   // Whether `request` is light enough to Start on the thread that received it (a gRPC reactor),
   // saving the hop to a session worker: decode-shaped (every step with Q at most kPagedMaxQueryRows
   // rows, the recipe unset or unquantized, so the engine reads the pages in place and nothing is
-  // gathered), at most kCallerAppendBytes of new K/V and kCallerQBytes of Q, its sessions in one
-  // pool. Such a call's appends do not wait for the GPU (KvMemory::Write's small writes).
+  // gathered), at most kCallerAppendBytes of new K/V (inline or system shared memory alike) and
+  // kCallerQBytes of Q, its sessions in one pool, no K or V in CUDA memory (its copy to the host
+  // waits for the GPU). Such a call's appends do not wait for the GPU (KvMemory::Write's small
+  // writes).
   static bool StartsOnCaller(const SessionAttendRequest& request);
   static constexpr int64_t kPagedMaxQueryRows = 16;  // sageattn.h SAGE_PAGED_MAX_QUERY_ROWS
   static constexpr size_t kCallerAppendBytes = size_t{256} << 10;

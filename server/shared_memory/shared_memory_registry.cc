@@ -37,6 +37,15 @@ SharedMemoryRegion::~SharedMemoryRegion() {
   mapping_.reset();
 }
 
+absl::Status SharedMemoryRegion::CopyOut(std::span<const std::byte> src, std::span<std::byte> dst,
+                                         absl::string_view field) const {
+  if (info_.kind == SharedMemoryKind::kSystem) return CopyFromClient(dst, src, field, info_.name);
+  if (engine_ == nullptr) return absl::InternalError(absl::StrCat(field, ": CUDA region '", info_.name, "' is not open"));
+  absl::Status s = engine_->CopyToHost(dst, src.data());
+  if (!s.ok()) return absl::Status(s.code(), absl::StrCat(field, ": region '", info_.name, "': ", s.message()));
+  return absl::OkStatus();
+}
+
 SharedMemoryRegistry::SharedMemoryRegistry(const SharedMemoryOptions& options, AttentionBackend* backend)
     : options_(options), backend_(backend) {}
 

@@ -23,6 +23,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "server/backend/memory_kind.h"
 #include "server/backend/backend.h"
@@ -78,6 +79,11 @@ class SharedMemoryRegion {
   int device() const { return info_.device; }
   // Counts one accepted request that names the region (however many of its tensors do).
   void CountRequest() const { requests_.fetch_add(1, std::memory_order_relaxed); }
+  // Copies `src` (a range of this region) into server memory `dst` of the same size, done on
+  // return: system memory with the fault-tolerant copy (safe_copy.h: FAILED_PRECONDITION naming
+  // `field` when the client shrank its object), CUDA memory with a device-to-host copy by the
+  // engine that opened it (INTERNAL naming `field` when it fails).
+  absl::Status CopyOut(std::span<const std::byte> src, std::span<std::byte> dst, absl::string_view field) const;
 
  private:
   friend class SharedMemoryRegistry;

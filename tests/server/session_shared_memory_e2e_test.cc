@@ -1,7 +1,12 @@
-// AttendSession with q and O/LSE in registered system shared memory, end to end on the CPU engine:
-// prefill and decode steps give the inline path's O and LSE bit for bit, each step's result names
-// its own rows of o_output; every bad reference gets its code and a message naming the field, with
-// nothing appended; a region unregistered between calls is refused; the stream takes references too.
+// AttendSession with q, k, v and O/LSE in registered system shared memory, end to end on the CPU
+// engine: prefill and decode steps give the inline path's O, LSE and lengths bit for bit (16-bit and
+// 8-bit storage), each step's result names its own rows of o_output; every bad reference gets its
+// code and a message naming the field, with nothing appended; a region unregistered between calls
+// or shrunk under one is refused; a retried step is appended once; the stream takes references too.
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include <cstring>
 #include <functional>
 #include <memory>
@@ -22,8 +27,11 @@ namespace v1 = ::sageserve::v1;
 
 constexpr int kHq = 4, kHkv = 2, kD = 64;
 constexpr size_t kQRowBytes = kHq * kD * 2, kLseRowBytes = kHq * sizeof(float);
-// Where the tests put things in the region: Q of a call, then its O, then its LSE.
-constexpr size_t kQAt = 0, kOAt = 256 << 10, kLseAt = 512 << 10, kRegionBytes = 1 << 20;
+// Where the tests put things in the region: Q of a call, then its O, then its LSE, then its K/V.
+constexpr size_t kQAt = 0, kOAt = 256 << 10, kLseAt = 512 << 10, kKvAt = 768 << 10, kRegionBytes = 1 << 20;
+
+// Which of a step's k and v ToShared moves into the region (q always goes).
+enum class KvBytes { kInline, kShared, kKOnly };
 
 std::vector<uint16_t> Values(int64_t n, int heads, uint32_t seed) { return ChannelBiasedFp16(n, heads, kD, seed, 1.0f, 7); }
 
@@ -48,7 +56,7 @@ class SessionSharedMemoryE2E : public ::testing::Test {
     ASSERT_TRUE(s_.client->RegisterSystemSharedMemory("r", shm_->key(), 0, shm_->size()).ok());
   }
 
-  std::string Create() {
+  std::string Create(v1::KvStorage storage = v1::KV_STORAGE_16BIT) {
     grpc::ClientContext ctx;
     v1::CreateSessionRequest req;
     req.set_layers(2);
@@ -56,7 +64,7 @@ class SessionSharedMemoryE2E : public ::testing::Test {
     req.set_heads_kv(kHkv);
     req.set_head_dim(kD);
     req.set_dtype(v1::DTYPE_FP16);
-    req.set_kv_storage(v1::KV_STORAGE_16BIT);
+    req.set_kv_storage(storage);
     req.set_max_tokens(4096);
     v1::CreateSessionResponse resp;
     grpc::Status st = stub_->CreateSession(&ctx, req, &resp);
@@ -92,11 +100,20 @@ class SessionSharedMemoryE2E : public ::testing::Test {
     }
     return req;
   }
-  // `req` with every step's q moved into the region (back to back from kQAt) and O/LSE into it,
-  // the output ranges poisoned so the server must write every byte.
-  v1::AttendSessionRequest ToShared(v1::AttendSessionRequest req) {
-    size_t at = kQAt, rows = 0;
+  // `req` with every step's q moved into the region (back to back from kQAt), k and v as `kv` says
+  // (k0, v0, k1, ... from kKvAt) and O/LSE into it, the output ranges poisoned so the server must
+  // write every byte.
+  v1::AttendSessionRequest ToShared(v1::AttendSessionRequest req, KvBytes kv = KvBytes::kInline) {
+    size_t at = kQAt, rows = 0, kv_at = kKvAt;
+    const auto move = [&](v1::Tensor* t) {
+      std::memcpy(shm_->data() + kv_at, t->data().data(), t->data().size());
+      *t->mutable_shared_memory() = sageserve::SharedMemoryRange("r", kv_at, t->data().size());
+      kv_at += t->data().size();
+      t->clear_data();
+    };
     for (v1::SessionStep& s : *req.mutable_steps()) {
+      if (kv != KvBytes::kInline) move(s.mutable_k());
+      if (kv == KvBytes::kShared) move(s.mutable_v());
       const std::string& bytes = s.q().data();
       std::memcpy(shm_->data() + at, bytes.data(), bytes.size());
       *s.mutable_q()->mutable_shared_memory() = sageserve::SharedMemoryRange("r", at, bytes.size());
@@ -142,36 +159,46 @@ class SessionSharedMemoryE2E : public ::testing::Test {
     }
   }
 
+  // Twin sessions get the same tokens, one pair inline and one through the region (k and v as `kv`
+  // says): a prefill chunk (the gathered path) and decode steps (the paged path), two sessions per
+  // call. Returns the position after them.
+  int64_t ExpectTwinsAgree(const std::vector<std::string>& inline_ids, const std::vector<std::string>& shared_ids,
+                           KvBytes kv) {
+    int64_t position = 0;
+    for (int step = 0; step < 4; ++step) {
+      const int64_t n = step == 0 ? 40 : 1;
+      for (int layer = 0; layer < 2; ++layer) {
+        std::vector<StepData> data(2);
+        for (int s = 0; s < 2; ++s) {
+          const uint32_t seed = static_cast<uint32_t>(step * 100 + layer * 10 + s);
+          data[s] = {Values(n, kHkv, seed), Values(n, kHkv, seed + 1000), Values(n, kHq, seed + 2000)};
+        }
+        const v1::Recipe recipe = step == 0 ? v1::RECIPE_UNQUANTIZED : v1::RECIPE_UNSPECIFIED;
+        v1::AttendSessionResponse want, got;
+        grpc::Status st = Call(Inline(inline_ids, layer, position, data, recipe), &want);
+        EXPECT_TRUE(st.ok()) << st.error_message();
+        const v1::AttendSessionRequest shared = ToShared(Inline(shared_ids, layer, position, data, recipe), kv);
+        st = Call(shared, &got);
+        EXPECT_TRUE(st.ok()) << st.error_message();
+        EXPECT_EQ(got.recipe(), want.recipe());
+        ExpectSameAnswer(shared, got, want);
+      }
+      position += n;
+    }
+    for (size_t s = 0; s < shared_ids.size(); ++s) {
+      for (int layer = 0; layer < 2; ++layer) EXPECT_EQ(Length(shared_ids[s], layer), Length(inline_ids[s], layer));
+    }
+    return position;
+  }
+
   RunningServer s_;
   std::unique_ptr<v1::SessionService::Stub> stub_;
   std::unique_ptr<sageserve::SystemSharedMemory> shm_;
 };
 
-// Twin sessions get the same tokens, one pair inline and one through the region: a prefill chunk
-// (the gathered path) and decode steps (the paged path), two sessions per call.
 TEST_F(SessionSharedMemoryE2E, StepsEqualTheInlinePathBitForBit) {
   const std::vector<std::string> inline_ids = {Create(), Create()}, shared_ids = {Create(), Create()};
-  int64_t position = 0;
-  for (int step = 0; step < 4; ++step) {
-    const int64_t n = step == 0 ? 40 : 1;
-    for (int layer = 0; layer < 2; ++layer) {
-      std::vector<StepData> data(2);
-      for (int s = 0; s < 2; ++s) {
-        const uint32_t seed = static_cast<uint32_t>(step * 100 + layer * 10 + s);
-        data[s] = {Values(n, kHkv, seed), Values(n, kHkv, seed + 1000), Values(n, kHq, seed + 2000)};
-      }
-      const v1::Recipe recipe = step == 0 ? v1::RECIPE_UNQUANTIZED : v1::RECIPE_UNSPECIFIED;
-      v1::AttendSessionResponse want, got;
-      grpc::Status st = Call(Inline(inline_ids, layer, position, data, recipe), &want);
-      ASSERT_TRUE(st.ok()) << st.error_message();
-      const v1::AttendSessionRequest shared = ToShared(Inline(shared_ids, layer, position, data, recipe));
-      st = Call(shared, &got);
-      ASSERT_TRUE(st.ok()) << st.error_message();
-      EXPECT_EQ(got.recipe(), want.recipe());
-      ExpectSameAnswer(shared, got, want);
-    }
-    position += n;
-  }
+  const int64_t position = ExpectTwinsAgree(inline_ids, shared_ids, KvBytes::kInline);
   // Without return_lse, O alone goes to the region.
   std::vector<StepData> data(2);
   for (int s = 0; s < 2; ++s) data[s] = {Values(1, kHkv, 7 + s), Values(1, kHkv, 17 + s), Values(1, kHq, 27 + s)};
@@ -195,8 +222,9 @@ TEST_F(SessionSharedMemoryE2E, StepsEqualTheInlinePathBitForBit) {
 TEST_F(SessionSharedMemoryE2E, BadReferencesAreRefusedNamingTheField) {
   const std::string id = Create();
   std::vector<StepData> data = {{Values(2, kHkv, 1), Values(2, kHkv, 2), Values(2, kHq, 3)}};
-  const v1::AttendSessionRequest good = ToShared(Inline({id}, 0, 0, data, v1::RECIPE_UNSPECIFIED));
-  const uint64_t q_bytes = 2 * kQRowBytes;
+  // k at kKvAt, v right after it.
+  const v1::AttendSessionRequest good = ToShared(Inline({id}, 0, 0, data, v1::RECIPE_UNSPECIFIED), KvBytes::kShared);
+  const uint64_t q_bytes = 2 * kQRowBytes, kv_bytes = 2 * kHkv * kD * 2;
   struct Case {
     const char* name;
     std::function<void(v1::AttendSessionRequest&)> mutate;
@@ -215,11 +243,24 @@ TEST_F(SessionSharedMemoryE2E, BadReferencesAreRefusedNamingTheField) {
        grpc::StatusCode::INVALID_ARGUMENT, "steps[0].q.shared_memory.offset"},
       {"data and shared_memory", [](auto& r) { r.mutable_steps(0)->mutable_q()->set_data("xx"); },
        grpc::StatusCode::INVALID_ARGUMENT, "steps[0].q"},
-      {"k by reference",
-       [](auto& r) {
-         *r.mutable_steps(0)->mutable_k()->mutable_shared_memory() = sageserve::SharedMemoryRange("r", 4096, 512);
-       },
+      {"k in an unknown region",
+       [](auto& r) { r.mutable_steps(0)->mutable_k()->mutable_shared_memory()->set_region("nope"); },
+       grpc::StatusCode::NOT_FOUND, "steps[0].k.shared_memory"},
+      {"v size unlike the shape",
+       [](auto& r) { r.mutable_steps(0)->mutable_v()->mutable_shared_memory()->set_byte_size(kv_bytes - 2); },
+       grpc::StatusCode::INVALID_ARGUMENT, "steps[0].v.shared_memory"},
+      {"k outside the region",
+       [](auto& r) { r.mutable_steps(0)->mutable_k()->mutable_shared_memory()->set_offset(kRegionBytes - 64); },
        grpc::StatusCode::INVALID_ARGUMENT, "steps[0].k.shared_memory"},
+      {"v unaligned", [](auto& r) { r.mutable_steps(0)->mutable_v()->mutable_shared_memory()->set_offset(kKvAt + 1); },
+       grpc::StatusCode::INVALID_ARGUMENT, "steps[0].v.shared_memory.offset"},
+      {"k data and shared_memory", [](auto& r) { r.mutable_steps(0)->mutable_k()->set_data("xx"); },
+       grpc::StatusCode::INVALID_ARGUMENT, "steps[0].k"},
+      {"v shape unlike k's", [](auto& r) { r.mutable_steps(0)->mutable_v()->set_shape(0, 1); },
+       grpc::StatusCode::INVALID_ARGUMENT, "steps[0].v"},
+      {"o_output over v",
+       [q_bytes](auto& r) { *r.mutable_o_output() = sageserve::SharedMemoryRange("r", kKvAt + kv_bytes, q_bytes); },
+       grpc::StatusCode::INVALID_ARGUMENT, "o_output: overlaps steps[0].v"},
       {"lse_output without o_output", [](auto& r) { r.clear_o_output(); }, grpc::StatusCode::INVALID_ARGUMENT,
        "lse_output"},
       {"lse_output missing", [](auto& r) { r.clear_lse_output(); }, grpc::StatusCode::INVALID_ARGUMENT, "lse_output"},
@@ -264,6 +305,70 @@ TEST_F(SessionSharedMemoryE2E, RegionUnregisteredBetweenCallsIsRefused) {
   EXPECT_EQ(st.error_code(), grpc::StatusCode::NOT_FOUND) << st.error_message();
   EXPECT_EQ(st.error_message().rfind("steps[0].q.shared_memory", 0), 0u) << st.error_message();
   EXPECT_EQ(Length(id, 0), 1);
+}
+
+// K and V from the region (both, or k alone beside an inline v) give the inline twins' O, LSE and
+// lengths bit for bit, with 16-bit and 8-bit storage.
+TEST_F(SessionSharedMemoryE2E, KvFromSharedMemoryEqualsTheInlinePath) {
+  for (v1::KvStorage storage : {v1::KV_STORAGE_16BIT, v1::KV_STORAGE_INT8_K_FP8_V}) {
+    for (KvBytes kv : {KvBytes::kShared, KvBytes::kKOnly}) {
+      SCOPED_TRACE(absl::StrCat("storage ", static_cast<int>(storage), ", k/v ", static_cast<int>(kv)));
+      ExpectTwinsAgree({Create(storage), Create(storage)}, {Create(storage), Create(storage)}, kv);
+    }
+  }
+}
+
+// A retried step (same position and step id) whose K/V come from the region is appended once and
+// answers as the first time did.
+TEST_F(SessionSharedMemoryE2E, RetriedKvFromSharedMemoryIsAppendedOnce) {
+  const std::string id = Create(v1::KV_STORAGE_INT8_K_FP8_V);
+  std::vector<StepData> data = {{Values(3, kHkv, 1), Values(3, kHkv, 2), Values(1, kHq, 3)}};
+  const v1::AttendSessionRequest req = ToShared(Inline({id}, 0, 0, data, v1::RECIPE_UNSPECIFIED), KvBytes::kShared);
+  v1::AttendSessionResponse first, again;
+  grpc::Status st = Call(req, &first);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  const std::string o = RegionBytes(first.results(0).o().shared_memory());
+  st = Call(req, &again);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  EXPECT_EQ(again.results(0).length(), 3);
+  EXPECT_EQ(Length(id, 0), 3);
+  EXPECT_EQ(RegionBytes(again.results(0).o().shared_memory()), o);
+}
+
+// K/V in a region unregistered after a call: the next call is NOT_FOUND naming k, nothing appended.
+TEST_F(SessionSharedMemoryE2E, KvRegionUnregisteredBetweenCallsIsRefused) {
+  const std::string id = Create();
+  std::vector<StepData> data = {{Values(1, kHkv, 1), Values(1, kHkv, 2), Values(1, kHq, 3)}};
+  v1::AttendSessionResponse resp;
+  ASSERT_TRUE(Call(ToShared(Inline({id}, 0, 0, data, v1::RECIPE_UNSPECIFIED), KvBytes::kShared), &resp).ok());
+  const v1::AttendSessionRequest next = ToShared(Inline({id}, 0, 1, data, v1::RECIPE_UNSPECIFIED), KvBytes::kShared);
+  ASSERT_TRUE(s_.client->UnregisterSharedMemory("r").ok());
+  grpc::Status st = Call(next, &resp);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::NOT_FOUND) << st.error_message();
+  EXPECT_EQ(st.error_message().rfind("steps[0].k.shared_memory", 0), 0u) << st.error_message();
+  EXPECT_EQ(Length(id, 0), 1);
+}
+
+// A client that shrinks its object under K/V gets FAILED_PRECONDITION naming the step's k (read
+// with the fault-tolerant copy: the server, in this process, would otherwise die of SIGBUS), and
+// nothing is appended.
+TEST_F(SessionSharedMemoryE2E, KvInAShrunkObjectIsRefused) {
+  const std::string id = Create();
+  std::vector<StepData> data = {{Values(2, kHkv, 1), Values(2, kHkv, 2), Values(2, kHq, 3)}};
+  const v1::AttendSessionRequest req = ToShared(Inline({id}, 0, 0, data, v1::RECIPE_UNSPECIFIED), KvBytes::kShared);
+  const int fd = shm_open(shm_->key().c_str(), O_RDWR, 0);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(ftruncate(fd, 4096), 0);  // q stays readable; k and v (at kKvAt) are gone
+  v1::AttendSessionResponse resp;
+  grpc::Status st = Call(req, &resp);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << st.error_message();
+  EXPECT_EQ(st.error_message().rfind("steps[0].k.shared_memory", 0), 0u) << st.error_message();
+  EXPECT_EQ(Length(id, 0), 0);
+  ASSERT_EQ(ftruncate(fd, kRegionBytes), 0);  // the bytes come back as zeros; the call now appends
+  close(fd);
+  st = Call(req, &resp);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  EXPECT_EQ(Length(id, 0), 2);
 }
 
 // AttendSessionStream: requests with references are answered like unary ones; a bad one fails

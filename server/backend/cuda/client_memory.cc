@@ -27,6 +27,19 @@ class IpcAllocation final : public EngineMemory {
     if (cudaSetDevice(device_) == cudaSuccess) (void)cudaIpcCloseMemHandle(ptr_);
   }
 
+  // On the calling thread's per-thread stream, which waits for no other stream: a legacy-stream
+  // cudaMemcpy would wait for every launch on the GPU. The thread's current device is put back.
+  absl::Status CopyToHost(std::span<std::byte> dst, const std::byte* src) const override {
+    int previous = -1;
+    SAGE_CUDA_RETURN_IF_ERROR(FromCuda(cudaGetDevice(&previous), "cudaGetDevice"));
+    SAGE_CUDA_RETURN_IF_ERROR(FromCuda(cudaSetDevice(device_), "cudaSetDevice"));
+    cudaError_t err = cudaMemcpyAsync(dst.data(), src, dst.size(), cudaMemcpyDeviceToHost, cudaStreamPerThread);
+    if (err == cudaSuccess) err = cudaStreamSynchronize(cudaStreamPerThread);
+    if (err != cudaSuccess) (void)cudaGetLastError();  // not sticky: the context goes on serving
+    (void)cudaSetDevice(previous);
+    return FromCuda(err, "read of a client's CUDA shared memory");
+  }
+
  private:
   void* ptr_;
   int device_;

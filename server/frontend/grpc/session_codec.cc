@@ -24,8 +24,8 @@ constexpr WirePair<KvStorage, v1::KvStorage> kKvStorageNames[] = {
     {KvStorage::kInt8KFp8V, v1::KV_STORAGE_INT8_K_FP8_V},
 };
 
-// A step tensor: 16-bit bytes of a [tokens, heads, head_dim] shape, inline or (q only) in a
-// registered region.
+// A step tensor: 16-bit bytes of a [tokens, heads, head_dim] shape, inline or in a registered
+// region (k, v and q alike).
 struct StepTensor {
   int64_t tokens = 0;
   int heads = 0;
@@ -35,16 +35,8 @@ struct StepTensor {
   std::optional<SharedRange> shared;
 };
 
-// Whether a step tensor may name shared memory: q may; k and v are copied into the pages anyway.
-enum class StepTensorBytes { kInlineOnly, kInlineOrShared };
-
-absl::StatusOr<StepTensor> DecodeStepTensor(const std::string& field, const v1::Tensor& t, StepTensorBytes allowed,
-                                            const SharedMemoryAccess* shm, HeldRegions& held) {
-  if (t.has_shared_memory() && allowed == StepTensorBytes::kInlineOnly) {
-    return Invalid(absl::StrCat(field, ".shared_memory"),
-                   "session steps take k and v inline (they are copied into the session's pages); only q may be in "
-                   "shared memory");
-  }
+absl::StatusOr<StepTensor> DecodeStepTensor(const std::string& field, const v1::Tensor& t, const SharedMemoryAccess* shm,
+                                            HeldRegions& held) {
   if (t.shape_size() != 3) return Invalid(absl::StrCat(field, ".shape"), "expected [tokens, heads, head_dim]");
   absl::StatusOr<DType> dtype = FromWireDType(t.dtype());
   if (!dtype.ok() || (*dtype != DType::kF16 && *dtype != DType::kBF16)) {
@@ -125,7 +117,8 @@ absl::StatusOr<SessionAttendRequest> DecodeAttendSession(const v1::AttendSession
     if (!recipe.ok()) return recipe.status();
     out.recipe = *recipe;
   }
-  std::vector<NamedBytes> q_bytes;  // what o_output / lse_output must not overlap
+  std::vector<NamedBytes> q_bytes;  // every step's q, in step order (CUDA q must be back to back)
+  std::vector<NamedBytes> inputs;   // what o_output / lse_output must not overlap: q, and k / v in regions
   int64_t q_rows = 0;
   const StepTensor* first_q = nullptr;
   StepTensor q0;
@@ -138,9 +131,11 @@ absl::StatusOr<SessionAttendRequest> DecodeAttendSession(const v1::AttendSession
     st.layer = w.layer();
     st.position = w.position();
     st.step_id = w.step_id();
-    absl::StatusOr<StepTensor> k = DecodeStepTensor(at + ".k", w.k(), StepTensorBytes::kInlineOnly, shared_memory, out.regions);
+    // k and v may each be inline or in any registered region (system or CUDA, any of the server's
+    // GPUs): the server copies them to the host for the append, so no placement rule ties them.
+    absl::StatusOr<StepTensor> k = DecodeStepTensor(at + ".k", w.k(), shared_memory, out.regions);
     if (!k.ok()) return k.status();
-    absl::StatusOr<StepTensor> v = DecodeStepTensor(at + ".v", w.v(), StepTensorBytes::kInlineOnly, shared_memory, out.regions);
+    absl::StatusOr<StepTensor> v = DecodeStepTensor(at + ".v", w.v(), shared_memory, out.regions);
     if (!v.ok()) return v.status();
     if (v->tokens != k->tokens || v->heads != k->heads || v->head_dim != k->head_dim || v->dtype != k->dtype) {
       return Invalid(at + ".v", "shape and dtype must equal k's");
@@ -148,12 +143,17 @@ absl::StatusOr<SessionAttendRequest> DecodeAttendSession(const v1::AttendSession
     st.n_new = k->tokens;
     st.k = k->bytes;
     st.v = v->bytes;
+    st.k_shared = k->shared;
+    st.v_shared = v->shared;
+    // Inputs o_output / lse_output must not overlap (inline bytes cannot: they are in the message).
+    if (k->shared.has_value()) inputs.push_back(NamedBytes{at + ".k", k->bytes});
+    if (v->shared.has_value()) inputs.push_back(NamedBytes{at + ".v", v->bytes});
     st.dtype = k->dtype;
     st.kv_heads = k->heads;
     st.head_dim = k->head_dim;
     if (w.has_q()) {
       absl::StatusOr<StepTensor> q =
-          DecodeStepTensor(at + ".q", w.q(), StepTensorBytes::kInlineOrShared, shared_memory, out.regions);
+          DecodeStepTensor(at + ".q", w.q(), shared_memory, out.regions);
       if (!q.ok()) return q.status();
       if (q->dtype != k->dtype || q->head_dim != k->head_dim) return Invalid(at + ".q", "dtype and head_dim must equal k's");
       if (first_q == nullptr) {
@@ -188,6 +188,7 @@ absl::StatusOr<SessionAttendRequest> DecodeAttendSession(const v1::AttendSession
       }
       q_rows += q->tokens;
       q_bytes.push_back(NamedBytes{at + ".q", q->bytes});
+      inputs.push_back(q_bytes.back());
       st.n_q = q->tokens;
       st.q = q->bytes;
       st.q_heads = q->heads;
@@ -200,7 +201,7 @@ absl::StatusOr<SessionAttendRequest> DecodeAttendSession(const v1::AttendSession
   if (refs.o != nullptr && first_q == nullptr) return Invalid("o_output", "set, but no step carries q (nothing to write)");
   if (first_q != nullptr) {
     const OutputShape shape{q_rows, first_q->heads, first_q->head_dim, first_q->dtype, first_q->dtype};
-    absl::Status s = ResolveOutputs(refs, shape, q_bytes, shared_memory, out.regions, out.output, out.output_regions,
+    absl::Status s = ResolveOutputs(refs, shape, inputs, shared_memory, out.regions, out.output, out.output_regions,
                                     out.memory_device);
     if (!s.ok()) return s;
   } else if (refs.lse != nullptr) {

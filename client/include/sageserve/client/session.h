@@ -54,6 +54,11 @@ class Session {
   // step's O back to back in step order, SessionOutputBytes(options, sum of q_rows) bytes.
   v1::SessionStep MakeStep(int layer, std::span<const uint16_t> k, std::span<const uint16_t> v, int64_t q_rows,
                            const v1::SharedMemoryRef& q) const;
+  // The same with k and v too in registered regions: `new_tokens` tokens each ([new_tokens, Hkv,
+  // D], byte_size new_tokens * Hkv * D * 2), which the server copies to its host for the append.
+  // `q_rows` 0: a bulk import (`q` is not used).
+  v1::SessionStep MakeStep(int layer, int64_t new_tokens, const v1::SharedMemoryRef& k, const v1::SharedMemoryRef& v,
+                           int64_t q_rows, const v1::SharedMemoryRef& q) const;
   // Records a step's result (its layer's new length); call after a successful Attend.
   void Commit(int layer, const v1::SessionStepResult& result);
 
