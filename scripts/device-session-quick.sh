@@ -6,7 +6,9 @@
 #   scripts/device-session-quick.sh     (bundle: scripts/device-bundle.sh sageserve sagectl sageattn grpc_stream_ceiling + the tests)
 set -uo pipefail
 OUT="${OUT:-/tmp}"
-export LD_LIBRARY_PATH=$PWD/.bundle/lib; B=.bundle/bin; L=$OUT; for t in kv_quantize_gpu_test kv_memory_gpu_test paged_decode_gpu_test session_gpu_test; do echo "== $t"; timeout 120 $B/$t --gtest_brief=1 2>&1 | grep -E "PASSED|FAILED|Failure|Expected|Which|error" | head -8; done > $L/tests.log 2>&1; cat $L/tests.log
+export LD_LIBRARY_PATH=$PWD/.bundle/lib; B=.bundle/bin; L=$OUT; # session_cuda_shm_gpu_test starts the server it was built beside: point that path at the bundle's.
+mkdir -p build/server && { [ -e build/server/sageserve ] || ln -s "$PWD/.bundle/bin/sageserve" build/server/sageserve; }
+for t in kv_quantize_gpu_test kv_memory_gpu_test paged_decode_gpu_test session_gpu_test session_cuda_shm_gpu_test; do echo "== $t"; timeout 120 $B/$t --gtest_brief=1 2>&1 | grep -E "PASSED|FAILED|Failure|Expected|Which|error" | head -8; done > $L/tests.log 2>&1; cat $L/tests.log
 S="--heads_q=32 --heads_kv=8 --head_dim=128"; D="bench --target=127.0.0.1:50081 --mode=decode $S"
 srv() { $B/$1 --backend=cuda --listen=127.0.0.1:50081 --log_level=warn --kv_pool_bytes=$((16<<30)) --max_message_bytes=$((1<<30)) --allow_shared_memory $2 > $L/srv_$1.log 2>&1 & P=$!; for i in $(seq 60); do $B/sagectl health --target=127.0.0.1:50081 >/dev/null 2>&1 && break; sleep 0.25; done; }
 b() { echo "== $1"; shift; timeout 100 $B/sagectl $D "$@" 2>&1 | grep -E "p50|layer-steps|failed|rror"; }
