@@ -172,7 +172,8 @@ sage_status_t sage_paged_gather(const sage_paged_gather_params_t* params, sage_s
  * K from k_centered ([count, num_kv_heads, head_dim] fp32: the token's K minus the session's K mean,
  * as the CPU scheme's CenterKTokens gives it) and V from v ([count, num_kv_heads, head_dim] 16-bit
  * values of `dtype`). Writes the codes and scales QuantizeKvTokens (kernels/reference/kv_pages.h)
- * writes, byte for byte (a NaN scale may differ in its payload). The inputs and the two tables may
+ * writes, byte for byte, except that a NaN scale may differ in payload and a NaN V code in sign
+ * (x86 makes inf/inf a negative NaN, the GPU a positive one). The inputs and the two tables may
  * lie in pinned host memory (read over the bus) or device memory. Asynchronous on `stream`. */
 typedef struct {
   sage_dtype_t dtype;
