@@ -6,7 +6,9 @@
 #include <cuda_runtime.h>
 
 #include <cstring>
+#include <mutex>
 #include <random>
+#include <thread>
 #include <span>
 #include <vector>
 
@@ -52,6 +54,7 @@ TEST(DeviceKvMemory, SmallWritesLandInIssueOrderBeforeEveryReader) {
   ASSERT_TRUE(memory.ok()) << memory.status();
   server::KvMemory& m = **memory;
   Mirror mirror;
+  std::mutex mirror_mu;
   {
     std::vector<std::byte> zeros(kPoolBytes);
     const KvWrite all{0, zeros.data(), kPoolBytes};
@@ -82,6 +85,28 @@ TEST(DeviceKvMemory, SmallWritesLandInIssueOrderBeforeEveryReader) {
   EXPECT_EQ(std::memcmp(pinned, mirror.bytes.data(), kPoolBytes), 0);
   // Small writes right before a Read.
   RandomWrite(m, mirror, rng, 64, 4096);
+  ASSERT_TRUE(m.Read(0, got.data(), kPoolBytes).ok());
+  EXPECT_EQ(std::memcmp(got.data(), mirror.bytes.data(), kPoolBytes), 0);
+  // Eight threads appending at once (one holds the write stream, the others take lanes), each to its
+  // own stretch of the pool, then everything read back.
+  std::vector<std::thread> writers;
+  std::vector<std::vector<std::byte>> expect(8);
+  for (int w = 0; w < 8; ++w) {
+    writers.emplace_back([&, w] {
+      std::mt19937_64 r(100 + w);
+      const size_t base = static_cast<size_t>(w) * (kPoolBytes / 8);
+      for (int i = 0; i < 200; ++i) {
+        std::vector<std::byte> data(64 + r() % 4000);
+        for (auto& b : data) b = static_cast<std::byte>(r());
+        const size_t offset = base + r() % (kPoolBytes / 8 - data.size());
+        const KvWrite piece{offset, data.data(), data.size()};
+        if (!m.Write(std::span<const KvWrite>(&piece, 1)).ok()) return;
+        std::lock_guard<std::mutex> lock(mirror_mu);
+        std::memcpy(mirror.bytes.data() + offset, data.data(), data.size());
+      }
+    });
+  }
+  for (std::thread& t : writers) t.join();
   ASSERT_TRUE(m.Read(0, got.data(), kPoolBytes).ok());
   EXPECT_EQ(std::memcmp(got.data(), mirror.bytes.data(), kPoolBytes), 0);
   (void)cudaFreeHost(pinned);

@@ -126,7 +126,7 @@ class DeviceKvMemory final : public KvMemory {
     for (const KvWrite& w : writes) {
       if (w.offset > bytes_ || w.bytes > bytes_ - w.offset) return absl::InternalError("kv pool: write past the pool");
     }
-    if (TotalBytes(writes) <= kSlotDataBytes && writes.size() <= kSlotMaxSegments) return WriteAsync(writes);
+    if (TotalBytes(writes) <= kSlotDataBytes && writes.size() <= kSlotMaxSegments) return WriteSmall(writes);
     LaneHold hold(*this);
     Lane& l = hold.lane;
     SAGE_CUDA_RETURN_IF_ERROR(FromCuda(cudaSetDevice(device_), "cudaSetDevice"));
@@ -155,50 +155,21 @@ class DeviceKvMemory final : public KvMemory {
   }
 
   // In runs that fit a slot: the centred K, V and the two tables packed into it, one
-  // sage_kv_quantize launch reading them from pinned memory on the write stream. The lock is taken
-  // per run, so a bulk import lets other sessions' decode appends in between.
+  // sage_kv_quantize launch reading them from pinned memory (see OnFreeStream).
   absl::Status WriteQuantized(const KvPageLayout& layout, std::span<const KvQuantizeToken> tokens) override {
     const size_t row = static_cast<size_t>(layout.heads) * layout.head_dim;
+    for (const KvQuantizeToken& t : tokens) {
+      if (t.page_offset > bytes_ || layout.page_bytes() > bytes_ - t.page_offset || t.slot < 0 || t.slot >= layout.page_tokens) {
+        return absl::InternalError("kv pool: quantized write past its page");
+      }
+    }
     const size_t per_token = row * (sizeof(float) + 2) + sizeof(uint64_t) + sizeof(int32_t);
     const size_t per_run = std::max<size_t>(1, (kSlotBytes - 64) / per_token);
     for (size_t first = 0; first < tokens.size(); first += per_run) {
       const std::span<const KvQuantizeToken> run = tokens.subspan(first, std::min(per_run, tokens.size() - first));
-      std::lock_guard<std::mutex> lock(write_mu_);
-      absl::StatusOr<std::byte*> staging = NextSlotLocked();
-      if (!staging.ok()) return staging.status();
-      std::byte* at = *staging;
-      const auto take = [&at](size_t bytes) {
-        std::byte* p = at;
-        at += (bytes + 15) / 16 * 16;
-        return p;
-      };
-      auto* k = reinterpret_cast<float*>(take(run.size() * row * sizeof(float)));
-      auto* v = reinterpret_cast<uint16_t*>(take(run.size() * row * 2));
-      auto* offsets = reinterpret_cast<uint64_t*>(take(run.size() * sizeof(uint64_t)));
-      auto* slots = reinterpret_cast<int32_t*>(take(run.size() * sizeof(int32_t)));
-      for (size_t i = 0; i < run.size(); ++i) {
-        const KvQuantizeToken& t = run[i];
-        if (t.page_offset > bytes_ || layout.page_bytes() > bytes_ - t.page_offset || t.slot < 0 || t.slot >= layout.page_tokens) {
-          return absl::InternalError("kv pool: quantized write past its page");
-        }
-        std::memcpy(k + i * row, t.k_centered, row * sizeof(float));
-        std::memcpy(v + i * row, t.v, row * 2);
-        offsets[i] = t.page_offset;
-        slots[i] = t.slot;
-      }
-      sage_kv_quantize_params_t p{};
-      p.dtype = layout.dtype == DType::kBF16 ? SAGE_DTYPE_BF16 : SAGE_DTYPE_F16;
-      p.pages = base_;
-      p.page_tokens = layout.page_tokens;
-      p.num_kv_heads = layout.heads;
-      p.head_dim = layout.head_dim;
-      p.count = static_cast<int32_t>(run.size());
-      p.page_offsets = offsets;
-      p.slots = slots;
-      p.k_centered = k;
-      p.v = v;
-      SAGE_CUDA_RETURN_IF_ERROR(FromSage(sage_kv_quantize(&p, reinterpret_cast<sage_stream_t>(write_stream_)), "kv quantize"));
-      SAGE_CUDA_RETURN_IF_ERROR(SlotIssuedLocked());
+      SAGE_CUDA_RETURN_IF_ERROR(OnFreeStream([&](std::byte* staging, cudaStream_t stream) {
+        return IssueQuantize(layout, run, staging, stream);
+      }));
     }
     return absl::OkStatus();
   }
@@ -237,16 +208,35 @@ class DeviceKvMemory final : public KvMemory {
   }
 
  private:
-  // A small write on the write stream: the next slot, once its previous copy has run (at a decode
-  // step per call, 31 calls ago), filled, and copied by one sage_copy_segments launch (a decode
-  // step's pieces are a few KiB each, 2-4 per session: one kernel instead of a DMA per piece); its
-  // event becomes the tail.
-  absl::Status WriteAsync(std::span<const KvWrite> writes) {
+  // A small write: its pieces packed with their copy table, one sage_copy_segments launch (a decode
+  // step's pieces are a few KiB each, 2-4 per session: one kernel instead of a DMA per piece).
+  absl::Status WriteSmall(std::span<const KvWrite> writes) {
     if (writes.empty()) return absl::OkStatus();
-    std::lock_guard<std::mutex> lock(write_mu_);  // issue order is stream order
-    absl::StatusOr<std::byte*> slot = NextSlotLocked();
-    if (!slot.ok()) return slot.status();
-    std::byte* const staging = *slot;
+    return OnFreeStream([&](std::byte* staging, cudaStream_t stream) { return IssueSegments(writes, staging, stream); });
+  }
+
+  // Runs `issue(staging, stream)`, which packs its inputs into `staging` (at least kSlotBytes of
+  // pinned memory) and queues GPU work reading them, where it costs the caller least: on the write
+  // stream when no one else is writing (the next slot; nobody waits for the work, the launches
+  // that read the pages order themselves after it), else on a lane, synchronized before returning,
+  // so concurrent writers (256 clients' session workers) do not queue on one lock and one stream.
+  template <typename Issue>
+  absl::Status OnFreeStream(const Issue& issue) {
+    std::unique_lock<std::mutex> lock(write_mu_, std::try_to_lock);
+    if (lock.owns_lock()) {
+      absl::StatusOr<std::byte*> slot = NextSlotLocked();
+      if (!slot.ok()) return slot.status();
+      SAGE_CUDA_RETURN_IF_ERROR(issue(*slot, write_stream_));
+      return SlotIssuedLocked();
+    }
+    LaneHold hold(*this);
+    SAGE_CUDA_RETURN_IF_ERROR(FromCuda(cudaSetDevice(device_), "cudaSetDevice"));
+    SAGE_CUDA_RETURN_IF_ERROR(OrderAfterWrites(hold.lane.stream));  // a rewrite after a truncate lands last
+    SAGE_CUDA_RETURN_IF_ERROR(issue(hold.lane.staging, hold.lane.stream));
+    return Sync(hold.lane);
+  }
+
+  absl::Status IssueSegments(std::span<const KvWrite> writes, std::byte* staging, cudaStream_t stream) const {
     auto* const table = reinterpret_cast<sage_copy_segment_t*>(staging + kSlotDataBytes);
     size_t used = 0;
     uint64_t largest = 0;
@@ -257,10 +247,42 @@ class DeviceKvMemory final : public KvMemory {
       largest = std::max<uint64_t>(largest, w.bytes);
       used += (w.bytes + 15) / 16 * 16;
     }
-    SAGE_CUDA_RETURN_IF_ERROR(FromSage(sage_copy_segments(table, static_cast<int>(writes.size()), largest,
-                                                          reinterpret_cast<sage_stream_t>(write_stream_)),
-                                       "kv pool write"));
-    return SlotIssuedLocked();
+    return FromSage(
+        sage_copy_segments(table, static_cast<int>(writes.size()), largest, reinterpret_cast<sage_stream_t>(stream)),
+        "kv pool write");
+  }
+
+  absl::Status IssueQuantize(const KvPageLayout& layout, std::span<const KvQuantizeToken> run, std::byte* staging,
+                             cudaStream_t stream) const {
+    const size_t row = static_cast<size_t>(layout.heads) * layout.head_dim;
+    std::byte* at = staging;
+    const auto take = [&at](size_t bytes) {
+      std::byte* p = at;
+      at += (bytes + 15) / 16 * 16;
+      return p;
+    };
+    auto* k = reinterpret_cast<float*>(take(run.size() * row * sizeof(float)));
+    auto* v = reinterpret_cast<uint16_t*>(take(run.size() * row * 2));
+    auto* offsets = reinterpret_cast<uint64_t*>(take(run.size() * sizeof(uint64_t)));
+    auto* slots = reinterpret_cast<int32_t*>(take(run.size() * sizeof(int32_t)));
+    for (size_t i = 0; i < run.size(); ++i) {
+      std::memcpy(k + i * row, run[i].k_centered, row * sizeof(float));
+      std::memcpy(v + i * row, run[i].v, row * 2);
+      offsets[i] = run[i].page_offset;
+      slots[i] = run[i].slot;
+    }
+    sage_kv_quantize_params_t p{};
+    p.dtype = layout.dtype == DType::kBF16 ? SAGE_DTYPE_BF16 : SAGE_DTYPE_F16;
+    p.pages = base_;
+    p.page_tokens = layout.page_tokens;
+    p.num_kv_heads = layout.heads;
+    p.head_dim = layout.head_dim;
+    p.count = static_cast<int32_t>(run.size());
+    p.page_offsets = offsets;
+    p.slots = slots;
+    p.k_centered = k;
+    p.v = v;
+    return FromSage(sage_kv_quantize(&p, reinterpret_cast<sage_stream_t>(stream)), "kv quantize");
   }
 
   // Under write_mu_: the next slot's staging, once the copy that last read it has run (32 writes

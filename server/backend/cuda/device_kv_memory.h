@@ -1,13 +1,13 @@
 // One GPU's KV page pool memory (KvMemory over a cudaMalloc allocation made at start).
-// - Small writes (a decode step's appends) are asynchronous: packed into one of a ring of pinned
-//   staging slots and copied by one copy kernel on the pool's write stream, whose tail event orders
-//   every later reader; the caller never waits for the copy (a slot is reused once its copy ran).
-// - 8-bit tokens (WriteQuantized) take the same slots and stream: the centred K, V and the page
-//   tables packed into a slot and encoded in place by sage_kv_quantize reading them from pinned
-//   memory, in runs of a slot each (the lock is let go between runs).
+// - Small writes (a decode step's appends: byte ranges, or 8-bit tokens the GPU encodes with
+//   sage_kv_quantize) are packed into pinned memory and issued as one kernel. When no one else is
+//   writing they go on the pool's write stream from a ring of slots, asynchronously: nobody waits
+//   for them, and every reader (a launch via OrderAfterWrites, a Read, a Copy) is ordered after the
+//   stream's tail. When another writer holds the stream they take a lane instead and synchronize
+//   it, so many session threads append in parallel.
 // - Large writes (prefill chunks, bulk imports), reads and page copies take one of a few lanes
-//   (stream + pinned staging), so several session threads transfer at once; each waits for the
-//   write stream's tail first and synchronizes its lane before returning.
+//   (stream + pinned staging); each waits for the write stream's tail first and synchronizes its
+//   lane before returning.
 #pragma once
 
 #include <cstddef>
