@@ -3,6 +3,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <atomic>
 #include <condition_variable>
 #include <cstring>
 #include <mutex>
@@ -174,10 +175,12 @@ class DeviceKvMemory final : public KvMemory {
     return absl::OkStatus();
   }
 
+  // Without the write lock (every launch calls it): the tail slot's event may be re-recorded
+  // meanwhile, but only for a later write on the same stream, which is as good to wait for.
   absl::Status OrderAfterWrites(void* stream) const override {
-    std::lock_guard<std::mutex> lock(write_mu_);
-    if (!wrote_) return absl::OkStatus();
-    return FromCuda(cudaStreamWaitEvent(static_cast<cudaStream_t>(stream), slot_done_[last_slot_], 0),
+    const int last = last_slot_.load(std::memory_order_acquire);
+    if (last < 0) return absl::OkStatus();
+    return FromCuda(cudaStreamWaitEvent(static_cast<cudaStream_t>(stream), slot_done_[static_cast<size_t>(last)], 0),
                     "order after kv pool writes");
   }
 
@@ -294,8 +297,7 @@ class DeviceKvMemory final : public KvMemory {
   }
   absl::Status SlotIssuedLocked() {
     SAGE_CUDA_RETURN_IF_ERROR(FromCuda(cudaEventRecord(slot_done_[next_slot_], write_stream_), "cudaEventRecord"));
-    last_slot_ = next_slot_;
-    wrote_ = true;
+    last_slot_.store(next_slot_, std::memory_order_release);
     next_slot_ = (next_slot_ + 1) % kSlots;
     return absl::OkStatus();
   }
@@ -343,8 +345,7 @@ class DeviceKvMemory final : public KvMemory {
   std::vector<cudaEvent_t> slot_done_;    // per slot: its last copy ran
   mutable std::mutex write_mu_;           // guards what follows
   int next_slot_ = 0;
-  int last_slot_ = 0;   // the tail: the slot of the last write issued
-  bool wrote_ = false;
+  std::atomic<int> last_slot_{-1};  // the tail: the slot of the last write issued (-1: none yet)
 };
 
 }  // namespace

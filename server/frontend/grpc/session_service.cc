@@ -99,9 +99,19 @@ grpc::ServerUnaryReactor* SessionService::AttendSession(grpc::CallbackServerCont
     caller_starts_.Leave();
     return reactor;
   }
-  absl::Status queued = workers_[first % workers_.size()]->Submit(std::move(job));
+  absl::Status queued = RunOnWorker(first, std::move(job));
   if (!queued.ok()) reactor->Finish(ToGrpcStatus(queued));
   return reactor;
+}
+
+absl::Status SessionService::RunOnWorker(size_t key, absl::AnyInvocable<void()> job) {
+  caller_starts_.WorkerJobQueued();
+  absl::Status queued = workers_[key % workers_.size()]->Submit([this, job = std::move(job)]() mutable {
+    job();
+    caller_starts_.WorkerJobDone();
+  });
+  if (!queued.ok()) caller_starts_.WorkerJobDone();
+  return queued;
 }
 
 grpc::ServerUnaryReactor* SessionService::ForkSession(grpc::CallbackServerContext* context,
@@ -171,7 +181,7 @@ grpc::ServerBidiReactor<v1::AttendSessionRequest, v1::AttendSessionResponse>* Se
   }
   return new SessionStreamReactor(
       context, sessions_, CallerOf(*caller), SharedMemoryAccess{shared_memory_, RegionCallerOf(*caller)},
-      [this](size_t key, absl::AnyInvocable<void()> job) { return workers_[key % workers_.size()]->Submit(std::move(job)); },
+      [this](size_t key, absl::AnyInvocable<void()> job) { return RunOnWorker(key, std::move(job)); },
       kStreamMaxPending, &caller_starts_, metrics_);
 }
 

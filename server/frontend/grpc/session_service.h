@@ -62,6 +62,9 @@ class SessionService final : public sageserve::v1::SessionService::CallbackServi
   const CallAuthorizer* const auth_;
   ServerMetrics* const metrics_;
   const SharedMemoryRegistry* const shared_memory_;
+  // Runs `job` on the session worker for `key`, counted for caller_starts_ while it waits or runs.
+  absl::Status RunOnWorker(size_t key, absl::AnyInvocable<void()> job);
+
   std::vector<std::unique_ptr<SerialWorker>> workers_;
   // One call at a time starts on a gRPC thread (see caller_start_gate.h).
   CallerStartGate caller_starts_{1};
