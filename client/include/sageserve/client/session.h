@@ -75,11 +75,6 @@ class Session {
  private:
   friend class SessionClient;
 
-// Bytes of O (in the sessions' dtype) and of LSE (fp32) for `q_rows` query rows of sessions shaped
-// like `options`: the sizes of AttendSessionRequest.o_output / lse_output for a call whose steps
-// carry that many rows of q in all.
-uint64_t SessionOBytes(const SessionOptions& options, int64_t q_rows);
-uint64_t SessionLseBytes(const SessionOptions& options, int64_t q_rows);
   Session(const SessionClient* client, std::string id, SessionOptions options, std::vector<int64_t> lengths)
       : client_(client), id_(std::move(id)), options_(std::move(options)), lengths_(std::move(lengths)) {}
 
