@@ -22,12 +22,13 @@ import argparse
 import ctypes
 import json
 import math
-import os
 import statistics
-import sys
 import time
 
 import torch
+
+import attention_bench  # bench/, beside this file
+from attention_bench import AttnParams, RecipeConfig, check
 
 HQ, HKV, D = 32, 8, 128
 Q_LEN, CACHED = 4096, 28672
@@ -41,23 +42,8 @@ SAGE_KV_16BIT, SAGE_KV_INT8K_FP8V = 0, 1
 RECIPES = {"int8_qk_fp8_pv": (1, 2, 1, 0, 0), "unquantized": (3, 2, 0, 0, 0)}
 
 
-# ---- the C API (kernels/include/sageattn.h), field by field; C enums are int --------------------
-class RecipeConfig(ctypes.Structure):
-    _fields_ = [("recipe", ctypes.c_int), ("granularity", ctypes.c_int), ("qk_smoothing", ctypes.c_int),
-                ("v_smoothing", ctypes.c_int), ("accumulation", ctypes.c_int)]
-
-
-class AttnParams(ctypes.Structure):  # sage_attn_params_t
-    _fields_ = [("config", RecipeConfig), ("dtype", ctypes.c_int),
-                ("q", ctypes.c_void_p), ("k", ctypes.c_void_p), ("v", ctypes.c_void_p), ("o", ctypes.c_void_p),
-                ("lse", ctypes.c_void_p), ("cu_seqlens_q", ctypes.c_void_p), ("cu_seqlens_k", ctypes.c_void_p),
-                ("batch", ctypes.c_int32), ("max_seqlen_q", ctypes.c_int32), ("max_seqlen_k", ctypes.c_int32),
-                ("total_q", ctypes.c_int64), ("total_k", ctypes.c_int64), ("num_q_heads", ctypes.c_int32),
-                ("num_kv_heads", ctypes.c_int32), ("head_dim", ctypes.c_int32), ("mask", ctypes.c_int),
-                ("softmax_scale", ctypes.c_float), ("workspace", ctypes.c_void_p), ("workspace_bytes", ctypes.c_size_t),
-                ("host_cu_seqlens_q", ctypes.c_void_p), ("host_cu_seqlens_k", ctypes.c_void_p)]  # NULL: on device
-
-
+# ---- the C API (kernels/include/sageattn.h): sage_attn_params_t and the library loader are
+# attention_bench.py's (one ctypes definition per struct); the gather's params are added here.
 class GatherParams(ctypes.Structure):  # sage_paged_gather_params_t
     _fields_ = [("storage", ctypes.c_int), ("dtype", ctypes.c_int), ("pages", ctypes.c_void_p),
                 ("page_bytes", ctypes.c_uint64), ("page_tokens", ctypes.c_int32),
@@ -68,27 +54,10 @@ class GatherParams(ctypes.Structure):  # sage_paged_gather_params_t
 
 
 def load_lib(path):
-    candidates = [path] if path else [os.path.join(os.getcwd(), p) for p in (
-        ".bundle/lib/libsageattn.so", "build-device/kernels/cuda/libsageattn.so", "build/kernels/cuda/libsageattn.so")]
-    found = next((c for c in candidates if os.path.exists(c)), None)
-    if found is None:
-        sys.exit(f"libsageattn.so not found (tried {candidates}); pass --lib")
-    lib = ctypes.CDLL(found)
-    P = ctypes.POINTER(AttnParams)
-    lib.sage_attn_forward.argtypes = [P, ctypes.c_void_p]
-    lib.sage_attn_workspace_size.argtypes = [P, ctypes.POINTER(ctypes.c_size_t)]
+    lib, found = attention_bench.load_lib(path)
     lib.sage_paged_gather.argtypes = [ctypes.POINTER(GatherParams), ctypes.c_void_p]
-    for fn in (lib.sage_attn_forward, lib.sage_attn_workspace_size, lib.sage_paged_gather):
-        fn.restype = ctypes.c_int
-    lib.sage_last_error.restype = ctypes.c_char_p
-    lib.sage_status_name.restype = ctypes.c_char_p
-    lib.sage_status_name.argtypes = [ctypes.c_int]
+    lib.sage_paged_gather.restype = ctypes.c_int
     return lib, found
-
-
-def check(lib, status, what):
-    if status != 0:
-        raise RuntimeError(f"{what}: {lib.sage_status_name(status).decode()}: {lib.sage_last_error().decode()}")
 
 
 def attn_params(lib, recipe, q, k, v, o, cu_q, cu_k):

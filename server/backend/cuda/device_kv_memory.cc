@@ -343,7 +343,7 @@ class DeviceKvMemory final : public KvMemory {
   cudaStream_t write_stream_ = nullptr;
   std::byte* slots_ = nullptr;            // kSlots x kSlotBytes pinned
   std::vector<cudaEvent_t> slot_done_;    // per slot: its last copy ran
-  mutable std::mutex write_mu_;           // guards what follows
+  std::mutex write_mu_;                   // guards what follows
   int next_slot_ = 0;
   std::atomic<int> last_slot_{-1};  // the tail: the slot of the last write issued (-1: none yet)
 };
