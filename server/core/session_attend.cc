@@ -40,6 +40,7 @@ struct SessionCall {
   std::vector<size_t> q_steps;  // indices of the steps with Q, in launch order
   std::vector<PinnedPages> pins;
   std::vector<int32_t> page_table, cu_pages;
+  bool packed = false;  // SessionAttendRequest::packed
   absl::AnyInvocable<void(absl::StatusOr<SessionAttendResult>)> done;
 
   ~SessionCall() {
@@ -133,18 +134,37 @@ absl::Status CheckCudaMemory(const SessionStore& store, const SessionCaller& cal
 }
 
 // Q of the steps with Q, back to back in launch order, into `dst`: inline bytes by memcpy, a system
-// region with the fault-tolerant copy (the client may shrink its object under the read).
+// region with the fault-tolerant copy (the client may shrink its object under the read). Steps
+// whose q follow each other in one region (a packed call's, or a client's batch laid out so) are
+// copied as one range.
 absl::Status StageQ(const SessionAttendRequest& request, std::span<const size_t> q_steps, std::byte* dst) {
-  for (size_t i : q_steps) {
-    const SessionStepInput& st = request.steps[i];
-    if (st.q_shared.has_value()) {
-      absl::Status s = CopyFromClient(std::span<std::byte>(dst, st.q.size()), st.q,
-                                      absl::StrCat("steps[", i, "].q.shared_memory"), st.q_shared->region->info().name);
-      if (!s.ok()) return s;
-    } else {
+  for (size_t n = 0; n < q_steps.size();) {
+    const SessionStepInput& st = request.steps[q_steps[n]];
+    if (!st.q_shared.has_value()) {
       std::memcpy(dst, st.q.data(), st.q.size());
+      dst += st.q.size();
+      ++n;
+      continue;
     }
-    dst += st.q.size();
+    size_t bytes = st.q.size(), last = n + 1;
+    for (; last < q_steps.size(); ++last) {
+      const SessionStepInput& next = request.steps[q_steps[last]];
+      if (!next.q_shared.has_value() || next.q_shared->region != st.q_shared->region || next.q.data() != st.q.data() + bytes) break;
+      bytes += next.q.size();
+    }
+    const std::string& region = st.q_shared->region->info().name;
+    absl::Status s = CopyFromClient(std::span<std::byte>(dst, bytes), std::span<const std::byte>(st.q.data(), bytes),
+                                    absl::StrCat("steps[", q_steps[n], "].q.shared_memory"), region);
+    for (size_t m = n; !s.ok() && m < last; ++m) {  // the error names the step whose bytes cannot be read
+      const SessionStepInput& one = request.steps[q_steps[m]];
+      s = CopyFromClient(std::span<std::byte>(dst + (one.q.data() - st.q.data()), one.q.size()), one.q,
+                         absl::StrCat("steps[", q_steps[m], "].q.shared_memory"), region);
+      if (!s.ok()) return s;
+      if (m + 1 == last) s = absl::OkStatus();  // each step's bytes read on their own
+    }
+    if (!s.ok()) return s;
+    dst += bytes;
+    n = last;
   }
   return absl::OkStatus();
 }
@@ -238,6 +258,7 @@ absl::Status SessionAttend::Start(const SessionCaller& caller, SessionAttendRequ
   auto call = std::make_shared<SessionCall>();
   call->store = store_;
   call->done = std::move(done);
+  call->packed = request.packed;
   SessionAttendResult& result = call->result;
   result.dtype = shape.dtype;
   result.heads_q = shape.heads_q;
@@ -369,12 +390,19 @@ absl::Status SessionAttend::Start(const SessionCaller& caller, SessionAttendRequ
       if (!s.ok()) return s;
     }
     size_t bytes = 0;
+    const int64_t rows = req.default_cu_q.back();
+    if (call->packed && !to_client) {  // every step's rows in one tensor
+      out.o.resize(static_cast<size_t>(rows) * row_values * 2);
+      EncodeO(r.output, out.dtype, 0, static_cast<size_t>(rows) * row_values, reinterpret_cast<std::byte*>(out.o.data()));
+      out.lse = std::move(r.output.lse);
+      bytes = out.o.size() + out.lse.size() * sizeof(float);
+    }
     for (size_t n = 0; n + 1 < req.default_cu_q.size(); ++n) {
       SessionStepOutput& step = out.steps[q_steps[n]];
       const int64_t row = req.default_cu_q[n];
       step.n_q = req.default_cu_q[n + 1] - row;
       step.row = row;
-      if (to_client) continue;  // the step's rows are in o_output / lse_output
+      if (to_client || call->packed) continue;  // the step's rows are in o_output / lse_output, or in out.o
       step.o.resize(static_cast<size_t>(step.n_q) * row_values * 2);
       EncodeO(r.output, out.dtype, static_cast<size_t>(row) * row_values, static_cast<size_t>(step.n_q) * row_values,
               reinterpret_cast<std::byte*>(step.o.data()));

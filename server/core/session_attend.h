@@ -55,6 +55,8 @@ struct SessionAttendRequest {
   std::vector<SessionStepInput> steps;
   std::optional<Recipe> recipe;  // unset: the model plan's, else the server's default
   bool return_lse = false;
+  // The packed form: O (and LSE) of all steps go into the result's one o (lse), not per step.
+  bool packed = false;
   Clock::time_point accepted = Clock::now();  // when the frontend took the call (the timings' start)
   // o_output / lse_output: O (and LSE) of every step with q, in step order, go into the client's
   // memory ([sum of n_q, Hq, D], the launch's own layout). Only the client_* fields are set here.
@@ -78,6 +80,10 @@ struct SessionStepOutput {
 
 struct SessionAttendResult {
   std::vector<SessionStepOutput> steps;  // in request order
+  // A packed call's O ([sum of n_q, Hq, D] as bytes) and LSE ([sum of n_q, Hq]); the steps' own
+  // o and lse stay empty. Empty too when in o_output.
+  std::string o;
+  std::vector<float> lse;
   DType dtype = DType::kF16;
   int heads_q = 0;
   int head_dim = 0;
