@@ -169,9 +169,39 @@ absl::Status StageQ(const SessionAttendRequest& request, std::span<const size_t>
   return absl::OkStatus();
 }
 
+// Whether the step's K and V are both CUDA memory of the GPU holding its session's pages, which
+// the append may read in place (SessionStore::TakesDeviceKv).
+bool ReadsKvInPlace(const SessionStore& store, const SessionCaller& caller, const SessionStepInput& st) {
+  if (!st.k_shared.has_value() || !st.v_shared.has_value() || st.k_shared->memory() != MemoryKind::kDevice ||
+      st.v_shared->memory() != MemoryKind::kDevice) {
+    return false;
+  }
+  const int device = st.k_shared->region->device();
+  return st.v_shared->region->device() == device && store.TakesDeviceKv(caller, st.session_id, st.layer, device);
+}
+
+// Until appends that read a client's CUDA memory in place have run, that memory must stay as the
+// call found it: every way out of Start but a launch (ordered after the writes, answered after
+// it) waits for them, so the client may reuse its buffers once answered.
+class InPlaceKvGuard {
+ public:
+  explicit InPlaceKvGuard(const SessionStore& store) : store_(store) {}
+  ~InPlaceKvGuard() {
+    for (int pool : pools_) (void)store_.pool(pool).memory().WaitForWrites();
+  }
+  void Add(int pool) {
+    if (std::find(pools_.begin(), pools_.end(), pool) == pools_.end()) pools_.push_back(pool);
+  }
+  void Release() { pools_.clear(); }  // a launch now orders itself after the writes
+
+ private:
+  const SessionStore& store_;
+  std::vector<int> pools_;
+};
+
 }  // namespace
 
-bool SessionAttend::StartsOnCaller(const SessionAttendRequest& request) {
+bool SessionAttend::StartsOnCaller(const SessionCaller& caller, const SessionAttendRequest& request) const {
   if (request.steps.empty()) return false;
   if (request.recipe.has_value() && *request.recipe != Recipe::kUnquantized) return false;
   const std::string_view placement = SessionStore::PlacementOf(request.steps.front().session_id);
@@ -182,7 +212,10 @@ bool SessionAttend::StartsOnCaller(const SessionAttendRequest& request) {
   for (const SessionStepInput& st : request.steps) {
     if (st.n_q.has_value() && *st.n_q > kPagedMaxQueryRows) return false;
     if (SessionStore::PlacementOf(st.session_id) != placement) return false;
-    if (on_device(st.k_shared) || on_device(st.v_shared)) return false;
+    if (on_device(st.k_shared) || on_device(st.v_shared)) {
+      if (!ReadsKvInPlace(*store_, caller, st)) return false;
+      continue;
+    }
     kv_bytes += st.k.size() + st.v.size();
     q_bytes += st.q.size();
   }
@@ -264,14 +297,23 @@ absl::Status SessionAttend::Start(const SessionCaller& caller, SessionAttendRequ
   result.heads_q = shape.heads_q;
   result.head_dim = shape.head_dim;
   result.steps.resize(request.steps.size());
-  // K and V from shared memory are read into a host block first, so that a client's bad memory
-  // fails the call before anything is appended; the store then reads them as inline bytes.
+  // K and V in CUDA memory of the GPU that holds their pages are read there by the append. Others
+  // from shared memory are read into a host block first, so that a client's bad memory fails the
+  // call before anything is appended; the store then reads them as inline bytes.
+  InPlaceKvGuard in_place(*store_);
+  for (SessionStepInput& st : request.steps) {
+    st.kv_on_device = st.n_new > 0 && ReadsKvInPlace(*store_, caller, st);
+    if (!st.kv_on_device) continue;
+    absl::StatusOr<int> pool = store_->PoolIndex(caller, st.session_id);
+    if (pool.ok()) in_place.Add(*pool);
+  }
   absl::StatusOr<std::unique_ptr<std::byte[]>> staged_kv = StageSharedKv(std::span(request.steps));
   if (!staged_kv.ok()) return staged_kv.status();
   // Every step's tokens appended together: one transfer per device for the whole call.
   std::vector<AppendStep> appends;
   for (const SessionStepInput& st : request.steps) {
-    appends.push_back(AppendStep{st.session_id, st.layer, st.position, st.step_id, st.n_new, st.k.data(), st.v.data()});
+    appends.push_back(AppendStep{st.session_id, st.layer, st.position, st.step_id, st.n_new, st.k.data(), st.v.data(),
+                                 st.kv_on_device ? MemoryKind::kDevice : MemoryKind::kPageable});
   }
   SessionStore::AppendAllResult appended = store_->AppendAll(caller, appends);
   if (!appended.status.ok()) return StepError(appended.failed, appended.status);
@@ -422,7 +464,9 @@ absl::Status SessionAttend::Start(const SessionCaller& caller, SessionAttendRequ
       finish(status);
     }
   };
-  return pipeline_->Start(std::move(attend));
+  absl::Status started = pipeline_->Start(std::move(attend));
+  if (started.ok()) in_place.Release();
+  return started;
 }
 
 }  // namespace sage::server
