@@ -55,29 +55,9 @@ class SessionPackedE2E : public ::testing::Test {
   }
 
   std::string Create(v1::KvStorage storage) {
-    grpc::ClientContext ctx;
-    v1::CreateSessionRequest req;
-    req.set_layers(kLayers);
-    req.set_heads_q(kHq);
-    req.set_heads_kv(kHkv);
-    req.set_head_dim(kD);
-    req.set_dtype(v1::DTYPE_FP16);
-    req.set_kv_storage(storage);
-    req.set_max_tokens(4096);
-    v1::CreateSessionResponse resp;
-    grpc::Status st = stub_->CreateSession(&ctx, req, &resp);
-    EXPECT_TRUE(st.ok()) << st.error_message();
-    return resp.session_id();
+    return CreateTestSession(*stub_, TestSessionShape{kLayers, kHq, kHkv, kD, storage, 4096});
   }
-  int64_t Length(const std::string& id, int layer) {
-    grpc::ClientContext ctx;
-    v1::GetSessionRequest req;
-    req.set_session_id(id);
-    v1::GetSessionResponse resp;
-    grpc::Status st = stub_->GetSession(&ctx, req, &resp);
-    EXPECT_TRUE(st.ok()) << st.error_message();
-    return resp.info().layer_lengths(layer);
-  }
+  int64_t Length(const std::string& id, int layer) { return TestSessionLength(*stub_, id, layer); }
   grpc::Status Call(const v1::AttendSessionRequest& req, v1::AttendSessionResponse* resp) {
     grpc::ClientContext ctx;
     return stub_->AttendSession(&ctx, req, resp);
