@@ -51,11 +51,11 @@ struct SessionCall {
 // Fills `call`'s request with the steps' pages as they lie in the pool (EngineInput::paged), every
 // step's pages pinned. False (nothing kept) when the steps' sessions live in different pools,
 // which one launch cannot read.
-absl::StatusOr<bool> PinStepPages(SessionStore& store, const SessionCaller& caller, const SessionAttendRequest& request,
-                                  std::span<const int64_t> ends, SessionCall& call) {
+absl::StatusOr<bool> PinStepPages(SessionStore& store, std::span<const SessionStore::Ref> sessions,
+                                  const SessionAttendRequest& request, std::span<const int64_t> ends, SessionCall& call) {
   for (size_t i : call.q_steps) {
     const SessionStepInput& st = request.steps[i];
-    absl::StatusOr<PinnedPages> pinned = store.Pin(caller, st.session_id, st.layer, ends[i]);
+    absl::StatusOr<PinnedPages> pinned = store.Pin(sessions[i], st.layer, ends[i]);
     if (!pinned.ok()) return StepError(i, pinned.status());
     call.pins.push_back(*std::move(pinned));
     if (call.pins.back().pool != call.pins.front().pool) {
@@ -95,8 +95,8 @@ std::string CudaField(const SessionAttendRequest& request) {
 // A request naming CUDA shared memory runs where it can be read and written in place: the paged
 // decode launch (decode-shaped, unquantized), on the GPU whose pool holds every step's pages.
 // Checked before anything is appended.
-absl::Status CheckCudaMemory(const SessionStore& store, const SessionCaller& caller, const SessionAttendRequest& request,
-                             bool paged_shape) {
+absl::Status CheckCudaMemory(const SessionStore& store, std::span<const SessionStore::Ref> sessions,
+                             const SessionAttendRequest& request, bool paged_shape) {
   if (request.memory_device < 0) return absl::OkStatus();
   const std::string field = CudaField(request);
   if (!paged_shape) {
@@ -120,9 +120,7 @@ absl::Status CheckCudaMemory(const SessionStore& store, const SessionCaller& cal
   }
   for (size_t i = 0; i < request.steps.size(); ++i) {
     if (!request.steps[i].n_q.has_value()) continue;
-    absl::StatusOr<int> pool = store.PoolIndex(caller, request.steps[i].session_id);
-    if (!pool.ok()) return StepError(i, pool.status());
-    const KvMemory& memory = store.pool(*pool).memory();
+    const KvMemory& memory = store.pool(sessions[i].pool()).memory();
     if (memory.memory() != MemoryKind::kDevice || memory.device() != request.memory_device) {
       return absl::InvalidArgumentError(absl::StrCat(
           field, ": on CUDA device ", request.memory_device, ", but steps[", i, "]'s session keeps its pages ",
@@ -169,15 +167,15 @@ absl::Status StageQ(const SessionAttendRequest& request, std::span<const size_t>
   return absl::OkStatus();
 }
 
-// Whether the step's K and V are both CUDA memory of the GPU holding its session's pages, which
-// the append may read in place (SessionStore::TakesDeviceKv).
-bool ReadsKvInPlace(const SessionStore& store, const SessionCaller& caller, const SessionStepInput& st) {
+// The CUDA device whose memory holds both the step's K and V, or -1: the append may read them in
+// place there if the session's pages are on it too (SessionStore::TakesDeviceKv).
+int KvDevice(const SessionStepInput& st) {
   if (!st.k_shared.has_value() || !st.v_shared.has_value() || st.k_shared->memory() != MemoryKind::kDevice ||
       st.v_shared->memory() != MemoryKind::kDevice) {
-    return false;
+    return -1;
   }
   const int device = st.k_shared->region->device();
-  return st.v_shared->region->device() == device && store.TakesDeviceKv(caller, st.session_id, st.layer, device);
+  return st.v_shared->region->device() == device ? device : -1;
 }
 
 // Until appends that read a client's CUDA memory in place have run, that memory must stay as the
@@ -213,7 +211,8 @@ bool SessionAttend::StartsOnCaller(const SessionCaller& caller, const SessionAtt
     if (st.n_q.has_value() && *st.n_q > kPagedMaxQueryRows) return false;
     if (SessionStore::PlacementOf(st.session_id) != placement) return false;
     if (on_device(st.k_shared) || on_device(st.v_shared)) {
-      if (!ReadsKvInPlace(*store_, caller, st)) return false;
+      const int device = KvDevice(st);
+      if (device < 0 || !store_->TakesDeviceKv(caller, st.session_id, st.layer, device)) return false;
       continue;
     }
     kv_bytes += st.k.size() + st.v.size();
@@ -239,12 +238,16 @@ absl::Status SessionAttend::Start(const SessionCaller& caller, SessionAttendRequ
   if (request.steps.empty()) return absl::InvalidArgumentError("steps: at least one step");
   // Every step against its session, before anything is appended.
   SessionShape shape;
+  std::vector<SessionStore::Ref> sessions;  // each step's, looked up once
+  sessions.reserve(request.steps.size());
   std::set<std::pair<std::string_view, int>> seen;
   bool one_layer = true;
   for (size_t i = 0; i < request.steps.size(); ++i) {
     const SessionStepInput& st = request.steps[i];
-    absl::StatusOr<SessionShape> sh = store_->Shape(caller, st.session_id);
-    if (!sh.ok()) return StepError(i, sh.status());
+    absl::StatusOr<SessionStore::Ref> session = store_->Lookup(caller, st.session_id);
+    if (!session.ok()) return StepError(i, session.status());
+    sessions.push_back(*std::move(session));
+    const SessionShape* const sh = &sessions.back().shape();
     if (i == 0) {
       shape = *sh;
     } else if (!SameShape(shape, *sh)) {
@@ -286,7 +289,7 @@ absl::Status SessionAttend::Start(const SessionCaller& caller, SessionAttendRequ
   bool short_steps = true;
   for (const SessionStepInput& st : request.steps) short_steps = short_steps && st.n_q.value_or(0) <= kPagedMaxQueryRows;
   const bool unquantized = request.recipe.has_value() ? *request.recipe == Recipe::kUnquantized : short_steps;
-  if (absl::Status s = CheckCudaMemory(*store_, caller, request, short_steps && unquantized); !s.ok()) return s;
+  if (absl::Status s = CheckCudaMemory(*store_, sessions, request, short_steps && unquantized); !s.ok()) return s;
 
   auto call = std::make_shared<SessionCall>();
   call->store = store_;
@@ -301,19 +304,20 @@ absl::Status SessionAttend::Start(const SessionCaller& caller, SessionAttendRequ
   // from shared memory are read into a host block first, so that a client's bad memory fails the
   // call before anything is appended; the store then reads them as inline bytes.
   InPlaceKvGuard in_place(*store_);
-  for (SessionStepInput& st : request.steps) {
-    st.kv_on_device = st.n_new > 0 && ReadsKvInPlace(*store_, caller, st);
-    if (!st.kv_on_device) continue;
-    absl::StatusOr<int> pool = store_->PoolIndex(caller, st.session_id);
-    if (pool.ok()) in_place.Add(*pool);
+  for (size_t i = 0; i < request.steps.size(); ++i) {
+    SessionStepInput& st = request.steps[i];
+    const int device = st.n_new > 0 ? KvDevice(st) : -1;
+    st.kv_on_device = device >= 0 && store_->TakesDeviceKv(sessions[i], st.layer, device);
+    if (st.kv_on_device) in_place.Add(sessions[i].pool());
   }
   absl::StatusOr<std::unique_ptr<std::byte[]>> staged_kv = StageSharedKv(std::span(request.steps));
   if (!staged_kv.ok()) return staged_kv.status();
   // Every step's tokens appended together: one transfer per device for the whole call.
   std::vector<AppendStep> appends;
-  for (const SessionStepInput& st : request.steps) {
+  for (size_t i = 0; i < request.steps.size(); ++i) {
+    const SessionStepInput& st = request.steps[i];
     appends.push_back(AppendStep{st.session_id, st.layer, st.position, st.step_id, st.n_new, st.k.data(), st.v.data(),
-                                 st.kv_on_device ? MemoryKind::kDevice : MemoryKind::kPageable});
+                                 st.kv_on_device ? MemoryKind::kDevice : MemoryKind::kPageable, &sessions[i]});
   }
   SessionStore::AppendAllResult appended = store_->AppendAll(caller, appends);
   if (!appended.status.ok()) return StepError(appended.failed, appended.status);
@@ -341,7 +345,7 @@ absl::Status SessionAttend::Start(const SessionCaller& caller, SessionAttendRequ
   if (total_q >= (int64_t{1} << 31) || total_k >= (int64_t{1} << 31)) {
     return absl::ResourceExhaustedError("steps: more than 2^31 tokens in one call");
   }
-  absl::StatusOr<bool> pinned = PinStepPages(*store_, caller, request, ends, *call);
+  absl::StatusOr<bool> pinned = PinStepPages(*store_, sessions, request, ends, *call);
   if (!pinned.ok()) return pinned.status();
   const bool paged = *pinned;
   if (request.memory_device >= 0 && !paged) {  // CheckCudaMemory saw to one pool on that GPU

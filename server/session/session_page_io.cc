@@ -177,9 +177,13 @@ absl::Status SessionStore::Gather(const SessionCaller& caller, std::string_view 
 
 absl::StatusOr<PinnedPages> SessionStore::Pin(const SessionCaller& caller, std::string_view id, int layer,
                                               int64_t end) const {
-  absl::StatusOr<std::shared_ptr<Session>> found = Find(caller, id);
+  absl::StatusOr<Ref> found = Lookup(caller, id);
   if (!found.ok()) return found.status();
-  Session& s = **found;
+  return Pin(*found, layer, end);
+}
+
+absl::StatusOr<PinnedPages> SessionStore::Pin(const Ref& session, int layer, int64_t end) const {
+  Session& s = *session.s_;
   std::lock_guard<std::mutex> lock(s.mu);
   if (absl::Status readable = CheckReadable(s, layer, end); !readable.ok()) return readable;
   const Session::Layer& l = s.layers[static_cast<size_t>(layer)];

@@ -184,6 +184,15 @@ absl::StatusOr<SessionInfo> SessionStore::CreateSession(const SessionCaller& cal
   return InfoOf(*session);
 }
 
+const SessionShape& SessionStore::Ref::shape() const { return s_->shape; }
+int SessionStore::Ref::pool() const { return s_->pool; }
+
+absl::StatusOr<SessionStore::Ref> SessionStore::Lookup(const SessionCaller& caller, std::string_view id) const {
+  absl::StatusOr<std::shared_ptr<Session>> s = Find(caller, id);
+  if (!s.ok()) return s.status();
+  return Ref(*std::move(s));
+}
+
 absl::StatusOr<SessionShape> SessionStore::Shape(const SessionCaller& caller, std::string_view id) const {
   absl::StatusOr<std::shared_ptr<Session>> s = Find(caller, id);
   if (!s.ok()) return s.status();
@@ -197,9 +206,12 @@ absl::StatusOr<int> SessionStore::PoolIndex(const SessionCaller& caller, std::st
 }
 
 bool SessionStore::TakesDeviceKv(const SessionCaller& caller, std::string_view id, int layer, int device) const {
-  absl::StatusOr<std::shared_ptr<Session>> found = Find(caller, id);
-  if (!found.ok()) return false;
-  Session& s = **found;
+  absl::StatusOr<Ref> found = Lookup(caller, id);
+  return found.ok() && TakesDeviceKv(*found, layer, device);
+}
+
+bool SessionStore::TakesDeviceKv(const Ref& session, int layer, int device) const {
+  Session& s = *session.s_;
   const KvMemory& memory = PoolOf(s).memory();
   if (memory.memory() != MemoryKind::kDevice || memory.device() != device) return false;
   std::lock_guard<std::mutex> lock(s.mu);
@@ -220,6 +232,10 @@ SessionStore::AppendAllResult SessionStore::AppendAll(const SessionCaller& calle
   std::vector<std::shared_ptr<Session>> of(steps.size());
   size_t limit = steps.size();
   for (size_t i = 0; i < steps.size(); ++i) {
+    if (steps[i].session != nullptr) {  // looked up by the caller already
+      of[i] = steps[i].session->s_;
+      continue;
+    }
     absl::StatusOr<std::shared_ptr<Session>> found = Find(caller, steps[i].session_id);
     if (!found.ok()) {
       result.status = found.status();

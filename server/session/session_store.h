@@ -69,20 +69,8 @@ struct SessionInfo {
   std::chrono::milliseconds expires_in{0};
 };
 
-// One step's append: `n_new` tokens of K and V ([n_new, Hkv, D] in the session's dtype) at
-// `position` of `layer`.
-struct AppendStep {
-  std::string_view session_id;
-  int layer = 0;
-  int64_t position = 0;
-  uint64_t step_id = 0;
-  int64_t n_new = 0;
-  const void* k = nullptr;
-  const void* v = nullptr;
-  // kDevice: k and v are memory of the GPU that holds the session's pool (a client's CUDA buffer),
-  // read there by the GPU, which only a step TakesDeviceKv approved may do.
-  MemoryKind kv_memory = MemoryKind::kPageable;
-};
+struct AppendStep;  // below SessionStore
+
 
 // One KV pool: the device holding it ("cpu", "cuda0", ...) and its pages.
 struct KvDeviceStats {
@@ -109,6 +97,8 @@ struct SessionStoreStats {
 };
 
 class SessionStore {
+  struct Session;  // session_state.h
+
  public:
   // One KV pool per memory (the backend's, one per device), cut into options.page_bytes pages. A
   // new session goes to the pool with the most free pages.
@@ -126,6 +116,25 @@ class SessionStore {
   absl::StatusOr<SessionInfo> CreateSession(const SessionCaller& caller, const SessionShape& shape,
                                             int64_t reserve_tokens);
 
+  // A session the caller may use, looked up once for the several uses one call makes of it (each
+  // lookup by id takes the store's lock and hashes the id; a 64-session call made six per step).
+  // Holding it keeps the session's state, not the session: a closed session's steps still fail.
+  class Ref {
+   public:
+    Ref() = default;
+    const SessionShape& shape() const;  // immutable after creation
+    int pool() const;                   // the index of the pool (pool(i)) holding its pages
+    explicit operator bool() const { return s_ != nullptr; }
+
+   private:
+    friend class SessionStore;
+    explicit Ref(std::shared_ptr<Session> s) : s_(std::move(s)) {}
+    std::shared_ptr<Session> s_;
+  };
+  // NOT_FOUND, saying why, for a session the caller may not use (unknown, closed, expired, another
+  // identity's, another instance's).
+  absl::StatusOr<Ref> Lookup(const SessionCaller& caller, std::string_view id) const;
+
   // The shape of a session the caller may use (NOT_FOUND otherwise, saying why).
   absl::StatusOr<SessionShape> Shape(const SessionCaller& caller, std::string_view id) const;
   // The index of the pool (pool(i)) that holds the session's pages: fixed for its life.
@@ -135,6 +144,7 @@ class SessionStore {
   // no host copy of K (16-bit storage, or the layer's K mean is already set; it never changes
   // after). False for an unknown session or layer: the append then reports it.
   bool TakesDeviceKv(const SessionCaller& caller, std::string_view id, int layer, int device) const;
+  bool TakesDeviceKv(const Ref& session, int layer, int device) const;
 
   // Appends the step's tokens (or recognises a retry of the step at that position) and returns the
   // layer's length the step's Q attends over: position + n_new. FAILED_PRECONDITION for a gap or an
@@ -161,6 +171,7 @@ class SessionStore {
   // Holds the pages of the layer's first `end` tokens for an engine to read in place.
   // FAILED_PRECONDITION when the layer no longer holds `end` tokens.
   absl::StatusOr<PinnedPages> Pin(const SessionCaller& caller, std::string_view id, int layer, int64_t end) const;
+  absl::StatusOr<PinnedPages> Pin(const Ref& session, int layer, int64_t end) const;
   void Unpin(const PinnedPages& pinned) const;
   const KvPagePool& pool(int index) const { return *pools_[static_cast<size_t>(index)].pool; }
 
@@ -178,7 +189,6 @@ class SessionStore {
   static std::string_view PlacementOf(std::string_view id) { return id.substr(0, std::min(id.size(), id.rfind('.'))); }
 
  private:
-  struct Session;
   struct DevicePool {
     std::string device;  // in session ids
     std::unique_ptr<KvPagePool> pool;
@@ -221,6 +231,24 @@ class SessionStore {
   bool stopping_ = false;     // guarded by stop_mu_
   std::condition_variable wake_;
   std::thread sweeper_;
+};
+
+// One step's append: `n_new` tokens of K and V ([n_new, Hkv, D] in the session's dtype) at
+// `position` of `layer`.
+struct AppendStep {
+  std::string_view session_id;
+  int layer = 0;
+  int64_t position = 0;
+  uint64_t step_id = 0;
+  int64_t n_new = 0;
+  const void* k = nullptr;
+  const void* v = nullptr;
+  // kDevice: k and v are memory of the GPU that holds the session's pool (a client's CUDA buffer),
+  // read there by the GPU, which only a step TakesDeviceKv approved may do.
+  MemoryKind kv_memory = MemoryKind::kPageable;
+  // Set: the session as SessionStore::Lookup found it for this caller (session_id is then not
+  // looked up again).
+  const SessionStore::Ref* session = nullptr;
 };
 
 }  // namespace sage::server
