@@ -1,0 +1,181 @@
+"""Server-resident KV sessions (sageserve.v1.SessionService), like the C++ sageserve::Session.
+
+A Session tracks each layer's length and the next step id: a step is sent at the layer's length
+with a fresh id, and committed (length from the answer, id advanced) only when it succeeds, so a
+step retried after a lost answer is appended once. Not thread-safe: one decode loop owns a session.
+docs/API.md, "Sessions".
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
+
+from sageserve import codec, errors
+from sageserve.request import next_request_id, parse_recipe
+from sageserve.v1 import session_pb2 as sp
+
+KV_STORAGE = {"16bit": sp.KV_STORAGE_16BIT, "int8_k_fp8_v": sp.KV_STORAGE_INT8_K_FP8_V}
+
+
+@dataclass
+class SessionOptions:
+    layers: int = 1
+    heads_q: int = 1
+    heads_kv: int = 1
+    head_dim: int = 128
+    dtype: str = "fp16"  # or "bf16": of every Q, K, V sent and O returned
+    kv_storage: str = "16bit"  # or "int8_k_fp8_v" (half the bytes; docs/NUMERICS.md)
+    max_tokens: int = 0  # required: appends past it are OUT_OF_RANGE
+    reserve_tokens: int = 0
+    model: str = ""  # optional: the registry's per-layer recipes
+
+    def request(self) -> sp.CreateSessionRequest:
+        if self.kv_storage not in KV_STORAGE:
+            raise ValueError(f"kv_storage must be one of {list(KV_STORAGE)}, got {self.kv_storage!r}")
+        return sp.CreateSessionRequest(
+            model=self.model, layers=self.layers, heads_q=self.heads_q, heads_kv=self.heads_kv,
+            head_dim=self.head_dim, dtype=codec.parse_dtype(self.dtype), kv_storage=KV_STORAGE[self.kv_storage],
+            max_tokens=self.max_tokens, reserve_tokens=self.reserve_tokens)
+
+
+@dataclass
+class StepResult:
+    """One step's answer: O ([n_q, Hq, D], like q) and LSE (fp32 [n_q, Hq]) or None for a bulk
+    import, and the layer's length after the step."""
+
+    o: Optional[Any]
+    lse: Optional[Any]
+    length: int
+    session_id: str
+
+
+class Session:
+    """One session: `step` appends and attends; `fork`, `truncate`, `close` as their RPCs."""
+
+    def __init__(self, calls: "SessionCalls", session_id: str, options: SessionOptions,
+                 lengths: Sequence[int]) -> None:
+        self._calls = calls
+        self.id = session_id
+        self.options = options
+        self.lengths: List[int] = list(lengths)
+        self.next_step_id = 1
+
+    def length(self, layer: int) -> int:
+        return self.lengths[layer]
+
+    def make_step(self, layer: int, k: Any, v: Any, q: Optional[Any] = None) -> sp.SessionStep:
+        """The next step of `layer`: k/v [n_new, Hkv, D] (n_new may be 0), q [n_q, Hq, D] or None."""
+        o = self.options
+        dtype = codec.parse_dtype(o.dtype)
+        step = sp.SessionStep(session_id=self.id, layer=layer, step_id=self.next_step_id,
+                              position=self.lengths[layer] if 0 <= layer < len(self.lengths) else 0)
+        for name, x, msg, heads in (("k", k, step.k, o.heads_kv), ("v", v, step.v, o.heads_kv),
+                                    ("q", q, step.q, o.heads_q)):
+            if x is None:
+                continue
+            if len(x.shape) != 3:
+                raise ValueError(f"{name}: a step takes [tokens, heads, head_dim], got shape {tuple(x.shape)}")
+            if x.shape[0] > 0 and codec.wire_dtype(x, name) != dtype:
+                raise TypeError(f"{name}: dtype {x.dtype} is not the session's {o.dtype}")
+            codec.set_tensor(msg, x, dtype, x.shape)
+        return step
+
+    def commit(self, layer: int, result: sp.SessionStepResult) -> None:
+        """Records a step's success (its layer's new length); call after a successful AttendSession."""
+        if 0 <= layer < len(self.lengths):
+            self.lengths[layer] = int(result.length)
+        self.next_step_id += 1
+
+    def step(self, layer: int, k: Any, v: Any, q: Optional[Any] = None, *, return_lse: bool = False,
+             recipe: Union[str, int, None] = None, retries: int = 2) -> StepResult:
+        """make_step, AttendSession and commit; UNAVAILABLE and DEADLINE_EXCEEDED are retried up to
+        `retries` times with the same position and step id (the server appends at most once)."""
+        req = sp.AttendSessionRequest(request_id=next_request_id("step"), return_lse=return_lse,
+                                      recipe=parse_recipe(recipe))
+        req.steps.append(self.make_step(layer, k, v, q))
+        for attempt in range(retries + 1):
+            try:
+                resp = self._calls.attend_request(req)
+                break
+            except (errors.UnavailableError, errors.DeadlineExceededError):
+                if attempt == retries:
+                    raise
+        if len(resp.results) != 1:
+            raise errors.InternalError("AttendSession: expected one result")
+        self.commit(layer, resp.results[0])
+        return _step_result(resp.results[0], q, return_lse)
+
+    def fork(self, length: Optional[int] = None) -> "Session":
+        """A new session sharing this one's first `length` tokens (default all), copy on write."""
+        r = self._calls.fork(self.id, length)
+        return Session(self._calls, r.session_id, self.options, r.info.layer_lengths)
+
+    def truncate(self, length: int) -> None:
+        info = self._calls.truncate(self.id, length)
+        self.lengths = list(info.layer_lengths)
+
+    def close(self) -> None:
+        self._calls.close(self.id)
+
+    def info(self) -> sp.SessionInfo:
+        return self._calls.get(self.id)
+
+
+def _step_result(r: sp.SessionStepResult, like: Optional[Any], return_lse: bool) -> StepResult:
+    o = codec.decode(r.o, like=like) if r.HasField("o") and len(r.o.shape) else None
+    lse = codec.decode(r.lse, like=like) if return_lse and r.HasField("lse") and len(r.lse.shape) else None
+    return StepResult(o, lse, int(r.length), r.session_id)
+
+
+class SessionCalls:
+    """SessionService's RPCs on a client's channel (blocking, under its timeout)."""
+
+    def __init__(self, stub: Any, call: Callable[..., Any]) -> None:
+        self._stub = stub
+        self._call = call
+
+    def create(self, options: SessionOptions) -> Session:
+        r = self._call(self._stub.CreateSession, options.request())
+        return Session(self, r.session_id, options, [0] * options.layers)
+
+    def attend_request(self, request: sp.AttendSessionRequest, timeout: Optional[float] = None) -> sp.AttendSessionResponse:
+        return self._call(self._stub.AttendSession, request, timeout)
+
+    def attend(self, layer: int, steps: Sequence[Tuple[Session, Any, Any, Optional[Any]]], *,
+               return_lse: bool = False, recipe: Union[str, int, None] = None,
+               timeout: Optional[float] = None) -> List[StepResult]:
+        """One call for a decode batch's `layer`: each (session, k, v, q or None) in one launch."""
+        req = sp.AttendSessionRequest(request_id=next_request_id("sessions"), return_lse=return_lse,
+                                      recipe=parse_recipe(recipe))
+        for session, k, v, q in steps:
+            req.steps.append(session.make_step(layer, k, v, q))
+        resp = self.attend_request(req, timeout)
+        if len(resp.results) != len(steps):
+            raise errors.InternalError(f"AttendSession: {len(resp.results)} results for {len(steps)} steps")
+        out = []
+        for (session, _, _, q), r in zip(steps, resp.results):
+            session.commit(layer, r)
+            out.append(_step_result(r, q, return_lse))
+        return out
+
+    def get(self, session_id: str) -> sp.SessionInfo:
+        return self._call(self._stub.GetSession, sp.GetSessionRequest(session_id=session_id)).info
+
+    def list(self) -> sp.ListSessionsResponse:
+        return self._call(self._stub.ListSessions, sp.ListSessionsRequest())
+
+    def fork(self, session_id: str, length: Optional[int] = None) -> sp.ForkSessionResponse:
+        req = sp.ForkSessionRequest(session_id=session_id)
+        if length is not None:
+            req.length = length
+        return self._call(self._stub.ForkSession, req)
+
+    def truncate(self, session_id: str, length: int) -> sp.SessionInfo:
+        return self._call(self._stub.TruncateSession, sp.TruncateSessionRequest(session_id=session_id,
+                                                                                length=length)).info
+
+    def close(self, session_id: str) -> None:
+        self._call(self._stub.CloseSession, sp.CloseSessionRequest(session_id=session_id))
+
+
+__all__ = ["KV_STORAGE", "Session", "SessionCalls", "SessionOptions", "StepResult"]

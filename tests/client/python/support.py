@@ -1,0 +1,84 @@
+"""Shared by the Python client tests: the package on sys.path, and a sageserve child process.
+
+CTest passes the binaries' paths (tests/client/python/CMakeLists.txt); scripts/device-python.sh
+passes .bundle's. A missing binary fails the test (it never skips).
+"""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from typing import List, Optional
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+PACKAGE_ROOT = os.environ.get("SAGESERVE_PYTHON_PACKAGE",
+                              os.path.join(HERE, os.pardir, os.pardir, os.pardir, "client", "python"))
+if os.environ.get("SAGESERVE_PYTHON_INSTALLED") != "1":  # the install test imports the venv's copy
+    sys.path.insert(0, os.path.abspath(PACKAGE_ROOT))
+
+
+def binary(env: str) -> str:
+    path = os.environ.get(env, "")
+    if not path or not os.access(path, os.X_OK):
+        raise RuntimeError(f"${env} must name an executable (got {path!r}); the test cannot run without it")
+    return path
+
+
+# Small KV pools: the CI box is shared, and the tests hold a few sessions at most.
+DEFAULT_ARGS = ["--kv_pool_bytes=67108864", "--log_level=warn"]
+
+
+class Server:
+    """`sageserve --listen=127.0.0.1:0 --backend=<$SAGESERVE_BACKEND or cpu> ...` until stop()."""
+
+    def __init__(self, *extra: str, backend: Optional[str] = None) -> None:
+        backend = backend or os.environ.get("SAGESERVE_BACKEND", "cpu")
+        self.args: List[str] = [binary("SAGESERVE_BINARY"), "--listen=127.0.0.1:0", f"--backend={backend}",
+                                *DEFAULT_ARGS, *extra]
+        self.proc = subprocess.Popen(self.args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.output: List[str] = []
+        self.port = 0
+        ready = threading.Event()
+
+        def drain() -> None:
+            # Keeps reading so a chatty server never blocks on a full pipe.
+            assert self.proc.stdout is not None
+            for line in self.proc.stdout:
+                self.output.append(line)
+                m = re.search(r"sageserve listening on port (\d+)", line)
+                if m:
+                    self.port = int(m.group(1))
+                    ready.set()
+            ready.set()
+
+        threading.Thread(target=drain, daemon=True).start()
+        ready.wait(120)
+        if not self.port:
+            self.stop()
+            raise RuntimeError("sageserve did not start:\n" + "".join(self.output))
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def wait_until(predicate, timeout_s: float = 10.0) -> bool:
+    end = time.time() + timeout_s
+    while time.time() < end:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
