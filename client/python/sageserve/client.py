@@ -57,9 +57,10 @@ class AttendCall:
                  causal: bool = False, scale: Optional[float] = None, return_lse: bool = False,
                  recipe: Union[str, int, None] = None, output_dtype: Union[str, int, None] = None,
                  model: Optional[str] = None, layer: Optional[int] = None, timestep: Optional[int] = None,
-                 request_id: Optional[str] = None, transport_mode: Optional[str] = None) -> None:
+                 request_id: Optional[str] = None, transport_mode: Optional[str] = None,
+                 input_dtype: Union[str, int, None] = None) -> None:
         self.like = q
-        self.packed: Packed = pack(q, k, v, layout, cu_seqlens_q, cu_seqlens_k)
+        self.packed: Packed = pack(q, k, v, layout, cu_seqlens_q, cu_seqlens_k, input_dtype)
         p = self.packed
         self.request = attend_request(p, causal=causal, scale=scale, return_lse=return_lse, recipe=recipe,
                                       output_dtype=output_dtype, model=model, layer=layer, timestep=timestep,
@@ -166,17 +167,19 @@ class Client:
                recipe: Union[str, int, None] = None, output_dtype: Union[str, int, None] = None,
                model: Optional[str] = None, layer: Optional[int] = None, timestep: Optional[int] = None,
                request_id: Optional[str] = None, transport: Optional[str] = None,
-               timeout: Optional[float] = None) -> AttendResult:
+               input_dtype: Union[str, int, None] = None, timeout: Optional[float] = None) -> AttendResult:
         """Attention of q over k/v on the server; O (and LSE) come back in q's layout and kind.
 
         causal: bottom-right aligned (FlashAttention's). recipe: "int4_qk_fp8_pv",
         "int8_qk_fp8_pv", "int8_qk_fp16_pv", "unquantized", or None for the server's (or, with
         model/layer/timestep, the precision registry's) choice. transport overrides the client's.
+        input_dtype="bf16" takes numpy uint16 arrays as bfloat16 bits (numpy has no bfloat16).
         """
         call = AttendCall(self.transport, q, k, v, layout=layout, cu_seqlens_q=cu_seqlens_q,
                           cu_seqlens_k=cu_seqlens_k, causal=causal, scale=scale, return_lse=return_lse,
                           recipe=recipe, output_dtype=output_dtype, model=model, layer=layer,
-                          timestep=timestep, request_id=request_id, transport_mode=transport)
+                          timestep=timestep, request_id=request_id, transport_mode=transport,
+                          input_dtype=input_dtype)
         try:
             response = self._call(self._attention.Attend, call.request, timeout)
         except BaseException:

@@ -44,13 +44,20 @@ def parse_dtype(value: Union[str, int, None]) -> int:
     return DTYPE_NAMES[key]
 
 
-def wire_dtype(x: Array, name: str) -> int:
-    """The DType of an input tensor: fp16 or bf16 (numpy bfloat16 via ml_dtypes, or torch)."""
+def wire_dtype(x: Array, name: str, hint: Optional[int] = None) -> int:
+    """The DType of an input tensor: fp16 or bf16 (torch, or numpy bfloat16 via ml_dtypes).
+
+    numpy has no bfloat16 of its own: a uint16 array is taken as bf16 bit patterns when `hint`
+    (the call's input_dtype) says DTYPE_BF16.
+    """
     kind = str(x.dtype).replace("torch.", "")
     if kind in ("float16", "bfloat16"):
         return DTYPE_NAMES[kind]
+    if kind == "uint16" and hint == tensor_pb2.DTYPE_BF16 and not is_torch(x):
+        return tensor_pb2.DTYPE_BF16
     raise TypeError(f"{name}: dtype {x.dtype} is not sent; sageserve takes float16 or bfloat16 "
-                    f"(convert first, e.g. {name}.astype(numpy.float16) or {name}.half())")
+                    f"(convert first, e.g. {name}.astype(numpy.float16) or {name}.half(); "
+                    f"numpy bf16 bits: a uint16 array with input_dtype='bf16')")
 
 
 def host_bytes(x: Array) -> bytes:
@@ -73,6 +80,12 @@ def set_tensor(out: tensor_pb2.Tensor, x: Array, dtype: int, shape: Sequence[int
     out.dtype = dtype
     out.shape[:] = [int(s) for s in shape]
     out.data = host_bytes(x)
+
+
+def bf16_bits(x: np.ndarray) -> np.ndarray:
+    """float32 values rounded to bfloat16 (nearest even), as uint16 bit patterns."""
+    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    return ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
 
 
 def decode(t: tensor_pb2.Tensor, data: Optional[bytes] = None, like: Optional[Array] = None) -> Array:

@@ -72,14 +72,16 @@ def _transpose12(x: Any) -> Any:
 
 
 def pack(q: Any, k: Any, v: Any, layout: Optional[str] = None,
-         cu_seqlens_q: Optional[Sequence[int]] = None, cu_seqlens_k: Optional[Sequence[int]] = None) -> Packed:
+         cu_seqlens_q: Optional[Sequence[int]] = None, cu_seqlens_k: Optional[Sequence[int]] = None,
+         input_dtype: Union[str, int, None] = None) -> Packed:
     if layout is None:
         layout = "thd" if len(q.shape) == 3 else "bhsd"
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
-    dtype = codec.wire_dtype(q, "q")
+    hint = codec.parse_dtype(input_dtype)
+    dtype = codec.wire_dtype(q, "q", hint)
     for name, x in (("k", k), ("v", v)):
-        if codec.wire_dtype(x, name) != dtype:
+        if codec.wire_dtype(x, name, hint) != dtype:
             raise TypeError(f"{name}: dtype {x.dtype} differs from q's {q.dtype}")
     rank = 3 if layout == "thd" else 4
     for name, x in (("q", q), ("k", k), ("v", v)):

@@ -75,16 +75,21 @@ class Session:
                 continue
             if len(x.shape) != 3:
                 raise ValueError(f"{name}: a step takes [tokens, heads, head_dim], got shape {tuple(x.shape)}")
-            if x.shape[0] > 0 and codec.wire_dtype(x, name) != dtype:
+            if x.shape[0] > 0 and codec.wire_dtype(x, name, dtype) != dtype:
                 raise TypeError(f"{name}: dtype {x.dtype} is not the session's {o.dtype}")
             codec.set_tensor(msg, x, dtype, x.shape)
         return step
 
-    def commit(self, layer: int, result: sp.SessionStepResult) -> None:
-        """Records a step's success (its layer's new length); call after a successful AttendSession."""
+    def commit(self, layer: int, result: sp.SessionStepResult, advance_id: bool = True) -> None:
+        """Records a step's success (its layer's new length); call after a successful AttendSession.
+
+        advance_id=False: the id was taken when the step was sent (streams, where several layers'
+        steps of one session are in flight at once and each needs its own id).
+        """
         if 0 <= layer < len(self.lengths):
             self.lengths[layer] = int(result.length)
-        self.next_step_id += 1
+        if advance_id:
+            self.next_step_id += 1
 
     def step(self, layer: int, k: Any, v: Any, q: Optional[Any] = None, *, return_lse: bool = False,
              recipe: Union[str, int, None] = None, retries: int = 2) -> StepResult:
