@@ -1,6 +1,7 @@
 # Fails when client/python's committed stubs differ from the build's fresh generation (or when
 # there is none: grpc_python_plugin missing), or when the package holds a stub the protos no
 # longer make. Refresh with `cmake --build <dir> --target python_stubs_update`.
+cmake_minimum_required(VERSION 3.25)
 if(NOT PLUGIN OR NOT EXISTS "${PLUGIN}")
   message(FATAL_ERROR "grpc_python_plugin not found (Debian: protobuf-compiler-grpc); cannot check the stubs")
 endif()

@@ -17,16 +17,21 @@ from sageserve import errors
 from sageserve.v1 import registry_pb2
 
 servers: dict = {}
+ADMIN, USER = "tok-admin-0123456789abcdef", "tok-user-0123456789abcdef"  # the server wants >= 16 chars
 
 
 def setUpModule() -> None:
     tmp = tempfile.mkdtemp()
     tokens = os.path.join(tmp, "tokens")
-    with open(tokens, "w") as f:
-        f.write("tok-admin ops admin\ntok-user alice attend\n")
-    servers["plain"] = support.Server("--max_tokens=256")
-    servers["shm"] = support.Server("--allow_shared_memory")
-    servers["tokens"] = support.Server(f"--token_file={tokens}")
+    with open(os.open(tokens, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
+        f.write(f"{ADMIN} ops admin\n{USER} alice attend\n")
+    try:
+        servers["plain"] = support.Server("--max_tokens=256")
+        servers["shm"] = support.Server("--allow_shared_memory")
+        servers["tokens"] = support.Server(f"--token_file={tokens}")
+    except BaseException:
+        tearDownModule()  # unittest skips it when setUpModule fails
+        raise
 
 
 def tearDownModule() -> None:
@@ -99,6 +104,8 @@ class ServerCodesTest(unittest.TestCase):
             client.get_model("no-such-model")
         spec = registry_pb2.ModelSpec(name="twice", num_layers=1, q_heads=1, kv_heads=1, head_dim=64)
         client.register_model(spec)
+        client.register_model(spec)  # the same spec again is a no-op
+        spec.num_layers = 2
         with self.assertRaises(sageserve.AlreadyExistsError):
             client.register_model(spec)
 
@@ -135,13 +142,13 @@ class ServerCodesTest(unittest.TestCase):
             sageserve.Client(target, token="").info()
         with self.assertRaises(sageserve.UnauthenticatedError):
             sageserve.Client(target, token="wrong").info()
-        user = sageserve.Client(target, token="tok-user")
+        user = sageserve.Client(target, token=USER)
         self.assertEqual(user.info().access_control.tokens_required, True)
         spec = registry_pb2.ModelSpec(name="m", num_layers=1, q_heads=1, kv_heads=1, head_dim=64)
         with self.assertRaises(sageserve.PermissionDeniedError) as cm:
             user.register_model(spec)  # admin scope
         self.assertIn("admin", cm.exception.message)
-        sageserve.Client(target, token="tok-admin").register_model(spec)
+        sageserve.Client(target, token=ADMIN).register_model(spec)
         self.assertEqual(user.attend(*qkv(8)).o.shape, (8, 2, 64))
 
     def test_deadline_exceeded(self) -> None:

@@ -25,7 +25,7 @@ class InstallTest(unittest.TestCase):
             src = os.path.join(tmp, "src")
             shutil.copytree(os.path.abspath(support.PACKAGE_ROOT), src,
                             ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", "build"))
-            r = subprocess.run([py, "-m", "pip", "install", "--no-build-isolation", "--no-index", "--no-deps", src],
+            r = subprocess.run([py, "-m", "pip", "install", "--no-build-isolation", src],
                                capture_output=True, text=True, timeout=300)
             self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
             code = ("import sageserve, sageserve.v1.session_pb2_grpc, numpy as np, os\n"

@@ -82,7 +82,8 @@ class SharedMemoryTest(unittest.TestCase):
         q, k, v = problem(3)
         with sageserve.Client(server.target, transport="bytes") as client:
             self.assertEqual(client.attend(q, k, v).transport, "bytes")
-            self.assertEqual(client.shared_memory_status().regions, [])
+            self.assertEqual(client.transport.pools(), {})
+            self.assertEqual(list(client.shared_memory_status().regions), [])
         with sageserve.Client(plain.target) as client:  # auto: the server says it takes none
             self.assertEqual(client.attend(q, k, v).transport, "bytes")
 

@@ -70,7 +70,8 @@ class SageServeAttnProcessor:
 
 def wrap(module: torch.nn.Module, fallback: str = "local") -> torch.nn.Module:
     """Makes `module`'s own F.scaled_dot_product_attention calls go to the server while it runs
-    (forward hooks swap the function in and back; process-wide meanwhile). Returns the module."""
+    (forward hooks swap the function in and back; process-wide meanwhile; torch >= 2.0).
+    Returns the module."""
     state = {}
 
     def before(*_: Any) -> None:
@@ -82,5 +83,5 @@ def wrap(module: torch.nn.Module, fallback: str = "local") -> torch.nn.Module:
         torch.nn.functional.scaled_dot_product_attention = state.pop("previous")
 
     module.register_forward_pre_hook(before)
-    module.register_forward_hook(after)
+    module.register_forward_hook(after, always_call=True)  # restored even when forward raises
     return module
