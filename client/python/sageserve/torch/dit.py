@@ -70,7 +70,7 @@ class SageServeAttnProcessor:
 
 def wrap(module: torch.nn.Module, fallback: str = "local") -> torch.nn.Module:
     """Makes `module`'s own F.scaled_dot_product_attention calls go to the server while it runs
-    (forward hooks swap the function in and back; process-wide meanwhile; torch >= 2.0).
+    (forward hooks swap the function in and back; process-wide meanwhile).
     Returns the module."""
     state = {}
 
@@ -83,5 +83,8 @@ def wrap(module: torch.nn.Module, fallback: str = "local") -> torch.nn.Module:
         torch.nn.functional.scaled_dot_product_attention = state.pop("previous")
 
     module.register_forward_pre_hook(before)
-    module.register_forward_hook(after, always_call=True)  # restored even when forward raises
+    try:
+        module.register_forward_hook(after, always_call=True)  # restored even when forward raises
+    except TypeError:  # torch < 2.1
+        module.register_forward_hook(after)
     return module
