@@ -5,6 +5,7 @@ building, same channel settings; failures raise the SageServeError subclass of t
 """
 from __future__ import annotations
 
+import weakref
 from typing import Any, Iterable, List, Optional, Sequence, Tuple, Union
 
 import grpc
@@ -133,6 +134,9 @@ class Client:
             lambda name, key, size: self.register_system_shared_memory(name, key, 0, size),
             lambda name, handle, dev, size: self.register_cuda_shared_memory(name, handle, dev, size),
             self.unregister_shared_memory, o.shared_memory_key_prefix, o.max_regions)
+        # Regions of a client never closed are unregistered and freed at exit, so neither the
+        # server's mapping nor the POSIX object outlives the program.
+        self._release_regions = weakref.finalize(self, Transport.close, self.transport)
 
     # -- plumbing ---------------------------------------------------------------------------------
     def _call(self, method: Any, request: Any, timeout: Optional[float] = None) -> Any:
@@ -150,7 +154,7 @@ class Client:
     def close(self) -> None:
         """Unregisters and frees the client's shared-memory regions and closes the channel."""
         try:
-            self.transport.close()
+            self._release_regions()
         finally:
             self.channel.close()
 

@@ -102,11 +102,9 @@ def decode(t: tensor_pb2.Tensor, data: Optional[bytes] = None, like: Optional[Ar
         host = np.frombuffer(raw, dtype="<u2").reshape(shape)
     if like is not None and is_torch(like):
         torch = _torch()
-        # frombuffer over immutable bytes would warn; one copy into a tensor torch owns. int16, as
-        # torch before 2.3 has no uint16.
-        out = torch.from_numpy(host.view(np.int16) if host.dtype == np.uint16 else host.copy())
-        if out.data_ptr() == host.ctypes.data:
-            out = out.clone()
+        # One copy into memory torch owns (the bytes are immutable); int16, as torch before 2.3
+        # has no uint16.
+        out = torch.from_numpy((host.view(np.int16) if host.dtype == np.uint16 else host).copy())
         if t.dtype == tensor_pb2.DTYPE_FP16:
             out = out.view(torch.float16)
         elif t.dtype == tensor_pb2.DTYPE_BF16:
