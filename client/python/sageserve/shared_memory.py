@@ -196,10 +196,11 @@ class RegionPool:
             self._drop(old)
 
     def _evictable(self) -> List[Lease]:
-        # Idle regions beyond the limit, smallest first (callers hold the lock).
+        # Idle regions beyond the limit, smallest first (callers hold the lock). Busy ones do not
+        # count: under steady concurrency above the limit, counting them would unregister a region
+        # at every release and register a new one at the next call.
         idle = sorted((l for l in self._leases if not l.busy), key=lambda l: l.region.nbytes)
-        extra = len(self._leases) - self._max
-        out = idle[:max(0, extra)]
+        out = idle[:max(0, len(idle) - self._max)]
         for l in out:
             self._leases.remove(l)
         return out

@@ -213,7 +213,7 @@ def _host_view(x: Any) -> memoryview:
     if codec.is_torch(x):
         import torch
 
-        t = x.detach().contiguous().reshape(-1)
+        t = x.detach().cpu().contiguous().reshape(-1)  # a CUDA k/v beside a host q: copied here
         return memoryview(t.view(torch.uint8).numpy())
     a = np.ascontiguousarray(x)
     if a.dtype.byteorder == ">":

@@ -71,7 +71,7 @@ class SharedMemoryTest(unittest.TestCase):
         with sageserve.Client(options=options) as client:
             client.attend(*problem(1))
             small = set(next(iter(client.transport.pools().values())).regions())
-            client.attend(*problem(2, tq=2048, tk=2048, hq=8, hkv=8, d=128))  # needs a bigger region
+            client.attend(*problem(2, tq=16, tk=4096, hq=8, hkv=8, d=128))  # 16 MiB of k/v: a bigger region
             big = set(next(iter(client.transport.pools().values())).regions())
             self.assertEqual(len(big), 1)
             self.assertFalse(small & big)
