@@ -8,7 +8,6 @@ request fails alone. A model's layers can so pipeline: many `await stream.step(.
 from __future__ import annotations
 
 import asyncio
-import copy
 from typing import Any, AsyncIterator, Dict, List, Optional, Sequence, Tuple, Union
 
 import grpc
@@ -105,6 +104,7 @@ class AttendStream(_Stream):
     async def attend(self, q: Any, k: Any, v: Any, **kwargs: Any) -> AttendResult:
         """As Client.attend; many may be awaited at once (asyncio.gather)."""
         kwargs.setdefault("request_id", next_request_id("stream"))
+        kwargs.pop("timeout", None)  # a stream has one deadline: attend_stream(timeout)
         transport = kwargs.pop("transport", None)
         call = AttendCall(self._client.transport, q, k, v, transport_mode=transport, **kwargs)
         try:
@@ -155,8 +155,8 @@ class AsyncClient:
     def __init__(self, target: Optional[str] = None, *, options: Optional[ClientOptions] = None,
                  tls: Optional[TlsOptions] = None, token: Optional[str] = None,
                  timeout_s: Optional[float] = None, transport: Optional[str] = None) -> None:
-        self._control = Client(target, options=copy.deepcopy(options) if options else None, tls=tls, token=token,
-                               timeout_s=timeout_s, transport=transport)
+        self._control = Client(target, options=options, tls=tls, token=token, timeout_s=timeout_s,
+                               transport=transport)
         self.options = self._control.options
         self._metadata = self._control._metadata
         self.transport = self._control.transport

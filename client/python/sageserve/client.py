@@ -5,6 +5,7 @@ building, same channel settings; failures raise the SageServeError subclass of t
 """
 from __future__ import annotations
 
+import copy
 import weakref
 from typing import Any, Iterable, List, Optional, Sequence, Tuple, Union
 
@@ -106,7 +107,7 @@ class Client:
     def __init__(self, target: Optional[str] = None, *, options: Optional[ClientOptions] = None,
                  tls: Optional[TlsOptions] = None, token: Optional[str] = None,
                  timeout_s: Optional[float] = None, transport: Optional[str] = None) -> None:
-        o = options or ClientOptions()
+        o = copy.copy(options) if options else ClientOptions()  # the caller's stays as it was
         if target is not None:
             o.target = target
         if tls is not None:

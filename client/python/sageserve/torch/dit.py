@@ -42,7 +42,8 @@ class SageServeAttnProcessor:
             query = attn.norm_q(query)
         if getattr(attn, "norm_k", None) is not None:
             key = attn.norm_k(key)
-        scale = getattr(attn, "scale", None)
+        # AttnProcessor2_0 leaves SDPA's default scale (1/sqrt(head_dim)) whatever attn.scale says.
+        scale = None
         if attention_mask is None:
             client = self.client or sdpa.get_client()
             bhsd = [x.transpose(1, 2) for x in (query, key, value)]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import weakref
 from typing import Any, Iterator, Optional, Union
 
 import torch
@@ -36,7 +37,8 @@ class _Config:
         self.fallback = "raise"
         self.recipe: Union[str, int, None] = None
         self.transport: Optional[str] = None
-        self.head_dims: Optional[set] = None
+        # Head dims each client's server runs (GetServerInfo once per client).
+        self.head_dims: "weakref.WeakKeyDictionary[sageserve.Client, frozenset]" = weakref.WeakKeyDictionary()
 
 
 _config = _Config()
@@ -52,7 +54,6 @@ def configure(client: Optional[sageserve.Client] = None, *, target: Optional[str
             client = sageserve.Client(target, **client_kwargs)
         if client is not None:
             _config.client = client
-            _config.head_dims = None
         if fallback is not None:
             if fallback not in ("raise", "local"):
                 raise ValueError("fallback must be 'raise' or 'local'")
@@ -76,13 +77,12 @@ def get_client() -> sageserve.Client:
         return _config.client
 
 
-def _head_dims(client: sageserve.Client) -> set:
-    if _config.head_dims is None or client is not _config.client:
-        dims = set(client.info().head_dims)
-        if client is _config.client:
-            _config.head_dims = dims
-        return dims
-    return _config.head_dims
+def _head_dims(client: sageserve.Client) -> frozenset:
+    dims = _config.head_dims.get(client)
+    if dims is None:
+        dims = frozenset(client.info().head_dims)
+        _config.head_dims[client] = dims
+    return dims
 
 
 def _unsupported(client: sageserve.Client, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
