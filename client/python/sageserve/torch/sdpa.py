@@ -22,6 +22,9 @@ import torch.nn.functional as F
 
 import sageserve
 
+if not hasattr(F, "scaled_dot_product_attention"):
+    raise ImportError(f"sageserve.torch needs torch >= 2.1 (F.scaled_dot_product_attention with scale=); "
+                      f"this is torch {torch.__version__}")
 # Torch's own, captured before enable() can replace it.
 _TORCH_SDPA = F.scaled_dot_product_attention
 
