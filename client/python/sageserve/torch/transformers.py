@@ -80,9 +80,9 @@ def register(name: str = NAME) -> None:
 
     AttentionInterface.register(name, attention_forward)
     try:
-        from transformers import AttentionMaskInterface
-        from transformers.masking_utils import sdpa_mask
-
-        AttentionMaskInterface.register(name, sdpa_mask)
+        from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
     except ImportError:  # older transformers build the mask themselves; _mask_kind reads it
-        pass
+        return
+    # Without a mask builder of its own, an implementation gets no mask at all (transformers
+    # assumes a backend that masks by itself), and padding would be lost silently.
+    AttentionMaskInterface.register(name, sdpa_mask)
