@@ -18,6 +18,7 @@ from sageserve.client import HEALTH_METHOD, AttendCall, Client, _health_request,
 from sageserve.options import ClientOptions, TlsOptions, make_aio_channel
 from sageserve.request import AttendResult, next_request_id, parse_recipe
 from sageserve.session import Session, SessionOptions, StepResult, _step_result
+from sageserve.transport import region_unknown
 from sageserve.v1 import attention_service_pb2 as pb
 from sageserve.v1 import attention_service_pb2_grpc as pb_grpc
 from sageserve.v1 import session_pb2 as sp
@@ -176,13 +177,22 @@ class AsyncClient:
     async def attend(self, q: Any, k: Any, v: Any, *, timeout: Optional[float] = None, **kwargs: Any) -> AttendResult:
         """As Client.attend."""
         transport = kwargs.pop("transport", None)
-        call = AttendCall(self.transport, q, k, v, transport_mode=transport, **kwargs)
-        try:
-            response = await self._call(self._attention.Attend, call.request, timeout)
-        except BaseException:
-            call.abandon()
-            raise
-        return call.result(response)
+        for attempt in (0, 1):
+            call = AttendCall(self.transport, q, k, v, transport_mode=transport, **kwargs)
+            try:
+                response = await self._call(self._attention.Attend, call.request, timeout)
+            except errors.SageServeError as e:
+                shared = call.placement.kind != "bytes"
+                call.abandon()
+                if attempt == 0 and shared and region_unknown(e):  # the server restarted: register anew
+                    self.transport.forget()
+                    continue
+                raise
+            except BaseException:
+                call.abandon()
+                raise
+            return call.result(response)
+        raise AssertionError("unreachable")
 
     async def info(self) -> pb.GetServerInfoResponse:
         return await self._call(self._attention.GetServerInfo, pb.GetServerInfoRequest())

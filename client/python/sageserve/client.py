@@ -15,7 +15,7 @@ from sageserve import codec, errors
 from sageserve.options import ClientOptions, TlsOptions, make_channel
 from sageserve.request import AttendResult, Packed, attend_request, pack, recipe_name
 from sageserve.session import Session, SessionCalls, SessionOptions, StepResult
-from sageserve.transport import Placement, Transport
+from sageserve.transport import Placement, Transport, region_unknown
 from sageserve.v1 import attention_service_pb2 as pb
 from sageserve.v1 import attention_service_pb2_grpc as pb_grpc
 from sageserve.v1 import registry_pb2 as reg
@@ -134,7 +134,7 @@ class Client:
             o.transport, o.is_same_host(), self._cached_info,
             lambda name, key, size: self.register_system_shared_memory(name, key, 0, size),
             lambda name, handle, dev, size: self.register_cuda_shared_memory(name, handle, dev, size),
-            self.unregister_shared_memory, o.shared_memory_key_prefix, o.max_regions)
+            self._unregister_region, o.shared_memory_key_prefix, o.max_regions)
         # Regions of a client never closed are unregistered and freed at exit, so neither the
         # server's mapping nor the POSIX object outlives the program.
         self._release_regions = weakref.finalize(self, Transport.close, self.transport)
@@ -146,6 +146,10 @@ class Client:
                           metadata=self._metadata)
         except grpc.RpcError as e:
             raise errors.from_rpc_error(e) from None
+
+    def _unregister_region(self, name: str) -> None:
+        # Short deadline: this also runs at exit, where a gone server must not hold the program.
+        self._call(self._shm.UnregisterSharedMemory, shm.UnregisterSharedMemoryRequest(name=name), timeout=5)
 
     def _cached_info(self) -> pb.GetServerInfoResponse:
         if self._info is None:
@@ -180,17 +184,27 @@ class Client:
         model/layer/timestep, the precision registry's) choice. transport overrides the client's.
         input_dtype="bf16" takes numpy uint16 arrays as bfloat16 bits (numpy has no bfloat16).
         """
-        call = AttendCall(self.transport, q, k, v, layout=layout, cu_seqlens_q=cu_seqlens_q,
-                          cu_seqlens_k=cu_seqlens_k, causal=causal, scale=scale, return_lse=return_lse,
-                          recipe=recipe, output_dtype=output_dtype, model=model, layer=layer,
-                          timestep=timestep, request_id=request_id, transport_mode=transport,
-                          input_dtype=input_dtype)
-        try:
-            response = self._call(self._attention.Attend, call.request, timeout)
-        except BaseException:
-            call.abandon()
-            raise
-        return call.result(response)
+        kwargs = dict(layout=layout, cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, causal=causal,
+                      scale=scale, return_lse=return_lse, recipe=recipe, output_dtype=output_dtype, model=model,
+                      layer=layer, timestep=timestep, request_id=request_id, transport_mode=transport,
+                      input_dtype=input_dtype)
+        for attempt in (0, 1):
+            call = AttendCall(self.transport, q, k, v, **kwargs)
+            try:
+                response = self._call(self._attention.Attend, call.request, timeout)
+            except errors.SageServeError as e:
+                shared = call.placement.kind != "bytes"
+                call.abandon()
+                # The server lost our regions (a restart): register anew and send once more.
+                if attempt == 0 and shared and region_unknown(e):
+                    self.transport.forget()
+                    continue
+                raise
+            except BaseException:
+                call.abandon()
+                raise
+            return call.result(response)
+        raise AssertionError("unreachable")
 
     def attend_request(self, request: pb.AttendRequest, timeout: Optional[float] = None) -> pb.AttendResponse:
         """A prepared AttendRequest as is (the C++ Client::Attend)."""

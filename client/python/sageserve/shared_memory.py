@@ -12,6 +12,7 @@ import itertools
 import os
 import secrets
 import threading
+import warnings
 from dataclasses import dataclass, field
 from multiprocessing import shared_memory as mp_shm
 from typing import Any, Callable, Dict, List, Optional
@@ -205,9 +206,14 @@ class RegionPool:
             self._leases.remove(l)
         return out
 
-    def _drop(self, lease: Lease) -> None:
+    def _drop(self, lease: Lease, unregister: bool = True) -> None:
+        # Best effort: a failed unregister (the server gone or restarted) must not fail the call
+        # that released the region; the memory is ours to free either way.
         try:
-            self._unregister(lease.name)
+            if unregister:
+                self._unregister(lease.name)
+        except Exception as e:  # noqa: BLE001
+            warnings.warn(f"sageserve: could not unregister shared-memory region {lease.name}: {e}")
         finally:
             lease.region.close()
 
@@ -216,11 +222,9 @@ class RegionPool:
         with self._lock:
             return {l.name: l.region.nbytes for l in self._leases}
 
-    def close(self) -> None:
+    def close(self, unregister: bool = True) -> None:
+        """Frees every region; unregister=False when the server no longer knows them (restarted)."""
         with self._lock:
             leases, self._leases = self._leases, []
         for lease in leases:
-            try:
-                self._drop(lease)
-            except Exception:  # the server may be gone at exit; the memory is ours to free anyway
-                pass
+            self._drop(lease, unregister)

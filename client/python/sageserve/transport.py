@@ -201,11 +201,21 @@ class Transport:
         with self._lock:
             return dict(self._pools)
 
-    def close(self) -> None:
+    def close(self, unregister: bool = True) -> None:
         with self._lock:
             pools, self._pools = list(self._pools.values()), {}
         for pool in pools:
-            pool.close()
+            pool.close(unregister)
+
+    def forget(self) -> None:
+        """Frees the regions without unregistering them: the server no longer has them (it
+        restarted, or they were unregistered behind the client's back). Later calls register anew."""
+        self.close(unregister=False)
+
+
+def region_unknown(error: errors.SageServeError) -> bool:
+    """Whether a refused call named a shared-memory region the server does not know."""
+    return isinstance(error, errors.NotFoundError) and "region" in error.message.lower()
 
 
 def _host_view(x: Any) -> memoryview:

@@ -35,9 +35,9 @@ DEFAULT_ARGS = ["--kv_pool_bytes=67108864", "--log_level=warn"]
 class Server:
     """`sageserve --listen=127.0.0.1:0 --backend=<$SAGESERVE_BACKEND or cpu> ...` until stop()."""
 
-    def __init__(self, *extra: str, backend: Optional[str] = None) -> None:
+    def __init__(self, *extra: str, backend: Optional[str] = None, port: int = 0) -> None:
         backend = backend or os.environ.get("SAGESERVE_BACKEND", "cpu")
-        self.args: List[str] = [binary("SAGESERVE_BINARY"), "--listen=127.0.0.1:0", f"--backend={backend}",
+        self.args: List[str] = [binary("SAGESERVE_BINARY"), f"--listen=127.0.0.1:{port}", f"--backend={backend}",
                                 *DEFAULT_ARGS, *extra]
         self.proc = subprocess.Popen(self.args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.output: List[str] = []
@@ -73,6 +73,8 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
 
 
 def wait_until(predicate, timeout_s: float = 10.0) -> bool:

@@ -87,6 +87,24 @@ class SharedMemoryTest(unittest.TestCase):
         with sageserve.Client(plain.target) as client:  # auto: the server says it takes none
             self.assertEqual(client.attend(q, k, v).transport, "bytes")
 
+    def test_a_restarted_server_gets_the_regions_registered_again(self) -> None:
+        first = support.Server("--allow_shared_memory")
+        port = first.port
+        client = sageserve.Client(first.target)
+        q, k, v = problem(5)
+        before = client.attend(q, k, v)
+        self.assertEqual(before.transport, "system")
+        first.stop()
+        second = support.Server("--allow_shared_memory", port=port)  # same address, no regions
+        try:
+            after = client.attend(q, k, v)
+            self.assertEqual(after.transport, "system")
+            self.assertEqual(after.o.tobytes(), before.o.tobytes())
+            self.assertEqual(len(client.shared_memory_status().regions), 1)
+        finally:
+            client.close()
+            second.stop()
+
     def test_same_host_false_sends_bytes(self) -> None:
         options = ClientOptions(target=server.target, same_host=False)
         with sageserve.Client(options=options) as client:
