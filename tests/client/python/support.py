@@ -47,12 +47,15 @@ class Server:
         def drain() -> None:
             # Keeps reading so a chatty server never blocks on a full pipe.
             assert self.proc.stdout is not None
-            for line in self.proc.stdout:
-                self.output.append(line)
-                m = re.search(r"sageserve listening on port (\d+)", line)
-                if m:
-                    self.port = int(m.group(1))
-                    ready.set()
+            try:
+                for line in self.proc.stdout:
+                    self.output.append(line)
+                    m = re.search(r"sageserve listening on port (\d+)", line)
+                    if m:
+                        self.port = int(m.group(1))
+                        ready.set()
+            except (ValueError, OSError):  # stop() closed the pipe
+                pass
             ready.set()
 
         threading.Thread(target=drain, daemon=True).start()
