@@ -190,5 +190,43 @@ class AttendTest(unittest.TestCase):
         self.assertEqual(subprocess.run([sys.executable, "-c", code], env=env).returncode, 0)
 
 
+class TlsTest(unittest.TestCase):
+    """TLS and mutual TLS with certificates the openssl CLI makes here (scripts/bootstrap.sh)."""
+
+    def test_tls_and_mutual_tls(self) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            def sh(*cmd: str) -> None:
+                r = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True)
+                self.assertEqual(r.returncode, 0, r.stderr)
+            sh("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
+               "-days", "1", "-subj", "/CN=sageserve-test-ca")
+            with open(os.path.join(tmp, "san.ext"), "w") as f:
+                f.write("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+            for name, cn, ext in (("server", "localhost", ["-extfile", "san.ext"]), ("client", "py-client", [])):
+                sh("openssl", "req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
+                   "-subj", f"/CN={cn}")
+                sh("openssl", "x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+                   "-CAcreateserial", "-out", f"{name}.pem", "-days", "1", *ext)
+            path = lambda n: os.path.join(tmp, n)  # noqa: E731
+            tls = support.Server(f"--tls_cert={path('server.pem')}", f"--tls_key={path('server.key')}")
+            mtls = support.Server(f"--tls_cert={path('server.pem')}", f"--tls_key={path('server.key')}",
+                                  f"--tls_client_ca={path('ca.pem')}")
+            try:
+                ca = sageserve.TlsOptions.from_files(path("ca.pem"))
+                with sageserve.Client(tls.target, tls=ca) as client:
+                    x = np.ones((8, 2, 64), np.float16)
+                    self.assertEqual(client.attend(x, x, x).o.shape, (8, 2, 64))
+                with self.assertRaises(sageserve.UnavailableError):  # plaintext to a TLS port
+                    sageserve.Client(tls.target, timeout_s=5).info()
+                mutual = sageserve.TlsOptions.from_files(path("ca.pem"), path("client.pem"), path("client.key"))
+                with sageserve.Client(mtls.target, tls=mutual) as client:
+                    self.assertEqual(client.health(), "SERVING")
+                with self.assertRaises(sageserve.UnavailableError):  # no client certificate
+                    sageserve.Client(mtls.target, tls=ca, timeout_s=5).info()
+            finally:
+                tls.stop()
+                mtls.stop()
+
+
 if __name__ == "__main__":
     unittest.main()
