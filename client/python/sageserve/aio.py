@@ -17,7 +17,7 @@ from sageserve import errors
 from sageserve.client import HEALTH_METHOD, AttendCall, Client, _health_request, _health_status
 from sageserve.options import ClientOptions, TlsOptions, make_aio_channel
 from sageserve.request import AttendResult, next_request_id, parse_recipe
-from sageserve.session import Session, SessionOptions, StepResult, _step_result
+from sageserve.session import Session, SessionCall, SessionOptions, StepResult
 from sageserve.transport import region_unknown
 from sageserve.v1 import attention_service_pb2 as pb
 from sageserve.v1 import attention_service_pb2_grpc as pb_grpc
@@ -125,21 +125,19 @@ class AttendSessionStream(_Stream):
     """
 
     def __init__(self, client: "AsyncClient", timeout: Optional[float] = None) -> None:
+        self._transport = client.transport
         super().__init__(client._sessions.AttendSessionStream, client._metadata, timeout)
 
     async def attend(self, layer: int, steps: Sequence[Tuple[Session, Any, Any, Optional[Any]]], *,
                      return_lse: bool = False, recipe: Union[str, int, None] = None) -> List[StepResult]:
-        req = sp.AttendSessionRequest(request_id=next_request_id("sstream"), return_lse=return_lse,
-                                      recipe=parse_recipe(recipe))
-        for session, k, v, q in steps:
-            req.steps.append(session.make_step(layer, k, v, q))
-            session.next_step_id += 1
-        response = await self.submit(req)
-        out = []
-        for (session, _, _, q), r in zip(steps, response.results):
-            session.commit(layer, r, advance_id=False)
-            out.append(_step_result(r, q, return_lse))
-        return out
+        call = SessionCall(self._transport, layer, steps, return_lse=return_lse, recipe=recipe, prefix="sstream",
+                           take_ids=True)
+        try:
+            response = await self.submit(call.request)
+        except BaseException:
+            call.abandon()
+            raise
+        return call.results(response, advance_ids=False)
 
     async def step(self, session: Session, layer: int, k: Any, v: Any, q: Optional[Any] = None, *,
                    return_lse: bool = False, recipe: Union[str, int, None] = None) -> StepResult:

@@ -287,7 +287,7 @@ class Client:
     @property
     def sessions(self) -> SessionCalls:
         """The SessionService calls (create, attend a batch, get, list, fork, truncate, close)."""
-        return SessionCalls(self._sessions, self._call)
+        return SessionCalls(self._sessions, self._call, self.transport)
 
     def create_session(self, options: Optional[SessionOptions] = None, **kwargs: Any) -> Session:
         """A new server-resident KV session; kwargs are SessionOptions fields."""

@@ -12,6 +12,7 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
 from sageserve import codec, errors
 from sageserve.request import next_request_id, parse_recipe
+from sageserve.transport import Placement, Transport
 from sageserve.v1 import session_pb2 as sp
 
 KV_STORAGE = {"16bit": sp.KV_STORAGE_16BIT, "int8_k_fp8_v": sp.KV_STORAGE_INT8_K_FP8_V}
@@ -63,21 +64,23 @@ class Session:
     def length(self, layer: int) -> int:
         return self.lengths[layer]
 
-    def make_step(self, layer: int, k: Any, v: Any, q: Optional[Any] = None) -> sp.SessionStep:
-        """The next step of `layer`: k/v [n_new, Hkv, D] (n_new may be 0), q [n_q, Hq, D] or None."""
-        o = self.options
-        dtype = codec.parse_dtype(o.dtype)
+    def make_step(self, layer: int, k: Any, v: Any, q: Optional[Any] = None, *, fill: bool = True) -> sp.SessionStep:
+        """The next step of `layer`: k/v [n_new, Hkv, D] (n_new may be 0), q [n_q, Hq, D] or None.
+
+        fill=False checks the tensors but leaves them out (the caller places them: shared memory).
+        """
+        dtype = codec.parse_dtype(self.options.dtype)
         step = sp.SessionStep(session_id=self.id, layer=layer, step_id=self.next_step_id,
                               position=self.lengths[layer] if 0 <= layer < len(self.lengths) else 0)
-        for name, x, msg, heads in (("k", k, step.k, o.heads_kv), ("v", v, step.v, o.heads_kv),
-                                    ("q", q, step.q, o.heads_q)):
+        for name, x in (("k", k), ("v", v), ("q", q)):
             if x is None:
                 continue
             if len(x.shape) != 3:
                 raise ValueError(f"{name}: a step takes [tokens, heads, head_dim], got shape {tuple(x.shape)}")
             if x.shape[0] > 0 and codec.wire_dtype(x, name, dtype) != dtype:
-                raise TypeError(f"{name}: dtype {x.dtype} is not the session's {o.dtype}")
-            codec.set_tensor(msg, x, dtype, x.shape)
+                raise TypeError(f"{name}: dtype {x.dtype} is not the session's {self.options.dtype}")
+            if fill:
+                codec.set_tensor(getattr(step, name), x, dtype, x.shape)
         return step
 
     def commit(self, layer: int, result: sp.SessionStepResult, advance_id: bool = True) -> None:
@@ -95,20 +98,8 @@ class Session:
              recipe: Union[str, int, None] = None, retries: int = 2) -> StepResult:
         """make_step, AttendSession and commit; UNAVAILABLE and DEADLINE_EXCEEDED are retried up to
         `retries` times with the same position and step id (the server appends at most once)."""
-        req = sp.AttendSessionRequest(request_id=next_request_id("step"), return_lse=return_lse,
-                                      recipe=parse_recipe(recipe))
-        req.steps.append(self.make_step(layer, k, v, q))
-        for attempt in range(retries + 1):
-            try:
-                resp = self._calls.attend_request(req)
-                break
-            except (errors.UnavailableError, errors.DeadlineExceededError):
-                if attempt == retries:
-                    raise
-        if len(resp.results) != 1:
-            raise errors.InternalError("AttendSession: expected one result")
-        self.commit(layer, resp.results[0])
-        return _step_result(resp.results[0], q, return_lse)
+        return self._calls.attend(layer, [(self, k, v, q)], return_lse=return_lse, recipe=recipe,
+                                  retries=retries)[0]
 
     def fork(self, length: Optional[int] = None) -> "Session":
         """A new session sharing this one's first `length` tokens (default all), copy on write."""
@@ -126,18 +117,85 @@ class Session:
         return self._calls.get(self.id)
 
 
-def _step_result(r: sp.SessionStepResult, like: Optional[Any], return_lse: bool) -> StepResult:
-    o = codec.decode(r.o, like=like) if r.HasField("o") and len(r.o.shape) else None
-    lse = codec.decode(r.lse, like=like) if return_lse and r.HasField("lse") and len(r.lse.shape) else None
+def _step_result(r: sp.SessionStepResult, like: Optional[Any], return_lse: bool,
+                 placement: Optional[Placement] = None) -> StepResult:
+    placement = placement or Placement()
+    o = placement.read_ref(r.o, like) if r.HasField("o") and len(r.o.shape) else None
+    lse = placement.read_ref(r.lse, like) if return_lse and r.HasField("lse") and len(r.lse.shape) else None
     return StepResult(o, lse, int(r.length), r.session_id)
+
+
+Steps = Sequence[Tuple[Session, Any, Any, Optional[Any]]]
+
+
+class SessionCall:
+    """One AttendSession request for a batch of steps of one layer, its tensors placed by the
+    client's transport (bytes, or a system shared-memory region with O/LSE written back there).
+    CUDA tensors go as bytes here: a CUDA q has rules of its own (docs/API.md, "Sessions")."""
+
+    def __init__(self, transport: Optional[Transport], layer: int, steps: Steps, *, return_lse: bool,
+                 recipe: Union[str, int, None], prefix: str, take_ids: bool = False) -> None:
+        self.layer = layer
+        self.steps = steps
+        self.return_lse = return_lse
+        self.request = sp.AttendSessionRequest(request_id=next_request_id(prefix), return_lse=return_lse,
+                                               recipe=parse_recipe(recipe))
+        if not steps:
+            raise ValueError("a session call needs at least one step")
+        inputs = []
+        q_rows, heads_q, head_dim, dtype = 0, steps[0][0].options.heads_q, steps[0][0].options.head_dim, 0
+        for session, k, v, q in steps:
+            msg = self.request.steps.add()
+            msg.CopyFrom(session.make_step(layer, k, v, q, fill=transport is None))
+            if take_ids:
+                session.next_step_id += 1
+            dtype = codec.parse_dtype(session.options.dtype)
+            for x, t in ((k, msg.k), (v, msg.v), (q, msg.q)):
+                if x is not None:
+                    inputs.append(("t", x, t, tuple(x.shape), dtype))
+            q_rows += int(q.shape[0]) if q is not None else 0
+        self.placement = Placement()
+        if transport is None:
+            return
+        outputs = []
+        if q_rows:  # O (and LSE) of every step with q, back to back in step order
+            outputs.append(("o", q_rows * heads_q * head_dim * 2))
+            if return_lse:
+                outputs.append(("lse", q_rows * heads_q * 4))
+        req = self.request
+
+        def set_output(key: str, region: str, offset: int, nbytes: int) -> None:
+            ref = req.o_output if key == "o" else req.lse_output
+            ref.region, ref.offset, ref.byte_size = region, offset, nbytes
+
+        mode = "bytes" if any(codec.is_cuda(x) for _, x, _, _, _ in inputs) else None
+        self.placement = transport.place(inputs, outputs, set_output, mode=mode)
+
+    def results(self, response: sp.AttendSessionResponse, advance_ids: bool = True) -> List[StepResult]:
+        """Commits every step and reads its answer; releases the region."""
+        try:
+            if len(response.results) != len(self.steps):
+                raise errors.InternalError(
+                    f"AttendSession: {len(response.results)} results for {len(self.steps)} steps")
+            out = []
+            for (session, _, _, q), r in zip(self.steps, response.results):
+                session.commit(self.layer, r, advance_id=advance_ids)
+                out.append(_step_result(r, q, self.return_lse, self.placement))
+            return out
+        finally:
+            self.placement.release()
+
+    def abandon(self) -> None:
+        self.placement.release()
 
 
 class SessionCalls:
     """SessionService's RPCs on a client's channel (blocking, under its timeout)."""
 
-    def __init__(self, stub: Any, call: Callable[..., Any]) -> None:
+    def __init__(self, stub: Any, call: Callable[..., Any], transport: Optional[Transport] = None) -> None:
         self._stub = stub
         self._call = call
+        self._transport = transport
 
     def create(self, options: SessionOptions) -> Session:
         r = self._call(self._stub.CreateSession, options.request())
@@ -146,22 +204,25 @@ class SessionCalls:
     def attend_request(self, request: sp.AttendSessionRequest, timeout: Optional[float] = None) -> sp.AttendSessionResponse:
         return self._call(self._stub.AttendSession, request, timeout)
 
-    def attend(self, layer: int, steps: Sequence[Tuple[Session, Any, Any, Optional[Any]]], *,
-               return_lse: bool = False, recipe: Union[str, int, None] = None,
-               timeout: Optional[float] = None) -> List[StepResult]:
-        """One call for a decode batch's `layer`: each (session, k, v, q or None) in one launch."""
-        req = sp.AttendSessionRequest(request_id=next_request_id("sessions"), return_lse=return_lse,
-                                      recipe=parse_recipe(recipe))
-        for session, k, v, q in steps:
-            req.steps.append(session.make_step(layer, k, v, q))
-        resp = self.attend_request(req, timeout)
-        if len(resp.results) != len(steps):
-            raise errors.InternalError(f"AttendSession: {len(resp.results)} results for {len(steps)} steps")
-        out = []
-        for (session, _, _, q), r in zip(steps, resp.results):
-            session.commit(layer, r)
-            out.append(_step_result(r, q, return_lse))
-        return out
+    def attend(self, layer: int, steps: Steps, *, return_lse: bool = False, recipe: Union[str, int, None] = None,
+               timeout: Optional[float] = None, retries: int = 0) -> List[StepResult]:
+        """One call for a decode batch's `layer`: each (session, k, v, q or None) in one launch.
+
+        UNAVAILABLE and DEADLINE_EXCEEDED are sent again up to `retries` times, with the same
+        positions and step ids (the server appends each step at most once)."""
+        call = SessionCall(self._transport, layer, steps, return_lse=return_lse, recipe=recipe, prefix="sessions")
+        try:
+            for attempt in range(retries + 1):
+                try:
+                    response = self.attend_request(call.request, timeout)
+                    break
+                except (errors.UnavailableError, errors.DeadlineExceededError):
+                    if attempt == retries:
+                        raise
+        except BaseException:
+            call.abandon()
+            raise
+        return call.results(response)
 
     def get(self, session_id: str) -> sp.SessionInfo:
         return self._call(self._stub.GetSession, sp.GetSessionRequest(session_id=session_id)).info
@@ -183,4 +244,4 @@ class SessionCalls:
         self._call(self._stub.CloseSession, sp.CloseSessionRequest(session_id=session_id))
 
 
-__all__ = ["KV_STORAGE", "Session", "SessionCalls", "SessionOptions", "StepResult"]
+__all__ = ["KV_STORAGE", "Session", "SessionCall", "SessionCalls", "SessionOptions", "StepResult"]

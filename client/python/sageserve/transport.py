@@ -51,14 +51,24 @@ class Placement:
         if self.lease is None:
             return codec.decode(t, like=like)
         out = self.outs[key]
+        return self._read_range(t, out.offset, out.nbytes, like)
+
+    def read_ref(self, t: tensor_pb2.Tensor, like: Any) -> Any:
+        """A response tensor that names its own range of the region (a session step's rows), or
+        carries its bytes."""
+        if self.lease is None or not t.HasField("shared_memory"):
+            return codec.decode(t, like=like)
+        return self._read_range(t, t.shared_memory.offset, t.shared_memory.byte_size, like)
+
+    def _read_range(self, t: tensor_pb2.Tensor, offset: int, nbytes: int, like: Any) -> Any:
         region = self.lease.region
         if region.kind == "system":
-            return codec.decode(t, data=region.bytes[out.offset:out.offset + out.nbytes].tobytes(), like=like)
+            return codec.decode(t, data=region.bytes[offset:offset + nbytes].tobytes(), like=like)
         import torch
 
         dtype = {tensor_pb2.DTYPE_FP16: torch.float16, tensor_pb2.DTYPE_BF16: torch.bfloat16,
                  tensor_pb2.DTYPE_FP32: torch.float32}[t.dtype]
-        raw = region.bytes[out.offset:out.offset + out.nbytes].clone()
+        raw = region.bytes[offset:offset + nbytes].clone()
         return raw.view(dtype).reshape(tuple(t.shape))
 
     def release(self) -> None:
@@ -176,6 +186,9 @@ class Transport:
                 if lease.done is not None:
                     stream.wait_event(lease.done)
             for (_, x, msg, shape, dtype), n in zip(inputs, sizes):
+                if n == 0:  # nothing to place (a session step with no new tokens)
+                    codec.set_tensor(msg, x, dtype, shape)
+                    continue
                 if kind == "cuda":
                     region.bytes[at:at + n].copy_(x.detach().contiguous().reshape(-1).view(torch.uint8))
                 else:

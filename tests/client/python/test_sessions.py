@@ -11,16 +11,19 @@ import support
 import sageserve  # noqa: E402
 
 server: support.Server
+shm_server: support.Server
 H_Q, H_KV, D = 4, 2, 64
 
 
 def setUpModule() -> None:
-    global server
+    global server, shm_server
     server = support.Server()
+    shm_server = support.Server("--allow_shared_memory")
 
 
 def tearDownModule() -> None:
     server.stop()
+    shm_server.stop()
 
 
 def tokens(rng: np.random.Generator, n: int, heads: int) -> np.ndarray:
@@ -106,6 +109,45 @@ class SessionTest(unittest.TestCase):
         s.commit(0, again.results[0])
         self.assertEqual(s.step(0, k, v, q).length, 6)
         s.close()
+
+
+class SharedMemorySessionTest(unittest.TestCase):
+    def test_steps_through_shared_memory_equal_steps_in_bytes(self) -> None:
+        """K, V, Q in a registered POSIX region and O/LSE written back there, against the same
+        steps with every tensor in the messages."""
+        rng = np.random.default_rng(5)
+        opts = sageserve.SessionOptions(layers=2, heads_q=H_Q, heads_kv=H_KV, head_dim=D, max_tokens=128)
+        by_shm = sageserve.Client(shm_server.target)
+        by_bytes = sageserve.Client(shm_server.target, transport="bytes")
+        a1, a2 = by_shm.create_session(opts), by_shm.create_session(opts)
+        b1, b2 = by_bytes.create_session(opts), by_bytes.create_session(opts)
+        plan = [(6, 6, None), (0, 1, 1), (2, 2, 2), (1, 0, 1)]  # (n_new for s1, for s2 (0: bulk-free), n_q)
+        for n1, n2, nq in plan:
+            for layer in (0, 1):
+                k1, v1, k2, v2 = (tokens(rng, n, H_KV) for n in (n1, n1, n2, n2))
+                q1 = tokens(rng, nq, H_Q) if nq else None
+                q2 = tokens(rng, nq, H_Q) if nq else None
+                got = by_shm.attend_sessions(layer, [(a1, k1, v1, q1), (a2, k2, v2, q2)], return_lse=True,
+                                             recipe="unquantized")
+                want = by_bytes.attend_sessions(layer, [(b1, k1, v1, q1), (b2, k2, v2, q2)], return_lse=True,
+                                                recipe="unquantized")
+                for g, w in zip(got, want):
+                    self.assertEqual(g.length, w.length)
+                    if w.o is None:
+                        self.assertIsNone(g.o)
+                    else:
+                        self.assertEqual(g.o.tobytes(), w.o.tobytes())
+                        self.assertEqual(g.lse.tobytes(), w.lse.tobytes())
+        self.assertEqual(a1.lengths, [9, 9])
+        self.assertEqual(a1.step(0, tokens(rng, 1, H_KV), tokens(rng, 1, H_KV), tokens(rng, 1, H_Q)).length, 10)
+        regions = {r.name: r for r in by_shm.shared_memory_status().regions}
+        ours = [n for p in by_shm.transport.pools().values() for n in p.regions()]
+        self.assertEqual(len(ours), 1)  # one region, reused by every call
+        self.assertEqual(regions[ours[0]].requests, 2 * len(plan) + 1)
+        for s in (a1, a2, b1, b2):
+            s.close()
+        by_shm.close()
+        by_bytes.close()
 
 
 if __name__ == "__main__":
