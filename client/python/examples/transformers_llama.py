@@ -1,5 +1,6 @@
 """transformers with attn_implementation="sageserve": a small randomly initialised Llama (no weights
-to download) generates on the server; pass --model to load a local checkpoint instead.
+to download) generates on the server, then again with its KV cache in server sessions; pass
+--model to load a local checkpoint instead.
 
     python3 client/python/examples/transformers_llama.py --target 127.0.0.1:50051
 """
@@ -31,4 +32,8 @@ model = model.to(device).eval()
 prompt = torch.randint(3, model.config.vocab_size, (1, 24), device=device)
 with torch.no_grad():
     out = model.generate(prompt, max_new_tokens=32, do_sample=False)
-print("generated:", out[0, 24:].tolist())
+    print("generated:", out[0, 24:].tolist())
+    # The KV cache in server sessions: each step sends only its new token's K/V.
+    with st_transformers.SessionCache(model.config) as cache:
+        out = model.generate(prompt, max_new_tokens=32, do_sample=False, past_key_values=cache)
+    print("with sessions:", out[0, 24:].tolist())

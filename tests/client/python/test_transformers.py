@@ -20,7 +20,7 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DTYPE = torch.float16 if DEVICE == "cuda" else torch.bfloat16
 PROMPT, NEW_TOKENS = 16, 64
 server: support.Server
-calls = {"n": 0}
+calls = {"n": 0, "sessions": 0}
 
 
 def setUpModule() -> None:
@@ -34,6 +34,13 @@ def setUpModule() -> None:
         return attend(*args, **kwargs)
 
     client.attend = counted
+    attend_sessions = client.attend_sessions
+
+    def counted_sessions(*args, **kwargs):
+        calls["sessions"] += 1
+        return attend_sessions(*args, **kwargs)
+
+    client.attend_sessions = counted_sessions
     st_transformers.register()
 
 
@@ -59,14 +66,14 @@ def small_llama() -> LlamaForCausalLM:
     return model.to(DEVICE, DTYPE).eval()
 
 
-def step_cosines(model: LlamaForCausalLM, prompt: torch.Tensor):
+def step_cosines(model: LlamaForCausalLM, prompt: torch.Tensor, **generate_kwargs):
     """Generates NEW_TOKENS on "sageserve"; per step, the cosine of its logits with "sdpa"'s on the
     same prefix (teacher forcing over the generated sequence)."""
     use(model, "sageserve")
     before = calls["n"]
     with torch.no_grad():
         out = model.generate(prompt, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False,
-                             output_logits=True, return_dict_in_generate=True, pad_token_id=0)
+                             output_logits=True, return_dict_in_generate=True, pad_token_id=0, **generate_kwargs)
     served = calls["n"] - before
     logits = torch.stack(out.logits, dim=1).double()  # [1, NEW_TOKENS, vocab]
     use(model, "sdpa")
@@ -98,6 +105,30 @@ class TransformersTest(unittest.TestCase):
             # Recorded, not asserted: decode steps (one query row) run the recipe named here too.
             print(f"  {recipe}: min step cosine {float(cos8.min()):.6f}, mean {float(cos8.mean()):.6f}, "
                   f"argmax agrees on {same8}/{NEW_TOKENS}")
+
+    def test_generate_with_the_kv_cache_in_server_sessions(self) -> None:
+        model = small_llama()
+        prompt = torch.randint(3, 512, (2, PROMPT), device=DEVICE)  # two rows: two sessions
+        before = calls["sessions"]
+        with st_transformers.SessionCache(model.config) as cache:
+            cos, stateless, same, seq = step_cosines(model, prompt[:1], past_key_values=cache)
+            lengths = list(cache.sessions[0].info().layer_lengths)
+        print(f"  sessions: {calls['sessions'] - before} AttendSession calls, min step cosine {float(cos.min()):.6f}, "
+              f"argmax agrees on {same}/{NEW_TOKENS}")
+        self.assertEqual(stateless, 0)  # nothing went by stateless Attend
+        self.assertEqual(calls["sessions"] - before, 2 * NEW_TOKENS)  # prefill + 63 steps, 2 layers
+        self.assertEqual(lengths, [PROMPT + NEW_TOKENS - 1] * 2)  # the last token is never fed back
+        self.assertGreaterEqual(float(cos.min()), 0.99)
+        # A batch of two rows: one AttendSession per layer-step carries both sessions.
+        use(model, "sageserve")
+        with st_transformers.SessionCache(model.config) as cache, torch.no_grad():
+            out = model.generate(prompt, max_new_tokens=8, min_new_tokens=8, do_sample=False, pad_token_id=0,
+                                 past_key_values=cache)
+            self.assertEqual(len(cache.sessions), 2)
+        use(model, "sdpa")
+        with torch.no_grad():
+            ref = model.generate(prompt, max_new_tokens=8, min_new_tokens=8, do_sample=False, pad_token_id=0)
+        print(f"  sessions, batch 2: tokens equal to sdpa's on {int((out == ref).sum())}/{out.numel()}")
 
     def test_a_padding_mask_is_refused_or_computed_locally(self) -> None:
         model = small_llama()

@@ -6,13 +6,19 @@ transformers calls it with query [B, H, L, D] and the un-repeated key/value [B, 
 the server's). Masks: none, or one that is exactly the causal pattern the model built (checked
 here), go to the server; any other mask (padding, sliding windows) runs torch's SDPA locally or
 raises, as `configure(fallback=...)` says.
+
+`SessionCache` keeps the KV cache on the server instead: `generate(..., past_key_values=
+SessionCache(model.config))` sends each step's new tokens only (one session per batch row).
 """
 from __future__ import annotations
 
-from typing import Any, Optional, Tuple
+import threading
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
+from transformers import DynamicCache
 
+import sageserve
 from sageserve.torch import sdpa
 
 NAME = "sageserve"
@@ -50,6 +56,10 @@ def attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.T
                       scaling: Optional[float] = None, is_causal: Optional[bool] = None,
                       **kwargs: Any) -> Tuple[torch.Tensor, None]:
     """transformers' attention-function signature; returns ([B, L, H, D], None)."""
+    cache = getattr(_active, "cache", None)
+    layer = getattr(module, "layer_idx", None)
+    if cache is not None and layer is not None and cache._pending.get(layer) is key:
+        return cache._attend(layer, query, key, value, attention_mask, scaling), None
     L, S = query.shape[2], key.shape[2]
     if attention_mask is None:
         causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
@@ -86,3 +96,97 @@ def register(name: str = NAME) -> None:
     # Without a mask builder of its own, an implementation gets no mask at all (transformers
     # assumes a backend that masks by itself), and padding would be lost silently.
     AttentionMaskInterface.register(name, sdpa_mask)
+
+
+# The SessionCache whose update() ran last on this thread: the attention function that follows
+# (same layer, same key tensor) attends through its sessions.
+_active = threading.local()
+
+
+class SessionCache(DynamicCache):
+    """A transformers Cache whose K/V live in sageserve sessions (docs/API.md, "Sessions").
+
+    update() keeps nothing here: it hands the new tokens on, and the attention function appends
+    them to the layer's session and attends over the whole cache in one AttendSession call for
+    the batch. Needs attn_implementation="sageserve", no padding (each batch row is one session,
+    causal bottom-right), the default softmax scale, and no cache surgery (beam search, crop).
+    close() (or `with`) frees the sessions; the server also expires idle ones.
+    """
+
+    def __init__(self, config: Any, client: Optional[sageserve.Client] = None, max_tokens: Optional[int] = None,
+                 kv_storage: str = "16bit", recipe: Any = None) -> None:
+        super().__init__()
+        text = config.get_text_config() if hasattr(config, "get_text_config") else config
+        self._layers = int(text.num_hidden_layers)
+        self._max_tokens = int(max_tokens or getattr(text, "max_position_embeddings", 4096))
+        self._client = client
+        self._kv_storage = kv_storage
+        self._recipe = recipe
+        self._pending: Dict[int, torch.Tensor] = {}
+        self.sessions: List[sageserve.Session] = []
+
+    # -- the Cache interface ----------------------------------------------------------------------
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int,
+               cache_kwargs: Optional[Dict[str, Any]] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        self._pending[layer_idx] = key_states
+        _active.cache = self
+        return key_states, value_states
+
+    def get_seq_length(self, layer_idx: Optional[int] = 0) -> int:
+        return self.sessions[0].length(layer_idx or 0) if self.sessions else 0
+
+    def get_mask_sizes(self, query: Any, layer_idx: int = 0) -> Tuple[int, int]:
+        # (kv_length, kv_offset); transformers passes cache_position (older) or query_length (newer).
+        length = int(query.shape[0]) if hasattr(query, "shape") else int(query)
+        return self.get_seq_length(layer_idx) + length, 0
+
+    @property
+    def is_initialized(self) -> bool:
+        return bool(self.sessions)
+
+    def get_max_cache_shape(self, layer_idx: int = 0) -> int:
+        return -1
+
+    def _unsupported(self, *args: Any, **kwargs: Any) -> None:
+        raise NotImplementedError("SessionCache keeps K/V on the server: beam search, crop and "
+                                  "batch reordering are not supported")
+
+    reorder_cache = crop = batch_repeat_interleave = batch_select_indices = _unsupported
+
+    # -- sessions ---------------------------------------------------------------------------------
+    def _attend(self, layer: int, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                attention_mask: Optional[torch.Tensor], scaling: Optional[float]) -> torch.Tensor:
+        del self._pending[layer]
+        B, hq, L, D = query.shape
+        if scaling is not None and abs(scaling - D ** -0.5) > 1e-6 * D ** -0.5:
+            raise sdpa.UnsupportedError(f"SessionCache: sessions use the default scale 1/sqrt({D}), not {scaling}")
+        if attention_mask is not None and _mask_kind(attention_mask, L, self.get_seq_length(layer) + L) is None:
+            raise sdpa.UnsupportedError("SessionCache: a mask other than causal (padding?) cannot be served; "
+                                        "give each sequence its own batch row without padding")
+        client = self._client or sdpa.get_client()
+        if not self.sessions:
+            dtype = {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(query.dtype)
+            if dtype is None:
+                raise sdpa.UnsupportedError(f"SessionCache: dtype {query.dtype} (sessions take fp16 or bf16)")
+            options = sageserve.SessionOptions(layers=self._layers, heads_q=hq, heads_kv=key.shape[1], head_dim=D,
+                                               dtype=dtype, kv_storage=self._kv_storage, max_tokens=self._max_tokens)
+            self.sessions = [client.create_session(options) for _ in range(B)]
+        steps = [(self.sessions[b], key[b].transpose(0, 1), value[b].transpose(0, 1), query[b].transpose(0, 1))
+                 for b in range(B)]
+        recipe = self._recipe if self._recipe is not None else sdpa._config.recipe
+        results = client.attend_sessions(layer, steps, recipe=recipe)
+        return torch.stack([r.o for r in results])  # [B, L, Hq, D]
+
+    def close(self) -> None:
+        for s in self.sessions:
+            try:
+                s.close()
+            except sageserve.SageServeError:  # expired or the server restarted: gone either way
+                pass
+        self.sessions = []
+
+    def __enter__(self) -> "SessionCache":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
