@@ -17,6 +17,7 @@ import numpy as np
 
 import sageserve
 from sageserve import codec, errors
+from sageserve.client import AttendCall
 from sageserve.options import ClientOptions, TlsOptions
 
 EXIT_NEGATIVE, EXIT_USAGE, EXIT_STATUS_BASE = 1, 2, 10
@@ -84,6 +85,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=int, default=1)
     p.add_argument("--warmup", type=int, default=4)
     p.add_argument("--mode", choices=["unary", "stream"], default="unary")
+    p.add_argument("--prepared", action="store_true",
+                   help="unary: send one prepared request per thread (what sagectl bench times) instead of "
+                        "building each call from the arrays and decoding its answer")
     return ap
 
 
@@ -228,6 +232,11 @@ def _wire_bytes(x: Any, kind: str, args: argparse.Namespace) -> bytes:
     return np.ascontiguousarray(x).tobytes()
 
 
+def _call_kwargs(kwargs: dict) -> dict:
+    """Client.attend's keyword arguments as AttendCall's."""
+    return {k: v for k, v in kwargs.items() if k not in ("transport", "timeout")}
+
+
 def _percentile(values: Sequence[float], p: float) -> float:
     if not values:
         return 0.0
@@ -255,10 +264,19 @@ def run_bench(args: argparse.Namespace) -> int:
         start = time.perf_counter()
         if args.mode == "unary":
             def worker() -> None:
+                # --prepared: one request built (tensors placed) per thread and sent as it is, as
+                # sagectl bench does; otherwise every call goes from arrays to answer arrays.
+                prepared = AttendCall(client.transport, q, k, v, transport_mode=_transport(args),
+                                      **_call_kwargs(kwargs)) if args.prepared else None
                 for _ in counter:
                     t0 = time.perf_counter()
                     try:
-                        r = client.attend(q, k, v, **kwargs)
+                        if prepared is not None:
+                            response = client.attend_request(prepared.request)
+                            r = sageserve.AttendResult(None, None, "", response.timings, response.request_id,
+                                                       prepared.placement.kind)
+                        else:
+                            r = client.attend(q, k, v, **kwargs)
                     except errors.SageServeError as e:
                         with lock:
                             failures.append(e)
@@ -268,6 +286,8 @@ def run_bench(args: argparse.Namespace) -> int:
                         latencies.append(us)
                         server_total.append(r.timings.total_us)
                         transports.add(r.transport)
+                if prepared is not None:
+                    prepared.abandon()  # gives its region back
 
             threads = [threading.Thread(target=worker) for _ in range(args.concurrency)]
             for th in threads:
@@ -281,7 +301,7 @@ def run_bench(args: argparse.Namespace) -> int:
         client.close()
     n = len(latencies)
     print(f"bench: mode {args.mode}, concurrency {args.concurrency}, {n} ok / {len(failures)} failed in {wall:.3f} s")
-    print(f"transport: {', '.join(sorted(transports))} (python client)")
+    print(f"transport: {', '.join(sorted(transports))} (python client{', prepared requests' if args.prepared else ''})")
     print(f"shape: batch {args.batch}, q {args.q_len}, k {args.k_len} tokens/seq, heads {args.heads_q}/{args.heads_kv}, "
           f"D {args.head_dim}, {args.dtype}")
     print(f"throughput: {n / wall:.1f} req/s, {n * args.batch * args.q_len / wall:.0f} tokens/s")
