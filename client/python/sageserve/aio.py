@@ -14,14 +14,13 @@ import grpc
 import grpc.aio
 
 from sageserve import errors
-from sageserve.client import HEALTH_METHOD, AttendCall, Client, _health_request, _health_status
+from sageserve.client import ATTEND_METHOD, HEALTH_METHOD, AttendCall, Client, _health_request, _health_status
 from sageserve.options import ClientOptions, TlsOptions, make_aio_channel
 from sageserve.request import AttendResult, next_request_id, parse_recipe
 from sageserve.session import Session, SessionCall, SessionOptions, StepResult
 from sageserve.transport import region_unknown
 from sageserve.v1 import attention_service_pb2 as pb
 from sageserve.v1 import attention_service_pb2_grpc as pb_grpc
-from sageserve.v1 import session_pb2 as sp
 from sageserve.v1 import session_pb2_grpc as sess_grpc
 
 
@@ -164,6 +163,8 @@ class AsyncClient:
         self._sessions = sess_grpc.SessionServiceStub(self.channel)
         self._health = self.channel.unary_unary(HEALTH_METHOD, request_serializer=lambda b: b,
                                                 response_deserializer=lambda b: b)
+        self._attend_raw = self.channel.unary_unary(ATTEND_METHOD, request_serializer=lambda b: b,
+                                                    response_deserializer=pb.AttendResponse.FromString)
 
     async def _call(self, method: Any, request: Any, timeout: Optional[float] = None) -> Any:
         try:
@@ -176,9 +177,9 @@ class AsyncClient:
         """As Client.attend."""
         transport = kwargs.pop("transport", None)
         for attempt in (0, 1):
-            call = AttendCall(self.transport, q, k, v, transport_mode=transport, **kwargs)
+            call = AttendCall(self.transport, q, k, v, transport_mode=transport, defer_bytes=True, **kwargs)
             try:
-                response = await self._call(self._attention.Attend, call.request, timeout)
+                response = await self._call(self._attend_raw, call.serialized(), timeout)
             except errors.SageServeError as e:
                 shared = call.placement.kind != "bytes"
                 call.abandon()

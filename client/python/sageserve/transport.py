@@ -41,6 +41,9 @@ class Placement:
         self.pool = pool
         self.lease = lease
         self.outs: Dict[str, Output] = {}
+        # Bytes path with deferred tensors: (key, dtype, shape, buffer) for wire.serialize, the
+        # request's own tensor fields left unset.
+        self.deferred: List[Tuple[str, int, Sequence[int], Any]] = []
 
     @property
     def kind(self) -> str:
@@ -149,10 +152,12 @@ class Transport:
 
     def place(self, inputs: Sequence[Tuple[str, Any, tensor_pb2.Tensor, Sequence[int], int]],
               outputs: Sequence[Tuple[str, int]], set_output: Callable[[str, str, int, int], None],
-              output_same_dtype: bool = True, mode: Optional[str] = None) -> Placement:
+              output_same_dtype: bool = True, mode: Optional[str] = None, defer_bytes: bool = False) -> Placement:
         """Places `inputs` (key, array, message, wire shape, dtype) and reserves `outputs` (key, bytes).
 
         `set_output(key, region, offset, nbytes)` points the request's output field at the region.
+        defer_bytes: on the bytes path, leave the messages empty and list the buffers in
+        Placement.deferred (the caller serializes them with sageserve.wire, one copy).
         """
         first = inputs[0][1]
         kind = self._kind_for(first, output_same_dtype, mode)
@@ -163,9 +168,13 @@ class Transport:
                 if (mode or self.mode) != "auto":
                     raise
                 self._broken[kind] = str(e)
-        for _, x, msg, shape, dtype in inputs:
-            codec.set_tensor(msg, x, dtype, shape)
-        return Placement()
+        placement = Placement()
+        for key, x, msg, shape, dtype in inputs:
+            if defer_bytes:
+                placement.deferred.append((key, dtype, shape, _host_view(x)))
+            else:
+                codec.set_tensor(msg, x, dtype, shape)
+        return placement
 
     def _place_shared(self, kind: str, inputs, outputs, set_output) -> Placement:
         sizes: List[int] = []

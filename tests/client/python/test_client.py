@@ -14,7 +14,7 @@ import support
 
 import sageserve  # noqa: E402  (support puts the package on sys.path)
 from sageserve import codec
-from sageserve.v1 import registry_pb2
+from sageserve.v1 import attention_service_pb2, registry_pb2
 
 server: support.Server
 
@@ -178,6 +178,17 @@ class AttendTest(unittest.TestCase):
         report = self.client.selftest(["unquantized"])
         self.assertTrue(report.passed, report)
         self.assertEqual(len(report.results), 1)
+
+    def test_the_one_copy_serialization_parses_as_the_message(self) -> None:
+        rng = np.random.default_rng(9)
+        q = rng.standard_normal((7, 4, 64)).astype(np.float16)
+        k = rng.standard_normal((9, 2, 64)).astype(np.float16)
+        v = rng.standard_normal((9, 2, 64)).astype(np.float16)
+        kw = dict(cu_seqlens_q=[0, 3, 7], cu_seqlens_k=[0, 4, 9], causal=True, return_lse=True, scale=0.1,
+                  recipe="int8_qk_fp8_pv", model="m", layer=1, request_id="wire", transport_mode="bytes")
+        raw = sageserve.AttendCall(self.client.transport, q, k, v, defer_bytes=True, **kw).serialized()
+        message = sageserve.AttendCall(self.client.transport, q, k, v, **kw).request
+        self.assertEqual(attention_service_pb2.AttendRequest.FromString(raw), message)
 
     def test_rejects_unsendable_dtypes_locally(self) -> None:
         x = np.zeros((4, 1, 64), dtype=np.float32)
