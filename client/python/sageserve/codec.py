@@ -89,12 +89,15 @@ def bf16_bits(x: np.ndarray) -> np.ndarray:
 
 
 def decode(t: tensor_pb2.Tensor, data: Optional[bytes] = None, like: Optional[Array] = None) -> Array:
-    """A received tensor as numpy (or, when `like` is a torch tensor, torch on `like`'s device).
+    """A received tensor as a writable numpy array (or, when `like` is a torch tensor, torch on
+    `like`'s device).
 
     `data` overrides t.data (bytes read back from shared memory). fp16 and fp32 keep their dtype;
     bf16 becomes numpy float32 (exact) or torch bfloat16.
     """
     raw = t.data if data is None else data
+    if isinstance(raw, bytes) and not (like is not None and is_torch(like)):
+        raw = bytearray(raw)  # numpy answers are the caller's to write to, as torch ones are
     shape = tuple(int(s) for s in t.shape)
     if t.dtype == tensor_pb2.DTYPE_FP32:
         host = np.frombuffer(raw, dtype="<f4").reshape(shape)

@@ -66,7 +66,7 @@ class Placement:
     def _read_range(self, t: tensor_pb2.Tensor, offset: int, nbytes: int, like: Any) -> Any:
         region = self.lease.region
         if region.kind == "system":
-            return codec.decode(t, data=region.bytes[offset:offset + nbytes].tobytes(), like=like)
+            return codec.decode(t, data=region.bytes[offset:offset + nbytes].copy(), like=like)
         import torch
 
         dtype = {tensor_pb2.DTYPE_FP16: torch.float16, tensor_pb2.DTYPE_BF16: torch.bfloat16,
