@@ -11,7 +11,8 @@
 #
 # Logs, versions, the test results (summary.txt) and bench.md (a table for docs/BENCHMARKS.md) go
 # to $OUT (default .device/python). Exit status 1 when a test failed or a bench did not run.
-# $PYTHON picks the interpreter (default python3), $BENCH_REQUESTS the timed calls (default 300).
+# $PYTHON picks the interpreter (default python3), $BENCH_REQUESTS the timed calls (default 300),
+# $BUDGET_S the whole run's time (default 285 s: every step's timeout comes out of it).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -27,6 +28,21 @@ py=${PYTHON:-python3}
 summary=$out/summary.txt
 : >"$summary"
 status=0
+# The whole run stays under 5 minutes however a step hangs: each step's timeout is at most what is
+# left of the budget (and at most its own limit).
+deadline=$(( $(date +%s) + ${BUDGET_S:-285} ))
+limit() {  # limit SECONDS: the timeout for the next step, or 0 when the budget is spent
+  local left=$(( deadline - $(date +%s) ))
+  (( left > $1 )) && left=$1
+  (( left < 5 )) && left=0
+  echo "$left"
+}
+bounded() {  # bounded SECONDS CMD...: CMD under `timeout`, or fails at once when no time is left
+  local secs
+  secs=$(limit "$1"); shift
+  (( secs > 0 )) || { echo "device-python: time budget spent, not run: $*"; return 124; }
+  timeout "$secs" "$@"
+}
 
 for f in "$SAGESERVE_BINARY" "$SAGECTL_BINARY"; do
   [[ -x $f ]] || { echo "device-python: $f missing (scripts/device-bundle.sh sageserve sagectl)" | tee -a "$summary"; exit 1; }
@@ -44,12 +60,12 @@ except ImportError as e:
 cat "$out/versions.txt"
 
 # --- tests ------------------------------------------------------------------------------------
-# name[:unittest selections]: test_client's TLS case is left to CI (it needs the openssl CLI).
-for entry in torch_sdpa dit transformers "client:CppParityTest AttendTest" shared_memory; do
-  t=${entry%%:*}
-  read -r -a only <<<"$([[ $entry == *:* ]] && echo "${entry#*:}")"
+# name:seconds[:unittest selections]; test_client's TLS case is left to CI (it needs the openssl CLI).
+for entry in torch_sdpa:60 dit:45 transformers:100 "client:40:CppParityTest AttendTest" shared_memory:40; do
+  IFS=: read -r t secs sel <<<"$entry"
+  read -r -a only <<<"$sel"
   start=$(date +%s)
-  timeout 240 "$py" "tests/client/python/test_$t.py" -v "${only[@]}" >"$out/test_$t.log" 2>&1
+  bounded "$secs" "$py" "tests/client/python/test_$t.py" -v "${only[@]}" >"$out/test_$t.log" 2>&1
   rc=$?
   line="test_$t: $([[ $rc == 0 ]] && echo passed || echo "FAILED (exit $rc)") in $(( $(date +%s) - start )) s"
   echo "$line" | tee -a "$summary"
@@ -93,12 +109,12 @@ for entry in "${shapes[@]}"; do
     tag=${tag//\//-}
     cc_flags=()
     [[ $path == cuda ]] && cc_flags=(--shared_memory=cuda)
-    timeout 90 "$SAGECTL_BINARY" bench --target="$target" "${flags[@]}" "${common[@]}" "${cc_flags[@]}" \
+    bounded 30 "$SAGECTL_BINARY" bench --target="$target" "${flags[@]}" "${common[@]}" "${cc_flags[@]}" \
       >"$out/bench-cc-$tag.log" 2>&1 || status=1
-    timeout 120 "$py" -m sageserve bench --target="$target" "${flags[@]}" "${common[@]}" --shared_memory="$path" \
-      >"$out/bench-py-$tag.log" 2>&1 || status=1
-    timeout 120 "$py" -m sageserve bench --target="$target" "${flags[@]}" "${common[@]}" --shared_memory="$path" \
-      --prepared >"$out/bench-pyprep-$tag.log" 2>&1 || status=1
+    bounded 40 "$py" -m sageserve bench --target="$target" "${flags[@]}" "${common[@]}" \
+      --shared_memory="$path" >"$out/bench-py-$tag.log" 2>&1 || status=1
+    bounded 40 "$py" -m sageserve bench --target="$target" "${flags[@]}" "${common[@]}" \
+      --shared_memory="$path" --prepared >"$out/bench-pyprep-$tag.log" 2>&1 || status=1
     cc=$(p50 "$out/bench-cc-$tag.log")
     cells=()
     for f in "$out/bench-py-$tag.log" "$out/bench-pyprep-$tag.log"; do

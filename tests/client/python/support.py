@@ -5,6 +5,7 @@ passes .bundle's. A missing binary fails the test (it never skips).
 """
 from __future__ import annotations
 
+import ctypes
 import os
 import re
 import signal
@@ -32,6 +33,11 @@ def binary(env: str) -> str:
 DEFAULT_ARGS = ["--kv_pool_bytes=67108864", "--log_level=warn"]
 
 
+def _die_with_parent() -> None:
+    # A test killed by a timeout must not leave its servers running (holding a GPU, a port).
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 class Server:
     """`sageserve --listen=127.0.0.1:0 --backend=<$SAGESERVE_BACKEND or cpu> ...` until stop()."""
 
@@ -39,7 +45,8 @@ class Server:
         backend = backend or os.environ.get("SAGESERVE_BACKEND", "cpu")
         self.args: List[str] = [binary("SAGESERVE_BINARY"), f"--listen=127.0.0.1:{port}", f"--backend={backend}",
                                 *DEFAULT_ARGS, *extra]
-        self.proc = subprocess.Popen(self.args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.proc = subprocess.Popen(self.args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     preexec_fn=_die_with_parent)
         self.output: List[str] = []
         self.port = 0
         ready = threading.Event()
