@@ -34,7 +34,8 @@ DEFAULT_ARGS = ["--kv_pool_bytes=67108864", "--log_level=warn"]
 
 
 def _die_with_parent() -> None:
-    # A test killed by a timeout must not leave its servers running (holding a GPU, a port).
+    # A test killed by a timeout must not leave its servers running (holding a GPU, a port). The
+    # signal follows the thread that started the server: start them from the main thread.
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
