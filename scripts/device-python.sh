@@ -21,7 +21,7 @@ mkdir -p "$out"
 bundle=$root/.bundle
 export LD_LIBRARY_PATH=$bundle/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 export SAGESERVE_BINARY=$bundle/bin/sageserve SAGECTL_BINARY=$bundle/bin/sagectl
-export SAGESERVE_BACKEND=${SAGESERVE_BACKEND:-cuda}
+export SAGESERVE_BACKEND=${SAGESERVE_BACKEND:-cuda} SAGESERVE_GPU_TESTS=1  # never skipped here
 export SAGESERVE_PYTHON_PACKAGE=$root/client/python PYTHONDONTWRITEBYTECODE=1
 export PYTHONPATH=$root/client/python${PYTHONPATH:+:$PYTHONPATH}
 py=${PYTHON:-python3}

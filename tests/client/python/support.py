@@ -6,6 +6,7 @@ passes .bundle's. A missing binary fails the test (it never skips).
 from __future__ import annotations
 
 import ctypes
+import glob
 import os
 import re
 import signal
@@ -20,6 +21,16 @@ PACKAGE_ROOT = os.environ.get("SAGESERVE_PYTHON_PACKAGE",
                               os.path.join(HERE, os.pardir, os.pardir, os.pardir, "client", "python"))
 if os.environ.get("SAGESERVE_PYTHON_INSTALLED") != "1":  # the install test imports the venv's copy
     sys.path.insert(0, os.path.abspath(PACKAGE_ROOT))
+
+
+def gpu_test() -> None:
+    """For the gpu-labelled tests, called before they import torch. Where no GPU is visible they
+    are skipped (exit 77, CTest's SKIP_RETURN_CODE), as the C++ GPU tests skip themselves; where one
+    is (or SAGESERVE_GPU_TESTS=1, as scripts/device-python.sh sets), a missing torch or
+    transformers fails them."""
+    if os.environ.get("SAGESERVE_GPU_TESTS") != "1" and not glob.glob("/dev/nvidia[0-9]*"):
+        print("no GPU visible: skipped (SAGESERVE_GPU_TESTS=1 runs it anyway)")
+        sys.exit(77)
 
 
 def binary(env: str) -> str:

@@ -8,6 +8,8 @@ import unittest
 
 import support
 
+support.gpu_test()
+
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402

@@ -11,6 +11,8 @@ import unittest
 
 import support
 
+support.gpu_test()
+
 import torch  # noqa: E402  (a missing torch fails the test)
 import torch.nn.functional as F  # noqa: E402
 

@@ -9,6 +9,8 @@ import unittest
 
 import support
 
+support.gpu_test()
+
 import torch  # noqa: E402
 import transformers  # noqa: E402
 from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
