@@ -6,6 +6,7 @@ passes .bundle's. A missing binary fails the test (it never skips).
 from __future__ import annotations
 
 import ctypes
+import faulthandler
 import glob
 import os
 import re
@@ -17,6 +18,9 @@ import time
 from typing import List, Optional
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+
+# A hung test prints every thread's stack and exits before CTest's timeout kills it silently.
+faulthandler.dump_traceback_later(float(os.environ.get("SAGESERVE_TEST_WATCHDOG_S", "270")), exit=True)
 PACKAGE_ROOT = os.environ.get("SAGESERVE_PYTHON_PACKAGE",
                               os.path.join(HERE, os.pardir, os.pardir, os.pardir, "client", "python"))
 if os.environ.get("SAGESERVE_PYTHON_INSTALLED") != "1":  # the install test imports the venv's copy
@@ -77,7 +81,8 @@ class Server:
                 pass
             ready.set()
 
-        threading.Thread(target=drain, daemon=True).start()
+        self._drain = threading.Thread(target=drain, daemon=True)
+        self._drain.start()
         ready.wait(120)
         if not self.port:
             self.stop()
@@ -95,7 +100,10 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        if self.proc.stdout is not None:
+        # Close the pipe only once the reader has seen its end: closing it under a blocked read
+        # would wait on the reader's buffer lock.
+        self._drain.join(10)
+        if self.proc.stdout is not None and not self._drain.is_alive():
             self.proc.stdout.close()
 
 

@@ -90,7 +90,7 @@ class SharedMemoryTest(unittest.TestCase):
     def test_a_restarted_server_gets_the_regions_registered_again(self) -> None:
         first = support.Server("--allow_shared_memory")
         port = first.port
-        client = sageserve.Client(first.target)
+        client = sageserve.Client(first.target, timeout_s=20)
         q, k, v = problem(5)
         before = client.attend(q, k, v)
         self.assertEqual(before.transport, "system")
