@@ -5,11 +5,11 @@ passes .bundle's. A missing binary fails the test (it never skips).
 """
 from __future__ import annotations
 
-import ctypes
 import faulthandler
 import glob
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -48,10 +48,12 @@ def binary(env: str) -> str:
 DEFAULT_ARGS = ["--kv_pool_bytes=67108864", "--log_level=warn"]
 
 
-def _die_with_parent() -> None:
-    # A test killed by a timeout must not leave its servers running (holding a GPU, a port). The
-    # signal follows the thread that started the server: start them from the main thread.
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+# A test killed by a timeout must not leave its servers running (holding a GPU, a port):
+# util-linux's setpriv sets PR_SET_PDEATHSIG and execs the server. (Not Popen's preexec_fn: Python
+# code between fork and exec in a process with gRPC's threads can deadlock or trip gRPC's fork
+# handlers.) The signal follows the thread that started the server: start them from the main thread.
+_SETPRIV = shutil.which("setpriv")
+_DIE_WITH_PARENT = [_SETPRIV, "--pdeathsig", "TERM", "--"] if _SETPRIV else []
 
 
 class Server:
@@ -61,8 +63,8 @@ class Server:
         backend = backend or os.environ.get("SAGESERVE_BACKEND", "cpu")
         self.args: List[str] = [binary("SAGESERVE_BINARY"), f"--listen=127.0.0.1:{port}", f"--backend={backend}",
                                 *DEFAULT_ARGS, *extra]
-        self.proc = subprocess.Popen(self.args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     preexec_fn=_die_with_parent)
+        self.proc = subprocess.Popen(_DIE_WITH_PARENT + self.args, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True)
         self.output: List[str] = []
         self.port = 0
         ready = threading.Event()
