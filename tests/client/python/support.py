@@ -59,14 +59,17 @@ _DIE_WITH_PARENT = [_SETPRIV, "--pdeathsig", "TERM", "--"] if _SETPRIV else []
 class Server:
     """`sageserve --listen=127.0.0.1:0 --backend=<$SAGESERVE_BACKEND or cpu> ...` until stop()."""
 
-    def __init__(self, *extra: str, backend: Optional[str] = None, port: int = 0) -> None:
+    def __init__(self, *extra: str, backend: Optional[str] = None, unix_socket: Optional[str] = None) -> None:
         backend = backend or os.environ.get("SAGESERVE_BACKEND", "cpu")
-        self.args: List[str] = [binary("SAGESERVE_BINARY"), f"--listen=127.0.0.1:{port}", f"--backend={backend}",
+        listen = f"unix:{unix_socket}" if unix_socket else "127.0.0.1:0"
+        self.unix_target = listen if unix_socket else None
+        self.args: List[str] = [binary("SAGESERVE_BINARY"), f"--listen={listen}", f"--backend={backend}",
                                 *DEFAULT_ARGS, *extra]
         self.proc = subprocess.Popen(_DIE_WITH_PARENT + self.args, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, text=True)
         self.output: List[str] = []
         self.port = 0
+        self.listening = False
         ready = threading.Event()
 
         def drain() -> None:
@@ -77,7 +80,8 @@ class Server:
                     self.output.append(line)
                     m = re.search(r"sageserve listening on port (\d+)", line)
                     if m:
-                        self.port = int(m.group(1))
+                        self.port = int(m.group(1))  # 0 on a Unix socket
+                        self.listening = True
                         ready.set()
             except (ValueError, OSError):  # stop() closed the pipe
                 pass
@@ -86,13 +90,13 @@ class Server:
         self._drain = threading.Thread(target=drain, daemon=True)
         self._drain.start()
         ready.wait(120)
-        if not self.port:
+        if not self.listening:
             self.stop()
             raise RuntimeError("sageserve did not start:\n" + "".join(self.output))
 
     @property
     def target(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return self.unix_target or f"127.0.0.1:{self.port}"
 
     def stop(self) -> None:
         if self.proc.poll() is None:

@@ -3,6 +3,8 @@ bytes path bit for bit, a region is registered once and reused, and auto mode fa
 where the server takes no shared memory."""
 from __future__ import annotations
 
+import os
+import tempfile
 import unittest
 
 import numpy as np
@@ -88,14 +90,15 @@ class SharedMemoryTest(unittest.TestCase):
             self.assertEqual(client.attend(q, k, v).transport, "bytes")
 
     def test_a_restarted_server_gets_the_regions_registered_again(self) -> None:
-        first = support.Server("--allow_shared_memory")
-        port = first.port
+        # A Unix socket: the restarted server gets the same address, which no other test can take.
+        sock = os.path.join(tempfile.mkdtemp(), "sageserve.sock")
+        first = support.Server("--allow_shared_memory", unix_socket=sock)
         client = sageserve.Client(first.target, timeout_s=20)
         q, k, v = problem(5)
         before = client.attend(q, k, v)
         self.assertEqual(before.transport, "system")
         first.stop()
-        second = support.Server("--allow_shared_memory", port=port)  # same address, no regions
+        second = support.Server("--allow_shared_memory", unix_socket=sock)  # same address, no regions
         try:
             after = client.attend(q, k, v)
             self.assertEqual(after.transport, "system")
