@@ -30,6 +30,9 @@ class InstallTest(unittest.TestCase):
             self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
             code = ("import sageserve, sageserve.v1.session_pb2_grpc, numpy as np, os\n"
                     "assert not sageserve.__file__.startswith(os.environ['SRC']), sageserve.__file__\n"
+                    "pkg = os.path.dirname(sageserve.__file__)\n"
+                    "for f in ('py.typed', 'v1/session_pb2.pyi', 'torch/sdpa.py'):\n"
+                    "    assert os.path.exists(os.path.join(pkg, f)), f\n"
                     "c = sageserve.Client(os.environ['TARGET'])\n"
                     "x = np.ones((4, 2, 64), np.float16)\n"
                     "print(c.attend(x, x, x).o.shape, c.health())\n")
