@@ -147,6 +147,7 @@ void Usage() {
       "                              answers bit-exact against the bytes path\n"
       "  bench --mode=decode [--sessions=N] [--clients=N] [--context=T] [--steps=M] [--stream]\n"
       "        [--shared_memory=none|system|cuda [--cuda_device=N]]  Q, O, new K/V by region\n"
+      "        [--packed]             a call's K, V and Q as one tensor each (AttendSessionRequest.packed)\n"
       "        [session options]      KV sessions: prefill, then M decode steps x L layers, one call\n"
       "                              per layer-step for each client's sessions (--stream: on one\n"
       "                              AttendSessionStream per client); p50/p99, steps/s\n"

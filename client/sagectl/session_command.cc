@@ -118,6 +118,10 @@ class DecodeRegion {
   v1::SharedMemoryRef K(int64_t i) const { return Range(l_.k_at + static_cast<uint64_t>(i) * l_.kv_bytes, l_.kv_bytes); }
   v1::SharedMemoryRef V(int64_t i) const { return Range(l_.v_at + static_cast<uint64_t>(i) * l_.kv_bytes, l_.kv_bytes); }
   v1::SharedMemoryRef O() const { return Range(l_.o_at, l_.o_bytes); }
+  // The whole call's Q, K and V (every session's, back to back): a packed call's tensors.
+  v1::SharedMemoryRef AllQ() const { return Range(0, l_.o_at); }
+  v1::SharedMemoryRef AllK() const { return Range(l_.k_at, l_.v_at - l_.k_at); }
+  v1::SharedMemoryRef AllV() const { return Range(l_.v_at, l_.v_at - l_.k_at); }
 
  private:
   static constexpr uint64_t kAlign = 256;  // O (and K) start as aligned as their own allocation would be
@@ -188,12 +192,13 @@ int RunSession(const std::string& verb, const Args& args) {
 
 int RunDecodeBench(const Args& args) {
   std::vector<std::string> known = SessionShapeFlags();
-  for (const char* k : {"mode", "sessions", "clients", "context", "steps", "recipe", "connections", "stream"}) {
+  for (const char* k : {"mode", "sessions", "clients", "context", "steps", "recipe", "connections", "stream", "packed"}) {
     known.push_back(k);
   }
   for (const std::string& k : SharedMemoryFlags()) known.push_back(k);
   if (!CheckFlags(args, known)) return kExitUsage;
   const bool use_stream = args.Has("stream");  // each client's calls on one AttendSessionStream
+  const bool packed = args.Has("packed");      // each call's tensors packed (AttendSessionRequest.packed)
   absl::StatusOr<SharedMemoryOptions> shm = SharedMemoryOptionsFromArgs(args);  // Q, O, K and V of each call
   if (!shm.ok()) return FailUsage(shm.status());
   absl::StatusOr<sageserve::SessionOptions> base = SessionOptionsFromArgs(args);
@@ -284,6 +289,15 @@ int RunDecodeBench(const Args& args) {
       const std::vector<uint16_t>& k = client_k[static_cast<size_t>(c)];
       const std::vector<uint16_t>& q = client_q[static_cast<size_t>(c)];
       const DecodeRegion* region = regions[static_cast<size_t>(c)].get();
+      // The packed form's per-step counts and, inline, its tensors: every session's K (V, Q) in turn.
+      const std::vector<int64_t> ones(mine.size(), 1);
+      std::vector<uint16_t> all_k, all_q;
+      if (packed && region == nullptr) {
+        for (size_t i = 0; i < mine.size(); ++i) {
+          all_k.insert(all_k.end(), k.begin(), k.end());
+          all_q.insert(all_q.end(), q.begin(), q.end());
+        }
+      }
       CallTimes local;
       grpc::ClientContext stream_ctx;
       std::unique_ptr<v1::SessionService::Stub> stub;
@@ -308,9 +322,13 @@ int RunDecodeBench(const Args& args) {
           req.set_recipe(recipe);
           for (size_t i = 0; i < mine.size(); ++i) {
             const int64_t n = static_cast<int64_t>(i);
-            *req.add_steps() = region == nullptr
-                                   ? mine[i].MakeStep(layer, k, k, q)
-                                   : mine[i].MakeStep(layer, 1, region->K(n), region->V(n), 1, region->Q(n));
+            *req.add_steps() = packed              ? mine[i].MakePackedStep(layer)
+                               : region == nullptr ? mine[i].MakeStep(layer, k, k, q)
+                                                   : mine[i].MakeStep(layer, 1, region->K(n), region->V(n), 1, region->Q(n));
+          }
+          if (packed && region == nullptr) sageserve::SetPacked(o, ones, ones, all_k, all_k, all_q, &req);
+          if (packed && region != nullptr) {
+            sageserve::SetPackedShared(o, ones, ones, region->AllK(), region->AllV(), region->AllQ(), &req);
           }
           if (region != nullptr) *req.mutable_o_output() = region->O();
           const Clock::time_point t0 = Clock::now();
@@ -338,9 +356,9 @@ int RunDecodeBench(const Args& args) {
     for (sageserve::Session& s : mine) (void)s.Close();
   }
   regions.clear();  // unregistered
-  std::printf("decode%s: %lld sessions (%lld clients, %lld per call), context %lld, %lld steps x %d layers, Hq %d Hkv %d D %d, %s, "
+  std::printf("decode%s%s: %lld sessions (%lld clients, %lld per call), context %lld, %lld steps x %d layers, Hq %d Hkv %d D %d, %s, "
               "Q, O and new K/V via %s\n",
-              use_stream ? " (AttendSessionStream)" : "",
+              use_stream ? " (AttendSessionStream)" : "", packed ? " (packed)" : "",
               static_cast<long long>(*n_sessions), static_cast<long long>(*clients), static_cast<long long>(per_client),
               static_cast<long long>(*context), static_cast<long long>(*steps), o.layers, o.heads_q, o.heads_kv, o.head_dim,
               o.kv_storage == v1::KV_STORAGE_16BIT ? "16-bit KV" : "INT8 K / FP8 V",

@@ -147,6 +147,48 @@ v1::SessionStep Session::MakeStep(int layer, int64_t new_tokens, const v1::Share
   return step;
 }
 
+v1::SessionStep Session::MakePackedStep(int layer) const {
+  v1::SessionStep step = MakeStep(layer, {}, {}, {});
+  step.clear_k();
+  step.clear_v();
+  return step;
+}
+
+namespace {
+
+int64_t Sum(std::span<const int64_t> x) {
+  int64_t n = 0;
+  for (int64_t v : x) n += v;
+  return n;
+}
+
+void SetCounts(std::span<const int64_t> n_new, std::span<const int64_t> n_q, v1::PackedSteps* p) {
+  p->mutable_n_new()->Assign(n_new.begin(), n_new.end());
+  p->mutable_n_q()->Assign(n_q.begin(), n_q.end());
+}
+
+}  // namespace
+
+void SetPacked(const SessionOptions& shape, std::span<const int64_t> n_new, std::span<const int64_t> n_q,
+               std::span<const uint16_t> k, std::span<const uint16_t> v, std::span<const uint16_t> q,
+               v1::AttendSessionRequest* request) {
+  v1::PackedSteps* p = request->mutable_packed();
+  SetCounts(n_new, n_q, p);
+  SetValues(k, shape.heads_kv, shape.head_dim, shape.dtype, p->mutable_k());
+  SetValues(v, shape.heads_kv, shape.head_dim, shape.dtype, p->mutable_v());
+  if (Sum(n_q) > 0) SetValues(q, shape.heads_q, shape.head_dim, shape.dtype, p->mutable_q());
+}
+
+void SetPackedShared(const SessionOptions& shape, std::span<const int64_t> n_new, std::span<const int64_t> n_q,
+                     const v1::SharedMemoryRef& k, const v1::SharedMemoryRef& v, const v1::SharedMemoryRef& q,
+                     v1::AttendSessionRequest* request) {
+  v1::PackedSteps* p = request->mutable_packed();
+  SetCounts(n_new, n_q, p);
+  SetShared(Sum(n_new), shape.heads_kv, shape.head_dim, shape.dtype, k, p->mutable_k());
+  SetShared(Sum(n_new), shape.heads_kv, shape.head_dim, shape.dtype, v, p->mutable_v());
+  if (const int64_t rows = Sum(n_q); rows > 0) SetShared(rows, shape.heads_q, shape.head_dim, shape.dtype, q, p->mutable_q());
+}
+
 uint64_t SessionOBytes(const SessionOptions& options, int64_t q_rows) {
   return static_cast<uint64_t>(q_rows) * static_cast<uint64_t>(options.heads_q) * static_cast<uint64_t>(options.head_dim) *
          sizeof(uint16_t);

@@ -168,13 +168,20 @@ typedef struct {
 sage_status_t sage_paged_gather(const sage_paged_gather_params_t* params, sage_stream_t stream);
 
 /* ---- KV quantize: a step's new tokens encoded into their INT8K_FP8V pages on the GPU ----
- * Token i (of `count`) goes to slot slots[i] of the page at byte offset page_offsets[i] of `pages`:
- * K from k_centered ([count, num_kv_heads, head_dim] fp32: the token's K minus the session's K mean,
- * as the CPU scheme's CenterKTokens gives it) and V from v ([count, num_kv_heads, head_dim] 16-bit
- * values of `dtype`). Writes the codes and scales QuantizeKvTokens (kernels/reference/kv_pages.h)
- * writes, byte for byte, except that a NaN scale may differ in payload and a NaN V code in sign
- * (x86 makes inf/inf a negative NaN, the GPU a positive one). The inputs and the two tables may
- * lie in pinned host memory (read over the bus) or device memory. Asynchronous on `stream`. */
+ * Token i (of `count`) goes to slot slots[i] of the page at byte offset page_offsets[i] of `pages`.
+ * Its K and V come in one of two forms:
+ *  - centred: k_centered ([count, num_kv_heads, head_dim] fp32: the token's K minus the session's K
+ *    mean, as the CPU scheme's CenterKTokens gives it) and v ([count, num_kv_heads, head_dim] 16-bit
+ *    values of `dtype`);
+ *  - rows (k_centered and v null): k_rows[i] and v_rows[i] point at the token's K and V
+ *    ([num_kv_heads, head_dim] 16-bit values of `dtype`) and k_means[i] at its session's K mean
+ *    ([num_kv_heads * head_dim] fp32); K is centred here as CenterKTokens does it (one IEEE fp32
+ *    subtraction), so the bytes are the same. The rows may be anywhere the GPU reads, e.g. a
+ *    client's CUDA IPC buffer, so new tokens on the GPU never visit the host.
+ * Writes the codes and scales QuantizeKvTokens (kernels/reference/kv_pages.h) writes, byte for
+ * byte, except that a NaN scale may differ in payload and a NaN V code in sign (x86 makes inf/inf a
+ * negative NaN, the GPU a positive one). The inputs and the tables may lie in pinned host memory
+ * (read over the bus) or device memory. Asynchronous on `stream`. */
 typedef struct {
   sage_dtype_t dtype;
   void* pages;                    /* the pool's base */
@@ -186,6 +193,9 @@ typedef struct {
   const int32_t* slots;           /* per token, < page_tokens */
   const float* k_centered;
   const void* v;
+  const void* const* k_rows;      /* the rows form: per token */
+  const void* const* v_rows;
+  const float* const* k_means;
 } sage_kv_quantize_params_t;
 
 sage_status_t sage_kv_quantize(const sage_kv_quantize_params_t* params, sage_stream_t stream);

@@ -16,14 +16,17 @@ class HostKvMemory final : public KvMemory {
   MemoryKind memory() const override { return MemoryKind::kPageable; }
   int device() const override { return -1; }
   absl::Status Write(std::span<const KvWrite> writes) override {
+    for (const KvWrite& w : writes) {
+      if (w.src_memory == MemoryKind::kDevice) return absl::InternalError("kv pool: a host pool got a write from device memory");
+    }
     for (const KvWrite& w : writes) std::memcpy(base_.get() + w.offset, w.src, w.bytes);
     return absl::OkStatus();
   }
   absl::Status WriteQuantized(const KvPageLayout& layout, std::span<const KvQuantizeToken> tokens) override {
-    for (const KvQuantizeToken& t : tokens) QuantizeKvTokens(layout, base_.get() + t.page_offset, t.slot, 1, t.k_centered, t.v);
-    return absl::OkStatus();
+    return EncodeOnHost(layout, base_.get(), tokens);
   }
   absl::Status OrderAfterWrites(void* /*stream*/) const override { return absl::OkStatus(); }
+  absl::Status WaitForWrites() const override { return absl::OkStatus(); }
   absl::Status Read(size_t offset, void* dst, size_t bytes) const override {
     std::memcpy(dst, base_.get() + offset, bytes);
     return absl::OkStatus();
@@ -39,6 +42,15 @@ class HostKvMemory final : public KvMemory {
 };
 
 }  // namespace
+
+absl::Status EncodeOnHost(const KvPageLayout& layout, std::byte* base, std::span<const KvQuantizeToken> tokens) {
+  const size_t row = static_cast<size_t>(layout.heads) * layout.head_dim;
+  for (const KvQuantizeToken& t : tokens) {
+    if (t.kv_memory == MemoryKind::kDevice) return absl::InternalError("kv pool: a host encode got tokens in device memory");
+    EncodeKvTokens(layout, base + t.page_offset, t.slot, 1, t.k, t.v, std::span<const float>(t.k_mean, row));
+  }
+  return absl::OkStatus();
+}
 
 absl::StatusOr<std::unique_ptr<KvMemory>> CreateHostKvMemory(size_t bytes) {
   std::unique_ptr<std::byte[]> base(new (std::nothrow) std::byte[bytes]);

@@ -16,22 +16,29 @@
 
 namespace sage::server {
 
-// One byte range of a write into the pool: `bytes` from host `src` to pool offset `offset`.
+// One byte range of a write into the pool: `bytes` from `src` to pool offset `offset`. `src` is
+// host memory, or (kDevice) memory of a device pool's own GPU, e.g. a client's CUDA buffer, which
+// the GPU copies without the host touching it.
 struct KvWrite {
   size_t offset = 0;
   const void* src = nullptr;
   size_t bytes = 0;
+  MemoryKind src_memory = MemoryKind::kPageable;
 };
 
-// One token of an 8-bit append, for memory that encodes it where the pages are (QuantizeKvTokens
-// on the host for host memory, sage_kv_quantize on a GPU): its page's offset in the pool, its slot
-// in the page, its K centred on the session's K mean (fp32, heads x head_dim, CenterKTokens) and its
-// V (16-bit values, heads x head_dim). The pointers need only live until the call returns.
+// One token of an 8-bit append, for memory that encodes it where the pages are (EncodeKvTokens on
+// the host for host memory, sage_kv_quantize on a GPU): its page's offset in the pool, its slot in
+// the page, its K and V (16-bit values of the layout's dtype, heads x head_dim each; host memory,
+// or with kv_memory kDevice memory of a device pool's own GPU) and its session's K mean (fp32,
+// heads x head_dim, host memory), on which K is centred (CenterKTokens). The pointers need only
+// live until the call returns.
 struct KvQuantizeToken {
   size_t page_offset = 0;
   int slot = 0;
-  const float* k_centered = nullptr;
+  const void* k = nullptr;
   const void* v = nullptr;
+  const float* k_mean = nullptr;
+  MemoryKind kv_memory = MemoryKind::kPageable;
 };
 
 class KvMemory {
@@ -52,11 +59,18 @@ class KvMemory {
   // Makes what is queued next on `stream` (a device pool: the engine's cudaStream_t) run after
   // every write issued before this call. Host pools write synchronously: nothing to do.
   virtual absl::Status OrderAfterWrites(void* stream) const = 0;
+  // Returns once every write issued before this call has landed (and has read its sources: a
+  // client's buffer may then be reused). Host pools: at once.
+  virtual absl::Status WaitForWrites() const = 0;
   // `bytes` from pool offset `offset` into host `dst`.
   virtual absl::Status Read(size_t offset, void* dst, size_t bytes) const = 0;
   // Copies `bytes` within the pool (a copy-on-write page); done on return.
   virtual absl::Status Copy(size_t dst_offset, size_t src_offset, size_t bytes) = 0;
 };
+
+// WriteQuantized's bytes for memory the host writes: each token encoded into its page at `base` +
+// page_offset (EncodeKvTokens).
+absl::Status EncodeOnHost(const KvPageLayout& layout, std::byte* base, std::span<const KvQuantizeToken> tokens);
 
 // `bytes` of ordinary host memory. RESOURCE_EXHAUSTED when it cannot be had.
 absl::StatusOr<std::unique_ptr<KvMemory>> CreateHostKvMemory(size_t bytes);

@@ -40,6 +40,7 @@ struct SessionCall {
   std::vector<size_t> q_steps;  // indices of the steps with Q, in launch order
   std::vector<PinnedPages> pins;
   std::vector<int32_t> page_table, cu_pages;
+  bool packed = false;  // SessionAttendRequest::packed
   absl::AnyInvocable<void(absl::StatusOr<SessionAttendResult>)> done;
 
   ~SessionCall() {
@@ -133,25 +134,74 @@ absl::Status CheckCudaMemory(const SessionStore& store, const SessionCaller& cal
 }
 
 // Q of the steps with Q, back to back in launch order, into `dst`: inline bytes by memcpy, a system
-// region with the fault-tolerant copy (the client may shrink its object under the read).
+// region with the fault-tolerant copy (the client may shrink its object under the read). Steps
+// whose q follow each other in one region (a packed call's, or a client's batch laid out so) are
+// copied as one range.
 absl::Status StageQ(const SessionAttendRequest& request, std::span<const size_t> q_steps, std::byte* dst) {
-  for (size_t i : q_steps) {
-    const SessionStepInput& st = request.steps[i];
-    if (st.q_shared.has_value()) {
-      absl::Status s = CopyFromClient(std::span<std::byte>(dst, st.q.size()), st.q,
-                                      absl::StrCat("steps[", i, "].q.shared_memory"), st.q_shared->region->info().name);
-      if (!s.ok()) return s;
-    } else {
+  for (size_t n = 0; n < q_steps.size();) {
+    const SessionStepInput& st = request.steps[q_steps[n]];
+    if (!st.q_shared.has_value()) {
       std::memcpy(dst, st.q.data(), st.q.size());
+      dst += st.q.size();
+      ++n;
+      continue;
     }
-    dst += st.q.size();
+    size_t bytes = st.q.size(), last = n + 1;
+    for (; last < q_steps.size(); ++last) {
+      const SessionStepInput& next = request.steps[q_steps[last]];
+      if (!next.q_shared.has_value() || next.q_shared->region != st.q_shared->region || next.q.data() != st.q.data() + bytes) break;
+      bytes += next.q.size();
+    }
+    const std::string& region = st.q_shared->region->info().name;
+    absl::Status s = CopyFromClient(std::span<std::byte>(dst, bytes), std::span<const std::byte>(st.q.data(), bytes),
+                                    absl::StrCat("steps[", q_steps[n], "].q.shared_memory"), region);
+    for (size_t m = n; !s.ok() && m < last; ++m) {  // the error names the step whose bytes cannot be read
+      const SessionStepInput& one = request.steps[q_steps[m]];
+      s = CopyFromClient(std::span<std::byte>(dst + (one.q.data() - st.q.data()), one.q.size()), one.q,
+                         absl::StrCat("steps[", q_steps[m], "].q.shared_memory"), region);
+      if (!s.ok()) return s;
+      if (m + 1 == last) s = absl::OkStatus();  // each step's bytes read on their own
+    }
+    if (!s.ok()) return s;
+    dst += bytes;
+    n = last;
   }
   return absl::OkStatus();
 }
 
+// Whether the step's K and V are both CUDA memory of the GPU holding its session's pages, which
+// the append may read in place (SessionStore::TakesDeviceKv).
+bool ReadsKvInPlace(const SessionStore& store, const SessionCaller& caller, const SessionStepInput& st) {
+  if (!st.k_shared.has_value() || !st.v_shared.has_value() || st.k_shared->memory() != MemoryKind::kDevice ||
+      st.v_shared->memory() != MemoryKind::kDevice) {
+    return false;
+  }
+  const int device = st.k_shared->region->device();
+  return st.v_shared->region->device() == device && store.TakesDeviceKv(caller, st.session_id, st.layer, device);
+}
+
+// Until appends that read a client's CUDA memory in place have run, that memory must stay as the
+// call found it: every way out of Start but a launch (ordered after the writes, answered after
+// it) waits for them, so the client may reuse its buffers once answered.
+class InPlaceKvGuard {
+ public:
+  explicit InPlaceKvGuard(const SessionStore& store) : store_(store) {}
+  ~InPlaceKvGuard() {
+    for (int pool : pools_) (void)store_.pool(pool).memory().WaitForWrites();
+  }
+  void Add(int pool) {
+    if (std::find(pools_.begin(), pools_.end(), pool) == pools_.end()) pools_.push_back(pool);
+  }
+  void Release() { pools_.clear(); }  // a launch now orders itself after the writes
+
+ private:
+  const SessionStore& store_;
+  std::vector<int> pools_;
+};
+
 }  // namespace
 
-bool SessionAttend::StartsOnCaller(const SessionAttendRequest& request) {
+bool SessionAttend::StartsOnCaller(const SessionCaller& caller, const SessionAttendRequest& request) const {
   if (request.steps.empty()) return false;
   if (request.recipe.has_value() && *request.recipe != Recipe::kUnquantized) return false;
   const std::string_view placement = SessionStore::PlacementOf(request.steps.front().session_id);
@@ -162,7 +212,10 @@ bool SessionAttend::StartsOnCaller(const SessionAttendRequest& request) {
   for (const SessionStepInput& st : request.steps) {
     if (st.n_q.has_value() && *st.n_q > kPagedMaxQueryRows) return false;
     if (SessionStore::PlacementOf(st.session_id) != placement) return false;
-    if (on_device(st.k_shared) || on_device(st.v_shared)) return false;
+    if (on_device(st.k_shared) || on_device(st.v_shared)) {
+      if (!ReadsKvInPlace(*store_, caller, st)) return false;
+      continue;
+    }
     kv_bytes += st.k.size() + st.v.size();
     q_bytes += st.q.size();
   }
@@ -238,19 +291,29 @@ absl::Status SessionAttend::Start(const SessionCaller& caller, SessionAttendRequ
   auto call = std::make_shared<SessionCall>();
   call->store = store_;
   call->done = std::move(done);
+  call->packed = request.packed;
   SessionAttendResult& result = call->result;
   result.dtype = shape.dtype;
   result.heads_q = shape.heads_q;
   result.head_dim = shape.head_dim;
   result.steps.resize(request.steps.size());
-  // K and V from shared memory are read into a host block first, so that a client's bad memory
-  // fails the call before anything is appended; the store then reads them as inline bytes.
+  // K and V in CUDA memory of the GPU that holds their pages are read there by the append. Others
+  // from shared memory are read into a host block first, so that a client's bad memory fails the
+  // call before anything is appended; the store then reads them as inline bytes.
+  InPlaceKvGuard in_place(*store_);
+  for (SessionStepInput& st : request.steps) {
+    st.kv_on_device = st.n_new > 0 && ReadsKvInPlace(*store_, caller, st);
+    if (!st.kv_on_device) continue;
+    absl::StatusOr<int> pool = store_->PoolIndex(caller, st.session_id);
+    if (pool.ok()) in_place.Add(*pool);
+  }
   absl::StatusOr<std::unique_ptr<std::byte[]>> staged_kv = StageSharedKv(std::span(request.steps));
   if (!staged_kv.ok()) return staged_kv.status();
   // Every step's tokens appended together: one transfer per device for the whole call.
   std::vector<AppendStep> appends;
   for (const SessionStepInput& st : request.steps) {
-    appends.push_back(AppendStep{st.session_id, st.layer, st.position, st.step_id, st.n_new, st.k.data(), st.v.data()});
+    appends.push_back(AppendStep{st.session_id, st.layer, st.position, st.step_id, st.n_new, st.k.data(), st.v.data(),
+                                 st.kv_on_device ? MemoryKind::kDevice : MemoryKind::kPageable});
   }
   SessionStore::AppendAllResult appended = store_->AppendAll(caller, appends);
   if (!appended.status.ok()) return StepError(appended.failed, appended.status);
@@ -369,12 +432,19 @@ absl::Status SessionAttend::Start(const SessionCaller& caller, SessionAttendRequ
       if (!s.ok()) return s;
     }
     size_t bytes = 0;
+    const int64_t rows = req.default_cu_q.back();
+    if (call->packed && !to_client) {  // every step's rows in one tensor
+      out.o.resize(static_cast<size_t>(rows) * row_values * 2);
+      EncodeO(r.output, out.dtype, 0, static_cast<size_t>(rows) * row_values, reinterpret_cast<std::byte*>(out.o.data()));
+      out.lse = std::move(r.output.lse);
+      bytes = out.o.size() + out.lse.size() * sizeof(float);
+    }
     for (size_t n = 0; n + 1 < req.default_cu_q.size(); ++n) {
       SessionStepOutput& step = out.steps[q_steps[n]];
       const int64_t row = req.default_cu_q[n];
       step.n_q = req.default_cu_q[n + 1] - row;
       step.row = row;
-      if (to_client) continue;  // the step's rows are in o_output / lse_output
+      if (to_client || call->packed) continue;  // the step's rows are in o_output / lse_output, or in out.o
       step.o.resize(static_cast<size_t>(step.n_q) * row_values * 2);
       EncodeO(r.output, out.dtype, static_cast<size_t>(row) * row_values, static_cast<size_t>(step.n_q) * row_values,
               reinterpret_cast<std::byte*>(step.o.data()));
@@ -394,7 +464,9 @@ absl::Status SessionAttend::Start(const SessionCaller& caller, SessionAttendRequ
       finish(status);
     }
   };
-  return pipeline_->Start(std::move(attend));
+  absl::Status started = pipeline_->Start(std::move(attend));
+  if (started.ok()) in_place.Release();
+  return started;
 }
 
 }  // namespace sage::server

@@ -37,6 +37,9 @@ struct SessionStepInput {
   // Set: k / v is this range of a registered region (steps[i].k.shared_memory). Either kind of
   // memory, each independently: copied into a host block before the append (session_kv_staging.h).
   std::optional<SharedRange> k_shared, v_shared;
+  // Set by Start: k and v are CUDA memory of the GPU holding the session's pages, which reads them
+  // in place for the append (SessionStore::TakesDeviceKv); otherwise they are staged on the host.
+  bool kv_on_device = false;
   std::optional<int64_t> n_q;  // set: q holds [n_q, Hq, D]; unset: a bulk import
   std::span<const std::byte> q;
   // Set: q is this range of a registered region (steps[i].q.shared_memory). A system region is
@@ -55,6 +58,8 @@ struct SessionAttendRequest {
   std::vector<SessionStepInput> steps;
   std::optional<Recipe> recipe;  // unset: the model plan's, else the server's default
   bool return_lse = false;
+  // The packed form: O (and LSE) of all steps go into the result's one o (lse), not per step.
+  bool packed = false;
   Clock::time_point accepted = Clock::now();  // when the frontend took the call (the timings' start)
   // o_output / lse_output: O (and LSE) of every step with q, in step order, go into the client's
   // memory ([sum of n_q, Hq, D], the launch's own layout). Only the client_* fields are set here.
@@ -78,6 +83,10 @@ struct SessionStepOutput {
 
 struct SessionAttendResult {
   std::vector<SessionStepOutput> steps;  // in request order
+  // A packed call's O ([sum of n_q, Hq, D] as bytes) and LSE ([sum of n_q, Hq]); the steps' own
+  // o and lse stay empty. Empty too when in o_output.
+  std::string o;
+  std::vector<float> lse;
   DType dtype = DType::kF16;
   int heads_q = 0;
   int head_dim = 0;
@@ -106,11 +115,11 @@ class SessionAttend {
   // Whether `request` is light enough to Start on the thread that received it (a gRPC reactor),
   // saving the hop to a session worker: decode-shaped (every step with Q at most kPagedMaxQueryRows
   // rows, the recipe unset or unquantized, so the engine reads the pages in place and nothing is
-  // gathered), at most kCallerAppendBytes of new K/V (inline or system shared memory alike) and
-  // kCallerQBytes of Q, its sessions in one pool, no K or V in CUDA memory (its copy to the host
-  // waits for the GPU). Such a call's appends do not wait for the GPU (KvMemory::Write's small
-  // writes).
-  static bool StartsOnCaller(const SessionAttendRequest& request);
+  // gathered), at most kCallerAppendBytes of new K/V from the host (inline or system shared memory
+  // alike) and kCallerQBytes of Q, its sessions in one pool, K and V in CUDA memory only where
+  // the GPU reads them in place (SessionStore::TakesDeviceKv; a copy to the host would wait for
+  // the GPU). Such a call's appends do not wait for the GPU (KvMemory::Write's small writes).
+  bool StartsOnCaller(const SessionCaller& caller, const SessionAttendRequest& request) const;
   static constexpr int64_t kPagedMaxQueryRows = 16;  // sageattn.h SAGE_PAGED_MAX_QUERY_ROWS
   static constexpr size_t kCallerAppendBytes = size_t{256} << 10;
   static constexpr size_t kCallerQBytes = size_t{1} << 20;

@@ -40,6 +40,7 @@ absl::StatusOr<std::unique_ptr<std::byte[]>> StageSharedKv(std::span<SessionStep
   std::vector<Piece> pieces;
   for (size_t i = 0; i < steps.size(); ++i) {
     SessionStepInput& st = steps[i];
+    if (st.kv_on_device) continue;  // read in place by the append
     if (st.k_shared.has_value() && !st.k.empty()) {
       pieces.push_back(Piece{st.k_shared->region.get(), st.k.data(), st.k.size(), i, KvTensor::kK, &st.k});
     }

@@ -3,7 +3,8 @@
 // (16-bit pages are written from host bytes; 8-bit storage centres K and encodes V there), and a
 // client's memory is never read in place there. System memory goes through the fault-tolerant copy
 // (a client that shrinks its object gets an error, not a crashed server), CUDA memory through a
-// device-to-host copy of the engine that opened it.
+// device-to-host copy of the engine that opened it. Steps whose K/V the append reads in place on
+// the GPU (SessionStepInput::kv_on_device) are left as they are.
 #pragma once
 
 #include <cstddef>

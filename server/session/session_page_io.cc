@@ -45,6 +45,12 @@ absl::Status SessionStore::WriteTokens(Session& s, int layer, const AppendStep& 
   std::vector<KvWrite>& writes = batch.writes;
   const auto* k = static_cast<const uint16_t*>(step.k);
   const auto* v = static_cast<const uint16_t*>(step.v);
+  const bool in_place = memory.memory() != MemoryKind::kDevice;
+  const bool kv_on_device = step.kv_memory == MemoryKind::kDevice;
+  if (kv_on_device && (in_place || (shape.storage == KvStorage::kInt8KFp8V && l.k_mean.empty()))) {
+    // SessionStore::TakesDeviceKv said no to such a step: its K/V should have come from the host.
+    return absl::InternalError("session append: K/V in device memory for a pool or a first append that needs them on the host");
+  }
   if (shape.storage == KvStorage::kInt8KFp8V && l.k_mean.empty()) {
     // The session's K mean for this layer: the channel means of its first append.
     l.k_mean.assign(row, 0.0f);
@@ -55,16 +61,12 @@ absl::Status SessionStore::WriteTokens(Session& s, int layer, const AppendStep& 
     }
     for (float& m : l.k_mean) m /= static_cast<float>(step.n_new);
   }
-  // Host memory is encoded in place. Device memory, 8-bit: K centred here, each token then encoded
-  // where its page is (KvMemory::WriteQuantized, sage_kv_quantize on a GPU) with the caller's
-  // batch. Device memory, 16-bit: each page run's K and V ranges go with the caller's one batched
-  // transfer.
-  const bool in_place = memory.memory() != MemoryKind::kDevice;
+  // Host memory is encoded in place. Device memory, 8-bit: each token encoded where its page is
+  // (KvMemory::WriteQuantized, sage_kv_quantize on a GPU, K centred there on the session's mean)
+  // with the caller's batch. Device memory, 16-bit: each page run's K and V ranges go with the
+  // caller's one batched transfer; from the GPU's own memory straight, with no page image.
   const KvPageLayout& layout = s.layout;
   if (!in_place && layout.storage == KvStorage::kInt8KFp8V) {
-    batch.centred.push_back(std::unique_ptr<float[]>(new float[static_cast<size_t>(step.n_new) * row]));
-    float* const centred = batch.centred.back().get();
-    CenterKTokens(layout.dtype, k, static_cast<size_t>(step.n_new) * row, l.k_mean, centred);
     const auto same = [&layout](const QuantizeGroup& g) {
       return g.layout.dtype == layout.dtype && g.layout.page_tokens == layout.page_tokens && g.layout.heads == layout.heads &&
              g.layout.head_dim == layout.head_dim;
@@ -74,9 +76,23 @@ absl::Status SessionStore::WriteTokens(Session& s, int layer, const AppendStep& 
     for (int64_t t = 0; t < step.n_new; ++t) {
       const int64_t token = step.position + t;
       group->tokens.push_back(KvQuantizeToken{pool.offset(l.pages[static_cast<size_t>(token / T)]), static_cast<int>(token % T),
-                                              centred + static_cast<size_t>(t) * row, v + static_cast<size_t>(t) * row});
+                                              k + static_cast<size_t>(t) * row, v + static_cast<size_t>(t) * row,
+                                              l.k_mean.data(), step.kv_memory});
     }
     return absl::OkStatus();  // the caller writes the batch
+  }
+  if (kv_on_device) {  // 16-bit pages: each page run's K and V codes are the tokens' bytes
+    const size_t token_bytes = row * 2, codes = layout.codes_per_tensor();
+    for (int64_t t = 0; t < step.n_new;) {
+      const int64_t token = step.position + t;
+      const int in_page = static_cast<int>(token % T);
+      const int n = static_cast<int>(std::min<int64_t>(T - in_page, step.n_new - t));
+      const size_t at = pool.offset(l.pages[static_cast<size_t>(token / T)]) + in_page * token_bytes;
+      writes.push_back(KvWrite{at, k + static_cast<size_t>(t) * row, n * token_bytes, MemoryKind::kDevice});
+      writes.push_back(KvWrite{at + codes, v + static_cast<size_t>(t) * row, n * token_bytes, MemoryKind::kDevice});
+      t += n;
+    }
+    return absl::OkStatus();
   }
   std::byte* image = nullptr;
   if (!in_place) {

@@ -196,6 +196,17 @@ absl::StatusOr<int> SessionStore::PoolIndex(const SessionCaller& caller, std::st
   return (*s)->pool;  // immutable after creation
 }
 
+bool SessionStore::TakesDeviceKv(const SessionCaller& caller, std::string_view id, int layer, int device) const {
+  absl::StatusOr<std::shared_ptr<Session>> found = Find(caller, id);
+  if (!found.ok()) return false;
+  Session& s = **found;
+  const KvMemory& memory = PoolOf(s).memory();
+  if (memory.memory() != MemoryKind::kDevice || memory.device() != device) return false;
+  std::lock_guard<std::mutex> lock(s.mu);
+  if (layer < 0 || layer >= s.shape.layers) return false;
+  return s.shape.storage == KvStorage::k16Bit || !s.layers[static_cast<size_t>(layer)].k_mean.empty();
+}
+
 absl::StatusOr<int64_t> SessionStore::Append(const SessionCaller& caller, const AppendStep& step) {
   AppendAllResult r = AppendAll(caller, std::span<const AppendStep>(&step, 1));
   if (!r.status.ok()) return r.status;

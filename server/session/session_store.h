@@ -79,6 +79,9 @@ struct AppendStep {
   int64_t n_new = 0;
   const void* k = nullptr;
   const void* v = nullptr;
+  // kDevice: k and v are memory of the GPU that holds the session's pool (a client's CUDA buffer),
+  // read there by the GPU, which only a step TakesDeviceKv approved may do.
+  MemoryKind kv_memory = MemoryKind::kPageable;
 };
 
 // One KV pool: the device holding it ("cpu", "cuda0", ...) and its pages.
@@ -127,6 +130,11 @@ class SessionStore {
   absl::StatusOr<SessionShape> Shape(const SessionCaller& caller, std::string_view id) const;
   // The index of the pool (pool(i)) that holds the session's pages: fixed for its life.
   absl::StatusOr<int> PoolIndex(const SessionCaller& caller, std::string_view id) const;
+  // Whether an append to the session's `layer` may take its K and V in memory of CUDA device
+  // `device` (AppendStep::kv_memory kDevice): the session's pages are on that GPU, and it needs
+  // no host copy of K (16-bit storage, or the layer's K mean is already set; it never changes
+  // after). False for an unknown session or layer: the append then reports it.
+  bool TakesDeviceKv(const SessionCaller& caller, std::string_view id, int layer, int device) const;
 
   // Appends the step's tokens (or recognises a retry of the step at that position) and returns the
   // layer's length the step's Q attends over: position + n_new. FAILED_PRECONDITION for a gap or an
@@ -188,7 +196,6 @@ class SessionStore {
   struct WriteBatch {
     std::vector<std::unique_ptr<std::byte[]>> images;  // page images the writes point into
     std::vector<KvWrite> writes;
-    std::vector<std::unique_ptr<float[]>> centred;  // the centred K the quantize groups point into
     std::vector<QuantizeGroup> quantize;
   };
   using WriteBatches = std::vector<WriteBatch>;  // one per pool

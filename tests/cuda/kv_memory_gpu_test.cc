@@ -1,7 +1,9 @@
 // A GPU's KV pool memory (backend/cuda/device_kv_memory.cc): small writes return before their copy
 // has run, so what matters is order. Many small writes (some rewriting bytes of earlier ones) mixed
 // with large writes and page copies, then every byte read back through Read, and through a stream
-// of our own after OrderAfterWrites, against a host mirror of what each call wrote in turn.
+// of our own after OrderAfterWrites, against a host mirror of what each call wrote in turn. Writes
+// and 8-bit quantized appends whose sources lie in device memory (a client's CUDA buffer, read in
+// place) land as the host ones do, and WaitForWrites returns only once they have read them.
 #include <gtest/gtest.h>
 #include <cuda_runtime.h>
 
@@ -12,6 +14,8 @@
 #include <span>
 #include <vector>
 
+#include "kernels/reference/kv_pages.h"
+#include "kernels/reference/numerics.h"
 #include "server/backend/cuda/device_kv_memory.h"
 #include "tests/cuda/gpu_test_util.h"
 
@@ -111,6 +115,95 @@ TEST(DeviceKvMemory, SmallWritesLandInIssueOrderBeforeEveryReader) {
   EXPECT_EQ(std::memcmp(got.data(), mirror.bytes.data(), kPoolBytes), 0);
   (void)cudaFreeHost(pinned);
   (void)cudaStreamDestroy(stream);
+}
+
+// Pieces from device memory beside host ones (small calls and one large one), and quantized tokens
+// whose K/V rows are on the device or the host, several sessions' means, more than a slot holds.
+TEST(DeviceKvMemory, DeviceSourcesAreReadInPlaceAndWaitedFor) {
+  SAGE_SKIP_WITHOUT_GPU();
+  auto memory = server::CreateDeviceKvMemory(0, kPoolBytes);
+  ASSERT_TRUE(memory.ok()) << memory.status();
+  server::KvMemory& m = **memory;
+  Stream stream;
+  std::vector<std::byte> mirror(kPoolBytes, std::byte{0});
+  {
+    const KvWrite all{0, mirror.data(), kPoolBytes};
+    ASSERT_TRUE(m.Write(std::span<const KvWrite>(&all, 1)).ok());
+  }
+  std::mt19937_64 rng(11);
+  for (size_t piece_max : {size_t{4096}, size_t{2} << 20}) {  // the slot path, then the lane path
+    std::vector<std::byte> host(16 * piece_max);
+    for (auto& b : host) b = static_cast<std::byte>(rng());
+    DeviceBuffer device_src;
+    ASSERT_TRUE(device_src.Upload(host, stream.get()).ok());
+    ASSERT_EQ(cudaStreamSynchronize(stream.get()), cudaSuccess);
+    std::vector<KvWrite> writes;
+    for (size_t i = 0; i < 16; ++i) {  // odd pieces from the device copy
+      const size_t bytes = 1 + rng() % piece_max, offset = i * (kPoolBytes / 16) + rng() % (kPoolBytes / 16 - bytes);
+      const bool on_device = i % 2 == 1;
+      const std::byte* src = (on_device ? device_src.as<std::byte>() : host.data()) + i * piece_max;
+      writes.push_back(KvWrite{offset, src, bytes, on_device ? server::MemoryKind::kDevice : server::MemoryKind::kPageable});
+      std::memcpy(mirror.data() + offset, host.data() + i * piece_max, bytes);
+    }
+    ASSERT_TRUE(m.Write(writes).ok());
+    ASSERT_TRUE(m.WaitForWrites().ok());
+    ASSERT_TRUE(device_src.Poison(stream.get()).ok());  // the sources reused once waited for
+    ASSERT_EQ(cudaStreamSynchronize(stream.get()), cudaSuccess);
+  }
+  std::vector<std::byte> got(kPoolBytes);
+  ASSERT_TRUE(m.Read(0, got.data(), kPoolBytes).ok());
+  EXPECT_EQ(std::memcmp(got.data(), mirror.data(), kPoolBytes), 0);
+
+  // 8-bit tokens: 300 at 8 heads x 128 (more than one slot's run), means changing every 7 tokens.
+  constexpr int kTokens = 300, kHeads = 8, kD = 128, kPageTokens = 16;
+  const KvPageLayout layout{KvStorage::kInt8KFp8V, DType::kF16, kPageTokens, kHeads, kD};
+  const size_t row = static_cast<size_t>(kHeads) * kD;
+  std::normal_distribution<float> nd;
+  std::vector<uint16_t> kv(2 * kTokens * row);
+  for (size_t i = 0; i < kv.size(); ++i) kv[i] = EncodeFp16(nd(rng) + (i % row == 3 ? 6.0f : 0.0f));
+  std::vector<float> means(((kTokens + 6) / 7) * row);
+  for (float& x : means) x = 0.5f * nd(rng);
+  DeviceBuffer device_kv;
+  ASSERT_TRUE(device_kv.Upload(kv, stream.get()).ok());
+  ASSERT_EQ(cudaStreamSynchronize(stream.get()), cudaSuccess);
+  std::vector<server::KvQuantizeToken> tokens;
+  std::vector<std::byte> want(kPoolBytes, std::byte{0});
+  for (int t = 0; t < kTokens; ++t) {
+    const bool on_device = t % 3 != 0;
+    const uint16_t* base = on_device ? device_kv.as<uint16_t>() : kv.data();
+    const int place = t * 37 % kTokens;  // (page, slot) places in a shuffled order
+    tokens.push_back(server::KvQuantizeToken{static_cast<size_t>(place / kPageTokens) * layout.page_bytes(),
+                                             place % kPageTokens, base + t * row,
+                                             base + (kTokens + t) * row, means.data() + (t / 7) * row,
+                                             on_device ? server::MemoryKind::kDevice : server::MemoryKind::kPageable});
+  }
+  std::vector<server::KvQuantizeToken> host_tokens = tokens;
+  for (server::KvQuantizeToken& t : host_tokens) {  // the same tokens from the host copy
+    const size_t at = static_cast<size_t>(static_cast<const uint16_t*>(t.k) -
+                                          (t.kv_memory == server::MemoryKind::kDevice ? device_kv.as<uint16_t>() : kv.data()));
+    t.k = kv.data() + at;
+    t.v = kv.data() + at + kTokens * row;
+    t.kv_memory = server::MemoryKind::kPageable;
+  }
+  ASSERT_TRUE(server::EncodeOnHost(layout, want.data(), host_tokens).ok());
+  ASSERT_TRUE(m.WriteQuantized(layout, tokens).ok());
+  ASSERT_TRUE(m.WaitForWrites().ok());
+  const size_t span = (static_cast<size_t>(kTokens) / kPageTokens + 1) * layout.page_bytes();
+  ASSERT_TRUE(m.Read(0, got.data(), span).ok());
+  // Only the tokens' own bytes: the rest of each page is what the earlier writes left.
+  int mismatches = 0;
+  for (int t = 0; t < kTokens; ++t) {
+    const std::byte* w = want.data() + tokens[t].page_offset;
+    const std::byte* g = got.data() + tokens[t].page_offset;
+    const size_t codes = layout.codes_per_tensor(), at = static_cast<size_t>(tokens[t].slot) * row;
+    const size_t scale_at = 2 * codes + static_cast<size_t>(tokens[t].slot) * kHeads * 4;
+    const size_t v_scale_at = scale_at + layout.scales_per_tensor();
+    if (std::memcmp(w + at, g + at, row) != 0 || std::memcmp(w + codes + at, g + codes + at, row) != 0 ||
+        std::memcmp(w + scale_at, g + scale_at, kHeads * 4) != 0 || std::memcmp(w + v_scale_at, g + v_scale_at, kHeads * 4) != 0) {
+      if (mismatches++ < 5) ADD_FAILURE() << "token " << t << " differs from the host encode";
+    }
+  }
+  EXPECT_EQ(mismatches, 0);
 }
 
 }  // namespace

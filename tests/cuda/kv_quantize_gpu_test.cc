@@ -1,8 +1,10 @@
 // sage_kv_quantize against the session scheme's CPU encode: tokens with outliers, a channel bias,
 // zero, subnormal, huge, infinite and NaN token-heads, written to shuffled slots of a few pages
 // (the pool poisoned first, so every byte the CPU leaves alone must stay poisoned), give the bytes
-// QuantizeKvTokens gives; NaN scales compare as NaN, and an E4M3 NaN code as NaN whatever its sign. Both dtypes, D 64 and 128, tables in device
-// memory and in pinned host memory. Bad params get INVALID_ARGUMENT.
+// QuantizeKvTokens gives; NaN scales compare as NaN, and an E4M3 NaN code as NaN whatever its sign.
+// Both dtypes, D 64 and 128; K centred on the host with the tables in device memory or in pinned
+// host memory, and the rows form (16-bit K and V rows found by pointer, in reverse order, each
+// token's own session mean, centred on the GPU). Bad params get INVALID_ARGUMENT.
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
@@ -13,6 +15,7 @@
 #include <limits>
 #include <numeric>
 #include <random>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -61,16 +64,24 @@ TEST(KvQuantizeGpu, WritesTheSchemesBytes) {
   SAGE_SKIP_WITHOUT_GPU();
   for (DType dtype : {DType::kF16, DType::kBF16}) {
     for (int d : {64, 128}) {
-      for (bool host_tables : {false, true}) {
-        SCOPED_TRACE(std::string(dtype == DType::kBF16 ? "bf16 " : "fp16 ") + std::to_string(d) + (host_tables ? " pinned" : " device"));
+      for (int form = 0; form < 3; ++form) {  // centred with device tables, centred pinned, rows
+        const bool host_tables = form == 1, rows = form == 2;
+        SCOPED_TRACE(std::string(dtype == DType::kBF16 ? "bf16 " : "fp16 ") + std::to_string(d) + " form " + std::to_string(form));
         const KvPageLayout layout{KvStorage::kInt8KFp8V, dtype, kPageTokens, kHeads, d};
         const size_t page_bytes = layout.page_bytes() + 64;  // a padded stride
         const size_t row = static_cast<size_t>(kHeads) * d;
         const std::vector<uint16_t> k = Values(d, dtype, 1, 3.0f), v = Values(d, dtype, 2, 0.0f);
-        std::vector<float> mean(row);
-        for (size_t i = 0; i < row; ++i) mean[i] = 0.25f * static_cast<float>(i % 7) - 0.5f;
+        // Two sessions' K means: odd tokens take the second.
+        std::vector<float> means(2 * row);
+        for (size_t i = 0; i < row; ++i) {
+          means[i] = 0.25f * static_cast<float>(i % 7) - 0.5f;
+          means[row + i] = 1.5f - 0.125f * static_cast<float>(i % 5);
+        }
         std::vector<float> centered(k.size());
-        CenterKTokens(dtype, k.data(), k.size(), mean, centered.data());
+        for (int t = 0; t < kTokens; ++t) {
+          CenterKTokens(dtype, k.data() + t * row, row, std::span<const float>(means.data() + (t % 2) * row, row),
+                        centered.data() + t * row);
+        }
         // Shuffled distinct (page, slot) places for the tokens.
         std::vector<int> places(kPages * kPageTokens);
         std::iota(places.begin(), places.end(), 0);
@@ -87,7 +98,7 @@ TEST(KvQuantizeGpu, WritesTheSchemesBytes) {
         Stream stream;
         DeviceBuffer pool(want.size());
         ASSERT_TRUE(pool.Poison(stream.get()).ok());
-        DeviceBuffer dk, dv, doff, dslot;
+        DeviceBuffer dk, dv, doff, dslot, dmeans, dk_rows, dv_rows, dmean_of;
         void* pinned = nullptr;
         sage_kv_quantize_params_t p{};
         p.dtype = dtype == DType::kBF16 ? SAGE_DTYPE_BF16 : SAGE_DTYPE_F16;
@@ -105,6 +116,32 @@ TEST(KvQuantizeGpu, WritesTheSchemesBytes) {
           p.page_offsets = static_cast<const uint64_t*>(put(offsets.data(), offsets.size() * 8));
           p.v = put(v.data(), v.size() * 2);
           p.slots = static_cast<const int32_t*>(put(slots.data(), slots.size() * 4));
+        } else if (rows) {  // token t's rows at place kTokens - 1 - t of the buffers
+          std::vector<uint16_t> k_rev(k.size()), v_rev(v.size());
+          for (int t = 0; t < kTokens; ++t) {
+            std::copy_n(k.begin() + t * row, row, k_rev.begin() + (kTokens - 1 - t) * row);
+            std::copy_n(v.begin() + t * row, row, v_rev.begin() + (kTokens - 1 - t) * row);
+          }
+          ASSERT_TRUE(dk.Upload(k_rev, stream.get()).ok());
+          ASSERT_TRUE(dv.Upload(v_rev, stream.get()).ok());
+          ASSERT_TRUE(dmeans.Upload(means, stream.get()).ok());
+          std::vector<const void*> k_at(kTokens), v_at(kTokens);
+          std::vector<const float*> mean_at(kTokens);
+          for (int t = 0; t < kTokens; ++t) {
+            k_at[t] = dk.as<uint16_t>() + (kTokens - 1 - t) * row;
+            v_at[t] = dv.as<uint16_t>() + (kTokens - 1 - t) * row;
+            mean_at[t] = dmeans.as<float>() + (t % 2) * row;
+          }
+          ASSERT_TRUE(dk_rows.Upload(k_at, stream.get()).ok());
+          ASSERT_TRUE(dv_rows.Upload(v_at, stream.get()).ok());
+          ASSERT_TRUE(dmean_of.Upload(mean_at, stream.get()).ok());
+          ASSERT_TRUE(doff.Upload(offsets, stream.get()).ok());
+          ASSERT_TRUE(dslot.Upload(slots, stream.get()).ok());
+          p.k_rows = dk_rows.as<const void*>();
+          p.v_rows = dv_rows.as<const void*>();
+          p.k_means = dmean_of.as<const float*>();
+          p.page_offsets = doff.as<uint64_t>();
+          p.slots = dslot.as<int32_t>();
         } else {
           ASSERT_TRUE(dk.Upload(centered, stream.get()).ok());
           ASSERT_TRUE(dv.Upload(v, stream.get()).ok());
@@ -173,7 +210,11 @@ TEST(KvQuantizeGpu, BadParamsAreRefused) {
   EXPECT_EQ(sage_kv_quantize(&bad, st), SAGE_ERR_INVALID_ARGUMENT);
   EXPECT_NE(std::string(sage_last_error()).find("head_dim"), std::string::npos) << sage_last_error();
   bad = p;
-  bad.k_centered = nullptr;
+  bad.k_centered = nullptr;  // v alone: neither form
+  EXPECT_EQ(sage_kv_quantize(&bad, st), SAGE_ERR_INVALID_ARGUMENT);
+  bad.v = nullptr;  // the rows form without its tables
+  bad.k_rows = reinterpret_cast<const void* const*>(buf.get());
+  bad.v_rows = bad.k_rows;
   EXPECT_EQ(sage_kv_quantize(&bad, st), SAGE_ERR_INVALID_ARGUMENT);
   EXPECT_EQ(sage_kv_quantize(&p, nullptr), SAGE_ERR_INVALID_ARGUMENT);
   bad = p;

@@ -3,6 +3,8 @@
 // give the inline twins' O, LSE and lengths bit for bit, with 16-bit and 8-bit storage, for a
 // prefill chunk and decode steps; the decode steps also take q and O from the same region (the
 // paged launch reads and writes those in place while K/V are copied to the host for the append).
+// A third set of sessions gets the same steps as packed calls (AttendSessionRequest.packed), whose
+// K, V and Q are one range each of the region.
 #include <cuda_runtime.h>
 
 #include <chrono>
@@ -28,7 +30,9 @@ using namespace std::chrono_literals;
 
 constexpr int kHq = 8, kHkv = 2, kD = 128;
 // The region: K/V of a call (k0, v0, k1, v1, ...) from kKvAt, its Q from kQAt, its O from kOAt.
-constexpr size_t kKvAt = 0, kQAt = 1 << 20, kOAt = 2 << 20, kRegionBytes = 4 << 20;
+// The packed calls: K from kPackedKAt, V from kPackedVAt, Q from kPackedQAt, O from kPackedOAt.
+constexpr size_t kKvAt = 0, kQAt = 1 << 20, kOAt = 2 << 20, kPackedKAt = 3 << 20, kPackedVAt = kPackedKAt + (256 << 10),
+                 kPackedQAt = kPackedVAt + (256 << 10), kPackedOAt = kPackedQAt + (256 << 10), kRegionBytes = 4 << 20;
 
 std::vector<uint16_t> Values(int64_t n, int heads, uint32_t seed) { return ChannelBiasedFp16(n, heads, kD, seed, 1.0f, 5); }
 
@@ -80,17 +84,19 @@ TEST(SessionCudaSharedMemory, KvFromCudaMemoryEqualsTheInlinePath) {
     so.head_dim = kD;
     so.kv_storage = storage;
     so.max_tokens = 256;
-    std::vector<sageserve::Session> inline_s, shared_s;
+    std::vector<sageserve::Session> inline_s, shared_s, packed_s;
     for (int i = 0; i < 2; ++i) {
-      absl::StatusOr<sageserve::Session> a = sessions.Create(so), b = sessions.Create(so);
-      ASSERT_TRUE(a.ok() && b.ok()) << a.status() << " " << b.status();
+      absl::StatusOr<sageserve::Session> a = sessions.Create(so), b = sessions.Create(so), c = sessions.Create(so);
+      ASSERT_TRUE(a.ok() && b.ok() && c.ok()) << a.status() << " " << b.status() << " " << c.status();
       inline_s.push_back(*std::move(a));
       shared_s.push_back(*std::move(b));
+      packed_s.push_back(*std::move(c));
     }
     for (int step = 0; step < 4; ++step) {
       const int64_t n = step == 0 ? 40 : 1;
       const bool q_in_region = step > 0;  // decode-shaped: q and O in CUDA memory too
-      v1::AttendSessionRequest want_req, got_req;
+      v1::AttendSessionRequest want_req, got_req, packed_req;
+      std::vector<uint16_t> all_k, all_v, all_q;
       want_req.set_return_lse(true);
       got_req.set_return_lse(!q_in_region);  // LSE goes beside O: into the region, or inline
       size_t kv_at = kKvAt, q_at = kQAt;
@@ -99,6 +105,10 @@ TEST(SessionCudaSharedMemory, KvFromCudaMemoryEqualsTheInlinePath) {
         const std::vector<uint16_t> k = Values(n, kHkv, seed), v = Values(n, kHkv, seed + 100),
                                     q = Values(n, kHq, seed + 200);
         *want_req.add_steps() = inline_s[static_cast<size_t>(i)].MakeStep(0, k, v, q);
+        *packed_req.add_steps() = packed_s[static_cast<size_t>(i)].MakePackedStep(0);
+        all_k.insert(all_k.end(), k.begin(), k.end());
+        all_v.insert(all_v.end(), v.begin(), v.end());
+        all_q.insert(all_q.end(), q.begin(), q.end());
         const v1::SharedMemoryRef k_ref = region.Put(kv_at, k);
         kv_at += k_ref.byte_size();
         const v1::SharedMemoryRef v_ref = region.Put(kv_at, v);
@@ -116,6 +126,17 @@ TEST(SessionCudaSharedMemory, KvFromCudaMemoryEqualsTheInlinePath) {
       }
       const uint64_t o_bytes = sageserve::SessionOBytes(so, 2 * n);
       if (q_in_region) *got_req.mutable_o_output() = sageserve::SharedMemoryRange("kv", kOAt, o_bytes);
+      const std::vector<int64_t> counts = {n, n};
+      sageserve::SetPackedShared(so, counts, counts, region.Put(kPackedKAt, all_k), region.Put(kPackedVAt, all_v),
+                                 region.Put(kPackedQAt, all_q), &packed_req);
+      if (q_in_region) {
+        *packed_req.mutable_o_output() = sageserve::SharedMemoryRange("kv", kPackedOAt, o_bytes);
+      } else {  // a prefill chunk: q inline
+        packed_req.mutable_packed()->clear_q();
+        ASSERT_TRUE(sageserve::SetTensorFp16(all_q, sageserve::Shape3{2 * n, kHq, kD}, packed_req.mutable_packed()->mutable_q()).ok());
+      }
+      absl::StatusOr<v1::AttendSessionResponse> packed = sessions.Attend(packed_req);
+      ASSERT_TRUE(packed.ok()) << "step " << step << ": " << packed.status();
       absl::StatusOr<v1::AttendSessionResponse> want = sessions.Attend(want_req);
       ASSERT_TRUE(want.ok()) << want.status();
       absl::StatusOr<v1::AttendSessionResponse> got = sessions.Attend(got_req);
@@ -131,11 +152,16 @@ TEST(SessionCudaSharedMemory, KvFromCudaMemoryEqualsTheInlinePath) {
           EXPECT_EQ(g.o().data(), w.o().data()) << "step " << step << ", session " << i;
           EXPECT_EQ(g.lse().data(), w.lse().data()) << "step " << step << ", session " << i;
         }
+        EXPECT_EQ(packed->results(i).length(), w.length()) << "step " << step;
         inline_s[static_cast<size_t>(i)].Commit(0, w);
         shared_s[static_cast<size_t>(i)].Commit(0, g);
+        packed_s[static_cast<size_t>(i)].Commit(0, packed->results(i));
       }
       if (q_in_region) {
         EXPECT_EQ(region.Get(kOAt, o_bytes), want_o) << "step " << step;
+        EXPECT_EQ(region.Get(kPackedOAt, o_bytes), want_o) << "step " << step << ", packed";
+      } else {
+        EXPECT_EQ(packed->o().data(), want_o) << "step " << step << ", packed";
       }
     }
   }

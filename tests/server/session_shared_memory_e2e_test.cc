@@ -57,29 +57,9 @@ class SessionSharedMemoryE2E : public ::testing::Test {
   }
 
   std::string Create(v1::KvStorage storage = v1::KV_STORAGE_16BIT) {
-    grpc::ClientContext ctx;
-    v1::CreateSessionRequest req;
-    req.set_layers(2);
-    req.set_heads_q(kHq);
-    req.set_heads_kv(kHkv);
-    req.set_head_dim(kD);
-    req.set_dtype(v1::DTYPE_FP16);
-    req.set_kv_storage(storage);
-    req.set_max_tokens(4096);
-    v1::CreateSessionResponse resp;
-    grpc::Status st = stub_->CreateSession(&ctx, req, &resp);
-    EXPECT_TRUE(st.ok()) << st.error_message();
-    return resp.session_id();
+    return CreateTestSession(*stub_, TestSessionShape{2, kHq, kHkv, kD, storage, 4096});
   }
-  int64_t Length(const std::string& id, int layer) {
-    grpc::ClientContext ctx;
-    v1::GetSessionRequest req;
-    req.set_session_id(id);
-    v1::GetSessionResponse resp;
-    grpc::Status st = stub_->GetSession(&ctx, req, &resp);
-    EXPECT_TRUE(st.ok()) << st.error_message();
-    return resp.info().layer_lengths(layer);
-  }
+  int64_t Length(const std::string& id, int layer) { return TestSessionLength(*stub_, id, layer); }
 
   // One call over `ids` (a step each, with `data[i]`), every q inline.
   static v1::AttendSessionRequest Inline(const std::vector<std::string>& ids, int layer, int64_t position,

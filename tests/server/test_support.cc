@@ -137,4 +137,30 @@ void StartServer(const server::ServerOptions& options, std::unique_ptr<server::A
   out->client = *std::move(client);
 }
 
+std::string CreateTestSession(sageserve::v1::SessionService::Stub& stub, const TestSessionShape& shape) {
+  grpc::ClientContext ctx;
+  sageserve::v1::CreateSessionRequest req;
+  req.set_layers(shape.layers);
+  req.set_heads_q(shape.heads_q);
+  req.set_heads_kv(shape.heads_kv);
+  req.set_head_dim(shape.head_dim);
+  req.set_dtype(sageserve::v1::DTYPE_FP16);
+  req.set_kv_storage(shape.storage);
+  req.set_max_tokens(shape.max_tokens);
+  sageserve::v1::CreateSessionResponse resp;
+  grpc::Status st = stub.CreateSession(&ctx, req, &resp);
+  EXPECT_TRUE(st.ok()) << st.error_message();
+  return resp.session_id();
+}
+
+int64_t TestSessionLength(sageserve::v1::SessionService::Stub& stub, const std::string& id, int layer) {
+  grpc::ClientContext ctx;
+  sageserve::v1::GetSessionRequest req;
+  req.set_session_id(id);
+  sageserve::v1::GetSessionResponse resp;
+  grpc::Status st = stub.GetSession(&ctx, req, &resp);
+  EXPECT_TRUE(st.ok()) << st.error_message();
+  return layer < resp.info().layer_lengths_size() ? resp.info().layer_lengths(layer) : -1;
+}
+
 }  // namespace sage::testing

@@ -12,6 +12,7 @@
 #include "gtest/gtest.h"
 #include "kernels/reference/attention_problem.h"
 #include "sageserve/client/client.h"
+#include "sageserve/v1/session.grpc.pb.h"
 #include "server/backend/backend.h"
 #include "server/app/sage_server.h"
 
@@ -74,6 +75,19 @@ class GateBackend final : public server::AttentionBackend {
 
 // A server on 127.0.0.1:<free port> with small, test-friendly defaults.
 server::ServerOptions TestServerOptions();
+
+// The session tests' sessions (fp16): created on `stub`, or "" with a test failure when refused.
+struct TestSessionShape {
+  int layers = 2;
+  int heads_q = 4;
+  int heads_kv = 2;
+  int head_dim = 64;
+  sageserve::v1::KvStorage storage = sageserve::v1::KV_STORAGE_16BIT;
+  int64_t max_tokens = 4096;
+};
+std::string CreateTestSession(sageserve::v1::SessionService::Stub& stub, const TestSessionShape& shape);
+// The cached length of the session's `layer` (GetSession).
+int64_t TestSessionLength(sageserve::v1::SessionService::Stub& stub, const std::string& id, int layer);
 
 struct RunningServer {
   std::unique_ptr<server::SageServer> server;

@@ -38,12 +38,13 @@ class FakeDeviceMemory final : public KvMemory {
     ++write_calls;  // a transfer, as a GPU's pool makes one launch of its quantize kernel
     for (const KvQuantizeToken& t : tokens) {
       if (t.page_offset + layout.page_bytes() > bytes_.size()) return absl::InternalError("write past the pool");
-      QuantizeKvTokens(layout, bytes_.data() + t.page_offset, t.slot, 1, t.k_centered, t.v);
     }
+    if (absl::Status s = EncodeOnHost(layout, bytes_.data(), tokens); !s.ok()) return s;
     quantized_tokens += static_cast<int64_t>(tokens.size());
     return absl::OkStatus();
   }
   absl::Status OrderAfterWrites(void* /*stream*/) const override { return absl::OkStatus(); }
+  absl::Status WaitForWrites() const override { return absl::OkStatus(); }
   absl::Status Read(size_t offset, void* dst, size_t bytes) const override {
     std::memcpy(dst, bytes_.data() + offset, bytes);
     return absl::OkStatus();

@@ -1,6 +1,6 @@
 // sage_kv_quantize: a session step's new tokens encoded into their 8-bit KV pages on the GPU, so
-// the host only centres K (fp32 K minus the session's K mean) and the append rides the pool's write
-// stream with no host encode. One CTA per token-head, one thread per channel: both amaxes by a
+// the append rides the pool's write stream with no host encode (K centred on the host, or here from
+// its 16-bit rows and the session's K mean, wherever they lie). One CTA per token-head, one thread per channel: both amaxes by a
 // block max over the bit patterns, then each code and the two scales, with the CPU scheme's
 // arithmetic op for op (IEEE division, round half to even by the 1.5·2^23 trick, the same E4M3
 // rounding), so the bytes are QuantizeKvTokens's (kernels/reference/kv_pages.cc).
@@ -60,6 +60,9 @@ struct QuantizeArgs {
   const int32_t* slots;
   const float* k_centered;
   const uint16_t* v;
+  const void* const* k_rows;  // the rows form (k_centered null)
+  const void* const* v_rows;
+  const float* const* k_means;
 };
 
 template <typename T>
@@ -67,8 +70,15 @@ __global__ void __launch_bounds__(kMaxHeadDim) KvQuantizeKernel(QuantizeArgs a) 
   __shared__ uint32_t warp_max[2][kMaxHeadDim / 32];
   const int token = blockIdx.x, h = blockIdx.y, c = threadIdx.x;
   const uint64_t row = (static_cast<uint64_t>(token) * a.heads + h) * a.head_dim;
-  const float k = a.k_centered[row + c];
-  const float v = ToFloat<T>(a.v[row + c]);
+  float k, v;
+  if (a.k_centered != nullptr) {
+    k = a.k_centered[row + c];
+    v = ToFloat<T>(a.v[row + c]);
+  } else {  // CenterKTokens: the 16-bit value as float, minus the mean, one rounding
+    const int at = h * a.head_dim + c;
+    k = __fsub_rn(ToFloat<T>(static_cast<const uint16_t*>(a.k_rows[token])[at]), a.k_means[token][at]);
+    v = ToFloat<T>(static_cast<const uint16_t*>(a.v_rows[token])[at]);
+  }
   // Largest |value| as the largest bit pattern with the sign cleared (a NaN wins), per tensor.
   const uint32_t km = __reduce_max_sync(0xFFFFFFFFu, __float_as_uint(k) & 0x7FFFFFFFu);
   const uint32_t vm = __reduce_max_sync(0xFFFFFFFFu, __float_as_uint(v) & 0x7FFFFFFFu);
@@ -123,12 +133,15 @@ extern "C" sage_status_t sage_kv_quantize(const sage_kv_quantize_params_t* p, sa
                 p->page_tokens, p->count);
   }
   if (p->count == 0) return SAGE_OK;
-  if (p->pages == nullptr || p->page_offsets == nullptr || p->slots == nullptr || p->k_centered == nullptr ||
-      p->v == nullptr) {
-    return Fail(SAGE_ERR_INVALID_ARGUMENT, "kv quantize: null pointer");
+  const bool centred = p->k_centered != nullptr || p->v != nullptr;
+  if (p->pages == nullptr || p->page_offsets == nullptr || p->slots == nullptr ||
+      (centred && (p->k_centered == nullptr || p->v == nullptr)) ||
+      (!centred && (p->k_rows == nullptr || p->v_rows == nullptr || p->k_means == nullptr))) {
+    return Fail(SAGE_ERR_INVALID_ARGUMENT, "kv quantize: null pointer (k_centered and v, or k_rows, v_rows and k_means)");
   }
   const QuantizeArgs a{static_cast<unsigned char*>(p->pages), p->page_tokens, p->num_kv_heads, p->head_dim,
-                       p->page_offsets, p->slots, p->k_centered, static_cast<const uint16_t*>(p->v)};
+                       p->page_offsets, p->slots, p->k_centered, static_cast<const uint16_t*>(p->v),
+                       centred ? nullptr : p->k_rows, centred ? nullptr : p->v_rows, centred ? nullptr : p->k_means};
   const dim3 grid(static_cast<unsigned>(p->count), static_cast<unsigned>(p->num_kv_heads));
   const auto st = reinterpret_cast<cudaStream_t>(stream);
   if (p->dtype == SAGE_DTYPE_BF16) {

@@ -19,10 +19,12 @@ namespace {
 
 constexpr size_t kStagingBytes = size_t{4} << 20;  // per lane: a 256-token page run of 8-bit K/V at 32 heads fits
 constexpr int kLanes = 8;  // synchronous transfers in flight at once (session worker threads append in parallel)
-// The asynchronous path: a write of at most kSlotDataBytes in all (64 decode steps of 8-bit K/V at
-// 8 heads x 128 take ~140 KiB) goes through one of kSlots pinned slots, the bytes first and the
-// copy table (sage_copy_segments reads both from pinned memory) at the slot's end.
-constexpr size_t kSlotBytes = size_t{512} << 10;
+// The asynchronous path: a write of at most kSlotDataBytes from the host in all (64 decode steps of
+// 8-bit K/V at 8 heads x 128 take ~140 KiB) goes through one of kSlots pinned slots, the bytes
+// first and the copy table (sage_copy_segments reads both from pinned memory) at the slot's end.
+// A quantized write of 64 decode steps at 8 x 128 (their K and V rows, K means and tables) takes
+// ~520 KiB of a slot.
+constexpr size_t kSlotBytes = size_t{1} << 20;
 constexpr size_t kSlotTableBytes = size_t{16} << 10;
 constexpr size_t kSlotDataBytes = kSlotBytes - kSlotTableBytes;
 constexpr size_t kSlotMaxSegments = kSlotTableBytes / sizeof(sage_copy_segment_t);
@@ -69,9 +71,31 @@ struct CopyBatch {
   }
 };
 
-size_t TotalBytes(std::span<const KvWrite> writes) {
+// Bytes the host packs for `writes` (those from device memory are copied by the GPU in place).
+size_t HostBytes(std::span<const KvWrite> writes) {
   size_t n = 0;
-  for (const KvWrite& w : writes) n += (w.bytes + 15) / 16 * 16;
+  for (const KvWrite& w : writes) n += w.src_memory == MemoryKind::kDevice ? 0 : (w.bytes + 15) / 16 * 16;
+  return n;
+}
+
+// 16-byte aligned pieces of a pinned slot, in order.
+struct SlotCursor {
+  std::byte* at;
+  template <typename T>
+  T* Take(size_t count) {
+    T* p = reinterpret_cast<T*>(at);
+    at += (count * sizeof(T) + 15) / 16 * 16;
+    return p;
+  }
+};
+
+// A quantized write's share of a slot for token i of a run starting at `first`: its tables, its K
+// and V rows when they are on the host, and its K mean unless the token before has the same one.
+constexpr size_t kRunSlack = 256;  // the tables' alignment
+size_t QuantizeTokenBytes(std::span<const KvQuantizeToken> tokens, size_t i, size_t first, size_t row) {
+  size_t n = sizeof(uint64_t) + sizeof(int32_t) + 3 * sizeof(void*);
+  if (tokens[i].kv_memory != MemoryKind::kDevice) n += 2 * ((row * 2 + 15) / 16 * 16);
+  if (i == first || tokens[i].k_mean != tokens[i - 1].k_mean) n += (row * sizeof(float) + 15) / 16 * 16;
   return n;
 }
 
@@ -127,7 +151,7 @@ class DeviceKvMemory final : public KvMemory {
     for (const KvWrite& w : writes) {
       if (w.offset > bytes_ || w.bytes > bytes_ - w.offset) return absl::InternalError("kv pool: write past the pool");
     }
-    if (TotalBytes(writes) <= kSlotDataBytes && writes.size() <= kSlotMaxSegments) return WriteSmall(writes);
+    if (HostBytes(writes) <= kSlotDataBytes && writes.size() <= kSlotMaxSegments) return WriteSmall(writes);
     LaneHold hold(*this);
     Lane& l = hold.lane;
     SAGE_CUDA_RETURN_IF_ERROR(FromCuda(cudaSetDevice(device_), "cudaSetDevice"));
@@ -136,6 +160,11 @@ class DeviceKvMemory final : public KvMemory {
     CopyBatch batch;
     size_t used = 0;
     for (const KvWrite& w : writes) {
+      if (w.src_memory == MemoryKind::kDevice) {  // on the GPU already: copied in place
+        SAGE_CUDA_RETURN_IF_ERROR(FromCuda(
+            cudaMemcpyAsync(base_ + w.offset, w.src, w.bytes, cudaMemcpyDeviceToDevice, l.stream), "kv pool write"));
+        continue;
+      }
       if (w.bytes > kStagingBytes) {  // larger than the staging: the driver stages it
         SAGE_CUDA_RETURN_IF_ERROR(IssueAndSync(batch, l));
         used = 0;
@@ -155,8 +184,9 @@ class DeviceKvMemory final : public KvMemory {
     return IssueAndSync(batch, l);
   }
 
-  // In runs that fit a slot: the centred K, V and the two tables packed into it, one
-  // sage_kv_quantize launch reading them from pinned memory (see OnFreeStream).
+  // In runs that fit a slot: the tables, the K and V rows that are on the host and the K means
+  // packed into it, one sage_kv_quantize launch (rows form) reading them from pinned memory and
+  // the rows on the GPU in place (see OnFreeStream).
   absl::Status WriteQuantized(const KvPageLayout& layout, std::span<const KvQuantizeToken> tokens) override {
     const size_t row = static_cast<size_t>(layout.heads) * layout.head_dim;
     for (const KvQuantizeToken& t : tokens) {
@@ -164,15 +194,29 @@ class DeviceKvMemory final : public KvMemory {
         return absl::InternalError("kv pool: quantized write past its page");
       }
     }
-    const size_t per_token = row * (sizeof(float) + 2) + sizeof(uint64_t) + sizeof(int32_t);
-    const size_t per_run = std::max<size_t>(1, (kSlotBytes - 64) / per_token);
-    for (size_t first = 0; first < tokens.size(); first += per_run) {
-      const std::span<const KvQuantizeToken> run = tokens.subspan(first, std::min(per_run, tokens.size() - first));
+    size_t first = 0, used = kRunSlack;
+    for (size_t i = 0; i <= tokens.size(); ++i) {
+      const size_t need = i < tokens.size() ? QuantizeTokenBytes(tokens, i, first, row) : 0;
+      if (i < tokens.size() && (i == first || used + need <= kSlotBytes)) {
+        used += need;
+        continue;
+      }
+      const std::span<const KvQuantizeToken> run = tokens.subspan(first, i - first);
+      if (run.empty()) break;  // no tokens at all
       SAGE_CUDA_RETURN_IF_ERROR(OnFreeStream([&](std::byte* staging, cudaStream_t stream) {
         return IssueQuantize(layout, run, staging, stream);
       }));
+      first = i;
+      used = kRunSlack + (i < tokens.size() ? QuantizeTokenBytes(tokens, i, first, row) : 0);
     }
     return absl::OkStatus();
+  }
+
+  absl::Status WaitForWrites() const override {
+    const int last = last_slot_.load(std::memory_order_acquire);
+    if (last < 0) return absl::OkStatus();
+    SAGE_CUDA_RETURN_IF_ERROR(FromCuda(cudaSetDevice(device_), "cudaSetDevice"));
+    return FromCuda(cudaEventSynchronize(slot_done_[static_cast<size_t>(last)]), "kv pool writes");
   }
 
   // Without the write lock (every launch calls it): the tail slot's event may be re-recorded
@@ -245,10 +289,14 @@ class DeviceKvMemory final : public KvMemory {
     uint64_t largest = 0;
     for (size_t i = 0; i < writes.size(); ++i) {
       const KvWrite& w = writes[i];
-      std::memcpy(staging + used, w.src, w.bytes);
-      table[i] = sage_copy_segment_t{staging + used, base_ + w.offset, w.bytes};
+      const void* src = w.src;  // device memory is read in place
+      if (w.src_memory != MemoryKind::kDevice) {
+        std::memcpy(staging + used, w.src, w.bytes);
+        src = staging + used;
+        used += (w.bytes + 15) / 16 * 16;
+      }
+      table[i] = sage_copy_segment_t{src, base_ + w.offset, w.bytes};
       largest = std::max<uint64_t>(largest, w.bytes);
-      used += (w.bytes + 15) / 16 * 16;
     }
     return FromSage(
         sage_copy_segments(table, static_cast<int>(writes.size()), largest, reinterpret_cast<sage_stream_t>(stream)),
@@ -258,21 +306,34 @@ class DeviceKvMemory final : public KvMemory {
   absl::Status IssueQuantize(const KvPageLayout& layout, std::span<const KvQuantizeToken> run, std::byte* staging,
                              cudaStream_t stream) const {
     const size_t row = static_cast<size_t>(layout.heads) * layout.head_dim;
-    std::byte* at = staging;
-    const auto take = [&at](size_t bytes) {
-      std::byte* p = at;
-      at += (bytes + 15) / 16 * 16;
-      return p;
-    };
-    auto* k = reinterpret_cast<float*>(take(run.size() * row * sizeof(float)));
-    auto* v = reinterpret_cast<uint16_t*>(take(run.size() * row * 2));
-    auto* offsets = reinterpret_cast<uint64_t*>(take(run.size() * sizeof(uint64_t)));
-    auto* slots = reinterpret_cast<int32_t*>(take(run.size() * sizeof(int32_t)));
+    SlotCursor slot{staging};
+    auto* const offsets = slot.Take<uint64_t>(run.size());
+    auto* const slots = slot.Take<int32_t>(run.size());
+    auto* const k_rows = slot.Take<const void*>(run.size());
+    auto* const v_rows = slot.Take<const void*>(run.size());
+    auto* const k_means = slot.Take<const float*>(run.size());
+    const float* mean_src = nullptr;
+    const float* mean_copy = nullptr;
     for (size_t i = 0; i < run.size(); ++i) {
-      std::memcpy(k + i * row, run[i].k_centered, row * sizeof(float));
-      std::memcpy(v + i * row, run[i].v, row * 2);
-      offsets[i] = run[i].page_offset;
-      slots[i] = run[i].slot;
+      const KvQuantizeToken& t = run[i];
+      offsets[i] = t.page_offset;
+      slots[i] = t.slot;
+      k_rows[i] = t.k;
+      v_rows[i] = t.v;
+      if (t.kv_memory != MemoryKind::kDevice) {  // host rows: into the slot
+        for (auto [from, to] : {std::pair{t.k, &k_rows[i]}, {t.v, &v_rows[i]}}) {
+          uint16_t* copy = slot.Take<uint16_t>(row);
+          std::memcpy(copy, from, row * 2);
+          *to = copy;
+        }
+      }
+      if (t.k_mean != mean_src) {  // one copy per run of tokens sharing a session's mean
+        float* copy = slot.Take<float>(row);
+        std::memcpy(copy, t.k_mean, row * sizeof(float));
+        mean_src = t.k_mean;
+        mean_copy = copy;
+      }
+      k_means[i] = mean_copy;
     }
     sage_kv_quantize_params_t p{};
     p.dtype = layout.dtype == DType::kBF16 ? SAGE_DTYPE_BF16 : SAGE_DTYPE_F16;
@@ -283,8 +344,9 @@ class DeviceKvMemory final : public KvMemory {
     p.count = static_cast<int32_t>(run.size());
     p.page_offsets = offsets;
     p.slots = slots;
-    p.k_centered = k;
-    p.v = v;
+    p.k_rows = k_rows;
+    p.v_rows = v_rows;
+    p.k_means = k_means;
     return FromSage(sage_kv_quantize(&p, reinterpret_cast<sage_stream_t>(stream)), "kv quantize");
   }
 

@@ -1,7 +1,9 @@
 #include "server/frontend/grpc/session_codec.h"
 
+#include <initializer_list>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -67,6 +69,71 @@ absl::StatusOr<StepTensor> DecodeStepTensor(const std::string& field, const v1::
   return out;
 }
 
+// Tokens [first, first + n) of `t` (of `heads` x `head_dim` 16-bit values each).
+StepTensor Slice(const StepTensor& t, int64_t first, int64_t n) {
+  const size_t row = static_cast<size_t>(t.heads) * t.head_dim * 2;
+  StepTensor out = t;
+  out.tokens = n;
+  out.bytes = t.bytes.subspan(static_cast<size_t>(first) * row, static_cast<size_t>(n) * row);
+  if (out.shared.has_value()) {
+    out.shared->bytes = out.shared->bytes.subspan(static_cast<size_t>(first) * row, static_cast<size_t>(n) * row);
+  }
+  return out;
+}
+
+// The packed form's tensors, checked against their per-step counts; each step's k, v (and q)
+// are then slices of them (Slice), at the offsets the counts give.
+struct PackedTensors {
+  StepTensor k, v;
+  std::optional<StepTensor> q;
+  std::vector<int64_t> k_first, q_first;  // per step, the first token / row of its slice
+};
+
+absl::StatusOr<PackedTensors> DecodePacked(const v1::AttendSessionRequest& r, const SharedMemoryAccess* shm, HeldRegions& held) {
+  const v1::PackedSteps& p = r.packed();
+  const int steps = r.steps_size();
+  if (p.n_new_size() != steps) {
+    return Invalid("packed.n_new", absl::StrCat(p.n_new_size(), " counts for ", steps, " steps (one per step)"));
+  }
+  if (p.n_q_size() != steps) return Invalid("packed.n_q", absl::StrCat(p.n_q_size(), " counts for ", steps, " steps (one per step)"));
+  PackedTensors out;
+  int64_t k_tokens = 0, q_rows = 0;
+  for (int i = 0; i < steps; ++i) {
+    const v1::SessionStep& w = r.steps(i);
+    if (w.has_k() || w.has_v() || w.has_q()) {
+      return Invalid(absl::StrCat("steps[", i, "].", w.has_k() ? "k" : w.has_v() ? "v" : "q"),
+                     "set, but the call is packed (the step's tensors are slices of packed.k, packed.v and packed.q)");
+    }
+    if (p.n_new(i) < 0 || p.n_new(i) > (int64_t{1} << 24)) return Invalid(absl::StrCat("packed.n_new[", i, "]"), "out of range");
+    if (p.n_q(i) < 0 || p.n_q(i) > (int64_t{1} << 24)) return Invalid(absl::StrCat("packed.n_q[", i, "]"), "out of range");
+    out.k_first.push_back(k_tokens);
+    out.q_first.push_back(q_rows);
+    k_tokens += p.n_new(i);
+    q_rows += p.n_q(i);
+  }
+  absl::StatusOr<StepTensor> k = DecodeStepTensor("packed.k", p.k(), shm, held);
+  if (!k.ok()) return k.status();
+  absl::StatusOr<StepTensor> v = DecodeStepTensor("packed.v", p.v(), shm, held);
+  if (!v.ok()) return v.status();
+  if (v->tokens != k->tokens || v->heads != k->heads || v->head_dim != k->head_dim || v->dtype != k->dtype) {
+    return Invalid("packed.v", "shape and dtype must equal packed.k's");
+  }
+  if (k->tokens != k_tokens) {
+    return Invalid("packed.k.shape[0]", absl::StrCat(k->tokens, " tokens, the steps' n_new add up to ", k_tokens));
+  }
+  out.k = *std::move(k);
+  out.v = *std::move(v);
+  if (p.has_q()) {
+    absl::StatusOr<StepTensor> q = DecodeStepTensor("packed.q", p.q(), shm, held);
+    if (!q.ok()) return q.status();
+    if (q->tokens != q_rows) return Invalid("packed.q.shape[0]", absl::StrCat(q->tokens, " rows, the steps' n_q add up to ", q_rows));
+    out.q = *std::move(q);
+  } else if (q_rows > 0) {
+    return Invalid("packed.q", absl::StrCat("absent, but the steps' n_q add up to ", q_rows));
+  }
+  return out;
+}
+
 }  // namespace
 
 void InfoToWire(const SessionInfo& info, v1::SessionInfo* out) {
@@ -117,6 +184,13 @@ absl::StatusOr<SessionAttendRequest> DecodeAttendSession(const v1::AttendSession
     if (!recipe.ok()) return recipe.status();
     out.recipe = *recipe;
   }
+  std::optional<PackedTensors> packed;
+  if (r.has_packed()) {
+    absl::StatusOr<PackedTensors> p = DecodePacked(r, shared_memory, out.regions);
+    if (!p.ok()) return p.status();
+    packed = *std::move(p);
+    out.packed = true;
+  }
   std::vector<NamedBytes> q_bytes;  // every step's q, in step order (CUDA q must be back to back)
   std::vector<NamedBytes> inputs;   // what o_output / lse_output must not overlap: q, and k / v in regions
   int64_t q_rows = 0;
@@ -133,9 +207,11 @@ absl::StatusOr<SessionAttendRequest> DecodeAttendSession(const v1::AttendSession
     st.step_id = w.step_id();
     // k and v may each be inline or in any registered region (system or CUDA, any of the server's
     // GPUs): the server copies them to the host for the append, so no placement rule ties them.
-    absl::StatusOr<StepTensor> k = DecodeStepTensor(at + ".k", w.k(), shared_memory, out.regions);
+    absl::StatusOr<StepTensor> k = packed.has_value() ? Slice(packed->k, packed->k_first[i], r.packed().n_new(i))
+                                                      : DecodeStepTensor(at + ".k", w.k(), shared_memory, out.regions);
     if (!k.ok()) return k.status();
-    absl::StatusOr<StepTensor> v = DecodeStepTensor(at + ".v", w.v(), shared_memory, out.regions);
+    absl::StatusOr<StepTensor> v = packed.has_value() ? Slice(packed->v, packed->k_first[i], r.packed().n_new(i))
+                                                      : DecodeStepTensor(at + ".v", w.v(), shared_memory, out.regions);
     if (!v.ok()) return v.status();
     if (v->tokens != k->tokens || v->heads != k->heads || v->head_dim != k->head_dim || v->dtype != k->dtype) {
       return Invalid(at + ".v", "shape and dtype must equal k's");
@@ -151,9 +227,9 @@ absl::StatusOr<SessionAttendRequest> DecodeAttendSession(const v1::AttendSession
     st.dtype = k->dtype;
     st.kv_heads = k->heads;
     st.head_dim = k->head_dim;
-    if (w.has_q()) {
-      absl::StatusOr<StepTensor> q =
-          DecodeStepTensor(at + ".q", w.q(), shared_memory, out.regions);
+    if (packed.has_value() ? r.packed().n_q(i) > 0 : w.has_q()) {
+      absl::StatusOr<StepTensor> q = packed.has_value() ? Slice(*packed->q, packed->q_first[i], r.packed().n_q(i))
+                                                        : DecodeStepTensor(at + ".q", w.q(), shared_memory, out.regions);
       if (!q.ok()) return q.status();
       if (q->dtype != k->dtype || q->head_dim != k->head_dim) return Invalid(at + ".q", "dtype and head_dim must equal k's");
       if (first_q == nullptr) {
@@ -210,45 +286,32 @@ absl::StatusOr<SessionAttendRequest> DecodeAttendSession(const v1::AttendSession
   return out;
 }
 
+namespace {
+
+// O ([rows, Hq, D]) or LSE ([rows, Hq]) of an answer: `data`, or no data and `ref` when the call
+// named o_output / lse_output.
+void SetOutput(v1::Tensor* t, v1::DType dtype, std::initializer_list<int64_t> shape, const v1::SharedMemoryRef* ref,
+               std::string_view data) {
+  t->set_dtype(dtype);
+  for (int64_t n : shape) t->add_shape(n);
+  if (ref != nullptr) {
+    *t->mutable_shared_memory() = *ref;
+  } else {
+    t->set_data(data.data(), data.size());
+  }
+}
+
+std::string_view FloatBytes(const std::vector<float>& x) {
+  return {reinterpret_cast<const char*>(x.data()), x.size() * sizeof(float)};
+}
+
+}  // namespace
+
 void ResultToWire(const SessionAttendResult& r, const v1::AttendSessionRequest& request, v1::AttendSessionResponse* out) {
   const bool want_lse = request.return_lse();
   const bool to_shared = request.has_o_output();
-  const uint64_t o_row = static_cast<uint64_t>(r.heads_q) * r.head_dim * 2, lse_row = static_cast<uint64_t>(r.heads_q) * sizeof(float);
-  // A step's own rows of o_output / lse_output.
-  const auto rows_of = [](const v1::SharedMemoryRef& all, uint64_t row_bytes, const SessionStepOutput& s, v1::Tensor* t) {
-    v1::SharedMemoryRef* ref = t->mutable_shared_memory();
-    ref->set_region(all.region());
-    ref->set_offset(all.offset() + static_cast<uint64_t>(s.row) * row_bytes);
-    ref->set_byte_size(static_cast<uint64_t>(s.n_q) * row_bytes);
-  };
+  const v1::DType o_dtype = ToWireDType(r.dtype);
   out->set_recipe(ToWireRecipe(r.recipe));
-  for (const SessionStepOutput& s : r.steps) {
-    v1::SessionStepResult* w = out->add_results();
-    w->set_session_id(s.session_id);
-    w->set_length(s.length);
-    if (s.n_q == 0) continue;
-    v1::Tensor* o = w->mutable_o();
-    o->set_dtype(ToWireDType(r.dtype));
-    o->add_shape(s.n_q);
-    o->add_shape(r.heads_q);
-    o->add_shape(r.head_dim);
-    if (to_shared) {
-      rows_of(request.o_output(), o_row, s, o);
-    } else {
-      o->set_data(s.o);
-    }
-    if (want_lse) {
-      v1::Tensor* lse = w->mutable_lse();
-      lse->set_dtype(v1::DTYPE_FP32);
-      lse->add_shape(s.n_q);
-      lse->add_shape(r.heads_q);
-      if (to_shared) {
-        rows_of(request.lse_output(), lse_row, s, lse);
-      } else {
-        lse->set_data(std::string(reinterpret_cast<const char*>(s.lse.data()), s.lse.size() * sizeof(float)));
-      }
-    }
-  }
   v1::Timings* t = out->mutable_timings();
   t->set_queued_us(std::chrono::duration_cast<std::chrono::microseconds>(r.timings.queued).count());
   t->set_compute_us(std::chrono::duration_cast<std::chrono::microseconds>(r.timings.compute).count());
@@ -257,7 +320,41 @@ void ResultToWire(const SessionAttendResult& r, const v1::AttendSessionRequest& 
     t->set_kernel_us(static_cast<int64_t>(r.device_timings->kernel_us));
     t->set_device_us(static_cast<int64_t>(r.device_timings->h2d_us + r.device_timings->kernel_us + r.device_timings->d2h_us));
   }
+  if (request.has_packed()) {  // lengths per step; O and LSE of every step in one tensor each
+    int64_t rows = 0;
+    for (const SessionStepOutput& s : r.steps) {
+      out->add_results()->set_length(s.length);
+      rows += s.n_q;
+    }
+    if (rows == 0) return;
+    SetOutput(out->mutable_o(), o_dtype, {rows, r.heads_q, r.head_dim}, to_shared ? &request.o_output() : nullptr, r.o);
+    if (want_lse) {
+      SetOutput(out->mutable_lse(), v1::DTYPE_FP32, {rows, r.heads_q}, to_shared ? &request.lse_output() : nullptr,
+                FloatBytes(r.lse));
+    }
+    return;
+  }
+  const uint64_t o_row = static_cast<uint64_t>(r.heads_q) * r.head_dim * 2, lse_row = static_cast<uint64_t>(r.heads_q) * sizeof(float);
+  for (const SessionStepOutput& s : r.steps) {
+    v1::SessionStepResult* w = out->add_results();
+    w->set_session_id(s.session_id);
+    w->set_length(s.length);
+    if (s.n_q == 0) continue;
+    // With o_output / lse_output, the step's own rows of them.
+    v1::SharedMemoryRef o_ref, lse_ref;
+    if (to_shared) {
+      o_ref = request.o_output();
+      o_ref.set_offset(o_ref.offset() + static_cast<uint64_t>(s.row) * o_row);
+      o_ref.set_byte_size(static_cast<uint64_t>(s.n_q) * o_row);
+      lse_ref = request.lse_output();
+      lse_ref.set_offset(lse_ref.offset() + static_cast<uint64_t>(s.row) * lse_row);
+      lse_ref.set_byte_size(static_cast<uint64_t>(s.n_q) * lse_row);
+    }
+    SetOutput(w->mutable_o(), o_dtype, {s.n_q, r.heads_q, r.head_dim}, to_shared ? &o_ref : nullptr, s.o);
+    if (want_lse) {
+      SetOutput(w->mutable_lse(), v1::DTYPE_FP32, {s.n_q, r.heads_q}, to_shared ? &lse_ref : nullptr, FloatBytes(s.lse));
+    }
+  }
 }
-
 
 }  // namespace sage::server

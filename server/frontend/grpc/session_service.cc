@@ -72,7 +72,7 @@ grpc::ServerUnaryReactor* SessionService::AttendSession(grpc::CallbackServerCont
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   response->set_request_id(request->request_id());
   const size_t first = decoded->steps.empty() ? 0 : std::hash<std::string>()(decoded->steps.front().session_id);
-  const bool on_caller = SessionAttend::StartsOnCaller(*decoded) && caller_starts_.TryEnter();
+  const bool on_caller = sessions_->StartsOnCaller(CallerOf(*caller), *decoded) && caller_starts_.TryEnter();
   // The request message (whose bytes the steps view) and the context stay valid until Finish.
   auto job = [this, reactor, request, response, context, on_caller, accepted, who = CallerOf(*caller),
               call = *std::move(decoded)]() mutable {

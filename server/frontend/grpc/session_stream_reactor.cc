@@ -110,7 +110,7 @@ void SessionStreamReactor::Dispatch(const std::shared_ptr<Call>& call) {
   };
   // A decode step starts here unless an earlier request of this stream is queued for or running on
   // a worker (its appends must come first).
-  if (SessionAttend::StartsOnCaller(*decoded) && waiting_for_worker_.load() == 0 && caller_starts_->TryEnter()) {
+  if (sessions_->StartsOnCaller(caller_, *decoded) && waiting_for_worker_.load() == 0 && caller_starts_->TryEnter()) {
     start(*std::move(decoded));
     caller_starts_->Leave();
     return;

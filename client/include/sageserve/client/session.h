@@ -37,6 +37,20 @@ class SessionClient;
 uint64_t SessionOBytes(const SessionOptions& options, int64_t q_rows);
 uint64_t SessionLseBytes(const SessionOptions& options, int64_t q_rows);
 
+// Makes `request` a packed call (AttendSessionRequest.packed) of sessions shaped like `shape`: its
+// steps (from Session::MakePackedStep, in order) bring n_new[i] new tokens and n_q[i] query rows
+// each; k and v hold [sum of n_new, Hkv, D] 16-bit values, q [sum of n_q, Hq, D] (empty when every
+// n_q is 0: bulk imports). The answer's o holds every step's O in step order; its results carry
+// the lengths (Session::Commit).
+void SetPacked(const SessionOptions& shape, std::span<const int64_t> n_new, std::span<const int64_t> n_q,
+               std::span<const uint16_t> k, std::span<const uint16_t> v, std::span<const uint16_t> q,
+               v1::AttendSessionRequest* request);
+// The same with k, v and q in registered regions (SharedMemoryRange, each byte_size its tensor's
+// bytes); `q` is not used when every n_q is 0.
+void SetPackedShared(const SessionOptions& shape, std::span<const int64_t> n_new, std::span<const int64_t> n_q,
+                     const v1::SharedMemoryRef& k, const v1::SharedMemoryRef& v, const v1::SharedMemoryRef& q,
+                     v1::AttendSessionRequest* request);
+
 // One session. Positions advance when a step succeeds; not thread-safe (one decode loop owns it).
 class Session {
  public:
@@ -59,6 +73,9 @@ class Session {
   // `q_rows` 0: a bulk import (`q` is not used).
   v1::SessionStep MakeStep(int layer, int64_t new_tokens, const v1::SharedMemoryRef& k, const v1::SharedMemoryRef& v,
                            int64_t q_rows, const v1::SharedMemoryRef& q) const;
+  // This session's step of `layer` in a packed call (AttendSessionRequest.packed): session, layer,
+  // position and step id only; SetPacked / SetPackedShared give the call's tensors.
+  v1::SessionStep MakePackedStep(int layer) const;
   // Records a step's result (its layer's new length); call after a successful Attend.
   void Commit(int layer, const v1::SessionStepResult& result);
 
