@@ -128,9 +128,10 @@ class AttendSessionStream(_Stream):
         super().__init__(client._sessions.AttendSessionStream, client._metadata, timeout)
 
     async def attend(self, layer: int, steps: Sequence[Tuple[Session, Any, Any, Optional[Any]]], *,
-                     return_lse: bool = False, recipe: Union[str, int, None] = None) -> List[StepResult]:
+                     return_lse: bool = False, recipe: Union[str, int, None] = None,
+                     packed: bool = False) -> List[StepResult]:
         call = SessionCall(self._transport, layer, steps, return_lse=return_lse, recipe=recipe, prefix="sstream",
-                           take_ids=True)
+                           take_ids=True, packed=packed)
         try:
             response = await self.submit(call.request)
         except BaseException:

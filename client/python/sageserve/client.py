@@ -306,9 +306,11 @@ class Client:
 
     def attend_sessions(self, layer: int, steps: Sequence[Tuple[Session, Any, Any, Optional[Any]]], *,
                         return_lse: bool = False, recipe: Union[str, int, None] = None,
-                        timeout: Optional[float] = None) -> List[StepResult]:
-        """One AttendSession call for a batch: each (session, k, v, q or None) appends and attends."""
-        return self.sessions.attend(layer, steps, return_lse=return_lse, recipe=recipe, timeout=timeout)
+                        timeout: Optional[float] = None, packed: bool = False) -> List[StepResult]:
+        """One AttendSession call for a batch: each (session, k, v, q or None) appends and attends.
+        packed=True sends the batch's tensors as one k, v and q (AttendSessionRequest.packed)."""
+        return self.sessions.attend(layer, steps, return_lse=return_lse, recipe=recipe, timeout=timeout,
+                                    packed=packed)
 
 
 def calibration_sample(layer: int, q: Any, k: Any, v: Any, *, timestep: Optional[int] = None,

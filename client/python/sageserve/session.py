@@ -128,34 +128,71 @@ def _step_result(r: sp.SessionStepResult, like: Optional[Any], return_lse: bool,
 Steps = Sequence[Tuple[Session, Any, Any, Optional[Any]]]
 
 
+def _concat(parts: List[Any]) -> Any:
+    if codec.is_torch(parts[0]):
+        import torch
+
+        return torch.cat(parts, dim=0)
+    import numpy as np
+
+    return np.concatenate(parts, axis=0)
+
+
 class SessionCall:
     """One AttendSession request for a batch of steps of one layer, its tensors placed by the
     client's transport (bytes, or a system shared-memory region with O/LSE written back there).
-    CUDA tensors go as bytes here: a CUDA q has rules of its own (docs/API.md, "Sessions")."""
+    CUDA tensors go as bytes here: a CUDA q has rules of its own (docs/API.md, "Sessions").
+
+    packed=True sends the packed form (AttendSessionRequest.packed): every step's k, v and q
+    concatenated into one tensor each, and one O for the call, split here per step. Same answers,
+    fewer messages to build and parse for a batch of many sessions.
+    """
 
     def __init__(self, transport: Optional[Transport], layer: int, steps: Steps, *, return_lse: bool,
-                 recipe: Union[str, int, None], prefix: str, take_ids: bool = False) -> None:
+                 recipe: Union[str, int, None], prefix: str, take_ids: bool = False, packed: bool = False) -> None:
         self.layer = layer
         self.steps = steps
         self.return_lse = return_lse
+        self.packed = packed
         self.request = sp.AttendSessionRequest(request_id=next_request_id(prefix), return_lse=return_lse,
                                                recipe=parse_recipe(recipe))
         if not steps:
             raise ValueError("a session call needs at least one step")
         inputs = []
-        q_rows, heads_q, head_dim, dtype = 0, steps[0][0].options.heads_q, steps[0][0].options.head_dim, 0
+        options = steps[0][0].options
+        q_rows, heads_q, head_dim = 0, options.heads_q, options.head_dim
+        dtype = codec.parse_dtype(options.dtype)
+        self.n_q: List[int] = []
         for session, k, v, q in steps:
             msg = self.request.steps.add()
-            msg.CopyFrom(session.make_step(layer, k, v, q, fill=transport is None))
+            msg.CopyFrom(session.make_step(layer, k, v, q, fill=transport is None and not packed))
             if take_ids:
                 session.next_step_id += 1
-            dtype = codec.parse_dtype(session.options.dtype)
-            for x, t in ((k, msg.k), (v, msg.v), (q, msg.q)):
-                if x is not None:
-                    inputs.append(("t", x, t, tuple(x.shape), dtype))
-            q_rows += int(q.shape[0]) if q is not None else 0
+            if packed:
+                # The step carries session, layer, position and id only; its tensors go in `packed`.
+                msg.ClearField("k")
+                msg.ClearField("v")
+                msg.ClearField("q")
+                self.request.packed.n_new.append(int(k.shape[0]))
+                self.request.packed.n_q.append(int(q.shape[0]) if q is not None else 0)
+            else:
+                for x, t in ((k, msg.k), (v, msg.v), (q, msg.q)):
+                    if x is not None and transport is not None:
+                        inputs.append(("t", x, t, tuple(x.shape), dtype))
+            self.n_q.append(int(q.shape[0]) if q is not None else 0)
+            q_rows += self.n_q[-1]
+        if packed:
+            p = self.request.packed
+            qs = [q for _, _, _, q in steps if q is not None and q.shape[0] > 0]
+            packed_inputs = [("k", _concat([k for _, k, _, _ in steps])), ("v", _concat([v for _, _, v, _ in steps]))]
+            if qs:
+                packed_inputs.append(("q", _concat(qs)))
+            for key, x in packed_inputs:
+                inputs.append((key, x, getattr(p, key), tuple(x.shape), dtype))
         self.placement = Placement()
         if transport is None:
+            for _, x, t, shape, dt in inputs:  # only the packed tensors are left to fill here
+                codec.set_tensor(t, x, dt, shape)
             return
         outputs = []
         if q_rows:  # O (and LSE) of every step with q, back to back in step order
@@ -177,6 +214,8 @@ class SessionCall:
             if len(response.results) != len(self.steps):
                 raise errors.InternalError(
                     f"AttendSession: {len(response.results)} results for {len(self.steps)} steps")
+            if self.packed:
+                return self._packed_results(response, advance_ids)
             out = []
             for (session, _, _, q), r in zip(self.steps, response.results):
                 session.commit(self.layer, r, advance_id=advance_ids)
@@ -184,6 +223,20 @@ class SessionCall:
             return out
         finally:
             self.placement.release()
+
+    def _packed_results(self, response: sp.AttendSessionResponse, advance_ids: bool) -> List[StepResult]:
+        # One O (and LSE) for the call, rows in step order: each step takes its n_q of them.
+        like = next((q for _, _, _, q in self.steps if q is not None), None)
+        o = self.placement.read_ref(response.o, like) if sum(self.n_q) else None
+        lse = self.placement.read_ref(response.lse, like) if self.return_lse and sum(self.n_q) else None
+        out, row = [], 0
+        for (session, _, _, q), r, n in zip(self.steps, response.results, self.n_q):
+            session.commit(self.layer, r, advance_id=advance_ids)
+            take = slice(row, row + n)
+            out.append(StepResult(o[take] if n else None, lse[take] if n and lse is not None else None,
+                                  int(r.length), session.id))
+            row += n
+        return out
 
     def abandon(self) -> None:
         self.placement.release()
@@ -205,12 +258,14 @@ class SessionCalls:
         return self._call(self._stub.AttendSession, request, timeout)
 
     def attend(self, layer: int, steps: Steps, *, return_lse: bool = False, recipe: Union[str, int, None] = None,
-               timeout: Optional[float] = None, retries: int = 0) -> List[StepResult]:
+               timeout: Optional[float] = None, retries: int = 0, packed: bool = False) -> List[StepResult]:
         """One call for a decode batch's `layer`: each (session, k, v, q or None) in one launch.
 
         UNAVAILABLE and DEADLINE_EXCEEDED are sent again up to `retries` times, with the same
-        positions and step ids (the server appends each step at most once)."""
-        call = SessionCall(self._transport, layer, steps, return_lse=return_lse, recipe=recipe, prefix="sessions")
+        positions and step ids (the server appends each step at most once). packed: the packed
+        form (SessionCall)."""
+        call = SessionCall(self._transport, layer, steps, return_lse=return_lse, recipe=recipe, prefix="sessions",
+                           packed=packed)
         try:
             for attempt in range(retries + 1):
                 try:

@@ -111,6 +111,39 @@ class SessionTest(unittest.TestCase):
         s.close()
 
 
+class PackedSessionTest(unittest.TestCase):
+    def test_the_packed_form_equals_the_per_step_form(self) -> None:
+        """One k, v and q for the whole batch (AttendSessionRequest.packed), inline and through a
+        shared-memory region, against the same steps sent one tensor set per step."""
+        rng = np.random.default_rng(6)
+        opts = sageserve.SessionOptions(layers=1, heads_q=H_Q, heads_kv=H_KV, head_dim=D, max_tokens=128)
+        for target in (server.target, shm_server.target):
+            with self.subTest(target=target):
+                client = sageserve.Client(target)
+                packed = [client.create_session(opts) for _ in range(3)]
+                per_step = [client.create_session(opts) for _ in range(3)]
+                # (n_new, n_q) per session and call: a prefill with a bulk import, decode steps, a
+                # step with no new tokens.
+                for plan in ([(5, 5), (4, 0), (6, 2)], [(1, 1), (1, 1), (1, 1)], [(0, 1), (2, 2), (1, 0)]):
+                    data = [(tokens(rng, n, H_KV), tokens(rng, n, H_KV), tokens(rng, nq, H_Q) if nq else None)
+                            for n, nq in plan]
+                    got = client.attend_sessions(0, [(s, *d) for s, d in zip(packed, data)], return_lse=True,
+                                                 packed=True, recipe="unquantized")
+                    want = client.attend_sessions(0, [(s, *d) for s, d in zip(per_step, data)], return_lse=True,
+                                                  recipe="unquantized")
+                    for g, w in zip(got, want):
+                        self.assertEqual(g.length, w.length)
+                        if w.o is None:
+                            self.assertIsNone(g.o)
+                        else:
+                            self.assertEqual(g.o.tobytes(), w.o.tobytes())
+                            self.assertEqual(g.lse.tobytes(), w.lse.tobytes())
+                self.assertEqual([s.length(0) for s in packed], [6, 7, 8])
+                for s in packed + per_step:
+                    s.close()
+                client.close()
+
+
 class SharedMemorySessionTest(unittest.TestCase):
     def test_steps_through_shared_memory_equal_steps_in_bytes(self) -> None:
         """K, V, Q in a registered POSIX region and O/LSE written back there, against the same

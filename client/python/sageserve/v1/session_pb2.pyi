@@ -12,34 +12,40 @@ KV_STORAGE_INT8_K_FP8_V: KvStorage
 KV_STORAGE_UNSPECIFIED: KvStorage
 
 class AttendSessionRequest(_message.Message):
-    __slots__ = ["lse_output", "o_output", "recipe", "request_id", "return_lse", "steps"]
+    __slots__ = ["lse_output", "o_output", "packed", "recipe", "request_id", "return_lse", "steps"]
     LSE_OUTPUT_FIELD_NUMBER: _ClassVar[int]
     O_OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    PACKED_FIELD_NUMBER: _ClassVar[int]
     RECIPE_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     RETURN_LSE_FIELD_NUMBER: _ClassVar[int]
     STEPS_FIELD_NUMBER: _ClassVar[int]
     lse_output: _tensor_pb2.SharedMemoryRef
     o_output: _tensor_pb2.SharedMemoryRef
+    packed: PackedSteps
     recipe: _tensor_pb2.Recipe
     request_id: str
     return_lse: bool
     steps: _containers.RepeatedCompositeFieldContainer[SessionStep]
-    def __init__(self, request_id: _Optional[str] = ..., steps: _Optional[_Iterable[_Union[SessionStep, _Mapping]]] = ..., recipe: _Optional[_Union[_tensor_pb2.Recipe, str]] = ..., return_lse: bool = ..., o_output: _Optional[_Union[_tensor_pb2.SharedMemoryRef, _Mapping]] = ..., lse_output: _Optional[_Union[_tensor_pb2.SharedMemoryRef, _Mapping]] = ...) -> None: ...
+    def __init__(self, request_id: _Optional[str] = ..., steps: _Optional[_Iterable[_Union[SessionStep, _Mapping]]] = ..., recipe: _Optional[_Union[_tensor_pb2.Recipe, str]] = ..., return_lse: bool = ..., o_output: _Optional[_Union[_tensor_pb2.SharedMemoryRef, _Mapping]] = ..., lse_output: _Optional[_Union[_tensor_pb2.SharedMemoryRef, _Mapping]] = ..., packed: _Optional[_Union[PackedSteps, _Mapping]] = ...) -> None: ...
 
 class AttendSessionResponse(_message.Message):
-    __slots__ = ["recipe", "request_id", "results", "status", "timings"]
+    __slots__ = ["lse", "o", "recipe", "request_id", "results", "status", "timings"]
+    LSE_FIELD_NUMBER: _ClassVar[int]
+    O_FIELD_NUMBER: _ClassVar[int]
     RECIPE_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
+    lse: _tensor_pb2.Tensor
+    o: _tensor_pb2.Tensor
     recipe: _tensor_pb2.Recipe
     request_id: str
     results: _containers.RepeatedCompositeFieldContainer[SessionStepResult]
     status: _attention_service_pb2.RequestStatus
     timings: _attention_service_pb2.Timings
-    def __init__(self, request_id: _Optional[str] = ..., results: _Optional[_Iterable[_Union[SessionStepResult, _Mapping]]] = ..., recipe: _Optional[_Union[_tensor_pb2.Recipe, str]] = ..., timings: _Optional[_Union[_attention_service_pb2.Timings, _Mapping]] = ..., status: _Optional[_Union[_attention_service_pb2.RequestStatus, _Mapping]] = ...) -> None: ...
+    def __init__(self, request_id: _Optional[str] = ..., results: _Optional[_Iterable[_Union[SessionStepResult, _Mapping]]] = ..., recipe: _Optional[_Union[_tensor_pb2.Recipe, str]] = ..., timings: _Optional[_Union[_attention_service_pb2.Timings, _Mapping]] = ..., status: _Optional[_Union[_attention_service_pb2.RequestStatus, _Mapping]] = ..., o: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., lse: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ...) -> None: ...
 
 class CloseSessionRequest(_message.Message):
     __slots__ = ["session_id"]
@@ -122,6 +128,20 @@ class ListSessionsResponse(_message.Message):
     pages_total: int
     sessions: _containers.RepeatedCompositeFieldContainer[SessionInfo]
     def __init__(self, sessions: _Optional[_Iterable[_Union[SessionInfo, _Mapping]]] = ..., pages_free: _Optional[int] = ..., pages_total: _Optional[int] = ...) -> None: ...
+
+class PackedSteps(_message.Message):
+    __slots__ = ["k", "n_new", "n_q", "q", "v"]
+    K_FIELD_NUMBER: _ClassVar[int]
+    N_NEW_FIELD_NUMBER: _ClassVar[int]
+    N_Q_FIELD_NUMBER: _ClassVar[int]
+    Q_FIELD_NUMBER: _ClassVar[int]
+    V_FIELD_NUMBER: _ClassVar[int]
+    k: _tensor_pb2.Tensor
+    n_new: _containers.RepeatedScalarFieldContainer[int]
+    n_q: _containers.RepeatedScalarFieldContainer[int]
+    q: _tensor_pb2.Tensor
+    v: _tensor_pb2.Tensor
+    def __init__(self, k: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., v: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., q: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., n_new: _Optional[_Iterable[int]] = ..., n_q: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class SessionInfo(_message.Message):
     __slots__ = ["dtype", "expires_in_ms", "head_dim", "heads_kv", "heads_q", "idle_ms", "kv_storage", "layer_lengths", "layers", "max_tokens", "model", "page_tokens", "pages", "session_id"]
