@@ -61,7 +61,7 @@ cat "$out/versions.txt"
 
 # --- tests ------------------------------------------------------------------------------------
 # name:seconds[:unittest selections]; test_client's TLS case is left to CI (it needs the openssl CLI).
-for entry in torch_sdpa:60 dit:45 transformers:100 "client:40:CppParityTest AttendTest" shared_memory:40; do
+for entry in torch_sdpa:60 dit:45 transformers:100 "client:45:CppParityTest AttendTest" shared_memory:60; do
   IFS=: read -r t secs sel <<<"$entry"
   read -r -a only <<<"$sel"
   start=$(date +%s)
