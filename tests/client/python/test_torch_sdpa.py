@@ -144,12 +144,17 @@ class DropInTest(unittest.TestCase):
         self.assertTrue(torch.equal(ipc.o, wire.o))
         self.assertTrue(torch.equal(ipc.lse, wire.lse))
         self.assertEqual(client.attend(q, k, v).transport, "cuda")  # auto picks it on loopback
-        # Regions are reused: still one CUDA region after many calls.
+
+        def cuda_regions():
+            return {n for (kind, _), p in client.transport.pools().items() if kind == "cuda" for n in p.regions()}
+
+        # Regions are reused: many calls register nothing new (earlier tests' sizes may have left
+        # a few regions of other sizes in the pool).
+        before = cuda_regions()
         for _ in range(10):
             client.attend(q, k, v, transport="shared_memory")
-        cuda_pools = [p for (kind, _), p in client.transport.pools().items() if kind == "cuda"]
-        self.assertEqual(len(cuda_pools), 1)
-        self.assertEqual(len(cuda_pools[0].regions()), 1)
+        self.assertEqual(cuda_regions(), before)
+        self.assertTrue(before)
 
 
 if __name__ == "__main__":
