@@ -58,7 +58,12 @@ def attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.T
     """transformers' attention-function signature; returns ([B, L, H, D], None)."""
     cache = getattr(_active, "cache", None)
     layer = getattr(module, "layer_idx", None)
-    if cache is not None and layer is not None and cache._pending.get(layer) is key:
+    if cache is not None and layer is not None and layer in cache._pending:
+        if cache._pending[layer] is not key:
+            # The model changed the cache's keys on their way here: attending over them alone
+            # would silently drop the cached tokens.
+            raise sdpa.UnsupportedError("SessionCache: the keys reaching attention are not the ones the cache "
+                                        "handed out (a model that transforms cached keys is not supported)")
         return cache._attend(layer, query, key, value, attention_mask, scaling), None
     L, S = query.shape[2], key.shape[2]
     if attention_mask is None:
