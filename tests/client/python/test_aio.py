@@ -111,7 +111,7 @@ class AioTest(unittest.TestCase):
                 stream = client.attend_stream()
                 # Large enough that the CPU engine is still busy when the cancel arrives (a request
                 # not sent yet fails the same way).
-                pending = [asyncio.ensure_future(stream.attend(*problem(i, tq=4096, tk=4096, hq=8, hkv=8, d=128)))
+                pending = [asyncio.ensure_future(stream.attend(*problem(i, tq=2048, tk=2048, hq=8, hkv=8, d=128)))
                            for i in range(4)]
                 await asyncio.sleep(0.01)
                 stream.cancel()
