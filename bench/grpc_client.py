@@ -3,24 +3,23 @@
 LLM keys have) to AttentionService/Attend for each recipe, and compares O (and LSE) with torch's
 scaled_dot_product_attention computed in fp32, printing cosine similarity and relative L1.
 
-Needs grpcio, protobuf and torch (all on the H100 machine) and nothing generated at run time:
-messages are built by reflection from bench/grpc/sageserve_descriptors.py (protoc output, made here
-by bench/grpc/gen_descriptors.sh), and the RPCs are plain channel.unary_unary calls.
+Needs grpcio, protobuf and torch (all on the H100 machine) and nothing generated at run time: the
+messages are the Python package's committed stubs (client/python/sageserve/v1, generated from
+proto/ by the build), and the RPCs are plain channel.unary_unary calls, so the protocol is exercised
+without the sageserve client's own request building.
 
   python3 bench/grpc_client.py --target 127.0.0.1:50051 --lens 1000,37,513 --hq 16 --hkv 4 --d 128 --causal
 """
 import argparse
-import base64
 import os
 import sys
 import time
 
 import grpc
 import torch
-from google.protobuf import descriptor_pb2, descriptor_pool
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "grpc"))
-from sageserve_descriptors import DESCRIPTOR_SET_B64  # noqa: E402
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "client", "python"))
+from sageserve.v1 import attention_service_pb2, shared_memory_pb2, tensor_pb2  # noqa: E402
 
 SERVICE = "/sageserve.v1.AttentionService/"
 RECIPES = ["RECIPE_UNSPECIFIED", "RECIPE_INT8_QK_FP8_PV", "RECIPE_INT8_QK_FP16_PV",
@@ -29,20 +28,13 @@ RECIPES = ["RECIPE_UNSPECIFIED", "RECIPE_INT8_QK_FP8_PV", "RECIPE_INT8_QK_FP16_P
 
 def load_messages(extra_names=()):
     """Message classes (AttentionService's, plus `extra_names` of package sageserve.v1) and enums."""
-    fds = descriptor_pb2.FileDescriptorSet.FromString(base64.b64decode("".join(DESCRIPTOR_SET_B64)))
-    pool = descriptor_pool.DescriptorPool()
-    for f in fds.file:
-        pool.Add(f)
-    try:
-        from google.protobuf.message_factory import GetMessageClass  # protobuf >= 4.21
-    except ImportError:  # older runtimes
-        from google.protobuf import message_factory
-        factory = message_factory.MessageFactory(pool)
-        GetMessageClass = factory.GetPrototype  # noqa: N806
     names = ["AttendRequest", "AttendResponse", "GetServerInfoRequest", "GetServerInfoResponse",
              "SelfTestRequest", "SelfTestResponse", *extra_names]
-    msgs = {n: GetMessageClass(pool.FindMessageTypeByName("sageserve.v1." + n)) for n in names}
-    enums = {e: pool.FindEnumTypeByName("sageserve.v1." + e) for e in ["Recipe", "DType", "MaskMode"]}
+    modules = (attention_service_pb2, shared_memory_pb2, tensor_pb2)
+    msgs = {n: next(getattr(m, n) for m in modules if hasattr(m, n)) for n in names}
+    enums = {"Recipe": tensor_pb2.DESCRIPTOR.enum_types_by_name["Recipe"],
+             "DType": tensor_pb2.DESCRIPTOR.enum_types_by_name["DType"],
+             "MaskMode": attention_service_pb2.DESCRIPTOR.enum_types_by_name["MaskMode"]}
     return msgs, enums
 
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""sageserve over shared memory from Python: grpcio and torch only, nothing generated at run time.
+"""sageserve over shared memory from Python: grpcio and torch, with the Python package's stubs.
 
 Places random fp16 Q/K/V (K with a per-channel bias) in a region the server reads directly, either
 POSIX shared memory (--shared-memory system) or a CUDA allocation shared by IPC handle (--shared-memory

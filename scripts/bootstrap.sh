@@ -25,7 +25,10 @@ PKGS=(
 # clang and its runtimes for the sanitizer builds and the fuzz targets (scripts/sanitize.sh,
 # scripts/fuzz.sh): libFuzzer and the ASan/UBSan/TSan runtimes are in libclang-rt-14-dev, which
 # clang-14 only recommends; llvm gives llvm-symbolizer for readable sanitizer stack traces.
-TEST_PKGS=(libgtest-dev libgmock-dev googletest libbenchmark-dev clang libclang-rt-14-dev llvm)
+# The Python client's tests (tests/client/python) run with Debian's /usr/bin/python3 and these;
+# protobuf-compiler-grpc (above) brings grpc_python_plugin for its stubs.
+TEST_PKGS=(libgtest-dev libgmock-dev googletest libbenchmark-dev clang libclang-rt-14-dev llvm
+           python3-grpcio python3-protobuf python3-numpy python3-venv python3-pip python3-setuptools)
 if [ "$BUILD_ONLY" = 0 ]; then PKGS+=("${TEST_PKGS[@]}"); fi
 
 missing=()

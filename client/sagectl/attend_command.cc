@@ -2,6 +2,7 @@
 // --shared_memory=system|cuda the tensors go through a registered region (shared_memory_transport.h).
 #include <chrono>
 #include <cstdio>
+#include <fstream>
 
 #include "absl/strings/str_cat.h"
 #include "client/sagectl/commands.h"
@@ -16,6 +17,8 @@ namespace sagectl {
 int RunAttend(const Args& args) {
   std::vector<std::string> known = ProblemFlags();
   known.push_back("id");
+  known.push_back("o_file");    // O's raw bytes as answered (the output dtype), for other clients to compare
+  known.push_back("lse_file");  // LSE's raw fp32 bytes (with --lse)
   for (const std::string& k : SharedMemoryFlags()) known.push_back(k);
   if (!CheckFlags(args, known)) return 2;
   absl::StatusOr<SharedMemoryOptions> shm_options = SharedMemoryOptionsFromArgs(args);
@@ -60,6 +63,13 @@ int RunAttend(const Args& args) {
               static_cast<long long>(t.total_us()));
   std::printf("bytes: request %zu, response %zu (%s)\n", request.ByteSizeLong(), response_bytes,
               shm ? absl::StrCat("tensors in shared memory: ", shm->Describe()).c_str() : "tensors in the messages");
+
+  for (auto [flag, tensor] : {std::pair{"o_file", &response->o()}, std::pair{"lse_file", &response->lse()}}) {
+    if (!args.Has(flag)) continue;
+    std::ofstream out(args.Str(flag, ""), std::ios::binary | std::ios::trunc);
+    out.write(tensor->data().data(), static_cast<std::streamsize>(tensor->data().size()));
+    if (!out) return FailUsage(absl::NotFoundError(absl::StrCat("cannot write --", flag, " ", args.Str(flag, ""))));
+  }
 
   absl::StatusOr<std::vector<float>> o = sageserve::TensorToFloat(response->o());
   if (!o.ok()) return Fail(o.status());

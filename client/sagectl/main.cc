@@ -164,6 +164,7 @@ void Usage() {
       "    registry set-plan --model=M --entries=0-11:int8_qk_fp8_pv,12-15@0-9:unquantized [--expected_version=V]\n"
       "problem options: --batch --q_len --k_len --heads_q --heads_kv --head_dim --dtype=fp16|bf16\n"
       "  --output_dtype --recipe --causal --lse --seed --q_file --k_file --v_file (raw LE bytes)\n"
+      "  attend: --o_file --lse_file (write the answer's raw LE bytes)\n"
       "  --model --layer --timestep (precision registry: run the model's plan unless --recipe is given)\n");
 }
 
