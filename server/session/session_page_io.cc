@@ -145,9 +145,9 @@ absl::Status SessionStore::CheckReadable(const Session& s, int layer, int64_t en
 
 absl::Status SessionStore::Gather(const SessionCaller& caller, std::string_view id, int layer, int64_t end,
                                   std::span<std::byte> k, std::span<std::byte> v) const {
-  absl::StatusOr<std::shared_ptr<Session>> found = Find(caller, id);
+  absl::StatusOr<Ref> found = Lookup(caller, id);
   if (!found.ok()) return found.status();
-  Session& s = **found;
+  Session& s = *found->s_;
   std::lock_guard<std::mutex> lock(s.mu);
   if (absl::Status readable = CheckReadable(s, layer, end); !readable.ok()) return readable;
   const Session::Layer& l = s.layers[static_cast<size_t>(layer)];

@@ -154,8 +154,7 @@ class DeviceKvMemory final : public KvMemory {
     if (HostBytes(writes) <= kSlotDataBytes && writes.size() <= kSlotMaxSegments) return WriteSmall(writes);
     LaneHold hold(*this);
     Lane& l = hold.lane;
-    SAGE_CUDA_RETURN_IF_ERROR(FromCuda(cudaSetDevice(device_), "cudaSetDevice"));
-    SAGE_CUDA_RETURN_IF_ERROR(OrderAfterWrites(l.stream));  // a rewrite after a truncate lands after an older append
+    SAGE_CUDA_RETURN_IF_ERROR(hold.Ready());
     // Packed into the lane's staging and issued as one batch per staging-full.
     CopyBatch batch;
     size_t used = 0;
@@ -231,8 +230,7 @@ class DeviceKvMemory final : public KvMemory {
   absl::Status Read(size_t offset, void* dst, size_t bytes) const override {
     LaneHold hold(*this);
     Lane& l = hold.lane;
-    SAGE_CUDA_RETURN_IF_ERROR(FromCuda(cudaSetDevice(device_), "cudaSetDevice"));
-    SAGE_CUDA_RETURN_IF_ERROR(OrderAfterWrites(l.stream));
+    SAGE_CUDA_RETURN_IF_ERROR(hold.Ready());
     for (size_t done = 0; done < bytes;) {
       const size_t n = std::min(kStagingBytes, bytes - done);
       SAGE_CUDA_RETURN_IF_ERROR(FromCuda(
@@ -246,8 +244,7 @@ class DeviceKvMemory final : public KvMemory {
 
   absl::Status Copy(size_t dst_offset, size_t src_offset, size_t bytes) override {
     LaneHold hold(*this);
-    SAGE_CUDA_RETURN_IF_ERROR(FromCuda(cudaSetDevice(device_), "cudaSetDevice"));
-    SAGE_CUDA_RETURN_IF_ERROR(OrderAfterWrites(hold.lane.stream));
+    SAGE_CUDA_RETURN_IF_ERROR(hold.Ready());
     SAGE_CUDA_RETURN_IF_ERROR(FromCuda(
         cudaMemcpyAsync(base_ + dst_offset, base_ + src_offset, bytes, cudaMemcpyDeviceToDevice, hold.lane.stream),
         "kv page copy"));
@@ -277,8 +274,7 @@ class DeviceKvMemory final : public KvMemory {
       return SlotIssuedLocked();
     }
     LaneHold hold(*this);
-    SAGE_CUDA_RETURN_IF_ERROR(FromCuda(cudaSetDevice(device_), "cudaSetDevice"));
-    SAGE_CUDA_RETURN_IF_ERROR(OrderAfterWrites(hold.lane.stream));  // a rewrite after a truncate lands last
+    SAGE_CUDA_RETURN_IF_ERROR(hold.Ready());
     SAGE_CUDA_RETURN_IF_ERROR(issue(hold.lane.staging, hold.lane.stream));
     return Sync(hold.lane);
   }
@@ -369,6 +365,12 @@ class DeviceKvMemory final : public KvMemory {
   struct LaneHold {
     explicit LaneHold(const DeviceKvMemory& m) : memory(m), lane(m.Take()) {}
     ~LaneHold() { memory.Give(lane); }
+    // The pool's device current, and the lane's next work after every write issued so far (a
+    // rewrite after a truncate lands after an older append).
+    absl::Status Ready() const {
+      SAGE_CUDA_RETURN_IF_ERROR(FromCuda(cudaSetDevice(memory.device_), "cudaSetDevice"));
+      return memory.OrderAfterWrites(lane.stream);
+    }
     const DeviceKvMemory& memory;
     Lane& lane;
   };
