@@ -210,13 +210,13 @@ bool SessionAttend::StartsOnCaller(const SessionCaller& caller, const SessionAtt
   for (const SessionStepInput& st : request.steps) {
     if (st.n_q.has_value() && *st.n_q > kPagedMaxQueryRows) return false;
     if (SessionStore::PlacementOf(st.session_id) != placement) return false;
+    q_bytes += st.q.size();
     if (on_device(st.k_shared) || on_device(st.v_shared)) {
       const int device = KvDevice(st);
       if (device < 0 || !store_->TakesDeviceKv(caller, st.session_id, st.layer, device)) return false;
-      continue;
+      continue;  // read by the GPU in place: no bytes for this thread to move
     }
     kv_bytes += st.k.size() + st.v.size();
-    q_bytes += st.q.size();
   }
   return kv_bytes <= kCallerAppendBytes && q_bytes <= kCallerQBytes;
 }
