@@ -48,21 +48,15 @@ struct SessionCall {
   }
 };
 
-// Fills `call`'s request with the steps' pages as they lie in the pool (EngineInput::paged), every
-// step's pages pinned. False (nothing kept) when the steps' sessions live in different pools,
-// which one launch cannot read.
-absl::StatusOr<bool> PinStepPages(SessionStore& store, std::span<const SessionStore::Ref> sessions,
-                                  const SessionAttendRequest& request, std::span<const int64_t> ends, SessionCall& call) {
-  for (size_t i : call.q_steps) {
-    const SessionStepInput& st = request.steps[i];
-    absl::StatusOr<PinnedPages> pinned = store.Pin(sessions[i], st.layer, ends[i]);
-    if (!pinned.ok()) return StepError(i, pinned.status());
-    call.pins.push_back(*std::move(pinned));
-    if (call.pins.back().pool != call.pins.front().pool) {
-      for (const PinnedPages& p : call.pins) store.Unpin(p);
-      call.pins.clear();
-      return false;
-    }
+// Fills `call`'s request with the steps' pages as they lie in the pool (EngineInput::paged), from
+// the pins the append took for the steps with Q (call.pins). False (the pins let go) when the
+// steps' sessions live in different pools, which one launch cannot read.
+bool UseStepPages(SessionStore& store, SessionCall& call) {
+  for (const PinnedPages& p : call.pins) {
+    if (p.pool == call.pins.front().pool) continue;
+    for (const PinnedPages& q : call.pins) store.Unpin(q);
+    call.pins.clear();
+    return false;
   }
   call.cu_pages.assign(1, 0);
   for (const PinnedPages& p : call.pins) {
@@ -317,10 +311,12 @@ absl::Status SessionAttend::Start(const SessionCaller& caller, SessionAttendRequ
   for (size_t i = 0; i < request.steps.size(); ++i) {
     const SessionStepInput& st = request.steps[i];
     appends.push_back(AppendStep{st.session_id, st.layer, st.position, st.step_id, st.n_new, st.k.data(), st.v.data(),
-                                 st.kv_on_device ? MemoryKind::kDevice : MemoryKind::kPageable, &sessions[i]});
+                                 st.kv_on_device ? MemoryKind::kDevice : MemoryKind::kPageable, &sessions[i],
+                                 st.n_q.has_value()});
   }
   SessionStore::AppendAllResult appended = store_->AppendAll(caller, appends);
   if (!appended.status.ok()) return StepError(appended.failed, appended.status);
+  call->pins = std::move(appended.pins);  // the pages the steps with Q read, let go with the call
   const std::vector<int64_t>& ends = appended.ends;
   for (size_t i = 0; i < request.steps.size(); ++i) {
     result.steps[i].session_id = request.steps[i].session_id;
@@ -345,9 +341,7 @@ absl::Status SessionAttend::Start(const SessionCaller& caller, SessionAttendRequ
   if (total_q >= (int64_t{1} << 31) || total_k >= (int64_t{1} << 31)) {
     return absl::ResourceExhaustedError("steps: more than 2^31 tokens in one call");
   }
-  absl::StatusOr<bool> pinned = PinStepPages(*store_, sessions, request, ends, *call);
-  if (!pinned.ok()) return pinned.status();
-  const bool paged = *pinned;
+  const bool paged = UseStepPages(*store_, *call);
   if (request.memory_device >= 0 && !paged) {  // CheckCudaMemory saw to one pool on that GPU
     return absl::InternalError(absl::StrCat(CudaField(request), ": the call's sessions are not in one pool"));
   }

@@ -219,6 +219,31 @@ bool SessionStore::TakesDeviceKv(const Ref& session, int layer, int device) cons
   return s.shape.storage == KvStorage::k16Bit || !s.layers[static_cast<size_t>(layer)].k_mean.empty();
 }
 
+std::vector<PinnedPages> SessionStore::PinLocked(std::span<const std::shared_ptr<Session>> of,
+                                                std::span<const AppendStep> steps, std::span<const int64_t> ends) const {
+  std::vector<PinnedPages> pins;
+  for (size_t i = 0; i < steps.size(); ++i) {
+    if (!steps[i].pin) continue;
+    const Session& s = *of[i];
+    const Session::Layer& l = s.layers[static_cast<size_t>(steps[i].layer)];
+    PinnedPages p;
+    p.pool = s.pool;
+    p.layout = s.layout;
+    const size_t n = static_cast<size_t>((ends[i] + s.page_tokens() - 1) / s.page_tokens());
+    p.pages.assign(l.pages.begin(), l.pages.begin() + static_cast<std::ptrdiff_t>(n));
+    pins.push_back(std::move(p));
+  }
+  // One reference count update per pool for the whole call.
+  for (size_t pool = 0; pool < pools_.size(); ++pool) {
+    std::vector<PageId> pages;
+    for (const PinnedPages& p : pins) {
+      if (p.pool == static_cast<int>(pool)) pages.insert(pages.end(), p.pages.begin(), p.pages.end());
+    }
+    if (!pages.empty()) pools_[pool].pool->AddRef(pages);
+  }
+  return pins;
+}
+
 absl::StatusOr<int64_t> SessionStore::Append(const SessionCaller& caller, const AppendStep& step) {
   AppendAllResult r = AppendAll(caller, std::span<const AppendStep>(&step, 1));
   if (!r.status.ok()) return r.status;
@@ -297,6 +322,7 @@ SessionStore::AppendAllResult SessionStore::AppendAll(const SessionCaller& calle
     l.last_count = step.n_new;
     tokens += step.n_new;
   }
+  if (result.status.ok()) result.pins = PinLocked(of, steps, ends);
   result.ends = std::move(ends);
   locks.clear();
   appended_tokens_.fetch_add(tokens, std::memory_order_relaxed);

@@ -159,6 +159,9 @@ class SessionStore {
     std::vector<int64_t> ends;  // of the appended steps, in order
     absl::Status status;
     size_t failed = 0;
+    // When every step appended: the pages of [0, end) of each step with AppendStep::pin, in step
+    // order, held as Pin holds them (Unpin each), taken under the locks the append held.
+    std::vector<PinnedPages> pins;
   };
   AppendAllResult AppendAll(const SessionCaller& caller, std::span<const AppendStep> steps);
 
@@ -213,6 +216,9 @@ class SessionStore {
   // still holding `end` tokens.
   static absl::Status CheckReadable(const Session& s, int layer, int64_t end);
   absl::StatusOr<bool> AppendLocked(Session& s, const AppendStep& step, WriteBatches& batches);  // s.mu held
+  // AppendAll's pins, every session's mu held.
+  std::vector<PinnedPages> PinLocked(std::span<const std::shared_ptr<Session>> of, std::span<const AppendStep> steps,
+                                     std::span<const int64_t> ends) const;
   absl::Status WriteTokens(Session& s, int layer, const AppendStep& step, WriteBatch& batch);    // s.mu held
   SessionInfo InfoOf(const Session& s) const;  // s.mu held
   void ReleaseSession(Session& s);             // s.mu held
@@ -249,6 +255,8 @@ struct AppendStep {
   // Set: the session as SessionStore::Lookup found it for this caller (session_id is then not
   // looked up again).
   const SessionStore::Ref* session = nullptr;
+  // Also pin the pages the step's Q reads, [0, position + n_new) (AppendAllResult::pins).
+  bool pin = false;
 };
 
 }  // namespace sage::server

@@ -152,6 +152,36 @@ TEST(SessionStore, ForksShareThePrefixCopyOnWrite) {
   EXPECT_EQ(store->Stats().pool.pages_free, store->Stats().pool.pages_total);
 }
 
+// AppendAll's pins: the pages of [0, end) of the steps that ask, taken only when every step
+// appended; they outlive a close (the pages return to the pool at the last Unpin), and a truncate
+// right after cannot take them from under the launch.
+TEST(SessionStore, AppendAllPinsTheStepsPagesItWrote) {
+  auto store = Store();
+  auto a = store->CreateSession(kAlice, Shape(), 0), b = store->CreateSession(kAlice, Shape(), 0);
+  ASSERT_TRUE(a.ok() && b.ok());
+  const auto ka = Tokens(200, 1), kb = Tokens(3, 2);
+  std::vector<AppendStep> steps = {AppendStep{a->id, 1, 0, 1, 200, ka.data(), ka.data()},
+                                   AppendStep{b->id, 0, 0, 1, 3, kb.data(), kb.data()}};
+  steps[0].pin = true;  // b's step is a bulk import: nothing pinned
+  SessionStore::AppendAllResult r = store->AppendAll(kAlice, steps);
+  ASSERT_TRUE(r.status.ok()) << r.status;
+  ASSERT_EQ(r.pins.size(), 1u);
+  EXPECT_EQ(r.pins[0].pages.size(), 2u) << "200 tokens of 128 per page";
+  // A failing call pins nothing: b's step repeats position 0 with another step id.
+  std::vector<AppendStep> bad = {AppendStep{a->id, 0, 0, 2, 3, kb.data(), kb.data()},
+                                 AppendStep{b->id, 0, 0, 2, 3, kb.data(), kb.data()}};
+  bad[0].pin = bad[1].pin = true;
+  SessionStore::AppendAllResult failed = store->AppendAll(kAlice, bad);
+  EXPECT_EQ(failed.status.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_TRUE(failed.pins.empty());
+  // Truncated and closed under the pin: the pinned pages stay out of the free list until Unpin.
+  ASSERT_TRUE(store->Truncate(kAlice, a->id, 0).ok());
+  for (const std::string& id : {a->id, b->id}) ASSERT_TRUE(store->Close(kAlice, id).ok());
+  EXPECT_EQ(store->Stats().pool.pages_free, store->Stats().pool.pages_total - 2);
+  store->Unpin(r.pins[0]);
+  EXPECT_EQ(store->Stats().pool.pages_free, store->Stats().pool.pages_total);
+}
+
 TEST(SessionStore, ExhaustionThenRecovery) {
   auto store = Store(size_t{64} << 10 << 2);  // 4 pages of 128 tokens
   auto a = store->CreateSession(kAlice, Shape(), 0);
