@@ -41,6 +41,7 @@ struct SessionCall {
   std::vector<PinnedPages> pins;
   std::vector<int32_t> page_table, cu_pages;
   bool packed = false;  // SessionAttendRequest::packed
+  std::vector<int> in_place_pools;  // pools whose writes read the client's CUDA K/V (InPlaceKvGuard)
   absl::AnyInvocable<void(absl::StatusOr<SessionAttendResult>)> done;
 
   ~SessionCall() {
@@ -178,13 +179,20 @@ int KvDevice(const SessionStepInput& st) {
 class InPlaceKvGuard {
  public:
   explicit InPlaceKvGuard(const SessionStore& store) : store_(store) {}
-  ~InPlaceKvGuard() {
-    for (int pool : pools_) (void)store_.pool(pool).memory().WaitForWrites();
+  ~InPlaceKvGuard() { (void)Wait(); }
+  // Waits now (before a call without a launch is answered); the first error, if any.
+  absl::Status Wait() {
+    absl::Status first;
+    for (int pool : pools_) first.Update(store_.pool(pool).memory().WaitForWrites());
+    pools_.clear();
+    return first;
   }
   void Add(int pool) {
     if (std::find(pools_.begin(), pools_.end(), pool) == pools_.end()) pools_.push_back(pool);
   }
-  void Release() { pools_.clear(); }  // a launch now orders itself after the writes
+  // A launch now orders itself after the writes; the pools are the caller's to wait on should the
+  // call end without it (cancelled or past its deadline while queued).
+  std::vector<int> Release() { return std::exchange(pools_, {}); }
 
  private:
   const SessionStore& store_;
@@ -324,6 +332,7 @@ absl::Status SessionAttend::Start(const SessionCaller& caller, SessionAttendRequ
     if (request.steps[i].n_q.has_value()) call->q_steps.push_back(i);
   }
   if (call->q_steps.empty()) {  // bulk imports only: nothing to compute
+    if (absl::Status s = in_place.Wait(); !s.ok()) return s;  // the client's K/V read before the answer
     for (const auto& region : request.regions) region->CountRequest();
     auto finish = std::move(call->done);
     finish(std::move(call->result));
@@ -456,14 +465,20 @@ absl::Status SessionAttend::Start(const SessionCaller& caller, SessionAttendRequ
   };
   attend.done = [call](const absl::Status& status) {
     auto finish = std::move(call->done);
+    if (!status.ok()) {  // no launch ran after the in-place reads: they must be done before the answer
+      for (int pool : call->in_place_pools) (void)call->store->pool(pool).memory().WaitForWrites();
+    }
     if (status.ok()) {
       finish(std::move(call->result));
     } else {
       finish(status);
     }
   };
+  call->in_place_pools = in_place.Release();  // from here the launch, or `done` on failure, orders them
   absl::Status started = pipeline_->Start(std::move(attend));
-  if (started.ok()) in_place.Release();
+  if (!started.ok()) {
+    for (int pool : call->in_place_pools) (void)store_->pool(pool).memory().WaitForWrites();
+  }
   return started;
 }
 
