@@ -173,6 +173,14 @@ int KvDevice(const SessionStepInput& st) {
   return st.v_shared->region->device() == device ? device : -1;
 }
 
+// Returns once the writes issued so far to each of `pools` have run (KvMemory::WaitForWrites);
+// the first error, if any.
+absl::Status WaitForPoolWrites(const SessionStore& store, std::span<const int> pools) {
+  absl::Status first;
+  for (int pool : pools) first.Update(store.pool(pool).memory().WaitForWrites());
+  return first;
+}
+
 // Until appends that read a client's CUDA memory in place have run, that memory must stay as the
 // call found it: every way out of Start but a launch (ordered after the writes, answered after
 // it) waits for them, so the client may reuse its buffers once answered.
@@ -181,12 +189,7 @@ class InPlaceKvGuard {
   explicit InPlaceKvGuard(const SessionStore& store) : store_(store) {}
   ~InPlaceKvGuard() { (void)Wait(); }
   // Waits now (before a call without a launch is answered); the first error, if any.
-  absl::Status Wait() {
-    absl::Status first;
-    for (int pool : pools_) first.Update(store_.pool(pool).memory().WaitForWrites());
-    pools_.clear();
-    return first;
-  }
+  absl::Status Wait() { return WaitForPoolWrites(store_, std::exchange(pools_, {})); }
   void Add(int pool) {
     if (std::find(pools_.begin(), pools_.end(), pool) == pools_.end()) pools_.push_back(pool);
   }
@@ -466,7 +469,7 @@ absl::Status SessionAttend::Start(const SessionCaller& caller, SessionAttendRequ
   attend.done = [call](const absl::Status& status) {
     auto finish = std::move(call->done);
     if (!status.ok()) {  // no launch ran after the in-place reads: they must be done before the answer
-      for (int pool : call->in_place_pools) (void)call->store->pool(pool).memory().WaitForWrites();
+      (void)WaitForPoolWrites(*call->store, call->in_place_pools);
     }
     if (status.ok()) {
       finish(std::move(call->result));
@@ -476,9 +479,7 @@ absl::Status SessionAttend::Start(const SessionCaller& caller, SessionAttendRequ
   };
   call->in_place_pools = in_place.Release();  // from here the launch, or `done` on failure, orders them
   absl::Status started = pipeline_->Start(std::move(attend));
-  if (!started.ok()) {
-    for (int pool : call->in_place_pools) (void)store_->pool(pool).memory().WaitForWrites();
-  }
+  if (!started.ok()) (void)WaitForPoolWrites(*store_, call->in_place_pools);
   return started;
 }
 

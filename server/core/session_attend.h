@@ -35,7 +35,8 @@ struct SessionStepInput {
   int64_t n_new = 0;  // tokens in k / v ([n_new, Hkv, D])
   std::span<const std::byte> k, v;
   // Set: k / v is this range of a registered region (steps[i].k.shared_memory). Either kind of
-  // memory, each independently: copied into a host block before the append (session_kv_staging.h).
+  // memory, each independently: read in place (kv_on_device) or copied into a host block before
+  // the append (session_kv_staging.h).
   std::optional<SharedRange> k_shared, v_shared;
   // Set by Start: k and v are CUDA memory of the GPU holding the session's pages, which reads them
   // in place for the append (SessionStore::TakesDeviceKv); otherwise they are staged on the host.

@@ -81,21 +81,8 @@ absl::Status SessionStore::WriteTokens(Session& s, int layer, const AppendStep& 
     }
     return absl::OkStatus();  // the caller writes the batch
   }
-  if (kv_on_device) {  // 16-bit pages: each page run's K and V codes are the tokens' bytes
-    const size_t token_bytes = row * 2, codes = layout.codes_per_tensor();
-    for (int64_t t = 0; t < step.n_new;) {
-      const int64_t token = step.position + t;
-      const int in_page = static_cast<int>(token % T);
-      const int n = static_cast<int>(std::min<int64_t>(T - in_page, step.n_new - t));
-      const size_t at = pool.offset(l.pages[static_cast<size_t>(token / T)]) + in_page * token_bytes;
-      writes.push_back(KvWrite{at, k + static_cast<size_t>(t) * row, n * token_bytes, MemoryKind::kDevice});
-      writes.push_back(KvWrite{at + codes, v + static_cast<size_t>(t) * row, n * token_bytes, MemoryKind::kDevice});
-      t += n;
-    }
-    return absl::OkStatus();
-  }
   std::byte* image = nullptr;
-  if (!in_place) {
+  if (!in_place && !kv_on_device) {
     batch.images.push_back(std::unique_ptr<std::byte[]>(
         new std::byte[static_cast<size_t>(step.n_new) * KvTokenBytes(layout.storage, layout.heads, layout.head_dim)]));
     image = batch.images.back().get();
@@ -114,11 +101,17 @@ absl::Status SessionStore::WriteTokens(Session& s, int layer, const AppendStep& 
       t += n;
       continue;
     }
+    const size_t codes = layout.codes_per_tensor(), scales = layout.scales_per_tensor();
+    const size_t c0 = in_page * token_values, cn = static_cast<size_t>(n) * token_values;
+    if (kv_on_device) {  // 16-bit pages (8-bit ones went above): the codes are the tokens' own bytes
+      writes.push_back(KvWrite{page_at + c0, k_at, cn, MemoryKind::kDevice});
+      writes.push_back(KvWrite{page_at + codes + c0, v_at, cn, MemoryKind::kDevice});
+      t += n;
+      continue;
+    }
     KvPageLayout run = layout;
     run.page_tokens = n;
     EncodeKvTokens(run, image, 0, n, k_at, v_at, l.k_mean);
-    const size_t codes = layout.codes_per_tensor(), scales = layout.scales_per_tensor();
-    const size_t c0 = in_page * token_values, cn = static_cast<size_t>(n) * token_values;
     writes.push_back(KvWrite{page_at + c0, image, cn});
     writes.push_back(KvWrite{page_at + codes + c0, image + cn, cn});
     if (token_scales > 0) {
@@ -175,23 +168,24 @@ absl::Status SessionStore::Gather(const SessionCaller& caller, std::string_view 
   return absl::OkStatus();
 }
 
+PinnedPages SessionStore::PagesUpTo(const Session& s, int layer, int64_t end) {
+  const Session::Layer& l = s.layers[static_cast<size_t>(layer)];
+  PinnedPages pages;
+  pages.pool = s.pool;
+  pages.layout = s.layout;
+  const size_t n = static_cast<size_t>((end + s.page_tokens() - 1) / s.page_tokens());
+  pages.pages.assign(l.pages.begin(), l.pages.begin() + static_cast<std::ptrdiff_t>(n));
+  return pages;
+}
+
 absl::StatusOr<PinnedPages> SessionStore::Pin(const SessionCaller& caller, std::string_view id, int layer,
                                               int64_t end) const {
   absl::StatusOr<Ref> found = Lookup(caller, id);
   if (!found.ok()) return found.status();
-  return Pin(*found, layer, end);
-}
-
-absl::StatusOr<PinnedPages> SessionStore::Pin(const Ref& session, int layer, int64_t end) const {
-  Session& s = *session.s_;
+  Session& s = *found->s_;
   std::lock_guard<std::mutex> lock(s.mu);
   if (absl::Status readable = CheckReadable(s, layer, end); !readable.ok()) return readable;
-  const Session::Layer& l = s.layers[static_cast<size_t>(layer)];
-  PinnedPages pinned;
-  pinned.pool = s.pool;
-  pinned.layout = s.layout;
-  const size_t n = static_cast<size_t>((end + s.page_tokens() - 1) / s.page_tokens());
-  pinned.pages.assign(l.pages.begin(), l.pages.begin() + static_cast<std::ptrdiff_t>(n));
+  PinnedPages pinned = PagesUpTo(s, layer, end);
   PoolOf(s).AddRef(pinned.pages);
   return pinned;
 }

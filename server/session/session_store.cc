@@ -193,18 +193,6 @@ absl::StatusOr<SessionStore::Ref> SessionStore::Lookup(const SessionCaller& call
   return Ref(*std::move(s));
 }
 
-absl::StatusOr<SessionShape> SessionStore::Shape(const SessionCaller& caller, std::string_view id) const {
-  absl::StatusOr<std::shared_ptr<Session>> s = Find(caller, id);
-  if (!s.ok()) return s.status();
-  return (*s)->shape;  // immutable after creation
-}
-
-absl::StatusOr<int> SessionStore::PoolIndex(const SessionCaller& caller, std::string_view id) const {
-  absl::StatusOr<std::shared_ptr<Session>> s = Find(caller, id);
-  if (!s.ok()) return s.status();
-  return (*s)->pool;  // immutable after creation
-}
-
 bool SessionStore::TakesDeviceKv(const SessionCaller& caller, std::string_view id, int layer, int device) const {
   absl::StatusOr<Ref> found = Lookup(caller, id);
   return found.ok() && TakesDeviceKv(*found, layer, device);
@@ -223,15 +211,7 @@ std::vector<PinnedPages> SessionStore::PinLocked(std::span<const std::shared_ptr
                                                 std::span<const AppendStep> steps, std::span<const int64_t> ends) const {
   std::vector<PinnedPages> pins;
   for (size_t i = 0; i < steps.size(); ++i) {
-    if (!steps[i].pin) continue;
-    const Session& s = *of[i];
-    const Session::Layer& l = s.layers[static_cast<size_t>(steps[i].layer)];
-    PinnedPages p;
-    p.pool = s.pool;
-    p.layout = s.layout;
-    const size_t n = static_cast<size_t>((ends[i] + s.page_tokens() - 1) / s.page_tokens());
-    p.pages.assign(l.pages.begin(), l.pages.begin() + static_cast<std::ptrdiff_t>(n));
-    pins.push_back(std::move(p));
+    if (steps[i].pin) pins.push_back(PagesUpTo(*of[i], steps[i].layer, ends[i]));
   }
   // One reference count update per pool for the whole call.
   for (size_t pool = 0; pool < pools_.size(); ++pool) {

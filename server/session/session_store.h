@@ -71,7 +71,6 @@ struct SessionInfo {
 
 struct AppendStep;  // below SessionStore
 
-
 // One KV pool: the device holding it ("cpu", "cuda0", ...) and its pages.
 struct KvDeviceStats {
   std::string device;
@@ -121,10 +120,8 @@ class SessionStore {
   // Holding it keeps the session's state, not the session: a closed session's steps still fail.
   class Ref {
    public:
-    Ref() = default;
     const SessionShape& shape() const;  // immutable after creation
     int pool() const;                   // the index of the pool (pool(i)) holding its pages
-    explicit operator bool() const { return s_ != nullptr; }
 
    private:
     friend class SessionStore;
@@ -135,10 +132,6 @@ class SessionStore {
   // identity's, another instance's).
   absl::StatusOr<Ref> Lookup(const SessionCaller& caller, std::string_view id) const;
 
-  // The shape of a session the caller may use (NOT_FOUND otherwise, saying why).
-  absl::StatusOr<SessionShape> Shape(const SessionCaller& caller, std::string_view id) const;
-  // The index of the pool (pool(i)) that holds the session's pages: fixed for its life.
-  absl::StatusOr<int> PoolIndex(const SessionCaller& caller, std::string_view id) const;
   // Whether an append to the session's `layer` may take its K and V in memory of CUDA device
   // `device` (AppendStep::kv_memory kDevice): the session's pages are on that GPU, and it needs
   // no host copy of K (16-bit storage, or the layer's K mean is already set; it never changes
@@ -174,7 +167,6 @@ class SessionStore {
   // Holds the pages of the layer's first `end` tokens for an engine to read in place.
   // FAILED_PRECONDITION when the layer no longer holds `end` tokens.
   absl::StatusOr<PinnedPages> Pin(const SessionCaller& caller, std::string_view id, int layer, int64_t end) const;
-  absl::StatusOr<PinnedPages> Pin(const Ref& session, int layer, int64_t end) const;
   void Unpin(const PinnedPages& pinned) const;
   const KvPagePool& pool(int index) const { return *pools_[static_cast<size_t>(index)].pool; }
 
@@ -216,6 +208,8 @@ class SessionStore {
   // still holding `end` tokens.
   static absl::Status CheckReadable(const Session& s, int layer, int64_t end);
   absl::StatusOr<bool> AppendLocked(Session& s, const AppendStep& step, WriteBatches& batches);  // s.mu held
+  // The pages holding the layer's first `end` tokens (s.mu held), not yet referenced.
+  static PinnedPages PagesUpTo(const Session& s, int layer, int64_t end);
   // AppendAll's pins, every session's mu held.
   std::vector<PinnedPages> PinLocked(std::span<const std::shared_ptr<Session>> of, std::span<const AppendStep> steps,
                                      std::span<const int64_t> ends) const;

@@ -71,10 +71,13 @@ struct CopyBatch {
   }
 };
 
+// Pieces packed into pinned memory start 16-byte aligned (the copy and quantize kernels' vectors).
+constexpr size_t Align16(size_t bytes) { return (bytes + 15) / 16 * 16; }
+
 // Bytes the host packs for `writes` (those from device memory are copied by the GPU in place).
 size_t HostBytes(std::span<const KvWrite> writes) {
   size_t n = 0;
-  for (const KvWrite& w : writes) n += w.src_memory == MemoryKind::kDevice ? 0 : (w.bytes + 15) / 16 * 16;
+  for (const KvWrite& w : writes) n += w.src_memory == MemoryKind::kDevice ? 0 : Align16(w.bytes);
   return n;
 }
 
@@ -84,7 +87,7 @@ struct SlotCursor {
   template <typename T>
   T* Take(size_t count) {
     T* p = reinterpret_cast<T*>(at);
-    at += (count * sizeof(T) + 15) / 16 * 16;
+    at += Align16(count * sizeof(T));
     return p;
   }
 };
@@ -94,8 +97,8 @@ struct SlotCursor {
 constexpr size_t kRunSlack = 256;  // the tables' alignment
 size_t QuantizeTokenBytes(std::span<const KvQuantizeToken> tokens, size_t i, size_t first, size_t row) {
   size_t n = sizeof(uint64_t) + sizeof(int32_t) + 3 * sizeof(void*);
-  if (tokens[i].kv_memory != MemoryKind::kDevice) n += 2 * ((row * 2 + 15) / 16 * 16);
-  if (i == first || tokens[i].k_mean != tokens[i - 1].k_mean) n += (row * sizeof(float) + 15) / 16 * 16;
+  if (tokens[i].kv_memory != MemoryKind::kDevice) n += 2 * Align16(row * 2);
+  if (i == first || tokens[i].k_mean != tokens[i - 1].k_mean) n += Align16(row * sizeof(float));
   return n;
 }
 
@@ -178,7 +181,7 @@ class DeviceKvMemory final : public KvMemory {
       }
       std::memcpy(l.staging + used, w.src, w.bytes);
       batch.Add(base_ + w.offset, l.staging + used, w.bytes);
-      used += (w.bytes + 15) / 16 * 16;
+      used += Align16(w.bytes);
     }
     return IssueAndSync(batch, l);
   }
@@ -193,20 +196,19 @@ class DeviceKvMemory final : public KvMemory {
         return absl::InternalError("kv pool: quantized write past its page");
       }
     }
-    size_t first = 0, used = kRunSlack;
-    for (size_t i = 0; i <= tokens.size(); ++i) {
-      const size_t need = i < tokens.size() ? QuantizeTokenBytes(tokens, i, first, row) : 0;
-      if (i < tokens.size() && (i == first || used + need <= kSlotBytes)) {
+    for (size_t first = 0; first < tokens.size();) {
+      // The run [first, end): every token that fits the slot after the first, which always goes.
+      size_t end = first + 1, used = kRunSlack + QuantizeTokenBytes(tokens, first, first, row);
+      for (; end < tokens.size(); ++end) {
+        const size_t need = QuantizeTokenBytes(tokens, end, first, row);
+        if (used + need > kSlotBytes) break;
         used += need;
-        continue;
       }
-      const std::span<const KvQuantizeToken> run = tokens.subspan(first, i - first);
-      if (run.empty()) break;  // no tokens at all
+      const std::span<const KvQuantizeToken> run = tokens.subspan(first, end - first);
       SAGE_CUDA_RETURN_IF_ERROR(OnFreeStream([&](std::byte* staging, cudaStream_t stream) {
         return IssueQuantize(layout, run, staging, stream);
       }));
-      first = i;
-      used = kRunSlack + (i < tokens.size() ? QuantizeTokenBytes(tokens, i, first, row) : 0);
+      first = end;
     }
     return absl::OkStatus();
   }
@@ -289,7 +291,7 @@ class DeviceKvMemory final : public KvMemory {
       if (w.src_memory != MemoryKind::kDevice) {
         std::memcpy(staging + used, w.src, w.bytes);
         src = staging + used;
-        used += (w.bytes + 15) / 16 * 16;
+        used += Align16(w.bytes);
       }
       table[i] = sage_copy_segment_t{src, base_ + w.offset, w.bytes};
       largest = std::max<uint64_t>(largest, w.bytes);

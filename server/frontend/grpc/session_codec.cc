@@ -206,7 +206,7 @@ absl::StatusOr<SessionAttendRequest> DecodeAttendSession(const v1::AttendSession
     st.position = w.position();
     st.step_id = w.step_id();
     // k and v may each be inline or in any registered region (system or CUDA, any of the server's
-    // GPUs): the server copies them to the host for the append, so no placement rule ties them.
+    // GPUs): the append reads them in place or from a host copy, so no placement rule ties them.
     absl::StatusOr<StepTensor> k = packed.has_value() ? Slice(packed->k, packed->k_first[i], r.packed().n_new(i))
                                                       : DecodeStepTensor(at + ".k", w.k(), shared_memory, out.regions);
     if (!k.ok()) return k.status();

@@ -83,8 +83,8 @@ class SessionStreamReactor final
   int outstanding_ = 0;  // read and not yet answered (decoding, queued or running)
   bool reads_done_ = false;
   bool read_paused_ = false;
-  bool resuming_read_ = false;
-  bool dispatching_ = false;    // OnReadDone is starting a request: only it may issue the next read  // a StartRead is being issued outside the lock: no Finish meanwhile
+  bool resuming_read_ = false;  // a StartRead is being issued outside the lock: no Finish meanwhile
+  bool dispatching_ = false;    // OnReadDone is starting a request: only it may issue the next read
   bool writing_ = false;
   bool write_failed_ = false;
   bool cancelled_ = false;

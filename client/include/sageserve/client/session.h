@@ -69,7 +69,8 @@ class Session {
   v1::SessionStep MakeStep(int layer, std::span<const uint16_t> k, std::span<const uint16_t> v, int64_t q_rows,
                            const v1::SharedMemoryRef& q) const;
   // The same with k and v too in registered regions: `new_tokens` tokens each ([new_tokens, Hkv,
-  // D], byte_size new_tokens * Hkv * D * 2), which the server copies to its host for the append.
+  // D], byte_size new_tokens * Hkv * D * 2), which the append reads in place on the GPU holding
+  // the session or from a host copy (docs/API.md, "Sessions").
   // `q_rows` 0: a bulk import (`q` is not used).
   v1::SessionStep MakeStep(int layer, int64_t new_tokens, const v1::SharedMemoryRef& k, const v1::SharedMemoryRef& v,
                            int64_t q_rows, const v1::SharedMemoryRef& q) const;
