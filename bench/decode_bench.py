@@ -12,7 +12,8 @@ torch's fp32 sum, and (where CuPy is installed) a read-only CUDA kernel compiled
 stream" uses the fastest of them.
 
   python3 bench/decode_bench.py --lib ours=.bundle/lib/libsageattn.so --out decode.json
-(--lib may repeat, NAME=PATH, to compare builds in one run.)
+(--lib may repeat, NAME=PATH, to compare builds in one run; --layouts token,head times both page row
+orders of sageattn.h's sage_kv_layout_t; --no-torch skips the SDPA baselines.)
 """
 import argparse
 import ctypes
@@ -30,8 +31,21 @@ HQ, HKV, D = 32, 8, 128
 CASES = [(64, 4096), (16, 16384), (4, 65536), (1, 32768), (16, 8192), (64, 8192), (32, 16384)]
 PAGE_TOKENS = 16
 COPIES = 4
-SAGE_KV_16BIT, SAGE_KV_INT8K_FP8V = 0, 1
+SAGE_KV_16BIT, SAGE_KV_INT8K_FP8V, SAGE_KV_INT4K_FP8V = 0, 1, 2
+STORAGES = ((SAGE_KV_16BIT, "fp16_pages"), (SAGE_KV_INT8K_FP8V, "int8k_fp8v_pages"), (SAGE_KV_INT4K_FP8V, "int4k_fp8v_pages"))
+INT4_GROUP = 32
+
+
+def int4_nibble_channel(n, d=D):
+    """The channel nibble n of a token-head's INT4 K codes holds (kv_pages.h, Int4NibbleChannel)."""
+    lane, r = divmod(n, d // 4)
+    w, j = divmod(r, 8)
+    e, m = divmod(j, 4)
+    ks, operand = 2 * w + m // 2, m % 2
+    i, kset = ks % 4, ks // 4
+    return 32 * (2 * kset + operand) + 8 * i + 2 * lane + e
 SAGE_DTYPE_F16 = 1
+LAYOUTS = {"token": 0, "head": 1}  # sage_kv_layout_t: TOKEN_MAJOR, HEAD_MAJOR
 
 
 class Params(ctypes.Structure):
@@ -44,7 +58,7 @@ class Params(ctypes.Structure):
                 ("max_seqlen_k", ctypes.c_int32), ("total_q", ctypes.c_int64),
                 ("num_q_heads", ctypes.c_int32), ("num_kv_heads", ctypes.c_int32),
                 ("head_dim", ctypes.c_int32), ("softmax_scale", ctypes.c_float),
-                ("workspace", ctypes.c_void_p), ("workspace_bytes", ctypes.c_size_t)]
+                ("workspace", ctypes.c_void_p), ("workspace_bytes", ctypes.c_size_t), ("layout", ctypes.c_int)]
 
 
 def timed(fn, iters, spin_cycles=200_000):
@@ -113,10 +127,17 @@ def make_kv(batch, length, storage, gen):
         k = torch.randn(shape, device="cuda", dtype=torch.float16, generator=gen)
         v = torch.randn(shape, device="cuda", dtype=torch.float16, generator=gen)
         return {"k": k, "v": v}
-    k = torch.randint(-127, 128, shape, device="cuda", dtype=torch.int8, generator=gen)
     v = (torch.randn(shape, device="cuda", generator=gen) * 100).clamp(-448, 448).to(torch.float8_e4m3fn)
-    ks = torch.rand(shape[:3], device="cuda", generator=gen) * 0.02 + 0.005
     vs = torch.rand(shape[:3], device="cuda", generator=gen) * 0.01 + 0.002
+    if storage == SAGE_KV_INT4K_FP8V:
+        codes = torch.randint(-7, 8, shape, device="cuda", dtype=torch.int8, generator=gen)
+        ks = torch.rand(*shape[:3], D // INT4_GROUP, device="cuda", generator=gen) * 0.2 + 0.05
+        perm = torch.tensor([int4_nibble_channel(n) for n in range(D)], device="cuda")
+        u = (codes[..., perm] + 8).to(torch.uint8)
+        k = u[..., 0::2] | (u[..., 1::2] << 4)  # [B, L, H, D/2]: nibble 2b low, 2b + 1 high
+        return {"k": k, "v": v, "ks": ks, "vs": vs, "k_codes": codes}
+    k = torch.randint(-127, 128, shape, device="cuda", dtype=torch.int8, generator=gen)
+    ks = torch.rand(shape[:3], device="cuda", generator=gen) * 0.02 + 0.005
     return {"k": k, "v": v, "ks": ks, "vs": vs}
 
 
@@ -124,36 +145,42 @@ def values(kv, storage, b):
     """fp32 K, V of sequence b as [Hkv, L, D]."""
     if storage == SAGE_KV_16BIT:
         k, v = kv["k"][b].float(), kv["v"][b].float()
+    elif storage == SAGE_KV_INT4K_FP8V:
+        k = kv["k_codes"][b].float() * kv["ks"][b].repeat_interleave(INT4_GROUP, dim=-1)
+        v = kv["v"][b].float() * kv["vs"][b][..., None]
     else:
         k = kv["k"][b].float() * kv["ks"][b][..., None]
         v = kv["v"][b].float() * kv["vs"][b][..., None]
     return k.transpose(0, 1), v.transpose(0, 1)
 
 
-def build_pool(kv, storage, perm):
-    """Pages [P, page_bytes] uint8: [K codes T×H×D][V codes][K scales T×H][V scales]; page i of the
-    flattened (sequence, page) order goes to pool slot perm[i]."""
+def build_pool(kv, storage, perm, layout):
+    """Pages [P, page_bytes] uint8: [K codes T×H×D][V codes][K scales T×H][V scales] (head-major:
+    H×T×D and H×T); page i of the flattened (sequence, page) order goes to pool slot perm[i]."""
     batch, length = kv["k"].shape[:2]
     n_pages = batch * length // PAGE_TOKENS
 
     def paged(t):
-        t = t.contiguous().view(n_pages, -1).view(torch.uint8)
+        t = t.contiguous().view(torch.uint8).reshape(n_pages, PAGE_TOKENS, HKV, -1)  # bytes per (token, head)
+        if layout == "head":
+            t = t.transpose(1, 2)
+        t = t.contiguous().view(n_pages, -1)
         out = torch.empty_like(t)
         out[perm] = t
         return out
 
     parts = [paged(kv["k"]), paged(kv["v"])]
-    if storage == SAGE_KV_INT8K_FP8V:
+    if storage != SAGE_KV_16BIT:
         parts += [paged(kv["ks"]), paged(kv["vs"])]
     return torch.cat(parts, dim=1).contiguous()
 
 
-def run_case(lib, batch, length, storage, iters, stream):
+def run_case(lib, batch, length, storage, iters, stream, layout="token"):
     gen = torch.Generator(device="cuda").manual_seed(batch * 1000 + length + storage)
     kv = make_kv(batch, length, storage, gen)
     n_pages = batch * length // PAGE_TOKENS
     perm = torch.randperm(n_pages, device="cuda", generator=gen)
-    pools = [build_pool(kv, storage, perm)]
+    pools = [build_pool(kv, storage, perm, layout)]
     pools += [pools[0].clone() for _ in range(COPIES - 1)]
     page_table = perm.to(torch.int32)
     cu_pages = torch.arange(0, batch + 1, device="cuda", dtype=torch.int32) * (length // PAGE_TOKENS)
@@ -165,7 +192,7 @@ def run_case(lib, batch, length, storage, iters, stream):
     scale = 1.0 / math.sqrt(D)
     p = Params(storage, SAGE_DTYPE_F16, q.data_ptr(), o.data_ptr(), lse.data_ptr(), pools[0].data_ptr(),
                pools[0].shape[1], PAGE_TOKENS, page_table.data_ptr(), cu_pages.data_ptr(), cu_q.data_ptr(),
-               seqlens.data_ptr(), batch, 1, length, batch, HQ, HKV, D, scale, None, 0)
+               seqlens.data_ptr(), batch, 1, length, batch, HQ, HKV, D, scale, None, 0, LAYOUTS[layout])
     ws_bytes = ctypes.c_size_t(0)
     assert lib.sage_paged_decode_workspace_size(ctypes.byref(p), ctypes.byref(ws_bytes)) == 0, lib.sage_last_error()
     ws = torch.empty(max(ws_bytes.value, 16), dtype=torch.uint8, device="cuda")
@@ -191,8 +218,9 @@ def run_case(lib, batch, length, storage, iters, stream):
         e = ((o[b].float() - ref).abs().max() / ref.abs().max()).item()
         err = e if math.isnan(e) else max(err, e)  # NaN must show
     us = timed(call, iters)
-    code_bytes = 2 if storage == SAGE_KV_16BIT else 1
-    bytes_read = batch * length * HKV * (2 * D * code_bytes + (0 if storage == SAGE_KV_16BIT else 8))
+    per_token_head = {SAGE_KV_16BIT: 4 * D, SAGE_KV_INT8K_FP8V: 2 * D + 8,
+                      SAGE_KV_INT4K_FP8V: D // 2 + D + 4 * (D // INT4_GROUP) + 4}[storage]
+    bytes_read = batch * length * HKV * per_token_head
     del pools, kv
     return {"us": us, "bytes": bytes_read, "gbps": bytes_read / us / 1e3, "max_rel_err_vs_fp32": err,
             "workspace_bytes": ws_bytes.value}
@@ -233,6 +261,10 @@ def run_torch(batch, length, iters):
     return out
 
 
+def variant(lib_name, layout):
+    return lib_name if layout == "token" else f"{lib_name}/head-major"
+
+
 def main():
     warnings.filterwarnings("ignore", category=UserWarning)  # SDPA's "kernel not used because" notes
     ap = argparse.ArgumentParser()
@@ -240,9 +272,12 @@ def main():
     ap.add_argument("--out", required=True)
     ap.add_argument("--iters", type=int, default=50)
     ap.add_argument("--cases", default="", help="BxL,BxL,... (default: all of CASES)")
+    ap.add_argument("--layouts", default="token", help="page row orders to time: token, head or token,head")
+    ap.add_argument("--no-torch", action="store_true", help="skip the torch SDPA baselines (profiling runs)")
     args = ap.parse_args()
     cases = [tuple(int(x) for x in c.split("x")) for c in args.cases.split(",")] if args.cases else CASES
     libs = {}
+    layouts = args.layouts.split(",")
     for spec in args.lib:
         name, path = spec.split("=", 1) if "=" in spec else ("ours", spec)
         lib = ctypes.CDLL(path)
@@ -263,12 +298,17 @@ def main():
         for batch, length in cases:
             case = {"batch": batch, "len": length}
             for name, lib in libs.items():
-                for storage, key in ((SAGE_KV_16BIT, "fp16_pages"), (SAGE_KV_INT8K_FP8V, "int8k_fp8v_pages")):
-                    r = run_case(lib, batch, length, storage, args.iters, stream)
-                    r["pct_stream"] = 100 * r["gbps"] / stream_gbps
-                    case[f"{name}/{key}"] = r
-                    torch.cuda.empty_cache()
-            case["torch"] = run_torch(batch, length, args.iters)
+                for layout in layouts:
+                    for storage, key in STORAGES:
+                        try:
+                            r = run_case(lib, batch, length, storage, args.iters, stream, layout)
+                        except RuntimeError as e:  # e.g. a library without this storage: a result, not a crash
+                            case[f"{variant(name, layout)}/{key}"] = {"error": str(e)[:160]}
+                            continue
+                        r["pct_stream"] = 100 * r["gbps"] / stream_gbps
+                        case[f"{variant(name, layout)}/{key}"] = r
+                        torch.cuda.empty_cache()
+            case["torch"] = {} if args.no_torch else run_torch(batch, length, args.iters)
             times = [v["us"] for v in case["torch"].values() if "us" in v]
             best = min(times) if times else float("nan")
             case["torch_best_us"] = best
@@ -281,21 +321,29 @@ def main():
     print(f"device {result['device']}, torch {result['torch']}; streaming read over 2 GiB (GB/s): "
           + ", ".join(f"{k} {v:.0f}" if isinstance(v, float) else f"{k}: {v}" for k, v in streams.items())
           + f"; cold L2 by {result['config']['cold_l2']}; median of {args.iters}")
-    for name in libs:
-        print(f"\n{name}: % stream = achieved GB/s / {stream_gbps:.0f} GB/s; speedup = fastest torch µs / ours µs")
-        print("| B x L | fp16 pages µs | GB/s | % stream | 8-bit pages µs | GB/s | % stream | flash µs | cudnn µs |"
-              " efficient µs | speedup fp16 | speedup 8-bit | rel err fp16, 8-bit |")
-        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for name in [variant(n, layout) for n in libs for layout in layouts]:
+        print(f"\n{name}: % = achieved GB/s / {stream_gbps:.0f} GB/s streaming; x = fastest torch µs / ours µs")
+        print("| B x L | fp16 pages µs | % | x | 8-bit µs | % | x | int4-K µs | % | x | flash µs | cudnn µs |"
+              " efficient µs | rel err fp16, 8-bit, int4-K |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for c in result["cases"]:
-            a, b, t = c[f"{name}/fp16_pages"], c[f"{name}/int8k_fp8v_pages"], c["torch"]
+            t = c["torch"]
 
             def tt(backend):
                 v = t.get(backend, {})
                 return f"{v['us']:.1f}" + ("" if v["mode"] == "gqa" else " (expanded)") if "us" in v else "fail"
-            print(f"| {c['batch']}x{c['len'] // 1024}k | {a['us']:.1f} | {a['gbps']:.0f} | {a['pct_stream']:.0f}% | "
-                  f"{b['us']:.1f} | {b['gbps']:.0f} | {b['pct_stream']:.0f}% | {tt('flash')} | {tt('cudnn')} | "
-                  f"{tt('efficient')} | {a['speedup_vs_best_torch']:.2f} | {b['speedup_vs_best_torch']:.2f} | "
-                  f"{a['max_rel_err_vs_fp32']:.1e}, {b['max_rel_err_vs_fp32']:.1e} |")
+
+            cells, errs = [], []
+            for _, key in STORAGES:
+                r = c.get(f"{name}/{key}", {})
+                if "us" in r:
+                    cells.append(f"{r['us']:.1f} | {r['pct_stream']:.0f}% | {r['speedup_vs_best_torch']:.2f}")
+                    errs.append(f"{r['max_rel_err_vs_fp32']:.1e}")
+                else:
+                    cells.append("— | — | —")
+                    errs.append("—")
+            print(f"| {c['batch']}x{c['len'] // 1024}k | " + " | ".join(cells) +
+                  f" | {tt('flash')} | {tt('cudnn')} | {tt('efficient')} | {', '.join(errs)} |")
     for c in result["cases"]:
         for name, v in c["torch"].items():
             if "error" in v:

@@ -101,14 +101,20 @@ sage_status_t sage_attn_attend(const sage_attn_params_t* params, sage_stream_t s
  *   [K codes: T x H x D][V codes: T x H x D][K scales: T x H fp32][V scales: T x H fp32]
  * 16BIT: codes are the dtype's 2-byte values, no scales. INT8K_FP8V: K codes int8 (K minus the
  * session's mean, which leaves softmax unchanged), V codes FP8 E4M3, value = code x scale of its
- * token and head.
+ * token and head. INT4K_FP8V (head_dim 128): K codes are nibbles (code + 8, two per byte, D/2 bytes
+ * per token-head in kv_pages.h's nibble order) with one fp32 scale per 32 channels, so the K parts
+ * are [K codes: T x H x D/2][..][K scales: T x H x D/32 fp32]; V as INT8K_FP8V.
  * Sequence b has seqlens_k[b] cached tokens (its pages page_table[cu_pages[b] ..]) and
  * cu_seqlens_q[b+1] - cu_seqlens_q[b] query rows (1..SAGE_PAGED_MAX_QUERY_ROWS, at most its
  * length), causal, bottom-right aligned: row i of n sees tokens [0, len - n + i]. The math is fp32
  * over the stored values (K = code x scale exactly, not rounded to 16 bits); O in dtype, LSE natural
  * log of the scaled scores. The query heads of one KV head are computed together, so each page is
  * read once per step; long sequences are split across CTAs and merged by LSE. */
-typedef enum { SAGE_KV_16BIT = 0, SAGE_KV_INT8K_FP8V = 1 } sage_kv_storage_t;
+typedef enum { SAGE_KV_16BIT = 0, SAGE_KV_INT8K_FP8V = 1, SAGE_KV_INT4K_FP8V = 2 } sage_kv_storage_t;
+/* Order of a page's (token, head) rows inside each of its four parts: TOKEN_MAJOR is row
+ * t * num_kv_heads + h (the layout above), HEAD_MAJOR row h * page_tokens + t, so one head's tokens
+ * of a page are contiguous. */
+typedef enum { SAGE_KV_TOKEN_MAJOR = 0, SAGE_KV_HEAD_MAJOR = 1 } sage_kv_layout_t;
 
 #define SAGE_PAGED_MAX_QUERY_ROWS 16
 
@@ -135,6 +141,7 @@ typedef struct {
   float softmax_scale;          /* > 0 */
   void* workspace;              /* split-KV partials: sage_paged_decode_workspace_size() bytes */
   size_t workspace_bytes;
+  sage_kv_layout_t layout;      /* row order inside the pages (0, TOKEN_MAJOR, when zeroed) */
 } sage_paged_decode_params_t;
 
 sage_status_t sage_paged_decode_workspace_size(const sage_paged_decode_params_t* params, size_t* bytes);
@@ -167,7 +174,7 @@ typedef struct {
 
 sage_status_t sage_paged_gather(const sage_paged_gather_params_t* params, sage_stream_t stream);
 
-/* ---- KV quantize: a step's new tokens encoded into their INT8K_FP8V pages on the GPU ----
+/* ---- KV quantize: a step's new tokens encoded into their INT8K_FP8V or INT4K_FP8V pages on the GPU ----
  * Token i (of `count`) goes to slot slots[i] of the page at byte offset page_offsets[i] of `pages`.
  * Its K and V come in one of two forms:
  *  - centred: k_centered ([count, num_kv_heads, head_dim] fp32: the token's K minus the session's K
@@ -178,7 +185,7 @@ sage_status_t sage_paged_gather(const sage_paged_gather_params_t* params, sage_s
  *    ([num_kv_heads * head_dim] fp32); K is centred here as CenterKTokens does it (one IEEE fp32
  *    subtraction), so the bytes are the same. The rows may be anywhere the GPU reads, e.g. a
  *    client's CUDA IPC buffer, so new tokens on the GPU never visit the host.
- * Writes the codes and scales QuantizeKvTokens (kernels/reference/kv_pages.h) writes, byte for
+ * Writes the codes and scales QuantizeKvTokens (kernels/reference/kv_pages.h) writes for `storage`, byte for
  * byte, except that a NaN scale may differ in payload and a NaN V code in sign (x86 makes inf/inf a
  * negative NaN, the GPU a positive one). The inputs and the tables may lie in pinned host memory
  * (read over the bus) or device memory. Asynchronous on `stream`. */
@@ -196,6 +203,7 @@ typedef struct {
   const void* const* k_rows;      /* the rows form: per token */
   const void* const* v_rows;
   const float* const* k_means;
+  sage_kv_storage_t storage;      /* INT8K_FP8V or INT4K_FP8V (16BIT is refused: nothing to quantize) */
 } sage_kv_quantize_params_t;
 
 sage_status_t sage_kv_quantize(const sage_kv_quantize_params_t* params, sage_stream_t stream);

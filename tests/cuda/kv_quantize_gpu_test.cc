@@ -101,6 +101,7 @@ TEST(KvQuantizeGpu, WritesTheSchemesBytes) {
         DeviceBuffer dk, dv, doff, dslot, dmeans, dk_rows, dv_rows, dmean_of;
         void* pinned = nullptr;
         sage_kv_quantize_params_t p{};
+        p.storage = SAGE_KV_INT8K_FP8V;
         p.dtype = dtype == DType::kBF16 ? SAGE_DTYPE_BF16 : SAGE_DTYPE_F16;
         p.pages = pool.get();
         p.page_tokens = kPageTokens;
@@ -194,6 +195,7 @@ TEST(KvQuantizeGpu, BadParamsAreRefused) {
   const auto st = reinterpret_cast<sage_stream_t>(stream.get());
   DeviceBuffer buf(1 << 16);
   sage_kv_quantize_params_t p{};
+  p.storage = SAGE_KV_INT8K_FP8V;
   p.dtype = SAGE_DTYPE_F16;
   p.pages = buf.get();
   p.page_tokens = 16;
@@ -206,6 +208,10 @@ TEST(KvQuantizeGpu, BadParamsAreRefused) {
   p.v = buf.get();
   EXPECT_EQ(sage_kv_quantize(nullptr, st), SAGE_ERR_INVALID_ARGUMENT);
   sage_kv_quantize_params_t bad = p;
+  bad.storage = SAGE_KV_16BIT;  // nothing to quantize
+  EXPECT_EQ(sage_kv_quantize(&bad, st), SAGE_ERR_INVALID_ARGUMENT);
+  EXPECT_NE(std::string(sage_last_error()).find("storage"), std::string::npos) << sage_last_error();
+  bad = p;
   bad.head_dim = 80;
   EXPECT_EQ(sage_kv_quantize(&bad, st), SAGE_ERR_INVALID_ARGUMENT);
   EXPECT_NE(std::string(sage_last_error()).find("head_dim"), std::string::npos) << sage_last_error();

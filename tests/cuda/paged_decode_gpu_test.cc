@@ -32,6 +32,7 @@ struct Prepared {
   PagedKvPool pool;
   PagedDecodeProblem problem;
   int max_q = 0, max_k = 0;
+  std::vector<std::byte> device_pool;  // uploaded instead of pool.pool when set (another layout)
 };
 
 Prepared Prepare(KvStorage storage, DType dtype, int d, int hkv, int group, const std::vector<int>& q_lens,
@@ -46,7 +47,7 @@ Prepared Prepare(KvStorage storage, DType dtype, int d, int hkv, int group, cons
   spec.dtype = dtype;
   spec.distribution = Distribution::kLlmLike;  // K channel bias, Q outlier channels, V offset
   spec.seed = seed;
-  Prepared c{SyntheticProblem(spec), {}, {}, 0, 0};
+  Prepared c{SyntheticProblem(spec), {}, {}, 0, 0, {}};
   const AttnInput& in = c.data.input();
   const KvPageLayout layout{storage, dtype, page_tokens, hkv, d};
   c.pool = PackPagedKv(storage, dtype, in.k.data, in.v.data, in.cu_seqlens_k, hkv, d, page_tokens,
@@ -69,7 +70,7 @@ absl::Status Upload(const Prepared& c, cudaStream_t s, DeviceCase* dc) {
   std::vector<int32_t> cu_q(p.cu_seqlens_q.begin(), p.cu_seqlens_q.end());
   if (auto st = dc->q.Allocate(q_bytes); !st.ok()) return st;
   if (auto st = dc->q.Upload(p.q, q_bytes, s); !st.ok()) return st;
-  if (auto st = dc->pool.Upload(c.pool.pool, s); !st.ok()) return st;
+  if (auto st = dc->pool.Upload(c.device_pool.empty() ? c.pool.pool : c.device_pool, s); !st.ok()) return st;
   if (auto st = dc->page_table.Upload(c.pool.page_table, s); !st.ok()) return st;
   if (auto st = dc->cu_pages.Upload(c.pool.cu_pages, s); !st.ok()) return st;
   if (auto st = dc->cu_q.Upload(cu_q, s); !st.ok()) return st;
@@ -113,12 +114,15 @@ double Ulp(double x, DType t) {
 }
 
 // Runs the kernel and checks it against the emulation with the rule at the top of this file.
-void RunAndCompare(const Prepared& c, const std::string& what) {
+// The emulation reads the token-major pool; with layout HEAD_MAJOR the device holds the same pages
+// rewritten by HeadMajorPool (Prepared::device_pool).
+void RunAndCompare(const Prepared& c, const std::string& what, sage_kv_layout_t layout = SAGE_KV_TOKEN_MAJOR) {
   SCOPED_TRACE(what);
   Stream stream;
   ASSERT_NE(stream.get(), nullptr);
   DeviceCase dc;
   ASSERT_TRUE(Upload(c, stream.get(), &dc).ok());
+  dc.params.layout = layout;
   ASSERT_EQ(sage_paged_decode(&dc.params, stream.sage()), SAGE_OK) << sage_last_error();
   std::vector<uint16_t> o;
   std::vector<float> lse;
@@ -184,6 +188,54 @@ TEST(PagedDecodeGpu, MatchesTheEmulation) {
                         name + " split");
           ++index;
         }
+      }
+    }
+  }
+}
+
+// The pool's pages rewritten head-major (sageattn.h, sage_kv_layout_t): each of a page's four parts
+// goes from [token][head] rows to [head][token] rows.
+std::vector<std::byte> HeadMajorPool(const PagedKvPool& pool) {
+  const KvPageLayout& l = pool.layout;
+  std::vector<std::byte> out = pool.pool;
+  const size_t code_row = static_cast<size_t>(l.head_dim) * l.code_bytes();
+  struct Part {
+    size_t offset, row_bytes;
+  };
+  std::vector<Part> parts = {{0, code_row}, {l.codes_per_tensor(), code_row}};
+  if (l.scales_per_tensor() > 0) {
+    parts.push_back({2 * l.codes_per_tensor(), sizeof(float)});
+    parts.push_back({2 * l.codes_per_tensor() + l.scales_per_tensor(), sizeof(float)});
+  }
+  for (size_t page = 0; page < pool.pool.size() / pool.page_bytes; ++page) {
+    const std::byte* src = pool.pool.data() + page * pool.page_bytes;
+    std::byte* dst = out.data() + page * pool.page_bytes;
+    for (const Part& part : parts) {
+      for (int t = 0; t < l.page_tokens; ++t) {
+        for (int h = 0; h < l.heads; ++h) {
+          std::memcpy(dst + part.offset + (static_cast<size_t>(h) * l.page_tokens + t) * part.row_bytes,
+                      src + part.offset + (static_cast<size_t>(t) * l.heads + h) * part.row_bytes, part.row_bytes);
+        }
+      }
+    }
+  }
+  return out;
+}
+
+// The same problems with head-major pages give the same results, through both kernels (D 64 on CUDA
+// cores, D 128 on tensor cores), with and without splits, page sizes 16 and 64.
+TEST(PagedDecodeGpu, HeadMajorPagesMatchTheEmulation) {
+  SAGE_SKIP_WITHOUT_GPU();
+  int index = 0;
+  for (KvStorage storage : {KvStorage::k16Bit, KvStorage::kInt8KFp8V}) {
+    for (int d : {64, 128}) {
+      for (int page_tokens : {16, 64}) {
+        Prepared c = Prepare(storage, DType::kF16, d, 4, 4, {1, 3, 1, 16}, {7, 999, 20000, 300}, page_tokens,
+                             index % 2 ? 32 : 0, 50 + index);
+        c.device_pool = HeadMajorPool(c.pool);
+        RunAndCompare(c, absl::StrCat(Name(storage, DType::kF16, d, 4), "/P", page_tokens, " head-major"),
+                      SAGE_KV_HEAD_MAJOR);
+        ++index;
       }
     }
   }
@@ -281,6 +333,8 @@ TEST(PagedDecodeGpu, InvalidParamsAreRejectedWithAMessage) {
       {"num_q_heads", [](sage_paged_decode_params_t* p) { p->num_q_heads = 6; p->num_kv_heads = 4; },
        SAGE_ERR_INVALID_ARGUMENT},
       {"softmax_scale", [](sage_paged_decode_params_t* p) { p->softmax_scale = 0.f; }, SAGE_ERR_INVALID_ARGUMENT},
+      {"layout", [](sage_paged_decode_params_t* p) { p->layout = static_cast<sage_kv_layout_t>(2); },
+       SAGE_ERR_INVALID_ARGUMENT},
   };
   for (const Bad& b : cases) {
     sage_paged_decode_params_t p = dc.params;

@@ -16,17 +16,43 @@ constexpr size_t kWorkspaceBaseAlign = 256;
 constexpr double kLog2e = 1.4426950408889634;
 
 // Bytes of the kv_pages.h layout of one page.
-uint64_t LayoutBytes(const sage_paged_decode_params_t* p) {
-  const uint64_t values = static_cast<uint64_t>(p->page_tokens) * p->num_kv_heads * p->head_dim;
-  if (p->storage == SAGE_KV_16BIT) return 4 * values;
-  return 2 * values + 2 * static_cast<uint64_t>(p->page_tokens) * p->num_kv_heads * sizeof(float);
+// Byte offsets of a page's parts (the kv_pages.h layout) and its size.
+struct PageParts {
+  uint64_t v_codes = 0, k_scales = 0, v_scales = 0, bytes = 0;
+};
+PageParts PartsOf(const sage_paged_decode_params_t* p) {
+  const uint64_t slots = static_cast<uint64_t>(p->page_tokens) * p->num_kv_heads;
+  const uint64_t d = static_cast<uint64_t>(p->head_dim);
+  PageParts parts;
+  switch (p->storage) {
+    case SAGE_KV_16BIT:
+      parts.v_codes = 2 * slots * d;
+      parts.k_scales = parts.v_scales = parts.bytes = 4 * slots * d;
+      break;
+    case SAGE_KV_INT8K_FP8V:
+      parts.v_codes = slots * d;
+      parts.k_scales = 2 * slots * d;
+      parts.v_scales = parts.k_scales + slots * sizeof(float);
+      parts.bytes = parts.v_scales + slots * sizeof(float);
+      break;
+    case SAGE_KV_INT4K_FP8V:
+      parts.v_codes = slots * d / 2;
+      parts.k_scales = parts.v_codes + slots * d;
+      parts.v_scales = parts.k_scales + slots * (d / kInt4Group) * sizeof(float);
+      parts.bytes = parts.v_scales + slots * sizeof(float);
+      break;
+  }
+  return parts;
 }
 
 // Everything except the data pointers and the workspace (what the workspace size depends on).
 sage_status_t ValidateShape(const sage_paged_decode_params_t* p) {
   if (p == nullptr) return Fail(SAGE_ERR_INVALID_ARGUMENT, "params: null");
-  if (p->storage != SAGE_KV_16BIT && p->storage != SAGE_KV_INT8K_FP8V)
-    return Fail(SAGE_ERR_INVALID_ARGUMENT, "storage: unknown value %d (16BIT=0, INT8K_FP8V=1)", static_cast<int>(p->storage));
+  if (p->storage != SAGE_KV_16BIT && p->storage != SAGE_KV_INT8K_FP8V && p->storage != SAGE_KV_INT4K_FP8V)
+    return Fail(SAGE_ERR_INVALID_ARGUMENT, "storage: unknown value %d (16BIT=0, INT8K_FP8V=1, INT4K_FP8V=2)",
+                static_cast<int>(p->storage));
+  if (p->layout != SAGE_KV_TOKEN_MAJOR && p->layout != SAGE_KV_HEAD_MAJOR)
+    return Fail(SAGE_ERR_INVALID_ARGUMENT, "layout: unknown value %d (TOKEN_MAJOR=0, HEAD_MAJOR=1)", static_cast<int>(p->layout));
   if (p->dtype != SAGE_DTYPE_F16 && p->dtype != SAGE_DTYPE_BF16)
     return Fail(SAGE_ERR_INVALID_ARGUMENT, "dtype: unknown value %d (F16=1, BF16=2)", static_cast<int>(p->dtype));
   if (p->batch < 0 || p->batch > 65535) return Fail(SAGE_ERR_INVALID_ARGUMENT, "batch: %d not in [0, 65535]", p->batch);
@@ -38,6 +64,8 @@ sage_status_t ValidateShape(const sage_paged_decode_params_t* p) {
     return Fail(SAGE_ERR_UNSUPPORTED, "num_q_heads %d: at most 32767", p->num_q_heads);
   if (p->head_dim != 64 && p->head_dim != 128)
     return Fail(SAGE_ERR_UNSUPPORTED, "head_dim %d unsupported (64, 128)", p->head_dim);
+  if (p->storage == SAGE_KV_INT4K_FP8V && p->head_dim != 128)
+    return Fail(SAGE_ERR_UNSUPPORTED, "head_dim %d unsupported with storage INT4K_FP8V (128 only)", p->head_dim);
   if (p->batch == 0) return SAGE_OK;
   if (p->max_seqlen_q < 1 || p->max_seqlen_q > SAGE_PAGED_MAX_QUERY_ROWS)
     return Fail(SAGE_ERR_INVALID_ARGUMENT, "max_seqlen_q: %d not in [1, %d]", p->max_seqlen_q, SAGE_PAGED_MAX_QUERY_ROWS);
@@ -49,9 +77,9 @@ sage_status_t ValidateShape(const sage_paged_decode_params_t* p) {
                 static_cast<long long>(p->total_q), p->batch, static_cast<long long>(p->batch) * p->max_seqlen_q);
   if (p->page_tokens <= 0 || p->page_tokens % 16 != 0)
     return Fail(SAGE_ERR_INVALID_ARGUMENT, "page_tokens: %d must be a positive multiple of 16", p->page_tokens);
-  if (p->page_bytes < LayoutBytes(p) || p->page_bytes % 16 != 0)
+  if (p->page_bytes < PartsOf(p).bytes || p->page_bytes % 16 != 0)
     return Fail(SAGE_ERR_INVALID_ARGUMENT, "page_bytes: %llu must be >= the layout's %llu bytes and a multiple of 16",
-                static_cast<unsigned long long>(p->page_bytes), static_cast<unsigned long long>(LayoutBytes(p)));
+                static_cast<unsigned long long>(p->page_bytes), static_cast<unsigned long long>(PartsOf(p).bytes));
   if (!(p->softmax_scale > 0.f) || !std::isfinite(p->softmax_scale))
     return Fail(SAGE_ERR_INVALID_ARGUMENT, "softmax_scale: %g must be finite and > 0", static_cast<double>(p->softmax_scale));
   return SAGE_OK;
@@ -90,7 +118,7 @@ sage_status_t PagedDecode(const sage_paged_decode_params_t* p, cudaStream_t stre
                            static_cast<size_t>(kp.plan.splits) * static_cast<size_t>(p->total_q) * p->num_q_heads * sizeof(float);
     kp.partial_lse = reinterpret_cast<float*>(static_cast<unsigned char*>(p->workspace) + o_bytes);
   }
-  kp.codes = p->storage == SAGE_KV_16BIT ? KvCodes::k16Bit : KvCodes::kInt8KFp8V;
+  kp.codes = CodesOf(p->storage);
   kp.io = p->dtype == SAGE_DTYPE_F16 ? IoType::kF16 : IoType::kBF16;
   kp.q = p->q;
   kp.o = p->o;
@@ -98,6 +126,7 @@ sage_status_t PagedDecode(const sage_paged_decode_params_t* p, cudaStream_t stre
   kp.pages = static_cast<const unsigned char*>(p->pages);
   kp.page_bytes = p->page_bytes;
   kp.page_tokens = p->page_tokens;
+  kp.page_div = FastDivmod::For(p->page_tokens);
   kp.page_table = p->page_table;
   kp.cu_pages = p->cu_pages;
   kp.cu_seqlens_q = p->cu_seqlens_q;
@@ -108,11 +137,13 @@ sage_status_t PagedDecode(const sage_paged_decode_params_t* p, cudaStream_t stre
   kp.num_kv_heads = p->num_kv_heads;
   kp.head_dim = p->head_dim;
   kp.scale_log2 = static_cast<float>(p->softmax_scale * kLog2e);
-  const uint64_t codes = static_cast<uint64_t>(p->page_tokens) * p->num_kv_heads * p->head_dim *
-                         (p->storage == SAGE_KV_16BIT ? 2 : 1);
-  kp.v_codes_offset = codes;
-  kp.k_scales_offset = 2 * codes;
-  kp.v_scales_offset = 2 * codes + static_cast<uint64_t>(p->page_tokens) * p->num_kv_heads * sizeof(float);
+  const bool head_major = p->layout == SAGE_KV_HEAD_MAJOR;
+  kp.slot_token = head_major ? 1 : p->num_kv_heads;
+  kp.slot_head = head_major ? p->page_tokens : 1;
+  const PageParts parts = PartsOf(p);
+  kp.v_codes_offset = parts.v_codes;
+  kp.k_scales_offset = parts.k_scales;
+  kp.v_scales_offset = parts.v_scales;
   return LaunchPagedDecode(kp, stream);
 }
 

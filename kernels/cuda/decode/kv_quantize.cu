@@ -1,4 +1,4 @@
-// sage_kv_quantize: a session step's new tokens encoded into their 8-bit KV pages on the GPU, so
+// sage_kv_quantize: a session step's new tokens encoded into their INT8 or INT4 K / FP8 V pages on the GPU, so
 // the append rides the pool's write stream with no host encode (K centred on the host, or here from
 // its 16-bit rows and the session's K mean, wherever they lie). One CTA per token-head, one thread per channel: both amaxes by a
 // block max over the bit patterns, then each code and the two scales, with the CPU scheme's
@@ -18,6 +18,8 @@ namespace {
 
 constexpr int kMaxHeadDim = 256;
 constexpr float kInt8Max = 127.0f;
+constexpr float kInt4Max = 7.0f;
+constexpr int kInt4Group = 32;  // channels per INT4 K scale: one warp
 constexpr float kFp8Max = 448.0f;
 constexpr float kMagic = 12582912.0f;  // 1.5 · 2^23: (q + kMagic) - kMagic rounds half to even
 
@@ -51,7 +53,19 @@ __device__ __forceinline__ float ToFloat<__nv_bfloat16>(uint16_t x) {
   return __bfloat162float(__ushort_as_bfloat16(x));
 }
 
+// The nibble that holds channel c of a token-head's INT4 K codes: the inverse of kv_pages.h's
+// Int4NibbleChannel (k-step ks = 4·set + i covers groups 2·set and 2·set + 1; word w = ks / 2 of
+// lane `lane` holds nibble pairs (j, j + 4) as MMA B fragments).
+__device__ __forceinline__ int Int4NibbleOf(int c, int head_dim) {
+  const int group = c / kInt4Group, rem = c % kInt4Group;
+  const int i = rem / 8, lane = (rem % 8) / 2, e = rem % 2;
+  const int ks = 4 * (group / 2) + i, operand = group % 2;
+  const int j = 4 * e + 2 * (ks % 2) + operand;
+  return (head_dim / 4) * lane + 8 * (ks / 2) + j;
+}
+
 struct QuantizeArgs {
+  bool int4;  // INT4 K (group scales) instead of INT8 K
   unsigned char* pages;
   int page_tokens;
   int heads;
@@ -68,6 +82,7 @@ struct QuantizeArgs {
 template <typename T>
 __global__ void __launch_bounds__(kMaxHeadDim) KvQuantizeKernel(QuantizeArgs a) {
   __shared__ uint32_t warp_max[2][kMaxHeadDim / 32];
+  __shared__ uint8_t nibbles[kMaxHeadDim];
   const int token = blockIdx.x, h = blockIdx.y, c = threadIdx.x;
   const uint64_t row = (static_cast<uint64_t>(token) * a.heads + h) * a.head_dim;
   float k, v;
@@ -93,25 +108,35 @@ __global__ void __launch_bounds__(kMaxHeadDim) KvQuantizeKernel(QuantizeArgs a) 
     k_bits = max(k_bits, warp_max[0][w]);
     v_bits = max(v_bits, warp_max[1][w]);
   }
-  const float k_scale = Scale(__uint_as_float(k_bits), kInt8Max);
+  // INT4: this warp's channels are one group, its max the group's.
+  const float k_max = a.int4 ? kInt4Max : kInt8Max;
+  const float k_scale = Scale(__uint_as_float(a.int4 ? km : k_bits), k_max);
   const float v_scale = Scale(__uint_as_float(v_bits), kFp8Max);
   float r = RoundHalfEven(__fdiv_rn(k, k_scale));
-  r = r > kInt8Max ? kInt8Max : r;  // a NaN stays NaN, then becomes code 0
-  r = r < -kInt8Max ? -kInt8Max : r;
-  const int8_t k_code = static_cast<int8_t>(r == r ? static_cast<int>(r) : 0);
+  r = r > k_max ? k_max : r;  // a NaN stays NaN, then becomes code 0
+  r = r < -k_max ? -k_max : r;
+  const int k_code = r == r ? static_cast<int>(r) : 0;
   const uint8_t v_code = EncodeE4M3(__fdiv_rn(v, v_scale));
 
+  // Page parts (kv_pages.h): [K codes][V codes: slots x D][K scales][V scales: slots fp32].
   unsigned char* const page = a.pages + a.page_offsets[token];
-  const uint64_t codes = static_cast<uint64_t>(a.page_tokens) * a.heads * a.head_dim;  // one tensor's codes
-  const uint64_t at = (static_cast<uint64_t>(a.slots[token]) * a.heads + h) * a.head_dim + c;
-  reinterpret_cast<int8_t*>(page)[at] = k_code;
-  page[codes + at] = v_code;
-  if (c == 0) {
-    auto* scales = reinterpret_cast<float*>(page + 2 * codes);
-    const uint64_t sh = static_cast<uint64_t>(a.slots[token]) * a.heads + h;
-    scales[sh] = k_scale;
-    scales[static_cast<uint64_t>(a.page_tokens) * a.heads + sh] = v_scale;
+  const uint64_t slots = static_cast<uint64_t>(a.page_tokens) * a.heads;
+  const uint64_t sh = static_cast<uint64_t>(a.slots[token]) * a.heads + h;  // the token-head's slot
+  const int k_scales_per = a.int4 ? a.head_dim / kInt4Group : 1;
+  const uint64_t k_row = a.int4 ? a.head_dim / 2 : a.head_dim;
+  const uint64_t v_codes = slots * k_row, k_scales = v_codes + slots * a.head_dim;
+  const uint64_t v_scales = k_scales + slots * k_scales_per * sizeof(float);
+  page[v_codes + sh * a.head_dim + c] = v_code;
+  if (a.int4) {
+    nibbles[Int4NibbleOf(c, a.head_dim)] = static_cast<uint8_t>(k_code + 8);
+    __syncthreads();
+    if (c < a.head_dim / 2) page[sh * k_row + c] = static_cast<uint8_t>(nibbles[2 * c] | (nibbles[2 * c + 1] << 4));
+    if (c % kInt4Group == 0) reinterpret_cast<float*>(page + k_scales)[sh * k_scales_per + warp] = k_scale;
+  } else {
+    reinterpret_cast<int8_t*>(page)[sh * k_row + c] = static_cast<int8_t>(k_code);
+    if (c == 0) reinterpret_cast<float*>(page + k_scales)[sh] = k_scale;
   }
+  if (c == 0) reinterpret_cast<float*>(page + v_scales)[sh] = v_scale;
 }
 
 }  // namespace
@@ -132,6 +157,10 @@ extern "C" sage_status_t sage_kv_quantize(const sage_kv_quantize_params_t* p, sa
     return Fail(SAGE_ERR_INVALID_ARGUMENT, "kv quantize: heads %d (1..65535), page_tokens %d, count %d", p->num_kv_heads,
                 p->page_tokens, p->count);
   }
+  if (p->storage != SAGE_KV_INT8K_FP8V && p->storage != SAGE_KV_INT4K_FP8V) {
+    return Fail(SAGE_ERR_INVALID_ARGUMENT, "kv quantize: storage %d (INT8K_FP8V=1 or INT4K_FP8V=2; 16-bit pages are copied)",
+                static_cast<int>(p->storage));
+  }
   if (p->count == 0) return SAGE_OK;
   const bool centred = p->k_centered != nullptr || p->v != nullptr;
   if (p->pages == nullptr || p->page_offsets == nullptr || p->slots == nullptr ||
@@ -139,7 +168,7 @@ extern "C" sage_status_t sage_kv_quantize(const sage_kv_quantize_params_t* p, sa
       (!centred && (p->k_rows == nullptr || p->v_rows == nullptr || p->k_means == nullptr))) {
     return Fail(SAGE_ERR_INVALID_ARGUMENT, "kv quantize: null pointer (k_centered and v, or k_rows, v_rows and k_means)");
   }
-  const QuantizeArgs a{static_cast<unsigned char*>(p->pages), p->page_tokens, p->num_kv_heads, p->head_dim,
+  const QuantizeArgs a{p->storage == SAGE_KV_INT4K_FP8V, static_cast<unsigned char*>(p->pages), p->page_tokens, p->num_kv_heads, p->head_dim,
                        p->page_offsets, p->slots, p->k_centered, static_cast<const uint16_t*>(p->v),
                        centred ? nullptr : p->k_rows, centred ? nullptr : p->v_rows, centred ? nullptr : p->k_means};
   const dim3 grid(static_cast<unsigned>(p->count), static_cast<unsigned>(p->num_kv_heads));

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 #include "kernels/cuda/common/status.cuh"
 #include "kernels/cuda/decode/paged_decode.h"
@@ -14,6 +15,8 @@ namespace {
 
 constexpr size_t kWorkspaceAlign = 256;
 constexpr int kMergeWarps = 4;
+constexpr int kMergeBatch = 4;  // splits a merge warp loads before it uses the first
+constexpr int64_t kMaxMergeBlocks = 1 << 20;
 // A split count must raise the last wave's fill by this much to be worth its extra partials.
 constexpr double kWaveGain = 0.02;
 
@@ -42,8 +45,7 @@ sage_status_t PlanPagedDecode(const sage_paged_decode_params_t& p, PagedDecodePl
   int device = 0, sms = 0, per_sm = 0;
   SAGE_CUDA_TRY(cudaGetDevice(&device));
   SAGE_CUDA_TRY(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  const SplitKernel k = decode::SelectSplitKernel(p.storage == SAGE_KV_16BIT ? KvCodes::k16Bit : KvCodes::kInt8KFp8V,
-                                                  p.dtype == SAGE_DTYPE_F16 ? IoType::kF16 : IoType::kBF16,
+  const SplitKernel k = decode::SelectSplitKernel(CodesOf(p.storage), p.dtype == SAGE_DTYPE_F16 ? IoType::kF16 : IoType::kBF16,
                                                   p.head_dim, plan->rows_per_cta);
   if (k.fn == nullptr) return Fail(SAGE_ERR_INTERNAL, "paged_decode: no kernel for head_dim %d", p.head_dim);
   SAGE_CUDA_TRY(cudaFuncSetAttribute(reinterpret_cast<const void*>(k.fn), cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -84,44 +86,71 @@ sage_status_t PlanPagedDecode(const sage_paged_decode_params_t& p, PagedDecodePl
 
 namespace decode {
 
-// One warp per (query row, head): O = Σ_s 2^(lse_s - M) o_s / Σ_s 2^(lse_s - M) over the splits the
-// row's sequence has. fmaxf keeps a NaN lse out of M; its weight is NaN and so is the row.
+// One CTA per (query row, head): O = Σ_s 2^(lse_s - M) o_s / Σ_s 2^(lse_s - M) over the splits the
+// row's sequence has. Warp w takes splits w, w + 4, ..., kMergeBatch of them per round with every
+// load issued before the first is used, so a long sequence's dozens of splits cost a few memory
+// latencies rather than one each; the warps' sums meet in shared memory. fmaxf keeps a NaN lse out
+// of M; its weight is NaN and so is the row.
 template <int kHeadDim, IoType kIo>
 __global__ void __launch_bounds__(kMergeWarps * 32) PagedDecodeMergeKernel(const __grid_constant__ PagedDecodeParams p) {
   const float kNegInf = -__int_as_float(0x7f800000);
   constexpr float kLn2 = 0.693147180559945309f;
-  constexpr int kPerLane = kHeadDim / 32;
+  constexpr int kPerLane = kHeadDim / 32;  // consecutive channels per lane: one 8- or 16-byte load
+  using Vec = std::conditional_t<kPerLane == 4, float4, float2>;
+  __shared__ float red_acc[kMergeWarps][kHeadDim];
+  __shared__ float red_l[kMergeWarps];
   // Launched as a programmatic dependent of the split kernel: wait until its partials are visible.
   asm volatile("griddepcontrol.wait;\n" ::: "memory");
-  const int lane = threadIdx.x & 31;
-  const int64_t item = static_cast<int64_t>(blockIdx.x) * kMergeWarps + (threadIdx.x >> 5);
-  if (item >= p.total_q * p.num_q_heads) return;
-  const int64_t q_row = item / p.num_q_heads;
-  int lo = 0, hi = p.batch - 1;  // the sequence: last b with cu_seqlens_q[b] <= q_row
-  while (lo < hi) {
-    const int mid = (lo + hi + 1) / 2;
-    if (p.cu_seqlens_q[mid] <= q_row) lo = mid; else hi = mid - 1;
-  }
-  const int n_splits = (p.seqlens_k[lo] + p.plan.split_tokens - 1) / p.plan.split_tokens;
-  const int64_t split_stride = p.total_q * p.num_q_heads;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int64_t items = p.total_q * p.num_q_heads;
+  const int64_t split_stride = items;
+  for (int64_t item = blockIdx.x; item < items; item += gridDim.x) {
+    const int64_t q_row = item / p.num_q_heads;
+    int lo = 0, hi = p.batch - 1;  // the sequence: last b with cu_seqlens_q[b] <= q_row
+    while (lo < hi) {
+      const int mid = (lo + hi + 1) / 2;
+      if (p.cu_seqlens_q[mid] <= q_row) lo = mid; else hi = mid - 1;
+    }
+    const int n_splits = (p.seqlens_k[lo] + p.plan.split_tokens - 1) / p.plan.split_tokens;
 
-  float mx = kNegInf;
-  for (int s = lane; s < n_splits; s += 32) mx = fmaxf(mx, p.partial_lse[s * split_stride + item]);
+    float mx = kNegInf;
+    for (int s = lane; s < n_splits; s += 32) mx = fmaxf(mx, p.partial_lse[s * split_stride + item]);
 #pragma unroll
-  for (int off = 16; off > 0; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
-  const float m_use = mx == kNegInf ? 0.f : mx;
-  float lsum = 0.f, acc[kPerLane] = {};
-  for (int s = 0; s < n_splits; ++s) {
-    const float w = Exp2(p.partial_lse[s * split_stride + item] - m_use);
-    lsum += w;
-    const float* o = p.partial_o + (s * split_stride + item) * kHeadDim + lane * kPerLane;
+    for (int off = 16; off > 0; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
+    const float m_use = mx == kNegInf ? 0.f : mx;
+    float lsum = 0.f, acc[kPerLane] = {};
+    for (int s0 = warp; s0 < n_splits; s0 += kMergeWarps * kMergeBatch) {
+      float lse[kMergeBatch];
+      Vec o[kMergeBatch];
 #pragma unroll
-    for (int j = 0; j < kPerLane; ++j) acc[j] = fmaf(w, o[j], acc[j]);
+      for (int j = 0; j < kMergeBatch; ++j) {
+        const int64_t s = s0 + j * kMergeWarps;
+        const bool live = s < n_splits;  // a missing split weighs 2^-inf = 0 over zeros
+        lse[j] = live ? p.partial_lse[s * split_stride + item] : kNegInf;
+        o[j] = live ? reinterpret_cast<const Vec*>(p.partial_o + (s * split_stride + item) * kHeadDim)[lane] : Vec{};
+      }
+#pragma unroll
+      for (int j = 0; j < kMergeBatch; ++j) {
+        const float w = Exp2(lse[j] - m_use);
+        lsum += w;
+        const float* v = reinterpret_cast<const float*>(&o[j]);
+#pragma unroll
+        for (int e = 0; e < kPerLane; ++e) acc[e] = fmaf(w, v[e], acc[e]);
+      }
+    }
+#pragma unroll
+    for (int e = 0; e < kPerLane; ++e) red_acc[warp][lane * kPerLane + e] = acc[e];
+    if (lane == 0) red_l[warp] = lsum;
+    __syncthreads();
+    for (int d = threadIdx.x; d < kHeadDim; d += kMergeWarps * 32) {
+      float a = 0.f, l = 0.f;
+#pragma unroll
+      for (int w = 0; w < kMergeWarps; ++w) a += red_acc[w][d], l += red_l[w];
+      StoreScalar<kIo>(p.o, item * kHeadDim + d, l == 0.f ? 0.f : a / l);
+      if (d == 0 && p.lse != nullptr) p.lse[item] = l == 0.f ? kNegInf : (m_use + __log2f(l)) * kLn2;
+    }
+    __syncthreads();  // red_* are reused by the next item
   }
-  const float inv = lsum == 0.f ? 0.f : 1.f / lsum;
-#pragma unroll
-  for (int j = 0; j < kPerLane; ++j) StoreScalar<kIo>(p.o, item * kHeadDim + lane * kPerLane + j, acc[j] * inv);
-  if (lane == 0 && p.lse != nullptr) p.lse[item] = lsum == 0.f ? kNegInf : (m_use + __log2f(lsum)) * kLn2;
 }
 
 template <int kHeadDim, KvCodes kCodes, IoType kIo, int kRows>
@@ -156,6 +185,10 @@ SplitKernel SelectMmaRows(int rows) {
 template <int kHeadDim>
 SplitKernel SelectHeadDim(KvCodes codes, IoType io, int rows) {
   if constexpr (kHeadDim == 128) {
+    if (codes == KvCodes::kInt4KFp8V) {
+      return io == IoType::kF16 ? SelectMmaRows<KvCodes::kInt4KFp8V, IoType::kF16>(rows)
+                                : SelectMmaRows<KvCodes::kInt4KFp8V, IoType::kBF16>(rows);
+    }
     if (codes == KvCodes::k16Bit) {
       return io == IoType::kF16 ? SelectMmaRows<KvCodes::k16Bit, IoType::kF16>(rows)
                                 : SelectMmaRows<KvCodes::k16Bit, IoType::kBF16>(rows);
@@ -163,6 +196,7 @@ SplitKernel SelectHeadDim(KvCodes codes, IoType io, int rows) {
     return io == IoType::kF16 ? SelectMmaRows<KvCodes::kInt8KFp8V, IoType::kF16>(rows)
                               : SelectMmaRows<KvCodes::kInt8KFp8V, IoType::kBF16>(rows);
   } else {
+    if (codes == KvCodes::kInt4KFp8V) return {};  // INT4 pages: D = 128 only (the API refuses others)
     if (codes == KvCodes::k16Bit) {
       return io == IoType::kF16 ? SelectRows<kHeadDim, KvCodes::k16Bit, IoType::kF16>(rows)
                                 : SelectRows<kHeadDim, KvCodes::k16Bit, IoType::kBF16>(rows);
@@ -196,7 +230,7 @@ sage_status_t LaunchPagedDecode(const PagedDecodeParams& p, cudaStream_t stream)
     // Programmatic dependent launch: the merge grid is launched while the split grid still runs
     // (the split kernels trigger at their start) and waits in griddepcontrol.wait, so the second
     // launch's latency hides behind the first kernel's tail.
-    const unsigned blocks = static_cast<unsigned>(CeilDiv(p.total_q * p.num_q_heads, kMergeWarps));
+    const unsigned blocks = static_cast<unsigned>(std::min(p.total_q * p.num_q_heads, kMaxMergeBlocks));
     cudaLaunchConfig_t cfg = {};
     cfg.gridDim = dim3(blocks);
     cfg.blockDim = dim3(kMergeWarps * 32);

@@ -13,12 +13,42 @@
 
 namespace sage::cuda {
 
-enum class KvCodes { k16Bit, kInt8KFp8V };
+enum class KvCodes { k16Bit, kInt8KFp8V, kInt4KFp8V };
+inline constexpr int kInt4Group = 32;  // INT4 K: channels per fp32 scale (kv_pages.h)
+
+inline KvCodes CodesOf(sage_kv_storage_t storage) {
+  return storage == SAGE_KV_16BIT ? KvCodes::k16Bit
+         : storage == SAGE_KV_INT4K_FP8V ? KvCodes::kInt4KFp8V
+                                         : KvCodes::kInt8KFp8V;
+}
 enum class IoType { kF16, kBF16 };
 
 inline constexpr int kDecodeThreads = 128;       // 4 warps: 4 lanes per token of a chunk
 inline constexpr int kDecodeSplitQuantum = 64;   // splits are whole multiples of every storage's chunk
 inline constexpr int kDecodeMinQuantaPerSplit = 2;  // a split reads >= 128 tokens (prologue amortized)
+
+// n / d and n % d for 0 <= n < 2^31 by one wide multiply and a shift (Granlund-Montgomery), for a
+// divisor fixed per launch: a token's page and its slot in it, per token and chunk, without the
+// ~20-instruction integer division. m = ceil(2^(31 + l) / d) with l = ceil(log2 d) is exact there.
+struct FastDivmod {
+  int divisor = 1;
+  int shift = 31;
+  uint64_t multiplier = uint64_t{1} << 31;
+
+  static FastDivmod For(int d) {  // d >= 1
+    FastDivmod f;
+    int l = 0;
+    while ((int64_t{1} << l) < d) ++l;
+    f.divisor = d;
+    f.shift = 31 + l;
+    f.multiplier = ((uint64_t{1} << f.shift) + static_cast<uint64_t>(d) - 1) / static_cast<uint64_t>(d);
+    return f;
+  }
+  __host__ __device__ int Div(int n) const {
+    return static_cast<int>((static_cast<uint64_t>(static_cast<uint32_t>(n)) * multiplier) >> shift);
+  }
+  __host__ __device__ int Mod(int n) const { return n - Div(n) * divisor; }
+};
 
 // How one call is cut into CTAs; a function of the params and the current device (SM count, CTAs
 // of the chosen kernel resident per SM), so the workspace size and the launch agree.
@@ -43,6 +73,7 @@ struct PagedDecodeParams {
   const unsigned char* pages = nullptr;
   uint64_t page_bytes = 0;
   int page_tokens = 0;
+  FastDivmod page_div;  // by page_tokens
   const int32_t* page_table = nullptr;
   const int32_t* cu_pages = nullptr;
   const int32_t* cu_seqlens_q = nullptr;
@@ -53,6 +84,9 @@ struct PagedDecodeParams {
   int num_kv_heads = 0;
   int head_dim = 0;
   float scale_log2 = 0.f;  // softmax_scale x log2(e): scores live in the exp2 domain
+  // Row of (token t of the page, KV head h) inside each part of a page: t * slot_token + h * slot_head.
+  int slot_token = 0;
+  int slot_head = 0;
   // Byte offsets inside a page (the kv_pages.h layout).
   uint64_t v_codes_offset = 0;
   uint64_t k_scales_offset = 0;

@@ -37,19 +37,28 @@ namespace sage::cuda::decode {
 #ifndef SAGE_DECODE_MMA_MIN_CTAS
 #define SAGE_DECODE_MMA_MIN_CTAS 1
 #endif
+#ifndef SAGE_DECODE_MMA_LAZY_RESCALE  // skip the O rescale while no lane's alpha differs from 1
+#define SAGE_DECODE_MMA_LAZY_RESCALE 1
+#endif
 inline constexpr int kMmaStages = SAGE_DECODE_MMA_STAGES;
 inline constexpr int kMmaMinCtas = SAGE_DECODE_MMA_MIN_CTAS;
 
 template <KvCodes kCodes>
 struct MmaTraits {
-  static constexpr bool k8Bit = kCodes == KvCodes::kInt8KFp8V;
+  static constexpr bool kInt4 = kCodes == KvCodes::kInt4KFp8V;
+  static constexpr bool k8Bit = kCodes != KvCodes::k16Bit;  // FP8 V with per-token scales (INT8 or INT4 K)
   static constexpr int kHeadDim = 128;
   static constexpr int kTokensPerWarp = k8Bit ? 16 : 8;  // one k16 (k8) step of P·V per chunk
   static constexpr int kChunk = kWarps * kTokensPerWarp;
-  static constexpr int kRowBytes = kHeadDim * (k8Bit ? 1 : 2);
-  static constexpr int kRowUnits = kRowBytes / 16;
+  static constexpr int kRowBytes = kHeadDim * (k8Bit ? 1 : 2);  // a V row (and a K row but for INT4)
+  static constexpr int kKRowBytes = kInt4 ? kHeadDim / 2 : kRowBytes;
+  static constexpr int kKScales = kInt4 ? kHeadDim / kInt4Group : k8Bit ? 1 : 0;  // fp32 per token-head
   static constexpr int kCodeTileBytes = kChunk * kRowBytes;
-  static constexpr int kStageBytes = 2 * kCodeTileBytes + (k8Bit ? 2 * kChunk * 4 : 0);
+  // A stage: [K codes][V codes][K scales][V scales] of kChunk tokens.
+  static constexpr int kVTile = kChunk * kKRowBytes;
+  static constexpr int kKScaleTile = kVTile + kCodeTileBytes;
+  static constexpr int kVScaleTile = kKScaleTile + kChunk * kKScales * 4;
+  static constexpr int kStageBytes = kVScaleTile + (k8Bit ? kChunk * 4 : 0);
   static constexpr int kRingBytes = kMmaStages * kStageBytes;
   static constexpr int kSmemBytes = kRingBytes;
   static constexpr int kReduceBytes = kWarps * 8 * (2 + kHeadDim + 4) * 4;
@@ -57,7 +66,8 @@ struct MmaTraits {
   static_assert(kDecodeSplitQuantum % kChunk == 0, "splits must end on chunk boundaries");
   // Physical 16-byte unit of unit u of token t (chunk-local): bank-conflict-free fragment loads.
   __device__ static __forceinline__ int KUnit(int u, int t) {
-    if constexpr (k8Bit) return u ^ (t & 1);
+    if constexpr (kInt4) return u;  // 4 units per token: 8 lanes read 128 contiguous bytes
+    else if constexpr (k8Bit) return u ^ (t & 1);
     else return u ^ (((u >> 3) & 1) << 1) ^ (t & 1);
   }
   __device__ static __forceinline__ int VUnit(int u, int t) {
@@ -119,6 +129,27 @@ __device__ __forceinline__ void Int8x4To16x2(uint32_t w, uint32_t& lo, uint32_t&
   }
 }
 
+// Eight INT4 K codes (nibbles u = code + 8 of one word) -> four packed 16-bit pairs, exactly: out[j]
+// holds nibbles j (low half) and j + 4 (high half), the pairs kv_pages.h's nibble order makes MMA
+// B fragments. The nibble lands in the mantissa of 1024 (f16) or 128 (bf16), whose ulp is 1.
+template <IoType kIo>
+__device__ __forceinline__ void Int4x8To16x2(uint32_t w, uint32_t* out) {
+  constexpr uint32_t kMagic = kIo == IoType::kF16 ? 0x64006400u : 0x43004300u;
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    const uint32_t x = ((w >> (4 * j)) & 0x000F000Fu) | kMagic;
+    if constexpr (kIo == IoType::kF16) {
+      const __half2 bias = __half2(__ushort_as_half(0x6408), __ushort_as_half(0x6408));  // 1032
+      const __half2 y = __hsub2(*reinterpret_cast<const __half2*>(&x), bias);
+      out[j] = *reinterpret_cast<const uint32_t*>(&y);
+    } else {
+      const __nv_bfloat162 bias = __nv_bfloat162(__ushort_as_bfloat16(0x4308), __ushort_as_bfloat16(0x4308));  // 136
+      const __nv_bfloat162 y = __hsub2(*reinterpret_cast<const __nv_bfloat162*>(&x), bias);
+      out[j] = *reinterpret_cast<const uint32_t*>(&y);
+    }
+  }
+}
+
 // Two E4M3 codes in the low 16 bits -> f16x2 (exact; NaN codes stay NaN).
 __device__ __forceinline__ uint32_t Fp8x2ToHalf2(uint32_t w16) {
   const __half2_raw h = __nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(w16 & 0xFFFFu), __NV_E4M3);
@@ -143,7 +174,8 @@ __global__ void __launch_bounds__(kDecodeThreads, kMmaMinCtas) PagedDecodeMmaKer
   constexpr int kHeadDim = T::kHeadDim;
   constexpr int kChunk = T::kChunk;
   constexpr int kTpl = kChunk / kTokenSlots;  // tokens a copy lane moves per chunk
-  constexpr int kUnitsPerLane = T::kRowUnits / kLanesPerToken;
+  constexpr int kKUnitsPerLane = T::kKRowBytes / 16 / kLanesPerToken;
+  constexpr int kVUnitsPerLane = T::kRowBytes / 16 / kLanesPerToken;
   const float kNegInf = -__int_as_float(0x7f800000);
   constexpr float kLn2 = 0.693147180559945309f;
   extern __shared__ __align__(128) unsigned char smem[];
@@ -174,7 +206,7 @@ __global__ void __launch_bounds__(kDecodeThreads, kMmaMinCtas) PagedDecodeMmaKer
 #pragma unroll
     for (int j = 0; j < kTpl; ++j) {
       const int t_abs = split_start + ch * kChunk + ct + kTokenSlots * j;
-      page[j] = (ch < n_chunks && t_abs < len) ? __ldg(p.page_table + page_list + t_abs / p.page_tokens) : 0;
+      page[j] = (ch < n_chunks && t_abs < len) ? __ldg(p.page_table + page_list + p.page_div.Div(t_abs)) : 0;
     }
   };
   auto issue = [&](int ch) {
@@ -183,22 +215,27 @@ __global__ void __launch_bounds__(kDecodeThreads, kMmaMinCtas) PagedDecodeMmaKer
     for (int j = 0; j < kTpl; ++j) {
       const int tc = ct + kTokenSlots * j, t_abs = split_start + ch * kChunk + tc;
       const bool valid = t_abs < len;  // else zero-fill (tail of the sequence)
-      const uint64_t slot = valid ? static_cast<uint64_t>((t_abs % p.page_tokens) * p.num_kv_heads + kvh) : 0;
+      const uint64_t slot = valid ? static_cast<uint64_t>(p.page_div.Mod(t_abs) * p.slot_token + kvh * p.slot_head) : 0;
       const unsigned char* pg = p.pages + (valid ? static_cast<uint64_t>(page[j]) * p.page_bytes : 0);
-      const unsigned char* k_row = pg + slot * T::kRowBytes;
+      const unsigned char* k_row = pg + slot * T::kKRowBytes;
+      const unsigned char* v_row = pg + p.v_codes_offset + slot * T::kRowBytes;
 #pragma unroll
-      for (int i = 0; i < kUnitsPerLane; ++i) {
+      for (int i = 0; i < kKUnitsPerLane; ++i) {
         const int u = cq + kLanesPerToken * i;
-        CpAsync16(st + tc * T::kRowBytes + T::KUnit(u, tc) * 16, k_row + u * 16, valid);
-        CpAsync16(st + T::kCodeTileBytes + tc * T::kRowBytes + T::VUnit(u, tc) * 16, k_row + p.v_codes_offset + u * 16,
-                  valid);
+        CpAsync16(st + tc * T::kKRowBytes + T::KUnit(u, tc) * 16, k_row + u * 16, valid);
+      }
+#pragma unroll
+      for (int i = 0; i < kVUnitsPerLane; ++i) {
+        const int u = cq + kLanesPerToken * i;
+        CpAsync16(st + T::kVTile + tc * T::kRowBytes + T::VUnit(u, tc) * 16, v_row + u * 16, valid);
+      }
+      if constexpr (T::kInt4) {  // the token's 4 group scales: one 16-byte unit
+        if (cq == 0) CpAsync16(st + T::kKScaleTile + tc * 16, pg + p.k_scales_offset + slot * 16, valid);
+      } else if constexpr (k8Bit) {
+        if (cq == 0) CpAsync4(st + T::kKScaleTile + tc * 4, pg + p.k_scales_offset + slot * 4, valid);
       }
       if constexpr (k8Bit) {
-        float* scales = reinterpret_cast<float*>(st + 2 * T::kCodeTileBytes);
-        if (cq < 2) {
-          const uint64_t off = cq == 0 ? p.k_scales_offset : p.v_scales_offset;
-          CpAsync4(scales + cq * kChunk + tc, pg + off + slot * 4, valid);
-        }
+        if (cq == 1) CpAsync4(st + T::kVScaleTile + tc * 4, pg + p.v_scales_offset + slot * 4, valid);
       }
     }
   };
@@ -221,11 +258,23 @@ __global__ void __launch_bounds__(kDecodeThreads, kMmaMinCtas) PagedDecodeMmaKer
     const bool live = g < kRows && qi < n_q;
     const int64_t at =
         live ? ((static_cast<int64_t>(q_first) + qi) * p.num_q_heads + kvh * group + rho % group) * kHeadDim : 0;
-    const uint4* src = reinterpret_cast<const uint4*>(static_cast<const uint16_t*>(p.q) + at + 32 * c);
+    if constexpr (T::kInt4) {
+      // INT4 K: k-step ks covers groups 2·(ks/4) (k < 8, A rows 0..7) and 2·(ks/4) + 1 (k >= 8, rows
+      // 8..15), channels 8·(ks%4) + 2c + {0, 1} of each: qa[ks] = {group A pair, group B pair}.
+      const uint32_t* src = reinterpret_cast<const uint32_t*>(static_cast<const uint16_t*>(p.q) + at + 2 * c);
 #pragma unroll
-    for (int k = 0; k < 4; ++k) {
-      const uint4 w = live ? src[k] : make_uint4(0, 0, 0, 0);
-      qa[2 * k][0] = w.x, qa[2 * k][1] = w.y, qa[2 * k + 1][0] = w.z, qa[2 * k + 1][1] = w.w;
+      for (int ks = 0; ks < 8; ++ks) {
+        const int ch = 2 * kInt4Group * (ks / 4) + 8 * (ks % 4);
+        qa[ks][0] = live ? src[ch / 2] : 0u;
+        qa[ks][1] = live ? src[(ch + kInt4Group) / 2] : 0u;
+      }
+    } else {
+      const uint4* src = reinterpret_cast<const uint4*>(static_cast<const uint16_t*>(p.q) + at + 32 * c);
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        const uint4 w = live ? src[k] : make_uint4(0, 0, 0, 0);
+        qa[2 * k][0] = w.x, qa[2 * k][1] = w.y, qa[2 * k + 1][0] = w.z, qa[2 * k + 1][1] = w.w;
+      }
     }
   }
   // Bottom-right causal: row qi sees tokens [0, len - n_q + qi]. Padding rows see everything.
@@ -258,16 +307,35 @@ __global__ void __launch_bounds__(kDecodeThreads, kMmaMinCtas) PagedDecodeMmaKer
     CpAsyncCommit();
 
     const unsigned char* st = smem + (ch % kMmaStages) * T::kStageBytes;
-    const float* scales = reinterpret_cast<const float*>(st + 2 * T::kCodeTileBytes);
+    const float* k_scales = reinterpret_cast<const float*>(st + T::kKScaleTile);
+    const float* v_scales = reinterpret_cast<const float*>(st + T::kVScaleTile);
     const int chunk_start = split_start + ch * kChunk;
     const bool masked = chunk_start + kChunk - 1 > limit_min;  // CTA-uniform
 
-    // S[g][n-tile j, cols 2c, 2c+1] = tokens tb + 8j + 2c + {0, 1}.
+    // S[g][n-tile j, cols 2c, 2c+1] = tokens tb + 8j + 2c + {0, 1}. INT4: s4[j][set] holds the sums
+    // of group 2·set (fragment 0, 1: row g) and 2·set + 1 (fragment 2, 3: row g + 8) separately.
     float s[kNT][4];
+    float s4[T::kInt4 ? kNT : 1][2][4];
 #pragma unroll
     for (int j = 0; j < kNT; ++j) {
       s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
       const int t = tb + 8 * j + g;  // this lane's B column: token t, channels 32c..32c+31
+      if constexpr (T::kInt4) {
+        const uint4 kv = *reinterpret_cast<const uint4*>(st + t * T::kKRowBytes + c * 16);
+        const uint32_t kw[4] = {kv.x, kv.y, kv.z, kv.w};
+#pragma unroll
+        for (int set = 0; set < 2; ++set) s4[j][set][0] = s4[j][set][1] = s4[j][set][2] = s4[j][set][3] = 0.f;
+#pragma unroll
+        for (int w = 0; w < 4; ++w) {  // word w: k-steps 2w, 2w + 1
+          uint32_t b[4];
+          Int4x8To16x2<kIo>(kw[w], b);
+          const uint32_t a0[4] = {qa[2 * w][0], 0u, 0u, qa[2 * w][1]};
+          Mma16816<kIo>(s4[j][w / 2], a0, b[0], b[1]);
+          const uint32_t a1[4] = {qa[2 * w + 1][0], 0u, 0u, qa[2 * w + 1][1]};
+          Mma16816<kIo>(s4[j][w / 2], a1, b[2], b[3]);
+        }
+        continue;
+      }
       const unsigned char* row = st + t * T::kRowBytes;
       if constexpr (k8Bit) {
         const uint4 k0 = *reinterpret_cast<const uint4*>(row + T::KUnit(2 * c, t) * 16);
@@ -299,9 +367,13 @@ __global__ void __launch_bounds__(kDecodeThreads, kMmaMinCtas) PagedDecodeMmaKer
       for (int e = 0; e < 2; ++e) {
         const int t = tb + 8 * j + 2 * c + e;
         float x;
-        if constexpr (k8Bit) {
-          x = s[j][e] * (scales[t] * p.scale_log2);
-          vs[2 * j + e] = scales[kChunk + t];
+        if constexpr (T::kInt4) {
+          const float4 ks = reinterpret_cast<const float4*>(k_scales)[t];
+          x = (ks.x * s4[j][0][e] + ks.y * s4[j][0][2 + e] + ks.z * s4[j][1][e] + ks.w * s4[j][1][2 + e]) * p.scale_log2;
+          vs[2 * j + e] = v_scales[t];
+        } else if constexpr (k8Bit) {
+          x = s[j][e] * (k_scales[t] * p.scale_log2);
+          vs[2 * j + e] = v_scales[t];
         } else {
           x = s[j][e] * p.scale_log2;
           vs[2 * j + e] = 1.f;
@@ -325,7 +397,7 @@ __global__ void __launch_bounds__(kDecodeThreads, kMmaMinCtas) PagedDecodeMmaKer
       vmx = fmaxf(vmx, __shfl_xor_sync(0xffffffffu, vmx, 2));
       const float vref_new = fmaxf(vref, vmx);
       inv_vref = vref_new > 0.f ? 1.f / vref_new : 0.f;
-      rescale = alpha * (vref * inv_vref);
+      rescale = vref_new == vref ? alpha : alpha * (vref * inv_vref);  // x · (1/x) need not be 1
       vref = vref_new;
     }
     m = m_new;
@@ -339,14 +411,18 @@ __global__ void __launch_bounds__(kDecodeThreads, kMmaMinCtas) PagedDecodeMmaKer
       else pw[i] = pr;
     }
     l = l * alpha + psum;
+    // Once a row's max and the V scales settle (most chunks of a long sequence), alpha is exactly 1:
+    // the 32 multiplies are skipped when no lane of the warp needs them.
+    if (!SAGE_DECODE_MMA_LAZY_RESCALE || __any_sync(0xffffffffu, rescale != 1.f)) {
 #pragma unroll
-    for (int i = 0; i < 16; ++i) {
-      acc[i][0] *= rescale;
-      acc[i][1] *= rescale;
+      for (int i = 0; i < 16; ++i) {
+        acc[i][0] *= rescale;
+        acc[i][1] *= rescale;
+      }
     }
 
     // O[g][d] += Σ_u P[g][u] V[u][d]; B = V, n-tile i, col g -> d = 16g + i.
-    const unsigned char* v_tile = st + T::kCodeTileBytes;
+    const unsigned char* v_tile = st + T::kVTile;
     if constexpr (k8Bit) {
       // k = tokens 2c, 2c+1 | 2c+8, 2c+9; E4M3 -> f16 exactly, P' = p·vscale/vref in f16.
       const __half2 p01 = __floats2half2_rn(pw[0], pw[1]);

@@ -29,8 +29,10 @@ struct GatherArgs {
   const int32_t* cu_seqlens_k;
   int heads;
   int head_dim;
-  uint64_t codes_bytes;   // one tensor's codes in a page
-  uint64_t scales_bytes;  // one tensor's scales in a page (8-bit)
+  // Byte offsets of a page's parts (kv_pages.h): K codes at 0.
+  uint64_t v_codes;
+  uint64_t k_scales;
+  uint64_t v_scales;
   unsigned char* k_out;
   unsigned char* v_out;
 };
@@ -49,6 +51,14 @@ __device__ __forceinline__ uint16_t Round<__nv_bfloat16>(float x) {
 __device__ __forceinline__ float Fp8ToFloat(uint8_t code) {
   const __half_raw h = __nv_cvt_fp8_to_halfraw(static_cast<__nv_fp8_storage_t>(code), __NV_E4M3);
   return __half2float(__half(h));
+}
+
+// The nibble holding channel c of an INT4 K row: kv_pages.h's nibble order (as kv_quantize.cu).
+__device__ __forceinline__ int Int4NibbleOf(int c, int head_dim) {
+  const int group = c / 32, rem = c % 32;
+  const int i = rem / 8, lane = (rem % 8) / 2, e = rem % 2;
+  const int ks = 4 * (group / 2) + i, operand = group % 2;
+  return (head_dim / 4) * lane + 8 * (ks / 2) + 4 * e + 2 * (ks % 2) + operand;
 }
 
 template <sage_kv_storage_t kStorage, typename Out>
@@ -71,20 +81,33 @@ __global__ void __launch_bounds__(kThreads) PagedGatherKernel(GatherArgs a) {
     uint4 k16, v16;
     if constexpr (kStorage == SAGE_KV_16BIT) {
       k16 = *reinterpret_cast<const uint4*>(page + value * 2);
-      v16 = *reinterpret_cast<const uint4*>(page + a.codes_bytes + value * 2);
+      v16 = *reinterpret_cast<const uint4*>(page + a.v_codes + value * 2);
     } else {
-      const uint2 kc = *reinterpret_cast<const uint2*>(page + value);
-      const uint2 vc = *reinterpret_cast<const uint2*>(page + a.codes_bytes + value);
-      const auto* scales = reinterpret_cast<const float*>(page + 2 * a.codes_bytes);
+      const uint2 vc = *reinterpret_cast<const uint2*>(page + a.v_codes + value);
       const uint64_t sh = static_cast<uint64_t>(in_page) * a.heads + h;
-      const float ks = scales[sh];
-      const float vs = scales[a.scales_bytes / sizeof(float) + sh];
-      const auto* kb = reinterpret_cast<const int8_t*>(&kc);
+      const float vs = reinterpret_cast<const float*>(page + a.v_scales)[sh];
       const auto* vb = reinterpret_cast<const uint8_t*>(&vc);
+      float kf[8];
+      if constexpr (kStorage == SAGE_KV_INT4K_FP8V) {  // 8 channels of one 32-channel group
+        const unsigned char* row = page + sh * (a.head_dim / 2);
+        const float ks = reinterpret_cast<const float*>(page + a.k_scales)[sh * (a.head_dim / 32) + g / 4];
+#pragma unroll
+        for (int c = 0; c < 8; ++c) {
+          const int n = Int4NibbleOf(g * 8 + c, a.head_dim);
+          const int u = (row[n / 2] >> (4 * (n % 2))) & 0xF;
+          kf[c] = __fmul_rn(static_cast<float>(u - 8), ks);
+        }
+      } else {
+        const uint2 kc = *reinterpret_cast<const uint2*>(page + value);
+        const float ks = reinterpret_cast<const float*>(page + a.k_scales)[sh];
+        const auto* kb = reinterpret_cast<const int8_t*>(&kc);
+#pragma unroll
+        for (int c = 0; c < 8; ++c) kf[c] = __fmul_rn(static_cast<float>(kb[c]), ks);
+      }
       uint16_t ko[8], vo[8];
 #pragma unroll
       for (int c = 0; c < 8; ++c) {
-        ko[c] = Round<Out>(__fmul_rn(static_cast<float>(kb[c]), ks));
+        ko[c] = Round<Out>(kf[c]);
         vo[c] = Round<Out>(__fmul_rn(Fp8ToFloat(vb[c]), vs));
       }
       k16 = *reinterpret_cast<const uint4*>(ko);
@@ -114,7 +137,7 @@ extern "C" sage_status_t sage_paged_gather(const sage_paged_gather_params_t* p, 
   ClearLastError();
   if (p == nullptr) return Fail(SAGE_ERR_INVALID_ARGUMENT, "paged gather: null params");
   if (stream == nullptr) return Fail(SAGE_ERR_INVALID_ARGUMENT, "paged gather: null stream (the default stream is never used)");
-  if (p->storage != SAGE_KV_16BIT && p->storage != SAGE_KV_INT8K_FP8V) {
+  if (p->storage != SAGE_KV_16BIT && p->storage != SAGE_KV_INT8K_FP8V && p->storage != SAGE_KV_INT4K_FP8V) {
     return Fail(SAGE_ERR_INVALID_ARGUMENT, "paged gather: storage %d unknown", static_cast<int>(p->storage));
   }
   if (p->dtype != SAGE_DTYPE_F16 && p->dtype != SAGE_DTYPE_BF16) {
@@ -130,13 +153,21 @@ extern "C" sage_status_t sage_paged_gather(const sage_paged_gather_params_t* p, 
   if (p->page_tokens < 16 || p->page_tokens % 16 != 0) {
     return Fail(SAGE_ERR_INVALID_ARGUMENT, "paged gather: page_tokens %d (a multiple of 16)", p->page_tokens);
   }
-  const uint64_t code_bytes = p->storage == SAGE_KV_16BIT ? 2 : 1;
-  const uint64_t codes = uint64_t{static_cast<uint32_t>(p->page_tokens)} * p->num_kv_heads * p->head_dim * code_bytes;
-  const uint64_t scales =
-      p->storage == SAGE_KV_16BIT ? 0 : uint64_t{static_cast<uint32_t>(p->page_tokens)} * p->num_kv_heads * sizeof(float);
-  if (p->page_bytes < 2 * codes + 2 * scales || p->page_bytes % 16 != 0) {
+  if (p->storage == SAGE_KV_INT4K_FP8V && p->head_dim % 32 != 0) {
+    return Fail(SAGE_ERR_INVALID_ARGUMENT, "paged gather: head_dim %d with INT4K_FP8V (a multiple of 32)", p->head_dim);
+  }
+  // The page's parts: [K codes][V codes][K scales][V scales] (kv_pages.h).
+  const uint64_t slots = uint64_t{static_cast<uint32_t>(p->page_tokens)} * p->num_kv_heads;
+  const uint64_t d = static_cast<uint64_t>(p->head_dim);
+  const uint64_t k_row = p->storage == SAGE_KV_16BIT ? 2 * d : p->storage == SAGE_KV_INT4K_FP8V ? d / 2 : d;
+  const uint64_t v_row = p->storage == SAGE_KV_16BIT ? 2 * d : d;
+  const uint64_t k_scales_per = p->storage == SAGE_KV_16BIT ? 0 : p->storage == SAGE_KV_INT4K_FP8V ? d / 32 : 1;
+  const uint64_t v_codes = slots * k_row, k_scales = v_codes + slots * v_row;
+  const uint64_t v_scales = k_scales + slots * k_scales_per * sizeof(float);
+  const uint64_t layout_bytes = v_scales + (p->storage == SAGE_KV_16BIT ? 0 : slots * sizeof(float));
+  if (p->page_bytes < layout_bytes || p->page_bytes % 16 != 0) {
     return Fail(SAGE_ERR_INVALID_ARGUMENT, "paged gather: page_bytes %llu (a multiple of 16, at least %llu)",
-                static_cast<unsigned long long>(p->page_bytes), static_cast<unsigned long long>(2 * codes + 2 * scales));
+                static_cast<unsigned long long>(p->page_bytes), static_cast<unsigned long long>(layout_bytes));
   }
   if (p->batch == 0 || p->total_k == 0) return SAGE_OK;
   if (p->pages == nullptr || p->page_table == nullptr || p->cu_pages == nullptr || p->cu_seqlens_k == nullptr ||
@@ -147,7 +178,7 @@ extern "C" sage_status_t sage_paged_gather(const sage_paged_gather_params_t* p, 
     return Fail(SAGE_ERR_INVALID_ARGUMENT, "paged gather: pages, k_out and v_out must be 16-byte aligned");
   }
   GatherArgs a{static_cast<const unsigned char*>(p->pages), p->page_bytes, p->page_tokens, p->page_table, p->cu_pages,
-               p->cu_seqlens_k, p->num_kv_heads, p->head_dim, codes, scales,
+               p->cu_seqlens_k, p->num_kv_heads, p->head_dim, v_codes, k_scales, v_scales,
                static_cast<unsigned char*>(p->k_out), static_cast<unsigned char*>(p->v_out)};
   const int64_t items = int64_t{p->max_seqlen_k} * p->num_kv_heads * (p->head_dim / 8);
   int64_t ctas = (items + int64_t{kThreads} * kItemsPerThread - 1) / (int64_t{kThreads} * kItemsPerThread);
@@ -155,10 +186,10 @@ extern "C" sage_status_t sage_paged_gather(const sage_paged_gather_params_t* p, 
   if (ctas > 4096) ctas = 4096;
   const dim3 grid(static_cast<unsigned>(ctas), static_cast<unsigned>(p->batch));
   const auto st = reinterpret_cast<cudaStream_t>(stream);
-  if (p->storage == SAGE_KV_16BIT) {
-    Launch<SAGE_KV_16BIT>(a, grid, st, p->dtype);
-  } else {
-    Launch<SAGE_KV_INT8K_FP8V>(a, grid, st, p->dtype);
+  switch (p->storage) {
+    case SAGE_KV_16BIT: Launch<SAGE_KV_16BIT>(a, grid, st, p->dtype); break;
+    case SAGE_KV_INT8K_FP8V: Launch<SAGE_KV_INT8K_FP8V>(a, grid, st, p->dtype); break;
+    case SAGE_KV_INT4K_FP8V: Launch<SAGE_KV_INT4K_FP8V>(a, grid, st, p->dtype); break;
   }
   SAGE_CHECK_LAUNCH("PagedGatherKernel");
   return SAGE_OK;

@@ -334,6 +334,7 @@ class DeviceKvMemory final : public KvMemory {
       k_means[i] = mean_copy;
     }
     sage_kv_quantize_params_t p{};
+    p.storage = SAGE_KV_INT8K_FP8V;
     p.dtype = layout.dtype == DType::kBF16 ? SAGE_DTYPE_BF16 : SAGE_DTYPE_F16;
     p.pages = base_;
     p.page_tokens = layout.page_tokens;
