@@ -54,8 +54,15 @@ absl::StatusOr<sageserve::SessionOptions> SessionOptionsFromArgs(const Args& arg
   if (dtype != "fp16" && dtype != "bf16") return absl::InvalidArgumentError("--dtype: fp16 or bf16");
   o.dtype = dtype == "fp16" ? v1::DTYPE_FP16 : v1::DTYPE_BF16;
   const std::string storage = args.Str("kv_storage", "int8_k_fp8_v");
-  if (storage != "16bit" && storage != "int8_k_fp8_v") return absl::InvalidArgumentError("--kv_storage: 16bit or int8_k_fp8_v");
-  o.kv_storage = storage == "16bit" ? v1::KV_STORAGE_16BIT : v1::KV_STORAGE_INT8_K_FP8_V;
+  if (storage == "16bit") {
+    o.kv_storage = v1::KV_STORAGE_16BIT;
+  } else if (storage == "int8_k_fp8_v") {
+    o.kv_storage = v1::KV_STORAGE_INT8_K_FP8_V;
+  } else if (storage == "int4_k_fp8_v") {
+    o.kv_storage = v1::KV_STORAGE_INT4_K_FP8_V;
+  } else {
+    return absl::InvalidArgumentError("--kv_storage: 16bit, int8_k_fp8_v or int4_k_fp8_v");
+  }
   return o;
 }
 
@@ -361,7 +368,9 @@ int RunDecodeBench(const Args& args) {
               use_stream ? " (AttendSessionStream)" : "", packed ? " (packed)" : "",
               static_cast<long long>(*n_sessions), static_cast<long long>(*clients), static_cast<long long>(per_client),
               static_cast<long long>(*context), static_cast<long long>(*steps), o.layers, o.heads_q, o.heads_kv, o.head_dim,
-              o.kv_storage == v1::KV_STORAGE_16BIT ? "16-bit KV" : "INT8 K / FP8 V",
+              o.kv_storage == v1::KV_STORAGE_16BIT        ? "16-bit KV"
+              : o.kv_storage == v1::KV_STORAGE_INT8_K_FP8_V ? "INT8 K / FP8 V"
+                                                            : "INT4 K / FP8 V",
               shm->mode == SharedMemoryMode::kNone ? "the messages"
               : shm->mode == SharedMemoryMode::kSystem ? "system shared memory"
                                                         : "CUDA shared memory");

@@ -7,7 +7,9 @@
 #include <cstddef>
 #include <cstdint>
 #include <span>
+#include <string_view>
 
+#include "absl/status/status.h"
 #include "kernels/reference/dtype.h"
 
 namespace sage {
@@ -15,12 +17,37 @@ namespace sage {
 enum class KvStorage {
   k16Bit,      // K and V as sent, in the session's dtype: exact.
   kInt8KFp8V,  // INT8 (K − k̄), FP8 E4M3 V, one fp32 scale per token and head for each.
+  kInt4KFp8V,  // INT4 (K − k̄) with one fp32 scale per 32 channels of a token-head; V as kInt8KFp8V.
 };
+inline constexpr KvStorage kAllKvStorages[] = {KvStorage::k16Bit, KvStorage::kInt8KFp8V, KvStorage::kInt4KFp8V};
 
-// One page: `page_tokens` tokens of `heads` KV heads, laid out so that a run of tokens is one
-// contiguous block per tensor, in the [tokens, heads, head_dim] order engines read:
-//   [K codes: T × H × D][V codes: T × H × D][K scales: T × H fp32][V scales: T × H fp32]
-// (codes 2 bytes for k16Bit, 1 byte and the scales for kInt8KFp8V).
+// The wire's name (KV_STORAGE_16BIT, ...), for errors and logs.
+std::string_view KvStorageName(KvStorage storage);
+
+// Whether K is stored centred on the session's per-layer K mean k̄ (every quantized storage).
+inline bool HasKMean(KvStorage storage) { return storage != KvStorage::k16Bit; }
+
+// INT4 K: each token-head's channels in groups of kInt4GroupChannels, one fp32 scale per group.
+inline constexpr int kInt4GroupChannels = 32;
+
+// INVALID_ARGUMENT unless `storage` can lay out heads of `head_dim` channels: INT4 K needs a
+// multiple of 64 (whole 32-channel scale groups, and Int4NibbleChannel is a permutation only
+// then). Checked where a session's layout is made.
+absl::Status CheckKvLayout(KvStorage storage, int head_dim);
+
+// The INT4 K nibble order: nibble n (0..D-1) of a token-head's D/2 code bytes (byte n/2, low 4
+// bits for even n) holds channel Int4NibbleChannel(n, D). The order is the one a tensor-core
+// kernel's MMA fragments want, so it unpacks a 32-bit load straight into its registers
+// (docs/NUMERICS.md §8b gives the formula). Int4ChannelNibble is its inverse. D % 64 == 0.
+int Int4NibbleChannel(int n, int head_dim);
+int Int4ChannelNibble(int channel, int head_dim);
+
+// One page: `page_tokens` (T) tokens of `heads` (H) KV heads, laid out so that a run of tokens is
+// one contiguous block per part, token-major ([tokens, heads, ...], the order engines read):
+//   [K codes: T × H × k_code_bytes][V codes: T × H × v_code_bytes]
+//   [K scales: T × H × k_scales_per_token_head fp32][V scales: T × H × v_scales_per_token_head fp32]
+// k16Bit: 2·D-byte codes (the values), no scales. kInt8KFp8V: D bytes each, one scale each.
+// kInt4KFp8V: D/2 bytes of K nibbles with D/32 K scales, V as kInt8KFp8V.
 struct KvPageLayout {
   KvStorage storage = KvStorage::k16Bit;
   DType dtype = DType::kF16;  // of what is sent and given back
@@ -28,25 +55,44 @@ struct KvPageLayout {
   int heads = 0;
   int head_dim = 0;
 
-  size_t code_bytes() const { return storage == KvStorage::k16Bit ? 2 : 1; }
-  size_t codes_per_tensor() const { return static_cast<size_t>(page_tokens) * heads * head_dim * code_bytes(); }
-  size_t scales_per_tensor() const {
-    return storage == KvStorage::k16Bit ? 0 : static_cast<size_t>(page_tokens) * heads * sizeof(float);
+  // One token-head.
+  size_t k_code_bytes() const {
+    const size_t d = static_cast<size_t>(head_dim);
+    return storage == KvStorage::k16Bit ? 2 * d : storage == KvStorage::kInt8KFp8V ? d : d / 2;
   }
-  size_t page_bytes() const { return 2 * codes_per_tensor() + 2 * scales_per_tensor(); }
+  size_t v_code_bytes() const { return static_cast<size_t>(head_dim) * (storage == KvStorage::k16Bit ? 2 : 1); }
+  size_t k_scales_per_token_head() const {
+    return storage == KvStorage::k16Bit       ? 0
+           : storage == KvStorage::kInt8KFp8V ? 1
+                                              : static_cast<size_t>(head_dim / kInt4GroupChannels);
+  }
+  size_t v_scales_per_token_head() const { return storage == KvStorage::k16Bit ? 0 : 1; }
+
+  // One page: each part's bytes, then where each part starts (K codes start at 0).
+  size_t token_heads() const { return static_cast<size_t>(page_tokens) * heads; }
+  size_t k_codes_bytes() const { return token_heads() * k_code_bytes(); }
+  size_t v_codes_bytes() const { return token_heads() * v_code_bytes(); }
+  size_t k_scales_bytes() const { return token_heads() * k_scales_per_token_head() * sizeof(float); }
+  size_t v_scales_bytes() const { return token_heads() * v_scales_per_token_head() * sizeof(float); }
+  size_t v_codes_offset() const { return k_codes_bytes(); }
+  size_t k_scales_offset() const { return v_codes_offset() + v_codes_bytes(); }
+  size_t v_scales_offset() const { return k_scales_offset() + k_scales_bytes(); }
+  size_t page_bytes() const { return v_scales_offset() + v_scales_bytes(); }
 };
 
 // Bytes one token (all KV heads, K and V) takes in a page.
 size_t KvTokenBytes(KvStorage storage, int heads, int head_dim);
 
 // Encodes tokens [first, first + n) of `page` from `k` and `v` ([n, H, D] 16-bit values of
-// layout.dtype). `k_mean` ([H, D]) is the session's K mean (kInt8KFp8V only). A NaN or Inf in a
-// token-head gives it a NaN scale (docs/NUMERICS.md, "Non-finite inputs").
+// layout.dtype). `k_mean` ([H, D]) is the session's K mean (HasKMean storages only). A NaN or Inf
+// in a token-head (for INT4 K: in a 32-channel group) gives it a NaN scale (docs/NUMERICS.md,
+// "Non-finite inputs").
 void EncodeKvTokens(const KvPageLayout& layout, std::byte* page, int first, int n, const void* k, const void* v,
                     std::span<const float> k_mean);
 
-// EncodeKvTokens for kInt8KFp8V in two halves, so a device can quantize what the host centred (the
-// CUDA backend's pool: kernels/include/sageattn.h, sage_kv_quantize, gives the same bytes):
+// EncodeKvTokens for the quantized storages in two halves, so a device can quantize what the host
+// centred (the CUDA backend's pool: kernels/include/sageattn.h, sage_kv_quantize, gives the same
+// bytes for kInt8KFp8V; kInt4KFp8V has no device quantizer yet):
 // CenterKTokens writes `values` K values (16-bit, of `dtype`) as fp32 minus the K mean, whose
 // size is one token's row (H x D), to `out`; QuantizeKvTokens encodes tokens [first, first + n) of
 // `page` from those and from V ([n, H, D] 16-bit values of layout.dtype).
@@ -55,8 +101,8 @@ void QuantizeKvTokens(const KvPageLayout& layout, std::byte* page, int first, in
                       const void* v);
 
 // Writes tokens [first, first + n) of `page` to `k` and `v` ([n, H, D], 16-bit values of
-// layout.dtype): k16Bit the bytes that were sent; kInt8KFp8V code × scale rounded to the dtype (K
-// stays mean-subtracted: softmax is unchanged by it).
+// layout.dtype): k16Bit the bytes that were sent; the quantized storages code × scale (INT4 K: the
+// channel's group scale) rounded to the dtype (K stays mean-subtracted: softmax is unchanged by it).
 void DecodeKvTokens(const KvPageLayout& layout, const std::byte* page, int first, int n, void* k, void* v);
 
 }  // namespace sage

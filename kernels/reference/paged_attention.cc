@@ -27,19 +27,30 @@ double PagedKvValue(const PagedDecodeProblem& p, std::span<const int32_t> seq_pa
                     bool value_tensor) {
   const KvPageLayout layout = p.layout();
   const std::byte* page = PageOf(p, seq_pages, t);
-  const size_t slot = static_cast<size_t>(t % p.page_tokens) * p.num_kv_heads + h;
-  const size_t at = slot * p.head_dim + c;
-  const size_t codes = value_tensor ? layout.codes_per_tensor() : 0;
+  const size_t slot = static_cast<size_t>(t % p.page_tokens) * p.num_kv_heads + h;  // the token-head
   if (p.storage == KvStorage::k16Bit) {
     uint16_t bits;
-    std::memcpy(&bits, page + codes + at * 2, 2);
+    std::memcpy(&bits, page + (value_tensor ? layout.v_codes_offset() : 0) + (slot * p.head_dim + c) * 2, 2);
     return Decode16(bits, p.dtype);
   }
   float scale;
-  std::memcpy(&scale, page + 2 * layout.codes_per_tensor() + (value_tensor ? layout.scales_per_tensor() : 0) + slot * 4, 4);
-  const uint8_t code = static_cast<uint8_t>(page[codes + at]);
-  const double v = value_tensor ? static_cast<double>(DecodeFp8E4M3(code)) : static_cast<double>(static_cast<int8_t>(code));
-  return v * static_cast<double>(scale);
+  if (value_tensor) {
+    std::memcpy(&scale, page + layout.v_scales_offset() + slot * sizeof(float), sizeof(float));
+    const auto code = static_cast<uint8_t>(page[layout.v_codes_offset() + slot * layout.v_code_bytes() + c]);
+    return static_cast<double>(DecodeFp8E4M3(code)) * static_cast<double>(scale);
+  }
+  const size_t groups = layout.k_scales_per_token_head();
+  const size_t group = p.storage == KvStorage::kInt4KFp8V ? static_cast<size_t>(c / kInt4GroupChannels) : 0;
+  std::memcpy(&scale, page + layout.k_scales_offset() + (slot * groups + group) * sizeof(float), sizeof(float));
+  const std::byte* codes = page + slot * layout.k_code_bytes();
+  int code;
+  if (p.storage == KvStorage::kInt4KFp8V) {  // nibble n in byte n / 2, low bits first, stored as code + 8
+    const int n = Int4ChannelNibble(c, p.head_dim);
+    code = ((static_cast<int>(codes[n / 2]) >> (4 * (n % 2))) & 0xF) - 8;
+  } else {
+    code = static_cast<int8_t>(codes[c]);
+  }
+  return static_cast<double>(code) * static_cast<double>(scale);
 }
 
 PagedKvPool PackPagedKv(KvStorage storage, DType dtype, const void* k, const void* v,
@@ -66,7 +77,7 @@ PagedKvPool PackPagedKv(KvStorage storage, DType dtype, const void* k, const voi
     const int first = cu_seqlens_k[b], len = cu_seqlens_k[b + 1] - first;
     out.seqlens_k.push_back(len);
     std::fill(mean.begin(), mean.end(), 0.f);
-    if (storage == KvStorage::kInt8KFp8V && len > 0) {  // the sequence's K mean per (head, channel)
+    if (HasKMean(storage) && len > 0) {  // the sequence's K mean per (head, channel)
       std::vector<double> sum(row, 0.0);
       for (int t = 0; t < len; ++t) {
         DecodeToFloatBulk(k16 + (static_cast<size_t>(first) + t) * row, dtype, kf.data(), row);

@@ -1,7 +1,7 @@
 // CPU emulation of sage_paged_decode (kernels/include/sageattn.h "Paged decode"): the same inputs
-// as host pointers, attention in double over the stored values: K = code x scale and V = fp8(code)
-// x scale exactly for kInt8KFp8V (not rounded to 16 bits, unlike DecodeKvTokens), the 16-bit values
-// for k16Bit. The GPU kernel is held to this by tests/cuda/paged_decode_gpu_test.cc (NUMERICS §9a).
+// as host pointers, attention in double over the stored values: K = code x scale (kInt4KFp8V: the
+// channel's 32-channel group scale) and V = fp8(code) x scale exactly for the quantized storages
+// (not rounded to 16 bits, unlike DecodeKvTokens), the 16-bit values for k16Bit. The GPU kernel is held to this by tests/cuda/paged_decode_gpu_test.cc (NUMERICS §9a).
 #pragma once
 
 #include <cstdint>
@@ -46,8 +46,9 @@ PagedDecodeOutput PagedDecodeReference(const PagedDecodeProblem& problem);
 
 // A page pool holding a packed varlen K/V ([total_k, Hkv, D] 16-bit, cu_seqlens_k) the way the
 // server's pool does: each sequence's tokens in its own pages, page ids handed out in a seeded
-// random order (so no sequence's pages are contiguous or ascending). kInt8KFp8V encodes with
-// EncodeKvTokens and each sequence's per-head K mean as k̄. Pages are page_bytes apart (>= the
+// random order (so no sequence's pages are contiguous or ascending). The quantized storages encode
+// with EncodeKvTokens and each sequence's per-head K mean as k̄ (kInt4KFp8V: head_dim a multiple of
+// 64, CheckKvLayout). Pages are page_bytes apart (>= the
 // layout's bytes; any extra bytes are filled with 0xA5 and must never be read).
 struct PagedKvPool {
   KvPageLayout layout;

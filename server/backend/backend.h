@@ -41,6 +41,7 @@ struct BackendInfo {
   BackendKind kind = BackendKind::kCpu;
   std::vector<DeviceDescription> devices;
   std::vector<int> head_dims;         // supported head dims
+  std::vector<KvStorage> kv_storages;  // session KV storages whose pages it reads (others are refused at creation)
   std::vector<Recipe> recipes;        // recipes this backend runs
   Recipe default_recipe = Recipe::kInt8QkFp8Pv;  // what runs when a request names none
   InputGather input_gather = InputGather::kContiguousOnly;  // kSegments: AttendGathered is implemented

@@ -27,6 +27,7 @@ class CpuBackend final : public AttentionBackend {
     info_.devices.push_back(
         DeviceDescription{absl::StrCat("cpu (", threads, " threads)"), HostArchitecture(), 0});
     info_.head_dims.assign(std::begin(kSupportedHeadDims), std::end(kSupportedHeadDims));
+    info_.kv_storages.assign(std::begin(kAllKvStorages), std::end(kAllKvStorages));  // decoded on the host
     info_.recipes.assign(std::begin(kAllRecipes), std::end(kAllRecipes));
     info_.default_recipe = Recipe::kInt8QkFp8Pv;
   }

@@ -234,6 +234,13 @@ absl::StatusOr<SessionInfo> SessionAttend::CreateSession(const SessionCaller& ca
     for (int d : dims) absl::StrAppend(&runs, runs.empty() ? "" : ", ", d);
     return absl::InvalidArgumentError(absl::StrCat("head_dim: ", shape.head_dim, " is not one this server runs (", runs, ")"));
   }
+  const std::vector<KvStorage>& storages = pipeline_->backend().kv_storages;
+  if (std::find(storages.begin(), storages.end(), shape.storage) == storages.end()) {
+    std::string runs;
+    for (KvStorage st : storages) absl::StrAppend(&runs, runs.empty() ? "" : ", ", std::string(KvStorageName(st)));
+    return absl::InvalidArgumentError(absl::StrCat("kv_storage: ", std::string(KvStorageName(shape.storage)),
+                                                   " is not one this server's engine runs (", runs, ")"));
+  }
   return store_->CreateSession(caller, shape, reserve_tokens);
 }
 

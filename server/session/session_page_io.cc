@@ -47,11 +47,12 @@ absl::Status SessionStore::WriteTokens(Session& s, int layer, const AppendStep& 
   const auto* v = static_cast<const uint16_t*>(step.v);
   const bool in_place = memory.memory() != MemoryKind::kDevice;
   const bool kv_on_device = step.kv_memory == MemoryKind::kDevice;
-  if (kv_on_device && (in_place || (shape.storage == KvStorage::kInt8KFp8V && l.k_mean.empty()))) {
+  if (kv_on_device && (in_place || !s.KvMayStayOnDevice(layer))) {
     // SessionStore::TakesDeviceKv said no to such a step: its K/V should have come from the host.
-    return absl::InternalError("session append: K/V in device memory for a pool or a first append that needs them on the host");
+    return absl::InternalError(
+        "session append: K/V in device memory for a pool, a storage or a first append that needs them on the host");
   }
-  if (shape.storage == KvStorage::kInt8KFp8V && l.k_mean.empty()) {
+  if (HasKMean(shape.storage) && l.k_mean.empty()) {
     // The session's K mean for this layer: the channel means of its first append.
     l.k_mean.assign(row, 0.0f);
     std::vector<float> f(row);
@@ -61,12 +62,13 @@ absl::Status SessionStore::WriteTokens(Session& s, int layer, const AppendStep& 
     }
     for (float& m : l.k_mean) m /= static_cast<float>(step.n_new);
   }
-  // Host memory is encoded in place. Device memory, 8-bit: each token encoded where its page is
+  // Host memory is encoded in place. Device memory, INT8 K: each token encoded where its page is
   // (KvMemory::WriteQuantized, sage_kv_quantize on a GPU, K centred there on the session's mean)
-  // with the caller's batch. Device memory, 16-bit: each page run's K and V ranges go with the
-  // caller's one batched transfer; from the GPU's own memory straight, with no page image.
+  // with the caller's batch. Device memory, otherwise: each page run's four parts (16-bit: K and V
+  // only) go with the caller's one batched transfer, from a host page image of the run, or for
+  // 16-bit K/V in the GPU's own memory straight from there.
   const KvPageLayout& layout = s.layout;
-  if (!in_place && layout.storage == KvStorage::kInt8KFp8V) {
+  if (!in_place && QuantizedByPool(layout.storage)) {
     const auto same = [&layout](const QuantizeGroup& g) {
       return g.layout.dtype == layout.dtype && g.layout.page_tokens == layout.page_tokens && g.layout.heads == layout.heads &&
              g.layout.head_dim == layout.head_dim;
@@ -87,13 +89,13 @@ absl::Status SessionStore::WriteTokens(Session& s, int layer, const AppendStep& 
         new std::byte[static_cast<size_t>(step.n_new) * KvTokenBytes(layout.storage, layout.heads, layout.head_dim)]));
     image = batch.images.back().get();
   }
-  const size_t token_values = row * layout.code_bytes();
-  const size_t token_scales = layout.storage == KvStorage::k16Bit ? 0 : static_cast<size_t>(layout.heads) * sizeof(float);
+  // One token's bytes of each part: a run of tokens is contiguous in every part.
+  const KvPageLayout token{layout.storage, layout.dtype, 1, layout.heads, layout.head_dim};
   for (int64_t t = 0; t < step.n_new;) {
-    const int64_t token = step.position + t;
-    const int in_page = static_cast<int>(token % T);
+    const int64_t token_at = step.position + t;
+    const int in_page = static_cast<int>(token_at % T);
     const int n = static_cast<int>(std::min<int64_t>(T - in_page, step.n_new - t));
-    const size_t page_at = pool.offset(l.pages[static_cast<size_t>(token / T)]);
+    const size_t page_at = pool.offset(l.pages[static_cast<size_t>(token_at / T)]);
     const std::byte* const k_at = reinterpret_cast<const std::byte*>(k + static_cast<size_t>(t) * row);
     const std::byte* const v_at = reinterpret_cast<const std::byte*>(v + static_cast<size_t>(t) * row);
     if (in_place) {
@@ -101,23 +103,27 @@ absl::Status SessionStore::WriteTokens(Session& s, int layer, const AppendStep& 
       t += n;
       continue;
     }
-    const size_t codes = layout.codes_per_tensor(), scales = layout.scales_per_tensor();
-    const size_t c0 = in_page * token_values, cn = static_cast<size_t>(n) * token_values;
-    if (kv_on_device) {  // 16-bit pages (8-bit ones went above): the codes are the tokens' own bytes
+    if (kv_on_device) {  // 16-bit pages (the others went above or were refused): the codes are the tokens' own bytes
+      const size_t c0 = in_page * token.k_codes_bytes(), cn = static_cast<size_t>(n) * token.k_codes_bytes();
       writes.push_back(KvWrite{page_at + c0, k_at, cn, MemoryKind::kDevice});
-      writes.push_back(KvWrite{page_at + codes + c0, v_at, cn, MemoryKind::kDevice});
+      writes.push_back(KvWrite{page_at + layout.v_codes_offset() + c0, v_at, cn, MemoryKind::kDevice});
       t += n;
       continue;
     }
     KvPageLayout run = layout;
     run.page_tokens = n;
     EncodeKvTokens(run, image, 0, n, k_at, v_at, l.k_mean);
-    writes.push_back(KvWrite{page_at + c0, image, cn});
-    writes.push_back(KvWrite{page_at + codes + c0, image + cn, cn});
-    if (token_scales > 0) {
-      const size_t s0 = 2 * codes + in_page * token_scales, sn = static_cast<size_t>(n) * token_scales;
-      writes.push_back(KvWrite{page_at + s0, image + 2 * cn, sn});
-      writes.push_back(KvWrite{page_at + s0 + scales, image + 2 * cn + sn, sn});
+    // Each part of the run: where it starts in the page, in the image, and its bytes per token.
+    const struct {
+      size_t page, image, per_token;
+    } parts[] = {{0, 0, token.k_codes_bytes()},
+                 {layout.v_codes_offset(), run.v_codes_offset(), token.v_codes_bytes()},
+                 {layout.k_scales_offset(), run.k_scales_offset(), token.k_scales_bytes()},
+                 {layout.v_scales_offset(), run.v_scales_offset(), token.v_scales_bytes()}};
+    for (const auto& part : parts) {
+      if (part.per_token == 0) continue;  // 16-bit pages have no scales
+      writes.push_back(KvWrite{page_at + part.page + in_page * part.per_token, image + part.image,
+                               static_cast<size_t>(n) * part.per_token});
     }
     image += run.page_bytes();
     t += n;

@@ -14,6 +14,11 @@
 
 namespace sage::server {
 
+// Whether a device pool encodes this storage's tokens itself (KvMemory::WriteQuantized: the GPU's
+// sage_kv_quantize, which knows kInt8KFp8V only). Other quantized storages are encoded on the host
+// and their page runs copied in, as 16-bit ones are.
+inline bool QuantizedByPool(KvStorage storage) { return storage == KvStorage::kInt8KFp8V; }
+
 // One session. Its page tables and lengths are guarded by `mu`; the pages it shares with forks are
 // never written while shared (copy on write), so readers need only their own session's lock.
 struct SessionStore::Session {
@@ -27,7 +32,7 @@ struct SessionStore::Session {
   struct Layer {
     std::vector<PageId> pages;
     int64_t length = 0;
-    std::vector<float> k_mean;  // [Hkv, D]; set by the first append (8-bit storage)
+    std::vector<float> k_mean;  // [Hkv, D]; set by the first append (HasKMean storages)
     // The last append: a step repeated with this position and step id is a retry.
     std::optional<int64_t> last_position;
     uint64_t last_step_id = 0;
@@ -37,6 +42,13 @@ struct SessionStore::Session {
   int pool = 0;  // index of the device pool holding every page of the session
 
   int page_tokens() const { return layout.page_tokens; }
+  // Whether a step's K/V may stay in the memory of the session's GPU pool (mu held): 16-bit codes
+  // are copied from there, and a pool-quantized layer's tokens are encoded there once the host has
+  // taken its K mean from the first append.
+  bool KvMayStayOnDevice(int layer) const {
+    return shape.storage == KvStorage::k16Bit ||
+           (QuantizedByPool(shape.storage) && !layers[static_cast<size_t>(layer)].k_mean.empty());
+  }
   int64_t PageCount() const {
     int64_t n = 0;
     for (const Layer& l : layers) n += static_cast<int64_t>(l.pages.size());

@@ -42,6 +42,7 @@ absl::Status CheckShape(const SessionShape& s) {
   if (s.heads_kv < 1 || s.heads_q % s.heads_kv != 0) return bad("heads_kv", "must be >= 1 and divide heads_q");
   if (s.head_dim < 1 || s.head_dim > 256) return bad("head_dim", "must be in [1, 256]");
   if (s.dtype != DType::kF16 && s.dtype != DType::kBF16) return bad("dtype", "must be FP16 or BF16");
+  if (absl::Status layout = CheckKvLayout(s.storage, s.head_dim); !layout.ok()) return layout;
   if (s.max_tokens < 1 || s.max_tokens > kMaxSessionTokens) {
     return bad("max_tokens", absl::StrCat("must be in [1, ", kMaxSessionTokens, "]"));
   }
@@ -204,7 +205,7 @@ bool SessionStore::TakesDeviceKv(const Ref& session, int layer, int device) cons
   if (memory.memory() != MemoryKind::kDevice || memory.device() != device) return false;
   std::lock_guard<std::mutex> lock(s.mu);
   if (layer < 0 || layer >= s.shape.layers) return false;
-  return s.shape.storage == KvStorage::k16Bit || !s.layers[static_cast<size_t>(layer)].k_mean.empty();
+  return s.KvMayStayOnDevice(layer);
 }
 
 std::vector<PinnedPages> SessionStore::PinLocked(std::span<const std::shared_ptr<Session>> of,

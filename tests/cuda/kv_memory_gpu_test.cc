@@ -195,9 +195,9 @@ TEST(DeviceKvMemory, DeviceSourcesAreReadInPlaceAndWaitedFor) {
   for (int t = 0; t < kTokens; ++t) {
     const std::byte* w = want.data() + tokens[t].page_offset;
     const std::byte* g = got.data() + tokens[t].page_offset;
-    const size_t codes = layout.codes_per_tensor(), at = static_cast<size_t>(tokens[t].slot) * row;
-    const size_t scale_at = 2 * codes + static_cast<size_t>(tokens[t].slot) * kHeads * 4;
-    const size_t v_scale_at = scale_at + layout.scales_per_tensor();
+    const size_t codes = layout.v_codes_offset(), at = static_cast<size_t>(tokens[t].slot) * row;
+    const size_t scale_at = layout.k_scales_offset() + static_cast<size_t>(tokens[t].slot) * kHeads * 4;
+    const size_t v_scale_at = scale_at + layout.k_scales_bytes();
     if (std::memcmp(w + at, g + at, row) != 0 || std::memcmp(w + codes + at, g + codes + at, row) != 0 ||
         std::memcmp(w + scale_at, g + scale_at, kHeads * 4) != 0 || std::memcmp(w + v_scale_at, g + v_scale_at, kHeads * 4) != 0) {
       if (mismatches++ < 5) ADD_FAILURE() << "token " << t << " differs from the host encode";

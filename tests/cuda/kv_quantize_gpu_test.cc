@@ -163,9 +163,9 @@ TEST(KvQuantizeGpu, WritesTheSchemesBytes) {
         for (int pg = 0; pg < kPages; ++pg) {
           const std::byte* w = want.data() + pg * page_bytes;
           const std::byte* g = got.data() + pg * page_bytes;
-          const size_t scales_at = 2 * layout.codes_per_tensor();
+          const size_t scales_at = layout.k_scales_offset();
           for (size_t i = 0; i < page_bytes; ++i) {
-            if (i >= scales_at && i < scales_at + 2 * layout.scales_per_tensor()) {
+            if (i >= scales_at && i < layout.page_bytes()) {
               if (i % 4 != 0) continue;
               float a, b;
               std::memcpy(&a, w + (i - i % 4), 4);
@@ -176,7 +176,7 @@ TEST(KvQuantizeGpu, WritesTheSchemesBytes) {
             }
             // V codes: an E4M3 NaN either sign (0x7F / 0xFF): x86 makes inf/inf a negative NaN,
             // the GPU a positive one; both decode to NaN.
-            const bool v_code = i >= layout.codes_per_tensor() && i < scales_at;
+            const bool v_code = i >= layout.v_codes_offset() && i < scales_at;
             if (v_code && (static_cast<int>(w[i]) & 0x7F) == 0x7F && (static_cast<int>(g[i]) & 0x7F) == 0x7F) continue;
             if (w[i] != g[i] && mismatches++ < 5) {
               ADD_FAILURE() << "page " << pg << " byte " << i << ": " << static_cast<int>(g[i]) << " vs " << static_cast<int>(w[i]);

@@ -275,13 +275,13 @@ TEST(PagedDecodeGpu, NanReachesOnlyTheRowsThatSeeIt) {
           const int slot = token % 16; // one KV head
           if (storage == KvStorage::kInt8KFp8V) {
             float *scale = reinterpret_cast<float *>(
-                               page + 2 * layout.codes_per_tensor() +
-                               (which == 0 ? layout.scales_per_tensor() : 0)) +
+                               page + (which == 0 ? layout.v_scales_offset()
+                                                  : layout.k_scales_offset())) +
                            slot;
             *scale = std::nanf("");
           } else {
             const uint16_t nan16 = 0x7FFF;
-            std::memcpy(page + (which == 0 ? layout.codes_per_tensor() : 0) +
+            std::memcpy(page + (which == 0 ? layout.v_codes_offset() : 0) +
                             (static_cast<size_t>(slot) * d + 3) * 2,
                         &nan16, 2);
           }

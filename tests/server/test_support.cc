@@ -81,6 +81,7 @@ server::BackendInfo TestBackendInfo(const char* name) {
   info.kind = server::BackendKind::kCpu;
   info.devices.push_back({name, "none", 0});
   info.head_dims = {64, 128};
+  info.kv_storages.assign(std::begin(kAllKvStorages), std::end(kAllKvStorages));
   info.recipes.assign(std::begin(kAllRecipes), std::end(kAllRecipes));
   return info;
 }

@@ -112,12 +112,17 @@ TwoStores Make() {
   return t;
 }
 
+const char* StorageName(KvStorage storage) {
+  return storage == KvStorage::k16Bit ? "16-bit" : storage == KvStorage::kInt8KFp8V ? "INT8 K" : "INT4 K";
+}
+
 // The same appends (a prefill crossing pages, then decode steps, then a run ending mid-page) give
 // the same decoded cache, whether the pool is written in place or through KvMemory (Write, or
-// WriteQuantized for 8-bit tokens); each append is one transfer.
+// WriteQuantized for INT8 K tokens; INT4 K tokens are encoded on the host and written as page
+// runs); each append is one transfer.
 TEST(SessionPools, WritesThroughKvMemoryEqualInPlaceEncoding) {
-  for (KvStorage storage : {KvStorage::k16Bit, KvStorage::kInt8KFp8V}) {
-    SCOPED_TRACE(storage == KvStorage::k16Bit ? "16-bit" : "8-bit");
+  for (KvStorage storage : kAllKvStorages) {
+    SCOPED_TRACE(StorageName(storage));
     TwoStores t = Make();
     auto a = t.host->CreateSession(kAlice, Shape(storage), 0);
     auto b = t.device->CreateSession(kAlice, Shape(storage), 0);
@@ -136,8 +141,8 @@ TEST(SessionPools, WritesThroughKvMemoryEqualInPlaceEncoding) {
       pos += n;
     }
     EXPECT_EQ(t.memory->write_calls, appends);
-    // 8-bit tokens are centred by the store and encoded by the memory; 16-bit ones are bytes.
-    EXPECT_EQ(t.memory->quantized_tokens, storage == KvStorage::k16Bit ? 0 : pos);
+    // INT8 K tokens are centred by the store and encoded by the memory; the others are bytes.
+    EXPECT_EQ(t.memory->quantized_tokens, storage == KvStorage::kInt8KFp8V ? pos : 0);
     std::vector<uint16_t> hk(static_cast<size_t>(pos) * 128), hv(hk.size()), dk(hk.size()), dv(hk.size());
     ASSERT_TRUE(t.host->Gather(kAlice, a->id, 1, pos, std::as_writable_bytes(std::span(hk)), std::as_writable_bytes(std::span(hv))).ok());
     ASSERT_TRUE(t.device->Gather(kAlice, b->id, 1, pos, std::as_writable_bytes(std::span(dk)), std::as_writable_bytes(std::span(dv))).ok());
@@ -149,20 +154,19 @@ TEST(SessionPools, WritesThroughKvMemoryEqualInPlaceEncoding) {
     ASSERT_TRUE(hp.ok() && dp.ok());
     ASSERT_EQ(hp->pages.size(), dp->pages.size());
     const KvPageLayout& layout = dp->layout;
+    const KvPageLayout token{layout.storage, layout.dtype, 1, layout.heads, layout.head_dim};  // one token's bytes
     const size_t tokens_last = static_cast<size_t>(pos - (static_cast<int64_t>(dp->pages.size()) - 1) * layout.page_tokens);
     for (size_t i = 0; i < dp->pages.size(); ++i) {
       const std::byte* h = t.host->pool(0).memory().base() + t.host->pool(0).offset(hp->pages[i]);
       const std::byte* d = t.memory->bytes_at(t.device->pool(0).offset(dp->pages[i]));
       const size_t tokens = i + 1 == dp->pages.size() ? tokens_last : static_cast<size_t>(layout.page_tokens);
-      const size_t per_token = static_cast<size_t>(layout.heads) * layout.head_dim * layout.code_bytes();
-      EXPECT_EQ(std::memcmp(h, d, tokens * per_token), 0) << "K codes, page " << i;
-      EXPECT_EQ(std::memcmp(h + layout.codes_per_tensor(), d + layout.codes_per_tensor(), tokens * per_token), 0) << "V codes, page " << i;
-      if (storage != KvStorage::k16Bit) {
-        const size_t sc = tokens * layout.heads * sizeof(float);
-        EXPECT_EQ(std::memcmp(h + 2 * layout.codes_per_tensor(), d + 2 * layout.codes_per_tensor(), sc), 0);
-        EXPECT_EQ(std::memcmp(h + 2 * layout.codes_per_tensor() + layout.scales_per_tensor(),
-                              d + 2 * layout.codes_per_tensor() + layout.scales_per_tensor(), sc), 0);
-      }
+      EXPECT_EQ(std::memcmp(h, d, tokens * token.k_codes_bytes()), 0) << "K codes, page " << i;
+      EXPECT_EQ(std::memcmp(h + layout.v_codes_offset(), d + layout.v_codes_offset(), tokens * token.v_codes_bytes()), 0)
+          << "V codes, page " << i;
+      EXPECT_EQ(std::memcmp(h + layout.k_scales_offset(), d + layout.k_scales_offset(), tokens * token.k_scales_bytes()), 0)
+          << "K scales, page " << i;
+      EXPECT_EQ(std::memcmp(h + layout.v_scales_offset(), d + layout.v_scales_offset(), tokens * token.v_scales_bytes()), 0)
+          << "V scales, page " << i;
     }
     t.host->Unpin(*hp);
     t.device->Unpin(*dp);

@@ -3,10 +3,13 @@
 // instances, and many threads at once.
 #include "server/session/session_store.h"
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <cstring>
 #include <random>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -237,6 +240,15 @@ TEST(SessionStore, BadShapesNameTheField) {
   absl::Status st = store->CreateSession(kAlice, s, 0).status();
   EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(st.message().find("heads_kv"), std::string::npos);
+  // INT4 K: whole 32-channel groups, in the nibble order's 64-channel blocks.
+  s = Shape(KvStorage::kInt4KFp8V);
+  s.head_dim = 96;
+  st = store->CreateSession(kAlice, s, 0).status();
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(st.message().find("head_dim: 96"), std::string::npos) << st;
+  EXPECT_NE(st.message().find("KV_STORAGE_INT4_K_FP8_V"), std::string::npos) << st;
+  s.storage = KvStorage::kInt8KFp8V;
+  EXPECT_TRUE(store->CreateSession(kAlice, s, 0).ok());
   s = Shape();
   s.max_tokens = 0;
   EXPECT_NE(store->CreateSession(kAlice, s, 0).status().message().find("max_tokens"), std::string::npos);
@@ -250,34 +262,44 @@ TEST(SessionStore, BadShapesNameTheField) {
   EXPECT_EQ(store->CreateSession(kAlice, s, 0).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
-// The 8-bit scheme: what Gather returns is exactly the per-token encode/decode with the first
-// append's K mean (the emulation), and close to the K it came from.
-TEST(SessionStore, EightBitGatherIsTheSchemesDecode) {
-  auto store = Store();
-  auto info = store->CreateSession(kAlice, Shape(KvStorage::kInt8KFp8V), 0);
-  ASSERT_TRUE(info.ok());
-  const auto first = Tokens(64, 8), later = Tokens(3, 9);
-  ASSERT_TRUE(Append(*store, kAlice, info->id, 0, 0, 1, first, first).ok());
-  ASSERT_TRUE(Append(*store, kAlice, info->id, 0, 64, 2, later, later).ok());
-  auto [k, v] = Gathered(*store, info->id, 0, 67);
-  std::vector<float> mean(128, 0.0f);
-  for (int64_t t = 0; t < 64; ++t) {
-    for (int i = 0; i < 128; ++i) mean[static_cast<size_t>(i)] += DecodeFp16(first[static_cast<size_t>(t * 128 + i)]);
-  }
-  for (float& m : mean) m /= 64.0f;
-  // One token at a time through a one-token page: the scheme's definition, token by token.
-  const KvPageLayout one{KvStorage::kInt8KFp8V, DType::kF16, 1, 2, 64};
-  std::vector<std::byte> page(one.page_bytes());
-  for (int64_t t = 0; t < 67; ++t) {
-    const std::vector<uint16_t>& src = t < 64 ? first : later;
-    const uint16_t* kin = src.data() + (t < 64 ? t : t - 64) * 128;
-    EncodeKvTokens(one, page.data(), 0, 1, kin, kin, mean);
-    uint16_t want_k[128], want_v[128];
-    DecodeKvTokens(one, page.data(), 0, 1, want_k, want_v);
-    ASSERT_EQ(std::memcmp(want_k, k.data() + t * 128, sizeof(want_k)), 0) << "token " << t;
-    ASSERT_EQ(std::memcmp(want_v, v.data() + t * 128, sizeof(want_v)), 0) << "token " << t;
-    for (int c = 0; c < 128; ++c) {  // K comes back mean-subtracted, within one INT8 step
-      EXPECT_NEAR(DecodeFp16(k[static_cast<size_t>(t * 128 + c)]), DecodeFp16(kin[c]) - mean[static_cast<size_t>(c)], 0.05f);
+// The quantized schemes: what Gather returns is exactly the per-token encode/decode with the first
+// append's K mean (the emulation), and close to the K it came from: within one INT8 step, or for
+// INT4 K half a step of the channel's 32-channel group (its amax / 7) plus the fp16 rounding.
+TEST(SessionStore, QuantizedGatherIsTheSchemesDecode) {
+  for (KvStorage storage : {KvStorage::kInt8KFp8V, KvStorage::kInt4KFp8V}) {
+    SCOPED_TRACE(std::string(KvStorageName(storage)));
+    auto store = Store();
+    auto info = store->CreateSession(kAlice, Shape(storage), 0);
+    ASSERT_TRUE(info.ok());
+    const auto first = Tokens(64, 8), later = Tokens(3, 9);
+    ASSERT_TRUE(Append(*store, kAlice, info->id, 0, 0, 1, first, first).ok());
+    ASSERT_TRUE(Append(*store, kAlice, info->id, 0, 64, 2, later, later).ok());
+    auto [k, v] = Gathered(*store, info->id, 0, 67);
+    std::vector<float> mean(128, 0.0f);
+    for (int64_t t = 0; t < 64; ++t) {
+      for (int i = 0; i < 128; ++i) mean[static_cast<size_t>(i)] += DecodeFp16(first[static_cast<size_t>(t * 128 + i)]);
+    }
+    for (float& m : mean) m /= 64.0f;
+    // One token at a time through a one-token page: the scheme's definition, token by token.
+    const KvPageLayout one{storage, DType::kF16, 1, 2, 64};
+    std::vector<std::byte> page(one.page_bytes());
+    for (int64_t t = 0; t < 67; ++t) {
+      const std::vector<uint16_t>& src = t < 64 ? first : later;
+      const uint16_t* kin = src.data() + (t < 64 ? t : t - 64) * 128;
+      EncodeKvTokens(one, page.data(), 0, 1, kin, kin, mean);
+      uint16_t want_k[128], want_v[128];
+      DecodeKvTokens(one, page.data(), 0, 1, want_k, want_v);
+      ASSERT_EQ(std::memcmp(want_k, k.data() + t * 128, sizeof(want_k)), 0) << "token " << t;
+      ASSERT_EQ(std::memcmp(want_v, v.data() + t * 128, sizeof(want_v)), 0) << "token " << t;
+      float centred[128], group_amax[4] = {0, 0, 0, 0};
+      for (int c = 0; c < 128; ++c) {
+        centred[c] = DecodeFp16(kin[c]) - mean[static_cast<size_t>(c)];
+        group_amax[c / 32] = std::max(group_amax[c / 32], std::fabs(centred[c]));
+      }
+      for (int c = 0; c < 128; ++c) {  // K comes back mean-subtracted
+        const float bound = storage == KvStorage::kInt8KFp8V ? 0.05f : group_amax[c / 32] / 14.0f + 0.01f;
+        EXPECT_NEAR(DecodeFp16(k[static_cast<size_t>(t * 128 + c)]), centred[c], bound) << "token " << t << " channel " << c;
+      }
     }
   }
 }

@@ -369,6 +369,8 @@ absl::StatusOr<std::unique_ptr<AttentionBackend>> CreateCudaBackend(const CudaBa
     min_sm = std::min(min_sm, ex->sm());
   }
   info.head_dims.assign(std::begin(kSupportedHeadDims), std::end(kSupportedHeadDims));
+  // INT4 K pages have no GPU kernels yet (quantize, paged decode, gather): such sessions are refused.
+  info.kv_storages = {KvStorage::k16Bit, KvStorage::kInt8KFp8V};
   info.input_gather = InputGather::kSegments;
   if (min_sm >= 90) {
     // INT4 runs (its s4 mma is emulated on sm_90, ~20x slower than INT8) but is never the default here.

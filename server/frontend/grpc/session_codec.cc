@@ -24,6 +24,7 @@ absl::Status Invalid(const std::string& field, const std::string& why) {
 constexpr WirePair<KvStorage, v1::KvStorage> kKvStorageNames[] = {
     {KvStorage::k16Bit, v1::KV_STORAGE_16BIT},
     {KvStorage::kInt8KFp8V, v1::KV_STORAGE_INT8_K_FP8_V},
+    {KvStorage::kInt4KFp8V, v1::KV_STORAGE_INT4_K_FP8_V},
 };
 
 // A step tensor: 16-bit bytes of a [tokens, heads, head_dim] shape, inline or in a registered

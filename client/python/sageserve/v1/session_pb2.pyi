@@ -8,6 +8,7 @@ from typing import ClassVar as _ClassVar, Iterable as _Iterable, Mapping as _Map
 
 DESCRIPTOR: _descriptor.FileDescriptor
 KV_STORAGE_16BIT: KvStorage
+KV_STORAGE_INT4_K_FP8_V: KvStorage
 KV_STORAGE_INT8_K_FP8_V: KvStorage
 KV_STORAGE_UNSPECIFIED: KvStorage
 
