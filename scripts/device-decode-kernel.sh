@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One device call for the paged decode kernels alone (issue 20): the kernel's GPU test, then
+# One device call for the paged decode kernels alone (issue 20): the kernels' GPU tests, then
 # bench/decode_bench.py over the bundle's library beside torch SDPA, the variant libraries of
 # scripts/build-decode-variant.sh found in <bundle>/variants/NAME/, and the head-major page layout,
 # then Nsight Compute on the 8-bit kernel (both layouts) and on the split + merge kernels of one
@@ -15,8 +15,11 @@ CASES="${CASES:-64x4096,16x16384,4x65536,1x32768,64x8192}"
 export LD_LIBRARY_PATH="$BUNDLE/lib:${LD_LIBRARY_PATH:-}"
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader | tee /tmp/gpu.txt
 
-echo "=== paged_decode_gpu_test"
-timeout 200 "$BUNDLE/bin/paged_decode_gpu_test" --gtest_brief=1 2>&1 | grep -v "^\[20" | tail -30 | tee "$LOG/gpu_test.log"
+for t in paged_decode_gpu_test kv_quantize_gpu_test paged_gather_gpu_test; do
+  [ -x "$BUNDLE/bin/$t" ] || continue
+  echo "=== $t"
+  timeout 200 "$BUNDLE/bin/$t" --gtest_brief=1 2>&1 | grep -v "^\[20" | tail -30
+done 2>&1 | tee "$LOG/gpu_test.log"
 
 libs=(--lib "ours=$LIB")
 for v in "$BUNDLE"/variants/*/libsageattn.so; do

@@ -15,9 +15,8 @@
 namespace sage::server {
 
 // Whether a device pool encodes this storage's tokens itself (KvMemory::WriteQuantized: the GPU's
-// sage_kv_quantize, which knows kInt8KFp8V only). Other quantized storages are encoded on the host
-// and their page runs copied in, as 16-bit ones are.
-inline bool QuantizedByPool(KvStorage storage) { return storage == KvStorage::kInt8KFp8V; }
+// sage_kv_quantize, for INT8 and INT4 K alike); 16-bit page runs are copied in.
+inline bool QuantizedByPool(KvStorage storage) { return HasKMean(storage); }
 
 // One session. Its page tables and lengths are guarded by `mu`; the pages it shares with forks are
 // never written while shared (copy on write), so readers need only their own session's lock.

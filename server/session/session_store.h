@@ -134,8 +134,8 @@ class SessionStore {
 
   // Whether an append to the session's `layer` may take its K and V in memory of CUDA device
   // `device` (AppendStep::kv_memory kDevice): the session's pages are on that GPU, and it needs
-  // no host copy of K (16-bit storage, or INT8 K whose layer's K mean is already set: it never
-  // changes after; INT4 K is encoded on the host). False for an unknown session or layer: the
+  // no host copy of K (16-bit storage, or INT8/INT4 K whose layer's K mean is already set: it
+  // never changes after). False for an unknown session or layer: the
   // append then reports it.
   bool TakesDeviceKv(const SessionCaller& caller, std::string_view id, int layer, int device) const;
   bool TakesDeviceKv(const Ref& session, int layer, int device) const;

@@ -1,4 +1,4 @@
-// sage_kv_quantize against the session scheme's CPU encode: tokens with outliers, a channel bias,
+// sage_kv_quantize against the session scheme's CPU encode (INT8 and INT4 K): tokens with outliers, a channel bias,
 // zero, subnormal, huge, infinite and NaN token-heads, written to shuffled slots of a few pages
 // (the pool poisoned first, so every byte the CPU leaves alone must stay poisoned), give the bytes
 // QuantizeKvTokens gives; NaN scales compare as NaN, and an E4M3 NaN code as NaN whatever its sign.
@@ -62,12 +62,14 @@ std::vector<uint16_t> Values(int d, DType dtype, uint32_t seed, float bias) {
 
 TEST(KvQuantizeGpu, WritesTheSchemesBytes) {
   SAGE_SKIP_WITHOUT_GPU();
+  for (KvStorage storage : {KvStorage::kInt8KFp8V, KvStorage::kInt4KFp8V}) {
   for (DType dtype : {DType::kF16, DType::kBF16}) {
     for (int d : {64, 128}) {
       for (int form = 0; form < 3; ++form) {  // centred with device tables, centred pinned, rows
         const bool host_tables = form == 1, rows = form == 2;
-        SCOPED_TRACE(std::string(dtype == DType::kBF16 ? "bf16 " : "fp16 ") + std::to_string(d) + " form " + std::to_string(form));
-        const KvPageLayout layout{KvStorage::kInt8KFp8V, dtype, kPageTokens, kHeads, d};
+        SCOPED_TRACE(std::string(KvStorageName(storage)) + (dtype == DType::kBF16 ? " bf16 " : " fp16 ") +
+                     std::to_string(d) + " form " + std::to_string(form));
+        const KvPageLayout layout{storage, dtype, kPageTokens, kHeads, d};
         const size_t page_bytes = layout.page_bytes() + 64;  // a padded stride
         const size_t row = static_cast<size_t>(kHeads) * d;
         const std::vector<uint16_t> k = Values(d, dtype, 1, 3.0f), v = Values(d, dtype, 2, 0.0f);
@@ -101,7 +103,7 @@ TEST(KvQuantizeGpu, WritesTheSchemesBytes) {
         DeviceBuffer dk, dv, doff, dslot, dmeans, dk_rows, dv_rows, dmean_of;
         void* pinned = nullptr;
         sage_kv_quantize_params_t p{};
-        p.storage = SAGE_KV_INT8K_FP8V;
+        p.storage = storage == KvStorage::kInt4KFp8V ? SAGE_KV_INT4K_FP8V : SAGE_KV_INT8K_FP8V;
         p.dtype = dtype == DType::kBF16 ? SAGE_DTYPE_BF16 : SAGE_DTYPE_F16;
         p.pages = pool.get();
         p.page_tokens = kPageTokens;
@@ -186,6 +188,7 @@ TEST(KvQuantizeGpu, WritesTheSchemesBytes) {
         EXPECT_EQ(mismatches, 0);
       }
     }
+  }
   }
 }
 

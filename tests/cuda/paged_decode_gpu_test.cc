@@ -80,7 +80,9 @@ absl::Status Upload(const Prepared& c, cudaStream_t s, DeviceCase* dc) {
   if (auto st = dc->o.Poison(s); !st.ok()) return st;
   if (auto st = dc->lse.Poison(s); !st.ok()) return st;
   sage_paged_decode_params_t& k = dc->params;
-  k.storage = p.storage == KvStorage::k16Bit ? SAGE_KV_16BIT : SAGE_KV_INT8K_FP8V;
+  k.storage = p.storage == KvStorage::k16Bit      ? SAGE_KV_16BIT
+              : p.storage == KvStorage::kInt8KFp8V ? SAGE_KV_INT8K_FP8V
+                                                   : SAGE_KV_INT4K_FP8V;
   k.dtype = p.dtype == DType::kBF16 ? SAGE_DTYPE_BF16 : SAGE_DTYPE_F16;
   k.q = dc->q.get();
   k.o = dc->o.get();
@@ -160,17 +162,18 @@ void RunAndCompare(const Prepared& c, const std::string& what, sage_kv_layout_t 
 }
 
 std::string Name(KvStorage s, DType t, int d, int g) {
-  return absl::StrCat(s == KvStorage::k16Bit ? "16bit" : "int8k_fp8v", "/", std::string(DTypeName(t)), "/D", d, "/G", g);
+  return absl::StrCat(std::string(KvStorageName(s)), "/", std::string(DTypeName(t)), "/D", d, "/G", g);
 }
 
 // Ragged batches over every storage x dtype x head_dim x GQA group, page sizes 16 and 64, padded
-// page strides, and a 40k-token sequence cut into many splits.
+// page strides, and a 40k-token sequence cut into many splits. INT4-K pages: head_dim 128 only.
 TEST(PagedDecodeGpu, MatchesTheEmulation) {
   SAGE_SKIP_WITHOUT_GPU();
   int index = 0;
-  for (KvStorage storage : {KvStorage::k16Bit, KvStorage::kInt8KFp8V}) {
+  for (KvStorage storage : kAllKvStorages) {
     for (DType dtype : {DType::kF16, DType::kBF16}) {
       for (int d : {64, 128}) {
+        if (storage == KvStorage::kInt4KFp8V && d != 128) continue;
         for (int g : {1, 4, 8}) {
           const int page_tokens = index % 2 ? 64 : 16;
           const uint64_t pad = index % 3 == 0 ? 48 : 0;
@@ -198,14 +201,13 @@ TEST(PagedDecodeGpu, MatchesTheEmulation) {
 std::vector<std::byte> HeadMajorPool(const PagedKvPool& pool) {
   const KvPageLayout& l = pool.layout;
   std::vector<std::byte> out = pool.pool;
-  const size_t code_row = static_cast<size_t>(l.head_dim) * l.code_bytes();
   struct Part {
-    size_t offset, row_bytes;
+    size_t offset, row_bytes;  // row: one token-head's bytes of the part
   };
-  std::vector<Part> parts = {{0, code_row}, {l.codes_per_tensor(), code_row}};
-  if (l.scales_per_tensor() > 0) {
-    parts.push_back({2 * l.codes_per_tensor(), sizeof(float)});
-    parts.push_back({2 * l.codes_per_tensor() + l.scales_per_tensor(), sizeof(float)});
+  std::vector<Part> parts = {{0, l.k_code_bytes()}, {l.v_codes_offset(), l.v_code_bytes()}};
+  if (l.k_scales_per_token_head() > 0) {
+    parts.push_back({l.k_scales_offset(), l.k_scales_per_token_head() * sizeof(float)});
+    parts.push_back({l.v_scales_offset(), l.v_scales_per_token_head() * sizeof(float)});
   }
   for (size_t page = 0; page < pool.pool.size() / pool.page_bytes; ++page) {
     const std::byte* src = pool.pool.data() + page * pool.page_bytes;
@@ -227,8 +229,9 @@ std::vector<std::byte> HeadMajorPool(const PagedKvPool& pool) {
 TEST(PagedDecodeGpu, HeadMajorPagesMatchTheEmulation) {
   SAGE_SKIP_WITHOUT_GPU();
   int index = 0;
-  for (KvStorage storage : {KvStorage::k16Bit, KvStorage::kInt8KFp8V}) {
+  for (KvStorage storage : kAllKvStorages) {
     for (int d : {64, 128}) {
+      if (storage == KvStorage::kInt4KFp8V && d != 128) continue;
       for (int page_tokens : {16, 64}) {
         Prepared c = Prepare(storage, DType::kF16, d, 4, 4, {1, 3, 1, 16}, {7, 999, 20000, 300}, page_tokens,
                              index % 2 ? 32 : 0, 50 + index);
@@ -250,7 +253,7 @@ TEST(PagedDecodeGpu, SingleSplitPath) {
     k_lens.push_back(1 + static_cast<int>(rng() % 120));
     q_lens.push_back(1 + static_cast<int>(rng() % std::min(4, k_lens.back())));
   }
-  for (KvStorage storage : {KvStorage::k16Bit, KvStorage::kInt8KFp8V}) {
+  for (KvStorage storage : kAllKvStorages) {
     RunAndCompare(Prepare(storage, DType::kF16, 128, 4, 4, q_lens, k_lens, 16, 0, 3), "single split");
   }
 }
@@ -259,9 +262,10 @@ TEST(PagedDecodeGpu, SingleSplitPath) {
 // that token NaN, with and without splits.
 TEST(PagedDecodeGpu, NanReachesOnlyTheRowsThatSeeIt) {
   SAGE_SKIP_WITHOUT_GPU();
-  for (KvStorage storage : {KvStorage::k16Bit, KvStorage::kInt8KFp8V}) {
+  for (KvStorage storage : kAllKvStorages) {
     for (int d : {64, 128}) { // 64: CUDA cores; 128: tensor cores (NaN V values
                               // counted by a second MMA)
+      if (storage == KvStorage::kInt4KFp8V && d != 128) continue;
       for (int len : {100, 9000}) {
         for (int which : {0, 1}) { // 0: V, 1: K
           Prepared c =
@@ -273,11 +277,12 @@ TEST(PagedDecodeGpu, NanReachesOnlyTheRowsThatSeeIt) {
                             static_cast<size_t>(c.pool.page_table[token / 16]) *
                                 c.pool.page_bytes;
           const int slot = token % 16; // one KV head
-          if (storage == KvStorage::kInt8KFp8V) {
+          if (storage != KvStorage::k16Bit) {  // INT4: the K scale of the token's last group
             float *scale = reinterpret_cast<float *>(
                                page + (which == 0 ? layout.v_scales_offset()
                                                   : layout.k_scales_offset())) +
-                           slot;
+                           slot * (which == 0 ? 1 : layout.k_scales_per_token_head()) +
+                           (which == 0 ? 0 : layout.k_scales_per_token_head() - 1);
             *scale = std::nanf("");
           } else {
             const uint16_t nan16 = 0x7FFF;
@@ -295,7 +300,7 @@ TEST(PagedDecodeGpu, NanReachesOnlyTheRowsThatSeeIt) {
           ASSERT_TRUE(row_has_nan(15)) << "the last row sees the token";
           ASSERT_FALSE(row_has_nan(0)) << "the first row does not";
           RunAndCompare(
-              c, absl::StrCat(storage == KvStorage::k16Bit ? "16bit" : "8bit",
+              c, absl::StrCat(std::string(KvStorageName(storage)),
                               " D", d, " len ", len, which == 0 ? " V" : " K"));
         }
       }
@@ -335,6 +340,8 @@ TEST(PagedDecodeGpu, InvalidParamsAreRejectedWithAMessage) {
       {"softmax_scale", [](sage_paged_decode_params_t* p) { p->softmax_scale = 0.f; }, SAGE_ERR_INVALID_ARGUMENT},
       {"layout", [](sage_paged_decode_params_t* p) { p->layout = static_cast<sage_kv_layout_t>(2); },
        SAGE_ERR_INVALID_ARGUMENT},
+      {"head_dim", [](sage_paged_decode_params_t* p) { p->storage = SAGE_KV_INT4K_FP8V; p->head_dim = 64; },
+       SAGE_ERR_UNSUPPORTED},
   };
   for (const Bad& b : cases) {
     sage_paged_decode_params_t p = dc.params;

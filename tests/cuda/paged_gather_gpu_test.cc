@@ -23,10 +23,10 @@ using gputest::Stream;
 
 TEST(PagedGatherGpu, EqualsTheSchemesDecodeBitForBit) {
   SAGE_SKIP_WITHOUT_GPU();
-  for (KvStorage storage : {KvStorage::kInt8KFp8V, KvStorage::k16Bit}) {
+  for (KvStorage storage : {KvStorage::kInt8KFp8V, KvStorage::k16Bit, KvStorage::kInt4KFp8V}) {
     for (DType dtype : {DType::kF16, DType::kBF16}) {
       for (int d : {64, 128}) {
-        SCOPED_TRACE(std::string(storage == KvStorage::k16Bit ? "16-bit" : "8-bit") + (dtype == DType::kBF16 ? " bf16 " : " fp16 ") +
+        SCOPED_TRACE(std::string(KvStorageName(storage)) + (dtype == DType::kBF16 ? " bf16 " : " fp16 ") +
                      std::to_string(d));
         ProblemSpec spec;
         spec.q_lens = {1, 1, 1, 1};
@@ -66,7 +66,9 @@ TEST(PagedGatherGpu, EqualsTheSchemesDecodeBitForBit) {
         ASSERT_TRUE(k_out.Poison(stream.get()).ok());
         ASSERT_TRUE(v_out.Poison(stream.get()).ok());
         sage_paged_gather_params_t p{};
-        p.storage = storage == KvStorage::k16Bit ? SAGE_KV_16BIT : SAGE_KV_INT8K_FP8V;
+        p.storage = storage == KvStorage::k16Bit      ? SAGE_KV_16BIT
+                    : storage == KvStorage::kInt8KFp8V ? SAGE_KV_INT8K_FP8V
+                                                       : SAGE_KV_INT4K_FP8V;
         p.dtype = dtype == DType::kBF16 ? SAGE_DTYPE_BF16 : SAGE_DTYPE_F16;
         p.pages = pages.get();
         p.page_bytes = pool.page_bytes;

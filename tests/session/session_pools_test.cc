@@ -118,8 +118,7 @@ const char* StorageName(KvStorage storage) {
 
 // The same appends (a prefill crossing pages, then decode steps, then a run ending mid-page) give
 // the same decoded cache, whether the pool is written in place or through KvMemory (Write, or
-// WriteQuantized for INT8 K tokens; INT4 K tokens are encoded on the host and written as page
-// runs); each append is one transfer.
+// WriteQuantized for INT8 and INT4 K tokens); each append is one transfer.
 TEST(SessionPools, WritesThroughKvMemoryEqualInPlaceEncoding) {
   for (KvStorage storage : kAllKvStorages) {
     SCOPED_TRACE(StorageName(storage));
@@ -141,8 +140,8 @@ TEST(SessionPools, WritesThroughKvMemoryEqualInPlaceEncoding) {
       pos += n;
     }
     EXPECT_EQ(t.memory->write_calls, appends);
-    // INT8 K tokens are centred by the store and encoded by the memory; the others are bytes.
-    EXPECT_EQ(t.memory->quantized_tokens, storage == KvStorage::kInt8KFp8V ? pos : 0);
+    // Quantized K tokens are encoded by the memory (the store sets the K mean); 16-bit ones are bytes.
+    EXPECT_EQ(t.memory->quantized_tokens, HasKMean(storage) ? pos : 0);
     std::vector<uint16_t> hk(static_cast<size_t>(pos) * 128), hv(hk.size()), dk(hk.size()), dv(hk.size());
     ASSERT_TRUE(t.host->Gather(kAlice, a->id, 1, pos, std::as_writable_bytes(std::span(hk)), std::as_writable_bytes(std::span(hv))).ok());
     ASSERT_TRUE(t.device->Gather(kAlice, b->id, 1, pos, std::as_writable_bytes(std::span(dk)), std::as_writable_bytes(std::span(dv))).ok());

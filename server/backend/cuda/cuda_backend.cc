@@ -22,6 +22,7 @@
 #include "server/backend/cuda/device_executor.h"
 #include "server/backend/cuda/device_selector.h"
 #include "server/backend/cuda/kernel_config.h"
+#include "server/backend/cuda/sage_enums.h"
 
 namespace sage::server {
 namespace {
@@ -131,15 +132,18 @@ class CudaBackend final : public AttentionBackend {
     }
     if (in.q.dtype != pg.layout.dtype) return absl::InvalidArgumentError("cuda backend: q's dtype differs from the pages'");
     if (in.q.tokens == 0) return EngineOutput{};
-    const sage_dtype_t dtype = pg.layout.dtype == DType::kBF16 ? SAGE_DTYPE_BF16 : SAGE_DTYPE_F16;
-    const sage_kv_storage_t storage = pg.layout.storage == KvStorage::k16Bit ? SAGE_KV_16BIT : SAGE_KV_INT8K_FP8V;
+    const sage_dtype_t dtype = SageDtype(pg.layout.dtype);
+    const sage_kv_storage_t storage = SageKvStorage(pg.layout.storage);
     const auto [max_q, max_k, work] = ExtentsOf(in);
     PagedLaunch launch;
     LaunchShape shape;
     shape.q_elements = in.q.numel();
     shape.sequences = in.batch();
     shape.lse_elements = in.lse == LseMode::kNatural ? in.q.tokens * in.q.heads : 0;
-    if (config == ConfigFor(Recipe::kUnquantized) && max_q <= SAGE_PAGED_MAX_QUERY_ROWS && in.mask == MaskMode::kCausal) {
+    // The decode kernel reads INT4-K pages at head_dim 128 only; other INT4 heads take the gather.
+    const bool decode_reads = storage != SAGE_KV_INT4K_FP8V || in.q.head_dim == 128;
+    if (config == ConfigFor(Recipe::kUnquantized) && max_q <= SAGE_PAGED_MAX_QUERY_ROWS && in.mask == MaskMode::kCausal &&
+        decode_reads) {
       launch.kernel = PagedKernel::kDecode;
       sage_paged_decode_params_t& p = launch.decode;
       p.storage = storage;
@@ -229,7 +233,7 @@ class CudaBackend final : public AttentionBackend {
 
     const Extents e = ExtentsOf(in);
     absl::StatusOr<sage_attn_params_t> dense =
-        DenseParams(in, config, dt == DType::kBF16 ? SAGE_DTYPE_BF16 : SAGE_DTYPE_F16, e);
+        DenseParams(in, config, SageDtype(dt), e);
     if (!dense.ok()) return dense.status();
     sage_attn_params_t& p = *dense;
 
@@ -369,8 +373,8 @@ absl::StatusOr<std::unique_ptr<AttentionBackend>> CreateCudaBackend(const CudaBa
     min_sm = std::min(min_sm, ex->sm());
   }
   info.head_dims.assign(std::begin(kSupportedHeadDims), std::end(kSupportedHeadDims));
-  // INT4 K pages have no GPU kernels yet (quantize, paged decode, gather): such sessions are refused.
-  info.kv_storages = {KvStorage::k16Bit, KvStorage::kInt8KFp8V};
+  // Every session storage: INT4-K pages are quantized, decoded (D 128) and gathered on the GPU too.
+  info.kv_storages = {KvStorage::k16Bit, KvStorage::kInt8KFp8V, KvStorage::kInt4KFp8V};
   info.input_gather = InputGather::kSegments;
   if (min_sm >= 90) {
     // INT4 runs (its s4 mma is emulated on sm_90, ~20x slower than INT8) but is never the default here.

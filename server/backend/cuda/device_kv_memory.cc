@@ -13,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "kernels/include/sageattn.h"
 #include "server/backend/cuda/cuda_status.h"
+#include "server/backend/cuda/sage_enums.h"
 
 namespace sage::server {
 namespace {
@@ -334,8 +335,8 @@ class DeviceKvMemory final : public KvMemory {
       k_means[i] = mean_copy;
     }
     sage_kv_quantize_params_t p{};
-    p.storage = SAGE_KV_INT8K_FP8V;
-    p.dtype = layout.dtype == DType::kBF16 ? SAGE_DTYPE_BF16 : SAGE_DTYPE_F16;
+    p.storage = SageKvStorage(layout.storage);
+    p.dtype = SageDtype(layout.dtype);
     p.pages = base_;
     p.page_tokens = layout.page_tokens;
     p.num_kv_heads = layout.heads;
