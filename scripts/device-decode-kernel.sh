@@ -3,7 +3,7 @@
 # bench/decode_bench.py over the bundle's library beside torch SDPA, the variant libraries of
 # scripts/build-decode-variant.sh found in <bundle>/variants/NAME/, and the head-major page layout,
 # then Nsight Compute on the 8-bit kernel (both layouts) and on the split + merge kernels of one
-# long sequence. Logs under $OUT; the tables go to stdout.
+# long sequence, then the session GPU test. Logs under $OUT; the tables go to stdout.
 #   [CASES=64x4096,...] [NCU=0] [TORCH=0] scripts/device-decode-kernel.sh [--bundle DIR]
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -32,8 +32,7 @@ echo "=== decode_bench, head-major pages"
 timeout 200 python3 "$ROOT/bench/decode_bench.py" --lib "ours=$LIB" --layouts head --cases "$CASES" --iters 30 --no-torch \
   --out /tmp/decode_bench_head.json 2>&1 | grep -v "^done" | grep -v "^|.*fail.*fail" | tee "$LOG/decode_bench_head.log"
 
-[ "${NCU:-1}" = 0 ] && exit 0
-command -v ncu >/dev/null || { echo "ncu: not found"; exit 0; }
+if [ "${NCU:-1}" != 0 ] && command -v ncu >/dev/null; then
 sections=(--section SpeedOfLight --section MemoryWorkloadAnalysis --section WarpStateStats --section SchedulerStats
           --section Occupancy --section LaunchStats)
 profile() {  # NAME LAYOUT CASE KERNEL_REGEX COUNT
@@ -47,5 +46,10 @@ profile() {  # NAME LAYOUT CASE KERNEL_REGEX COUNT
 # The 8-bit kernel (KvCodes 1) of 64 x 8k, token- and head-major pages; the split and merge of 1 x 32k.
 profile int8_token token 64x8192 "PagedDecodeMmaKernelILNS0_7KvCodesE1" 1
 profile int8_head head 64x8192 "PagedDecodeMmaKernelILNS0_7KvCodesE1" 1
-profile fp16_token token 64x8192 "PagedDecodeMmaKernelILNS0_7KvCodesE0" 1
 profile split_1x32k token 1x32768 "PagedDecode(Mma|Merge)Kernel" 4
+fi
+# Last, as time allows: sessions on a cuda server against the CPU server (every storage).
+if [ -x "$BUNDLE/bin/session_gpu_test" ]; then
+  echo "=== session_gpu_test"
+  timeout "${SESSION_TEST_S:-200}" "$BUNDLE/bin/session_gpu_test" --gtest_brief=1 2>&1 | grep -v "^\[20" | tail -20 | tee "$LOG/session_gpu_test.log"
+fi

@@ -3,7 +3,9 @@
 
 #include <cstdint>
 
+#include "kernels/cuda/decode/int4_nibbles.cuh"
 #include "kernels/cuda/decode/paged_decode.h"
+#include "kernels/reference/kv_pages.h"
 
 namespace sage::cuda {
 namespace {
@@ -25,6 +27,18 @@ TEST(FastDivmod, EqualsIntegerDivision) {
     }
     check(INT32_MAX);
   }
+}
+
+// The kernels' INT4 nibble placement (quantize, gather) is the CPU scheme's, for every head_dim an
+// INT4 layout allows.
+TEST(Int4NibbleOf, IsTheSchemesOrder) {
+  for (int d : {64, 128, 192, 256}) {
+    for (int c = 0; c < d; ++c) {
+      ASSERT_EQ(Int4NibbleOf(c, d), Int4ChannelNibble(c, d)) << "channel " << c << " D " << d;
+      ASSERT_EQ(Int4NibbleChannel(Int4NibbleOf(c, d), d), c) << "channel " << c << " D " << d;
+    }
+  }
+  EXPECT_EQ(kInt4GroupChannels, sage::kInt4GroupChannels);
 }
 
 }  // namespace

@@ -38,7 +38,7 @@ PageParts PartsOf(const sage_paged_decode_params_t* p) {
     case SAGE_KV_INT4K_FP8V:
       parts.v_codes = slots * d / 2;
       parts.k_scales = parts.v_codes + slots * d;
-      parts.v_scales = parts.k_scales + slots * (d / kInt4Group) * sizeof(float);
+      parts.v_scales = parts.k_scales + slots * (d / kInt4GroupChannels) * sizeof(float);
       parts.bytes = parts.v_scales + slots * sizeof(float);
       break;
   }

@@ -11,6 +11,7 @@
 #include <cstdint>
 
 #include "kernels/cuda/common/status.cuh"
+#include "kernels/cuda/decode/int4_nibbles.cuh"
 #include "sageattn.h"
 
 namespace sage::cuda {
@@ -19,7 +20,6 @@ namespace {
 constexpr int kMaxHeadDim = 256;
 constexpr float kInt8Max = 127.0f;
 constexpr float kInt4Max = 7.0f;
-constexpr int kInt4Group = 32;  // channels per INT4 K scale: one warp
 constexpr float kFp8Max = 448.0f;
 constexpr float kMagic = 12582912.0f;  // 1.5 · 2^23: (q + kMagic) - kMagic rounds half to even
 
@@ -51,17 +51,6 @@ __device__ __forceinline__ float ToFloat<__half>(uint16_t x) {
 template <>
 __device__ __forceinline__ float ToFloat<__nv_bfloat16>(uint16_t x) {
   return __bfloat162float(__ushort_as_bfloat16(x));
-}
-
-// The nibble that holds channel c of a token-head's INT4 K codes: the inverse of kv_pages.h's
-// Int4NibbleChannel (k-step ks = 4·set + i covers groups 2·set and 2·set + 1; word w = ks / 2 of
-// lane `lane` holds nibble pairs (j, j + 4) as MMA B fragments).
-__device__ __forceinline__ int Int4NibbleOf(int c, int head_dim) {
-  const int group = c / kInt4Group, rem = c % kInt4Group;
-  const int i = rem / 8, lane = (rem % 8) / 2, e = rem % 2;
-  const int ks = 4 * (group / 2) + i, operand = group % 2;
-  const int j = 4 * e + 2 * (ks % 2) + operand;
-  return (head_dim / 4) * lane + 8 * (ks / 2) + j;
 }
 
 struct QuantizeArgs {
@@ -122,7 +111,7 @@ __global__ void __launch_bounds__(kMaxHeadDim) KvQuantizeKernel(QuantizeArgs a) 
   unsigned char* const page = a.pages + a.page_offsets[token];
   const uint64_t slots = static_cast<uint64_t>(a.page_tokens) * a.heads;
   const uint64_t sh = static_cast<uint64_t>(a.slots[token]) * a.heads + h;  // the token-head's slot
-  const int k_scales_per = a.int4 ? a.head_dim / kInt4Group : 1;
+  const int k_scales_per = a.int4 ? a.head_dim / kInt4GroupChannels : 1;
   const uint64_t k_row = a.int4 ? a.head_dim / 2 : a.head_dim;
   const uint64_t v_codes = slots * k_row, k_scales = v_codes + slots * a.head_dim;
   const uint64_t v_scales = k_scales + slots * k_scales_per * sizeof(float);
@@ -131,7 +120,7 @@ __global__ void __launch_bounds__(kMaxHeadDim) KvQuantizeKernel(QuantizeArgs a) 
     nibbles[Int4NibbleOf(c, a.head_dim)] = static_cast<uint8_t>(k_code + 8);
     __syncthreads();
     if (c < a.head_dim / 2) page[sh * k_row + c] = static_cast<uint8_t>(nibbles[2 * c] | (nibbles[2 * c + 1] << 4));
-    if (c % kInt4Group == 0) reinterpret_cast<float*>(page + k_scales)[sh * k_scales_per + warp] = k_scale;
+    if (c % kInt4GroupChannels == 0) reinterpret_cast<float*>(page + k_scales)[sh * k_scales_per + warp] = k_scale;
   } else {
     reinterpret_cast<int8_t*>(page)[sh * k_row + c] = static_cast<int8_t>(k_code);
     if (c == 0) reinterpret_cast<float*>(page + k_scales)[sh] = k_scale;

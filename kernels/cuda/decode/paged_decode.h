@@ -9,12 +9,12 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "kernels/cuda/decode/int4_nibbles.cuh"
 #include "sageattn.h"
 
 namespace sage::cuda {
 
 enum class KvCodes { k16Bit, kInt8KFp8V, kInt4KFp8V };
-inline constexpr int kInt4Group = 32;  // INT4 K: channels per fp32 scale (kv_pages.h)
 
 inline KvCodes CodesOf(sage_kv_storage_t storage) {
   return storage == SAGE_KV_16BIT ? KvCodes::k16Bit

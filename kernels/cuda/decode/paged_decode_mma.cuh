@@ -52,7 +52,7 @@ struct MmaTraits {
   static constexpr int kChunk = kWarps * kTokensPerWarp;
   static constexpr int kRowBytes = kHeadDim * (k8Bit ? 1 : 2);  // a V row (and a K row but for INT4)
   static constexpr int kKRowBytes = kInt4 ? kHeadDim / 2 : kRowBytes;
-  static constexpr int kKScales = kInt4 ? kHeadDim / kInt4Group : k8Bit ? 1 : 0;  // fp32 per token-head
+  static constexpr int kKScales = kInt4 ? kHeadDim / kInt4GroupChannels : k8Bit ? 1 : 0;  // fp32 per token-head
   static constexpr int kCodeTileBytes = kChunk * kRowBytes;
   // A stage: [K codes][V codes][K scales][V scales] of kChunk tokens.
   static constexpr int kVTile = kChunk * kKRowBytes;
@@ -264,9 +264,9 @@ __global__ void __launch_bounds__(kDecodeThreads, kMmaMinCtas) PagedDecodeMmaKer
       const uint32_t* src = reinterpret_cast<const uint32_t*>(static_cast<const uint16_t*>(p.q) + at + 2 * c);
 #pragma unroll
       for (int ks = 0; ks < 8; ++ks) {
-        const int ch = 2 * kInt4Group * (ks / 4) + 8 * (ks % 4);
+        const int ch = 2 * kInt4GroupChannels * (ks / 4) + 8 * (ks % 4);
         qa[ks][0] = live ? src[ch / 2] : 0u;
-        qa[ks][1] = live ? src[(ch + kInt4Group) / 2] : 0u;
+        qa[ks][1] = live ? src[(ch + kInt4GroupChannels) / 2] : 0u;
       }
     } else {
       const uint4* src = reinterpret_cast<const uint4*>(static_cast<const uint16_t*>(p.q) + at + 32 * c);

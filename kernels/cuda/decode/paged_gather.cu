@@ -12,6 +12,7 @@
 #include <cstdint>
 
 #include "kernels/cuda/common/status.cuh"
+#include "kernels/cuda/decode/int4_nibbles.cuh"
 #include "sageattn.h"
 
 namespace sage::cuda {
@@ -53,14 +54,6 @@ __device__ __forceinline__ float Fp8ToFloat(uint8_t code) {
   return __half2float(__half(h));
 }
 
-// The nibble holding channel c of an INT4 K row: kv_pages.h's nibble order (as kv_quantize.cu).
-__device__ __forceinline__ int Int4NibbleOf(int c, int head_dim) {
-  const int group = c / 32, rem = c % 32;
-  const int i = rem / 8, lane = (rem % 8) / 2, e = rem % 2;
-  const int ks = 4 * (group / 2) + i, operand = group % 2;
-  return (head_dim / 4) * lane + 8 * (ks / 2) + 4 * e + 2 * (ks % 2) + operand;
-}
-
 template <sage_kv_storage_t kStorage, typename Out>
 __global__ void __launch_bounds__(kThreads) PagedGatherKernel(GatherArgs a) {
   const int seq = blockIdx.y;
@@ -90,7 +83,8 @@ __global__ void __launch_bounds__(kThreads) PagedGatherKernel(GatherArgs a) {
       float kf[8];
       if constexpr (kStorage == SAGE_KV_INT4K_FP8V) {  // 8 channels of one 32-channel group
         const unsigned char* row = page + sh * (a.head_dim / 2);
-        const float ks = reinterpret_cast<const float*>(page + a.k_scales)[sh * (a.head_dim / 32) + g / 4];
+        const float ks =
+            reinterpret_cast<const float*>(page + a.k_scales)[sh * (a.head_dim / kInt4GroupChannels) + g / 4];
 #pragma unroll
         for (int c = 0; c < 8; ++c) {
           const int n = Int4NibbleOf(g * 8 + c, a.head_dim);
