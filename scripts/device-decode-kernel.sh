@@ -26,10 +26,15 @@ for v in "$BUNDLE"/variants/*/libsageattn.so; do
   [ -f "$v" ] && libs+=(--lib "$(basename "$(dirname "$v")")=$v")
 done
 echo "=== decode_bench: ${libs[*]}"
-timeout 300 python3 "$ROOT/bench/decode_bench.py" "${libs[@]}" --cases "$CASES" --iters 30 \
+timeout 300 python3 "$ROOT/bench/decode_bench.py" "${libs[@]}" --cases "$CASES" --iters 20 \
   $([ "${TORCH:-1}" = 0 ] && echo --no-torch) --out "$LOG/decode_bench.json" 2>&1 | grep -v "^done" | tee "$LOG/decode_bench.log"
+# Sessions on a cuda server against the CPU server (every storage).
+if [ -x "$BUNDLE/bin/session_gpu_test" ]; then
+  echo "=== session_gpu_test"
+  timeout "${SESSION_TEST_S:-200}" "$BUNDLE/bin/session_gpu_test" --gtest_brief=1 2>&1 | grep -v "^\[20" | tail -20 | tee "$LOG/session_gpu_test.log"
+fi
 echo "=== decode_bench, head-major pages"
-timeout 200 python3 "$ROOT/bench/decode_bench.py" --lib "ours=$LIB" --layouts head --cases "$CASES" --iters 30 --no-torch \
+timeout 200 python3 "$ROOT/bench/decode_bench.py" --lib "ours=$LIB" --layouts head --cases "$CASES" --iters 20 --no-torch \
   --out /tmp/decode_bench_head.json 2>&1 | grep -v "^done" | grep -v "^|.*fail.*fail" | tee "$LOG/decode_bench_head.log"
 
 if [ "${NCU:-1}" != 0 ] && command -v ncu >/dev/null; then
@@ -47,9 +52,4 @@ profile() {  # NAME LAYOUT CASE KERNEL_REGEX COUNT
 profile int8_token token 64x8192 "PagedDecodeMmaKernelILNS0_7KvCodesE1" 1
 profile int8_head head 64x8192 "PagedDecodeMmaKernelILNS0_7KvCodesE1" 1
 profile split_1x32k token 1x32768 "PagedDecode(Mma|Merge)Kernel" 4
-fi
-# Last, as time allows: sessions on a cuda server against the CPU server (every storage).
-if [ -x "$BUNDLE/bin/session_gpu_test" ]; then
-  echo "=== session_gpu_test"
-  timeout "${SESSION_TEST_S:-200}" "$BUNDLE/bin/session_gpu_test" --gtest_brief=1 2>&1 | grep -v "^\[20" | tail -20 | tee "$LOG/session_gpu_test.log"
 fi
