@@ -85,7 +85,7 @@ TEST(SessionGpu, EightBitDecodeStepsWithinTheToleranceOfTheEmulation) {
   Start(server::BackendChoice::kCuda, &gpu);
   Start(server::BackendChoice::kCpu, &cpu);
   for (v1::Recipe recipe : {v1::RECIPE_INT8_QK_FP8_PV, v1::RECIPE_UNQUANTIZED}) {
-    for (v1::KvStorage storage : {v1::KV_STORAGE_INT8_K_FP8_V, v1::KV_STORAGE_16BIT, v1::KV_STORAGE_INT4_K_FP8_V}) {
+    for (v1::KvStorage storage : {v1::KV_STORAGE_INT8_K_FP8_V, v1::KV_STORAGE_16BIT}) {
       SCOPED_TRACE(v1::Recipe_Name(recipe) + " " + v1::KvStorage_Name(storage));
       const sageserve::SessionOptions so = Options(storage, 2, 4096);
       absl::StatusOr<sageserve::Session> g = gpu.sessions->Create(so), c = cpu.sessions->Create(so);
@@ -133,7 +133,7 @@ TEST(SessionGpu, BatchedPagedDecodeWithinTheToleranceOfTheCpuServer) {
   Start(server::BackendChoice::kCpu, &cpu);
   const std::vector<int64_t> lengths = {1, 15, 16, 300, 5000, 40000};
   const std::vector<int64_t> rows = {1, 4, 16, 1, 16, 4};
-  for (v1::KvStorage storage : {v1::KV_STORAGE_INT8_K_FP8_V, v1::KV_STORAGE_16BIT, v1::KV_STORAGE_INT4_K_FP8_V}) {
+  for (v1::KvStorage storage : {v1::KV_STORAGE_INT8_K_FP8_V, v1::KV_STORAGE_16BIT}) {
     SCOPED_TRACE(v1::KvStorage_Name(storage));
     const sageserve::SessionOptions so = Options(storage, 1, 65536);
     std::vector<sageserve::Session> gs, cs;
