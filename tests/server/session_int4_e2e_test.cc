@@ -12,6 +12,7 @@
 #include "kernels/reference/kv_pages.h"
 #include "kernels/reference/numerics.h"
 #include "sageserve/client/tensor.h"
+#include "sageserve/v1/attention_service.grpc.pb.h"
 #include "sageserve/v1/session.grpc.pb.h"
 #include "tests/server/test_support.h"
 
@@ -55,9 +56,21 @@ void AppendDecoded(const std::vector<uint16_t>& k, const std::vector<uint16_t>& 
 
 // Prefill 300 tokens, then 6 decode steps, on each of 3 layers (layer 2 with the INT8 recipe):
 // each step's O and LSE equal a stateless Attend with the same Q and recipe over the decoded K/V.
+// GetServerInfo's kv_storages, so a client can choose before CreateSession.
+std::vector<int> ServedStorages(RunningServer& s) {
+  auto stub = v1::AttentionService::NewStub(s.client->channel());
+  grpc::ClientContext ctx;
+  v1::GetServerInfoResponse info;
+  const grpc::Status st = stub->GetServerInfo(&ctx, v1::GetServerInfoRequest(), &info);
+  EXPECT_TRUE(st.ok()) << st.error_message();
+  return std::vector<int>(info.kv_storages().begin(), info.kv_storages().end());
+}
+
 TEST(SessionInt4E2E, StepsEqualStatelessAttendOverTheDecodedValues) {
   RunningServer s;
   StartServer(TestServerOptions(), nullptr, &s);
+  EXPECT_EQ(ServedStorages(s), (std::vector<int>{v1::KV_STORAGE_16BIT, v1::KV_STORAGE_INT8_K_FP8_V,
+                                                 v1::KV_STORAGE_INT4_K_FP8_V}));
   auto stub = v1::SessionService::NewStub(s.client->channel());
   TestSessionShape shape;
   shape.layers = kLayers;
@@ -135,6 +148,7 @@ class NoInt4Backend final : public server::AttentionBackend {
 TEST(SessionInt4E2E, AnEngineWithoutTheStorageRefusesTheSession) {
   RunningServer s;
   StartServer(TestServerOptions(), std::make_unique<NoInt4Backend>(), &s);
+  EXPECT_EQ(ServedStorages(s), (std::vector<int>{v1::KV_STORAGE_16BIT, v1::KV_STORAGE_INT8_K_FP8_V}));
   auto stub = v1::SessionService::NewStub(s.client->channel());
   grpc::ClientContext ctx;
   v1::CreateSessionRequest req;

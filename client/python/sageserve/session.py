@@ -14,9 +14,10 @@ from sageserve import codec, errors
 from sageserve.request import next_request_id, parse_recipe
 from sageserve.transport import Placement, Transport
 from sageserve.v1 import session_pb2 as sp
+from sageserve.v1 import tensor_pb2 as tp
 
-KV_STORAGE = {"16bit": sp.KV_STORAGE_16BIT, "int8_k_fp8_v": sp.KV_STORAGE_INT8_K_FP8_V,
-              "int4_k_fp8_v": sp.KV_STORAGE_INT4_K_FP8_V}
+KV_STORAGE = {"16bit": tp.KV_STORAGE_16BIT, "int8_k_fp8_v": tp.KV_STORAGE_INT8_K_FP8_V,
+              "int4_k_fp8_v": tp.KV_STORAGE_INT4_K_FP8_V}
 
 
 @dataclass

@@ -6,6 +6,7 @@
 #include "server/frontend/grpc/attend_stream_reactor.h"
 #include "server/frontend/grpc/deadline.h"
 #include "server/frontend/grpc/request_codec.h"
+#include "server/frontend/grpc/session_codec.h"
 #include "server/frontend/grpc/status_mapping.h"
 #include "server/util/log_field.h"
 #include "server/util/version.h"
@@ -126,6 +127,7 @@ grpc::ServerUnaryReactor* AttentionService::GetServerInfo(grpc::CallbackServerCo
   }
   for (int d : backend_->head_dims) response->add_head_dims(d);
   for (Recipe r : backend_->recipes) response->add_recipes(ToWireRecipe(r));
+  for (KvStorage s : backend_->kv_storages) response->add_kv_storages(KvStorageToWire(s));
   response->set_default_recipe(ToWireRecipe(backend_->default_recipe));
   response->add_input_dtypes(v1::DTYPE_FP16);
   response->add_input_dtypes(v1::DTYPE_BF16);

@@ -137,6 +137,8 @@ absl::StatusOr<PackedTensors> DecodePacked(const v1::AttendSessionRequest& r, co
 
 }  // namespace
 
+v1::KvStorage KvStorageToWire(KvStorage storage) { return ToWire(kKvStorageNames, storage); }
+
 void InfoToWire(const SessionInfo& info, v1::SessionInfo* out) {
   out->set_session_id(info.id);
   out->set_model(info.shape.model);

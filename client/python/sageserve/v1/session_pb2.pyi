@@ -1,16 +1,11 @@
 from sageserve.v1 import attention_service_pb2 as _attention_service_pb2
 from sageserve.v1 import tensor_pb2 as _tensor_pb2
 from google.protobuf.internal import containers as _containers
-from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from typing import ClassVar as _ClassVar, Iterable as _Iterable, Mapping as _Mapping, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
-KV_STORAGE_16BIT: KvStorage
-KV_STORAGE_INT4_K_FP8_V: KvStorage
-KV_STORAGE_INT8_K_FP8_V: KvStorage
-KV_STORAGE_UNSPECIFIED: KvStorage
 
 class AttendSessionRequest(_message.Message):
     __slots__ = ["lse_output", "o_output", "packed", "recipe", "request_id", "return_lse", "steps"]
@@ -73,12 +68,12 @@ class CreateSessionRequest(_message.Message):
     head_dim: int
     heads_kv: int
     heads_q: int
-    kv_storage: KvStorage
+    kv_storage: _tensor_pb2.KvStorage
     layers: int
     max_tokens: int
     model: str
     reserve_tokens: int
-    def __init__(self, model: _Optional[str] = ..., layers: _Optional[int] = ..., heads_q: _Optional[int] = ..., heads_kv: _Optional[int] = ..., head_dim: _Optional[int] = ..., dtype: _Optional[_Union[_tensor_pb2.DType, str]] = ..., kv_storage: _Optional[_Union[KvStorage, str]] = ..., max_tokens: _Optional[int] = ..., reserve_tokens: _Optional[int] = ...) -> None: ...
+    def __init__(self, model: _Optional[str] = ..., layers: _Optional[int] = ..., heads_q: _Optional[int] = ..., heads_kv: _Optional[int] = ..., head_dim: _Optional[int] = ..., dtype: _Optional[_Union[_tensor_pb2.DType, str]] = ..., kv_storage: _Optional[_Union[_tensor_pb2.KvStorage, str]] = ..., max_tokens: _Optional[int] = ..., reserve_tokens: _Optional[int] = ...) -> None: ...
 
 class CreateSessionResponse(_message.Message):
     __slots__ = ["info", "session_id"]
@@ -166,7 +161,7 @@ class SessionInfo(_message.Message):
     heads_kv: int
     heads_q: int
     idle_ms: int
-    kv_storage: KvStorage
+    kv_storage: _tensor_pb2.KvStorage
     layer_lengths: _containers.RepeatedScalarFieldContainer[int]
     layers: int
     max_tokens: int
@@ -174,7 +169,7 @@ class SessionInfo(_message.Message):
     page_tokens: int
     pages: int
     session_id: str
-    def __init__(self, session_id: _Optional[str] = ..., model: _Optional[str] = ..., layers: _Optional[int] = ..., heads_q: _Optional[int] = ..., heads_kv: _Optional[int] = ..., head_dim: _Optional[int] = ..., dtype: _Optional[_Union[_tensor_pb2.DType, str]] = ..., kv_storage: _Optional[_Union[KvStorage, str]] = ..., max_tokens: _Optional[int] = ..., layer_lengths: _Optional[_Iterable[int]] = ..., pages: _Optional[int] = ..., page_tokens: _Optional[int] = ..., idle_ms: _Optional[int] = ..., expires_in_ms: _Optional[int] = ...) -> None: ...
+    def __init__(self, session_id: _Optional[str] = ..., model: _Optional[str] = ..., layers: _Optional[int] = ..., heads_q: _Optional[int] = ..., heads_kv: _Optional[int] = ..., head_dim: _Optional[int] = ..., dtype: _Optional[_Union[_tensor_pb2.DType, str]] = ..., kv_storage: _Optional[_Union[_tensor_pb2.KvStorage, str]] = ..., max_tokens: _Optional[int] = ..., layer_lengths: _Optional[_Iterable[int]] = ..., pages: _Optional[int] = ..., page_tokens: _Optional[int] = ..., idle_ms: _Optional[int] = ..., expires_in_ms: _Optional[int] = ...) -> None: ...
 
 class SessionStep(_message.Message):
     __slots__ = ["k", "layer", "position", "q", "session_id", "step_id", "v"]
@@ -219,6 +214,3 @@ class TruncateSessionResponse(_message.Message):
     INFO_FIELD_NUMBER: _ClassVar[int]
     info: SessionInfo
     def __init__(self, info: _Optional[_Union[SessionInfo, _Mapping]] = ...) -> None: ...
-
-class KvStorage(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
-    __slots__ = []

@@ -13,7 +13,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19sageserve/v1/tensor.proto\x12\x0csageserve.v1\"D\n\x0fSharedMemoryRef\x12\x0e\n\x06region\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x11\n\tbyte_size\x18\x03 \x01(\x04\"\x7f\n\x06Tensor\x12\"\n\x05\x64type\x18\x01 \x01(\x0e\x32\x13.sageserve.v1.DType\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x34\n\rshared_memory\x18\x04 \x01(\x0b\x32\x1d.sageserve.v1.SharedMemoryRef*N\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x0e\n\nDTYPE_FP32\x10\x01\x12\x0e\n\nDTYPE_FP16\x10\x02\x12\x0e\n\nDTYPE_BF16\x10\x03*\x8a\x01\n\x06Recipe\x12\x16\n\x12RECIPE_UNSPECIFIED\x10\x00\x12\x19\n\x15RECIPE_INT4_QK_FP8_PV\x10\x01\x12\x19\n\x15RECIPE_INT8_QK_FP8_PV\x10\x02\x12\x1a\n\x16RECIPE_INT8_QK_FP16_PV\x10\x03\x12\x16\n\x12RECIPE_UNQUANTIZED\x10\x04\x42\x03\xf8\x01\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19sageserve/v1/tensor.proto\x12\x0csageserve.v1\"D\n\x0fSharedMemoryRef\x12\x0e\n\x06region\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x11\n\tbyte_size\x18\x03 \x01(\x04\"\x7f\n\x06Tensor\x12\"\n\x05\x64type\x18\x01 \x01(\x0e\x32\x13.sageserve.v1.DType\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x34\n\rshared_memory\x18\x04 \x01(\x0b\x32\x1d.sageserve.v1.SharedMemoryRef*N\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x0e\n\nDTYPE_FP32\x10\x01\x12\x0e\n\nDTYPE_FP16\x10\x02\x12\x0e\n\nDTYPE_BF16\x10\x03*\x8a\x01\n\x06Recipe\x12\x16\n\x12RECIPE_UNSPECIFIED\x10\x00\x12\x19\n\x15RECIPE_INT4_QK_FP8_PV\x10\x01\x12\x19\n\x15RECIPE_INT8_QK_FP8_PV\x10\x02\x12\x1a\n\x16RECIPE_INT8_QK_FP16_PV\x10\x03\x12\x16\n\x12RECIPE_UNQUANTIZED\x10\x04*w\n\tKvStorage\x12\x1a\n\x16KV_STORAGE_UNSPECIFIED\x10\x00\x12\x14\n\x10KV_STORAGE_16BIT\x10\x01\x12\x1b\n\x17KV_STORAGE_INT8_K_FP8_V\x10\x02\x12\x1b\n\x17KV_STORAGE_INT4_K_FP8_V\x10\x03\x42\x03\xf8\x01\x01\x62\x06proto3')
 
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, globals())
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'sageserve.v1.tensor_pb2', globals())
@@ -25,6 +25,8 @@ if _descriptor._USE_C_DESCRIPTORS == False:
   _DTYPE._serialized_end=320
   _RECIPE._serialized_start=323
   _RECIPE._serialized_end=461
+  _KVSTORAGE._serialized_start=463
+  _KVSTORAGE._serialized_end=582
   _SHAREDMEMORYREF._serialized_start=43
   _SHAREDMEMORYREF._serialized_end=111
   _TENSOR._serialized_start=113

@@ -9,6 +9,10 @@ DTYPE_BF16: DType
 DTYPE_FP16: DType
 DTYPE_FP32: DType
 DTYPE_UNSPECIFIED: DType
+KV_STORAGE_16BIT: KvStorage
+KV_STORAGE_INT4_K_FP8_V: KvStorage
+KV_STORAGE_INT8_K_FP8_V: KvStorage
+KV_STORAGE_UNSPECIFIED: KvStorage
 RECIPE_INT4_QK_FP8_PV: Recipe
 RECIPE_INT8_QK_FP16_PV: Recipe
 RECIPE_INT8_QK_FP8_PV: Recipe
@@ -41,4 +45,7 @@ class DType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = []
 
 class Recipe(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = []
+
+class KvStorage(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = []
