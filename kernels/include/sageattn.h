@@ -152,8 +152,9 @@ sage_status_t sage_paged_decode(const sage_paged_decode_params_t* params, sage_s
  * For prefill-shaped session steps and quantized recipes: sequence b's seqlens (cu_seqlens_k[b+1] -
  * cu_seqlens_k[b] tokens, pages page_table[cu_pages[b] ..]) are written to k_out/v_out rows
  * [cu_seqlens_k[b], cu_seqlens_k[b+1]) as [total_k, num_kv_heads, head_dim] values of `dtype`:
- * 16BIT pages copied, INT8K_FP8V pages decoded to code x scale in fp32 and rounded to nearest even,
- * exactly as the CPU scheme's DecodeKvTokens (kernels/reference/kv_pages.h) gives them. */
+ * 16BIT pages copied, INT8K_FP8V and INT4K_FP8V pages decoded to code x scale (INT4: the channel's
+ * 32-channel group scale) in fp32 and rounded to nearest even, exactly as the CPU scheme's
+ * DecodeKvTokens (kernels/reference/kv_pages.h) gives them. INT4K_FP8V: head_dim a multiple of 32. */
 typedef struct {
   sage_kv_storage_t storage;
   sage_dtype_t dtype;
