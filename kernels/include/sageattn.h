@@ -154,7 +154,7 @@ sage_status_t sage_paged_decode(const sage_paged_decode_params_t* params, sage_s
  * [cu_seqlens_k[b], cu_seqlens_k[b+1]) as [total_k, num_kv_heads, head_dim] values of `dtype`:
  * 16BIT pages copied, INT8K_FP8V and INT4K_FP8V pages decoded to code x scale (INT4: the channel's
  * 32-channel group scale) in fp32 and rounded to nearest even, exactly as the CPU scheme's
- * DecodeKvTokens (kernels/reference/kv_pages.h) gives them. INT4K_FP8V: head_dim a multiple of 32. */
+ * DecodeKvTokens (kernels/reference/kv_pages.h) gives them. INT4K_FP8V: head_dim a multiple of 64. */
 typedef struct {
   sage_kv_storage_t storage;
   sage_dtype_t dtype;
@@ -195,7 +195,7 @@ typedef struct {
   void* pages;                    /* the pool's base */
   int32_t page_tokens;
   int32_t num_kv_heads;
-  int32_t head_dim;               /* a multiple of 32, at most 256 */
+  int32_t head_dim;               /* a multiple of 32 (INT4K_FP8V: of 64), at most 256 */
   int32_t count;
   const uint64_t* page_offsets;   /* per token */
   const int32_t* slots;           /* per token, < page_tokens */

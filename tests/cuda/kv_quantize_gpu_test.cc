@@ -219,6 +219,11 @@ TEST(KvQuantizeGpu, BadParamsAreRefused) {
   EXPECT_EQ(sage_kv_quantize(&bad, st), SAGE_ERR_INVALID_ARGUMENT);
   EXPECT_NE(std::string(sage_last_error()).find("head_dim"), std::string::npos) << sage_last_error();
   bad = p;
+  bad.storage = SAGE_KV_INT4K_FP8V;
+  bad.head_dim = 96;  // a multiple of 32, but INT4's nibble order needs 64
+  EXPECT_EQ(sage_kv_quantize(&bad, st), SAGE_ERR_INVALID_ARGUMENT);
+  EXPECT_NE(std::string(sage_last_error()).find("head_dim 96 with INT4K_FP8V"), std::string::npos) << sage_last_error();
+  bad = p;
   bad.k_centered = nullptr;  // v alone: neither form
   EXPECT_EQ(sage_kv_quantize(&bad, st), SAGE_ERR_INVALID_ARGUMENT);
   bad.v = nullptr;  // the rows form without its tables

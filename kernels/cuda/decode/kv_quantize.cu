@@ -150,6 +150,9 @@ extern "C" sage_status_t sage_kv_quantize(const sage_kv_quantize_params_t* p, sa
     return Fail(SAGE_ERR_INVALID_ARGUMENT, "kv quantize: storage %d (INT8K_FP8V=1 or INT4K_FP8V=2; 16-bit pages are copied)",
                 static_cast<int>(p->storage));
   }
+  if (p->storage == SAGE_KV_INT4K_FP8V && p->head_dim % 64 != 0) {  // where the nibble order is a permutation
+    return Fail(SAGE_ERR_INVALID_ARGUMENT, "kv quantize: head_dim %d with INT4K_FP8V (a multiple of 64)", p->head_dim);
+  }
   if (p->count == 0) return SAGE_OK;
   const bool centred = p->k_centered != nullptr || p->v != nullptr;
   if (p->pages == nullptr || p->page_offsets == nullptr || p->slots == nullptr ||

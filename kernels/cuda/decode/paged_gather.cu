@@ -147,8 +147,8 @@ extern "C" sage_status_t sage_paged_gather(const sage_paged_gather_params_t* p, 
   if (p->page_tokens < 16 || p->page_tokens % 16 != 0) {
     return Fail(SAGE_ERR_INVALID_ARGUMENT, "paged gather: page_tokens %d (a multiple of 16)", p->page_tokens);
   }
-  if (p->storage == SAGE_KV_INT4K_FP8V && p->head_dim % 32 != 0) {
-    return Fail(SAGE_ERR_INVALID_ARGUMENT, "paged gather: head_dim %d with INT4K_FP8V (a multiple of 32)", p->head_dim);
+  if (p->storage == SAGE_KV_INT4K_FP8V && p->head_dim % 64 != 0) {  // where the nibble order is a permutation
+    return Fail(SAGE_ERR_INVALID_ARGUMENT, "paged gather: head_dim %d with INT4K_FP8V (a multiple of 64)", p->head_dim);
   }
   // The page's parts: [K codes][V codes][K scales][V scales] (kv_pages.h).
   const uint64_t slots = uint64_t{static_cast<uint32_t>(p->page_tokens)} * p->num_kv_heads;
