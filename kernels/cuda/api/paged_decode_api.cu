@@ -5,6 +5,7 @@
 #include <cstdint>
 
 #include "kernels/cuda/common/status.cuh"
+#include "kernels/cuda/decode/page_parts.h"
 #include "kernels/cuda/decode/paged_decode.h"
 #include "sageattn.h"
 
@@ -16,34 +17,6 @@ constexpr size_t kWorkspaceBaseAlign = 256;
 constexpr double kLog2e = 1.4426950408889634;
 
 // Bytes of the kv_pages.h layout of one page.
-// Byte offsets of a page's parts (the kv_pages.h layout) and its size.
-struct PageParts {
-  uint64_t v_codes = 0, k_scales = 0, v_scales = 0, bytes = 0;
-};
-PageParts PartsOf(const sage_paged_decode_params_t* p) {
-  const uint64_t slots = static_cast<uint64_t>(p->page_tokens) * p->num_kv_heads;
-  const uint64_t d = static_cast<uint64_t>(p->head_dim);
-  PageParts parts;
-  switch (p->storage) {
-    case SAGE_KV_16BIT:
-      parts.v_codes = 2 * slots * d;
-      parts.k_scales = parts.v_scales = parts.bytes = 4 * slots * d;
-      break;
-    case SAGE_KV_INT8K_FP8V:
-      parts.v_codes = slots * d;
-      parts.k_scales = 2 * slots * d;
-      parts.v_scales = parts.k_scales + slots * sizeof(float);
-      parts.bytes = parts.v_scales + slots * sizeof(float);
-      break;
-    case SAGE_KV_INT4K_FP8V:
-      parts.v_codes = slots * d / 2;
-      parts.k_scales = parts.v_codes + slots * d;
-      parts.v_scales = parts.k_scales + slots * (d / kInt4GroupChannels) * sizeof(float);
-      parts.bytes = parts.v_scales + slots * sizeof(float);
-      break;
-  }
-  return parts;
-}
 
 // Everything except the data pointers and the workspace (what the workspace size depends on).
 sage_status_t ValidateShape(const sage_paged_decode_params_t* p) {
@@ -77,9 +50,10 @@ sage_status_t ValidateShape(const sage_paged_decode_params_t* p) {
                 static_cast<long long>(p->total_q), p->batch, static_cast<long long>(p->batch) * p->max_seqlen_q);
   if (p->page_tokens <= 0 || p->page_tokens % 16 != 0)
     return Fail(SAGE_ERR_INVALID_ARGUMENT, "page_tokens: %d must be a positive multiple of 16", p->page_tokens);
-  if (p->page_bytes < PartsOf(p).bytes || p->page_bytes % 16 != 0)
+  const uint64_t layout_bytes = PartsOf(p->storage, p->page_tokens, p->num_kv_heads, p->head_dim).bytes;
+  if (p->page_bytes < layout_bytes || p->page_bytes % 16 != 0)
     return Fail(SAGE_ERR_INVALID_ARGUMENT, "page_bytes: %llu must be >= the layout's %llu bytes and a multiple of 16",
-                static_cast<unsigned long long>(p->page_bytes), static_cast<unsigned long long>(PartsOf(p).bytes));
+                static_cast<unsigned long long>(p->page_bytes), static_cast<unsigned long long>(layout_bytes));
   if (!(p->softmax_scale > 0.f) || !std::isfinite(p->softmax_scale))
     return Fail(SAGE_ERR_INVALID_ARGUMENT, "softmax_scale: %g must be finite and > 0", static_cast<double>(p->softmax_scale));
   return SAGE_OK;
@@ -140,7 +114,7 @@ sage_status_t PagedDecode(const sage_paged_decode_params_t* p, cudaStream_t stre
   const bool head_major = p->layout == SAGE_KV_HEAD_MAJOR;
   kp.slot_token = head_major ? 1 : p->num_kv_heads;
   kp.slot_head = head_major ? p->page_tokens : 1;
-  const PageParts parts = PartsOf(p);
+  const PageParts parts = PartsOf(p->storage, p->page_tokens, p->num_kv_heads, p->head_dim);
   kp.v_codes_offset = parts.v_codes;
   kp.k_scales_offset = parts.k_scales;
   kp.v_scales_offset = parts.v_scales;

@@ -12,6 +12,7 @@
 
 #include "kernels/cuda/common/status.cuh"
 #include "kernels/cuda/decode/int4_nibbles.cuh"
+#include "kernels/cuda/decode/page_parts.h"
 #include "sageattn.h"
 
 namespace sage::cuda {
@@ -55,6 +56,7 @@ __device__ __forceinline__ float ToFloat<__nv_bfloat16>(uint16_t x) {
 
 struct QuantizeArgs {
   bool int4;  // INT4 K (group scales) instead of INT8 K
+  PageParts parts;
   unsigned char* pages;
   int page_tokens;
   int heads;
@@ -107,15 +109,12 @@ __global__ void __launch_bounds__(kMaxHeadDim) KvQuantizeKernel(QuantizeArgs a) 
   const int k_code = r == r ? static_cast<int>(r) : 0;
   const uint8_t v_code = EncodeE4M3(__fdiv_rn(v, v_scale));
 
-  // Page parts (kv_pages.h): [K codes][V codes: slots x D][K scales][V scales: slots fp32].
   unsigned char* const page = a.pages + a.page_offsets[token];
-  const uint64_t slots = static_cast<uint64_t>(a.page_tokens) * a.heads;
   const uint64_t sh = static_cast<uint64_t>(a.slots[token]) * a.heads + h;  // the token-head's slot
   const int k_scales_per = a.int4 ? a.head_dim / kInt4GroupChannels : 1;
   const uint64_t k_row = a.int4 ? a.head_dim / 2 : a.head_dim;
-  const uint64_t v_codes = slots * k_row, k_scales = v_codes + slots * a.head_dim;
-  const uint64_t v_scales = k_scales + slots * k_scales_per * sizeof(float);
-  page[v_codes + sh * a.head_dim + c] = v_code;
+  const uint64_t k_scales = a.parts.k_scales, v_scales = a.parts.v_scales;
+  page[a.parts.v_codes + sh * a.head_dim + c] = v_code;
   if (a.int4) {
     nibbles[Int4NibbleOf(c, a.head_dim)] = static_cast<uint8_t>(k_code + 8);
     __syncthreads();
@@ -160,7 +159,8 @@ extern "C" sage_status_t sage_kv_quantize(const sage_kv_quantize_params_t* p, sa
       (!centred && (p->k_rows == nullptr || p->v_rows == nullptr || p->k_means == nullptr))) {
     return Fail(SAGE_ERR_INVALID_ARGUMENT, "kv quantize: null pointer (k_centered and v, or k_rows, v_rows and k_means)");
   }
-  const QuantizeArgs a{p->storage == SAGE_KV_INT4K_FP8V, static_cast<unsigned char*>(p->pages), p->page_tokens, p->num_kv_heads, p->head_dim,
+  const QuantizeArgs a{p->storage == SAGE_KV_INT4K_FP8V, PartsOf(p->storage, p->page_tokens, p->num_kv_heads, p->head_dim),
+                       static_cast<unsigned char*>(p->pages), p->page_tokens, p->num_kv_heads, p->head_dim,
                        p->page_offsets, p->slots, p->k_centered, static_cast<const uint16_t*>(p->v),
                        centred ? nullptr : p->k_rows, centred ? nullptr : p->v_rows, centred ? nullptr : p->k_means};
   const dim3 grid(static_cast<unsigned>(p->count), static_cast<unsigned>(p->num_kv_heads));

@@ -13,6 +13,7 @@
 
 #include "kernels/cuda/common/status.cuh"
 #include "kernels/cuda/decode/int4_nibbles.cuh"
+#include "kernels/cuda/decode/page_parts.h"
 #include "sageattn.h"
 
 namespace sage::cuda {
@@ -150,18 +151,10 @@ extern "C" sage_status_t sage_paged_gather(const sage_paged_gather_params_t* p, 
   if (p->storage == SAGE_KV_INT4K_FP8V && p->head_dim % 64 != 0) {  // where the nibble order is a permutation
     return Fail(SAGE_ERR_INVALID_ARGUMENT, "paged gather: head_dim %d with INT4K_FP8V (a multiple of 64)", p->head_dim);
   }
-  // The page's parts: [K codes][V codes][K scales][V scales] (kv_pages.h).
-  const uint64_t slots = uint64_t{static_cast<uint32_t>(p->page_tokens)} * p->num_kv_heads;
-  const uint64_t d = static_cast<uint64_t>(p->head_dim);
-  const uint64_t k_row = p->storage == SAGE_KV_16BIT ? 2 * d : p->storage == SAGE_KV_INT4K_FP8V ? d / 2 : d;
-  const uint64_t v_row = p->storage == SAGE_KV_16BIT ? 2 * d : d;
-  const uint64_t k_scales_per = p->storage == SAGE_KV_16BIT ? 0 : p->storage == SAGE_KV_INT4K_FP8V ? d / 32 : 1;
-  const uint64_t v_codes = slots * k_row, k_scales = v_codes + slots * v_row;
-  const uint64_t v_scales = k_scales + slots * k_scales_per * sizeof(float);
-  const uint64_t layout_bytes = v_scales + (p->storage == SAGE_KV_16BIT ? 0 : slots * sizeof(float));
-  if (p->page_bytes < layout_bytes || p->page_bytes % 16 != 0) {
+  const PageParts parts = PartsOf(p->storage, p->page_tokens, p->num_kv_heads, p->head_dim);
+  if (p->page_bytes < parts.bytes || p->page_bytes % 16 != 0) {
     return Fail(SAGE_ERR_INVALID_ARGUMENT, "paged gather: page_bytes %llu (a multiple of 16, at least %llu)",
-                static_cast<unsigned long long>(p->page_bytes), static_cast<unsigned long long>(layout_bytes));
+                static_cast<unsigned long long>(p->page_bytes), static_cast<unsigned long long>(parts.bytes));
   }
   if (p->batch == 0 || p->total_k == 0) return SAGE_OK;
   if (p->pages == nullptr || p->page_table == nullptr || p->cu_pages == nullptr || p->cu_seqlens_k == nullptr ||
@@ -172,7 +165,8 @@ extern "C" sage_status_t sage_paged_gather(const sage_paged_gather_params_t* p, 
     return Fail(SAGE_ERR_INVALID_ARGUMENT, "paged gather: pages, k_out and v_out must be 16-byte aligned");
   }
   GatherArgs a{static_cast<const unsigned char*>(p->pages), p->page_bytes, p->page_tokens, p->page_table, p->cu_pages,
-               p->cu_seqlens_k, p->num_kv_heads, p->head_dim, v_codes, k_scales, v_scales,
+               p->cu_seqlens_k, p->num_kv_heads, p->head_dim, parts.v_codes, parts.k_scales,
+               parts.v_scales,
                static_cast<unsigned char*>(p->k_out), static_cast<unsigned char*>(p->v_out)};
   const int64_t items = int64_t{p->max_seqlen_k} * p->num_kv_heads * (p->head_dim / 8);
   int64_t ctas = (items + int64_t{kThreads} * kItemsPerThread - 1) / (int64_t{kThreads} * kItemsPerThread);
