@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstring>
 #include <memory>
+#include <optional>
 #include <set>
 #include <utility>
 
@@ -49,12 +50,19 @@ struct SessionCall {
   }
 };
 
+// Whether two pins' pages can be read by one paged launch, which takes one pool and one page
+// layout (storage, tokens per page) for all of its sequences.
+bool OneLaunchReads(const PinnedPages& a, const PinnedPages& b) {
+  return a.pool == b.pool && a.layout.storage == b.layout.storage && a.layout.page_tokens == b.layout.page_tokens;
+}
+
 // Fills `call`'s request with the steps' pages as they lie in the pool (EngineInput::paged), from
 // the pins the append took for the steps with Q (call.pins). False (the pins let go) when the
-// steps' sessions live in different pools, which one launch cannot read.
+// steps' sessions live in different pools or store their K/V differently, which one launch
+// cannot read.
 bool UseStepPages(SessionStore& store, SessionCall& call) {
   for (const PinnedPages& p : call.pins) {
-    if (p.pool == call.pins.front().pool) continue;
+    if (OneLaunchReads(p, call.pins.front())) continue;
     for (const PinnedPages& q : call.pins) store.Unpin(q);
     call.pins.clear();
     return false;
@@ -113,8 +121,17 @@ absl::Status CheckCudaMemory(const SessionStore& store, std::span<const SessionS
     q_on_device = on_device;
     next_q = st.q.data() + st.q.size();
   }
+  std::optional<size_t> first;  // the first step with Q
   for (size_t i = 0; i < request.steps.size(); ++i) {
     if (!request.steps[i].n_q.has_value()) continue;
+    if (!first.has_value()) first = i;
+    const KvStorage storage = sessions[i].shape().storage, first_storage = sessions[*first].shape().storage;
+    if (storage != first_storage) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          field, ": steps[", i, "]'s session stores its K/V as ", std::string(KvStorageName(storage)), " and steps[",
+          *first, "]'s as ", std::string(KvStorageName(first_storage)),
+          "; a call in CUDA shared memory is one paged launch, over pages of one storage"));
+    }
     const KvMemory& memory = store.pool(sessions[i].pool()).memory();
     if (memory.memory() != MemoryKind::kDevice || memory.device() != request.memory_device) {
       return absl::InvalidArgumentError(absl::StrCat(
@@ -212,9 +229,16 @@ bool SessionAttend::StartsOnCaller(const SessionCaller& caller, const SessionAtt
   const auto on_device = [](const std::optional<SharedRange>& r) {
     return r.has_value() && r->memory() == MemoryKind::kDevice;
   };
+  std::optional<KvStorage> storage;  // of the steps with Q: one, or the call gathers (not here)
   for (const SessionStepInput& st : request.steps) {
     if (st.n_q.has_value() && *st.n_q > kPagedMaxQueryRows) return false;
     if (SessionStore::PlacementOf(st.session_id) != placement) return false;
+    if (st.n_q.has_value() && request.steps.size() > 1) {
+      absl::StatusOr<SessionStore::Ref> session = store_->Lookup(caller, st.session_id);
+      if (!session.ok()) return false;  // Start reports it
+      if (storage.has_value() && *storage != session->shape().storage) return false;
+      storage = session->shape().storage;
+    }
     q_bytes += st.q.size();
     if (on_device(st.k_shared) || on_device(st.v_shared)) {
       const int device = KvDevice(st);
@@ -297,7 +321,8 @@ absl::Status SessionAttend::Start(const SessionCaller& caller, SessionAttendRequ
   // (EngineInput::paged): the CUDA backend in place with the paged decode kernel for unquantized
   // decode steps, else decoded on the GPU into the launch's K/V for the dense kernels
   // (sage_paged_gather); the CPU engine decodes them on the host. Only a call whose sessions live
-  // in different pools gathers the caches here, decoded to 16-bit, into one block.
+  // in different pools or store their K/V differently gathers the caches here, decoded to 16-bit,
+  // into one block.
   bool short_steps = true;
   for (const SessionStepInput& st : request.steps) short_steps = short_steps && st.n_q.value_or(0) <= kPagedMaxQueryRows;
   const bool unquantized = request.recipe.has_value() ? *request.recipe == Recipe::kUnquantized : short_steps;
@@ -362,7 +387,7 @@ absl::Status SessionAttend::Start(const SessionCaller& caller, SessionAttendRequ
   }
   const bool paged = UseStepPages(*store_, *call);
   if (request.memory_device >= 0 && !paged) {  // CheckCudaMemory saw to one pool on that GPU
-    return absl::InternalError(absl::StrCat(CudaField(request), ": the call's sessions are not in one pool"));
+    return absl::InternalError(absl::StrCat(CudaField(request), ": the call's pages are not in one pool and layout"));
   }
   // Q in CUDA shared memory is read where it lies: the frontend checked the steps' q follow each
   // other in one region, so the first one's start is the launch's [total_q, Hq, D] Q.

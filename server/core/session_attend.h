@@ -117,7 +117,7 @@ class SessionAttend {
   // saving the hop to a session worker: decode-shaped (every step with Q at most kPagedMaxQueryRows
   // rows, the recipe unset or unquantized, so the engine reads the pages in place and nothing is
   // gathered), at most kCallerAppendBytes of new K/V from the host (inline or system shared memory
-  // alike) and kCallerQBytes of Q, its sessions in one pool, K and V in CUDA memory only where
+  // alike) and kCallerQBytes of Q, its sessions in one pool and of one storage, K and V in CUDA memory only where
   // the GPU reads them in place (SessionStore::TakesDeviceKv; a copy to the host would wait for
   // the GPU). Such a call's appends do not wait for the GPU (KvMemory::Write's small writes).
   bool StartsOnCaller(const SessionCaller& caller, const SessionAttendRequest& request) const;

@@ -1,7 +1,7 @@
 // SessionAttend::StartsOnCaller: which session calls are light enough to start on the gRPC thread
 // that read them. Decode-shaped, unquantized, within the byte limits and in one pool: yes; a step
-// past 16 query rows, a quantized recipe, too many new K/V or Q bytes, sessions of two placements,
-// an empty call: no. (K/V in CUDA memory need a GPU: session_cuda_shm_gpu_test runs them.)
+// past 16 query rows, a quantized recipe, too many new K/V or Q bytes, sessions of two placements
+// or two storages, an empty call: no. (K/V in CUDA memory need a GPU: session_cuda_shm_gpu_test runs them.)
 #include <cstddef>
 #include <memory>
 #include <string>
@@ -89,6 +89,19 @@ TEST_F(StartsOnCallerTest, OthersGoToASessionWorker) {
   SessionAttendRequest q;
   for (int i = 0; i < 9; ++i) q.steps.push_back(Step(ids_[i % 2], 0, 16));  // 9 x 128 KiB of Q
   EXPECT_FALSE(sessions.StartsOnCaller(caller_, q)) << "past 1 MiB of Q";
+  SessionShape int8;
+  int8.layers = 2;
+  int8.heads_q = kHq;
+  int8.heads_kv = kHkv;
+  int8.head_dim = kD;
+  int8.storage = KvStorage::kInt8KFp8V;
+  int8.max_tokens = 4096;
+  auto other = store_->CreateSession(caller_, int8, 0);
+  ASSERT_TRUE(other.ok()) << other.status();
+  SessionAttendRequest two_storages;
+  two_storages.steps.push_back(Step(ids_[0], 1, 1));
+  two_storages.steps.push_back(Step(other->id, 1, 1));
+  EXPECT_FALSE(sessions.StartsOnCaller(caller_, two_storages)) << "sessions of two storages (the caches are gathered)";
   SessionAttendRequest two_places;
   two_places.steps.push_back(Step(ids_[0], 1, 1));
   two_places.steps.push_back(Step("elsewhere.cuda1.00ff", 1, 1));

@@ -130,6 +130,74 @@ TEST(SessionInt4E2E, StepsEqualStatelessAttendOverTheDecodedValues) {
   EXPECT_NE(dk[0], sent_k[0]);
 }
 
+// Sessions of different storages in one call: each step reads its own session's pages as that
+// storage lays them out (a launch over pages of one layout would read the INT4 session's codes as
+// 16-bit values), so every result equals the stateless Attend over that session's decoded K/V.
+TEST(SessionInt4E2E, OneCallOverSessionsOfDifferentStorages) {
+  RunningServer s;
+  StartServer(TestServerOptions(), nullptr, &s);
+  auto stub = v1::SessionService::NewStub(s.client->channel());
+  const v1::KvStorage storages[] = {v1::KV_STORAGE_16BIT, v1::KV_STORAGE_INT4_K_FP8_V, v1::KV_STORAGE_INT8_K_FP8_V};
+  std::vector<std::string> ids;
+  std::vector<std::vector<uint16_t>> dk(3), dv(3);
+  for (int i = 0; i < 3; ++i) {
+    TestSessionShape shape;
+    shape.layers = 1;
+    shape.heads_q = kHq;
+    shape.heads_kv = kHkv;
+    shape.head_dim = kD;
+    shape.storage = storages[i];
+    ids.push_back(CreateTestSession(*stub, shape));
+    ASSERT_FALSE(ids.back().empty());
+  }
+  std::vector<std::vector<float>> mean(3);
+  for (int step = 0; step < 3; ++step) {
+    const int64_t n = step == 0 ? 200 : 1;
+    const int64_t pos = step == 0 ? 0 : 199 + step;
+    grpc::ClientContext ctx;
+    v1::AttendSessionRequest req;
+    req.set_return_lse(true);
+    std::vector<std::vector<uint16_t>> qs;
+    for (int i = 0; i < 3; ++i) {
+      const auto seed = static_cast<uint32_t>(step * 10 + i + 100);
+      const auto nk = ChannelBiasedFp16(n, kHkv, kD, seed, 1.5f, 7), nv = ChannelBiasedFp16(n, kHkv, kD, seed + 500, 0.5f, 5);
+      qs.push_back(ChannelBiasedFp16(1, kHq, kD, seed + 900, 0.0f, 1));
+      if (storages[i] == v1::KV_STORAGE_16BIT) {
+        dk[i].insert(dk[i].end(), nk.begin(), nk.end());
+        dv[i].insert(dv[i].end(), nv.begin(), nv.end());
+      } else if (storages[i] == v1::KV_STORAGE_INT4_K_FP8_V) {
+        if (step == 0) mean[i] = KMean(nk);
+        AppendDecoded(nk, nv, mean[i], &dk[i], &dv[i]);
+      }
+      v1::SessionStep* st = req.add_steps();
+      st->set_session_id(ids[i]);
+      st->set_position(pos);
+      st->set_step_id(static_cast<uint64_t>(step));
+      SetTensor(nk, kHkv, st->mutable_k());
+      SetTensor(nv, kHkv, st->mutable_v());
+      SetTensor(qs.back(), kHq, st->mutable_q());
+    }
+    v1::AttendSessionResponse got;
+    const grpc::Status status = stub->AttendSession(&ctx, req, &got);
+    ASSERT_TRUE(status.ok()) << status.error_message();
+    ASSERT_EQ(got.results_size(), 3);
+    for (int i = 0; i < 3; ++i) {
+      if (storages[i] == v1::KV_STORAGE_INT8_K_FP8_V) continue;  // its decode is checked in session_e2e_test
+      v1::AttendRequest stateless;
+      SetTensor(qs[i], kHq, stateless.mutable_q());
+      SetTensor(dk[i], kHkv, stateless.mutable_k());
+      SetTensor(dv[i], kHkv, stateless.mutable_v());
+      stateless.set_mask(v1::MASK_MODE_CAUSAL);
+      stateless.set_recipe(v1::RECIPE_UNQUANTIZED);  // a decode-shaped session call's
+      stateless.set_return_lse(true);
+      absl::StatusOr<v1::AttendResponse> want = s.client->Attend(stateless);
+      ASSERT_TRUE(want.ok()) << want.status();
+      EXPECT_EQ(got.results(i).o().data(), want->o().data()) << "step " << step << " session " << i;
+      EXPECT_EQ(got.results(i).lse().data(), want->lse().data()) << "step " << step << " session " << i;
+    }
+  }
+}
+
 // A stand-in engine whose pages hold what the cuda backend's do: 16-bit and INT8 K only.
 class NoInt4Backend final : public server::AttentionBackend {
  public:
