@@ -91,6 +91,15 @@ std::string_view KvStorageName(KvStorage storage) {
   return "KV_STORAGE_UNKNOWN";
 }
 
+absl::StatusOr<KvStorage> ParseKvStorage(std::string_view name) {
+  std::string names;
+  for (KvStorage s : kAllKvStorages) {
+    if (KvStorageName(s) == name) return s;
+    absl::StrAppend(&names, names.empty() ? "" : ", ", std::string(KvStorageName(s)));
+  }
+  return absl::InvalidArgumentError(absl::StrCat("unknown KV storage '", std::string(name), "' (expected ", names, ")"));
+}
+
 absl::Status CheckKvLayout(KvStorage storage, int head_dim) {
   if (storage == KvStorage::kInt4KFp8V && (head_dim <= 0 || head_dim % kInt4HeadDimMultiple != 0)) {
     return absl::InvalidArgumentError(absl::StrCat(

@@ -10,6 +10,7 @@
 #include <string_view>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "kernels/reference/dtype.h"
 
 namespace sage {
@@ -23,6 +24,8 @@ inline constexpr KvStorage kAllKvStorages[] = {KvStorage::k16Bit, KvStorage::kIn
 
 // The wire's name (KV_STORAGE_16BIT, ...), for errors and logs.
 std::string_view KvStorageName(KvStorage storage);
+// The storage of a KvStorageName; INVALID_ARGUMENT listing the names.
+absl::StatusOr<KvStorage> ParseKvStorage(std::string_view name);
 
 // Whether K is stored centred on the session's per-layer K mean k̄ (every quantized storage).
 inline bool HasKMean(KvStorage storage) { return storage != KvStorage::k16Bit; }

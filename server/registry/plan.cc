@@ -68,7 +68,7 @@ bool PlansEqual(const Plan& a, const Plan& b) {
   }
   return a.source == b.source && a.calibrated_on == b.calibrated_on &&
          a.accuracy_target == b.accuracy_target && a.version == b.version &&
-         a.created_at == b.created_at && a.sample_count == b.sample_count;
+         a.created_at == b.created_at && a.sample_count == b.sample_count && a.kv_storages == b.kv_storages;
 }
 
 absl::Status ValidatePlan(const ModelSpec& spec, const Plan& plan) {
@@ -114,7 +114,51 @@ absl::Status ValidatePlan(const ModelSpec& spec, const Plan& plan) {
       }
     }
   }
+  for (size_t i = 0; i < plan.kv_storages.size(); ++i) {
+    const KvStorageEntry& e = plan.kv_storages[i];
+    const std::string where = absl::StrCat("plan.kv_storages[", i, "]");
+    if (e.layers.first < 0 || e.layers.last < e.layers.first || e.layers.last >= spec.num_layers) {
+      return absl::InvalidArgumentError(absl::StrCat(where, ".layers: [", e.layers.first, ", ", e.layers.last,
+                                                     "] is not inside layers 0..", spec.num_layers - 1, " of model '",
+                                                     spec.name, "'"));
+    }
+    if (absl::Status s = CheckKvLayout(e.storage, spec.head_dim); !s.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat(where, ".kv_storage: model '", spec.name, "' ", s.message()));
+    }
+    for (size_t j = 0; j < i; ++j) {
+      const Range& o = plan.kv_storages[j].layers;
+      if (e.layers.first <= o.last && o.first <= e.layers.last) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(where, ": overlaps plan.kv_storages[", j, "]; each layer needs one storage"));
+      }
+    }
+  }
   return absl::OkStatus();
+}
+
+std::optional<KvStorage> FindKvStorage(const Plan& plan, int layer) {
+  for (const KvStorageEntry& e : plan.kv_storages) {
+    if (e.layers.Contains(layer)) return e.storage;
+  }
+  return std::nullopt;
+}
+
+std::vector<KvStorageEntry> KvStorageEntries(std::span<const std::optional<KvStorage>> per_layer) {
+  std::vector<KvStorageEntry> entries;
+  for (size_t l = 0; l < per_layer.size(); ++l) {
+    if (!per_layer[l].has_value()) continue;
+    const int layer = static_cast<int>(l);
+    if (!entries.empty() && entries.back().layers.last == layer - 1 && entries.back().storage == *per_layer[l]) {
+      entries.back().layers.last = layer;
+    } else {
+      entries.push_back(KvStorageEntry{Range{layer, layer}, *per_layer[l]});
+    }
+  }
+  return entries;
+}
+
+std::string DescribeKvStorageEntry(const KvStorageEntry& e) {
+  return absl::StrCat("layers ", RangeText(e.layers), ": ", std::string(KvStorageName(e.storage)));
 }
 
 const PlanEntry* FindEntry(const Plan& plan, int layer, std::optional<int> timestep) {

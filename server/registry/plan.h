@@ -4,12 +4,14 @@
 
 #include <cstdint>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "kernels/reference/kv_pages.h"
 #include "kernels/reference/recipe.h"
 #include "server/registry/model.h"
 
@@ -28,6 +30,14 @@ struct PlanEntry {
   std::optional<Range> timesteps;
   Recipe recipe = Recipe::kInt8QkFp8Pv;
   RecipeConfig config;  // Must be a variant of `recipe`: same Q·Kᵀ and P·V types.
+};
+
+// How a session's layers store their K/V (sessions have no timesteps, so this is per layer only).
+// A layer no entry covers stores 16-bit K/V unless the session asks otherwise.
+struct KvStorageEntry {
+  Range layers;
+  KvStorage storage = KvStorage::k16Bit;
+  friend bool operator==(const KvStorageEntry&, const KvStorageEntry&) = default;
 };
 
 // The hardware a plan was measured on: a plan calibrated on an sm_89 card says little about an
@@ -57,6 +67,10 @@ struct Plan {
   int64_t version = 0;   // 1 for the first stored plan of a model, +1 on every replacement.
   absl::Time created_at = absl::UnixEpoch();
   int sample_count = 0;  // Calibration samples behind the plan (0 unless calibrated).
+  // Non-overlapping; the storage a session created for the model gives each layer (CreateSession
+  // without kv_storage). Calibrate picks, per layer, the fewest bytes whose worst sample meets the
+  // target (calibrator.h).
+  std::vector<KvStorageEntry> kv_storages;
 };
 
 bool ConfigsEqual(const RecipeConfig& a, const RecipeConfig& b);
@@ -70,6 +84,16 @@ absl::Status ValidatePlan(const ModelSpec& spec, const Plan& plan);
 // The entry covering (layer, timestep), or null when the plan leaves that cell to the default.
 // `timestep` is ignored for models without timesteps. The address must already be checked.
 const PlanEntry* FindEntry(const Plan& plan, int layer, std::optional<int> timestep);
+
+// The storage the plan gives `layer`, or nullopt when no entry covers it.
+std::optional<KvStorage> FindKvStorage(const Plan& plan, int layer);
+
+// Consecutive layers with the same storage as one entry each: per-layer choices (nullopt: none)
+// in the fewest entries.
+std::vector<KvStorageEntry> KvStorageEntries(std::span<const std::optional<KvStorage>> per_layer);
+
+// "layers 0-3: KV_STORAGE_INT8_K_FP8_V" for logs and sagectl.
+std::string DescribeKvStorageEntry(const KvStorageEntry& entry);
 
 // One cell of a dense layer × timestep table (used to merge and compress plans).
 struct PlanCell {

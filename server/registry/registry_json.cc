@@ -66,6 +66,13 @@ Json EncodePlan(const Plan& p) {
     entries.push_back(std::move(je));
   }
   j["entries"] = std::move(entries);
+  if (!p.kv_storages.empty()) {
+    Json kv = Json::array();
+    for (const KvStorageEntry& e : p.kv_storages) {
+      kv.push_back(Json{{"layers", EncodeRange(e.layers)}, {"storage", KvStorageName(e.storage)}});
+    }
+    j["kv_storages"] = std::move(kv);
+  }
   return j;
 }
 
@@ -224,6 +231,17 @@ absl::StatusOr<Plan> DecodePlan(const Reader& r) {
       entry.config = ConfigFor(recipe);  // Hand-written files may leave the defaults implicit.
     }
     p.entries.push_back(entry);
+  }
+  if (r.Has("kv_storages")) {  // absent in files written before per-layer KV storage
+    const Reader kv = r.Child("kv_storages");
+    if (!kv.json().is_array()) return kv.Error("expected an array");
+    for (size_t i = 0; i < kv.json().size(); ++i) {
+      Reader e(kv.json()[i], absl::StrCat(kv.path(), "[", i, "]"));
+      if (absl::Status s = e.RequireObject(); !s.ok()) return s;
+      SAGE_ASSIGN_OR_RETURN(layers, e.RangeField("layers"));
+      SAGE_ASSIGN_OR_RETURN(storage, e.Named<KvStorage>("storage", ParseKvStorage));
+      p.kv_storages.push_back(KvStorageEntry{layers, storage});
+    }
   }
   return p;
 }

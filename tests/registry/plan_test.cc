@@ -50,6 +50,47 @@ TEST(PlanTest, InvalidPlansNameTheEntryAndField) {
   }
 }
 
+TEST(PlanTest, KvStoragesAreValidatedPerLayerAndFound) {
+  ModelSpec llm = testing::TestModel("llm", 6);
+  llm.head_dim = 128;
+  Plan plan;
+  plan.kv_storages = {KvStorageEntry{{0, 1}, KvStorage::kInt4KFp8V}, KvStorageEntry{{3, 5}, KvStorage::kInt8KFp8V}};
+  ASSERT_TRUE(ValidatePlan(llm, plan).ok());
+  EXPECT_EQ(FindKvStorage(plan, 1), KvStorage::kInt4KFp8V);
+  EXPECT_EQ(FindKvStorage(plan, 2), std::nullopt);
+  EXPECT_EQ(FindKvStorage(plan, 5), KvStorage::kInt8KFp8V);
+
+  const struct {
+    std::vector<KvStorageEntry> entries;
+    int head_dim;
+    std::string expect;
+  } cases[] = {
+      {{KvStorageEntry{{4, 6}, KvStorage::kInt8KFp8V}}, 128, "plan.kv_storages[0].layers: [4, 6] is not inside layers 0..5"},
+      {{KvStorageEntry{{2, 1}, KvStorage::kInt8KFp8V}}, 128, "plan.kv_storages[0].layers"},
+      {{KvStorageEntry{{0, 2}, KvStorage::k16Bit}, KvStorageEntry{{2, 3}, KvStorage::kInt8KFp8V}}, 128,
+       "plan.kv_storages[1]: overlaps plan.kv_storages[0]"},
+      {{KvStorageEntry{{0, 0}, KvStorage::kInt4KFp8V}}, 96, "plan.kv_storages[0].kv_storage: model 'llm' head_dim: 96"},
+  };
+  for (const auto& c : cases) {
+    Plan bad;
+    bad.kv_storages = c.entries;
+    llm.head_dim = c.head_dim;
+    const absl::Status s = ValidatePlan(llm, bad);
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << c.expect;
+    EXPECT_NE(s.message().find(c.expect), std::string::npos) << s;
+  }
+}
+
+TEST(PlanTest, PerLayerStoragesCompressToRuns) {
+  const std::optional<KvStorage> per_layer[] = {KvStorage::kInt4KFp8V, KvStorage::kInt4KFp8V, std::nullopt,
+                                                KvStorage::kInt8KFp8V, KvStorage::kInt8KFp8V, KvStorage::kInt4KFp8V};
+  const std::vector<KvStorageEntry> want = {KvStorageEntry{{0, 1}, KvStorage::kInt4KFp8V},
+                                            KvStorageEntry{{3, 4}, KvStorage::kInt8KFp8V},
+                                            KvStorageEntry{{5, 5}, KvStorage::kInt4KFp8V}};
+  EXPECT_EQ(KvStorageEntries(per_layer), want);
+  EXPECT_EQ(DescribeKvStorageEntry(want[0]), "layers 0-1: KV_STORAGE_INT4_K_FP8_V");
+}
+
 TEST(PlanTest, SwitchesWithinARecipeAreAllowed) {
   Plan plan;
   PlanEntry e = Entry({0, 3}, std::nullopt, Recipe::kInt8QkFp8Pv);

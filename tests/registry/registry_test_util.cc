@@ -108,6 +108,10 @@ RegistrySnapshot SnapshotForGeneration(int64_t generation) {
       e.config = ConfigFor(e.recipe);
       plan.entries.push_back(e);
     }
+    if (!r.spec.num_timesteps.has_value()) {  // LLM-like: per-layer KV storage for its sessions
+      plan.kv_storages = {KvStorageEntry{{0, 1}, KvStorage::kInt4KFp8V},
+                          KvStorageEntry{{2, 2 + static_cast<int>(generation % 3)}, KvStorage::kInt8KFp8V}};
+    }
     r.plan = plan;
     snap.models.emplace(r.spec.name, r);
   }

@@ -1,5 +1,6 @@
 #include "server/frontend/grpc/registry_codec.h"
 
+#include <optional>
 #include <string>
 #include <utility>
 
@@ -146,6 +147,16 @@ absl::StatusOr<reg::Plan> PlanFromWire(const v1::Plan& w) {
     e.config = *config;
     plan.entries.push_back(e);
   }
+  for (int i = 0; i < w.kv_storages_size(); ++i) {
+    const v1::KvStorageEntry& we = w.kv_storages(i);
+    const std::string field = absl::StrCat("plan.kv_storages[", i, "]");
+    if (!we.has_layers()) return absl::InvalidArgumentError(field + ".layers: not set");
+    const std::optional<KvStorage> storage = KvStorageFromWire(we.kv_storage());
+    if (!storage.has_value()) {
+      return absl::InvalidArgumentError(absl::StrCat(field, ".kv_storage: not set or unknown (", static_cast<int>(we.kv_storage()), ")"));
+    }
+    plan.kv_storages.push_back(reg::KvStorageEntry{{we.layers().first(), we.layers().last()}, *storage});
+  }
   plan.accuracy_target = w.accuracy_target();  // 0 = the model's target (Registry::SetPlan).
   if (w.has_calibrated_on()) {
     plan.calibrated_on = {w.calibrated_on().backend(), w.calibrated_on().device(),
@@ -167,6 +178,12 @@ void PlanToWire(const reg::Plan& plan, Recipe default_recipe, v1::Plan* w) {
     }
     we->set_recipe(ToWireRecipe(e.recipe));
     ConfigToWire(e.config, we->mutable_config());
+  }
+  for (const reg::KvStorageEntry& e : plan.kv_storages) {
+    v1::KvStorageEntry* we = w->add_kv_storages();
+    we->mutable_layers()->set_first(e.layers.first);
+    we->mutable_layers()->set_last(e.layers.last);
+    we->set_kv_storage(KvStorageToWire(e.storage));
   }
   w->set_source(SourceToWire(plan.source));
   HardwareToWire(plan.calibrated_on, w->mutable_calibrated_on());

@@ -30,7 +30,19 @@ constexpr WirePair<DType, v1::DType> kDTypeWire[] = {
     {DType::kBF16, v1::DTYPE_BF16},
 };
 
+constexpr WirePair<KvStorage, v1::KvStorage> kKvStorageWire[] = {
+    {KvStorage::k16Bit, v1::KV_STORAGE_16BIT},
+    {KvStorage::kInt8KFp8V, v1::KV_STORAGE_INT8_K_FP8_V},
+    {KvStorage::kInt4KFp8V, v1::KV_STORAGE_INT4_K_FP8_V},
+};
+
 }  // namespace
+
+sageserve::v1::KvStorage KvStorageToWire(KvStorage storage) { return ToWire(kKvStorageWire, storage); }
+
+std::optional<KvStorage> KvStorageFromWire(sageserve::v1::KvStorage storage) {
+  return FromWire(kKvStorageWire, storage);
+}
 
 sageserve::v1::Recipe ToWireRecipe(Recipe recipe) {
   return ToWire(kRecipeWire, recipe);

@@ -8,11 +8,13 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
 #include <vector>
 
 #include "absl/status/statusor.h"
 #include "kernels/reference/attention_problem.h"
+#include "kernels/reference/kv_pages.h"
 #include "kernels/reference/recipe.h"
 #include "sageserve/v1/attention_service.pb.h"
 #include "server/backend/backend.h"
@@ -66,5 +68,7 @@ sageserve::v1::Recipe ToWireRecipe(Recipe recipe);
 absl::StatusOr<Recipe> FromWireRecipe(sageserve::v1::Recipe recipe);
 sageserve::v1::DType ToWireDType(DType dtype);
 absl::StatusOr<DType> FromWireDType(sageserve::v1::DType dtype);
+sageserve::v1::KvStorage KvStorageToWire(KvStorage storage);
+std::optional<KvStorage> KvStorageFromWire(sageserve::v1::KvStorage storage);  // nullopt: UNSPECIFIED or unknown
 
 }  // namespace sage::server

@@ -10,7 +10,6 @@
 #include "absl/strings/str_cat.h"
 #include "server/frontend/grpc/request_codec.h"
 #include "server/frontend/grpc/shared_memory_refs.h"
-#include "server/frontend/grpc/wire_enum_table.h"
 
 namespace sage::server {
 namespace {
@@ -20,12 +19,6 @@ namespace v1 = ::sageserve::v1;
 absl::Status Invalid(const std::string& field, const std::string& why) {
   return absl::InvalidArgumentError(absl::StrCat(field, ": ", why));
 }
-
-constexpr WirePair<KvStorage, v1::KvStorage> kKvStorageNames[] = {
-    {KvStorage::k16Bit, v1::KV_STORAGE_16BIT},
-    {KvStorage::kInt8KFp8V, v1::KV_STORAGE_INT8_K_FP8_V},
-    {KvStorage::kInt4KFp8V, v1::KV_STORAGE_INT4_K_FP8_V},
-};
 
 // A step tensor: 16-bit bytes of a [tokens, heads, head_dim] shape, inline or in a registered
 // region (k, v and q alike).
@@ -137,7 +130,6 @@ absl::StatusOr<PackedTensors> DecodePacked(const v1::AttendSessionRequest& r, co
 
 }  // namespace
 
-v1::KvStorage KvStorageToWire(KvStorage storage) { return ToWire(kKvStorageNames, storage); }
 
 void InfoToWire(const SessionInfo& info, v1::SessionInfo* out) {
   out->set_session_id(info.id);
@@ -147,7 +139,7 @@ void InfoToWire(const SessionInfo& info, v1::SessionInfo* out) {
   out->set_heads_kv(info.shape.heads_kv);
   out->set_head_dim(info.shape.head_dim);
   out->set_dtype(ToWireDType(info.shape.dtype));
-  out->set_kv_storage(ToWire(kKvStorageNames, info.shape.storage));
+  out->set_kv_storage(KvStorageToWire(info.shape.storage));
   out->set_max_tokens(info.shape.max_tokens);
   for (int64_t n : info.layer_lengths) out->add_layer_lengths(n);
   out->set_pages(info.pages);
@@ -168,7 +160,7 @@ absl::StatusOr<SessionShape> ShapeFromWire(const v1::CreateSessionRequest& r) {
   s.dtype = *dtype;
   if (r.kv_storage() == v1::KV_STORAGE_UNSPECIFIED) {
     s.storage = KvStorage::k16Bit;
-  } else if (std::optional<KvStorage> st = FromWire(kKvStorageNames, r.kv_storage())) {
+  } else if (std::optional<KvStorage> st = KvStorageFromWire(r.kv_storage())) {
     s.storage = *st;
   } else {
     return Invalid("kv_storage", absl::StrCat("unknown value ", static_cast<int>(r.kv_storage())));

@@ -14,8 +14,6 @@ namespace sage::server {
 // CreateSession's shape; INVALID_ARGUMENT naming the field (the store checks the rest).
 absl::StatusOr<SessionShape> ShapeFromWire(const sageserve::v1::CreateSessionRequest& request);
 void InfoToWire(const SessionInfo& info, sageserve::v1::SessionInfo* out);
-// The wire name of a KV storage (GetServerInfo lists the engine's).
-sageserve::v1::KvStorage KvStorageToWire(KvStorage storage);
 
 // Views into `request`, which must outlive the result. INVALID_ARGUMENT naming the field. Steps' q
 // in shared memory, and o_output / lse_output, are resolved through `shared_memory` (null:

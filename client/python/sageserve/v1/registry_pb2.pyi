@@ -163,6 +163,14 @@ class IndexRange(_message.Message):
     last: int
     def __init__(self, first: _Optional[int] = ..., last: _Optional[int] = ...) -> None: ...
 
+class KvStorageEntry(_message.Message):
+    __slots__ = ["kv_storage", "layers"]
+    KV_STORAGE_FIELD_NUMBER: _ClassVar[int]
+    LAYERS_FIELD_NUMBER: _ClassVar[int]
+    kv_storage: _tensor_pb2.KvStorage
+    layers: IndexRange
+    def __init__(self, layers: _Optional[_Union[IndexRange, _Mapping]] = ..., kv_storage: _Optional[_Union[_tensor_pb2.KvStorage, str]] = ...) -> None: ...
+
 class ListModelsRequest(_message.Message):
     __slots__ = []
     def __init__(self) -> None: ...
@@ -204,12 +212,13 @@ class ModelSpec(_message.Message):
     def __init__(self, name: _Optional[str] = ..., num_layers: _Optional[int] = ..., q_heads: _Optional[int] = ..., kv_heads: _Optional[int] = ..., head_dim: _Optional[int] = ..., num_timesteps: _Optional[int] = ..., accuracy_target: _Optional[float] = ...) -> None: ...
 
 class Plan(_message.Message):
-    __slots__ = ["accuracy_target", "calibrated_on", "created_at", "default_recipe", "entries", "sample_count", "source", "version"]
+    __slots__ = ["accuracy_target", "calibrated_on", "created_at", "default_recipe", "entries", "kv_storages", "sample_count", "source", "version"]
     ACCURACY_TARGET_FIELD_NUMBER: _ClassVar[int]
     CALIBRATED_ON_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_RECIPE_FIELD_NUMBER: _ClassVar[int]
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    KV_STORAGES_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_COUNT_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -218,10 +227,11 @@ class Plan(_message.Message):
     created_at: str
     default_recipe: _tensor_pb2.Recipe
     entries: _containers.RepeatedCompositeFieldContainer[PlanEntry]
+    kv_storages: _containers.RepeatedCompositeFieldContainer[KvStorageEntry]
     sample_count: int
     source: PlanSource
     version: int
-    def __init__(self, entries: _Optional[_Iterable[_Union[PlanEntry, _Mapping]]] = ..., source: _Optional[_Union[PlanSource, str]] = ..., calibrated_on: _Optional[_Union[HardwareDescription, _Mapping]] = ..., accuracy_target: _Optional[float] = ..., version: _Optional[int] = ..., created_at: _Optional[str] = ..., sample_count: _Optional[int] = ..., default_recipe: _Optional[_Union[_tensor_pb2.Recipe, str]] = ...) -> None: ...
+    def __init__(self, entries: _Optional[_Iterable[_Union[PlanEntry, _Mapping]]] = ..., source: _Optional[_Union[PlanSource, str]] = ..., calibrated_on: _Optional[_Union[HardwareDescription, _Mapping]] = ..., accuracy_target: _Optional[float] = ..., version: _Optional[int] = ..., created_at: _Optional[str] = ..., sample_count: _Optional[int] = ..., default_recipe: _Optional[_Union[_tensor_pb2.Recipe, str]] = ..., kv_storages: _Optional[_Iterable[_Union[KvStorageEntry, _Mapping]]] = ...) -> None: ...
 
 class PlanEntry(_message.Message):
     __slots__ = ["config", "layers", "recipe", "timesteps"]
