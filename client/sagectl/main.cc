@@ -154,7 +154,7 @@ void Usage() {
       "  session list | get --id=S | create [session options] | truncate --id=S --length=N |\n"
       "          fork --id=S [--length=N] | close --id=S\n"
       "session options: --layers --heads_q --heads_kv --head_dim --dtype=fp16|bf16\n"
-      "  --kv_storage=16bit|int8_k_fp8_v|int4_k_fp8_v --max_tokens --reserve_tokens --model\n"
+      "  --kv_storage=16bit|int8_k_fp8_v|int4_k_fp8_v|plan --max_tokens --reserve_tokens --model\n"
       "  shm status [--name=N] [--json] | shm unregister [--name=N]\n"
       "                              the server's shared-memory regions (no --name: all of them)\n"
       "  registry register|list|get|delete|get-plan|set-plan|calibrate [options]\n"

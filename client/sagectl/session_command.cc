@@ -60,8 +60,11 @@ absl::StatusOr<sageserve::SessionOptions> SessionOptionsFromArgs(const Args& arg
     o.kv_storage = v1::KV_STORAGE_INT8_K_FP8_V;
   } else if (storage == "int4_k_fp8_v") {
     o.kv_storage = v1::KV_STORAGE_INT4_K_FP8_V;
+  } else if (storage == "plan") {
+    if (o.model.empty()) return absl::InvalidArgumentError("--kv_storage=plan: needs --model (the plan's per-layer storage)");
+    o.kv_storage = v1::KV_STORAGE_UNSPECIFIED;
   } else {
-    return absl::InvalidArgumentError("--kv_storage: 16bit, int8_k_fp8_v or int4_k_fp8_v");
+    return absl::InvalidArgumentError("--kv_storage: 16bit, int8_k_fp8_v, int4_k_fp8_v or plan (with --model)");
   }
   return o;
 }
@@ -368,9 +371,10 @@ int RunDecodeBench(const Args& args) {
               use_stream ? " (AttendSessionStream)" : "", packed ? " (packed)" : "",
               static_cast<long long>(*n_sessions), static_cast<long long>(*clients), static_cast<long long>(per_client),
               static_cast<long long>(*context), static_cast<long long>(*steps), o.layers, o.heads_q, o.heads_kv, o.head_dim,
-              o.kv_storage == v1::KV_STORAGE_16BIT        ? "16-bit KV"
+              o.kv_storage == v1::KV_STORAGE_16BIT          ? "16-bit KV"
               : o.kv_storage == v1::KV_STORAGE_INT8_K_FP8_V ? "INT8 K / FP8 V"
-                                                            : "INT4 K / FP8 V",
+              : o.kv_storage == v1::KV_STORAGE_INT4_K_FP8_V ? "INT4 K / FP8 V"
+                                                            : "the model plan's KV storage per layer",
               shm->mode == SharedMemoryMode::kNone ? "the messages"
               : shm->mode == SharedMemoryMode::kSystem ? "system shared memory"
                                                         : "CUDA shared memory");

@@ -49,6 +49,7 @@ absl::StatusOr<Session> SessionClient::Create(const SessionOptions& options) con
   req.set_head_dim(options.head_dim);
   req.set_dtype(options.dtype);
   req.set_kv_storage(options.kv_storage);
+  for (v1::KvStorage s : options.layer_kv_storages) req.add_layer_kv_storages(s);
   req.set_max_tokens(options.max_tokens);
   req.set_reserve_tokens(options.reserve_tokens);
   grpc::ClientContext ctx;

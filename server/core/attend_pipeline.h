@@ -64,6 +64,7 @@ class AttendPipeline {
 
   const RequestLimits& limits() const { return limits_; }
   const BackendInfo& backend() const { return *backend_; }
+  const registry::Registry* registry() const { return registry_; }  // null: none
 
  private:
   // A request naming a model and no explicit recipe runs the precision plan's recipe for that

@@ -50,6 +50,12 @@ struct SessionCall {
   }
 };
 
+// The storage of a step's layer; nullopt for a layer outside the session (its append reports it).
+std::optional<KvStorage> StepStorage(const SessionShape& shape, int layer) {
+  if (layer < 0 || layer >= shape.layers) return std::nullopt;
+  return shape.storage(layer);
+}
+
 // Whether two pins' pages can be read by one paged launch, which takes one pool and one page
 // layout (storage, tokens per page) for all of its sequences.
 bool OneLaunchReads(const PinnedPages& a, const PinnedPages& b) {
@@ -125,11 +131,12 @@ absl::Status CheckCudaMemory(const SessionStore& store, std::span<const SessionS
   for (size_t i = 0; i < request.steps.size(); ++i) {
     if (!request.steps[i].n_q.has_value()) continue;
     if (!first.has_value()) first = i;
-    const KvStorage storage = sessions[i].shape().storage, first_storage = sessions[*first].shape().storage;
-    if (storage != first_storage) {
+    const std::optional<KvStorage> storage = StepStorage(sessions[i].shape(), request.steps[i].layer);
+    const std::optional<KvStorage> first_storage = StepStorage(sessions[*first].shape(), request.steps[*first].layer);
+    if (storage.has_value() && first_storage.has_value() && *storage != *first_storage) {
       return absl::InvalidArgumentError(absl::StrCat(
-          field, ": steps[", i, "]'s session stores its K/V as ", std::string(KvStorageName(storage)), " and steps[",
-          *first, "]'s as ", std::string(KvStorageName(first_storage)),
+          field, ": steps[", i, "]'s layer stores its K/V as ", std::string(KvStorageName(*storage)), " and steps[",
+          *first, "]'s as ", std::string(KvStorageName(*first_storage)),
           "; a call in CUDA shared memory is one paged launch, over pages of one storage"));
     }
     const KvMemory& memory = store.pool(sessions[i].pool()).memory();
@@ -236,8 +243,9 @@ bool SessionAttend::StartsOnCaller(const SessionCaller& caller, const SessionAtt
     if (st.n_q.has_value() && request.steps.size() > 1) {
       absl::StatusOr<SessionStore::Ref> session = store_->Lookup(caller, st.session_id);
       if (!session.ok()) return false;  // Start reports it
-      if (storage.has_value() && *storage != session->shape().storage) return false;
-      storage = session->shape().storage;
+      const std::optional<KvStorage> step_storage = StepStorage(session->shape(), st.layer);
+      if (!step_storage.has_value() || (storage.has_value() && *storage != *step_storage)) return false;
+      storage = step_storage;
     }
     q_bytes += st.q.size();
     if (on_device(st.k_shared) || on_device(st.v_shared)) {
@@ -258,14 +266,49 @@ absl::StatusOr<SessionInfo> SessionAttend::CreateSession(const SessionCaller& ca
     for (int d : dims) absl::StrAppend(&runs, runs.empty() ? "" : ", ", d);
     return absl::InvalidArgumentError(absl::StrCat("head_dim: ", shape.head_dim, " is not one this server runs (", runs, ")"));
   }
+  SessionShape planned = shape;
+  if (planned.storages.empty() && !planned.model.empty()) {
+    absl::Status from_plan = StoragesFromPlan(planned);
+    if (!from_plan.ok()) return from_plan;
+  }
   const std::vector<KvStorage>& storages = pipeline_->backend().kv_storages;
-  if (std::find(storages.begin(), storages.end(), shape.storage) == storages.end()) {
+  const bool uniform = planned.uniform_storage().has_value();
+  for (size_t l = 0; l < planned.storages.size(); ++l) {
+    const KvStorage storage = planned.storages[l];
+    if (std::find(storages.begin(), storages.end(), storage) != storages.end()) continue;
     std::string runs;
     for (KvStorage st : storages) absl::StrAppend(&runs, runs.empty() ? "" : ", ", std::string(KvStorageName(st)));
-    return absl::InvalidArgumentError(absl::StrCat("kv_storage: ", std::string(KvStorageName(shape.storage)),
+    return absl::InvalidArgumentError(absl::StrCat(uniform ? std::string("kv_storage") : absl::StrCat("layer_kv_storages[", l, "]"),
+                                                   ": ", std::string(KvStorageName(storage)),
                                                    " is not one this server's engine runs (", runs, ")"));
   }
-  return store_->CreateSession(caller, shape, reserve_tokens);
+  return store_->CreateSession(caller, planned, reserve_tokens);
+}
+
+absl::Status SessionAttend::StoragesFromPlan(SessionShape& shape) const {
+  const registry::Registry* const reg = pipeline_->registry();
+  if (reg == nullptr) {
+    return absl::FailedPreconditionError(
+        "model: this server has no precision registry to take the layers' KV storage from; set kv_storage");
+  }
+  absl::StatusOr<registry::SessionKvPlan> plan = reg->SessionKvStorages(shape.model);
+  if (!plan.ok()) return plan.status();
+  const registry::ModelSpec& spec = plan->spec;
+  const struct {
+    const char* field;
+    int session, model;
+  } dims[] = {{"layers", shape.layers, spec.num_layers},
+              {"heads_q", shape.heads_q, spec.q_heads},
+              {"heads_kv", shape.heads_kv, spec.kv_heads},
+              {"head_dim", shape.head_dim, spec.head_dim}};
+  for (const auto& d : dims) {
+    if (d.session == d.model) continue;
+    return absl::InvalidArgumentError(absl::StrCat(d.field, ": ", d.session, ", but model '", shape.model, "' has ", d.model,
+                                                   " (its plan's per-layer KV storage is for its own shape; set kv_storage "
+                                                   "to create a session of another)"));
+  }
+  shape.storages = std::move(plan->storages);
+  return absl::OkStatus();
 }
 
 absl::Status SessionAttend::Start(const SessionCaller& caller, SessionAttendRequest request,

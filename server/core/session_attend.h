@@ -102,7 +102,10 @@ class SessionAttend {
   // Both must outlive this object.
   SessionAttend(SessionStore* store, AttendPipeline* pipeline) : store_(store), pipeline_(pipeline) {}
 
-  // Checks what the server can run for a new session (head_dim) and creates it.
+  // Checks what the server can run for a new session (head_dim, each layer's KV storage) and
+  // creates it. A shape without storages naming a model takes the model's plan's per layer
+  // (Registry::SessionKvStorages): NOT_FOUND for an unknown model, INVALID_ARGUMENT when the
+  // session's layers, heads or head_dim are not the model's.
   absl::StatusOr<SessionInfo> CreateSession(const SessionCaller& caller, const SessionShape& shape,
                                             int64_t reserve_tokens) const;
 
@@ -128,6 +131,9 @@ class SessionAttend {
   SessionStore& store() const { return *store_; }
 
  private:
+  // Fills shape.storages from the plan of shape.model (CreateSession).
+  absl::Status StoragesFromPlan(SessionShape& shape) const;
+
   SessionStore* const store_;
   AttendPipeline* const pipeline_;
 };

@@ -206,6 +206,30 @@ Recipe Registry::Runnable(Recipe wanted) const {
   return DefaultRecipeFor(options_.backend);
 }
 
+absl::StatusOr<SessionKvPlan> Registry::SessionKvStorages(const std::string& name) const {
+  std::shared_ptr<const RegistrySnapshot> snap = Snapshot();
+  auto it = snap->models.find(name);
+  if (it == snap->models.end()) return NotFound(name);
+  const ModelRecord& record = it->second;
+  SessionKvPlan out;
+  out.spec = record.spec;
+  out.storages.assign(static_cast<size_t>(record.spec.num_layers), KvStorage::k16Bit);
+  if (!record.plan.has_value()) return out;
+  out.plan_version = record.plan->version;
+  const std::vector<KvStorage>& runs = options_.backend.kv_storages;
+  const auto runnable = [&runs](KvStorage s) { return runs.empty() || std::find(runs.begin(), runs.end(), s) != runs.end(); };
+  // From the fewest bytes per token to the most: a stand-in is always further along.
+  constexpr KvStorage kWider[] = {KvStorage::kInt4KFp8V, KvStorage::kInt8KFp8V, KvStorage::k16Bit};
+  for (int l = 0; l < record.spec.num_layers; ++l) {
+    const std::optional<KvStorage> chosen = FindKvStorage(*record.plan, l);
+    if (!chosen.has_value()) continue;
+    const auto* at = std::find(std::begin(kWider), std::end(kWider), *chosen);
+    while (at + 1 != std::end(kWider) && !runnable(*at)) ++at;
+    out.storages[static_cast<size_t>(l)] = *at;
+  }
+  return out;
+}
+
 absl::StatusOr<Resolution> Registry::Resolve(const std::string& name, int layer,
                                              std::optional<int> timestep) const {
   std::shared_ptr<const RegistrySnapshot> snap = Snapshot();

@@ -66,6 +66,13 @@ struct Resolution {
   std::optional<Recipe> substituted_for;
 };
 
+// What a new session of a model stores per layer (Registry::SessionKvStorages).
+struct SessionKvPlan {
+  ModelSpec spec;                  // the session's shape must be the model's
+  std::vector<KvStorage> storages;  // one per layer of the model
+  int64_t plan_version = 0;         // 0: no stored plan (every layer 16-bit)
+};
+
 struct EffectivePlan {
   Plan plan;              // The stored plan, or DefaultPlanFor(hardware) when there is none.
   bool is_default = true;
@@ -104,6 +111,11 @@ class Registry {
   // NOT_FOUND for an unknown model, INVALID_ARGUMENT for a layer/timestep outside the model.
   absl::StatusOr<Resolution> Resolve(const std::string& name, int layer,
                                      std::optional<int> timestep) const;
+
+  // Each layer's KV storage for a new session of model `name`: the plan's, or where this backend
+  // does not run it the next wider one it does (never fewer bits than the plan chose); 16-bit for
+  // layers the plan leaves out. NOT_FOUND for an unknown model.
+  absl::StatusOr<SessionKvPlan> SessionKvStorages(const std::string& name) const;
 
   std::shared_ptr<const RegistrySnapshot> Snapshot() const;
   const server::BackendInfo& backend() const { return options_.backend; }

@@ -20,7 +20,7 @@ absl::Status SessionStore::WriteTokens(Session& s, int layer, const AppendStep& 
   KvPagePool& pool = PoolOf(s);
   KvMemory& memory = pool.memory();
   const int64_t end = step.position + step.n_new;
-  const int64_t T = s.page_tokens();
+  const int64_t T = l.layout.page_tokens;
   const int64_t pages_needed = (end + T - 1) / T;
   const int64_t have = static_cast<int64_t>(l.pages.size());
   const int64_t first = step.position / T;
@@ -52,7 +52,7 @@ absl::Status SessionStore::WriteTokens(Session& s, int layer, const AppendStep& 
     return absl::InternalError(
         "session append: K/V in device memory for a pool, a storage or a first append that needs them on the host");
   }
-  if (HasKMean(shape.storage) && l.k_mean.empty()) {
+  if (HasKMean(l.layout.storage) && l.k_mean.empty()) {
     // The session's K mean for this layer: the channel means of its first append.
     l.k_mean.assign(row, 0.0f);
     std::vector<float> f(row);
@@ -67,11 +67,11 @@ absl::Status SessionStore::WriteTokens(Session& s, int layer, const AppendStep& 
   // with the caller's batch. Device memory, otherwise: each page run's four parts (16-bit: K and V
   // only) go with the caller's one batched transfer, from a host page image of the run, or for
   // 16-bit K/V in the GPU's own memory straight from there.
-  const KvPageLayout& layout = s.layout;
+  const KvPageLayout& layout = l.layout;
   if (!in_place && QuantizedByPool(layout.storage)) {
     const auto same = [&layout](const QuantizeGroup& g) {
-      return g.layout.dtype == layout.dtype && g.layout.page_tokens == layout.page_tokens && g.layout.heads == layout.heads &&
-             g.layout.head_dim == layout.head_dim;
+      return g.layout.storage == layout.storage && g.layout.dtype == layout.dtype &&
+             g.layout.page_tokens == layout.page_tokens && g.layout.heads == layout.heads && g.layout.head_dim == layout.head_dim;
     };
     auto group = std::find_if(batch.quantize.begin(), batch.quantize.end(), same);
     if (group == batch.quantize.end()) group = batch.quantize.insert(batch.quantize.end(), QuantizeGroup{layout, {}});
@@ -159,16 +159,16 @@ absl::Status SessionStore::Gather(const SessionCaller& caller, std::string_view 
   const bool in_place = memory.memory() != MemoryKind::kDevice;
   thread_local std::vector<std::byte> image;
   if (!in_place && image.size() < pool.page_bytes()) image.resize(pool.page_bytes());
-  const int64_t T = s.page_tokens();
+  const int64_t T = l.layout.page_tokens;
   for (int64_t t = 0; t < end;) {
     const int n = static_cast<int>(std::min<int64_t>(T, end - t));
     const size_t page_at = pool.offset(l.pages[static_cast<size_t>(t / T)]);
     const std::byte* page = memory.base() + page_at;
     if (!in_place) {  // the whole page: its scales sit after every token's codes
-      if (absl::Status r = memory.Read(page_at, image.data(), s.layout.page_bytes()); !r.ok()) return r;
+      if (absl::Status r = memory.Read(page_at, image.data(), l.layout.page_bytes()); !r.ok()) return r;
       page = image.data();
     }
-    DecodeKvTokens(s.layout, page, 0, n, k.data() + static_cast<size_t>(t) * row_bytes, v.data() + static_cast<size_t>(t) * row_bytes);
+    DecodeKvTokens(l.layout, page, 0, n, k.data() + static_cast<size_t>(t) * row_bytes, v.data() + static_cast<size_t>(t) * row_bytes);
     t += n;
   }
   return absl::OkStatus();
@@ -178,8 +178,8 @@ PinnedPages SessionStore::PagesUpTo(const Session& s, int layer, int64_t end) {
   const Session::Layer& l = s.layers[static_cast<size_t>(layer)];
   PinnedPages pages;
   pages.pool = s.pool;
-  pages.layout = s.layout;
-  const size_t n = static_cast<size_t>((end + s.page_tokens() - 1) / s.page_tokens());
+  pages.layout = l.layout;
+  const size_t n = static_cast<size_t>((end + l.layout.page_tokens - 1) / l.layout.page_tokens);
   pages.pages.assign(l.pages.begin(), l.pages.begin() + static_cast<std::ptrdiff_t>(n));
   return pages;
 }

@@ -25,10 +25,10 @@ struct SessionStore::Session {
   std::string id;
   std::string owner;
   SessionShape shape;
-  KvPageLayout layout;  // page_tokens, heads, head_dim, storage, dtype
   bool closed = false;
   std::chrono::steady_clock::time_point last_use = std::chrono::steady_clock::now();
   struct Layer {
+    KvPageLayout layout;  // the layer's storage, page_tokens, heads, head_dim, dtype
     std::vector<PageId> pages;
     int64_t length = 0;
     std::vector<float> k_mean;  // [Hkv, D]; set by the first append (HasKMean storages)
@@ -40,13 +40,13 @@ struct SessionStore::Session {
   std::vector<Layer> layers;
   int pool = 0;  // index of the device pool holding every page of the session
 
-  int page_tokens() const { return layout.page_tokens; }
+  int page_tokens(int layer) const { return layers[static_cast<size_t>(layer)].layout.page_tokens; }
   // Whether a step's K/V may stay in the memory of the session's GPU pool (mu held): 16-bit codes
   // are copied from there, and a pool-quantized layer's tokens are encoded there once the host has
   // taken its K mean from the first append.
   bool KvMayStayOnDevice(int layer) const {
-    return shape.storage == KvStorage::k16Bit ||
-           (QuantizedByPool(shape.storage) && !layers[static_cast<size_t>(layer)].k_mean.empty());
+    const Layer& l = layers[static_cast<size_t>(layer)];
+    return l.layout.storage == KvStorage::k16Bit || (QuantizedByPool(l.layout.storage) && !l.k_mean.empty());
   }
   int64_t PageCount() const {
     int64_t n = 0;

@@ -37,12 +37,19 @@ absl::Status CheckShape(const SessionShape& s) {
   const auto bad = [](const char* field, const std::string& why) {
     return absl::InvalidArgumentError(absl::StrCat(field, ": ", why));
   };
-  if (s.layers < 1 || s.layers > 4096) return bad("layers", "must be in [1, 4096]");
+  if (s.layers < 1 || s.layers > kMaxSessionLayers) return bad("layers", absl::StrCat("must be in [1, ", kMaxSessionLayers, "]"));
   if (s.heads_q < 1 || s.heads_q > 1024) return bad("heads_q", "must be in [1, 1024]");
   if (s.heads_kv < 1 || s.heads_q % s.heads_kv != 0) return bad("heads_kv", "must be >= 1 and divide heads_q");
   if (s.head_dim < 1 || s.head_dim > 256) return bad("head_dim", "must be in [1, 256]");
   if (s.dtype != DType::kF16 && s.dtype != DType::kBF16) return bad("dtype", "must be FP16 or BF16");
-  if (absl::Status layout = CheckKvLayout(s.storage, s.head_dim); !layout.ok()) return layout;
+  if (!s.storages.empty() && s.storages.size() != static_cast<size_t>(s.layers)) {
+    return bad("layer_kv_storages", absl::StrCat(s.storages.size(), " entries for ", s.layers, " layers"));
+  }
+  for (size_t l = 0; l < s.storages.size(); ++l) {
+    if (absl::Status layout = CheckKvLayout(s.storages[l], s.head_dim); !layout.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("layer_kv_storages[", l, "]: ", layout.message()));
+    }
+  }
   if (s.max_tokens < 1 || s.max_tokens > kMaxSessionTokens) {
     return bad("max_tokens", absl::StrCat("must be in [1, ", kMaxSessionTokens, "]"));
   }
@@ -50,6 +57,14 @@ absl::Status CheckShape(const SessionShape& s) {
 }
 
 }  // namespace
+
+std::optional<KvStorage> SessionShape::uniform_storage() const {
+  if (storages.empty()) return std::nullopt;
+  for (KvStorage s : storages) {
+    if (s != storages.front()) return std::nullopt;
+  }
+  return storages.front();
+}
 
 absl::Status SessionStore::CheckOptions(const SessionStoreOptions& options) {
   // With a fraction of free GPU memory the pool's size is known only once the backend asks for it.
@@ -126,7 +141,7 @@ SessionInfo SessionStore::InfoOf(const Session& s) const {
   info.shape = s.shape;
   for (const Session::Layer& l : s.layers) info.layer_lengths.push_back(l.length);
   info.pages = s.PageCount();
-  info.page_tokens = s.page_tokens();
+  for (const Session::Layer& l : s.layers) info.page_tokens.push_back(l.layout.page_tokens);
   info.idle = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - s.last_use);
   info.expires_in = std::max(std::chrono::milliseconds(0), options_.ttl - info.idle);
   return info;
@@ -150,6 +165,7 @@ absl::StatusOr<SessionInfo> SessionStore::CreateSession(const SessionCaller& cal
   auto session = std::make_shared<Session>();
   session->owner = caller.identity;
   session->shape = shape;
+  if (session->shape.storages.empty()) session->shape.storages.assign(static_cast<size_t>(shape.layers), KvStorage::k16Bit);
   // Placement: the device with the most free pages.
   for (size_t i = 1; i < pools_.size(); ++i) {
     if (pools_[i].pool->Stats().pages_free > pools_[static_cast<size_t>(session->pool)].pool->Stats().pages_free) {
@@ -157,22 +173,29 @@ absl::StatusOr<SessionInfo> SessionStore::CreateSession(const SessionCaller& cal
     }
   }
   KvPagePool& pool = PoolOf(*session);
-  const size_t token_bytes = KvTokenBytes(shape.storage, shape.heads_kv, shape.head_dim);
-  session->layout = KvPageLayout{shape.storage, shape.dtype, PageTokens(pool.page_bytes(), token_bytes),
-                                 shape.heads_kv, shape.head_dim};
-  if (session->layout.page_tokens == 0) {
-    return absl::InvalidArgumentError(absl::StrCat("heads_kv: a token takes ", token_bytes,
-                                                   " bytes, and a KV page of ", pool.page_bytes(), " bytes holds fewer than ",
-                                                   kMinPageTokens, " (start the server with a larger --kv_page_bytes)"));
-  }
   session->layers.resize(static_cast<size_t>(shape.layers));
-  const int64_t per_layer = (reserve_tokens + session->page_tokens() - 1) / session->page_tokens();
-  if (per_layer > 0) {
-    absl::StatusOr<std::vector<PageId>> pages = pool.Allocate(per_layer * shape.layers);
+  int64_t reserve_pages = 0;
+  for (int l = 0; l < shape.layers; ++l) {
+    const KvStorage storage = session->shape.storage(l);
+    const size_t token_bytes = KvTokenBytes(storage, shape.heads_kv, shape.head_dim);
+    KvPageLayout& layout = session->layers[static_cast<size_t>(l)].layout;
+    layout = KvPageLayout{storage, shape.dtype, PageTokens(pool.page_bytes(), token_bytes), shape.heads_kv, shape.head_dim};
+    if (layout.page_tokens == 0) {
+      return absl::InvalidArgumentError(absl::StrCat("heads_kv: a token takes ", token_bytes, " bytes as ",
+                                                     std::string(KvStorageName(storage)), ", and a KV page of ",
+                                                     pool.page_bytes(), " bytes holds fewer than ", kMinPageTokens,
+                                                     " (start the server with a larger --kv_page_bytes)"));
+    }
+    reserve_pages += (reserve_tokens + layout.page_tokens - 1) / layout.page_tokens;
+  }
+  if (reserve_pages > 0) {
+    absl::StatusOr<std::vector<PageId>> pages = pool.Allocate(reserve_pages);
     if (!pages.ok()) return pages.status();
-    for (int l = 0; l < shape.layers; ++l) {
-      session->layers[static_cast<size_t>(l)].pages.assign(pages->begin() + l * per_layer,
-                                                           pages->begin() + (l + 1) * per_layer);
+    auto next = pages->begin();
+    for (Session::Layer& l : session->layers) {
+      const int64_t n = (reserve_tokens + l.layout.page_tokens - 1) / l.layout.page_tokens;
+      l.pages.assign(next, next + n);
+      next += n;
     }
   }
   std::lock_guard<std::shared_mutex> lock(mu_);
@@ -354,14 +377,14 @@ absl::StatusOr<SessionInfo> SessionStore::Fork(const SessionCaller& caller, std:
     src.last_use = Clock::now();
     child->owner = caller.identity;
     child->shape = src.shape;
-    child->layout = src.layout;
     child->pool = src.pool;
     child->layers.resize(src.layers.size());
     for (size_t i = 0; i < src.layers.size(); ++i) {
       const Session::Layer& from = src.layers[i];
       Session::Layer& to = child->layers[i];
+      to.layout = from.layout;
       to.length = length.has_value() ? std::min(*length, from.length) : from.length;
-      const size_t pages = static_cast<size_t>((to.length + src.page_tokens() - 1) / src.page_tokens());
+      const size_t pages = static_cast<size_t>((to.length + from.layout.page_tokens - 1) / from.layout.page_tokens);
       to.pages.assign(from.pages.begin(), from.pages.begin() + static_cast<std::ptrdiff_t>(pages));
       to.k_mean = from.k_mean;
       PoolOf(src).AddRef(to.pages);
@@ -388,7 +411,7 @@ absl::StatusOr<SessionInfo> SessionStore::Truncate(const SessionCaller& caller, 
   for (Session::Layer& l : s.layers) {
     if (l.length <= length) continue;
     l.length = length;
-    const size_t keep = static_cast<size_t>((length + s.page_tokens() - 1) / s.page_tokens());
+    const size_t keep = static_cast<size_t>((length + l.layout.page_tokens - 1) / l.layout.page_tokens);
     if (l.pages.size() > keep) {
       PoolOf(s).Release(std::span<const PageId>(l.pages).subspan(keep));
       l.pages.resize(keep);

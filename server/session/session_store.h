@@ -41,6 +41,8 @@ struct SessionStoreOptions {
   int worker_threads = 0;      // threads that append and gather for AttendSession; 0: half the cores, >= 2
 };
 
+inline constexpr int kMaxSessionLayers = 4096;
+
 struct SessionShape {
   std::string model;
   int layers = 1;
@@ -48,8 +50,14 @@ struct SessionShape {
   int heads_kv = 1;
   int head_dim = 128;
   DType dtype = DType::kF16;
-  KvStorage storage = KvStorage::k16Bit;
+  // How each layer stores its K/V: `layers` entries (SessionStore::CreateSession takes none as
+  // 16-bit for every layer). Fixed for the session's life.
+  std::vector<KvStorage> storages;
   int64_t max_tokens = 0;
+
+  KvStorage storage(int layer) const { return storages[static_cast<size_t>(layer)]; }  // layer checked
+  // The one storage of every layer, or nullopt when layers differ.
+  std::optional<KvStorage> uniform_storage() const;
 };
 
 // Who asks: the identity, and whether it may see everyone's sessions (admin scope).
@@ -64,7 +72,7 @@ struct SessionInfo {
   SessionShape shape;
   std::vector<int64_t> layer_lengths;
   int64_t pages = 0;
-  int page_tokens = 0;
+  std::vector<int> page_tokens;  // per layer: a page holds fewer tokens of a wider storage
   std::chrono::milliseconds idle{0};
   std::chrono::milliseconds expires_in{0};
 };

@@ -94,7 +94,7 @@ TEST_F(StartsOnCallerTest, OthersGoToASessionWorker) {
   int8.heads_q = kHq;
   int8.heads_kv = kHkv;
   int8.head_dim = kD;
-  int8.storage = KvStorage::kInt8KFp8V;
+  int8.storages.assign(2, KvStorage::kInt8KFp8V);
   int8.max_tokens = 4096;
   auto other = store_->CreateSession(caller_, int8, 0);
   ASSERT_TRUE(other.ok()) << other.status();

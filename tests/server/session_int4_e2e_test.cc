@@ -130,26 +130,50 @@ TEST(SessionInt4E2E, StepsEqualStatelessAttendOverTheDecodedValues) {
   EXPECT_NE(dk[0], sent_k[0]);
 }
 
-// Sessions of different storages in one call: each step reads its own session's pages as that
-// storage lays them out (a launch over pages of one layout would read the INT4 session's codes as
-// 16-bit values), so every result equals the stateless Attend over that session's decoded K/V.
-TEST(SessionInt4E2E, OneCallOverSessionsOfDifferentStorages) {
+// Steps of different storages in one call, from three sessions or from the three layers of one
+// session whose layers store differently: each step reads its own layer's pages as that storage
+// lays them out (a launch over pages of one layout would read the INT4 codes as 16-bit values), so
+// every result equals the stateless Attend over that layer's decoded K/V.
+void CheckOneCallOverStorages(bool one_session) {
   RunningServer s;
   StartServer(TestServerOptions(), nullptr, &s);
   auto stub = v1::SessionService::NewStub(s.client->channel());
   const v1::KvStorage storages[] = {v1::KV_STORAGE_16BIT, v1::KV_STORAGE_INT4_K_FP8_V, v1::KV_STORAGE_INT8_K_FP8_V};
   std::vector<std::string> ids;
-  std::vector<std::vector<uint16_t>> dk(3), dv(3);
-  for (int i = 0; i < 3; ++i) {
-    TestSessionShape shape;
-    shape.layers = 1;
-    shape.heads_q = kHq;
-    shape.heads_kv = kHkv;
-    shape.head_dim = kD;
-    shape.storage = storages[i];
-    ids.push_back(CreateTestSession(*stub, shape));
-    ASSERT_FALSE(ids.back().empty());
+  if (one_session) {
+    grpc::ClientContext ctx;
+    v1::CreateSessionRequest req;
+    req.set_layers(3);
+    req.set_heads_q(kHq);
+    req.set_heads_kv(kHkv);
+    req.set_head_dim(kD);
+    req.set_dtype(v1::DTYPE_FP16);
+    for (v1::KvStorage st : storages) req.add_layer_kv_storages(st);
+    req.set_max_tokens(4096);
+    v1::CreateSessionResponse resp;
+    const grpc::Status st = stub->CreateSession(&ctx, req, &resp);
+    ASSERT_TRUE(st.ok()) << st.error_message();
+    ASSERT_EQ(resp.info().layer_kv_storages_size(), 3);
+    EXPECT_EQ(resp.info().layer_kv_storages(1), v1::KV_STORAGE_INT4_K_FP8_V);
+    EXPECT_EQ(resp.info().kv_storage(), v1::KV_STORAGE_UNSPECIFIED);
+    ASSERT_EQ(resp.info().layer_page_tokens_size(), 3);
+    for (int t : resp.info().layer_page_tokens()) {  // page_tokens: the layers' count where they agree, else 0
+      EXPECT_TRUE(resp.info().page_tokens() == 0 || resp.info().page_tokens() == t);
+    }
+    ids.assign(3, resp.session_id());
+  } else {
+    for (int i = 0; i < 3; ++i) {
+      TestSessionShape shape;
+      shape.layers = 1;
+      shape.heads_q = kHq;
+      shape.heads_kv = kHkv;
+      shape.head_dim = kD;
+      shape.storage = storages[i];
+      ids.push_back(CreateTestSession(*stub, shape));
+      ASSERT_FALSE(ids.back().empty());
+    }
   }
+  std::vector<std::vector<uint16_t>> dk(3), dv(3);
   std::vector<std::vector<float>> mean(3);
   for (int step = 0; step < 3; ++step) {
     const int64_t n = step == 0 ? 200 : 1;
@@ -171,6 +195,7 @@ TEST(SessionInt4E2E, OneCallOverSessionsOfDifferentStorages) {
       }
       v1::SessionStep* st = req.add_steps();
       st->set_session_id(ids[i]);
+      st->set_layer(one_session ? i : 0);
       st->set_position(pos);
       st->set_step_id(static_cast<uint64_t>(step));
       SetTensor(nk, kHkv, st->mutable_k());
@@ -192,11 +217,14 @@ TEST(SessionInt4E2E, OneCallOverSessionsOfDifferentStorages) {
       stateless.set_return_lse(true);
       absl::StatusOr<v1::AttendResponse> want = s.client->Attend(stateless);
       ASSERT_TRUE(want.ok()) << want.status();
-      EXPECT_EQ(got.results(i).o().data(), want->o().data()) << "step " << step << " session " << i;
-      EXPECT_EQ(got.results(i).lse().data(), want->lse().data()) << "step " << step << " session " << i;
+      EXPECT_EQ(got.results(i).o().data(), want->o().data()) << "step " << step << " storage " << i;
+      EXPECT_EQ(got.results(i).lse().data(), want->lse().data()) << "step " << step << " storage " << i;
     }
   }
 }
+
+TEST(SessionInt4E2E, OneCallOverSessionsOfDifferentStorages) { CheckOneCallOverStorages(false); }
+TEST(SessionInt4E2E, OneCallOverLayersOfDifferentStorages) { CheckOneCallOverStorages(true); }
 
 // A stand-in engine whose pages hold what the cuda backend's do: 16-bit and INT8 K only.
 class NoInt4Backend final : public server::AttentionBackend {

@@ -72,7 +72,7 @@ SessionShape Shape(KvStorage storage) {
   s.heads_q = 4;
   s.heads_kv = 2;
   s.head_dim = 64;
-  s.storage = storage;
+  s.storages.assign(static_cast<size_t>(s.layers), storage);
   s.max_tokens = 4096;
   return s;
 }

@@ -28,7 +28,7 @@ SessionShape Shape(KvStorage storage = KvStorage::k16Bit, int64_t max_tokens = 4
   s.heads_kv = 2;
   s.head_dim = 64;
   s.dtype = DType::kF16;
-  s.storage = storage;
+  s.storages.assign(static_cast<size_t>(s.layers), storage);
   s.max_tokens = max_tokens;
   return s;
 }
@@ -70,7 +70,7 @@ TEST(SessionStore, SixteenBitAppendsGatherBackExactly) {
   auto store = Store();
   auto info = store->CreateSession(kAlice, Shape(), 0);
   ASSERT_TRUE(info.ok()) << info.status();
-  EXPECT_EQ(info->page_tokens, 128);
+  EXPECT_EQ(info->page_tokens, std::vector<int>(2, 128));
   std::vector<uint16_t> all_k, all_v;
   int64_t pos = 0;
   for (int64_t n : {300, 1, 1, 200, 7}) {  // crosses pages, with single-token decode steps
@@ -247,7 +247,7 @@ TEST(SessionStore, BadShapesNameTheField) {
   EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(st.message().find("head_dim: 96"), std::string::npos) << st;
   EXPECT_NE(st.message().find("KV_STORAGE_INT4_K_FP8_V"), std::string::npos) << st;
-  s.storage = KvStorage::kInt8KFp8V;
+  s.storages.assign(static_cast<size_t>(s.layers), KvStorage::kInt8KFp8V);
   EXPECT_TRUE(store->CreateSession(kAlice, s, 0).ok());
   s = Shape();
   s.max_tokens = 0;
@@ -302,6 +302,60 @@ TEST(SessionStore, QuantizedGatherIsTheSchemesDecode) {
       }
     }
   }
+}
+
+// Layers of one session in different storages: each layer's pages hold its own storage's tokens
+// (its own tokens per page, reserved per layer), and every layer gathers back what a session of
+// that storage alone gives, through a fork and a truncation too.
+TEST(SessionStore, EachLayerKeepsItsOwnStorage) {
+  auto store = Store();
+  const KvStorage per_layer[] = {KvStorage::k16Bit, KvStorage::kInt8KFp8V, KvStorage::kInt4KFp8V};
+  SessionShape mixed = Shape();
+  mixed.layers = 3;
+  mixed.storages.assign(std::begin(per_layer), std::end(per_layer));
+  EXPECT_EQ(mixed.uniform_storage(), std::nullopt);
+  auto info = store->CreateSession(kAlice, mixed, 200);
+  ASSERT_TRUE(info.ok()) << info.status();
+  ASSERT_EQ(info->page_tokens.size(), 3u);
+  EXPECT_EQ(info->page_tokens[0], 128);
+  EXPECT_GT(info->page_tokens[1], info->page_tokens[0]);  // fewer bytes per token, more tokens per page
+  EXPECT_GT(info->page_tokens[2], info->page_tokens[1]);
+  int64_t reserved = 0;
+  for (int t : info->page_tokens) reserved += (200 + t - 1) / t;
+  EXPECT_EQ(info->pages, reserved);
+  EXPECT_EQ(info->shape.storages, mixed.storages);
+
+  const auto first = Tokens(150, 21), later = Tokens(2, 22);
+  for (int layer = 0; layer < 3; ++layer) {
+    SCOPED_TRACE(std::string(KvStorageName(per_layer[layer])));
+    ASSERT_TRUE(Append(*store, kAlice, info->id, layer, 0, 1, first, first).ok());
+    ASSERT_TRUE(Append(*store, kAlice, info->id, layer, 150, 2, later, later).ok());
+    auto alone = store->CreateSession(kAlice, Shape(per_layer[layer]), 0);
+    ASSERT_TRUE(alone.ok()) << alone.status();
+    ASSERT_TRUE(Append(*store, kAlice, alone->id, 0, 0, 1, first, first).ok());
+    ASSERT_TRUE(Append(*store, kAlice, alone->id, 0, 150, 2, later, later).ok());
+    const auto got = Gathered(*store, info->id, layer, 152);
+    EXPECT_EQ(got, Gathered(*store, alone->id, 0, 152));
+    if (per_layer[layer] == KvStorage::k16Bit) {
+      EXPECT_EQ(std::vector<uint16_t>(got.first.begin(), got.first.begin() + 150 * 128), first);
+    }
+  }
+  auto child = store->Fork(kAlice, info->id, 140);
+  ASSERT_TRUE(child.ok()) << child.status();
+  EXPECT_EQ(child->shape.storages, mixed.storages);
+  EXPECT_EQ(child->page_tokens, info->page_tokens);
+  ASSERT_TRUE(store->Truncate(kAlice, info->id, 100).ok());
+  for (int layer = 0; layer < 3; ++layer) {
+    auto [k, v] = Gathered(*store, child->id, layer, 140);
+    auto [pk, pv] = Gathered(*store, info->id, layer, 100);
+    EXPECT_TRUE(std::equal(pk.begin(), pk.end(), k.begin())) << "layer " << layer;
+    EXPECT_TRUE(std::equal(pv.begin(), pv.end(), v.begin())) << "layer " << layer;
+  }
+  SessionShape wrong = mixed;
+  wrong.storages.pop_back();
+  const absl::Status st = store->CreateSession(kAlice, wrong, 0).status();
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(st.message().find("layer_kv_storages: 2 entries for 3 layers"), std::string::npos) << st;
 }
 
 // A close while another thread appends and gathers: every call either succeeds on the whole session

@@ -27,17 +27,26 @@ class SessionOptions:
     heads_kv: int = 1
     head_dim: int = 128
     dtype: str = "fp16"  # or "bf16": of every Q, K, V sent and O returned
-    kv_storage: str = "16bit"  # or "int8_k_fp8_v" (half the bytes), "int4_k_fp8_v" (~2.4x fewer; docs/NUMERICS.md)
+    # Every layer's storage: "16bit", "int8_k_fp8_v" (half the bytes), "int4_k_fp8_v" (~2.4x fewer;
+    # docs/NUMERICS.md). None: the model's registry plan picks per layer (16-bit without a model).
+    kv_storage: Optional[str] = None
     max_tokens: int = 0  # required: appends past it are OUT_OF_RANGE
     reserve_tokens: int = 0
-    model: str = ""  # optional: the registry's per-layer recipes
+    model: str = ""  # optional: the registry's per-layer recipes and KV storages
+    layer_kv_storages: Optional[Sequence[str]] = None  # one per layer, instead of kv_storage
 
     def request(self) -> sp.CreateSessionRequest:
-        if self.kv_storage not in KV_STORAGE:
-            raise ValueError(f"kv_storage must be one of {list(KV_STORAGE)}, got {self.kv_storage!r}")
+        if self.kv_storage is not None and self.layer_kv_storages is not None:
+            raise ValueError("set kv_storage or layer_kv_storages, not both")
+        names = [self.kv_storage] if self.kv_storage is not None else list(self.layer_kv_storages or [])
+        for name in names:
+            if name not in KV_STORAGE:
+                raise ValueError(f"kv_storage must be one of {list(KV_STORAGE)}, got {name!r}")
         return sp.CreateSessionRequest(
             model=self.model, layers=self.layers, heads_q=self.heads_q, heads_kv=self.heads_kv,
-            head_dim=self.head_dim, dtype=codec.parse_dtype(self.dtype), kv_storage=KV_STORAGE[self.kv_storage],
+            head_dim=self.head_dim, dtype=codec.parse_dtype(self.dtype),
+            kv_storage=KV_STORAGE[self.kv_storage] if self.kv_storage is not None else tp.KV_STORAGE_UNSPECIFIED,
+            layer_kv_storages=[KV_STORAGE[n] for n in (self.layer_kv_storages or [])],
             max_tokens=self.max_tokens, reserve_tokens=self.reserve_tokens)
 
 

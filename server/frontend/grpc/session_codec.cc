@@ -1,5 +1,6 @@
 #include "server/frontend/grpc/session_codec.h"
 
+#include <algorithm>
 #include <initializer_list>
 #include <optional>
 #include <string>
@@ -139,11 +140,18 @@ void InfoToWire(const SessionInfo& info, v1::SessionInfo* out) {
   out->set_heads_kv(info.shape.heads_kv);
   out->set_head_dim(info.shape.head_dim);
   out->set_dtype(ToWireDType(info.shape.dtype));
-  out->set_kv_storage(KvStorageToWire(info.shape.storage));
+  // kv_storage names the storage of every layer; UNSPECIFIED when layers differ (layer_kv_storages).
+  const std::optional<KvStorage> uniform = info.shape.uniform_storage();
+  if (uniform.has_value()) out->set_kv_storage(KvStorageToWire(*uniform));
+  for (KvStorage st : info.shape.storages) out->add_layer_kv_storages(KvStorageToWire(st));
   out->set_max_tokens(info.shape.max_tokens);
   for (int64_t n : info.layer_lengths) out->add_layer_lengths(n);
   out->set_pages(info.pages);
-  out->set_page_tokens(info.page_tokens);
+  // page_tokens: every layer's, or 0 when layers of different storages hold different counts.
+  for (int t : info.page_tokens) out->add_layer_page_tokens(t);
+  const bool same = std::all_of(info.page_tokens.begin(), info.page_tokens.end(),
+                                [&](int t) { return t == info.page_tokens.front(); });
+  out->set_page_tokens(same && !info.page_tokens.empty() ? info.page_tokens.front() : 0);
   out->set_idle_ms(info.idle.count());
   out->set_expires_in_ms(info.expires_in.count());
 }
@@ -158,12 +166,21 @@ absl::StatusOr<SessionShape> ShapeFromWire(const v1::CreateSessionRequest& r) {
   absl::StatusOr<DType> dtype = FromWireDType(r.dtype());
   if (!dtype.ok() || (*dtype != DType::kF16 && *dtype != DType::kBF16)) return Invalid("dtype", "must be FP16 or BF16");
   s.dtype = *dtype;
-  if (r.kv_storage() == v1::KV_STORAGE_UNSPECIFIED) {
-    s.storage = KvStorage::k16Bit;
-  } else if (std::optional<KvStorage> st = KvStorageFromWire(r.kv_storage())) {
-    s.storage = *st;
-  } else {
-    return Invalid("kv_storage", absl::StrCat("unknown value ", static_cast<int>(r.kv_storage())));
+  // Neither kv_storage nor layer_kv_storages: the model's plan decides (SessionAttend), else 16-bit.
+  if (r.kv_storage() != v1::KV_STORAGE_UNSPECIFIED) {
+    if (r.layer_kv_storages_size() > 0) return Invalid("layer_kv_storages", "set kv_storage or layer_kv_storages, not both");
+    const std::optional<KvStorage> st = KvStorageFromWire(r.kv_storage());
+    if (!st.has_value()) return Invalid("kv_storage", absl::StrCat("unknown value ", static_cast<int>(r.kv_storage())));
+    if (r.layers() >= 1 && r.layers() <= kMaxSessionLayers) s.storages.assign(static_cast<size_t>(r.layers()), *st);
+    else s.storages.push_back(*st);  // the store refuses the layer count, naming it
+  }
+  for (int i = 0; i < r.layer_kv_storages_size(); ++i) {
+    const std::optional<KvStorage> st = KvStorageFromWire(r.layer_kv_storages(i));
+    if (!st.has_value()) {
+      return Invalid(absl::StrCat("layer_kv_storages[", i, "]"),
+                     absl::StrCat("unspecified or unknown (", static_cast<int>(r.layer_kv_storages(i)), ")"));
+    }
+    s.storages.push_back(*st);
   }
   s.max_tokens = r.max_tokens();
   return s;

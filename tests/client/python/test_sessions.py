@@ -95,6 +95,39 @@ class SessionTest(unittest.TestCase):
         s.close()
         child.close()
 
+    def test_the_models_plan_picks_each_layers_kv_storage(self) -> None:
+        from sageserve.v1 import registry_pb2 as reg
+        from sageserve.v1 import tensor_pb2 as tp
+
+        self.client.register_model(reg.ModelSpec(name="py-kv-plan", num_layers=3, q_heads=H_Q, kv_heads=H_KV,
+                                                 head_dim=D), replace=True)
+        plan = reg.Plan(kv_storages=[
+            reg.KvStorageEntry(layers=reg.IndexRange(first=0, last=1), kv_storage=tp.KV_STORAGE_INT4_K_FP8_V),
+            reg.KvStorageEntry(layers=reg.IndexRange(first=2, last=2), kv_storage=tp.KV_STORAGE_INT8_K_FP8_V)])
+        stored = self.client.set_plan("py-kv-plan", plan)
+        self.assertEqual(len(stored.kv_storages), 2)
+        s = self.client.create_session(model="py-kv-plan", layers=3, heads_q=H_Q, heads_kv=H_KV, head_dim=D,
+                                       max_tokens=256)
+        info = s.info()
+        self.assertEqual(list(info.layer_kv_storages),
+                         [tp.KV_STORAGE_INT4_K_FP8_V, tp.KV_STORAGE_INT4_K_FP8_V, tp.KV_STORAGE_INT8_K_FP8_V])
+        self.assertEqual(info.kv_storage, tp.KV_STORAGE_UNSPECIFIED)  # layers differ
+        rng = np.random.default_rng(9)
+        for layer in range(3):
+            r = s.step(layer, tokens(rng, 40, H_KV), tokens(rng, 40, H_KV), tokens(rng, 1, H_Q))
+            self.assertEqual(r.length, 40)
+        s.close()
+        # Named per layer by the client, and a model whose shape differs from the session's.
+        s = self.client.create_session(layers=2, heads_q=H_Q, heads_kv=H_KV, head_dim=D, max_tokens=64,
+                                       layer_kv_storages=["16bit", "int8_k_fp8_v"])
+        self.assertEqual(list(s.info().layer_kv_storages), [tp.KV_STORAGE_16BIT, tp.KV_STORAGE_INT8_K_FP8_V])
+        s.close()
+        with self.assertRaises(sageserve.InvalidArgumentError) as cm:
+            self.client.create_session(model="py-kv-plan", layers=2, heads_q=H_Q, heads_kv=H_KV, head_dim=D,
+                                       max_tokens=64)
+        self.assertIn("layers: 2, but model 'py-kv-plan' has 3", cm.exception.message)
+        self.client.delete_model("py-kv-plan")
+
     def test_a_retried_step_is_appended_once(self) -> None:
         rng = np.random.default_rng(4)
         s = self.new_session(layers=1)

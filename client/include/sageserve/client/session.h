@@ -24,7 +24,10 @@ struct SessionOptions {
   int heads_kv = 1;
   int head_dim = 128;
   v1::DType dtype = v1::DTYPE_FP16;
-  v1::KvStorage kv_storage = v1::KV_STORAGE_16BIT;
+  // Every layer's storage; UNSPECIFIED with layer_kv_storages empty: the model's plan decides per
+  // layer (16-bit without a model). layer_kv_storages: one per layer instead (not with kv_storage).
+  v1::KvStorage kv_storage = v1::KV_STORAGE_UNSPECIFIED;
+  std::vector<v1::KvStorage> layer_kv_storages;
   int64_t max_tokens = 0;
   int64_t reserve_tokens = 0;
 };

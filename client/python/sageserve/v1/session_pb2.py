@@ -15,7 +15,7 @@ from sageserve.v1 import attention_service_pb2 as sageserve_dot_v1_dot_attention
 from sageserve.v1 import tensor_pb2 as sageserve_dot_v1_dot_tensor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1asageserve/v1/session.proto\x12\x0csageserve.v1\x1a$sageserve/v1/attention_service.proto\x1a\x19sageserve/v1/tensor.proto\"\xe7\x01\n\x14\x43reateSessionRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06layers\x18\x02 \x01(\x05\x12\x0f\n\x07heads_q\x18\x03 \x01(\x05\x12\x10\n\x08heads_kv\x18\x04 \x01(\x05\x12\x10\n\x08head_dim\x18\x05 \x01(\x05\x12\"\n\x05\x64type\x18\x06 \x01(\x0e\x32\x13.sageserve.v1.DType\x12+\n\nkv_storage\x18\x07 \x01(\x0e\x32\x17.sageserve.v1.KvStorage\x12\x12\n\nmax_tokens\x18\x08 \x01(\x03\x12\x16\n\x0ereserve_tokens\x18\t \x01(\x03\"\xbd\x02\n\x0bSessionInfo\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0e\n\x06layers\x18\x03 \x01(\x05\x12\x0f\n\x07heads_q\x18\x04 \x01(\x05\x12\x10\n\x08heads_kv\x18\x05 \x01(\x05\x12\x10\n\x08head_dim\x18\x06 \x01(\x05\x12\"\n\x05\x64type\x18\x07 \x01(\x0e\x32\x13.sageserve.v1.DType\x12+\n\nkv_storage\x18\x08 \x01(\x0e\x32\x17.sageserve.v1.KvStorage\x12\x12\n\nmax_tokens\x18\t \x01(\x03\x12\x15\n\rlayer_lengths\x18\n \x03(\x03\x12\r\n\x05pages\x18\x0b \x01(\x03\x12\x13\n\x0bpage_tokens\x18\x0c \x01(\x05\x12\x0f\n\x07idle_ms\x18\r \x01(\x03\x12\x15\n\rexpires_in_ms\x18\x0e \x01(\x03\"T\n\x15\x43reateSessionResponse\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\'\n\x04info\x18\x02 \x01(\x0b\x32\x19.sageserve.v1.SessionInfo\"\xb6\x01\n\x0bSessionStep\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\r\n\x05layer\x18\x02 \x01(\x05\x12\x10\n\x08position\x18\x03 \x01(\x03\x12\x0f\n\x07step_id\x18\x04 \x01(\x04\x12\x1f\n\x01k\x18\x05 \x01(\x0b\x32\x14.sageserve.v1.Tensor\x12\x1f\n\x01v\x18\x06 \x01(\x0b\x32\x14.sageserve.v1.Tensor\x12\x1f\n\x01q\x18\x07 \x01(\x0b\x32\x14.sageserve.v1.Tensor\"\x9d\x02\n\x14\x41ttendSessionRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12(\n\x05steps\x18\x02 \x03(\x0b\x32\x19.sageserve.v1.SessionStep\x12$\n\x06recipe\x18\x03 \x01(\x0e\x32\x14.sageserve.v1.Recipe\x12\x12\n\nreturn_lse\x18\x04 \x01(\x08\x12/\n\x08o_output\x18\x05 \x01(\x0b\x32\x1d.sageserve.v1.SharedMemoryRef\x12\x31\n\nlse_output\x18\x06 \x01(\x0b\x32\x1d.sageserve.v1.SharedMemoryRef\x12)\n\x06packed\x18\x07 \x01(\x0b\x32\x19.sageserve.v1.PackedSteps\"\x8c\x01\n\x0bPackedSteps\x12\x1f\n\x01k\x18\x01 \x01(\x0b\x32\x14.sageserve.v1.Tensor\x12\x1f\n\x01v\x18\x02 \x01(\x0b\x32\x14.sageserve.v1.Tensor\x12\x1f\n\x01q\x18\x03 \x01(\x0b\x32\x14.sageserve.v1.Tensor\x12\r\n\x05n_new\x18\x04 \x03(\x03\x12\x0b\n\x03n_q\x18\x05 \x03(\x03\"{\n\x11SessionStepResult\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x1f\n\x01o\x18\x02 \x01(\x0b\x32\x14.sageserve.v1.Tensor\x12!\n\x03lse\x18\x03 \x01(\x0b\x32\x14.sageserve.v1.Tensor\x12\x0e\n\x06length\x18\x04 \x01(\x03\"\x9c\x02\n\x15\x41ttendSessionResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x30\n\x07results\x18\x02 \x03(\x0b\x32\x1f.sageserve.v1.SessionStepResult\x12$\n\x06recipe\x18\x03 \x01(\x0e\x32\x14.sageserve.v1.Recipe\x12&\n\x07timings\x18\x04 \x01(\x0b\x32\x15.sageserve.v1.Timings\x12+\n\x06status\x18\x05 \x01(\x0b\x32\x1b.sageserve.v1.RequestStatus\x12\x1f\n\x01o\x18\x06 \x01(\x0b\x32\x14.sageserve.v1.Tensor\x12!\n\x03lse\x18\x07 \x01(\x0b\x32\x14.sageserve.v1.Tensor\"H\n\x12\x46orkSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x13\n\x06length\x18\x02 \x01(\x03H\x00\x88\x01\x01\x42\t\n\x07_length\"R\n\x13\x46orkSessionResponse\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\'\n\x04info\x18\x02 \x01(\x0b\x32\x19.sageserve.v1.SessionInfo\"<\n\x16TruncateSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0e\n\x06length\x18\x02 \x01(\x03\"B\n\x17TruncateSessionResponse\x12\'\n\x04info\x18\x01 \x01(\x0b\x32\x19.sageserve.v1.SessionInfo\")\n\x13\x43loseSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\x16\n\x14\x43loseSessionResponse\"\'\n\x11GetSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"=\n\x12GetSessionResponse\x12\'\n\x04info\x18\x01 \x01(\x0b\x32\x19.sageserve.v1.SessionInfo\"\x15\n\x13ListSessionsRequest\"l\n\x14ListSessionsResponse\x12+\n\x08sessions\x18\x01 \x03(\x0b\x32\x19.sageserve.v1.SessionInfo\x12\x12\n\npages_free\x18\x02 \x01(\x03\x12\x13\n\x0bpages_total\x18\x03 \x01(\x03\x32\xdb\x05\n\x0eSessionService\x12X\n\rCreateSession\x12\".sageserve.v1.CreateSessionRequest\x1a#.sageserve.v1.CreateSessionResponse\x12X\n\rAttendSession\x12\".sageserve.v1.AttendSessionRequest\x1a#.sageserve.v1.AttendSessionResponse\x12\x62\n\x13\x41ttendSessionStream\x12\".sageserve.v1.AttendSessionRequest\x1a#.sageserve.v1.AttendSessionResponse(\x01\x30\x01\x12R\n\x0b\x46orkSession\x12 .sageserve.v1.ForkSessionRequest\x1a!.sageserve.v1.ForkSessionResponse\x12^\n\x0fTruncateSession\x12$.sageserve.v1.TruncateSessionRequest\x1a%.sageserve.v1.TruncateSessionResponse\x12U\n\x0c\x43loseSession\x12!.sageserve.v1.CloseSessionRequest\x1a\".sageserve.v1.CloseSessionResponse\x12O\n\nGetSession\x12\x1f.sageserve.v1.GetSessionRequest\x1a .sageserve.v1.GetSessionResponse\x12U\n\x0cListSessions\x12!.sageserve.v1.ListSessionsRequest\x1a\".sageserve.v1.ListSessionsResponseB\x03\xf8\x01\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1asageserve/v1/session.proto\x12\x0csageserve.v1\x1a$sageserve/v1/attention_service.proto\x1a\x19sageserve/v1/tensor.proto\"\x9b\x02\n\x14\x43reateSessionRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06layers\x18\x02 \x01(\x05\x12\x0f\n\x07heads_q\x18\x03 \x01(\x05\x12\x10\n\x08heads_kv\x18\x04 \x01(\x05\x12\x10\n\x08head_dim\x18\x05 \x01(\x05\x12\"\n\x05\x64type\x18\x06 \x01(\x0e\x32\x13.sageserve.v1.DType\x12+\n\nkv_storage\x18\x07 \x01(\x0e\x32\x17.sageserve.v1.KvStorage\x12\x12\n\nmax_tokens\x18\x08 \x01(\x03\x12\x16\n\x0ereserve_tokens\x18\t \x01(\x03\x12\x32\n\x11layer_kv_storages\x18\n \x03(\x0e\x32\x17.sageserve.v1.KvStorage\"\x8c\x03\n\x0bSessionInfo\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0e\n\x06layers\x18\x03 \x01(\x05\x12\x0f\n\x07heads_q\x18\x04 \x01(\x05\x12\x10\n\x08heads_kv\x18\x05 \x01(\x05\x12\x10\n\x08head_dim\x18\x06 \x01(\x05\x12\"\n\x05\x64type\x18\x07 \x01(\x0e\x32\x13.sageserve.v1.DType\x12+\n\nkv_storage\x18\x08 \x01(\x0e\x32\x17.sageserve.v1.KvStorage\x12\x12\n\nmax_tokens\x18\t \x01(\x03\x12\x15\n\rlayer_lengths\x18\n \x03(\x03\x12\r\n\x05pages\x18\x0b \x01(\x03\x12\x13\n\x0bpage_tokens\x18\x0c \x01(\x05\x12\x0f\n\x07idle_ms\x18\r \x01(\x03\x12\x15\n\rexpires_in_ms\x18\x0e \x01(\x03\x12\x32\n\x11layer_kv_storages\x18\x0f \x03(\x0e\x32\x17.sageserve.v1.KvStorage\x12\x19\n\x11layer_page_tokens\x18\x10 \x03(\x05\"T\n\x15\x43reateSessionResponse\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\'\n\x04info\x18\x02 \x01(\x0b\x32\x19.sageserve.v1.SessionInfo\"\xb6\x01\n\x0bSessionStep\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\r\n\x05layer\x18\x02 \x01(\x05\x12\x10\n\x08position\x18\x03 \x01(\x03\x12\x0f\n\x07step_id\x18\x04 \x01(\x04\x12\x1f\n\x01k\x18\x05 \x01(\x0b\x32\x14.sageserve.v1.Tensor\x12\x1f\n\x01v\x18\x06 \x01(\x0b\x32\x14.sageserve.v1.Tensor\x12\x1f\n\x01q\x18\x07 \x01(\x0b\x32\x14.sageserve.v1.Tensor\"\x9d\x02\n\x14\x41ttendSessionRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12(\n\x05steps\x18\x02 \x03(\x0b\x32\x19.sageserve.v1.SessionStep\x12$\n\x06recipe\x18\x03 \x01(\x0e\x32\x14.sageserve.v1.Recipe\x12\x12\n\nreturn_lse\x18\x04 \x01(\x08\x12/\n\x08o_output\x18\x05 \x01(\x0b\x32\x1d.sageserve.v1.SharedMemoryRef\x12\x31\n\nlse_output\x18\x06 \x01(\x0b\x32\x1d.sageserve.v1.SharedMemoryRef\x12)\n\x06packed\x18\x07 \x01(\x0b\x32\x19.sageserve.v1.PackedSteps\"\x8c\x01\n\x0bPackedSteps\x12\x1f\n\x01k\x18\x01 \x01(\x0b\x32\x14.sageserve.v1.Tensor\x12\x1f\n\x01v\x18\x02 \x01(\x0b\x32\x14.sageserve.v1.Tensor\x12\x1f\n\x01q\x18\x03 \x01(\x0b\x32\x14.sageserve.v1.Tensor\x12\r\n\x05n_new\x18\x04 \x03(\x03\x12\x0b\n\x03n_q\x18\x05 \x03(\x03\"{\n\x11SessionStepResult\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x1f\n\x01o\x18\x02 \x01(\x0b\x32\x14.sageserve.v1.Tensor\x12!\n\x03lse\x18\x03 \x01(\x0b\x32\x14.sageserve.v1.Tensor\x12\x0e\n\x06length\x18\x04 \x01(\x03\"\x9c\x02\n\x15\x41ttendSessionResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x30\n\x07results\x18\x02 \x03(\x0b\x32\x1f.sageserve.v1.SessionStepResult\x12$\n\x06recipe\x18\x03 \x01(\x0e\x32\x14.sageserve.v1.Recipe\x12&\n\x07timings\x18\x04 \x01(\x0b\x32\x15.sageserve.v1.Timings\x12+\n\x06status\x18\x05 \x01(\x0b\x32\x1b.sageserve.v1.RequestStatus\x12\x1f\n\x01o\x18\x06 \x01(\x0b\x32\x14.sageserve.v1.Tensor\x12!\n\x03lse\x18\x07 \x01(\x0b\x32\x14.sageserve.v1.Tensor\"H\n\x12\x46orkSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x13\n\x06length\x18\x02 \x01(\x03H\x00\x88\x01\x01\x42\t\n\x07_length\"R\n\x13\x46orkSessionResponse\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\'\n\x04info\x18\x02 \x01(\x0b\x32\x19.sageserve.v1.SessionInfo\"<\n\x16TruncateSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0e\n\x06length\x18\x02 \x01(\x03\"B\n\x17TruncateSessionResponse\x12\'\n\x04info\x18\x01 \x01(\x0b\x32\x19.sageserve.v1.SessionInfo\")\n\x13\x43loseSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\x16\n\x14\x43loseSessionResponse\"\'\n\x11GetSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"=\n\x12GetSessionResponse\x12\'\n\x04info\x18\x01 \x01(\x0b\x32\x19.sageserve.v1.SessionInfo\"\x15\n\x13ListSessionsRequest\"l\n\x14ListSessionsResponse\x12+\n\x08sessions\x18\x01 \x03(\x0b\x32\x19.sageserve.v1.SessionInfo\x12\x12\n\npages_free\x18\x02 \x01(\x03\x12\x13\n\x0bpages_total\x18\x03 \x01(\x03\x32\xdb\x05\n\x0eSessionService\x12X\n\rCreateSession\x12\".sageserve.v1.CreateSessionRequest\x1a#.sageserve.v1.CreateSessionResponse\x12X\n\rAttendSession\x12\".sageserve.v1.AttendSessionRequest\x1a#.sageserve.v1.AttendSessionResponse\x12\x62\n\x13\x41ttendSessionStream\x12\".sageserve.v1.AttendSessionRequest\x1a#.sageserve.v1.AttendSessionResponse(\x01\x30\x01\x12R\n\x0b\x46orkSession\x12 .sageserve.v1.ForkSessionRequest\x1a!.sageserve.v1.ForkSessionResponse\x12^\n\x0fTruncateSession\x12$.sageserve.v1.TruncateSessionRequest\x1a%.sageserve.v1.TruncateSessionResponse\x12U\n\x0c\x43loseSession\x12!.sageserve.v1.CloseSessionRequest\x1a\".sageserve.v1.CloseSessionResponse\x12O\n\nGetSession\x12\x1f.sageserve.v1.GetSessionRequest\x1a .sageserve.v1.GetSessionResponse\x12U\n\x0cListSessions\x12!.sageserve.v1.ListSessionsRequest\x1a\".sageserve.v1.ListSessionsResponseB\x03\xf8\x01\x01\x62\x06proto3')
 
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, globals())
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'sageserve.v1.session_pb2', globals())
@@ -24,41 +24,41 @@ if _descriptor._USE_C_DESCRIPTORS == False:
   DESCRIPTOR._options = None
   DESCRIPTOR._serialized_options = b'\370\001\001'
   _CREATESESSIONREQUEST._serialized_start=110
-  _CREATESESSIONREQUEST._serialized_end=341
-  _SESSIONINFO._serialized_start=344
-  _SESSIONINFO._serialized_end=661
-  _CREATESESSIONRESPONSE._serialized_start=663
-  _CREATESESSIONRESPONSE._serialized_end=747
-  _SESSIONSTEP._serialized_start=750
-  _SESSIONSTEP._serialized_end=932
-  _ATTENDSESSIONREQUEST._serialized_start=935
-  _ATTENDSESSIONREQUEST._serialized_end=1220
-  _PACKEDSTEPS._serialized_start=1223
-  _PACKEDSTEPS._serialized_end=1363
-  _SESSIONSTEPRESULT._serialized_start=1365
-  _SESSIONSTEPRESULT._serialized_end=1488
-  _ATTENDSESSIONRESPONSE._serialized_start=1491
-  _ATTENDSESSIONRESPONSE._serialized_end=1775
-  _FORKSESSIONREQUEST._serialized_start=1777
-  _FORKSESSIONREQUEST._serialized_end=1849
-  _FORKSESSIONRESPONSE._serialized_start=1851
-  _FORKSESSIONRESPONSE._serialized_end=1933
-  _TRUNCATESESSIONREQUEST._serialized_start=1935
-  _TRUNCATESESSIONREQUEST._serialized_end=1995
-  _TRUNCATESESSIONRESPONSE._serialized_start=1997
-  _TRUNCATESESSIONRESPONSE._serialized_end=2063
-  _CLOSESESSIONREQUEST._serialized_start=2065
-  _CLOSESESSIONREQUEST._serialized_end=2106
-  _CLOSESESSIONRESPONSE._serialized_start=2108
-  _CLOSESESSIONRESPONSE._serialized_end=2130
-  _GETSESSIONREQUEST._serialized_start=2132
-  _GETSESSIONREQUEST._serialized_end=2171
-  _GETSESSIONRESPONSE._serialized_start=2173
-  _GETSESSIONRESPONSE._serialized_end=2234
-  _LISTSESSIONSREQUEST._serialized_start=2236
-  _LISTSESSIONSREQUEST._serialized_end=2257
-  _LISTSESSIONSRESPONSE._serialized_start=2259
-  _LISTSESSIONSRESPONSE._serialized_end=2367
-  _SESSIONSERVICE._serialized_start=2370
-  _SESSIONSERVICE._serialized_end=3101
+  _CREATESESSIONREQUEST._serialized_end=393
+  _SESSIONINFO._serialized_start=396
+  _SESSIONINFO._serialized_end=792
+  _CREATESESSIONRESPONSE._serialized_start=794
+  _CREATESESSIONRESPONSE._serialized_end=878
+  _SESSIONSTEP._serialized_start=881
+  _SESSIONSTEP._serialized_end=1063
+  _ATTENDSESSIONREQUEST._serialized_start=1066
+  _ATTENDSESSIONREQUEST._serialized_end=1351
+  _PACKEDSTEPS._serialized_start=1354
+  _PACKEDSTEPS._serialized_end=1494
+  _SESSIONSTEPRESULT._serialized_start=1496
+  _SESSIONSTEPRESULT._serialized_end=1619
+  _ATTENDSESSIONRESPONSE._serialized_start=1622
+  _ATTENDSESSIONRESPONSE._serialized_end=1906
+  _FORKSESSIONREQUEST._serialized_start=1908
+  _FORKSESSIONREQUEST._serialized_end=1980
+  _FORKSESSIONRESPONSE._serialized_start=1982
+  _FORKSESSIONRESPONSE._serialized_end=2064
+  _TRUNCATESESSIONREQUEST._serialized_start=2066
+  _TRUNCATESESSIONREQUEST._serialized_end=2126
+  _TRUNCATESESSIONRESPONSE._serialized_start=2128
+  _TRUNCATESESSIONRESPONSE._serialized_end=2194
+  _CLOSESESSIONREQUEST._serialized_start=2196
+  _CLOSESESSIONREQUEST._serialized_end=2237
+  _CLOSESESSIONRESPONSE._serialized_start=2239
+  _CLOSESESSIONRESPONSE._serialized_end=2261
+  _GETSESSIONREQUEST._serialized_start=2263
+  _GETSESSIONREQUEST._serialized_end=2302
+  _GETSESSIONRESPONSE._serialized_start=2304
+  _GETSESSIONRESPONSE._serialized_end=2365
+  _LISTSESSIONSREQUEST._serialized_start=2367
+  _LISTSESSIONSREQUEST._serialized_end=2388
+  _LISTSESSIONSRESPONSE._serialized_start=2390
+  _LISTSESSIONSRESPONSE._serialized_end=2498
+  _SESSIONSERVICE._serialized_start=2501
+  _SESSIONSERVICE._serialized_end=3232
 # @@protoc_insertion_point(module_scope)

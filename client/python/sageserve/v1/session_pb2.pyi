@@ -54,13 +54,14 @@ class CloseSessionResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class CreateSessionRequest(_message.Message):
-    __slots__ = ["dtype", "head_dim", "heads_kv", "heads_q", "kv_storage", "layers", "max_tokens", "model", "reserve_tokens"]
+    __slots__ = ["dtype", "head_dim", "heads_kv", "heads_q", "kv_storage", "layer_kv_storages", "layers", "max_tokens", "model", "reserve_tokens"]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     HEADS_KV_FIELD_NUMBER: _ClassVar[int]
     HEADS_Q_FIELD_NUMBER: _ClassVar[int]
     HEAD_DIM_FIELD_NUMBER: _ClassVar[int]
     KV_STORAGE_FIELD_NUMBER: _ClassVar[int]
     LAYERS_FIELD_NUMBER: _ClassVar[int]
+    LAYER_KV_STORAGES_FIELD_NUMBER: _ClassVar[int]
     MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     RESERVE_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -69,11 +70,12 @@ class CreateSessionRequest(_message.Message):
     heads_kv: int
     heads_q: int
     kv_storage: _tensor_pb2.KvStorage
+    layer_kv_storages: _containers.RepeatedScalarFieldContainer[_tensor_pb2.KvStorage]
     layers: int
     max_tokens: int
     model: str
     reserve_tokens: int
-    def __init__(self, model: _Optional[str] = ..., layers: _Optional[int] = ..., heads_q: _Optional[int] = ..., heads_kv: _Optional[int] = ..., head_dim: _Optional[int] = ..., dtype: _Optional[_Union[_tensor_pb2.DType, str]] = ..., kv_storage: _Optional[_Union[_tensor_pb2.KvStorage, str]] = ..., max_tokens: _Optional[int] = ..., reserve_tokens: _Optional[int] = ...) -> None: ...
+    def __init__(self, model: _Optional[str] = ..., layers: _Optional[int] = ..., heads_q: _Optional[int] = ..., heads_kv: _Optional[int] = ..., head_dim: _Optional[int] = ..., dtype: _Optional[_Union[_tensor_pb2.DType, str]] = ..., kv_storage: _Optional[_Union[_tensor_pb2.KvStorage, str]] = ..., max_tokens: _Optional[int] = ..., reserve_tokens: _Optional[int] = ..., layer_kv_storages: _Optional[_Iterable[_Union[_tensor_pb2.KvStorage, str]]] = ...) -> None: ...
 
 class CreateSessionResponse(_message.Message):
     __slots__ = ["info", "session_id"]
@@ -140,7 +142,7 @@ class PackedSteps(_message.Message):
     def __init__(self, k: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., v: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., q: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., n_new: _Optional[_Iterable[int]] = ..., n_q: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class SessionInfo(_message.Message):
-    __slots__ = ["dtype", "expires_in_ms", "head_dim", "heads_kv", "heads_q", "idle_ms", "kv_storage", "layer_lengths", "layers", "max_tokens", "model", "page_tokens", "pages", "session_id"]
+    __slots__ = ["dtype", "expires_in_ms", "head_dim", "heads_kv", "heads_q", "idle_ms", "kv_storage", "layer_kv_storages", "layer_lengths", "layer_page_tokens", "layers", "max_tokens", "model", "page_tokens", "pages", "session_id"]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_IN_MS_FIELD_NUMBER: _ClassVar[int]
     HEADS_KV_FIELD_NUMBER: _ClassVar[int]
@@ -149,7 +151,9 @@ class SessionInfo(_message.Message):
     IDLE_MS_FIELD_NUMBER: _ClassVar[int]
     KV_STORAGE_FIELD_NUMBER: _ClassVar[int]
     LAYERS_FIELD_NUMBER: _ClassVar[int]
+    LAYER_KV_STORAGES_FIELD_NUMBER: _ClassVar[int]
     LAYER_LENGTHS_FIELD_NUMBER: _ClassVar[int]
+    LAYER_PAGE_TOKENS_FIELD_NUMBER: _ClassVar[int]
     MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     PAGES_FIELD_NUMBER: _ClassVar[int]
@@ -162,14 +166,16 @@ class SessionInfo(_message.Message):
     heads_q: int
     idle_ms: int
     kv_storage: _tensor_pb2.KvStorage
+    layer_kv_storages: _containers.RepeatedScalarFieldContainer[_tensor_pb2.KvStorage]
     layer_lengths: _containers.RepeatedScalarFieldContainer[int]
+    layer_page_tokens: _containers.RepeatedScalarFieldContainer[int]
     layers: int
     max_tokens: int
     model: str
     page_tokens: int
     pages: int
     session_id: str
-    def __init__(self, session_id: _Optional[str] = ..., model: _Optional[str] = ..., layers: _Optional[int] = ..., heads_q: _Optional[int] = ..., heads_kv: _Optional[int] = ..., head_dim: _Optional[int] = ..., dtype: _Optional[_Union[_tensor_pb2.DType, str]] = ..., kv_storage: _Optional[_Union[_tensor_pb2.KvStorage, str]] = ..., max_tokens: _Optional[int] = ..., layer_lengths: _Optional[_Iterable[int]] = ..., pages: _Optional[int] = ..., page_tokens: _Optional[int] = ..., idle_ms: _Optional[int] = ..., expires_in_ms: _Optional[int] = ...) -> None: ...
+    def __init__(self, session_id: _Optional[str] = ..., model: _Optional[str] = ..., layers: _Optional[int] = ..., heads_q: _Optional[int] = ..., heads_kv: _Optional[int] = ..., head_dim: _Optional[int] = ..., dtype: _Optional[_Union[_tensor_pb2.DType, str]] = ..., kv_storage: _Optional[_Union[_tensor_pb2.KvStorage, str]] = ..., max_tokens: _Optional[int] = ..., layer_lengths: _Optional[_Iterable[int]] = ..., pages: _Optional[int] = ..., page_tokens: _Optional[int] = ..., idle_ms: _Optional[int] = ..., expires_in_ms: _Optional[int] = ..., layer_kv_storages: _Optional[_Iterable[_Union[_tensor_pb2.KvStorage, str]]] = ..., layer_page_tokens: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class SessionStep(_message.Message):
     __slots__ = ["k", "layer", "position", "q", "session_id", "step_id", "v"]
