@@ -161,6 +161,7 @@ void Usage() {
       "                              the precision registry (docs/REGISTRY.md); e.g.\n"
       "    registry register --model=M --layers=N --heads_q=H --heads_kv=H --head_dim=D [--timesteps=T] [--accuracy_target=X]\n"
       "    registry calibrate --model=M [--dry_run] [--layers=0,1] [--timesteps=..] [--outlier_gain=1,4] [--samples=N]\n"
+      "        [--kv_storages=KV_STORAGE_INT4_K_FP8_V,...]  session KV storages scored per layer (default: all served)\n"
       "    registry set-plan --model=M --entries=0-11:int8_qk_fp8_pv,12-15@0-9:unquantized [--expected_version=V]\n"
       "problem options: --batch --q_len --k_len --heads_q --heads_kv --head_dim --dtype=fp16|bf16\n"
       "  --output_dtype --recipe --causal --lse --seed --q_file --k_file --v_file (raw LE bytes)\n"

@@ -4,7 +4,7 @@
 //   get-plan   --model [--json]
 //   set-plan   --model (--entries="0-11:int8_qk_fp8_pv,12-15@0-9:unquantized" | --plan_file=JSON)
 //              [--expected_version=N] [--accuracy_target=X]
-//   calibrate  --model [--dry_run] [--accuracy_target] [--candidates=a,b] [--json]
+//   calibrate  --model [--dry_run] [--accuracy_target] [--candidates=a,b] [--kv_storages=A,B] [--json]
 //              synthetic samples: [--layers=0,1,..] [--timesteps=..] [--outlier_gain=g0,g1,..]
 //                                 [--samples=N] [--tokens=N] [--seed=N]
 //              or files (raw fp16 [tokens, heads, D]): --q_file=a,b --k_file=.. --v_file=..
@@ -386,7 +386,7 @@ absl::StatusOr<std::vector<v1::CalibrationSample>> BuildSamples(const Args& args
 }
 
 int Calibrate(Stub& stub, const Args& args) {
-  if (!CheckFlags(args, {"model", "dry_run", "accuracy_target", "candidates", "json", "layers", "timesteps", "outlier_gain",
+  if (!CheckFlags(args, {"model", "dry_run", "accuracy_target", "candidates", "kv_storages", "json", "layers", "timesteps", "outlier_gain",
                          "samples", "tokens", "seed", "q_file", "k_file", "v_file", "sample_layers",
                          "sample_timesteps"})) {
     return 2;
@@ -417,6 +417,15 @@ int Calibrate(Stub& stub, const Args& args) {
     absl::StatusOr<v1::Recipe> r = WireRecipe(name);
     if (!r.ok()) return FailUsage(r.status());
     header.add_candidates(*r);
+  }
+  // The session KV storages scored per layer (models without timesteps), by their wire names.
+  for (absl::string_view name : absl::StrSplit(args.Str("kv_storages", ""), ',', absl::SkipEmpty())) {
+    v1::KvStorage storage;
+    if (!v1::KvStorage_Parse(std::string(name), &storage) || storage == v1::KV_STORAGE_UNSPECIFIED) {
+      return FailUsage(absl::InvalidArgumentError(
+          absl::StrCat("--kv_storages: '", std::string(name), "' (KV_STORAGE_16BIT, KV_STORAGE_INT8_K_FP8_V, KV_STORAGE_INT4_K_FP8_V)")));
+    }
+    header.add_kv_storage_candidates(storage);
   }
   grpc::ClientContext ctx;
   SetDeadline(args, &ctx, 600000);

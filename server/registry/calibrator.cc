@@ -117,6 +117,19 @@ absl::StatusOr<CalibrationReport> Calibrator::Calibrate(const ModelSpec& spec,
   report.cost_order = costs.Order(options.candidates);
   if (report.cost_order.empty()) return absl::InvalidArgumentError("candidates: no recipe to try");
 
+  // KV storage per layer: for models without timesteps (their sessions' layers), among the storages
+  // asked for and run by the backend.
+  std::vector<KvStorage> kv_candidates;
+  if (!spec.num_timesteps.has_value()) {
+    for (KvStorage s : options.kv_storages) {
+      if (std::find(info.kv_storages.begin(), info.kv_storages.end(), s) == info.kv_storages.end()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("kv_storage_candidates: the running backend does not run ", std::string(KvStorageName(s))));
+      }
+    }
+    kv_candidates = options.kv_storages.empty() ? info.kv_storages : options.kv_storages;
+  }
+
   std::map<CellKey, std::vector<size_t>> cells;
   for (size_t i = 0; i < samples.size(); ++i) {
     if (absl::Status s = CheckSample(spec, samples[i], i); !s.ok()) return s;
@@ -126,6 +139,7 @@ absl::StatusOr<CalibrationReport> Calibrator::Calibrate(const ModelSpec& spec,
   for (const auto& [key, indices] : cells) {
     std::map<Recipe, ScoreStats> stats;
     std::map<Recipe, std::string> errors;
+    std::vector<ExactOutput> exacts;  // kept for the KV storage scores (models without timesteps)
     for (size_t i : indices) {
       // The exact result is computed once per sample and shared by every candidate.
       absl::StatusOr<ExactOutput> exact = AttendExact(samples[i].input);
@@ -133,6 +147,7 @@ absl::StatusOr<CalibrationReport> Calibrator::Calibrate(const ModelSpec& spec,
         return absl::Status(exact.status().code(),
                             absl::StrCat("samples[", i, "]: exact attention: ", exact.status().message()));
       }
+      if (!kv_candidates.empty()) exacts.push_back(*exact);
       for (Recipe r : report.cost_order) {
         if (options.is_cancelled && options.is_cancelled()) {
           return absl::CancelledError("calibration cancelled");
@@ -207,6 +222,14 @@ absl::StatusOr<CalibrationReport> Calibrator::Calibrate(const ModelSpec& spec,
       cell.reason = absl::StrFormat("no candidate meets target %.4f; best worst-sample %.4f",
                                     report.accuracy_target, pick->min_score);
     }
+    if (!kv_candidates.empty()) {
+      std::vector<KvSample> kv_samples;
+      for (size_t j = 0; j < indices.size(); ++j) kv_samples.push_back(KvSample{&samples[indices[j]].input, &exacts[j]});
+      KvCalibrationPlan kv{cell.layer, cell.chosen, report.accuracy_target, kv_candidates, options.is_cancelled};
+      absl::StatusOr<LayerKvReport> layer = CalibrateLayerKvStorage(*backend_, kv_samples, kv);
+      if (!layer.ok()) return layer.status();
+      report.kv_layers.push_back(*std::move(layer));
+    }
     report.cells.push_back(std::move(cell));
   }
 
@@ -221,6 +244,10 @@ absl::StatusOr<CalibrationReport> Calibrator::Calibrate(const ModelSpec& spec,
   if (!grid.ok()) return grid.status();
   FillCalibratedLayers(report.cells, *grid);
   report.plan.entries = grid->ToEntries();
+  std::vector<std::optional<KvStorage>> kv(static_cast<size_t>(spec.num_layers));
+  for (int l = 0; same_hardware && l < spec.num_layers; ++l) kv[static_cast<size_t>(l)] = FindKvStorage(*existing, l);
+  for (const LayerKvReport& l : report.kv_layers) kv[static_cast<size_t>(l.layer)] = l.chosen;
+  report.plan.kv_storages = KvStorageEntries(kv);
   report.plan.source = PlanSource::kCalibrated;
   report.plan.calibrated_on = report.hardware;
   report.plan.accuracy_target = report.accuracy_target;
@@ -251,8 +278,27 @@ std::string FormatReport(const CalibrationReport& report) {
                                             s.recipe == c.chosen ? "  <- chosen" : ""));
     }
   }
+  if (!report.kv_layers.empty()) {
+    absl::StrAppend(&out, absl::StrFormat("%-6s %-24s %5s %8s %8s %8s %8s %8s %6s\n", "layer", "kv storage", "bytes",
+                                          "dec mean", "dec min", "pre mean", "pre min", "max L1", "ok"));
+  }
+  for (const LayerKvReport& l : report.kv_layers) {
+    for (const KvStorageScore& s : l.scores) {
+      if (!s.error.empty()) {
+        absl::StrAppend(&out, absl::StrFormat("%-6d %-24s %5.2f error: %s\n", l.layer, KvStorageName(s.storage),
+                                              s.relative_bytes, s.error));
+        continue;
+      }
+      absl::StrAppend(&out, absl::StrFormat("%-6d %-24s %5.2f %8.5f %8.5f %8.5f %8.5f %8.5f %6s%s\n", l.layer,
+                                            KvStorageName(s.storage), s.relative_bytes, s.mean_decode_score,
+                                            s.min_decode_score, s.mean_prefill_score, s.min_prefill_score,
+                                            s.max_relative_l1, s.meets_target ? "yes" : "no",
+                                            s.storage == l.chosen ? "  <- chosen" : ""));
+    }
+  }
   absl::StrAppend(&out, "plan:\n");
   for (const PlanEntry& e : report.plan.entries) absl::StrAppend(&out, "  ", DescribeEntry(e), "\n");
+  for (const KvStorageEntry& e : report.plan.kv_storages) absl::StrAppend(&out, "  KV ", DescribeKvStorageEntry(e), "\n");
   return out;
 }
 

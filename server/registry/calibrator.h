@@ -17,6 +17,7 @@
 #include "kernels/reference/attention_problem.h"
 #include "server/backend/backend.h"
 #include "server/registry/cost_table.h"
+#include "server/registry/kv_storage_calibration.h"
 #include "server/registry/model.h"
 #include "server/registry/plan.h"
 
@@ -38,6 +39,8 @@ struct CalibrationOptions {
   std::vector<Recipe> candidates;          // Empty: every recipe the backend runs.
   std::optional<double> accuracy_target;   // Overrides the model's target for this run.
   CostModel cost_model = CostModel::kDeclared;
+  // KV storages to score per layer (models without timesteps): empty, every one the backend runs.
+  std::vector<KvStorage> kv_storages;
   std::function<bool()> is_cancelled;      // Polled between backend calls; CANCELLED when true.
 };
 
@@ -72,10 +75,14 @@ struct CalibrationReport {
   HardwareDescription hardware;
   std::vector<Recipe> cost_order;  // The order in which recipes were considered.
   std::vector<CellReport> cells;   // Sorted by (layer, timestep).
+  // Per calibrated layer of a model without timesteps: the KV storage its sessions get
+  // (kv_storage_calibration.h). Empty for models with timesteps.
+  std::vector<LayerKvReport> kv_layers;
   int sample_count = 0;
   // The plan to store: calibrated cells, timesteps between calibrated ones take the more accurate
   // neighbour's recipe, layers not calibrated now keep the previous plan's entries when that plan
-  // was made on the same hardware. version/created_at are set by Registry::SetPlan.
+  // was made on the same hardware (their KV storages likewise). version/created_at are set by
+  // Registry::SetPlan.
   Plan plan;
   absl::Duration elapsed;
 };

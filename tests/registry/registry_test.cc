@@ -167,6 +167,48 @@ TEST(RegistryTest, PlanRecipeTheBackendCannotRunIsReplacedByAMoreAccurateOne) {
   EXPECT_EQ(res->substituted_for, Recipe::kInt4QkFp8Pv);
 }
 
+// A new session's per-layer KV storage: the plan's, 16-bit where it has none (or no plan at all),
+// and where the backend does not run the plan's storage the next wider one it does.
+TEST(RegistryTest, SessionKvStoragesFollowThePlanWithWiderStandIns) {
+  RegistrySnapshot initial;
+  ModelRecord rec;
+  rec.spec = TestModel("m", 5);
+  rec.plan = Plan{};
+  rec.plan->version = 3;
+  rec.plan->kv_storages = {KvStorageEntry{{0, 1}, KvStorage::kInt4KFp8V}, KvStorageEntry{{3, 3}, KvStorage::kInt8KFp8V}};
+  initial.models.emplace("m", rec);
+  ModelRecord bare;
+  bare.spec = TestModel("bare", 2);
+  initial.models.emplace("bare", bare);
+
+  server::BackendInfo all = testing::CpuBackendInfo();
+  all.kv_storages.assign(std::begin(kAllKvStorages), std::end(kAllKvStorages));
+  absl::StatusOr<SessionKvPlan> got = MakeRegistry(all, nullptr, initial)->SessionKvStorages("m");
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(got->storages, (std::vector<KvStorage>{KvStorage::kInt4KFp8V, KvStorage::kInt4KFp8V, KvStorage::k16Bit,
+                                                   KvStorage::kInt8KFp8V, KvStorage::k16Bit}));
+  EXPECT_EQ(got->plan_version, 3);
+  EXPECT_EQ(got->spec.num_layers, 5);
+
+  server::BackendInfo no_int4 = all;
+  no_int4.kv_storages = {KvStorage::k16Bit, KvStorage::kInt8KFp8V};  // today's cuda backend
+  got = MakeRegistry(no_int4, nullptr, initial)->SessionKvStorages("m");
+  ASSERT_TRUE(got.ok());
+  EXPECT_EQ(got->storages, (std::vector<KvStorage>{KvStorage::kInt8KFp8V, KvStorage::kInt8KFp8V, KvStorage::k16Bit,
+                                                   KvStorage::kInt8KFp8V, KvStorage::k16Bit}));
+  server::BackendInfo only16 = all;
+  only16.kv_storages = {KvStorage::k16Bit};
+  got = MakeRegistry(only16, nullptr, initial)->SessionKvStorages("m");
+  ASSERT_TRUE(got.ok());
+  EXPECT_EQ(got->storages, std::vector<KvStorage>(5, KvStorage::k16Bit));
+
+  got = MakeRegistry(all, nullptr, initial)->SessionKvStorages("bare");
+  ASSERT_TRUE(got.ok());
+  EXPECT_EQ(got->storages, std::vector<KvStorage>(2, KvStorage::k16Bit));
+  EXPECT_EQ(got->plan_version, 0);
+  EXPECT_EQ(MakeRegistry(all, nullptr, initial)->SessionKvStorages("nope").status().code(), absl::StatusCode::kNotFound);
+}
+
 TEST(RegistryTest, SetPlanVersionsAndOptimisticConcurrency) {
   auto r = MakeRegistry();
   ASSERT_TRUE(r->RegisterModel(TestModel("m"), RegisterMode::kCreate).ok());

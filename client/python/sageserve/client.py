@@ -274,11 +274,19 @@ class Client:
 
     def calibrate(self, model: str, samples: Iterable[reg.CalibrationSample], *, dry_run: bool = False,
                   candidates: Iterable[Union[str, int]] = (), accuracy_target: Optional[float] = None,
-                  timeout: Optional[float] = None) -> reg.CalibrateResponse:
-        """Streams `samples` (see calibration_sample) to RegistryService/Calibrate, the header first."""
-        from sageserve.request import parse_recipe
+                  kv_storages: Iterable[str] = (), timeout: Optional[float] = None) -> reg.CalibrateResponse:
+        """Streams `samples` (see calibration_sample) to RegistryService/Calibrate, the header first.
 
-        header = reg.CalibrateRequest(model=model, dry_run=dry_run, candidates=[parse_recipe(c) for c in candidates])
+        kv_storages: the session KV storages scored per layer (models without timesteps), by
+        SessionOptions name ("int4_k_fp8_v", ...); empty: every one the server runs."""
+        from sageserve.request import parse_recipe
+        from sageserve.session import KV_STORAGE
+
+        for name in kv_storages:
+            if name not in KV_STORAGE:
+                raise ValueError(f"kv_storages: each must be one of {list(KV_STORAGE)}, got {name!r}")
+        header = reg.CalibrateRequest(model=model, dry_run=dry_run, candidates=[parse_recipe(c) for c in candidates],
+                                      kv_storage_candidates=[KV_STORAGE[n] for n in kv_storages])
         if accuracy_target is not None:
             header.accuracy_target = accuracy_target
 

@@ -234,6 +234,27 @@ void CalibrationToWire(const reg::CalibrationOutcome& outcome, Recipe default_re
     wc->set_met_target(c.met_target);
     wc->set_reason(c.reason);
   }
+  for (const reg::LayerKvReport& l : r.kv_layers) {
+    v1::LayerKvStorageReport* wl = w->add_kv_layers();
+    wl->set_layer(l.layer);
+    wl->set_samples(l.samples);
+    for (const reg::KvStorageScore& s : l.scores) {
+      v1::KvStorageScore* ws = wl->add_scores();
+      ws->set_kv_storage(KvStorageToWire(s.storage));
+      ws->set_relative_bytes(s.relative_bytes);
+      ws->set_samples(s.samples);
+      ws->set_mean_decode_score(s.mean_decode_score);
+      ws->set_min_decode_score(s.min_decode_score);
+      ws->set_mean_prefill_score(s.mean_prefill_score);
+      ws->set_min_prefill_score(s.min_prefill_score);
+      ws->set_max_relative_l1(s.max_relative_l1);
+      ws->set_meets_target(s.meets_target);
+      ws->set_error(s.error);
+    }
+    wl->set_chosen(KvStorageToWire(l.chosen));
+    wl->set_met_target(l.met_target);
+    wl->set_reason(l.reason);
+  }
   PlanToWire(outcome.plan, default_recipe, w->mutable_plan());
   w->set_sample_count(r.sample_count);
   w->set_elapsed_us(absl::ToInt64Microseconds(r.elapsed));

@@ -108,6 +108,15 @@ class RegistryService::CalibrateReactor final : public grpc::ServerReadReactor<v
       }
       options.candidates.push_back(*recipe);
     }
+    for (int i = 0; i < header_.kv_storage_candidates_size(); ++i) {
+      const std::optional<KvStorage> storage = KvStorageFromWire(header_.kv_storage_candidates(i));
+      if (!storage.has_value()) {
+        Finish(ToGrpcStatus(absl::InvalidArgumentError(absl::StrCat(
+            "kv_storage_candidates[", i, "]: unspecified or unknown (", static_cast<int>(header_.kv_storage_candidates(i)), ")"))));
+        return;
+      }
+      options.kv_storages.push_back(*storage);
+    }
     if (header_.has_accuracy_target()) options.accuracy_target = header_.accuracy_target();
     absl::StatusOr<std::unique_ptr<DecodedSamples>> decoded =
         DecodeCalibrationSamples(std::move(samples_), service_->backend_->info(), service_->options_.limits);

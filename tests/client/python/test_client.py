@@ -14,7 +14,7 @@ import support
 
 import sageserve  # noqa: E402  (support puts the package on sys.path)
 from sageserve import codec
-from sageserve.v1 import attention_service_pb2, registry_pb2
+from sageserve.v1 import attention_service_pb2, registry_pb2, tensor_pb2
 
 server: support.Server
 
@@ -158,6 +158,22 @@ class AttendTest(unittest.TestCase):
         self.assertEqual(report.model, "py-model")
         self.assertFalse(report.stored)
         self.assertEqual(len(report.cells), 2)
+        # The KV storage of each layer for the model's sessions, scored fewest bytes first.
+        self.assertEqual([l.layer for l in report.kv_layers], [0, 1])
+        for layer in report.kv_layers:
+            self.assertEqual([s.kv_storage for s in layer.scores],
+                             [tensor_pb2.KV_STORAGE_INT4_K_FP8_V, tensor_pb2.KV_STORAGE_INT8_K_FP8_V,
+                              tensor_pb2.KV_STORAGE_16BIT])
+            first_ok = next((s.kv_storage for s in layer.scores if s.meets_target), tensor_pb2.KV_STORAGE_16BIT)
+            self.assertEqual(layer.chosen, first_ok)
+        self.assertIn("kv storage", report.report)
+        stored = self.client.calibrate("py-model", samples, candidates=["unquantized", "int8_qk_fp8_pv"],
+                                       kv_storages=["int8_k_fp8_v"])
+        self.assertTrue(stored.stored)
+        self.assertEqual([s.kv_storage for s in stored.kv_layers[0].scores], [tensor_pb2.KV_STORAGE_INT8_K_FP8_V])
+        session = self.client.create_session(model="py-model", layers=2, heads_q=2, heads_kv=2, head_dim=64, max_tokens=64)
+        self.assertEqual(list(session.info().layer_kv_storages), [l.chosen for l in stored.kv_layers])
+        session.close()
         plan = registry_pb2.Plan(entries=[registry_pb2.PlanEntry(
             layers=registry_pb2.IndexRange(first=0, last=1), recipe=sageserve.request.parse_recipe("unquantized"))])
         stored = self.client.set_plan("py-model", plan)

@@ -34,26 +34,29 @@ V_SMOOTHING_NONE: VSmoothing
 V_SMOOTHING_UNSPECIFIED: VSmoothing
 
 class CalibrateRequest(_message.Message):
-    __slots__ = ["accuracy_target", "candidates", "dry_run", "model", "sample"]
+    __slots__ = ["accuracy_target", "candidates", "dry_run", "kv_storage_candidates", "model", "sample"]
     ACCURACY_TARGET_FIELD_NUMBER: _ClassVar[int]
     CANDIDATES_FIELD_NUMBER: _ClassVar[int]
     DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    KV_STORAGE_CANDIDATES_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_FIELD_NUMBER: _ClassVar[int]
     accuracy_target: float
     candidates: _containers.RepeatedScalarFieldContainer[_tensor_pb2.Recipe]
     dry_run: bool
+    kv_storage_candidates: _containers.RepeatedScalarFieldContainer[_tensor_pb2.KvStorage]
     model: str
     sample: CalibrationSample
-    def __init__(self, model: _Optional[str] = ..., dry_run: bool = ..., candidates: _Optional[_Iterable[_Union[_tensor_pb2.Recipe, str]]] = ..., accuracy_target: _Optional[float] = ..., sample: _Optional[_Union[CalibrationSample, _Mapping]] = ...) -> None: ...
+    def __init__(self, model: _Optional[str] = ..., dry_run: bool = ..., candidates: _Optional[_Iterable[_Union[_tensor_pb2.Recipe, str]]] = ..., accuracy_target: _Optional[float] = ..., sample: _Optional[_Union[CalibrationSample, _Mapping]] = ..., kv_storage_candidates: _Optional[_Iterable[_Union[_tensor_pb2.KvStorage, str]]] = ...) -> None: ...
 
 class CalibrateResponse(_message.Message):
-    __slots__ = ["accuracy_target", "cells", "cost_order", "elapsed_us", "hardware", "model", "plan", "report", "sample_count", "stored"]
+    __slots__ = ["accuracy_target", "cells", "cost_order", "elapsed_us", "hardware", "kv_layers", "model", "plan", "report", "sample_count", "stored"]
     ACCURACY_TARGET_FIELD_NUMBER: _ClassVar[int]
     CELLS_FIELD_NUMBER: _ClassVar[int]
     COST_ORDER_FIELD_NUMBER: _ClassVar[int]
     ELAPSED_US_FIELD_NUMBER: _ClassVar[int]
     HARDWARE_FIELD_NUMBER: _ClassVar[int]
+    KV_LAYERS_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     PLAN_FIELD_NUMBER: _ClassVar[int]
     REPORT_FIELD_NUMBER: _ClassVar[int]
@@ -64,12 +67,13 @@ class CalibrateResponse(_message.Message):
     cost_order: _containers.RepeatedScalarFieldContainer[_tensor_pb2.Recipe]
     elapsed_us: int
     hardware: HardwareDescription
+    kv_layers: _containers.RepeatedCompositeFieldContainer[LayerKvStorageReport]
     model: str
     plan: Plan
     report: str
     sample_count: int
     stored: bool
-    def __init__(self, model: _Optional[str] = ..., stored: bool = ..., accuracy_target: _Optional[float] = ..., hardware: _Optional[_Union[HardwareDescription, _Mapping]] = ..., cost_order: _Optional[_Iterable[_Union[_tensor_pb2.Recipe, str]]] = ..., cells: _Optional[_Iterable[_Union[CellReport, _Mapping]]] = ..., plan: _Optional[_Union[Plan, _Mapping]] = ..., sample_count: _Optional[int] = ..., elapsed_us: _Optional[int] = ..., report: _Optional[str] = ...) -> None: ...
+    def __init__(self, model: _Optional[str] = ..., stored: bool = ..., accuracy_target: _Optional[float] = ..., hardware: _Optional[_Union[HardwareDescription, _Mapping]] = ..., cost_order: _Optional[_Iterable[_Union[_tensor_pb2.Recipe, str]]] = ..., cells: _Optional[_Iterable[_Union[CellReport, _Mapping]]] = ..., plan: _Optional[_Union[Plan, _Mapping]] = ..., sample_count: _Optional[int] = ..., elapsed_us: _Optional[int] = ..., report: _Optional[str] = ..., kv_layers: _Optional[_Iterable[_Union[LayerKvStorageReport, _Mapping]]] = ...) -> None: ...
 
 class CalibrationSample(_message.Message):
     __slots__ = ["cu_seqlens_k", "cu_seqlens_q", "k", "layer", "mask", "q", "softmax_scale", "timestep", "v"]
@@ -170,6 +174,46 @@ class KvStorageEntry(_message.Message):
     kv_storage: _tensor_pb2.KvStorage
     layers: IndexRange
     def __init__(self, layers: _Optional[_Union[IndexRange, _Mapping]] = ..., kv_storage: _Optional[_Union[_tensor_pb2.KvStorage, str]] = ...) -> None: ...
+
+class KvStorageScore(_message.Message):
+    __slots__ = ["error", "kv_storage", "max_relative_l1", "mean_decode_score", "mean_prefill_score", "meets_target", "min_decode_score", "min_prefill_score", "relative_bytes", "samples"]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    KV_STORAGE_FIELD_NUMBER: _ClassVar[int]
+    MAX_RELATIVE_L1_FIELD_NUMBER: _ClassVar[int]
+    MEAN_DECODE_SCORE_FIELD_NUMBER: _ClassVar[int]
+    MEAN_PREFILL_SCORE_FIELD_NUMBER: _ClassVar[int]
+    MEETS_TARGET_FIELD_NUMBER: _ClassVar[int]
+    MIN_DECODE_SCORE_FIELD_NUMBER: _ClassVar[int]
+    MIN_PREFILL_SCORE_FIELD_NUMBER: _ClassVar[int]
+    RELATIVE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    error: str
+    kv_storage: _tensor_pb2.KvStorage
+    max_relative_l1: float
+    mean_decode_score: float
+    mean_prefill_score: float
+    meets_target: bool
+    min_decode_score: float
+    min_prefill_score: float
+    relative_bytes: float
+    samples: int
+    def __init__(self, kv_storage: _Optional[_Union[_tensor_pb2.KvStorage, str]] = ..., relative_bytes: _Optional[float] = ..., samples: _Optional[int] = ..., mean_decode_score: _Optional[float] = ..., min_decode_score: _Optional[float] = ..., mean_prefill_score: _Optional[float] = ..., min_prefill_score: _Optional[float] = ..., max_relative_l1: _Optional[float] = ..., meets_target: bool = ..., error: _Optional[str] = ...) -> None: ...
+
+class LayerKvStorageReport(_message.Message):
+    __slots__ = ["chosen", "layer", "met_target", "reason", "samples", "scores"]
+    CHOSEN_FIELD_NUMBER: _ClassVar[int]
+    LAYER_FIELD_NUMBER: _ClassVar[int]
+    MET_TARGET_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    SCORES_FIELD_NUMBER: _ClassVar[int]
+    chosen: _tensor_pb2.KvStorage
+    layer: int
+    met_target: bool
+    reason: str
+    samples: int
+    scores: _containers.RepeatedCompositeFieldContainer[KvStorageScore]
+    def __init__(self, layer: _Optional[int] = ..., samples: _Optional[int] = ..., scores: _Optional[_Iterable[_Union[KvStorageScore, _Mapping]]] = ..., chosen: _Optional[_Union[_tensor_pb2.KvStorage, str]] = ..., met_target: bool = ..., reason: _Optional[str] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = []
