@@ -238,6 +238,7 @@ absl::StatusOr<std::unique_ptr<SageServer>> SageServer::Start(
   limits.shared_memory_enabled = options.shared_memory.policy == SharedMemoryPolicy::kAllow;
   limits.max_shared_memory_regions = options.shared_memory.max_regions;
   limits.stream = options.stream;
+  limits.instance = std::string(s->session_store_->instance());
   s->attention_service_ = std::make_unique<AttentionService>(AttendBackends{s->pipeline_.get(), s->shared_memory_.get()}, s->selftest_.get(),
                                                              &s->backend_->info(), s->payload_pool_, limits,
                                                              s->authorizer_.get(), s->metrics_.get());

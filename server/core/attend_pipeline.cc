@@ -29,17 +29,25 @@ absl::string_view Label(std::string_view s) { return absl::string_view(s.data(),
 // completion, it ends with the item (answered, failed, or refused by the scheduler).
 class InFlightMark {
  public:
-  explicit InFlightMark(ServerMetrics* metrics) : metrics_(metrics) {
+  InFlightMark(ServerMetrics* metrics, std::atomic<int>* count) : metrics_(metrics), count_(count) {
     if (metrics_ != nullptr) metrics_->AddInFlight(1);
+    count_->fetch_add(1, std::memory_order_relaxed);
   }
-  InFlightMark(InFlightMark&& other) noexcept : metrics_(std::exchange(other.metrics_, nullptr)) {}
+  InFlightMark(InFlightMark&& other) noexcept
+      : metrics_(std::exchange(other.metrics_, nullptr)), count_(std::exchange(other.count_, nullptr)) {}
   InFlightMark& operator=(InFlightMark&&) = delete;
-  ~InFlightMark() {
+  ~InFlightMark() { Release(); }
+  // Before the answer goes out, so the load it reports (load_report.h) counts only other requests.
+  void Release() {
     if (metrics_ != nullptr) metrics_->AddInFlight(-1);
+    if (count_ != nullptr) count_->fetch_sub(1, std::memory_order_relaxed);
+    metrics_ = nullptr;
+    count_ = nullptr;
   }
 
  private:
   ServerMetrics* metrics_;
+  std::atomic<int>* count_;
 };
 
 }  // namespace
@@ -104,12 +112,13 @@ absl::Status AttendPipeline::Start(AttendCall call) {
   const AttendMethod method = call.method;
   const Clock::time_point accepted = call.accepted;
   const size_t bytes_in = call.bytes_in;
-  item.done = [this, request, method, accepted, handed_over, bytes_in, mark = InFlightMark(metrics_), encode = std::move(call.encode),
+  item.done = [this, request, method, accepted, handed_over, bytes_in, mark = InFlightMark(metrics_, &in_flight_), encode = std::move(call.encode),
                done = std::move(call.done)](absl::StatusOr<EngineOutput> out, const WorkTimings& timings) mutable {
     const std::string_view recipe = RecipeName(request->recipe);
     if (!out.ok()) {
       spdlog::warn("request '{}' failed: {}", LogField(request->id), LogField(out.status().ToString(), kLogStatusMaxBytes));
       Record(method, recipe, out.status(), accepted, bytes_in, 0);
+      mark.Release();
       done(out.status());
       return;
     }
@@ -123,6 +132,7 @@ absl::Status AttendPipeline::Start(AttendCall call) {
                      LogField(bytes_out.status().ToString(), kLogStatusMaxBytes));
       }
       Record(method, recipe, bytes_out.status(), accepted, bytes_in, 0);
+      mark.Release();
       done(bytes_out.status());
       return;
     }
@@ -136,6 +146,7 @@ absl::Status AttendPipeline::Start(AttendCall call) {
     }
     // Recorded before answering, so a scrape that follows the response already counts it.
     Record(method, recipe, absl::OkStatus(), accepted, bytes_in, *bytes_out);
+    mark.Release();
     done(absl::OkStatus());
   };
   // Once queued, the request (and its id) may be gone at any moment: copy the id first if the

@@ -5,6 +5,7 @@
 // the AttendResult through the call's `encode`.
 #pragma once
 
+#include <atomic>
 #include <cstddef>
 #include <functional>
 #include <optional>
@@ -65,6 +66,9 @@ class AttendPipeline {
   const RequestLimits& limits() const { return limits_; }
   const BackendInfo& backend() const { return *backend_; }
   const registry::Registry* registry() const { return registry_; }  // null: none
+  // Requests accepted and not yet finished (queued or computing): the load this server reports
+  // to clients balancing over replicas (frontend/grpc/load_report.h).
+  int in_flight() const { return in_flight_.load(std::memory_order_relaxed); }
 
  private:
   // A request naming a model and no explicit recipe runs the precision plan's recipe for that
@@ -78,6 +82,7 @@ class AttendPipeline {
   const RequestLimits limits_;
   ServerMetrics* const metrics_;
   const registry::Registry* const registry_;
+  std::atomic<int> in_flight_{0};
 };
 
 }  // namespace sage::server

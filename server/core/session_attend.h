@@ -124,6 +124,8 @@ class SessionAttend {
   // the GPU reads them in place (SessionStore::TakesDeviceKv; a copy to the host would wait for
   // the GPU). Such a call's appends do not wait for the GPU (KvMemory::Write's small writes).
   bool StartsOnCaller(const SessionCaller& caller, const SessionAttendRequest& request) const;
+
+  const AttendPipeline& pipeline() const { return *pipeline_; }
   static constexpr int64_t kPagedMaxQueryRows = 16;  // sageattn.h SAGE_PAGED_MAX_QUERY_ROWS
   static constexpr size_t kCallerAppendBytes = size_t{256} << 10;
   static constexpr size_t kCallerQBytes = size_t{1} << 20;

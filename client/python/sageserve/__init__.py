@@ -11,8 +11,8 @@ from sageserve.client import AttendCall, Client, calibration_sample
 from sageserve.errors import (EXCEPTIONS, AbortedError, AlreadyExistsError, CancelledError, DataLossError,
                               DeadlineExceededError, FailedPreconditionError, InternalError, InvalidArgumentError,
                               NotFoundError, OutOfRangeError, PermissionDeniedError, ResourceExhaustedError,
-                              SageServeError, UnauthenticatedError, UnavailableError, UnimplementedError,
-                              UnknownError)
+                              SageServeError, SessionOwnerGoneError, UnauthenticatedError, UnavailableError,
+                              UnimplementedError, UnknownError)
 from sageserve.options import ClientOptions, TlsOptions
 from sageserve.request import AttendResult
 from sageserve.session import Session, SessionOptions, StepResult
@@ -25,11 +25,16 @@ __all__ = [
     "CancelledError", "DataLossError", "DeadlineExceededError", "FailedPreconditionError", "InternalError",
     "InvalidArgumentError", "NotFoundError", "OutOfRangeError", "PermissionDeniedError",
     "ResourceExhaustedError", "UnauthenticatedError", "UnavailableError", "UnimplementedError", "UnknownError",
+    "SessionOwnerGoneError", "Cluster",
 ]
 
 
 def __getattr__(name: str):
     # The asyncio client on first use: grpc.aio costs an import most blocking users never need.
+    if name == "Cluster":
+        from sageserve.cluster import Cluster
+
+        return Cluster
     if name in ("AsyncClient", "AttendStream", "AttendSessionStream"):
         from sageserve import aio
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import copy
 import weakref
-from typing import Any, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple, Union
 
 import grpc
 
@@ -26,6 +26,7 @@ from sageserve.v1 import shared_memory_pb2_grpc as shm_grpc
 
 HEALTH_METHOD = "/grpc.health.v1.Health/Check"
 ATTEND_METHOD = "/sageserve.v1.AttentionService/Attend"
+LOAD_METADATA_KEY = "sageserve-load"  # trailing metadata: the server's requests in flight
 HEALTH_STATUS = {0: "UNKNOWN", 1: "SERVING", 2: "NOT_SERVING", 3: "SERVICE_UNKNOWN"}
 
 
@@ -127,6 +128,8 @@ class Client:
         if transport is not None:
             o.transport = transport
         self.options = o
+        # Called with the load the server reports on each answer (sageserve.Cluster sets it).
+        self.on_load: Optional[Callable[[int], None]] = None
         token_value = o.resolved_token()
         self._metadata: Tuple[Tuple[str, str], ...] = (
             (("authorization", f"Bearer {token_value}"),) if token_value else ())
@@ -152,11 +155,35 @@ class Client:
 
     # -- plumbing ---------------------------------------------------------------------------------
     def _call(self, method: Any, request: Any, timeout: Optional[float] = None) -> Any:
+        t = timeout if timeout is not None else self.options.timeout_s
+        if self.on_load is None:
+            try:
+                return method(request, timeout=t, metadata=self._metadata)
+            except grpc.RpcError as e:
+                raise errors.from_rpc_error(e) from None
+        # Watched by a Cluster: the load the server reports with every answer (errors included).
         try:
-            return method(request, timeout=timeout if timeout is not None else self.options.timeout_s,
-                          metadata=self._metadata)
+            response, call = method.with_call(request, timeout=t, metadata=self._metadata)
         except grpc.RpcError as e:
+            self._report_load(e)
             raise errors.from_rpc_error(e) from None
+        self._report_load(call)
+        return response
+
+    def _report_load(self, call: Any) -> None:
+        try:
+            trailers = call.trailing_metadata() or ()
+        except Exception:  # a call that never reached the server has none
+            return
+        for key, value in trailers:
+            if key == LOAD_METADATA_KEY:
+                try:
+                    load = int(value)
+                except ValueError:
+                    return
+                if self.on_load is not None:
+                    self.on_load(load)
+                return
 
     def _unregister_region(self, name: str) -> None:
         # Short deadline: this also runs at exit, where a gone server must not hold the program.

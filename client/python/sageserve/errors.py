@@ -110,6 +110,16 @@ class UnavailableError(SageServeError):
     code = grpc.StatusCode.UNAVAILABLE
 
 
+class SessionOwnerGoneError(UnavailableError):
+    """The server holding a session cannot be reached (it died, was drained away, or is not one of
+    the cluster's replicas): the session's KV cache is lost with it; create a new session
+    elsewhere and prefill again. `session_ids` names the sessions of the failed call."""
+
+    def __init__(self, message: str, session_ids: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.session_ids: Tuple[str, ...] = tuple(session_ids)
+
+
 class DataLossError(SageServeError):
     code = grpc.StatusCode.DATA_LOSS
 

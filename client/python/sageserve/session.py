@@ -282,7 +282,10 @@ class SessionCalls:
                 try:
                     response = self.attend_request(call.request, timeout)
                     break
-                except (errors.UnavailableError, errors.DeadlineExceededError):
+                except errors.UnavailableError as e:
+                    if attempt == retries:
+                        raise _owner_gone(e, [st.session_id for st in call.request.steps]) from None
+                except errors.DeadlineExceededError:
                     if attempt == retries:
                         raise
         except BaseException:
@@ -290,8 +293,14 @@ class SessionCalls:
             raise
         return call.results(response)
 
+    def _on_owner(self, session_id: str, method: Any, request: Any) -> Any:
+        try:
+            return self._call(method, request)
+        except errors.UnavailableError as e:
+            raise _owner_gone(e, [session_id]) from None
+
     def get(self, session_id: str) -> sp.SessionInfo:
-        return self._call(self._stub.GetSession, sp.GetSessionRequest(session_id=session_id)).info
+        return self._on_owner(session_id, self._stub.GetSession, sp.GetSessionRequest(session_id=session_id)).info
 
     def list(self) -> sp.ListSessionsResponse:
         return self._call(self._stub.ListSessions, sp.ListSessionsRequest())
@@ -300,14 +309,23 @@ class SessionCalls:
         req = sp.ForkSessionRequest(session_id=session_id)
         if length is not None:
             req.length = length
-        return self._call(self._stub.ForkSession, req)
+        return self._on_owner(session_id, self._stub.ForkSession, req)
 
     def truncate(self, session_id: str, length: int) -> sp.SessionInfo:
-        return self._call(self._stub.TruncateSession, sp.TruncateSessionRequest(session_id=session_id,
-                                                                                length=length)).info
+        return self._on_owner(session_id, self._stub.TruncateSession,
+                              sp.TruncateSessionRequest(session_id=session_id, length=length)).info
 
     def close(self, session_id: str) -> None:
-        self._call(self._stub.CloseSession, sp.CloseSessionRequest(session_id=session_id))
+        self._on_owner(session_id, self._stub.CloseSession, sp.CloseSessionRequest(session_id=session_id))
+
+
+def _owner_gone(e: errors.UnavailableError, session_ids: Sequence[str]) -> errors.SessionOwnerGoneError:
+    """A session call the server holding the sessions did not answer (UNAVAILABLE): their caches
+    went with it (a server that is up but draining answers the same way)."""
+    ids = sorted(set(session_ids))
+    return errors.SessionOwnerGoneError(
+        f"the server holding session(s) {', '.join(ids)} cannot be reached or is shutting down; their KV "
+        f"caches are lost with it: create new sessions and prefill again ({e.message})", ids)
 
 
 __all__ = ["KV_STORAGE", "Session", "SessionCall", "SessionCalls", "SessionOptions", "StepResult"]

@@ -5,6 +5,7 @@
 #include "server/backend/backend_factory.h"
 #include "server/frontend/grpc/attend_stream_reactor.h"
 #include "server/frontend/grpc/deadline.h"
+#include "server/frontend/grpc/load_report.h"
 #include "server/frontend/grpc/request_codec.h"
 #include "server/frontend/grpc/session_codec.h"
 #include "server/frontend/grpc/status_mapping.h"
@@ -17,9 +18,11 @@ namespace v1 = ::sageserve::v1;
 namespace {
 
 // An Attend call's answer: a RESOURCE_EXHAUSTED also tells gRPC's retry policy when (or that not)
-// to try again (AddRetryPushback).
-void FinishAttend(grpc::ServerUnaryReactor* reactor, grpc::CallbackServerContext& context, const absl::Status& status) {
+// to try again (AddRetryPushback); every answer carries the server's load (load_report.h).
+void FinishAttend(grpc::ServerUnaryReactor* reactor, grpc::CallbackServerContext& context, const AttendPipeline& pipeline,
+                  const absl::Status& status) {
   AddRetryPushback(status, context);
+  AddLoadReport(pipeline, context);
   reactor->Finish(ToGrpcStatus(status));
 }
 
@@ -68,13 +71,13 @@ grpc::ServerUnaryReactor* AttentionService::Attend(grpc::CallbackServerContext* 
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   absl::StatusOr<Principal> caller = auth_->Check(context, RpcMethod::kAttend);
   if (!caller.ok()) {
-    FinishAttend(reactor, *context, caller.status());
+    FinishAttend(reactor, *context, *backends_.pipeline, caller.status());
     return reactor;
   }
   absl::StatusOr<WireAttendRequest> parsed = ParseAttendRequest(*request, *payload_pool_);
   if (!parsed.ok()) {
     spdlog::warn("Attend request rejected: {}", LogField(parsed.status().ToString(), kLogStatusMaxBytes));
-    FinishAttend(reactor, *context, parsed.status());
+    FinishAttend(reactor, *context, *backends_.pipeline, parsed.status());
     return reactor;
   }
   // Held here as well as by the completion, which the pipeline may drop before Start returns.
@@ -85,11 +88,11 @@ grpc::ServerUnaryReactor* AttentionService::Attend(grpc::CallbackServerContext* 
   absl::Status started = state->Start(
       backends_, RegionCallerOf(*caller), AttendMethod::kUnary, Clock::now(), SteadyDeadline(*context),
       [context] { return context->IsCancelled(); },
-      [reactor, response, state, context](const absl::Status& status) {
+      [reactor, response, state, context, pipeline = backends_.pipeline](const absl::Status& status) {
         if (status.ok()) *response = state->SerializeResponse();
-        FinishAttend(reactor, *context, status);
+        FinishAttend(reactor, *context, *pipeline, status);
       });
-  if (!started.ok()) FinishAttend(reactor, *context, started);
+  if (!started.ok()) FinishAttend(reactor, *context, *backends_.pipeline, started);
   return reactor;
 }
 
@@ -116,7 +119,7 @@ grpc::ServerUnaryReactor* AttentionService::GetServerInfo(grpc::CallbackServerCo
     reactor->Finish(ToGrpcStatus(caller.status()));
     return reactor;
   }
-  // Static facts only: cheap enough to answer on the reactor thread.
+  // Static facts and one atomic load: cheap enough to answer on the reactor thread.
   response->set_version(std::string(kSageserveVersion));
   response->set_backend(std::string(BackendKindName(backend_->kind)));
   for (const DeviceDescription& d : backend_->devices) {
@@ -143,6 +146,9 @@ grpc::ServerUnaryReactor* AttentionService::GetServerInfo(grpc::CallbackServerCo
   v1::AccessControlInfo* access = response->mutable_access_control();
   access->set_tokens_required(auth_->tokens_required());
   access->set_warning(auth_->warning());
+  response->set_instance(limits_.instance);
+  response->set_load(backends_.pipeline->in_flight());
+  AddLoadReport(*backends_.pipeline, *context);
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   reactor->Finish(grpc::Status::OK);
   return reactor;

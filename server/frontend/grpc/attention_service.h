@@ -24,6 +24,7 @@ struct ServiceLimits {
   int32_t worker_threads = 0;
   bool shared_memory_enabled = false;  // SharedMemoryPolicy::kAllow
   int32_t max_shared_memory_regions = 0;
+  std::string instance;  // the server instance its session ids start with
   // How much AttendStream may buffer for clients that do not read their answers (not reported).
   StreamLimits stream;
 };

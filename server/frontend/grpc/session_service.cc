@@ -9,6 +9,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "server/frontend/grpc/deadline.h"
+#include "server/frontend/grpc/load_report.h"
 #include "server/frontend/grpc/request_codec.h"
 #include "server/frontend/grpc/session_codec.h"
 #include "server/frontend/grpc/session_stream_reactor.h"
@@ -63,36 +64,48 @@ grpc::ServerUnaryReactor* SessionService::AttendSession(grpc::CallbackServerCont
                                                         const v1::AttendSessionRequest* request,
                                                         v1::AttendSessionResponse* response) {
   const auto accepted = std::chrono::steady_clock::now();
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  // Every answer carries the server's load (load_report.h), for clients balancing over replicas.
+  const AttendPipeline* pipeline = &sessions_->pipeline();
+  const auto finish = [reactor, context, pipeline](const grpc::Status& status) {
+    AddLoadReport(*pipeline, *context);
+    reactor->Finish(status);
+  };
   absl::StatusOr<Principal> caller = auth_->Check(context, RpcMethod::kAttendSession);
-  if (!caller.ok()) return FinishNow(context, caller.status());
+  if (!caller.ok()) {
+    finish(ToGrpcStatus(caller.status()));
+    return reactor;
+  }
   const SharedMemoryAccess shared_memory{shared_memory_, RegionCallerOf(*caller)};
   absl::StatusOr<SessionAttendRequest> decoded = DecodeAttendSession(*request, &shared_memory);
-  if (!decoded.ok()) return FinishNow(context, decoded.status());
+  if (!decoded.ok()) {
+    finish(ToGrpcStatus(decoded.status()));
+    return reactor;
+  }
   decoded->accepted = accepted;
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   response->set_request_id(request->request_id());
   const size_t first = decoded->steps.empty() ? 0 : std::hash<std::string>()(decoded->steps.front().session_id);
   const bool on_caller = sessions_->StartsOnCaller(CallerOf(*caller), *decoded) && caller_starts_.TryEnter();
   // The request message (whose bytes the steps view) and the context stay valid until Finish.
-  auto job = [this, reactor, request, response, context, on_caller, accepted, who = CallerOf(*caller),
+  auto job = [this, finish, request, response, context, on_caller, accepted, who = CallerOf(*caller),
               call = *std::move(decoded)]() mutable {
     if (!on_caller && context->IsCancelled()) {
-      reactor->Finish(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled before it ran"));
+      finish(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled before it ran"));
       return;
     }
     absl::Status started = sessions_->Start(
         who, std::move(call), SteadyDeadline(*context), [context] { return context->IsCancelled(); },
-        [reactor, request, response, accepted](absl::StatusOr<SessionAttendResult> result) {
+        [finish, request, response, accepted](absl::StatusOr<SessionAttendResult> result) {
           if (!result.ok()) {
-            reactor->Finish(ToGrpcStatus(result.status()));
+            finish(ToGrpcStatus(result.status()));
             return;
           }
           ResultToWire(*result, *request, response);
           response->mutable_timings()->set_total_us(
               std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - accepted).count());
-          reactor->Finish(grpc::Status::OK);
+          finish(grpc::Status::OK);
         });
-    if (!started.ok()) reactor->Finish(ToGrpcStatus(started));
+    if (!started.ok()) finish(ToGrpcStatus(started));
   };
   if (on_caller) {  // a decode step: started here, no hop to a session worker
     job();
@@ -100,7 +113,7 @@ grpc::ServerUnaryReactor* SessionService::AttendSession(grpc::CallbackServerCont
     return reactor;
   }
   absl::Status queued = RunOnWorker(first, std::move(job));
-  if (!queued.ok()) reactor->Finish(ToGrpcStatus(queued));
+  if (!queued.ok()) finish(ToGrpcStatus(queued));
   return reactor;
 }
 

@@ -82,15 +82,17 @@ class GetServerInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetServerInfoResponse(_message.Message):
-    __slots__ = ["access_control", "backend", "default_recipe", "devices", "head_dims", "input_dtypes", "kv_storages", "limits", "recipes", "shared_memory", "version"]
+    __slots__ = ["access_control", "backend", "default_recipe", "devices", "head_dims", "input_dtypes", "instance", "kv_storages", "limits", "load", "recipes", "shared_memory", "version"]
     ACCESS_CONTROL_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_RECIPE_FIELD_NUMBER: _ClassVar[int]
     DEVICES_FIELD_NUMBER: _ClassVar[int]
     HEAD_DIMS_FIELD_NUMBER: _ClassVar[int]
     INPUT_DTYPES_FIELD_NUMBER: _ClassVar[int]
+    INSTANCE_FIELD_NUMBER: _ClassVar[int]
     KV_STORAGES_FIELD_NUMBER: _ClassVar[int]
     LIMITS_FIELD_NUMBER: _ClassVar[int]
+    LOAD_FIELD_NUMBER: _ClassVar[int]
     RECIPES_FIELD_NUMBER: _ClassVar[int]
     SHARED_MEMORY_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -100,12 +102,14 @@ class GetServerInfoResponse(_message.Message):
     devices: _containers.RepeatedCompositeFieldContainer[DeviceInfo]
     head_dims: _containers.RepeatedScalarFieldContainer[int]
     input_dtypes: _containers.RepeatedScalarFieldContainer[_tensor_pb2.DType]
+    instance: str
     kv_storages: _containers.RepeatedScalarFieldContainer[_tensor_pb2.KvStorage]
     limits: ServerLimits
+    load: int
     recipes: _containers.RepeatedScalarFieldContainer[_tensor_pb2.Recipe]
     shared_memory: SharedMemoryInfo
     version: str
-    def __init__(self, version: _Optional[str] = ..., backend: _Optional[str] = ..., devices: _Optional[_Iterable[_Union[DeviceInfo, _Mapping]]] = ..., head_dims: _Optional[_Iterable[int]] = ..., recipes: _Optional[_Iterable[_Union[_tensor_pb2.Recipe, str]]] = ..., default_recipe: _Optional[_Union[_tensor_pb2.Recipe, str]] = ..., input_dtypes: _Optional[_Iterable[_Union[_tensor_pb2.DType, str]]] = ..., limits: _Optional[_Union[ServerLimits, _Mapping]] = ..., shared_memory: _Optional[_Union[SharedMemoryInfo, _Mapping]] = ..., access_control: _Optional[_Union[AccessControlInfo, _Mapping]] = ..., kv_storages: _Optional[_Iterable[_Union[_tensor_pb2.KvStorage, str]]] = ...) -> None: ...
+    def __init__(self, version: _Optional[str] = ..., backend: _Optional[str] = ..., devices: _Optional[_Iterable[_Union[DeviceInfo, _Mapping]]] = ..., head_dims: _Optional[_Iterable[int]] = ..., recipes: _Optional[_Iterable[_Union[_tensor_pb2.Recipe, str]]] = ..., default_recipe: _Optional[_Union[_tensor_pb2.Recipe, str]] = ..., input_dtypes: _Optional[_Iterable[_Union[_tensor_pb2.DType, str]]] = ..., limits: _Optional[_Union[ServerLimits, _Mapping]] = ..., shared_memory: _Optional[_Union[SharedMemoryInfo, _Mapping]] = ..., access_control: _Optional[_Union[AccessControlInfo, _Mapping]] = ..., kv_storages: _Optional[_Iterable[_Union[_tensor_pb2.KvStorage, str]]] = ..., instance: _Optional[str] = ..., load: _Optional[int] = ...) -> None: ...
 
 class LayerKey(_message.Message):
     __slots__ = ["layer", "model", "timestep"]
