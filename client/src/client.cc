@@ -3,6 +3,7 @@
 #include <climits>
 #include <utility>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "grpcpp/create_channel.h"
@@ -39,6 +40,39 @@ class TokenInterceptorFactory final : public grpc::experimental::ClientIntercept
 
  private:
   const std::string header_;  // Lives as long as the channel, which owns the factory.
+};
+
+// Hands the server's reported load (trailing metadata `sageserve-load`) to ClientOptions.on_load.
+class LoadInterceptor final : public grpc::experimental::Interceptor {
+ public:
+  explicit LoadInterceptor(const std::function<void(int)>* on_load) : on_load_(on_load) {}
+  void Intercept(grpc::experimental::InterceptorBatchMethods* methods) override {
+    if (methods->QueryInterceptionHookPoint(grpc::experimental::InterceptionHookPoints::POST_RECV_STATUS)) {
+      const auto* trailers = methods->GetRecvTrailingMetadata();
+      if (trailers != nullptr) {
+        auto it = trailers->find("sageserve-load");
+        if (it != trailers->end()) {
+          int load = 0;
+          if (absl::SimpleAtoi(absl::string_view(it->second.data(), it->second.size()), &load)) (*on_load_)(load);
+        }
+      }
+    }
+    methods->Proceed();
+  }
+
+ private:
+  const std::function<void(int)>* on_load_;
+};
+
+class LoadInterceptorFactory final : public grpc::experimental::ClientInterceptorFactoryInterface {
+ public:
+  explicit LoadInterceptorFactory(std::function<void(int)> on_load) : on_load_(std::move(on_load)) {}
+  grpc::experimental::Interceptor* CreateClientInterceptor(grpc::experimental::ClientRpcInfo* /*info*/) override {
+    return new LoadInterceptor(&on_load_);
+  }
+
+ private:
+  const std::function<void(int)> on_load_;  // Lives as long as the channel, which owns the factory.
 };
 
 }  // namespace
@@ -101,11 +135,12 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Create(const ClientOptions& opti
   std::vector<std::shared_ptr<grpc::Channel>> channels;
   for (int i = 0; i < options.connections; ++i) {
     std::shared_ptr<grpc::Channel> channel;
-    if (options.token.empty()) {
+    if (options.token.empty() && !options.on_load) {
       channel = grpc::CreateCustomChannel(options.target, creds, args);
     } else {
       std::vector<std::unique_ptr<grpc::experimental::ClientInterceptorFactoryInterface>> interceptors;
-      interceptors.push_back(std::make_unique<TokenInterceptorFactory>(options.token));
+      if (!options.token.empty()) interceptors.push_back(std::make_unique<TokenInterceptorFactory>(options.token));
+      if (options.on_load) interceptors.push_back(std::make_unique<LoadInterceptorFactory>(options.on_load));
       channel = grpc::experimental::CreateCustomChannelWithInterceptors(options.target, creds, args,
                                                                          std::move(interceptors));
     }

@@ -35,7 +35,25 @@ void SetShared(int64_t rows, int heads, int head_dim, v1::DType dtype, const v1:
   *t->mutable_shared_memory() = ref;
 }
 
+// A call on sessions that their server did not answer (UNAVAILABLE: gone, or draining): the
+// status says their caches went with it and carries the owner-gone payload (IsSessionOwnerGone).
+absl::Status OnSessions(const grpc::Status& st, const std::vector<std::string>& ids) {
+  absl::Status s = FromGrpcStatus(st);
+  if (s.code() != absl::StatusCode::kUnavailable) return s;
+  std::string names;
+  for (const std::string& id : ids) absl::StrAppend(&names, names.empty() ? "" : ", ", id);
+  absl::Status gone = absl::UnavailableError(absl::StrCat(
+      "the server holding session(s) ", names, " cannot be reached or is shutting down; their KV caches are lost "
+      "with it: create new sessions and prefill again (", st.error_message(), ")"));
+  gone.SetPayload(kSessionOwnerGonePayload, absl::Cord(names));
+  return gone;
+}
+
 }  // namespace
+
+bool IsSessionOwnerGone(const absl::Status& status) {
+  return status.code() == absl::StatusCode::kUnavailable && status.GetPayload(kSessionOwnerGonePayload).has_value();
+}
 
 SessionClient::SessionClient(const Client& client)
     : client_(client), stub_(v1::SessionService::NewStub(client.channel())) {}
@@ -63,7 +81,11 @@ absl::StatusOr<v1::AttendSessionResponse> SessionClient::Attend(const v1::Attend
   grpc::ClientContext ctx;
   ApplyDeadline(client_.options(), &ctx);
   v1::AttendSessionResponse resp;
-  if (grpc::Status st = stub_->AttendSession(&ctx, request, &resp); !st.ok()) return FromGrpcStatus(st);
+  if (grpc::Status st = stub_->AttendSession(&ctx, request, &resp); !st.ok()) {
+    std::vector<std::string> ids;
+    for (const v1::SessionStep& step : request.steps()) ids.push_back(step.session_id());
+    return OnSessions(st, ids);
+  }
   return resp;
 }
 
@@ -73,7 +95,7 @@ absl::StatusOr<v1::SessionInfo> SessionClient::Get(const std::string& session_id
   grpc::ClientContext ctx;
   ApplyDeadline(client_.options(), &ctx);
   v1::GetSessionResponse resp;
-  if (grpc::Status st = stub_->GetSession(&ctx, req, &resp); !st.ok()) return FromGrpcStatus(st);
+  if (grpc::Status st = stub_->GetSession(&ctx, req, &resp); !st.ok()) return OnSessions(st, {session_id});
   return resp.info();
 }
 
@@ -92,7 +114,7 @@ absl::StatusOr<v1::SessionInfo> SessionClient::Truncate(const std::string& sessi
   grpc::ClientContext ctx;
   ApplyDeadline(client_.options(), &ctx);
   v1::TruncateSessionResponse resp;
-  if (grpc::Status st = stub_->TruncateSession(&ctx, req, &resp); !st.ok()) return FromGrpcStatus(st);
+  if (grpc::Status st = stub_->TruncateSession(&ctx, req, &resp); !st.ok()) return OnSessions(st, {session_id});
   return resp.info();
 }
 
@@ -104,7 +126,7 @@ absl::StatusOr<v1::ForkSessionResponse> SessionClient::Fork(const std::string& s
   grpc::ClientContext ctx;
   ApplyDeadline(client_.options(), &ctx);
   v1::ForkSessionResponse resp;
-  if (grpc::Status st = stub_->ForkSession(&ctx, req, &resp); !st.ok()) return FromGrpcStatus(st);
+  if (grpc::Status st = stub_->ForkSession(&ctx, req, &resp); !st.ok()) return OnSessions(st, {session_id});
   return resp;
 }
 
@@ -114,7 +136,8 @@ absl::Status SessionClient::Close(const std::string& session_id) const {
   grpc::ClientContext ctx;
   ApplyDeadline(client_.options(), &ctx);
   v1::CloseSessionResponse resp;
-  return FromGrpcStatus(stub_->CloseSession(&ctx, req, &resp));
+  const grpc::Status st = stub_->CloseSession(&ctx, req, &resp);
+  return st.ok() ? absl::OkStatus() : OnSessions(st, {session_id});
 }
 
 v1::SessionStep Session::MakeStep(int layer, std::span<const uint16_t> k, std::span<const uint16_t> v,

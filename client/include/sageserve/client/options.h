@@ -3,6 +3,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -53,6 +54,10 @@ struct ClientOptions {
   // token file, or a client certificate mapped to an identity). Printable ASCII, no spaces.
   // Over plaintext anyone on the path can read it: use TLS beyond loopback.
   std::string token;
+  // Called with the load the server reports (trailing metadata `sageserve-load`: its requests in
+  // flight) after every call on this client's channels that carries it; from gRPC's threads, so
+  // it must be quick and thread-safe. Empty: not read. sageserve::ClusterClient sets it.
+  std::function<void(int)> on_load;
 };
 
 struct StreamOptions {

@@ -34,6 +34,12 @@ struct SessionOptions {
 
 class SessionClient;
 
+// A session call whose server did not answer (UNAVAILABLE: it died, was drained away, or is not
+// one of a cluster's replicas) comes back UNAVAILABLE with this payload (the session ids): the
+// sessions' KV caches went with that server, so create new sessions and prefill again.
+inline constexpr char kSessionOwnerGonePayload[] = "type.sageserve.dev/SessionOwnerGone";
+bool IsSessionOwnerGone(const absl::Status& status);
+
 // Bytes of O (in the sessions' dtype) and of LSE (fp32) for `q_rows` query rows of sessions shaped
 // like `options`: the sizes of AttendSessionRequest.o_output / lse_output for a call whose steps
 // carry that many rows of q in all.
