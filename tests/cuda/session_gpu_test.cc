@@ -85,7 +85,7 @@ TEST(SessionGpu, EightBitDecodeStepsWithinTheToleranceOfTheEmulation) {
   Start(server::BackendChoice::kCuda, &gpu);
   Start(server::BackendChoice::kCpu, &cpu);
   for (v1::Recipe recipe : {v1::RECIPE_INT8_QK_FP8_PV, v1::RECIPE_UNQUANTIZED}) {
-    for (v1::KvStorage storage : {v1::KV_STORAGE_INT8_K_FP8_V, v1::KV_STORAGE_16BIT}) {
+    for (v1::KvStorage storage : {v1::KV_STORAGE_INT8_K_FP8_V, v1::KV_STORAGE_16BIT, v1::KV_STORAGE_INT4_K_FP8_V}) {
       SCOPED_TRACE(v1::Recipe_Name(recipe) + " " + v1::KvStorage_Name(storage));
       const sageserve::SessionOptions so = Options(storage, 2, 4096);
       absl::StatusOr<sageserve::Session> g = gpu.sessions->Create(so), c = cpu.sessions->Create(so);
@@ -122,6 +122,51 @@ TEST(SessionGpu, EightBitDecodeStepsWithinTheToleranceOfTheEmulation) {
   }
 }
 
+// A session whose three layers store 16-bit, INT8 and INT4 K/V (CreateSession.layer_kv_storages):
+// one call with a decode step on each layer reads each layer's pages as its storage lays them out
+// (the call mixes storages, so the CUDA backend gathers them), within the tolerance rule of the CPU
+// server's answer to the same call.
+TEST(SessionGpu, LayersOfDifferentStoragesInOneCall) {
+  SAGE_SKIP_WITHOUT_GPU();
+  Served gpu, cpu;
+  Start(server::BackendChoice::kCuda, &gpu);
+  Start(server::BackendChoice::kCpu, &cpu);
+  sageserve::SessionOptions so = Options(v1::KV_STORAGE_UNSPECIFIED, 3, 4096);
+  so.layer_kv_storages = {v1::KV_STORAGE_16BIT, v1::KV_STORAGE_INT8_K_FP8_V, v1::KV_STORAGE_INT4_K_FP8_V};
+  absl::StatusOr<sageserve::Session> g = gpu.sessions->Create(so), c = cpu.sessions->Create(so);
+  ASSERT_TRUE(g.ok()) << g.status();
+  ASSERT_TRUE(c.ok()) << c.status();
+  std::vector<std::vector<uint16_t>> k_seen(3), v_seen(3);
+  for (int step = 0; step < 3; ++step) {
+    const int64_t n = step == 0 ? 1500 : 1;
+    v1::AttendSessionRequest rg, rc;
+    std::vector<std::vector<uint16_t>> qs;
+    for (int layer = 0; layer < 3; ++layer) {
+      const auto seed = static_cast<uint32_t>(100 * step + layer);
+      const std::vector<uint16_t> k = Values(n, kHkv, seed, 1.5f), v = Values(n, kHkv, seed + 7, 0.5f);
+      k_seen[layer].insert(k_seen[layer].end(), k.begin(), k.end());
+      v_seen[layer].insert(v_seen[layer].end(), v.begin(), v.end());
+      qs.push_back(Values(1, kHq, seed + 13, 0.0f));
+      *rg.add_steps() = g->MakeStep(layer, k, v, qs.back());
+      *rc.add_steps() = c->MakeStep(layer, k, v, qs.back());
+    }
+    absl::StatusOr<v1::AttendSessionResponse> og = gpu.sessions->Attend(rg), oc = cpu.sessions->Attend(rc);
+    ASSERT_TRUE(og.ok()) << og.status();
+    ASSERT_TRUE(oc.ok()) << oc.status();
+    for (int layer = 0; layer < 3; ++layer) {
+      g->Commit(layer, og->results(layer));
+      c->Commit(layer, oc->results(layer));
+      absl::StatusOr<std::vector<double>> exact = ExactO(qs[layer], k_seen[layer], v_seen[layer]);
+      ASSERT_TRUE(exact.ok());
+      const ErrorMetrics eg = CompareToReference(Floats(og->results(layer).o().data()), *exact);
+      const ErrorMetrics ec = CompareToReference(Floats(oc->results(layer).o().data()), *exact);
+      EXPECT_LE(eg.relative_l1, 1.5 * ec.relative_l1 + 3e-3) << "step " << step << " layer " << layer;
+      std::printf("  mixed step %d layer %d: gpu relL1 %.5f cos %.6f | cpu relL1 %.5f cos %.6f\n", step, layer,
+                  eg.relative_l1, eg.cosine, ec.relative_l1, ec.cosine);
+    }
+  }
+}
+
 // One call carrying sessions of very different lengths (1 to 40k tokens, so some split across CTAs)
 // and 1, 4 or 16 query rows each: the pages are read in place by the paged decode kernel, and each
 // step's O is held to the exact attention over the stored values as the CPU server's is
@@ -133,7 +178,7 @@ TEST(SessionGpu, BatchedPagedDecodeWithinTheToleranceOfTheCpuServer) {
   Start(server::BackendChoice::kCpu, &cpu);
   const std::vector<int64_t> lengths = {1, 15, 16, 300, 5000, 40000};
   const std::vector<int64_t> rows = {1, 4, 16, 1, 16, 4};
-  for (v1::KvStorage storage : {v1::KV_STORAGE_INT8_K_FP8_V, v1::KV_STORAGE_16BIT}) {
+  for (v1::KvStorage storage : {v1::KV_STORAGE_INT8_K_FP8_V, v1::KV_STORAGE_16BIT, v1::KV_STORAGE_INT4_K_FP8_V}) {
     SCOPED_TRACE(v1::KvStorage_Name(storage));
     const sageserve::SessionOptions so = Options(storage, 1, 65536);
     std::vector<sageserve::Session> gs, cs;

@@ -191,7 +191,7 @@ TEST(RegistryTest, SessionKvStoragesFollowThePlanWithWiderStandIns) {
   EXPECT_EQ(got->spec.num_layers, 5);
 
   server::BackendInfo no_int4 = all;
-  no_int4.kv_storages = {KvStorage::k16Bit, KvStorage::kInt8KFp8V};  // today's cuda backend
+  no_int4.kv_storages = {KvStorage::k16Bit, KvStorage::kInt8KFp8V};  // an engine without INT4 pages
   got = MakeRegistry(no_int4, nullptr, initial)->SessionKvStorages("m");
   ASSERT_TRUE(got.ok());
   EXPECT_EQ(got->storages, (std::vector<KvStorage>{KvStorage::kInt8KFp8V, KvStorage::kInt8KFp8V, KvStorage::k16Bit,

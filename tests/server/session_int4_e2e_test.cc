@@ -1,7 +1,7 @@
 // INT4 K / FP8 V sessions (KV_STORAGE_INT4_K_FP8_V) end to end over gRPC: on the CPU engine every
 // step, prefill and decode, equals a stateless Attend over the values the scheme decodes
 // (DecodeKvTokens with the session's K mean), bit for bit, for the unquantized recipe and a
-// quantized one; an engine whose pages cannot hold INT4 K (the cuda backend's) refuses such a
+// quantized one; an engine whose pages cannot hold INT4 K (a stand-in) refuses such a
 // session at creation, naming the storage. The storage's accuracy: session_e2e_test.cc.
 #include <memory>
 #include <string>
@@ -226,7 +226,8 @@ void CheckOneCallOverStorages(bool one_session) {
 TEST(SessionInt4E2E, OneCallOverSessionsOfDifferentStorages) { CheckOneCallOverStorages(false); }
 TEST(SessionInt4E2E, OneCallOverLayersOfDifferentStorages) { CheckOneCallOverStorages(true); }
 
-// A stand-in engine whose pages hold what the cuda backend's do: 16-bit and INT8 K only.
+// A stand-in engine whose pages hold 16-bit and INT8 K only (as the cuda backend's did before its
+// INT4 kernels had run on a GPU).
 class NoInt4Backend final : public server::AttentionBackend {
  public:
   NoInt4Backend() : info_(TestBackendInfo("no INT4 K pages (test)")) {

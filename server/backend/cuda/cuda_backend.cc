@@ -373,11 +373,9 @@ absl::StatusOr<std::unique_ptr<AttentionBackend>> CreateCudaBackend(const CudaBa
     min_sm = std::min(min_sm, ex->sm());
   }
   info.head_dims.assign(std::begin(kSupportedHeadDims), std::end(kSupportedHeadDims));
-  // INT4-K pages have GPU kernels (sage_kv_quantize, paged decode at D 128, sage_paged_gather) and
-  // the launch path below, but no GPU has run their tests yet: such sessions stay refused until
-  // the kernel tests and session_gpu_test pass on one (then add KvStorage::kInt4KFp8V here and to
-  // session_gpu_test's storages).
-  info.kv_storages = {KvStorage::k16Bit, KvStorage::kInt8KFp8V};
+  // INT4-K pages: sage_kv_quantize, the paged decode kernel (D 128; D 64 decodes through the
+  // gather) and sage_paged_gather, tested on an H100 against the CPU scheme (2026-12-07).
+  info.kv_storages = {KvStorage::k16Bit, KvStorage::kInt8KFp8V, KvStorage::kInt4KFp8V};
   info.input_gather = InputGather::kSegments;
   if (min_sm >= 90) {
     // INT4 runs (its s4 mma is emulated on sm_90, ~20x slower than INT8) but is never the default here.
