@@ -194,7 +194,8 @@ def run_case(lib, batch, length, storage, iters, stream, layout="token"):
                pools[0].shape[1], PAGE_TOKENS, page_table.data_ptr(), cu_pages.data_ptr(), cu_q.data_ptr(),
                seqlens.data_ptr(), batch, 1, length, batch, HQ, HKV, D, scale, None, 0, LAYOUTS[layout])
     ws_bytes = ctypes.c_size_t(0)
-    assert lib.sage_paged_decode_workspace_size(ctypes.byref(p), ctypes.byref(ws_bytes)) == 0, lib.sage_last_error()
+    if lib.sage_paged_decode_workspace_size(ctypes.byref(p), ctypes.byref(ws_bytes)) != 0:
+        raise RuntimeError(lib.sage_last_error().decode(errors="replace"))  # e.g. an older library's storages
     ws = torch.empty(max(ws_bytes.value, 16), dtype=torch.uint8, device="cuda")
     p.workspace, p.workspace_bytes = ws.data_ptr(), ws_bytes.value
     handle = ctypes.c_void_p(stream.cuda_stream)
