@@ -89,6 +89,9 @@ ABSL_FLAG(int64_t, stream_max_server_queued_bytes, kDefaults.stream.max_server_q
 ABSL_FLAG(int64_t, max_tokens, kDefaults.limits.max_tokens, "Largest total_q or total_k per request");
 ABSL_FLAG(absl::Duration, grace_period, absl::Milliseconds(kDefaults.grace_period.count()),
           "Drain time on SIGTERM/SIGINT before open calls are cancelled (e.g. 30s, 500ms)");
+ABSL_FLAG(absl::Duration, session_drain, absl::Milliseconds(kDefaults.session_drain.count()),
+          "On SIGTERM/SIGINT with sessions open: serve them this long (until the last closes) while refusing "
+          "new sessions and stateless calls (UNAVAILABLE, health NOT_SERVING), before the drain (e.g. 5m); 0 = none");
 ABSL_FLAG(int64_t, max_batch_tokens, kDefaults.batcher.max_batch_tokens,
           "Dynamic batching: most tokens (sum of max(q, k) tokens) merged into one launch; 0 = no merging, "
           "one request per launch");
@@ -341,6 +344,7 @@ int main(int argc, char** argv) {
   options.sessions.max_sessions = absl::GetFlag(FLAGS_max_sessions);
   options.sessions.worker_threads = std::max(0, absl::GetFlag(FLAGS_session_threads));
   options.grace_period = std::chrono::milliseconds(absl::ToInt64Milliseconds(absl::GetFlag(FLAGS_grace_period)));
+  options.session_drain = std::chrono::milliseconds(absl::ToInt64Milliseconds(absl::GetFlag(FLAGS_session_drain)));
   options.access.token_file = absl::GetFlag(FLAGS_token_file);
 
   // Hold one reference to the gRPC library for the life of the process, so that destroying the

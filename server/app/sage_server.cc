@@ -338,6 +338,7 @@ void SageServer::Shutdown() {
     if (metrics_http_) metrics_http_->Shutdown();
     return;
   }
+  DrainSessions();
   spdlog::info("draining: health NOT_SERVING, grace period {} ms", options_.grace_period.count());
   // Refuse first, then announce: whoever sees NOT_SERVING can rely on new work being refused.
   // Requests arriving on streams that are still open now get UNAVAILABLE; queued work runs.
@@ -367,6 +368,19 @@ void SageServer::Shutdown() {
   if (session_service_) session_service_->Shutdown();
   if (metrics_http_) metrics_http_->Shutdown();
   spdlog::info("drained");
+}
+
+void SageServer::DrainSessions() {
+  if (options_.session_drain.count() <= 0 || session_store_->Stats().sessions == 0) return;
+  spdlog::info("draining sessions: {} open, serving them for up to {} ms; new sessions and stateless calls refused, "
+               "health NOT_SERVING", session_store_->Stats().sessions, options_.session_drain.count());
+  pipeline_->ServeSessionsOnly();
+  health_service_->SetAll(grpc::health::v1::HealthCheckResponse::NOT_SERVING);
+  const auto deadline = std::chrono::steady_clock::now() + options_.session_drain;
+  while (session_store_->Stats().sessions > 0 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  spdlog::info("sessions drained: {} still open", session_store_->Stats().sessions);
 }
 
 absl::Status SageServer::ReloadAccess() { return access_->Reload(); }

@@ -50,8 +50,10 @@ class SageServer {
   // The precision registry (models, plans) this server resolves layer_keys with.
   const registry::Registry& precision_registry() const { return *registry_; }
 
-  // Graceful drain: health NOT_SERVING, new requests refused (UNAVAILABLE), accepted work runs
-  // to completion; calls still open after the grace period are cancelled. Idempotent.
+  // Graceful drain: with options.session_drain and sessions open, first only their calls are
+  // served (until the last closes or that time passes); then health NOT_SERVING, new requests
+  // refused (UNAVAILABLE), accepted work runs to completion; calls still open after the grace
+  // period are cancelled. Idempotent.
   void Shutdown();
   // Re-reads the token file now (SIGHUP); on error the tokens in force stay (the error is logged).
   absl::Status ReloadAccess();
@@ -60,6 +62,7 @@ class SageServer {
 
  private:
   SageServer() = default;
+  void DrainSessions();  // Shutdown's first stage (options.session_drain)
 
   ServerOptions options_;
   // Before everything that records into it, so it is destroyed after them.

@@ -87,6 +87,11 @@ struct ServerOptions {
   SharedMemoryOptions shared_memory;
   // KV sessions (SessionService): the host page pool, page size, idle TTL, session count.
   SessionStoreOptions sessions;
+  // On SIGTERM with sessions open, how long to keep serving them (calls on open sessions, their
+  // closes) while refusing everything else with UNAVAILABLE (new sessions, stateless calls) and
+  // reporting NOT_SERVING, so clients move new work to other replicas (docs/DEPLOY.md, "Draining").
+  // Ends early when the last session closes; then the drain below. 0: no session drain.
+  std::chrono::milliseconds session_drain{0};
   // How long a drain may take before remaining calls are cancelled.
   std::chrono::milliseconds grace_period{30000};
   // After the last accepted request is answered, the server keeps its connections this long (within

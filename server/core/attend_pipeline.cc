@@ -97,6 +97,13 @@ absl::Status AttendPipeline::Start(AttendCall call) {
   if (request == nullptr || !call.encode || !call.done) {
     return absl::InternalError("attend pipeline: a call without its request, encoder or completion");
   }
+  if (call.method != AttendMethod::kSession && serving_sessions_only()) {
+    const absl::Status draining = absl::UnavailableError(
+        "server draining: it serves its open sessions until they close and takes no other work; send this call "
+        "to another replica");
+    Reject(call.method, request->id, draining, call.accepted, call.bytes_in);
+    return draining;
+  }
   if (absl::Status planned = ApplyPrecisionPlan(*request); !planned.ok()) {
     Reject(call.method, request->id, planned, call.accepted, call.bytes_in);
     return planned;

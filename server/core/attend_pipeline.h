@@ -69,6 +69,10 @@ class AttendPipeline {
   // Requests accepted and not yet finished (queued or computing): the load this server reports
   // to clients balancing over replicas (frontend/grpc/load_report.h).
   int in_flight() const { return in_flight_.load(std::memory_order_relaxed); }
+  // A session drain (ServerOptions::session_drain): from now on Start refuses stateless calls
+  // (UNAVAILABLE, so clients retry on another replica); session calls still run.
+  void ServeSessionsOnly() { sessions_only_.store(true, std::memory_order_release); }
+  bool serving_sessions_only() const { return sessions_only_.load(std::memory_order_acquire); }
 
  private:
   // A request naming a model and no explicit recipe runs the precision plan's recipe for that
@@ -83,6 +87,7 @@ class AttendPipeline {
   ServerMetrics* const metrics_;
   const registry::Registry* const registry_;
   std::atomic<int> in_flight_{0};
+  std::atomic<bool> sessions_only_{false};
 };
 
 }  // namespace sage::server

@@ -266,6 +266,10 @@ absl::StatusOr<SessionInfo> SessionAttend::CreateSession(const SessionCaller& ca
     for (int d : dims) absl::StrAppend(&runs, runs.empty() ? "" : ", ", d);
     return absl::InvalidArgumentError(absl::StrCat("head_dim: ", shape.head_dim, " is not one this server runs (", runs, ")"));
   }
+  if (pipeline_->serving_sessions_only()) {
+    return absl::UnavailableError("server draining: it serves its open sessions until they close and creates no new "
+                                  "ones; create the session on another replica");
+  }
   SessionShape planned = shape;
   if (planned.storages.empty() && !planned.model.empty()) {
     absl::Status from_plan = StoragesFromPlan(planned);
