@@ -10,7 +10,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "sageserve/client/session.h"
+#include "status_conversion.h"
 
 namespace sageserve {
 
@@ -180,17 +180,18 @@ void ClusterClient::Created(const Client* on, std::string_view session_id) const
 
 absl::StatusOr<const Client*> ClusterClient::ForSession(std::string_view session_id) const {
   const std::string_view instance = InstanceOf(session_id);
-  for (bool refresh : {false, true}) {
-    MaybeResolve();
-    std::vector<Replica*> replicas;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      for (auto& r : replicas_) {
-        if (r->instance == instance) return r->client.get();
-        if (refresh || r->instance.empty()) replicas.push_back(r.get());
-      }
+  MaybeResolve();
+  // Replicas not yet asked first, then those whose instance may be stale (a restart): each once.
+  std::vector<Replica*> unknown, known;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto& r : replicas_) {
+      if (r->instance == instance) return r->client.get();
+      (r->instance.empty() ? unknown : known).push_back(r.get());
     }
-    for (Replica* r : replicas) {  // outside the lock: a round trip each
+  }
+  for (const std::vector<Replica*>* ask : {&unknown, &known}) {
+    for (Replica* r : *ask) {  // outside the lock: a round trip each
       absl::StatusOr<v1::GetServerInfoResponse> info = r->client->GetServerInfo();
       if (!info.ok()) continue;
       std::lock_guard<std::mutex> lock(mu_);
@@ -198,11 +199,11 @@ absl::StatusOr<const Client*> ClusterClient::ForSession(std::string_view session
       if (r->instance == instance) return r->client.get();
     }
   }
-  absl::Status gone = absl::UnavailableError(absl::StrCat(
-      "session ", std::string(session_id), ": no replica of this cluster is server instance ", std::string(instance),
-      " (it died or restarted, was removed, or the session is another cluster's); create a new session"));
-  gone.SetPayload(kSessionOwnerGonePayload, absl::Cord(std::string(session_id)));
-  return gone;
+  return SessionOwnerGone(absl::StrCat("session ", std::string(session_id), ": no replica of this cluster is server instance ",
+                                       std::string(instance),
+                                       " (it died or restarted, was removed, or the session is another cluster's); "
+                                       "create a new session"),
+                          session_id);
 }
 
 std::vector<ClusterClient::ReplicaStatus> ClusterClient::Replicas() const {

@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "sageserve/client/tensor.h"
+#include "status_conversion.h"
 
 namespace sageserve {
 namespace {
@@ -42,11 +43,10 @@ absl::Status OnSessions(const grpc::Status& st, const std::vector<std::string>& 
   if (s.code() != absl::StatusCode::kUnavailable) return s;
   std::string names;
   for (const std::string& id : ids) absl::StrAppend(&names, names.empty() ? "" : ", ", id);
-  absl::Status gone = absl::UnavailableError(absl::StrCat(
-      "the server holding session(s) ", names, " cannot be reached or is shutting down; their KV caches are lost "
-      "with it: create new sessions and prefill again (", st.error_message(), ")"));
-  gone.SetPayload(kSessionOwnerGonePayload, absl::Cord(names));
-  return gone;
+  return SessionOwnerGone(absl::StrCat("the server holding session(s) ", names,
+                                       " cannot be reached or is shutting down; their KV caches are lost with it: create "
+                                       "new sessions and prefill again (", st.error_message(), ")"),
+                          names);
 }
 
 }  // namespace

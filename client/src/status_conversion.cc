@@ -3,6 +3,7 @@
 
 #include "absl/strings/cord.h"
 #include "sageserve/client/client.h"
+#include "sageserve/client/session.h"
 
 namespace sageserve {
 
@@ -12,6 +13,12 @@ absl::Status FromRequestStatus(const v1::RequestStatus& status) {
     if (!d.type_url().empty()) out.SetPayload(d.type_url(), absl::Cord(d.value()));
   }
   return out;
+}
+
+absl::Status SessionOwnerGone(std::string_view message, std::string_view session_ids) {
+  absl::Status gone = absl::UnavailableError(std::string(message));
+  gone.SetPayload(kSessionOwnerGonePayload, absl::Cord(std::string(session_ids)));
+  return gone;
 }
 
 absl::Status FromGrpcStatus(const grpc::Status& status) {

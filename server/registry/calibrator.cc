@@ -11,6 +11,7 @@
 #include "absl/strings/str_format.h"
 #include "kernels/reference/metrics.h"
 #include "kernels/reference/oracle.h"
+#include "server/registry/score_stats.h"
 
 namespace sage::registry {
 namespace {
@@ -36,31 +37,6 @@ absl::Status CheckSample(const ModelSpec& spec, const CalibrationSample& s, size
   }
   return absl::OkStatus();
 }
-
-// Streaming mean / min / variance (Welford), so a cell with many samples needs no score vector.
-struct ScoreStats {
-  int n = 0;
-  double mean = 0.0;
-  double m2 = 0.0;
-  double min = std::numeric_limits<double>::infinity();
-  double cos_sum = 0.0;
-  double l1_sum = 0.0;
-  double l1_max = 0.0;
-  double us_sum = 0.0;
-
-  void Add(const ErrorMetrics& m, double compute_us) {
-    const double score = CalibrationScore(m);
-    ++n;
-    const double delta = score - mean;
-    mean += delta / n;
-    m2 += delta * (score - mean);
-    min = std::min(min, score);
-    cos_sum += m.cosine;
-    l1_sum += m.relative_l1;
-    l1_max = std::max(l1_max, m.relative_l1);
-    us_sum += compute_us;
-  }
-};
 
 // More accurate = larger Recipe value (int4 < int8+fp8 < int8+fp16 < unquantized). Used where
 // two calibrated neighbours disagree about an uncalibrated timestep between them.
@@ -147,7 +123,6 @@ absl::StatusOr<CalibrationReport> Calibrator::Calibrate(const ModelSpec& spec,
         return absl::Status(exact.status().code(),
                             absl::StrCat("samples[", i, "]: exact attention: ", exact.status().message()));
       }
-      if (!kv_candidates.empty()) exacts.push_back(*exact);
       for (Recipe r : report.cost_order) {
         if (options.is_cancelled && options.is_cancelled()) {
           return absl::CancelledError("calibration cancelled");
@@ -163,6 +138,7 @@ absl::StatusOr<CalibrationReport> Calibrator::Calibrate(const ModelSpec& spec,
         }
         stats[r].Add(CompareToReference(out->o, exact->o), us);
       }
+      if (!kv_candidates.empty()) exacts.push_back(*std::move(exact));
     }
 
     CellReport cell;

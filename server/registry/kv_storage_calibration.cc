@@ -2,12 +2,12 @@
 
 #include <algorithm>
 #include <cstddef>
-#include <limits>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "kernels/reference/metrics.h"
 #include "kernels/reference/numerics.h"
+#include "server/registry/score_stats.h"
 
 namespace sage::registry {
 namespace {
@@ -16,15 +16,6 @@ double RelativeBytes(KvStorage storage, int head_dim) {
   return static_cast<double>(KvTokenBytes(storage, 1, head_dim)) /
          static_cast<double>(KvTokenBytes(KvStorage::k16Bit, 1, head_dim));
 }
-
-struct Worst {
-  double sum = 0.0;
-  double min = std::numeric_limits<double>::infinity();
-  void Add(double score) {
-    sum += score;
-    min = std::min(min, score);
-  }
-};
 
 // `in` run with `recipe` on the backend, against the exact result of the sample's own K/V.
 absl::StatusOr<ErrorMetrics> Measure(server::AttentionBackend& backend, const AttnInput& in, Recipe recipe,
@@ -90,7 +81,7 @@ absl::StatusOr<LayerKvReport> CalibrateLayerKvStorage(server::AttentionBackend& 
     KvStorageScore score;
     score.storage = storage;
     score.relative_bytes = RelativeBytes(storage, head_dim);
-    Worst decode, prefill;
+    ScoreStats decode, prefill;
     for (const KvSample& s : samples) {
       if (plan.is_cancelled && plan.is_cancelled()) return absl::CancelledError("calibration cancelled");
       if (absl::Status st = StoreAndLoadKv(*s.input, storage, k, v); !st.ok()) {
@@ -106,23 +97,22 @@ absl::StatusOr<LayerKvReport> CalibrateLayerKvStorage(server::AttentionBackend& 
         score.error = std::string(dec.status().message());
         break;
       }
-      decode.Add(CalibrationScore(*dec));
-      score.max_relative_l1 = std::max(score.max_relative_l1, dec->relative_l1);
+      decode.Add(*dec, 0.0);
       absl::StatusOr<ErrorMetrics> pre =
           plan.prefill_recipe == Recipe::kUnquantized ? dec : Measure(backend, stored, plan.prefill_recipe, *s.exact);
       if (!pre.ok()) {
         score.error = std::string(pre.status().message());
         break;
       }
-      prefill.Add(CalibrationScore(*pre));
-      if (!score.error.empty()) break;
-      ++score.samples;
+      prefill.Add(*pre, 0.0);
     }
     if (score.error.empty()) {
-      score.mean_decode_score = decode.sum / score.samples;
+      score.samples = decode.n;
+      score.mean_decode_score = decode.mean;
       score.min_decode_score = decode.min;
-      score.mean_prefill_score = prefill.sum / score.samples;
+      score.mean_prefill_score = prefill.mean;
       score.min_prefill_score = prefill.min;
+      score.max_relative_l1 = decode.l1_max;
       score.meets_target = decode.min >= plan.target && prefill.min >= plan.target;
     }
     report.scores.push_back(score);

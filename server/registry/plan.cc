@@ -32,6 +32,14 @@ bool RunsEqual(const std::vector<Run>& a, const std::vector<Run>& b) {
   return true;
 }
 
+// INVALID_ARGUMENT "<where>.layers: ..." unless `layers` is a range inside the model's layers.
+absl::Status CheckLayers(const ModelSpec& spec, const std::string& where, const Range& layers) {
+  if (layers.first >= 0 && layers.last >= layers.first && layers.last < spec.num_layers) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat(where, ".layers: [", layers.first, ", ", layers.last,
+                                                 "] is not inside layers 0..", spec.num_layers - 1, " of model '",
+                                                 spec.name, "'"));
+}
+
 }  // namespace
 
 std::string_view PlanSourceName(PlanSource source) {
@@ -79,11 +87,7 @@ absl::Status ValidatePlan(const ModelSpec& spec, const Plan& plan) {
   for (size_t i = 0; i < plan.entries.size(); ++i) {
     const PlanEntry& e = plan.entries[i];
     const std::string where = absl::StrCat("plan.entries[", i, "]");
-    if (e.layers.first < 0 || e.layers.last < e.layers.first || e.layers.last >= spec.num_layers) {
-      return absl::InvalidArgumentError(absl::StrCat(where, ".layers: [", e.layers.first, ", ",
-                                                     e.layers.last, "] is not inside layers 0..",
-                                                     spec.num_layers - 1, " of model '", spec.name, "'"));
-    }
+    if (absl::Status s = CheckLayers(spec, where, e.layers); !s.ok()) return s;
     if (e.timesteps.has_value()) {
       if (!spec.num_timesteps.has_value()) {
         return absl::InvalidArgumentError(
@@ -117,11 +121,7 @@ absl::Status ValidatePlan(const ModelSpec& spec, const Plan& plan) {
   for (size_t i = 0; i < plan.kv_storages.size(); ++i) {
     const KvStorageEntry& e = plan.kv_storages[i];
     const std::string where = absl::StrCat("plan.kv_storages[", i, "]");
-    if (e.layers.first < 0 || e.layers.last < e.layers.first || e.layers.last >= spec.num_layers) {
-      return absl::InvalidArgumentError(absl::StrCat(where, ".layers: [", e.layers.first, ", ", e.layers.last,
-                                                     "] is not inside layers 0..", spec.num_layers - 1, " of model '",
-                                                     spec.name, "'"));
-    }
+    if (absl::Status s = CheckLayers(spec, where, e.layers); !s.ok()) return s;
     if (absl::Status s = CheckKvLayout(e.storage, spec.head_dim); !s.ok()) {
       return absl::InvalidArgumentError(absl::StrCat(where, ".kv_storage: model '", spec.name, "' ", s.message()));
     }

@@ -69,15 +69,8 @@ TEST(SessionDrain, OpenSessionsAreServedUntilTheyCloseAndNothingElse) {
   EXPECT_EQ(stateless.status().code(), absl::StatusCode::kUnavailable);
   EXPECT_NE(stateless.status().message().find("draining"), std::string::npos) << stateless.status();
   grpc::ClientContext create_ctx;
-  v1::CreateSessionRequest create;
-  create.set_layers(1);
-  create.set_heads_q(shape.heads_q);
-  create.set_heads_kv(shape.heads_kv);
-  create.set_head_dim(shape.head_dim);
-  create.set_dtype(v1::DTYPE_FP16);
-  create.set_max_tokens(64);
   v1::CreateSessionResponse created;
-  const grpc::Status refused = stub->CreateSession(&create_ctx, create, &created);
+  const grpc::Status refused = stub->CreateSession(&create_ctx, TestSessionRequest(shape), &created);
   EXPECT_EQ(refused.error_code(), grpc::StatusCode::UNAVAILABLE);
   EXPECT_NE(refused.error_message().find("another replica"), std::string::npos) << refused.error_message();
 

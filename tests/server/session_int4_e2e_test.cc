@@ -142,14 +142,14 @@ void CheckOneCallOverStorages(bool one_session) {
   std::vector<std::string> ids;
   if (one_session) {
     grpc::ClientContext ctx;
-    v1::CreateSessionRequest req;
-    req.set_layers(3);
-    req.set_heads_q(kHq);
-    req.set_heads_kv(kHkv);
-    req.set_head_dim(kD);
-    req.set_dtype(v1::DTYPE_FP16);
+    TestSessionShape shape;
+    shape.layers = 3;
+    shape.heads_q = kHq;
+    shape.heads_kv = kHkv;
+    shape.head_dim = kD;
+    shape.storage = v1::KV_STORAGE_UNSPECIFIED;
+    v1::CreateSessionRequest req = TestSessionRequest(shape);
     for (v1::KvStorage st : storages) req.add_layer_kv_storages(st);
-    req.set_max_tokens(4096);
     v1::CreateSessionResponse resp;
     const grpc::Status st = stub->CreateSession(&ctx, req, &resp);
     ASSERT_TRUE(st.ok()) << st.error_message();
@@ -248,24 +248,19 @@ TEST(SessionInt4E2E, AnEngineWithoutTheStorageRefusesTheSession) {
   EXPECT_EQ(ServedStorages(s), (std::vector<int>{v1::KV_STORAGE_16BIT, v1::KV_STORAGE_INT8_K_FP8_V}));
   auto stub = v1::SessionService::NewStub(s.client->channel());
   grpc::ClientContext ctx;
-  v1::CreateSessionRequest req;
-  req.set_layers(1);
-  req.set_heads_q(kHq);
-  req.set_heads_kv(kHkv);
-  req.set_head_dim(kD);
-  req.set_dtype(v1::DTYPE_FP16);
-  req.set_kv_storage(v1::KV_STORAGE_INT4_K_FP8_V);
-  req.set_max_tokens(64);
+  TestSessionShape shape;
+  shape.layers = 1;
+  shape.heads_q = kHq;
+  shape.heads_kv = kHkv;
+  shape.head_dim = kD;
+  shape.storage = v1::KV_STORAGE_INT4_K_FP8_V;
+  shape.max_tokens = 64;
   v1::CreateSessionResponse resp;
-  const grpc::Status st = stub->CreateSession(&ctx, req, &resp);
+  const grpc::Status st = stub->CreateSession(&ctx, TestSessionRequest(shape), &resp);
   EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_NE(st.error_message().find("kv_storage: KV_STORAGE_INT4_K_FP8_V"), std::string::npos) << st.error_message();
   EXPECT_NE(st.error_message().find("KV_STORAGE_INT8_K_FP8_V"), std::string::npos) << st.error_message();
   // The storages it runs are created as before.
-  TestSessionShape shape;
-  shape.heads_q = kHq;
-  shape.heads_kv = kHkv;
-  shape.head_dim = kD;
   shape.storage = v1::KV_STORAGE_INT8_K_FP8_V;
   EXPECT_FALSE(CreateTestSession(*stub, shape).empty());
 }

@@ -138,8 +138,7 @@ void StartServer(const server::ServerOptions& options, std::unique_ptr<server::A
   out->client = *std::move(client);
 }
 
-std::string CreateTestSession(sageserve::v1::SessionService::Stub& stub, const TestSessionShape& shape) {
-  grpc::ClientContext ctx;
+sageserve::v1::CreateSessionRequest TestSessionRequest(const TestSessionShape& shape) {
   sageserve::v1::CreateSessionRequest req;
   req.set_layers(shape.layers);
   req.set_heads_q(shape.heads_q);
@@ -148,8 +147,13 @@ std::string CreateTestSession(sageserve::v1::SessionService::Stub& stub, const T
   req.set_dtype(sageserve::v1::DTYPE_FP16);
   req.set_kv_storage(shape.storage);
   req.set_max_tokens(shape.max_tokens);
+  return req;
+}
+
+std::string CreateTestSession(sageserve::v1::SessionService::Stub& stub, const TestSessionShape& shape) {
+  grpc::ClientContext ctx;
   sageserve::v1::CreateSessionResponse resp;
-  grpc::Status st = stub.CreateSession(&ctx, req, &resp);
+  grpc::Status st = stub.CreateSession(&ctx, TestSessionRequest(shape), &resp);
   EXPECT_TRUE(st.ok()) << st.error_message();
   return resp.session_id();
 }

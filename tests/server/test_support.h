@@ -86,6 +86,8 @@ struct TestSessionShape {
   int64_t max_tokens = 4096;
 };
 std::string CreateTestSession(sageserve::v1::SessionService::Stub& stub, const TestSessionShape& shape);
+// Its CreateSessionRequest (fp16), for tests that change it or expect a refusal.
+sageserve::v1::CreateSessionRequest TestSessionRequest(const TestSessionShape& shape);
 // The cached length of the session's `layer` (GetSession).
 int64_t TestSessionLength(sageserve::v1::SessionService::Stub& stub, const std::string& id, int layer);
 

@@ -181,8 +181,7 @@ class Client:
                     load = int(value)
                 except ValueError:
                     return
-                if self.on_load is not None:
-                    self.on_load(load)
+                self.on_load(load)  # type: ignore[misc]  (set: _call reads trailers only then)
                 return
 
     def _unregister_region(self, name: str) -> None:
@@ -307,13 +306,10 @@ class Client:
         kv_storages: the session KV storages scored per layer (models without timesteps), by
         SessionOptions name ("int4_k_fp8_v", ...); empty: every one the server runs."""
         from sageserve.request import parse_recipe
-        from sageserve.session import KV_STORAGE
+        from sageserve.session import parse_kv_storage
 
-        for name in kv_storages:
-            if name not in KV_STORAGE:
-                raise ValueError(f"kv_storages: each must be one of {list(KV_STORAGE)}, got {name!r}")
         header = reg.CalibrateRequest(model=model, dry_run=dry_run, candidates=[parse_recipe(c) for c in candidates],
-                                      kv_storage_candidates=[KV_STORAGE[n] for n in kv_storages])
+                                      kv_storage_candidates=[parse_kv_storage(n, "kv_storages") for n in kv_storages])
         if accuracy_target is not None:
             header.accuracy_target = accuracy_target
 

@@ -173,15 +173,18 @@ class Cluster:
 
     def _owner(self, session_id: str) -> Replica:
         instance = _instance_of(session_id)
-        for refresh in (False, True):
-            for r in self.replicas():
-                if r.instance is None or refresh:
-                    try:
-                        r.instance = r.client.info().instance
-                    except errors.SageServeError:
-                        continue
-                if r.instance == instance:
-                    return r
+        replicas = self.replicas()
+        for r in replicas:
+            if r.instance == instance:
+                return r
+        # Replicas not yet asked first, then those whose instance may be stale (a restart): each once.
+        for r in sorted(replicas, key=lambda r: r.instance is not None):
+            try:
+                r.instance = r.client.info().instance
+            except errors.SageServeError:
+                continue
+            if r.instance == instance:
+                return r
         raise errors.SessionOwnerGoneError(
             f"session {session_id}: no replica of this cluster is server instance {instance} (it restarted, "
             f"was removed, or the session is another cluster's); create a new session", [session_id])

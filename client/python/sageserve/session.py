@@ -20,6 +20,13 @@ KV_STORAGE = {"16bit": tp.KV_STORAGE_16BIT, "int8_k_fp8_v": tp.KV_STORAGE_INT8_K
               "int4_k_fp8_v": tp.KV_STORAGE_INT4_K_FP8_V}
 
 
+def parse_kv_storage(name: str, field: str = "kv_storage") -> int:
+    """The KvStorage of a name of KV_STORAGE; ValueError naming `field` otherwise."""
+    if name not in KV_STORAGE:
+        raise ValueError(f"{field} must be one of {list(KV_STORAGE)}, got {name!r}")
+    return KV_STORAGE[name]
+
+
 @dataclass
 class SessionOptions:
     layers: int = 1
@@ -38,15 +45,11 @@ class SessionOptions:
     def request(self) -> sp.CreateSessionRequest:
         if self.kv_storage is not None and self.layer_kv_storages is not None:
             raise ValueError("set kv_storage or layer_kv_storages, not both")
-        names = [self.kv_storage] if self.kv_storage is not None else list(self.layer_kv_storages or [])
-        for name in names:
-            if name not in KV_STORAGE:
-                raise ValueError(f"kv_storage must be one of {list(KV_STORAGE)}, got {name!r}")
         return sp.CreateSessionRequest(
             model=self.model, layers=self.layers, heads_q=self.heads_q, heads_kv=self.heads_kv,
             head_dim=self.head_dim, dtype=codec.parse_dtype(self.dtype),
-            kv_storage=KV_STORAGE[self.kv_storage] if self.kv_storage is not None else tp.KV_STORAGE_UNSPECIFIED,
-            layer_kv_storages=[KV_STORAGE[n] for n in (self.layer_kv_storages or [])],
+            kv_storage=parse_kv_storage(self.kv_storage) if self.kv_storage is not None else tp.KV_STORAGE_UNSPECIFIED,
+            layer_kv_storages=[parse_kv_storage(n, "layer_kv_storages") for n in (self.layer_kv_storages or [])],
             max_tokens=self.max_tokens, reserve_tokens=self.reserve_tokens)
 
 
@@ -328,4 +331,4 @@ def _owner_gone(e: errors.UnavailableError, session_ids: Sequence[str]) -> error
         f"caches are lost with it: create new sessions and prefill again ({e.message})", ids)
 
 
-__all__ = ["KV_STORAGE", "Session", "SessionCall", "SessionCalls", "SessionOptions", "StepResult"]
+__all__ = ["KV_STORAGE", "parse_kv_storage", "Session", "SessionCall", "SessionCalls", "SessionOptions", "StepResult"]

@@ -7,7 +7,6 @@
 #include "server/frontend/grpc/deadline.h"
 #include "server/frontend/grpc/load_report.h"
 #include "server/frontend/grpc/request_codec.h"
-#include "server/frontend/grpc/session_codec.h"
 #include "server/frontend/grpc/status_mapping.h"
 #include "server/util/log_field.h"
 #include "server/util/version.h"
