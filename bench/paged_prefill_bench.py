@@ -50,7 +50,8 @@ class GatherParams(ctypes.Structure):  # sage_paged_gather_params_t
                 ("page_table", ctypes.c_void_p), ("cu_pages", ctypes.c_void_p), ("cu_seqlens_k", ctypes.c_void_p),
                 ("batch", ctypes.c_int32), ("max_seqlen_k", ctypes.c_int32), ("total_k", ctypes.c_int64),
                 ("num_kv_heads", ctypes.c_int32), ("head_dim", ctypes.c_int32),
-                ("k_out", ctypes.c_void_p), ("v_out", ctypes.c_void_p)]
+                ("k_out", ctypes.c_void_p), ("v_out", ctypes.c_void_p),
+                ("layout", ctypes.c_int)]  # sage_kv_layout_t: 0, TOKEN_MAJOR, the order build_pool writes
 
 
 def load_lib(path):

@@ -171,11 +171,12 @@ typedef struct {
   int32_t head_dim;             /* a multiple of 8, at most 256 */
   void* k_out;                  /* [total_k, num_kv_heads, head_dim], 16-byte aligned */
   void* v_out;
+  sage_kv_layout_t layout;      /* row order inside the pages (0, TOKEN_MAJOR, when zeroed) */
 } sage_paged_gather_params_t;
 
 sage_status_t sage_paged_gather(const sage_paged_gather_params_t* params, sage_stream_t stream);
 
-/* ---- KV quantize: a step's new tokens encoded into their INT8K_FP8V or INT4K_FP8V pages on the GPU ----
+/* ---- KV quantize: a step's new tokens encoded into their pages on the GPU ----
  * Token i (of `count`) goes to slot slots[i] of the page at byte offset page_offsets[i] of `pages`.
  * Its K and V come in one of two forms:
  *  - centred: k_centered ([count, num_kv_heads, head_dim] fp32: the token's K minus the session's K
@@ -188,14 +189,15 @@ sage_status_t sage_paged_gather(const sage_paged_gather_params_t* params, sage_s
  *    client's CUDA IPC buffer, so new tokens on the GPU never visit the host.
  * Writes the codes and scales QuantizeKvTokens (kernels/reference/kv_pages.h) writes for `storage`, byte for
  * byte, except that a NaN scale may differ in payload and a NaN V code in sign (x86 makes inf/inf a
- * negative NaN, the GPU a positive one). The inputs and the tables may lie in pinned host memory
+ * negative NaN, the GPU a positive one). 16BIT pages take the rows as they are (K not centred). The
+ * inputs and the tables may lie in pinned host memory
  * (read over the bus) or device memory. Asynchronous on `stream`. */
 typedef struct {
   sage_dtype_t dtype;
   void* pages;                    /* the pool's base */
   int32_t page_tokens;
   int32_t num_kv_heads;
-  int32_t head_dim;               /* a multiple of 32 (INT4K_FP8V: of 64), at most 256 */
+  int32_t head_dim;               /* at most 256; quantized: a multiple of 32 (INT4K_FP8V: of 64) */
   int32_t count;
   const uint64_t* page_offsets;   /* per token */
   const int32_t* slots;           /* per token, < page_tokens */
@@ -204,7 +206,8 @@ typedef struct {
   const void* const* k_rows;      /* the rows form: per token */
   const void* const* v_rows;
   const float* const* k_means;
-  sage_kv_storage_t storage;      /* INT8K_FP8V or INT4K_FP8V (16BIT is refused: nothing to quantize) */
+  sage_kv_storage_t storage;      /* 16BIT (rows form only: copied, k_means unused), INT8K_FP8V or INT4K_FP8V */
+  sage_kv_layout_t layout;        /* row order inside the pages (0, TOKEN_MAJOR, when zeroed) */
 } sage_kv_quantize_params_t;
 
 sage_status_t sage_kv_quantize(const sage_kv_quantize_params_t* params, sage_stream_t stream);

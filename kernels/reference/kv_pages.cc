@@ -148,43 +148,51 @@ void CenterKTokens(DType dtype, const void* k, size_t values, std::span<const fl
 
 void QuantizeKvTokens(const KvPageLayout& layout, std::byte* page, int first, int n, const float* k_centered,
                       const void* v) {
-  const size_t d = static_cast<size_t>(layout.head_dim);
-  const size_t th0 = static_cast<size_t>(first) * layout.heads;  // token-heads before the first token
+  const size_t d = static_cast<size_t>(layout.head_dim), heads = static_cast<size_t>(layout.heads);
   const size_t k_bytes = layout.k_code_bytes(), k_groups = layout.k_scales_per_token_head();
-  auto* k_codes = reinterpret_cast<uint8_t*>(page) + th0 * k_bytes;
-  auto* v_codes = reinterpret_cast<uint8_t*>(page + layout.v_codes_offset()) + th0 * d;
-  auto* k_scales = reinterpret_cast<float*>(page + layout.k_scales_offset()) + th0 * k_groups;
-  auto* v_scales = reinterpret_cast<float*>(page + layout.v_scales_offset()) + th0;
+  auto* k_codes = reinterpret_cast<uint8_t*>(page);
+  auto* v_codes = reinterpret_cast<uint8_t*>(page + layout.v_codes_offset());
+  auto* k_scales = reinterpret_cast<float*>(page + layout.k_scales_offset());
+  auto* v_scales = reinterpret_cast<float*>(page + layout.v_scales_offset());
   const bool int4 = layout.storage == KvStorage::kInt4KFp8V;
   const auto* v16 = static_cast<const uint16_t*>(v);
   float vf[kMaxHeadDim];
-  for (size_t th = 0; th < static_cast<size_t>(n) * layout.heads; ++th) {  // one token-head at a time
+  for (size_t th = 0; th < static_cast<size_t>(n) * heads; ++th) {  // one token-head of the input at a time
+    const size_t r = layout.row(first + static_cast<int>(th / heads), static_cast<int>(th % heads));
     const float* kf = k_centered + th * d;
     DecodeToFloatBulk(v16 + th * d, layout.dtype, vf, d);
     const float v_scale = Scale(AbsMax(vf, d), kFp8E4M3Max);
     if (int4) {
-      QuantizeInt4K(kf, d, k_codes + th * k_bytes, k_scales + th * k_groups);
+      QuantizeInt4K(kf, d, k_codes + r * k_bytes, k_scales + r * k_groups);
     } else {
       const float k_scale = Scale(AbsMax(kf, d), kInt8Max);
       // Branch-free, one tensor per loop, so each vectorizes (a decode step encodes on the request
       // path: ~2k values per token).
-      int8_t* const kc = reinterpret_cast<int8_t*>(k_codes + th * d);
+      int8_t* const kc = reinterpret_cast<int8_t*>(k_codes + r * d);
       for (size_t c = 0; c < d; ++c) kc[c] = static_cast<int8_t>(Code(kf[c], k_scale, kInt8Max));
-      k_scales[th] = k_scale;
+      k_scales[r] = k_scale;
     }
-    uint8_t* const vc = v_codes + th * d;
+    uint8_t* const vc = v_codes + r * d;
     for (size_t c = 0; c < d; ++c) vc[c] = EncodeFp8E4M3(vf[c] / v_scale);
-    v_scales[th] = v_scale;
+    v_scales[r] = v_scale;
   }
 }
 
 void EncodeKvTokens(const KvPageLayout& layout, std::byte* page, int first, int n, const void* k, const void* v,
                     std::span<const float> k_mean) {
   const size_t row = static_cast<size_t>(layout.heads) * layout.head_dim;
-  const size_t at = static_cast<size_t>(first) * row;  // values before the first token
   if (layout.storage == KvStorage::k16Bit) {
-    std::memcpy(page + at * 2, k, static_cast<size_t>(n) * row * 2);
-    std::memcpy(page + layout.v_codes_offset() + at * 2, v, static_cast<size_t>(n) * row * 2);
+    const size_t bytes = static_cast<size_t>(layout.head_dim) * 2;  // one token-head
+    const auto* ks = static_cast<const std::byte*>(k);
+    const auto* vs = static_cast<const std::byte*>(v);
+    std::byte* const v_page = page + layout.v_codes_offset();
+    for (int t = 0; t < n; ++t) {
+      for (int h = 0; h < layout.heads; ++h) {
+        const size_t from = (static_cast<size_t>(t) * layout.heads + h) * bytes, to = layout.row(first + t, h) * bytes;
+        std::memcpy(page + to, ks + from, bytes);
+        std::memcpy(v_page + to, vs + from, bytes);
+      }
+    }
     return;
   }
   std::vector<float> centered(static_cast<size_t>(n) * row);
@@ -193,19 +201,26 @@ void EncodeKvTokens(const KvPageLayout& layout, std::byte* page, int first, int 
 }
 
 void DecodeKvTokens(const KvPageLayout& layout, const std::byte* page, int first, int n, void* k, void* v) {
-  const size_t d = static_cast<size_t>(layout.head_dim), row = static_cast<size_t>(layout.heads) * d;
-  const size_t at = static_cast<size_t>(first) * row;
+  const size_t d = static_cast<size_t>(layout.head_dim), heads = static_cast<size_t>(layout.heads), row = heads * d;
   if (layout.storage == KvStorage::k16Bit) {
-    std::memcpy(k, page + at * 2, static_cast<size_t>(n) * row * 2);
-    std::memcpy(v, page + layout.v_codes_offset() + at * 2, static_cast<size_t>(n) * row * 2);
+    const size_t bytes = d * 2;
+    auto* ko = static_cast<std::byte*>(k);
+    auto* vo = static_cast<std::byte*>(v);
+    const std::byte* const v_page = page + layout.v_codes_offset();
+    for (int t = 0; t < n; ++t) {
+      for (int h = 0; h < layout.heads; ++h) {
+        const size_t to = (static_cast<size_t>(t) * heads + h) * bytes, from = layout.row(first + t, h) * bytes;
+        std::memcpy(ko + to, page + from, bytes);
+        std::memcpy(vo + to, v_page + from, bytes);
+      }
+    }
     return;
   }
-  const size_t th0 = static_cast<size_t>(first) * layout.heads;
   const size_t k_bytes = layout.k_code_bytes(), k_groups = layout.k_scales_per_token_head();
-  const auto* k_codes = reinterpret_cast<const uint8_t*>(page) + th0 * k_bytes;
-  const auto* v_codes = reinterpret_cast<const uint8_t*>(page + layout.v_codes_offset()) + th0 * d;
-  const auto* k_scales = reinterpret_cast<const float*>(page + layout.k_scales_offset()) + th0 * k_groups;
-  const auto* v_scales = reinterpret_cast<const float*>(page + layout.v_scales_offset()) + th0;
+  const auto* k_codes = reinterpret_cast<const uint8_t*>(page);
+  const auto* v_codes = reinterpret_cast<const uint8_t*>(page + layout.v_codes_offset());
+  const auto* k_scales = reinterpret_cast<const float*>(page + layout.k_scales_offset());
+  const auto* v_scales = reinterpret_cast<const float*>(page + layout.v_scales_offset());
   const bool int4 = layout.storage == KvStorage::kInt4KFp8V;
   const uint8_t* channel = int4 ? NibbleChannels(layout.head_dim) : nullptr;
   // The whole run in float, then one bulk conversion per tensor.
@@ -214,9 +229,10 @@ void DecodeKvTokens(const KvPageLayout& layout, const std::byte* page, int first
   thread_local std::vector<float> kf, vf;
   kf.resize(values);
   vf.resize(values);
-  for (size_t th = 0; th < static_cast<size_t>(n) * layout.heads; ++th) {
-    const uint8_t* kc = k_codes + th * k_bytes;
-    const float* ks = k_scales + th * k_groups;
+  for (size_t th = 0; th < static_cast<size_t>(n) * heads; ++th) {  // one token-head of the output at a time
+    const size_t r = layout.row(first + static_cast<int>(th / heads), static_cast<int>(th % heads));
+    const uint8_t* kc = k_codes + r * k_bytes;
+    const float* ks = k_scales + r * k_groups;
     float* ko = kf.data() + th * d;
     if (int4) {
       for (size_t nib = 0; nib < d; ++nib) {
@@ -227,8 +243,8 @@ void DecodeKvTokens(const KvPageLayout& layout, const std::byte* page, int first
     } else {
       for (size_t c = 0; c < d; ++c) ko[c] = static_cast<float>(static_cast<int8_t>(kc[c])) * ks[0];
     }
-    const float vs = v_scales[th];
-    const uint8_t* vc = v_codes + th * d;
+    const float vs = v_scales[r];
+    const uint8_t* vc = v_codes + r * d;
     float* vo = vf.data() + th * d;
     for (size_t c = 0; c < d; ++c) vo[c] = fp8[vc[c]] * vs;
   }

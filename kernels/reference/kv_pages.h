@@ -45,10 +45,19 @@ absl::Status CheckKvLayout(KvStorage storage, int head_dim);
 int Int4NibbleChannel(int n, int head_dim);
 int Int4ChannelNibble(int channel, int head_dim);
 
-// One page: `page_tokens` (T) tokens of `heads` (H) KV heads, laid out so that a run of tokens is
-// one contiguous block per part, token-major ([tokens, heads, ...], the order engines read):
-//   [K codes: T × H × k_code_bytes][V codes: T × H × v_code_bytes]
-//   [K scales: T × H × k_scales_per_token_head fp32][V scales: T × H × v_scales_per_token_head fp32]
+// The order of a page's (token, head) rows inside each of its four parts. Head-major keeps one
+// head's tokens of a page contiguous (codes and scales), which is how the pool stores them: a
+// decode CTA, which owns one KV head, then reads whole sectors of its own rows (docs/NUMERICS.md,
+// "Session KV storage"; docs/BENCHMARKS.md measured token-major 2-14 points slower).
+enum class KvRowOrder {
+  kTokenMajor,  // row t * H + h
+  kHeadMajor,   // row h * T + t
+};
+
+// One page: `page_tokens` (T) tokens of `heads` (H) KV heads, in four parts of T x H rows each
+// (a row: one token-head's bytes of that part), in the `rows` order:
+//   [K codes: T x H x k_code_bytes][V codes: T x H x v_code_bytes]
+//   [K scales: T x H x k_scales_per_token_head fp32][V scales: T x H x v_scales_per_token_head fp32]
 // k16Bit: 2·D-byte codes (the values), no scales. kInt8KFp8V: D bytes each, one scale each.
 // kInt4KFp8V: D/2 bytes of K nibbles with D/32 K scales, V as kInt8KFp8V.
 struct KvPageLayout {
@@ -57,8 +66,14 @@ struct KvPageLayout {
   int page_tokens = 0;
   int heads = 0;
   int head_dim = 0;
+  KvRowOrder rows = KvRowOrder::kHeadMajor;
 
-  // One token-head.
+  // The row of token t (0..T-1) of head h in every part.
+  size_t row(int t, int h) const {
+    return rows == KvRowOrder::kHeadMajor ? static_cast<size_t>(h) * page_tokens + t : static_cast<size_t>(t) * heads + h;
+  }
+
+  // One token-head (row) of each part.
   size_t k_code_bytes() const {
     const size_t d = static_cast<size_t>(head_dim);
     return storage == KvStorage::k16Bit ? 2 * d : storage == KvStorage::kInt8KFp8V ? d : d / 2;

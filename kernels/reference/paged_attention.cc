@@ -27,7 +27,7 @@ double PagedKvValue(const PagedDecodeProblem& p, std::span<const int32_t> seq_pa
                     bool value_tensor) {
   const KvPageLayout layout = p.layout();
   const std::byte* page = PageOf(p, seq_pages, t);
-  const size_t slot = static_cast<size_t>(t % p.page_tokens) * p.num_kv_heads + h;  // the token-head
+  const size_t slot = layout.row(t % p.page_tokens, h);  // the token-head's row in each part
   if (p.storage == KvStorage::k16Bit) {
     uint16_t bits;
     std::memcpy(&bits, page + (value_tensor ? layout.v_codes_offset() : 0) + (slot * p.head_dim + c) * 2, 2);
@@ -55,9 +55,9 @@ double PagedKvValue(const PagedDecodeProblem& p, std::span<const int32_t> seq_pa
 
 PagedKvPool PackPagedKv(KvStorage storage, DType dtype, const void* k, const void* v,
                         std::span<const int32_t> cu_seqlens_k, int kv_heads, int head_dim, int page_tokens,
-                        uint64_t page_bytes, uint64_t seed) {
+                        uint64_t page_bytes, uint64_t seed, KvRowOrder rows) {
   PagedKvPool out;
-  out.layout = {storage, dtype, page_tokens, kv_heads, head_dim};
+  out.layout = {storage, dtype, page_tokens, kv_heads, head_dim, rows};
   out.page_bytes = std::max<uint64_t>(page_bytes, out.layout.page_bytes());
   const int batch = static_cast<int>(cu_seqlens_k.size()) - 1;
   int total_pages = 0;
@@ -163,6 +163,7 @@ PagedDecodeProblem ProblemOver(const PagedKvPool& pool, const AttnInput& in) {
   p.num_kv_heads = pool.layout.heads;
   p.head_dim = pool.layout.head_dim;
   p.softmax_scale = in.scale();
+  p.rows = pool.layout.rows;
   return p;
 }
 

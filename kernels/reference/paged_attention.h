@@ -29,10 +29,11 @@ struct PagedDecodeProblem {
   int num_kv_heads = 0;
   int head_dim = 0;
   float softmax_scale = 0.f;
+  KvRowOrder rows = KvRowOrder::kHeadMajor;  // of the pages' rows
 
   int batch() const { return static_cast<int>(seqlens_k.size()); }
   int64_t total_q() const { return cu_seqlens_q.empty() ? 0 : cu_seqlens_q.back(); }
-  KvPageLayout layout() const { return {storage, dtype, page_tokens, num_kv_heads, head_dim}; }
+  KvPageLayout layout() const { return {storage, dtype, page_tokens, num_kv_heads, head_dim, rows}; }
 };
 
 struct PagedDecodeOutput {
@@ -48,7 +49,7 @@ PagedDecodeOutput PagedDecodeReference(const PagedDecodeProblem& problem);
 // server's pool does: each sequence's tokens in its own pages, page ids handed out in a seeded
 // random order (so no sequence's pages are contiguous or ascending). The quantized storages encode
 // with EncodeKvTokens and each sequence's per-head K mean as k̄ (kInt4KFp8V: head_dim a multiple of
-// 64, CheckKvLayout). Pages are page_bytes apart (>= the
+// 64, CheckKvLayout), rows in `rows` order. Pages are page_bytes apart (>= the
 // layout's bytes; any extra bytes are filled with 0xA5 and must never be read).
 struct PagedKvPool {
   KvPageLayout layout;
@@ -58,7 +59,7 @@ struct PagedKvPool {
 };
 PagedKvPool PackPagedKv(KvStorage storage, DType dtype, const void* k, const void* v,
                         std::span<const int32_t> cu_seqlens_k, int kv_heads, int head_dim, int page_tokens,
-                        uint64_t page_bytes, uint64_t seed);
+                        uint64_t page_bytes, uint64_t seed, KvRowOrder rows = KvRowOrder::kHeadMajor);
 
 // The decode problem of `in`'s Q (rows, heads, scale) over `pool` (packed from `in`'s K/V): the
 // views point into both, which must outlive it.

@@ -22,7 +22,7 @@ class HostKvMemory final : public KvMemory {
     for (const KvWrite& w : writes) std::memcpy(base_.get() + w.offset, w.src, w.bytes);
     return absl::OkStatus();
   }
-  absl::Status WriteQuantized(const KvPageLayout& layout, std::span<const KvQuantizeToken> tokens) override {
+  absl::Status WriteTokens(const KvPageLayout& layout, std::span<const KvTokenWrite> tokens) override {
     return EncodeOnHost(layout, base_.get(), tokens);
   }
   absl::Status OrderAfterWrites(void* /*stream*/) const override { return absl::OkStatus(); }
@@ -43,11 +43,12 @@ class HostKvMemory final : public KvMemory {
 
 }  // namespace
 
-absl::Status EncodeOnHost(const KvPageLayout& layout, std::byte* base, std::span<const KvQuantizeToken> tokens) {
+absl::Status EncodeOnHost(const KvPageLayout& layout, std::byte* base, std::span<const KvTokenWrite> tokens) {
   const size_t row = static_cast<size_t>(layout.heads) * layout.head_dim;
-  for (const KvQuantizeToken& t : tokens) {
+  for (const KvTokenWrite& t : tokens) {
     if (t.kv_memory == MemoryKind::kDevice) return absl::InternalError("kv pool: a host encode got tokens in device memory");
-    EncodeKvTokens(layout, base + t.page_offset, t.slot, 1, t.k, t.v, std::span<const float>(t.k_mean, row));
+    EncodeKvTokens(layout, base + t.page_offset, t.slot, 1, t.k, t.v,
+                   std::span<const float>(t.k_mean, t.k_mean != nullptr ? row : 0));
   }
   return absl::OkStatus();
 }

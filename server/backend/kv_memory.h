@@ -26,13 +26,13 @@ struct KvWrite {
   MemoryKind src_memory = MemoryKind::kPageable;
 };
 
-// One token of an 8-bit append, for memory that encodes it where the pages are (EncodeKvTokens on
-// the host for host memory, sage_kv_quantize on a GPU): its page's offset in the pool, its slot in
-// the page, its K and V (16-bit values of the layout's dtype, heads x head_dim each; host memory,
-// or with kv_memory kDevice memory of a device pool's own GPU) and its session's K mean (fp32,
-// heads x head_dim, host memory), on which K is centred (CenterKTokens). The pointers need only
-// live until the call returns.
-struct KvQuantizeToken {
+// One token of an append, for memory that encodes it where the pages are (EncodeKvTokens on the
+// host for host memory, sage_kv_quantize on a GPU): its page's offset in the pool, its slot in the
+// page, its K and V (16-bit values of the layout's dtype, heads x head_dim each; host memory, or
+// with kv_memory kDevice memory of a device pool's own GPU) and, for storages with a K mean
+// (HasKMean), its session's mean (fp32, heads x head_dim, host memory), on which K is centred
+// (CenterKTokens); null otherwise. The pointers need only live until the call returns.
+struct KvTokenWrite {
   size_t page_offset = 0;
   int slot = 0;
   const void* k = nullptr;
@@ -53,9 +53,9 @@ class KvMemory {
   // small write has landed: writes are ordered before every later Write, Read and Copy, and before
   // work an engine queues on a stream after OrderAfterWrites.
   virtual absl::Status Write(std::span<const KvWrite> writes) = 0;
-  // Encodes `tokens` (all of `layout`, whose storage is kInt8KFp8V) into their pages: the bytes
-  // QuantizeKvTokens writes. Ordered as Write is.
-  virtual absl::Status WriteQuantized(const KvPageLayout& layout, std::span<const KvQuantizeToken> tokens) = 0;
+  // Encodes `tokens` (all of `layout`) into their pages: the bytes EncodeKvTokens writes. Ordered
+  // as Write is.
+  virtual absl::Status WriteTokens(const KvPageLayout& layout, std::span<const KvTokenWrite> tokens) = 0;
   // Makes what is queued next on `stream` (a device pool: the engine's cudaStream_t) run after
   // every write issued before this call. Host pools write synchronously: nothing to do.
   virtual absl::Status OrderAfterWrites(void* stream) const = 0;
@@ -68,9 +68,9 @@ class KvMemory {
   virtual absl::Status Copy(size_t dst_offset, size_t src_offset, size_t bytes) = 0;
 };
 
-// WriteQuantized's bytes for memory the host writes: each token encoded into its page at `base` +
+// WriteTokens's bytes for memory the host writes: each token encoded into its page at `base` +
 // page_offset (EncodeKvTokens).
-absl::Status EncodeOnHost(const KvPageLayout& layout, std::byte* base, std::span<const KvQuantizeToken> tokens);
+absl::Status EncodeOnHost(const KvPageLayout& layout, std::byte* base, std::span<const KvTokenWrite> tokens);
 
 // `bytes` of ordinary host memory. RESOURCE_EXHAUSTED when it cannot be had.
 absl::StatusOr<std::unique_ptr<KvMemory>> CreateHostKvMemory(size_t bytes);

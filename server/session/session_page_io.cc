@@ -12,8 +12,8 @@
 namespace sage::server {
 
 // Appends the step's tokens to the layer's pages (which the caller checked it may write): pages
-// allocated first (a shared page about to be written copied), then each run of tokens that lands
-// in one page encoded on the host, in place or into `batch` for the caller's one transfer.
+// allocated first (a shared page about to be written copied), then the tokens encoded on the host
+// in place, or for a device pool listed in `batch` for the caller's one write.
 absl::Status SessionStore::WriteTokens(Session& s, int layer, const AppendStep& step, WriteBatch& batch) {
   Session::Layer& l = s.layers[static_cast<size_t>(layer)];
   const SessionShape& shape = s.shape;
@@ -42,7 +42,6 @@ absl::Status SessionStore::WriteTokens(Session& s, int layer, const AppendStep& 
   while (next < fresh->size()) l.pages.push_back((*fresh)[next++]);
 
   const size_t row = static_cast<size_t>(shape.heads_kv) * shape.head_dim;  // values per token
-  std::vector<KvWrite>& writes = batch.writes;
   const auto* k = static_cast<const uint16_t*>(step.k);
   const auto* v = static_cast<const uint16_t*>(step.v);
   const bool in_place = memory.memory() != MemoryKind::kDevice;
@@ -50,7 +49,7 @@ absl::Status SessionStore::WriteTokens(Session& s, int layer, const AppendStep& 
   if (kv_on_device && (in_place || !s.KvMayStayOnDevice(layer))) {
     // SessionStore::TakesDeviceKv said no to such a step: its K/V should have come from the host.
     return absl::InternalError(
-        "session append: K/V in device memory for a pool, a storage or a first append that needs them on the host");
+        "session append: K/V in device memory for a pool or a first append that needs them on the host");
   }
   if (HasKMean(l.layout.storage) && l.k_mean.empty()) {
     // The session's K mean for this layer: the channel means of its first append.
@@ -62,71 +61,33 @@ absl::Status SessionStore::WriteTokens(Session& s, int layer, const AppendStep& 
     }
     for (float& m : l.k_mean) m /= static_cast<float>(step.n_new);
   }
-  // Host memory is encoded in place. Device memory, INT8 K: each token encoded where its page is
-  // (KvMemory::WriteQuantized, sage_kv_quantize on a GPU, K centred there on the session's mean)
-  // with the caller's batch. Device memory, otherwise: each page run's four parts (16-bit: K and V
-  // only) go with the caller's one batched transfer, from a host page image of the run, or for
-  // 16-bit K/V in the GPU's own memory straight from there.
   const KvPageLayout& layout = l.layout;
-  if (!in_place && QuantizedByPool(layout.storage)) {
-    const auto same = [&layout](const QuantizeGroup& g) {
-      return g.layout.storage == layout.storage && g.layout.dtype == layout.dtype &&
-             g.layout.page_tokens == layout.page_tokens && g.layout.heads == layout.heads && g.layout.head_dim == layout.head_dim;
-    };
-    auto group = std::find_if(batch.quantize.begin(), batch.quantize.end(), same);
-    if (group == batch.quantize.end()) group = batch.quantize.insert(batch.quantize.end(), QuantizeGroup{layout, {}});
-    for (int64_t t = 0; t < step.n_new; ++t) {
-      const int64_t token = step.position + t;
-      group->tokens.push_back(KvQuantizeToken{pool.offset(l.pages[static_cast<size_t>(token / T)]), static_cast<int>(token % T),
-                                              k + static_cast<size_t>(t) * row, v + static_cast<size_t>(t) * row,
-                                              l.k_mean.data(), step.kv_memory});
-    }
-    return absl::OkStatus();  // the caller writes the batch
-  }
-  std::byte* image = nullptr;
-  if (!in_place && !kv_on_device) {
-    batch.images.push_back(std::unique_ptr<std::byte[]>(
-        new std::byte[static_cast<size_t>(step.n_new) * KvTokenBytes(layout.storage, layout.heads, layout.head_dim)]));
-    image = batch.images.back().get();
-  }
-  // One token's bytes of each part: a run of tokens is contiguous in every part.
-  const KvPageLayout token{layout.storage, layout.dtype, 1, layout.heads, layout.head_dim};
-  for (int64_t t = 0; t < step.n_new;) {
-    const int64_t token_at = step.position + t;
-    const int in_page = static_cast<int>(token_at % T);
-    const int n = static_cast<int>(std::min<int64_t>(T - in_page, step.n_new - t));
-    const size_t page_at = pool.offset(l.pages[static_cast<size_t>(token_at / T)]);
-    const std::byte* const k_at = reinterpret_cast<const std::byte*>(k + static_cast<size_t>(t) * row);
-    const std::byte* const v_at = reinterpret_cast<const std::byte*>(v + static_cast<size_t>(t) * row);
-    if (in_place) {
-      EncodeKvTokens(layout, memory.base() + page_at, in_page, n, k_at, v_at, l.k_mean);
+  if (in_place) {  // host memory: each run of tokens that lands in one page encoded there
+    for (int64_t t = 0; t < step.n_new;) {
+      const int64_t token_at = step.position + t;
+      const int in_page = static_cast<int>(token_at % T);
+      const int n = static_cast<int>(std::min<int64_t>(T - in_page, step.n_new - t));
+      std::byte* const page = memory.base() + pool.offset(l.pages[static_cast<size_t>(token_at / T)]);
+      EncodeKvTokens(layout, page, in_page, n, k + static_cast<size_t>(t) * row, v + static_cast<size_t>(t) * row, l.k_mean);
       t += n;
-      continue;
     }
-    if (kv_on_device) {  // 16-bit pages (the others went above or were refused): the codes are the tokens' own bytes
-      const size_t c0 = in_page * token.k_codes_bytes(), cn = static_cast<size_t>(n) * token.k_codes_bytes();
-      writes.push_back(KvWrite{page_at + c0, k_at, cn, MemoryKind::kDevice});
-      writes.push_back(KvWrite{page_at + layout.v_codes_offset() + c0, v_at, cn, MemoryKind::kDevice});
-      t += n;
-      continue;
-    }
-    KvPageLayout run = layout;
-    run.page_tokens = n;
-    EncodeKvTokens(run, image, 0, n, k_at, v_at, l.k_mean);
-    // Each part of the run: where it starts in the page, in the image, and its bytes per token.
-    const struct {
-      size_t page, image, per_token;
-    } parts[] = {{0, 0, token.k_codes_bytes()},
-                 {layout.v_codes_offset(), run.v_codes_offset(), token.v_codes_bytes()},
-                 {layout.k_scales_offset(), run.k_scales_offset(), token.k_scales_bytes()},
-                 {layout.v_scales_offset(), run.v_scales_offset(), token.v_scales_bytes()}};
-    for (const auto& part : parts) {
-      if (part.per_token == 0) continue;  // 16-bit pages have no scales
-      writes.push_back(KvWrite{page_at + part.page + in_page * part.per_token, image + part.image,
-                               static_cast<size_t>(n) * part.per_token});
-    }
-    image += run.page_bytes();
-    t += n;
+    return absl::OkStatus();
+  }
+  // Device memory: each token encoded where its page is (KvMemory::WriteTokens: sage_kv_quantize on
+  // a GPU, which copies 16-bit rows into their head-major slots and quantizes the others, K centred
+  // there on the session's mean), in the caller's batch, one group per layout.
+  const auto same = [&layout](const TokenGroup& g) {
+    return g.layout.storage == layout.storage && g.layout.dtype == layout.dtype && g.layout.page_tokens == layout.page_tokens &&
+           g.layout.heads == layout.heads && g.layout.head_dim == layout.head_dim && g.layout.rows == layout.rows;
+  };
+  auto group = std::find_if(batch.groups.begin(), batch.groups.end(), same);
+  if (group == batch.groups.end()) group = batch.groups.insert(batch.groups.end(), TokenGroup{layout, {}});
+  const float* const mean = HasKMean(layout.storage) ? l.k_mean.data() : nullptr;
+  for (int64_t t = 0; t < step.n_new; ++t) {
+    const int64_t token = step.position + t;
+    group->tokens.push_back(KvTokenWrite{pool.offset(l.pages[static_cast<size_t>(token / T)]), static_cast<int>(token % T),
+                                         k + static_cast<size_t>(t) * row, v + static_cast<size_t>(t) * row, mean,
+                                         step.kv_memory});
   }
   return absl::OkStatus();  // the caller writes the batch
 }

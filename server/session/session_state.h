@@ -14,10 +14,6 @@
 
 namespace sage::server {
 
-// Whether a device pool encodes this storage's tokens itself (KvMemory::WriteQuantized: the GPU's
-// sage_kv_quantize, for INT8 and INT4 K alike); 16-bit page runs are copied in.
-inline bool QuantizedByPool(KvStorage storage) { return HasKMean(storage); }
-
 // One session. Its page tables and lengths are guarded by `mu`; the pages it shares with forks are
 // never written while shared (copy on write), so readers need only their own session's lock.
 struct SessionStore::Session {
@@ -41,12 +37,12 @@ struct SessionStore::Session {
   int pool = 0;  // index of the device pool holding every page of the session
 
   int page_tokens(int layer) const { return layers[static_cast<size_t>(layer)].layout.page_tokens; }
-  // Whether a step's K/V may stay in the memory of the session's GPU pool (mu held): 16-bit codes
-  // are copied from there, and a pool-quantized layer's tokens are encoded there once the host has
-  // taken its K mean from the first append.
+  // Whether a step's K/V may stay in the memory of the session's GPU pool (mu held): the pool
+  // encodes every token there (KvMemory::WriteTokens) once the host has taken the layer's K mean
+  // from its first append, where the storage has one.
   bool KvMayStayOnDevice(int layer) const {
     const Layer& l = layers[static_cast<size_t>(layer)];
-    return l.layout.storage == KvStorage::k16Bit || (QuantizedByPool(l.layout.storage) && !l.k_mean.empty());
+    return !HasKMean(l.layout.storage) || !l.k_mean.empty();
   }
   int64_t PageCount() const {
     int64_t n = 0;

@@ -297,17 +297,8 @@ SessionStore::AppendAllResult SessionStore::AppendAll(const SessionCaller& calle
   }
   // The new bytes reach the pools before any length says they are there.
   for (size_t p = 0; p < batches.size(); ++p) {
-    if (batches[p].writes.empty()) continue;
-    if (absl::Status w = pools_[p].pool->memory().Write(batches[p].writes); !w.ok()) {
-      result.status = w;
-      result.failed = 0;
-      result.ends.clear();
-      return result;
-    }
-  }
-  for (size_t p = 0; p < batches.size(); ++p) {
-    for (const QuantizeGroup& g : batches[p].quantize) {
-      if (absl::Status w = pools_[p].pool->memory().WriteQuantized(g.layout, g.tokens); !w.ok()) {
+    for (const TokenGroup& g : batches[p].groups) {
+      if (absl::Status w = pools_[p].pool->memory().WriteTokens(g.layout, g.tokens); !w.ok()) {
         result.status = w;
         result.failed = 0;
         result.ends.clear();

@@ -202,15 +202,13 @@ class SessionStore {
   absl::StatusOr<std::shared_ptr<Session>> Find(const SessionCaller& caller, std::string_view id) const;
   std::string NewId(const std::string& device);
   KvPagePool& PoolOf(const Session& s) const;
-  // Encoded bytes waiting for one transfer into a pool (memory written by transfer only).
-  struct QuantizeGroup {  // 8-bit tokens for a device pool to encode, all of one layout
+  // A device pool's tokens waiting for one KvMemory::WriteTokens per layout.
+  struct TokenGroup {
     KvPageLayout layout;
-    std::vector<KvQuantizeToken> tokens;
+    std::vector<KvTokenWrite> tokens;
   };
   struct WriteBatch {
-    std::vector<std::unique_ptr<std::byte[]>> images;  // page images the writes point into
-    std::vector<KvWrite> writes;
-    std::vector<QuantizeGroup> quantize;
+    std::vector<TokenGroup> groups;
   };
   using WriteBatches = std::vector<WriteBatch>;  // one per pool
   // A read of the layer's first `end` tokens is possible (s.mu held): open, the layer in range and

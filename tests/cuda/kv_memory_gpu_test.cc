@@ -12,6 +12,7 @@
 #include <random>
 #include <thread>
 #include <span>
+#include <string>
 #include <vector>
 
 #include "kernels/reference/kv_pages.h"
@@ -154,9 +155,9 @@ TEST(DeviceKvMemory, DeviceSourcesAreReadInPlaceAndWaitedFor) {
   ASSERT_TRUE(m.Read(0, got.data(), kPoolBytes).ok());
   EXPECT_EQ(std::memcmp(got.data(), mirror.data(), kPoolBytes), 0);
 
-  // 8-bit tokens: 300 at 8 heads x 128 (more than one slot's run), means changing every 7 tokens.
+  // Tokens of 8-bit and of 16-bit pages: 300 at 8 heads x 128 (more than one slot's run), 8-bit
+  // means changing every 7 tokens, some rows on the device and some on the host.
   constexpr int kTokens = 300, kHeads = 8, kD = 128, kPageTokens = 16;
-  const KvPageLayout layout{KvStorage::kInt8KFp8V, DType::kF16, kPageTokens, kHeads, kD};
   const size_t row = static_cast<size_t>(kHeads) * kD;
   std::normal_distribution<float> nd;
   std::vector<uint16_t> kv(2 * kTokens * row);
@@ -166,44 +167,55 @@ TEST(DeviceKvMemory, DeviceSourcesAreReadInPlaceAndWaitedFor) {
   DeviceBuffer device_kv;
   ASSERT_TRUE(device_kv.Upload(kv, stream.get()).ok());
   ASSERT_EQ(cudaStreamSynchronize(stream.get()), cudaSuccess);
-  std::vector<server::KvQuantizeToken> tokens;
-  std::vector<std::byte> want(kPoolBytes, std::byte{0});
-  for (int t = 0; t < kTokens; ++t) {
-    const bool on_device = t % 3 != 0;
-    const uint16_t* base = on_device ? device_kv.as<uint16_t>() : kv.data();
-    const int place = t * 37 % kTokens;  // (page, slot) places in a shuffled order
-    tokens.push_back(server::KvQuantizeToken{static_cast<size_t>(place / kPageTokens) * layout.page_bytes(),
-                                             place % kPageTokens, base + t * row,
-                                             base + (kTokens + t) * row, means.data() + (t / 7) * row,
-                                             on_device ? server::MemoryKind::kDevice : server::MemoryKind::kPageable});
-  }
-  std::vector<server::KvQuantizeToken> host_tokens = tokens;
-  for (server::KvQuantizeToken& t : host_tokens) {  // the same tokens from the host copy
-    const size_t at = static_cast<size_t>(static_cast<const uint16_t*>(t.k) -
-                                          (t.kv_memory == server::MemoryKind::kDevice ? device_kv.as<uint16_t>() : kv.data()));
-    t.k = kv.data() + at;
-    t.v = kv.data() + at + kTokens * row;
-    t.kv_memory = server::MemoryKind::kPageable;
-  }
-  ASSERT_TRUE(server::EncodeOnHost(layout, want.data(), host_tokens).ok());
-  ASSERT_TRUE(m.WriteQuantized(layout, tokens).ok());
-  ASSERT_TRUE(m.WaitForWrites().ok());
-  const size_t span = (static_cast<size_t>(kTokens) / kPageTokens + 1) * layout.page_bytes();
-  ASSERT_TRUE(m.Read(0, got.data(), span).ok());
-  // Only the tokens' own bytes: the rest of each page is what the earlier writes left.
-  int mismatches = 0;
-  for (int t = 0; t < kTokens; ++t) {
-    const std::byte* w = want.data() + tokens[t].page_offset;
-    const std::byte* g = got.data() + tokens[t].page_offset;
-    const size_t codes = layout.v_codes_offset(), at = static_cast<size_t>(tokens[t].slot) * row;
-    const size_t scale_at = layout.k_scales_offset() + static_cast<size_t>(tokens[t].slot) * kHeads * 4;
-    const size_t v_scale_at = scale_at + layout.k_scales_bytes();
-    if (std::memcmp(w + at, g + at, row) != 0 || std::memcmp(w + codes + at, g + codes + at, row) != 0 ||
-        std::memcmp(w + scale_at, g + scale_at, kHeads * 4) != 0 || std::memcmp(w + v_scale_at, g + v_scale_at, kHeads * 4) != 0) {
-      if (mismatches++ < 5) ADD_FAILURE() << "token " << t << " differs from the host encode";
+  for (KvStorage storage : {KvStorage::kInt8KFp8V, KvStorage::k16Bit}) {
+    SCOPED_TRACE(std::string(KvStorageName(storage)));
+    const KvPageLayout layout{storage, DType::kF16, kPageTokens, kHeads, kD};
+    std::vector<server::KvTokenWrite> tokens;
+    std::vector<std::byte> want(kPoolBytes, std::byte{0});
+    for (int t = 0; t < kTokens; ++t) {
+      const bool on_device = t % 3 != 0;
+      const uint16_t* base = on_device ? device_kv.as<uint16_t>() : kv.data();
+      const int place = t * 37 % kTokens;  // (page, slot) places in a shuffled order
+      tokens.push_back(server::KvTokenWrite{static_cast<size_t>(place / kPageTokens) * layout.page_bytes(),
+                                            place % kPageTokens, base + t * row, base + (kTokens + t) * row,
+                                            HasKMean(storage) ? means.data() + (t / 7) * row : nullptr,
+                                            on_device ? server::MemoryKind::kDevice : server::MemoryKind::kPageable});
     }
+    std::vector<server::KvTokenWrite> host_tokens = tokens;
+    for (server::KvTokenWrite& t : host_tokens) {  // the same tokens from the host copy
+      const size_t at = static_cast<size_t>(static_cast<const uint16_t*>(t.k) -
+                                            (t.kv_memory == server::MemoryKind::kDevice ? device_kv.as<uint16_t>() : kv.data()));
+      t.k = kv.data() + at;
+      t.v = kv.data() + at + kTokens * row;
+      t.kv_memory = server::MemoryKind::kPageable;
+    }
+    ASSERT_TRUE(server::EncodeOnHost(layout, want.data(), host_tokens).ok());
+    ASSERT_TRUE(m.WriteTokens(layout, tokens).ok());
+    ASSERT_TRUE(m.WaitForWrites().ok());
+    const size_t span = (static_cast<size_t>(kTokens) / kPageTokens + 1) * layout.page_bytes();
+    ASSERT_TRUE(m.Read(0, got.data(), span).ok());
+    // Only the tokens' own rows: the rest of each page is what the earlier writes left.
+    const struct {
+      size_t offset, row_bytes;
+    } parts[] = {{0, layout.k_code_bytes()},
+                 {layout.v_codes_offset(), layout.v_code_bytes()},
+                 {layout.k_scales_offset(), layout.k_scales_per_token_head() * 4},
+                 {layout.v_scales_offset(), layout.v_scales_per_token_head() * 4}};
+    int mismatches = 0;
+    for (int t = 0; t < kTokens; ++t) {
+      const std::byte* w = want.data() + tokens[t].page_offset;
+      const std::byte* g = got.data() + tokens[t].page_offset;
+      for (int h = 0; h < kHeads; ++h) {
+        for (const auto& part : parts) {
+          const size_t at = part.offset + layout.row(tokens[t].slot, h) * part.row_bytes;
+          if (std::memcmp(w + at, g + at, part.row_bytes) != 0 && mismatches++ < 5) {
+            ADD_FAILURE() << "token " << t << " head " << h << " differs from the host encode";
+          }
+        }
+      }
+    }
+    EXPECT_EQ(mismatches, 0);
   }
-  EXPECT_EQ(mismatches, 0);
 }
 
 }  // namespace

@@ -62,14 +62,17 @@ std::vector<uint16_t> Values(int d, DType dtype, uint32_t seed, float bias) {
 
 TEST(KvQuantizeGpu, WritesTheSchemesBytes) {
   SAGE_SKIP_WITHOUT_GPU();
-  for (KvStorage storage : {KvStorage::kInt8KFp8V, KvStorage::kInt4KFp8V}) {
+  for (KvStorage storage : kAllKvStorages) {
+  for (KvRowOrder order : {KvRowOrder::kHeadMajor, KvRowOrder::kTokenMajor}) {
   for (DType dtype : {DType::kF16, DType::kBF16}) {
     for (int d : {64, 128}) {
-      for (int form = 0; form < 3; ++form) {  // centred with device tables, centred pinned, rows
-        const bool host_tables = form == 1, rows = form == 2;
-        SCOPED_TRACE(std::string(KvStorageName(storage)) + (dtype == DType::kBF16 ? " bf16 " : " fp16 ") +
-                     std::to_string(d) + " form " + std::to_string(form));
-        const KvPageLayout layout{storage, dtype, kPageTokens, kHeads, d};
+      // Centred with device tables, centred pinned, rows, rows at odd 2-byte addresses (16-bit
+      // pages take only the rows forms).
+      for (int form = storage == KvStorage::k16Bit ? 2 : 0; form < 4; ++form) {
+        const bool host_tables = form == 1, rows = form >= 2, odd = form == 3;
+        SCOPED_TRACE(std::string(KvStorageName(storage)) + (order == KvRowOrder::kHeadMajor ? " head-major" : " token-major") +
+                     (dtype == DType::kBF16 ? " bf16 " : " fp16 ") + std::to_string(d) + " form " + std::to_string(form));
+        const KvPageLayout layout{storage, dtype, kPageTokens, kHeads, d, order};
         const size_t page_bytes = layout.page_bytes() + 64;  // a padded stride
         const size_t row = static_cast<size_t>(kHeads) * d;
         const std::vector<uint16_t> k = Values(d, dtype, 1, 3.0f), v = Values(d, dtype, 2, 0.0f);
@@ -94,7 +97,8 @@ TEST(KvQuantizeGpu, WritesTheSchemesBytes) {
         for (int t = 0; t < kTokens; ++t) {
           offsets[t] = static_cast<uint64_t>(places[t] / kPageTokens) * page_bytes;
           slots[t] = places[t] % kPageTokens;
-          QuantizeKvTokens(layout, want.data() + offsets[t], slots[t], 1, centered.data() + t * row, v.data() + t * row);
+          EncodeKvTokens(layout, want.data() + offsets[t], slots[t], 1, k.data() + t * row, v.data() + t * row,
+                         std::span<const float>(means.data() + (t % 2) * row, HasKMean(storage) ? row : 0));
         }
 
         Stream stream;
@@ -103,7 +107,10 @@ TEST(KvQuantizeGpu, WritesTheSchemesBytes) {
         DeviceBuffer dk, dv, doff, dslot, dmeans, dk_rows, dv_rows, dmean_of;
         void* pinned = nullptr;
         sage_kv_quantize_params_t p{};
-        p.storage = storage == KvStorage::kInt4KFp8V ? SAGE_KV_INT4K_FP8V : SAGE_KV_INT8K_FP8V;
+        p.storage = storage == KvStorage::kInt4KFp8V   ? SAGE_KV_INT4K_FP8V
+                    : storage == KvStorage::kInt8KFp8V ? SAGE_KV_INT8K_FP8V
+                                                       : SAGE_KV_16BIT;
+        p.layout = order == KvRowOrder::kHeadMajor ? SAGE_KV_HEAD_MAJOR : SAGE_KV_TOKEN_MAJOR;
         p.dtype = dtype == DType::kBF16 ? SAGE_DTYPE_BF16 : SAGE_DTYPE_F16;
         p.pages = pool.get();
         p.page_tokens = kPageTokens;
@@ -119,11 +126,12 @@ TEST(KvQuantizeGpu, WritesTheSchemesBytes) {
           p.page_offsets = static_cast<const uint64_t*>(put(offsets.data(), offsets.size() * 8));
           p.v = put(v.data(), v.size() * 2);
           p.slots = static_cast<const int32_t*>(put(slots.data(), slots.size() * 4));
-        } else if (rows) {  // token t's rows at place kTokens - 1 - t of the buffers
-          std::vector<uint16_t> k_rev(k.size()), v_rev(v.size());
+        } else if (rows) {  // token t's rows at place kTokens - 1 - t of the buffers (one value later if odd)
+          const size_t shift = odd ? 1 : 0;
+          std::vector<uint16_t> k_rev(k.size() + shift), v_rev(v.size() + shift);
           for (int t = 0; t < kTokens; ++t) {
-            std::copy_n(k.begin() + t * row, row, k_rev.begin() + (kTokens - 1 - t) * row);
-            std::copy_n(v.begin() + t * row, row, v_rev.begin() + (kTokens - 1 - t) * row);
+            std::copy_n(k.begin() + t * row, row, k_rev.begin() + shift + (kTokens - 1 - t) * row);
+            std::copy_n(v.begin() + t * row, row, v_rev.begin() + shift + (kTokens - 1 - t) * row);
           }
           ASSERT_TRUE(dk.Upload(k_rev, stream.get()).ok());
           ASSERT_TRUE(dv.Upload(v_rev, stream.get()).ok());
@@ -131,8 +139,8 @@ TEST(KvQuantizeGpu, WritesTheSchemesBytes) {
           std::vector<const void*> k_at(kTokens), v_at(kTokens);
           std::vector<const float*> mean_at(kTokens);
           for (int t = 0; t < kTokens; ++t) {
-            k_at[t] = dk.as<uint16_t>() + (kTokens - 1 - t) * row;
-            v_at[t] = dv.as<uint16_t>() + (kTokens - 1 - t) * row;
+            k_at[t] = dk.as<uint16_t>() + shift + (kTokens - 1 - t) * row;
+            v_at[t] = dv.as<uint16_t>() + shift + (kTokens - 1 - t) * row;
             mean_at[t] = dmeans.as<float>() + (t % 2) * row;
           }
           ASSERT_TRUE(dk_rows.Upload(k_at, stream.get()).ok());
@@ -190,6 +198,7 @@ TEST(KvQuantizeGpu, WritesTheSchemesBytes) {
     }
   }
   }
+  }
 }
 
 TEST(KvQuantizeGpu, BadParamsAreRefused) {
@@ -211,9 +220,17 @@ TEST(KvQuantizeGpu, BadParamsAreRefused) {
   p.v = buf.get();
   EXPECT_EQ(sage_kv_quantize(nullptr, st), SAGE_ERR_INVALID_ARGUMENT);
   sage_kv_quantize_params_t bad = p;
-  bad.storage = SAGE_KV_16BIT;  // nothing to quantize
+  bad.storage = SAGE_KV_16BIT;  // copied from rows, not from centred K
   EXPECT_EQ(sage_kv_quantize(&bad, st), SAGE_ERR_INVALID_ARGUMENT);
-  EXPECT_NE(std::string(sage_last_error()).find("storage"), std::string::npos) << sage_last_error();
+  EXPECT_NE(std::string(sage_last_error()).find("16BIT storage takes the rows form"), std::string::npos) << sage_last_error();
+  bad = p;
+  bad.storage = static_cast<sage_kv_storage_t>(3);
+  EXPECT_EQ(sage_kv_quantize(&bad, st), SAGE_ERR_INVALID_ARGUMENT);
+  EXPECT_NE(std::string(sage_last_error()).find("storage 3 unknown"), std::string::npos) << sage_last_error();
+  bad = p;
+  bad.layout = static_cast<sage_kv_layout_t>(2);
+  EXPECT_EQ(sage_kv_quantize(&bad, st), SAGE_ERR_INVALID_ARGUMENT);
+  EXPECT_NE(std::string(sage_last_error()).find("layout 2"), std::string::npos) << sage_last_error();
   bad = p;
   bad.head_dim = 80;
   EXPECT_EQ(sage_kv_quantize(&bad, st), SAGE_ERR_INVALID_ARGUMENT);

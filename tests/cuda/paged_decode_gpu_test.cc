@@ -32,8 +32,11 @@ struct Prepared {
   PagedKvPool pool;
   PagedDecodeProblem problem;
   int max_q = 0, max_k = 0;
-  std::vector<std::byte> device_pool;  // uploaded instead of pool.pool when set (another layout)
+  std::vector<std::byte> device_pool;  // uploaded instead of pool.pool when set (in device_rows order)
+  KvRowOrder device_rows = KvRowOrder::kHeadMajor;
 };
+
+sage_kv_layout_t SageLayout(KvRowOrder rows) { return rows == KvRowOrder::kHeadMajor ? SAGE_KV_HEAD_MAJOR : SAGE_KV_TOKEN_MAJOR; }
 
 Prepared Prepare(KvStorage storage, DType dtype, int d, int hkv, int group, const std::vector<int>& q_lens,
                  const std::vector<int>& k_lens, int page_tokens, uint64_t page_pad, uint64_t seed) {
@@ -116,15 +119,15 @@ double Ulp(double x, DType t) {
 }
 
 // Runs the kernel and checks it against the emulation with the rule at the top of this file.
-// The emulation reads the token-major pool; with layout HEAD_MAJOR the device holds the same pages
-// rewritten by HeadMajorPool (Prepared::device_pool).
-void RunAndCompare(const Prepared& c, const std::string& what, sage_kv_layout_t layout = SAGE_KV_TOKEN_MAJOR) {
+// The emulation reads the pool as packed (head-major rows); the device may hold the same pages in
+// the other order (Prepared::device_pool, ReorderedPool).
+void RunAndCompare(const Prepared& c, const std::string& what) {
   SCOPED_TRACE(what);
   Stream stream;
   ASSERT_NE(stream.get(), nullptr);
   DeviceCase dc;
   ASSERT_TRUE(Upload(c, stream.get(), &dc).ok());
-  dc.params.layout = layout;
+  dc.params.layout = SageLayout(c.device_pool.empty() ? c.pool.layout.rows : c.device_rows);
   ASSERT_EQ(sage_paged_decode(&dc.params, stream.sage()), SAGE_OK) << sage_last_error();
   std::vector<uint16_t> o;
   std::vector<float> lse;
@@ -196,27 +199,29 @@ TEST(PagedDecodeGpu, MatchesTheEmulation) {
   }
 }
 
-// The pool's pages rewritten head-major (sageattn.h, sage_kv_layout_t): each of a page's four parts
-// goes from [token][head] rows to [head][token] rows.
-std::vector<std::byte> HeadMajorPool(const PagedKvPool& pool) {
-  const KvPageLayout& l = pool.layout;
+// The pool's pages with their rows in order `to` (sageattn.h, sage_kv_layout_t): each of a page's
+// four parts has its (token, head) rows moved from the pool's order to `to`.
+std::vector<std::byte> ReorderedPool(const PagedKvPool& pool, KvRowOrder to) {
+  const KvPageLayout& from = pool.layout;
+  KvPageLayout dst_layout = from;
+  dst_layout.rows = to;
   std::vector<std::byte> out = pool.pool;
   struct Part {
     size_t offset, row_bytes;  // row: one token-head's bytes of the part
   };
-  std::vector<Part> parts = {{0, l.k_code_bytes()}, {l.v_codes_offset(), l.v_code_bytes()}};
-  if (l.k_scales_per_token_head() > 0) {
-    parts.push_back({l.k_scales_offset(), l.k_scales_per_token_head() * sizeof(float)});
-    parts.push_back({l.v_scales_offset(), l.v_scales_per_token_head() * sizeof(float)});
+  std::vector<Part> parts = {{0, from.k_code_bytes()}, {from.v_codes_offset(), from.v_code_bytes()}};
+  if (from.k_scales_per_token_head() > 0) {
+    parts.push_back({from.k_scales_offset(), from.k_scales_per_token_head() * sizeof(float)});
+    parts.push_back({from.v_scales_offset(), from.v_scales_per_token_head() * sizeof(float)});
   }
   for (size_t page = 0; page < pool.pool.size() / pool.page_bytes; ++page) {
     const std::byte* src = pool.pool.data() + page * pool.page_bytes;
     std::byte* dst = out.data() + page * pool.page_bytes;
     for (const Part& part : parts) {
-      for (int t = 0; t < l.page_tokens; ++t) {
-        for (int h = 0; h < l.heads; ++h) {
-          std::memcpy(dst + part.offset + (static_cast<size_t>(h) * l.page_tokens + t) * part.row_bytes,
-                      src + part.offset + (static_cast<size_t>(t) * l.heads + h) * part.row_bytes, part.row_bytes);
+      for (int t = 0; t < from.page_tokens; ++t) {
+        for (int h = 0; h < from.heads; ++h) {
+          std::memcpy(dst + part.offset + dst_layout.row(t, h) * part.row_bytes,
+                      src + part.offset + from.row(t, h) * part.row_bytes, part.row_bytes);
         }
       }
     }
@@ -224,9 +229,9 @@ std::vector<std::byte> HeadMajorPool(const PagedKvPool& pool) {
   return out;
 }
 
-// The same problems with head-major pages give the same results, through both kernels (D 64 on CUDA
-// cores, D 128 on tensor cores), with and without splits, page sizes 16 and 64.
-TEST(PagedDecodeGpu, HeadMajorPagesMatchTheEmulation) {
+// The same problems with token-major pages give the same results, through both kernels (D 64 on
+// CUDA cores, D 128 on tensor cores), with and without splits, page sizes 16 and 64.
+TEST(PagedDecodeGpu, TokenMajorPagesMatchTheEmulation) {
   SAGE_SKIP_WITHOUT_GPU();
   int index = 0;
   for (KvStorage storage : kAllKvStorages) {
@@ -235,9 +240,9 @@ TEST(PagedDecodeGpu, HeadMajorPagesMatchTheEmulation) {
       for (int page_tokens : {16, 64}) {
         Prepared c = Prepare(storage, DType::kF16, d, 4, 4, {1, 3, 1, 16}, {7, 999, 20000, 300}, page_tokens,
                              index % 2 ? 32 : 0, 50 + index);
-        c.device_pool = HeadMajorPool(c.pool);
-        RunAndCompare(c, absl::StrCat(Name(storage, DType::kF16, d, 4), "/P", page_tokens, " head-major"),
-                      SAGE_KV_HEAD_MAJOR);
+        c.device_pool = ReorderedPool(c.pool, KvRowOrder::kTokenMajor);
+        c.device_rows = KvRowOrder::kTokenMajor;
+        RunAndCompare(c, absl::StrCat(Name(storage, DType::kF16, d, 4), "/P", page_tokens, " token-major"));
         ++index;
       }
     }

@@ -40,9 +40,11 @@ TEST(PagedGatherGpu, EqualsTheSchemesDecodeBitForBit) {
         SyntheticProblem data(spec);
         const AttnInput& in = data.input();
         const int page_tokens = 64;
-        const KvPageLayout layout{storage, dtype, page_tokens, 2, d};
+        for (KvRowOrder order : {KvRowOrder::kHeadMajor, KvRowOrder::kTokenMajor}) {
+        SCOPED_TRACE(order == KvRowOrder::kHeadMajor ? "head-major" : "token-major");
+        const KvPageLayout layout{storage, dtype, page_tokens, 2, d, order};
         PagedKvPool pool = PackPagedKv(storage, dtype, in.k.data, in.v.data, in.cu_seqlens_k, 2, d, page_tokens,
-                                       layout.page_bytes() + 256, 11);
+                                       layout.page_bytes() + 256, 11, order);
         // The CPU decode of every sequence's tokens, page by page.
         const size_t row = static_cast<size_t>(2) * d;
         const int64_t total_k = in.k.tokens;
@@ -83,6 +85,7 @@ TEST(PagedGatherGpu, EqualsTheSchemesDecodeBitForBit) {
         p.head_dim = d;
         p.k_out = k_out.get();
         p.v_out = v_out.get();
+        p.layout = order == KvRowOrder::kHeadMajor ? SAGE_KV_HEAD_MAJOR : SAGE_KV_TOKEN_MAJOR;
         ASSERT_EQ(sage_paged_gather(&p, stream.sage()), SAGE_OK) << sage_last_error();
         std::vector<uint16_t> got_k, got_v;
         ASSERT_TRUE(k_out.Download(&got_k, stream.get()).ok());
@@ -105,6 +108,11 @@ TEST(PagedGatherGpu, EqualsTheSchemesDecodeBitForBit) {
         bad.page_bytes = layout.page_bytes() - 16;
         EXPECT_EQ(sage_paged_gather(&bad, stream.sage()), SAGE_ERR_INVALID_ARGUMENT);
         EXPECT_NE(std::string(sage_last_error()).find("page_bytes"), std::string::npos) << sage_last_error();
+        bad = p;
+        bad.layout = static_cast<sage_kv_layout_t>(2);
+        EXPECT_EQ(sage_paged_gather(&bad, stream.sage()), SAGE_ERR_INVALID_ARGUMENT);
+        EXPECT_NE(std::string(sage_last_error()).find("layout 2"), std::string::npos) << sage_last_error();
+        }
       }
     }
   }

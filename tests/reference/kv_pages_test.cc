@@ -7,6 +7,7 @@
 #include <cstring>
 #include <random>
 #include <set>
+#include <string>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -119,6 +120,41 @@ TEST(KvPageLayout, PartsAndOffsets) {
   EXPECT_EQ(KvTokenBytes(KvStorage::kInt4KFp8V, 8, 128), 8u * 212);  // 2.4x fewer than 16-bit
 }
 
+// Rows are head-major unless asked otherwise: a head's tokens of a page are contiguous in every
+// part. Both orders hold the same rows, so a run encoded either way decodes to the same values.
+TEST(KvPageLayout, RowOrders) {
+  KvPageLayout l{KvStorage::kInt8KFp8V, DType::kF16, 16, 4, 64};
+  EXPECT_EQ(l.rows, KvRowOrder::kHeadMajor);
+  EXPECT_EQ(l.row(5, 0), 5u);
+  EXPECT_EQ(l.row(5, 3), 3u * 16 + 5);
+  l.rows = KvRowOrder::kTokenMajor;
+  EXPECT_EQ(l.row(5, 3), 5u * 4 + 3);
+  std::mt19937 rng(11);
+  std::normal_distribution<float> normal(0.0f, 2.0f);
+  for (KvStorage storage : kAllKvStorages) {
+    const int n = 7, first = 6;
+    std::vector<uint16_t> k(static_cast<size_t>(n) * 4 * 64), v(k.size());
+    for (size_t i = 0; i < k.size(); ++i) k[i] = EncodeFp16(normal(rng)), v[i] = EncodeFp16(normal(rng));
+    std::vector<float> mean(4 * 64);
+    for (float& m : mean) m = normal(rng);
+    std::vector<uint16_t> out[2][2];
+    for (KvRowOrder rows : {KvRowOrder::kHeadMajor, KvRowOrder::kTokenMajor}) {
+      const KvPageLayout layout{storage, DType::kF16, 16, 4, 64, rows};
+      std::vector<std::byte> page(layout.page_bytes(), std::byte{0});
+      EncodeKvTokens(layout, page.data(), first, n, k.data(), v.data(), mean);
+      auto& o = out[rows == KvRowOrder::kHeadMajor ? 0 : 1];
+      o[0].resize(k.size());
+      o[1].resize(k.size());
+      DecodeKvTokens(layout, page.data(), first, n, o[0].data(), o[1].data());
+      if (storage == KvStorage::k16Bit) {  // and exactly where the order says
+        EXPECT_EQ(std::memcmp(page.data() + layout.row(first + 2, 3) * 128, k.data() + (2 * 4 + 3) * 64, 128), 0);
+      }
+    }
+    EXPECT_EQ(out[0][0], out[1][0]) << std::string(KvStorageName(storage));
+    EXPECT_EQ(out[0][1], out[1][1]) << std::string(KvStorageName(storage));
+  }
+}
+
 // Known K codes (every group's amax 7 · 0.25, so each group's scale is exactly 0.25) written to
 // tokens 1 and 2 of a 4-token page: each nibble, each scale and V at the offsets of the layout,
 // and nothing outside those two tokens' bytes touched.
@@ -144,12 +180,13 @@ TEST(Int4KPages, ByteLayout) {
   // Slot 1 (the first token sent), head 0: byte 0 holds channels 0 (low nibble) and 32 (high),
   // byte 1 channels 8 and 40. Codes c % 15 - 7: -7, -5, 1, 3, stored + 8: 1, 3, 9, 11.
   const std::byte* k_codes = page.data();
-  const size_t th1 = 1 * kH + 0;  // token-head (slot 1, head 0)
+  const size_t th1 = layout.row(1, 0);  // token-head (slot 1, head 0): row 1 of head-major rows
+  EXPECT_EQ(th1, 1u);
   EXPECT_EQ(static_cast<int>(k_codes[th1 * kD / 2 + 0]), 0x31);
   EXPECT_EQ(static_cast<int>(k_codes[th1 * kD / 2 + 1]), 0xB9);
   for (int t = 0; t < 2; ++t) {
     for (int h = 0; h < kH; ++h) {
-      const size_t th = (static_cast<size_t>(t) + 1) * kH + h;
+      const size_t th = layout.row(t + 1, h);
       for (int c = 0; c < kD; ++c) {
         ASSERT_EQ(Nibble(k_codes + th * kD / 2, c, kD), code(t, h, c) + 8) << "t " << t << " h " << h << " c " << c;
       }
@@ -167,8 +204,11 @@ TEST(Int4KPages, ByteLayout) {
   } parts[] = {{0, kD / 2}, {layout.v_codes_offset(), kD}, {layout.k_scales_offset(), 8}, {layout.v_scales_offset(), 4}};
   for (const auto& part : parts) {
     for (int slot : {0, 3}) {
-      for (size_t b = 0; b < kH * part.per_token_head; ++b) {
-        ASSERT_EQ(page[part.offset + slot * kH * part.per_token_head + b], std::byte{0xA5}) << part.offset << " slot " << slot;
+      for (int h = 0; h < kH; ++h) {
+        for (size_t b = 0; b < part.per_token_head; ++b) {
+          ASSERT_EQ(page[part.offset + layout.row(slot, h) * part.per_token_head + b], std::byte{0xA5})
+              << part.offset << " slot " << slot << " head " << h;
+        }
       }
     }
   }

@@ -86,7 +86,7 @@ TEST(PagedDecodeReference, CausalRowVisibility) {
   const int last = 49, hkv = 1;
   std::byte* page = c.pool.pool.data() + static_cast<size_t>(c.pool.page_table[last / 16]) * c.pool.page_bytes;
   const KvPageLayout layout = c.pool.layout;
-  float* v_scale = reinterpret_cast<float*>(page + layout.v_scales_offset()) + (last % 16) * hkv;
+  float* v_scale = reinterpret_cast<float*>(page + layout.v_scales_offset()) + layout.row(last % 16, hkv - 1);
   *v_scale *= 2.0f;
   const PagedDecodeOutput doubled = PagedDecodeReference(c.problem);
   *v_scale = std::nanf("");

@@ -34,13 +34,13 @@ class FakeDeviceMemory final : public KvMemory {
     }
     return absl::OkStatus();
   }
-  absl::Status WriteQuantized(const KvPageLayout& layout, std::span<const KvQuantizeToken> tokens) override {
-    ++write_calls;  // a transfer, as a GPU's pool makes one launch of its quantize kernel
-    for (const KvQuantizeToken& t : tokens) {
+  absl::Status WriteTokens(const KvPageLayout& layout, std::span<const KvTokenWrite> tokens) override {
+    ++write_calls;  // a transfer, as a GPU's pool makes one launch of its encode kernel
+    for (const KvTokenWrite& t : tokens) {
       if (t.page_offset + layout.page_bytes() > bytes_.size()) return absl::InternalError("write past the pool");
     }
     if (absl::Status s = EncodeOnHost(layout, bytes_.data(), tokens); !s.ok()) return s;
-    quantized_tokens += static_cast<int64_t>(tokens.size());
+    encoded_tokens += static_cast<int64_t>(tokens.size());
     return absl::OkStatus();
   }
   absl::Status OrderAfterWrites(void* /*stream*/) const override { return absl::OkStatus(); }
@@ -58,7 +58,7 @@ class FakeDeviceMemory final : public KvMemory {
 
   int write_calls = 0;
   size_t written = 0;
-  int64_t quantized_tokens = 0;  // 8-bit tokens the memory encoded (WriteQuantized)
+  int64_t encoded_tokens = 0;  // tokens the memory encoded (WriteTokens)
   int copies = 0;
 
  private:
@@ -117,8 +117,8 @@ const char* StorageName(KvStorage storage) {
 }
 
 // The same appends (a prefill crossing pages, then decode steps, then a run ending mid-page) give
-// the same decoded cache, whether the pool is written in place or through KvMemory (Write, or
-// WriteQuantized for INT8 and INT4 K tokens); each append is one transfer.
+// the same decoded cache, whether the pool is written in place or through KvMemory::WriteTokens
+// (every storage: the memory encodes each token where its page is); each append is one transfer.
 TEST(SessionPools, WritesThroughKvMemoryEqualInPlaceEncoding) {
   for (KvStorage storage : kAllKvStorages) {
     SCOPED_TRACE(StorageName(storage));
@@ -140,8 +140,7 @@ TEST(SessionPools, WritesThroughKvMemoryEqualInPlaceEncoding) {
       pos += n;
     }
     EXPECT_EQ(t.memory->write_calls, appends);
-    // Quantized K tokens are encoded by the memory (the store sets the K mean); 16-bit ones are bytes.
-    EXPECT_EQ(t.memory->quantized_tokens, HasKMean(storage) ? pos : 0);
+    EXPECT_EQ(t.memory->encoded_tokens, pos);
     std::vector<uint16_t> hk(static_cast<size_t>(pos) * 128), hv(hk.size()), dk(hk.size()), dv(hk.size());
     ASSERT_TRUE(t.host->Gather(kAlice, a->id, 1, pos, std::as_writable_bytes(std::span(hk)), std::as_writable_bytes(std::span(hv))).ok());
     ASSERT_TRUE(t.device->Gather(kAlice, b->id, 1, pos, std::as_writable_bytes(std::span(dk)), std::as_writable_bytes(std::span(dv))).ok());
@@ -153,19 +152,26 @@ TEST(SessionPools, WritesThroughKvMemoryEqualInPlaceEncoding) {
     ASSERT_TRUE(hp.ok() && dp.ok());
     ASSERT_EQ(hp->pages.size(), dp->pages.size());
     const KvPageLayout& layout = dp->layout;
-    const KvPageLayout token{layout.storage, layout.dtype, 1, layout.heads, layout.head_dim};  // one token's bytes
     const size_t tokens_last = static_cast<size_t>(pos - (static_cast<int64_t>(dp->pages.size()) - 1) * layout.page_tokens);
+    const struct {
+      const char* name;
+      size_t offset, row_bytes;
+    } parts[] = {{"K codes", 0, layout.k_code_bytes()},
+                 {"V codes", layout.v_codes_offset(), layout.v_code_bytes()},
+                 {"K scales", layout.k_scales_offset(), layout.k_scales_per_token_head() * sizeof(float)},
+                 {"V scales", layout.v_scales_offset(), layout.v_scales_per_token_head() * sizeof(float)}};
     for (size_t i = 0; i < dp->pages.size(); ++i) {
       const std::byte* h = t.host->pool(0).memory().base() + t.host->pool(0).offset(hp->pages[i]);
       const std::byte* d = t.memory->bytes_at(t.device->pool(0).offset(dp->pages[i]));
-      const size_t tokens = i + 1 == dp->pages.size() ? tokens_last : static_cast<size_t>(layout.page_tokens);
-      EXPECT_EQ(std::memcmp(h, d, tokens * token.k_codes_bytes()), 0) << "K codes, page " << i;
-      EXPECT_EQ(std::memcmp(h + layout.v_codes_offset(), d + layout.v_codes_offset(), tokens * token.v_codes_bytes()), 0)
-          << "V codes, page " << i;
-      EXPECT_EQ(std::memcmp(h + layout.k_scales_offset(), d + layout.k_scales_offset(), tokens * token.k_scales_bytes()), 0)
-          << "K scales, page " << i;
-      EXPECT_EQ(std::memcmp(h + layout.v_scales_offset(), d + layout.v_scales_offset(), tokens * token.v_scales_bytes()), 0)
-          << "V scales, page " << i;
+      const int tokens = static_cast<int>(i + 1 == dp->pages.size() ? tokens_last : static_cast<size_t>(layout.page_tokens));
+      for (const auto& part : parts) {
+        for (int head = 0; head < layout.heads; ++head) {
+          for (int tok = 0; tok < tokens; ++tok) {
+            const size_t at = part.offset + layout.row(tok, head) * part.row_bytes;
+            ASSERT_EQ(std::memcmp(h + at, d + at, part.row_bytes), 0) << part.name << ", page " << i << " token " << tok;
+          }
+        }
+      }
     }
     t.host->Unpin(*hp);
     t.device->Unpin(*dp);

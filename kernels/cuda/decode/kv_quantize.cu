@@ -1,4 +1,5 @@
-// sage_kv_quantize: a session step's new tokens encoded into their INT8 or INT4 K / FP8 V pages on the GPU, so
+// sage_kv_quantize: a session step's new tokens encoded into their pages on the GPU (INT8 or INT4 K /
+// FP8 V quantized, 16-bit rows copied into their head-major slots), so
 // the append rides the pool's write stream with no host encode (K centred on the host, or here from
 // its 16-bit rows and the session's K mean, wherever they lie). One CTA per token-head, one thread per channel: both amaxes by a
 // block max over the bit patterns, then each code and the two scales, with the CPU scheme's
@@ -57,6 +58,7 @@ __device__ __forceinline__ float ToFloat<__nv_bfloat16>(uint16_t x) {
 struct QuantizeArgs {
   bool int4;  // INT4 K (group scales) instead of INT8 K
   PageParts parts;
+  RowStrides rows;
   unsigned char* pages;
   int page_tokens;
   int heads;
@@ -110,7 +112,7 @@ __global__ void __launch_bounds__(kMaxHeadDim) KvQuantizeKernel(QuantizeArgs a) 
   const uint8_t v_code = EncodeE4M3(__fdiv_rn(v, v_scale));
 
   unsigned char* const page = a.pages + a.page_offsets[token];
-  const uint64_t sh = static_cast<uint64_t>(a.slots[token]) * a.heads + h;  // the token-head's slot
+  const uint64_t sh = static_cast<uint64_t>(a.slots[token]) * a.rows.token + static_cast<uint64_t>(h) * a.rows.head;  // its row
   const int k_scales_per = a.int4 ? a.head_dim / kInt4GroupChannels : 1;
   const uint64_t k_row = a.int4 ? a.head_dim / 2 : a.head_dim;
   const uint64_t k_scales = a.parts.k_scales, v_scales = a.parts.v_scales;
@@ -127,6 +129,29 @@ __global__ void __launch_bounds__(kMaxHeadDim) KvQuantizeKernel(QuantizeArgs a) 
   if (c == 0) reinterpret_cast<float*>(page + v_scales)[sh] = v_scale;
 }
 
+// 16-bit pages: each token-head's K and V rows copied into its row of the page by one warp, 16
+// bytes a lane where the rows allow it (a client's buffer may sit at any even address).
+__global__ void __launch_bounds__(32) KvCopyRowsKernel(QuantizeArgs a) {
+  const int token = blockIdx.x, h = blockIdx.y;
+  unsigned char* const page = a.pages + a.page_offsets[token];
+  const uint64_t sh = static_cast<uint64_t>(a.slots[token]) * a.rows.token + static_cast<uint64_t>(h) * a.rows.head;
+  const uint64_t row_bytes = static_cast<uint64_t>(a.head_dim) * 2;
+  unsigned char* const dst[2] = {page + sh * row_bytes, page + a.parts.v_codes + sh * row_bytes};
+  const unsigned char* const src[2] = {static_cast<const unsigned char*>(a.k_rows[token]) + h * row_bytes,
+                                       static_cast<const unsigned char*>(a.v_rows[token]) + h * row_bytes};
+  for (int part = 0; part < 2; ++part) {
+    if (((reinterpret_cast<uintptr_t>(src[part]) | reinterpret_cast<uintptr_t>(dst[part]) | row_bytes) & 15) == 0) {
+      for (uint64_t at = threadIdx.x * 16; at < row_bytes; at += 32 * 16) {
+        *reinterpret_cast<uint4*>(dst[part] + at) = *reinterpret_cast<const uint4*>(src[part] + at);
+      }
+    } else {
+      for (uint64_t at = threadIdx.x * 2; at < row_bytes; at += 32 * 2) {
+        *reinterpret_cast<uint16_t*>(dst[part] + at) = *reinterpret_cast<const uint16_t*>(src[part] + at);
+      }
+    }
+  }
+}
+
 }  // namespace
 }  // namespace sage::cuda
 
@@ -138,34 +163,43 @@ extern "C" sage_status_t sage_kv_quantize(const sage_kv_quantize_params_t* p, sa
   if (p->dtype != SAGE_DTYPE_F16 && p->dtype != SAGE_DTYPE_BF16) {
     return Fail(SAGE_ERR_INVALID_ARGUMENT, "kv quantize: dtype %d unknown", static_cast<int>(p->dtype));
   }
-  if (p->head_dim < 32 || p->head_dim > kMaxHeadDim || p->head_dim % 32 != 0) {
-    return Fail(SAGE_ERR_INVALID_ARGUMENT, "kv quantize: head_dim %d (a multiple of 32 up to 256)", p->head_dim);
+  const bool copy = p->storage == SAGE_KV_16BIT;
+  if (copy ? (p->head_dim < 1 || p->head_dim > kMaxHeadDim)
+           : (p->head_dim < 32 || p->head_dim > kMaxHeadDim || p->head_dim % 32 != 0)) {
+    return Fail(SAGE_ERR_INVALID_ARGUMENT, "kv quantize: head_dim %d (quantized: a multiple of 32; at most 256)", p->head_dim);
   }
   if (p->num_kv_heads < 1 || p->num_kv_heads > 65535 || p->page_tokens < 1 || p->count < 0) {
     return Fail(SAGE_ERR_INVALID_ARGUMENT, "kv quantize: heads %d (1..65535), page_tokens %d, count %d", p->num_kv_heads,
                 p->page_tokens, p->count);
   }
-  if (p->storage != SAGE_KV_INT8K_FP8V && p->storage != SAGE_KV_INT4K_FP8V) {
-    return Fail(SAGE_ERR_INVALID_ARGUMENT, "kv quantize: storage %d (INT8K_FP8V=1 or INT4K_FP8V=2; 16-bit pages are copied)",
-                static_cast<int>(p->storage));
+  if (p->storage != SAGE_KV_16BIT && p->storage != SAGE_KV_INT8K_FP8V && p->storage != SAGE_KV_INT4K_FP8V) {
+    return Fail(SAGE_ERR_INVALID_ARGUMENT, "kv quantize: storage %d unknown", static_cast<int>(p->storage));
   }
   if (p->storage == SAGE_KV_INT4K_FP8V && p->head_dim % 64 != 0) {  // where the nibble order is a permutation
     return Fail(SAGE_ERR_INVALID_ARGUMENT, "kv quantize: head_dim %d with INT4K_FP8V (a multiple of 64)", p->head_dim);
   }
+  if (p->layout != SAGE_KV_TOKEN_MAJOR && p->layout != SAGE_KV_HEAD_MAJOR) {
+    return Fail(SAGE_ERR_INVALID_ARGUMENT, "kv quantize: layout %d (TOKEN_MAJOR=0, HEAD_MAJOR=1)", static_cast<int>(p->layout));
+  }
   if (p->count == 0) return SAGE_OK;
   const bool centred = p->k_centered != nullptr || p->v != nullptr;
+  if (copy && centred) return Fail(SAGE_ERR_INVALID_ARGUMENT, "kv quantize: 16BIT storage takes the rows form (k_rows, v_rows)");
   if (p->pages == nullptr || p->page_offsets == nullptr || p->slots == nullptr ||
       (centred && (p->k_centered == nullptr || p->v == nullptr)) ||
-      (!centred && (p->k_rows == nullptr || p->v_rows == nullptr || p->k_means == nullptr))) {
-    return Fail(SAGE_ERR_INVALID_ARGUMENT, "kv quantize: null pointer (k_centered and v, or k_rows, v_rows and k_means)");
+      (!centred && (p->k_rows == nullptr || p->v_rows == nullptr || (!copy && p->k_means == nullptr)))) {
+    return Fail(SAGE_ERR_INVALID_ARGUMENT,
+                "kv quantize: null pointer (k_centered and v, or k_rows, v_rows and k_means; 16BIT: k_rows and v_rows)");
   }
   const QuantizeArgs a{p->storage == SAGE_KV_INT4K_FP8V, PartsOf(p->storage, p->page_tokens, p->num_kv_heads, p->head_dim),
+                       RowsOf(p->layout, p->page_tokens, p->num_kv_heads),
                        static_cast<unsigned char*>(p->pages), p->page_tokens, p->num_kv_heads, p->head_dim,
                        p->page_offsets, p->slots, p->k_centered, static_cast<const uint16_t*>(p->v),
                        centred ? nullptr : p->k_rows, centred ? nullptr : p->v_rows, centred ? nullptr : p->k_means};
   const dim3 grid(static_cast<unsigned>(p->count), static_cast<unsigned>(p->num_kv_heads));
   const auto st = reinterpret_cast<cudaStream_t>(stream);
-  if (p->dtype == SAGE_DTYPE_BF16) {
+  if (copy) {
+    KvCopyRowsKernel<<<grid, 32, 0, st>>>(a);
+  } else if (p->dtype == SAGE_DTYPE_BF16) {
     KvQuantizeKernel<__nv_bfloat16><<<grid, p->head_dim, 0, st>>>(a);
   } else {
     KvQuantizeKernel<__half><<<grid, p->head_dim, 0, st>>>(a);

@@ -29,4 +29,13 @@ inline PageParts PartsOf(sage_kv_storage_t storage, int page_tokens, int heads, 
   return parts;
 }
 
+// Row of (token t of a page, head h) inside each part: t * token + h * head (sage_kv_layout_t).
+struct RowStrides {
+  int token = 0, head = 0;
+};
+
+inline RowStrides RowsOf(sage_kv_layout_t layout, int page_tokens, int heads) {
+  return layout == SAGE_KV_HEAD_MAJOR ? RowStrides{1, page_tokens} : RowStrides{heads, 1};
+}
+
 }  // namespace sage::cuda

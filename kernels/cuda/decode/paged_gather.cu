@@ -31,6 +31,7 @@ struct GatherArgs {
   const int32_t* cu_seqlens_k;
   int heads;
   int head_dim;
+  RowStrides rows;
   // Byte offsets of a page's parts (kv_pages.h): K codes at 0.
   uint64_t v_codes;
   uint64_t k_scales;
@@ -70,7 +71,8 @@ __global__ void __launch_bounds__(kThreads) PagedGatherKernel(GatherArgs a) {
     const int64_t t = th / a.heads;
     const unsigned char* page = a.pages + static_cast<uint64_t>(table[t / a.page_tokens]) * a.page_bytes;
     const int64_t in_page = t % a.page_tokens;
-    const uint64_t value = (static_cast<uint64_t>(in_page) * a.heads + h) * a.head_dim + g * 8;  // index of the first of 8
+    const uint64_t sh = static_cast<uint64_t>(in_page) * a.rows.token + static_cast<uint64_t>(h) * a.rows.head;  // the row
+    const uint64_t value = sh * a.head_dim + g * 8;  // index of the first of 8
     const uint64_t out = (static_cast<uint64_t>(k0 + t) * a.heads + h) * a.head_dim + g * 8;
     uint4 k16, v16;
     if constexpr (kStorage == SAGE_KV_16BIT) {
@@ -78,7 +80,6 @@ __global__ void __launch_bounds__(kThreads) PagedGatherKernel(GatherArgs a) {
       v16 = *reinterpret_cast<const uint4*>(page + a.v_codes + value * 2);
     } else {
       const uint2 vc = *reinterpret_cast<const uint2*>(page + a.v_codes + value);
-      const uint64_t sh = static_cast<uint64_t>(in_page) * a.heads + h;
       const float vs = reinterpret_cast<const float*>(page + a.v_scales)[sh];
       const auto* vb = reinterpret_cast<const uint8_t*>(&vc);
       float kf[8];
@@ -151,6 +152,9 @@ extern "C" sage_status_t sage_paged_gather(const sage_paged_gather_params_t* p, 
   if (p->storage == SAGE_KV_INT4K_FP8V && p->head_dim % 64 != 0) {  // where the nibble order is a permutation
     return Fail(SAGE_ERR_INVALID_ARGUMENT, "paged gather: head_dim %d with INT4K_FP8V (a multiple of 64)", p->head_dim);
   }
+  if (p->layout != SAGE_KV_TOKEN_MAJOR && p->layout != SAGE_KV_HEAD_MAJOR) {
+    return Fail(SAGE_ERR_INVALID_ARGUMENT, "paged gather: layout %d (TOKEN_MAJOR=0, HEAD_MAJOR=1)", static_cast<int>(p->layout));
+  }
   const PageParts parts = PartsOf(p->storage, p->page_tokens, p->num_kv_heads, p->head_dim);
   if (p->page_bytes < parts.bytes || p->page_bytes % 16 != 0) {
     return Fail(SAGE_ERR_INVALID_ARGUMENT, "paged gather: page_bytes %llu (a multiple of 16, at least %llu)",
@@ -165,7 +169,8 @@ extern "C" sage_status_t sage_paged_gather(const sage_paged_gather_params_t* p, 
     return Fail(SAGE_ERR_INVALID_ARGUMENT, "paged gather: pages, k_out and v_out must be 16-byte aligned");
   }
   GatherArgs a{static_cast<const unsigned char*>(p->pages), p->page_bytes, p->page_tokens, p->page_table, p->cu_pages,
-               p->cu_seqlens_k, p->num_kv_heads, p->head_dim, parts.v_codes, parts.k_scales,
+               p->cu_seqlens_k, p->num_kv_heads, p->head_dim, RowsOf(p->layout, p->page_tokens, p->num_kv_heads),
+               parts.v_codes, parts.k_scales,
                parts.v_scales,
                static_cast<unsigned char*>(p->k_out), static_cast<unsigned char*>(p->v_out)};
   const int64_t items = int64_t{p->max_seqlen_k} * p->num_kv_heads * (p->head_dim / 8);

@@ -159,6 +159,7 @@ class CudaBackend final : public AttentionBackend {
       p.num_kv_heads = in.k.heads;
       p.head_dim = in.q.head_dim;
       p.softmax_scale = in.scale();
+      p.layout = SageKvLayout(pg.layout.rows);
       SAGE_CUDA_RETURN_IF_ERROR(FromSage(sage_paged_decode_workspace_size(&p, &shape.workspace_bytes), "paged workspace size"));
     } else {
       launch.kernel = PagedKernel::kGatherThenDense;
@@ -176,6 +177,7 @@ class CudaBackend final : public AttentionBackend {
       g.total_k = in.k.tokens;
       g.num_kv_heads = in.k.heads;
       g.head_dim = in.k.head_dim;
+      g.layout = SageKvLayout(pg.layout.rows);
       shape.kv_elements = in.k.numel();
       SAGE_CUDA_RETURN_IF_ERROR(
           FromSage(sage_attn_workspace_size(&launch.dense, &shape.workspace_bytes), "workspace size"));

@@ -96,10 +96,10 @@ struct SlotCursor {
 // A quantized write's share of a slot for token i of a run starting at `first`: its tables, its K
 // and V rows when they are on the host, and its K mean unless the token before has the same one.
 constexpr size_t kRunSlack = 256;  // the tables' alignment
-size_t QuantizeTokenBytes(std::span<const KvQuantizeToken> tokens, size_t i, size_t first, size_t row) {
+size_t TokenWriteBytes(std::span<const KvTokenWrite> tokens, size_t i, size_t first, size_t row) {
   size_t n = sizeof(uint64_t) + sizeof(int32_t) + 3 * sizeof(void*);
   if (tokens[i].kv_memory != MemoryKind::kDevice) n += 2 * Align16(row * 2);
-  if (i == first || tokens[i].k_mean != tokens[i - 1].k_mean) n += Align16(row * sizeof(float));
+  if (tokens[i].k_mean != nullptr && (i == first || tokens[i].k_mean != tokens[i - 1].k_mean)) n += Align16(row * sizeof(float));
   return n;
 }
 
@@ -190,24 +190,24 @@ class DeviceKvMemory final : public KvMemory {
   // In runs that fit a slot: the tables, the K and V rows that are on the host and the K means
   // packed into it, one sage_kv_quantize launch (rows form) reading them from pinned memory and
   // the rows on the GPU in place (see OnFreeStream).
-  absl::Status WriteQuantized(const KvPageLayout& layout, std::span<const KvQuantizeToken> tokens) override {
+  absl::Status WriteTokens(const KvPageLayout& layout, std::span<const KvTokenWrite> tokens) override {
     const size_t row = static_cast<size_t>(layout.heads) * layout.head_dim;
-    for (const KvQuantizeToken& t : tokens) {
+    for (const KvTokenWrite& t : tokens) {
       if (t.page_offset > bytes_ || layout.page_bytes() > bytes_ - t.page_offset || t.slot < 0 || t.slot >= layout.page_tokens) {
         return absl::InternalError("kv pool: quantized write past its page");
       }
     }
     for (size_t first = 0; first < tokens.size();) {
       // The run [first, end): every token that fits the slot after the first, which always goes.
-      size_t end = first + 1, used = kRunSlack + QuantizeTokenBytes(tokens, first, first, row);
+      size_t end = first + 1, used = kRunSlack + TokenWriteBytes(tokens, first, first, row);
       for (; end < tokens.size(); ++end) {
-        const size_t need = QuantizeTokenBytes(tokens, end, first, row);
+        const size_t need = TokenWriteBytes(tokens, end, first, row);
         if (used + need > kSlotBytes) break;
         used += need;
       }
-      const std::span<const KvQuantizeToken> run = tokens.subspan(first, end - first);
+      const std::span<const KvTokenWrite> run = tokens.subspan(first, end - first);
       SAGE_CUDA_RETURN_IF_ERROR(OnFreeStream([&](std::byte* staging, cudaStream_t stream) {
-        return IssueQuantize(layout, run, staging, stream);
+        return IssueEncode(layout, run, staging, stream);
       }));
       first = end;
     }
@@ -302,7 +302,7 @@ class DeviceKvMemory final : public KvMemory {
         "kv pool write");
   }
 
-  absl::Status IssueQuantize(const KvPageLayout& layout, std::span<const KvQuantizeToken> run, std::byte* staging,
+  absl::Status IssueEncode(const KvPageLayout& layout, std::span<const KvTokenWrite> run, std::byte* staging,
                              cudaStream_t stream) const {
     const size_t row = static_cast<size_t>(layout.heads) * layout.head_dim;
     SlotCursor slot{staging};
@@ -314,7 +314,7 @@ class DeviceKvMemory final : public KvMemory {
     const float* mean_src = nullptr;
     const float* mean_copy = nullptr;
     for (size_t i = 0; i < run.size(); ++i) {
-      const KvQuantizeToken& t = run[i];
+      const KvTokenWrite& t = run[i];
       offsets[i] = t.page_offset;
       slots[i] = t.slot;
       k_rows[i] = t.k;
@@ -326,7 +326,7 @@ class DeviceKvMemory final : public KvMemory {
           *to = copy;
         }
       }
-      if (t.k_mean != mean_src) {  // one copy per run of tokens sharing a session's mean
+      if (t.k_mean != mean_src && t.k_mean != nullptr) {  // one copy per run of tokens sharing a session's mean
         float* copy = slot.Take<float>(row);
         std::memcpy(copy, t.k_mean, row * sizeof(float));
         mean_src = t.k_mean;
@@ -347,6 +347,7 @@ class DeviceKvMemory final : public KvMemory {
     p.k_rows = k_rows;
     p.v_rows = v_rows;
     p.k_means = k_means;
+    p.layout = SageKvLayout(layout.rows);
     return FromSage(sage_kv_quantize(&p, reinterpret_cast<sage_stream_t>(stream)), "kv quantize");
   }
 

@@ -20,4 +20,8 @@ inline sage_kv_storage_t SageKvStorage(KvStorage storage) {
   return SAGE_KV_16BIT;
 }
 
+inline sage_kv_layout_t SageKvLayout(KvRowOrder rows) {
+  return rows == KvRowOrder::kHeadMajor ? SAGE_KV_HEAD_MAJOR : SAGE_KV_TOKEN_MAJOR;
+}
+
 }  // namespace sage::server
