@@ -15,7 +15,7 @@ CASES="${CASES:-64x4096,16x16384,4x65536,1x32768,64x8192}"
 export LD_LIBRARY_PATH="$BUNDLE/lib:${LD_LIBRARY_PATH:-}"
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader | tee /tmp/gpu.txt
 
-for t in paged_decode_gpu_test kv_quantize_gpu_test paged_gather_gpu_test; do
+for t in paged_decode_gpu_test kv_quantize_gpu_test paged_gather_gpu_test kv_memory_gpu_test cuda_backend_gpu_test session_cuda_shm_gpu_test; do
   [ -x "$BUNDLE/bin/$t" ] || continue
   echo "=== $t"
   timeout 200 "$BUNDLE/bin/$t" --gtest_brief=1 2>&1 | grep -v "^\[20" | tail -30
