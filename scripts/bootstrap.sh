@@ -3,8 +3,9 @@
 # Exits non-zero when something the tests need could not be installed.
 # Idempotent: packages already present are skipped, and nothing runs when nothing is missing.
 #   --build-only   what building the server and sagectl needs, without the test tools (GoogleTest,
-#                  Google Benchmark, Buf's CLI and npm): for images (deploy/Dockerfile).
+#                  Google Benchmark, Buf's CLI, kubectl and npm): for images (deploy/Dockerfile).
 set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 
 BUILD_ONLY=0
 for a in "$@"; do
@@ -29,6 +30,9 @@ PKGS=(
 # protobuf-compiler-grpc (above) brings grpc_python_plugin for its stubs.
 TEST_PKGS=(libgtest-dev libgmock-dev googletest libbenchmark-dev clang libclang-rt-14-dev llvm
            python3-grpcio python3-protobuf python3-numpy python3-venv python3-pip python3-setuptools)
+# kubectl renders deploy/k8s for its schema check (tests/deploy, CTest k8s.*): Debian's is 1.20,
+# whose built-in kustomize is enough. A kubectl already on PATH (another vendor's) is used as it is.
+if ! command -v kubectl >/dev/null 2>&1; then TEST_PKGS+=(kubernetes-client); fi
 if [ "$BUILD_ONLY" = 0 ]; then PKGS+=("${TEST_PKGS[@]}"); fi
 
 missing=()
@@ -49,12 +53,25 @@ else
   echo "bootstrap: all Debian packages present"
 fi
 
+# npm serves two test tools: Buf's CLI and the packages of the Kubernetes manifests' schema check.
+# The check's packages (tests/deploy/package.json, exact versions in its package-lock.json) go into
+# tests/deploy/node_modules (ignored by git); a copy of the lock file there marks them installed.
+DEPLOY_DIR="$ROOT/tests/deploy"
+DEPLOY_STAMP="$DEPLOY_DIR/node_modules/.bootstrap-package-lock.json"
+need_buf=0
+need_deploy=0
+if [ "$BUILD_ONLY" = 0 ]; then
+  if ! command -v buf >/dev/null 2>&1; then need_buf=1; fi
+  if ! cmp -s "$DEPLOY_DIR/package-lock.json" "$DEPLOY_STAMP"; then need_deploy=1; fi
+fi
+
 # Buf's CLI: a real third-party gRPC client for the reflection tests (npm ships its binary). The
-# tests fail without it, so a machine without npm gets Debian's. Machines with a non-Debian nodejs
-# build (NodeSource) already have npm from it; Debian's npm package would conflict there.
-if [ "$BUILD_ONLY" = 0 ] && ! command -v buf >/dev/null 2>&1; then
+# tests fail without it, so a machine without npm gets Debian's (which brings Debian's nodejs).
+# Machines with a non-Debian nodejs build (NodeSource) already have npm from it; Debian's npm
+# package would conflict there.
+if [ "$need_buf" = 1 ] || [ "$need_deploy" = 1 ]; then
   if ! command -v npm >/dev/null 2>&1; then
-    echo "bootstrap: installing npm (Debian) for Buf's CLI"
+    echo "bootstrap: installing npm (Debian) for Buf's CLI and the manifests' schema check"
     $SUDO apt-get update
     if ! DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y --no-install-recommends npm; then
       echo "bootstrap: error: could not install Debian's npm (a non-Debian nodejs without npm?);" \
@@ -62,6 +79,8 @@ if [ "$BUILD_ONLY" = 0 ] && ! command -v buf >/dev/null 2>&1; then
       exit 1
     fi
   fi
+fi
+if [ "$need_buf" = 1 ]; then
   echo "bootstrap: installing @bufbuild/buf from npm"
   if ! $SUDO npm install -g @bufbuild/buf >/tmp/bootstrap-npm.log 2>&1; then
     cat /tmp/bootstrap-npm.log >&2
@@ -72,5 +91,15 @@ if [ "$BUILD_ONLY" = 0 ] && ! command -v buf >/dev/null 2>&1; then
     echo "bootstrap: error: npm installed @bufbuild/buf into $(npm prefix -g)/bin, which is not on PATH" >&2
     exit 1
   fi
+fi
+if [ "$need_deploy" = 1 ]; then
+  # As the invoking user: the packages go into this checkout, not the system.
+  echo "bootstrap: installing the manifests' schema check packages (npm ci in tests/deploy)"
+  if ! npm ci --prefix "$DEPLOY_DIR" --no-audit --no-fund >/tmp/bootstrap-npm-deploy.log 2>&1; then
+    cat /tmp/bootstrap-npm-deploy.log >&2
+    echo "bootstrap: error: npm ci in $DEPLOY_DIR failed (log above)" >&2
+    exit 1
+  fi
+  cp "$DEPLOY_DIR/package-lock.json" "$DEPLOY_STAMP"
 fi
 echo "bootstrap: done"
