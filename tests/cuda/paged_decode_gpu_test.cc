@@ -199,6 +199,42 @@ TEST(PagedDecodeGpu, MatchesTheEmulation) {
   }
 }
 
+// A sequence's last page past its end holds whatever was there (the pool does not clear it; the
+// TMA reads of 8-bit pages fetch whole 16-token blocks): hostile bytes there (NaN codes and
+// scales, a huge V scale) change nothing, with one and several rows per sequence, with splits.
+TEST(PagedDecodeGpu, SlotsPastTheEndAreNeverSeen) {
+  SAGE_SKIP_WITHOUT_GPU();
+  int index = 0;
+  for (KvStorage storage : kAllKvStorages) {
+    for (int page_tokens : {16, 64}) {
+      Prepared c = Prepare(storage, DType::kF16, 128, 2, 4, {1, 3, 16, 1}, {5, 37, 1013, 9001}, page_tokens, 0, 70 + index);
+      const KvPageLayout& l = c.pool.layout;
+      for (int b = 0; b < c.problem.batch(); ++b) {
+        const int len = c.pool.seqlens_k[b];
+        std::byte* page = c.pool.pool.data() +
+                          static_cast<size_t>(c.pool.page_table[static_cast<size_t>(c.pool.cu_pages[b + 1] - 1)]) * c.pool.page_bytes;
+        for (int t = (len - 1) % page_tokens + 1; t < page_tokens; ++t) {
+          for (int h = 0; h < l.heads; ++h) {
+            const size_t r = l.row(t, h);
+            std::memset(page + r * l.k_code_bytes(), 0x7F, l.k_code_bytes());  // 16-bit: NaN halves
+            std::memset(page + l.v_codes_offset() + r * l.v_code_bytes(), 0x7F, l.v_code_bytes());  // E4M3 NaN
+            if (l.k_scales_per_token_head() > 0) {
+              for (size_t g = 0; g < l.k_scales_per_token_head(); ++g) {
+                const float nan = std::nanf("");
+                std::memcpy(page + l.k_scales_offset() + (r * l.k_scales_per_token_head() + g) * 4, &nan, 4);
+              }
+              const float huge = 1e30f;
+              std::memcpy(page + l.v_scales_offset() + r * 4, &huge, 4);
+            }
+          }
+        }
+      }
+      RunAndCompare(c, absl::StrCat(Name(storage, DType::kF16, 128, 4), "/P", page_tokens, " hostile tail"));
+      ++index;
+    }
+  }
+}
+
 // The pool's pages with their rows in order `to` (sageattn.h, sage_kv_layout_t): each of a page's
 // four parts has its (token, head) rows moved from the pool's order to `to`.
 std::vector<std::byte> ReorderedPool(const PagedKvPool& pool, KvRowOrder to) {

@@ -118,6 +118,7 @@ sage_status_t PagedDecode(const sage_paged_decode_params_t* p, cudaStream_t stre
   kp.v_codes_offset = parts.v_codes;
   kp.k_scales_offset = parts.k_scales;
   kp.v_scales_offset = parts.v_scales;
+  if (kp.plan.tma) SAGE_RETURN_IF_ERROR(EncodeCodesMap(kp));
   return LaunchPagedDecode(kp, stream);
 }
 

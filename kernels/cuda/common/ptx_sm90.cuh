@@ -63,6 +63,19 @@ __device__ __forceinline__ void BulkCopyG2S(void* smem_dst, const void* gmem_src
 #endif
 }
 
+// A CUtensorMap's box at element coordinates {x, y} global -> shared (laid out, and swizzled, as
+// the map says), completing on an mbarrier. `tmap`: the map's generic address in param, const or
+// global memory (a __grid_constant__ kernel parameter).
+__device__ __forceinline__ void TensorCopy2dG2S(void* smem_dst, const void* tmap, int x, int y, uint64_t* bar) {
+#ifdef SAGE_SM90
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];" ::"r"(
+          SmemAddr(smem_dst)),
+      "l"(reinterpret_cast<uint64_t>(tmap)), "r"(x), "r"(y), "r"(SmemAddr(bar))
+      : "memory");
+#endif
+}
+
 // ---- wgmma control -------------------------------------------------------------------------
 __device__ __forceinline__ void WgmmaFence() {
 #ifdef SAGE_SM90A

@@ -31,8 +31,42 @@ struct SplitKernel {
 }  // namespace
 
 namespace decode {
-SplitKernel SelectSplitKernel(KvCodes codes, IoType io, int head_dim, int rows);
+SplitKernel SelectSplitKernel(KvCodes codes, IoType io, int head_dim, int rows, bool tma);
 }  // namespace decode
+
+bool ReadsWithTma(const sage_paged_decode_params_t& p, int device_major) {
+  return SAGE_DECODE_TMA && device_major >= 9 && p.storage == SAGE_KV_INT8K_FP8V && p.head_dim == 128 &&
+         p.layout == SAGE_KV_HEAD_MAJOR && p.page_bytes % 128 == 0 && reinterpret_cast<uintptr_t>(p.pages) % 128 == 0;
+}
+
+sage_status_t EncodeCodesMap(PagedDecodeParams& p) {
+  using Encode = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*, const cuuint64_t*, const cuuint64_t*,
+                              const cuuint32_t*, const cuuint32_t*, CUtensorMapInterleave, CUtensorMapSwizzle,
+                              CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+  static Encode encode = [] {
+    void* fn = nullptr;
+    cudaDriverEntryPointQueryResult found{};
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &found) != cudaSuccess ||
+        found != cudaDriverEntryPointSuccess) {
+      return static_cast<Encode>(nullptr);
+    }
+    return reinterpret_cast<Encode>(fn);
+  }();
+  if (encode == nullptr) return Fail(SAGE_ERR_CUDA, "paged_decode: cuTensorMapEncodeTiled not found in the driver");
+  // Rows of 128 bytes from the pool's base; the extent only bounds the map (reads stay inside the
+  // pages the tables name), so it is the largest a coordinate can address.
+  const cuuint64_t dims[2] = {128, cuuint64_t{1} << 31};
+  const cuuint64_t strides[1] = {128};
+  const cuuint32_t box[2] = {128, 16};
+  const cuuint32_t element_strides[2] = {1, 1};
+  const CUresult r = encode(&p.codes_map, CU_TENSOR_MAP_DATA_TYPE_UINT8, 2, const_cast<unsigned char*>(p.pages), dims, strides,
+                            box, element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                            CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  if (r != CUDA_SUCCESS) return Fail(SAGE_ERR_CUDA, "paged_decode: cuTensorMapEncodeTiled failed (CUresult %d)", static_cast<int>(r));
+  p.page_rows = static_cast<int64_t>(p.page_bytes / 128);
+  p.v_codes_rows = static_cast<int>(p.v_codes_offset / 128);
+  return SAGE_OK;
+}
 
 sage_status_t PlanPagedDecode(const sage_paged_decode_params_t& p, PagedDecodePlan* plan) {
   *plan = PagedDecodePlan{};
@@ -45,8 +79,11 @@ sage_status_t PlanPagedDecode(const sage_paged_decode_params_t& p, PagedDecodePl
   int device = 0, sms = 0, per_sm = 0;
   SAGE_CUDA_TRY(cudaGetDevice(&device));
   SAGE_CUDA_TRY(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  int major = 0;
+  SAGE_CUDA_TRY(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+  plan->tma = ReadsWithTma(p, major);
   const SplitKernel k = decode::SelectSplitKernel(CodesOf(p.storage), p.dtype == SAGE_DTYPE_F16 ? IoType::kF16 : IoType::kBF16,
-                                                  p.head_dim, plan->rows_per_cta);
+                                                  p.head_dim, plan->rows_per_cta, plan->tma);
   if (k.fn == nullptr) return Fail(SAGE_ERR_INTERNAL, "paged_decode: no kernel for head_dim %d", p.head_dim);
   SAGE_CUDA_TRY(cudaFuncSetAttribute(reinterpret_cast<const void*>(k.fn), cudaFuncAttributeMaxDynamicSharedMemorySize,
                                      k.smem_bytes));
@@ -170,21 +207,25 @@ SplitKernel SelectRows(int rows) {
 }
 
 // D = 128 runs on tensor cores (paged_decode_mma.cuh); D = 64 on CUDA cores.
-template <KvCodes kCodes, IoType kIo>
+template <KvCodes kCodes, IoType kIo, bool kTma = false>
 SplitKernel SelectMmaRows(int rows) {
-  constexpr int kSmem = MmaTraits<kCodes>::kSmemBytes;
+  constexpr int kSmem = MmaTraits<kCodes, kTma>::kSmemBytes;
   switch (rows) {
-    case 1: return {PagedDecodeMmaKernel<kCodes, kIo, 1>, kSmem};
-    case 2: return {PagedDecodeMmaKernel<kCodes, kIo, 2>, kSmem};
-    case 4: return {PagedDecodeMmaKernel<kCodes, kIo, 4>, kSmem};
-    case 8: return {PagedDecodeMmaKernel<kCodes, kIo, 8>, kSmem};
+    case 1: return {PagedDecodeMmaKernel<kCodes, kIo, 1, kTma>, kSmem};
+    case 2: return {PagedDecodeMmaKernel<kCodes, kIo, 2, kTma>, kSmem};
+    case 4: return {PagedDecodeMmaKernel<kCodes, kIo, 4, kTma>, kSmem};
+    case 8: return {PagedDecodeMmaKernel<kCodes, kIo, 8, kTma>, kSmem};
   }
   return {};
 }
 
 template <int kHeadDim>
-SplitKernel SelectHeadDim(KvCodes codes, IoType io, int rows) {
+SplitKernel SelectHeadDim(KvCodes codes, IoType io, int rows, bool tma) {
   if constexpr (kHeadDim == 128) {
+    if (tma) {  // ReadsWithTma: 8-bit pages only
+      return io == IoType::kF16 ? SelectMmaRows<KvCodes::kInt8KFp8V, IoType::kF16, true>(rows)
+                                : SelectMmaRows<KvCodes::kInt8KFp8V, IoType::kBF16, true>(rows);
+    }
     if (codes == KvCodes::kInt4KFp8V) {
       return io == IoType::kF16 ? SelectMmaRows<KvCodes::kInt4KFp8V, IoType::kF16>(rows)
                                 : SelectMmaRows<KvCodes::kInt4KFp8V, IoType::kBF16>(rows);
@@ -206,10 +247,10 @@ SplitKernel SelectHeadDim(KvCodes codes, IoType io, int rows) {
   }
 }
 
-SplitKernel SelectSplitKernel(KvCodes codes, IoType io, int head_dim, int rows) {
+SplitKernel SelectSplitKernel(KvCodes codes, IoType io, int head_dim, int rows, bool tma) {
   switch (head_dim) {
-    case 64: return SelectHeadDim<64>(codes, io, rows);
-    case 128: return SelectHeadDim<128>(codes, io, rows);
+    case 64: return SelectHeadDim<64>(codes, io, rows, tma);
+    case 128: return SelectHeadDim<128>(codes, io, rows, tma);
   }
   return {};
 }
@@ -217,7 +258,7 @@ SplitKernel SelectSplitKernel(KvCodes codes, IoType io, int head_dim, int rows) 
 }  // namespace decode
 
 sage_status_t LaunchPagedDecode(const PagedDecodeParams& p, cudaStream_t stream) {
-  const SplitKernel k = decode::SelectSplitKernel(p.codes, p.io, p.head_dim, p.plan.rows_per_cta);
+  const SplitKernel k = decode::SelectSplitKernel(p.codes, p.io, p.head_dim, p.plan.rows_per_cta, p.plan.tma);
   if (k.fn == nullptr)
     return Fail(SAGE_ERR_UNSUPPORTED, "paged_decode: head_dim %d / %d rows per CTA not instantiated", p.head_dim,
                 p.plan.rows_per_cta);

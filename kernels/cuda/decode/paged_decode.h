@@ -4,6 +4,7 @@
 // PlanPagedDecode and launches through LaunchPagedDecode.
 #pragma once
 
+#include <cuda.h>  // CUtensorMap
 #include <cuda_runtime.h>
 
 #include <cstddef>
@@ -53,12 +54,22 @@ struct FastDivmod {
 // How one call is cut into CTAs; a function of the params and the current device (SM count, CTAs
 // of the chosen kernel resident per SM), so the workspace size and the launch agree.
 struct PagedDecodePlan {
+  bool tma = false;       // ReadsWithTma
   int rows_per_cta = 1;   // query rows (n_q x G) one CTA computes: 1, 2, 4 or 8
   int row_passes = 1;     // CTAs along the row axis per (sequence, KV head)
   int splits = 1;         // CTAs along the KV axis per (sequence, KV head, row pass)
   int split_tokens = 0;   // tokens per split, a multiple of kDecodeSplitQuantum
   size_t workspace_bytes = 0;  // partial O [splits][total_q][Hq][D] + LSE [splits][total_q][Hq], fp32
 };
+
+// Whether a launch reads its pages with the tensor memory accelerator (TMA) instead of cp.async:
+// 8-bit pages at D = 128 with head-major rows, whose 16-token blocks of one head's K or V codes are
+// then contiguous 2 KiB runs, page_bytes and the pool 128-byte aligned (the pool is addressed as
+// rows of 128 bytes), on an sm_90 device. Build knob SAGE_DECODE_TMA=0 turns it off (A/B runs).
+#ifndef SAGE_DECODE_TMA
+#define SAGE_DECODE_TMA 1
+#endif
+bool ReadsWithTma(const sage_paged_decode_params_t& p, int device_major);
 
 // Validated params only. Queries the current device (CUDA errors are returned).
 sage_status_t PlanPagedDecode(const sage_paged_decode_params_t& p, PagedDecodePlan* plan);
@@ -91,10 +102,19 @@ struct PagedDecodeParams {
   uint64_t v_codes_offset = 0;
   uint64_t k_scales_offset = 0;
   uint64_t v_scales_offset = 0;
+  // plan.tma: the pool as a 2-D tensor of 128-byte rows (row = byte offset / 128), a box of 16 rows
+  // with the 128-byte swizzle; a page holds page_rows of them, and its V codes start v_codes_rows in.
+  CUtensorMap codes_map;
+  int64_t page_rows = 0;
+  int v_codes_rows = 0;
   PagedDecodePlan plan;
   float* partial_o = nullptr;    // splits > 1: fp32 [splits][total_q][Hq][D]
   float* partial_lse = nullptr;  // splits > 1: fp32 [splits][total_q][Hq], log2 domain
 };
+
+// Fills p.codes_map for plan.tma launches (cuTensorMapEncodeTiled through the runtime's driver
+// entry point).
+sage_status_t EncodeCodesMap(PagedDecodeParams& p);
 
 // Launches the split kernel (and the merge when plan.splits > 1) on `stream`.
 sage_status_t LaunchPagedDecode(const PagedDecodeParams& p, cudaStream_t stream);

@@ -28,6 +28,7 @@
 
 #include <cstdint>
 
+#include "kernels/cuda/common/ptx_sm90.cuh"
 #include "kernels/cuda/decode/paged_decode.h"
 #include "kernels/cuda/decode/mma_fragments.cuh"
 #include "kernels/cuda/decode/paged_decode_kernel.cuh"
@@ -48,10 +49,14 @@ namespace sage::cuda::decode {
 inline constexpr int kMmaStages = SAGE_DECODE_MMA_STAGES;
 inline constexpr int kMmaMinCtas = SAGE_DECODE_MMA_MIN_CTAS;
 
-template <KvCodes kCodes>
+// kTma: the stages are filled by the TMA engine (8-bit pages, PagedDecodePlan::tma): each stage
+// 1024-byte aligned, the code tiles in the 128-byte swizzle the copies write (16-byte unit u of
+// row t at u ^ (t & 7)), which keeps both fragment loads bank-conflict free as well.
+template <KvCodes kCodes, bool kTma = false>
 struct MmaTraits {
   static constexpr bool kInt4 = kCodes == KvCodes::kInt4KFp8V;
   static constexpr bool k8Bit = kCodes != KvCodes::k16Bit;  // FP8 V with per-token scales (INT8 or INT4 K)
+  static_assert(!kTma || kCodes == KvCodes::kInt8KFp8V, "TMA reads are for INT8-K / FP8-V pages");
   static constexpr int kHeadDim = 128;
   static constexpr int kTokensPerWarp = k8Bit ? 16 : 8;  // one k16 (k8) step of P·V per chunk
   static constexpr int kChunk = kWarps * kTokensPerWarp;
@@ -63,28 +68,37 @@ struct MmaTraits {
   static constexpr int kVTile = kChunk * kKRowBytes;
   static constexpr int kKScaleTile = kVTile + kCodeTileBytes;
   static constexpr int kVScaleTile = kKScaleTile + kChunk * kKScales * 4;
-  static constexpr int kStageBytes = kVScaleTile + (k8Bit ? kChunk * 4 : 0);
+  static constexpr int kStageData = kVScaleTile + (k8Bit ? kChunk * 4 : 0);
+  static constexpr int kStageBytes = kTma ? (kStageData + 1023) / 1024 * 1024 : kStageData;
   static constexpr int kRingBytes = kMmaStages * kStageBytes;
-  static constexpr int kSmemBytes = kRingBytes;
+  // TMA: the ring's base rounded up to 1024 bytes in the allocation, then one mbarrier per stage.
+  static constexpr int kSmemBytes = kTma ? 1024 + kRingBytes + kMmaStages * 8 : kRingBytes;
   static constexpr int kReduceBytes = kWarps * 8 * (2 + kHeadDim + 4) * 4;
   static_assert(kReduceBytes <= kRingBytes, "the warp merge must fit in the cp.async ring");
   static_assert(kDecodeSplitQuantum % kChunk == 0, "splits must end on chunk boundaries");
+  static_assert(!kTma || kVTile % 1024 == 0, "TMA code tiles start on 1024-byte swizzle blocks");
   // Physical 16-byte unit of unit u of token t (chunk-local): bank-conflict-free fragment loads.
   __device__ static __forceinline__ int KUnit(int u, int t) {
-    if constexpr (kInt4) return u;  // 4 units per token: 8 lanes read 128 contiguous bytes
+    if constexpr (kTma) return u ^ (t & 7);
+    else if constexpr (kInt4) return u;  // 4 units per token: 8 lanes read 128 contiguous bytes
     else if constexpr (k8Bit) return u ^ (t & 1);
     else return u ^ (((u >> 3) & 1) << 1) ^ (t & 1);
   }
   __device__ static __forceinline__ int VUnit(int u, int t) {
-    if constexpr (k8Bit) return u ^ (((t >> 1) & 3) << 1);
+    if constexpr (kTma) return u ^ (t & 7);
+    else if constexpr (k8Bit) return u ^ (((t >> 1) & 3) << 1);
     else return u ^ ((t >> 1) & 1) ^ (((t >> 2) & 1) << 2);
   }
 };
 
-template <KvCodes kCodes, IoType kIo, int kRows>
+// TMA reads copy a chunk in blocks of this many tokens: a block lies in one page (pages hold a
+// multiple of 16 tokens), so it is one 2-D copy of one head's K (or V) rows.
+inline constexpr int kTmaBlockTokens = 16;
+
+template <KvCodes kCodes, IoType kIo, int kRows, bool kTma = false>
 __global__ void __launch_bounds__(kDecodeThreads, kMmaMinCtas) PagedDecodeMmaKernel(const __grid_constant__ PagedDecodeParams p) {
   static_assert(kRows <= 8, "query rows are the MMA's M rows 0..7");
-  using T = MmaTraits<kCodes>;
+  using T = MmaTraits<kCodes, kTma>;
   constexpr bool k8Bit = T::k8Bit;
   constexpr int kHeadDim = T::kHeadDim;
   constexpr int kChunk = T::kChunk;
@@ -93,7 +107,11 @@ __global__ void __launch_bounds__(kDecodeThreads, kMmaMinCtas) PagedDecodeMmaKer
   constexpr int kVUnitsPerLane = T::kRowBytes / 16 / kLanesPerToken;
   const float kNegInf = -__int_as_float(0x7f800000);
   constexpr float kLn2 = 0.693147180559945309f;
-  extern __shared__ __align__(128) unsigned char smem[];
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  // TMA: the ring from the first 1024-byte boundary (the swizzle is a function of the address).
+  unsigned char* const smem =
+      kTma ? smem_raw + ((1024 - ptx::SmemAddr(smem_raw) % 1024) % 1024) : smem_raw;
+  uint64_t* const full = reinterpret_cast<uint64_t*>(smem + T::kRingBytes);  // kTma: stage ch % S landed
 
   // Let the merge grid (a programmatic dependent) launch now; it waits for this grid's completion.
   asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
@@ -155,14 +173,66 @@ __global__ void __launch_bounds__(kDecodeThreads, kMmaMinCtas) PagedDecodeMmaKer
     }
   };
 
-  load_pages(0);
+  // TMA reads: warp 0 holds the page ids of a chunk's 16-token blocks in lanes 0..3, and lane 0
+  // issues the chunk's copies on the stage's mbarrier: per block one 2-D copy of the head's K code
+  // rows, one of its V code rows (2 KiB each) and one 1-D copy of each scale run (64 bytes).
+  constexpr int kBlocks = kChunk / kTmaBlockTokens;
+  auto block_pages = [&](int ch) {  // warp 0
+    const int t0 = split_start + ch * kChunk + (lane % kBlocks) * kTmaBlockTokens;
+    return (lane < kBlocks && ch < n_chunks && t0 < len) ? __ldg(p.page_table + page_list + p.page_div.Div(t0)) : 0;
+  };
+  auto issue_tma = [&](int ch, int pages_of_blocks) {  // warp 0, converged
+    const int stage = ch % kMmaStages;
+    unsigned char* st = smem + stage * T::kStageBytes;
+    int id[kBlocks];
 #pragma unroll
-  for (int s = 0; s < kMmaStages - 1; ++s) {
-    if (s < n_chunks) {
-      issue(s);
-      load_pages(s + 1);
+    for (int b = 0; b < kBlocks; ++b) id[b] = __shfl_sync(0xffffffffu, pages_of_blocks, b);
+    if (lane != 0) return;
+    const int chunk_start = split_start + ch * kChunk;
+    const int blocks = min(kBlocks, (len - chunk_start + kTmaBlockTokens - 1) / kTmaBlockTokens);
+    constexpr uint32_t kBlockBytes = 2 * kTmaBlockTokens * T::kRowBytes + 2 * kTmaBlockTokens * 4;
+    ptx::MbarArriveExpectTx(&full[stage], static_cast<uint32_t>(blocks) * kBlockBytes);
+    for (int b = 0; b < blocks; ++b) {
+      const int in_page = p.page_div.Mod(chunk_start + b * kTmaBlockTokens);
+      const int slot = in_page * p.slot_token + kvh * p.slot_head;  // the block's first row in each part
+      const int row = static_cast<int>(id[b] * p.page_rows) + slot;
+      const int tile = b * kTmaBlockTokens * T::kRowBytes;
+      ptx::TensorCopy2dG2S(st + tile, &p.codes_map, 0, row, &full[stage]);
+      ptx::TensorCopy2dG2S(st + T::kVTile + tile, &p.codes_map, 0, row + p.v_codes_rows, &full[stage]);
+      const unsigned char* pg = p.pages + static_cast<uint64_t>(id[b]) * p.page_bytes + static_cast<uint64_t>(slot) * 4;
+      ptx::BulkCopyG2S(st + T::kKScaleTile + b * kTmaBlockTokens * 4, pg + p.k_scales_offset, kTmaBlockTokens * 4, &full[stage]);
+      ptx::BulkCopyG2S(st + T::kVScaleTile + b * kTmaBlockTokens * 4, pg + p.v_scales_offset, kTmaBlockTokens * 4, &full[stage]);
     }
-    CpAsyncCommit();
+  };
+
+  int next_pages = 0;  // kTma, warp 0: the page ids of the next chunk to issue
+  if constexpr (kTma) {
+    if (tid == 0) {
+#pragma unroll
+      for (int s = 0; s < kMmaStages; ++s) ptx::MbarInit(&full[s], 1);
+      ptx::FenceMbarInit();
+    }
+    __syncthreads();
+    if (warp == 0) {
+      int ids = block_pages(0);
+#pragma unroll
+      for (int s = 0; s < kMmaStages - 1; ++s) {
+        const int next = block_pages(s + 1);
+        if (s < n_chunks) issue_tma(s, ids);
+        ids = next;
+      }
+      next_pages = ids;
+    }
+  } else {
+    load_pages(0);
+#pragma unroll
+    for (int s = 0; s < kMmaStages - 1; ++s) {
+      if (s < n_chunks) {
+        issue(s);
+        load_pages(s + 1);
+      }
+      CpAsyncCommit();
+    }
   }
 
   // Q row g of this pass as the A fragment (rows 8..15 zero): k-step s, lane c holds channels
@@ -213,13 +283,23 @@ __global__ void __launch_bounds__(kDecodeThreads, kMmaMinCtas) PagedDecodeMmaKer
   const int tb = warp * T::kTokensPerWarp;  // the warp's tokens in a chunk
 
   for (int ch = 0; ch < n_chunks; ++ch) {
-    CpAsyncWait<kMmaStages - 2>();
-    __syncthreads();  // chunk ch landed for all threads; chunk ch-1's stage is free to refill
-    if (ch + kMmaStages - 1 < n_chunks) {
-      issue(ch + kMmaStages - 1);
-      load_pages(ch + kMmaStages);
+    if constexpr (kTma) {
+      __syncthreads();  // every warp is done with chunk ch-1: its stage is free to refill
+      if (warp == 0 && ch + kMmaStages - 1 < n_chunks) {
+        const int next = block_pages(ch + kMmaStages);
+        issue_tma(ch + kMmaStages - 1, next_pages);
+        next_pages = next;
+      }
+      ptx::MbarWait(&full[ch % kMmaStages], (ch / kMmaStages) & 1);  // chunk ch landed
+    } else {
+      CpAsyncWait<kMmaStages - 2>();
+      __syncthreads();  // chunk ch landed for all threads; chunk ch-1's stage is free to refill
+      if (ch + kMmaStages - 1 < n_chunks) {
+        issue(ch + kMmaStages - 1);
+        load_pages(ch + kMmaStages);
+      }
+      CpAsyncCommit();
     }
-    CpAsyncCommit();
 
     const unsigned char* st = smem + (ch % kMmaStages) * T::kStageBytes;
     const float* k_scales = reinterpret_cast<const float*>(st + T::kKScaleTile);
@@ -293,7 +373,12 @@ __global__ void __launch_bounds__(kDecodeThreads, kMmaMinCtas) PagedDecodeMmaKer
           x = s[j][e] * p.scale_log2;
           vs[2 * j + e] = 1.f;
         }
-        if (masked && chunk_start + t > limit_g) x = kNegInf;  // also hides a NaN the row must not see
+        if (masked && chunk_start + t > limit_g) {
+          x = kNegInf;  // also hides a NaN the row must not see
+          // TMA blocks bring whatever the page holds past the sequence's end (cp.async zero-fills
+          // it): such a V scale must not become the row's vref.
+          if constexpr (kTma) vs[2 * j + e] = 0.f;
+        }
         sc[2 * j + e] = x;
       }
     }
