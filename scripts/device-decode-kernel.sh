@@ -4,7 +4,9 @@
 # scripts/build-decode-variant.sh found in <bundle>/variants/NAME/, and the head-major page layout,
 # then Nsight Compute on the 8-bit kernel (both layouts) and on the split + merge kernels of one
 # long sequence, then the session GPU test. Logs under $OUT; the tables go to stdout.
-#   [CASES=64x4096,...] [NCU=0] [TORCH=0] scripts/device-decode-kernel.sh [--bundle DIR]
+#   [CASES=64x4096,...] [LAYOUTS=token,head] [NCU=0] [TORCH=0] scripts/device-decode-kernel.sh [--bundle DIR]
+# LAYOUTS (default token): the page row orders the first bench times every library with; head-major
+# alone is timed again after it unless LAYOUTS has it.
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BUNDLE="$ROOT/.bundle"
@@ -26,16 +28,16 @@ for v in "$BUNDLE"/variants/*/libsageattn.so; do
   [ -f "$v" ] && libs+=(--lib "$(basename "$(dirname "$v")")=$v")
 done
 echo "=== decode_bench: ${libs[*]}"
-timeout 300 python3 "$ROOT/bench/decode_bench.py" "${libs[@]}" --cases "$CASES" --iters 20 \
+timeout 300 python3 "$ROOT/bench/decode_bench.py" "${libs[@]}" --layouts "${LAYOUTS:-token}" --cases "$CASES" --iters 20 \
   $([ "${TORCH:-1}" = 0 ] && echo --no-torch) --out "$LOG/decode_bench.json" 2>&1 | grep -v "^done" | tee "$LOG/decode_bench.log"
 # Sessions on a cuda server against the CPU server (every storage).
 if [ -x "$BUNDLE/bin/session_gpu_test" ]; then
   echo "=== session_gpu_test"
   timeout "${SESSION_TEST_S:-200}" "$BUNDLE/bin/session_gpu_test" --gtest_brief=1 2>&1 | grep -v "^\[20" | tail -20 | tee "$LOG/session_gpu_test.log"
 fi
-echo "=== decode_bench, head-major pages"
+[[ ${LAYOUTS:-token} == *head* ]] || { echo "=== decode_bench, head-major pages"
 timeout 200 python3 "$ROOT/bench/decode_bench.py" --lib "ours=$LIB" --layouts head --cases "$CASES" --iters 20 --no-torch \
-  --out /tmp/decode_bench_head.json 2>&1 | grep -v "^done" | tee "$LOG/decode_bench_head.log"
+  --out /tmp/decode_bench_head.json 2>&1 | grep -v "^done" | tee "$LOG/decode_bench_head.log"; }
 
 if [ "${NCU:-1}" != 0 ] && command -v ncu >/dev/null; then
 sections=(--section SpeedOfLight --section MemoryWorkloadAnalysis --section WarpStateStats --section SchedulerStats
