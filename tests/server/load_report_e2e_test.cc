@@ -51,15 +51,20 @@ TEST(LoadReport, InFlightRequestsAreReportedOnEveryAnswer) {
   StartServer(options, std::move(gate), &s);
   auto stub = v1::AttentionService::NewStub(s.client->channel());
 
+  // Waits for the connection (a loaded CI machine may be slow to make it) but not forever.
   const auto info = [&stub](std::string* trailer) {
     grpc::ClientContext ctx;
+    ctx.set_wait_for_ready(true);
+    ctx.set_deadline(std::chrono::system_clock::now() + 30s);
     v1::GetServerInfoResponse r;
-    EXPECT_TRUE(stub->GetServerInfo(&ctx, v1::GetServerInfoRequest(), &r).ok());
+    const grpc::Status st = stub->GetServerInfo(&ctx, v1::GetServerInfoRequest(), &r);
+    EXPECT_TRUE(st.ok()) << st.error_code() << " " << st.error_message();
     *trailer = LoadTrailer(ctx);
     return r;
   };
   std::string trailer;
   v1::GetServerInfoResponse idle = info(&trailer);
+  ASSERT_FALSE(HasFailure());
   EXPECT_EQ(idle.load(), 0);
   EXPECT_EQ(trailer, "0");
   EXPECT_EQ(idle.instance().size(), 16u) << idle.instance();  // 64 random bits, hex
@@ -69,10 +74,24 @@ TEST(LoadReport, InFlightRequestsAreReportedOnEveryAnswer) {
   for (int i = 0; i < 3; ++i) {
     calls[i].request = MakeRequest(ProblemShape{}, "held-" + std::to_string(i));
     calls[i].context.set_deadline(std::chrono::system_clock::now() + 30s);
+    calls[i].context.set_wait_for_ready(true);
     stub->async()->Attend(&calls[i].context, &calls[i].request, &calls[i].response,
                           [&c = calls[i]](grpc::Status st) { c.done.set_value(st); });
   }
-  g->WaitForCalls(2);
+  struct Opens {  // an early return must not leave the held requests (and the server's shutdown) waiting
+    GateBackend* gate;
+    AsyncAttend* calls;
+    ~Opens() {
+      gate->Release();
+      for (int i = 0; i < 3; ++i) {
+        try {
+          calls[i].done.get_future().wait();  // before `calls` goes away
+        } catch (const std::future_error&) {  // already waited for by the test
+        }
+      }
+    }
+  } opens{g, calls};
+  ASSERT_TRUE(g->WaitForCalls(2, 30s)) << "the held requests did not reach the engine";
   v1::GetServerInfoResponse busy;
   ASSERT_TRUE(WaitUntil([&] { return (busy = info(&trailer)).load() == 3; }, 10s)) << busy.load();
   EXPECT_EQ(trailer, "3");

@@ -112,6 +112,11 @@ void GateBackend::WaitForCalls(int n) {
   cv_.wait(lock, [&] { return calls_.load() >= n; });
 }
 
+bool GateBackend::WaitForCalls(int n, std::chrono::milliseconds timeout) {
+  std::unique_lock<std::mutex> lock(mu_);
+  return cv_.wait_for(lock, timeout, [&] { return calls_.load() >= n; });
+}
+
 server::ServerOptions TestServerOptions() {
   server::ServerOptions o;
   o.listen_address = "127.0.0.1:0";

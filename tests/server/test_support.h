@@ -3,6 +3,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <memory>
 #include <mutex>
@@ -63,6 +64,8 @@ class GateBackend final : public server::AttentionBackend {
   void Release();
   // Blocks until `n` calls have entered Attend.
   void WaitForCalls(int n);
+  // False when fewer than n calls arrived within `timeout`.
+  bool WaitForCalls(int n, std::chrono::milliseconds timeout);
   int calls() const { return calls_.load(); }
 
  private:
