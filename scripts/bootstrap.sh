@@ -28,8 +28,10 @@ PKGS=(
 # clang-14 only recommends; llvm gives llvm-symbolizer for readable sanitizer stack traces.
 # The Python client's tests (tests/client/python) run with Debian's /usr/bin/python3 and these;
 # protobuf-compiler-grpc (above) brings grpc_python_plugin for its stubs.
+# nginx: the proxy test (tests/client/python/test_proxy.py) runs its own nginx, as the invoking user,
+# with the configuration deploy/proxy/nginx-conf.py writes; installed without a service start (below).
 TEST_PKGS=(libgtest-dev libgmock-dev googletest libbenchmark-dev clang libclang-rt-14-dev llvm
-           python3-grpcio python3-protobuf python3-numpy python3-venv python3-pip python3-setuptools)
+           python3-grpcio python3-protobuf python3-numpy python3-venv python3-pip python3-setuptools nginx)
 # kubectl renders deploy/k8s for its schema check (tests/deploy, CTest k8s.*): Debian's is 1.20,
 # whose built-in kustomize is enough. A kubectl already on PATH (another vendor's) is used as it is.
 if ! command -v kubectl >/dev/null 2>&1; then TEST_PKGS+=(kubernetes-client); fi
@@ -45,10 +47,42 @@ done
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
+# Debian's nginx package starts the system's nginx (the default site, port 80) from its postinst
+# and fails the install when that start fails (e.g. a host without IPv6, where the default site's
+# [::]:80 cannot bind). The tests need the binary only, so nginx goes in on its own with every
+# service start refused by a policy-rc.d (invoke-rc.d and deb-systemd-invoke ask it), unless the
+# machine has its own policy-rc.d (containers usually do), which then decides.
+install_nginx_without_starting_it() {
+  local policy=/usr/sbin/policy-rc.d ours=0
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\n# scripts/bootstrap.sh, while it installs nginx: no service starts\nexit 101\n' |
+      $SUDO tee "$policy" >/dev/null
+    $SUDO chmod 755 "$policy"
+    ours=1
+    trap "$SUDO rm -f $policy" EXIT
+  fi
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y --no-install-recommends nginx
+  if [ "$ours" = 1 ]; then
+    $SUDO rm -f "$policy"
+    trap - EXIT
+    if [ -d /run/systemd/system ]; then
+      echo "bootstrap: nginx.service was not started; Debian enables it at boot (systemctl disable nginx keeps it off)"
+    fi
+  fi
+}
+
 if [ ${#missing[@]} -gt 0 ]; then
   echo "bootstrap: installing ${missing[*]}"
   $SUDO apt-get update
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y --no-install-recommends "${missing[@]}"
+  others=()
+  need_nginx=0
+  for p in "${missing[@]}"; do
+    if [ "$p" = nginx ]; then need_nginx=1; else others+=("$p"); fi
+  done
+  if [ ${#others[@]} -gt 0 ]; then
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y --no-install-recommends "${others[@]}"
+  fi
+  if [ "$need_nginx" = 1 ]; then install_nginx_without_starting_it; fi
 else
   echo "bootstrap: all Debian packages present"
 fi

@@ -314,6 +314,8 @@ int RunDecodeBench(const Args& args) {
       std::unique_ptr<grpc::ClientReaderWriter<v1::AttendSessionRequest, v1::AttendSessionResponse>> stream;
       if (use_stream) {
         stub = v1::SessionService::NewStub((*client_or)->channel(static_cast<size_t>(c)));
+        // For a proxy that routes on it: the stream goes where this client's first session lives.
+        if (!mine.empty()) stream_ctx.AddMetadata(sageserve::kSessionMetadataKey, mine.front().id());
         stream = stub->AttendSessionStream(&stream_ctx);
       }
       // One call: unary, or a request and its answer on the client's stream.

@@ -140,6 +140,10 @@ ABSL_FLAG(int64_t, kv_page_bytes, static_cast<int64_t>(kDefaults.sessions.page_b
 ABSL_FLAG(int64_t, session_ttl_s, std::chrono::duration_cast<std::chrono::seconds>(kDefaults.sessions.ttl).count(),
           "Sessions not named by any call for this long are closed and their pages freed");
 ABSL_FLAG(int32_t, max_sessions, kDefaults.sessions.max_sessions, "Sessions open at once, all identities together");
+ABSL_FLAG(std::string, replica_name, kDefaults.sessions.replica_name,
+          "A stable name for this replica (1 to 40 of a-z, 0-9, '-'): the server instance, which starts every "
+          "session id and GetServerInfo.instance, becomes NAME-<random bits>, so a proxy can route a session's "
+          "calls on it (docs/DEPLOY.md, \"A gRPC proxy in front\"). Empty: random bits only");
 ABSL_FLAG(int32_t, session_threads, kDefaults.sessions.worker_threads,
           "Threads that append new tokens and gather caches for AttendSession (a session's calls stay on one); "
           "0: half the cores, at least 2");
@@ -343,6 +347,7 @@ int main(int argc, char** argv) {
   options.sessions.ttl = std::chrono::seconds(absl::GetFlag(FLAGS_session_ttl_s));
   options.sessions.max_sessions = absl::GetFlag(FLAGS_max_sessions);
   options.sessions.worker_threads = std::max(0, absl::GetFlag(FLAGS_session_threads));
+  options.sessions.replica_name = absl::GetFlag(FLAGS_replica_name);
   options.grace_period = std::chrono::milliseconds(absl::ToInt64Milliseconds(absl::GetFlag(FLAGS_grace_period)));
   options.session_drain = std::chrono::milliseconds(absl::ToInt64Milliseconds(absl::GetFlag(FLAGS_session_drain)));
   options.access.token_file = absl::GetFlag(FLAGS_token_file);

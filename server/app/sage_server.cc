@@ -115,6 +115,7 @@ absl::StatusOr<std::unique_ptr<SageServer>> SageServer::Start(const ServerOption
   if (absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> c = ListenerCredentials(options.tls); !c.ok()) {
     return c.status();
   }
+  if (absl::Status name = SessionStore::CheckReplicaName(options.sessions.replica_name); !name.ok()) return name;
   absl::StatusOr<std::unique_ptr<AttentionBackend>> backend = CreateBackend(options.backend);
   if (!backend.ok()) return backend.status();
   return Start(options, *std::move(backend));
@@ -320,6 +321,7 @@ absl::StatusOr<std::unique_ptr<SageServer>> SageServer::Start(
                  options.batcher.max_queue_delay_us);
   }
   if (s->metrics_http_) spdlog::info("metrics on port {} (GET /metrics)", s->metrics_http_->port());
+  spdlog::info("instance {} (session ids start with it)", s->session_store_->instance());
   return s;
 }
 

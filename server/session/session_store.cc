@@ -66,7 +66,20 @@ std::optional<KvStorage> SessionShape::uniform_storage() const {
   return storages.front();
 }
 
+absl::Status SessionStore::CheckReplicaName(std::string_view name) {
+  constexpr size_t kMaxReplicaName = 40;
+  const bool valid = name.size() <= kMaxReplicaName &&
+                     std::all_of(name.begin(), name.end(), [](char c) {
+                       return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-';
+                     });
+  if (valid) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat(
+      "replica_name: '", std::string(name.substr(0, 64)), "' must be 1 to ", kMaxReplicaName,
+      " characters of a-z, 0-9 and '-' (it starts every session id, before a '-' and the process's random bits)"));
+}
+
 absl::Status SessionStore::CheckOptions(const SessionStoreOptions& options) {
+  if (absl::Status s = CheckReplicaName(options.replica_name); !s.ok()) return s;
   // With a fraction of free GPU memory the pool's size is known only once the backend asks for it.
   return options.pool_fraction > 0 ? KvPagePool::CheckPageBytes(options.page_bytes)
                                    : KvPagePool::CheckSize(options.pool_bytes, options.page_bytes);
@@ -84,6 +97,7 @@ absl::StatusOr<std::unique_ptr<SessionStore>> SessionStore::Create(const Session
 absl::StatusOr<std::unique_ptr<SessionStore>> SessionStore::Create(const SessionStoreOptions& options,
                                                                    std::vector<std::unique_ptr<KvMemory>> memories) {
   if (memories.empty()) return absl::InvalidArgumentError("kv pool: no memory to hold pages");
+  if (absl::Status s = CheckReplicaName(options.replica_name); !s.ok()) return s;
   std::vector<DevicePool> pools;
   for (std::unique_ptr<KvMemory>& m : memories) {
     const int device = m->device();
@@ -95,7 +109,9 @@ absl::StatusOr<std::unique_ptr<SessionStore>> SessionStore::Create(const Session
 }
 
 SessionStore::SessionStore(const SessionStoreOptions& options, std::vector<DevicePool> pools)
-    : options_(options), pools_(std::move(pools)), instance_(RandomHex(8)) {
+    : options_(options),
+      pools_(std::move(pools)),
+      instance_(options.replica_name.empty() ? RandomHex(8) : absl::StrCat(options.replica_name, "-", RandomHex(8))) {
   sweeper_ = std::thread([this] { Sweep(); });
 }
 
@@ -109,7 +125,8 @@ SessionStore::~SessionStore() {
 }
 
 std::string SessionStore::NewId(const std::string& device) {
-  // <instance>.<device>.<128 random bits>: the first two let a later error say where it lives.
+  // <instance>.<device>.<128 random bits>: the first two let a later error say where it lives (and
+  // a proxy route on the instance's replica name).
   return absl::StrCat(instance_, ".", device, ".", RandomHex(16));
 }
 
@@ -127,7 +144,7 @@ absl::StatusOr<std::shared_ptr<SessionStore::Session>> SessionStore::Find(const 
   if (dot != std::string_view::npos && id.find('.', dot + 1) != std::string_view::npos &&
       id.substr(0, dot) != instance_) {
     return absl::NotFoundError(absl::StrCat("session '", shown, "' was created by server instance ",
-                                            std::string(id.substr(0, std::min<size_t>(dot, 16))), "; this is ", instance_,
+                                            std::string(id.substr(0, std::min<size_t>(dot, 64))), "; this is ", instance_,
                                             " (the server restarted, or the session lives on another server)"));
   }
   return absl::NotFoundError(

@@ -39,6 +39,10 @@ struct SessionStoreOptions {
   std::chrono::milliseconds ttl{std::chrono::minutes(10)};  // idle sessions expire after this
   int max_sessions = 65536;
   int worker_threads = 0;      // threads that append and gather for AttendSession; 0: half the cores, >= 2
+  // Empty: the instance (the first part of every session id) is 64 random bits in hex. Set (1 to
+  // 40 of a-z, 0-9 and '-'): "<replica_name>-<64 random bits>", so a proxy can send a session's
+  // calls to the replica its id names while a restarted process still gets new ids.
+  std::string replica_name;
 };
 
 inline constexpr int kMaxSessionLayers = 4096;
@@ -113,7 +117,9 @@ class SessionStore {
                                                               std::vector<std::unique_ptr<KvMemory>> memories);
   // INVALID_ARGUMENT naming the option unless the page size is valid (>= 4096, a multiple of 256)
   // and options.pool_bytes holds 1 to 2^30 pages: checked before any memory is allocated for them.
+  // INVALID_ARGUMENT unless options.replica_name is a valid replica name (empty or [a-z0-9-]{1,40}).
   static absl::Status CheckOptions(const SessionStoreOptions& options);
+  static absl::Status CheckReplicaName(std::string_view name);
   // Host memory of options.pool_bytes (the CPU engine's, and tests').
   static absl::StatusOr<std::unique_ptr<SessionStore>> Create(const SessionStoreOptions& options);
   ~SessionStore();
@@ -227,7 +233,7 @@ class SessionStore {
 
   const SessionStoreOptions options_;
   const std::vector<DevicePool> pools_;
-  const std::string instance_;  // 64 random bits, hex: this server process
+  const std::string instance_;  // [<replica_name>-]<64 random bits, hex>: this server process
 
   mutable std::shared_mutex mu_;  // lookups share it; creating and ending sessions take it alone
   std::map<std::string, std::shared_ptr<Session>, std::less<>> sessions_;  // guarded by mu_

@@ -1,6 +1,6 @@
 // SessionStore without gRPC: appends at named positions (retries, gaps), gathers, copy-on-write
 // forks, truncation, pool exhaustion and recovery, idle expiry, ownership and ids of other
-// instances, and many threads at once.
+// instances (and replica names in them), and many threads at once.
 #include "server/session/session_store.h"
 
 #include <algorithm>
@@ -231,6 +231,41 @@ TEST(SessionStore, SessionsBelongToTheirCreator) {
   const absl::Status elsewhere = other->Get(kAlice, a->id).status();
   EXPECT_EQ(elsewhere.code(), absl::StatusCode::kNotFound);
   EXPECT_NE(elsewhere.message().find("another server"), std::string::npos) << elsewhere;
+}
+
+// --replica_name: the instance becomes "<name>-<64 random bits>", new per process, and an id of
+// another process of the same name is still another instance's. Bad names are refused.
+TEST(SessionStore, ReplicaNamePrefixesTheInstance) {
+  SessionStoreOptions o;
+  o.pool_bytes = size_t{8} << 20;
+  o.page_bytes = 64 << 10;
+  o.replica_name = "gpu-node-7";
+  auto first = SessionStore::Create(o);
+  auto second = SessionStore::Create(o);
+  ASSERT_TRUE(first.ok() && second.ok());
+  const std::string instance((*first)->instance());
+  EXPECT_EQ(instance.size(), std::string("gpu-node-7-").size() + 16) << instance;
+  EXPECT_EQ(instance.rfind("gpu-node-7-", 0), 0u) << instance;
+  EXPECT_NE(instance, std::string((*second)->instance()));
+  auto a = (*first)->CreateSession(kAlice, Shape(), 0);
+  ASSERT_TRUE(a.ok());
+  EXPECT_EQ(a->id.rfind(instance + ".cpu.", 0), 0u) << a->id;
+  const absl::Status elsewhere = (*second)->Get(kAlice, a->id).status();
+  EXPECT_EQ(elsewhere.code(), absl::StatusCode::kNotFound);
+  EXPECT_NE(elsewhere.message().find(instance), std::string::npos) << elsewhere;  // the whole instance
+  EXPECT_NE(elsewhere.message().find("restarted"), std::string::npos) << elsewhere;
+
+  for (const char* bad : {"Upper", "has.dot", "under_score", "a b", "x12345678901234567890123456789012345678901"}) {
+    o.replica_name = bad;
+    const absl::Status st = SessionStore::CheckOptions(o);
+    EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << bad;
+    EXPECT_NE(st.message().find("replica_name"), std::string::npos) << st;
+    EXPECT_EQ(SessionStore::Create(o).status().code(), absl::StatusCode::kInvalidArgument) << bad;
+  }
+  for (const char* good : {"", "a", "replica-0", "0123456789012345678901234567890123456789"}) {
+    o.replica_name = good;
+    EXPECT_TRUE(SessionStore::CheckOptions(o).ok()) << good;
+  }
 }
 
 TEST(SessionStore, BadShapesNameTheField) {

@@ -17,7 +17,7 @@ from sageserve import errors
 from sageserve.client import ATTEND_METHOD, HEALTH_METHOD, AttendCall, Client, _health_request, _health_status
 from sageserve.options import ClientOptions, TlsOptions, make_aio_channel
 from sageserve.request import AttendResult, next_request_id, parse_recipe
-from sageserve.session import Session, SessionCall, SessionOptions, StepResult
+from sageserve.session import Session, SessionCall, SessionOptions, StepResult, session_metadata
 from sageserve.transport import region_unknown
 from sageserve.v1 import attention_service_pb2 as pb
 from sageserve.v1 import attention_service_pb2_grpc as pb_grpc
@@ -121,11 +121,18 @@ class AttendSessionStream(_Stream):
     A step takes its session's step id when sent, so steps of several layers of one session may be
     in flight at once; one layer's steps must be sent in order (each starts at the length the
     previous left).
+
+    `session` (a Session or its id), when given, is named in the stream's metadata
+    (`sageserve-session`) so that a proxy routing on it opens the stream on that session's replica;
+    every session the stream then carries must live there (docs/DEPLOY.md, "A gRPC proxy in front").
     """
 
-    def __init__(self, client: "AsyncClient", timeout: Optional[float] = None) -> None:
+    def __init__(self, client: "AsyncClient", timeout: Optional[float] = None,
+                 session: Union[Session, str, None] = None) -> None:
         self._transport = client.transport
-        super().__init__(client._sessions.AttendSessionStream, client._metadata, timeout)
+        session_id = session.id if isinstance(session, Session) else session
+        super().__init__(client._sessions.AttendSessionStream, client._metadata + session_metadata(session_id),
+                         timeout)
 
     async def attend(self, layer: int, steps: Sequence[Tuple[Session, Any, Any, Optional[Any]]], *,
                      return_lse: bool = False, recipe: Union[str, int, None] = None,
@@ -206,8 +213,9 @@ class AsyncClient:
     def attend_stream(self, timeout: Optional[float] = None) -> AttendStream:
         return AttendStream(self, timeout)
 
-    def session_stream(self, timeout: Optional[float] = None) -> AttendSessionStream:
-        return AttendSessionStream(self, timeout)
+    def session_stream(self, timeout: Optional[float] = None, *,
+                       session: Union[Session, str, None] = None) -> AttendSessionStream:
+        return AttendSessionStream(self, timeout, session)
 
     async def create_session(self, options: Optional[SessionOptions] = None, **kwargs: Any) -> Session:
         o = options or SessionOptions(**kwargs)

@@ -14,7 +14,7 @@ import grpc
 from sageserve import codec, errors, wire
 from sageserve.options import ClientOptions, TlsOptions, make_channel
 from sageserve.request import AttendResult, Packed, attend_request, pack, recipe_name
-from sageserve.session import Session, SessionCalls, SessionOptions, StepResult
+from sageserve.session import Session, SessionCalls, SessionOptions, StepResult, session_metadata
 from sageserve.transport import Placement, Transport, region_unknown
 from sageserve.v1 import attention_service_pb2 as pb
 from sageserve.v1 import attention_service_pb2_grpc as pb_grpc
@@ -154,16 +154,18 @@ class Client:
         self._release_regions = weakref.finalize(self, Transport.close, self.transport)
 
     # -- plumbing ---------------------------------------------------------------------------------
-    def _call(self, method: Any, request: Any, timeout: Optional[float] = None) -> Any:
+    def _call(self, method: Any, request: Any, timeout: Optional[float] = None, session: Optional[str] = None) -> Any:
+        # session: the id a session call is about, in metadata for a proxy that routes on it.
         t = timeout if timeout is not None else self.options.timeout_s
+        metadata = self._metadata + session_metadata(session)
         if self.on_load is None:
             try:
-                return method(request, timeout=t, metadata=self._metadata)
+                return method(request, timeout=t, metadata=metadata)
             except grpc.RpcError as e:
                 raise errors.from_rpc_error(e) from None
         # Watched by a Cluster: the load the server reports with every answer (errors included).
         try:
-            response, call = method.with_call(request, timeout=t, metadata=self._metadata)
+            response, call = method.with_call(request, timeout=t, metadata=metadata)
         except grpc.RpcError as e:
             self._report_load(e)
             raise errors.from_rpc_error(e) from None

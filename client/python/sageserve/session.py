@@ -20,6 +20,20 @@ KV_STORAGE = {"16bit": tp.KV_STORAGE_16BIT, "int8_k_fp8_v": tp.KV_STORAGE_INT8_K
               "int4_k_fp8_v": tp.KV_STORAGE_INT4_K_FP8_V}
 
 
+# Request metadata naming the session a call is about (AttendSession: its first step's), so a gRPC
+# proxy in front of several replicas can route it to the replica the id names (docs/DEPLOY.md, "A
+# gRPC proxy in front"). The server does not read it.
+SESSION_METADATA_KEY = "sageserve-session"
+
+
+def session_metadata(session_id: Optional[str]) -> Tuple[Tuple[str, str], ...]:
+    """The (key, value) pair naming `session_id`, or none for an id gRPC could not send (empty, not
+    printable ASCII: no server makes such an id, and its NOT_FOUND is the better answer)."""
+    if not session_id or not all(" " <= c <= "~" for c in session_id):
+        return ()
+    return ((SESSION_METADATA_KEY, session_id),)
+
+
 def parse_kv_storage(name: str, field: str = "kv_storage") -> int:
     """The KvStorage of a name of KV_STORAGE; ValueError naming `field` otherwise."""
     if name not in KV_STORAGE:
@@ -269,7 +283,9 @@ class SessionCalls:
         return Session(self, r.session_id, options, [0] * options.layers)
 
     def attend_request(self, request: sp.AttendSessionRequest, timeout: Optional[float] = None) -> sp.AttendSessionResponse:
-        return self._call(self._stub.AttendSession, request, timeout)
+        # Through a proxy, the first step's session picks the replica: one call's sessions share one.
+        first = request.steps[0].session_id if request.steps else None
+        return self._call(self._stub.AttendSession, request, timeout, session=first)
 
     def attend(self, layer: int, steps: Steps, *, return_lse: bool = False, recipe: Union[str, int, None] = None,
                timeout: Optional[float] = None, retries: int = 0, packed: bool = False) -> List[StepResult]:
@@ -298,7 +314,7 @@ class SessionCalls:
 
     def _on_owner(self, session_id: str, method: Any, request: Any) -> Any:
         try:
-            return self._call(method, request)
+            return self._call(method, request, session=session_id)
         except errors.UnavailableError as e:
             raise _owner_gone(e, [session_id]) from None
 
@@ -331,4 +347,4 @@ def _owner_gone(e: errors.UnavailableError, session_ids: Sequence[str]) -> error
         f"caches are lost with it: create new sessions and prefill again ({e.message})", ids)
 
 
-__all__ = ["KV_STORAGE", "parse_kv_storage", "Session", "SessionCall", "SessionCalls", "SessionOptions", "StepResult"]
+__all__ = ["KV_STORAGE", "SESSION_METADATA_KEY", "parse_kv_storage", "session_metadata", "Session", "SessionCall", "SessionCalls", "SessionOptions", "StepResult"]

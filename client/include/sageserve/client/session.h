@@ -34,6 +34,11 @@ struct SessionOptions {
 
 class SessionClient;
 
+// Every call of SessionClient on a session (Attend: its first step's) carries the session id in
+// this metadata key, so a gRPC proxy in front of several replicas can send it to the replica the id
+// names (docs/DEPLOY.md, "A gRPC proxy in front"). The server itself does not read it.
+inline constexpr char kSessionMetadataKey[] = "sageserve-session";
+
 // A session call whose server did not answer (UNAVAILABLE: it died, was drained away, or is not
 // one of a cluster's replicas) comes back UNAVAILABLE with this payload (the session ids): the
 // sessions' KV caches went with that server, so create new sessions and prefill again.
@@ -113,6 +118,8 @@ class Session {
 };
 
 // SessionService over a Client's first connection. Blocking calls under the client's deadline.
+// Through a proxy that routes on kSessionMetadataKey, one Attend call's steps must all be of
+// sessions of one replica (the first step's session picks it).
 class SessionClient {
  public:
   // `client` must outlive this object and its sessions.
