@@ -5,7 +5,7 @@
 #   OUT=... scripts/device-session-storages.sh     (on the device, from the checkout root)
 set -uo pipefail
 OUT="${OUT:-/tmp}"
-export LD_LIBRARY_PATH=$PWD/.bundle/lib; B=.bundle/bin
+export LD_LIBRARY_PATH=${LIB_PATH:-$PWD/.bundle/lib}; B=.bundle/bin  # LIB_PATH: e.g. a variant library first
 $B/sageserve --backend=cuda --listen=127.0.0.1:50081 --log_level=warn --kv_pool_bytes=$((16<<30)) --max_message_bytes=$((1<<30)) > $OUT/srv.log 2>&1 & P=$!
 for i in $(seq 80); do $B/sagectl health --target=127.0.0.1:50081 >/dev/null 2>&1 && break; sleep 0.25; done
 S="--heads_q=32 --heads_kv=8 --head_dim=128"
