@@ -17,7 +17,7 @@
 # (2) the decode and session GPU tests again with the TMA library first on the library path (a
 # hang there is a lost mbarrier phase: each test has a timeout); (3) end-to-end decode for each
 # storage through a server on the base library, then on the TMA library. All three take about
-# nine minutes; STEPS=1,2 and STEPS=3 split them over two device calls.
+# nine minutes; STEPS=1,2 and STEPS=3 split them over two device calls. NCU=1 adds (4).
 set -uo pipefail
 STEPS="${STEPS:-1,2,3}"
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -43,7 +43,20 @@ for t in paged_decode_gpu_test session_gpu_test session_cuda_shm_gpu_test; do
 done 2>&1 | tee "$LOG/tma_tests.txt"
 fi
 
-[[ $STEPS == *3* ]] || exit 0
+if [[ $STEPS == *3* ]]; then
 echo "=== (3) end to end: base library, then TMA library"
 (cd "$ROOT" && LIB_PATH="$BASE_LIB_PATH" OUT="$LOG" timeout 200 bash scripts/device-session-storages.sh) 2>&1 | tee "$LOG/e2e_base.txt"
 (cd "$ROOT" && LIB_PATH="$TMA_LIB_PATH" OUT="$LOG" timeout 200 bash scripts/device-session-storages.sh) 2>&1 | tee "$LOG/e2e_tma.txt"
+fi
+
+# (4) with NCU=1: Nsight Compute on the TMA library's 8-bit kernel at 64 x 8k (issue slots, stalls,
+# DRAM throughput beside last session's cp.async profile in docs/BENCHMARKS.md).
+if [[ ${NCU:-0} == 1 ]] && command -v ncu >/dev/null; then
+  echo "=== (4) ncu: TMA 8-bit kernel, 64 x 8k"
+  LD_LIBRARY_PATH="$TMA_LIB_PATH" timeout 150 ncu --section SpeedOfLight --section MemoryWorkloadAnalysis \
+    --section WarpStateStats --section SchedulerStats --section Occupancy --section LaunchStats \
+    --kernel-name-base mangled --kernel-name "regex:PagedDecodeMmaKernelILNS0_7KvCodesE1E" --launch-skip 2 --launch-count 1 \
+    python3 "$ROOT/bench/decode_bench.py" --lib "tma=$BUNDLE/variants/tma/libsageattn.so" --layouts head --cases 64x8192 \
+    --iters 3 --no-torch --out /tmp/ncu_tma.json > "$LOG/ncu_tma.txt" 2>&1
+  grep -E "Duration|DRAM Throughput|Registers Per|Eligible|Issued Warp|Warp Cycles Per Issued|L2 Hit|Theoretical Occ" "$LOG/ncu_tma.txt" | head -20
+fi
