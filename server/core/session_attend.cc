@@ -228,29 +228,41 @@ class InPlaceKvGuard {
 
 }  // namespace
 
-bool SessionAttend::StartsOnCaller(const SessionCaller& caller, const SessionAttendRequest& request) const {
+bool SessionAttend::StartsOnCaller(const SessionCaller& caller, SessionAttendRequest& request) const {
   if (request.steps.empty()) return false;
   if (request.recipe.has_value() && *request.recipe != Recipe::kUnquantized) return false;
   const std::string_view placement = SessionStore::PlacementOf(request.steps.front().session_id);
-  size_t kv_bytes = 0, q_bytes = 0;
-  const auto on_device = [](const std::optional<SharedRange>& r) {
-    return r.has_value() && r->memory() == MemoryKind::kDevice;
-  };
-  std::optional<KvStorage> storage;  // of the steps with Q: one, or the call gathers (not here)
   for (const SessionStepInput& st : request.steps) {
     if (st.n_q.has_value() && *st.n_q > kPagedMaxQueryRows) return false;
     if (SessionStore::PlacementOf(st.session_id) != placement) return false;
+  }
+  request.sessions.clear();
+  request.sessions.reserve(request.steps.size());
+  for (const SessionStepInput& st : request.steps) {
+    absl::StatusOr<SessionStore::Ref> session = store_->Lookup(caller, st.session_id);
+    if (!session.ok()) {  // Start reports it
+      request.sessions.clear();
+      return false;
+    }
+    request.sessions.push_back(*std::move(session));
+  }
+  const auto on_device = [](const std::optional<SharedRange>& r) {
+    return r.has_value() && r->memory() == MemoryKind::kDevice;
+  };
+  size_t kv_bytes = 0, q_bytes = 0;
+  std::optional<KvStorage> storage;  // of the steps with Q: one, or the call gathers (not here)
+  for (size_t i = 0; i < request.steps.size(); ++i) {
+    const SessionStepInput& st = request.steps[i];
+    const SessionStore::Ref& session = request.sessions[i];
     if (st.n_q.has_value() && request.steps.size() > 1) {
-      absl::StatusOr<SessionStore::Ref> session = store_->Lookup(caller, st.session_id);
-      if (!session.ok()) return false;  // Start reports it
-      const std::optional<KvStorage> step_storage = StepStorage(session->shape(), st.layer);
+      const std::optional<KvStorage> step_storage = StepStorage(session.shape(), st.layer);
       if (!step_storage.has_value() || (storage.has_value() && *storage != *step_storage)) return false;
       storage = step_storage;
     }
     q_bytes += st.q.size();
     if (on_device(st.k_shared) || on_device(st.v_shared)) {
       const int device = KvDevice(st);
-      if (device < 0 || !store_->TakesDeviceKv(caller, st.session_id, st.layer, device)) return false;
+      if (device < 0 || !store_->TakesDeviceKv(session, st.layer, device)) return false;
       continue;  // read by the GPU in place: no bytes for this thread to move
     }
     kv_bytes += st.k.size() + st.v.size();
@@ -321,16 +333,21 @@ absl::Status SessionAttend::Start(const SessionCaller& caller, SessionAttendRequ
   if (request.steps.empty()) return absl::InvalidArgumentError("steps: at least one step");
   // Every step against its session, before anything is appended.
   SessionShape shape;
-  std::vector<SessionStore::Ref> sessions;  // each step's, looked up once
+  // Each step's session, looked up once (by StartsOnCaller already, for the same caller, or here).
+  std::vector<SessionStore::Ref> sessions = std::move(request.sessions);
+  if (sessions.size() != request.steps.size()) sessions.clear();
+  const bool looked_up = !sessions.empty();
   sessions.reserve(request.steps.size());
   std::set<std::pair<std::string_view, int>> seen;
   bool one_layer = true;
   for (size_t i = 0; i < request.steps.size(); ++i) {
     const SessionStepInput& st = request.steps[i];
-    absl::StatusOr<SessionStore::Ref> session = store_->Lookup(caller, st.session_id);
-    if (!session.ok()) return StepError(i, session.status());
-    sessions.push_back(*std::move(session));
-    const SessionShape* const sh = &sessions.back().shape();
+    if (!looked_up) {
+      absl::StatusOr<SessionStore::Ref> session = store_->Lookup(caller, st.session_id);
+      if (!session.ok()) return StepError(i, session.status());
+      sessions.push_back(*std::move(session));
+    }
+    const SessionShape* const sh = &sessions[i].shape();
     if (i == 0) {
       shape = *sh;
     } else if (!SameShape(shape, *sh)) {

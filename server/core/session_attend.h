@@ -71,6 +71,9 @@ struct SessionAttendRequest {
   int memory_device = -1;
   // The regions the request names, each once: held until the call is answered.
   std::vector<std::shared_ptr<const SharedMemoryRegion>> regions;
+  // Each step's session when SessionAttend::StartsOnCaller has looked them all up (its caller's
+  // own), so that Start does not look them up again; empty otherwise.
+  std::vector<SessionStore::Ref> sessions;
 };
 
 struct SessionStepOutput {
@@ -122,8 +125,9 @@ class SessionAttend {
   // gathered), at most kCallerAppendBytes of new K/V from the host (inline or system shared memory
   // alike) and kCallerQBytes of Q, its sessions in one pool and of one storage, K and V in CUDA memory only where
   // the GPU reads them in place (SessionStore::TakesDeviceKv; a copy to the host would wait for
-  // the GPU). Such a call's appends do not wait for the GPU (KvMemory::Write's small writes).
-  bool StartsOnCaller(const SessionCaller& caller, const SessionAttendRequest& request) const;
+  // the GPU). Such a call's appends do not wait for the GPU (KvMemory::WriteTokens on the write
+  // stream). Looks every step's session up once, keeping them in request.sessions for Start.
+  bool StartsOnCaller(const SessionCaller& caller, SessionAttendRequest& request) const;
 
   const AttendPipeline& pipeline() const { return *pipeline_; }
   static constexpr int64_t kPagedMaxQueryRows = 16;  // sageattn.h SAGE_PAGED_MAX_QUERY_ROWS

@@ -63,6 +63,9 @@ TEST_F(StartsOnCallerTest, DecodeStepsWithinTheLimitsStartThere) {
   SessionAttendRequest decode;
   for (const std::string& id : ids_) decode.steps.push_back(Step(id, 1, 1));
   EXPECT_TRUE(sessions.StartsOnCaller(caller_, decode));
+  // Each step's session is kept for Start, which then looks none up again.
+  ASSERT_EQ(decode.sessions.size(), 2u);
+  EXPECT_EQ(decode.sessions[1].shape().heads_q, kHq);
   decode.recipe = Recipe::kUnquantized;
   EXPECT_TRUE(sessions.StartsOnCaller(caller_, decode));
   // 16 rows (speculative decoding) still do; 256 KiB of new K/V in all is the most.
@@ -74,7 +77,8 @@ TEST_F(StartsOnCallerTest, DecodeStepsWithinTheLimitsStartThere) {
 
 TEST_F(StartsOnCallerTest, OthersGoToASessionWorker) {
   SessionAttend sessions(store_.get(), nullptr);
-  EXPECT_FALSE(sessions.StartsOnCaller(caller_, SessionAttendRequest{}));
+  SessionAttendRequest empty;
+  EXPECT_FALSE(sessions.StartsOnCaller(caller_, empty));
   SessionAttendRequest rows;
   rows.steps.push_back(Step(ids_[0], 1, 17));
   EXPECT_FALSE(sessions.StartsOnCaller(caller_, rows)) << "more than 16 query rows";
@@ -106,6 +110,17 @@ TEST_F(StartsOnCallerTest, OthersGoToASessionWorker) {
   two_places.steps.push_back(Step(ids_[0], 1, 1));
   two_places.steps.push_back(Step("elsewhere.cuda1.00ff", 1, 1));
   EXPECT_FALSE(sessions.StartsOnCaller(caller_, two_places)) << "sessions of two placements";
+  // An unknown session: not here (Start reports it), and nothing kept.
+  SessionAttendRequest unknown;
+  unknown.steps.push_back(Step(ids_[0], 1, 1));
+  unknown.steps.push_back(Step(ids_[0].substr(0, ids_[0].rfind('.')) + ".00ff", 1, 1));
+  EXPECT_FALSE(sessions.StartsOnCaller(caller_, unknown));
+  EXPECT_TRUE(unknown.sessions.empty());
+  // Another identity's session is not looked up for it.
+  SessionAttendRequest theirs;
+  theirs.steps.push_back(Step(ids_[0], 1, 1));
+  EXPECT_FALSE(sessions.StartsOnCaller(SessionCaller{"someone-else", false}, theirs));
+  EXPECT_TRUE(theirs.sessions.empty());
 }
 
 }  // namespace
