@@ -49,9 +49,10 @@ std::string_view ResolutionSourceName(ResolutionSource source) {
 Registry::Registry(const RegistryOptions& options, std::shared_ptr<const RegistrySnapshot> initial)
     : options_(options), current_(std::move(initial)) {}
 
-absl::StatusOr<std::unique_ptr<Registry>> Registry::Create(const RegistryOptions& options,
-                                                           RegistrySnapshot initial) {
-  for (const auto& [name, record] : initial.models) {
+namespace {
+// Every model's spec is valid and keyed by its own name, and every stored plan fits its model.
+absl::Status ValidateSnapshot(const RegistrySnapshot& snapshot) {
+  for (const auto& [name, record] : snapshot.models) {
     absl::Status spec_ok = ValidateModelSpec(record.spec);
     if (spec_ok.ok() && name != record.spec.name) {
       spec_ok = absl::InvalidArgumentError(absl::StrCat("keyed as '", name, "' but named '",
@@ -63,8 +64,27 @@ absl::StatusOr<std::unique_ptr<Registry>> Registry::Create(const RegistryOptions
           absl::StrCat("registry: model '", name, "' is inconsistent: ", spec_ok.message()));
     }
   }
+  return absl::OkStatus();
+}
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Registry>> Registry::Create(const RegistryOptions& options,
+                                                           RegistrySnapshot initial) {
+  if (absl::Status s = ValidateSnapshot(initial); !s.ok()) return s;
   return std::unique_ptr<Registry>(
       new Registry(options, std::make_shared<const RegistrySnapshot>(std::move(initial))));
+}
+
+absl::StatusOr<bool> Registry::ReplaceState(RegistrySnapshot snapshot) {
+  if (absl::Status s = ValidateSnapshot(snapshot); !s.ok()) return s;
+  // Under the writer lock so a local write in flight is not overwritten half-way; its own CAS in
+  // the store then fails against the newer revision instead of silently winning.
+  std::lock_guard<std::mutex> writer(write_mu_);
+  if (snapshot.generation <= Snapshot()->generation) return false;
+  auto published = std::make_shared<const RegistrySnapshot>(std::move(snapshot));
+  std::lock_guard<std::mutex> lock(state_mu_);
+  current_ = std::move(published);
+  return true;
 }
 
 absl::Time Registry::Now() const { return WholeSeconds(options_.now ? options_.now() : absl::Now()); }

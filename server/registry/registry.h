@@ -118,6 +118,11 @@ class Registry {
   absl::StatusOr<SessionKvPlan> SessionKvStorages(const std::string& name) const;
 
   std::shared_ptr<const RegistrySnapshot> Snapshot() const;
+  // Publishes a snapshot another replica stored (the etcd store's watch), without saving it
+  // back through the sink. Validated like Create's `initial` (FAILED_PRECONDITION naming the
+  // model, state untouched). Only a newer generation replaces the current state, so a stale or
+  // repeated watch event is a no-op: returns whether the state was replaced.
+  absl::StatusOr<bool> ReplaceState(RegistrySnapshot snapshot);
   const server::BackendInfo& backend() const { return options_.backend; }
 
  private:

@@ -239,6 +239,60 @@ TEST(RegistryTest, CorruptInitialContentIsRefusedNamingTheModel) {
   EXPECT_NE(r.status().message().find("model 'm'"), std::string::npos) << r.status();
 }
 
+// Another replica's snapshot (the etcd store's watch) replaces the state without going through the
+// sink; an older or repeated one is ignored, and an inconsistent one is refused, state untouched.
+class CountingSink : public SnapshotSink {
+ public:
+  absl::Status Save(const RegistrySnapshot&) override {
+    ++saves;
+    return absl::OkStatus();
+  }
+  int saves = 0;
+};
+
+TEST(RegistryTest, ReplaceStateTakesOnlyNewerValidSnapshotsAndDoesNotSaveThem) {
+  CountingSink sink;
+  auto r = MakeRegistry(testing::CpuBackendInfo(), &sink);
+  ASSERT_TRUE(r->RegisterModel(TestModel("m"), RegisterMode::kCreate).ok());
+  ASSERT_EQ(sink.saves, 1);
+
+  RegistrySnapshot remote = *r->Snapshot();
+  remote.generation += 5;
+  remote.models.at("m").plan = OneRecipe(Recipe::kUnquantized);
+  remote.models.at("m").plan->version = 3;
+  absl::StatusOr<bool> replaced = r->ReplaceState(remote);
+  ASSERT_TRUE(replaced.ok()) << replaced.status();
+  EXPECT_TRUE(*replaced);
+  EXPECT_EQ(sink.saves, 1);  // Already stored by whoever wrote it.
+  EXPECT_EQ(r->Snapshot()->generation, remote.generation);
+  absl::StatusOr<Resolution> res = r->Resolve("m", 0, std::nullopt);
+  ASSERT_TRUE(res.ok()) << res.status();
+  EXPECT_EQ(res->recipe, Recipe::kUnquantized);
+  EXPECT_EQ(res->plan_version, 3);
+
+  // The same event again, or an older one: nothing changes.
+  EXPECT_FALSE(*r->ReplaceState(remote));
+  RegistrySnapshot older = remote;
+  older.generation -= 1;
+  older.models.clear();
+  EXPECT_FALSE(*r->ReplaceState(older));
+  EXPECT_EQ(r->ListModels().size(), 1u);
+
+  // A plan that does not fit its model is refused naming it; the served plan stays.
+  RegistrySnapshot bad = remote;
+  bad.generation += 1;
+  bad.models.at("m").plan = OneRecipe(Recipe::kUnquantized, {0, 50});
+  absl::StatusOr<bool> refused = r->ReplaceState(bad);
+  ASSERT_EQ(refused.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(refused.status().message().find("model 'm'"), std::string::npos) << refused.status();
+  EXPECT_EQ(r->Snapshot()->generation, remote.generation);
+  EXPECT_EQ(r->Resolve("m", 0, std::nullopt)->plan_version, 3);
+
+  // Local writes continue from the replaced generation.
+  ASSERT_TRUE(r->SetPlan("m", OneRecipe(Recipe::kUnquantized), 3).ok());
+  EXPECT_EQ(r->Snapshot()->generation, remote.generation + 1);
+}
+
 class FailingSink : public SnapshotSink {
  public:
   absl::Status Save(const RegistrySnapshot&) override { return absl::ResourceExhaustedError("disk full"); }
