@@ -31,7 +31,11 @@ PKGS=(
 # nginx: the proxy test (tests/client/python/test_proxy.py) runs its own nginx, as the invoking user,
 # with the configuration deploy/proxy/nginx-conf.py writes; installed without a service start (below).
 TEST_PKGS=(libgtest-dev libgmock-dev googletest libbenchmark-dev clang libclang-rt-14-dev llvm
-           python3-grpcio python3-protobuf python3-numpy python3-venv python3-pip python3-setuptools nginx)
+           python3-grpcio python3-protobuf python3-numpy python3-venv python3-pip python3-setuptools nginx
+           etcd-server)
+# etcd-server: the registry's etcd store test (tests/registry/etcd_store_test.cc) runs its own etcd on
+# loopback. Its postinst may start a system etcd on 2379/2380 where no policy-rc.d forbids it; the
+# test uses other ports (not yet installed under the nginx policy-rc.d below: untested there).
 # kubectl renders deploy/k8s for its schema check (tests/deploy, CTest k8s.*): Debian's is 1.20,
 # whose built-in kustomize is enough. A kubectl already on PATH (another vendor's) is used as it is.
 if ! command -v kubectl >/dev/null 2>&1; then TEST_PKGS+=(kubernetes-client); fi
