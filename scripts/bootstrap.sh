@@ -34,8 +34,7 @@ TEST_PKGS=(libgtest-dev libgmock-dev googletest libbenchmark-dev clang libclang-
            python3-grpcio python3-protobuf python3-numpy python3-venv python3-pip python3-setuptools nginx
            etcd-server)
 # etcd-server: the registry's etcd store test (tests/registry/etcd_store_test.cc) runs its own etcd on
-# loopback. Its postinst may start a system etcd on 2379/2380 where no policy-rc.d forbids it; the
-# test uses other ports (not yet installed under the nginx policy-rc.d below: untested there).
+# loopback ports of its own; installed without a service start, as nginx is (below).
 # kubectl renders deploy/k8s for its schema check (tests/deploy, CTest k8s.*): Debian's is 1.20,
 # whose built-in kustomize is enough. A kubectl already on PATH (another vendor's) is used as it is.
 if ! command -v kubectl >/dev/null 2>&1; then TEST_PKGS+=(kubernetes-client); fi
@@ -51,26 +50,28 @@ done
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
-# Debian's nginx package starts the system's nginx (the default site, port 80) from its postinst
-# and fails the install when that start fails (e.g. a host without IPv6, where the default site's
-# [::]:80 cannot bind). The tests need the binary only, so nginx goes in on its own with every
+# Debian's nginx and etcd-server packages start their system service from the postinst, and
+# nginx's install fails when that start fails (e.g. a host without IPv6, where the default site's
+# [::]:80 cannot bind). The tests need the binaries only, so these go in on their own with every
 # service start refused by a policy-rc.d (invoke-rc.d and deb-systemd-invoke ask it), unless the
 # machine has its own policy-rc.d (containers usually do), which then decides.
-install_nginx_without_starting_it() {
+SERVICE_PKGS=(nginx etcd-server)
+install_without_starting_services() {
   local policy=/usr/sbin/policy-rc.d ours=0
   if [ ! -e "$policy" ]; then
-    printf '#!/bin/sh\n# scripts/bootstrap.sh, while it installs nginx: no service starts\nexit 101\n' |
+    printf '#!/bin/sh\n# scripts/bootstrap.sh, while it installs test tools: no service starts\nexit 101\n' |
       $SUDO tee "$policy" >/dev/null
     $SUDO chmod 755 "$policy"
     ours=1
     trap "$SUDO rm -f $policy" EXIT
   fi
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y --no-install-recommends nginx
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y --no-install-recommends "$@"
   if [ "$ours" = 1 ]; then
     $SUDO rm -f "$policy"
     trap - EXIT
     if [ -d /run/systemd/system ]; then
-      echo "bootstrap: nginx.service was not started; Debian enables it at boot (systemctl disable nginx keeps it off)"
+      echo "bootstrap: $* installed without starting their services; Debian enables them at boot" \
+           "(systemctl disable nginx etcd keeps them off)"
     fi
   fi
 }
@@ -79,14 +80,14 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "bootstrap: installing ${missing[*]}"
   $SUDO apt-get update
   others=()
-  need_nginx=0
+  services=()
   for p in "${missing[@]}"; do
-    if [ "$p" = nginx ]; then need_nginx=1; else others+=("$p"); fi
+    if [[ " ${SERVICE_PKGS[*]} " == *" $p "* ]]; then services+=("$p"); else others+=("$p"); fi
   done
   if [ ${#others[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y --no-install-recommends "${others[@]}"
   fi
-  if [ "$need_nginx" = 1 ]; then install_nginx_without_starting_it; fi
+  if [ ${#services[@]} -gt 0 ]; then install_without_starting_services "${services[@]}"; fi
 else
   echo "bootstrap: all Debian packages present"
 fi
