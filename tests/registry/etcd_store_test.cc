@@ -1,7 +1,7 @@
 // The etcd registry store against a real etcd (Debian's etcd-server) on loopback: load of a
 // missing key, write and read back, compare-and-swap between two replicas' stores, and refusal of
 // a corrupt value. Fails (never skips) when the etcd binary is missing.
-#include "server/registry/etcd_store.h"
+#include "server/frontend/etcd/etcd_registry_store.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -118,7 +118,7 @@ TEST(EtcdStoreTest, WritesReadsComparesAndSwapsAndRefusesCorruptValues) {
   ASSERT_FALSE(etcd.binary().empty())
       << "etcd is not installed: these tests need Debian's etcd-server (scripts/bootstrap.sh)";
   // Opening the store's channel only once etcd listens: a channel opened earlier did not
-  // recover within 10 s (open reconnect work, see etcd_store.h).
+  // recover within 10 s (open reconnect work, see server/frontend/etcd/etcd_registry_store.h).
   ASSERT_TRUE(etcd.WaitListening()) << "etcd did not listen on " << etcd.endpoint();
   auto a = OpenReady(etcd.endpoint());
   auto b = OpenReady(etcd.endpoint());

@@ -3,6 +3,7 @@
 // compare-and-swap on the key's mod_revision, and a value that fails to decode is refused naming
 // the key, never applied (the file store's refusal, without a move-aside: the key is shared).
 //
+// It is in the frontend layer, the one that may speak gRPC (scripts/check_layers.py).
 // This file is the synchronous part (Load, CAS Save). The watch that applies other replicas'
 // writes (Registry::ReplaceState) and the reconnect/health reporting are not written yet.
 #pragma once

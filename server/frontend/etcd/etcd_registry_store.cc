@@ -1,4 +1,4 @@
-#include "server/registry/etcd_store.h"
+#include "server/frontend/etcd/etcd_registry_store.h"
 
 #include <algorithm>
 #include <chrono>
