@@ -68,6 +68,8 @@ struct KvPageLayout {
   int head_dim = 0;
   KvRowOrder rows = KvRowOrder::kHeadMajor;
 
+  bool operator==(const KvPageLayout&) const = default;
+
   // The row of token t (0..T-1) of head h in every part.
   size_t row(int t, int h) const {
     return rows == KvRowOrder::kHeadMajor ? static_cast<size_t>(h) * page_tokens + t : static_cast<size_t>(t) * heads + h;

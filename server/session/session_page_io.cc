@@ -76,11 +76,7 @@ absl::Status SessionStore::WriteTokens(Session& s, int layer, const AppendStep& 
   // Device memory: each token encoded where its page is (KvMemory::WriteTokens: sage_kv_quantize on
   // a GPU, which copies 16-bit rows into their head-major slots and quantizes the others, K centred
   // there on the session's mean), in the caller's batch, one group per layout.
-  const auto same = [&layout](const TokenGroup& g) {
-    return g.layout.storage == layout.storage && g.layout.dtype == layout.dtype && g.layout.page_tokens == layout.page_tokens &&
-           g.layout.heads == layout.heads && g.layout.head_dim == layout.head_dim && g.layout.rows == layout.rows;
-  };
-  auto group = std::find_if(batch.groups.begin(), batch.groups.end(), same);
+  auto group = std::find_if(batch.groups.begin(), batch.groups.end(), [&layout](const TokenGroup& g) { return g.layout == layout; });
   if (group == batch.groups.end()) group = batch.groups.insert(batch.groups.end(), TokenGroup{layout, {}});
   const float* const mean = HasKMean(layout.storage) ? l.k_mean.data() : nullptr;
   for (int64_t t = 0; t < step.n_new; ++t) {

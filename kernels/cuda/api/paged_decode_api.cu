@@ -111,9 +111,7 @@ sage_status_t PagedDecode(const sage_paged_decode_params_t* p, cudaStream_t stre
   kp.num_kv_heads = p->num_kv_heads;
   kp.head_dim = p->head_dim;
   kp.scale_log2 = static_cast<float>(p->softmax_scale * kLog2e);
-  const RowStrides rows = RowsOf(p->layout, p->page_tokens, p->num_kv_heads);
-  kp.slot_token = rows.token;
-  kp.slot_head = rows.head;
+  kp.rows = RowsOf(p->layout, p->page_tokens, p->num_kv_heads);
   const PageParts parts = PartsOf(p->storage, p->page_tokens, p->num_kv_heads, p->head_dim);
   kp.v_codes_offset = parts.v_codes;
   kp.k_scales_offset = parts.k_scales;

@@ -112,7 +112,7 @@ __global__ void __launch_bounds__(kMaxHeadDim) KvQuantizeKernel(QuantizeArgs a) 
   const uint8_t v_code = EncodeE4M3(__fdiv_rn(v, v_scale));
 
   unsigned char* const page = a.pages + a.page_offsets[token];
-  const uint64_t sh = static_cast<uint64_t>(a.slots[token]) * a.rows.token + static_cast<uint64_t>(h) * a.rows.head;  // its row
+  const uint64_t sh = a.rows.Of(a.slots[token], h);  // the token-head's row
   const int k_scales_per = a.int4 ? a.head_dim / kInt4GroupChannels : 1;
   const uint64_t k_row = a.int4 ? a.head_dim / 2 : a.head_dim;
   const uint64_t k_scales = a.parts.k_scales, v_scales = a.parts.v_scales;
@@ -134,7 +134,7 @@ __global__ void __launch_bounds__(kMaxHeadDim) KvQuantizeKernel(QuantizeArgs a) 
 __global__ void __launch_bounds__(32) KvCopyRowsKernel(QuantizeArgs a) {
   const int token = blockIdx.x, h = blockIdx.y;
   unsigned char* const page = a.pages + a.page_offsets[token];
-  const uint64_t sh = static_cast<uint64_t>(a.slots[token]) * a.rows.token + static_cast<uint64_t>(h) * a.rows.head;
+  const uint64_t sh = a.rows.Of(a.slots[token], h);
   const uint64_t row_bytes = static_cast<uint64_t>(a.head_dim) * 2;
   unsigned char* const dst[2] = {page + sh * row_bytes, page + a.parts.v_codes + sh * row_bytes};
   const unsigned char* const src[2] = {static_cast<const unsigned char*>(a.k_rows[token]) + h * row_bytes,

@@ -2,6 +2,8 @@
 // storages): the one computation the decode, gather and quantize entry points share.
 #pragma once
 
+#include <cuda_runtime.h>  // __host__ __device__
+
 #include <cstdint>
 
 #include "kernels/cuda/decode/int4_nibbles.cuh"
@@ -32,6 +34,9 @@ inline PageParts PartsOf(sage_kv_storage_t storage, int page_tokens, int heads, 
 // Row of (token t of a page, head h) inside each part: t * token + h * head (sage_kv_layout_t).
 struct RowStrides {
   int token = 0, head = 0;
+  __host__ __device__ uint64_t Of(int t, int h) const {
+    return static_cast<uint64_t>(t) * static_cast<uint64_t>(token) + static_cast<uint64_t>(h) * static_cast<uint64_t>(head);
+  }
 };
 
 inline RowStrides RowsOf(sage_kv_layout_t layout, int page_tokens, int heads) {

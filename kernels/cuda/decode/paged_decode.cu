@@ -53,6 +53,16 @@ sage_status_t EncodeCodesMap(PagedDecodeParams& p) {
     return reinterpret_cast<Encode>(fn);
   }();
   if (encode == nullptr) return Fail(SAGE_ERR_CUDA, "paged_decode: cuTensorMapEncodeTiled not found in the driver");
+  // The map depends on the pool's base alone; a server's pool is one allocation, so each launching
+  // thread encodes it once rather than on every decode step.
+  thread_local const unsigned char* encoded_for = nullptr;
+  thread_local CUtensorMap encoded;
+  p.page_rows = static_cast<int64_t>(p.page_bytes / 128);
+  p.v_codes_rows = static_cast<int>(p.v_codes_offset / 128);
+  if (encoded_for == p.pages) {
+    p.codes_map = encoded;
+    return SAGE_OK;
+  }
   // Rows of 128 bytes from the pool's base; the extent only bounds the map (reads stay inside the
   // pages the tables name), so it is the largest a coordinate can address.
   const cuuint64_t dims[2] = {128, cuuint64_t{1} << 31};
@@ -63,8 +73,8 @@ sage_status_t EncodeCodesMap(PagedDecodeParams& p) {
                             box, element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
                             CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   if (r != CUDA_SUCCESS) return Fail(SAGE_ERR_CUDA, "paged_decode: cuTensorMapEncodeTiled failed (CUresult %d)", static_cast<int>(r));
-  p.page_rows = static_cast<int64_t>(p.page_bytes / 128);
-  p.v_codes_rows = static_cast<int>(p.v_codes_offset / 128);
+  encoded_for = p.pages;
+  encoded = p.codes_map;
   return SAGE_OK;
 }
 

@@ -11,6 +11,7 @@
 #include <cstdint>
 
 #include "kernels/cuda/decode/int4_nibbles.cuh"
+#include "kernels/cuda/decode/page_parts.h"
 #include "sageattn.h"
 
 namespace sage::cuda {
@@ -97,9 +98,7 @@ struct PagedDecodeParams {
   int num_kv_heads = 0;
   int head_dim = 0;
   float scale_log2 = 0.f;  // softmax_scale x log2(e): scores live in the exp2 domain
-  // Row of (token t of the page, KV head h) inside each part of a page: t * slot_token + h * slot_head.
-  int slot_token = 0;
-  int slot_head = 0;
+  RowStrides rows;  // of (token t of a page, KV head h) inside each part of a page
   // Byte offsets inside a page (the kv_pages.h layout).
   uint64_t v_codes_offset = 0;
   uint64_t k_scales_offset = 0;

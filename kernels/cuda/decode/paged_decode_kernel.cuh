@@ -236,7 +236,7 @@ __global__ void __launch_bounds__(kDecodeThreads) PagedDecodeSplitKernel(const _
     for (int j = 0; j < kTpl; ++j) {
       const int tc = ct + kTokenSlots * j, t_abs = split_start + c * kChunk + tc;
       const bool valid = t_abs < len;  // else zero-fill (tail of the sequence)
-      const uint64_t slot = valid ? static_cast<uint64_t>(p.page_div.Mod(t_abs) * p.slot_token + kvh * p.slot_head) : 0;
+      const uint64_t slot = valid ? p.rows.Of(p.page_div.Mod(t_abs), kvh) : 0;
       const unsigned char* pg = p.pages + (valid ? static_cast<uint64_t>(page[j]) * p.page_bytes : 0);
       const unsigned char* k_row = pg + slot * T::kRowBytes;
 #pragma unroll

@@ -148,7 +148,7 @@ __global__ void __launch_bounds__(kDecodeThreads, kMmaMinCtas) PagedDecodeMmaKer
     for (int j = 0; j < kTpl; ++j) {
       const int tc = ct + kTokenSlots * j, t_abs = split_start + ch * kChunk + tc;
       const bool valid = t_abs < len;  // else zero-fill (tail of the sequence)
-      const uint64_t slot = valid ? static_cast<uint64_t>(p.page_div.Mod(t_abs) * p.slot_token + kvh * p.slot_head) : 0;
+      const uint64_t slot = valid ? p.rows.Of(p.page_div.Mod(t_abs), kvh) : 0;
       const unsigned char* pg = p.pages + (valid ? static_cast<uint64_t>(page[j]) * p.page_bytes : 0);
       const unsigned char* k_row = pg + slot * T::kKRowBytes;
       const unsigned char* v_row = pg + p.v_codes_offset + slot * T::kRowBytes;
@@ -194,7 +194,7 @@ __global__ void __launch_bounds__(kDecodeThreads, kMmaMinCtas) PagedDecodeMmaKer
     ptx::MbarArriveExpectTx(&full[stage], static_cast<uint32_t>(blocks) * kBlockBytes);
     for (int b = 0; b < blocks; ++b) {
       const int in_page = p.page_div.Mod(chunk_start + b * kTmaBlockTokens);
-      const int slot = in_page * p.slot_token + kvh * p.slot_head;  // the block's first row in each part
+      const int slot = static_cast<int>(p.rows.Of(in_page, kvh));  // the block's first row in each part
       const int row = static_cast<int>(id[b] * p.page_rows) + slot;
       const int tile = b * kTmaBlockTokens * T::kRowBytes;
       ptx::TensorCopy2dG2S(st + tile, &p.codes_map, 0, row, &full[stage]);

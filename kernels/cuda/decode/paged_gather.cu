@@ -71,7 +71,7 @@ __global__ void __launch_bounds__(kThreads) PagedGatherKernel(GatherArgs a) {
     const int64_t t = th / a.heads;
     const unsigned char* page = a.pages + static_cast<uint64_t>(table[t / a.page_tokens]) * a.page_bytes;
     const int64_t in_page = t % a.page_tokens;
-    const uint64_t sh = static_cast<uint64_t>(in_page) * a.rows.token + static_cast<uint64_t>(h) * a.rows.head;  // the row
+    const uint64_t sh = a.rows.Of(static_cast<int>(in_page), h);  // the token-head's row
     const uint64_t value = sh * a.head_dim + g * 8;  // index of the first of 8
     const uint64_t out = (static_cast<uint64_t>(k0 + t) * a.heads + h) * a.head_dim + g * 8;
     uint4 k16, v16;
